@@ -1,0 +1,56 @@
+# Grace: the one entry point for setting up, generating, linting, testing and running.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_DEPS := .build/proto-deps
+PROTOS := $(shell find protos -name '*.proto' | sort)
+PYTEST_ARGS ?=
+
+.PHONY: help setup generate proto-deps lint typecheck test test-fast run bench clean
+
+help: ## Show this help.
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install Grace with its test tools (idempotent).
+
+proto-deps: $(STAMP) ## Copy google/api/*.proto from googleapis-common-protos for buf.
+	@rm -rf $(PROTO_DEPS) && mkdir -p $(PROTO_DEPS)/google/api
+	@cp "$$($(PY) -c 'import os; from google.api import annotations_pb2 as a; print(os.path.dirname(a.__file__))')"/{annotations,http,field_behavior}.proto $(PROTO_DEPS)/google/api/
+
+generate: $(STAMP) ## Regenerate generated/ from protos/ (python, grpc and .pyi stubs).
+	$(PY) -m services.common.codegen generated
+
+lint: proto-deps ## buf lint, buf format check, ruff check and format check, mypy.
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf format --diff --exit-code protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) ## Run the whole test suite (PostgreSQL tests need GRACE_TEST_POSTGRES_URL).
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests.
+	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+
+run: $(STAMP) ## Run Grace: every service under Guardian, embedded SQLite under ./.grace.
+	$(VENV)/bin/grace up
+
+bench: $(STAMP) ## Run every benchmark in benchmarks/ (prints tables and a JSON line each).
+	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean: ## Remove the virtualenv, build outputs and local data.
+	rm -rf $(VENV) .build .grace .pytest_cache .mypy_cache .ruff_cache

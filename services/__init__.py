@@ -1,0 +1,1 @@
+"""Grace services: one package per gRPC server, plus the shared runtime in `common`."""

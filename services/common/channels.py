@@ -1,0 +1,38 @@
+"""Client channels to other Grace services, configured once for the whole code base."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.common import telemetry
+
+# Client and server keepalive settings must agree, or the server answers GOAWAY
+# "too_many_pings". Servers allow a ping every 10 s; clients ping every 30 s when idle.
+CLIENT_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+]
+
+
+def channel(target: str, *, max_message_bytes: int = 4 * 1024 * 1024) -> grpc.aio.Channel:
+    """An insecure `grpc.aio` channel to `target`, traced when tracing is on.
+
+    Args:
+        target: `host:port` of the peer.
+        max_message_bytes: Largest message sent or received.
+    """
+    options = [
+        *CLIENT_KEEPALIVE_OPTIONS,
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+    return grpc.aio.insecure_channel(
+        target, options=options, interceptors=telemetry.current().client_interceptors()
+    )

@@ -1,0 +1,75 @@
+"""Compiles every proto under `protos/` into a Python source root.
+
+`make generate` runs `python -m services.common.codegen generated`; the staleness test runs
+the same function into a temporary directory and compares. This module is the only place
+that knows how the contracts are compiled.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import grpc_tools
+from google.api import annotations_pb2
+from grpc_tools import protoc
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROTO_ROOT = PROJECT_ROOT / "protos"
+
+
+def proto_files(root: Path = PROTO_ROOT) -> list[Path]:
+    """Every .proto file under `root`, sorted so output is reproducible."""
+    return sorted(root.rglob("*.proto"))
+
+
+def googleapis_include() -> Path:
+    """The directory that holds `google/api/annotations.proto` from googleapis-common-protos."""
+    return Path(annotations_pb2.__file__).resolve().parent.parent.parent
+
+
+def _plugin(name: str) -> str:
+    # The mypy-protobuf plugins live next to the interpreter in the virtualenv.
+    candidate = Path(sys.executable).with_name(name)
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"codegen: {name} not found; run `make setup`")
+    return found
+
+
+def generate(out_dir: Path) -> None:
+    """Compiles every proto into `out_dir` (python, grpc and .pyi stubs), replacing it."""
+    grace_out = out_dir / "grace"
+    if grace_out.exists():
+        shutil.rmtree(grace_out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{googleapis_include()}",
+        f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--python_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        f"--mypy_out=quiet:{out_dir}",
+        f"--mypy_grpc_out=quiet:{out_dir}",
+        *files,
+    ]
+    status = protoc.main(args)
+    if status != 0:
+        raise SystemExit(f"codegen: protoc failed with status {status}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: `python -m services.common.codegen OUT_DIR`."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m services.common.codegen OUT_DIR")
+    generate(Path(args[0]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The one server bootstrap of every Grace gRPC server.
+
+A service plugs in by subclassing `Service`: it adds its servicers to the server, opens
+its storage in `start` and flushes it in `stop`. `GraceServer` does the rest the same way
+for everyone: `grpc.aio` server with message limits and `so_reuseport` off, health
+(NOT_SERVING until `start` returns, NOT_SERVING again at shutdown), reflection, the tracing
+and error-translation interceptors, and graceful shutdown on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common import telemetry
+from services.common.channels import SERVER_KEEPALIVE_OPTIONS
+from services.common.config import ServerConfig
+from services.common.interceptors import ErrorTranslator
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """Base of every Grace service plugged into `GraceServer`.
+
+    Subclasses override `add_to_server` and, as needed, the lifecycle hooks.
+    """
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        """Adds the servicers; returns the full names of the services added."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        """Opens storage and starts background work; the service is SERVING after it."""
+
+    async def begin_shutdown(self) -> None:
+        """Called when shutdown begins, before the drain: end long-lived streams here."""
+
+    async def stop(self) -> None:
+        """Called after the drain: stop background work, flush and close storage."""
+
+
+class GraceServer:
+    """Runs one `Service` on a `grpc.aio` server.
+
+    Use as an async context manager in tests (`async with GraceServer(cfg, svc) as srv`),
+    or `serve_forever` from `__main__`.
+    """
+
+    def __init__(self, config: ServerConfig, service: Service) -> None:
+        self.config = config
+        self.service = service
+        self.port = 0
+        self._ready = False
+        self._health = health.aio.HealthServicer()
+        self._service_names: list[str] = []
+        self._server = grpc.aio.server(
+            interceptors=[
+                *telemetry.current().server_interceptors(),
+                ErrorTranslator(lambda: self._ready),
+            ],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                *SERVER_KEEPALIVE_OPTIONS,
+            ],
+        )
+
+    @property
+    def address(self) -> str:
+        """`host:port` the server listens on, ready to dial."""
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Binds, starts serving health (NOT_SERVING), starts the service, then SERVING."""
+        self._service_names = list(self.service.add_to_server(self._server))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            [
+                *self._service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self._server,
+        )
+        try:
+            self.port = self._server.add_insecure_port(self.config.bind_address)
+        except RuntimeError as exc:
+            raise OSError(
+                f"{self.config.service}: cannot bind {self.config.bind_address} "
+                f"(is the port in use?): {exc}"
+            ) from exc
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        try:
+            await self.service.start()
+        except BaseException:
+            await self._server.stop(0)
+            raise
+        self._ready = True
+        await self._set_all(health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s serving on %s", self.config.service, self.address)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING, stop accepting calls, drain for the grace period, stop the service."""
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        log.info("%s shutting down (grace %.1fs)", self.config.service, grace)
+        await self._health.enter_graceful_shutdown()
+        await self.service.begin_shutdown()
+        await self._server.stop(grace)
+        self._ready = False
+        await self.service.stop()
+        log.info("%s stopped", self.config.service)
+
+    async def serve_forever(self) -> None:
+        """Serves until SIGTERM or SIGINT, then shuts down gracefully.
+
+        A second signal during the drain cuts the grace period short.
+        """
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+        signals_seen = 0
+
+        def on_signal() -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            stop_requested.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await self.start()
+        await stop_requested.wait()
+        stopping = asyncio.create_task(self.stop())
+        while not stopping.done():
+            before = signals_seen
+            await asyncio.wait({stopping}, timeout=0.1)
+            if signals_seen > before and not stopping.done():
+                log.warning("second signal: stopping %s now", self.config.service)
+                await self._server.stop(0)
+        await stopping
+        telemetry.current().shutdown()
+
+    async def _set_all(self, status: int) -> None:
+        await self._health.set("", status)
+        for name in self._service_names:
+            await self._health.set(name, status)
+
+    async def __aenter__(self) -> GraceServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop(grace=0.5)
+
+
+def run(config: ServerConfig, service: Service) -> int:
+    """Runs a service until a signal stops it; the body of every `__main__`. Returns 0."""
+    telemetry.configure_tracing(config.service, config.env)
+
+    async def serve() -> None:
+        # The grpc.aio server binds to the running loop, so build it inside it.
+        await GraceServer(config, service).serve_forever()
+
+    asyncio.run(serve())
+    return 0

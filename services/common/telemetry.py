@@ -1,0 +1,147 @@
+"""OpenTelemetry and logging set-up shared by every Grace process.
+
+Tracing follows the standard `OTEL_*` variables. When none of them asks for an exporter,
+no SDK is installed: the API stays a no-op, nothing is exported and no interceptor adds
+cost to the hot paths. When one does (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_TRACES_EXPORTER=otlp|console`), spans go
+through a batch processor; `service.name` is `OTEL_SERVICE_NAME` or the component name, and
+sampling follows `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` as the SDK reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Telemetry:
+    """Handle on the tracing set-up of one process.
+
+    Attributes:
+        enabled: True when an SDK tracer provider with an exporter is installed.
+        provider: The SDK provider, when enabled.
+    """
+
+    enabled: bool = False
+    provider: Any = None
+
+    def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """The tracing server interceptor (health checks excluded), when enabled."""
+        if not self.enabled:
+            return []
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+        from opentelemetry.instrumentation.grpc.filters import health_check, negate
+
+        # Health is excluded: probes are noise in traces, and the stock asyncio health Watch
+        # breaks under this interceptor (opentelemetry-python-contrib #3066).
+        return [
+            aio_server_interceptor(tracer_provider=self.provider, filter_=negate(health_check()))
+        ]
+
+    def client_interceptors(self) -> Sequence[grpc.aio.ClientInterceptor]:
+        """The tracing client interceptors, when enabled."""
+        if not self.enabled:
+            return []
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+        return list(aio_client_interceptors(tracer_provider=self.provider))
+
+    def shutdown(self) -> None:
+        """Flushes and stops the exporter."""
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+_process_telemetry = Telemetry()
+
+
+def current() -> Telemetry:
+    """The telemetry configured for this process (disabled until `configure_tracing`)."""
+    return _process_telemetry
+
+
+def _exporter_wanted(env: Mapping[str, str]) -> str | None:
+    if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    choice = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if choice in ("none",):
+        return None
+    if choice in ("otlp", "console"):
+        return choice
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return "otlp"
+    return None
+
+
+def configure_tracing(service_name: str, env: Mapping[str, str]) -> Telemetry:
+    """Installs the OpenTelemetry SDK for this process when the environment asks for it.
+
+    Args:
+        service_name: Default `service.name` (the component name).
+        env: Environment to read the OTEL_* variables from.
+    """
+    global _process_telemetry
+    exporter_kind = _exporter_wanted(env)
+    if exporter_kind is None:
+        _process_telemetry = Telemetry()
+        return _process_telemetry
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
+
+    name = env.get("OTEL_SERVICE_NAME") or service_name
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    exporter: SpanExporter
+    if exporter_kind == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _process_telemetry = Telemetry(enabled=True, provider=provider)
+    log.info("tracing enabled: exporter=%s service.name=%s", exporter_kind, name)
+    return _process_telemetry
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds `trace_id` and `span_id` of the current span to every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = format(context.trace_id, "032x")
+            record.span_id = format(context.span_id, "016x")
+        else:
+            record.trace_id = "-"
+            record.span_id = "-"
+        return True
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Configures the root logger for a Grace process; called only from `__main__`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TraceContextFilter())
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [trace_id=%(trace_id)s span_id=%(span_id)s] "
+            "%(message)s"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,1 @@
+"""The registry: domains, leases, health, capabilities and routing scores."""

@@ -1,0 +1,497 @@
+"""The registry core: domains and leases in memory, written through to the store.
+
+Reads (get, list, find, capability map) are served from memory, so routing lookups cost
+microseconds. Every write is persisted before memory changes and before the caller hears
+back, so a failed write leaves nothing half-done and an acknowledged one survives a crash.
+Each change that matters to watchers (registration, status change, removal) gets the next
+registry revision and goes into a bounded history that watches replay from; heartbeats
+that only renew a lease or refresh metrics do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.pagination import decode_token, encode_token, page_size
+from services.common.validation import (
+    require_id,
+    require_range,
+    require_string_map,
+    require_text,
+    require_unique_ids,
+)
+from services.registry import ranking
+from services.registry.model import (
+    Change,
+    ChangeKind,
+    DomainRecord,
+    DomainStatus,
+    Metrics,
+    Registration,
+)
+from services.registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+CAPABILITY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
+MAX_CAPABILITIES = 64
+MAX_CAPABILITY_LENGTH = 64
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY = 128
+MAX_METADATA_VALUE = 1024
+MAX_VERSION_LENGTH = 64
+MAX_HOST_LENGTH = 255
+MIN_LEASE_TTL_S = 1.0
+MAX_LEASE_TTL_S = 3600.0
+WATCH_BATCH = 500
+
+Clock = Callable[[], float]
+ChangeListener = Callable[[Change], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Tunables of the registry core.
+
+    Attributes:
+        default_lease_ttl_s: Lease length when a registration does not ask for one.
+        deregister_after_s: How long a lapsed lease is kept (UNHEALTHY) before removal.
+        history: How many changes are kept for watches to resume from.
+    """
+
+    default_lease_ttl_s: float = 30.0
+    deregister_after_s: float = 300.0
+    history: int = 10_000
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    """One message of a watch: changes in revision order, and the revision reached."""
+
+    changes: list[Change]
+    revision: int
+    reset: bool = False
+
+
+@dataclass(frozen=True)
+class RegistryStats:
+    """Counts for GetRegistryStats."""
+
+    total: int
+    by_status: dict[str, int]
+    by_capability: dict[str, int]
+    revision: int
+    leases_expired: int
+    domains_reaped: int
+
+
+def validate_registration(reg: Registration) -> Registration:
+    """Checks every field of a registration; raises InvalidArgument naming the first bad one."""
+    require_id("domain_id", reg.domain_id)
+    require_text("host", reg.host, max_length=MAX_HOST_LENGTH, required=True)
+    if not 1 <= reg.port <= 65535:
+        raise InvalidArgument("port", "must be between 1 and 65535")
+    capabilities = require_unique_ids(
+        "capabilities",
+        reg.capabilities,
+        max_count=MAX_CAPABILITIES,
+        max_length=MAX_CAPABILITY_LENGTH,
+        pattern=CAPABILITY_PATTERN,
+    )
+    require_text("version", reg.version, max_length=MAX_VERSION_LENGTH)
+    require_string_map(
+        "metadata",
+        reg.metadata,
+        max_entries=MAX_METADATA_ENTRIES,
+        max_key_length=MAX_METADATA_KEY,
+        max_value_length=MAX_METADATA_VALUE,
+    )
+    if reg.public_key and len(reg.public_key) != 32:
+        raise InvalidArgument("public_key", "must be a raw 32-byte Ed25519 public key")
+    if reg.lease_ttl_s is not None:
+        require_range(
+            "lease_ttl", reg.lease_ttl_s, minimum=MIN_LEASE_TTL_S, maximum=MAX_LEASE_TTL_S
+        )
+    return Registration(
+        domain_id=reg.domain_id,
+        host=reg.host,
+        port=reg.port,
+        capabilities=tuple(capabilities),
+        version=reg.version,
+        metadata=dict(reg.metadata),
+        public_key=reg.public_key,
+        lease_ttl_s=reg.lease_ttl_s,
+    )
+
+
+def validate_metrics(metrics: Metrics) -> Metrics:
+    """Rejects metrics that are not numbers; clamps ratios into [0, 1]."""
+    for name in ("load", "latency_ms", "success_rate"):
+        value = getattr(metrics, name)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidArgument(f"metrics.{name}", "must be a finite number")
+    if metrics.latency_ms < 0:
+        raise InvalidArgument("metrics.latency_ms", "must not be negative")
+    return Metrics(
+        load=min(1.0, max(0.0, metrics.load)),
+        latency_ms=metrics.latency_ms,
+        success_rate=min(1.0, max(0.0, metrics.success_rate)),
+    )
+
+
+class Registry:
+    """Domains, leases and watches.
+
+    Args:
+        store: Durable state.
+        settings: Lease and history tunables.
+        clock: Returns epoch seconds; injectable so tests can move time.
+    """
+
+    def __init__(
+        self,
+        store: RegistryStore,
+        settings: RegistrySettings | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings or RegistrySettings()
+        self._clock = clock
+        self._records: dict[str, DomainRecord] = {}
+        self._by_capability: dict[str, set[str]] = collections.defaultdict(set)
+        self._history: collections.deque[Change] = collections.deque(maxlen=self.settings.history)
+        self._revision = 0
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._closing = False
+        self._listeners: list[ChangeListener] = []
+        self._leases_expired = 0
+        self._domains_reaped = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Loads persisted state. Leases that lapsed while the registry was down get one
+        TTL of grace from now: their domains could not heartbeat an absent registry."""
+        await self.store.open()
+        loaded = await self.store.load(self.settings.history)
+        now = self._clock()
+        renewed = []
+        for record in loaded.records:
+            if record.status.is_live and record.lease_expires_at < now:
+                record = record.with_changes(lease_expires_at=now + record.lease_ttl_s)
+                renewed.append(record)
+            self._index(record)
+        await self.store.touch(renewed)
+        self._revision = loaded.revision
+        self._history.extend(loaded.recent_changes)
+        log.info("registry loaded %d domains at revision %d", len(self._records), self._revision)
+
+    async def close(self) -> None:
+        """Ends every watch; the store stays open until `store.close`."""
+        self._closing = True
+        async with self._changed:
+            self._changed.notify_all()
+
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Calls `listener` after each persisted change (lifecycle events)."""
+        self._listeners.append(listener)
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def register(self, registration: Registration) -> tuple[DomainRecord, bool]:
+        """Registers or updates a domain; returns the record and whether it is new."""
+        reg = validate_registration(registration)
+        async with self._lock:
+            now = self._clock()
+            ttl = reg.lease_ttl_s or self.settings.default_lease_ttl_s
+            existing = self._records.get(reg.domain_id)
+            record = DomainRecord(
+                domain_id=reg.domain_id,
+                host=reg.host,
+                port=reg.port,
+                capabilities=reg.capabilities,
+                version=reg.version,
+                metadata=reg.metadata,
+                public_key=reg.public_key,
+                lease_ttl_s=ttl,
+                status=DomainStatus.HEALTHY,
+                metrics=existing.metrics if existing else Metrics(),
+                registered_at=existing.registered_at if existing else now,
+                last_heartbeat_at=now,
+                lease_expires_at=now + ttl,
+                revision=self._revision + 1,
+            )
+            kind = ChangeKind.UPDATED if existing else ChangeKind.REGISTERED
+            await self._commit([Change(record.revision, kind, record)])
+        return record, existing is None
+
+    async def heartbeat(
+        self, domain_id: str, metrics: Metrics | None = None, degraded: bool = False
+    ) -> DomainRecord:
+        """Renews a lease, records metrics, and moves the status if it changed."""
+        require_id("domain_id", domain_id)
+        if metrics is not None:
+            metrics = validate_metrics(metrics)
+        async with self._lock:
+            current = self._get(domain_id)
+            now = self._clock()
+            status = DomainStatus.DEGRADED if degraded else DomainStatus.HEALTHY
+            record = current.with_changes(
+                metrics=metrics or current.metrics,
+                last_heartbeat_at=now,
+                lease_expires_at=now + current.lease_ttl_s,
+                status=status,
+            )
+            if status is current.status:
+                await self.store.touch([record])
+                self._index(record)
+            else:
+                record = record.with_changes(revision=self._revision + 1)
+                await self._commit([Change(record.revision, ChangeKind.STATUS_CHANGED, record)])
+        return record
+
+    async def deregister(self, domain_id: str) -> int:
+        """Removes a domain; returns the revision of the removal."""
+        require_id("domain_id", domain_id)
+        async with self._lock:
+            record = self._get(domain_id).with_changes(revision=self._revision + 1)
+            await self._commit([Change(record.revision, ChangeKind.REMOVED, record)])
+            return record.revision
+
+    async def sweep(self) -> list[Change]:
+        """Marks lapsed leases UNHEALTHY and removes domains past the grace period."""
+        async with self._lock:
+            now = self._clock()
+            pending: list[Change] = []
+            revision = self._revision
+            for record in sorted(self._records.values(), key=lambda r: r.domain_id):
+                if record.status.is_live and now >= record.lease_expires_at:
+                    revision += 1
+                    pending.append(
+                        Change(
+                            revision,
+                            ChangeKind.STATUS_CHANGED,
+                            record.with_changes(status=DomainStatus.UNHEALTHY, revision=revision),
+                        )
+                    )
+                elif (
+                    not record.status.is_live
+                    and now >= record.lease_expires_at + self.settings.deregister_after_s
+                ):
+                    revision += 1
+                    pending.append(
+                        Change(revision, ChangeKind.REMOVED, record.with_changes(revision=revision))
+                    )
+            if pending:
+                await self._commit(pending)
+                self._leases_expired += sum(c.kind is ChangeKind.STATUS_CHANGED for c in pending)
+                self._domains_reaped += sum(c.kind is ChangeKind.REMOVED for c in pending)
+                for change in pending:
+                    log.info(
+                        "domain %s: %s",
+                        change.record.domain_id,
+                        "lease lapsed"
+                        if change.kind is ChangeKind.STATUS_CHANGED
+                        else "removed after grace period",
+                    )
+            return pending
+
+    async def run_sweeper(self, interval_s: float) -> None:
+        """Sweeps every `interval_s` until cancelled; trims the change log now and then."""
+        sweeps = 0
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sweep()
+                sweeps += 1
+                if sweeps % 60 == 0 and self._revision > self.settings.history:
+                    await self.store.trim_changes(self._revision - self.settings.history)
+            except Exception:
+                log.exception("registry sweep failed; retrying next interval")
+
+    async def _commit(self, pending: list[Change]) -> None:
+        # Persist first: if the store fails, memory and watchers never see the change.
+        await self.store.apply(pending)
+        for change in pending:
+            if change.kind is ChangeKind.REMOVED:
+                self._unindex(change.record.domain_id)
+            else:
+                self._index(change.record)
+            self._history.append(change)
+        self._revision = pending[-1].revision
+        async with self._changed:
+            self._changed.notify_all()
+        for change in pending:
+            for listener in self._listeners:
+                try:
+                    await listener(change)
+                except Exception:
+                    log.exception("registry change listener failed")
+
+    def _index(self, record: DomainRecord) -> None:
+        old = self._records.get(record.domain_id)
+        if old is not None:
+            for capability in old.capabilities:
+                self._by_capability[capability].discard(record.domain_id)
+        self._records[record.domain_id] = record
+        for capability in record.capabilities:
+            self._by_capability[capability].add(record.domain_id)
+
+    def _unindex(self, domain_id: str) -> None:
+        old = self._records.pop(domain_id, None)
+        if old is not None:
+            for capability in old.capabilities:
+                holders = self._by_capability[capability]
+                holders.discard(domain_id)
+                if not holders:
+                    del self._by_capability[capability]
+
+    # -- reads -----------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        """The current registry revision."""
+        return self._revision
+
+    def _get(self, domain_id: str) -> DomainRecord:
+        record = self._records.get(domain_id)
+        if record is None:
+            raise NotFound("domain", domain_id)
+        return record
+
+    def get(self, domain_id: str) -> DomainRecord:
+        """One domain, or NotFound."""
+        require_id("domain_id", domain_id)
+        return self._get(domain_id)
+
+    def list_domains(
+        self,
+        *,
+        size: int = 0,
+        token: str = "",
+        status: DomainStatus | None = None,
+        capability: str = "",
+    ) -> tuple[list[DomainRecord], str, int]:
+        """A page of domains ordered by id; returns (page, next token, total matching)."""
+        limit = page_size(size)
+        position = decode_token(token)
+        after = str(position.get("after", "")) if position else ""
+        if capability:
+            require_id(
+                "capability",
+                capability,
+                max_length=MAX_CAPABILITY_LENGTH,
+                pattern=CAPABILITY_PATTERN,
+            )
+            ids = self._by_capability.get(capability, set())
+        else:
+            ids = set(self._records)
+        matching = sorted(i for i in ids if status is None or self._records[i].status is status)
+        start = 0
+        if after:
+            start = bisect.bisect_right(matching, after)
+        page_ids = matching[start : start + limit]
+        more = start + limit < len(matching)
+        next_token = encode_token({"after": page_ids[-1]}) if more and page_ids else ""
+        return [self._records[i] for i in page_ids], next_token, len(matching)
+
+    def capability_map(self, include_unhealthy: bool = False) -> dict[str, list[str]]:
+        """Capability -> sorted ids of the domains offering it."""
+        result: dict[str, list[str]] = {}
+        for capability, ids in self._by_capability.items():
+            chosen = sorted(i for i in ids if include_unhealthy or self._records[i].status.is_live)
+            if chosen:
+                result[capability] = chosen
+        return dict(sorted(result.items()))
+
+    def find(self, capability: str, limit: int = 0) -> list[tuple[DomainRecord, float]]:
+        """Live domains offering `capability` with their routing score, best first."""
+        require_id(
+            "capability", capability, max_length=MAX_CAPABILITY_LENGTH, pattern=CAPABILITY_PATTERN
+        )
+        if limit < 0 or limit > 1000:
+            raise InvalidArgument("limit", "must be between 0 and 1000")
+        ids = self._by_capability.get(capability, ())
+        ranked = ranking.rank(self._records[i] for i in ids)
+        return ranked[:limit] if limit else ranked
+
+    def stats(self) -> RegistryStats:
+        """Counts by status and capability."""
+        by_status = {status.value: 0 for status in DomainStatus}
+        for record in self._records.values():
+            by_status[record.status.value] += 1
+        by_capability = {
+            capability: sum(self._records[i].status.is_live for i in ids)
+            for capability, ids in sorted(self._by_capability.items())
+        }
+        return RegistryStats(
+            total=len(self._records),
+            by_status=by_status,
+            by_capability=by_capability,
+            revision=self._revision,
+            leases_expired=self._leases_expired,
+            domains_reaped=self._domains_reaped,
+        )
+
+    # -- watches ---------------------------------------------------------------------
+
+    def _can_replay_after(self, revision: int) -> bool:
+        if revision == self._revision:
+            return True
+        if revision > self._revision or not self._history:
+            return False
+        return self._history[0].revision <= revision + 1
+
+    def _changes_after(self, revision: int) -> list[Change]:
+        start = revision + 1 - self._history[0].revision
+        return [self._history[i] for i in range(start, len(self._history))]
+
+    def _snapshot(self, reset: bool) -> list[WatchBatch]:
+        records = sorted(self._records.values(), key=lambda r: r.domain_id)
+        changes = [Change(self._revision, ChangeKind.SNAPSHOT, r) for r in records]
+        chunks = [changes[i : i + WATCH_BATCH] for i in range(0, len(changes), WATCH_BATCH)]
+        chunks = chunks or [[]]
+        return [
+            WatchBatch(chunk, self._revision, reset=reset and index == 0)
+            for index, chunk in enumerate(chunks)
+        ]
+
+    async def _wait_for_change(self, seen: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._revision != seen or self._closing)
+
+    async def watch(self, after_revision: int = 0) -> AsyncIterator[WatchBatch]:
+        """A snapshot (or a replay after `after_revision`), then every change, until close.
+
+        Memory stays bounded whatever the pace of the client: a watcher only remembers
+        the last revision it sent and reads from the shared history, and one that fell
+        further behind than the history holds gets a fresh snapshot with `reset`.
+        """
+        if after_revision < 0:
+            raise InvalidArgument("after_revision", "must not be negative")
+        last = after_revision
+        if after_revision == 0 or not self._can_replay_after(after_revision):
+            for batch in self._snapshot(reset=after_revision != 0):
+                yield batch
+            last = self._revision
+        while not self._closing:
+            if self._revision == last:
+                await self._wait_for_change(last)
+                continue
+            if not self._can_replay_after(last):
+                for batch in self._snapshot(reset=True):
+                    yield batch
+                last = self._revision
+                continue
+            pending = self._changes_after(last)[:WATCH_BATCH]
+            last = pending[-1].revision
+            yield WatchBatch(pending, last)

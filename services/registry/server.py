@@ -1,0 +1,61 @@
+"""Wires the registry core, its store and its servicer into the shared server runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import grpc
+
+from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.server import Service
+from services.common.storage import Database
+from services.registry.config import RegistryConfig
+from services.registry.registry import Clock, Registry
+from services.registry.servicer import RegistryServicer
+from services.registry.store import RegistryStore
+
+SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
+
+
+class RegistryServer(Service):
+    """The registry as a Grace service.
+
+    Args:
+        config: Server and registry settings.
+        clock: Injectable clock for tests.
+        schema: PostgreSQL schema (tests); None for the default.
+    """
+
+    def __init__(
+        self, config: RegistryConfig, *, clock: Clock | None = None, schema: str | None = None
+    ) -> None:
+        self.config = config
+        store = RegistryStore(Database(config.server.database_url, schema=schema))
+        self.registry = (
+            Registry(store, config.settings, clock) if clock else Registry(store, config.settings)
+        )
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(self.registry), server
+        )
+        return [SERVICE_NAME]
+
+    async def start(self) -> None:
+        await self.registry.open()
+        self._sweeper = asyncio.create_task(
+            self.registry.run_sweeper(self.config.sweep_interval_s), name="registry-sweeper"
+        )
+
+    async def begin_shutdown(self) -> None:
+        await self.registry.close()
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await self.registry.store.close()

@@ -1,0 +1,164 @@
+"""gRPC adapter of the registry: proto in, core call, proto out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+
+from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.peers import caller_host
+from services.common.timestamps import from_duration, to_duration, to_timestamp
+from services.registry.model import ChangeKind, DomainRecord, DomainStatus, Metrics, Registration
+from services.registry.registry import Registry
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+_STATUS_TO_PROTO = {
+    DomainStatus.HEALTHY: registry_pb2.DOMAIN_STATUS_HEALTHY,
+    DomainStatus.DEGRADED: registry_pb2.DOMAIN_STATUS_DEGRADED,
+    DomainStatus.UNHEALTHY: registry_pb2.DOMAIN_STATUS_UNHEALTHY,
+}
+_STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
+_KIND_TO_PROTO = {
+    ChangeKind.SNAPSHOT: registry_pb2.CHANGE_KIND_SNAPSHOT,
+    ChangeKind.REGISTERED: registry_pb2.CHANGE_KIND_REGISTERED,
+    ChangeKind.UPDATED: registry_pb2.CHANGE_KIND_UPDATED,
+    ChangeKind.STATUS_CHANGED: registry_pb2.CHANGE_KIND_STATUS_CHANGED,
+    ChangeKind.REMOVED: registry_pb2.CHANGE_KIND_REMOVED,
+}
+
+
+def domain_to_proto(record: DomainRecord) -> registry_pb2.Domain:
+    """The wire form of a domain record."""
+    return registry_pb2.Domain(
+        domain_id=record.domain_id,
+        host=record.host,
+        port=record.port,
+        address=record.address,
+        capabilities=record.capabilities,
+        version=record.version,
+        metadata=record.metadata,
+        public_key=record.public_key,
+        lease_ttl=to_duration(record.lease_ttl_s),
+        status=_STATUS_TO_PROTO[record.status],
+        metrics=registry_pb2.DomainMetrics(
+            load=record.metrics.load,
+            latency_ms=record.metrics.latency_ms,
+            success_rate=record.metrics.success_rate,
+        ),
+        registered_at=to_timestamp(record.registered_at),
+        last_heartbeat_at=to_timestamp(record.last_heartbeat_at),
+        lease_expires_at=to_timestamp(record.lease_expires_at),
+        revision=record.revision,
+    )
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    """Serves `grace.registry.v1.RegistryService` over a `Registry` core."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    async def RegisterDomain(
+        self, request: registry_pb2.RegisterDomainRequest, context: Context
+    ) -> registry_pb2.RegisterDomainResponse:
+        registration = Registration(
+            domain_id=request.domain_id,
+            host=request.host or caller_host(context),
+            port=request.port,
+            capabilities=tuple(request.capabilities),
+            version=request.version,
+            metadata=dict(request.metadata),
+            public_key=request.public_key,
+            lease_ttl_s=from_duration(request.lease_ttl) if request.HasField("lease_ttl") else None,
+        )
+        record, created = await self._registry.register(registration)
+        return registry_pb2.RegisterDomainResponse(domain=domain_to_proto(record), created=created)
+
+    async def Heartbeat(
+        self, request: registry_pb2.HeartbeatRequest, context: Context
+    ) -> registry_pb2.HeartbeatResponse:
+        metrics = None
+        if request.HasField("metrics"):
+            m = request.metrics
+            metrics = Metrics(load=m.load, latency_ms=m.latency_ms, success_rate=m.success_rate)
+        record = await self._registry.heartbeat(request.domain_id, metrics, request.degraded)
+        return registry_pb2.HeartbeatResponse(domain=domain_to_proto(record))
+
+    async def DeregisterDomain(
+        self, request: registry_pb2.DeregisterDomainRequest, context: Context
+    ) -> registry_pb2.DeregisterDomainResponse:
+        revision = await self._registry.deregister(request.domain_id)
+        return registry_pb2.DeregisterDomainResponse(revision=revision)
+
+    async def GetDomain(
+        self, request: registry_pb2.GetDomainRequest, context: Context
+    ) -> registry_pb2.GetDomainResponse:
+        return registry_pb2.GetDomainResponse(
+            domain=domain_to_proto(self._registry.get(request.domain_id))
+        )
+
+    async def ListDomains(
+        self, request: registry_pb2.ListDomainsRequest, context: Context
+    ) -> registry_pb2.ListDomainsResponse:
+        records, next_token, total = self._registry.list_domains(
+            size=request.page_size,
+            token=request.page_token,
+            status=_STATUS_FROM_PROTO.get(request.status),
+            capability=request.capability,
+        )
+        return registry_pb2.ListDomainsResponse(
+            domains=[domain_to_proto(r) for r in records],
+            next_page_token=next_token,
+            total_size=total,
+        )
+
+    async def GetCapabilityMap(
+        self, request: registry_pb2.GetCapabilityMapRequest, context: Context
+    ) -> registry_pb2.GetCapabilityMapResponse:
+        mapping = self._registry.capability_map(request.include_unhealthy)
+        return registry_pb2.GetCapabilityMapResponse(
+            capabilities={c: registry_pb2.DomainIds(domain_ids=ids) for c, ids in mapping.items()}
+        )
+
+    async def FindByCapability(
+        self, request: registry_pb2.FindByCapabilityRequest, context: Context
+    ) -> registry_pb2.FindByCapabilityResponse:
+        ranked = self._registry.find(request.capability, request.limit)
+        return registry_pb2.FindByCapabilityResponse(
+            domains=[
+                registry_pb2.RankedDomain(domain=domain_to_proto(r), score=s) for r, s in ranked
+            ]
+        )
+
+    async def WatchDomains(
+        self, request: registry_pb2.WatchDomainsRequest, context: Context
+    ) -> AsyncIterator[registry_pb2.WatchDomainsResponse]:
+        async for batch in self._registry.watch(request.after_revision):
+            yield registry_pb2.WatchDomainsResponse(
+                changes=[
+                    registry_pb2.DomainChange(
+                        kind=_KIND_TO_PROTO[c.kind],
+                        domain=domain_to_proto(c.record),
+                        revision=c.revision,
+                    )
+                    for c in batch.changes
+                ],
+                revision=batch.revision,
+                reset=batch.reset,
+            )
+
+    async def GetRegistryStats(
+        self, request: registry_pb2.GetRegistryStatsRequest, context: Context
+    ) -> registry_pb2.GetRegistryStatsResponse:
+        stats = self._registry.stats()
+        return registry_pb2.GetRegistryStatsResponse(
+            total_domains=stats.total,
+            domains_by_status=stats.by_status,
+            domains_by_capability=stats.by_capability,
+            revision=stats.revision,
+            leases_expired=stats.leases_expired,
+            domains_reaped=stats.domains_reaped,
+        )

@@ -1,0 +1,47 @@
+"""Helpers for tests: a clock tests can move, and in-process servers on free ports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+
+from services.common.channels import channel
+from services.common.config import ServerConfig
+from services.common.server import GraceServer, Service
+
+
+class ManualClock:
+    """A clock that only moves when told to. Starts at a fixed epoch time."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def server_config(service: str, data_dir: Path, database_url: str = "") -> ServerConfig:
+    """A config binding 127.0.0.1 on a free port, with its data under `data_dir`."""
+    return ServerConfig(
+        service=service,
+        host="127.0.0.1",
+        port=0,
+        data_dir=data_dir,
+        database_url=database_url or f"sqlite+aiosqlite:///{data_dir / (service + '.db')}",
+        shutdown_grace_s=0.5,
+    )
+
+
+@asynccontextmanager
+async def serving(
+    config: ServerConfig, service: Service
+) -> AsyncIterator[tuple[GraceServer, grpc.aio.Channel]]:
+    """Runs `service` on a real server and yields it with a channel to it."""
+    async with GraceServer(config, service) as server, channel(server.address) as chan:
+        yield server, chan
