@@ -1,0 +1,191 @@
+"""Transactional outbox: events a service must publish, stored with the change they announce.
+
+A service writes its change and the announcing event in one transaction (`Outbox.enqueue`
+on the transaction's connection), so there is never a change without its event or an
+event without its change. `OutboxRelay` publishes pending events in order, deletes them
+once the publisher confirms, and backs off while the event bus is down: the write that
+caused the event succeeded long before. Each event keeps the id it got when enqueued, so a
+re-publish after a crash between publish and delete is a duplicate the bus suppresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.storage import Database
+
+log = logging.getLogger(__name__)
+
+
+def outbox_table(metadata: MetaData, prefix: str) -> Table:
+    """The outbox table of one service, named `<prefix>_outbox`."""
+    return Table(
+        f"{prefix}_outbox",
+        metadata,
+        Column("row_id", Integer, primary_key=True, autoincrement=True),
+        Column("event_id", String(128), nullable=False),
+        Column("event_type", String(256), nullable=False),
+        Column("source_domain", String(128), nullable=False),
+        Column("subject", String(256), nullable=False),
+        Column("data", JSON, nullable=False),
+        Column("traceparent", String(64), nullable=False),
+        Column("created_at", Float, nullable=False),
+    )
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """An event waiting in the outbox."""
+
+    row_id: int
+    event_id: str
+    event_type: str
+    source_domain: str
+    subject: str
+    data: dict[str, Any]
+    traceparent: str
+    created_at: float
+
+
+class Publisher(Protocol):
+    """Where the relay sends events: the event bus in production, a list in tests."""
+
+    async def publish(self, events: Sequence[OutboxEvent]) -> None:
+        """Publishes every event durably, or raises; partial success must be safe to repeat."""
+
+
+class Outbox:
+    """Reads and writes one service's outbox table.
+
+    Args:
+        db: The service's database.
+        table: Its outbox table (from `outbox_table`).
+        source_domain: Source of the events, for example "registry".
+    """
+
+    def __init__(self, db: Database, table: Table, source_domain: str) -> None:
+        self.db = db
+        self.table = table
+        self.source_domain = source_domain
+
+    async def enqueue(
+        self,
+        conn: AsyncConnection,
+        event_type: str,
+        data: Mapping[str, Any],
+        *,
+        subject: str = "",
+        traceparent: str = "",
+    ) -> str:
+        """Adds an event inside the caller's transaction; returns its id."""
+        event_id = str(uuid.uuid4())
+        await conn.execute(
+            self.table.insert().values(
+                event_id=event_id,
+                event_type=event_type,
+                source_domain=self.source_domain,
+                subject=subject,
+                data=dict(data),
+                traceparent=traceparent,
+                created_at=time.time(),
+            )
+        )
+        return event_id
+
+    async def pending(self, limit: int) -> list[OutboxEvent]:
+        """The oldest events not yet published, in order."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(self.table).order_by(self.table.c.row_id).limit(limit))
+            return [OutboxEvent(**row._mapping) for row in rows]
+
+    async def count(self) -> int:
+        """How many events wait."""
+        async with self.db.read() as conn:
+            result = await conn.execute(select(func.count()).select_from(self.table))
+            return int(result.scalar_one())
+
+    async def remove(self, row_ids: Sequence[int]) -> None:
+        """Deletes published events."""
+        if row_ids:
+            async with self.db.transaction() as conn:
+                await conn.execute(delete(self.table).where(self.table.c.row_id.in_(row_ids)))
+
+
+class OutboxRelay:
+    """Moves events from an outbox to a publisher, in order, until stopped.
+
+    Args:
+        outbox: The outbox to drain.
+        publisher: Where events go.
+        batch: Events per publish call.
+        poll_interval_s: How often to look when nobody calls `wake`.
+        max_backoff_s: Longest wait between attempts while the publisher fails.
+    """
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        publisher: Publisher,
+        *,
+        batch: int = 500,
+        poll_interval_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+    ) -> None:
+        self.outbox = outbox
+        self.publisher = publisher
+        self.batch = batch
+        self.poll_interval_s = poll_interval_s
+        self.max_backoff_s = max_backoff_s
+        self.published = 0
+        self.failures = 0
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Asks the relay to look now (call after committing a transaction with events)."""
+        self._wake.set()
+
+    async def drain_once(self) -> int:
+        """Publishes everything pending; returns how many went. Raises if publishing fails."""
+        total = 0
+        while True:
+            events = await self.outbox.pending(self.batch)
+            if not events:
+                return total
+            await self.publisher.publish(events)
+            await self.outbox.remove([e.row_id for e in events])
+            total += len(events)
+            self.published += len(events)
+
+    async def run(self) -> None:
+        """Drains forever with exponential backoff on failure; cancel to stop."""
+        backoff = self.poll_interval_s
+        while True:
+            self._wake.clear()
+            try:
+                await self.drain_once()
+                backoff = self.poll_interval_s
+                wait = self.poll_interval_s
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                log.warning(
+                    "outbox %s: publish failed (%s); retrying in %.1fs",
+                    self.outbox.table.name,
+                    exc,
+                    backoff,
+                )
+                wait = backoff
+                backoff = min(self.max_backoff_s, backoff * 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
