@@ -27,8 +27,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create .venv and install Grace with its test tools (idempotent).
 
 proto-deps: $(STAMP) ## Copy google/api/*.proto from googleapis-common-protos for buf.
-	@rm -rf $(PROTO_DEPS) && mkdir -p $(PROTO_DEPS)/google/api
-	@cp "$$($(PY) -c 'import os; from google.api import annotations_pb2 as a; print(os.path.dirname(a.__file__))')"/{annotations,http,field_behavior}.proto $(PROTO_DEPS)/google/api/
+	$(PY) -m services.common.codegen --proto-deps $(PROTO_DEPS)
 
 generate: $(STAMP) ## Regenerate generated/ from protos/ (python, grpc and .pyi stubs).
 	$(PY) -m services.common.codegen generated

@@ -63,12 +63,31 @@ def generate(out_dir: Path) -> None:
         raise SystemExit(f"codegen: protoc failed with status {status}")
 
 
+# The google/api files the contracts import; buf needs them as a local module because the
+# Buf Schema Registry is not reachable from every machine.
+GOOGLEAPIS_FILES = ("annotations.proto", "http.proto", "field_behavior.proto")
+
+
+def copy_proto_deps(out_dir: Path) -> None:
+    """Copies google/api/*.proto from googleapis-common-protos into `out_dir` for buf."""
+    target = out_dir / "google" / "api"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    source = googleapis_include() / "google" / "api"
+    for name in GOOGLEAPIS_FILES:
+        shutil.copyfile(source / name, target / name)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: `python -m services.common.codegen OUT_DIR`."""
+    """Entry point: `python -m services.common.codegen [--proto-deps] OUT_DIR`."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        raise SystemExit("usage: python -m services.common.codegen OUT_DIR")
-    generate(Path(args[0]))
+    if len(args) == 2 and args[0] == "--proto-deps":
+        copy_proto_deps(Path(args[1]))
+    elif len(args) == 1:
+        generate(Path(args[0]))
+    else:
+        raise SystemExit("usage: python -m services.common.codegen [--proto-deps] OUT_DIR")
 
 
 if __name__ == "__main__":

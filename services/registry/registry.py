@@ -424,6 +424,10 @@ class Registry:
         ranked = ranking.rank(self._records[i] for i in ids)
         return ranked[:limit] if limit else ranked
 
+    def domain_count(self) -> int:
+        """How many domains are registered."""
+        return len(self._records)
+
     def stats(self) -> RegistryStats:
         """Counts by status and capability."""
         by_status = {status.value: 0 for status in DomainStatus}

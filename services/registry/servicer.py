@@ -60,6 +60,20 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
+        # Records are immutable and replaced on every change, so the wire form of a record
+        # object can be reused until the record is replaced: lookups then cost a copy of a
+        # C message instead of a Python conversion per candidate.
+        self._wire: dict[str, tuple[DomainRecord, registry_pb2.Domain]] = {}
+
+    def _domain(self, record: DomainRecord) -> registry_pb2.Domain:
+        cached = self._wire.get(record.domain_id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        if len(self._wire) > 2 * max(1024, self._registry.domain_count()):
+            self._wire.clear()  # drop entries of domains that are gone
+        message = domain_to_proto(record)
+        self._wire[record.domain_id] = (record, message)
+        return message
 
     async def RegisterDomain(
         self, request: registry_pb2.RegisterDomainRequest, context: Context
@@ -75,7 +89,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             lease_ttl_s=from_duration(request.lease_ttl) if request.HasField("lease_ttl") else None,
         )
         record, created = await self._registry.register(registration)
-        return registry_pb2.RegisterDomainResponse(domain=domain_to_proto(record), created=created)
+        return registry_pb2.RegisterDomainResponse(domain=self._domain(record), created=created)
 
     async def Heartbeat(
         self, request: registry_pb2.HeartbeatRequest, context: Context
@@ -85,7 +99,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             m = request.metrics
             metrics = Metrics(load=m.load, latency_ms=m.latency_ms, success_rate=m.success_rate)
         record = await self._registry.heartbeat(request.domain_id, metrics, request.degraded)
-        return registry_pb2.HeartbeatResponse(domain=domain_to_proto(record))
+        return registry_pb2.HeartbeatResponse(domain=self._domain(record))
 
     async def DeregisterDomain(
         self, request: registry_pb2.DeregisterDomainRequest, context: Context
@@ -97,7 +111,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetDomainRequest, context: Context
     ) -> registry_pb2.GetDomainResponse:
         return registry_pb2.GetDomainResponse(
-            domain=domain_to_proto(self._registry.get(request.domain_id))
+            domain=self._domain(self._registry.get(request.domain_id))
         )
 
     async def ListDomains(
@@ -110,7 +124,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             capability=request.capability,
         )
         return registry_pb2.ListDomainsResponse(
-            domains=[domain_to_proto(r) for r in records],
+            domains=[self._domain(r) for r in records],
             next_page_token=next_token,
             total_size=total,
         )
@@ -128,9 +142,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.FindByCapabilityResponse:
         ranked = self._registry.find(request.capability, request.limit)
         return registry_pb2.FindByCapabilityResponse(
-            domains=[
-                registry_pb2.RankedDomain(domain=domain_to_proto(r), score=s) for r, s in ranked
-            ]
+            domains=[registry_pb2.RankedDomain(domain=self._domain(r), score=s) for r, s in ranked]
         )
 
     async def WatchDomains(
@@ -141,7 +153,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 changes=[
                     registry_pb2.DomainChange(
                         kind=_KIND_TO_PROTO[c.kind],
-                        domain=domain_to_proto(c.record),
+                        domain=self._domain(c.record),
                         revision=c.revision,
                     )
                     for c in batch.changes

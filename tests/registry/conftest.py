@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 import pytest
@@ -48,18 +49,22 @@ def registry_config(tmp_path: Path, database_url: str = "") -> RegistryConfig:
     )
 
 
+class RunningRegistry(NamedTuple):
+    """A registry served on a free port."""
+
+    service: RegistryServer
+    channel: grpc.aio.Channel
+    address: str
+
+
 @pytest.fixture
-async def registry_server(
-    tmp_path: Path, clock: ManualClock
-) -> AsyncIterator[tuple[RegistryServer, grpc.aio.Channel]]:
+async def registry_server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[RunningRegistry]:
     """A registry on a real gRPC server (SQLite), driven by the manual clock."""
     service = RegistryServer(registry_config(tmp_path), clock=clock)
-    async with serving(service.config.server, service) as (_, chan):
-        yield service, chan
+    async with serving(service.config.server, service) as (server, chan):
+        yield RunningRegistry(service, chan, server.address)
 
 
 @pytest.fixture
-def stub(
-    registry_server: tuple[RegistryServer, grpc.aio.Channel],
-) -> registry_pb2_grpc.RegistryServiceStub:
-    return registry_pb2_grpc.RegistryServiceStub(registry_server[1])
+def stub(registry_server: RunningRegistry) -> registry_pb2_grpc.RegistryServiceStub:
+    return registry_pb2_grpc.RegistryServiceStub(registry_server.channel)
