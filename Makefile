@@ -12,7 +12,7 @@ PROTO_DEPS := .build/proto-deps
 PROTOS := $(shell find protos -name '*.proto' | sort)
 PYTEST_ARGS ?=
 
-.PHONY: help setup generate proto-deps lint typecheck test test-fast run bench clean
+.PHONY: help setup generate proto-deps lint breaking test test-fast run bench clean
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -38,6 +38,18 @@ lint: proto-deps ## buf lint, buf format check, ruff check and format check, myp
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+BREAKING_BASE ?= HEAD~1
+breaking: proto-deps ## buf breaking (FILE rules) against BREAKING_BASE (default: the previous commit).
+	@if git cat-file -e "$(BREAKING_BASE):buf.yaml" 2>/dev/null; then \
+		base=$$(mktemp -d) && trap 'rm -rf "$$base"' EXIT && \
+		git archive "$(BREAKING_BASE)" protos buf.yaml | tar -x -C "$$base" && \
+		mkdir -p "$$base/.build" && cp -r $(PROTO_DEPS) "$$base/.build/" && \
+		$(VENV)/bin/buf breaking --against "$$base" && \
+		echo "buf breaking: no breaking change against $(BREAKING_BASE)"; \
+	else \
+		echo "buf breaking: $(BREAKING_BASE) has no protos to compare against; nothing to check"; \
+	fi
 
 test: $(STAMP) ## Run the whole test suite (PostgreSQL tests need GRACE_TEST_POSTGRES_URL).
 	$(PY) -m pytest $(PYTEST_ARGS)
