@@ -39,6 +39,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 FORWARDED_HEADERS = ("traceparent", "tracestate", "x-actor", "authorization")
 REQUEST_ID = "x-request-id"
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+MIN_TIMEOUT_S = 0.001
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -101,7 +102,8 @@ def parse_timeout(headers: Any, default: float | None, maximum: float) -> float 
             raise bad_request("X-Request-Timeout", "must be a positive number of seconds")
     if seconds <= 0:
         raise bad_request("grpc-timeout", "must be positive")
-    return min(seconds, maximum)
+    # gRPC treats a sub-millisecond deadline as none at all; a millisecond is the floor.
+    return min(max(seconds, MIN_TIMEOUT_S), maximum)
 
 
 class GatewayApp:

@@ -160,6 +160,8 @@ class Gateway:
             timeout_graceful_shutdown=max(1, round(self.config.shutdown_grace_s)),
             timeout_keep_alive=30,
             server_header=False,
+            # The client address must be the TCP peer: it becomes x-forwarded-for upstream.
+            proxy_headers=False,
         )
         self._server = _UvicornServer(uv_config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
