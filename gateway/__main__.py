@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 
 from gateway.config import SERVICE, GatewayConfig, flag_parser
 from gateway.server import Gateway
@@ -28,13 +29,24 @@ def main(argv: list[str] | None = None) -> int:
         await Gateway(config).serve_forever()
 
     try:
-        asyncio.run(serve())
+        # uvloop when installed (grpc.aio runs on it): ~10-20% more requests/s per core.
+        loop_factory = _uvloop_factory()
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve())
     except OSError as exc:
         print(str(exc), file=sys.stderr)
         return 1
     finally:
         telemetry.current().shutdown()
     return 0
+
+
+def _uvloop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

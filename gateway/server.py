@@ -136,7 +136,9 @@ class Gateway:
     async def start(self) -> None:
         """Binds and starts serving; returns once requests are accepted."""
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only
+        # then, and without it Nagle's algorithm adds ~40 ms to every keep-alive response.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.config.host, self.config.port))
