@@ -25,7 +25,9 @@ def _schemathesis() -> str | None:
 
 
 @pytest.mark.slow
-async def test_fuzzing_the_registry_routes_finds_no_server_error(stack: Stack) -> None:
+async def test_fuzzing_the_registry_routes_finds_no_server_error(
+    stack: Stack, tmp_path: Path
+) -> None:
     command = _schemathesis()
     if command is None:
         pytest.skip("schemathesis is not installed")
@@ -50,6 +52,7 @@ async def test_fuzzing_the_registry_routes_finds_no_server_error(stack: Stack) -
         "--no-color",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,  # schemathesis keeps a cache directory in its working directory
     )
     out, _ = await asyncio.wait_for(process.communicate(), timeout=300)
     report = out.decode(errors="replace")
