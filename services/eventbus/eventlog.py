@@ -16,7 +16,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import IntegrityError
 
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import Unavailable
@@ -38,6 +40,18 @@ class Appended:
     sequence: int
     duplicate: bool
     published_at: float
+
+
+@dataclass
+class _Plan:
+    """What one group commit writes and answers."""
+
+    head: int
+    rows: list[EventRow] = field(default_factory=list)
+    by_type: dict[str, int] = field(default_factory=dict)
+    fresh: list[event_pb2.Event] = field(default_factory=list)
+    answers: list[list[Appended]] = field(default_factory=list)
+    duplicates: int = 0
 
 
 @dataclass
@@ -148,19 +162,36 @@ class EventLog:
                             )
 
     async def _commit(self, group: list[_Pending]) -> None:
-        keys = {
-            (event.source_domain, event.id)
-            for pending in group
-            for event, gen in zip(pending.events, pending.generated, strict=True)
-            if not gen
-        }
-        known = await self.store.existing(keys) if keys else {}
         now = max(self.clock(), self._last_published_at)
+        # Optimistic: duplicates of stored events are rare (client retries), so write first
+        # and let the unique index object; only then look the group's ids up and redo it.
+        plan = self._plan(group, {}, now)
+        try:
+            await self.store.append(plan.rows, plan.by_type)
+        except IntegrityError:
+            keys = {
+                (event.source_domain, event.id)
+                for pending in group
+                for event, gen in zip(pending.events, pending.generated, strict=True)
+                if not gen
+            }
+            plan = self._plan(group, await self.store.existing(keys), now)
+            if plan.rows:
+                await self.store.append(plan.rows, plan.by_type)
+        # Durable from here on: advance the head, answer, then hand events to live readers.
+        self.head = plan.head
+        self._last_published_at = now
+        self.duplicates += plan.duplicates
+        for pending, answer in zip(group, plan.answers, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(answer)
+        self._fan_out(plan.fresh)
+
+    def _plan(self, group: list[_Pending], known: dict[tuple[str, str], int], now: float) -> _Plan:
+        """Assigns sequences to the group's new events; repeats get the original sequence."""
+        plan = _Plan(head=self.head)
         sequence = self.head
-        rows: list[dict[str, object]] = []
-        by_type: dict[str, int] = {}
-        fresh: list[event_pb2.Event] = []
-        answers: list[list[Appended]] = []
+        rows, by_type, fresh = plan.rows, plan.by_type, plan.fresh
         for pending in group:
             answer = []
             for event in pending.events:
@@ -168,35 +199,28 @@ class EventLog:
                 original = known.get(key)
                 if original is not None:
                     answer.append(Appended(event.id, original, True, now))
-                    self.duplicates += 1
+                    plan.duplicates += 1
                     continue
                 sequence += 1
                 known[key] = sequence
                 event.sequence = sequence
                 event_type = event.event_type
                 rows.append(
-                    {
-                        "sequence": sequence,
-                        "source_domain": event.source_domain,
-                        "event_id": event.id,
-                        "event_type": event_type,
-                        "published_at": now,
-                        "payload": event.SerializeToString(),
-                    }
+                    EventRow(
+                        sequence,
+                        event.source_domain,
+                        event.id,
+                        event_type,
+                        now,
+                        event.SerializeToString(),
+                    )
                 )
                 by_type[event_type] = by_type.get(event_type, 0) + 1
                 fresh.append(event)
                 answer.append(Appended(event.id, sequence, False, now))
-            answers.append(answer)
-        if rows:
-            await self.store.append(rows, by_type)
-        # Durable from here on: advance the head, answer, then hand events to live readers.
-        self.head = sequence
-        self._last_published_at = now
-        for pending, answer in zip(group, answers, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(answer)
-        self._fan_out(fresh)
+            plan.answers.append(answer)
+        plan.head = sequence
+        return plan
 
     def _fan_out(self, fresh: list[event_pb2.Event]) -> None:
         lookup = self.index.lookup

