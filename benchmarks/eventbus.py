@@ -101,8 +101,11 @@ def batches(total: int, types: list[str], prefix: str) -> list[eventbus_pb2.Publ
 
 
 async def wait_streams(stub: eventbus_pb2_grpc.EventBusServiceStub, count: int) -> None:
-    while (await stub.GetStats(eventbus_pb2.GetStatsRequest())).active_streams < count:
+    for _ in range(600):
+        if (await stub.GetStats(eventbus_pb2.GetStatsRequest())).active_streams >= count:
+            return
         await asyncio.sleep(0.05)
+    raise RuntimeError(f"{count} streams did not open")
 
 
 async def grace_throughput(address: str, subscribers: int, total: int) -> float:
