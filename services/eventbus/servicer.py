@@ -10,7 +10,8 @@ from opentelemetry import propagate
 
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from services.common.timestamps import from_timestamp, to_timestamp
-from services.eventbus.bus import EventBus, validate_patterns
+from services.eventbus.bus import EventBus
+from services.eventbus.envelope import validate_patterns
 from services.eventbus.model import ConsumerState, DeadLetterRecord, Start, StartSpec
 from services.eventbus.model import SubscriptionState as Sub
 
