@@ -28,10 +28,10 @@ Why this form:
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from grace.eventbus.v1 import event_pb2
-from services.common import signing
+from services.common import dsse, signing
 
 EVENT_PAYLOAD_TYPE = "application/vnd.grace.event.v1+protobuf"
 
@@ -44,10 +44,10 @@ def event_signing_bytes(event: event_pb2.Event) -> bytes:
     unsigned.CopyFrom(event)
     for name in _UNSIGNED_FIELDS:
         unsigned.ClearField(name)
-    return signing.pae(EVENT_PAYLOAD_TYPE, unsigned.SerializeToString(deterministic=True))
+    return dsse.pae(EVENT_PAYLOAD_TYPE, unsigned.SerializeToString(deterministic=True))
 
 
-def sign_event(event: event_pb2.Event, key: Ed25519PrivateKey) -> event_pb2.Event:
+def sign_event(event: event_pb2.Event, key: signing.SigningKey) -> event_pb2.Event:
     """Signs `event` in place with `key`: sets `signature` and `signature_key_id`.
 
     Raises:
@@ -56,12 +56,12 @@ def sign_event(event: event_pb2.Event, key: Ed25519PrivateKey) -> event_pb2.Even
     if not event.id or not event.HasField("time"):
         raise ValueError("a signed event must set id and time before signing")
     event.signature = key.sign(event_signing_bytes(event))
-    event.signature_key_id = signing.key_id(signing.public_key_bytes(key))
+    event.signature_key_id = key.key_id
     return event
 
 
-def verify_event(event: event_pb2.Event, public_key: bytes | Ed25519PublicKey) -> bool:
+def verify_event(event: event_pb2.Event, public_key: Ed25519PublicKey) -> bool:
     """True when the event carries a valid signature by `public_key` over its signing bytes."""
     if not event.signature or not event.id or not event.HasField("time"):
         return False
-    return signing.verify(public_key, event_signing_bytes(event), event.signature)
+    return dsse.verify_with(public_key, event_signing_bytes(event), event.signature)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.common import signing
+from services.common import dsse, signing
 
 _EM_DASH = "\u2014"
 _ED25519_TYPE = b"\x01"
@@ -80,7 +80,7 @@ def sign_checkpoint(
     """A signed checkpoint note; the key name defaults to the origin."""
     name = key_name or origin
     body = checkpoint_body(origin, size, root_hash)
-    key_hash = note_key_id(name, signing.public_key_bytes(key))
+    key_hash = note_key_id(name, dsse.raw_public_key(key.public_key()))
     signature = base64.b64encode(key_hash + key.sign(body.encode())).decode()
     return f"{body}\n{_EM_DASH} {name} {signature}\n"
 

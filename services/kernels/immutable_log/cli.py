@@ -20,7 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from grace.kernels.immutable_log.v1 import immutable_log_pb2 as pb
-from services.common import signing
+from services.common import dsse
 from services.kernels.immutable_log.audit import AuditError, check_consistency, check_inclusion
 from services.kernels.immutable_log.checkpoint import CheckpointError, parse_verifier_key
 
@@ -50,7 +50,7 @@ def _key(text: str, name: str, note: str) -> tuple[str, bytes]:
     path = Path(text)
     raw = path.read_bytes() if path.is_file() else text.encode()
     if b"BEGIN PUBLIC KEY" in raw:
-        public = signing.public_key_bytes(signing.load_public_key(raw))
+        public = dsse.raw_public_key(dsse.load_public_key(raw))
         return name or note.split("\n", 1)[0], public
     return parse_verifier_key(raw.decode())
 

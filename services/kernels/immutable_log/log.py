@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import DecodeError
 
 from grace.kernels.immutable_log.v1 import immutable_log_pb2 as pb
@@ -115,14 +114,14 @@ class ImmutableLog:
     def __init__(
         self,
         store: LogStore,
-        key: Ed25519PrivateKey,
+        key: signing.SigningKey,
         settings: LogSettings | None = None,
         clock: Clock = time.time,
     ) -> None:
         self.store = store
         self.settings = settings or LogSettings()
         self._key = key
-        self.public_key = signing.public_key_bytes(key)
+        self.public_key = key.public_key
         self.verifier_key = verifier_key(self.settings.origin, self.public_key)
         self._clock = clock
         self._tree = MerkleTree()
@@ -167,7 +166,7 @@ class ImmutableLog:
         await self.store.close()
 
     def _sign(self, size: int) -> str:
-        return sign_checkpoint(self.settings.origin, size, self._tree.root(size), self._key)
+        return sign_checkpoint(self.settings.origin, size, self._tree.root(size), self._key.private_key)
 
     # Appends ---------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The signed statements of the trust kernel: their DSSE payload types and canonical bodies.
 
-Every statement is signed as `signing.pae(type, signing.canonical_json(body))` (DSSE
+Every statement is signed as `dsse.pae(type, dsse.canonical_json(body))` (DSSE
 pre-authentication encoding of sorted-key, space-free UTF-8 JSON made only of strings and
 integers). Binary values are standard base64. Clients (the SDK, tests, any language) build
 the same bodies; the functions here are the reference.
@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.common import signing
+from services.common import dsse, signing
 
 REGISTRATION = "application/vnd.grace.trust.registration.v1+json"
 ROTATION = "application/vnd.grace.trust.rotation.v1+json"
@@ -54,6 +54,6 @@ def certification(issuer: str, subject: str, level: str, issued_at: int) -> dict
     return {"issued_at": issued_at, "issuer": issuer, "level": level, "subject": subject}
 
 
-def sign(key: Ed25519PrivateKey, payload_type: str, body: dict[str, Any]) -> bytes:
+def sign(key: signing.SigningKey | Ed25519PrivateKey, payload_type: str, body: dict[str, Any]) -> bytes:
     """A client's signature over a statement."""
-    return signing.sign_statement(key, payload_type, body)
+    return dsse.sign_statement(key, payload_type, body)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.common import pagination, signing
+from services.common import dsse, pagination, signing
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -89,7 +89,7 @@ def _public_key(field: str, value: bytes) -> bytes:
     if len(value) != signing.PUBLIC_KEY_BYTES:
         raise InvalidArgument(field, "must be a raw 32-byte Ed25519 public key")
     try:
-        signing.load_public_key(value)
+        dsse.load_public_key(value)
     except ValueError:
         raise InvalidArgument(field, "is not a valid Ed25519 public key") from None
     return value
@@ -183,7 +183,7 @@ class TrustKernel:
             if issued is None or issued[0] != domain_id or issued[1] <= self._clock():
                 raise Unauthenticated("challenge: unknown, expired or issued to another domain")
             body = statements.registration(domain_id, public_key, challenge)
-            if not signing.verify_statement(public_key, statements.REGISTRATION, body, signature):
+            if not dsse.verify_statement(public_key, statements.REGISTRATION, body, signature):
                 raise Unauthenticated("signature: not a signature of the registration by the key")
             del self._challenges[challenge]
             kid = signing.key_id(public_key)
@@ -234,11 +234,11 @@ class TrustKernel:
             if new_id in self._keys:
                 raise AlreadyExists("key", new_id)
             body = statements.rotation(domain_id, current.key_id, new_public_key, issued_at)
-            if not signing.verify_statement(
+            if not dsse.verify_statement(
                 current.public_key, statements.ROTATION, body, old_signature
             ):
                 raise Unauthenticated("old_key_signature: not a signature by the current key")
-            if not signing.verify_statement(
+            if not dsse.verify_statement(
                 new_public_key, statements.ROTATION, body, new_signature
             ):
                 raise Unauthenticated("new_key_signature: not a signature by the new key")
@@ -276,7 +276,7 @@ class TrustKernel:
             if signer.state is KeyState.REVOKED and signer.key_id != key_id:
                 raise Unauthenticated("signer_key_id: the signing key is revoked")
             body = statements.revocation(domain_id, key_id, reason, issued_at)
-            if not signing.verify_statement(
+            if not dsse.verify_statement(
                 signer.public_key, statements.REVOCATION, body, signature
             ):
                 raise Unauthenticated("signature: not a signature of the revocation by the signer")
@@ -314,7 +314,7 @@ class TrustKernel:
             if subject not in self._by_domain:
                 raise NotFound("identity", subject)
             body = statements.certification(issuer, subject, level.value, issued_at)
-            if not signing.verify_statement(
+            if not dsse.verify_statement(
                 key.public_key, statements.CERTIFICATION, body, signature
             ):
                 raise Unauthenticated("signature: not a signature by the issuer's current key")

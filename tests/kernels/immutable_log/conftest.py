@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from services.common.signing import SigningKey
 
 from services.common.storage import Database
 from services.kernels.immutable_log.log import ImmutableLog, LogSettings
@@ -17,12 +17,12 @@ OpenLog = Callable[[], AbstractAsyncContextManager[ImmutableLog]]
 
 
 @pytest.fixture
-def log_key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
+def log_key() -> SigningKey:
+    return SigningKey.generate()
 
 
 @pytest.fixture
-def open_log(database: DatabaseTarget, log_key: Ed25519PrivateKey) -> OpenLog:
+def open_log(database: DatabaseTarget, log_key: SigningKey) -> OpenLog:
     """Opens the log over the test database; call again to simulate a restart."""
 
     @asynccontextmanager

@@ -117,7 +117,7 @@ async def test_checkpoints_and_proofs_verify_with_the_public_key_only(
             first_checkpoint=old_note, second_checkpoint=log.checkpoint()[0],
         )
         check_consistency(proof, "test.example/log", public)
-        other = signing.public_key_bytes(signing.generate_private_key())
+        other = signing.SigningKey.generate().public_key
         with pytest.raises(AuditError):
             check_inclusion(await inclusion(log, 3), "test.example/log", other)
 

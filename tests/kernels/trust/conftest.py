@@ -6,9 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.common import signing
+from services.common.signing import SigningKey
 from services.common.storage import Database
 from services.kernels.trust import statements
 from services.kernels.trust.model import Level
@@ -37,15 +36,15 @@ class Domain:
     """A domain with its private key, acting through the kernel as a client would."""
 
     name: str
-    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    key: SigningKey = field(default_factory=SigningKey.generate)
 
     @property
     def public(self) -> bytes:
-        return signing.public_key_bytes(self.key)
+        return self.key.public_key
 
     @property
     def key_id(self) -> str:
-        return signing.key_id(self.public)
+        return self.key.key_id
 
     async def register(self, kernel: TrustKernel) -> None:
         challenge, _ = kernel.create_challenge(self.name)
