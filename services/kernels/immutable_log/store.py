@@ -95,6 +95,11 @@ class LogStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        marks = ", ".join("?" if db.is_sqlite else f"${n}" for n in range(1, 7))
+        self._insert_sql = (
+            f"INSERT INTO {entries.name} (idx, leaf_data, leaf_hash, kind, actor, time) "
+            f"VALUES ({marks})"
+        )
 
     async def open(self) -> None:
         """Creates the tables if missing."""
@@ -173,18 +178,13 @@ class LogStore:
         """Inserts rows from `first_index` on, their request ids and the new tree head, in
         one transaction."""
         async with self.db.transaction() as conn:
-            await conn.execute(
-                entries.insert(),
+            # The hot path of the log: a driver-level executemany of plain tuples skips
+            # SQLAlchemy's per-row parameter processing (about a third of an append's cost).
+            await conn.exec_driver_sql(
+                self._insert_sql,
                 [
-                    {
-                        "idx": first_index + offset,
-                        "leaf_data": row.leaf_data,
-                        "leaf_hash": row.leaf_hash,
-                        "kind": row.kind,
-                        "actor": row.actor,
-                        "time": row.time,
-                    }
-                    for offset, row in enumerate(rows)
+                    (first_index + offset, r.leaf_data, r.leaf_hash, r.kind, r.actor, r.time)
+                    for offset, r in enumerate(rows)
                 ],
             )
             if request_ids:
