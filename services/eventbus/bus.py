@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from grace.eventbus.v1 import event_pb2
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.event_verification import EventVerifier
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.patterns import matches, validate_pattern
 from services.common.validation import require_id
@@ -49,6 +50,8 @@ class EventBus:
         settings: Tunables.
         registry_address: Where push delivery resolves domains.
         clock: Epoch seconds; injectable for tests.
+        verifier: Checks event signatures at publish (see
+            `services.common.event_verification`); None checks nothing.
     """
 
     def __init__(
@@ -57,8 +60,10 @@ class EventBus:
         settings: BusSettings,
         registry_address: str,
         clock: Clock = time.time,
+        verifier: EventVerifier | None = None,
     ) -> None:
         self.store = store
+        self.verifier = verifier
         self.settings = settings
         self.clock = clock
         self.log = EventLog(store, settings, clock)
@@ -104,6 +109,8 @@ class EventBus:
     async def publish(self, event: event_pb2.Event) -> Appended:
         """Validates, stores durably and returns the event's id and sequence."""
         self.validate(event)
+        if self.verifier is not None:
+            await self.verifier.enforce(event)
         generated = self._prepare(event, time.time_ns())
         return (await self.log.append([event], [generated]))[0]
 
@@ -120,7 +127,9 @@ class EventBus:
         for index, event in enumerate(batch):
             try:
                 validate(event, f"events[{index}].")
-            except InvalidArgument as exc:
+                if self.verifier is not None:
+                    await self.verifier.enforce(event)
+            except (InvalidArgument, PermissionDenied) as exc:
                 outcomes.append(PublishOutcome(event.id, error=exc.message))
                 continue
             generated.append(self._prepare(event, now_ns))

@@ -1,0 +1,1 @@
+"""Grace kernels: immutable log, trust (and governance, immune)."""
