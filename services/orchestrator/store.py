@@ -1,0 +1,320 @@
+"""Durable state of the orchestrator: workflow definitions, execution snapshots, outbox.
+
+Every transition of an execution is persisted as a full snapshot of the execution before
+the orchestrator acts on it. Snapshots go through a group-commit writer: transitions that
+arrive while a commit is in flight are written together in the next transaction (one
+upsert per execution, latest snapshot wins, plus their outbox events), so a busy
+orchestrator pays one durable commit for many transitions. On SQLite the batch runs on a
+dedicated thread with a synchronous connection (one thread hop per batch); on PostgreSQL
+through the async engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    func,
+    or_,
+    select,
+)
+
+from services.common.outbox import Outbox, outbox_table
+from services.common.storage import Database
+from services.orchestrator.model import TERMINAL_STATES, JsonDict, StepSpec, WorkflowSpec
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+workflows = Table(
+    "orchestrator_workflows",
+    metadata,
+    Column("workflow_id", String(128), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("steps", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("orchestrator_workflows_created", "created_at"),
+)
+
+executions = Table(
+    "orchestrator_executions",
+    metadata,
+    Column("execution_id", String(128), primary_key=True),
+    Column("workflow_id", String(128), nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("snapshot", JSON, nullable=False),
+    Index("orchestrator_executions_created", "created_at"),
+    Index("orchestrator_executions_state", "state"),
+    Index("orchestrator_executions_workflow", "workflow_id"),
+)
+
+outbox = outbox_table(metadata, "orchestrator")
+
+Event = tuple[str, Mapping[str, Any], str]
+"""An event to enqueue with a transition: (event_type, data, subject)."""
+
+
+def _workflow(row: Any) -> WorkflowSpec:
+    return WorkflowSpec(
+        workflow_id=row.workflow_id,
+        name=row.name,
+        description=row.description,
+        steps=tuple(StepSpec.from_json(s) for s in row.steps),
+        created_at=row.created_at,
+    )
+
+
+class OrchestratorStore:
+    """Reads and writes the orchestrator's tables.
+
+    Args:
+        db: The orchestrator's database.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.outbox = Outbox(db, outbox, "orchestrator")
+        self.on_events: Callable[[], None] = lambda: None
+        self._sync_engine: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        self._rows: dict[str, JsonDict] = {}
+        self._events: list[JsonDict] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    async def open(self) -> None:
+        """Creates the tables and starts the writer."""
+        await self.db.create_tables(metadata)
+        if self.db.is_sqlite:
+            self._sync_engine = self.db.sync_sqlite_engine()
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="orchestrator-writer")
+        self._writer = asyncio.create_task(self._write_loop(), name="orchestrator-writer")
+
+    async def close(self) -> None:
+        """Flushes pending transitions, stops the writer and closes the database."""
+        if self._writer is not None:
+            if self._rows or self._events:
+                await self._flush()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+        await self.db.close()
+
+    # -- transitions (group commit) ---------------------------------------------------
+
+    async def save(self, snapshot: JsonDict, events: Sequence[Event] = ()) -> None:
+        """Persists an execution snapshot and its events; returns once they are durable."""
+        row = {
+            "execution_id": snapshot["execution_id"],
+            "workflow_id": snapshot["workflow_id"],
+            "state": snapshot["state"],
+            "created_at": snapshot["created_at"],
+            "updated_at": snapshot["updated_at"],
+            "snapshot": snapshot,
+        }
+        self._rows[row["execution_id"]] = row
+        for event_type, data, subject in events:
+            self._events.append(self.outbox.new_row(event_type, data, subject=subject))
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wakeup.set()
+        await waiter
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._waiters:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        rows, events, waiters = list(self._rows.values()), self._events, self._waiters
+        self._rows, self._events, self._waiters = {}, [], []
+        try:
+            if self._sync_engine is not None:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._thread, self._commit_sync, rows, events)
+            else:
+                async with self.db.transaction() as conn:
+                    await conn.run_sync(self._write, rows, events)
+        except Exception as exc:
+            log.exception("persisting %d transitions failed", len(rows))
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        self.commits += 1
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if events:
+            self.on_events()
+
+    def _commit_sync(self, rows: list[JsonDict], events: list[JsonDict]) -> None:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            self._write(conn, rows, events)
+
+    def _write(self, conn: Connection, rows: list[JsonDict], events: list[JsonDict]) -> None:
+        if rows:
+            stmt = self.db.insert(executions)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[executions.c.execution_id],
+                set_={
+                    "state": stmt.excluded.state,
+                    "updated_at": stmt.excluded.updated_at,
+                    "snapshot": stmt.excluded.snapshot,
+                },
+            )
+            conn.execute(stmt, rows)
+        if events:
+            conn.execute(outbox.insert(), events)
+
+    # -- workflows ----------------------------------------------------------------------
+
+    async def save_workflow(self, spec: WorkflowSpec) -> WorkflowSpec:
+        """Stores a workflow; when its id exists already, returns the stored one."""
+        async with self.db.transaction() as conn:
+            stmt = (
+                self.db.insert(workflows)
+                .values(
+                    workflow_id=spec.workflow_id,
+                    name=spec.name,
+                    description=spec.description,
+                    steps=[s.to_json() for s in spec.steps],
+                    created_at=spec.created_at,
+                )
+                .on_conflict_do_nothing(index_elements=[workflows.c.workflow_id])
+            )
+            await conn.execute(stmt)
+            row = (
+                await conn.execute(
+                    select(workflows).where(workflows.c.workflow_id == spec.workflow_id)
+                )
+            ).one()
+        return _workflow(row)
+
+    async def get_workflow(self, workflow_id: str) -> WorkflowSpec | None:
+        """One workflow, or None."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(select(workflows).where(workflows.c.workflow_id == workflow_id))
+            ).one_or_none()
+        return _workflow(row) if row else None
+
+    async def list_workflows(
+        self, limit: int, after: tuple[float, str] | None, name: str
+    ) -> list[WorkflowSpec]:
+        """Workflows newest first, after the keyset position `after`."""
+        query = select(workflows)
+        if name:
+            query = query.where(workflows.c.name == name)
+        if after is not None:
+            query = query.where(
+                or_(
+                    workflows.c.created_at < after[0],
+                    and_(workflows.c.created_at == after[0], workflows.c.workflow_id < after[1]),
+                )
+            )
+        query = query.order_by(workflows.c.created_at.desc(), workflows.c.workflow_id.desc())
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.limit(limit))).all()
+        return [_workflow(r) for r in rows]
+
+    async def execution_counts(self, workflow_ids: Sequence[str]) -> dict[str, int]:
+        """Number of executions of each workflow."""
+        if not workflow_ids:
+            return {}
+        query = (
+            select(executions.c.workflow_id, func.count())
+            .where(executions.c.workflow_id.in_(workflow_ids))
+            .group_by(executions.c.workflow_id)
+        )
+        async with self.db.read() as conn:
+            return {row[0]: int(row[1]) for row in await conn.execute(query)}
+
+    async def count_workflows(self) -> int:
+        """Number of stored workflows."""
+        async with self.db.read() as conn:
+            result = await conn.execute(select(func.count()).select_from(workflows))
+            return int(result.scalar_one())
+
+    # -- executions ---------------------------------------------------------------------
+
+    async def get_execution(self, execution_id: str) -> JsonDict | None:
+        """The latest persisted snapshot of an execution, or None."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(executions.c.snapshot).where(executions.c.execution_id == execution_id)
+                )
+            ).one_or_none()
+        return dict(row.snapshot) if row else None
+
+    async def list_executions(
+        self, limit: int, after: tuple[float, str] | None, workflow_id: str, state: str
+    ) -> list[JsonDict]:
+        """Snapshots newest first, optionally filtered, after the keyset position `after`."""
+        query = select(executions.c.snapshot)
+        if workflow_id:
+            query = query.where(executions.c.workflow_id == workflow_id)
+        if state:
+            query = query.where(executions.c.state == state)
+        if after is not None:
+            query = query.where(
+                or_(
+                    executions.c.created_at < after[0],
+                    and_(
+                        executions.c.created_at == after[0],
+                        executions.c.execution_id < after[1],
+                    ),
+                )
+            )
+        query = query.order_by(executions.c.created_at.desc(), executions.c.execution_id.desc())
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query.limit(limit))).all()
+        return [dict(r.snapshot) for r in rows]
+
+    async def load_unfinished(self) -> list[JsonDict]:
+        """Snapshots of every execution that has not ended, oldest first (for resuming)."""
+        terminal = [s.value for s in TERMINAL_STATES]
+        query = (
+            select(executions.c.snapshot)
+            .where(executions.c.state.not_in(terminal))
+            .order_by(executions.c.created_at)
+        )
+        async with self.db.read() as conn:
+            return [dict(r.snapshot) for r in await conn.execute(query)]
+
+    async def counts_by_state(self) -> dict[str, int]:
+        """Number of executions in each state."""
+        query = select(executions.c.state, func.count()).group_by(executions.c.state)
+        async with self.db.read() as conn:
+            return {row[0]: int(row[1]) for row in await conn.execute(query)}
