@@ -6,7 +6,8 @@ A step's `data` may contain, anywhere inside it:
   (any JSON type).
 - `"${PATH}"` inside a string: a string that is exactly one `${PATH}` becomes the value
   (any JSON type); otherwise each `${PATH}` is replaced by the value as text (strings as
-  they are, whole numbers without a fraction, anything else as compact JSON). `$${` writes a literal `${`.
+  they are, whole numbers without a fraction, anything else as compact JSON). `$${`
+  writes a literal `${`.
 
 PATH is dot-separated: `input.<key>...` (the execution input), `steps.<step id>.output...`
 or `steps.<step id>.input...` (a dependency's resolved input or output),

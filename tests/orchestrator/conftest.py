@@ -194,9 +194,9 @@ async def orchestrator(
         yield orchestrator_pb2_grpc.OrchestratorServiceStub(chan)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    """Polls `check` until it is true or fails the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Polls `check` until it is true or fails the test after `within` seconds."""
+    deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
             pytest.fail("condition not reached in time")

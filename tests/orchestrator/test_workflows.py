@@ -78,7 +78,8 @@ async def test_steps_run_in_dependency_order_and_outputs_flow_into_later_steps(
                 "depends_on": ["step_1"],
                 "data": {
                     "id": {"$ref": "steps.step_1.output.document_id"},
-                    "note": "doc ${steps.step_1.output.document_id} has ${steps.step_1.output.words} words",
+                    "note": "doc ${steps.step_1.output.document_id} has "
+                    "${steps.step_1.output.words} words",
                 },
             },
             {"domain_id": "ai_domain", "action": "summarize", "depends_on": ["step_2"]},
@@ -91,7 +92,8 @@ async def test_steps_run_in_dependency_order_and_outputs_flow_into_later_steps(
     assert step2 == {"id": "doc-1", "note": "doc doc-1 has 3 words"}
     # A step without data gets the workflow input merged with its dependencies' input and output.
     step3 = from_struct(ex.steps[2].input)
-    assert step3["document"] == "one two three" and step3["echo"] == step2
+    assert step3["document"] == "one two three"
+    assert step3["echo"] == step2
     assert from_struct(ex.output)["step_1"] == {"document_id": "doc-1", "words": 3}
 
 
@@ -146,7 +148,8 @@ async def test_a_failing_step_is_retried_with_backoff_then_succeeds(
     ex = await run(orchestrator, body)
     assert ex.state == pb.EXECUTION_STATE_SUCCEEDED
     assert ex.steps[0].attempts == 3
-    assert times[1] - times[0] >= 0.09 and times[2] - times[1] >= 0.19
+    assert times[1] - times[0] >= 0.09
+    assert times[2] - times[1] >= 0.19
     key = f"{ex.execution_id}/step_1"
     # UNAVAILABLE from the domain itself is a transport-level answer: the key was retried.
     assert domain.attempts[key] == [1, 2, 3]
@@ -215,7 +218,8 @@ async def test_completed_steps_are_compensated_in_reverse_completion_order(
     types = [e.event_type for e in world.events]
     await eventually(lambda: _has(world, "workflow.rolled_back"))
     types = [e.event_type for e in world.events]
-    assert types.count("workflow.step.completed") == 3 and "workflow.step.failed" in types
+    assert types.count("workflow.step.completed") == 3
+    assert "workflow.step.failed" in types
 
 
 async def _has(world: World, event_type: str) -> bool:
@@ -346,9 +350,11 @@ async def test_paginated_lists_walk_every_execution(world: World, orchestrator: 
         token = page.next_page_token
         if not token:
             break
-    assert set(seen) == ids and len(seen) == 5
+    assert set(seen) == ids
+    assert len(seen) == 5
     stats = await orchestrator.GetStats(pb.GetStatsRequest())
-    assert stats.executions_by_state["SUCCEEDED"] == 5 and stats.total_workflows == 1
+    assert stats.executions_by_state["SUCCEEDED"] == 5
+    assert stats.total_workflows == 1
     got = await orchestrator.GetWorkflow(pb.GetWorkflowRequest(workflow_id=created.workflow_id))
     assert got.workflow.execution_count == 5
 
