@@ -189,12 +189,14 @@ class ExecutionRunner:
                         break
                     started.append(spec)
                     self._mark(f"step.started {spec.id}")
+            if not started and not self._steps:
+                # Nothing runs any more: the final transition (SUCCEEDED or COMPENSATING)
+                # is persisted together with what was marked since the last persist.
+                break
             if self._dirty:
                 await self.persist()
             for spec in started:
                 self._launch(spec, self.ex.steps[spec.id])
-            if not self._steps:
-                break
             await self._wake.wait()
             self._wake.clear()
         if all(r.state == StepState.SUCCEEDED for r in self.ex.steps.values()) and not (
