@@ -99,11 +99,16 @@ class Outbox:
         *,
         subject: str = "",
         traceparent: str = "",
+        event_id: str = "",
     ) -> dict[str, Any]:
         """The row `enqueue` would insert, for callers that batch their own inserts (for
-        example many events in one executemany, or on a synchronous connection)."""
+        example many events in one executemany, or on a synchronous connection).
+
+        `event_id` lets a caller derive the id from what the event announces, so an event
+        re-created after a crash is a duplicate the bus suppresses; default a UUID.
+        """
         return {
-            "event_id": str(uuid.uuid4()),
+            "event_id": event_id or str(uuid.uuid4()),
             "event_type": event_type,
             "source_domain": self.source_domain,
             "subject": subject,

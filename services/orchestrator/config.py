@@ -3,6 +3,7 @@
 Besides the common server settings (see `services.common.config`):
 
 - `GRACE_REGISTRY_ADDR`: the registry (default 127.0.0.1:8102).
+- `GRACE_EVENTBUS_ADDR`: the event bus the outbox relay publishes to (default 127.0.0.1:8100).
 - `GRACE_ORCHESTRATOR_KEY_FILE`: Ed25519 signing key, created on first start with mode
   0600 (default `<data dir>/orchestrator.key`).
 - `GRACE_ORCHESTRATOR_MAX_PARALLEL_STEPS`: steps of one execution running at once (16).

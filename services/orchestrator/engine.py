@@ -251,7 +251,10 @@ class Orchestrator:
             updated_at=now,
         )
         runner = ExecutionRunner(
-            self, spec, execution, [(events.STARTED, events.started(execution), execution_id)]
+            self,
+            spec,
+            execution,
+            [events.event(events.STARTED, events.started(execution), execution)],
         )
         runner._mark("execution.started")
         self._runners[execution_id] = runner
@@ -315,7 +318,7 @@ class Orchestrator:
             execution.cancel_requested = True
             if not execution.error:
                 execution.error = f"cancelled: {reason}" if reason else "cancelled by request"
-            await runner.persist("execution.cancel_requested")
+            await runner.persist("execution.cancel_requested", sync=True)
             runner.request_cancel()
         return execution
 

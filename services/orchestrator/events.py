@@ -1,24 +1,33 @@
 """Events the orchestrator announces on the bus, and where they are published.
 
 Events are written to the orchestrator's outbox in the same transaction as the transition
-they announce; `OutboxRelay` moves them to a `Publisher`. `publisher_for` is the one place
-that picks the publisher: the event bus client (`EventBusPublisher`, built on the event
-bus branch) is wired there when it is available; until then it returns None and events
-wait in the outbox table until a publisher is configured.
+they announce; `OutboxRelay` moves them to the event bus with `EventBusPublisher`
+(`publisher_for`), retrying with backoff while the bus is down.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.common.outbox import Publisher
+from services.common.bus_client import EventBusPublisher
 from services.orchestrator.model import Execution, JsonDict, StepRun
+from services.orchestrator.store import Event
 
 STARTED = "workflow.started"
 STEP_COMPLETED = "workflow.step.completed"
 STEP_FAILED = "workflow.step.failed"
 COMPLETED = "workflow.completed"
 ROLLED_BACK = "workflow.rolled_back"
+
+
+def event(event_type: str, data: JsonDict, ex: Execution, step_id: str = "") -> Event:
+    """An outbox event about an execution (or one of its steps).
+
+    Its id is derived from what it announces ("<execution_id>[:<step_id>]:<type>"), so an
+    event re-created when an execution resumes is a duplicate the bus suppresses.
+    """
+    scope = f"{ex.execution_id}:{step_id}" if step_id else ex.execution_id
+    return (event_type, data, ex.execution_id, f"{scope}:{event_type}")
 
 
 def _base(ex: Execution) -> JsonDict:
@@ -72,12 +81,6 @@ def rolled_back(ex: Execution) -> JsonDict:
     }
 
 
-def publisher_for(env: Mapping[str, str]) -> Publisher | None:
-    """The publisher events go to, or None when no event bus client is available yet.
-
-    This is the factory to wire the event bus publisher into (for example
-    `EventBusPublisher(peer_address(env, "eventbus"))`); returning None keeps the events
-    in the outbox table, durable, until a publisher is wired.
-    """
-    del env
-    return None
+def publisher_for(env: Mapping[str, str]) -> EventBusPublisher:
+    """The publisher events go to: the event bus at `GRACE_EVENTBUS_ADDR`."""
+    return EventBusPublisher.from_env(env)

@@ -92,15 +92,20 @@ class ExecutionRunner:
         self._events.extend(new_events)
         self._dirty = True
 
-    async def persist(self, label: str = "", *new_events: Event) -> None:
-        """Persists the execution with everything marked since the last persist."""
+    async def persist(self, label: str = "", *new_events: Event, sync: bool = False) -> None:
+        """Persists the execution with everything marked since the last persist.
+
+        `sync` also flushes it to disk; see `OrchestratorStore`. The first persist (the
+        execution accepted), rollbacks and final states are always flushed.
+        """
+        sync = sync or not self.first_persist.done()
         if label:
             self._mark(label, *new_events)
         labels, batch = self._labels, self._events
         self._labels, self._events, self._dirty = [], [], False
         self.ex.updated_at = self.host.clock()
         snapshot = self.ex.to_json()
-        await self.host.store.save(snapshot, batch)
+        await self.host.store.save(snapshot, batch, sync=sync)
         if not self.first_persist.done():
             self.first_persist.set_result(None)
         self.host.notify(self.ex, snapshot, "; ".join(labels))
@@ -210,7 +215,7 @@ class ExecutionRunner:
         if not self.ex.error:
             self.ex.error = "cancelled by request"
         self._set_state(ExecutionState.COMPENSATING)
-        await self.persist("execution.compensating")
+        await self.persist("execution.compensating", sync=True)
 
     def _fail(self, spec: StepSpec, run: StepRun, error: str) -> None:
         run.state = StepState.FAILED
@@ -221,7 +226,7 @@ class ExecutionRunner:
         self._stop.set()
         self._mark(
             f"step.failed {spec.id}",
-            (events.STEP_FAILED, events.step_failed(self.ex, run), self.ex.execution_id),
+            events.event(events.STEP_FAILED, events.step_failed(self.ex, run), self.ex, spec.id),
         )
 
     async def _run_step(self, spec: StepSpec, run: StepRun) -> None:
@@ -258,7 +263,9 @@ class ExecutionRunner:
             self.ex.completion_order.append(spec.id)
             self._mark(
                 f"step.succeeded {spec.id}",
-                (events.STEP_COMPLETED, events.step_completed(self.ex, run), self.ex.execution_id),
+                events.event(
+                    events.STEP_COMPLETED, events.step_completed(self.ex, run), self.ex, spec.id
+                ),
             )
             return
 
@@ -407,8 +414,8 @@ class ExecutionRunner:
         )
         self.ex.signature = self.host.signer.sign(message)
         if state == ExecutionState.SUCCEEDED:
-            event = (events.COMPLETED, events.completed(self.ex, head), self.ex.execution_id)
+            event = events.event(events.COMPLETED, events.completed(self.ex, head), self.ex)
         else:
-            event = (events.ROLLED_BACK, events.rolled_back(self.ex), self.ex.execution_id)
-        await self.persist(f"execution.{state.value.lower()}", event)
+            event = events.event(events.ROLLED_BACK, events.rolled_back(self.ex), self.ex)
+        await self.persist(f"execution.{state.value.lower()}", event, sync=True)
         self.host.stats.record_duration(self.ex.finished_at - self.ex.created_at)

@@ -75,6 +75,9 @@ class OrchestratorServer(Service):
             self._relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._relay_task
+        close = getattr(self.publisher, "close", None)
+        if close is not None:
+            await close()
         if self.core is not None:
             await self.core.close()
             await self.core.router.close()

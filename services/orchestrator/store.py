@@ -4,15 +4,25 @@ Every transition of an execution is persisted as a full snapshot of the executio
 the orchestrator acts on it. Snapshots go through a group-commit writer: transitions that
 arrive while a commit is in flight are written together in the next transaction (one
 upsert per execution, latest snapshot wins, plus their outbox events), so a busy
-orchestrator pays one durable commit for many transitions. On SQLite the batch runs on a
-dedicated thread with a synchronous connection (one thread hop per batch); on PostgreSQL
-through the async engine.
+orchestrator pays one commit for many transitions. On SQLite the batch runs on a dedicated
+thread with one prepared statement per table on a plain connection (one thread hop per
+batch); on PostgreSQL through the async engine.
+
+Two grades of durability. Every commit survives a crash of the orchestrator process
+(kill -9): SQLite's WAL or PostgreSQL has it before the orchestrator acts. Transitions a
+client is told about, or that start a rollback (`sync=True`: execution accepted, cancel,
+COMPENSATING, the final state), are also flushed to disk (SQLite `synchronous=FULL`,
+PostgreSQL `synchronous_commit=on`) and so survive a power cut. Intermediate step
+transitions use `synchronous=NORMAL` / `synchronous_commit=off`: after a power cut the
+execution may resume from an earlier transition, and the steps since are called again with
+their idempotency keys, which return the stored results.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,8 +80,28 @@ executions = Table(
 
 outbox = outbox_table(metadata, "orchestrator")
 
-Event = tuple[str, Mapping[str, Any], str]
-"""An event to enqueue with a transition: (event_type, data, subject)."""
+Event = tuple[str, Mapping[str, Any], str, str]
+"""An event to enqueue with a transition: (event_type, data, subject, event_id)."""
+
+_UPSERT_SQLITE = (
+    f"INSERT INTO {executions.name} "
+    "(execution_id, workflow_id, state, created_at, updated_at, snapshot) "
+    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id) DO UPDATE SET "
+    "state = excluded.state, updated_at = excluded.updated_at, snapshot = excluded.snapshot"
+)
+_OUTBOX_COLUMNS = (
+    "event_id",
+    "event_type",
+    "source_domain",
+    "subject",
+    "data",
+    "traceparent",
+    "created_at",
+)
+_OUTBOX_SQLITE = (
+    f"INSERT INTO {outbox.name} ({', '.join(_OUTBOX_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _OUTBOX_COLUMNS)})"
+)
 
 
 def _workflow(row: Any) -> WorkflowSpec:
@@ -96,7 +126,10 @@ class OrchestratorStore:
         self.outbox = Outbox(db, outbox, "orchestrator")
         self.on_events: Callable[[], None] = lambda: None
         self._sync_engine: Engine | None = None
+        self._raw: Any = None
+        self._raw_mode = ""
         self._thread: ThreadPoolExecutor | None = None
+        self._sync = False
         self._rows: dict[str, JsonDict] = {}
         self._events: list[JsonDict] = []
         self._waiters: list[asyncio.Future[None]] = []
@@ -110,6 +143,10 @@ class OrchestratorStore:
         if self.db.is_sqlite:
             self._sync_engine = self.db.sync_sqlite_engine()
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="orchestrator-writer")
+            # The writer's connection is opened, used and closed on the writer thread only.
+            self._raw = await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._sync_engine.raw_connection
+            )
         self._writer = asyncio.create_task(self._write_loop(), name="orchestrator-writer")
 
     async def close(self) -> None:
@@ -122,6 +159,9 @@ class OrchestratorStore:
                 await self._writer
             self._writer = None
         if self._thread is not None:
+            if self._raw is not None:
+                await asyncio.get_running_loop().run_in_executor(self._thread, self._raw.close)
+                self._raw = None
             self._thread.shutdown(wait=True)
         if self._sync_engine is not None:
             self._sync_engine.dispose()
@@ -129,8 +169,16 @@ class OrchestratorStore:
 
     # -- transitions (group commit) ---------------------------------------------------
 
-    async def save(self, snapshot: JsonDict, events: Sequence[Event] = ()) -> None:
-        """Persists an execution snapshot and its events; returns once they are durable."""
+    async def save(
+        self, snapshot: JsonDict, events: Sequence[Event] = (), *, sync: bool = True
+    ) -> None:
+        """Persists an execution snapshot and its events; returns once they are committed.
+
+        Args:
+            snapshot: The execution's full snapshot.
+            events: Events announcing the transition, enqueued in the same transaction.
+            sync: Also flush to disk (power-cut safe); see the module docstring.
+        """
         row = {
             "execution_id": snapshot["execution_id"],
             "workflow_id": snapshot["workflow_id"],
@@ -140,8 +188,11 @@ class OrchestratorStore:
             "snapshot": snapshot,
         }
         self._rows[row["execution_id"]] = row
-        for event_type, data, subject in events:
-            self._events.append(self.outbox.new_row(event_type, data, subject=subject))
+        for event_type, data, subject, event_id in events:
+            self._events.append(
+                self.outbox.new_row(event_type, data, subject=subject, event_id=event_id)
+            )
+        self._sync = self._sync or sync
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._wakeup.set()
@@ -156,13 +207,16 @@ class OrchestratorStore:
 
     async def _flush(self) -> None:
         rows, events, waiters = list(self._rows.values()), self._events, self._waiters
-        self._rows, self._events, self._waiters = {}, [], []
+        sync = self._sync
+        self._rows, self._events, self._waiters, self._sync = {}, [], [], False
         try:
-            if self._sync_engine is not None:
+            if self._raw is not None:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._thread, self._commit_sync, rows, events)
+                await loop.run_in_executor(self._thread, self._commit_sqlite, rows, events, sync)
             else:
                 async with self.db.transaction() as conn:
+                    if not sync:
+                        await conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
                     await conn.run_sync(self._write, rows, events)
         except Exception as exc:
             log.exception("persisting %d transitions failed", len(rows))
@@ -177,10 +231,42 @@ class OrchestratorStore:
         if events:
             self.on_events()
 
-    def _commit_sync(self, rows: list[JsonDict], events: list[JsonDict]) -> None:
-        assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
-            self._write(conn, rows, events)
+    def _commit_sqlite(self, rows: list[JsonDict], events: list[JsonDict], sync: bool) -> None:
+        raw = self._raw
+        mode = "FULL" if sync else "NORMAL"
+        if mode != self._raw_mode:
+            raw.execute(f"PRAGMA synchronous={mode}")
+            self._raw_mode = mode
+        try:
+            cursor = raw.cursor()
+            if rows:
+                cursor.executemany(
+                    _UPSERT_SQLITE,
+                    [
+                        (
+                            r["execution_id"],
+                            r["workflow_id"],
+                            r["state"],
+                            r["created_at"],
+                            r["updated_at"],
+                            json.dumps(r["snapshot"], separators=(",", ":")),
+                        )
+                        for r in rows
+                    ],
+                )
+            if events:
+                cursor.executemany(
+                    _OUTBOX_SQLITE,
+                    [
+                        tuple(json.dumps(e[c]) if c == "data" else e[c] for c in _OUTBOX_COLUMNS)
+                        for e in events
+                    ],
+                )
+            cursor.close()
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
 
     def _write(self, conn: Connection, rows: list[JsonDict], events: list[JsonDict]) -> None:
         if rows:

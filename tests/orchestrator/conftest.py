@@ -7,7 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from services.registry.config import RegistryConfig
 from services.registry.registry import RegistrySettings
 from services.registry.server import RegistryServer
 from tests.support import server_config, serving
+
+NO_BUS = {"GRACE_EVENTBUS_ADDR": "127.0.0.1:9"}
 
 Behaviour = Callable[[domain_pb2.ExecuteRequest], Awaitable[dict[str, Any]]]
 
@@ -172,7 +174,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     """A registry on a real server, ready for fake domains."""
     registry = RegistryServer(
         RegistryConfig(
-            server=server_config("registry", tmp_path),
+            # Nothing listens on the registry's event bus address: its events stay queued.
+            server=replace(server_config("registry", tmp_path), env=NO_BUS),
             settings=RegistrySettings(default_lease_ttl_s=300, deregister_after_s=600, history=100),
         )
     )

@@ -30,10 +30,15 @@ async def test_concurrent_transitions_share_commits_and_the_latest_snapshot_wins
     try:
         running = _execution("ex_a", ExecutionState.RUNNING, 1.0)
         done = _execution("ex_b", ExecutionState.SUCCEEDED, 2.0)
-        saves = [store.save(running.to_json(), [("workflow.started", {"id": "ex_a"}, "ex_a")])]
+        saves = [
+            store.save(
+                running.to_json(),
+                [("workflow.started", {"id": "ex_a"}, "ex_a", "ex_a/workflow.started")],
+            )
+        ]
         for n in range(20):
             done.error = f"v{n}"
-            saves.append(store.save(done.to_json()))
+            saves.append(store.save(done.to_json(), sync=n % 2 == 0))
         await asyncio.gather(*saves)
         assert store.commits < 21
         latest = await store.get_execution("ex_b")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -13,7 +14,9 @@ from grace.domain.v1 import domain_pb2
 from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from services.orchestrator.routing import from_struct
-from tests.orchestrator.conftest import GrpcFailure, World, eventually
+from services.orchestrator.server import OrchestratorServer
+from tests.orchestrator.conftest import GrpcFailure, World, eventually, orchestrator_config
+from tests.support import serving
 
 Stub = orchestrator_pb2_grpc.OrchestratorServiceStub
 
@@ -436,3 +439,57 @@ async def test_unknown_ids_are_not_found(orchestrator: Stub) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await call
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_compensation_uses_the_declared_action_skips_read_only_steps_and_unimplemented(
+    world: World, orchestrator: Stub
+) -> None:
+    domain = await world.add_domain("d")
+
+    async def unimplemented(request: Any) -> dict[str, Any]:
+        raise GrpcFailure(grpc.StatusCode.UNIMPLEMENTED, "no compensation for analyze")
+
+    async def fail(request: Any) -> dict[str, Any]:
+        raise GrpcFailure(grpc.StatusCode.FAILED_PRECONDITION, "no")
+
+    domain.compensations["analyze"] = unimplemented
+    domain.actions["fail"] = fail
+    body = {
+        "name": "undo_kinds",
+        "steps": [
+            {"domain_id": "d", "action": "ingest", "compensation": {"action": "delete"}},
+            {"domain_id": "d", "action": "search", "compensation": {"skip": True}},
+            {"domain_id": "d", "action": "analyze", "depends_on": ["step_1", "step_2"]},
+            {"domain_id": "d", "action": "fail", "depends_on": ["step_3"]},
+        ],
+    }
+    ex = await run(orchestrator, body)
+    assert ex.state == pb.EXECUTION_STATE_ROLLED_BACK
+    compensated = [(c[2], c[3]) for c in world.journal.calls if c[0] == "compensate"]
+    assert ("delete", "step_1") in compensated
+    assert all(step != "step_2" for _, step in compensated)
+    proof = (
+        await orchestrator.GetExecutionProof(
+            pb.GetExecutionProofRequest(execution_id=ex.execution_id)
+        )
+    ).proof
+    outcomes = {(r.step_id, r.outcome) for r in proof.records if r.kind == "compensate"}
+    assert outcomes == {("step_3", "skipped"), ("step_2", "skipped"), ("step_1", "succeeded")}
+
+
+async def test_a_workflow_is_accepted_unchecked_when_the_registry_is_down(
+    world: World, tmp_path: Path
+) -> None:
+    service = OrchestratorServer(orchestrator_config(tmp_path / "lonely", "127.0.0.1:9"))
+    async with serving(service.config.server, service) as (_, chan):
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(chan)
+        created = await stub.CreateWorkflow(workflow(SEED_BODY))
+        assert not created.domains_checked
+        body = {
+            "name": "nowhere",
+            "steps": [{"domain_id": "memory_domain", "action": "search", "retry": fast_retry(2)}],
+        }
+        ex = await run(stub, body)
+        assert ex.state == pb.EXECUTION_STATE_ROLLED_BACK
+        assert "registry" in ex.steps[0].error
+        assert ex.steps[0].attempts == 2
