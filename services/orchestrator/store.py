@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -90,7 +91,7 @@ _UPSERT_SQLITE = (
     "state = excluded.state, updated_at = excluded.updated_at, snapshot = excluded.snapshot"
 )
 _CHECKPOINT_EVERY = 200
-_BUSY_TIMEOUT_MS = 10_000
+_BUSY_TIMEOUT_S = 10.0
 _OUTBOX_COLUMNS = (
     "event_id",
     "event_type",
@@ -104,6 +105,11 @@ _OUTBOX_SQLITE = (
     f"INSERT INTO {outbox.name} ({', '.join(_OUTBOX_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _OUTBOX_COLUMNS)})"
 )
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
 
 
 def _workflow(row: Any) -> WorkflowSpec:
@@ -152,6 +158,7 @@ class OrchestratorStore:
                 self._thread, self._sync_engine.raw_connection
             )
             self._raw.execute("PRAGMA wal_autocheckpoint=0")
+            self._raw.execute("PRAGMA busy_timeout=0")
         self._writer = asyncio.create_task(self._write_loop(), name="orchestrator-writer")
 
     async def close(self) -> None:
@@ -220,7 +227,7 @@ class OrchestratorStore:
                 pass
             elif self._raw is not None:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._thread, self._commit_sqlite, rows, events, sync)
+                await loop.run_in_executor(self._thread, self._commit_on_thread, rows, events, sync)
             else:
                 async with self.db.transaction() as conn:
                     if not sync:
@@ -248,16 +255,26 @@ class OrchestratorStore:
         inline than a thread hop. It must never wait for a lock here: the other writer may
         need this very event loop to finish.
         """
-        self._raw.execute("PRAGMA busy_timeout=0")
         try:
             self._commit_sqlite(rows, events, False)
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _is_busy(exc):
                 raise
             return False
-        finally:
-            self._raw.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
         return True
+
+    def _commit_on_thread(self, rows: list[JsonDict], events: list[JsonDict], sync: bool) -> None:
+        # The writer connection never waits inside SQLite (busy_timeout 0, for the inline
+        # path); on the thread, waiting for another writer is fine, so wait here.
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._commit_sqlite(rows, events, sync)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.002)
 
     def _commit_sqlite(self, rows: list[JsonDict], events: list[JsonDict], sync: bool) -> None:
         raw = self._raw
