@@ -207,6 +207,8 @@ class ExecutionRunner:
                     try:
                         run.input = self._input_for(spec)
                     except DataReferenceError as exc:
+                        # Recorded like a failed call, so the proof shows why the step failed.
+                        self._record(spec, run, "execute", 1, run.started_at, None, f"input: {exc}")
                         self._fail(spec, run, f"input: {exc}")
                         break
                     started.append(spec)

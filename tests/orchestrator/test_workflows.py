@@ -524,3 +524,31 @@ async def test_a_transient_database_failure_delays_an_execution_without_losing_i
     assert failures == 0
     stored = await orchestrator.GetExecution(pb.GetExecutionRequest(execution_id=ex.execution_id))
     assert stored.execution.state == pb.EXECUTION_STATE_SUCCEEDED
+
+
+async def test_a_reference_to_a_missing_output_fails_the_step_and_is_in_the_proof(
+    world: World, orchestrator: Stub
+) -> None:
+    await world.add_domain("d")
+    body = {
+        "name": "dangling",
+        "steps": [
+            {"domain_id": "d", "action": "a"},
+            {
+                "domain_id": "d",
+                "action": "b",
+                "depends_on": ["step_1"],
+                "data": {"x": "${steps.step_1.output.nothing_here}"},
+            },
+        ],
+    }
+    ex = await run(orchestrator, body)
+    assert ex.state == pb.EXECUTION_STATE_ROLLED_BACK
+    assert "nothing_here" in ex.steps[1].error
+    assert list(ex.compensation_order) == ["step_1"]
+    proof = (
+        await orchestrator.GetExecutionProof(
+            pb.GetExecutionProofRequest(execution_id=ex.execution_id)
+        )
+    ).proof
+    assert ("step_2", "failed") in {(r.step_id, r.outcome) for r in proof.records}
