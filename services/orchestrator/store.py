@@ -145,6 +145,7 @@ class OrchestratorStore:
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._flushing = False
         self.commits = 0
 
     async def open(self) -> None:
@@ -199,11 +200,23 @@ class OrchestratorStore:
             "updated_at": snapshot["updated_at"],
             "snapshot": snapshot,
         }
+        new_events = [
+            self.outbox.new_row(event_type, data, subject=subject, event_id=event_id)
+            for event_type, data, subject, event_id in events
+        ]
+        if (
+            not sync
+            and self._raw is not None
+            and not self._flushing
+            and not self._waiters
+            and self._commit_inline([row], new_events)
+        ):
+            # Nothing queued and no commit in flight: an unflushed transition is committed
+            # right here, without a hop through the writer task.
+            self._committed(bool(new_events))
+            return
         self._rows[row["execution_id"]] = row
-        for event_type, data, subject, event_id in events:
-            self._events.append(
-                self.outbox.new_row(event_type, data, subject=subject, event_id=event_id)
-            )
+        self._events.extend(new_events)
         self._sync = self._sync or sync
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
@@ -222,6 +235,7 @@ class OrchestratorStore:
         rows, events, waiters = list(self._rows.values()), self._events, self._waiters
         sync = self._sync
         self._rows, self._events, self._waiters, self._sync = {}, [], [], False
+        self._flushing = True
         try:
             if self._raw is not None and not sync and self._commit_inline(rows, events):
                 pass
@@ -239,11 +253,16 @@ class OrchestratorStore:
                 if not waiter.done():
                     waiter.set_exception(exc)
             return
-        self.commits += 1
+        finally:
+            self._flushing = False
+        self._committed(bool(events))
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        if events:
+
+    def _committed(self, with_events: bool) -> None:
+        self.commits += 1
+        if with_events:
             self.on_events()
 
     def _commit_inline(self, rows: list[JsonDict], events: list[JsonDict]) -> bool:
