@@ -417,6 +417,12 @@ async def test_a_repeated_request_id_returns_the_same_execution(
             "steps[0].retry.max_attempts",
         ),
         ([], "steps"),
+        ([{"domain_id": "d", "action": "a"}] * 101, "steps"),
+        (
+            [{"domain_id": "d", "action": "a", "data": {"blob": "x" * (1024 * 1024)}}],
+            "steps[0].data",
+        ),
+        ([{"domain_id": "d", "action": "a", "timeout": "7200s"}], "steps[0].timeout"),
     ],
 )
 async def test_invalid_workflows_are_rejected_naming_the_step(
