@@ -31,7 +31,7 @@ from services.orchestrator.model import (
     WorkflowSpec,
 )
 from services.orchestrator.routing import CallError, from_struct, to_struct
-from services.orchestrator.store import Event
+from services.orchestrator.writer import Event
 
 if TYPE_CHECKING:
     from services.orchestrator.engine import Orchestrator
