@@ -26,8 +26,34 @@ class ManualClock:
         self.now += seconds
 
 
-def server_config(service: str, data_dir: Path, database_url: str = "") -> ServerConfig:
-    """A config binding 127.0.0.1 on a free port, with its data under `data_dir`."""
+# Peers a test did not start are given an address nothing listens on (port 9 is
+# "discard"), so a test server never talks to a real Grace running on the default ports.
+UNREACHABLE = "127.0.0.1:9"
+ISOLATED_PEERS = {
+    f"GRACE_{peer.upper()}_ADDR": UNREACHABLE
+    for peer in (
+        "eventbus",
+        "registry",
+        "memory",
+        "orchestrator",
+        "guardian",
+        "immutable_log",
+        "trust",
+        "governance",
+        "immune",
+    )
+}
+
+
+def server_config(
+    service: str, data_dir: Path, database_url: str = "", peers: dict[str, str] | None = None
+) -> ServerConfig:
+    """A config binding 127.0.0.1 on a free port, with its data under `data_dir`.
+
+    Args:
+        peers: Addresses of peers the test runs, as GRACE_<PEER>_ADDR variables; every
+            other peer is unreachable.
+    """
     return ServerConfig(
         service=service,
         host="127.0.0.1",
@@ -35,6 +61,7 @@ def server_config(service: str, data_dir: Path, database_url: str = "") -> Serve
         data_dir=data_dir,
         database_url=database_url or f"sqlite+aiosqlite:///{data_dir / (service + '.db')}",
         shutdown_grace_s=0.5,
+        env={**ISOLATED_PEERS, **(peers or {})},
     )
 
 
