@@ -320,7 +320,7 @@ class Supervisor:
                 return
             fail_fast = False
             if status.restarts >= policy.budget:
-                self._set_state(managed, State.FAILED)
+                # Recorded before the state changes, so whoever sees FAILED finds the event.
                 await self.journal.decide(
                     "healing.failed",
                     status.name,
@@ -329,6 +329,7 @@ class Supervisor:
                     restarts=status.restarts,
                     message=f"restart budget of {policy.budget} spent; FAILED until asked",
                 )
+                self._set_state(managed, State.FAILED)
                 return
             delay = policy.delay(status.restarts)
             status.restarts += 1

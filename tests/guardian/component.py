@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -30,6 +31,11 @@ def _record(path: str | None, name: str, what: str) -> None:
     if path:
         with open(path, "a") as out:
             out.write(f"{name} {what} {time.time():.6f}\n")
+
+
+def _exists(path: str) -> bool:
+    # A stat of a local file; quick enough for a test component's loop.
+    return Path(path).exists()
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -53,7 +59,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if args.exit_after is not None and elapsed >= args.exit_after:
             print(f"{args.name} exiting with code {args.code}", flush=True)
             return int(args.code)
-        sick = bool(args.sick_if) and Path(args.sick_if).exists()
+        sick = bool(args.sick_if) and _exists(args.sick_if)
         want = not args.never and elapsed >= args.delay and not sick
         if want != serving:
             serving = want
@@ -61,10 +67,8 @@ async def _serve(args: argparse.Namespace) -> int:
             await servicer.set("", status or health_pb2.HealthCheckResponse.NOT_SERVING)
             if want:
                 _record(args.record, args.name, "serving")
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.05)
-        except TimeoutError:
-            pass
     await servicer.enter_graceful_shutdown()
     await server.stop(0.2)
     return 0

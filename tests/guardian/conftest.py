@@ -84,13 +84,13 @@ async def supervising(
 
 
 async def eventually(
-    predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition"
+    predicate: Callable[[], bool], limit_s: float = 20.0, what: str = "condition"
 ) -> float:
-    """Polls until `predicate` holds; returns the seconds it took. Fails after `timeout`."""
+    """Polls until `predicate` holds; returns the seconds it took. Fails after `limit_s`."""
     started = time.monotonic()
     while not predicate():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        if time.monotonic() - started > limit_s:
+            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
         await asyncio.sleep(0.02)
     return time.monotonic() - started
 

@@ -155,7 +155,7 @@ def test_a_component_on_guardians_own_port_is_rejected() -> None:
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     user = tmp_path / "grace.toml"
     user.write_text("[components.registry\n")
-    with pytest.raises(TopologyError, match="grace.toml: not valid TOML"):
+    with pytest.raises(TopologyError, match=r"grace\.toml: not valid TOML"):
         load_topology(user)
 
 
