@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -59,8 +60,7 @@ async def test_children_get_their_port_data_dir_and_every_peer_address(tmp_path:
     async with supervising(topo, tmp_path) as (supervisor, _):
         await supervisor.boot()
         pid = supervisor.status("two").pid
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        env = dict(item.decode().split("=", 1) for item in environ if b"=" in item)
+        env = _environ(pid)
         assert env["GRACE_TWO_PORT"] == str(b)
         assert env["GRACE_ONE_ADDR"] == f"127.0.0.1:{a}"
         assert env["GRACE_TWO_ADDR"] == f"127.0.0.1:{b}"
@@ -233,8 +233,6 @@ async def test_shutdown_stops_components_in_reverse_boot_order(tmp_path: Path) -
                 if change.component.state == State.STOPPED:
                     stopped.append(change.component.name)
 
-        import asyncio
-
         watcher = asyncio.create_task(collect())
         await asyncio.sleep(0.1)
         await supervisor.shutdown()
@@ -250,3 +248,8 @@ def _never() -> asyncio.Event:
     import asyncio
 
     return asyncio.Event()
+
+
+def _environ(pid: int) -> dict[str, str]:
+    items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in items if b"=" in item)
