@@ -24,6 +24,8 @@ def port_is_free(host: str, port: int) -> bool:
     """True when nothing listens on `host:port` and it can be bound now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # Servers set SO_REUSEADDR, so connections in TIME_WAIT do not make a port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

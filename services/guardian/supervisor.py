@@ -29,6 +29,7 @@ from services.guardian.model import (
     SystemHealth,
     SystemStatus,
 )
+from services.guardian.ports import listening_pids, port_is_free
 from services.guardian.probe import HealthProbe, Observation
 from services.guardian.process import ChildProcess
 from services.guardian.registration import Registrar
@@ -351,6 +352,11 @@ class Supervisor:
         was ever SERVING."""
         status = managed.status
         spec = status.spec
+        # A process already on the port would answer the probes in the child's place.
+        busy = await self._port_taken(status)
+        if busy:
+            log.warning("%s: %s", status.name, busy)
+            return busy, False
         proc = ChildProcess(spec.name, spec.argv(), self._child_env(status), status.log_path)
         managed.process = proc
         managed.failures = 0
@@ -406,6 +412,13 @@ class Supervisor:
         status.pid = 0
         log.warning("%s: %s", status.name, reason)
         return reason, ever_serving
+
+    async def _port_taken(self, status: ComponentStatus) -> str:
+        if await asyncio.to_thread(port_is_free, status.host, status.port):
+            return ""
+        holders = await asyncio.to_thread(listening_pids, status.port)
+        by = f" by pid {', '.join(map(str, sorted(holders)))}" if holders else ""
+        return f"port {status.port} is already in use{by} (see the clear_port playbook)"
 
     async def _startup_deadline(
         self, status: ComponentStatus, seconds: float, unhealthy: asyncio.Future[str]

@@ -245,8 +245,6 @@ async def test_shutdown_stops_components_in_reverse_boot_order(tmp_path: Path) -
 
 
 def _never() -> asyncio.Event:
-    import asyncio
-
     return asyncio.Event()
 
 
