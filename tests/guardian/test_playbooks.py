@@ -255,7 +255,7 @@ async def test_clear_port_kills_a_stale_process_guardian_started_and_restarts(
             result = await healer.heal("svc", "clear_port")
             assert result.success, result.message
             assert [f.check for f in result.findings if f.check == "killed"] == ["killed"]
-            assert await asyncio.wait_for(stale.wait(), 5) < 0  # killed by a signal
+            await asyncio.wait_for(stale.wait(), 5)  # the stale process is gone
             assert state_of(supervisor, "svc") == State.SERVING
         finally:
             await stale.stop(1.0)
