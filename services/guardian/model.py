@@ -113,3 +113,37 @@ class HealResult:
     success: bool
     message: str
     findings: tuple[Finding, ...] = ()
+
+
+def summarize(
+    statuses: list[ComponentStatus], *, boot_complete: bool, stopping: bool, started_at: float
+) -> SystemHealth:
+    """The health of the system from its components' states.
+
+    SERVING when every component is; FAILED when a required one is FAILED or STOPPED;
+    DEGRADED otherwise (a can_fail one is down, or a required one is being restarted).
+    """
+    by_state: dict[str, int] = {}
+    for status in statuses:
+        by_state[status.state.value] = by_state.get(status.state.value, 0) + 1
+    serving = sum(1 for s in statuses if s.state == State.SERVING)
+    required = [s for s in statuses if not s.spec.can_fail]
+    if stopping:
+        overall = SystemStatus.STOPPING
+    elif not boot_complete:
+        overall = SystemStatus.BOOTING
+    elif serving == len(statuses):
+        overall = SystemStatus.SERVING
+    elif any(s.state in (State.FAILED, State.STOPPED) for s in required):
+        overall = SystemStatus.FAILED
+    else:
+        overall = SystemStatus.DEGRADED
+    return SystemHealth(
+        status=overall,
+        total=len(statuses),
+        serving=serving,
+        by_state=by_state,
+        unhealthy_required=tuple(s.name for s in required if s.state != State.SERVING),
+        started_at=started_at,
+        boot_complete=boot_complete,
+    )

@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from services.common.channels import channel
-from services.guardian.topology import ProbeSettings
+from services.guardian.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,9 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from services.common.config import env_prefix
+from services.guardian.model import ComponentStatus
+
 log = logging.getLogger(__name__)
 
 
@@ -147,6 +150,29 @@ class ChildProcess:
     def tail(self, lines: int = 20) -> str:
         """The last lines of the log file."""
         return tail_file(self.log_path, lines)
+
+
+def child_environment(
+    base: Mapping[str, str],
+    status: ComponentStatus,
+    peers: Mapping[str, str],
+    data_dir: Path,
+) -> dict[str, str]:
+    """The environment of a component's process.
+
+    Its own GRACE_<NAME>_PORT and _HOST, GRACE_DATA_DIR, GRACE_<PEER>_ADDR for every peer
+    (Guardian included), then the topology's `env` for the component on top.
+    """
+    env = dict(base)
+    env["GRACE_DATA_DIR"] = str(data_dir)
+    env["PYTHONUNBUFFERED"] = "1"
+    for peer, address in peers.items():
+        env[f"{env_prefix(peer)}ADDR"] = address
+    prefix = env_prefix(status.name)
+    env[f"{prefix}PORT"] = str(status.port)
+    env[f"{prefix}HOST"] = status.host
+    env.update(status.spec.env)
+    return env
 
 
 def tail_file(path: Path, lines: int = 20) -> str:

@@ -21,7 +21,7 @@ import grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
 from services.common.timestamps import to_duration
-from services.guardian.topology import RegistrationSettings
+from services.guardian.settings import RegistrationSettings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.common.config import env_prefix
 from services.common.errors import NotFound
 from services.guardian.journal import Journal
 from services.guardian.model import (
@@ -27,11 +26,11 @@ from services.guardian.model import (
     State,
     StateChange,
     SystemHealth,
-    SystemStatus,
+    summarize,
 )
 from services.guardian.ports import listening_pids, port_is_free
 from services.guardian.probe import HealthProbe, Observation
-from services.guardian.process import ChildProcess
+from services.guardian.process import ChildProcess, child_environment
 from services.guardian.registration import Registrar
 from services.guardian.topology import ComponentSpec, Topology
 
@@ -161,30 +160,11 @@ class Supervisor:
 
     def system_health(self) -> SystemHealth:
         """The whole system at a glance."""
-        statuses = [m.status for m in self._components.values()]
-        by_state: dict[str, int] = {}
-        for status in statuses:
-            by_state[status.state.value] = by_state.get(status.state.value, 0) + 1
-        serving = sum(1 for s in statuses if s.state == State.SERVING)
-        unhealthy = [s.name for s in statuses if not s.spec.can_fail and s.state != State.SERVING]
-        if self.stopping:
-            overall = SystemStatus.STOPPING
-        elif not self.boot_complete:
-            overall = SystemStatus.BOOTING
-        elif serving == len(statuses):
-            overall = SystemStatus.SERVING
-        elif any(s.state in (State.FAILED, State.STOPPED) for s in statuses if not s.spec.can_fail):
-            overall = SystemStatus.FAILED
-        else:
-            overall = SystemStatus.DEGRADED
-        return SystemHealth(
-            status=overall,
-            total=len(statuses),
-            serving=serving,
-            by_state=by_state,
-            unhealthy_required=tuple(unhealthy),
-            started_at=self.started_at,
+        return summarize(
+            [m.status for m in self._components.values()],
             boot_complete=self.boot_complete,
+            stopping=self.stopping,
+            started_at=self.started_at,
         )
 
     # ---- boot and shutdown -----------------------------------------------------------
@@ -490,17 +470,9 @@ class Supervisor:
         )
 
     def _child_env(self, status: ComponentStatus) -> dict[str, str]:
-        env = dict(self.base_env)
-        env["GRACE_DATA_DIR"] = str(self.data_dir)
-        env["PYTHONUNBUFFERED"] = "1"
-        for peer in self._components.values():
-            env[f"{env_prefix(peer.status.name)}ADDR"] = peer.status.address
-        env[f"{env_prefix('guardian')}ADDR"] = self.guardian_address
-        prefix = env_prefix(status.name)
-        env[f"{prefix}PORT"] = str(status.port)
-        env[f"{prefix}HOST"] = status.host
-        env.update(status.spec.env)
-        return env
+        peers = {m.status.name: m.status.address for m in self._components.values()}
+        peers["guardian"] = self.guardian_address
+        return child_environment(self.base_env, status, peers, self.data_dir)
 
     # ---- state -----------------------------------------------------------------------
 

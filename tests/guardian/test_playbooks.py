@@ -21,7 +21,7 @@ from services.guardian.playbooks import Healer
 from services.guardian.ports import tier
 from services.guardian.process import ChildProcess
 from services.guardian.registration import Registrar
-from services.guardian.topology import RegistrationSettings
+from services.guardian.settings import RegistrationSettings
 from services.registry.server import RegistryServer
 from tests.guardian.conftest import (
     TEST_COMPONENT,

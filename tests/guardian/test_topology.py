@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from services.guardian.settings import RestartPolicy
 from services.guardian.topology import (
-    RestartPolicy,
     TopologyError,
     build_topology,
     load_topology,
