@@ -1,11 +1,9 @@
-"""The supervisor: boots components chunk by chunk, watches them, restarts them with backoff.
+"""The supervisor: boots components chunk by chunk, runs commands on them, and tells
+watchers about every state change.
 
-Each running component has one lifecycle task: spawn the process, follow its health, and
-when the process exits (noticed at once: the task awaits the child) or fails its health
-checks, wait out the backoff and start it again, until the restart budget is spent and the
-component is FAILED. Commands (start, stop, restart, heal) take the component's lock, so
-they never interleave. Every state change goes to the watchers; every decision is logged
-and recorded with its `healing.*` event by the `Journal`.
+Each running component has one lifecycle task (see `lifecycle`). Commands (start, stop,
+restart, heal) take the component's lock, so they never interleave; shutdown stops the
+components in reverse boot order.
 """
 
 from __future__ import annotations
@@ -15,12 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from services.common.errors import NotFound
 from services.guardian.journal import Journal
+from services.guardian.lifecycle import Lifecycle, Managed
 from services.guardian.model import (
     ComponentStatus,
     State,
@@ -28,8 +25,6 @@ from services.guardian.model import (
     SystemHealth,
     summarize,
 )
-from services.guardian.ports import listening_pids, port_is_free
-from services.guardian.probe import HealthProbe, Observation
 from services.guardian.process import ChildProcess, child_environment
 from services.guardian.registration import Registrar
 from services.guardian.topology import ComponentSpec, Topology
@@ -49,17 +44,6 @@ class BootError(RuntimeError):
         super().__init__(text)
         self.component = component
         self.reason = reason
-
-
-@dataclass
-class _Managed:
-    status: ComponentStatus
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    process: ChildProcess | None = None
-    task: asyncio.Task[None] | None = None
-    waiters: list[asyncio.Future[bool]] = field(default_factory=list)
-    failures: int = 0
-    healing: str = ""
 
 
 class Supervisor:
@@ -100,9 +84,18 @@ class Supervisor:
         self.boot_complete = False
         self.stopping = False
         self._start_order: list[str] = []
+        self._lifecycle = Lifecycle(
+            topology,
+            journal=journal,
+            registrar=registrar,
+            clock=clock,
+            set_state=self._set_state,
+            child_env=self._child_env,
+            on_spawn=self._spawned,
+        )
         self._watchers: set[asyncio.Queue[StateChange]] = set()
-        self._components: dict[str, _Managed] = {
-            spec.name: _Managed(
+        self._components: dict[str, Managed] = {
+            spec.name: Managed(
                 ComponentStatus(
                     spec=spec,
                     host=host,
@@ -257,14 +250,14 @@ class Supervisor:
             await self._wait_ready(managed, self._start_wait_s(managed))
         return managed.status.snapshot()
 
-    def _start_wait_s(self, managed: _Managed) -> float:
+    def _start_wait_s(self, managed: Managed) -> float:
         return (managed.status.spec.startup_timeout_s or self.topology.boot.startup_timeout_s) + 1
 
     def move(self, name: str, port: int) -> None:
         """Changes the port a stopped component will be started on (rebind_port)."""
         self._managed(name).status.port = port
 
-    async def _stop_locked(self, managed: _Managed) -> None:
+    async def _stop_locked(self, managed: Managed) -> None:
         task, managed.task = managed.task, None
         proc = managed.process
         if (task is None or task.done()) and (proc is None or proc.returncode is not None):
@@ -282,192 +275,15 @@ class Supervisor:
         managed.status.pid = 0
         self._set_state(managed, State.STOPPED)
 
-    def _launch(self, managed: _Managed, *, fail_fast: bool) -> None:
+    def _launch(self, managed: Managed, *, fail_fast: bool) -> None:
         managed.healing = ""
         managed.task = asyncio.create_task(
-            self._lifecycle(managed, fail_fast), name=f"lifecycle {managed.status.name}"
+            self._lifecycle.run(managed, fail_fast), name=f"lifecycle {managed.status.name}"
         )
 
-    # ---- lifecycle -------------------------------------------------------------------
-
-    async def _lifecycle(self, managed: _Managed, fail_fast: bool) -> None:
-        status = managed.status
-        policy = self.topology.restart
-        while True:
-            reason, ever_serving = await self._run_once(managed)
-            status.last_error = reason
-            if fail_fast and not ever_serving:
-                self._set_state(managed, State.FAILED)
-                return
-            fail_fast = False
-            if status.restarts >= policy.budget:
-                # Recorded before the state changes, so whoever sees FAILED finds the event.
-                await self.journal.decide(
-                    "healing.failed",
-                    status.name,
-                    playbook="restart_component",
-                    reason=reason,
-                    restarts=status.restarts,
-                    message=f"restart budget of {policy.budget} spent; FAILED until asked",
-                )
-                self._set_state(managed, State.FAILED)
-                return
-            delay = policy.delay(status.restarts)
-            status.restarts += 1
-            status.total_restarts += 1
-            managed.healing = "restart_component"
-            self._set_state(managed, State.BACKOFF)
-            await self.journal.decide(
-                "healing.started",
-                status.name,
-                playbook="restart_component",
-                reason=reason,
-                attempt=status.restarts,
-                delay_s=delay,
-            )
-            await asyncio.sleep(delay)
-
-    async def _run_once(self, managed: _Managed) -> tuple[str, bool]:
-        """Runs one process until it exits or fails its probes; returns why and whether it
-        was ever SERVING."""
-        status = managed.status
-        spec = status.spec
-        # A process already on the port would answer the probes in the child's place.
-        busy = await self._port_taken(status)
-        if busy:
-            log.warning("%s: %s", status.name, busy)
-            return busy, False
-        proc = ChildProcess(spec.name, spec.argv(), self._child_env(status), status.log_path)
-        managed.process = proc
-        managed.failures = 0
-        await proc.spawn()
-        if status.name not in self._start_order:
-            self._start_order.append(status.name)
-        status.pid = proc.pid
-        status.started_at = proc.started_at
-        log.info("%s started: pid %d, port %d", status.name, proc.pid, status.port)
-        await self.journal.spawned(proc, status.name, status.port)
-        self._set_state(managed, State.STARTING)
-        loop = asyncio.get_running_loop()
-        unhealthy: asyncio.Future[str] = loop.create_future()
-        ever_serving = False
-
-        def on_observation(obs: Observation) -> None:
-            nonlocal ever_serving
-            ever_serving = self._observe(managed, obs, unhealthy) or ever_serving
-
-        probe = HealthProbe(
-            status.address,
-            spec.health_service,
-            self.topology.probe,
-            on_observation,
-            lambda: status.state == State.STARTING,
-        )
-        timeout = spec.startup_timeout_s or self.topology.boot.startup_timeout_s
-        tasks = [
-            asyncio.create_task(probe.run(), name=f"probe {status.name}"),
-            asyncio.create_task(self._startup_deadline(status, timeout, unhealthy)),
-        ]
-        exited: asyncio.Future[int] = asyncio.ensure_future(proc.wait())
-        try:
-            waits: list[asyncio.Future[Any]] = [exited, unhealthy]
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if not exited.done():
-                exited.cancel()
-        if self.registrar is not None:
-            self.registrar.observed(status.name, False, 0)
-        if proc.returncode is None:
-            reason = unhealthy.result()
-            await proc.stop(self.topology.boot.stop_timeout_s)
-        else:
-            reason = f"process exited with code {proc.returncode}"
-            proc.reap_group()
-        status.last_exit_code = proc.returncode or 0
-        status.pid = 0
-        log.warning("%s: %s", status.name, reason)
-        return reason, ever_serving
-
-    async def _port_taken(self, status: ComponentStatus) -> str:
-        if await asyncio.to_thread(port_is_free, status.host, status.port):
-            return ""
-        holders = await asyncio.to_thread(listening_pids, status.port)
-        by = f" by pid {', '.join(map(str, sorted(holders)))}" if holders else ""
-        return f"port {status.port} is already in use{by} (see the clear_port playbook)"
-
-    async def _startup_deadline(
-        self, status: ComponentStatus, seconds: float, unhealthy: asyncio.Future[str]
-    ) -> None:
-        await asyncio.sleep(seconds)
-        if status.state == State.STARTING and not unhealthy.done():
-            unhealthy.set_result(f"not SERVING within {seconds:g}s of starting")
-
-    def _observe(self, managed: _Managed, obs: Observation, unhealthy: asyncio.Future[str]) -> bool:
-        """Applies one probe result; returns True when the component is SERVING."""
-        status = managed.status
-        now = self.clock()
-        status.last_probe_at = obs.at or now
-        if obs.from_check:
-            status.probe_latency_ms = obs.latency_ms
-        probe = self.topology.probe
-        if self.registrar is not None:
-            self.registrar.observed(
-                status.name, obs.serving, 2 * probe.interval_s + probe.timeout_s
-            )
-        if obs.serving:
-            managed.failures = 0
-            if status.state != State.SERVING:
-                status.serving_since = now
-                self._set_state(managed, State.SERVING)
-                self._register(status)
-                if managed.healing:
-                    playbook, managed.healing = managed.healing, ""
-                    self.journal.decide_soon(
-                        "healing.completed",
-                        status.name,
-                        playbook=playbook,
-                        attempt=status.restarts,
-                        pid=status.pid,
-                    )
-            elif (
-                status.restarts
-                and now - status.serving_since >= self.topology.restart.reset_after_s
-            ):
-                log.info(
-                    "%s healthy for %.0fs: restart count reset",
-                    status.name,
-                    now - status.serving_since,
-                )
-                status.restarts = 0
-            return True
-        if status.state == State.STARTING:
-            return False
-        status.last_error = f"health {obs.status}" + (f": {obs.error}" if obs.error else "")
-        if status.state == State.SERVING:
-            self._set_state(managed, State.NOT_SERVING)
-        if obs.from_check:
-            managed.failures += 1
-            if managed.failures >= probe.failure_threshold and not unhealthy.done():
-                unhealthy.set_result(
-                    f"{managed.failures} failed health checks ({status.last_error})"
-                )
-        return False
-
-    def _register(self, status: ComponentStatus) -> None:
-        if self.registrar is None or not status.spec.register:
-            return
-        self.registrar.register(
-            status.name,
-            status.host,
-            status.port,
-            status.spec.capabilities,
-            {"managed_by": "guardian", "group": status.spec.group, "pid": str(status.pid)},
-        )
+    def _spawned(self, name: str) -> None:
+        if name not in self._start_order:
+            self._start_order.append(name)
 
     def _child_env(self, status: ComponentStatus) -> dict[str, str]:
         peers = {m.status.name: m.status.address for m in self._components.values()}
@@ -476,7 +292,7 @@ class Supervisor:
 
     # ---- state -----------------------------------------------------------------------
 
-    def _set_state(self, managed: _Managed, state: State) -> None:
+    def _set_state(self, managed: Managed, state: State) -> None:
         status = managed.status
         previous = status.state
         if previous == state:
@@ -499,7 +315,7 @@ class Supervisor:
             managed.waiters.clear()
 
     async def _wait_ready(
-        self, managed: _Managed, limit_s: float | None = None, *, pending_ok: bool = False
+        self, managed: Managed, limit_s: float | None = None, *, pending_ok: bool = False
     ) -> bool:
         """Waits until the component is SERVING (True) or FAILED/STOPPED (False); False
         too when `limit_s` passes first. A PENDING component is waited for only with
@@ -519,7 +335,7 @@ class Supervisor:
         except TimeoutError:
             return False
 
-    def _managed(self, name: str) -> _Managed:
+    def _managed(self, name: str) -> Managed:
         managed = self._components.get(name)
         if managed is None:
             raise NotFound("component", name)
