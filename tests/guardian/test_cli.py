@@ -84,6 +84,17 @@ async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_beh
         assert status.returncode == 0, status.stdout + status.stderr
         assert "system: SERVING (1/1 SERVING)" in status.stdout
         assert (data_dir / "logs" / "registry.log").exists()
+
+        target = ("--guardian", f"127.0.0.1:{guardian_port}")
+        diagnosis = await asyncio.to_thread(
+            _grace, "heal", "registry", "--playbook", "diagnose_network", *target
+        )
+        assert diagnosis.returncode == 0, diagnosis.stdout + diagnosis.stderr
+        assert "[ok  ] health: SERVING" in diagnosis.stdout
+        restart = await asyncio.to_thread(_grace, "restart", "registry", *target)
+        assert restart.returncode == 0, restart.stdout + restart.stderr
+        assert restart.stdout.startswith("registry: SERVING")
+        registry_pid = int(restart.stdout.split("(pid ")[1].split(",")[0])
         assert (data_dir / "logs" / "guardian.log").exists()
 
         proc.send_signal(signal.SIGINT)
