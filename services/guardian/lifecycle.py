@@ -148,6 +148,7 @@ class Lifecycle:
             self.topology.probe,
             on_observation,
             lambda: status.state == State.STARTING,
+            spec.health_http_path,
         )
         timeout = spec.startup_timeout_s or self.topology.boot.startup_timeout_s
         tasks = [

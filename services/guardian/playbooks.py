@@ -222,6 +222,7 @@ class Healer:
             status.address,
             status.spec.health_service,
             self.supervisor.topology.probe.timeout_s,
+            status.spec.health_http_path,
         )
         findings.append(
             Finding(
@@ -255,6 +256,9 @@ class Healer:
         statuses = self.supervisor.statuses()
         timeout = self.supervisor.topology.probe.timeout_s
         observations = await asyncio.gather(
-            *(probe_address(s.address, s.spec.health_service, timeout) for s in statuses)
+            *(
+                probe_address(s.address, s.spec.health_service, timeout, s.spec.health_http_path)
+                for s in statuses
+            )
         )
         return list(zip(statuses, observations, strict=True))

@@ -54,6 +54,7 @@ def component_to_proto(status: ComponentStatus) -> guardian_pb2.Component:
         depends_on=spec.depends_on,
         can_fail=spec.can_fail,
         health_service=spec.health_service,
+        health_http_path=spec.health_http_path,
         capabilities=spec.capabilities,
         restarts=status.restarts,
         total_restarts=status.total_restarts,

@@ -51,6 +51,8 @@ class ComponentSpec:
         depends_on: Components that must be SERVING before this one starts.
         can_fail: The system may run without it.
         health_service: grpc.health.v1 service name to probe ("" = whole server).
+        health_http_path: When set, probe `GET <path>` over HTTP instead (2xx = SERVING),
+            for components without gRPC health.
         env: Extra environment variables.
         group: "core" always runs; other groups run when enabled.
         capabilities: Capabilities registered in the registry.
@@ -68,6 +70,7 @@ class ComponentSpec:
     depends_on: tuple[str, ...] = ()
     can_fail: bool = False
     health_service: str = ""
+    health_http_path: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
     group: str = CORE_GROUP
     capabilities: tuple[str, ...] = ()
@@ -139,6 +142,7 @@ _COMPONENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "depends_on": (list, "a list of component names"),
     "can_fail": (bool, "true or false"),
     "health_service": (str, "a string"),
+    "health_http_path": (str, "a path starting with '/'"),
     "env": (dict, "a table of strings"),
     "group": (str, "a string"),
     "capabilities": (list, "a list of strings"),
@@ -357,6 +361,9 @@ def _component(name: str, table: Any, source: str) -> ComponentSpec:
     env = table.get("env", {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise TopologyError(f"{source}: {where}: env values must be strings")
+    http_path = table.get("health_http_path", "")
+    if http_path and not http_path.startswith("/"):
+        raise TopologyError(f"{source}: {where}: health_http_path must start with '/'")
     timeout = table.get("startup_timeout_s")
     if timeout is not None and timeout <= 0:
         raise TopologyError(f"{source}: {where}: startup_timeout_s must be > 0")
@@ -370,6 +377,7 @@ def _component(name: str, table: Any, source: str) -> ComponentSpec:
         depends_on=_strings(f"{where} depends_on", table.get("depends_on", []), source),
         can_fail=table.get("can_fail", False),
         health_service=table.get("health_service", ""),
+        health_http_path=http_path,
         env=dict(env),
         group=table.get("group", CORE_GROUP),
         capabilities=_strings(f"{where} capabilities", table.get("capabilities", []), source),

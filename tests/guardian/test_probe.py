@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.guardian.probe import HealthProbe, Observation, probe_address
+from services.guardian.probe import HealthProbe, Observation, http_check, probe_address
 from services.guardian.settings import ProbeSettings
 from tests.guardian.conftest import eventually, free_ports
 
@@ -97,3 +97,44 @@ async def test_a_single_check_names_the_status(service: str, status: str) -> Non
     async with health_server(servicer) as address:
         observation = await probe_address(address, service, 1.0)
         assert observation.status == status
+
+
+@contextlib.asynccontextmanager
+async def http_server(status_line: bytes) -> AsyncIterator[str]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(status_line + b"\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("status_line", "status", "error"),
+    [
+        (b"HTTP/1.1 200 OK", "SERVING", ""),
+        (b"HTTP/1.1 204 No Content", "SERVING", ""),
+        (b"HTTP/1.1 503 Service Unavailable", "NOT_SERVING", "HTTP status 503"),
+    ],
+)
+async def test_http_probes_count_2xx_as_serving(
+    status_line: bytes, status: str, error: str
+) -> None:
+    async with http_server(status_line) as address:
+        observation = await http_check(address, "/health", 1.0)
+    assert (observation.status, observation.error) == (status, error)
+    assert observation.from_check
+
+
+async def test_an_http_probe_of_nothing_is_unreachable() -> None:
+    (port,) = free_ports(1)
+    observation = await probe_address(f"127.0.0.1:{port}", "", 1.0, http_path="/health")
+    assert observation.status == "UNREACHABLE"
+    assert observation.error.startswith("HTTP: ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -236,6 +237,27 @@ async def test_a_component_that_turns_unhealthy_is_restarted_after_the_failure_t
         )
         assert "failed health checks" in supervisor.status("sickly").last_error
         assert not pid_exists(first_pid)
+
+
+async def test_a_command_component_probed_over_http_is_supervised_like_any_other(
+    tmp_path: Path,
+) -> None:
+    (port,) = free_ports(1)
+    command = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)]
+    topo = topology({"web": {"command": command, "port": port, "health_http_path": "/"}})
+    async with supervising(topo, tmp_path) as (supervisor, _):
+        await supervisor.boot()
+        web = supervisor.status("web")
+        assert web.state == State.SERVING
+        assert web.probe_latency_ms > 0
+        os.kill(web.pid, signal.SIGKILL)
+        await eventually(
+            lambda: (
+                state_of(supervisor, "web") == State.SERVING
+                and supervisor.status("web").pid not in (0, web.pid)
+            ),
+            what="web restarted",
+        )
 
 
 async def test_shutdown_stops_components_in_reverse_boot_order(tmp_path: Path) -> None:

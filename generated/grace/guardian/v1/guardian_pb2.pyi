@@ -146,6 +146,7 @@ class Component(_message.Message):
     LOG_PATH_FIELD_NUMBER: _builtins.int
     PROBE_LATENCY_MS_FIELD_NUMBER: _builtins.int
     LAST_PROBE_AT_FIELD_NUMBER: _builtins.int
+    HEALTH_HTTP_PATH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name from the topology, for example "registry": lower-case letters, digits and '_'."""
     group: _builtins.str
@@ -184,6 +185,10 @@ class Component(_message.Message):
     """File the component's stdout and stderr go to."""
     probe_latency_ms: _builtins.float
     """Latency of the last health probe, in milliseconds."""
+    health_http_path: _builtins.str
+    """HTTP path probed instead of grpc.health.v1 (GET, 2xx is SERVING); empty when the
+    component is probed over gRPC.
+    """
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Components that must be SERVING before this one starts."""
@@ -227,10 +232,11 @@ class Component(_message.Message):
         log_path: _builtins.str = ...,
         probe_latency_ms: _builtins.float = ...,
         last_probe_at: _timestamp_pb2.Timestamp | None = ...,
+        health_http_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_probe_at", b"last_probe_at", "started_at", b"started_at", "state_since", b"state_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "can_fail", b"can_fail", "capabilities", b"capabilities", "chunk", b"chunk", "depends_on", b"depends_on", "group", b"group", "health_service", b"health_service", "last_error", b"last_error", "last_exit_code", b"last_exit_code", "last_probe_at", b"last_probe_at", "log_path", b"log_path", "name", b"name", "pid", b"pid", "port", b"port", "probe_latency_ms", b"probe_latency_ms", "restarts", b"restarts", "started_at", b"started_at", "state", b"state", "state_since", b"state_since", "total_restarts", b"total_restarts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "can_fail", b"can_fail", "capabilities", b"capabilities", "chunk", b"chunk", "depends_on", b"depends_on", "group", b"group", "health_http_path", b"health_http_path", "health_service", b"health_service", "last_error", b"last_error", "last_exit_code", b"last_exit_code", "last_probe_at", b"last_probe_at", "log_path", b"log_path", "name", b"name", "pid", b"pid", "port", b"port", "probe_latency_ms", b"probe_latency_ms", "restarts", b"restarts", "started_at", b"started_at", "state", b"state", "state_since", b"state_since", "total_restarts", b"total_restarts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
