@@ -28,6 +28,7 @@ from gateway.config import GatewayConfig
 from gateway.openapi import ERROR_SCHEMA, build_openapi
 from gateway.routes import RouteTable, discover_services
 from gateway.upstreams import Upstreams
+from services.common.supervision import watch_supervisor
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,10 @@ class Gateway:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        orphan_watch = asyncio.create_task(watch_supervisor(self.config.env, stop_requested.set))
         await self.start()
         await stop_requested.wait()
+        orphan_watch.cancel()
         await self.stop()
 
     async def __aenter__(self) -> Gateway:

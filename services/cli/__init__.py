@@ -5,14 +5,16 @@ itself with `register(subparsers)`; adding a command is one module and one line 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import control, up
+from services.cli import control, up, verify
 
 # Each entry adds one or more subcommands to the `grace` parser.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     up.register,
     control.register,
+    verify.register,
 )
 
 
@@ -27,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `grace` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in verify.DELEGATED:
+        return verify.DELEGATED[arguments[0]](arguments[1:])
+    args = build_parser().parse_args(arguments)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)

@@ -23,6 +23,7 @@ from services.common import telemetry
 from services.common.channels import SERVER_KEEPALIVE_OPTIONS
 from services.common.config import ServerConfig
 from services.common.interceptors import ErrorTranslator
+from services.common.supervision import watch_supervisor
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,10 @@ class GraceServer:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        orphan_watch = asyncio.create_task(watch_supervisor(self.config.env, stop_requested.set))
         await self.start()
         await stop_requested.wait()
+        orphan_watch.cancel()
         stopping = asyncio.create_task(self.stop())
         while not stopping.done():
             before = signals_seen

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from services.common.config import env_prefix
+from services.common.supervision import SUPERVISOR_PID_ENV
 from services.guardian.model import ComponentStatus
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,7 @@ def child_environment(
     env = dict(base)
     env["GRACE_DATA_DIR"] = str(data_dir)
     env["PYTHONUNBUFFERED"] = "1"
+    env[SUPERVISOR_PID_ENV] = str(os.getpid())
     for peer, address in peers.items():
         env[f"{env_prefix(peer)}ADDR"] = address
     prefix = env_prefix(status.name)

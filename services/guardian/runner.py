@@ -16,6 +16,8 @@ import signal
 from typing import Protocol
 
 from services.common import telemetry
+from services.common.bus_client import EventBusPublisher
+from services.common.config import peer_address
 from services.common.outbox import Publisher
 from services.common.server import GraceServer
 from services.guardian.config import GuardianConfig
@@ -54,7 +56,13 @@ async def serve(
     reporter: Reporter | None = None,
     publisher: Publisher | None = None,
 ) -> int:
-    """Boots, supervises until a signal, stops everything; returns the exit code."""
+    """Boots, supervises until a signal, stops everything; returns the exit code.
+
+    Without an explicit publisher, `healing.*` events go to the event bus of the topology
+    (or GRACE_EVENTBUS_ADDR); they wait in Guardian's outbox while the bus is down.
+    """
+    if publisher is None:
+        publisher = EventBusPublisher(_bus_address(config, topology))
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -123,3 +131,10 @@ async def _report(service: GuardianServer, reporter: Reporter, until: asyncio.Ev
     async for change in service.supervisor.follow(until):
         if not change.snapshot:
             reporter.changed(change)
+
+
+def _bus_address(config: GuardianConfig, topology: Topology) -> str:
+    bus = topology.component("eventbus")
+    if bus is not None:
+        return f"127.0.0.1:{bus.port}"
+    return peer_address(config.server.env, "eventbus")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from services.cli import build_parser
+from services.guardian.topology import load_topology
 from tests.guardian.conftest import free_ports, pid_exists, port_open
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -56,13 +58,16 @@ def test_up_with_an_invalid_topology_fails_before_starting_anything(tmp_path: Pa
 async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_behind(
     tmp_path: Path,
 ) -> None:
-    registry_port, guardian_port = free_ports(2)
-    # The default topology, moved to free ports so the test never collides with a
-    # running Grace.
+    names = [c.name for c in load_topology(None).components]
+    *component_ports, guardian_port = free_ports(len(names) + 1)
+    ports = dict(zip(names, component_ports, strict=True))
+    registry_port = ports["registry"]
+    # The default topology, every component moved to a free port so the test never
+    # collides with a running Grace.
     config = tmp_path / "grace.toml"
     config.write_text(
-        f"[components.registry]\nport = {registry_port}\n"
-        "[probe]\ninterval_s = 0.5\n[registration]\nlease_ttl_s = 3\n"
+        "".join(f"[components.{name}]\nport = {port}\n" for name, port in ports.items())
+        + "[probe]\ninterval_s = 0.5\n[registration]\nlease_ttl_s = 3\n"
     )
     data_dir = tmp_path / "data"
     proc = await _start_up(config, data_dir, guardian_port)
@@ -82,7 +87,7 @@ async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_beh
             _grace, "status", "--guardian", f"127.0.0.1:{guardian_port}"
         )
         assert status.returncode == 0, status.stdout + status.stderr
-        assert "system: SERVING (1/1 SERVING)" in status.stdout
+        assert f"system: SERVING ({len(names)}/{len(names)} SERVING)" in status.stdout
         assert (data_dir / "logs" / "registry.log").exists()
 
         target = ("--guardian", f"127.0.0.1:{guardian_port}")
@@ -104,11 +109,12 @@ async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_beh
         assert "stopping Grace" in rest
         assert "registry: STOPPING -> STOPPED" in rest
         assert not pid_exists(registry_pid)
-        assert not port_open(registry_port)
-        assert not port_open(guardian_port)
+        for port in [*component_ports, guardian_port]:
+            assert not port_open(port)
     finally:
         if proc.returncode is None:
-            proc.kill()
+            # Kill the whole group: grace up and every component it started.
+            os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
 
 
@@ -127,14 +133,18 @@ async def _start_up(config: Path, data_dir: Path, guardian_port: int) -> asyncio
         cwd=PROJECT_ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
     )
 
 
 def _test_component_toml(name: str, port: int, *args: str, timeout_s: float) -> str:
     argv = ", ".join(f'"{a}"' for a in ["--name", name, *args])
+    # Only the test component runs: every default component is switched off.
+    defaults = "".join(
+        f"[components.{c.name}]\nenabled = false\n" for c in load_topology(None).components
+    )
     return (
-        "[components.registry]\nenabled = false\n"
-        f'[components.{name}]\nmodule = "tests.guardian.component"\nport = {port}\n'
+        defaults + f'[components.{name}]\nmodule = "tests.guardian.component"\nport = {port}\n'
         f"args = [{argv}]\nstartup_timeout_s = {timeout_s}\n"
     )
 

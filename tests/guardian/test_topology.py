@@ -51,13 +51,19 @@ def test_user_file_overrides_one_key_and_adds_a_component(tmp_path: Path) -> Non
     assert registry.module == "services.registry"  # kept from the default
     assert topo.probe.interval_s == 2
     assert topo.probe.failure_threshold == 3
-    assert [c.name for c in topo.components] == ["registry", "extra"]
+    names = [c.name for c in topo.components]
+    assert set(names) == {c.name for c in load_topology(None).components} | {"extra"}
+    chunks = [c.chunk for c in topo.components]
+    assert chunks == sorted(chunks)  # boot order follows the chunks
+    assert topo.component("extra").chunk == 1  # type: ignore[union-attr]
 
 
 def test_a_component_can_be_disabled_by_the_user_file(tmp_path: Path) -> None:
     user = tmp_path / "grace.toml"
-    user.write_text("[components.registry]\nenabled = false\n")
-    assert load_topology(user).components == ()
+    user.write_text("[components.gateway]\nenabled = false\n")
+    names = [c.name for c in load_topology(user).components]
+    assert "gateway" not in names
+    assert "registry" in names
 
 
 def test_groups_other_than_core_run_only_when_enabled() -> None:
