@@ -1,0 +1,320 @@
+"""Event bus benchmark: throughput, latency and fan-out, against NATS JetStream.
+
+Runs the bus as its own process on loopback (SQLite, WAL, synchronous=FULL: durable) and
+drives it from this process:
+
+  (a) PublishBatch (1,000 events per call, several in flight) -> one streaming subscriber:
+      events/s from the first publish to the last event received;
+  (b) publish -> deliver latency (p50/p99) at a steady 1,000 events/s, one Publish per event;
+  (c) the (a) workload with 100 subscribers of distinct patterns, each event matching one.
+
+When NATS answers on 127.0.0.1:4222 the same (a) and (b) run on JetStream with nats-py
+(async publish to a file-backed stream, one pull consumer), and the ratios are printed.
+The last line is one JSON object with every figure.
+
+    .venv/bin/python benchmarks/eventbus.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
+
+THROUGHPUT_EVENTS = 200_000
+FANOUT_EVENTS = 100_000
+BATCH = 1000
+IN_FLIGHT = 4
+LATENCY_RATE = 1000
+LATENCY_SECONDS = 5
+SUBSCRIBERS = 100
+DATA = struct_pb2.Struct()
+DATA.update({"prediction": "positive", "confidence": 0.95, "model": "sentiment-v3"})
+PAYLOAD = event_pb2.Event(
+    id="x" * 20, event_type="bench.tick", source_domain="ai_domain", data=DATA
+).SerializeToString()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def bus_process(data_dir: Path) -> AsyncIterator[str]:
+    port = free_port()
+    env = {**os.environ, "GRACE_REGISTRY_ADDR": "127.0.0.1:9"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.eventbus", "--port", str(port),
+        "--data-dir", str(data_dir), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        async with grpc.aio.insecure_channel(address) as chan:
+            health = health_pb2_grpc.HealthStub(chan)
+            for _ in range(300):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                await asyncio.sleep(0.1)
+        yield address
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def batches(total: int, types: list[str], prefix: str) -> list[eventbus_pb2.PublishBatchRequest]:
+    requests = []
+    for start in range(0, total, BATCH):
+        requests.append(
+            eventbus_pb2.PublishBatchRequest(
+                events=[
+                    event_pb2.Event(
+                        id=f"{prefix}-{start + i}",
+                        event_type=types[(start + i) % len(types)],
+                        source_domain="ai_domain",
+                        data=DATA,
+                    )
+                    for i in range(min(BATCH, total - start))
+                ]
+            )
+        )
+    return requests
+
+
+async def wait_streams(stub: eventbus_pb2_grpc.EventBusServiceStub, count: int) -> None:
+    while (await stub.GetStats(eventbus_pb2.GetStatsRequest())).active_streams < count:
+        await asyncio.sleep(0.05)
+
+
+async def grace_throughput(address: str, subscribers: int, total: int) -> float:
+    """Events/s from the first publish until every subscriber has its events."""
+    types = [f"bench.s{i}.tick" for i in range(subscribers)]
+    requests = batches(total, types, f"t{subscribers}")
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(address, options=options) as chan:
+        stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
+        received = 0
+        done = asyncio.Event()
+
+        async def consume(pattern: str) -> None:
+            nonlocal received
+            async for message in stub.Subscribe(
+                eventbus_pb2.SubscribeRequest(pattern=pattern, max_batch=1000)
+            ):
+                received += len(message.events)
+                if received >= total:
+                    done.set()
+
+        patterns = ["bench.*"] if subscribers == 1 else [f"bench.s{i}.*" for i in range(subscribers)]
+        tasks = [asyncio.create_task(consume(p)) for p in patterns]
+        await wait_streams(stub, subscribers)
+        queue = list(reversed(requests))
+        started = time.perf_counter()
+
+        async def publisher() -> None:
+            while queue:
+                await stub.PublishBatch(queue.pop())
+
+        await asyncio.gather(*(publisher() for _ in range(IN_FLIGHT)))
+        await asyncio.wait_for(done.wait(), 120)
+        elapsed = time.perf_counter() - started
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return total / elapsed
+
+
+async def steady(rate: int, seconds: int, send: Any) -> None:
+    """Calls `send(i)` at a steady rate (catching up after a late wake-up)."""
+    started = time.perf_counter()
+    sent = 0
+    pending: set[asyncio.Task[None]] = set()
+    while sent < rate * seconds:
+        due = min(rate * seconds, int((time.perf_counter() - started) * rate) + 1)
+        while sent < due:
+            task = asyncio.create_task(send(sent))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            sent += 1
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*pending)
+
+
+def percentiles(samples_ms: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(samples_ms, n=100)
+    return cuts[49], cuts[98]
+
+
+async def grace_latency(address: str) -> tuple[float, float]:
+    total = LATENCY_RATE * LATENCY_SECONDS
+    async with grpc.aio.insecure_channel(address) as chan:
+        stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
+        samples: list[float] = []
+        done = asyncio.Event()
+
+        async def consume() -> None:
+            async for message in stub.Subscribe(eventbus_pb2.SubscribeRequest(pattern="lat.*")):
+                now = time.time_ns()
+                samples.extend((now - e.time.ToNanoseconds()) / 1e6 for e in message.events)
+                if len(samples) >= total:
+                    done.set()
+
+        task = asyncio.create_task(consume())
+        await wait_streams(stub, 1)
+
+        async def send(i: int) -> None:
+            request = eventbus_pb2.PublishRequest(
+                id=f"lat-{i}", event_type="lat.tick", source_domain="ai_domain", data=DATA
+            )
+            request.time.FromNanoseconds(time.time_ns())
+            await stub.Publish(request)
+
+        await steady(LATENCY_RATE, LATENCY_SECONDS, send)
+        await asyncio.wait_for(done.wait(), 60)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return percentiles(samples)
+
+
+async def nats_available() -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 4222), 1)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+async def nats_figures() -> dict[str, float] | None:
+    try:
+        import nats
+        from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+    except ImportError:
+        print("nats-py is not installed: skipping JetStream (pip install nats-py)")
+        return None
+    if not await nats_available():
+        print("NATS is not answering on 127.0.0.1:4222: skipping JetStream")
+        return None
+    nc = await nats.connect("nats://127.0.0.1:4222", max_reconnect_attempts=1)
+    js = nc.jetstream(publish_async_max_pending=20_000)
+    stream = f"GRACEBENCH{os.getpid()}"
+    subject = f"gracebench{os.getpid()}"
+    await js.add_stream(StreamConfig(name=stream, subjects=[f"{subject}.>"], storage="file"))
+    try:
+        # (a) async publish -> one pull consumer
+        # AckAll: acknowledging the last message of a fetch acknowledges the whole fetch,
+        # the cheapest acknowledgement JetStream offers a durable-storage consumer.
+        sub = await js.pull_subscribe(
+            f"{subject}.>",
+            stream=stream,
+            config=ConsumerConfig(ack_policy=AckPolicy.ALL, max_ack_pending=100_000),
+        )
+        received = 0
+
+        async def consume(total: int) -> None:
+            nonlocal received
+            while received < total:
+                with contextlib.suppress(nats.errors.TimeoutError):
+                    msgs = await sub.fetch(1000, timeout=1)
+                    received += len(msgs)
+                    await asyncio.gather(*(m.ack() for m in msgs[-1:]))
+
+        task = asyncio.create_task(consume(THROUGHPUT_EVENTS))
+        started = time.perf_counter()
+        for i in range(THROUGHPUT_EVENTS):
+            await js.publish_async(
+                f"{subject}.tick", PAYLOAD, headers={"Nats-Msg-Id": f"n-{i}"}
+            )
+        await js.publish_async_completed()
+        await asyncio.wait_for(task, 120)
+        throughput = THROUGHPUT_EVENTS / (time.perf_counter() - started)
+        await sub.unsubscribe()
+
+        # (b) latency at a steady rate, one push consumer
+        samples: list[float] = []
+        done = asyncio.Event()
+        total = LATENCY_RATE * LATENCY_SECONDS
+
+        async def on_message(msg: Any) -> None:
+            samples.append((time.time_ns() - int(msg.headers["sent"])) / 1e6)
+            if len(samples) >= total:
+                done.set()
+
+        await js.subscribe(f"{subject}.lat", cb=on_message, manual_ack=False, ordered_consumer=True)
+
+        async def send(i: int) -> None:
+            await js.publish(
+                f"{subject}.lat", PAYLOAD, headers={"sent": str(time.time_ns()), "Nats-Msg-Id": f"l-{i}"}
+            )
+
+        await steady(LATENCY_RATE, LATENCY_SECONDS, send)
+        await asyncio.wait_for(done.wait(), 60)
+        p50, p99 = percentiles(samples)
+        return {"throughput": throughput, "p50_ms": p50, "p99_ms": p99}
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+        await nc.close()
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="grace-bench-") as tmp:
+        async with bus_process(Path(tmp)) as address:
+            throughput = await grace_throughput(address, 1, THROUGHPUT_EVENTS)
+            p50, p99 = await grace_latency(address)
+            fanout = await grace_throughput(address, SUBSCRIBERS, FANOUT_EVENTS)
+    peer = await nats_figures()
+
+    rows = [
+        ("(a) PublishBatch -> 1 stream, events/s", f"{throughput:,.0f}", ">= 50,000"),
+        ("(b) latency p50 at 1,000/s, ms", f"{p50:.2f}", ""),
+        ("(b) latency p99 at 1,000/s, ms", f"{p99:.2f}", "< 10"),
+        (f"(c) {SUBSCRIBERS} distinct subscribers, events/s", f"{fanout:,.0f}", ">= (a) / 2"),
+        ("(c) / (a)", f"{fanout / throughput:.2f}x", ">= 0.5x"),
+    ]
+    figures: dict[str, Any] = {
+        "throughput_eps": round(throughput),
+        "latency_p50_ms": round(p50, 3),
+        "latency_p99_ms": round(p99, 3),
+        "fanout_100_eps": round(fanout),
+        "fanout_ratio": round(fanout / throughput, 3),
+    }
+    if peer is not None:
+        rows += [
+            ("JetStream (a) async publish -> 1 consumer, events/s", f"{peer['throughput']:,.0f}", ""),
+            ("JetStream (b) latency p50 / p99, ms", f"{peer['p50_ms']:.2f} / {peer['p99_ms']:.2f}", ""),
+            ("Grace (a) / JetStream (a)", f"{throughput / peer['throughput']:.2f}x", ">= 1.0x"),
+        ]
+        figures["jetstream_throughput_eps"] = round(peer["throughput"])
+        figures["jetstream_p50_ms"] = round(peer["p50_ms"], 3)
+        figures["jetstream_p99_ms"] = round(peer["p99_ms"], 3)
+        figures["ratio_vs_jetstream"] = round(throughput / peer["throughput"], 3)
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'value':>14}  target")
+    for name, value, target in rows:
+        print(f"{name:<{width}}  {value:>14}  {target}")
+    print("(2-core machine shared with other work; client and bus on loopback, bus durable)")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
