@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
+from services.common.bus_client import EventBusPublisher
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.storage import Database
 from services.memory.config import MemoryConfig
 from services.memory.memory import SharedMemory
-from services.memory.publisher import eventbus_publisher
 from services.memory.servicer import MemoryServicer
 from services.memory.store import MemoryStore
 
@@ -32,7 +32,7 @@ class MemoryServer(Service):
     Args:
         config: Server and memory settings.
         publisher: Where announcements go; None means the event bus at
-            `config.eventbus_address` (see `publisher.eventbus_publisher`).
+            `config.eventbus_address` (`EventBusPublisher`).
         clock: Injectable clock for tests.
         schema: PostgreSQL schema (tests); None for the default.
     """
@@ -48,7 +48,9 @@ class MemoryServer(Service):
         self.config = config
         store = MemoryStore(Database(config.server.database_url, schema=schema))
         self.memory = SharedMemory(store, config.settings, clock)
-        self.publisher = publisher if publisher is not None else eventbus_publisher(config)
+        self.publisher: Publisher = (
+            publisher if publisher is not None else EventBusPublisher(config.eventbus_address)
+        )
         self.relay = OutboxRelay(
             self.memory.outbox, self.publisher, poll_interval_s=config.relay_interval_s
         )
