@@ -18,14 +18,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy.exc import IntegrityError
-
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import Unavailable
 from services.common.patterns import matches
 from services.eventbus.index import PatternIndex
 from services.eventbus.model import BusSettings, Start, StartSpec
-from services.eventbus.store import EventRow, EventStore, LogFilter
+from services.eventbus.store import DuplicateEvent, EventRow, EventStore, LogFilter
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +166,7 @@ class EventLog:
         plan = self._plan(group, {}, now)
         try:
             await self.store.append(plan.rows, plan.by_type)
-        except IntegrityError:
+        except DuplicateEvent:
             keys = {
                 (event.source_domain, event.id)
                 for pending in group
