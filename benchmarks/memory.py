@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import statistics
@@ -66,13 +67,13 @@ class CountingPublisher:
 def synthetic(n: int, rng: random.Random) -> list[tuple[Contribution, str]]:
     """n contributions over a Zipf-like vocabulary of 20,000 words."""
     vocabulary = [f"w{i}x" for i in range(20_000)]
-    weights = [1 / (rank + 1) for rank in range(len(vocabulary))]
+    cumulative = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(vocabulary))))
     rare_at = set(rng.sample(range(n), RARE_COUNT))
     rows = []
     now = time.time()
     for i in range(n):
-        issue = rng.choices(vocabulary, weights, k=6)
-        solution = rng.choices(vocabulary, weights, k=6)
+        issue = rng.choices(vocabulary, cum_weights=cumulative, k=6)
+        solution = rng.choices(vocabulary, cum_weights=cumulative, k=6)
         if rng.random() < 0.2:
             issue.append(COMMON_WORD)
         if i in rare_at:

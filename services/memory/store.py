@@ -220,13 +220,18 @@ class MemoryStore:
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             async with self.db.transaction() as conn:
-                result = await conn.execute(
-                    contributions.insert().returning(
-                        contributions.c.seq, sort_by_parameter_order=True
-                    ),
-                    [contribution_row(c, doc, "", "") for c, doc in part],
+                # A plain executemany (one driver call), then the ids' seqs in one read:
+                # RETURNING with a guaranteed row order would insert row by row.
+                await conn.execute(
+                    contributions.insert(), [contribution_row(c, doc, "", "") for c, doc in part]
                 )
-                seqs = [int(s) for s in result.scalars()]
+                found = await conn.execute(
+                    select(contributions.c.contribution_id, contributions.c.seq).where(
+                        contributions.c.contribution_id.in_([c.contribution_id for c, _ in part])
+                    )
+                )
+                seq_of = {cid: int(seq) for cid, seq in found}
+                seqs = [seq_of[c.contribution_id] for c, _ in part]
                 tag_rows = [
                     {"tag": t, "seq": seq}
                     for seq, (c, _) in zip(seqs, part, strict=True)

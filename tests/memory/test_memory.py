@@ -15,14 +15,17 @@ from services.common.errors import (
     NotFound,
     ResourceExhausted,
 )
+from services.memory.confidence import Evidence
 from services.memory.memory import SharedMemory
 from services.memory.model import (
     ChangeKind,
+    Contribution,
     ContributorOrder,
     NewContribution,
     Outcome,
     VerdictKind,
 )
+from services.memory.text import document
 from tests.memory.conftest import eventually
 from tests.support import ManualClock
 
@@ -428,3 +431,36 @@ async def test_a_watcher_that_falls_too_far_behind_is_cut_off(memory: SharedMemo
 
     with pytest.raises(ResourceExhausted):
         await drain()
+
+
+async def test_bulk_loaded_contributions_are_searchable_and_counted(memory: SharedMemory) -> None:
+    loaded = []
+    for i in range(12):
+        c = Contribution(
+            contribution_id=f"bulk-{i}",
+            domain_id="import_domain",
+            contribution_type="insight",
+            content={"note": f"bulk item {i}", "parity": "even" if i % 2 == 0 else "odd"},
+            tags=("imported",) if i % 3 == 0 else (),
+            initial_confidence=0.5,
+            confidence=0.5,
+            evidence=Evidence(),
+            created_at=1.0,
+            updated_at=1.0,
+        )
+        loaded.append((c, document(c.contribution_type, c.tags, c.content)))
+    await memory.store.bulk_insert(loaded, chunk=5)
+    await memory.contribute(new())
+
+    even, _ = await memory.query("even bulk")
+    tagged, _ = await memory.query("bulk", tags=["imported"])
+
+    assert len(even) == 6
+    assert sorted(h.contribution.contribution_id for h in tagged) == [
+        "bulk-0",
+        "bulk-3",
+        "bulk-6",
+        "bulk-9",
+    ]
+    assert memory.store.corpus.documents == 13
+    assert (await memory.stats()).by_domain["import_domain"] == 12
