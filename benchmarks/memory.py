@@ -122,12 +122,33 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def main(n: int, calls: int) -> dict[str, Any]:
+async def main(n: int, calls: int, postgres_url: str) -> dict[str, Any]:
+    schema = f"bench_{uuid.uuid4().hex[:10]}" if postgres_url else None
+    if schema:
+        await _schema(postgres_url, f'CREATE SCHEMA "{schema}"')
+    try:
+        return await _run(n, calls, postgres_url, schema)
+    finally:
+        if schema:
+            await _schema(postgres_url, f'DROP SCHEMA "{schema}" CASCADE')
+
+
+async def _schema(url: str, statement: str) -> None:
+    import asyncpg  # only needed for the PostgreSQL run
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def _run(n: int, calls: int, postgres_url: str, schema: str | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        url = sqlite_url(Path(tmp) / "memory.db")
+        url = postgres_url or sqlite_url(Path(tmp) / "memory.db")
         rng = random.Random(42)
         rows = synthetic(n, rng)
-        store = MemoryStore(Database(url))
+        store = MemoryStore(Database(url, schema=schema))
         await store.open()
         start = time.perf_counter()
         await store.bulk_insert(rows)
@@ -140,7 +161,7 @@ async def main(n: int, calls: int) -> dict[str, Any]:
             settings=MemorySettings(),
         )
         publisher = CountingPublisher()
-        service = MemoryServer(config, publisher=publisher)
+        service = MemoryServer(config, publisher=publisher, schema=schema)
         async with GraceServer(config.server, service) as server, channel(server.address) as chan:
             stub = memory_pb2_grpc.SharedMemoryServiceStub(chan)
             health = health_pb2_grpc.HealthStub(chan)
@@ -166,6 +187,12 @@ async def main(n: int, calls: int) -> dict[str, Any]:
                 return stub.Contribute(request)
 
             contrib = await timed(calls, contribute)
+            get_stats = await timed(
+                calls // 5, lambda i: stub.GetStats(memory_pb2.GetStatsRequest())
+            )
+            top = await timed(
+                calls // 5, lambda i: stub.TopContributors(memory_pb2.TopContributorsRequest())
+            )
             stats = await stub.GetStats(memory_pb2.GetStatsRequest())
 
     figures = {
@@ -174,11 +201,14 @@ async def main(n: int, calls: int) -> dict[str, Any]:
         "query_rare": rare,
         "query_two_words": two,
         "contribute": contrib,
+        "get_stats": get_stats,
+        "top_contributors": top,
     }
     base = statistics.median(noop)
     print(
         f"shared memory benchmark: {n:,} contributions (bulk load {load_s:.1f} s, "
-        f"{n / load_s:,.0f}/s), {calls} sequential calls each, SQLite, loopback, one process"
+        f"{n / load_s:,.0f}/s), {calls} sequential calls each ({calls // 5} for stats), "
+        f"{'PostgreSQL' if postgres_url else 'SQLite'}, loopback, one process"
     )
     print(
         f"common word '{COMMON_WORD}' in {common_matches:,} contributions; "
@@ -189,6 +219,7 @@ async def main(n: int, calls: int) -> dict[str, Any]:
         p50 = statistics.median(samples)
         print(f"{name:<20}{p50:>10.2f}{pct(samples, 0.99):>10.2f}{p50 / base:>13.1f}x")
     result: dict[str, Any] = {
+        "backend": "postgresql" if postgres_url else "sqlite",
         "contributions": n,
         "total_after": stats.total_contributions,
         "bulk_load_per_s": round(n / load_s),
@@ -207,5 +238,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contributions", type=int, default=100_000)
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument(
+        "--postgres-url", default="", help="run on PostgreSQL (a fresh schema) instead of SQLite"
+    )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.contributions, args.calls))))
+    print(json.dumps(asyncio.run(main(args.contributions, args.calls, args.postgres_url))))

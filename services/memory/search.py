@@ -2,7 +2,7 @@
 ranking both share.
 
 SQLite keeps a contentless FTS5 table (`memory_search`, rowid = contribution seq);
-PostgreSQL keeps a `tsvector` per contribution in `memory_search` with a GIN index. Both
+PostgreSQL keeps a `tsvector` in each contribution row (`search`) with a GIN index. Both
 index the words `text.document` produced, with no stemming or stop words (FTS5
 `unicode61`, PostgreSQL `simple`), so both backends match the same contributions. The
 index only decides which contributions match (every query word present); the ranking is
@@ -162,28 +162,17 @@ class Fts5Index:
 
 
 class TsvectorIndex:
-    """PostgreSQL: a tsvector per contribution in `memory_search`, GIN-indexed."""
+    """PostgreSQL: the `search` tsvector column of memory_contributions, GIN-indexed.
+
+    The column and its index are part of the table (see `store.py`) and the store writes
+    the tsvector with the row, so `create` and `add` have nothing to do.
+    """
 
     async def create(self, conn: AsyncConnection) -> None:
-        await conn.execute(
-            text(
-                "CREATE TABLE IF NOT EXISTS memory_search ("
-                "seq BIGINT PRIMARY KEY, body TSVECTOR NOT NULL)"
-            )
-        )
-        await conn.execute(
-            text("CREATE INDEX IF NOT EXISTS memory_search_body ON memory_search USING GIN (body)")
-        )
+        return None
 
     async def add(self, conn: AsyncConnection, rows: Sequence[tuple[int, str]]) -> None:
-        if rows:
-            await conn.execute(
-                text(
-                    "INSERT INTO memory_search (seq, body) "
-                    "VALUES (:seq, to_tsvector('simple', :body))"
-                ),
-                [{"seq": seq, "body": body} for seq, body in rows],
-            )
+        return None
 
     async def search(
         self, conn: AsyncConnection, query: SearchFilter, corpus: Corpus, offset: int, limit: int
@@ -191,13 +180,15 @@ class TsvectorIndex:
         weight = 0.0
         for term in query.terms:
             matching = await conn.execute(
-                text("SELECT count(*) FROM memory_search WHERE body @@ to_tsquery('simple', :t)"),
+                text(
+                    "SELECT count(*) FROM memory_contributions "
+                    "WHERE search @@ to_tsquery('simple', :t)"
+                ),
                 {"t": term},
             )
             weight += idf(corpus.documents, int(matching.scalar_one()))
         sql, params = _ranked_page(
-            "FROM memory_search AS s JOIN memory_contributions AS c ON c.seq = s.seq"
-            " WHERE s.body @@ to_tsquery('simple', :q)",
+            "FROM memory_contributions AS c WHERE c.search @@ to_tsquery('simple', :q)",
             query,
             corpus,
             weight,

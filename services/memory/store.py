@@ -24,10 +24,13 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     func,
     select,
+    text,
     update,
 )
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.outbox import outbox_table
@@ -73,11 +76,18 @@ contributions = Table(
     Column("request_digest", String(64), nullable=True),
     # Words in the indexed document, for the ranking's length normalization.
     Column("words", Integer, nullable=False, default=0),
+    # PostgreSQL's full-text index: the document's tsvector, GIN-indexed, in the row
+    # itself so a search reads ranking columns straight from its bitmap heap scan. Always
+    # NULL on SQLite, whose index is the FTS5 table `memory_search`.
+    Column("search", Text().with_variant(TSVECTOR(), "postgresql"), nullable=True),
     UniqueConstraint("domain_id", "request_id", name="memory_contributions_request"),
     Index("memory_contributions_domain", "domain_id", "seq"),
     Index("memory_contributions_type", "contribution_type"),
     # Covers the ranking's join, so a search touches no wide rows until its page is known.
     Index("memory_contributions_rank", "seq", "confidence", "words"),
+    Index("memory_contributions_search", "search", postgresql_using="gin").ddl_if(
+        dialect="postgresql"
+    ),
 )
 
 tags = Table(
@@ -184,6 +194,14 @@ class MemoryStore:
             ).one()
         self.corpus = search.Corpus(int(documents), int(words))
 
+    def _insert(self) -> Any:
+        """INSERT into memory_contributions; parameters carry the document as `search_doc`."""
+        if self.db.is_sqlite:
+            return contributions.insert()
+        return contributions.insert().values(
+            search=func.to_tsvector("simple", bindparam("search_doc", type_=Text()))
+        )
+
     def _counted(self, documents: Sequence[str]) -> None:
         self.corpus = search.Corpus(
             self.corpus.documents + len(documents),
@@ -201,9 +219,8 @@ class MemoryStore:
     ) -> int:
         """Stores a new contribution with its tags and index row; returns its seq."""
         result = await conn.execute(
-            contributions.insert()
-            .values(**contribution_row(c, document, request_id, digest))
-            .returning(contributions.c.seq)
+            self._insert().returning(contributions.c.seq),
+            {**contribution_row(c, document, request_id, digest), "search_doc": document},
         )
         seq = int(result.scalar_one())
         if c.tags:
@@ -223,7 +240,8 @@ class MemoryStore:
                 # A plain executemany (one driver call), then the ids' seqs in one read:
                 # RETURNING with a guaranteed row order would insert row by row.
                 await conn.execute(
-                    contributions.insert(), [contribution_row(c, doc, "", "") for c, doc in part]
+                    self._insert(),
+                    [{**contribution_row(c, doc, "", ""), "search_doc": doc} for c, doc in part],
                 )
                 found = await conn.execute(
                     select(contributions.c.contribution_id, contributions.c.seq).where(
@@ -243,6 +261,11 @@ class MemoryStore:
                     conn, [(seq, doc) for seq, (_, doc) in zip(seqs, part, strict=True)]
                 )
             self._counted([doc for _, doc in part])
+        if not self.db.is_sqlite:
+            # Fresh statistics, or PostgreSQL plans the next searches for an empty table
+            # (autovacuum would catch up, but only after a while).
+            async with self.db.transaction() as conn:
+                await conn.execute(text("ANALYZE memory_contributions, memory_tags"))
 
     async def lock(self, conn: AsyncConnection, contribution_id: str) -> Contribution | None:
         """The contribution, row-locked until the transaction ends (PostgreSQL; SQLite
