@@ -82,6 +82,14 @@ contributions = Table(
     Column("search", Text().with_variant(TSVECTOR(), "postgresql"), nullable=True),
     UniqueConstraint("domain_id", "request_id", name="memory_contributions_request"),
     Index("memory_contributions_domain", "domain_id", "seq"),
+    # Covers TopContributors' GROUP BY: no row lookups for 100,000 contributions.
+    Index(
+        "memory_contributions_domain_stats",
+        "domain_id",
+        "confidence",
+        "verifications",
+        "successes",
+    ),
     Index("memory_contributions_type", "contribution_type"),
     # Covers the ranking's join, so a search touches no wide rows until its page is known.
     Index("memory_contributions_rank", "seq", "confidence", "words"),
