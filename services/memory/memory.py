@@ -10,9 +10,6 @@ goes to in-process watchers and the outbox relay is woken.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,10 +24,8 @@ from services.common.validation import (
     require_id,
     require_range,
     require_text,
-    require_unique_ids,
 )
-from services.memory import store as tables
-from services.memory import text
+from services.memory import limits, schema, text
 from services.memory.confidence import Evidence, confidence
 from services.memory.feed import Feed
 from services.memory.model import (
@@ -52,19 +47,6 @@ from services.memory.store import MemoryStore
 from services.memory.text import query_words
 
 SOURCE = "memory"
-MAX_TYPE_LENGTH = 64
-MAX_TAGS = 32
-MAX_TAG_LENGTH = 64
-TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
-MAX_REASON_LENGTH = 1024
-MAX_DETAIL_LENGTH = 4096
-MAX_REQUEST_ID_LENGTH = 128
-MAX_CONTRIBUTION_ID_LENGTH = 64
-# Deep pages of a ranked search cost a full sort each; past this many results a client
-# should narrow the query instead (Elasticsearch's max_result_window does the same).
-MAX_SEARCH_RESULTS = 10_000
-RECENT_APPLICATIONS = 100
-DEFAULT_TOP_CONTRIBUTORS = 10
 
 
 @dataclass(frozen=True)
@@ -80,33 +62,6 @@ class MemorySettings:
     default_confidence: float = 0.5
     max_content_bytes: int = 1024 * 1024
     watch_buffer: int = 10_000
-
-
-def _content_size(content: dict[str, Any]) -> int:
-    return len(json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode())
-
-
-def _digest(*parts: Any) -> str:
-    raw = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(raw.encode()).hexdigest()
-
-
-def _require_contribution_id(value: str) -> str:
-    return require_text(
-        "contribution_id", value, max_length=MAX_CONTRIBUTION_ID_LENGTH, required=True
-    )
-
-
-def _require_type(field: str, value: str) -> str:
-    return require_id(field, value, max_length=MAX_TYPE_LENGTH)
-
-
-def _require_tags(values: Sequence[str]) -> tuple[str, ...]:
-    return tuple(
-        require_unique_ids(
-            "tags", values, max_count=MAX_TAGS, max_length=MAX_TAG_LENGTH, pattern=TAG_PATTERN
-        )
-    )
 
 
 class SharedMemory:
@@ -127,7 +82,7 @@ class SharedMemory:
         self.store = store
         self.settings = settings or MemorySettings()
         self.clock = clock
-        self.outbox = Outbox(store.db, tables.outbox, SOURCE)
+        self.outbox = Outbox(store.db, schema.outbox, SOURCE)
         self.feed = Feed(self.settings.watch_buffer)
         self._write_lock = asyncio.Lock()
         self._committed: list[Callable[[], None]] = []
@@ -167,21 +122,23 @@ class SharedMemory:
     async def contribute(self, new: NewContribution) -> tuple[Contribution, bool]:
         """Stores a contribution; returns it and whether it is new (False on a retry)."""
         domain_id = require_id("domain_id", new.domain_id)
-        contribution_type = _require_type("contribution_type", new.contribution_type)
-        tags = _require_tags(new.tags)
+        contribution_type = limits.require_type("contribution_type", new.contribution_type)
+        tags = limits.require_tags(new.tags)
         initial = self.settings.default_confidence
         if new.initial_confidence is not None:
             initial = require_range(
                 "initial_confidence", new.initial_confidence, minimum=0.0, maximum=1.0
             )
-        request_id = require_text("request_id", new.request_id, max_length=MAX_REQUEST_ID_LENGTH)
-        size = _content_size(new.content)
+        request_id = require_text(
+            "request_id", new.request_id, max_length=limits.MAX_REQUEST_ID_LENGTH
+        )
+        size = limits.content_size(new.content)
         if size > self.settings.max_content_bytes:
             raise InvalidArgument(
                 "content",
                 f"is {size} bytes as JSON; the limit is {self.settings.max_content_bytes}",
             )
-        digest = _digest(contribution_type, tags, new.content, initial) if request_id else ""
+        digest = limits.digest(contribution_type, tags, new.content, initial) if request_id else ""
         now = self.clock()
         contribution = Contribution(
             contribution_id=str(uuid.uuid4()),
@@ -218,7 +175,7 @@ class SharedMemory:
     ) -> tuple[Contribution, bool]:
         """Records that `domain_id` vouches for a contribution; returns it and whether
         anything changed."""
-        reason = require_text("reason", reason, max_length=MAX_REASON_LENGTH)
+        reason = require_text("reason", reason, max_length=limits.MAX_REASON_LENGTH)
         return await self._judge(contribution_id, domain_id, VerdictKind.VERIFIED, reason)
 
     async def dispute(
@@ -226,13 +183,13 @@ class SharedMemory:
     ) -> tuple[Contribution, bool]:
         """Records that `domain_id` disputes a contribution; returns it and whether
         anything changed."""
-        reason = require_text("reason", reason, max_length=MAX_REASON_LENGTH, required=True)
+        reason = require_text("reason", reason, max_length=limits.MAX_REASON_LENGTH, required=True)
         return await self._judge(contribution_id, domain_id, VerdictKind.DISPUTED, reason)
 
     async def _judge(
         self, contribution_id: str, domain_id: str, kind: VerdictKind, reason: str
     ) -> tuple[Contribution, bool]:
-        contribution_id = _require_contribution_id(contribution_id)
+        contribution_id = limits.require_contribution_id(contribution_id)
         domain_id = require_id("domain_id", domain_id)
         async with self._write_lock, self.store.db.transaction() as conn:
             current = await self.store.lock(conn, contribution_id)
@@ -285,12 +242,12 @@ class SharedMemory:
     ) -> tuple[Contribution, Application, bool]:
         """Records an application and its outcome; returns the contribution, the
         application and whether it is new (False on a retry with the same request id)."""
-        contribution_id = _require_contribution_id(contribution_id)
+        contribution_id = limits.require_contribution_id(contribution_id)
         domain_id = require_id("domain_id", domain_id)
         if outcome is None:
             raise InvalidArgument("outcome", "is required (OUTCOME_SUCCESS or OUTCOME_FAILURE)")
-        detail = require_text("detail", detail, max_length=MAX_DETAIL_LENGTH)
-        request_id = require_text("request_id", request_id, max_length=MAX_REQUEST_ID_LENGTH)
+        detail = require_text("detail", detail, max_length=limits.MAX_DETAIL_LENGTH)
+        request_id = require_text("request_id", request_id, max_length=limits.MAX_REQUEST_ID_LENGTH)
         async with self._write_lock, self.store.db.transaction() as conn:
             current = await self.store.lock(conn, contribution_id)
             if current is None:
@@ -338,12 +295,12 @@ class SharedMemory:
         self, contribution_id: str
     ) -> tuple[Contribution, list[Verdict], list[Application]]:
         """A contribution, its verdicts and its most recent applications."""
-        contribution_id = _require_contribution_id(contribution_id)
+        contribution_id = limits.require_contribution_id(contribution_id)
         found = await self.store.get(contribution_id)
         if found is None:
             raise NotFound("contribution", contribution_id)
         verdicts = await self.store.verdicts_of(found.seq)
-        applications = await self.store.recent_applications(found.seq, RECENT_APPLICATIONS)
+        applications = await self.store.recent_applications(found.seq, limits.RECENT_APPLICATIONS)
         return found, verdicts, applications
 
     async def query(
@@ -364,13 +321,15 @@ class SharedMemory:
                 "min_confidence", min_confidence, minimum=0.0, maximum=1.0
             ),
             contribution_type=(
-                _require_type("contribution_type", contribution_type) if contribution_type else ""
+                limits.require_type("contribution_type", contribution_type)
+                if contribution_type
+                else ""
             ),
             domain_id=require_id("domain_id", domain_id) if domain_id else "",
-            tags=_require_tags(tags),
+            tags=limits.require_tags(tags),
         )
         limit = page_size(size)
-        fingerprint = _digest(
+        fingerprint = limits.digest(
             search.terms,
             search.min_confidence,
             search.contribution_type,
@@ -383,14 +342,14 @@ class SharedMemory:
             if position.get("f") != fingerprint or not isinstance(position.get("o"), int):
                 raise InvalidArgument("page_token", "belongs to a different query or filters")
             offset = position["o"]
-        limit = max(0, min(limit, MAX_SEARCH_RESULTS - offset))
+        limit = max(0, min(limit, limits.MAX_SEARCH_RESULTS - offset))
         if limit == 0:
             return [], ""
         hits = await self.store.search(search, offset, limit + 1)
         next_token = ""
         if len(hits) > limit:
             hits = hits[:limit]
-            if offset + limit < MAX_SEARCH_RESULTS:
+            if offset + limit < limits.MAX_SEARCH_RESULTS:
                 next_token = encode_token({"o": offset + limit, "f": fingerprint})
         return hits, next_token
 
@@ -400,7 +359,7 @@ class SharedMemory:
         """One page of a domain's contributions, newest first, the next token and the total."""
         domain_id = require_id("domain_id", domain_id)
         if contribution_type:
-            _require_type("contribution_type", contribution_type)
+            limits.require_type("contribution_type", contribution_type)
         limit = page_size(size)
         position = decode_token(token)
         before = None
@@ -421,7 +380,7 @@ class SharedMemory:
         """The leading contributing domains."""
         if limit < 0 or limit > 1000:
             raise InvalidArgument("limit", "must be between 0 and 1000")
-        return await self.store.top_contributors(order, limit or DEFAULT_TOP_CONTRIBUTORS)
+        return await self.store.top_contributors(order, limit or limits.DEFAULT_TOP_CONTRIBUTORS)
 
     async def stats(self) -> Stats:
         """Totals over the whole memory."""
