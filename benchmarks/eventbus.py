@@ -101,8 +101,11 @@ def batches(total: int, types: list[str], prefix: str) -> list[eventbus_pb2.Publ
 
 
 async def wait_streams(stub: eventbus_pb2_grpc.EventBusServiceStub, count: int) -> None:
-    while (await stub.GetStats(eventbus_pb2.GetStatsRequest())).active_streams < count:
+    for _ in range(600):
+        if (await stub.GetStats(eventbus_pb2.GetStatsRequest())).active_streams >= count:
+            return
         await asyncio.sleep(0.05)
+    raise RuntimeError(f"{count} streams did not open")
 
 
 async def grace_throughput(address: str, subscribers: int, total: int) -> float:
@@ -124,7 +127,9 @@ async def grace_throughput(address: str, subscribers: int, total: int) -> float:
                 if received >= total:
                     done.set()
 
-        patterns = ["bench.*"] if subscribers == 1 else [f"bench.s{i}.*" for i in range(subscribers)]
+        patterns = (
+            ["bench.*"] if subscribers == 1 else [f"bench.s{i}.*" for i in range(subscribers)]
+        )
         tasks = [asyncio.create_task(consume(p)) for p in patterns]
         await wait_streams(stub, subscribers)
         queue = list(reversed(requests))
@@ -241,9 +246,7 @@ async def nats_figures() -> dict[str, float] | None:
         task = asyncio.create_task(consume(THROUGHPUT_EVENTS))
         started = time.perf_counter()
         for i in range(THROUGHPUT_EVENTS):
-            await js.publish_async(
-                f"{subject}.tick", PAYLOAD, headers={"Nats-Msg-Id": f"n-{i}"}
-            )
+            await js.publish_async(f"{subject}.tick", PAYLOAD, headers={"Nats-Msg-Id": f"n-{i}"})
         await js.publish_async_completed()
         await asyncio.wait_for(task, 120)
         throughput = THROUGHPUT_EVENTS / (time.perf_counter() - started)
@@ -263,7 +266,9 @@ async def nats_figures() -> dict[str, float] | None:
 
         async def send(i: int) -> None:
             await js.publish(
-                f"{subject}.lat", PAYLOAD, headers={"sent": str(time.time_ns()), "Nats-Msg-Id": f"l-{i}"}
+                f"{subject}.lat",
+                PAYLOAD,
+                headers={"sent": str(time.time_ns()), "Nats-Msg-Id": f"l-{i}"},
             )
 
         await steady(LATENCY_RATE, LATENCY_SECONDS, send)
@@ -300,8 +305,16 @@ async def main() -> None:
     }
     if peer is not None:
         rows += [
-            ("JetStream (a) async publish -> 1 consumer, events/s", f"{peer['throughput']:,.0f}", ""),
-            ("JetStream (b) latency p50 / p99, ms", f"{peer['p50_ms']:.2f} / {peer['p99_ms']:.2f}", ""),
+            (
+                "JetStream (a) async publish -> 1 consumer, events/s",
+                f"{peer['throughput']:,.0f}",
+                "",
+            ),
+            (
+                "JetStream (b) latency p50 / p99, ms",
+                f"{peer['p50_ms']:.2f} / {peer['p99_ms']:.2f}",
+                "",
+            ),
             ("Grace (a) / JetStream (a)", f"{throughput / peer['throughput']:.2f}x", ">= 1.0x"),
         ]
         figures["jetstream_throughput_eps"] = round(peer["throughput"])

@@ -197,6 +197,7 @@ class PushDelivery:
             task.cancel()
         for worker in list(self.workers.values()):
             await worker.stop()
+        self._flushed.clear()  # write every position once more, whatever was in flight
         await self.flush()
         await self.resolver.close()
 
@@ -352,10 +353,14 @@ class PushDelivery:
                 sub.last_error,
             )
             if self._flushed.get(sub_id) != snapshot:
-                changed.append(sub)
-                self._flushed[sub_id] = snapshot
+                changed.append((sub, snapshot))
         if changed:
-            await self.store.flush(changed, self.delivered_total)
+            await self.store.flush([sub for sub, _ in changed], self.delivered_total)
+            # Only what was written counts as flushed: a write cut short (cancelled at
+            # shutdown, or failed) is written again next time.
+            for sub, snapshot in changed:
+                if sub.subscription_id in self.workers:
+                    self._flushed[sub.subscription_id] = snapshot
 
     async def _flush_loop(self) -> None:
         while True:

@@ -6,10 +6,12 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
+from opentelemetry import propagate
 
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from services.common.timestamps import from_timestamp, to_timestamp
-from services.eventbus.bus import EventBus, validate_patterns
+from services.eventbus.bus import EventBus
+from services.eventbus.envelope import validate_patterns
 from services.eventbus.model import ConsumerState, DeadLetterRecord, Start, StartSpec
 from services.eventbus.model import SubscriptionState as Sub
 
@@ -22,6 +24,14 @@ _START: dict[int, Start] = {
     eventbus_pb2.START_POSITION_SEQUENCE: Start.SEQUENCE,
     eventbus_pb2.START_POSITION_TIME: Start.TIME,
 }
+
+
+def _trace_context() -> tuple[str, str]:
+    """The caller's W3C trace context (from the tracing interceptor's span), if any: events
+    published without one carry it, so consumers can link their spans to the producer."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent", ""), carrier.get("tracestate", "")
 
 
 def _start(kind: int, sequence: int, stamp: Any) -> StartSpec:
@@ -62,6 +72,8 @@ class EventBusServicer(eventbus_pb2_grpc.EventBusServiceServicer):
             signature=request.signature,
             signature_key_id=request.signature_key_id,
         )
+        if not event.traceparent:
+            event.traceparent, event.tracestate = _trace_context()
         if request.HasField("time"):
             event.time.CopyFrom(request.time)
         if request.HasField("data"):
@@ -77,6 +89,11 @@ class EventBusServicer(eventbus_pb2_grpc.EventBusServiceServicer):
     async def PublishBatch(
         self, request: eventbus_pb2.PublishBatchRequest, context: Context
     ) -> eventbus_pb2.PublishBatchResponse:
+        traceparent, tracestate = _trace_context()
+        if traceparent:
+            for event in request.events:
+                if not event.traceparent:
+                    event.traceparent, event.tracestate = traceparent, tracestate
         outcomes = await self._bus.publish_batch(request.events)
         response = eventbus_pb2.PublishBatchResponse()
         add = response.results.add

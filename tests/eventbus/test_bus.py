@@ -9,7 +9,8 @@ from google.protobuf import struct_pb2
 
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import InvalidArgument, NotFound
-from services.eventbus.bus import EventBus, validate_patterns
+from services.eventbus.bus import EventBus
+from services.eventbus.envelope import validate_patterns
 from services.eventbus.model import Start, StartSpec
 from tests.support import ManualClock
 

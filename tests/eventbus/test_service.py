@@ -268,3 +268,20 @@ async def test_unknown_things_are_not_found(stub: Stub) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call
         assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_events_published_inside_a_trace_carry_its_traceparent() -> None:
+    from opentelemetry import trace
+
+    from services.eventbus.servicer import _trace_context
+
+    assert _trace_context() == ("", "")
+    context = trace.SpanContext(
+        trace_id=0x0AF7651916CD43DD8448EB211C80319C,
+        span_id=0xB7AD6B7169203331,
+        is_remote=False,
+        trace_flags=trace.TraceFlags(1),
+    )
+    with trace.use_span(trace.NonRecordingSpan(context)):
+        traceparent, _ = _trace_context()
+    assert traceparent == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

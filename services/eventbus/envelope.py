@@ -1,0 +1,93 @@
+"""What the bus accepts: the limits on an event's fields, and subscription patterns."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from grace.eventbus.v1 import event_pb2
+from services.common.errors import InvalidArgument
+from services.common.patterns import EVENT_TYPE_PATTERN, validate_pattern
+from services.common.validation import require_id, require_text
+from services.eventbus.model import MAX_PATTERNS, BusSettings
+
+EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]+")
+MAX_EVENT_ID = 128
+MAX_EVENT_TYPE = 256
+MAX_SUBJECT = 256
+MAX_TRACEPARENT = 128
+MAX_TRACESTATE = 512
+MAX_SIGNATURE = 512
+MAX_STREAM_BATCH = 1000
+DEFAULT_STREAM_BATCH = 500
+
+
+class EventValidator:
+    """Checks events' fields; raises InvalidArgument naming the first bad one.
+
+    Event types and sources repeat across millions of events, so the ones already found
+    valid are remembered (a bounded set) and the full checks run once per distinct value.
+
+    Args:
+        settings: Size limits.
+    """
+
+    def __init__(self, settings: BusSettings) -> None:
+        self.settings = settings
+        self._types: set[str] = set()
+        self._sources: set[str] = set()
+
+    def __call__(self, event: event_pb2.Event, prefix: str = "") -> None:
+        event_id = event.id
+        if event_id and (len(event_id) > MAX_EVENT_ID or not EVENT_ID_PATTERN.fullmatch(event_id)):
+            require_id(f"{prefix}id", event_id, max_length=MAX_EVENT_ID, pattern=EVENT_ID_PATTERN)
+        event_type = event.event_type
+        if event_type not in self._types:
+            require_id(
+                f"{prefix}event_type",
+                event_type,
+                max_length=MAX_EVENT_TYPE,
+                pattern=EVENT_TYPE_PATTERN,
+            )
+            self._remember(self._types, event_type)
+        source = event.source_domain
+        if source not in self._sources:
+            require_id(f"{prefix}source_domain", source)
+            self._remember(self._sources, source)
+        if event.subject or event.traceparent or event.tracestate or event.signature_key_id:
+            require_text(f"{prefix}subject", event.subject, max_length=MAX_SUBJECT)
+            require_text(f"{prefix}traceparent", event.traceparent, max_length=MAX_TRACEPARENT)
+            require_text(f"{prefix}tracestate", event.tracestate, max_length=MAX_TRACESTATE)
+            require_text(
+                f"{prefix}signature_key_id", event.signature_key_id, max_length=MAX_EVENT_ID
+            )
+        if len(event.signature) > MAX_SIGNATURE:
+            raise InvalidArgument(f"{prefix}signature", f"must be at most {MAX_SIGNATURE} bytes")
+        size = event.data.ByteSize()
+        if size > self.settings.max_data_bytes:
+            raise InvalidArgument(
+                f"{prefix}data", f"is {size} bytes; the limit is {self.settings.max_data_bytes}"
+            )
+
+    @staticmethod
+    def _remember(seen: set[str], value: str) -> None:
+        if len(seen) >= 100_000:
+            seen.clear()
+        seen.add(value)
+
+
+def validate_patterns(single: str, many: Sequence[str], *, required: bool) -> tuple[str, ...]:
+    """`pattern` plus `patterns`, each valid, duplicates dropped; `*` when none and allowed."""
+    patterns: list[str] = []
+    if single:
+        patterns.append(validate_pattern(single, field="pattern"))
+    for index, pattern in enumerate(many):
+        patterns.append(validate_pattern(pattern, field=f"patterns[{index}]"))
+    unique = tuple(dict.fromkeys(patterns))
+    if not unique:
+        if required:
+            raise InvalidArgument("pattern", "is required (or give patterns)")
+        return ("*",)
+    if len(unique) > MAX_PATTERNS:
+        raise InvalidArgument("patterns", f"must have at most {MAX_PATTERNS} entries")
+    return ("*",) if "*" in unique else unique
