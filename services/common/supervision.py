@@ -29,7 +29,8 @@ async def watch_supervisor(
     if not text.isdigit():
         return
     supervisor = int(text)
-    while os.getppid() == supervisor:
+    # Nothing signals a re-parenting, so the parent pid is polled (cheap, once a second).
+    while os.getppid() == supervisor:  # noqa: ASYNC110
         await asyncio.sleep(interval_s)
     log.warning("supervisor (pid %d) is gone; shutting down", supervisor)
     on_gone()
