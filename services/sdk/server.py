@@ -4,6 +4,7 @@ registration and heartbeats, event publishing and push subscriptions."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -14,12 +15,14 @@ import grpc
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.registry.v1 import registry_pb2
 from services.common.channels import channel
+from services.common.outbox import OutboxRelay
 from services.common.server import GraceServer, Service
 from services.common.storage import Database
 from services.common.timestamps import to_duration
 from services.sdk.config import DomainConfig
 from services.sdk.dispatcher import Dispatcher
 from services.sdk.domain import Domain
+from services.sdk.events import OutboxSink, Subscriptions, relay
 from services.sdk.memory import MemoryClient
 from services.sdk.registration import Registrar, stop_task
 from services.sdk.servicer import DomainServicer
@@ -27,6 +30,7 @@ from services.sdk.store import KeyValueStore, ResultStore, metadata
 
 SERVICE_NAME = domain_pb2.DESCRIPTOR.services_by_name["DomainService"].full_name
 PRUNE_INTERVAL_S = 3600.0
+STOP_FLUSH_S = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,8 @@ class DomainServer(Service):
         self._server: GraceServer | None = None
         self._channels: list[grpc.aio.Channel] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._subscriptions: dict[str, str] = {}
+        self.relay: OutboxRelay | None = None
+        self.subscriptions: Subscriptions | None = None
 
     def attach(self, server: GraceServer) -> None:
         """Tells the service which server runs it (to register the port it bound)."""
@@ -83,7 +88,7 @@ class DomainServer(Service):
                 self.domain.domain_id,
                 lambda: self.dispatcher,
                 self.describe,
-                self._subscriptions.get,
+                self._subscription_pattern,
             ),
             server,
         )
@@ -95,12 +100,27 @@ class DomainServer(Service):
         if pruned:
             log.info("forgot %d stored results older than the idempotency TTL", pruned)
         memory_channel = self._open(self.config.memory_addr)
+        bus_channel = self._open(self.config.eventbus_addr)
+        sink: OutboxSink | None = None
+        if bus_channel is not None:
+            self.relay = relay(self.db, self.domain.domain_id, bus_channel)
+            sink = OutboxSink(self.db, self.domain.domain_id, self.relay.wake)
+            self._spawn(self.relay.run(), "relay")
+            if self.domain.event_patterns:
+                self.subscriptions = Subscriptions(
+                    bus_channel,
+                    self.domain.domain_id,
+                    self.domain.event_patterns,
+                    backoff_initial_s=self.config.backoff_initial_s,
+                    backoff_max_s=self.config.backoff_max_s,
+                )
+                self._spawn(self.subscriptions.run(), "subscriptions")
         self._dispatcher = Dispatcher(
             self.domain,
             self.results,
             self.store,
             MemoryClient(self.domain.domain_id, memory_channel),
-            None,
+            sink,
             self.config.max_concurrency,
         )
         registry_channel = self._open(self.config.registry_addr)
@@ -122,6 +142,10 @@ class DomainServer(Service):
             await self.registrar.deregister()
 
     async def stop(self) -> None:
+        if self.relay is not None:
+            # One last send of what the drain published; whatever stays goes at next start.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.drain_once(), timeout=STOP_FLUSH_S)
         for task in self._tasks:
             await stop_task(task)
         self._tasks.clear()
@@ -163,6 +187,9 @@ class DomainServer(Service):
             ],
             event_patterns=self.domain.event_patterns,
         )
+
+    def _subscription_pattern(self, sub_id: str) -> str | None:
+        return self.subscriptions.pattern_of(sub_id) if self.subscriptions else None
 
     def _open(self, address: str) -> grpc.aio.Channel | None:
         if not address:
