@@ -2,7 +2,8 @@
 and its push subscriptions.
 
 `ctx.publish` writes the event to the domain's outbox table (`sdk_outbox`) and returns;
-the relay sends pending events with `PublishBatch` in order, deletes them once the bus has
+the relay sends pending events with `PublishBatch` in order (through
+`services.common.bus_client.EventBusPublisher`), deletes them once the bus has
 stored them, and backs off while the bus is down. Events keep their ids through retries,
 so a re-send after a crash is a duplicate the bus recognizes.
 
@@ -24,12 +25,12 @@ from typing import Any
 import grpc
 from google.protobuf import struct_pb2
 
-from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
+from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
+from services.common.bus_client import EventBusPublisher
 from services.common.errors import InvalidArgument
-from services.common.outbox import Outbox, OutboxEvent, OutboxRelay, outbox_table
+from services.common.outbox import Outbox, OutboxRelay, outbox_table
 from services.common.patterns import EVENT_TYPE_PATTERN
 from services.common.storage import Database
-from services.common.timestamps import to_timestamp
 from services.sdk.store import metadata
 
 log = logging.getLogger(__name__)
@@ -90,42 +91,6 @@ class OutboxSink:
                 )
             )
         self._wake()
-
-
-class BusPublisher:
-    """Sends outbox events to the event bus with PublishBatch.
-
-    Args:
-        channel: Channel to the bus.
-    """
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = eventbus_pb2_grpc.EventBusServiceStub(channel)
-        self.rejected = 0
-
-    async def publish(self, events: Sequence[OutboxEvent]) -> None:
-        batch = eventbus_pb2.PublishBatchRequest(events=[_to_proto(e) for e in events])
-        response = await self._stub.PublishBatch(batch, timeout=CALL_TIMEOUT_S)
-        for result in response.results:
-            if result.status == eventbus_pb2.PUBLISH_STATUS_REJECTED:
-                # A rejected event will never be accepted; keeping it would block every
-                # later event, so it is logged and let go.
-                self.rejected += 1
-                log.error("event bus rejected event %s: %s", result.id, result.error)
-
-
-def _to_proto(event: OutboxEvent) -> event_pb2.Event:
-    data = struct_pb2.Struct()
-    data.update(event.data)
-    return event_pb2.Event(
-        id=event.event_id,
-        event_type=event.event_type,
-        source_domain=event.source_domain,
-        time=to_timestamp(event.created_at),
-        data=data,
-        subject=event.subject,
-        traceparent=event.traceparent,
-    )
 
 
 class Subscriptions:
@@ -197,6 +162,6 @@ class Subscriptions:
         self.created.set()
 
 
-def relay(db: Database, domain_id: str, channel: grpc.aio.Channel) -> OutboxRelay:
-    """The relay from the domain's outbox to the bus on `channel`."""
-    return OutboxRelay(Outbox(db, outbox_events, domain_id), BusPublisher(channel))
+def relay(db: Database, domain_id: str, publisher: EventBusPublisher) -> OutboxRelay:
+    """The relay from the domain's outbox to the bus."""
+    return OutboxRelay(Outbox(db, outbox_events, domain_id), publisher)

@@ -14,6 +14,7 @@ import grpc
 
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.registry.v1 import registry_pb2
+from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.outbox import OutboxRelay
 from services.common.server import GraceServer, Service
@@ -64,6 +65,7 @@ class DomainServer(Service):
         self._channels: list[grpc.aio.Channel] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.relay: OutboxRelay | None = None
+        self._publisher: EventBusPublisher | None = None
         self.subscriptions: Subscriptions | None = None
 
     def attach(self, server: GraceServer) -> None:
@@ -103,7 +105,8 @@ class DomainServer(Service):
         bus_channel = self._open(self.config.eventbus_addr)
         sink: OutboxSink | None = None
         if bus_channel is not None:
-            self.relay = relay(self.db, self.domain.domain_id, bus_channel)
+            self._publisher = EventBusPublisher(self.config.eventbus_addr)
+            self.relay = relay(self.db, self.domain.domain_id, self._publisher)
             sink = OutboxSink(self.db, self.domain.domain_id, self.relay.wake)
             self._spawn(self.relay.run(), "relay")
             if self.domain.event_patterns:
@@ -143,12 +146,15 @@ class DomainServer(Service):
 
     async def stop(self) -> None:
         if self.relay is not None:
-            # One last send of what the drain published; whatever stays goes at next start.
+            # One last send of the events published during the drain; whatever is left
+            # stays in the outbox and goes at the next start.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.relay.drain_once(), timeout=STOP_FLUSH_S)
         for task in self._tasks:
             await stop_task(task)
         self._tasks.clear()
+        if self._publisher is not None:
+            await self._publisher.close()
         for chan in self._channels:
             await chan.close()
         self._channels.clear()
