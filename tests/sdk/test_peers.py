@@ -101,11 +101,11 @@ async def test_a_restarted_domain_keeps_its_subscription(tmp_path: Path) -> None
 
 async def test_ctx_memory_contributes_as_the_domain_and_queries(tmp_path: Path) -> None:
     async with running_platform(tmp_path) as platform:
-        async with predictor().serve(peers_config(tmp_path, "predictor", platform)) as pred:
-            async with channel(pred.address) as chan:
-                response = await domain_pb2_grpc.DomainServiceStub(chan).Execute(
-                    domain_pb2.ExecuteRequest(action="learn", idempotency_key="k")
-                )
+        config = peers_config(tmp_path, "predictor", platform)
+        async with predictor().serve(config) as pred, channel(pred.address) as chan:
+            response = await domain_pb2_grpc.DomainServiceStub(chan).Execute(
+                domain_pb2.ExecuteRequest(action="learn", idempotency_key="k")
+            )
         memory = memory_pb2_grpc.SharedMemoryServiceStub(platform.memory_channel)
         stored = await memory.GetContribution(
             memory_pb2.GetContributionRequest(contribution_id=response.output["id"])
@@ -128,10 +128,10 @@ async def test_ctx_memory_without_a_memory_is_unavailable(tmp_path: Path) -> Non
             errors.append(exc)
         return {"available": ctx.memory.available}
 
-    async with domain.serve(domain_config(tmp_path, "lonely")) as running:
-        async with channel(running.address) as chan:
-            response = await domain_pb2_grpc.DomainServiceStub(chan).Execute(
-                domain_pb2.ExecuteRequest(action="try_memory", input=struct_pb2.Struct())
-            )
+    config = domain_config(tmp_path, "lonely")
+    async with domain.serve(config) as running, channel(running.address) as chan:
+        response = await domain_pb2_grpc.DomainServiceStub(chan).Execute(
+            domain_pb2.ExecuteRequest(action="try_memory", input=struct_pb2.Struct())
+        )
     assert response.output["available"] is False
     assert "not configured" in str(errors[0])
