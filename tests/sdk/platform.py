@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -37,10 +39,16 @@ class Platform:
 @asynccontextmanager
 async def running_platform(tmp_path: Path) -> AsyncIterator[Platform]:
     """Starts registry, event bus (pushing through the registry) and memory."""
+    # The registry announces lifecycle events on the bus and the bus resolves domains
+    # through the registry: the bus's port is chosen first so each can name the other.
+    bus_port = free_port()
     async with AsyncExitStack() as stack:
         registry = RegistryServer(
             RegistryConfig(
-                server=server_config("registry", tmp_path / "registry"),
+                server=dataclasses.replace(
+                    server_config("registry", tmp_path / "registry"),
+                    env={"GRACE_EVENTBUS_ADDR": f"127.0.0.1:{bus_port}"},
+                ),
                 settings=RegistrySettings(30, 60, 100),
                 sweep_interval_s=0.05,
             )
@@ -50,7 +58,9 @@ async def running_platform(tmp_path: Path) -> AsyncIterator[Platform]:
         )
         bus = EventBusServer(
             EventBusConfig(
-                server=server_config("eventbus", tmp_path / "eventbus"),
+                server=dataclasses.replace(
+                    server_config("eventbus", tmp_path / "eventbus"), port=bus_port
+                ),
                 settings=BusSettings(
                     push_initial_backoff_s=0.05, push_max_backoff_s=0.5, flush_interval_s=0.05
                 ),
@@ -77,6 +87,13 @@ async def running_platform(tmp_path: Path) -> AsyncIterator[Platform]:
             bus_chan,
             mem_chan,
         )
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 async def eventually(
