@@ -47,46 +47,47 @@ class ErrorTranslator(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler: Any = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method
-        gated = not method.startswith(_ALWAYS_READY_PREFIXES)
+        if handler is None or method.startswith(_ALWAYS_READY_PREFIXES):
+            # Health and reflection are grpcio's own servicers: always available, never
+            # raising GraceError, and their streams write with context.write().
+            return handler  # type: ignore[no-any-return]  # grpc's handler is untyped here
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, gated),
+                self._wrap_unary(handler.unary_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method, gated),
+                self._wrap_stream(handler.unary_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method, gated),
+                self._wrap_unary(handler.stream_unary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap_stream(handler.stream_stream, method, gated),
+                self._wrap_stream(handler.stream_stream, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler  # type: ignore[no-any-return]  # grpc's handler is untyped here
 
-    def _check_ready(self, gated: bool) -> None:
-        if gated and not self._is_ready():
+    def _check_ready(self) -> None:
+        if not self._is_ready():
             raise Unavailable("service is starting or shutting down; retry shortly")
 
     def _wrap_unary(
-        self, behavior: Callable[..., Awaitable[Any]], method: str, gated: bool
+        self, behavior: Callable[..., Awaitable[Any]], method: str
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                self._check_ready(gated)
+                self._check_ready()
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 raise
@@ -100,13 +101,13 @@ class ErrorTranslator(grpc.aio.ServerInterceptor):
         return wrapper
 
     def _wrap_stream(
-        self, behavior: Callable[..., AsyncIterator[Any]], method: str, gated: bool
+        self, behavior: Callable[..., AsyncIterator[Any]], method: str
     ) -> Callable[..., AsyncIterator[Any]]:
         async def wrapper(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
-                self._check_ready(gated)
+                self._check_ready()
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:

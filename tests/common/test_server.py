@@ -220,3 +220,25 @@ def test_bad_configuration_fails_fast_with_the_variable_named(tmp_path: Path) ->
     )
     assert result.returncode == 2
     assert "GRACE_REGISTRY_PORT='eighty'" in result.stderr
+
+
+async def test_health_watch_streams_status_changes(tmp_path: Path) -> None:
+    service = SlowStartService()
+    service.release.set()
+    server = GraceServer(server_config("test", tmp_path), service)
+    await server.start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with channel(server.address) as chan:
+            watch = health_pb2_grpc.HealthStub(chan).Watch(
+                health_pb2.HealthCheckRequest(service=SERVICE)
+            )
+            first = await asyncio.wait_for(watch.read(), 5)
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            stopping = asyncio.create_task(server.stop(grace=0.5))
+            second = await asyncio.wait_for(watch.read(), 5)
+            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            await stopping
+    finally:
+        if stopping is None:
+            await server.stop(grace=0)

@@ -38,8 +38,9 @@ async def test_a_server_whose_supervisor_is_killed_exits_by_itself(tmp_path: Pat
     )
     assert shell.stdout is not None
     child = int((await asyncio.wait_for(shell.stdout.readline(), 10)).decode())
-    for _ in range(200):
-        if "serving on" in (tmp_path / "log").read_text(errors="replace"):
+    log = tmp_path / "log"
+    for _ in range(400):
+        if log.exists() and "serving on" in log.read_text(errors="replace"):
             break
         await asyncio.sleep(0.05)
     shell.send_signal(signal.SIGKILL)
