@@ -1,0 +1,1 @@
+"""Shared memory: contributions, verification, confidence and full-text search."""

@@ -1,0 +1,85 @@
+"""Wires the shared memory core, its store, its outbox relay and its servicer together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from grace.memory.v1 import memory_pb2, memory_pb2_grpc
+from services.common.outbox import OutboxRelay, Publisher
+from services.common.server import Service
+from services.common.storage import Database
+from services.memory.config import MemoryConfig
+from services.memory.memory import SharedMemory
+from services.memory.publisher import eventbus_publisher
+from services.memory.servicer import MemoryServicer
+from services.memory.store import MemoryStore
+
+SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["SharedMemoryService"].full_name
+
+log = logging.getLogger(__name__)
+
+
+class MemoryServer(Service):
+    """The shared memory as a Grace service.
+
+    Args:
+        config: Server and memory settings.
+        publisher: Where announcements go; None means the event bus at
+            `config.eventbus_address` (see `publisher.eventbus_publisher`).
+        clock: Injectable clock for tests.
+        schema: PostgreSQL schema (tests); None for the default.
+    """
+
+    def __init__(
+        self,
+        config: MemoryConfig,
+        *,
+        publisher: Publisher | None = None,
+        clock: Callable[[], float] = time.time,
+        schema: str | None = None,
+    ) -> None:
+        self.config = config
+        store = MemoryStore(Database(config.server.database_url, schema=schema))
+        self.memory = SharedMemory(store, config.settings, clock)
+        self.publisher = publisher if publisher is not None else eventbus_publisher(config)
+        self.relay = OutboxRelay(
+            self.memory.outbox, self.publisher, poll_interval_s=config.relay_interval_s
+        )
+        self.memory.on_commit(self.relay.wake)
+        self._relay_task: asyncio.Task[None] | None = None
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        memory_pb2_grpc.add_SharedMemoryServiceServicer_to_server(
+            MemoryServicer(self.memory), server
+        )
+        return [SERVICE_NAME]
+
+    async def start(self) -> None:
+        await self.memory.open()
+        self._relay_task = asyncio.create_task(self.relay.run(), name="memory-outbox-relay")
+
+    async def begin_shutdown(self) -> None:
+        self.memory.close()
+
+    async def stop(self) -> None:
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
+        # One last attempt so announcements of the final writes are not left for the next
+        # start when the bus is reachable; they stay in the outbox when it is not.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.relay.drain_once(), timeout=2.0)
+        close = getattr(self.publisher, "close", None)
+        if callable(close):
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+        await self.memory.store.close()
