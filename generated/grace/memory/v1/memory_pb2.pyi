@@ -316,8 +316,8 @@ class ContributeRequest(_message.Message):
     """
     @_builtins.property
     def content(self) -> _struct_pb2.Struct:
-        """The knowledge, at most 1 MiB serialized (configurable). Its keys and values are
-        searchable.
+        """The knowledge, at most 1 MiB as compact JSON (configurable). Its keys and values
+        are searchable (the first 200,000 characters of its words).
         """
 
     @_builtins.property

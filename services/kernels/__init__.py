@@ -1,0 +1,1 @@
+"""Grace kernels: immutable log, trust, governance and immune."""
