@@ -9,9 +9,12 @@ from collections.abc import Sequence
 import grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.bus_client import EventBusPublisher
+from services.common.outbox import OutboxRelay
 from services.common.server import Service
 from services.common.storage import Database
 from services.registry.config import RegistryConfig
+from services.registry.model import Change
 from services.registry.registry import Clock, Registry
 from services.registry.servicer import RegistryServicer
 from services.registry.store import RegistryStore
@@ -37,6 +40,14 @@ class RegistryServer(Service):
             Registry(store, config.settings, clock) if clock else Registry(store, config.settings)
         )
         self._sweeper: asyncio.Task[None] | None = None
+        # Lifecycle events reach the bus through the outbox, whether or not it is up now.
+        self.publisher = EventBusPublisher.from_env(config.server.env)
+        self.relay = OutboxRelay(store.outbox, self.publisher)
+        self._relay_task: asyncio.Task[None] | None = None
+        self.registry.add_listener(self._wake_relay)
+
+    async def _wake_relay(self, _change: Change) -> None:
+        self.relay.wake()
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
@@ -49,13 +60,16 @@ class RegistryServer(Service):
         self._sweeper = asyncio.create_task(
             self.registry.run_sweeper(self.config.sweep_interval_s), name="registry-sweeper"
         )
+        self._relay_task = asyncio.create_task(self.relay.run(), name="registry-outbox")
 
     async def begin_shutdown(self) -> None:
         await self.registry.close()
 
     async def stop(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._relay_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.publisher.close()
         await self.registry.store.close()

@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.outbox import Outbox, outbox_table
 from services.common.storage import Database
 from services.registry.model import Change, ChangeKind, DomainRecord, DomainStatus, Metrics
 
@@ -62,6 +63,16 @@ state = Table(
     Column("key", String(32), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+# Lifecycle events for the bus, written in the same transaction as the change they announce.
+outbox = outbox_table(metadata, "registry")
+
+EVENT_TYPES = {
+    ChangeKind.REGISTERED: "domain.registered",
+    ChangeKind.UPDATED: "domain.updated",
+    ChangeKind.STATUS_CHANGED: "domain.status_changed",
+    ChangeKind.REMOVED: "domain.removed",
+}
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class RegistryStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.outbox = Outbox(db, outbox, "registry")
 
     async def open(self) -> None:
         """Creates the tables if they are missing."""
@@ -178,6 +190,20 @@ class RegistryStore:
                 record=record.to_json(),
             )
         )
+        event_type = EVENT_TYPES.get(change.kind)
+        if event_type is not None:
+            await self.outbox.enqueue(
+                conn,
+                event_type,
+                {
+                    "domain_id": record.domain_id,
+                    "address": record.address,
+                    "capabilities": list(record.capabilities),
+                    "status": record.status.value,
+                    "revision": change.revision,
+                },
+                subject=record.domain_id,
+            )
 
     async def _set_revision(self, conn: AsyncConnection, revision: int) -> None:
         stmt = self.db.insert(state).values(key="revision", value=revision)

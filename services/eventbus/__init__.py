@@ -1,0 +1,1 @@
+"""The Grace event bus: a durable event log with wildcard subscriptions and push delivery."""

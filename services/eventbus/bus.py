@@ -1,0 +1,465 @@
+"""The event bus core: validation and every operation the servicer exposes, without gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from grace.eventbus.v1 import event_pb2
+from services.common.errors import InvalidArgument, NotFound
+from services.common.pagination import decode_token, encode_token, page_size
+from services.common.patterns import EVENT_TYPE_PATTERN, matches, validate_pattern
+from services.common.validation import require_id, require_text
+from services.eventbus.delivery import DomainResolver, PushDelivery
+from services.eventbus.eventlog import Appended, Clock, EventLog, Reader, decode
+from services.eventbus.model import (
+    MAX_PATTERNS,
+    BusSettings,
+    ConsumerState,
+    DeadLetterRecord,
+    Start,
+    StartSpec,
+    Stats,
+    SubscriptionState,
+)
+from services.eventbus.store import EventStore, LogFilter
+
+log = logging.getLogger(__name__)
+
+EVENT_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]+")
+MAX_EVENT_ID = 128
+MAX_EVENT_TYPE = 256
+MAX_SUBJECT = 256
+MAX_TRACEPARENT = 128
+MAX_TRACESTATE = 512
+MAX_SIGNATURE = 512
+MAX_STREAM_BATCH = 1000
+DEFAULT_STREAM_BATCH = 500
+
+
+@dataclass(frozen=True)
+class PublishOutcome:
+    """One entry's result: stored/duplicate (`appended`) or rejected (`error`)."""
+
+    event_id: str
+    appended: Appended | None = None
+    error: str = ""
+
+
+def validate_event(event: event_pb2.Event, settings: BusSettings, prefix: str = "") -> None:
+    """Checks an event's fields; raises InvalidArgument naming the first bad one."""
+    if event.id:
+        require_id(f"{prefix}id", event.id, max_length=MAX_EVENT_ID, pattern=EVENT_ID_PATTERN)
+    require_id(
+        f"{prefix}event_type",
+        event.event_type,
+        max_length=MAX_EVENT_TYPE,
+        pattern=EVENT_TYPE_PATTERN,
+    )
+    require_id(f"{prefix}source_domain", event.source_domain)
+    if event.subject:
+        require_text(f"{prefix}subject", event.subject, max_length=MAX_SUBJECT)
+    if event.traceparent:
+        require_text(f"{prefix}traceparent", event.traceparent, max_length=MAX_TRACEPARENT)
+    if event.tracestate:
+        require_text(f"{prefix}tracestate", event.tracestate, max_length=MAX_TRACESTATE)
+    if len(event.signature) > MAX_SIGNATURE:
+        raise InvalidArgument(f"{prefix}signature", f"must be at most {MAX_SIGNATURE} bytes")
+    if event.signature_key_id:
+        require_text(f"{prefix}signature_key_id", event.signature_key_id, max_length=MAX_EVENT_ID)
+    if event.HasField("data"):
+        size = event.data.ByteSize()
+        if size > settings.max_data_bytes:
+            raise InvalidArgument(
+                f"{prefix}data", f"is {size} bytes; the limit is {settings.max_data_bytes}"
+            )
+
+
+def validate_patterns(single: str, many: Sequence[str], *, required: bool) -> tuple[str, ...]:
+    """`pattern` plus `patterns`, each valid, duplicates dropped; `*` when none and allowed."""
+    patterns: list[str] = []
+    if single:
+        patterns.append(validate_pattern(single, field="pattern"))
+    for index, pattern in enumerate(many):
+        patterns.append(validate_pattern(pattern, field=f"patterns[{index}]"))
+    unique = tuple(dict.fromkeys(patterns))
+    if not unique:
+        if required:
+            raise InvalidArgument("pattern", "is required (or give patterns)")
+        return ("*",)
+    if len(unique) > MAX_PATTERNS:
+        raise InvalidArgument("patterns", f"must have at most {MAX_PATTERNS} entries")
+    return ("*",) if "*" in unique else unique
+
+
+class EventBus:
+    """Publishing, reading, consumers, push subscriptions, history and stats.
+
+    Args:
+        store: Durable state.
+        settings: Tunables.
+        registry_address: Where push delivery resolves domains.
+        clock: Epoch seconds; injectable for tests.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        settings: BusSettings,
+        registry_address: str,
+        clock: Clock = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.clock = clock
+        self.log = EventLog(store, settings, clock)
+        self.push = PushDelivery(self.log, store, DomainResolver(registry_address), settings, clock)
+        self.consumers: dict[str, ConsumerState] = {}
+        self.streamed = 0
+        self.active_streams = 0
+        self._retention: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Opens storage, loads state, resumes push delivery and starts retention."""
+        await self.log.open()
+        self.consumers = {c.name: c for c in await self.store.consumers()}
+        await self.push.open()
+        self._retention = asyncio.create_task(self._retention_loop(), name="eventbus-retention")
+
+    async def begin_close(self) -> None:
+        """Ends every stream so shutdown can drain."""
+        for reader in list(self.log.readers):
+            reader.close()
+
+    async def close(self) -> None:
+        """Stops background work and closes storage."""
+        if self._retention is not None:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
+        await self.push.close()
+        await self.log.close()
+        await self.store.close()
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.retention_interval_s)
+            try:
+                await self.log.enforce_retention()
+            except Exception:
+                log.exception("retention failed; retrying next interval")
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def publish(self, event: event_pb2.Event) -> Appended:
+        """Validates, stores durably and returns the event's id and sequence."""
+        validate_event(event, self.settings)
+        generated = self._prepare(event)
+        return (await self.log.append([event], [generated]))[0]
+
+    async def publish_batch(self, batch: Sequence[event_pb2.Event]) -> list[PublishOutcome]:
+        """Stores the valid entries in order; invalid ones are rejected on their own."""
+        if len(batch) > self.settings.max_batch:
+            raise InvalidArgument("events", f"must have at most {self.settings.max_batch} entries")
+        outcomes: list[PublishOutcome] = []
+        accepted: list[event_pb2.Event] = []
+        generated: list[bool] = []
+        slots: list[int] = []
+        for index, event in enumerate(batch):
+            try:
+                validate_event(event, self.settings, f"events[{index}].")
+            except InvalidArgument as exc:
+                outcomes.append(PublishOutcome(event.id, error=exc.message))
+                continue
+            generated.append(self._prepare(event))
+            accepted.append(event)
+            slots.append(index)
+            outcomes.append(PublishOutcome(event.id))
+        if accepted:
+            appended = await self.log.append(accepted, generated)
+            for slot, result in zip(slots, appended, strict=True):
+                outcomes[slot] = PublishOutcome(result.event_id, appended=result)
+        return outcomes
+
+    def _prepare(self, event: event_pb2.Event) -> bool:
+        event.sequence = 0
+        if not event.HasField("time"):
+            event.time.FromNanoseconds(time.time_ns())
+        if event.id:
+            return False
+        event.id = self.log.new_id()
+        return True
+
+    # -- streams and consumers -------------------------------------------------------
+
+    async def subscribe(
+        self,
+        patterns: tuple[str, ...],
+        start: StartSpec,
+        *,
+        consumer: str = "",
+        source_domain: str = "",
+        max_batch: int = 0,
+    ) -> AsyncIterator[list[event_pb2.Event]]:
+        """Yields batches of matching events in sequence order until closed."""
+        if source_domain:
+            require_id("source_domain", source_domain)
+        if max_batch < 0 or max_batch > MAX_STREAM_BATCH:
+            raise InvalidArgument("max_batch", f"must be between 0 and {MAX_STREAM_BATCH}")
+        limit = max_batch or DEFAULT_STREAM_BATCH
+        cursor = await self._start_cursor(patterns, start, consumer, source_domain)
+        reader = Reader(
+            self.log, LogFilter(patterns, source_domain), cursor, self.settings.reader_queue_limit
+        )
+        self.active_streams += 1
+        try:
+            with reader:
+                while True:
+                    batch = await reader.next_batch(limit)
+                    if not batch:
+                        return
+                    self.streamed += len(batch)
+                    yield batch
+        finally:
+            self.active_streams -= 1
+
+    async def _start_cursor(
+        self, patterns: tuple[str, ...], start: StartSpec, consumer: str, source_domain: str
+    ) -> int:
+        if start.kind is Start.SEQUENCE and start.sequence < 1:
+            raise InvalidArgument("start_sequence", "must be at least 1")
+        if start.kind is Start.TIME and start.time <= 0:
+            raise InvalidArgument("start_time", "is required for START_POSITION_TIME")
+        if not consumer:
+            return await self.log.resolve_start(start)
+        require_id("consumer", consumer)
+        existing = self.consumers.get(consumer)
+        if existing is not None and start.kind is Start.DEFAULT:
+            cursor = existing.acked_sequence
+        else:
+            cursor = await self.log.resolve_start(start)
+        state = ConsumerState(consumer, patterns, source_domain, cursor, self.clock())
+        await self.store.save_consumer(state)
+        self.consumers[consumer] = state
+        return cursor
+
+    async def ack(self, consumer: str, sequence: int) -> int:
+        """Acknowledges a durable consumer's events up to `sequence`; returns its position."""
+        require_id("consumer", consumer)
+        state = self.consumers.get(consumer)
+        if state is None:
+            raise NotFound("consumer", consumer)
+        if sequence < 0:
+            raise InvalidArgument("sequence", "must not be negative")
+        if sequence > self.log.head:
+            raise InvalidArgument(
+                "sequence", f"must not exceed the last published sequence {self.log.head}"
+            )
+        if sequence > state.acked_sequence:
+            updated = ConsumerState(
+                state.name, state.patterns, state.source_domain, sequence, self.clock()
+            )
+            await self.store.save_consumer(updated)
+            self.consumers[consumer] = updated
+            return sequence
+        return state.acked_sequence
+
+    # -- push subscriptions ------------------------------------------------------------
+
+    async def create_subscription(
+        self,
+        domain_id: str,
+        patterns: tuple[str, ...],
+        *,
+        subscription_id: str = "",
+        start: StartSpec | None = None,
+        max_attempts: int = 0,
+    ) -> tuple[SubscriptionState, bool]:
+        """Creates a push subscription; the same id with the same spec returns it again."""
+        require_id("domain_id", domain_id)
+        if subscription_id:
+            require_id("subscription_id", subscription_id)
+        if not 0 <= max_attempts <= 100:
+            raise InvalidArgument("max_attempts", "must be between 0 and 100")
+        attempts = max_attempts or self.settings.push_max_attempts
+        if subscription_id in self.push.workers:
+            sub = self.push.workers[subscription_id].sub
+            if sub.same_spec(domain_id, patterns, attempts):
+                return sub, False
+            raise InvalidArgument(
+                "subscription_id", "already names a subscription with a different spec"
+            )
+        start = start or StartSpec()
+        if start.kind is Start.SEQUENCE and start.sequence < 1:
+            raise InvalidArgument("start_sequence", "must be at least 1")
+        sub = SubscriptionState(
+            subscription_id=subscription_id or f"sub-{uuid.uuid4().hex[:16]}",
+            domain_id=domain_id,
+            patterns=patterns,
+            created_at=self.clock(),
+            max_attempts=attempts,
+            delivered_sequence=await self.log.resolve_start(start),
+        )
+        await self.store.insert_subscription(sub)
+        self.push.start_worker(sub)
+        return sub, True
+
+    async def delete_subscription(self, subscription_id: str) -> SubscriptionState:
+        """Deletes a push subscription."""
+        sub = self.get_subscription(subscription_id)
+        await self.push.stop_worker(subscription_id)
+        await self.store.delete_subscription(subscription_id)
+        return sub
+
+    def get_subscription(self, subscription_id: str) -> SubscriptionState:
+        """One push subscription with its current position, or NotFound."""
+        require_id("subscription_id", subscription_id)
+        worker = self.push.workers.get(subscription_id)
+        if worker is None:
+            raise NotFound("subscription", subscription_id)
+        worker.sub.delivered_sequence = worker.position()
+        return worker.sub
+
+    def list_subscriptions(
+        self, *, domain_id: str = "", size: int = 0, token: str = ""
+    ) -> tuple[list[SubscriptionState], str]:
+        """A page of push subscriptions ordered by id."""
+        limit = page_size(size)
+        position = decode_token(token)
+        after = str(position.get("after", "")) if position else ""
+        if domain_id:
+            require_id("domain_id", domain_id)
+        ids = sorted(
+            sub_id
+            for sub_id, worker in self.push.workers.items()
+            if sub_id > after and (not domain_id or worker.sub.domain_id == domain_id)
+        )
+        page = [self.get_subscription(sub_id) for sub_id in ids[:limit]]
+        next_token = encode_token({"after": ids[limit - 1]}) if len(ids) > limit else ""
+        return page, next_token
+
+    def lag(self, delivered_sequence: int) -> int:
+        """Events in the log after a position."""
+        return max(0, self.log.head - delivered_sequence)
+
+    # -- dead letters ------------------------------------------------------------------
+
+    async def list_dead_letters(
+        self, *, subscription_id: str = "", size: int = 0, token: str = ""
+    ) -> tuple[list[DeadLetterRecord], str]:
+        """A page of dead letters, newest first."""
+        limit = page_size(size)
+        if subscription_id:
+            require_id("subscription_id", subscription_id)
+        position = decode_token(token)
+        before = None
+        if position:
+            try:
+                before = (float(position["at"]), str(position["id"]))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument("page_token", "is not a token this service issued") from None
+        records = await self.store.dead_letters(
+            subscription_id=subscription_id, before=before, limit=limit + 1
+        )
+        next_token = ""
+        if len(records) > limit:
+            last = records[limit - 1]
+            next_token = encode_token({"at": last.failed_at, "id": last.dead_letter_id})
+        return records[:limit], next_token
+
+    async def redeliver_dead_letter(self, dead_letter_id: str) -> DeadLetterRecord:
+        """Queues a dead letter for delivery again."""
+        require_id("dead_letter_id", dead_letter_id)
+        record = await self.store.dead_letter(dead_letter_id)
+        if record is None:
+            raise NotFound("dead_letter", dead_letter_id)
+        if record.subscription_id not in self.push.workers:
+            raise NotFound("subscription", record.subscription_id)
+        if record.redelivering:
+            return record
+        return await self.push.redeliver(record)
+
+    # -- history and stats -------------------------------------------------------------
+
+    async def history(
+        self,
+        *,
+        pattern: str = "",
+        source_domain: str = "",
+        start_time: float = 0.0,
+        end_time: float = 0.0,
+        size: int = 0,
+        token: str = "",
+        newest_first: bool = False,
+    ) -> tuple[list[event_pb2.Event], str]:
+        """A page of retained events matching the filters."""
+        limit = page_size(size)
+        patterns = (validate_pattern(pattern),) if pattern else ()
+        if source_domain:
+            require_id("source_domain", source_domain)
+        if end_time and start_time and end_time <= start_time:
+            raise InvalidArgument("end_time", "must be after start_time")
+        position = decode_token(token)
+        log_filter = LogFilter(patterns, source_domain)
+        if position is not None:
+            mark = position.get("seq")
+            if not isinstance(mark, int):
+                raise InvalidArgument("page_token", "is not a token this service issued")
+        else:
+            mark = self.log.head + 1 if newest_first else self.log.first - 1
+        found: list[event_pb2.Event] = []
+        cursor = mark
+        chunk = max(limit * 4, 200)
+        while len(found) < limit:
+            after, upto = (
+                (self.log.first - 1, cursor - 1) if newest_first else (cursor, self.log.head)
+            )
+            if upto <= after:
+                break
+            rows = await self.store.read(
+                after,
+                upto,
+                chunk,
+                log_filter,
+                newest_first=newest_first,
+                start_time=start_time,
+                end_time=end_time,
+            )
+            for row in rows:
+                cursor = row.sequence
+                if patterns and not any(matches(p, row.event_type) for p in patterns):
+                    continue
+                found.append(decode(row))
+                if len(found) == limit:
+                    break
+            if len(rows) < chunk:
+                break
+        next_token = ""
+        if len(found) == limit:
+            next_token = encode_token({"seq": found[-1].sequence})
+        return found, next_token
+
+    async def stats(self) -> Stats:
+        """Counts for GetStats."""
+        subs = [self.get_subscription(sub_id) for sub_id in sorted(self.push.workers)]
+        head, first = self.log.head, self.log.first
+        return Stats(
+            published_total=head,
+            duplicates_total=self.log.duplicates,
+            streamed_total=self.streamed,
+            delivered_total=self.push.delivered_total,
+            head_sequence=head,
+            first_sequence=first,
+            events_by_type=await self.store.type_counts(),
+            subscriptions=subs,
+            consumers=sorted(self.consumers.values(), key=lambda c: c.name),
+            dead_letters=await self.store.count_dead_letters(),
+            active_streams=self.active_streams,
+            retained_events=max(0, head - first + 1),
+        )

@@ -1,0 +1,75 @@
+"""Configuration of the event bus server.
+
+Besides the common server settings (see `services.common.config`):
+
+- `GRACE_EVENTBUS_RETENTION_MAX_AGE_S`: events older than this are deleted (604800 = 7
+  days; 0 keeps them forever).
+- `GRACE_EVENTBUS_RETENTION_MAX_COUNT`: at most this many events are kept (1000000; 0 means
+  no limit).
+- `GRACE_EVENTBUS_MAX_BATCH`: most events per PublishBatch (1000).
+- `GRACE_EVENTBUS_MAX_DATA_BYTES`: largest serialized `data` of one event (1048576).
+- `GRACE_EVENTBUS_READER_QUEUE`: events buffered per live subscriber before it falls back
+  to reading the log (10000).
+- `GRACE_EVENTBUS_PUSH_MAX_ATTEMPTS`: default attempts per pushed event before it becomes
+  a dead letter (5).
+- `GRACE_EVENTBUS_PUSH_INITIAL_BACKOFF_S` / `GRACE_EVENTBUS_PUSH_MAX_BACKOFF_S`: first
+  and longest wait between push attempts (0.5 doubling to 30).
+- `GRACE_EVENTBUS_PUSH_TIMEOUT_S`: deadline of one DeliverEvent call (10).
+- `GRACE_REGISTRY_ADDR`: where push delivery resolves domains (127.0.0.1:8102).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, peer_address
+from services.eventbus.model import BusSettings
+
+SERVICE = "eventbus"
+
+
+@dataclass(frozen=True)
+class EventBusConfig:
+    """Everything the event bus server reads at start-up."""
+
+    server: ServerConfig
+    settings: BusSettings
+    registry_address: str
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, flags: argparse.Namespace | None = None
+    ) -> EventBusConfig:
+        """Reads the config from `env` (default os.environ) and parsed flags."""
+        env = dict(os.environ if env is None else env)
+        r = EnvReader(env)
+        p = "GRACE_EVENTBUS_"
+        initial = r.number(f"{p}PUSH_INITIAL_BACKOFF_S", 0.5, minimum=0.001, maximum=3600)
+        return cls(
+            server=ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags),
+            settings=BusSettings(
+                retention_max_age_s=r.number(
+                    f"{p}RETENTION_MAX_AGE_S", 7 * 86400.0, minimum=0, maximum=10 * 365 * 86400
+                ),
+                retention_max_count=r.integer(
+                    f"{p}RETENTION_MAX_COUNT", 1_000_000, minimum=0, maximum=10**12
+                ),
+                max_batch=r.integer(f"{p}MAX_BATCH", 1000, minimum=1, maximum=10_000),
+                max_data_bytes=r.integer(
+                    f"{p}MAX_DATA_BYTES", 1024 * 1024, minimum=1024, maximum=64 * 1024 * 1024
+                ),
+                reader_queue_limit=r.integer(
+                    f"{p}READER_QUEUE", 10_000, minimum=10, maximum=10_000_000
+                ),
+                push_max_attempts=r.integer(f"{p}PUSH_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
+                push_initial_backoff_s=initial,
+                push_max_backoff_s=r.number(
+                    f"{p}PUSH_MAX_BACKOFF_S", 30.0, minimum=initial, maximum=86400
+                ),
+                push_timeout_s=r.number(f"{p}PUSH_TIMEOUT_S", 10.0, minimum=0.01, maximum=600),
+            ),
+            registry_address=peer_address(env, "registry"),
+        )

@@ -1,0 +1,367 @@
+"""Push subscriptions: the bus delivers matching events to a domain's DeliverEvent RPC.
+
+Each subscription has one worker that reads the log through its own `Reader` and delivers
+events one at a time, in sequence order. The domain answers ACK, RETRY or DROP; errors and
+RETRY are retried with exponential backoff (the domain may ask for a longer wait), and after
+`max_attempts` (or at once on DROP) the event becomes a dead letter and delivery moves on.
+Positions are persisted every `flush_interval_s` and on stop, so after a restart delivery
+resumes where it was; at worst an event in flight is delivered again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import grpc
+
+from grace.domain.v1 import domain_pb2, domain_pb2_grpc
+from grace.eventbus.v1 import event_pb2
+from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.channels import channel
+from services.eventbus.eventlog import EventLog, Reader
+from services.eventbus.model import BusSettings, DeadLetterRecord, SubscriptionState
+from services.eventbus.store import EventStore, LogFilter
+
+log = logging.getLogger(__name__)
+
+_WORKER_BATCH = 100
+
+
+class DomainResolver:
+    """Finds a domain's address through the registry, with a short cache, and keeps one
+    channel per address.
+
+    Args:
+        registry_address: `host:port` of the registry.
+        cache_ttl_s: How long a resolved address is reused.
+        clock: Monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        registry_address: str,
+        cache_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry_address = registry_address
+        self.cache_ttl_s = cache_ttl_s
+        self._clock = clock
+        self._cache: dict[str, tuple[str, float]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        chan = self._channels.get(address)
+        if chan is None:
+            chan = self._channels[address] = channel(address)
+        return chan
+
+    async def stub(
+        self, domain_id: str, timeout_s: float
+    ) -> domain_pb2_grpc.DomainServiceAsyncStub:
+        """A DomainService stub for the domain; raises grpc errors from the registry."""
+        cached = self._cache.get(domain_id)
+        if cached is None or cached[1] < self._clock():
+            registry = registry_pb2_grpc.RegistryServiceStub(self._channel(self.registry_address))
+            response = await registry.GetDomain(
+                registry_pb2.GetDomainRequest(domain_id=domain_id), timeout=timeout_s
+            )
+            cached = (response.domain.address, self._clock() + self.cache_ttl_s)
+            self._cache[domain_id] = cached
+        return domain_pb2_grpc.DomainServiceStub(self._channel(cached[0]))
+
+    def forget(self, domain_id: str) -> None:
+        """Drops a cached address (after a failed call: the domain may have moved)."""
+        self._cache.pop(domain_id, None)
+
+    async def close(self) -> None:
+        """Closes every channel."""
+        for chan in self._channels.values():
+            await chan.close()
+        self._channels.clear()
+
+
+class PushWorker:
+    """Delivers one subscription's events.
+
+    Args:
+        sub: The subscription (its counters are updated in place).
+        deliveries: The owner, for the log, the resolver, settings and dead letters.
+    """
+
+    def __init__(self, sub: SubscriptionState, deliveries: PushDelivery) -> None:
+        self.sub = sub
+        self.owner = deliveries
+        self.reader = Reader(
+            deliveries.log,
+            LogFilter(sub.patterns),
+            sub.delivered_sequence,
+            deliveries.settings.reader_queue_limit,
+        )
+        self.in_flight: event_pb2.Event | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Starts delivering in the background."""
+        self.task = asyncio.create_task(self.run(), name=f"push-{self.sub.subscription_id}")
+
+    async def stop(self) -> None:
+        """Stops delivering; the position is what `position` says."""
+        self.reader.close()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    def position(self) -> int:
+        """The sequence up to which every matching event has been handled."""
+        if self.in_flight is not None:
+            return self.in_flight.sequence - 1
+        if self.reader.live and not self.reader.queued:
+            return max(self.reader.cursor, self.owner.log.head)
+        return self.reader.cursor
+
+    async def run(self) -> None:
+        """Delivers events in order until stopped."""
+        with self.reader:
+            while True:
+                batch = await self.reader.next_batch(_WORKER_BATCH)
+                if not batch:
+                    return
+                for event in batch:
+                    self.in_flight = event
+                    try:
+                        await self.owner.deliver(self.sub, event)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        # A dead letter could not be stored: keep the event in flight and
+                        # try it again rather than skip it.
+                        log.exception("subscription %s: delivery failed", self.sub.subscription_id)
+                        await asyncio.sleep(self.owner.settings.push_max_backoff_s)
+                        await self.owner.deliver(self.sub, event)
+                    self.sub.delivered_sequence = event.sequence
+                    self.in_flight = None
+
+
+class PushDelivery:
+    """Every push subscription's worker, the dead letters and their redelivery.
+
+    Args:
+        event_log: The log.
+        store: Durable state.
+        resolver: Domain addresses.
+        settings: Retry and flush tunables.
+        clock: Epoch seconds.
+    """
+
+    def __init__(
+        self,
+        event_log: EventLog,
+        store: EventStore,
+        resolver: DomainResolver,
+        settings: BusSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.log = event_log
+        self.store = store
+        self.resolver = resolver
+        self.settings = settings
+        self.clock = clock
+        self.workers: dict[str, PushWorker] = {}
+        self.delivered_total = 0
+        self._redeliveries: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        self._flushed: dict[str, tuple[object, ...]] = {}
+
+    async def open(self) -> None:
+        """Resumes every stored subscription and pending redelivery."""
+        self.delivered_total = (await self.store.counters()).get("delivered_total", 0)
+        for sub in await self.store.subscriptions():
+            self.start_worker(sub)
+        for record in await self.store.dead_letters(limit=1_000_000, redelivering=True):
+            self._spawn_redelivery(record)
+        self._flusher = asyncio.create_task(self._flush_loop(), name="eventbus-flush")
+
+    async def close(self) -> None:
+        """Stops every worker and persists positions."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for task in list(self._redeliveries):
+            task.cancel()
+        for worker in list(self.workers.values()):
+            await worker.stop()
+        await self.flush()
+        await self.resolver.close()
+
+    def start_worker(self, sub: SubscriptionState) -> None:
+        """Starts delivering a subscription."""
+        worker = PushWorker(sub, self)
+        self.workers[sub.subscription_id] = worker
+        worker.start()
+
+    async def stop_worker(self, subscription_id: str) -> None:
+        """Stops delivering a subscription."""
+        worker = self.workers.pop(subscription_id, None)
+        if worker is not None:
+            await worker.stop()
+        self._flushed.pop(subscription_id, None)
+
+    # -- delivery --------------------------------------------------------------------
+
+    async def deliver(self, sub: SubscriptionState, event: event_pb2.Event) -> None:
+        """Delivers one event with retries; dead-letters it when that fails."""
+        ok, attempts, reason = await self._attempts(sub, event)
+        if not ok:
+            await self._dead_letter(sub, event, attempts, reason, str(uuid.uuid4()))
+
+    async def _attempts(
+        self, sub: SubscriptionState, event: event_pb2.Event
+    ) -> tuple[bool, int, str]:
+        attempt = 0
+        while True:
+            attempt += 1
+            if attempt > 1:
+                sub.redelivery_count += 1
+            outcome, retry_after, reason = await self._attempt(sub, event, attempt)
+            if outcome == domain_pb2.DELIVERY_OUTCOME_ACK:
+                sub.delivered_count += 1
+                self.delivered_total += 1
+                return True, attempt, ""
+            sub.last_error = reason
+            if outcome == domain_pb2.DELIVERY_OUTCOME_DROP or attempt >= sub.max_attempts:
+                return False, attempt, reason
+            backoff = min(
+                self.settings.push_max_backoff_s,
+                self.settings.push_initial_backoff_s * 2 ** (attempt - 1),
+            )
+            await asyncio.sleep(max(backoff, min(retry_after, self.settings.push_max_backoff_s)))
+
+    async def _attempt(
+        self, sub: SubscriptionState, event: event_pb2.Event, attempt: int
+    ) -> tuple[int, float, str]:
+        timeout = self.settings.push_timeout_s
+        try:
+            stub = await self.resolver.stub(sub.domain_id, timeout)
+            response = await stub.DeliverEvent(
+                domain_pb2.DeliverEventRequest(
+                    domain_id=sub.domain_id,
+                    subscription_id=sub.subscription_id,
+                    event=event,
+                    attempt=attempt,
+                ),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            self.resolver.forget(sub.domain_id)
+            return domain_pb2.DELIVERY_OUTCOME_RETRY, 0.0, f"{exc.code().name}: {exc.details()}"
+        retry_after = response.retry_after.seconds + response.retry_after.nanos / 1e9
+        outcome = response.outcome or domain_pb2.DELIVERY_OUTCOME_RETRY
+        reason = response.reason or domain_pb2.DeliveryOutcome.Name(outcome)
+        return outcome, retry_after, reason
+
+    async def _dead_letter(
+        self,
+        sub: SubscriptionState,
+        event: event_pb2.Event,
+        attempts: int,
+        reason: str,
+        dead_letter_id: str,
+    ) -> None:
+        await self.store.add_dead_letter(
+            DeadLetterRecord(
+                dead_letter_id=dead_letter_id,
+                subscription_id=sub.subscription_id,
+                domain_id=sub.domain_id,
+                sequence=event.sequence,
+                event=event.SerializeToString(),
+                attempts=attempts,
+                reason=reason[:1024],
+                failed_at=self.clock(),
+            )
+        )
+        sub.dead_letter_count += 1
+        log.warning(
+            "subscription %s: event %d dead-lettered after %d attempts: %s",
+            sub.subscription_id,
+            event.sequence,
+            attempts,
+            reason,
+        )
+
+    # -- redelivery --------------------------------------------------------------------
+
+    def _spawn_redelivery(self, record: DeadLetterRecord) -> None:
+        task = asyncio.create_task(self._redeliver(record), name=f"redeliver-{record.sequence}")
+        self._redeliveries.add(task)
+        task.add_done_callback(self._redeliveries.discard)
+
+    async def redeliver(self, record: DeadLetterRecord) -> DeadLetterRecord:
+        """Marks a dead letter for redelivery (durably) and starts delivering it."""
+        marked = DeadLetterRecord(**{**record.__dict__, "redelivering": True})
+        await self.store.add_dead_letter(marked)
+        self._spawn_redelivery(marked)
+        return marked
+
+    async def _redeliver(self, record: DeadLetterRecord) -> None:
+        worker = self.workers.get(record.subscription_id)
+        if worker is None:
+            # The subscription is gone: nothing to deliver to; leave the dead letter.
+            await self.store.add_dead_letter(
+                DeadLetterRecord(**{**record.__dict__, "redelivering": False})
+            )
+            return
+        event = event_pb2.Event()
+        event.ParseFromString(record.event)
+        ok, attempts, reason = await self._attempts(worker.sub, event)
+        if ok:
+            await self.store.remove_dead_letter(record.dead_letter_id)
+            worker.sub.dead_letter_count = max(0, worker.sub.dead_letter_count - 1)
+        else:
+            await self.store.add_dead_letter(
+                DeadLetterRecord(
+                    **{
+                        **record.__dict__,
+                        "attempts": record.attempts + attempts,
+                        "reason": reason[:1024],
+                        "failed_at": self.clock(),
+                        "redelivering": False,
+                    }
+                )
+            )
+
+    # -- persistence -------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Persists positions and counters of subscriptions that changed."""
+        changed = []
+        for sub_id, worker in self.workers.items():
+            worker.sub.delivered_sequence = worker.position()
+            sub = worker.sub
+            snapshot = (
+                sub.delivered_sequence,
+                sub.delivered_count,
+                sub.redelivery_count,
+                sub.dead_letter_count,
+                sub.last_error,
+            )
+            if self._flushed.get(sub_id) != snapshot:
+                changed.append(sub)
+                self._flushed[sub_id] = snapshot
+        if changed:
+            await self.store.flush(changed, self.delivered_total)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval_s)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("persisting subscription positions failed; retrying")
+                self._flushed.clear()

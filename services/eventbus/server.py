@@ -1,0 +1,52 @@
+"""Wires the event bus core, its store and its servicer into the shared server runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
+from services.common.server import Service
+from services.common.storage import Database
+from services.eventbus.bus import EventBus
+from services.eventbus.config import EventBusConfig
+from services.eventbus.eventlog import Clock
+from services.eventbus.servicer import EventBusServicer
+from services.eventbus.store import EventStore
+
+SERVICE_NAME = eventbus_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name
+
+
+class EventBusServer(Service):
+    """The event bus as a Grace service.
+
+    Args:
+        config: Server and bus settings.
+        clock: Injectable clock for tests.
+        schema: PostgreSQL schema (tests); None for the default.
+    """
+
+    def __init__(
+        self, config: EventBusConfig, *, clock: Clock | None = None, schema: str | None = None
+    ) -> None:
+        self.config = config
+        store = EventStore(Database(config.server.database_url, schema=schema))
+        self.bus = (
+            EventBus(store, config.settings, config.registry_address, clock)
+            if clock
+            else EventBus(store, config.settings, config.registry_address)
+        )
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        eventbus_pb2_grpc.add_EventBusServiceServicer_to_server(EventBusServicer(self.bus), server)
+        return [SERVICE_NAME]
+
+    async def start(self) -> None:
+        await self.bus.open()
+
+    async def begin_shutdown(self) -> None:
+        await self.bus.begin_close()
+
+    async def stop(self) -> None:
+        await self.bus.close()

@@ -1,0 +1,222 @@
+"""gRPC adapter of the event bus: proto in, core call, proto out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+
+from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
+from services.common.timestamps import from_timestamp, to_timestamp
+from services.eventbus.bus import EventBus, validate_patterns
+from services.eventbus.model import ConsumerState, DeadLetterRecord, Start, StartSpec
+from services.eventbus.model import SubscriptionState as Sub
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+_START: dict[int, Start] = {
+    eventbus_pb2.START_POSITION_UNSPECIFIED: Start.DEFAULT,
+    eventbus_pb2.START_POSITION_NEW: Start.NEW,
+    eventbus_pb2.START_POSITION_ALL: Start.ALL,
+    eventbus_pb2.START_POSITION_SEQUENCE: Start.SEQUENCE,
+    eventbus_pb2.START_POSITION_TIME: Start.TIME,
+}
+
+
+def _start(kind: int, sequence: int, stamp: Any) -> StartSpec:
+    return StartSpec(_START.get(kind, Start.DEFAULT), sequence, from_timestamp(stamp))
+
+
+class EventBusServicer(eventbus_pb2_grpc.EventBusServiceServicer):
+    """Serves `grace.eventbus.v1.EventBusService` over an `EventBus` core."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+
+    def _subscription(self, sub: Sub) -> eventbus_pb2.Subscription:
+        return eventbus_pb2.Subscription(
+            subscription_id=sub.subscription_id,
+            domain_id=sub.domain_id,
+            patterns=sub.patterns,
+            created_at=to_timestamp(sub.created_at),
+            max_attempts=sub.max_attempts,
+            delivered_sequence=sub.delivered_sequence,
+            delivered_count=sub.delivered_count,
+            redelivery_count=sub.redelivery_count,
+            dead_letter_count=sub.dead_letter_count,
+            lag=self._bus.lag(sub.delivered_sequence),
+            last_error=sub.last_error,
+        )
+
+    async def Publish(
+        self, request: eventbus_pb2.PublishRequest, context: Context
+    ) -> eventbus_pb2.PublishResponse:
+        event = event_pb2.Event(
+            id=request.id,
+            event_type=request.event_type,
+            source_domain=request.source_domain,
+            subject=request.subject,
+            traceparent=request.traceparent,
+            tracestate=request.tracestate,
+            signature=request.signature,
+            signature_key_id=request.signature_key_id,
+        )
+        if request.HasField("time"):
+            event.time.CopyFrom(request.time)
+        if request.HasField("data"):
+            event.data.CopyFrom(request.data)
+        result = await self._bus.publish(event)
+        return eventbus_pb2.PublishResponse(
+            id=result.event_id,
+            sequence=result.sequence,
+            duplicate=result.duplicate,
+            time=event.time,
+        )
+
+    async def PublishBatch(
+        self, request: eventbus_pb2.PublishBatchRequest, context: Context
+    ) -> eventbus_pb2.PublishBatchResponse:
+        outcomes = await self._bus.publish_batch(request.events)
+        response = eventbus_pb2.PublishBatchResponse()
+        add = response.results.add
+        stored, duplicate = (
+            eventbus_pb2.PUBLISH_STATUS_STORED,
+            eventbus_pb2.PUBLISH_STATUS_DUPLICATE,
+        )
+        for outcome in outcomes:
+            if outcome.appended is None:
+                add(
+                    id=outcome.event_id,
+                    status=eventbus_pb2.PUBLISH_STATUS_REJECTED,
+                    error=outcome.error,
+                )
+            else:
+                a = outcome.appended
+                add(id=a.event_id, sequence=a.sequence, status=duplicate if a.duplicate else stored)
+        return response
+
+    async def Subscribe(
+        self, request: eventbus_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[eventbus_pb2.SubscribeResponse]:
+        patterns = validate_patterns(request.pattern, request.patterns, required=False)
+        stream = self._bus.subscribe(
+            patterns,
+            _start(request.start, request.start_sequence, request.start_time),
+            consumer=request.consumer,
+            source_domain=request.source_domain,
+            max_batch=request.max_batch,
+        )
+        async for batch in stream:
+            yield eventbus_pb2.SubscribeResponse(events=batch, head_sequence=self._bus.log.head)
+
+    async def Ack(
+        self, request: eventbus_pb2.AckRequest, context: Context
+    ) -> eventbus_pb2.AckResponse:
+        acked = await self._bus.ack(request.consumer, request.sequence)
+        return eventbus_pb2.AckResponse(acked_sequence=acked)
+
+    async def CreateSubscription(
+        self, request: eventbus_pb2.CreateSubscriptionRequest, context: Context
+    ) -> eventbus_pb2.CreateSubscriptionResponse:
+        patterns = validate_patterns(request.pattern, request.patterns, required=True)
+        sub, created = await self._bus.create_subscription(
+            request.domain_id,
+            patterns,
+            subscription_id=request.subscription_id,
+            start=_start(request.start, request.start_sequence, request.start_time),
+            max_attempts=request.max_attempts,
+        )
+        return eventbus_pb2.CreateSubscriptionResponse(
+            subscription=self._subscription(sub), created=created
+        )
+
+    async def DeleteSubscription(
+        self, request: eventbus_pb2.DeleteSubscriptionRequest, context: Context
+    ) -> eventbus_pb2.DeleteSubscriptionResponse:
+        sub = await self._bus.delete_subscription(request.subscription_id)
+        return eventbus_pb2.DeleteSubscriptionResponse(subscription=self._subscription(sub))
+
+    async def ListSubscriptions(
+        self, request: eventbus_pb2.ListSubscriptionsRequest, context: Context
+    ) -> eventbus_pb2.ListSubscriptionsResponse:
+        subs, token = self._bus.list_subscriptions(
+            domain_id=request.domain_id, size=request.page_size, token=request.page_token
+        )
+        return eventbus_pb2.ListSubscriptionsResponse(
+            subscriptions=[self._subscription(s) for s in subs], next_page_token=token
+        )
+
+    async def GetHistory(
+        self, request: eventbus_pb2.GetHistoryRequest, context: Context
+    ) -> eventbus_pb2.GetHistoryResponse:
+        found, token = await self._bus.history(
+            pattern=request.pattern,
+            source_domain=request.source_domain,
+            start_time=from_timestamp(request.start_time),
+            end_time=from_timestamp(request.end_time),
+            size=request.page_size,
+            token=request.page_token,
+            newest_first=request.newest_first,
+        )
+        return eventbus_pb2.GetHistoryResponse(events=found, next_page_token=token)
+
+    async def GetStats(
+        self, request: eventbus_pb2.GetStatsRequest, context: Context
+    ) -> eventbus_pb2.GetStatsResponse:
+        stats = await self._bus.stats()
+        return eventbus_pb2.GetStatsResponse(
+            published_total=stats.published_total,
+            duplicates_total=stats.duplicates_total,
+            streamed_total=stats.streamed_total,
+            delivered_total=stats.delivered_total,
+            head_sequence=stats.head_sequence,
+            first_sequence=stats.first_sequence,
+            retained_events=stats.retained_events,
+            events_by_type=stats.events_by_type,
+            subscriptions=[self._subscription(s) for s in stats.subscriptions],
+            consumers=[self._consumer(c) for c in stats.consumers],
+            dead_letters=stats.dead_letters,
+            active_streams=stats.active_streams,
+        )
+
+    def _consumer(self, consumer: ConsumerState) -> eventbus_pb2.ConsumerStats:
+        return eventbus_pb2.ConsumerStats(
+            consumer=consumer.name,
+            patterns=consumer.patterns,
+            acked_sequence=consumer.acked_sequence,
+            lag=self._bus.lag(consumer.acked_sequence),
+        )
+
+    async def ListDeadLetters(
+        self, request: eventbus_pb2.ListDeadLettersRequest, context: Context
+    ) -> eventbus_pb2.ListDeadLettersResponse:
+        records, token = await self._bus.list_dead_letters(
+            subscription_id=request.subscription_id,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return eventbus_pb2.ListDeadLettersResponse(
+            dead_letters=[_dead_letter(r) for r in records], next_page_token=token
+        )
+
+    async def RedeliverDeadLetter(
+        self, request: eventbus_pb2.RedeliverDeadLetterRequest, context: Context
+    ) -> eventbus_pb2.RedeliverDeadLetterResponse:
+        record = await self._bus.redeliver_dead_letter(request.dead_letter_id)
+        return eventbus_pb2.RedeliverDeadLetterResponse(dead_letter=_dead_letter(record))
+
+
+def _dead_letter(record: DeadLetterRecord) -> eventbus_pb2.DeadLetter:
+    event = event_pb2.Event()
+    event.ParseFromString(record.event)
+    return eventbus_pb2.DeadLetter(
+        dead_letter_id=record.dead_letter_id,
+        subscription_id=record.subscription_id,
+        domain_id=record.domain_id,
+        event=event,
+        attempts=record.attempts,
+        reason=record.reason,
+        failed_at=to_timestamp(record.failed_at),
+        redelivering=record.redelivering,
+    )

@@ -1,0 +1,89 @@
+"""Event bus fixtures: a core on each database backend, and a real server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from grace.eventbus.v1 import eventbus_pb2_grpc
+from services.common.storage import Database
+from services.eventbus.bus import EventBus
+from services.eventbus.config import EventBusConfig
+from services.eventbus.model import BusSettings
+from services.eventbus.server import EventBusServer
+from services.eventbus.store import EventStore
+from tests.conftest import DatabaseTarget
+from tests.support import ManualClock, server_config, serving
+
+# Nothing listens here: tests that do not push never reach the registry.
+NO_REGISTRY = "127.0.0.1:9"
+
+FAST = BusSettings(
+    retention_interval_s=3600,
+    push_initial_backoff_s=0.02,
+    push_max_backoff_s=0.2,
+    push_timeout_s=5,
+    flush_interval_s=0.05,
+)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def bus(database: DatabaseTarget, clock: ManualClock) -> AsyncIterator[EventBus]:
+    """A bus core on each database backend, on a manual clock."""
+    core = EventBus(
+        EventStore(Database(database.url, schema=database.schema)), FAST, NO_REGISTRY, clock
+    )
+    await core.open()
+    yield core
+    await core.close()
+
+
+def bus_config(
+    data_dir: Path, registry_address: str = NO_REGISTRY, **overrides: object
+) -> EventBusConfig:
+    return EventBusConfig(
+        server=server_config("eventbus", data_dir),
+        settings=replace(FAST, **overrides),  # type: ignore[arg-type]
+        registry_address=registry_address,
+    )
+
+
+@pytest.fixture
+async def bus_server(tmp_path: Path) -> AsyncIterator[tuple[EventBusServer, grpc.aio.Channel]]:
+    """The bus on a real gRPC server (SQLite)."""
+    service = EventBusServer(bus_config(tmp_path))
+    async with serving(service.config.server, service) as (_, chan):
+        yield service, chan
+
+
+@pytest.fixture
+def stub(
+    bus_server: tuple[EventBusServer, grpc.aio.Channel],
+) -> eventbus_pb2_grpc.EventBusServiceStub:
+    return eventbus_pb2_grpc.EventBusServiceStub(bus_server[1])
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]] | Callable[[], bool], within_s: float = 20.0
+) -> None:
+    """Polls until `condition` holds; fails after a generous timeout."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,114 @@
+"""No event acknowledged to a publisher is lost when the bus process is killed with -9."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
+from services.common.channels import channel
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def bus_process(data_dir: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    env = {**os.environ, "GRACE_REGISTRY_ADDR": "127.0.0.1:9", "GRACE_EVENTBUS_HOST": "127.0.0.1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.eventbus",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with channel(f"127.0.0.1:{port}") as chan:
+            health = health_pb2_grpc.HealthStub(chan)
+            for _ in range(300):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the bus did not become SERVING")
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+
+
+async def test_acknowledged_events_survive_kill_minus_nine(tmp_path: Path) -> None:
+    port = free_port()
+    acknowledged: dict[str, int] = {}
+    enough = asyncio.Event()
+    async with bus_process(tmp_path, port) as proc, channel(f"127.0.0.1:{port}") as chan:
+        stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
+
+        async def publisher(worker: int) -> None:
+            n = 0
+            while True:
+                ids = [f"w{worker}-{n + i}" for i in range(50)]
+                n += 50
+                request = eventbus_pb2.PublishBatchRequest(
+                    events=[
+                        event_pb2.Event(id=i, event_type="crash.test", source_domain="ai_domain")
+                        for i in ids
+                    ]
+                )
+                try:
+                    response = await stub.PublishBatch(request, timeout=5)
+                except grpc.aio.AioRpcError:
+                    return  # the bus died mid-call: this batch was never acknowledged
+                for result in response.results:
+                    acknowledged[result.id] = result.sequence
+                if len(acknowledged) >= 3000:
+                    enough.set()
+
+        tasks = [asyncio.create_task(publisher(w)) for w in range(4)]
+        await asyncio.wait_for(enough.wait(), 60)
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    async with bus_process(tmp_path, port), channel(f"127.0.0.1:{port}") as chan:
+        stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
+        stats = await stub.GetStats(eventbus_pb2.GetStatsRequest())
+        stored: dict[str, int] = {}
+        call = stub.Subscribe(eventbus_pb2.SubscribeRequest(start=eventbus_pb2.START_POSITION_ALL))
+        while len(stored) < stats.head_sequence:
+            message = await asyncio.wait_for(call.read(), 30)
+            stored.update((e.id, e.sequence) for e in message.events)
+        call.cancel()
+        missing = {i: s for i, s in acknowledged.items() if stored.get(i) != s}
+        assert not missing, f"{len(missing)} acknowledged events lost or moved"
+        assert sorted(stored.values()) == list(range(1, stats.head_sequence + 1))
+        # Publishing again after the crash continues the sequence and suppresses repeats.
+        again = await stub.Publish(
+            eventbus_pb2.PublishRequest(
+                id="w0-0", event_type="crash.test", source_domain="ai_domain"
+            )
+        )
+        assert again.duplicate
+        assert again.sequence == acknowledged["w0-0"]

@@ -1,0 +1,234 @@
+"""Push delivery to a real test domain found through a real registry: retries, dead
+letters, redelivery, and subscriptions that survive a bus restart."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import json_format
+
+from grace.domain.v1 import domain_pb2, domain_pb2_grpc
+from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
+from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.server import GraceServer, Service
+from services.eventbus.server import EventBusServer
+from services.registry.server import RegistryServer
+from tests.eventbus.conftest import bus_config, eventually
+from tests.registry.conftest import registry_config
+from tests.support import server_config, serving
+
+Stub = eventbus_pb2_grpc.EventBusServiceStub
+
+
+@dataclass
+class ScriptedDomain(domain_pb2_grpc.DomainServiceServicer):
+    """A domain whose answers to DeliverEvent follow a script, then ACK."""
+
+    script: list[str] = field(default_factory=list)
+    calls: list[tuple[int, int]] = field(default_factory=list)  # (sequence, attempt)
+
+    async def DeliverEvent(
+        self, request: domain_pb2.DeliverEventRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> domain_pb2.DeliverEventResponse:
+        self.calls.append((request.event.sequence, request.attempt))
+        step = self.script.pop(0) if self.script else "ack"
+        if step == "error":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "busy")
+        outcome = {
+            "ack": domain_pb2.DELIVERY_OUTCOME_ACK,
+            "retry": domain_pb2.DELIVERY_OUTCOME_RETRY,
+            "drop": domain_pb2.DELIVERY_OUTCOME_DROP,
+        }[step]
+        return domain_pb2.DeliverEventResponse(outcome=outcome, reason=step)
+
+
+class DomainService(Service):
+    def __init__(self, servicer: ScriptedDomain) -> None:
+        self.servicer = servicer
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        domain_pb2_grpc.add_DomainServiceServicer_to_server(self.servicer, server)
+        return ["grace.domain.v1.DomainService"]
+
+
+@dataclass
+class World:
+    registry: str
+    domain: ScriptedDomain
+    tmp: Path
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    """A registry and a scripted `memory_domain` registered in it."""
+    registry = RegistryServer(registry_config(tmp_path / "registry"))
+    domain = ScriptedDomain()
+    async with (
+        serving(registry.config.server, registry) as (registry_server, registry_chan),
+        GraceServer(server_config("domain", tmp_path / "domain"), DomainService(domain)) as d,
+    ):
+        await registry_pb2_grpc.RegistryServiceStub(registry_chan).RegisterDomain(
+            registry_pb2.RegisterDomainRequest(
+                domain_id="memory_domain", host="127.0.0.1", port=d.port, capabilities=["memory"]
+            )
+        )
+        yield World(registry_server.address, domain, tmp_path)
+
+
+def bus_in(world: World, **overrides: object) -> EventBusServer:
+    return EventBusServer(bus_config(world.tmp / "bus", world.registry, **overrides))
+
+
+async def subscription(stub: Stub, sub_id: str) -> eventbus_pb2.Subscription:
+    stats = await stub.GetStats(eventbus_pb2.GetStatsRequest())
+    return next(s for s in stats.subscriptions if s.subscription_id == sub_id)
+
+
+async def test_a_domain_that_fails_twice_then_acks_gets_the_event_three_times(world: World) -> None:
+    world.domain.script = ["retry", "error"]
+    bus = bus_in(world)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        seed = json_format.Parse(
+            '{"domain_id": "memory_domain", "pattern": "ml.*"}',
+            eventbus_pb2.CreateSubscriptionRequest(),
+        )
+        created = await stub.CreateSubscription(seed)
+        sub_id = created.subscription.subscription_id
+        assert created.created
+        assert list(created.subscription.patterns) == ["ml.*"]
+        await stub.Publish(eventbus_pb2.PublishRequest(event_type="ops.ignored", source_domain="a"))
+        published = await stub.Publish(
+            eventbus_pb2.PublishRequest(event_type="ml.prediction", source_domain="ai_domain")
+        )
+
+        async def delivered() -> bool:
+            return (await subscription(stub, sub_id)).delivered_count == 1
+
+        await eventually(delivered)
+        assert world.domain.calls == [
+            (published.sequence, 1),
+            (published.sequence, 2),
+            (published.sequence, 3),
+        ]
+        sub = await subscription(stub, sub_id)
+        assert (sub.redelivery_count, sub.dead_letter_count) == (2, 0)
+        await eventually(lambda: _lag_is_zero(stub, sub_id))
+        listed = await stub.ListSubscriptions(
+            eventbus_pb2.ListSubscriptionsRequest(domain_id="memory_domain")
+        )
+        assert [s.subscription_id for s in listed.subscriptions] == [sub_id]
+
+
+async def _lag_is_zero(stub: Stub, sub_id: str) -> bool:
+    return (await subscription(stub, sub_id)).lag == 0
+
+
+async def test_failures_become_dead_letters_that_can_be_redelivered(world: World) -> None:
+    world.domain.script = ["retry", "retry", "retry", "drop"]
+    bus = bus_in(world)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        await stub.CreateSubscription(
+            eventbus_pb2.CreateSubscriptionRequest(
+                domain_id="memory_domain", patterns=["ml.*"], subscription_id="mem", max_attempts=3
+            )
+        )
+        await stub.PublishBatch(
+            eventbus_pb2.PublishBatchRequest(
+                events=[
+                    {"event_type": "ml.one", "source_domain": "ai"},  # type: ignore[list-item]
+                    {"event_type": "ml.two", "source_domain": "ai"},  # type: ignore[list-item]
+                    {"event_type": "ml.three", "source_domain": "ai"},  # type: ignore[list-item]
+                ]
+            )
+        )
+
+        async def two_dead() -> bool:
+            page = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
+            return len(page.dead_letters) == 2
+
+        await eventually(two_dead)
+        page = await stub.ListDeadLetters(
+            eventbus_pb2.ListDeadLettersRequest(subscription_id="mem")
+        )
+        by_type = {d.event.event_type: d for d in page.dead_letters}
+        assert set(by_type) == {"ml.one", "ml.two"}
+        assert (by_type["ml.one"].attempts, by_type["ml.one"].reason) == (3, "retry")
+        assert (by_type["ml.two"].attempts, by_type["ml.two"].reason) == (1, "drop")
+        await eventually(lambda: _delivered(stub, "mem", 1))  # ml.three went through
+
+        redelivered = await stub.RedeliverDeadLetter(
+            eventbus_pb2.RedeliverDeadLetterRequest(dead_letter_id=by_type["ml.one"].dead_letter_id)
+        )
+        assert redelivered.dead_letter.redelivering
+        await eventually(lambda: _delivered(stub, "mem", 2))
+
+        async def one_left() -> bool:
+            left = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
+            return [d.event.event_type for d in left.dead_letters] == ["ml.two"]
+
+        await eventually(one_left)
+        stats = await stub.GetStats(eventbus_pb2.GetStatsRequest())
+        assert stats.dead_letters == 1
+        assert stats.delivered_total == 2
+
+
+async def _delivered(stub: Stub, sub_id: str, count: int) -> bool:
+    return (await subscription(stub, sub_id)).delivered_count == count
+
+
+async def test_push_subscriptions_survive_a_restart_and_resume_where_they_were(
+    world: World,
+) -> None:
+    bus = bus_in(world)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        request = eventbus_pb2.CreateSubscriptionRequest(
+            domain_id="memory_domain", pattern="ml.*", subscription_id="mem"
+        )
+        await stub.CreateSubscription(request)
+        again = await stub.CreateSubscription(request)
+        assert not again.created  # idempotent by id
+        await stub.Publish(eventbus_pb2.PublishRequest(event_type="ml.before", source_domain="ai"))
+        await eventually(lambda: _delivered(stub, "mem", 1))
+
+    bus = bus_in(world)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        after = await stub.Publish(
+            eventbus_pb2.PublishRequest(event_type="ml.after", source_domain="ai")
+        )
+        await eventually(lambda: _delivered(stub, "mem", 2))
+        assert [seq for seq, _ in world.domain.calls] == [1, after.sequence]
+        deleted = await stub.DeleteSubscription(
+            eventbus_pb2.DeleteSubscriptionRequest(subscription_id="mem")
+        )
+        assert deleted.subscription.delivered_count == 2
+        listed = await stub.ListSubscriptions(eventbus_pb2.ListSubscriptionsRequest())
+        assert not listed.subscriptions
+
+
+async def test_an_unregistered_domain_is_retried_then_dead_lettered(world: World) -> None:
+    bus = bus_in(world)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        await stub.CreateSubscription(
+            eventbus_pb2.CreateSubscriptionRequest(
+                domain_id="ghost_domain", pattern="*", subscription_id="ghost", max_attempts=2
+            )
+        )
+        await stub.Publish(eventbus_pb2.PublishRequest(event_type="x", source_domain="ai"))
+
+        async def dead() -> bool:
+            page = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
+            return len(page.dead_letters) == 1
+
+        await eventually(dead)
+        page = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
+        assert page.dead_letters[0].reason.startswith("NOT_FOUND")
