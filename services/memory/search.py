@@ -1,16 +1,30 @@
-"""The full-text index of the shared memory, one implementation per database.
+"""The full-text index of the shared memory, one implementation per database, and the
+ranking both share.
 
-SQLite keeps a contentless FTS5 table (`memory_search`, rowid = contribution seq) ranked
-with bm25; PostgreSQL keeps a `tsvector` per contribution with a GIN index, ranked with
-`ts_rank`. Both index the words `text.document` produced, with no stemming or stop words
-(FTS5 `unicode61`, PostgreSQL `simple`), so both backends match the same contributions.
-A search requires every word, applies the filters in SQL, and orders by
-`relevance * confidence` where relevance is the ranking function mapped into (0, 1) as
-r / (1 + r); ties go to the newer contribution.
+SQLite keeps a contentless FTS5 table (`memory_search`, rowid = contribution seq);
+PostgreSQL keeps a `tsvector` per contribution in `memory_search` with a GIN index. Both
+index the words `text.document` produced, with no stemming or stop words (FTS5
+`unicode61`, PostgreSQL `simple`), so both backends match the same contributions. The
+index only decides which contributions match (every query word present); the ranking is
+the same SQL arithmetic on both backends:
+
+    idf(w)    = ln(1 + (N - n(w) + 0.5) / (n(w) + 0.5))           (BM25's idf)
+    r         = sum of idf(w) over the query words
+                * (k1 + 1) / (1 + k1 * (1 - b + b * words / avg_words))
+    relevance = r / (1 + r)                                          (in (0, 1))
+    score     = relevance * confidence
+
+with k1 = 1.2 and b = 0.75: BM25 with every term counted once per document (knowledge
+items are short; a word's repetition says little), N contributions, n(w) of them holding
+word w, `words` the contribution's word count. Rare words make every match highly
+relevant, so confidence decides; common words leave more room for shorter, more focused
+contributions. Per-row auxiliary ranking functions (FTS5 bm25, ts_rank) are avoided on
+purpose: on a common word they cost more than the whole rest of the query.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,7 +34,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.storage import Database
 from services.memory.model import SearchFilter
-from services.memory.text import fts5_match, tsquery
+
+K1 = 1.2
+B = 0.75
 
 
 @dataclass(frozen=True)
@@ -30,6 +46,24 @@ class Ranked:
     seq: int
     relevance: float
     score: float
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Size of the collection, for idf and length normalization."""
+
+    documents: int
+    words: int
+
+    @property
+    def average_words(self) -> float:
+        """Mean words per contribution (at least 1)."""
+        return max(1.0, self.words / self.documents) if self.documents else 1.0
+
+
+def idf(documents: int, matching: int) -> float:
+    """BM25's inverse document frequency, always positive."""
+    return math.log(1 + (documents - matching + 0.5) / (matching + 0.5))
 
 
 class FullTextIndex(Protocol):
@@ -42,15 +76,23 @@ class FullTextIndex(Protocol):
         """Indexes documents: (contribution seq, text of `text.document`)."""
 
     async def search(
-        self, conn: AsyncConnection, query: SearchFilter, offset: int, limit: int
+        self, conn: AsyncConnection, query: SearchFilter, corpus: Corpus, offset: int, limit: int
     ) -> list[Ranked]:
         """One page of matches, best first."""
 
 
-def _filters(query: SearchFilter, params: dict[str, Any]) -> str:
-    """SQL conditions on `c` (memory_contributions) for the search's filters."""
-    clauses = ["c.confidence >= :min_confidence"]
-    params["min_confidence"] = query.min_confidence
+def _ranked_page(
+    matches_sql: str, query: SearchFilter, corpus: Corpus, weight: float, params: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """The ranking query around a backend's `FROM ... WHERE <match>` clause on `c`."""
+    clauses = ["c.confidence >= CAST(:min_confidence AS DOUBLE PRECISION)"]
+    params.update(
+        min_confidence=query.min_confidence,
+        weight=weight * (K1 + 1),
+        k1=K1,
+        b=B,
+        avg_words=corpus.average_words,
+    )
     if query.contribution_type:
         clauses.append("c.contribution_type = :contribution_type")
         params["contribution_type"] = query.contribution_type
@@ -60,7 +102,19 @@ def _filters(query: SearchFilter, params: dict[str, Any]) -> str:
     for i, tag in enumerate(query.tags):
         clauses.append(f"c.seq IN (SELECT seq FROM memory_tags WHERE tag = :tag{i})")
         params[f"tag{i}"] = tag
-    return " AND ".join(clauses)
+    # Explicit casts: PostgreSQL would otherwise type the parameters after `c.words`
+    # (an integer) and truncate them.
+    weight_p, k1_p, b_p, avg_p = (
+        f"CAST(:{name} AS DOUBLE PRECISION)" for name in ("weight", "k1", "b", "avg_words")
+    )
+    raw = f"({weight_p} / (1 + {k1_p} * (1 - {b_p} + {b_p} * c.words / {avg_p})))"
+    sql = (
+        "SELECT seq, rel, rel * conf AS score FROM ("
+        f" SELECT c.seq AS seq, c.confidence AS conf, {raw} / (1 + {raw}) AS rel"
+        f" {matches_sql} AND {' AND '.join(clauses)}"
+        ") AS m ORDER BY score DESC, seq DESC LIMIT :lim OFFSET :off"
+    )
+    return sql, params
 
 
 class Fts5Index:
@@ -70,7 +124,7 @@ class Fts5Index:
         await conn.execute(
             text(
                 "CREATE VIRTUAL TABLE IF NOT EXISTS memory_search USING fts5("
-                "body, content='', tokenize='unicode61 remove_diacritics 0')"
+                "body, content='', detail=none, tokenize='unicode61 remove_diacritics 0')"
             )
         )
 
@@ -82,18 +136,26 @@ class Fts5Index:
             )
 
     async def search(
-        self, conn: AsyncConnection, query: SearchFilter, offset: int, limit: int
+        self, conn: AsyncConnection, query: SearchFilter, corpus: Corpus, offset: int, limit: int
     ) -> list[Ranked]:
-        params: dict[str, Any] = {"match": fts5_match(query.terms), "lim": limit, "off": offset}
-        where = _filters(query, params)
-        # bm25() is negative, better matches more negative; -bm25 is the usual score r.
-        sql = (
-            "SELECT seq, rel, rel * conf AS score FROM ("
-            " SELECT c.seq AS seq, c.confidence AS conf,"
-            "  (-bm25(memory_search)) / (1.0 - bm25(memory_search)) AS rel"
-            " FROM memory_search JOIN memory_contributions AS c ON c.seq = memory_search.rowid"
-            f" WHERE memory_search MATCH :match AND {where}"
-            ") ORDER BY score DESC, seq DESC LIMIT :lim OFFSET :off"
+        weight = 0.0
+        for term in query.terms:
+            matching = await conn.execute(
+                text("SELECT count(*) FROM memory_search WHERE memory_search MATCH :m"),
+                {"m": f'"{term}"'},
+            )
+            weight += idf(corpus.documents, int(matching.scalar_one()))
+        match = " AND ".join(f'"{t}"' for t in query.terms)
+        # The covering index (seq, confidence, words) answers the join without reading
+        # the wide contribution rows; SQLite would otherwise pick the rowid.
+        sql, params = _ranked_page(
+            "FROM memory_search JOIN memory_contributions AS c"
+            " INDEXED BY memory_contributions_rank ON c.seq = memory_search.rowid"
+            " WHERE memory_search MATCH :match",
+            query,
+            corpus,
+            weight,
+            {"match": match, "lim": limit, "off": offset},
         )
         rows = await conn.execute(text(sql), params)
         return [Ranked(int(s), float(r), float(sc)) for s, r, sc in rows]
@@ -124,19 +186,22 @@ class TsvectorIndex:
             )
 
     async def search(
-        self, conn: AsyncConnection, query: SearchFilter, offset: int, limit: int
+        self, conn: AsyncConnection, query: SearchFilter, corpus: Corpus, offset: int, limit: int
     ) -> list[Ranked]:
-        params: dict[str, Any] = {"q": tsquery(query.terms), "lim": limit, "off": offset}
-        where = _filters(query, params)
-        # Normalization 32 makes ts_rank return r / (r + 1) already.
-        sql = (
-            "SELECT seq, rel, rel * conf AS score FROM ("
-            " SELECT c.seq AS seq, c.confidence AS conf, ts_rank(s.body, q, 32) AS rel"
-            " FROM memory_search AS s"
-            " JOIN memory_contributions AS c ON c.seq = s.seq,"
-            " to_tsquery('simple', :q) AS q"
-            f" WHERE s.body @@ q AND {where}"
-            ") AS m ORDER BY score DESC, seq DESC LIMIT :lim OFFSET :off"
+        weight = 0.0
+        for term in query.terms:
+            matching = await conn.execute(
+                text("SELECT count(*) FROM memory_search WHERE body @@ to_tsquery('simple', :t)"),
+                {"t": term},
+            )
+            weight += idf(corpus.documents, int(matching.scalar_one()))
+        sql, params = _ranked_page(
+            "FROM memory_search AS s JOIN memory_contributions AS c ON c.seq = s.seq"
+            " WHERE s.body @@ to_tsquery('simple', :q)",
+            query,
+            corpus,
+            weight,
+            {"q": " & ".join(query.terms), "lim": limit, "off": offset},
         )
         rows = await conn.execute(text(sql), params)
         return [Ranked(int(s), float(r), float(sc)) for s, r, sc in rows]

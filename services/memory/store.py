@@ -71,9 +71,13 @@ contributions = Table(
     Column("updated_at", Float, nullable=False),
     Column("request_id", String(128), nullable=True),
     Column("request_digest", String(64), nullable=True),
+    # Words in the indexed document, for the ranking's length normalization.
+    Column("words", Integer, nullable=False, default=0),
     UniqueConstraint("domain_id", "request_id", name="memory_contributions_request"),
     Index("memory_contributions_domain", "domain_id", "seq"),
     Index("memory_contributions_type", "contribution_type"),
+    # Covers the ranking's join, so a search touches no wide rows until its page is known.
+    Index("memory_contributions_rank", "seq", "confidence", "words"),
 )
 
 tags = Table(
@@ -128,9 +132,12 @@ def contribution_from_row(row: Any) -> Contribution:
     )
 
 
-def contribution_row(c: Contribution, request_id: str, digest: str) -> dict[str, Any]:
+def contribution_row(
+    c: Contribution, document: str, request_id: str, digest: str
+) -> dict[str, Any]:
     """The row of `memory_contributions` for a new contribution (without `seq`)."""
     return {
+        "words": len(document.split()),
         "contribution_id": c.contribution_id,
         "domain_id": c.domain_id,
         "contribution_type": c.contribution_type,
@@ -159,12 +166,29 @@ class MemoryStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.index = search.index_for(db)
+        # Collection size for the ranking, kept in memory: counted once at open, then
+        # moved by this process's inserts (another instance's inserts only shift ranking
+        # weights slightly until restart, never which contributions match).
+        self.corpus = search.Corpus(0, 0)
 
     async def open(self) -> None:
         """Creates the tables and the full-text index if they are missing."""
         await self.db.create_tables(metadata)
         async with self.db.transaction() as conn:
             await self.index.create(conn)
+        async with self.db.read() as conn:
+            documents, words = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(contributions.c.words), 0))
+                )
+            ).one()
+        self.corpus = search.Corpus(int(documents), int(words))
+
+    def _counted(self, documents: Sequence[str]) -> None:
+        self.corpus = search.Corpus(
+            self.corpus.documents + len(documents),
+            self.corpus.words + sum(len(d.split()) for d in documents),
+        )
 
     async def close(self) -> None:
         """Closes the database."""
@@ -178,13 +202,14 @@ class MemoryStore:
         """Stores a new contribution with its tags and index row; returns its seq."""
         result = await conn.execute(
             contributions.insert()
-            .values(**contribution_row(c, request_id, digest))
+            .values(**contribution_row(c, document, request_id, digest))
             .returning(contributions.c.seq)
         )
         seq = int(result.scalar_one())
         if c.tags:
             await conn.execute(tags.insert(), [{"tag": t, "seq": seq} for t in c.tags])
         await self.index.add(conn, [(seq, document)])
+        self._counted([document])
         return seq
 
     async def bulk_insert(
@@ -199,7 +224,7 @@ class MemoryStore:
                     contributions.insert().returning(
                         contributions.c.seq, sort_by_parameter_order=True
                     ),
-                    [contribution_row(c, "", "") for c, _ in part],
+                    [contribution_row(c, doc, "", "") for c, doc in part],
                 )
                 seqs = [int(s) for s in result.scalars()]
                 tag_rows = [
@@ -212,6 +237,7 @@ class MemoryStore:
                 await self.index.add(
                     conn, [(seq, doc) for seq, (_, doc) in zip(seqs, part, strict=True)]
                 )
+            self._counted([doc for _, doc in part])
 
     async def lock(self, conn: AsyncConnection, contribution_id: str) -> Contribution | None:
         """The contribution, row-locked until the transaction ends (PostgreSQL; SQLite
@@ -314,7 +340,7 @@ class MemoryStore:
     async def search(self, query: SearchFilter, offset: int, limit: int) -> list[Hit]:
         """One page of full-text matches, best score first."""
         async with self.db.read() as conn:
-            ranked = await self.index.search(conn, query, offset, limit)
+            ranked = await self.index.search(conn, query, self.corpus, offset, limit)
             if not ranked:
                 return []
             rows = await conn.execute(

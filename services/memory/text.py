@@ -68,13 +68,3 @@ def query_words(query: str, *, field: str = "query") -> list[str]:
     if len(distinct) > MAX_QUERY_WORDS:
         raise InvalidArgument(field, f"must have at most {MAX_QUERY_WORDS} distinct words")
     return distinct
-
-
-def fts5_match(terms: Sequence[str]) -> str:
-    """An FTS5 MATCH expression requiring every term (quoted, so no operator syntax)."""
-    return " AND ".join(f'"{t}"' for t in terms)
-
-
-def tsquery(terms: Sequence[str]) -> str:
-    """A PostgreSQL to_tsquery expression requiring every term (terms are alphanumeric)."""
-    return " & ".join(terms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pytest
@@ -266,6 +267,22 @@ async def test_query_prefers_the_more_relevant_text_at_equal_confidence(
         strong.contribution_id,
         weak.contribution_id,
     ]
+
+
+async def test_relevance_follows_the_documented_formula_on_every_backend(
+    memory: SharedMemory,
+) -> None:
+    await memory.contribute(new(content={"note": "alpha beta"}))  # optimization note alpha beta
+    await memory.contribute(new(content={"note": "alpha"}))  # optimization note alpha
+    await memory.contribute(new(content={"other": "gamma"}))  # optimization other gamma
+
+    hits, _ = await memory.query("alpha beta")
+
+    n_docs, avg_words = 3, (4 + 3 + 3) / 3
+    weight = math.log(1 + (n_docs - 2 + 0.5) / 2.5) + math.log(1 + (n_docs - 1 + 0.5) / 1.5)
+    r = weight * 2.2 / (1 + 1.2 * (0.25 + 0.75 * 4 / avg_words))
+    assert len(hits) == 1
+    assert hits[0].relevance == pytest.approx(r / (1 + r))
 
 
 async def test_query_filters_by_type_domain_tags_and_confidence(memory: SharedMemory) -> None:

@@ -496,8 +496,10 @@ class QueryResult(_message.Message):
     RELEVANCE_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     relevance: _builtins.float
-    """Text relevance in (0, 1): r / (1 + r) of the database's ranking function (SQLite
-    FTS5 bm25, PostgreSQL ts_rank). Comparable within one backend only.
+    """Text relevance in (0, 1), the same on every backend: r / (1 + r) where r is BM25
+    with each query word counted once per contribution (k1 = 1.2, b = 0.75): the sum of
+    the query words' idf, ln(1 + (N - n + 0.5) / (n + 0.5)), times
+    2.2 / (1 + 1.2 * (0.25 + 0.75 * words / average words)).
     """
     score: _builtins.float
     """Ranking score: relevance * confidence. Results come highest first."""
