@@ -31,7 +31,13 @@ class Service:
     """Base of every Grace service plugged into `GraceServer`.
 
     Subclasses override `add_to_server` and, as needed, the lifecycle hooks.
+
+    Attributes:
+        bound_port: The port the server actually bound, set before `start` runs (a service
+            configured with port 0 learns its port here, for example to register it).
     """
+
+    bound_port: int = 0
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         """Adds the servicers; returns the full names of the services added."""
@@ -99,6 +105,7 @@ class GraceServer:
                 f"{self.config.service}: cannot bind {self.config.bind_address} "
                 f"(is the port in use?): {exc}"
             ) from exc
+        self.service.bound_port = self.port
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         try:

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from grace.eventbus.v1 import event_pb2
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.event_verification import EventVerifier
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.patterns import EVENT_TYPE_PATTERN, matches, validate_pattern
 from services.common.validation import require_id, require_text
@@ -106,6 +107,8 @@ class EventBus:
         settings: Tunables.
         registry_address: Where push delivery resolves domains.
         clock: Epoch seconds; injectable for tests.
+        verifier: Checks event signatures at publish (see
+            `services.common.event_verification`); None checks nothing.
     """
 
     def __init__(
@@ -114,8 +117,10 @@ class EventBus:
         settings: BusSettings,
         registry_address: str,
         clock: Clock = time.time,
+        verifier: EventVerifier | None = None,
     ) -> None:
         self.store = store
+        self.verifier = verifier
         self.settings = settings
         self.clock = clock
         self.log = EventLog(store, settings, clock)
@@ -160,6 +165,8 @@ class EventBus:
     async def publish(self, event: event_pb2.Event) -> Appended:
         """Validates, stores durably and returns the event's id and sequence."""
         validate_event(event, self.settings)
+        if self.verifier is not None:
+            await self.verifier.enforce(event)
         generated = self._prepare(event)
         return (await self.log.append([event], [generated]))[0]
 
@@ -174,7 +181,9 @@ class EventBus:
         for index, event in enumerate(batch):
             try:
                 validate_event(event, self.settings, f"events[{index}].")
-            except InvalidArgument as exc:
+                if self.verifier is not None:
+                    await self.verifier.enforce(event)
+            except (InvalidArgument, PermissionDenied) as exc:
                 outcomes.append(PublishOutcome(event.id, error=exc.message))
                 continue
             generated.append(self._prepare(event))

@@ -16,6 +16,10 @@ Besides the common server settings (see `services.common.config`):
   and longest wait between push attempts (0.5 doubling to 30).
 - `GRACE_EVENTBUS_PUSH_TIMEOUT_S`: deadline of one DeliverEvent call (10).
 - `GRACE_REGISTRY_ADDR`: where push delivery resolves domains (127.0.0.1:8102).
+- `GRACE_EVENTBUS_VERIFY_SIGNATURES`: `off`, `flag` (default: log and count unsigned or
+  forged events from sources with a registered key, accept them) or `reject`
+  (PERMISSION_DENIED). Keys come from the trust kernel at `GRACE_TRUST_ADDR`
+  (127.0.0.1:8112), cached `GRACE_EVENTBUS_KEY_CACHE_TTL_S` seconds (30).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, peer_address
+from services.common.event_verification import MODES
 from services.eventbus.model import BusSettings
 
 SERVICE = "eventbus"
@@ -38,6 +43,9 @@ class EventBusConfig:
     server: ServerConfig
     settings: BusSettings
     registry_address: str
+    verify_signatures: str = "flag"
+    trust_address: str = "127.0.0.1:8112"
+    key_cache_ttl_s: float = 30.0
 
     @classmethod
     def from_env(
@@ -72,4 +80,7 @@ class EventBusConfig:
                 push_timeout_s=r.number(f"{p}PUSH_TIMEOUT_S", 10.0, minimum=0.01, maximum=600),
             ),
             registry_address=peer_address(env, "registry"),
+            verify_signatures=r.choice(f"{p}VERIFY_SIGNATURES", "flag", MODES),
+            trust_address=peer_address(env, "trust"),
+            key_cache_ttl_s=r.number(f"{p}KEY_CACHE_TTL_S", 30.0, minimum=0.1, maximum=86400),
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import grpc
 
 from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
+from services.common.event_verification import EventVerifier, TrustKeySource
 from services.common.server import Service
 from services.common.storage import Database
 from services.eventbus.bus import EventBus
@@ -32,10 +34,12 @@ class EventBusServer(Service):
     ) -> None:
         self.config = config
         store = EventStore(Database(config.server.database_url, schema=schema))
-        self.bus = (
-            EventBus(store, config.settings, config.registry_address, clock)
-            if clock
-            else EventBus(store, config.settings, config.registry_address)
+        self.keys = TrustKeySource(config.trust_address)
+        verifier = EventVerifier(
+            self.keys, config.verify_signatures, ttl_s=config.key_cache_ttl_s
+        )
+        self.bus = EventBus(
+            store, config.settings, config.registry_address, clock or time.time, verifier
         )
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
@@ -50,3 +54,4 @@ class EventBusServer(Service):
 
     async def stop(self) -> None:
         await self.bus.close()
+        await self.keys.close()

@@ -1,1 +1,1 @@
-"""Grace kernels: immutable log, trust, governance and immune."""
+"""Grace kernels: immutable log, trust (and governance, immune)."""

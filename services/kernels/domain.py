@@ -1,18 +1,13 @@
-"""How a kernel serves `grace.domain.v1.DomainService` and registers as a domain.
+"""`grace.domain.v1.DomainService` for the kernels, so workflows can call them as domains.
 
-A kernel declares its actions as async functions from a JSON-like input to a JSON-like
-output; `KernelDomainServicer` serves them (Execute with idempotency keys, DescribeDomain,
-Compensate for none, DeliverEvent to an optional handler) and `RegistryLease` keeps the
-kernel registered in the registry with heartbeats, retrying with backoff while the
-registry is down. The domain SDK (services/sdk) offers the same for user domains; the
-kernels keep this small adapter so they depend on nothing but the contracts.
+A kernel declares its actions as `KernelAction`s (an async handler from the input Struct,
+as a dict, to an output dict, an optional compensation, a description) and optionally an
+event handler; `KernelDomainServicer` serves them. Handlers receive the idempotency key so
+that actions with effects (the log's `append`) can make retries safe in their own store.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -22,68 +17,54 @@ from google.protobuf import json_format, struct_pb2
 
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.eventbus.v1 import event_pb2
-from grace.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.common.channels import channel
 from services.common.errors import FailedPrecondition, NotFound
-from services.common.timestamps import to_duration
 from services.common.validation import require_struct_size
 
-log = logging.getLogger(__name__)
-
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-Handler = Callable[[dict[str, Any], domain_pb2.ExecuteRequest], Awaitable[dict[str, Any]]]
-EventHandler = Callable[[event_pb2.Event], Awaitable[domain_pb2.DeliveryOutcome.ValueType]]
-_REPLAY_CACHE = 4096
+Handler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
+CompensationHandler = Callable[[dict[str, Any], dict[str, Any], str], Awaitable[dict[str, Any]]]
+EventHandler = Callable[[event_pb2.Event], Awaitable[bool]]
+
+SERVICE_NAME = domain_pb2.DESCRIPTOR.services_by_name["DomainService"].full_name
 
 
 @dataclass(frozen=True)
-class Action:
+class KernelAction:
     """One action a kernel offers to workflows.
 
     Attributes:
-        name: Action name, for example "verify".
-        description: What it does.
-        handler: Runs it on the input (and the request, for workflow and step ids);
-            raises a GraceError to fail the step.
+        handler: `(input, idempotency_key) -> output`.
+        description: What it does (DescribeDomain).
+        compensate: `(input, output, idempotency_key) -> report`, when undoable.
     """
 
-    name: str
-    description: str
     handler: Handler
+    description: str
+    compensate: CompensationHandler | None = None
 
 
 def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain Python (numbers come back as floats, integral ones as ints)."""
-    return _ints(json_format.MessageToDict(value))  # type: ignore[no-any-return]
-
-
-def _ints(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_ints(v) for v in value]
-    return value
+    """A Struct as a plain dict."""
+    return json_format.MessageToDict(value)
 
 
 def dict_to_struct(value: Mapping[str, Any]) -> struct_pb2.Struct:
-    """Plain Python as a Struct."""
-    out = struct_pb2.Struct()
-    out.update(dict(value))
-    return out
+    """A plain dict as a Struct."""
+    result = struct_pb2.Struct()
+    result.update(dict(value))
+    return result
 
 
 class KernelDomainServicer(domain_pb2_grpc.DomainServiceServicer):
     """Serves DomainService over a kernel's actions.
 
     Args:
-        domain_id: The kernel's domain id; requests for another id are refused.
+        domain_id: The kernel's domain id ("immutable_log", "trust").
         version: Software version reported by DescribeDomain.
-        capabilities: Capabilities reported (and registered).
-        actions: The actions.
-        on_event: Handles pushed events; None answers DROP to every event.
-        event_patterns: Patterns the kernel subscribes to, reported by DescribeDomain.
+        capabilities: Capabilities registered in the registry.
+        actions: Actions by name.
+        on_event: Handles pushed events; returns False to ask for a retry.
+        event_patterns: Patterns the kernel subscribes to (reported by DescribeDomain).
     """
 
     def __init__(
@@ -91,155 +72,75 @@ class KernelDomainServicer(domain_pb2_grpc.DomainServiceServicer):
         domain_id: str,
         version: str,
         capabilities: Sequence[str],
-        actions: Sequence[Action],
-        *,
+        actions: Mapping[str, KernelAction],
         on_event: EventHandler | None = None,
         event_patterns: Sequence[str] = (),
     ) -> None:
         self.domain_id = domain_id
         self.version = version
         self.capabilities = list(capabilities)
-        self.actions = {a.name: a for a in actions}
-        self.on_event = on_event
-        self.event_patterns = list(event_patterns)
-        # Results by idempotency key: a retried step returns the first result. Bounded;
-        # actions that must survive restarts (governance's verify) are idempotent by
-        # themselves through request ids.
-        self._results: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.actions = dict(actions)
+        self._on_event = on_event
+        self._patterns = list(event_patterns)
 
-    def _check_domain(self, domain_id: str) -> None:
+    def _check_target(self, domain_id: str) -> None:
         if domain_id and domain_id != self.domain_id:
             raise FailedPrecondition(
-                f"this is domain {self.domain_id!r}, not {domain_id!r}", reason="WRONG_DOMAIN"
+                f"request for domain {domain_id!r} reached domain {self.domain_id!r}"
             )
+
+    def _action(self, name: str) -> KernelAction:
+        action = self.actions.get(name)
+        if action is None:
+            raise NotFound("action", name)
+        return action
 
     async def Execute(
         self, request: domain_pb2.ExecuteRequest, context: Context
     ) -> domain_pb2.ExecuteResponse:
-        self._check_domain(request.domain_id)
-        action = self.actions.get(request.action)
-        if action is None:
-            raise NotFound("action", request.action)
-        key = request.idempotency_key
-        if key and key in self._results:
-            return domain_pb2.ExecuteResponse(
-                output=dict_to_struct(self._results[key]), replayed=True
-            )
-        payload = struct_to_dict(require_struct_size("input", request.input))
-        output = await action.handler(payload, request)
-        if key:
-            self._results[key] = output
-            while len(self._results) > _REPLAY_CACHE:
-                self._results.popitem(last=False)
+        self._check_target(request.domain_id)
+        action = self._action(request.action)
+        require_struct_size("input", request.input)
+        output = await action.handler(struct_to_dict(request.input), request.idempotency_key)
         return domain_pb2.ExecuteResponse(output=dict_to_struct(output))
 
     async def Compensate(
         self, request: domain_pb2.CompensateRequest, context: Context
     ) -> domain_pb2.CompensateResponse:
-        self._check_domain(request.domain_id)
-        if request.action not in self.actions:
-            raise NotFound("action", request.action)
-        # Kernel actions only read or record decisions: there is nothing to undo, and the
-        # record of the decision must stay.
-        return domain_pb2.CompensateResponse(
-            output=dict_to_struct({"compensated": False, "reason": "nothing to undo"})
+        self._check_target(request.domain_id)
+        action = self._action(request.action)
+        if action.compensate is None:
+            raise FailedPrecondition(f"action {request.action!r} has no compensation")
+        report = await action.compensate(
+            struct_to_dict(request.input), struct_to_dict(request.output), request.idempotency_key
         )
+        return domain_pb2.CompensateResponse(output=dict_to_struct(report))
 
     async def DeliverEvent(
         self, request: domain_pb2.DeliverEventRequest, context: Context
     ) -> domain_pb2.DeliverEventResponse:
-        self._check_domain(request.domain_id)
-        if self.on_event is None:
+        self._check_target(request.domain_id)
+        if self._on_event is None:
             return domain_pb2.DeliverEventResponse(
-                outcome=domain_pb2.DELIVERY_OUTCOME_DROP, reason="no event handler"
+                outcome=domain_pb2.DELIVERY_OUTCOME_DROP, reason="this kernel takes no events"
             )
-        outcome = await self.on_event(request.event)
-        return domain_pb2.DeliverEventResponse(outcome=outcome)
+        if await self._on_event(request.event):
+            return domain_pb2.DeliverEventResponse(outcome=domain_pb2.DELIVERY_OUTCOME_ACK)
+        return domain_pb2.DeliverEventResponse(outcome=domain_pb2.DELIVERY_OUTCOME_RETRY)
 
     async def DescribeDomain(
         self, request: domain_pb2.DescribeDomainRequest, context: Context
     ) -> domain_pb2.DescribeDomainResponse:
-        self._check_domain(request.domain_id)
+        self._check_target(request.domain_id)
         return domain_pb2.DescribeDomainResponse(
             domain_id=self.domain_id,
             version=self.version,
             capabilities=self.capabilities,
             actions=[
-                domain_pb2.ActionInfo(name=a.name, description=a.description, compensable=False)
-                for a in self.actions.values()
+                domain_pb2.ActionInfo(
+                    name=name, description=a.description, compensable=a.compensate is not None
+                )
+                for name, a in sorted(self.actions.items())
             ],
-            event_patterns=self.event_patterns,
+            event_patterns=self._patterns,
         )
-
-
-class RegistryLease:
-    """Keeps a kernel registered in the registry: registers, then heartbeats.
-
-    Args:
-        registry_address: `host:port` of the registry; empty disables registration.
-        domain_id: The kernel's domain id.
-        port: Port the kernel serves on.
-        capabilities: Its capabilities.
-        version: Its version.
-        lease_ttl_s: Lease length; heartbeats go every third of it.
-    """
-
-    def __init__(
-        self,
-        registry_address: str,
-        domain_id: str,
-        port: Callable[[], int],
-        capabilities: Sequence[str],
-        version: str,
-        *,
-        lease_ttl_s: float = 30.0,
-    ) -> None:
-        self.registry_address = registry_address
-        self.domain_id = domain_id
-        self.port = port
-        self.capabilities = list(capabilities)
-        self.version = version
-        self.lease_ttl_s = lease_ttl_s
-        self.registered = False
-
-    async def run(self) -> None:
-        """Registers and heartbeats until cancelled; re-registers after a lost lease."""
-        if not self.registry_address:
-            return
-        backoff = 1.0
-        async with channel(self.registry_address) as chan:
-            stub = registry_pb2_grpc.RegistryServiceStub(chan)
-            while True:
-                try:
-                    if not self.registered:
-                        await stub.RegisterDomain(
-                            registry_pb2.RegisterDomainRequest(
-                                domain_id=self.domain_id,
-                                port=self.port(),
-                                capabilities=self.capabilities,
-                                version=self.version,
-                                metadata={"kind": "kernel"},
-                                lease_ttl=to_duration(self.lease_ttl_s),
-                            ),
-                            timeout=5.0,
-                        )
-                        self.registered = True
-                        log.info("%s registered in the registry", self.domain_id)
-                    else:
-                        await stub.Heartbeat(
-                            registry_pb2.HeartbeatRequest(domain_id=self.domain_id), timeout=5.0
-                        )
-                    backoff = 1.0
-                    await asyncio.sleep(self.lease_ttl_s / 3)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.NOT_FOUND:
-                        self.registered = False  # the lease lapsed: register again
-                    log.warning(
-                        "%s: registry at %s: %s; retrying in %.0fs",
-                        self.domain_id,
-                        self.registry_address,
-                        exc.code().name,
-                        backoff,
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(30.0, backoff * 2)

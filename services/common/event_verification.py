@@ -1,0 +1,206 @@
+"""Verification of event signatures at the bus, with keys fetched from the trust kernel.
+
+`EventVerifier.check(event)` answers one of the `SignatureStatus` values:
+
+- VALID: signed, and the signature verifies with the source's active key.
+- UNSIGNED_OPEN: unsigned, and the source has no registered key: accepted (domains that
+  never registered a key can still publish).
+- UNSIGNED: unsigned, but the source has a registered key: a violation.
+- FORGED: signed, but not by the source's active key (bad signature, unknown, rotated or
+  revoked key id, or a signed event from a source with no key): a violation.
+- UNVERIFIED: the trust kernel could not be asked; accepted (the bus stays available when
+  the trust kernel is down) and logged.
+
+`enforce(event)` applies the configured mode: `off` checks nothing, `flag` logs and counts
+violations but accepts the event, `reject` raises PermissionDenied for violations.
+
+Keys are cached per source domain (`ttl_s`, default 30 s; unknown sources and failed lookups
+for `negative_ttl_s`, default 5 s), so a steady stream costs one Ed25519 verification per
+event and no RPC. A signed event whose key id the cache does not hold refreshes that
+source's entry at most once a second, so a rotation is picked up at once; a revocation is
+picked up within `ttl_s`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from grace.eventbus.v1 import event_pb2
+from grace.kernels.trust.v1 import trust_pb2, trust_pb2_grpc
+from services.common.channels import channel
+from services.common.errors import PermissionDenied
+from services.common.event_signing import verify_event
+
+log = logging.getLogger(__name__)
+
+MODES = ("off", "flag", "reject")
+
+
+class SignatureStatus(enum.Enum):
+    """Outcome of checking one event (see the module docstring)."""
+
+    VALID = "valid"
+    UNSIGNED_OPEN = "unsigned_open"
+    UNSIGNED = "unsigned"
+    FORGED = "forged"
+    UNVERIFIED = "unverified"
+
+    @property
+    def violation(self) -> bool:
+        """True for the statuses `reject` mode refuses."""
+        return self in (SignatureStatus.UNSIGNED, SignatureStatus.FORGED)
+
+
+class KeyLookupFailed(Exception):
+    """The key source could not answer."""
+
+
+class KeySource(Protocol):
+    """Where public keys come from."""
+
+    async def active_keys(self, domain_id: str) -> dict[str, bytes] | None:
+        """{key id: raw public key} of the domain's active key(s); None for an unknown domain.
+
+        Raises:
+            KeyLookupFailed: the source is down.
+        """
+        ...
+
+
+class TrustKeySource:
+    """A `KeySource` over TrustService.GetIdentity.
+
+    The channel opens on first use (grpc.aio channels bind to the running loop).
+
+    Args:
+        address: `host:port` of the trust kernel.
+        timeout_s: Deadline of one lookup.
+    """
+
+    def __init__(self, address: str, timeout_s: float = 1.0) -> None:
+        self._address = address
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: trust_pb2_grpc.TrustServiceStub | None = None
+        self._timeout = timeout_s
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = self._stub = None
+
+    async def active_keys(self, domain_id: str) -> dict[str, bytes] | None:
+        if self._stub is None:
+            self._channel = channel(self._address)
+            self._stub = trust_pb2_grpc.TrustServiceStub(self._channel)
+        try:
+            response = await self._stub.GetIdentity(
+                trust_pb2.GetIdentityRequest(domain_id=domain_id), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise KeyLookupFailed(f"trust kernel: {exc.code().name}") from exc
+        current = response.identity.current_key
+        return {current.key_id: current.public_key} if current.key_id else {}
+
+
+@dataclass
+class _Entry:
+    keys: dict[str, Ed25519PublicKey] | None  # None: the source has no identity
+    fetched_at: float
+    failed: bool = False
+
+
+@dataclass
+class EventVerifier:
+    """Checks event signatures against cached keys and applies the configured mode.
+
+    Attributes:
+        source: Where keys come from.
+        mode: "off", "flag" or "reject".
+        ttl_s: How long known keys are cached.
+        negative_ttl_s: How long unknown sources and failed lookups are cached.
+        clock: Monotonic seconds.
+        counts: Events seen per status, for stats.
+    """
+
+    source: KeySource
+    mode: str = "flag"
+    ttl_s: float = 30.0
+    negative_ttl_s: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    counts: Counter[str] = field(default_factory=Counter)
+    _cache: dict[str, _Entry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+
+    async def _entry(self, domain_id: str, refresh: bool = False) -> _Entry:
+        now = self.clock()
+        entry = self._cache.get(domain_id)
+        if entry is not None:
+            ttl = self.ttl_s if entry.keys and not entry.failed else self.negative_ttl_s
+            fresh = now - entry.fetched_at < ttl
+            if fresh and not (refresh and now - entry.fetched_at >= 1.0):
+                return entry
+        try:
+            raw = await self.source.active_keys(domain_id)
+            keys = None if raw is None else {
+                kid: Ed25519PublicKey.from_public_bytes(key) for kid, key in raw.items()
+            }
+            entry = _Entry(keys, now)
+        except (KeyLookupFailed, ValueError) as exc:
+            log.warning("cannot fetch keys of %s: %s", domain_id, exc)
+            entry = _Entry(None, now, failed=True)
+        self._cache[domain_id] = entry
+        return entry
+
+    async def check(self, event: event_pb2.Event) -> SignatureStatus:
+        """The signature status of an event."""
+        entry = await self._entry(event.source_domain)
+        if event.signature and entry.keys is not None and event.signature_key_id not in entry.keys:
+            entry = await self._entry(event.source_domain, refresh=True)
+        if entry.failed:
+            return SignatureStatus.UNVERIFIED
+        if not event.signature:
+            return SignatureStatus.UNSIGNED if entry.keys else SignatureStatus.UNSIGNED_OPEN
+        key = (entry.keys or {}).get(event.signature_key_id)
+        if key is None or not verify_event(event, key):
+            return SignatureStatus.FORGED
+        return SignatureStatus.VALID
+
+    async def enforce(self, event: event_pb2.Event) -> SignatureStatus | None:
+        """Checks per the mode; None when off.
+
+        Raises:
+            PermissionDenied: in reject mode, for an unsigned event from a source with a key
+                or a forged signature.
+        """
+        if self.mode == "off":
+            return None
+        status = await self.check(event)
+        self.counts[status.value] += 1
+        if status.violation:
+            if self.mode == "reject":
+                raise PermissionDenied(
+                    f"event {event.id!r} from {event.source_domain!r}: signature {status.value}",
+                    reason=f"SIGNATURE_{status.name}",
+                )
+            log.warning(
+                "event %s from %s: signature %s (flagged, accepted)",
+                event.id,
+                event.source_domain,
+                status.value,
+            )
+        return status

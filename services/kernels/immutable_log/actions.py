@@ -1,0 +1,117 @@
+"""The immutable log's actions as a domain (workflow steps) and its event intake.
+
+- `append` {kind, actor, data} -> {index, leaf_hash, tree_size}; the step's idempotency key
+  is the append's request id, so a retried step appends once. Its compensation appends a
+  `compensation` entry that points at the original index: the log never deletes.
+- `verify` {} -> the VerifyIntegrity report.
+- `checkpoint` {tree_size?} -> {checkpoint, tree_size, root_hash}.
+- `inclusion_proof` {index, tree_size?} -> {leaf_index, tree_size, hashes, checkpoint}.
+
+Events pushed to the kernel (for example Guardian's `healing.*` decisions and the
+orchestrator's `execution.*` proofs, through a bus push subscription) are appended with
+kind = event type, actor = source domain, and the event id as request id, so a redelivered
+event is recorded once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+
+from grace.eventbus.v1 import event_pb2
+from grace.kernels.immutable_log.v1 import immutable_log_pb2 as pb
+from services.common.errors import InvalidArgument
+from services.kernels.domain import KernelAction, dict_to_struct
+from services.kernels.immutable_log.log import ImmutableLog
+
+EVENT_PATTERNS = ("healing.*", "execution.*", "governance.decision*")
+
+
+def _int(value: Any, field: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise InvalidArgument(field, "must be an integer")
+    return int(value)
+
+
+def log_actions(log: ImmutableLog) -> dict[str, KernelAction]:
+    """The actions of the immutable log kernel."""
+
+    async def append(data: dict[str, Any], key: str) -> dict[str, Any]:
+        entry = pb.EntryData(kind=str(data.get("kind", "")), actor=str(data.get("actor", "")))
+        payload = data.get("data")
+        if payload is not None:
+            if not isinstance(payload, dict):
+                raise InvalidArgument("input.data", "must be an object")
+            entry.data.CopyFrom(dict_to_struct(payload))
+        result = await log.append([entry], key.replace("/", ":"))
+        return {
+            "index": result.first_index,
+            "leaf_hash": result.leaf_hashes[0].hex() if result.leaf_hashes else "",
+            "tree_size": result.tree_size,
+            "replayed": result.replayed,
+        }
+
+    async def compensate_append(
+        data: dict[str, Any], output: dict[str, Any], key: str
+    ) -> dict[str, Any]:
+        entry = pb.EntryData(kind="compensation", actor=str(data.get("actor") or "orchestrator"))
+        entry.data.update({"compensates_index": output.get("index"), "kind": data.get("kind")})
+        result = await log.append([entry], key.replace("/", ":"))
+        return {"index": result.first_index, "compensates_index": output.get("index")}
+
+    async def verify(data: dict[str, Any], key: str) -> dict[str, Any]:
+        report = await log.verify_integrity()
+        return {
+            "valid": report.valid,
+            "checked": report.checked,
+            "first_bad_index": report.first_bad_index,
+            "reason": report.reason,
+            "root_hash": report.root_hash.hex(),
+        }
+
+    async def checkpoint(data: dict[str, Any], key: str) -> dict[str, Any]:
+        note, size, root = log.checkpoint(_int(data.get("tree_size"), "input.tree_size"))
+        return {"checkpoint": note, "tree_size": size, "root_hash": root.hex()}
+
+    async def inclusion_proof(data: dict[str, Any], key: str) -> dict[str, Any]:
+        index, size, path, _view, note = await log.inclusion_proof(
+            _int(data.get("index"), "input.index"),
+            None,
+            _int(data.get("tree_size"), "input.tree_size"),
+        )
+        return {
+            "leaf_index": index,
+            "tree_size": size,
+            "hashes": [h.hex() for h in path],
+            "checkpoint": note,
+        }
+
+    return {
+        "append": KernelAction(append, "Append an entry {kind, actor, data}", compensate_append),
+        "verify": KernelAction(verify, "Recompute the log from storage (VerifyIntegrity)"),
+        "checkpoint": KernelAction(checkpoint, "The signed checkpoint {tree_size?}"),
+        "inclusion_proof": KernelAction(inclusion_proof, "Inclusion proof {index, tree_size?}"),
+    }
+
+
+def event_recorder(log: ImmutableLog) -> Any:
+    """A DeliverEvent handler that appends each event once (request id = source + id)."""
+
+    async def record(event: event_pb2.Event) -> bool:
+        entry = pb.EntryData(kind=event.event_type, actor=event.source_domain)
+        if event.HasField("time"):
+            entry.time.CopyFrom(event.time)
+        entry.data.update(
+            {
+                "event_id": event.id,
+                "sequence": event.sequence,
+                "data": json_format.MessageToDict(event.data),
+            }
+        )
+        await log.append([entry], f"event:{event.source_domain}:{event.id}"[:128])
+        return True
+
+    return record

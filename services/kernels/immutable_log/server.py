@@ -1,0 +1,81 @@
+"""Wires the immutable log core, its store and its servicers into the shared runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import grpc
+
+from grace.domain.v1 import domain_pb2_grpc
+from grace.kernels.immutable_log.v1 import immutable_log_pb2, immutable_log_pb2_grpc
+from services.common import dsse, signing
+from services.common.server import Service
+from services.common.storage import Database
+from services.kernels import domain
+from services.kernels.immutable_log.actions import EVENT_PATTERNS, event_recorder, log_actions
+from services.kernels.immutable_log.config import CAPABILITIES, SERVICE, LogConfig
+from services.kernels.immutable_log.log import ImmutableLog
+from services.kernels.immutable_log.servicer import ImmutableLogServicer
+from services.kernels.immutable_log.store import LogStore
+from services.kernels.registration import keep_registered
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = immutable_log_pb2.DESCRIPTOR.services_by_name["ImmutableLogService"].full_name
+
+
+class ImmutableLogServer(Service):
+    """The immutable log as a Grace service.
+
+    Args:
+        config: Server and log settings.
+        schema: PostgreSQL schema (tests); None for the default.
+    """
+
+    def __init__(self, config: LogConfig, *, schema: str | None = None) -> None:
+        self.config = config
+        key = signing.load_or_create_key(config.key_file)
+        public = config.key_file.with_suffix(".pub")
+        if not public.exists():
+            public.write_bytes(dsse.public_key_pem(key))
+        self.log = ImmutableLog(
+            LogStore(Database(config.server.database_url, schema=schema)), key, config.settings
+        )
+        self._registrar: asyncio.Task[None] | None = None
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        immutable_log_pb2_grpc.add_ImmutableLogServiceServicer_to_server(
+            ImmutableLogServicer(self.log), server
+        )
+        domain_pb2_grpc.add_DomainServiceServicer_to_server(
+            domain.KernelDomainServicer(
+                SERVICE,
+                "0.1.0",
+                CAPABILITIES,
+                log_actions(self.log),
+                event_recorder(self.log),
+                EVENT_PATTERNS,
+            ),
+            server,
+        )
+        return [SERVICE_NAME, domain.SERVICE_NAME]
+
+    async def start(self) -> None:
+        await self.log.open()
+        registration = self.config.registration
+        if registration is not None:
+            registration = dataclasses.replace(registration, public_key=self.log.public_key)
+            self._registrar = asyncio.create_task(
+                keep_registered(registration, self.bound_port), name="immutable-log-registration"
+            )
+
+    async def stop(self) -> None:
+        if self._registrar is not None:
+            self._registrar.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._registrar
+        await self.log.close()

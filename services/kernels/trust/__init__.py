@@ -1,0 +1,1 @@
+"""The trust kernel: identities, signed statements, web of trust, trust scores."""
