@@ -170,12 +170,24 @@ class GovernanceClient:
         self.fail_closed_at = fail_closed_at
         self.on_fallback = on_fallback
         self.fallback_records: collections.deque[FallbackRecord] = collections.deque(maxlen=history)
-        self._channel = channel(target)
-        self._stub = governance_pb2_grpc.GovernanceServiceStub(self._channel)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_: governance_pb2_grpc.GovernanceServiceAsyncStub | None = None
+
+    @property
+    def _stub(self) -> governance_pb2_grpc.GovernanceServiceAsyncStub:
+        # Opened on first use: a grpc.aio channel binds to the running loop, and the client
+        # may be built before it runs.
+        if self._stub_ is None:
+            self._channel = channel(self.target)
+            self._stub_ = governance_pb2_grpc.GovernanceServiceStub(self._channel)
+        return self._stub_
 
     async def close(self) -> None:
         """Closes the channel."""
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stub_ = None
 
     async def check(
         self,

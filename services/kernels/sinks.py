@@ -1,50 +1,83 @@
 """Where the kernels' outboxes drain: the event bus and the immutable log.
 
-Each kernel writes events (and governance its log entries) to a transactional outbox;
-an `OutboxRelay` hands them to a `Publisher`. The factories below return the publisher for
-a peer. Until this build carries the event bus client (`services.common.bus_client`) and
-the immutable log contract, they return `PeerClientMissing`, which refuses every batch:
-entries then stay durable in the outbox, writes still succeed, and they go out once the
-factory returns the real client (one line each at merge).
+Each kernel writes events (and governance its log entries) to a transactional outbox; an
+`OutboxRelay` hands them to a `Publisher`: `services.common.bus_client.EventBusPublisher`
+for the bus, `ImmutableLogPublisher` below for the log. Both raise on failure, so the
+relay keeps the entries and retries with backoff while the peer is down.
 """
 
 from __future__ import annotations
 
-import logging
+import hashlib
 from collections.abc import Sequence
 
-from services.common.outbox import OutboxEvent, Publisher
+import grpc
+from google.protobuf import struct_pb2
 
-log = logging.getLogger(__name__)
+from grace.kernels.immutable_log.v1 import immutable_log_pb2, immutable_log_pb2_grpc
+from services.common.channels import channel
+from services.common.outbox import OutboxEvent
+from services.common.timestamps import to_timestamp
+
+MAX_BATCH = 1000
 
 
-class PeerClientMissing:
-    """A publisher that keeps entries in the outbox because no client for the peer is
-    built in.
+def batch_request_id(events: Sequence[OutboxEvent]) -> str:
+    """The AppendBatch request id of a batch: the same events give the same id, so a batch
+    re-sent after a crash (appended, not yet removed from the outbox) is not appended twice."""
+    digest = hashlib.sha256("\n".join(e.event_id for e in events).encode()).hexdigest()
+    return f"outbox:{digest}"
+
+
+class ImmutableLogPublisher:
+    """Appends outbox entries to the immutable log (implements `outbox.Publisher`): one
+    entry per event, kind = event type, actor = source, data = the event's data.
 
     Args:
-        peer: Peer name, for messages.
-        address: Peer address, for messages.
+        address: `host:port` of the immutable log.
+        timeout_s: Deadline of one AppendBatch call.
     """
 
-    def __init__(self, peer: str, address: str) -> None:
-        self.peer = peer
+    def __init__(self, address: str, *, timeout_s: float = 10.0) -> None:
         self.address = address
+        self.timeout_s = timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: immutable_log_pb2_grpc.ImmutableLogServiceAsyncStub | None = None
+
+    def _connect(self) -> immutable_log_pb2_grpc.ImmutableLogServiceAsyncStub:
+        # Opened on first use: channels bind to the running loop.
+        if self._stub is None:
+            self._channel = channel(self.address)
+            self._stub = immutable_log_pb2_grpc.ImmutableLogServiceStub(self._channel)
+        return self._stub
 
     async def publish(self, events: Sequence[OutboxEvent]) -> None:
-        raise ConnectionError(
-            f"no {self.peer} client in this build; {len(events)} entr(y/ies) for "
-            f"{self.address} stay in the outbox"
-        )
+        """Appends every entry durably, or raises."""
+        stub = self._connect()
+        for start in range(0, len(events), MAX_BATCH):
+            chunk = events[start : start + MAX_BATCH]
+            entries = []
+            for e in chunk:
+                data = struct_pb2.Struct()
+                data.update({**e.data, "event_id": e.event_id, "subject": e.subject})
+                entries.append(
+                    immutable_log_pb2.NewEntry(
+                        kind=e.event_type,
+                        actor=e.source_domain,
+                        time=to_timestamp(e.created_at),
+                        data=data,
+                    )
+                )
+            await stub.AppendBatch(
+                immutable_log_pb2.AppendBatchRequest(
+                    entries=entries, request_id=batch_request_id(chunk)
+                ),
+                timeout=self.timeout_s,
+            )
 
-
-def eventbus_publisher(address: str) -> Publisher:
-    """The publisher of events to the event bus at `address`."""
-    log.warning("event bus client unavailable in this build; events wait in the outbox")
-    return PeerClientMissing("event bus", address)
-
-
-def immutable_log_publisher(address: str) -> Publisher:
-    """The publisher of entries to the immutable log at `address`."""
-    log.warning("immutable log client unavailable in this build; entries wait in the outbox")
-    return PeerClientMissing("immutable log", address)
+    async def close(self) -> None:
+        """Closes the channel."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stub = None

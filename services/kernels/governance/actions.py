@@ -2,8 +2,8 @@
 
 Input (every field optional): `actor`, `action`, `resource`, `risk_level` ("low" ...
 "critical"), `context` (object), `approval_wait_s` (how long to wait for an approval,
-default 0, at most 300). Without an actor the step is evaluated for
-"workflow:<workflow_id>", without an action as "<workflow_id>.verify".
+default 0, at most 300). Without an actor the step is evaluated for "workflow", without an
+action as "workflow.verify".
 
 Output: `verdict` ("allow"), `allowed`, `decision_id`, `policy_ids`, `reasons`,
 `approval_id`. A DENY (or a rejected or expired approval) fails the step with
@@ -19,9 +19,8 @@ import asyncio
 import contextlib
 from typing import Any
 
-from grace.domain.v1 import domain_pb2
 from services.common.errors import InvalidArgument, PermissionDenied, Unavailable
-from services.kernels.domain import Action
+from services.kernels.domain import KernelAction
 from services.kernels.governance.governance import Governance
 from services.kernels.governance.model import ApprovalStatus, Decision, RiskLevel, Verdict
 
@@ -58,30 +57,23 @@ def _denied(decision: Decision, why: str) -> PermissionDenied:
     )
 
 
-def verify_action(governance: Governance) -> Action:
+def verify_action(governance: Governance) -> KernelAction:
     """The `verify` action over a governance core."""
 
-    async def verify(data: dict[str, Any], call: domain_pb2.ExecuteRequest) -> dict[str, Any]:
+    async def verify(data: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         context = data.get("context") or {}
         if not isinstance(context, dict):
             raise InvalidArgument("input.context", "must be an object")
         wait = data.get("approval_wait_s") or 0
         if not isinstance(wait, int | float) or not 0 <= wait <= MAX_APPROVAL_WAIT_S:
             raise InvalidArgument("input.approval_wait_s", f"must be 0-{MAX_APPROVAL_WAIT_S:g}")
-        workflow = call.workflow_id or "direct"
-        context = {
-            **context,
-            "workflow_id": call.workflow_id,
-            "execution_id": call.execution_id,
-            "step_id": call.step_id,
-        }
         decision, _ = await governance.evaluate(
-            actor=str(data.get("actor") or f"workflow:{workflow}"),
-            action=str(data.get("action") or f"{workflow}.verify"),
+            actor=str(data.get("actor") or "workflow"),
+            action=str(data.get("action") or "workflow.verify"),
             resource=str(data.get("resource") or ""),
-            context=context,
+            context={**context, "idempotency_key": idempotency_key},
             risk_level=_risk(data.get("risk_level")),
-            request_id=call.idempotency_key[:128],
+            request_id=idempotency_key[:128],
         )
         if decision.verdict is Verdict.ALLOW:
             return _output(decision, Verdict.ALLOW)
@@ -104,13 +96,13 @@ def verify_action(governance: Governance) -> Action:
             metadata={"approval_id": decision.approval_id},
         )
 
-    return Action("verify", "Evaluates a request against governance policies", verify)
+    return KernelAction(verify, "Evaluates a request against governance policies")
 
 
-def actions(governance: Governance) -> list[Action]:
+def actions(governance: Governance) -> dict[str, KernelAction]:
     """Every action governance offers: `verify` and its seed alias `verify_compliance`."""
     verify = verify_action(governance)
-    return [
-        verify,
-        Action("verify_compliance", "Alias of verify (seed 001)", verify.handler),
-    ]
+    return {
+        "verify": verify,
+        "verify_compliance": KernelAction(verify.handler, "Alias of verify (seed 001)"),
+    }

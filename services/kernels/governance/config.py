@@ -11,9 +11,9 @@ Besides the common server settings (see `services.common.config`):
   evaluate forbids (`high`).
 - `GRACE_GOVERNANCE_APPROVAL_TTL_S`: how long approval requests wait (3600).
 - `GRACE_GOVERNANCE_POLICY_FILE`: JSON or TOML policy file loaded at start.
-- `GRACE_GOVERNANCE_DOMAIN_ID`: domain id registered in the registry (`governance`).
 - `GRACE_REGISTRY_ADDR`, `GRACE_EVENTBUS_ADDR`, `GRACE_IMMUTABLE_LOG_ADDR`: peers;
-  `GRACE_GOVERNANCE_REGISTER=false` skips registering in the registry.
+  `GRACE_GOVERNANCE_REGISTER=false` skips registering in the registry as domain
+  `governance` (see `services.kernels.registration`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from services.common.config import (
 from services.kernels.governance.governance import GovernanceSettings
 from services.kernels.governance.model import Effect, Mode, RiskLevel
 from services.kernels.governance.policy import DEFAULT_EFFECTS
+from services.kernels.registration import DomainRegistration, registration_from_env
 
 SERVICE = "governance"
+CAPABILITIES = ("governance", "verify", "policy", "approval")
 
 
 def parse_defaults(name: str, text: str | None) -> dict[RiskLevel, Effect]:
@@ -67,9 +69,7 @@ class GovernanceConfig:
 
     server: ServerConfig
     settings: GovernanceSettings
-    domain_id: str = SERVICE
-    register: bool = True
-    registry_address: str = f"127.0.0.1:{DEFAULT_PORTS['registry']}"
+    registration: DomainRegistration | None = None
     eventbus_address: str = f"127.0.0.1:{DEFAULT_PORTS['eventbus']}"
     immutable_log_address: str = f"127.0.0.1:{DEFAULT_PORTS['immutable_log']}"
     relay_interval_s: float = 1.0
@@ -88,8 +88,9 @@ class GovernanceConfig:
         policy_file = reader.raw("GRACE_GOVERNANCE_POLICY_FILE")
         if policy_file is not None and not Path(policy_file).is_file():
             raise ConfigError(f"GRACE_GOVERNANCE_POLICY_FILE={policy_file!r}: no such file")
+        server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
         return cls(
-            server=ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags),
+            server=server,
             settings=GovernanceSettings(
                 mode=Mode(mode) if mode else None,
                 defaults=parse_defaults(
@@ -102,9 +103,7 @@ class GovernanceConfig:
                 ),
                 policy_file=Path(policy_file) if policy_file else None,
             ),
-            domain_id=reader.text("GRACE_GOVERNANCE_DOMAIN_ID", SERVICE),
-            register=reader.flag("GRACE_GOVERNANCE_REGISTER", True),
-            registry_address=peer_address(env, "registry"),
+            registration=registration_from_env(env, SERVICE, server.host, CAPABILITIES),
             eventbus_address=peer_address(env, "eventbus"),
             immutable_log_address=peer_address(env, "immutable_log"),
             relay_interval_s=reader.number(

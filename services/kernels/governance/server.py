@@ -10,23 +10,23 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
-from grace.domain.v1 import domain_pb2, domain_pb2_grpc
+from grace.domain.v1 import domain_pb2_grpc
 from grace.kernels.governance.v1 import governance_pb2, governance_pb2_grpc
+from services.common.bus_client import EventBusPublisher
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.storage import Database
-from services.kernels import sinks
-from services.kernels.domain import KernelDomainServicer, RegistryLease
+from services.kernels import domain
 from services.kernels.governance.actions import actions
-from services.kernels.governance.config import GovernanceConfig
+from services.kernels.governance.config import CAPABILITIES, SERVICE, GovernanceConfig
 from services.kernels.governance.governance import Governance
 from services.kernels.governance.servicer import GovernanceServicer
 from services.kernels.governance.store import GovernanceStore
+from services.kernels.registration import keep_registered
+from services.kernels.sinks import ImmutableLogPublisher
 
 SERVICE_NAME = governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name
-DOMAIN_SERVICE_NAME = domain_pb2.DESCRIPTOR.services_by_name["DomainService"].full_name
 VERSION = "0.1.0"
-CAPABILITIES = ("governance", "verify", "policy", "approval")
 
 log = logging.getLogger(__name__)
 
@@ -54,28 +54,20 @@ class GovernanceServer(Service):
         self.config = config
         store = GovernanceStore(Database(config.server.database_url, schema=schema))
         self.governance = Governance(store, config.settings, clock)
+        self.publishers: list[Publisher] = [
+            bus or EventBusPublisher(config.eventbus_address),
+            immutable_log or ImmutableLogPublisher(config.immutable_log_address),
+        ]
         self.relays = [
-            OutboxRelay(
-                self.governance.events,
-                bus or sinks.eventbus_publisher(config.eventbus_address),
-                poll_interval_s=config.relay_interval_s,
-            ),
-            OutboxRelay(
-                self.governance.log_entries,
-                immutable_log or sinks.immutable_log_publisher(config.immutable_log_address),
-                poll_interval_s=config.relay_interval_s,
-            ),
+            OutboxRelay(outbox, publisher, poll_interval_s=config.relay_interval_s)
+            for outbox, publisher in zip(
+                (self.governance.events, self.governance.log_entries),
+                self.publishers,
+                strict=True,
+            )
         ]
         for relay in self.relays:
             self.governance.on_commit(relay.wake)
-        self.port = config.server.port
-        self.lease = RegistryLease(
-            config.registry_address if config.register else "",
-            config.domain_id,
-            lambda: self.port,
-            CAPABILITIES,
-            VERSION,
-        )
         self._tasks: list[asyncio.Task[None]] = []
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
@@ -83,12 +75,10 @@ class GovernanceServer(Service):
             GovernanceServicer(self.governance), server
         )
         domain_pb2_grpc.add_DomainServiceServicer_to_server(
-            KernelDomainServicer(
-                self.config.domain_id, VERSION, CAPABILITIES, actions(self.governance)
-            ),
+            domain.KernelDomainServicer(SERVICE, VERSION, CAPABILITIES, actions(self.governance)),
             server,
         )
-        return [SERVICE_NAME, DOMAIN_SERVICE_NAME]
+        return [SERVICE_NAME, domain.SERVICE_NAME]
 
     async def start(self) -> None:
         await self.governance.open()
@@ -102,14 +92,13 @@ class GovernanceServer(Service):
                 name="governance-approval-sweeper",
             )
         )
-        if self.port:
-            self._tasks.append(asyncio.create_task(self.lease.run(), name="governance-lease"))
-
-    def serving_on(self, port: int) -> None:
-        """Registers in the registry under `port` (for servers bound to port 0, whose port
-        is known only after binding)."""
-        self.port = port
-        self._tasks.append(asyncio.create_task(self.lease.run(), name="governance-lease"))
+        if self.config.registration is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    keep_registered(self.config.registration, self.bound_port),
+                    name="governance-registration",
+                )
+            )
 
     async def begin_shutdown(self) -> None:
         await self.governance.close()
@@ -122,4 +111,8 @@ class GovernanceServer(Service):
         for relay in self.relays:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(relay.drain_once(), timeout=2.0)
+        for publisher in self.publishers:
+            close = getattr(publisher, "close", None)
+            if close is not None:
+                await close()
         await self.governance.store.close()

@@ -17,7 +17,7 @@ governance is down: log_only | enforce, default enforce: healing is not done bli
 
 Peers: `GRACE_GUARDIAN_ADDR`, `GRACE_MEMORY_ADDR`, `GRACE_GOVERNANCE_ADDR`,
 `GRACE_EVENTBUS_ADDR`, `GRACE_REGISTRY_ADDR`; `GRACE_IMMUNE_REGISTER=false` skips
-registering in the registry; `GRACE_IMMUNE_DOMAIN_ID` (immune).
+registering in the registry as domain `immune` (see `services.kernels.registration`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ from services.common.config import (
 from services.kernels.immune.detector import DetectorSettings
 from services.kernels.immune.playbooks import DEFAULT_PLAYBOOKS, parse_playbooks
 from services.kernels.immune.remediation import RemediationSettings
+from services.kernels.registration import DomainRegistration, registration_from_env
 
 SERVICE = "immune"
+CAPABILITIES = ("immune", "anomaly_detection", "self_healing")
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,7 @@ class ImmuneConfig:
     remediate: bool = True
     governance_fallback: str = "enforce"
     governance_deadline_s: float = 2.0
-    domain_id: str = SERVICE
-    register: bool = True
-    registry_address: str = f"127.0.0.1:{DEFAULT_PORTS['registry']}"
+    registration: DomainRegistration | None = None
     eventbus_address: str = f"127.0.0.1:{DEFAULT_PORTS['eventbus']}"
     guardian_address: str = f"127.0.0.1:{DEFAULT_PORTS['guardian']}"
     memory_address: str = f"127.0.0.1:{DEFAULT_PORTS['memory']}"
@@ -78,8 +78,9 @@ class ImmuneConfig:
             playbooks = parse_playbooks(playbooks_text) if playbooks_text else DEFAULT_PLAYBOOKS
         except ValueError as exc:
             raise ConfigError(f"GRACE_IMMUNE_PLAYBOOKS: {exc}") from None
+        server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
         return cls(
-            server=ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags),
+            server=server,
             detector=DetectorSettings(
                 window=window,
                 min_points=min_points,
@@ -110,9 +111,7 @@ class ImmuneConfig:
             governance_deadline_s=r.number(
                 "GRACE_IMMUNE_GOVERNANCE_DEADLINE_S", 2.0, minimum=0.05, maximum=60
             ),
-            domain_id=r.text("GRACE_IMMUNE_DOMAIN_ID", SERVICE),
-            register=r.flag("GRACE_IMMUNE_REGISTER", True),
-            registry_address=peer_address(env, "registry"),
+            registration=registration_from_env(env, SERVICE, server.host, CAPABILITIES),
             eventbus_address=peer_address(env, "eventbus"),
             guardian_address=peer_address(env, "guardian"),
             memory_address=peer_address(env, "memory"),

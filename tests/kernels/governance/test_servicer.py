@@ -51,7 +51,6 @@ async def governance(tmp_path: Path) -> AsyncIterator[Running]:
     config = GovernanceConfig(
         server=server_config("governance", tmp_path),
         settings=GovernanceSettings(mode=Mode.ENFORCE),
-        register=False,
         relay_interval_s=0.05,
     )
     log = Collected()
@@ -208,7 +207,7 @@ async def test_the_verify_action_fails_a_workflow_step_that_policy_forbids(
     ok = await governance.domain.Execute(
         domain_pb2.ExecuteRequest(
             action="verify",
-            input=verify_input(resource="staging:db", risk_level="low"),
+            input=verify_input(actor="workflow:wf1", resource="staging:db", risk_level="low"),
             workflow_id="wf1",
             idempotency_key="e1/step_3",
         )
@@ -219,7 +218,7 @@ async def test_the_verify_action_fails_a_workflow_step_that_policy_forbids(
         await governance.domain.Execute(
             domain_pb2.ExecuteRequest(
                 action="verify",
-                input=verify_input(resource="prod:db"),
+                input=verify_input(actor="workflow:wf1", resource="prod:db"),
                 workflow_id="wf1",
                 idempotency_key="e2/step_3",
             )

@@ -109,7 +109,6 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
         GovernanceConfig(
             server=server_config("governance", tmp_path),
             settings=GovernanceSettings(mode=Mode.ENFORCE),
-            register=False,
         ),
         bus=Discard(),
         immutable_log=Discard(),
@@ -128,7 +127,6 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
             server=server_config("immune", tmp_path),
             detector=DetectorSettings(window=30, min_points=10),
             remediation=RemediationSettings(cooldown_s=0.0),
-            register=False,
             guardian_address=guard_server.address,
             memory_address=mem_server.address,
             governance_address=gov_server.address,
@@ -231,7 +229,7 @@ async def test_metrics_also_arrive_as_bus_events_and_bad_points_are_refused(
     nothing = await system.immune_domain.DeliverEvent(
         domain_pb2.DeliverEventRequest(event=event_pb2.Event(id="e2", event_type="x"))
     )
-    assert nothing.outcome == domain_pb2.DELIVERY_OUTCOME_DROP
+    assert nothing.outcome == domain_pb2.DELIVERY_OUTCOME_ACK  # nothing to measure, done
     with pytest.raises(grpc.aio.AioRpcError) as bad:
         await system.immune.ReportMetrics(
             pb.ReportMetricsRequest(points=[pb.MetricPoint(component="", metric="m", value=1)])
