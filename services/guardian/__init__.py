@@ -1,0 +1,1 @@
+"""Guardian: boots Grace's components in chunks, probes them, restarts and heals them."""

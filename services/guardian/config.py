@@ -1,0 +1,95 @@
+"""Configuration of Guardian.
+
+Besides the common server settings (see `services.common.config`; Guardian's port is
+`GRACE_GUARDIAN_PORT`, default 8104):
+
+- `GRACE_CONFIG` / `--config`: the user's topology file merged over the built-in one
+  (default `./grace.toml` when it exists).
+- `GRACE_GUARDIAN_GROUPS` / `--with GROUP` / `--with-examples`: topology groups to run
+  besides "core" (comma-separated in the variable).
+
+Timing (probe interval, timeout, failures; backoff; budgets; start-up and stop timeouts)
+lives in the topology file's [probe], [restart], [boot] and [registration] tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, server_flag_parser
+
+SERVICE = "guardian"
+DEFAULT_TOPOLOGY_FILE = "grace.toml"
+EXAMPLES_GROUP = "examples"
+
+
+@dataclass(frozen=True)
+class GuardianConfig:
+    """Everything Guardian reads at start-up.
+
+    Attributes:
+        server: Common server settings (port, data dir, database URL of its own store).
+        topology_file: The user's topology file, or None for the built-in one alone.
+        groups: Topology groups to run besides "core".
+    """
+
+    server: ServerConfig
+    topology_file: Path | None = None
+    groups: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, flags: argparse.Namespace | None = None
+    ) -> GuardianConfig:
+        """Reads the config from `env` (default os.environ) and parsed flags."""
+        env = dict(os.environ if env is None else env)
+        flags = flags or guardian_flag_parser().parse_args([])
+        reader = EnvReader(env)
+        server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
+        config_text = getattr(flags, "config", None) or reader.raw("GRACE_CONFIG")
+        topology_file: Path | None
+        if config_text:
+            topology_file = Path(config_text)
+        elif Path(DEFAULT_TOPOLOGY_FILE).is_file():
+            topology_file = Path(DEFAULT_TOPOLOGY_FILE)
+        else:
+            topology_file = None
+        groups = [g.strip() for g in reader.text("GRACE_GUARDIAN_GROUPS", "").split(",")]
+        groups += list(getattr(flags, "groups", None) or [])
+        if getattr(flags, "with_examples", False):
+            groups.append(EXAMPLES_GROUP)
+        return cls(
+            server=server,
+            topology_file=topology_file,
+            groups=tuple(dict.fromkeys(g for g in groups if g)),
+        )
+
+
+def add_guardian_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds Guardian's own flags (topology file and groups) to a parser."""
+    parser.add_argument(
+        "--config",
+        help=f"topology file merged over the built-in one (default ./{DEFAULT_TOPOLOGY_FILE})",
+    )
+    parser.add_argument(
+        "--with",
+        dest="groups",
+        action="append",
+        metavar="GROUP",
+        help="also run the components of this topology group (repeatable)",
+    )
+    parser.add_argument(
+        "--with-examples",
+        action="store_true",
+        help=f"also run the '{EXAMPLES_GROUP}' group (the example domains)",
+    )
+    return parser
+
+
+def guardian_flag_parser() -> argparse.ArgumentParser:
+    """The flags of `python -m services.guardian`."""
+    return add_guardian_flags(server_flag_parser(SERVICE))

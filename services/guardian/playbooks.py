@@ -1,0 +1,250 @@
+"""Healing playbooks (seed 003): restart_component, clear_port, rebind_port, diagnose_network.
+
+`clear_port` only ever signals a process Guardian itself started: the process holding the
+port (or the leader of its process group) must match a spawn record by pid AND start time,
+so neither a stranger nor a recycled pid is touched. Anything else is refused with
+FAILED_PRECONDITION and nothing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.guardian.journal import Journal
+from services.guardian.model import ComponentStatus, Finding, HealResult, State
+from services.guardian.ports import free_port_in_tier, listening_pids, port_accepts, tier
+from services.guardian.probe import Observation, probe_address
+from services.guardian.process import kill_group, pid_alive, process_group, process_start_ticks
+from services.guardian.store import GuardianStore
+from services.guardian.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+RESTART_COMPONENT = "restart_component"
+CLEAR_PORT = "clear_port"
+REBIND_PORT = "rebind_port"
+DIAGNOSE_NETWORK = "diagnose_network"
+PLAYBOOKS = (RESTART_COMPONENT, CLEAR_PORT, REBIND_PORT, DIAGNOSE_NETWORK)
+
+
+class Healer:
+    """Runs playbooks on the supervisor's components.
+
+    Args:
+        supervisor: The supervisor.
+        store: Spawn records (to recognise Guardian's own processes); None trusts only the
+            processes of the current run.
+        journal: Where decisions go.
+        reserved_ports: Ports rebind_port must not pick (Guardian's own).
+    """
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        store: GuardianStore | None,
+        journal: Journal,
+        reserved_ports: Callable[[], set[int]] = set,
+    ) -> None:
+        self.supervisor = supervisor
+        self.store = store
+        self.journal = journal
+        self._reserved_ports = reserved_ports
+
+    async def heal(self, name: str, playbook: str = "") -> HealResult:
+        """Runs `playbook` on component `name` ("" picks one)."""
+        status = self.supervisor.status(name)
+        if playbook and playbook not in PLAYBOOKS:
+            raise InvalidArgument("playbook", f"must be one of {', '.join(PLAYBOOKS)}")
+        if not playbook:
+            playbook = await self._choose(status)
+        if playbook == DIAGNOSE_NETWORK:
+            return await self.diagnose(name)
+        await self.journal.decide("healing.started", name, playbook=playbook, reason="requested")
+        try:
+            if playbook == RESTART_COMPONENT:
+                result = await self._restart(name)
+            elif playbook == CLEAR_PORT:
+                result = await self._clear_port(name)
+            else:
+                result = await self._rebind(name)
+        except Exception as exc:
+            await self.journal.decide("healing.failed", name, playbook=playbook, reason=str(exc))
+            raise
+        event = "healing.completed" if result.success else "healing.failed"
+        await self.journal.decide(event, name, playbook=playbook, message=result.message)
+        return result
+
+    async def _choose(self, status: ComponentStatus) -> str:
+        holders = await asyncio.to_thread(listening_pids, status.port)
+        if holders - {status.pid}:
+            return CLEAR_PORT
+        return RESTART_COMPONENT
+
+    async def _restart(self, name: str) -> HealResult:
+        after = await self.supervisor.restart(name)
+        ok = after.state == State.SERVING
+        return HealResult(
+            after,
+            RESTART_COMPONENT,
+            ok,
+            f"{name} restarted: {after.state.value}" + ("" if ok else f" ({after.last_error})"),
+            (Finding("restarted", ok, f"pid {after.pid}, state {after.state.value}"),),
+        )
+
+    async def _clear_port(self, name: str) -> HealResult:
+        status = self.supervisor.status(name)
+        port = status.port
+        findings: list[Finding] = []
+        current = self.supervisor.process(name)
+        others = {s.pid: s.name for s in self.supervisor.statuses() if s.pid and s.name != name}
+        stale: list[int] = []
+        for pid in sorted(await asyncio.to_thread(listening_pids, port)):
+            if current is not None and process_group(pid) == current.pid:
+                findings.append(Finding("port_holder", True, f"pid {pid} is {name} itself"))
+                continue
+            if pid in others:
+                raise FailedPrecondition(
+                    f"port {port} is held by pid {pid}, the running {others[pid]}; "
+                    "refusing to touch it"
+                )
+            leader = await self._guardian_started(pid)
+            if leader is None:
+                raise FailedPrecondition(
+                    f"port {port} is held by pid {pid}, which Guardian did not start; "
+                    "refusing to touch it",
+                    reason="NOT_STARTED_BY_GUARDIAN",
+                    metadata={"pid": str(pid), "port": str(port)},
+                )
+            findings.append(
+                Finding("port_holder", False, f"pid {pid}: stale process Guardian started")
+            )
+            stale.append(leader)
+        await self.supervisor.stop(name, deregister=False)
+        for pgid in stale:
+            await self._kill_group(pgid)
+            findings.append(Finding("killed", True, f"process group {pgid}"))
+        if not await self._wait_port_free(port):
+            raise FailedPrecondition(f"port {port} is still in use after clearing it")
+        after = await self.supervisor.start(name)
+        ok = after.state == State.SERVING
+        findings.append(Finding("restarted", ok, f"pid {after.pid}, state {after.state.value}"))
+        message = f"port {port} cleared ({len(stale)} stale process group(s)); {name} " + (
+            "SERVING" if ok else f"{after.state.value}: {after.last_error}"
+        )
+        return HealResult(after, CLEAR_PORT, ok, message, tuple(findings))
+
+    async def _guardian_started(self, pid: int) -> int | None:
+        """The process group to kill when `pid` (or its group leader) is a process Guardian
+        started; None otherwise."""
+        if self.store is None:
+            return None
+        for candidate in (pid, process_group(pid)):
+            if candidate is None:
+                continue
+            record = await self.store.spawned(candidate)
+            ticks = process_start_ticks(candidate)
+            if record is not None and ticks is not None and record.start_ticks == ticks:
+                return candidate
+        return None
+
+    async def _kill_group(self, pgid: int) -> None:
+        log.warning("clear_port: stopping stale process group %d", pgid)
+        kill_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + self.supervisor.topology.boot.stop_timeout_s
+        while pid_alive(pgid) and time.monotonic() < deadline:  # noqa: ASYNC110 - polls /proc
+            await asyncio.sleep(0.05)
+        kill_group(pgid, signal.SIGKILL)
+
+    async def _wait_port_free(self, port: int, timeout_s: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not await asyncio.to_thread(listening_pids, port):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _rebind(self, name: str) -> HealResult:
+        status = self.supervisor.status(name)
+        avoid = {s.port for s in self.supervisor.statuses()} | self._reserved_ports()
+        new_port = await asyncio.to_thread(free_port_in_tier, status.host, status.port, avoid)
+        if new_port is None:
+            block = tier(status.port)
+            raise FailedPrecondition(
+                f"no free port in {name}'s tier {block.start}-{block.stop - 1}"
+            )
+        await self.supervisor.stop(name, deregister=False)
+        self.supervisor.move(name, new_port)
+        after = await self.supervisor.start(name)
+        ok = after.state == State.SERVING
+        findings = (
+            Finding("rebound", True, f"port {status.port} -> {new_port}"),
+            Finding("restarted", ok, f"pid {after.pid}, state {after.state.value}"),
+        )
+        message = f"{name} moved from port {status.port} to {new_port}: {after.state.value}"
+        return HealResult(after, REBIND_PORT, ok, message, findings)
+
+    async def diagnose(self, name: str) -> HealResult:
+        """Reports what is wrong with a component without changing anything."""
+        status = self.supervisor.status(name)
+        proc = self.supervisor.process(name)
+        findings = [
+            Finding(
+                "process_alive",
+                proc is not None,
+                f"pid {proc.pid} running" if proc else f"no process ({status.state.value})",
+            )
+        ]
+        accepts = await asyncio.to_thread(port_accepts, status.host, status.port)
+        findings.append(
+            Finding(
+                "port_listening",
+                accepts,
+                f"{status.address} {'accepts' if accepts else 'refuses'} connections",
+            )
+        )
+        holders = await asyncio.to_thread(listening_pids, status.port)
+        own = proc is not None and all(process_group(p) == proc.pid for p in holders)
+        findings.append(
+            Finding(
+                "port_holder",
+                own and bool(holders),
+                f"held by pid(s) {', '.join(map(str, sorted(holders)))}"
+                if holders
+                else "no visible process listens",
+            )
+        )
+        probe = await probe_address(
+            status.address,
+            status.spec.health_service,
+            self.supervisor.topology.probe.timeout_s,
+        )
+        findings.append(
+            Finding(
+                "health",
+                probe.serving,
+                f"{probe.status} in {probe.latency_ms:.1f} ms"
+                + (f" ({probe.error})" if probe.error else ""),
+            )
+        )
+        findings.append(
+            Finding("probe_latency", probe.serving, f"{probe.latency_ms:.1f} ms"),
+        )
+        ok = all(f.ok for f in findings)
+        problems = [f.check for f in findings if not f.ok]
+        message = "no problem found" if ok else "problems: " + ", ".join(problems)
+        log.info("diagnose_network %s: %s", name, message)
+        return HealResult(status, DIAGNOSE_NETWORK, ok, message, tuple(findings))
+
+    async def check_all(self) -> list[tuple[ComponentStatus, Observation]]:
+        """Probes every component now, concurrently (one Check each)."""
+        statuses = self.supervisor.statuses()
+        timeout = self.supervisor.topology.probe.timeout_s
+        observations = await asyncio.gather(
+            *(probe_address(s.address, s.spec.health_service, timeout) for s in statuses)
+        )
+        return list(zip(statuses, observations, strict=True))

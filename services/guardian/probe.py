@@ -1,0 +1,169 @@
+"""Health probes over grpc.health.v1.
+
+A `HealthProbe` follows one component two ways at once: a `Watch` stream reports every
+status change the moment it happens, and a `Check` with a deadline every interval measures
+latency and catches a server that hangs without closing its connections (Watch alone would
+stay silent). A server without Watch (UNIMPLEMENTED) is probed by Check alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from services.common.channels import channel
+from services.guardian.settings import ProbeSettings
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE = "UNREACHABLE"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One thing a probe saw.
+
+    Attributes:
+        status: "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN", "UNKNOWN" or "UNREACHABLE".
+        from_check: True for a Check (a probe that counts toward failures), False for a
+            Watch update.
+        latency_ms: Round trip of a Check; 0 for Watch updates.
+        error: Why the probe failed, when it did.
+        at: Epoch seconds.
+    """
+
+    status: str
+    from_check: bool
+    latency_ms: float = 0.0
+    error: str = ""
+    at: float = 0.0
+
+    @property
+    def serving(self) -> bool:
+        """True for SERVING."""
+        return self.status == "SERVING"
+
+
+def _status_name(value: int) -> str:
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(value))
+
+
+class HealthClient:
+    """Typed grpc.health.v1 client calls on a channel (the stock stub has no annotations)."""
+
+    def __init__(self, chan: grpc.aio.Channel) -> None:
+        self.check: grpc.aio.UnaryUnaryMultiCallable[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ] = chan.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        self.watch: grpc.aio.UnaryStreamMultiCallable[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ] = chan.unary_stream(
+            "/grpc.health.v1.Health/Watch",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+
+async def check_once(stub: HealthClient, service: str, timeout_s: float) -> Observation:
+    """One Check with a deadline."""
+    started = time.perf_counter()
+    try:
+        response = await stub.check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout_s
+        )
+    except grpc.aio.AioRpcError as exc:
+        latency = (time.perf_counter() - started) * 1000
+        status = "SERVICE_UNKNOWN" if exc.code() == grpc.StatusCode.NOT_FOUND else UNREACHABLE
+        return Observation(
+            status, True, latency, f"{exc.code().name}: {exc.details()}", at=time.time()
+        )
+    latency = (time.perf_counter() - started) * 1000
+    return Observation(_status_name(response.status), True, latency, at=time.time())
+
+
+async def probe_address(address: str, service: str, timeout_s: float) -> Observation:
+    """One Check of `address` on a fresh channel (for diagnoses and on-demand checks)."""
+    async with channel(address) as chan:
+        return await check_once(HealthClient(chan), service, timeout_s)
+
+
+class HealthProbe:
+    """Follows the health of one server until cancelled.
+
+    Args:
+        address: `host:port` of the server.
+        service: Health service name ("" for the whole server).
+        settings: Interval, timeout and whether to Watch.
+        on_observation: Called with every observation, on the event loop.
+        is_starting: Tells whether the component is still starting (Checks then run every
+            `startup_poll_s` instead of every `interval_s`).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        service: str,
+        settings: ProbeSettings,
+        on_observation: Callable[[Observation], None],
+        is_starting: Callable[[], bool],
+    ) -> None:
+        self.address = address
+        self.service = service
+        self.settings = settings
+        self._emit = on_observation
+        self._is_starting = is_starting
+
+    async def run(self) -> None:
+        """Probes until cancelled."""
+        async with channel(self.address) as chan:
+            stub = HealthClient(chan)
+            tasks = [asyncio.create_task(self._check_loop(stub), name=f"check {self.address}")]
+            if self.settings.watch:
+                tasks.append(
+                    asyncio.create_task(self._watch_loop(stub), name=f"watch {self.address}")
+                )
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def _check_loop(self, stub: HealthClient) -> None:
+        while True:
+            starting = self._is_starting()
+            observation = await check_once(stub, self.service, self.settings.timeout_s)
+            # While starting, a server that is not listening yet is expected: only a
+            # SERVING answer matters then, and the start-up timeout bounds the wait.
+            if not starting or observation.serving:
+                self._emit(observation)
+            pause = self.settings.startup_poll_s if starting else self.settings.interval_s
+            await asyncio.sleep(pause)
+
+    async def _watch_loop(self, stub: HealthClient) -> None:
+        while True:
+            call = stub.watch(health_pb2.HealthCheckRequest(service=self.service))
+            try:
+                async for response in call:
+                    self._emit(Observation(_status_name(response.status), False, at=time.time()))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    log.info("%s has no health Watch: probing by Check only", self.address)
+                    return
+                # The server is not up yet, or went away: the Check loop reports it.
+            finally:
+                call.cancel()
+            await asyncio.sleep(self.settings.startup_poll_s)

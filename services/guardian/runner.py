@@ -1,0 +1,116 @@
+"""Runs Guardian in the foreground until SIGINT/SIGTERM: the body of `python -m
+services.guardian` and of `grace up`.
+
+Boot happens while Guardian's own gRPC server already answers (NOT_SERVING), so
+`grace status` and WatchComponents work during the boot. A signal during the boot cancels
+it; either way every component that was started is stopped in reverse boot order before
+this returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Protocol
+
+from services.common import telemetry
+from services.common.outbox import Publisher
+from services.common.server import GraceServer
+from services.guardian.config import GuardianConfig
+from services.guardian.model import ComponentStatus, StateChange
+from services.guardian.server import GuardianServer
+from services.guardian.supervisor import BootError
+from services.guardian.topology import Topology
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_BOOT_FAILED = 1
+
+
+class Reporter(Protocol):
+    """What a foreground front end (`grace up`) shows."""
+
+    def changed(self, change: StateChange) -> None:
+        """A component changed state."""
+
+    def booted(self, components: list[ComponentStatus], address: str) -> None:
+        """The boot finished."""
+
+    def boot_failed(self, error: BootError) -> None:
+        """A required component did not come up."""
+
+    def stopping(self) -> None:
+        """Shutdown begins."""
+
+
+async def serve(
+    config: GuardianConfig,
+    topology: Topology,
+    *,
+    reporter: Reporter | None = None,
+    publisher: Publisher | None = None,
+) -> int:
+    """Boots, supervises until a signal, stops everything; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    server: GraceServer | None = None
+    service = GuardianServer(
+        config, topology, publisher=publisher, address=lambda: server.address if server else ""
+    )
+    server = GraceServer(config.server, service)
+    report_until = asyncio.Event()
+    report_task = (
+        asyncio.create_task(_report(service, reporter, report_until)) if reporter else None
+    )
+    starting = asyncio.create_task(server.start(), name="guardian-start")
+    stop_wait = asyncio.create_task(stop_requested.wait())
+    code = EXIT_OK
+    try:
+        await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.warning("stop requested during the boot")
+            starting.cancel()
+        try:
+            await starting
+        except asyncio.CancelledError:
+            await _stop_service(service, reporter)
+            return EXIT_OK
+        except BootError as exc:
+            log.error("boot failed: %s", exc)
+            if reporter is not None:
+                reporter.boot_failed(exc)
+            await _stop_service(service, reporter)
+            return EXIT_BOOT_FAILED
+        if reporter is not None:
+            reporter.booted(service.supervisor.statuses(), server.address)
+        await stop_wait
+        if reporter is not None:
+            reporter.stopping()
+        await server.stop()
+    finally:
+        stop_wait.cancel()
+        report_until.set()
+        if report_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await report_task
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        telemetry.current().shutdown()
+    return code
+
+
+async def _stop_service(service: GuardianServer, reporter: Reporter | None) -> None:
+    if reporter is not None:
+        reporter.stopping()
+    await service.stop()
+
+
+async def _report(service: GuardianServer, reporter: Reporter, until: asyncio.Event) -> None:
+    async for change in service.supervisor.follow(until):
+        if not change.snapshot:
+            reporter.changed(change)

@@ -1,0 +1,111 @@
+"""Wires Guardian's supervisor, healer, registrar, store and servicer into the shared runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
+from services.common.config import peer_address
+from services.common.outbox import OutboxRelay, Publisher
+from services.common.server import Service
+from services.common.storage import Database
+from services.guardian.config import GuardianConfig
+from services.guardian.journal import Journal
+from services.guardian.playbooks import Healer
+from services.guardian.registration import Registrar
+from services.guardian.servicer import GuardianServicer
+from services.guardian.store import GuardianStore
+from services.guardian.supervisor import Supervisor
+from services.guardian.topology import Topology
+
+SERVICE_NAME = guardian_pb2.DESCRIPTOR.services_by_name["GuardianService"].full_name
+
+
+class GuardianServer(Service):
+    """Guardian as a Grace service: `start` opens the store and boots the topology; `stop`
+    stops every component in reverse boot order.
+
+    Args:
+        config: Server settings.
+        topology: The validated topology to run.
+        publisher: Where `healing.*` events go (the event bus client); None keeps them in
+            the outbox until a publisher is plugged in.
+        address: Returns Guardian's own `host:port` once bound (given to children).
+    """
+
+    def __init__(
+        self,
+        config: GuardianConfig,
+        topology: Topology,
+        *,
+        publisher: Publisher | None = None,
+        address: Callable[[], str] | None = None,
+    ) -> None:
+        self.config = config
+        self.topology = topology
+        self.store = GuardianStore(Database(config.server.database_url))
+        self.relay = OutboxRelay(self.store.outbox, publisher) if publisher is not None else None
+        self.journal = Journal(self.store, self.relay.wake if self.relay is not None else None)
+        self._address = address or (lambda: config.server.bind_address)
+        self.registrar = (
+            Registrar(topology.registration, self._registry_address)
+            if topology.registration.enabled
+            else None
+        )
+        self.supervisor = Supervisor(
+            topology,
+            data_dir=config.server.data_dir,
+            host=config.server.host,
+            base_env=config.server.env,
+            guardian_address=config.server.bind_address,
+            journal=self.journal,
+            registrar=self.registrar,
+        )
+        self.healer = Healer(
+            self.supervisor, self.store, self.journal, lambda: {config.server.port}
+        )
+        self.shutting_down = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _registry_address(self) -> str | None:
+        if self.topology.component("registry") is not None:
+            return self.supervisor.status("registry").address
+        return peer_address(self.config.server.env, "registry")
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        guardian_pb2_grpc.add_GuardianServiceServicer_to_server(
+            GuardianServicer(self.supervisor, self.healer, self.shutting_down), server
+        )
+        return [SERVICE_NAME]
+
+    async def start(self) -> None:
+        self.supervisor.guardian_address = self._address()
+        await self.store.open()
+        if self.registrar is not None:
+            self._tasks.append(asyncio.create_task(self.registrar.run(), name="registrar"))
+        if self.relay is not None:
+            self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        await self.supervisor.boot()
+
+    async def begin_shutdown(self) -> None:
+        self.shutting_down.set()
+
+    async def stop(self) -> None:
+        self.shutting_down.set()
+        # Stop renewing leases first: the registry goes down with everything else.
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.supervisor.shutdown()
+        await self.journal.flush()
+        if self.relay is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.drain_once(), timeout=2)
+        await self.store.close()

@@ -1,0 +1,115 @@
+"""The `grace` command end to end, as users run it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.cli import build_parser
+from tests.guardian.conftest import free_ports, pid_exists, port_open
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _grace(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+        check=False,
+    )
+
+
+def test_every_command_is_registered() -> None:
+    parser = build_parser()
+    for argv in (["up"], ["status"], ["heal", "registry"], ["restart", "registry"]):
+        assert callable(parser.parse_args(argv).handler)
+    args = parser.parse_args(["up", "--with-examples", "--config", "x.toml"])
+    assert args.with_examples
+    assert args.config == "x.toml"
+
+
+def test_status_without_a_running_guardian_exits_2_and_says_so() -> None:
+    (port,) = free_ports(1)
+    result = _grace("status", "--guardian", f"127.0.0.1:{port}", timeout=30)
+    assert result.returncode == 2
+    assert "no Guardian answers" in result.stderr
+
+
+def test_up_with_an_invalid_topology_fails_before_starting_anything(tmp_path: Path) -> None:
+    config = tmp_path / "grace.toml"
+    config.write_text("[components.registry]\nport = 8102\nrestart_policy = 'always'\n")
+    result = _grace("up", "--config", str(config), "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2
+    assert "unknown key 'restart_policy'" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_behind(
+    tmp_path: Path,
+) -> None:
+    registry_port, guardian_port = free_ports(2)
+    # The default topology, moved to free ports so the test never collides with a
+    # running Grace.
+    config = tmp_path / "grace.toml"
+    config.write_text(
+        f"[components.registry]\nport = {registry_port}\n"
+        "[probe]\ninterval_s = 0.5\n[registration]\nlease_ttl_s = 3\n"
+    )
+    data_dir = tmp_path / "data"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "up",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(guardian_port),
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    seen: list[str] = []
+    try:
+        while not any(line.startswith("Grace is up") for line in seen):
+            line = await asyncio.wait_for(proc.stdout.readline(), 60)
+            assert line, f"grace up ended early: {seen}"
+            seen.append(line.decode().strip())
+        assert any(line.startswith("COMPONENT") for line in seen)
+        table_row = next(line for line in seen if line.startswith("registry "))
+        assert table_row.split()[1:4:2] == [str(registry_port), "SERVING"]
+        registry_pid = int(table_row.split()[2])
+
+        status = await asyncio.to_thread(
+            _grace, "status", "--guardian", f"127.0.0.1:{guardian_port}"
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "system: SERVING (1/1 SERVING)" in status.stdout
+        assert (data_dir / "logs" / "registry.log").exists()
+        assert (data_dir / "logs" / "guardian.log").exists()
+
+        proc.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(proc.wait(), 60)
+        rest = (await proc.stdout.read()).decode()
+        assert code == 0, rest
+        assert "stopping Grace" in rest
+        assert "registry: STOPPING -> STOPPED" in rest
+        assert not pid_exists(registry_pid)
+        assert not port_open(registry_port)
+        assert not port_open(guardian_port)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
