@@ -1,0 +1,133 @@
+"""memory_domain: the organism's memory of analyses (port 8201).
+
+Actions:
+- `store` {"summary", "keywords", "sentiment", "document_id"?, "title"?} (the output of
+  `ai_domain.analyze`) -> {"contribution_id", "confidence"}: contributes the analysis to the
+  shared memory as an `insight`. Compensation reports the contribution as failed
+  (`Apply` with outcome FAILURE), which lowers its confidence: the shared memory lets no
+  author dispute or delete its own contribution.
+- `search_similar` (also `search`) {"query" | "text" | "code" | "document"} ->
+  {"query", "results"}: asks the shared memory for what it knows about the text's keywords.
+- `recent_events` {"limit"?} -> {"events"}: the `ml.*` events this domain observed.
+
+Event handlers: `ml.*` keeps a durable journal of ML events (one entry per event id).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from examples.text import keywords, text_of
+from services.sdk import Context, Domain, Event, InvalidArgument, field
+
+ML_EVENTS = "ml_events"
+
+domain = Domain(
+    "memory_domain",
+    capabilities=["memory", "knowledge", "search"],
+    version="1.0.0",
+    description="Stores analyses in the shared memory and finds similar ones",
+    port=8201,
+)
+
+
+def _keyword_words(value: object) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [str(k["word"] if isinstance(k, dict) else k) for k in value][:10]
+
+
+@domain.action("store", description="Contributes an analysis to the shared memory")
+async def store(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    summary = field(data, "summary", str, "")
+    words = _keyword_words(data.get("keywords"))
+    if not summary and not words:
+        raise InvalidArgument("input.summary", "is required (the output of ai_domain.analyze)")
+    sentiment = data.get("sentiment")
+    label = str(sentiment.get("label", "")) if isinstance(sentiment, dict) else ""
+    content = {
+        "summary": summary,
+        "keywords": words,
+        "sentiment": label,
+        "document_id": field(data, "document_id", str, ""),
+        "title": field(data, "title", str, ""),
+        "workflow_id": ctx.workflow_id,
+    }
+    tags = ["analysis", *([label] if label else [])]
+    knowledge = await ctx.memory.contribute("insight", content, tags=tags, confidence=0.6)
+    ctx.log.info("stored analysis as contribution %s", knowledge.id)
+    return {"contribution_id": knowledge.id, "confidence": knowledge.confidence}
+
+
+@domain.compensate("store")
+async def retract(ctx: Context, data: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
+    contribution_id = field(output, "contribution_id", str)
+    knowledge = await ctx.memory.apply(
+        contribution_id,
+        success=False,
+        detail=f"rolled back: workflow execution {ctx.execution_id or '-'} failed",
+    )
+    return {
+        "contribution_id": contribution_id,
+        "retracted": True,
+        "confidence": knowledge.confidence,
+    }
+
+
+@domain.action("search", description="Same as search_similar")
+@domain.action("search_similar", description="Finds knowledge similar to a text or query")
+async def search_similar(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    query = field(data, "query", str, "").strip()
+    if not query:
+        # A text is searched by its most frequent word: the memory matches every word of
+        # a query, so one strong word finds more than a sentence would.
+        top = keywords(text_of(data), limit=1)
+        query = top[0]["word"] if top else ""
+    if not query:
+        return {"query": "", "results": []}
+    limit = int(field(data, "limit", float, 10.0))
+    if not 1 <= limit <= 100:
+        raise InvalidArgument("input.limit", "must be between 1 and 100")
+    found = await ctx.memory.query(query, limit=limit)
+    return {
+        "query": query,
+        "results": [
+            {
+                "id": k.id,
+                "domain_id": k.domain_id,
+                "type": k.contribution_type,
+                "confidence": k.confidence,
+                "score": k.score,
+                "content": k.content,
+            }
+            for k in found
+        ],
+    }
+
+
+@domain.action("recent_events", description="The ml.* events this domain observed")
+async def recent_events(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    limit = int(field(data, "limit", float, 50.0))
+    entries = await ctx.store.list(ML_EVENTS, limit=max(1, min(limit, 1000)))
+    return {"events": [value for _, value in entries]}
+
+
+@domain.on_event("ml.*")
+async def remember_ml_event(ctx: Context, event: Event) -> None:
+    # Keyed by sequence then id: a redelivered event overwrites its own entry.
+    key = f"{event.sequence:016d}:{event.id}"
+    await ctx.store.put(
+        ML_EVENTS,
+        key,
+        {
+            "id": event.id,
+            "event_type": event.event_type,
+            "source_domain": event.source_domain,
+            "time": event.time,
+            "data": event.data,
+        },
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(domain.run())

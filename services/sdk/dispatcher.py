@@ -1,0 +1,293 @@
+"""The core of a domain: runs actions, compensations and event handlers.
+
+Plain Python, testable without gRPC. The dispatcher looks up the declared function,
+bounds concurrency, measures every call, and makes calls with an idempotency key
+exactly-once in effect: the first successful result is stored durably and returned to
+every later call with the same key (even after a restart), and a call that arrives while
+the first is still running waits for it instead of running the action a second time.
+A failed call stores nothing, so a retry with the same key runs the action again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import json_format, struct_pb2
+
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.sdk.context import Context, Drop, Event, EventSink, Outcome, Retry
+from services.sdk.memory import MemoryClient
+from services.sdk.metrics import CallMetrics
+from services.sdk.store import MAX_KEY_LENGTH, KeyValueStore, ResultStore
+
+if TYPE_CHECKING:
+    from services.sdk.domain import Domain
+
+log = logging.getLogger(__name__)
+
+EXECUTE = "execute"
+COMPENSATE = "compensate"
+# Errors that are the caller's fault: they say nothing about the domain's health.
+_CALLER_ERRORS = (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request to run an action or its compensation."""
+
+    action: str
+    input: dict[str, Any]
+    workflow_id: str = ""
+    execution_id: str = ""
+    step_id: str = ""
+    attempt: int = 1
+    idempotency_key: str = ""
+    traceparent: str = ""
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What a call returned; `replayed` when it is the stored result of an earlier call."""
+
+    output: dict[str, Any]
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The answer to a delivered event."""
+
+    outcome: Outcome
+    reason: str = ""
+    retry_after_s: float | None = None
+
+
+class Dispatcher:
+    """Runs a `Domain`'s functions.
+
+    Args:
+        domain: The declared actions, compensations and handlers.
+        results: Where first results are kept for replay.
+        store: The key-value store handed to functions as `ctx.store`.
+        memory: The shared memory client, scoped per call as `ctx.memory`.
+        events: Where `ctx.publish` puts events; None when the bus is off.
+        max_concurrency: Calls run at once; more wait for a slot.
+        monotonic: Clock for latency (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        domain: Domain,
+        results: ResultStore,
+        store: KeyValueStore,
+        memory: MemoryClient,
+        events: EventSink | None,
+        max_concurrency: int,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.domain = domain
+        self.results = results
+        self.store = store
+        self.memory = memory
+        self.events = events
+        self.metrics = CallMetrics(max_concurrency)
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._running: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._monotonic = monotonic
+
+    async def execute(self, call: Call) -> CallResult:
+        """Runs an action, or replays its stored result.
+
+        Raises:
+            NotFound: The action is not declared.
+            InvalidArgument: The key is too long, or the action rejected its input.
+            AlreadyExists: The key was used for another action.
+        """
+        spec = self.domain.actions.get(call.action)
+        if spec is None:
+            raise NotFound("action", call.action)
+        function = spec.function
+
+        async def run(ctx: Context) -> Mapping[str, Any] | None:
+            return await function(ctx, dict(call.input))
+
+        return await self._call(EXECUTE, call, run)
+
+    async def compensate(self, call: Call, output: Mapping[str, Any]) -> CallResult:
+        """Undoes a completed action, or replays the stored result of an earlier undo.
+
+        An action declared without a compensation has nothing to undo: the answer is
+        `{"compensated": false, "reason": ...}`.
+        """
+        spec = self.domain.actions.get(call.action)
+        if spec is None:
+            raise NotFound("action", call.action)
+        undo = spec.compensation
+        if undo is None:
+            reason = f"action {call.action!r} declares no compensation: nothing to undo"
+            return CallResult({"compensated": False, "reason": reason})
+
+        async def run(ctx: Context) -> Mapping[str, Any] | None:
+            return await undo(ctx, dict(call.input), dict(output))
+
+        return await self._call(COMPENSATE, call, run)
+
+    async def deliver(
+        self, event: Event, *, attempt: int = 1, pattern: str | None = None, traceparent: str = ""
+    ) -> Delivery:
+        """Hands an event to the handlers declared for it.
+
+        Args:
+            event: The event.
+            attempt: Delivery attempt, 1 for the first.
+            pattern: Pattern of the subscription that matched, when known: only that
+                pattern's handlers run. None runs every handler whose pattern matches.
+            traceparent: Trace context of the delivery (defaults to the producer's).
+
+        Returns:
+            ACK when every handler succeeded; RETRY when one asked for it or failed
+            unexpectedly; DROP when one dropped it (and none asked to retry) or no
+            handler matches.
+        """
+        handlers = self.domain.handlers_for(event.event_type, pattern)
+        if not handlers:
+            return Delivery(Outcome.DROP, f"no handler for event type {event.event_type!r}")
+        ctx = self._context(
+            f"event:{event.event_type}",
+            Call(
+                action="",
+                input={},
+                attempt=attempt,
+                idempotency_key=f"event:{event.source_domain}:{event.id}",
+                traceparent=traceparent or event.traceparent,
+            ),
+        )
+        answers: list[Delivery] = []
+        self.metrics.started()
+        try:
+            async with self._slots:
+                for spec in handlers:
+                    answers.append(await self._handle(spec.name, spec.function, ctx, event))
+        finally:
+            self.metrics.finished(0.0, success=None)
+        retries = [a for a in answers if a.outcome is Outcome.RETRY]
+        if retries:
+            waits = [a.retry_after_s for a in retries if a.retry_after_s is not None]
+            return Delivery(
+                Outcome.RETRY,
+                "; ".join(a.reason for a in retries if a.reason),
+                max(waits, default=None),
+            )
+        drops = [a for a in answers if a.outcome is Outcome.DROP]
+        if drops:
+            return Delivery(Outcome.DROP, "; ".join(a.reason for a in drops if a.reason))
+        return Delivery(Outcome.ACK)
+
+    async def _handle(
+        self,
+        name: str,
+        function: Callable[[Context, Event], Awaitable[Outcome | None]],
+        ctx: Context,
+        event: Event,
+    ) -> Delivery:
+        try:
+            answer = await function(ctx, event)
+        except Retry as retry:
+            return Delivery(Outcome.RETRY, retry.reason, retry.after_s)
+        except Drop as drop:
+            return Delivery(Outcome.DROP, drop.reason)
+        except Exception as exc:
+            ctx.log.exception("handler %s failed on event %s", name, event.id)
+            return Delivery(Outcome.RETRY, f"handler {name} failed: {type(exc).__name__}: {exc}")
+        if answer is None or answer is Outcome.ACK:
+            return Delivery(Outcome.ACK)
+        if isinstance(answer, Outcome):
+            return Delivery(answer, f"handler {name} answered {answer.value}")
+        ctx.log.error("handler %s returned %r; expected None or an Outcome", name, answer)
+        return Delivery(Outcome.RETRY, f"handler {name} returned {type(answer).__name__}")
+
+    async def _call(
+        self,
+        kind: str,
+        call: Call,
+        run: Callable[[Context], Awaitable[Mapping[str, Any] | None]],
+    ) -> CallResult:
+        key = call.idempotency_key
+        if len(key) > MAX_KEY_LENGTH:
+            raise InvalidArgument("idempotency_key", f"must be at most {MAX_KEY_LENGTH} characters")
+        if not key:
+            return CallResult(await self._measured(call, run))
+        slot = (kind, key)
+        while (first := self._running.get(slot)) is not None:
+            # The same key is running now: wait for it, then look at what it stored.
+            await asyncio.wait({first})
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running[slot] = done
+        try:
+            stored = await self.results.get(kind, key)
+            if stored is not None:
+                if stored.action != call.action:
+                    raise AlreadyExists(
+                        "idempotency_key", key, f"it was used for action {stored.action!r}"
+                    )
+                return CallResult(stored.output, replayed=True)
+            output = await self._measured(call, run)
+            await self.results.put(kind, key, call.action, output)
+            return CallResult(output)
+        finally:
+            del self._running[slot]
+            done.set_result(None)
+
+    async def _measured(
+        self, call: Call, run: Callable[[Context], Awaitable[Mapping[str, Any] | None]]
+    ) -> dict[str, Any]:
+        ctx = self._context(call.action, call)
+        self.metrics.started()
+        started = self._monotonic()
+        success: bool | None = False
+        try:
+            async with self._slots:
+                started = self._monotonic()
+                output = _json_object(call.action, await run(ctx))
+            success = True
+            return output
+        except _CALLER_ERRORS:
+            success = None
+            raise
+        finally:
+            self.metrics.finished(self._monotonic() - started, success=success)
+
+    def _context(self, action: str, call: Call) -> Context:
+        return Context(
+            domain_id=self.domain.domain_id,
+            action=action,
+            store=self.store,
+            memory=self.memory.scoped(call.idempotency_key),
+            workflow_id=call.workflow_id,
+            execution_id=call.execution_id,
+            step_id=call.step_id,
+            attempt=call.attempt,
+            idempotency_key=call.idempotency_key,
+            traceparent=call.traceparent,
+            _events=self.events,
+        )
+
+
+def _json_object(action: str, value: object) -> dict[str, Any]:
+    """The output as the JSON object the caller (and a replay) will see: numbers become
+    floats exactly as they do on the wire, so a replay is identical to the first answer."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"action {action!r} returned {type(value).__name__}; expected a dict")
+    struct = struct_pb2.Struct()
+    try:
+        struct.update(dict(value))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"action {action!r} returned a value that is not JSON: {exc}") from exc
+    return json_format.MessageToDict(struct)

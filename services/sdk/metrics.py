@@ -1,0 +1,73 @@
+"""What a domain measures about itself and reports with every heartbeat.
+
+- load: calls in flight (running or waiting for a slot) divided by the domain's maximum
+  concurrency, clamped to [0, 1];
+- latency: an exponentially weighted moving average of action latency in milliseconds,
+  `ewma = alpha * sample + (1 - alpha) * ewma` with alpha 0.2, seeded by the first sample;
+- success rate: the fraction of the last 100 finished calls that succeeded (1 before any).
+
+Calls refused for the caller's fault (bad input, unknown action) are counted in neither
+latency nor success: they say nothing about the domain's health.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+EWMA_ALPHA = 0.2
+SUCCESS_WINDOW = 100
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Metrics at one instant, as sent in a heartbeat."""
+
+    load: float
+    latency_ms: float
+    success_rate: float
+    in_flight: int
+    calls: int
+
+
+class CallMetrics:
+    """Running measurements of a domain's calls.
+
+    Args:
+        max_concurrency: The domain's concurrency limit; load is relative to it.
+    """
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+        self.calls = 0
+        self._latency_ms: float | None = None
+        self._outcomes: deque[bool] = deque(maxlen=SUCCESS_WINDOW)
+
+    def started(self) -> None:
+        """A call arrived."""
+        self.in_flight += 1
+
+    def finished(self, latency_s: float, *, success: bool | None) -> None:
+        """A call ended; `success` None means it is not counted (caller's fault)."""
+        self.in_flight -= 1
+        if success is None:
+            return
+        self.calls += 1
+        sample = latency_s * 1000.0
+        if self._latency_ms is None:
+            self._latency_ms = sample
+        else:
+            self._latency_ms = EWMA_ALPHA * sample + (1 - EWMA_ALPHA) * self._latency_ms
+        self._outcomes.append(success)
+
+    def snapshot(self) -> MetricsSnapshot:
+        """The current figures."""
+        rate = sum(self._outcomes) / len(self._outcomes) if self._outcomes else 1.0
+        return MetricsSnapshot(
+            load=min(1.0, self.in_flight / self.max_concurrency),
+            latency_ms=self._latency_ms or 0.0,
+            success_rate=rate,
+            in_flight=self.in_flight,
+            calls=self.calls,
+        )

@@ -1,0 +1,146 @@
+"""Keeps a domain registered: register with backoff, heartbeat with metrics, re-register.
+
+The registrar never gives up and never raises: while the registry is down it retries with
+exponential backoff (0.5 s doubling to 30 s by default); when a heartbeat finds the domain
+unknown (the registry lost or reaped it) it registers again. The domain serves all along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.sdk.metrics import MetricsSnapshot
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT_S = 5.0
+
+
+class Registrar:
+    """Registration and heartbeats of one domain.
+
+    Args:
+        channel: Channel to the registry.
+        registration: Builds the RegisterDomain request (called at each registration, so
+            it can carry the bound port).
+        metrics: Current metrics, sent with each heartbeat.
+        heartbeat_interval_s: Time between heartbeats.
+        backoff_initial_s: First wait after a failure.
+        backoff_max_s: Longest wait between attempts.
+        sleep: Injectable sleep for tests.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        registration: Callable[[], registry_pb2.RegisterDomainRequest],
+        metrics: Callable[[], MetricsSnapshot],
+        *,
+        heartbeat_interval_s: float,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        self._registration = registration
+        self._metrics = metrics
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self.registered = asyncio.Event()
+        self.registrations = 0
+        self.heartbeats = 0
+        self.failures = 0
+        self.last_error = ""
+
+    async def run(self) -> None:
+        """Registers, then heartbeats forever; cancel to stop."""
+        while True:
+            await self._register_until_done()
+            await self._heartbeat_until_lost()
+
+    async def deregister(self) -> None:
+        """Removes the domain from the registry (best effort, at shutdown)."""
+        if not self.registered.is_set():
+            return
+        request = registry_pb2.DeregisterDomainRequest(domain_id=self._registration().domain_id)
+        try:
+            await self._stub.DeregisterDomain(request, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            log.info("deregistration failed (%s); the lease will lapse", exc.code().name)
+        self.registered.clear()
+
+    async def _register_until_done(self) -> None:
+        backoff = self.backoff_initial_s
+        while True:
+            request = self._registration()
+            try:
+                await self._stub.RegisterDomain(request, timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                self._failed("registration", exc, backoff)
+                await self._sleep(backoff)
+                backoff = min(self.backoff_max_s, backoff * 2)
+                continue
+            self.registrations += 1
+            self.registered.set()
+            log.info(
+                "registered %s (port %d, capabilities %s)",
+                request.domain_id,
+                request.port,
+                ", ".join(request.capabilities) or "-",
+            )
+            return
+
+    async def _heartbeat_until_lost(self) -> None:
+        """Heartbeats until the registry no longer knows the domain."""
+        backoff = self.backoff_initial_s
+        wait = self.heartbeat_interval_s
+        domain_id = self._registration().domain_id
+        while True:
+            await self._sleep(wait)
+            snapshot = self._metrics()
+            request = registry_pb2.HeartbeatRequest(
+                domain_id=domain_id,
+                metrics=registry_pb2.DomainMetrics(
+                    load=snapshot.load,
+                    latency_ms=snapshot.latency_ms,
+                    success_rate=snapshot.success_rate,
+                ),
+            )
+            try:
+                await self._stub.Heartbeat(request, timeout=CALL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    log.warning("registry no longer knows %s; registering again", domain_id)
+                    self.registered.clear()
+                    return
+                # Keep heartbeating sooner than the interval while the registry is away, so
+                # the lease is renewed as soon as it is back.
+                wait = min(backoff, self.heartbeat_interval_s)
+                self._failed("heartbeat", exc, wait)
+                backoff = min(self.backoff_max_s, backoff * 2)
+                continue
+            self.heartbeats += 1
+            backoff = self.backoff_initial_s
+            wait = self.heartbeat_interval_s
+
+    def _failed(self, what: str, exc: grpc.aio.AioRpcError, retry_in: float) -> None:
+        self.failures += 1
+        self.last_error = f"{exc.code().name}: {exc.details()}"
+        log.warning("%s failed (%s); retrying in %.1fs", what, self.last_error, retry_in)
+
+
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    """Cancels a background task and waits for it."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

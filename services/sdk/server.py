@@ -1,0 +1,216 @@
+"""Wires a `Domain` into the shared server runtime: storage, dispatcher, servicer,
+registration and heartbeats, event publishing and push subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import grpc
+
+from grace.domain.v1 import domain_pb2, domain_pb2_grpc
+from grace.registry.v1 import registry_pb2
+from services.common.bus_client import EventBusPublisher
+from services.common.channels import channel
+from services.common.outbox import OutboxRelay
+from services.common.server import GraceServer, Service
+from services.common.storage import Database
+from services.common.timestamps import to_duration
+from services.sdk.config import DomainConfig
+from services.sdk.dispatcher import Dispatcher
+from services.sdk.domain import Domain
+from services.sdk.events import OutboxSink, Subscriptions, relay
+from services.sdk.memory import MemoryClient
+from services.sdk.registration import Registrar, stop_task
+from services.sdk.servicer import DomainServicer
+from services.sdk.store import KeyValueStore, ResultStore, metadata
+
+SERVICE_NAME = domain_pb2.DESCRIPTOR.services_by_name["DomainService"].full_name
+PRUNE_INTERVAL_S = 3600.0
+STOP_FLUSH_S = 2.0
+
+log = logging.getLogger(__name__)
+
+
+class DomainServer(Service):
+    """A domain as a Grace service.
+
+    Args:
+        domain: The declarations.
+        config: Where to listen, store and find peers.
+        schema: PostgreSQL schema (tests); None for the default.
+        clock: Epoch seconds, for stored results (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        domain: Domain,
+        config: DomainConfig,
+        *,
+        schema: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.domain = domain
+        self.config = config
+        self.db = Database(config.server.database_url, schema=schema)
+        self.results = ResultStore(self.db, clock)
+        self.store = KeyValueStore(self.db, clock)
+        self.registrar: Registrar | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._server: GraceServer | None = None
+        self._channels: list[grpc.aio.Channel] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.relay: OutboxRelay | None = None
+        self._publisher: EventBusPublisher | None = None
+        self.subscriptions: Subscriptions | None = None
+
+    def attach(self, server: GraceServer) -> None:
+        """Tells the service which server runs it (to register the port it bound)."""
+        self._server = server
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The running dispatcher."""
+        if self._dispatcher is None:
+            raise RuntimeError("the domain has not started")
+        return self._dispatcher
+
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one until the server binds)."""
+        return self._server.port if self._server and self._server.port else self.config.server.port
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        domain_pb2_grpc.add_DomainServiceServicer_to_server(
+            DomainServicer(
+                self.domain.domain_id,
+                lambda: self.dispatcher,
+                self.describe,
+                self._subscription_pattern,
+            ),
+            server,
+        )
+        return [SERVICE_NAME]
+
+    async def start(self) -> None:
+        await self.db.create_tables(metadata)
+        pruned = await self.results.prune(self.config.idempotency_ttl_s)
+        if pruned:
+            log.info("forgot %d stored results older than the idempotency TTL", pruned)
+        memory_channel = self._open(self.config.memory_addr)
+        bus_channel = self._open(self.config.eventbus_addr)
+        sink: OutboxSink | None = None
+        if bus_channel is not None:
+            self._publisher = EventBusPublisher(self.config.eventbus_addr)
+            self.relay = relay(self.db, self.domain.domain_id, self._publisher)
+            sink = OutboxSink(self.db, self.domain.domain_id, self.relay.wake)
+            self._spawn(self.relay.run(), "relay")
+            if self.domain.event_patterns:
+                self.subscriptions = Subscriptions(
+                    bus_channel,
+                    self.domain.domain_id,
+                    self.domain.event_patterns,
+                    backoff_initial_s=self.config.backoff_initial_s,
+                    backoff_max_s=self.config.backoff_max_s,
+                )
+                self._spawn(self.subscriptions.run(), "subscriptions")
+        self._dispatcher = Dispatcher(
+            self.domain,
+            self.results,
+            self.store,
+            MemoryClient(self.domain.domain_id, memory_channel),
+            sink,
+            self.config.max_concurrency,
+        )
+        registry_channel = self._open(self.config.registry_addr)
+        if registry_channel is not None:
+            self.registrar = Registrar(
+                registry_channel,
+                self.registration,
+                self.dispatcher.metrics.snapshot,
+                heartbeat_interval_s=self.config.heartbeat_interval_s,
+                backoff_initial_s=self.config.backoff_initial_s,
+                backoff_max_s=self.config.backoff_max_s,
+            )
+            self._spawn(self.registrar.run(), "registrar")
+        self._spawn(self._prune_forever(), "prune")
+
+    async def begin_shutdown(self) -> None:
+        if self.registrar is not None:
+            # Leave the registry first, so no new work is routed here during the drain.
+            await self.registrar.deregister()
+
+    async def stop(self) -> None:
+        if self.relay is not None:
+            # One last send of the events published during the drain; whatever is left
+            # stays in the outbox and goes at the next start.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.drain_once(), timeout=STOP_FLUSH_S)
+        for task in self._tasks:
+            await stop_task(task)
+        self._tasks.clear()
+        if self._publisher is not None:
+            await self._publisher.close()
+        for chan in self._channels:
+            await chan.close()
+        self._channels.clear()
+        await self.db.close()
+
+    def registration(self) -> registry_pb2.RegisterDomainRequest:
+        """The RegisterDomain request of this domain, with the port it bound."""
+        metadata = dict(self.domain.metadata)
+        if self.domain.description:
+            metadata.setdefault("description", self.domain.description)
+        if self.domain.actions:
+            metadata.setdefault("actions", ",".join(self.domain.actions))
+        return registry_pb2.RegisterDomainRequest(
+            domain_id=self.domain.domain_id,
+            host=self.config.advertise_host,
+            port=self.port,
+            capabilities=list(self.domain.capabilities),
+            version=self.domain.version,
+            metadata=metadata,
+            lease_ttl=to_duration(self.config.lease_ttl_s),
+        )
+
+    def describe(self) -> domain_pb2.DescribeDomainResponse:
+        """What DescribeDomain answers."""
+        return domain_pb2.DescribeDomainResponse(
+            domain_id=self.domain.domain_id,
+            version=self.domain.version,
+            capabilities=list(self.domain.capabilities),
+            actions=[
+                domain_pb2.ActionInfo(
+                    name=spec.name,
+                    description=spec.description,
+                    compensable=spec.compensation is not None,
+                )
+                for spec in self.domain.actions.values()
+            ],
+            event_patterns=self.domain.event_patterns,
+        )
+
+    def _subscription_pattern(self, sub_id: str) -> str | None:
+        return self.subscriptions.pattern_of(sub_id) if self.subscriptions else None
+
+    def _open(self, address: str) -> grpc.aio.Channel | None:
+        if not address:
+            return None
+        chan = channel(address, max_message_bytes=self.config.server.max_message_bytes)
+        self._channels.append(chan)
+        return chan
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(work, name=f"{self.domain.domain_id}-{name}"))
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+            try:
+                await self.results.prune(self.config.idempotency_ttl_s)
+            except Exception:
+                log.exception("pruning stored results failed; will try again")
