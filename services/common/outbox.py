@@ -88,19 +88,34 @@ class Outbox:
         traceparent: str = "",
     ) -> str:
         """Adds an event inside the caller's transaction; returns its id."""
-        event_id = str(uuid.uuid4())
-        await conn.execute(
-            self.table.insert().values(
-                event_id=event_id,
-                event_type=event_type,
-                source_domain=self.source_domain,
-                subject=subject,
-                data=dict(data),
-                traceparent=traceparent,
-                created_at=time.time(),
-            )
-        )
-        return event_id
+        row = self.new_row(event_type, data, subject=subject, traceparent=traceparent)
+        await conn.execute(self.table.insert().values(**row))
+        return str(row["event_id"])
+
+    def new_row(
+        self,
+        event_type: str,
+        data: Mapping[str, Any],
+        *,
+        subject: str = "",
+        traceparent: str = "",
+        event_id: str = "",
+    ) -> dict[str, Any]:
+        """The row `enqueue` would insert, for callers that batch their own inserts (for
+        example many events in one executemany, or on a synchronous connection).
+
+        `event_id` lets a caller derive the id from what the event announces, so an event
+        re-created after a crash is a duplicate the bus suppresses; default a UUID.
+        """
+        return {
+            "event_id": event_id or str(uuid.uuid4()),
+            "event_type": event_type,
+            "source_domain": self.source_domain,
+            "subject": subject,
+            "data": dict(data),
+            "traceparent": traceparent,
+            "created_at": time.time(),
+        }
 
     async def pending(self, limit: int) -> list[OutboxEvent]:
         """The oldest events not yet published, in order."""

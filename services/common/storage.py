@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, Table, event
+from sqlalchemy import Engine, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -90,6 +90,20 @@ class Database:
         if self.is_sqlite:
             return sqlite.insert(table)
         return postgresql.insert(table)
+
+    def sync_sqlite_engine(self) -> Engine:
+        """A synchronous engine on the same SQLite file, with the same pragmas.
+
+        For a hot write path that batches many statements into one transaction on a
+        dedicated thread: one thread hop per batch instead of one per statement. Only for
+        SQLite; PostgreSQL goes through the async engine.
+        """
+        if not self.is_sqlite:
+            raise ValueError("sync_sqlite_engine is only available for SQLite")
+        url = make_url(self.url).set(drivername="sqlite")
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
 
     async def close(self) -> None:
         """Closes every pooled connection."""

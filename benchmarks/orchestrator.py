@@ -1,0 +1,254 @@
+"""Orchestrator throughput and latency against in-process no-op domains.
+
+Starts a registry, three no-op domains and the orchestrator in this process on loopback,
+then measures:
+
+- raw: three sequential DomainService.Execute calls to the three domains (the baseline);
+- seq3: a 3-step sequential workflow run with ExecuteWorkflow(wait=true), one client;
+- fanout8: a 1-to-8 fan-out workflow (1 step, then 8 in parallel), one client;
+  (these three take turns in short rounds, so they see the same load on a shared machine)
+- seq3 and fanout8 again with 16 concurrent clients for 6 s each (throughput).
+
+The orchestrator persists every transition (SQLite, WAL) and signs every proof, as in
+production; its events stay in the outbox (no event bus is started). Prints a table with
+workflows/s, p50 and p99, the ratio of seq3's p50 to the raw calls'
+p50, and, as the last line, one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from grace.domain.v1 import domain_pb2, domain_pb2_grpc
+from grace.orchestrator.v1 import orchestrator_pb2 as pb
+from grace.orchestrator.v1 import orchestrator_pb2_grpc
+from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.channels import channel
+from services.common.config import ServerConfig
+from services.common.server import GraceServer, Service
+from services.orchestrator.config import OrchestratorConfig
+from services.orchestrator.engine import OrchestratorSettings
+from services.orchestrator.server import OrchestratorServer
+from services.registry.config import RegistryConfig
+from services.registry.registry import RegistrySettings
+from services.registry.server import RegistryServer
+
+DURATION_S = 6.0
+CONCURRENCY = 16
+
+
+class NoOpDomain(domain_pb2_grpc.DomainServiceServicer):
+    """Answers every action at once with an empty output."""
+
+    async def Execute(self, request: Any, context: Any) -> domain_pb2.ExecuteResponse:
+        return domain_pb2.ExecuteResponse()
+
+    async def Compensate(self, request: Any, context: Any) -> domain_pb2.CompensateResponse:
+        return domain_pb2.CompensateResponse()
+
+
+class DomainHost(Service):
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        domain_pb2_grpc.add_DomainServiceServicer_to_server(NoOpDomain(), server)
+        return ["grace.domain.v1.DomainService"]
+
+
+def config(service: str, data: Path) -> ServerConfig:
+    return ServerConfig(
+        service=service,
+        data_dir=data,
+        database_url=f"sqlite+aiosqlite:///{data / (service + '.db')}",
+        shutdown_grace_s=0.5,
+    )
+
+
+async def measure(
+    call: Callable[[], Awaitable[None]], clients: int, duration: float = DURATION_S
+) -> dict[str, float]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + duration
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - start)
+
+    for _ in range(20):  # warm-up
+        await call()
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "count": len(latencies),
+    }
+
+
+async def interleaved(
+    calls: dict[str, Callable[[], Awaitable[None]]], rounds: int = 30, per_round: int = 25
+) -> dict[str, dict[str, float]]:
+    """One client, the scenarios taking turns in short rounds, so that each sees the same
+    machine load (the machine is shared: a ratio between runs minutes apart is noise)."""
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    spent: dict[str, float] = dict.fromkeys(calls, 0.0)
+    for call in calls.values():
+        for _ in range(20):  # warm-up
+            await call()
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                await call()
+                took = time.perf_counter() - start
+                latencies[name].append(took)
+                spent[name] += took
+    results = {}
+    for name, values in latencies.items():
+        values.sort()
+        results[name] = {
+            "per_s": len(values) / spent[name],
+            "p50_ms": statistics.median(values) * 1000,
+            "p99_ms": values[int(len(values) * 0.99) - 1] * 1000,
+            "count": len(values),
+        }
+    return results
+
+
+async def main() -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="grace-bench-"))
+    registry = RegistryServer(
+        RegistryConfig(
+            # Nothing listens here: the registry's lifecycle events stay in its outbox.
+            server=replace(config("registry", data), env={"GRACE_EVENTBUS_ADDR": "127.0.0.1:9"}),
+            settings=RegistrySettings(default_lease_ttl_s=3600, deregister_after_s=3600),
+        )
+    )
+    async with GraceServer(registry.config.server, registry) as reg_server:
+        domains = [GraceServer(config(f"d{i}", data), DomainHost()) for i in range(3)]
+        for server in domains:
+            await server.start()
+        async with channel(reg_server.address) as reg_chan:
+            reg = registry_pb2_grpc.RegistryServiceStub(reg_chan)
+            for i, server in enumerate(domains):
+                await reg.RegisterDomain(
+                    registry_pb2.RegisterDomainRequest(
+                        domain_id=f"noop_{i}", host="127.0.0.1", port=server.port
+                    )
+                )
+        orch = OrchestratorServer(
+            OrchestratorConfig(
+                server=config("orchestrator", data),
+                settings=OrchestratorSettings(max_parallel_steps=16),
+                registry_address=reg_server.address,
+                key_file=data / "orchestrator.key",
+                route_cache_s=60,
+            )
+        )
+        async with GraceServer(orch.config.server, orch) as orch_server:
+            chans = [channel(s.address) for s in domains]
+            stubs = [domain_pb2_grpc.DomainServiceStub(c) for c in chans]
+            orch_chan = channel(orch_server.address)
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(orch_chan)
+
+            async def raw() -> None:
+                for i, s in enumerate(stubs):
+                    await s.Execute(
+                        domain_pb2.ExecuteRequest(
+                            domain_id=f"noop_{i}", action="noop", idempotency_key="k"
+                        )
+                    )
+
+            seq = json_format.ParseDict(
+                {
+                    "name": "seq3",
+                    "steps": [
+                        {"domain_id": "noop_0", "action": "a"},
+                        {"domain_id": "noop_1", "action": "b", "depends_on": ["step_1"]},
+                        {"domain_id": "noop_2", "action": "c", "depends_on": ["step_2"]},
+                    ],
+                },
+                pb.CreateWorkflowRequest(),
+            )
+            fan = json_format.ParseDict(
+                {
+                    "name": "fanout8",
+                    "steps": [
+                        {"domain_id": "noop_0", "action": "root"},
+                        *(
+                            {
+                                "domain_id": f"noop_{i % 3}",
+                                "action": "leaf",
+                                "depends_on": ["step_1"],
+                            }
+                            for i in range(8)
+                        ),
+                    ],
+                },
+                pb.CreateWorkflowRequest(),
+            )
+            seq_id = (await stub.CreateWorkflow(seq)).workflow_id
+            fan_id = (await stub.CreateWorkflow(fan)).workflow_id
+
+            def runner(workflow_id: str) -> Callable[[], Awaitable[None]]:
+                async def one() -> None:
+                    r = await stub.ExecuteWorkflow(
+                        pb.ExecuteWorkflowRequest(workflow_id=workflow_id, wait=True)
+                    )
+                    assert r.execution.state == pb.EXECUTION_STATE_SUCCEEDED
+
+                return one
+
+            results: dict[str, Any] = await interleaved(
+                {"raw3_1": raw, "seq3_1": runner(seq_id), "fanout8_1": runner(fan_id)}
+            )
+            results["seq3_16"] = await measure(runner(seq_id), CONCURRENCY)
+            results["fanout8_16"] = await measure(runner(fan_id), CONCURRENCY)
+            commits = orch.store.commits
+            await orch_chan.close()
+            for c in chans:
+                await c.close()
+        for server in domains:
+            await server.stop(0.2)
+    results["ratio_p50_seq3_vs_raw3"] = results["seq3_1"]["p50_ms"] / results["raw3_1"]["p50_ms"]
+    results["commits"] = commits
+    return results
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"{'scenario':<24}{'clients':>8}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+    rows = [
+        ("raw 3 sequential calls", "raw3_1", 1),
+        ("3-step workflow", "seq3_1", 1),
+        ("3-step workflow", "seq3_16", CONCURRENCY),
+        ("1-to-8 fan-out", "fanout8_1", 1),
+        ("1-to-8 fan-out", "fanout8_16", CONCURRENCY),
+    ]
+    for label, key, clients in rows:
+        r = results[key]
+        print(f"{label:<24}{clients:>8}{r['per_s']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
+    print(
+        f"p50 of a 3-step workflow / p50 of 3 raw calls: "
+        f"{results['ratio_p50_seq3_vs_raw3']:.2f}x (target <= 3x); "
+        f"3-step workflows/s at {CONCURRENCY} clients: {results['seq3_16']['per_s']:.0f} "
+        "(target >= 100)"
+    )
+    print(json.dumps({"benchmark": "orchestrator", **results}, sort_keys=True))
+
+
+if __name__ == "__main__":
+    report(asyncio.run(main()))

@@ -1,0 +1,65 @@
+"""Configuration of the orchestrator server.
+
+Besides the common server settings (see `services.common.config`):
+
+- `GRACE_REGISTRY_ADDR`: the registry (default 127.0.0.1:8102).
+- `GRACE_EVENTBUS_ADDR`: the event bus the outbox relay publishes to (default 127.0.0.1:8100).
+- `GRACE_ORCHESTRATOR_KEY_FILE`: Ed25519 signing key, created on first start with mode
+  0600 (default `<data dir>/orchestrator.key`).
+- `GRACE_ORCHESTRATOR_MAX_PARALLEL_STEPS`: steps of one execution running at once (16).
+- `GRACE_ORCHESTRATOR_MAX_INFLIGHT_CALLS`: domain calls in flight overall (512).
+- `GRACE_ORCHESTRATOR_ROUTE_CACHE_S`: how long a resolved domain address is reused (5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, peer_address
+from services.orchestrator.engine import OrchestratorSettings
+
+SERVICE = "orchestrator"
+
+
+@dataclass(frozen=True)
+class OrchestratorConfig:
+    """Everything the orchestrator server reads at start-up."""
+
+    server: ServerConfig
+    settings: OrchestratorSettings
+    registry_address: str
+    key_file: Path
+    route_cache_s: float = 5.0
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, flags: argparse.Namespace | None = None
+    ) -> OrchestratorConfig:
+        """Reads the config from `env` (default os.environ) and parsed flags."""
+        env = dict(os.environ if env is None else env)
+        reader = EnvReader(env)
+        server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
+        return cls(
+            server=server,
+            settings=OrchestratorSettings(
+                max_parallel_steps=reader.integer(
+                    "GRACE_ORCHESTRATOR_MAX_PARALLEL_STEPS", 16, minimum=1, maximum=1000
+                ),
+                max_inflight_calls=reader.integer(
+                    "GRACE_ORCHESTRATOR_MAX_INFLIGHT_CALLS", 512, minimum=1, maximum=100_000
+                ),
+            ),
+            registry_address=peer_address(env, "registry"),
+            key_file=Path(
+                reader.text(
+                    "GRACE_ORCHESTRATOR_KEY_FILE", str(server.data_dir / "orchestrator.key")
+                )
+            ),
+            route_cache_s=reader.number(
+                "GRACE_ORCHESTRATOR_ROUTE_CACHE_S", 5.0, minimum=0, maximum=3600
+            ),
+        )

@@ -1,0 +1,86 @@
+"""Events the orchestrator announces on the bus, and where they are published.
+
+Events are written to the orchestrator's outbox in the same transaction as the transition
+they announce; `OutboxRelay` moves them to the event bus with `EventBusPublisher`
+(`publisher_for`), retrying with backoff while the bus is down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from services.common.bus_client import EventBusPublisher
+from services.orchestrator.model import Execution, JsonDict, StepRun
+from services.orchestrator.store import Event
+
+STARTED = "workflow.started"
+STEP_COMPLETED = "workflow.step.completed"
+STEP_FAILED = "workflow.step.failed"
+COMPLETED = "workflow.completed"
+ROLLED_BACK = "workflow.rolled_back"
+
+
+def event(event_type: str, data: JsonDict, ex: Execution, step_id: str = "") -> Event:
+    """An outbox event about an execution (or one of its steps).
+
+    Its id is derived from what it announces ("<execution_id>[:<step_id>]:<type>"), so an
+    event re-created when an execution resumes is a duplicate the bus suppresses.
+    """
+    scope = f"{ex.execution_id}:{step_id}" if step_id else ex.execution_id
+    return (event_type, data, ex.execution_id, f"{scope}:{event_type}")
+
+
+def _base(ex: Execution) -> JsonDict:
+    return {
+        "execution_id": ex.execution_id,
+        "workflow_id": ex.workflow_id,
+        "workflow_name": ex.workflow_name,
+    }
+
+
+def started(ex: Execution) -> JsonDict:
+    """Payload of workflow.started."""
+    return {**_base(ex), "steps": len(ex.steps)}
+
+
+def step_completed(ex: Execution, run: StepRun) -> JsonDict:
+    """Payload of workflow.step.completed."""
+    return {
+        **_base(ex),
+        "step_id": run.step_id,
+        "domain_id": run.domain_id,
+        "action": run.action,
+        "attempts": run.attempts,
+    }
+
+
+def step_failed(ex: Execution, run: StepRun) -> JsonDict:
+    """Payload of workflow.step.failed."""
+    return {**step_completed(ex, run), "error": run.error}
+
+
+def completed(ex: Execution, head_hash: str) -> JsonDict:
+    """Payload of workflow.completed."""
+    return {
+        **_base(ex),
+        "duration_ms": round((ex.finished_at - ex.created_at) * 1000, 3),
+        "proof_head": head_hash,
+    }
+
+
+def rolled_back(ex: Execution) -> JsonDict:
+    """Payload of workflow.rolled_back (also sent when a compensation failed)."""
+    return {
+        **_base(ex),
+        "state": ex.state.value,
+        "error": ex.error,
+        "compensated": list(ex.compensation_order),
+        "compensation_failed": [
+            sid for sid, run in ex.steps.items() if run.state.value == "COMPENSATION_FAILED"
+        ],
+    }
+
+
+def publisher_for(env: Mapping[str, str]) -> EventBusPublisher:
+    """The publisher events go to: the event bus at `GRACE_EVENTBUS_ADDR`."""
+    return EventBusPublisher.from_env(env)

@@ -1,0 +1,244 @@
+"""What the orchestrator works with: workflow definitions, executions and their steps.
+
+Executions are plain mutable dataclasses owned by one runner task; `to_json`/`from_json`
+give the snapshot that the store persists at every transition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+JsonDict = dict[str, Any]
+
+
+class ExecutionState(StrEnum):
+    """Life of an execution; see ExecutionState in orchestrator.proto."""
+
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    COMPENSATING = "COMPENSATING"
+    ROLLED_BACK = "ROLLED_BACK"
+    COMPENSATION_FAILED = "COMPENSATION_FAILED"
+
+
+TERMINAL_STATES = frozenset(
+    {ExecutionState.SUCCEEDED, ExecutionState.ROLLED_BACK, ExecutionState.COMPENSATION_FAILED}
+)
+
+
+class StepState(StrEnum):
+    """Life of one step of an execution; see StepState in orchestrator.proto."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    SKIPPED = "SKIPPED"
+    COMPENSATING = "COMPENSATING"
+    COMPENSATED = "COMPENSATED"
+    COMPENSATION_FAILED = "COMPENSATION_FAILED"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Attempts and exponential backoff of one step's calls."""
+
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.2
+    multiplier: float = 2.0
+    max_backoff_s: float = 10.0
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt `attempt` (1-based) before the next one."""
+        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One normalized step of a workflow definition."""
+
+    id: str
+    action: str
+    domain_id: str = ""
+    capability: str = ""
+    data: JsonDict = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+    retry: RetryPolicy = RetryPolicy()
+    compensation_action: str = ""
+    compensation_skip: bool = False
+
+    def to_json(self) -> JsonDict:
+        """JSON form for storage."""
+        return {
+            "id": self.id,
+            "action": self.action,
+            "domain_id": self.domain_id,
+            "capability": self.capability,
+            "data": self.data,
+            "depends_on": list(self.depends_on),
+            "timeout_s": self.timeout_s,
+            "retry": {
+                "max_attempts": self.retry.max_attempts,
+                "initial_backoff_s": self.retry.initial_backoff_s,
+                "multiplier": self.retry.multiplier,
+                "max_backoff_s": self.retry.max_backoff_s,
+            },
+            "compensation_action": self.compensation_action,
+            "compensation_skip": self.compensation_skip,
+        }
+
+    @classmethod
+    def from_json(cls, raw: JsonDict) -> StepSpec:
+        """Inverse of `to_json`."""
+        return cls(
+            id=raw["id"],
+            action=raw["action"],
+            domain_id=raw["domain_id"],
+            capability=raw["capability"],
+            data=raw["data"],
+            depends_on=tuple(raw["depends_on"]),
+            timeout_s=raw["timeout_s"],
+            retry=RetryPolicy(**raw["retry"]),
+            compensation_action=raw["compensation_action"],
+            compensation_skip=raw["compensation_skip"],
+        )
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    """A stored workflow definition."""
+
+    workflow_id: str
+    name: str
+    description: str
+    steps: tuple[StepSpec, ...]
+    created_at: float
+
+    def step(self, step_id: str) -> StepSpec:
+        """The step with this id."""
+        for spec in self.steps:
+            if spec.id == step_id:
+                return spec
+        raise KeyError(step_id)
+
+
+@dataclass
+class StepRun:
+    """The state of one step within one execution."""
+
+    step_id: str
+    action: str
+    state: StepState = StepState.PENDING
+    domain_id: str = ""
+    attempts: int = 0
+    input: JsonDict | None = None
+    output: JsonDict | None = None
+    error: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    next_attempt_at: float = 0.0
+    compensation_error: str = ""
+
+    def to_json(self) -> JsonDict:
+        """JSON form for snapshots."""
+        return {
+            "step_id": self.step_id,
+            "action": self.action,
+            "state": self.state.value,
+            "domain_id": self.domain_id,
+            "attempts": self.attempts,
+            "input": self.input,
+            "output": self.output,
+            "error": self.error,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "next_attempt_at": self.next_attempt_at,
+            "compensation_error": self.compensation_error,
+        }
+
+    @classmethod
+    def from_json(cls, raw: JsonDict) -> StepRun:
+        """Inverse of `to_json`."""
+        return cls(**{**raw, "state": StepState(raw["state"])})
+
+
+@dataclass
+class Execution:
+    """One run of a workflow, with the chain of proof records built as it goes."""
+
+    execution_id: str
+    workflow_id: str
+    workflow_name: str
+    input: JsonDict
+    steps: dict[str, StepRun]
+    created_at: float
+    state: ExecutionState = ExecutionState.RUNNING
+    error: str = ""
+    cancel_requested: bool = False
+    updated_at: float = 0.0
+    finished_at: float = 0.0
+    completion_order: list[str] = field(default_factory=list)
+    compensation_order: list[str] = field(default_factory=list)
+    records: list[JsonDict] = field(default_factory=list)
+    signature: bytes = b""
+    resumed: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        """True once the execution has ended."""
+        return self.state in TERMINAL_STATES
+
+    def output(self) -> JsonDict:
+        """Outputs of the succeeded steps by step id."""
+        return {
+            sid: run.output
+            for sid, run in self.steps.items()
+            if run.output is not None and run.state == StepState.SUCCEEDED
+        }
+
+    def to_json(self) -> JsonDict:
+        """The snapshot persisted at every transition."""
+        return {
+            "execution_id": self.execution_id,
+            "workflow_id": self.workflow_id,
+            "workflow_name": self.workflow_name,
+            "input": self.input,
+            "steps": [run.to_json() for run in self.steps.values()],
+            "created_at": self.created_at,
+            "state": self.state.value,
+            "error": self.error,
+            "cancel_requested": self.cancel_requested,
+            "updated_at": self.updated_at,
+            "finished_at": self.finished_at,
+            "completion_order": list(self.completion_order),
+            "compensation_order": list(self.compensation_order),
+            "records": list(self.records),
+            "signature": self.signature.hex(),
+            "resumed": self.resumed,
+        }
+
+    @classmethod
+    def from_json(cls, raw: JsonDict) -> Execution:
+        """Inverse of `to_json`."""
+        steps = [StepRun.from_json(s) for s in raw["steps"]]
+        return cls(
+            execution_id=raw["execution_id"],
+            workflow_id=raw["workflow_id"],
+            workflow_name=raw["workflow_name"],
+            input=raw["input"],
+            steps={s.step_id: s for s in steps},
+            created_at=raw["created_at"],
+            state=ExecutionState(raw["state"]),
+            error=raw["error"],
+            cancel_requested=raw["cancel_requested"],
+            updated_at=raw["updated_at"],
+            finished_at=raw["finished_at"],
+            completion_order=list(raw["completion_order"]),
+            compensation_order=list(raw["compensation_order"]),
+            records=list(raw["records"]),
+            signature=bytes.fromhex(raw["signature"]),
+            resumed=raw.get("resumed", 0),
+        )

@@ -1,0 +1,216 @@
+"""Hash-chained, signed proofs of executions, and their offline verification.
+
+Each call the orchestrator makes for an execution (an attempt of a step, a compensation)
+becomes a record: step, domain, action, kind, attempt, outcome, SHA-256 digests of the
+canonical JSON of the input and output, and times. A record's hash is the SHA-256 of its
+canonical JSON (every field but `hash`), and it carries the previous record's hash, so
+changing, removing or reordering any record breaks the chain. When the execution ends,
+the orchestrator signs the chain head with its Ed25519 key.
+
+Canonical JSON: keys sorted, no whitespace, UTF-8 (no escaping of non-ASCII), and
+integral floats written as integers (protobuf Struct numbers are doubles: 3.0 -> 3).
+
+`verify_proof` needs only the proof (and optionally a public key to pin): run it offline
+with `python -m services.orchestrator.proof FILE [--public-key HEX]`, where FILE is the
+JSON of a GetExecutionProof response (or of its `proof`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from grace.orchestrator.v1 import orchestrator_pb2
+from services.common import signing
+
+PROOF_VERSION = "grace.orchestrator.proof.v1"
+RECORD_FIELDS = (
+    "index",
+    "execution_id",
+    "step_id",
+    "domain_id",
+    "action",
+    "kind",
+    "attempt",
+    "outcome",
+    "input_sha256",
+    "output_sha256",
+    "error",
+    "started_at_us",
+    "finished_at_us",
+    "prev_hash",
+)
+_MAX_SAFE_INT = 2**53
+
+
+def _normalize(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_SAFE_INT:
+        return int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _normalize(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_normalize(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical JSON bytes of a JSON-compatible value."""
+    return json.dumps(
+        _normalize(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def digest(value: Any) -> str:
+    """Hex SHA-256 of the canonical JSON of `value`; "" for None (no output)."""
+    if value is None:
+        return ""
+    return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def genesis_hash(execution_id: str) -> str:
+    """The prev_hash of an execution's first record."""
+    return hashlib.sha256(f"{PROOF_VERSION}:{execution_id}".encode()).hexdigest()
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """Hex SHA-256 of a record's canonical JSON (its `hash` field excluded)."""
+    body = {name: record[name] for name in RECORD_FIELDS}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def append_record(records: list[dict[str, Any]], execution_id: str, **fields: Any) -> None:
+    """Appends a record to a chain, filling index, prev_hash and hash."""
+    record: dict[str, Any] = {
+        "index": len(records),
+        "execution_id": execution_id,
+        "prev_hash": records[-1]["hash"] if records else genesis_hash(execution_id),
+        **fields,
+    }
+    record["hash"] = record_hash(record)
+    records.append(record)
+
+
+def head_hash(execution_id: str, records: Sequence[Mapping[str, Any]]) -> str:
+    """The hash the signature covers: the last record's, or the genesis hash."""
+    return str(records[-1]["hash"]) if records else genesis_hash(execution_id)
+
+
+def signing_message(
+    execution_id: str, workflow_id: str, final_state: str, count: int, head: str
+) -> bytes:
+    """The exact bytes the orchestrator signs."""
+    return (
+        f"{PROOF_VERSION}\n{execution_id}\n{workflow_id}\n{final_state}\n{count}\n{head}".encode()
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of a verification.
+
+    Attributes:
+        valid: True when every record, the chain and the signature check out.
+        first_invalid_record: Index of the first record that does not check out, or -1.
+        reason: Why the proof is invalid; "" when valid.
+    """
+
+    valid: bool
+    first_invalid_record: int = -1
+    reason: str = ""
+
+
+def _record_dict(record: orchestrator_pb2.ProofRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in (*RECORD_FIELDS, "hash")}
+
+
+def verify_proof(proof: orchestrator_pb2.ExecutionProof, public_key: bytes = b"") -> Verdict:
+    """Verifies a proof offline: each record's hash, the chain links, the head, the signature.
+
+    Args:
+        proof: The proof as returned by GetExecutionProof.
+        public_key: Raw Ed25519 key that must have signed it; empty trusts the proof's key.
+    """
+    if public_key and public_key != proof.public_key:
+        return Verdict(False, -1, "the proof was signed by another key than the one given")
+    previous = genesis_hash(proof.execution_id)
+    for position, record in enumerate(proof.records):
+        fields = _record_dict(record)
+        if fields["index"] != position:
+            return Verdict(False, position, f"record {position} has index {fields['index']}")
+        if fields["execution_id"] != proof.execution_id:
+            return Verdict(False, position, f"record {position} belongs to another execution")
+        if fields["prev_hash"] != previous:
+            return Verdict(False, position, f"record {position} does not link to the one before")
+        if record_hash(fields) != fields["hash"]:
+            return Verdict(False, position, f"record {position} was altered (hash mismatch)")
+        previous = fields["hash"]
+    if proof.head_hash != previous:
+        return Verdict(False, len(proof.records), "head_hash is not the hash of the last record")
+    message = signing_message(
+        proof.execution_id, proof.workflow_id, proof.final_state, len(proof.records), previous
+    )
+    if not signing.verify(proof.public_key, message, proof.signature):
+        return Verdict(False, -1, "the signature does not match the chain head")
+    return Verdict(True)
+
+
+def load_proof(text: str) -> orchestrator_pb2.ExecutionProof:
+    """Parses the JSON of a GetExecutionProof response, or of its `proof` field."""
+    raw = json.loads(text)
+    if isinstance(raw, dict) and "proof" in raw:
+        raw = raw["proof"]
+    proof = orchestrator_pb2.ExecutionProof()
+    json_format.ParseDict(raw, proof, ignore_unknown_fields=True)
+    return proof
+
+
+def _key(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        try:
+            return base64.b64decode(text, validate=True)
+        except binascii.Error:
+            raise SystemExit(f"--public-key: {text!r} is neither hex nor base64") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`verify-proof FILE [--public-key KEY]`: exit 0 when valid, 1 when not, 2 on bad input."""
+    parser = argparse.ArgumentParser(
+        prog="grace verify-proof", description="Verify an execution proof offline."
+    )
+    parser.add_argument("file", help="JSON of a GetExecutionProof response ('-' for stdin)")
+    parser.add_argument(
+        "--public-key", default="", help="pin the orchestrator's public key (hex or base64)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+        proof = load_proof(text)
+    except (OSError, ValueError, json_format.ParseError) as exc:
+        print(f"verify-proof: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    verdict = verify_proof(proof, _key(args.public_key) if args.public_key else b"")
+    if verdict.valid:
+        print(
+            f"valid: execution {proof.execution_id} ({proof.final_state}), "
+            f"{len(proof.records)} records, signed by key {proof.key_id}"
+        )
+        return 0
+    where = f" (record {verdict.first_invalid_record})" if verdict.first_invalid_record >= 0 else ""
+    print(f"INVALID{where}: {verdict.reason}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Finding and calling the domain that runs a step.
+
+A step names a `domain_id` or a `capability`. Addresses come from the registry
+(GetDomain, FindByCapability ranked best first) and are cached for a few seconds, so the
+hot path costs no registry call; an UNAVAILABLE answer drops the cached entry and moves on
+to the next candidate. Channels to domains are opened once per address and reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from grace.domain.v1 import domain_pb2_grpc
+from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.channels import channel
+from services.orchestrator.model import JsonDict
+
+# Codes after which trying again cannot help (see DomainService in domain.proto).
+PERMANENT_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
+_REGISTRY_TIMEOUT_S = 3.0
+
+
+class CallError(Exception):
+    """A domain call failed.
+
+    Attributes:
+        message: What went wrong, with the domain and the status.
+        retryable: Whether another attempt may succeed.
+        code: The gRPC status, when there was one.
+        domain_id: The domain the call reached, or "" when none was reached.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        code: grpc.StatusCode | None = None,
+        domain_id: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.code = code
+        self.domain_id = domain_id
+
+
+class RegistryUnavailable(Exception):
+    """The registry could not be reached."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A domain that can run a step."""
+
+    domain_id: str
+    address: str
+
+
+def to_struct(value: JsonDict) -> struct_pb2.Struct:
+    """A Struct holding a JSON object."""
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+def from_struct(struct: struct_pb2.Struct) -> JsonDict:
+    """The JSON object a Struct holds."""
+    return json_format.MessageToDict(struct)
+
+
+class DomainRouter:
+    """Resolves step targets through the registry and calls domains.
+
+    Args:
+        registry: Channel to the registry.
+        cache_ttl_s: How long a resolved target is reused without asking the registry.
+        clock: Monotonic clock (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        registry: grpc.aio.Channel,
+        *,
+        cache_ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
+        self._ttl = cache_ttl_s
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, list[Candidate]]] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, domain_pb2_grpc.DomainServiceStub] = {}
+
+    async def close(self) -> None:
+        """Closes the channels to domains."""
+        channels, self._channels, self._stubs = self._channels, {}, {}
+        await asyncio.gather(*(c.close() for c in channels.values()), return_exceptions=True)
+
+    def stub(self, address: str) -> domain_pb2_grpc.DomainServiceStub:
+        """The cached stub of the domain at `address`."""
+        stub = self._stubs.get(address)
+        if stub is None:
+            chan = channel(address)
+            self._channels[address] = chan
+            stub = self._stubs[address] = domain_pb2_grpc.DomainServiceStub(chan)
+        return stub
+
+    def forget(self, kind: str, key: str) -> None:
+        """Drops a cached resolution (after the target turned out unavailable)."""
+        self._cache.pop((kind, key), None)
+
+    async def resolve(self, kind: str, key: str) -> list[Candidate]:
+        """Candidates for `kind` "domain" (an id) or "capability", best first.
+
+        Raises:
+            RegistryUnavailable: The registry did not answer.
+        """
+        cached = self._cache.get((kind, key))
+        now = self._clock()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            if kind == "domain":
+                found = await self._registry.GetDomain(
+                    registry_pb2.GetDomainRequest(domain_id=key), timeout=_REGISTRY_TIMEOUT_S
+                )
+                candidates = [Candidate(found.domain.domain_id, found.domain.address)]
+            else:
+                ranked = await self._registry.FindByCapability(
+                    registry_pb2.FindByCapabilityRequest(capability=key),
+                    timeout=_REGISTRY_TIMEOUT_S,
+                )
+                candidates = [
+                    Candidate(r.domain.domain_id, r.domain.address) for r in ranked.domains
+                ]
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                candidates = []
+            else:
+                raise RegistryUnavailable(f"registry: {exc.code().name}: {exc.details()}") from exc
+        self._cache[(kind, key)] = (now + self._ttl, candidates)
+        return candidates
+
+    async def unknown_domains(self, domain_ids: list[str]) -> list[str] | None:
+        """The ids among `domain_ids` the registry does not know; None when it is down."""
+        unknown: list[str] = []
+        try:
+            for domain_id in domain_ids:
+                if not await self.resolve("domain", domain_id):
+                    unknown.append(domain_id)
+        except RegistryUnavailable:
+            return None
+        return unknown
+
+    async def call(
+        self,
+        kind: str,
+        key: str,
+        invoke: Callable[[domain_pb2_grpc.DomainServiceStub, str], Any],
+    ) -> tuple[str, Any]:
+        """Calls the best candidate, falling back to the next one on UNAVAILABLE.
+
+        Args:
+            kind: "domain" or "capability".
+            key: The domain id or the capability.
+            invoke: Makes the call given a stub and the candidate's domain id.
+
+        Returns:
+            The domain id that answered and its response.
+
+        Raises:
+            CallError: Every candidate failed, or the one reached answered an error.
+        """
+        try:
+            candidates = await self.resolve(kind, key)
+        except RegistryUnavailable as exc:
+            raise CallError(str(exc), retryable=True) from exc
+        if not candidates:
+            what = "domain" if kind == "domain" else "live domain offering capability"
+            raise CallError(f"no {what} {key!r} in the registry", retryable=True)
+        last: grpc.aio.AioRpcError | None = None
+        for candidate in candidates:
+            try:
+                response = await invoke(self.stub(candidate.address), candidate.domain_id)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    last = exc
+                    self.forget(kind, key)
+                    continue
+                raise CallError(
+                    f"{candidate.domain_id}: {exc.code().name}: {exc.details()}",
+                    retryable=exc.code() not in PERMANENT_CODES,
+                    code=exc.code(),
+                    domain_id=candidate.domain_id,
+                ) from exc
+            return candidate.domain_id, response
+        assert last is not None
+        raise CallError(
+            f"{key}: every candidate is unavailable ({last.details()})",
+            retryable=True,
+            code=grpc.StatusCode.UNAVAILABLE,
+        )

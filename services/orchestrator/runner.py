@@ -1,0 +1,421 @@
+"""Runs one execution: schedules ready steps in parallel, retries, rolls back, signs.
+
+One `ExecutionRunner` task owns an execution. Every transition is persisted (through the
+store's group commit) before it is acted on: a step is recorded RUNNING before its call
+goes out, a retry before its backoff starts, a step COMPENSATING before its Compensate
+call, and the final state with the signature before anyone is told. After a crash the
+runner starts again from the last snapshot: RUNNING steps are called again with the same
+idempotency key, so a domain that already applied them returns the stored result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from grace.domain.v1 import domain_pb2
+from services.orchestrator import events, proof
+from services.orchestrator.dataflow import DataReferenceError, resolve
+from services.orchestrator.model import (
+    Execution,
+    ExecutionState,
+    JsonDict,
+    StepRun,
+    StepSpec,
+    StepState,
+    WorkflowSpec,
+)
+from services.orchestrator.routing import CallError, from_struct, to_struct
+from services.orchestrator.store import Event
+
+if TYPE_CHECKING:
+    from services.orchestrator.engine import Orchestrator
+
+log = logging.getLogger(__name__)
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+class ExecutionRunner:
+    """Drives one execution to its end.
+
+    Args:
+        host: The orchestrator (store, router, signer, settings, stats, watchers).
+        spec: The workflow being run.
+        execution: The execution, new or loaded from its last snapshot.
+        initial_events: Events persisted with the first transition (workflow.started).
+    """
+
+    def __init__(
+        self,
+        host: Orchestrator,
+        spec: WorkflowSpec,
+        execution: Execution,
+        initial_events: Sequence[Event] = (),
+    ) -> None:
+        self.host = host
+        self.spec = spec
+        self.ex = execution
+        self.first_persist: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
+        self._events: list[Event] = list(initial_events)
+        self._labels: list[str] = []
+        self._dirty = True
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._steps: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        """Starts the runner task."""
+        self.task = asyncio.create_task(self._run(), name=f"execution-{self.ex.execution_id}")
+        return self.task
+
+    def request_cancel(self) -> None:
+        """Stops scheduling new steps; the rollback follows once running steps finish."""
+        self._stop.set()
+        self._wake.set()
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self.ex.cancel_requested
+
+    def _mark(self, label: str, *new_events: Event) -> None:
+        self._labels.append(label)
+        self._events.extend(new_events)
+        self._dirty = True
+
+    async def persist(self, label: str = "", *new_events: Event, sync: bool = False) -> None:
+        """Persists the execution with everything marked since the last persist.
+
+        `sync` also flushes it to disk; see `OrchestratorStore`. The first persist (the
+        execution accepted), rollbacks and final states are always flushed.
+        """
+        sync = sync or not self.first_persist.done()
+        if label:
+            self._mark(label, *new_events)
+        labels, batch = self._labels, self._events
+        self._labels, self._events, self._dirty = [], [], False
+        self.ex.updated_at = self.host.clock()
+        snapshot = self.ex.to_json()
+        await self.host.store.save(snapshot, batch, sync=sync)
+        if not self.first_persist.done():
+            self.first_persist.set_result(None)
+        self.host.notify(self.ex, snapshot, "; ".join(labels))
+
+    async def _run(self) -> None:
+        try:
+            if self.ex.state == ExecutionState.RUNNING:
+                await self._forward()
+            if self.ex.state == ExecutionState.COMPENSATING:
+                await self._compensate()
+        except asyncio.CancelledError:
+            for task in self._steps:
+                task.cancel()
+            await asyncio.gather(*self._steps, return_exceptions=True)
+            raise
+        except Exception as exc:
+            log.exception("execution %s stopped on an internal error", self.ex.execution_id)
+            if not self.first_persist.done():
+                self.first_persist.set_exception(exc)
+            raise
+        finally:
+            self.host.runner_done(self)
+
+    # -- forward phase ------------------------------------------------------------------
+
+    def _context(self) -> JsonDict:
+        return {
+            "input": self.ex.input,
+            "steps": {
+                sid: {"input": run.input, "output": run.output}
+                for sid, run in self.ex.steps.items()
+                if run.state == StepState.SUCCEEDED
+            },
+            "execution": {"id": self.ex.execution_id},
+            "workflow": {"id": self.spec.workflow_id, "name": self.spec.name},
+        }
+
+    def _input_for(self, spec: StepSpec) -> JsonDict:
+        if spec.data:
+            resolved = resolve(spec.data, self._context())
+            return resolved if isinstance(resolved, dict) else {"value": resolved}
+        # No data: the workflow input, then each dependency's input and output, merged.
+        merged: JsonDict = dict(self.ex.input)
+        for dep in spec.depends_on:
+            run = self.ex.steps[dep]
+            merged.update(run.input or {})
+            merged.update(run.output or {})
+        return merged
+
+    def _ready(self) -> list[StepSpec]:
+        return [
+            spec
+            for spec in self.spec.steps
+            if self.ex.steps[spec.id].state == StepState.PENDING
+            and all(self.ex.steps[d].state == StepState.SUCCEEDED for d in spec.depends_on)
+        ]
+
+    def _launch(self, spec: StepSpec, run: StepRun) -> None:
+        task = asyncio.create_task(self._run_step(spec, run), name=f"step-{spec.id}")
+        self._steps.add(task)
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._steps.discard(done)
+            self._wake.set()
+
+        task.add_done_callback(finished)
+
+    async def _forward(self) -> None:
+        limit = self.host.settings.max_parallel_steps
+        for spec in self.spec.steps:
+            run = self.ex.steps[spec.id]
+            if run.state == StepState.RUNNING:
+                self._launch(spec, run)
+        while True:
+            started: list[StepSpec] = []
+            if not self._stopping():
+                for spec in self._ready()[: max(0, limit - len(self._steps))]:
+                    run = self.ex.steps[spec.id]
+                    run.state = StepState.RUNNING
+                    run.attempts = 1
+                    run.started_at = self.host.clock()
+                    try:
+                        run.input = self._input_for(spec)
+                    except DataReferenceError as exc:
+                        self._fail(spec, run, f"input: {exc}")
+                        break
+                    started.append(spec)
+                    self._mark(f"step.started {spec.id}")
+            if not started and not self._steps:
+                # Nothing runs any more: the final transition (SUCCEEDED or COMPENSATING)
+                # is persisted together with what was marked since the last persist.
+                break
+            if self._dirty:
+                await self.persist()
+            for spec in started:
+                self._launch(spec, self.ex.steps[spec.id])
+            await self._wake.wait()
+            self._wake.clear()
+        if all(r.state == StepState.SUCCEEDED for r in self.ex.steps.values()) and not (
+            self.ex.cancel_requested
+        ):
+            await self._finish(ExecutionState.SUCCEEDED)
+            return
+        for run in self.ex.steps.values():
+            if run.state == StepState.PENDING:
+                run.state = StepState.SKIPPED
+        if not self.ex.error:
+            self.ex.error = "cancelled by request"
+        self._set_state(ExecutionState.COMPENSATING)
+        await self.persist("execution.compensating", sync=True)
+
+    def _fail(self, spec: StepSpec, run: StepRun, error: str) -> None:
+        run.state = StepState.FAILED
+        run.error = error
+        run.finished_at = self.host.clock()
+        if not self.ex.error:
+            self.ex.error = f"step {spec.id} failed: {error}"
+        self._stop.set()
+        self._mark(
+            f"step.failed {spec.id}",
+            events.event(events.STEP_FAILED, events.step_failed(self.ex, run), self.ex, spec.id),
+        )
+
+    async def _run_step(self, spec: StepSpec, run: StepRun) -> None:
+        while True:
+            wait = run.next_attempt_at - self.host.clock()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=wait)
+            if self._stopping() and run.next_attempt_at:
+                self._fail(spec, run, f"retry abandoned after: {run.error}")
+                return
+            started = self.host.clock()
+            try:
+                output = await self._execute(spec, run)
+            except CallError as exc:
+                self._record(spec, run, "execute", run.attempts, started, None, exc.message)
+                if exc.domain_id and not run.domain_id:
+                    run.domain_id = exc.domain_id
+                if not exc.retryable or run.attempts >= spec.retry.max_attempts or self._stopping():
+                    self._fail(spec, run, exc.message)
+                    return
+                run.error = exc.message
+                run.next_attempt_at = self.host.clock() + spec.retry.delay_after(run.attempts)
+                run.attempts += 1
+                self.host.stats.step_retries += 1
+                await self.persist(f"step.retrying {spec.id} attempt {run.attempts}")
+                continue
+            self._record(spec, run, "execute", run.attempts, started, output, "")
+            run.state = StepState.SUCCEEDED
+            run.output = output
+            run.error = ""
+            run.next_attempt_at = 0.0
+            run.finished_at = self.host.clock()
+            self.ex.completion_order.append(spec.id)
+            self._mark(
+                f"step.succeeded {spec.id}",
+                events.event(
+                    events.STEP_COMPLETED, events.step_completed(self.ex, run), self.ex, spec.id
+                ),
+            )
+            return
+
+    async def _execute(self, spec: StepSpec, run: StepRun) -> JsonDict:
+        if run.domain_id:
+            kind, key = "domain", run.domain_id
+        elif spec.domain_id:
+            kind, key = "domain", spec.domain_id
+        else:
+            kind, key = "capability", spec.capability
+        assert run.input is not None
+        request = domain_pb2.ExecuteRequest(
+            action=spec.action,
+            input=to_struct(run.input),
+            workflow_id=self.spec.workflow_id,
+            execution_id=self.ex.execution_id,
+            step_id=spec.id,
+            attempt=run.attempts,
+            idempotency_key=f"{self.ex.execution_id}/{spec.id}",
+        )
+
+        async def invoke(stub: Any, domain_id: str) -> Any:
+            request.domain_id = domain_id
+            return await stub.Execute(request, timeout=spec.timeout_s)
+
+        self.host.stats.step_attempts += 1
+        async with self.host.call_slots:
+            domain_id, response = await self.host.router.call(kind, key, invoke)
+        run.domain_id = domain_id
+        return from_struct(response.output)
+
+    def _record(
+        self,
+        spec: StepSpec,
+        run: StepRun,
+        kind: str,
+        attempt: int,
+        started: float,
+        output: JsonDict | None,
+        error: str,
+        outcome: str = "",
+    ) -> None:
+        proof.append_record(
+            self.ex.records,
+            self.ex.execution_id,
+            step_id=spec.id,
+            domain_id=run.domain_id,
+            action=(spec.compensation_action or spec.action)
+            if kind == "compensate"
+            else spec.action,
+            kind=kind,
+            attempt=attempt,
+            outcome=outcome or ("failed" if error else "succeeded"),
+            input_sha256=proof.digest(run.input),
+            output_sha256=proof.digest(output),
+            error=error,
+            started_at_us=_us(started),
+            finished_at_us=_us(self.host.clock()),
+        )
+
+    # -- rollback -----------------------------------------------------------------------
+
+    async def _compensate(self) -> None:
+        failed = False
+        for step_id in reversed(self.ex.completion_order):
+            run = self.ex.steps[step_id]
+            if run.state == StepState.COMPENSATION_FAILED:
+                failed = True
+                continue
+            if run.state not in (StepState.SUCCEEDED, StepState.COMPENSATING):
+                continue
+            spec = self.spec.step(step_id)
+            if spec.compensation_skip:
+                run.state = StepState.COMPENSATED
+                self._record(spec, run, "compensate", 0, self.host.clock(), None, "", "skipped")
+                self.ex.compensation_order.append(step_id)
+                self._mark(f"step.compensation_skipped {step_id}")
+                continue
+            run.state = StepState.COMPENSATING
+            await self.persist(f"step.compensating {step_id}")
+            if await self._compensate_step(spec, run):
+                run.state = StepState.COMPENSATED
+                self.ex.compensation_order.append(step_id)
+                self._mark(f"step.compensated {step_id}")
+            else:
+                failed = True
+                run.state = StepState.COMPENSATION_FAILED
+                self._mark(f"step.compensation_failed {step_id}")
+        await self._finish(
+            ExecutionState.COMPENSATION_FAILED if failed else ExecutionState.ROLLED_BACK
+        )
+
+    async def _compensate_step(self, spec: StepSpec, run: StepRun) -> bool:
+        action = spec.compensation_action or spec.action
+        attempt = 0
+        while True:
+            attempt += 1
+            started = self.host.clock()
+            request = domain_pb2.CompensateRequest(
+                domain_id=run.domain_id,
+                action=action,
+                input=to_struct(run.input or {}),
+                output=to_struct(run.output or {}),
+                workflow_id=self.spec.workflow_id,
+                execution_id=self.ex.execution_id,
+                step_id=spec.id,
+                attempt=attempt,
+                idempotency_key=f"{self.ex.execution_id}/{spec.id}/compensate",
+            )
+
+            async def invoke(stub: Any, _domain_id: str, request: Any = request) -> Any:
+                return await stub.Compensate(request, timeout=spec.timeout_s)
+
+            self.host.stats.compensations += 1
+            try:
+                async with self.host.call_slots:
+                    _, response = await self.host.router.call("domain", run.domain_id, invoke)
+            except CallError as exc:
+                if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+                    # The domain declares no compensation for this action: nothing to undo.
+                    self._record(spec, run, "compensate", attempt, started, None, "", "skipped")
+                    return True
+                self._record(spec, run, "compensate", attempt, started, None, exc.message)
+                if exc.retryable and attempt < spec.retry.max_attempts:
+                    await asyncio.sleep(spec.retry.delay_after(attempt))
+                    continue
+                run.compensation_error = exc.message
+                return False
+            self._record(
+                spec, run, "compensate", attempt, started, from_struct(response.output), ""
+            )
+            return True
+
+    # -- the end ------------------------------------------------------------------------
+
+    def _set_state(self, state: ExecutionState) -> None:
+        self.host.state_changed(self.ex.state, state)
+        self.ex.state = state
+
+    async def _finish(self, state: ExecutionState) -> None:
+        self._set_state(state)
+        self.ex.finished_at = self.host.clock()
+        head = proof.head_hash(self.ex.execution_id, self.ex.records)
+        message = proof.signing_message(
+            self.ex.execution_id, self.spec.workflow_id, state.value, len(self.ex.records), head
+        )
+        self.ex.signature = self.host.signer.sign(message)
+        if state == ExecutionState.SUCCEEDED:
+            event = events.event(events.COMPLETED, events.completed(self.ex, head), self.ex)
+        else:
+            event = events.event(events.ROLLED_BACK, events.rolled_back(self.ex), self.ex)
+        await self.persist(f"execution.{state.value.lower()}", event, sync=True)
+        self.host.stats.record_duration(self.ex.finished_at - self.ex.created_at)

@@ -1,0 +1,85 @@
+"""Wires the orchestrator core, its store, router, key and servicer into the runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import grpc
+
+from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from services.common.channels import channel
+from services.common.outbox import OutboxRelay, Publisher
+from services.common.server import Service
+from services.common.signing import load_or_create_key
+from services.common.storage import Database
+from services.orchestrator.config import OrchestratorConfig
+from services.orchestrator.engine import Orchestrator
+from services.orchestrator.routing import DomainRouter
+from services.orchestrator.servicer import OrchestratorServicer
+from services.orchestrator.store import OrchestratorStore
+
+SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+
+
+class OrchestratorServer(Service):
+    """The orchestrator as a Grace service.
+
+    Args:
+        config: Server and orchestrator settings.
+        publisher: Where events from the outbox go; None leaves them in the outbox.
+        schema: PostgreSQL schema (tests); None for the default.
+    """
+
+    def __init__(
+        self,
+        config: OrchestratorConfig,
+        *,
+        publisher: Publisher | None = None,
+        schema: str | None = None,
+    ) -> None:
+        self.config = config
+        self.publisher = publisher
+        self.store = OrchestratorStore(Database(config.server.database_url, schema=schema))
+        self._registry_channel: grpc.aio.Channel | None = None
+        self._relay: OutboxRelay | None = None
+        self._relay_task: asyncio.Task[None] | None = None
+        self.core: Orchestrator | None = None
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
+            OrchestratorServicer(self._core), server
+        )
+        return [SERVICE_NAME]
+
+    def _core(self) -> Orchestrator:
+        # The core needs the event loop and the key file, so it is built in `start`; the
+        # runtime turns calls away (UNAVAILABLE) until `start` has returned.
+        assert self.core is not None
+        return self.core
+
+    async def start(self) -> None:
+        key = load_or_create_key(self.config.key_file)
+        self._registry_channel = channel(self.config.registry_address)
+        router = DomainRouter(self._registry_channel, cache_ttl_s=self.config.route_cache_s)
+        self.core = Orchestrator(self.store, router, key, self.config.settings)
+        await self.core.open()
+        if self.publisher is not None:
+            self._relay = OutboxRelay(self.store.outbox, self.publisher, poll_interval_s=1.0)
+            self.store.on_events = self._relay.wake
+            self._relay_task = asyncio.create_task(self._relay.run(), name="orchestrator-relay")
+
+    async def stop(self) -> None:
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
+        close = getattr(self.publisher, "close", None)
+        if close is not None:
+            await close()
+        if self.core is not None:
+            await self.core.close()
+            await self.core.router.close()
+        if self._registry_channel is not None:
+            await self._registry_channel.close()

@@ -1,0 +1,54 @@
+"""The store on both backends: group-committed snapshots, outbox rows, resumable set."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.common.storage import Database
+from services.orchestrator.model import Execution, ExecutionState, StepRun
+from services.orchestrator.store import OrchestratorStore
+from tests.conftest import DatabaseTarget
+
+
+def _execution(execution_id: str, state: ExecutionState, created_at: float) -> Execution:
+    return Execution(
+        execution_id=execution_id,
+        workflow_id="wf_1",
+        workflow_name="w",
+        input={"n": 1},
+        steps={"step_1": StepRun("step_1", "a")},
+        created_at=created_at,
+        state=state,
+    )
+
+
+async def test_concurrent_transitions_share_commits_and_the_latest_snapshot_wins(
+    database: DatabaseTarget,
+) -> None:
+    store = OrchestratorStore(Database(database.url, schema=database.schema))
+    await store.open()
+    try:
+        running = _execution("ex_a", ExecutionState.RUNNING, 1.0)
+        done = _execution("ex_b", ExecutionState.SUCCEEDED, 2.0)
+        saves = [
+            store.save(
+                running.to_json(),
+                [("workflow.started", {"id": "ex_a"}, "ex_a", "ex_a/workflow.started")],
+            )
+        ]
+        for n in range(20):
+            done.error = f"v{n}"
+            saves.append(store.save(done.to_json(), sync=n % 2 == 0))
+        await asyncio.gather(*saves)
+        assert store.commits < 21
+        latest = await store.get_execution("ex_b")
+        assert latest is not None
+        assert latest["error"] == "v19"
+        unfinished = await store.load_unfinished()
+        assert [s["execution_id"] for s in unfinished] == ["ex_a"]
+        page = await store.list_executions(10, None, "wf_1", "")
+        assert [s["execution_id"] for s in page] == ["ex_b", "ex_a"]
+        assert await store.counts_by_state() == {"RUNNING": 1, "SUCCEEDED": 1}
+        assert [e.event_type for e in await store.outbox.pending(10)] == ["workflow.started"]
+    finally:
+        await store.close()
