@@ -1,0 +1,209 @@
+"""Gateway overhead: GET /domains/domain/{id} through the gateway vs the same gRPC call direct.
+
+Starts a registry and a gateway as separate processes on free loopback ports (SQLite in a
+temporary directory), registers one domain, then measures, in this process, the same read
+both ways at concurrency 1 and 32: p50, p99, requests/s, and the ratios gateway/direct.
+The HTTP client is a minimal keep-alive HTTP/1.1 client on asyncio streams so that the
+figures measure the gateway rather than an HTTP client library. Bounded by request counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+
+from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAIN = "ai_domain"
+PLAN = [(1, 1500), (32, 12000)]  # (concurrency, requests)
+WARMUP = 300
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_http(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise SystemExit("the gateway did not start")
+
+
+class HttpConnection:
+    """One keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> HttpConnection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def get(self, request: bytes) -> bytes:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError(head.decode(errors="replace"))
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def measure(
+    concurrency: int,
+    total: int,
+    make_worker: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
+) -> dict[str, float]:
+    calls = [await make_worker() for _ in range(concurrency)]
+    latencies: list[float] = []
+    remaining = total
+
+    async def run(call: Callable[[], Awaitable[None]]) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(run(c) for c in calls))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        "rps": len(latencies) / elapsed,
+    }
+
+
+async def bench(gateway_port: int, registry_address: str) -> dict[str, dict[str, float]]:
+    channel = grpc.aio.insecure_channel(registry_address)
+    stub = registry_pb2_grpc.RegistryServiceStub(channel)
+    await stub.RegisterDomain(
+        registry_pb2.RegisterDomainRequest(domain_id=DOMAIN, port=8202, capabilities=["ml"])
+    )
+    request = f"GET /domains/domain/{DOMAIN} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+    connections: list[HttpConnection] = []
+
+    async def http_worker() -> Callable[[], Awaitable[None]]:
+        connection = await HttpConnection.open(gateway_port)
+        connections.append(connection)
+
+        async def call() -> None:
+            await connection.get(request)
+
+        return call
+
+    async def grpc_worker() -> Callable[[], Awaitable[None]]:
+        message = registry_pb2.GetDomainRequest(domain_id=DOMAIN)
+
+        async def call() -> None:
+            await stub.GetDomain(message)
+
+        return call
+
+    await measure(4, WARMUP, http_worker)
+    await measure(4, WARMUP, grpc_worker)
+    results: dict[str, dict[str, float]] = {}
+    for concurrency, total in PLAN:
+        results[f"grpc_c{concurrency}"] = await measure(concurrency, total, grpc_worker)
+        results[f"gateway_c{concurrency}"] = await measure(concurrency, total, http_worker)
+    for connection in connections:
+        connection.close()
+    await channel.close()
+    return results
+
+
+def main() -> None:
+    python = sys.executable
+    registry_port, gateway_port = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as data_dir:
+        env = {
+            **os.environ,
+            "GRACE_DATA_DIR": data_dir,
+            "GRACE_REGISTRY_PORT": str(registry_port),
+            "GRACE_GATEWAY_PORT": str(gateway_port),
+            "GRACE_REGISTRY_ADDR": f"127.0.0.1:{registry_port}",
+        }
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        processes = [
+            subprocess.Popen([python, "-m", "services.registry"], cwd=ROOT, env=env),
+            subprocess.Popen([python, "-m", "gateway"], cwd=ROOT, env=env),
+        ]
+        try:
+
+            async def run() -> dict[str, dict[str, float]]:
+                await wait_http(gateway_port, time.monotonic() + 30)
+                channel = grpc.aio.insecure_channel(f"127.0.0.1:{registry_port}")
+                await asyncio.wait_for(channel.channel_ready(), 30)
+                await channel.close()
+                return await bench(gateway_port, f"127.0.0.1:{registry_port}")
+
+            results = asyncio.run(run())
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(timeout=30)
+    print()
+    print("GET /domains/domain/{id}: gateway (HTTP/JSON) vs direct gRPC, same run")
+    print(f"{'path':<10}{'conc':>6}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
+    for concurrency, _ in PLAN:
+        for kind in ("grpc", "gateway"):
+            r = results[f"{kind}_c{concurrency}"]
+            print(
+                f"{kind:<10}{concurrency:>6}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}{r['rps']:>10.0f}"
+            )
+    ratios: dict[str, float] = {}
+    for concurrency, _ in PLAN:
+        g, d = results[f"gateway_c{concurrency}"], results[f"grpc_c{concurrency}"]
+        ratios[f"p50_ratio_c{concurrency}"] = g["p50_ms"] / d["p50_ms"]
+        ratios[f"rps_ratio_c{concurrency}"] = g["rps"] / d["rps"]
+        print(
+            f"concurrency {concurrency}: gateway p50 = {ratios[f'p50_ratio_c{concurrency}']:.2f}x "
+            f"direct, throughput = {ratios[f'rps_ratio_c{concurrency}']:.2f}x direct"
+        )
+    print(
+        "targets: p50 within 2x of direct gRPC; >= 2000 req/s at concurrency 32 "
+        f"(measured {results['gateway_c32']['rps']:.0f})"
+    )
+    figures = {k: {m: round(v, 3) for m, v in r.items()} for k, r in results.items()}
+    print(
+        json.dumps(
+            {"benchmark": "gateway", **figures, **{k: round(v, 3) for k, v in ratios.items()}}
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Configuration of the gateway.
+
+- `GRACE_GATEWAY_HOST` / `--host`, `GRACE_GATEWAY_PORT` / `--port`: where it listens
+  (127.0.0.1:8000).
+- `GRACE_<COMPONENT>_ADDR`: each upstream's address (default 127.0.0.1 and its default port).
+- `GRACE_GATEWAY_TIMEOUT_S`: deadline of a unary call when the client sends no
+  `grpc-timeout` or `X-Request-Timeout` header (30).
+- `GRACE_GATEWAY_MAX_TIMEOUT_S`: largest deadline a client may ask for (300).
+- `GRACE_GATEWAY_MAX_BODY_BYTES`: largest request body, 413 beyond (4 MiB).
+- `GRACE_GATEWAY_HEALTH_TIMEOUT_S`: deadline of each upstream health and stats call of
+  /domains/system/health and /domains/system/overview (2).
+- `GRACE_GATEWAY_STREAM_FIRST_WAIT_S`: how long a streaming route waits for the upstream's
+  first message before it commits to a 200 (so early errors still get their HTTP status) (1).
+- `GRACE_GATEWAY_PROTO_ROOT`: directory of the `.proto` files whose comments document
+  /openapi.json (the project's `protos/`).
+- `GRACE_SHUTDOWN_GRACE_S`, `GRACE_MAX_MESSAGE_BYTES`: as for every server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.common.codegen import PROTO_ROOT
+from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, server_flag_parser
+
+SERVICE = "gateway"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway reads at start-up.
+
+    Attributes:
+        host: Interface to bind.
+        port: Port to bind; 0 picks a free one.
+        default_timeout_s: Deadline of unary calls without a timeout header.
+        max_timeout_s: Cap on client-requested deadlines.
+        max_body_bytes: Largest accepted request body.
+        health_timeout_s: Deadline of each call of the aggregation routes.
+        stream_first_wait_s: Wait for a stream's first message before answering 200.
+        shutdown_grace_s: Time in-flight requests get at shutdown.
+        max_message_bytes: Largest gRPC message.
+        proto_root: Where the .proto files are read for API comments (None: no comments).
+        env: The environment, for upstream addresses.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORTS[SERVICE]
+    default_timeout_s: float = 30.0
+    max_timeout_s: float = 300.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    health_timeout_s: float = 2.0
+    stream_first_wait_s: float = 1.0
+    shutdown_grace_s: float = 5.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    proto_root: Path | None = PROTO_ROOT
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, flags: argparse.Namespace | None = None
+    ) -> GatewayConfig:
+        """Reads the config from `env` (default os.environ) and parsed flags."""
+        env = dict(os.environ if env is None else env)
+        reader = EnvReader(env)
+        server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
+        proto_root = Path(reader.text("GRACE_GATEWAY_PROTO_ROOT", str(PROTO_ROOT)))
+        return cls(
+            host=server.host,
+            port=server.port,
+            default_timeout_s=reader.number(
+                "GRACE_GATEWAY_TIMEOUT_S", 30.0, minimum=0.001, maximum=3600
+            ),
+            max_timeout_s=reader.number(
+                "GRACE_GATEWAY_MAX_TIMEOUT_S", 300.0, minimum=0.001, maximum=86400
+            ),
+            max_body_bytes=reader.integer(
+                "GRACE_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=1 << 30
+            ),
+            health_timeout_s=reader.number(
+                "GRACE_GATEWAY_HEALTH_TIMEOUT_S", 2.0, minimum=0.01, maximum=60
+            ),
+            stream_first_wait_s=reader.number(
+                "GRACE_GATEWAY_STREAM_FIRST_WAIT_S", 1.0, minimum=0, maximum=60
+            ),
+            shutdown_grace_s=server.shutdown_grace_s,
+            max_message_bytes=server.max_message_bytes,
+            proto_root=proto_root if proto_root.is_dir() else None,
+            env=env,
+        )
+
+
+def flag_parser() -> argparse.ArgumentParser:
+    """The gateway's command-line flags (the common server flags)."""
+    parser = server_flag_parser(SERVICE)
+    parser.prog = "python -m gateway"
+    parser.description = "Grace REST gateway"
+    return parser

@@ -1,0 +1,214 @@
+"""Builds the gateway from the descriptors and runs it on uvicorn.
+
+Use `Gateway` as an async context manager in tests (it binds its own socket, so port 0
+works and `gateway.port` tells the port), or `serve_forever` from `__main__`: SIGTERM or
+SIGINT reports NOT_SERVING on /healthz, ends open streams, stops accepting, lets in-flight
+requests finish for the grace period, then closes the upstream channels. A second signal
+cuts the grace period short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Generator, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from google.protobuf import descriptor as _descriptor
+
+from gateway.app import ForwardGate, GatewayApp
+from gateway.comments import load_comments
+from gateway.config import GatewayConfig
+from gateway.openapi import ERROR_SCHEMA, build_openapi
+from gateway.routes import RouteTable, discover_services
+from gateway.upstreams import Upstreams
+
+log = logging.getLogger(__name__)
+
+_BUILTIN_DOCS: dict[str, tuple[str, str]] = {
+    "/healthz": ("Gateway.Healthz", "Health of the gateway process itself."),
+    "/openapi.json": ("Gateway.OpenApi", "This document."),
+    "/domains/system/health": (
+        "Gateway.SystemHealth",
+        "gRPC health of every upstream service; 200 when all are SERVING, 503 otherwise.",
+    ),
+    "/domains/system/overview": (
+        "Gateway.SystemOverview",
+        "Each service's health and stats RPCs (Get...Stats) and the guardian's component "
+        "table; a service that is down shows as down.",
+    ),
+}
+
+
+def builtin_openapi_paths() -> dict[str, dict[str, Any]]:
+    """OpenAPI entries of the routes the gateway serves itself."""
+    paths: dict[str, dict[str, Any]] = {}
+    for path, (operation_id, description) in _BUILTIN_DOCS.items():
+        paths[path] = {
+            "get": {
+                "operationId": operation_id,
+                "tags": ["gateway"],
+                "description": description,
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "503": {
+                        "description": "Not every service is SERVING.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "default": {
+                        "description": "An error.",
+                        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+                    },
+                },
+            }
+        }
+    return paths
+
+
+def build_app(
+    config: GatewayConfig,
+    services: Sequence[_descriptor.ServiceDescriptor] | None = None,
+    *,
+    proto_roots: Iterable[Path] | None = None,
+    gate: ForwardGate | None = None,
+) -> GatewayApp:
+    """The application: routes, upstreams and OpenAPI document.
+
+    Args:
+        config: Gateway settings.
+        services: Services to serve; default every generated Grace service.
+        proto_roots: Where to read proto comments; default `config.proto_root`.
+        gate: Asked before forwarding mutating requests; default lets everything through.
+    """
+    services = discover_services() if services is None else services
+    reserved = [("GET", path) for path in GatewayApp.builtin_paths()]
+    table = RouteTable.from_services(services, reserved=reserved)
+    roots = list(proto_roots) if proto_roots is not None else []
+    if proto_roots is None and config.proto_root is not None:
+        roots = [config.proto_root]
+    comments = load_comments(roots) if roots else {}
+    document = build_openapi(table, comments, builtin_openapi_paths())
+    upstreams = Upstreams(config.env, max_message_bytes=config.max_message_bytes)
+    log.info("gateway: %d routes over %d services", len(table), len(table.services()))
+    return GatewayApp(config, table, upstreams, document, gate)
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: `Gateway` handles signals itself, and
+    uvicorn's would re-raise them after the shutdown and end the process non-zero."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class Gateway:
+    """The gateway on a uvicorn server.
+
+    Args:
+        config: Gateway settings.
+        app: A prebuilt application (tests); default `build_app(config)`.
+    """
+
+    def __init__(self, config: GatewayConfig, app: GatewayApp | None = None) -> None:
+        self.config = config
+        self.app = app or build_app(config)
+        self.port = 0
+        self._socket: socket.socket | None = None
+        self._server: _UvicornServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, `http://host:port`."""
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Binds and starts serving; returns once requests are accepted."""
+        family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
+        # proto must be IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only
+        # then, and without it Nagle's algorithm adds ~40 ms to every keep-alive response.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.config.host, self.config.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                f"gateway: cannot bind {self.config.host}:{self.config.port} "
+                f"(is the port in use?): {exc}"
+            ) from exc
+        sock.listen(2048)
+        sock.setblocking(False)
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        uv_config = uvicorn.Config(
+            self.app,
+            lifespan="off",
+            http="httptools",
+            loop="none",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=max(1, round(self.config.shutdown_grace_s)),
+            timeout_keep_alive=30,
+            server_header=False,
+            # The client address must be the TCP peer: it becomes x-forwarded-for upstream.
+            proxy_headers=False,
+        )
+        self._server = _UvicornServer(uv_config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
+        while not self._server.started:
+            if self._task.done():
+                await self._task  # raises the start-up error
+                raise RuntimeError("gateway: the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        log.info("gateway serving on %s", self.url)
+
+    async def stop(self) -> None:
+        """NOT_SERVING, end streams, drain for the grace period, close the channels."""
+        log.info("gateway shutting down (grace %.1fs)", self.config.shutdown_grace_s)
+        self.app.begin_shutdown()
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            await self._task
+        await self.app.upstreams.close()
+        log.info("gateway stopped")
+
+    async def serve_forever(self) -> None:
+        """Serves until SIGTERM or SIGINT (a second one forces the stop)."""
+        loop = asyncio.get_running_loop()
+        stop_requested = asyncio.Event()
+
+        def on_signal() -> None:
+            if stop_requested.is_set() and self._server is not None:
+                log.warning("second signal: stopping the gateway now")
+                self._server.force_exit = True
+            stop_requested.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        await self.start()
+        await stop_requested.wait()
+        await self.stop()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,265 @@
+"""HTTP request -> protobuf request, protobuf response -> JSON, following one HttpRule.
+
+Request fields are filled in this order, later sources winning: the body (the whole request
+for `body: "*"`, one field for a named body), then the query string (every field the path
+and body do not bind: dotted names for nested fields, repeated parameters for repeated
+fields, enums by name or number, Timestamp/Duration/FieldMask in their JSON string form,
+Struct/Value/ListValue as JSON text), then the path variables. JSON accepts both the proto
+and the camelCase names and rejects unknown fields. Output uses the proto field names with
+every zero value present.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from gateway.routes import Route
+
+_FD = _descriptor.FieldDescriptor
+_JSON_TEXT_TYPES = {
+    "google.protobuf.Struct",
+    "google.protobuf.Value",
+    "google.protobuf.ListValue",
+}
+_STRING_FORM_TYPES = {
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
+}
+_WRAPPER_PREFIX = "google.protobuf."
+_WRAPPERS = {
+    "DoubleValue",
+    "FloatValue",
+    "Int64Value",
+    "UInt64Value",
+    "Int32Value",
+    "UInt32Value",
+    "BoolValue",
+    "StringValue",
+    "BytesValue",
+}
+
+
+class TranscodeError(ValueError):
+    """The HTTP request cannot become the gRPC request; the message names the field.
+
+    Attributes:
+        field: The offending field (dotted), or "" for the body as a whole.
+        description: What is wrong with it.
+    """
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}" if field else description)
+        self.field = field
+        self.description = description
+
+
+def _field(message: _descriptor.Descriptor, name: str) -> _FD | None:
+    found = message.fields_by_name.get(name)
+    if found is not None:
+        return found
+    for candidate in message.fields:
+        if candidate.json_name == name:
+            return candidate
+    return None
+
+
+def resolve_field_path(message: _descriptor.Descriptor, dotted: str) -> list[_FD] | None:
+    """The fields along a dotted path (proto or camelCase names), or None if one is missing."""
+    chain: list[_FD] = []
+    current: _descriptor.Descriptor | None = message
+    for name in dotted.split("."):
+        if current is None:
+            return None
+        found = _field(current, name)
+        if found is None:
+            return None
+        chain.append(found)
+        current = found.message_type if not _is_map(found) else None
+    return chain
+
+
+def _is_map(field: _FD) -> bool:
+    return (
+        field.is_repeated
+        and field.message_type is not None
+        and field.message_type.GetOptions().map_entry
+    )
+
+
+def _is_repeated(field: _FD) -> bool:
+    return field.is_repeated
+
+
+def _scalar_json(field: _FD, text: str, dotted: str) -> Any:
+    """Converts one query/path string to the JSON value json_format expects for `field`."""
+    if field.message_type is not None:
+        full_name = field.message_type.full_name
+        if full_name in _JSON_TEXT_TYPES:
+            try:
+                return json.loads(text)
+            except ValueError:
+                if full_name == "google.protobuf.Value":
+                    return text
+                raise TranscodeError(dotted, "expected JSON text") from None
+        if full_name in _STRING_FORM_TYPES:
+            return text
+        if full_name.startswith(_WRAPPER_PREFIX) and full_name[16:] in _WRAPPERS:
+            return _scalar_json(field.message_type.fields_by_name["value"], text, dotted)
+        raise TranscodeError(
+            dotted, "a message cannot come from the query string; set its fields with dotted names"
+        )
+    if field.type == _FD.TYPE_BOOL:
+        lowered = text.lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        raise TranscodeError(dotted, f"expected true or false, got {text!r}")
+    if field.type in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
+        try:
+            return float(text)
+        except ValueError:
+            raise TranscodeError(dotted, f"expected a number, got {text!r}") from None
+    if field.type == _FD.TYPE_ENUM and text.lstrip("-").isdigit():
+        return int(text)
+    return text
+
+
+def _assign(message: Message, chain: list[_FD], value: Any, dotted: str) -> None:
+    """Sets the field at the end of `chain` from its JSON value, creating parents."""
+    target = message
+    for parent in chain[:-1]:
+        if _is_repeated(parent):
+            raise TranscodeError(dotted, f"{parent.name} is repeated and cannot be addressed")
+        target = getattr(target, parent.name)
+    leaf = chain[-1]
+    try:
+        json_format.ParseDict({leaf.name: value}, target)
+    except json_format.ParseError as exc:
+        raise TranscodeError(dotted, str(exc)) from None
+
+
+def _bound_prefixes(route: Route, path_fields: Iterable[str]) -> list[str]:
+    bound = list(path_fields)
+    if route.body and route.body != "*":
+        bound.append(route.body)
+    return bound
+
+
+def build_request(
+    route: Route,
+    bindings: Mapping[str, str],
+    query: Iterable[tuple[str, str]],
+    body: bytes,
+) -> Message:
+    """Builds the gRPC request of a matched route.
+
+    Args:
+        route: The matched route.
+        bindings: Path variables by field path (from the template match).
+        query: Query parameters in order, repeated names repeated.
+        body: The raw request body; empty means `{}`.
+
+    Raises:
+        TranscodeError: Malformed JSON, wrong types, unknown fields, empty path variables.
+    """
+    request: Message = route.request_class()
+    descriptor = route.method.input_type
+    if route.body:
+        document = _parse_body(body)
+        if route.body == "*":
+            if not isinstance(document, dict):
+                raise TranscodeError("", "the request body must be a JSON object")
+            try:
+                json_format.ParseDict(document, request)
+            except json_format.ParseError as exc:
+                raise TranscodeError("", f"invalid request body: {exc}") from None
+        else:
+            chain = resolve_field_path(descriptor, route.body)
+            assert chain is not None  # checked when the table was built
+            _assign(request, chain, document, route.body)
+    elif body.strip() not in (b"", b"{}"):
+        raise TranscodeError("", "this route takes no request body")
+
+    if route.body != "*":
+        _apply_query(route, request, descriptor, bindings.keys(), query)
+    elif any(True for _ in query):
+        raise TranscodeError("", "this route takes every field from the body, not the query")
+
+    for field_path, value in bindings.items():
+        if value == "":
+            raise TranscodeError(field_path, "the path variable is empty")
+        chain = resolve_field_path(descriptor, field_path)
+        assert chain is not None  # checked when the table was built
+        if _is_repeated(chain[-1]):
+            _assign(request, chain, [_scalar_json(chain[-1], value, field_path)], field_path)
+        else:
+            _assign(request, chain, _scalar_json(chain[-1], value, field_path), field_path)
+    return request
+
+
+def _parse_body(body: bytes) -> Any:
+    if not body.strip():
+        return {}
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TranscodeError("", f"the request body is not valid JSON: {exc}") from None
+
+
+def _apply_query(
+    route: Route,
+    request: Message,
+    descriptor: _descriptor.Descriptor,
+    path_fields: Iterable[str],
+    query: Iterable[tuple[str, str]],
+) -> None:
+    grouped: dict[str, list[str]] = {}
+    for name, value in query:
+        grouped.setdefault(name, []).append(value)
+    bound = _bound_prefixes(route, path_fields)
+    for name, values in grouped.items():
+        chain = resolve_field_path(descriptor, name)
+        if chain is None:
+            raise TranscodeError(name, f"unknown query parameter for {descriptor.full_name}")
+        proto_path = ".".join(f.name for f in chain)
+        if any(proto_path == b or proto_path.startswith(b + ".") for b in bound):
+            raise TranscodeError(name, "is bound by the path or the body, not the query")
+        leaf = chain[-1]
+        if _is_map(leaf):
+            raise TranscodeError(name, "a map cannot come from the query string")
+        if _is_repeated(leaf):
+            _assign(request, chain, [_scalar_json(leaf, v, name) for v in values], name)
+        else:
+            if len(values) > 1:
+                raise TranscodeError(name, "is not repeated but was given more than once")
+            _assign(request, chain, _scalar_json(leaf, values[0], name), name)
+
+
+def to_json_dict(message: Message) -> dict[str, Any]:
+    """The JSON form of a message: proto field names, zero values included."""
+    return json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+
+
+def render_response(route: Route, message: Message) -> Any:
+    """The JSON value sent for a response: the whole message or its `response_body` field."""
+    document = to_json_dict(message)
+    if route.response_body:
+        return document.get(route.response_body)
+    return document
+
+
+def dumps(document: Any) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
