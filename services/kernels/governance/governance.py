@@ -18,8 +18,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -44,6 +42,7 @@ from services.kernels.governance.model import (
 )
 from services.kernels.governance.policy import DEFAULT_EFFECTS, evaluate, validate_policy
 from services.kernels.governance.policy_codec import read_policy_file
+from services.kernels.governance.recorder import DecisionRecorder
 from services.kernels.governance.store import DecisionFilter, GovernanceStore, approval_to_json
 
 log = logging.getLogger(__name__)
@@ -116,6 +115,7 @@ class Governance:
         self._generation = 0  # bumped on every approval change; watchers wait for a bump
         self._closed = False
         self._on_commit: list[Callable[[], None]] = []
+        self.recorder = DecisionRecorder(store, self.events, self.log_entries, self._committed)
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Calls `callback` after every commit that enqueued events (wakes the relays)."""
@@ -128,6 +128,7 @@ class Governance:
     async def open(self) -> None:
         """Opens the store, restores the mode and policies, loads the policy file."""
         await self.store.open()
+        self.recorder.start()
         stored = await self.store.get_setting(_MODE_KEY)
         if self.settings.mode is not None:
             self.mode = self.settings.mode
@@ -142,6 +143,7 @@ class Governance:
     async def close(self) -> None:
         """Ends every watch stream."""
         self._closed = True
+        await self.recorder.stop()
         async with self._changed:
             self._generation += 1
             self._changed.notify_all()
@@ -297,45 +299,21 @@ class Governance:
                 str(uuid.uuid4()) if evaluation.verdict is Verdict.PENDING_APPROVAL else ""
             ),
         )
-        try:
-            async with self.store.db.transaction() as conn:
-                await self.store.add_decision(conn, decision)
-                record = decision.to_json()
-                await self.events.enqueue(
-                    conn, "governance.decision", record, subject=decision.decision_id
-                )
-                await self.log_entries.enqueue(
-                    conn, "governance.decision", record, subject=decision.decision_id
-                )
-                if decision.approval_id:
-                    approval = Approval(
-                        approval_id=decision.approval_id,
-                        decision_id=decision.decision_id,
-                        request=request,
-                        policy_ids=evaluation.policy_ids,
-                        reasons=evaluation.reasons,
-                        status=ApprovalStatus.PENDING,
-                        created_at=now,
-                        expires_at=now + self.settings.approval_ttl_s,
-                    )
-                    await self.store.add_approval(conn, approval)
-                    await self.events.enqueue(
-                        conn,
-                        "governance.approval.requested",
-                        approval_to_json(approval),
-                        subject=approval.approval_id,
-                    )
-        except IntegrityError:
-            # A concurrent call with the same request id won the race: answer with its
-            # decision, as a retry would get.
-            if not request_id:
-                raise
-            async with self.store.db.read() as conn:
-                earlier = await self.store.decision_by_request(conn, actor, request_id)
-            if earlier is None:
-                raise
-            return earlier, True
-        self._committed()
+        approval = None
+        if decision.approval_id:
+            approval = Approval(
+                approval_id=decision.approval_id,
+                decision_id=decision.decision_id,
+                request=request,
+                policy_ids=evaluation.policy_ids,
+                reasons=evaluation.reasons,
+                status=ApprovalStatus.PENDING,
+                created_at=now,
+                expires_at=now + self.settings.approval_ttl_s,
+            )
+        recorded, replayed = await self.recorder.record(decision, approval)
+        if replayed:
+            return recorded, True
         if (
             decision.verdict is not Verdict.ALLOW
             or evaluation.evaluated_verdict is not Verdict.ALLOW

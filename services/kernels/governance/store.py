@@ -80,9 +80,9 @@ decisions = Table(
 decision_policies = Table(
     "governance_decision_policies",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("decision_id", String(64), primary_key=True),
     Column("policy_id", String(128), primary_key=True),
-    Index("governance_decision_policies_policy", "policy_id", "seq"),
+    Index("governance_decision_policies_policy", "policy_id"),
 )
 
 approvals = Table(
@@ -309,32 +309,33 @@ class GovernanceStore:
         ).first()
         return None if row is None else Decision.from_json(row[0])
 
-    async def add_decision(self, conn: AsyncConnection, decision: Decision) -> None:
-        """Records a decision."""
-        result = await conn.execute(
-            decisions.insert().values(
-                decision_id=decision.decision_id,
-                request_key=(
-                    request_key(decision.request.actor, decision.request_id)
-                    if decision.request_id
-                    else None
-                ),
-                actor=decision.request.actor,
-                action=decision.request.action,
-                verdict=decision.verdict.value,
-                evaluated_verdict=decision.evaluation.evaluated_verdict.value,
-                time=decision.time,
-                record=decision.to_json(),
-            )
+    async def add_decisions(self, conn: AsyncConnection, batch: Sequence[Decision]) -> None:
+        """Records decisions (one statement per table for the whole batch)."""
+        await conn.execute(
+            decisions.insert(),
+            [
+                {
+                    "decision_id": d.decision_id,
+                    "request_key": (
+                        request_key(d.request.actor, d.request_id) if d.request_id else None
+                    ),
+                    "actor": d.request.actor,
+                    "action": d.request.action,
+                    "verdict": d.verdict.value,
+                    "evaluated_verdict": d.evaluation.evaluated_verdict.value,
+                    "time": d.time,
+                    "record": d.to_json(),
+                }
+                for d in batch
+            ],
         )
-        primary_key = result.inserted_primary_key
-        assert primary_key is not None  # an INSERT always has one
-        seq = primary_key[0]
-        if decision.evaluation.policy_ids:
-            await conn.execute(
-                decision_policies.insert(),
-                [{"seq": seq, "policy_id": p} for p in decision.evaluation.policy_ids],
-            )
+        links = [
+            {"decision_id": d.decision_id, "policy_id": p}
+            for d in batch
+            for p in d.evaluation.policy_ids
+        ]
+        if links:
+            await conn.execute(decision_policies.insert(), links)
 
     async def get_decision(self, decision_id: str) -> Decision | None:
         """One decision."""
@@ -361,8 +362,8 @@ class GovernanceStore:
             query = query.where(decisions.c.verdict == where.verdict.value)
         if where.policy_id:
             query = query.where(
-                decisions.c.seq.in_(
-                    select(decision_policies.c.seq).where(
+                decisions.c.decision_id.in_(
+                    select(decision_policies.c.decision_id).where(
                         decision_policies.c.policy_id == where.policy_id
                     )
                 )
@@ -394,16 +395,20 @@ class GovernanceStore:
 
     # Approvals ------------------------------------------------------------------------
 
-    async def add_approval(self, conn: AsyncConnection, approval: Approval) -> None:
-        """Records a new approval request."""
+    async def add_approvals(self, conn: AsyncConnection, batch: Sequence[Approval]) -> None:
+        """Records new approval requests."""
         await conn.execute(
-            approvals.insert().values(
-                approval_id=approval.approval_id,
-                decision_id=approval.decision_id,
-                status=approval.status.value,
-                expires_at=approval.expires_at,
-                record=approval_to_json(approval),
-            )
+            approvals.insert(),
+            [
+                {
+                    "approval_id": a.approval_id,
+                    "decision_id": a.decision_id,
+                    "status": a.status.value,
+                    "expires_at": a.expires_at,
+                    "record": approval_to_json(a),
+                }
+                for a in batch
+            ],
         )
 
     async def get_approval(

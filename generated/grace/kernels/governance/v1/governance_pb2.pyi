@@ -425,11 +425,16 @@ class Decision(_message.Message):
 
     @_builtins.property
     def policy_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the policies that decided the verdict, or matched in LOG_ONLY."""
+        """Ids of every policy that matched (in either mode), FORBID ones first, then
+        REQUIRE_APPROVAL, then PERMIT; a policy that failed to evaluate on a high-risk request
+        counts as FORBID. Empty when the default of the risk level decided.
+        """
 
     @_builtins.property
     def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Why, in words: one line per matching policy, or the default that applied."""
+        """Why, in words: one line per matching policy, the default when it applied, and what
+        enforcing would have given when LOG_ONLY let the request through.
+        """
 
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyMatch]:
