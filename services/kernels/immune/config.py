@@ -15,6 +15,10 @@ Remediation (see `remediation`): `GRACE_IMMUNE_REMEDIATE` (true; false only dete
 governance is down: log_only | enforce, default enforce: healing is not done blind),
 `GRACE_IMMUNE_GOVERNANCE_DEADLINE_S` (2).
 
+Metric events: `GRACE_IMMUNE_SUBSCRIBE` (true) creates the push subscription
+`immune-metrics` to `metrics.*` and `domain.call.*` on the bus; events arrive on
+DomainService.DeliverEvent.
+
 Peers: `GRACE_GUARDIAN_ADDR`, `GRACE_MEMORY_ADDR`, `GRACE_GOVERNANCE_ADDR`,
 `GRACE_EVENTBUS_ADDR`, `GRACE_REGISTRY_ADDR`; `GRACE_IMMUNE_REGISTER=false` skips
 registering in the registry as domain `immune` (see `services.kernels.registration`).
@@ -51,6 +55,7 @@ class ImmuneConfig:
     detector: DetectorSettings
     remediation: RemediationSettings
     remediate: bool = True
+    subscribe: bool = False
     governance_fallback: str = "enforce"
     governance_deadline_s: float = 2.0
     registration: DomainRegistration | None = None
@@ -105,6 +110,7 @@ class ImmuneConfig:
                 ),
             ),
             remediate=r.flag("GRACE_IMMUNE_REMEDIATE", True),
+            subscribe=r.flag("GRACE_IMMUNE_SUBSCRIBE", True),
             governance_fallback=r.choice(
                 "GRACE_IMMUNE_GOVERNANCE_FALLBACK", "enforce", ["log_only", "enforce"]
             ),

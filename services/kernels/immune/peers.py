@@ -10,15 +10,21 @@ playbook's track record for that kind.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 
 import grpc
 from google.protobuf import struct_pb2
 
+from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
+from services.common.channels import channel
 from services.kernels.immune.model import PlaybookScore
 from services.kernels.immune.remediation import HealResult
+
+log = logging.getLogger(__name__)
 
 CONTRIBUTION_TYPE = "remediation_playbook"
 _PAGE = 1000
@@ -148,3 +154,34 @@ class MemoryExperience:
             ),
             timeout=self.timeout_s,
         )
+
+
+async def keep_subscribed(
+    bus_address: str, domain_id: str, patterns: Sequence[str], *, max_backoff_s: float = 30.0
+) -> None:
+    """Creates the kernel's push subscription to metric events on the bus (idempotent, by
+    a fixed subscription id), retrying with backoff until the bus takes it."""
+    backoff = 1.0
+    async with channel(bus_address) as chan:
+        stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
+        while True:
+            try:
+                await stub.CreateSubscription(
+                    eventbus_pb2.CreateSubscriptionRequest(
+                        domain_id=domain_id,
+                        patterns=list(patterns),
+                        subscription_id=f"{domain_id}-metrics",
+                    ),
+                    timeout=5.0,
+                )
+                log.info("immune: subscribed to %s on the bus", ", ".join(patterns))
+                return
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "immune: subscribing on the bus at %s failed (%s); retrying in %.0fs",
+                    bus_address,
+                    exc.code().name,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(max_backoff_s, backoff * 2)

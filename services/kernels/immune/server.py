@@ -25,7 +25,7 @@ from services.kernels import domain
 from services.kernels.immune.config import CAPABILITIES, SERVICE, ImmuneConfig
 from services.kernels.immune.immune import Immune
 from services.kernels.immune.model import MetricPoint
-from services.kernels.immune.peers import GuardianHealer, MemoryExperience
+from services.kernels.immune.peers import GuardianHealer, MemoryExperience, keep_subscribed
 from services.kernels.immune.playbooks import Experience, LocalExperience, SharedExperience
 from services.kernels.immune.remediation import Healer, Remediator
 from services.kernels.immune.servicer import ImmuneServicer
@@ -160,6 +160,13 @@ class ImmuneServer(Service):
             asyncio.create_task(self.relay.run(), name="immune-relay"),
             asyncio.create_task(self.immune.run(), name="immune-remediation"),
         ]
+        if self.config.subscribe:
+            self._tasks.append(
+                asyncio.create_task(
+                    keep_subscribed(self.config.eventbus_address, SERVICE, EVENT_PATTERNS),
+                    name="immune-subscription",
+                )
+            )
         if self.config.registration is not None:
             self._tasks.append(
                 asyncio.create_task(
