@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from services.common.bus_client import EventBusPublisher
 from services.orchestrator.model import Execution, JsonDict, StepRun
-from services.orchestrator.store import Event
+from services.orchestrator.writer import Event
 
 STARTED = "workflow.started"
 STEP_COMPLETED = "workflow.step.completed"

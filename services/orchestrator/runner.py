@@ -32,7 +32,7 @@ from services.orchestrator.model import (
     WorkflowSpec,
 )
 from services.orchestrator.routing import CallError, from_struct, to_struct
-from services.orchestrator.store import Event
+from services.orchestrator.writer import Event
 
 if TYPE_CHECKING:
     from services.orchestrator.engine import Orchestrator
@@ -106,7 +106,24 @@ class ExecutionRunner:
         self._labels, self._events, self._dirty = [], [], False
         self.ex.updated_at = self.host.clock()
         snapshot = self.ex.to_json()
-        await self.host.store.save(snapshot, batch, sync=sync)
+        backoff = 0.05
+        while True:
+            try:
+                await self.host.store.save(snapshot, batch, sync=sync)
+                break
+            except Exception as exc:
+                if not self.first_persist.done():
+                    raise  # ExecuteWorkflow reports it; nothing has been acted on yet.
+                # Nothing is acted on until the transition is stored: wait for the database
+                # to come back rather than give up on an execution that may need a rollback.
+                log.warning(
+                    "execution %s: persisting failed (%s); retrying in %.2fs",
+                    self.ex.execution_id,
+                    exc,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
         if not self.first_persist.done():
             self.first_persist.set_result(None)
         self.host.notify(self.ex, snapshot, "; ".join(labels))
@@ -191,6 +208,8 @@ class ExecutionRunner:
                     try:
                         run.input = self._input_for(spec)
                     except DataReferenceError as exc:
+                        # Recorded like a failed call, so the proof shows why the step failed.
+                        self._record(spec, run, "execute", 1, run.started_at, None, f"input: {exc}")
                         self._fail(spec, run, f"input: {exc}")
                         break
                     started.append(spec)

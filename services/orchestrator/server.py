@@ -75,7 +75,7 @@ class OrchestratorServer(Service):
         await self.core.open()
         if self.publisher is not None:
             self._relay = OutboxRelay(self.store.outbox, self.publisher, poll_interval_s=1.0)
-            self.store.on_events = self._relay.wake
+            self.store.on_events(self._relay.wake)
             self._relay_task = asyncio.create_task(self._relay.run(), name="orchestrator-relay")
 
     async def stop(self) -> None:

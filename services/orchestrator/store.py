@@ -1,38 +1,18 @@
 """Durable state of the orchestrator: workflow definitions, execution snapshots, outbox.
 
-Every transition of an execution is persisted as a full snapshot of the execution before
-the orchestrator acts on it. Snapshots go through a group-commit writer: transitions that
-arrive while a commit is in flight are written together in the next transaction (one
-upsert per execution, latest snapshot wins, plus their outbox events), so a busy
-orchestrator pays one commit for many transitions. On SQLite the batch is one prepared
-statement per table on the writer's own connection: flushed batches run on a dedicated
-thread (one hop per batch), unflushed ones inline; on PostgreSQL through the async engine.
-
-Two grades of durability. Every commit survives a crash of the orchestrator process
-(kill -9): SQLite's WAL or PostgreSQL has it before the orchestrator acts. Transitions a
-client is told about, or that start a rollback (`sync=True`: execution accepted, cancel,
-COMPENSATING, the final state), are also flushed to disk (SQLite `synchronous=FULL`,
-PostgreSQL `synchronous_commit=on`) and so survive a power cut. Intermediate step
-transitions use `synchronous=NORMAL` / `synchronous_commit=off`: after a power cut the
-execution may resume from an earlier transition, and the steps since are called again with
-their idempotency keys, which return the stored results.
+Execution snapshots are written by the group-commit `TransitionWriter` (see `writer`);
+this module owns the tables and the queries.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Column,
-    Connection,
-    Engine,
     Float,
     Index,
     MetaData,
@@ -48,6 +28,7 @@ from sqlalchemy import (
 from services.common.outbox import Outbox, outbox_table
 from services.common.storage import Database
 from services.orchestrator.model import TERMINAL_STATES, JsonDict, StepSpec, WorkflowSpec
+from services.orchestrator.writer import Event, TransitionWriter
 
 log = logging.getLogger(__name__)
 
@@ -80,31 +61,6 @@ executions = Table(
 
 outbox = outbox_table(metadata, "orchestrator")
 
-Event = tuple[str, Mapping[str, Any], str, str]
-"""An event to enqueue with a transition: (event_type, data, subject, event_id)."""
-
-_UPSERT_SQLITE = (
-    f"INSERT INTO {executions.name} "
-    "(execution_id, workflow_id, state, created_at, updated_at, snapshot) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id) DO UPDATE SET "
-    "state = excluded.state, updated_at = excluded.updated_at, snapshot = excluded.snapshot"
-)
-_CHECKPOINT_EVERY = 200
-_BUSY_TIMEOUT_MS = 10_000
-_OUTBOX_COLUMNS = (
-    "event_id",
-    "event_type",
-    "source_domain",
-    "subject",
-    "data",
-    "traceparent",
-    "created_at",
-)
-_OUTBOX_SQLITE = (
-    f"INSERT INTO {outbox.name} ({', '.join(_OUTBOX_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _OUTBOX_COLUMNS)})"
-)
-
 
 def _workflow(row: Any) -> WorkflowSpec:
     return WorkflowSpec(
@@ -117,7 +73,7 @@ def _workflow(row: Any) -> WorkflowSpec:
 
 
 class OrchestratorStore:
-    """Reads and writes the orchestrator's tables.
+    """Reads and writes the orchestrator's tables; transitions go through its writer.
 
     Args:
         db: The orchestrator's database.
@@ -126,197 +82,32 @@ class OrchestratorStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         self.outbox = Outbox(db, outbox, "orchestrator")
-        self.on_events: Callable[[], None] = lambda: None
-        self._sync_engine: Engine | None = None
-        self._raw: Any = None
-        self._raw_mode = ""
-        self._since_checkpoint = 0
-        self._thread: ThreadPoolExecutor | None = None
-        self._sync = False
-        self._rows: dict[str, JsonDict] = {}
-        self._events: list[JsonDict] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._wakeup = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._closing = False
-        self.commits = 0
+        self.writer = TransitionWriter(db, executions, self.outbox)
+
+    @property
+    def commits(self) -> int:
+        """Transactions the writer committed since start."""
+        return self.writer.commits
+
+    def on_events(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` after each commit that enqueued events (wakes the outbox relay)."""
+        self.writer.on_events = callback
 
     async def open(self) -> None:
         """Creates the tables and starts the writer."""
         await self.db.create_tables(metadata)
-        if self.db.is_sqlite:
-            self._sync_engine = self.db.sync_sqlite_engine()
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="orchestrator-writer")
-            # The writer's connection is opened, used and closed on the writer thread only.
-            self._raw = await asyncio.get_running_loop().run_in_executor(
-                self._thread, self._sync_engine.raw_connection
-            )
-            self._raw.execute("PRAGMA wal_autocheckpoint=0")
-        self._writer = asyncio.create_task(self._write_loop(), name="orchestrator-writer")
+        await self.writer.open()
 
     async def close(self) -> None:
-        """Flushes pending transitions, stops the writer and closes the database."""
-        if self._writer is not None:
-            # The writer drains what is pending, then ends: only it ever touches the
-            # writer connection, so no commit runs twice at once.
-            self._closing = True
-            self._wakeup.set()
-            await self._writer
-            self._writer = None
-        if self._thread is not None:
-            if self._raw is not None:
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._raw.close)
-                self._raw = None
-            self._thread.shutdown(wait=True)
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
+        """Commits pending transitions, stops the writer and closes the database."""
+        await self.writer.close()
         await self.db.close()
-
-    # -- transitions (group commit) ---------------------------------------------------
 
     async def save(
         self, snapshot: JsonDict, events: Sequence[Event] = (), *, sync: bool = True
     ) -> None:
-        """Persists an execution snapshot and its events; returns once they are committed.
-
-        Args:
-            snapshot: The execution's full snapshot.
-            events: Events announcing the transition, enqueued in the same transaction.
-            sync: Also flush to disk (power-cut safe); see the module docstring.
-        """
-        row = {
-            "execution_id": snapshot["execution_id"],
-            "workflow_id": snapshot["workflow_id"],
-            "state": snapshot["state"],
-            "created_at": snapshot["created_at"],
-            "updated_at": snapshot["updated_at"],
-            "snapshot": snapshot,
-        }
-        self._rows[row["execution_id"]] = row
-        for event_type, data, subject, event_id in events:
-            self._events.append(
-                self.outbox.new_row(event_type, data, subject=subject, event_id=event_id)
-            )
-        self._sync = self._sync or sync
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self._wakeup.set()
-        await waiter
-
-    async def _write_loop(self) -> None:
-        while self._waiters or not self._closing:
-            if not self._waiters:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                continue
-            await self._flush()
-
-    async def _flush(self) -> None:
-        rows, events, waiters = list(self._rows.values()), self._events, self._waiters
-        sync = self._sync
-        self._rows, self._events, self._waiters, self._sync = {}, [], [], False
-        try:
-            if self._raw is not None and not sync and self._commit_inline(rows, events):
-                pass
-            elif self._raw is not None:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._thread, self._commit_sqlite, rows, events, sync)
-            else:
-                async with self.db.transaction() as conn:
-                    if not sync:
-                        await conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                    await conn.run_sync(self._write, rows, events)
-        except Exception as exc:
-            log.exception("persisting %d transitions failed", len(rows))
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
-            return
-        self.commits += 1
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        if events:
-            self.on_events()
-
-    def _commit_inline(self, rows: list[JsonDict], events: list[JsonDict]) -> bool:
-        """Commits an unflushed batch on the event loop; False when another writer holds the
-        lock (the batch then goes through the writer thread, where waiting is harmless).
-
-        With synchronous=NORMAL a commit only appends to the WAL in the page cache (tens of
-        microseconds, no fsync; checkpoints run on the writer thread), so it costs less
-        inline than a thread hop. It must never wait for a lock here: the other writer may
-        need this very event loop to finish.
-        """
-        self._raw.execute("PRAGMA busy_timeout=0")
-        try:
-            self._commit_sqlite(rows, events, False)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            return False
-        finally:
-            self._raw.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        return True
-
-    def _commit_sqlite(self, rows: list[JsonDict], events: list[JsonDict], sync: bool) -> None:
-        raw = self._raw
-        mode = "FULL" if sync else "NORMAL"
-        if mode != self._raw_mode:
-            raw.execute(f"PRAGMA synchronous={mode}")
-            self._raw_mode = mode
-        try:
-            cursor = raw.cursor()
-            if rows:
-                cursor.executemany(
-                    _UPSERT_SQLITE,
-                    [
-                        (
-                            r["execution_id"],
-                            r["workflow_id"],
-                            r["state"],
-                            r["created_at"],
-                            r["updated_at"],
-                            json.dumps(r["snapshot"], separators=(",", ":")),
-                        )
-                        for r in rows
-                    ],
-                )
-            if events:
-                cursor.executemany(
-                    _OUTBOX_SQLITE,
-                    [
-                        tuple(json.dumps(e[c]) if c == "data" else e[c] for c in _OUTBOX_COLUMNS)
-                        for e in events
-                    ],
-                )
-            cursor.close()
-            raw.commit()
-        except BaseException:
-            raw.rollback()
-            raise
-        if sync:
-            self._since_checkpoint += 1
-            if self._since_checkpoint >= _CHECKPOINT_EVERY:
-                # Auto-checkpoints are off on this connection (they could fsync inline);
-                # the WAL is folded back here, on the writer thread.
-                raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                self._since_checkpoint = 0
-
-    def _write(self, conn: Connection, rows: list[JsonDict], events: list[JsonDict]) -> None:
-        if rows:
-            stmt = self.db.insert(executions)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[executions.c.execution_id],
-                set_={
-                    "state": stmt.excluded.state,
-                    "updated_at": stmt.excluded.updated_at,
-                    "snapshot": stmt.excluded.snapshot,
-                },
-            )
-            conn.execute(stmt, rows)
-        if events:
-            conn.execute(outbox.insert(), events)
+        """Persists an execution snapshot and its events; see `TransitionWriter.save`."""
+        await self.writer.save(snapshot, events, sync=sync)
 
     # -- workflows ----------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from services.orchestrator.routing import from_struct
 from services.orchestrator.server import OrchestratorServer
+from services.orchestrator.store import OrchestratorStore
 from tests.orchestrator.conftest import GrpcFailure, World, eventually, orchestrator_config
 from tests.support import serving
 
@@ -416,6 +417,12 @@ async def test_a_repeated_request_id_returns_the_same_execution(
             "steps[0].retry.max_attempts",
         ),
         ([], "steps"),
+        ([{"domain_id": "d", "action": "a"}] * 101, "steps"),
+        (
+            [{"domain_id": "d", "action": "a", "data": {"blob": "x" * (1024 * 1024)}}],
+            "steps[0].data",
+        ),
+        ([{"domain_id": "d", "action": "a", "timeout": "7200s"}], "steps[0].timeout"),
     ],
 )
 async def test_invalid_workflows_are_rejected_naming_the_step(
@@ -493,3 +500,61 @@ async def test_a_workflow_is_accepted_unchecked_when_the_registry_is_down(
         assert ex.state == pb.EXECUTION_STATE_ROLLED_BACK
         assert "registry" in ex.steps[0].error
         assert ex.steps[0].attempts == 2
+
+
+async def test_a_transient_database_failure_delays_an_execution_without_losing_it(
+    world: World, orchestrator: Stub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await world.add_domain("d")
+    original = OrchestratorStore.save
+    failures = 2
+
+    async def flaky_save(self: OrchestratorStore, *args: Any, **kwargs: Any) -> None:
+        nonlocal failures
+        snapshot = args[0]
+        if failures and any(s["state"] == "SUCCEEDED" for s in snapshot["steps"]):
+            failures -= 1
+            raise OSError("disk went away")
+        await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OrchestratorStore, "save", flaky_save)
+    body = {
+        "name": "bumpy",
+        "steps": [
+            {"domain_id": "d", "action": "a"},
+            {"domain_id": "d", "action": "b", "depends_on": ["step_1"]},
+        ],
+    }
+    ex = await run(orchestrator, body)
+    assert ex.state == pb.EXECUTION_STATE_SUCCEEDED
+    assert failures == 0
+    stored = await orchestrator.GetExecution(pb.GetExecutionRequest(execution_id=ex.execution_id))
+    assert stored.execution.state == pb.EXECUTION_STATE_SUCCEEDED
+
+
+async def test_a_reference_to_a_missing_output_fails_the_step_and_is_in_the_proof(
+    world: World, orchestrator: Stub
+) -> None:
+    await world.add_domain("d")
+    body = {
+        "name": "dangling",
+        "steps": [
+            {"domain_id": "d", "action": "a"},
+            {
+                "domain_id": "d",
+                "action": "b",
+                "depends_on": ["step_1"],
+                "data": {"x": "${steps.step_1.output.nothing_here}"},
+            },
+        ],
+    }
+    ex = await run(orchestrator, body)
+    assert ex.state == pb.EXECUTION_STATE_ROLLED_BACK
+    assert "nothing_here" in ex.steps[1].error
+    assert list(ex.compensation_order) == ["step_1"]
+    proof = (
+        await orchestrator.GetExecutionProof(
+            pb.GetExecutionProofRequest(execution_id=ex.execution_id)
+        )
+    ).proof
+    assert ("step_2", "failed") in {(r.step_id, r.outcome) for r in proof.records}
