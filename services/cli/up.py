@@ -16,7 +16,6 @@ from services.common.telemetry import TraceContextFilter, configure_logging, con
 from services.guardian.config import SERVICE, GuardianConfig, add_guardian_flags
 from services.guardian.model import ComponentStatus, State, StateChange
 from services.guardian.runner import serve
-from services.guardian.supervisor import BootError
 from services.guardian.topology import TopologyError, load_topology
 
 EXIT_CONFIG = 2
@@ -105,8 +104,8 @@ class ConsoleReporter:
             f"{address}. Ctrl-C stops everything.\n"
         )
 
-    def boot_failed(self, error: BootError) -> None:
-        print(f"grace up: boot failed: {error}", file=sys.stderr, flush=True)
+    def boot_failed(self, message: str) -> None:
+        print(f"grace up: {message}", file=sys.stderr, flush=True)
 
     def stopping(self) -> None:
         self._print("stopping Grace: components in reverse boot order...")

@@ -234,6 +234,16 @@ class Healer:
         findings.append(
             Finding("probe_latency", probe.serving, f"{probe.latency_ms:.1f} ms"),
         )
+        registrar = self.supervisor.registrar
+        if registrar is not None and status.spec.register:
+            registered = registrar.is_registered(name)
+            findings.append(
+                Finding(
+                    "registered",
+                    registered,
+                    "registered in the registry" if registered else "not registered (yet)",
+                )
+            )
         ok = all(f.ok for f in findings)
         problems = [f.check for f in findings if not f.ok]
         message = "no problem found" if ok else "problems: " + ", ".join(problems)

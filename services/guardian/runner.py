@@ -39,8 +39,9 @@ class Reporter(Protocol):
     def booted(self, components: list[ComponentStatus], address: str) -> None:
         """The boot finished."""
 
-    def boot_failed(self, error: BootError) -> None:
-        """A required component did not come up."""
+    def boot_failed(self, message: str) -> None:
+        """The boot failed (a required component did not come up, or Guardian could not
+        bind its port)."""
 
     def stopping(self) -> None:
         """Shutdown begins."""
@@ -69,7 +70,6 @@ async def serve(
     )
     starting = asyncio.create_task(server.start(), name="guardian-start")
     stop_wait = asyncio.create_task(stop_requested.wait())
-    code = EXIT_OK
     try:
         await asyncio.wait({starting, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         if not starting.done():
@@ -81,10 +81,12 @@ async def serve(
             await _stop_service(service, reporter)
             return EXIT_OK
         except BootError as exc:
-            log.error("boot failed: %s", exc)
-            if reporter is not None:
-                reporter.boot_failed(exc)
+            _boot_failed(reporter, f"boot failed: {exc}")
             await _stop_service(service, reporter)
+            return EXIT_BOOT_FAILED
+        except OSError as exc:
+            # Guardian's own port is taken: nothing was started.
+            _boot_failed(reporter, str(exc))
             return EXIT_BOOT_FAILED
         if reporter is not None:
             reporter.booted(service.supervisor.statuses(), server.address)
@@ -101,7 +103,14 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         telemetry.current().shutdown()
-    return code
+    return EXIT_OK
+
+
+def _boot_failed(reporter: Reporter | None, message: str) -> None:
+    if reporter is not None:
+        reporter.boot_failed(message)
+    else:
+        log.error("%s", message)
 
 
 async def _stop_service(service: GuardianServer, reporter: Reporter | None) -> None:

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
+from services.common.errors import InvalidArgument
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.timestamps import to_timestamp
 from services.common.validation import require_text
@@ -97,9 +98,11 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
         size = page_size(request.page_size)
         position = decode_token(request.page_token) or {}
         offset = position.get("offset", 0)
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument("page_token", "is not a token this service issued")
         statuses = self._supervisor.statuses()
-        page = statuses[offset : offset + size] if isinstance(offset, int) else []
-        more = isinstance(offset, int) and offset + size < len(statuses)
+        page = statuses[offset : offset + size]
+        more = offset + size < len(statuses)
         return guardian_pb2.ListComponentsResponse(
             components=[component_to_proto(s) for s in page],
             next_page_token=encode_token({"offset": offset + size}) if more else "",

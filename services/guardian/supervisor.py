@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
-from services.common.errors import NotFound
+from services.common.errors import NotFound, Unavailable
 from services.guardian.journal import Journal
 from services.guardian.lifecycle import Lifecycle, Managed
 from services.guardian.model import (
@@ -222,6 +222,7 @@ class Supervisor:
     async def start(self, name: str, *, wait: bool = True) -> ComponentStatus:
         """Starts a component that is not running (resets its restart count)."""
         managed = self._managed(name)
+        self._refuse_while_stopping()
         async with managed.lock:
             if managed.task is None or managed.task.done():
                 managed.status.restarts = 0
@@ -242,6 +243,7 @@ class Supervisor:
     async def restart(self, name: str, *, wait: bool = True) -> ComponentStatus:
         """Stops (if running) and starts a component; resets its restart count."""
         managed = self._managed(name)
+        self._refuse_while_stopping()
         async with managed.lock:
             await self._stop_locked(managed)
             managed.status.restarts = 0
@@ -334,6 +336,10 @@ class Supervisor:
             return await asyncio.wait_for(waiter, limit_s)
         except TimeoutError:
             return False
+
+    def _refuse_while_stopping(self) -> None:
+        if self.stopping:
+            raise Unavailable("Guardian is shutting down; components are not started")
 
     def _managed(self, name: str) -> Managed:
         managed = self._components.get(name)

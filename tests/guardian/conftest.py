@@ -60,7 +60,10 @@ def topology(components: dict[str, dict[str, Any]], **overrides: dict[str, Any])
 
 @asynccontextmanager
 async def supervising(
-    topo: Topology, data_dir: Path, registrar: Registrar | None = None
+    topo: Topology,
+    data_dir: Path,
+    registrar: Registrar | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[tuple[Supervisor, GuardianStore]]:
     """A supervisor (not booted) with a store under `data_dir`; everything stops on exit."""
     store = GuardianStore(Database(sqlite_url(data_dir / "guardian.db")))
@@ -74,6 +77,7 @@ async def supervising(
         guardian_address="127.0.0.1:8104",
         journal=journal,
         registrar=registrar,
+        clock=clock,
     )
     try:
         yield supervisor, store

@@ -65,21 +65,7 @@ async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_beh
         "[probe]\ninterval_s = 0.5\n[registration]\nlease_ttl_s = 3\n"
     )
     data_dir = tmp_path / "data"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        "up",
-        "--config",
-        str(config),
-        "--data-dir",
-        str(data_dir),
-        "--port",
-        str(guardian_port),
-        cwd=PROJECT_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await _start_up(config, data_dir, guardian_port)
     assert proc.stdout is not None
     seen: list[str] = []
     try:
@@ -98,6 +84,17 @@ async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_beh
         assert status.returncode == 0, status.stdout + status.stderr
         assert "system: SERVING (1/1 SERVING)" in status.stdout
         assert (data_dir / "logs" / "registry.log").exists()
+
+        target = ("--guardian", f"127.0.0.1:{guardian_port}")
+        diagnosis = await asyncio.to_thread(
+            _grace, "heal", "registry", "--playbook", "diagnose_network", *target
+        )
+        assert diagnosis.returncode == 0, diagnosis.stdout + diagnosis.stderr
+        assert "[ok  ] health: SERVING" in diagnosis.stdout
+        restart = await asyncio.to_thread(_grace, "restart", "registry", *target)
+        assert restart.returncode == 0, restart.stdout + restart.stderr
+        assert restart.stdout.startswith("registry: SERVING")
+        registry_pid = int(restart.stdout.split("(pid ")[1].split(",")[0])
         assert (data_dir / "logs" / "guardian.log").exists()
 
         proc.send_signal(signal.SIGINT)
@@ -109,6 +106,78 @@ async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_beh
         assert not pid_exists(registry_pid)
         assert not port_open(registry_port)
         assert not port_open(guardian_port)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _start_up(config: Path, data_dir: Path, guardian_port: int) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "up",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(guardian_port),
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def _test_component_toml(name: str, port: int, *args: str, timeout_s: float) -> str:
+    argv = ", ".join(f'"{a}"' for a in ["--name", name, *args])
+    return (
+        "[components.registry]\nenabled = false\n"
+        f'[components.{name}]\nmodule = "tests.guardian.component"\nport = {port}\n'
+        f"args = [{argv}]\nstartup_timeout_s = {timeout_s}\n"
+    )
+
+
+@pytest.mark.slow
+async def test_sigint_during_the_boot_stops_what_was_started_and_exits_0(tmp_path: Path) -> None:
+    port, guardian_port = free_ports(2)
+    config = tmp_path / "grace.toml"
+    config.write_text(_test_component_toml("slowpoke", port, "--delay", "120", timeout_s=300))
+    proc = await _start_up(config, tmp_path / "data", guardian_port)
+    assert proc.stdout is not None
+    try:
+        line = ""
+        while "slowpoke: PENDING -> STARTING" not in line:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+            assert line, "grace up ended early"
+        child_pid = int(line.split("(pid ")[1].split(",")[0])
+        await asyncio.sleep(0.3)  # let the child bind
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        assert not pid_exists(child_pid)
+        assert not port_open(port)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.slow
+async def test_a_required_component_that_never_serves_fails_the_boot_with_its_log(
+    tmp_path: Path,
+) -> None:
+    port, guardian_port = free_ports(2)
+    config = tmp_path / "grace.toml"
+    config.write_text(_test_component_toml("stuck", port, "--never", timeout_s=1.5))
+    proc = await _start_up(config, tmp_path / "data", guardian_port)
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 1
+        text = stderr.decode()
+        assert "stuck did not come up: not SERVING within 1.5s of starting" in text
+        assert f"stuck listening on {port}" in text  # the last lines of its log
+        assert not port_open(port)
     finally:
         if proc.returncode is None:
             proc.kill()

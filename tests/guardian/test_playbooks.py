@@ -213,6 +213,8 @@ async def test_clear_port_refuses_a_process_guardian_did_not_start(tmp_path: Pat
         await supervisor.boot()
         await supervisor.stop("svc")
         with socket.socket() as squatter:
+            # The stopped server's closed connections may sit in TIME_WAIT on this port.
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind(("127.0.0.1", port))
             squatter.listen()
             healer = Healer(supervisor, store, supervisor.journal)

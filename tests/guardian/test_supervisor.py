@@ -22,6 +22,7 @@ from tests.guardian.conftest import (
     supervising,
     topology,
 )
+from tests.support import ManualClock
 
 pytestmark = pytest.mark.slow
 
@@ -183,6 +184,30 @@ async def test_a_crash_loop_ends_failed_after_the_budget_with_doubling_delays(
         # FAILED stays down until asked; a start brings it back once the cause is gone.
         crash_file.unlink()
         assert (await supervisor.start("looper")).state == State.SERVING
+
+
+async def test_the_restart_count_resets_after_a_long_enough_healthy_run(tmp_path: Path) -> None:
+    (a,) = free_ports(1)
+    clock = ManualClock()
+    topo = topology({"steady": component("steady", a)}, restart={"reset_after_s": 600.0})
+    async with supervising(topo, tmp_path, clock=clock) as (supervisor, _):
+        await supervisor.boot()
+        old_pid = supervisor.status("steady").pid
+        os.kill(old_pid, signal.SIGKILL)
+        await eventually(
+            lambda: (
+                state_of(supervisor, "steady") == State.SERVING
+                and supervisor.status("steady").pid != old_pid
+            ),
+            what="steady restarted",
+        )
+        assert supervisor.status("steady").restarts == 1
+        clock.advance(599.0)
+        await asyncio.sleep(1.0)  # a few Checks: not yet ten minutes healthy
+        assert supervisor.status("steady").restarts == 1
+        clock.advance(2.0)
+        await eventually(lambda: supervisor.status("steady").restarts == 0, what="reset")
+        assert supervisor.status("steady").total_restarts == 1
 
 
 async def test_a_component_that_turns_unhealthy_is_restarted_after_the_failure_threshold(
