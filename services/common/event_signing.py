@@ -35,15 +35,16 @@ from services.common import dsse, signing
 
 EVENT_PAYLOAD_TYPE = "application/vnd.grace.event.v1+protobuf"
 
-_UNSIGNED_FIELDS = ("signature", "signature_key_id", "sequence", "traceparent", "tracestate")
-
 
 def event_signing_bytes(event: event_pb2.Event) -> bytes:
     """The exact bytes an event's signature covers (see the module docstring)."""
     unsigned = event_pb2.Event()
     unsigned.CopyFrom(event)
-    for name in _UNSIGNED_FIELDS:
-        unsigned.ClearField(name)
+    unsigned.ClearField("signature")
+    unsigned.ClearField("signature_key_id")
+    unsigned.ClearField("sequence")
+    unsigned.ClearField("traceparent")
+    unsigned.ClearField("tracestate")
     return dsse.pae(EVENT_PAYLOAD_TYPE, unsigned.SerializeToString(deterministic=True))
 
 

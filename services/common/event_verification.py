@@ -89,7 +89,7 @@ class TrustKeySource:
     def __init__(self, address: str, timeout_s: float = 1.0) -> None:
         self._address = address
         self._channel: grpc.aio.Channel | None = None
-        self._stub: trust_pb2_grpc.TrustServiceStub | None = None
+        self._stub: trust_pb2_grpc.TrustServiceAsyncStub | None = None
         self._timeout = timeout_s
 
     async def close(self) -> None:
@@ -156,9 +156,11 @@ class EventVerifier:
                 return entry
         try:
             raw = await self.source.active_keys(domain_id)
-            keys = None if raw is None else {
-                kid: Ed25519PublicKey.from_public_bytes(key) for kid, key in raw.items()
-            }
+            keys = (
+                None
+                if raw is None
+                else {kid: Ed25519PublicKey.from_public_bytes(key) for kid, key in raw.items()}
+            )
             entry = _Entry(keys, now)
         except (KeyLookupFailed, ValueError) as exc:
             log.warning("cannot fetch keys of %s: %s", domain_id, exc)

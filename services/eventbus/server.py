@@ -35,9 +35,7 @@ class EventBusServer(Service):
         self.config = config
         store = EventStore(Database(config.server.database_url, schema=schema))
         self.keys = TrustKeySource(config.trust_address)
-        verifier = EventVerifier(
-            self.keys, config.verify_signatures, ttl_s=config.key_cache_ttl_s
-        )
+        verifier = EventVerifier(self.keys, config.verify_signatures, ttl_s=config.key_cache_ttl_s)
         self.bus = EventBus(
             store, config.settings, config.registry_address, clock or time.time, verifier
         )

@@ -36,7 +36,9 @@ def test_signing_bytes_are_the_dsse_encoding_without_bus_and_signature_fields() 
     assert event_signing_bytes(plain) == event_signing_bytes(decorated)
     body = plain.SerializeToString(deterministic=True)
     assert event_signing_bytes(plain) == dsse.pae(EVENT_PAYLOAD_TYPE, body)
-    assert event_signing_bytes(plain).startswith(b"DSSEv1 39 application/vnd.grace.event.v1+protobuf ")
+    assert event_signing_bytes(plain).startswith(
+        b"DSSEv1 39 application/vnd.grace.event.v1+protobuf "
+    )
 
 
 def test_a_signed_event_verifies_and_any_change_breaks_it() -> None:

@@ -46,7 +46,9 @@ def check_inclusion(
     leaf = leaf_hash(proof.entry.leaf_data)
     if proof.entry.leaf_hash and proof.entry.leaf_hash != leaf:
         raise AuditError("entry: leaf_data does not hash to the leaf_hash served with it")
-    if not verify_inclusion(leaf, proof.leaf_index, proof.tree_size, list(proof.hashes), head.root_hash):
+    if not verify_inclusion(
+        leaf, proof.leaf_index, proof.tree_size, list(proof.hashes), head.root_hash
+    ):
         raise AuditError(
             f"entry {proof.leaf_index} is not included in the signed tree of size {head.size}"
         )
@@ -72,7 +74,9 @@ def check_consistency(
     Raises:
         AuditError: any part fails.
     """
-    old = _checkpoint(first_checkpoint or proof.first_checkpoint, name, public_key, "old checkpoint")
+    old = _checkpoint(
+        first_checkpoint or proof.first_checkpoint, name, public_key, "old checkpoint"
+    )
     new = _checkpoint(
         second_checkpoint or proof.second_checkpoint, name, public_key, "new checkpoint"
     )
@@ -84,5 +88,7 @@ def check_consistency(
     if old.origin != new.origin:
         raise AuditError("the checkpoints come from different logs")
     if not verify_consistency(old.size, new.size, old.root_hash, new.root_hash, list(proof.hashes)):
-        raise AuditError(f"the tree of size {old.size} is not a prefix of the tree of size {new.size}")
+        raise AuditError(
+            f"the tree of size {old.size} is not a prefix of the tree of size {new.size}"
+        )
     return old, new

@@ -56,7 +56,8 @@ def verifier_key(name: str, public_key: bytes) -> str:
 def parse_verifier_key(text: str) -> tuple[str, bytes]:
     """(name, raw public key) from a verifier key string; checks its key id."""
     try:
-        name, hex_id, encoded = text.strip().rsplit("+", 2)
+        # Key names never contain "+" (C2SP signed-note); base64 may, so split from the left.
+        name, hex_id, encoded = text.strip().split("+", 2)
         raw = base64.b64decode(encoded, validate=True)
         key_hash = bytes.fromhex(hex_id)
     except (ValueError, binascii.Error):

@@ -166,7 +166,9 @@ class ImmutableLog:
         await self.store.close()
 
     def _sign(self, size: int) -> str:
-        return sign_checkpoint(self.settings.origin, size, self._tree.root(size), self._key.private_key)
+        return sign_checkpoint(
+            self.settings.origin, size, self._tree.root(size), self._key.private_key
+        )
 
     # Appends ---------------------------------------------------------------------------
 

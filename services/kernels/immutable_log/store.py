@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -94,6 +95,11 @@ class LogStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        marks = ", ".join("?" if db.is_sqlite else f"${n}" for n in range(1, 7))
+        self._insert_sql = (
+            f"INSERT INTO {entries.name} (idx, leaf_data, leaf_hash, kind, actor, time) "
+            f"VALUES ({marks})"
+        )
 
     async def open(self) -> None:
         """Creates the tables if missing."""
@@ -116,21 +122,19 @@ class LogStore:
             for index, data, leaf in rows:
                 yield StoredEntry(int(index), bytes(data), bytes(leaf))
 
-    async def _chunks(self, query: object, chunk: int) -> AsyncIterator[list[tuple[object, ...]]]:
+    async def _chunks(self, query: Any, chunk: int) -> AsyncIterator[list[Any]]:
         # Keyset pages keep memory flat and work the same on SQLite and PostgreSQL.
         after = -1
         while True:
             async with self.db.read() as conn:
                 result = await conn.execute(
-                    query.where(entries.c.idx > after)  # type: ignore[attr-defined]  # Select
-                    .order_by(entries.c.idx)
-                    .limit(chunk)
+                    query.where(entries.c.idx > after).order_by(entries.c.idx).limit(chunk)
                 )
                 rows = [tuple(r) for r in result]
             if not rows:
                 return
             yield rows
-            after = int(rows[-1][0])  # type: ignore[call-overload]  # idx is an int column
+            after = int(rows[-1][0])
 
     async def entries(self, start: int, end: int) -> list[StoredEntry]:
         """Entries with start <= index < end, in order."""
@@ -159,7 +163,10 @@ class LogStore:
             rows = await conn.execute(
                 select(requests).where(requests.c.request_id.in_(list(request_ids)))
             )
-            return {r.request_id: (int(r.first_index), int(r.count)) for r in rows}
+            return {
+                r._mapping["request_id"]: (int(r._mapping["first_index"]), int(r._mapping["count"]))
+                for r in rows
+            }
 
     async def commit(
         self,
@@ -171,18 +178,13 @@ class LogStore:
         """Inserts rows from `first_index` on, their request ids and the new tree head, in
         one transaction."""
         async with self.db.transaction() as conn:
-            await conn.execute(
-                entries.insert(),
+            # The hot path of the log: a driver-level executemany of plain tuples skips
+            # SQLAlchemy's per-row parameter processing (about a third of an append's cost).
+            await conn.exec_driver_sql(
+                self._insert_sql,
                 [
-                    {
-                        "idx": first_index + offset,
-                        "leaf_data": row.leaf_data,
-                        "leaf_hash": row.leaf_hash,
-                        "kind": row.kind,
-                        "actor": row.actor,
-                        "time": row.time,
-                    }
-                    for offset, row in enumerate(rows)
+                    (first_index + offset, r.leaf_data, r.leaf_hash, r.kind, r.actor, r.time)
+                    for offset, r in enumerate(rows)
                 ],
             )
             if request_ids:
@@ -208,7 +210,7 @@ class LogStore:
     async def head(self, tree_size: int) -> Head | None:
         """The head recorded at exactly this size, if any."""
         async with self.db.read() as conn:
-            row = (
-                await conn.execute(select(heads).where(heads.c.tree_size == tree_size))
-            ).first()
-        return None if row is None else Head(int(row.tree_size), bytes(row.root_hash), row.checkpoint)
+            row = (await conn.execute(select(heads).where(heads.c.tree_size == tree_size))).first()
+        return (
+            None if row is None else Head(int(row.tree_size), bytes(row.root_hash), row.checkpoint)
+        )

@@ -16,7 +16,7 @@ class RegistryBehaviour:
     """
 
     def __init__(self, timeout_s: float = 1.0) -> None:
-        self._stub: registry_pb2_grpc.RegistryServiceStub | None = None
+        self._stub: registry_pb2_grpc.RegistryServiceAsyncStub | None = None
         self._timeout = timeout_s
 
     def connect(self, channel: grpc.aio.Channel) -> None:

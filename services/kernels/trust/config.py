@@ -49,13 +49,17 @@ class TrustConfig:
         env = dict(os.environ if env is None else env)
         reader = EnvReader(env)
         server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
-        roots = tuple(r.strip() for r in reader.text("GRACE_TRUST_ROOTS", "").split(",") if r.strip())
+        roots = tuple(
+            r.strip() for r in reader.text("GRACE_TRUST_ROOTS", "").split(",") if r.strip()
+        )
         for root in roots:
             if not ID_PATTERN.fullmatch(root):
                 raise ConfigError(f"GRACE_TRUST_ROOTS: {root!r} is not a domain id")
         limit = reader.integer("GRACE_TRUST_DEPTH_LIMIT", 8, minimum=1, maximum=32)
         weights = Weights(
-            certifications=reader.number("GRACE_TRUST_WEIGHT_CERTIFICATIONS", 0.4, minimum=0, maximum=1),
+            certifications=reader.number(
+                "GRACE_TRUST_WEIGHT_CERTIFICATIONS", 0.4, minimum=0, maximum=1
+            ),
             lease_reliability=reader.number("GRACE_TRUST_WEIGHT_LEASE", 0.3, minimum=0, maximum=1),
             step_success=reader.number("GRACE_TRUST_WEIGHT_STEPS", 0.3, minimum=0, maximum=1),
         )
@@ -67,11 +71,17 @@ class TrustConfig:
                 roots=roots,
                 max_depth=reader.integer("GRACE_TRUST_MAX_DEPTH", 3, minimum=1, maximum=limit),
                 depth_limit=limit,
-                challenge_ttl_s=reader.number("GRACE_TRUST_CHALLENGE_TTL_S", 300, minimum=1, maximum=86400),
-                clock_skew_s=reader.number("GRACE_TRUST_CLOCK_SKEW_S", 300, minimum=1, maximum=86400),
+                challenge_ttl_s=reader.number(
+                    "GRACE_TRUST_CHALLENGE_TTL_S", 300, minimum=1, maximum=86400
+                ),
+                clock_skew_s=reader.number(
+                    "GRACE_TRUST_CLOCK_SKEW_S", 300, minimum=1, maximum=86400
+                ),
                 weights=weights,
             ),
             registry_address=peer_address(env, "registry"),
-            registry_timeout_s=reader.number("GRACE_TRUST_REGISTRY_TIMEOUT_S", 1.0, minimum=0.05, maximum=60),
+            registry_timeout_s=reader.number(
+                "GRACE_TRUST_REGISTRY_TIMEOUT_S", 1.0, minimum=0.05, maximum=60
+            ),
             registration=registration_from_env(env, SERVICE, server.host, CAPABILITIES),
         )

@@ -98,7 +98,9 @@ class TrustServicer(pb_grpc.TrustServiceServicer):
             identities=[identity_to_proto(i) for i in identities], next_page_token=token
         )
 
-    async def RotateKey(self, request: pb.RotateKeyRequest, context: Context) -> pb.RotateKeyResponse:
+    async def RotateKey(
+        self, request: pb.RotateKeyRequest, context: Context
+    ) -> pb.RotateKeyResponse:
         identity = await self._kernel.rotate(
             request.domain_id,
             request.new_public_key,
@@ -108,7 +110,9 @@ class TrustServicer(pb_grpc.TrustServiceServicer):
         )
         return pb.RotateKeyResponse(identity=identity_to_proto(identity))
 
-    async def RevokeKey(self, request: pb.RevokeKeyRequest, context: Context) -> pb.RevokeKeyResponse:
+    async def RevokeKey(
+        self, request: pb.RevokeKeyRequest, context: Context
+    ) -> pb.RevokeKeyResponse:
         identity = await self._kernel.revoke(
             request.domain_id,
             request.key_id,
@@ -157,7 +161,11 @@ class TrustServicer(pb_grpc.TrustServiceServicer):
             verified=verdict.verified,
             trusted=verdict.trusted,
             trust_path=verdict.path,
-            path_level=LEVEL_TO_PROTO[verdict.path_level] if verdict.path_level else 0,
+            path_level=(
+                LEVEL_TO_PROTO[verdict.path_level]
+                if verdict.path_level
+                else pb.TRUST_LEVEL_UNSPECIFIED
+            ),
             reason=verdict.reason,
             key_id=verdict.key_id,
         )

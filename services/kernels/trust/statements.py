@@ -32,7 +32,9 @@ def registration(domain_id: str, public_key: bytes, challenge: bytes) -> dict[st
     return {"challenge": _b64(challenge), "domain_id": domain_id, "public_key": _b64(public_key)}
 
 
-def rotation(domain_id: str, old_key_id: str, new_public_key: bytes, issued_at: int) -> dict[str, Any]:
+def rotation(
+    domain_id: str, old_key_id: str, new_public_key: bytes, issued_at: int
+) -> dict[str, Any]:
     """Body of a key rotation, signed by the old key and by the new one."""
     return {
         "domain_id": domain_id,
@@ -54,6 +56,8 @@ def certification(issuer: str, subject: str, level: str, issued_at: int) -> dict
     return {"issued_at": issued_at, "issuer": issuer, "level": level, "subject": subject}
 
 
-def sign(key: signing.SigningKey | Ed25519PrivateKey, payload_type: str, body: dict[str, Any]) -> bytes:
+def sign(
+    key: signing.SigningKey | Ed25519PrivateKey, payload_type: str, body: dict[str, Any]
+) -> bytes:
     """A client's signature over a statement."""
     return dsse.sign_statement(key, payload_type, body)

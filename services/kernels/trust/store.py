@@ -92,7 +92,11 @@ class TrustStore:
             cert_rows = await conn.execute(select(certifications))
             loaded_certs = [
                 Certification(
-                    r.issuer, r.subject, Level(r.level), int(r.issued_at), r.key_id,
+                    r.issuer,
+                    r.subject,
+                    Level(r.level),
+                    int(r.issued_at),
+                    r.key_id,
                     bytes(r.signature),
                 )
                 for r in cert_rows

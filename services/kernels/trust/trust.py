@@ -238,9 +238,7 @@ class TrustKernel:
                 current.public_key, statements.ROTATION, body, old_signature
             ):
                 raise Unauthenticated("old_key_signature: not a signature by the current key")
-            if not dsse.verify_statement(
-                new_public_key, statements.ROTATION, body, new_signature
-            ):
+            if not dsse.verify_statement(new_public_key, statements.ROTATION, body, new_signature):
                 raise Unauthenticated("new_key_signature: not a signature by the new key")
             now = self._clock()
             retired = dataclasses.replace(current, state=KeyState.ROTATED, retired_at=now)
@@ -269,16 +267,16 @@ class TrustKernel:
                 raise NotFound("key", key_id)
             signer = self._keys.get(signer_key_id or key_id)
             current = self._current(domain_id)
-            if signer is None or signer.domain_id != domain_id or not (
-                signer.key_id == key_id or (current is not None and signer is current)
+            if (
+                signer is None
+                or signer.domain_id != domain_id
+                or not (signer.key_id == key_id or (current is not None and signer is current))
             ):
                 raise Unauthenticated("signer_key_id: must be the key itself or the current key")
             if signer.state is KeyState.REVOKED and signer.key_id != key_id:
                 raise Unauthenticated("signer_key_id: the signing key is revoked")
             body = statements.revocation(domain_id, key_id, reason, issued_at)
-            if not dsse.verify_statement(
-                signer.public_key, statements.REVOCATION, body, signature
-            ):
+            if not dsse.verify_statement(signer.public_key, statements.REVOCATION, body, signature):
                 raise Unauthenticated("signature: not a signature of the revocation by the signer")
             if key.state is KeyState.REVOKED:
                 return self.identity(domain_id)
@@ -314,16 +312,15 @@ class TrustKernel:
             if subject not in self._by_domain:
                 raise NotFound("identity", subject)
             body = statements.certification(issuer, subject, level.value, issued_at)
-            if not dsse.verify_statement(
-                key.public_key, statements.CERTIFICATION, body, signature
-            ):
+            if not dsse.verify_statement(key.public_key, statements.CERTIFICATION, body, signature):
                 raise Unauthenticated("signature: not a signature by the issuer's current key")
             cert = Certification(issuer, subject, level, issued_at, key.key_id, signature)
             existing = self._certs.get(issuer, {}).get(subject)
             if existing is not None and existing.issued_at >= issued_at:
                 if existing.signature != signature:
                     raise FailedPrecondition(
-                        f"issued_at: not newer than the current certification ({existing.issued_at})"
+                        "issued_at: not newer than the current certification "
+                        f"({existing.issued_at})"
                     )
             else:
                 await self.store.save_certification(cert)
@@ -334,9 +331,7 @@ class TrustKernel:
         """Both domains certify each other with a level above none (valid keys)."""
         ab = self._certs.get(a, {}).get(b)
         ba = self._certs.get(b, {}).get(a)
-        return all(
-            c is not None and c.level is not Level.NONE and self._valid(c) for c in (ab, ba)
-        )
+        return all(c is not None and c.level is not Level.NONE and self._valid(c) for c in (ab, ba))
 
     def is_valid(self, cert: Certification) -> bool:
         """False when the certification's key has been revoked."""
@@ -421,6 +416,7 @@ class TrustKernel:
         components += behaviour_components(behaviour, problem, weights)
         has_key = self._current(domain_id) is not None
         identity_detail = "active key" if has_key else "no active key: the score is 0"
-        components.append(Component("identity", 1.0 if has_key else 0.0, 0.0, True, identity_detail))
+        components.append(
+            Component("identity", 1.0 if has_key else 0.0, 0.0, True, identity_detail)
+        )
         return Score(domain_id, composite(components, has_key), tuple(components), self._clock())
-

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
-from services.common.signing import SigningKey
 
+from services.common.signing import SigningKey
 from services.common.storage import Database
 from services.kernels.immutable_log.log import ImmutableLog, LogSettings
 from services.kernels.immutable_log.store import LogStore

@@ -49,7 +49,8 @@ async def test_appends_get_contiguous_indexes_and_the_hash_of_their_exact_bytes(
             *first.leaf_hashes,
             *batch.leaf_hashes,
         ]
-        assert views[2].data is not None and views[2].data.data["n"] == 2
+        assert views[2].data is not None
+        assert views[2].data.data["n"] == 2
 
 
 async def test_concurrent_appends_are_group_committed_without_loss(open_log: OpenLog) -> None:
@@ -60,10 +61,12 @@ async def test_concurrent_appends_are_group_committed_without_loss(open_log: Ope
         heads = await log.store.heads()
         assert len(heads) < 300  # several appends shared a commit
         views, token = await log.entries(0, 0, 1000, "")
-        assert len(views) == 300 and token == ""
+        assert len(views) == 300
+        assert token == ""
         assert sorted(v.data.data["n"] for v in views if v.data) == list(range(300))
         report = await log.verify_integrity()
-        assert report.valid and report.checked == 300
+        assert report.valid
+        assert report.checked == 300
 
 
 async def test_a_repeated_request_id_appends_once(open_log: OpenLog) -> None:
@@ -74,7 +77,8 @@ async def test_a_repeated_request_id_appends_once(open_log: OpenLog) -> None:
         later = await log.append([entry(1)], "req-1")
         assert log.size == 1
         assert first.first_index == again.first_index == later.first_index == 0
-        assert later.replayed and later.leaf_hashes == first.leaf_hashes
+        assert later.replayed
+        assert later.leaf_hashes == first.leaf_hashes
 
 
 async def test_invalid_entries_are_refused_naming_the_field(open_log: OpenLog) -> None:
@@ -108,13 +112,17 @@ async def test_checkpoints_and_proofs_verify_with_the_public_key_only(
         await log.append([entry(n) for n in range(10, 37)])
         public = log.public_key
         head = verify_checkpoint(log.checkpoint()[0], "test.example/log", public)
-        assert head.size == 37 and head.root_hash == log.checkpoint()[2]
+        assert head.size == 37
+        assert head.root_hash == log.checkpoint()[2]
         for index in (0, 9, 36):
             check_inclusion(await inclusion(log, index), "test.example/log", public)
         first, second, path = log.consistency_proof(10, 0)
         proof = pb.GetConsistencyProofResponse(
-            first_size=first, second_size=second, hashes=path,
-            first_checkpoint=old_note, second_checkpoint=log.checkpoint()[0],
+            first_size=first,
+            second_size=second,
+            hashes=path,
+            first_checkpoint=old_note,
+            second_checkpoint=log.checkpoint()[0],
         )
         check_consistency(proof, "test.example/log", public)
         other = signing.SigningKey.generate().public_key
@@ -127,7 +135,9 @@ async def test_the_tree_survives_a_restart(open_log: OpenLog) -> None:
         await log.append([entry(n) for n in range(50)])
         root = log.checkpoint()[2]
     async with open_log() as log:
-        assert log.size == 50 and log.checkpoint()[2] == root and not log.startup_problem
+        assert log.size == 50
+        assert log.checkpoint()[2] == root
+        assert not log.startup_problem
         result = await log.append([entry(50)])
         assert result.first_index == 50
 
@@ -143,7 +153,8 @@ async def test_a_tampered_row_is_found_by_verify_integrity_and_by_proofs(
                 update(store.entries).where(store.entries.c.idx == 7).values(leaf_data=forged)
             )
         report = await log.verify_integrity()
-        assert not report.valid and report.first_bad_index == 7
+        assert not report.valid
+        assert report.first_bad_index == 7
         with pytest.raises(AuditError):
             check_inclusion(await inclusion(log, 7), "test.example/log", log.public_key)
         check_inclusion(await inclusion(log, 8), "test.example/log", log.public_key)
@@ -175,7 +186,8 @@ async def test_a_deleted_row_is_reported_as_missing(open_log: OpenLog) -> None:
         async with log.store.db.transaction() as conn:
             await conn.execute(delete(store.entries).where(store.entries.c.idx == 2))
         report = await log.verify_integrity()
-        assert not report.valid and report.first_bad_index == 2
+        assert not report.valid
+        assert report.first_bad_index == 2
         assert "missing" in report.reason
 
 
@@ -184,9 +196,7 @@ async def test_an_inclusion_proof_can_be_asked_by_leaf_hash_for_a_past_size(
 ) -> None:
     async with open_log() as log:
         result = await log.append([entry(n) for n in range(12)])
-        index, size, path, _view, note = await log.inclusion_proof(
-            None, result.leaf_hashes[5], 9
-        )
+        index, size, path, _view, note = await log.inclusion_proof(None, result.leaf_hashes[5], 9)
         head = verify_checkpoint(note, "test.example/log", log.public_key)
         assert (index, size, head.size) == (5, 9, 9)
         assert verify_inclusion(result.leaf_hashes[5], 5, 9, path, head.root_hash)

@@ -69,8 +69,8 @@ def reference_subproof(m: int, leaves: list[bytes], complete: bool) -> list[byte
 DATA = [f"d{i}".encode() for i in range(7)]
 a, b, c, d, e, f, j = (leaf_hash(x) for x in DATA)
 g, h, i = node_hash(a, b), node_hash(c, d), node_hash(e, f)
-k, l = node_hash(g, h), node_hash(i, j)
-ROOT = node_hash(k, l)
+k, l_ = node_hash(g, h), node_hash(i, j)
+ROOT = node_hash(k, l_)
 
 
 def test_hashes_use_the_rfc_prefixes_and_empty_tree_hash() -> None:
@@ -79,7 +79,9 @@ def test_hashes_use_the_rfc_prefixes_and_empty_tree_hash() -> None:
     assert leaf_hash(b"").hex() == (
         "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
     )
-    assert node_hash(b"L" * 32, b"R" * 32) == hashlib.sha256(b"\x01" + b"L" * 32 + b"R" * 32).digest()
+    assert (
+        node_hash(b"L" * 32, b"R" * 32) == hashlib.sha256(b"\x01" + b"L" * 32 + b"R" * 32).digest()
+    )
 
 
 def test_the_rfc_seven_leaf_tree_has_the_rfc_root() -> None:
@@ -91,7 +93,7 @@ def test_the_rfc_seven_leaf_tree_has_the_rfc_root() -> None:
 
 @pytest.mark.parametrize(
     ("index", "expected"),
-    [(0, [b, h, l]), (3, [c, g, l]), (4, [f, j, k]), (6, [i, k])],
+    [(0, [b, h, l_]), (3, [c, g, l_]), (4, [f, j, k]), (6, [i, k])],
 )
 def test_inclusion_proofs_match_the_rfc_audit_paths(index: int, expected: list[bytes]) -> None:
     tree = MerkleTree(leaf_hash(x) for x in DATA)
@@ -99,9 +101,7 @@ def test_inclusion_proofs_match_the_rfc_audit_paths(index: int, expected: list[b
     assert verify_inclusion(leaf_hash(DATA[index]), index, 7, expected, ROOT)
 
 
-@pytest.mark.parametrize(
-    ("first", "expected"), [(3, [c, d, g, l]), (4, [l]), (6, [i, j, k])]
-)
+@pytest.mark.parametrize(("first", "expected"), [(3, [c, d, g, l_]), (4, [l_]), (6, [i, j, k])])
 def test_consistency_proofs_match_the_rfc_examples(first: int, expected: list[bytes]) -> None:
     tree = MerkleTree(leaf_hash(x) for x in DATA)
     assert tree.consistency_proof(first, 7) == expected

@@ -53,6 +53,12 @@ def new_entry(n: int) -> pb.NewEntry:
     return entry
 
 
+def swap_first_hashes(path: str) -> None:
+    tampered = json.loads(Path(path).read_text())
+    tampered["hashes"][0] = tampered["hashes"][1]
+    Path(path).write_text(json.dumps(tampered))
+
+
 def dump(path: Path, message: object) -> str:
     path.write_text(json_format.MessageToJson(message))  # type: ignore[arg-type]
     return str(path)
@@ -85,9 +91,7 @@ async def test_proofs_from_the_server_verify_offline_with_the_cli(
     old_file.write_text(old.checkpoint)
     args = ["verify-consistency", "--key", str(key_file), "--proof", consistency_file]
     assert cli.main([*args, "--old", str(old_file)]) == 0
-    tampered = json.loads(Path(proof_file).read_text())
-    tampered["hashes"][0] = tampered["hashes"][1]
-    Path(proof_file).write_text(json.dumps(tampered))
+    swap_first_hashes(proof_file)
     assert cli.main(["verify-inclusion", "--key", str(key_file), "--proof", proof_file]) == 1
 
 
@@ -106,7 +110,8 @@ async def test_a_tampered_row_fails_verify_integrity_and_the_cli(
             .values(leaf_data=forged.SerializeToString())
         )
     report = await stub.VerifyIntegrity(pb.VerifyIntegrityRequest())
-    assert not report.valid and report.first_bad_index == 4
+    assert not report.valid
+    assert report.first_bad_index == 4
     checkpoint = await stub.GetCheckpoint(pb.GetCheckpointRequest())
     key = tmp_path / "vkey"
     key.write_text(checkpoint.verifier_key)
@@ -142,14 +147,16 @@ async def test_workflow_steps_append_once_and_compensate_by_appending(
     request.input.update({"kind": "execution.proof", "actor": "orchestrator", "data": {"a": 1}})
     first = json_format.MessageToDict((await domain.Execute(request)).output)
     again = json_format.MessageToDict((await domain.Execute(request)).output)
-    assert first["index"] == again["index"] == 0 and again["replayed"] is True
+    assert first["index"] == again["index"] == 0
+    assert again["replayed"] is True
     undo = domain_pb2.CompensateRequest(
         domain_id="immutable_log", action="append", idempotency_key="exec-1/step_1/compensate"
     )
     undo.input.CopyFrom(request.input)
     undo.output.update(first)
     report = json_format.MessageToDict((await domain.Compensate(undo)).output)
-    assert report["index"] == 1 and service.log.size == 2
+    assert report["index"] == 1
+    assert service.log.size == 2
     verify = await domain.Execute(domain_pb2.ExecuteRequest(action="verify"))
     assert verify.output["valid"] is True
 
@@ -165,8 +172,10 @@ async def test_pushed_events_are_recorded_once(
         answer = await domain.DeliverEvent(domain_pb2.DeliverEventRequest(event=event, attempt=1))
         assert answer.outcome == domain_pb2.DELIVERY_OUTCOME_ACK
     views, _ = await service.log.entries(0, 0, 10, "")
-    assert len(views) == 1 and views[0].data is not None
-    assert views[0].data.kind == "healing.restart" and views[0].data.actor == "guardian"
+    assert len(views) == 1
+    assert views[0].data is not None
+    assert views[0].data.kind == "healing.restart"
+    assert views[0].data.actor == "guardian"
 
 
 async def test_the_kernel_registers_itself_as_a_domain(tmp_path: Path) -> None:

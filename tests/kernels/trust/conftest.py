@@ -52,9 +52,7 @@ class Domain:
         signature = statements.sign(self.key, statements.REGISTRATION, body)
         await kernel.register(self.name, self.public, challenge, signature)
 
-    async def certify(
-        self, kernel: TrustKernel, other: Domain, level: Level, at: int
-    ) -> bool:
+    async def certify(self, kernel: TrustKernel, other: Domain, level: Level, at: int) -> bool:
         body = statements.certification(self.name, other.name, level.value, at)
         signature = statements.sign(self.key, statements.CERTIFICATION, body)
         return (await kernel.establish(self.name, other.name, level, at, signature))[1]

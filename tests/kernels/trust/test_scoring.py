@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -82,11 +84,14 @@ def test_found_paths_are_short_enough_and_pass_only_through_full_hops(
     if found is None or target == "a":
         return
     path, level = found
-    assert path[0] == "a" and path[-1] == target and len(path) - 1 <= depth
-    hops = list(zip(path, path[1:], strict=False))
+    assert path[0] == "a"
+    assert path[-1] == target
+    assert len(path) - 1 <= depth
+    hops = list(itertools.pairwise(path))
     assert all(edges[x][y] is Level.FULL for x, y in hops[:-1])
     last = edges[hops[-1][0]][hops[-1][1]]
-    assert last in (Level.FULL, Level.PARTIAL) and level is last
+    assert last in (Level.FULL, Level.PARTIAL)
+    assert level is last
 
 
 @given(graphs, st.sampled_from("abcdef"), st.integers(1, 5))

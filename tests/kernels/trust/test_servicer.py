@@ -106,19 +106,23 @@ async def test_registration_and_verification_over_grpc(stack: Stack) -> None:
             signature=statements.sign(core, statements.CERTIFICATION, body),
         )
     )
-    assert established.certification.valid and not established.mutual
+    assert established.certification.valid
+    assert not established.mutual
     answer = await stack.trust.VerifyMessage(
         trust_pb2.VerifyMessageRequest(
             domain_id="ai_domain", message=b"hello", signature=ai.sign(b"hello")
         )
     )
-    assert answer.verified and answer.trusted and list(answer.trust_path) == ["core", "ai_domain"]
+    assert answer.verified
+    assert answer.trusted
+    assert list(answer.trust_path) == ["core", "ai_domain"]
     forged = await stack.trust.VerifyMessage(
         trust_pb2.VerifyMessageRequest(
             domain_id="ai_domain", message=b"hello", signature=core.sign(b"hello")
         )
     )
-    assert not forged.verified and not forged.trusted
+    assert not forged.verified
+    assert not forged.trusted
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stack.trust.GetIdentity(trust_pb2.GetIdentityRequest(domain_id="nobody"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -134,7 +138,8 @@ async def test_the_score_reads_lease_and_success_from_the_registry(stack: Stack)
     await register(stack, "ai_domain", ai)
     before = await stack.trust.GetTrustScore(trust_pb2.GetTrustScoreRequest(domain_id="ai_domain"))
     lease = {c.name: c for c in before.components}["lease_reliability"]
-    assert not lease.available and "does not know" in lease.detail
+    assert not lease.available
+    assert "does not know" in lease.detail
     await stack.registry.RegisterDomain(
         registry_pb2.RegisterDomainRequest(domain_id="ai_domain", host="127.0.0.1", port=8202)
     )
@@ -145,7 +150,8 @@ async def test_the_score_reads_lease_and_success_from_the_registry(stack: Stack)
     )
     after = await stack.trust.GetTrustScore(trust_pb2.GetTrustScoreRequest(domain_id="ai_domain"))
     parts = {c.name: c for c in after.components}
-    assert parts["lease_reliability"].available and parts["lease_reliability"].value == 1.0
+    assert parts["lease_reliability"].available
+    assert parts["lease_reliability"].value == 1.0
     assert parts["step_success"].value == pytest.approx(0.5)
     assert after.score == pytest.approx(0.4 * 0.5 + 0.3 * 1.0 + 0.3 * 0.5)
 
@@ -162,7 +168,8 @@ async def test_workflows_can_call_verify_on_the_trust_domain(stack: Stack) -> No
         }
     )
     output = json_format.MessageToDict((await stack.domain.Execute(request)).output)
-    assert output["verified"] is True and output["trusted"] is False
+    assert output["verified"] is True
+    assert output["trusted"] is False
     described = await stack.domain.DescribeDomain(domain_pb2.DescribeDomainRequest())
     assert {a.name for a in described.actions} == {"verify", "score", "identity"}
 

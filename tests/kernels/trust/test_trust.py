@@ -3,6 +3,8 @@ revocation, certifications, message verification and trust paths, scores."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from services.common.errors import (
@@ -36,7 +38,9 @@ async def test_registration_needs_a_signature_over_the_challenge_by_the_key(
         await kernel.register("ai_domain", ai.public, challenge, forged)
     good = statements.sign(ai.key, statements.REGISTRATION, body)
     identity, created = await kernel.register("ai_domain", ai.public, challenge, good)
-    assert created and identity.current is not None and identity.current.key_id == ai.key_id
+    assert created
+    assert identity.current is not None
+    assert identity.current.key_id == ai.key_id
     with pytest.raises(Unauthenticated):  # a challenge is good once
         await kernel.register("ai_domain", ai.public, challenge, good)
 
@@ -48,12 +52,22 @@ async def test_an_expired_or_foreign_challenge_is_refused(
     challenge, _ = kernel.create_challenge("other")
     body = statements.registration("ai_domain", ai.public, challenge)
     with pytest.raises(Unauthenticated):
-        await kernel.register("ai_domain", ai.public, challenge, statements.sign(ai.key, statements.REGISTRATION, body))
+        await kernel.register(
+            "ai_domain",
+            ai.public,
+            challenge,
+            statements.sign(ai.key, statements.REGISTRATION, body),
+        )
     challenge, _ = kernel.create_challenge("ai_domain")
     clock.advance(301)
     body = statements.registration("ai_domain", ai.public, challenge)
     with pytest.raises(Unauthenticated):
-        await kernel.register("ai_domain", ai.public, challenge, statements.sign(ai.key, statements.REGISTRATION, body))
+        await kernel.register(
+            "ai_domain",
+            ai.public,
+            challenge,
+            statements.sign(ai.key, statements.REGISTRATION, body),
+        )
 
 
 async def test_a_second_key_for_a_domain_must_come_by_rotation(kernel: TrustKernel) -> None:
@@ -79,7 +93,8 @@ async def test_rotation_is_signed_by_the_old_and_the_new_key(
     with pytest.raises(Unauthenticated):
         await kernel.rotate("ai_domain", new.public, at, by_old, by_old)
     identity = await kernel.rotate("ai_domain", new.public, at, by_old, by_new)
-    assert identity.current is not None and identity.current.key_id == new.key_id
+    assert identity.current is not None
+    assert identity.current.key_id == new.key_id
     assert identity.keys[0].state is KeyState.ROTATED
     message = b"hello"
     assert not kernel.verify_message("ai_domain", message, ai.key.sign(message)).verified
@@ -99,11 +114,19 @@ async def test_revocation_stops_verification_and_voids_certifications(
     assert kernel.verify_message("ai_domain", message, ai.key.sign(message)).trusted
     at = int(clock())
     body = statements.revocation("core", core.key_id, "compromised", at)
-    await kernel.revoke("core", core.key_id, "compromised", at, statements.sign(core.key, statements.REVOCATION, body))
+    await kernel.revoke(
+        "core",
+        core.key_id,
+        "compromised",
+        at,
+        statements.sign(core.key, statements.REVOCATION, body),
+    )
     verdict = kernel.verify_message("ai_domain", message, ai.key.sign(message))
-    assert verdict.verified and not verdict.trusted  # core's certification no longer counts
+    assert verdict.verified
+    assert not verdict.trusted
     revoked = kernel.verify_message("core", message, core.key.sign(message))
-    assert not revoked.verified and "no active key" in revoked.reason
+    assert not revoked.verified
+    assert "no active key" in revoked.reason
     assert kernel.identity("core").current is None
     with pytest.raises(FailedPrecondition):
         await core.register(kernel)
@@ -117,9 +140,21 @@ async def test_revocation_must_be_signed_by_the_key_or_the_current_key(
     at = int(clock())
     body = statements.revocation("ai_domain", ai.key_id, "x", at)
     with pytest.raises(Unauthenticated):
-        await kernel.revoke("ai_domain", ai.key_id, "x", at, statements.sign(mallory.key, statements.REVOCATION, body))
+        await kernel.revoke(
+            "ai_domain",
+            ai.key_id,
+            "x",
+            at,
+            statements.sign(mallory.key, statements.REVOCATION, body),
+        )
     with pytest.raises(InvalidArgument):
-        await kernel.revoke("ai_domain", ai.key_id, "x", at - 1000, statements.sign(ai.key, statements.REVOCATION, body))
+        await kernel.revoke(
+            "ai_domain",
+            ai.key_id,
+            "x",
+            at - 1000,
+            statements.sign(ai.key, statements.REVOCATION, body),
+        )
 
 
 async def test_a_forged_message_signature_is_neither_verified_nor_trusted(
@@ -151,16 +186,18 @@ async def test_the_seed_web_of_trust_answers_as_the_seed_says(kernel: TrustKerne
     verdict = kernel.verify_message("ai_domain", message, ai.key.sign(message), "core")
     assert (verdict.verified, verdict.trusted, verdict.path) == (True, True, ("core", "ai_domain"))
     partial = kernel.verify_message("monitoring", b"m", monitoring.key.sign(b"m"), "core")
-    assert partial.trusted and partial.path == ("core", "ai_domain", "monitoring")
+    assert partial.trusted
+    assert partial.path == ("core", "ai_domain", "monitoring")
     assert partial.path_level is Level.PARTIAL
-    assert kernel.mutual("core", "ai_domain") and not kernel.mutual("core", "memory_domain")
+    assert kernel.mutual("core", "ai_domain")
+    assert not kernel.mutual("core", "memory_domain")
 
 
 async def test_trust_paths_respect_the_depth_limit_and_partial_hops(kernel: TrustKernel) -> None:
     chain = [Domain(f"d{i}") for i in range(5)]
     for d in chain:
         await d.register(kernel)
-    for a, b in zip(chain, chain[1:], strict=False):
+    for a, b in itertools.pairwise(chain):
         await a.certify(kernel, b, Level.FULL, NOW)
     msg = b"m"
     sig = chain[4].key.sign(msg)
@@ -179,7 +216,13 @@ async def test_certifications_must_be_signed_by_the_issuer_and_newer(kernel: Tru
     await ai.register(kernel)
     body = statements.certification("core", "ai_domain", "full", NOW)
     with pytest.raises(Unauthenticated):
-        await kernel.establish("core", "ai_domain", Level.FULL, NOW, statements.sign(mallory.key, statements.CERTIFICATION, body))
+        await kernel.establish(
+            "core",
+            "ai_domain",
+            Level.FULL,
+            NOW,
+            statements.sign(mallory.key, statements.CERTIFICATION, body),
+        )
     await core.certify(kernel, ai, Level.FULL, NOW)
     await core.certify(kernel, ai, Level.FULL, NOW)  # the same statement again is a no-op
     with pytest.raises(FailedPrecondition):
@@ -199,12 +242,14 @@ async def test_scores_show_components_and_survive_the_registry_being_down(
     score = await kernel.score("ai_domain")
     parts = {c.name: c for c in score.components}
     assert parts["certifications"].value == pytest.approx(2 / 3)
-    assert parts["lease_reliability"].value == 1.0 and parts["step_success"].value == 0.9
+    assert parts["lease_reliability"].value == 1.0
+    assert parts["step_success"].value == 0.9
     assert score.score == pytest.approx(0.4 * 2 / 3 + 0.3 * 1.0 + 0.3 * 0.9)
     behaviour.down = True
     degraded = await kernel.score("ai_domain")
     down = {c.name: c for c in degraded.components}
-    assert not down["lease_reliability"].available and "unreachable" in down["lease_reliability"].detail
+    assert not down["lease_reliability"].available
+    assert "unreachable" in down["lease_reliability"].detail
     assert degraded.score == pytest.approx(2 / 3)
     assert (await kernel.score("nobody")).score == 0.0
 
@@ -212,7 +257,8 @@ async def test_scores_show_components_and_survive_the_registry_being_down(
 async def test_state_survives_a_restart(database: DatabaseTarget, clock: ManualClock) -> None:
     def make() -> TrustKernel:
         return TrustKernel(
-            TrustStore(Database(database.url, schema=database.schema)), clock=clock,
+            TrustStore(Database(database.url, schema=database.schema)),
+            clock=clock,
             behaviour=RecordedBehaviour(),
         )
 
@@ -227,7 +273,8 @@ async def test_state_survives_a_restart(database: DatabaseTarget, clock: ManualC
     await second.open()
     try:
         verdict = second.verify_message("ai_domain", b"x", ai.key.sign(b"x"), "core")
-        assert verdict.verified and verdict.trusted
+        assert verdict.verified
+        assert verdict.trusted
         certs, _ = second.list_certifications("core", "", 10, "")
         assert [(c.issuer, c.subject) for c in certs] == [("core", "ai_domain")]
     finally:
