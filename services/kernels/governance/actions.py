@@ -79,11 +79,11 @@ def verify_action(governance: Governance) -> KernelAction:
             return _output(decision, Verdict.ALLOW)
         if decision.verdict is Verdict.DENY:
             raise _denied(decision, "denied")
-        approval = await governance.get_approval(decision.approval_id)
+        approval = await governance.approvals.get(decision.approval_id)
         if not approval.status.settled and wait > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(float(wait)):
-                    async for approval in governance.watch_approval(decision.approval_id):
+                    async for approval in governance.approvals.watch(decision.approval_id):
                         if approval.status.settled:
                             break
         if approval.status is ApprovalStatus.APPROVED:

@@ -9,11 +9,10 @@ one for the immutable log, so neither is lost while its peer is down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 from services.common.errors import (
     Aborted,
     AlreadyExists,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
 )
@@ -29,6 +27,7 @@ from services.common.outbox import Outbox
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.validation import require_id, require_text
 from services.kernels.governance import store as tables
+from services.kernels.governance.approvals import ApprovalQueue
 from services.kernels.governance.model import (
     Approval,
     ApprovalStatus,
@@ -43,7 +42,7 @@ from services.kernels.governance.model import (
 from services.kernels.governance.policy import DEFAULT_EFFECTS, evaluate, validate_policy
 from services.kernels.governance.policy_codec import read_policy_file
 from services.kernels.governance.recorder import DecisionRecorder
-from services.kernels.governance.store import DecisionFilter, GovernanceStore, approval_to_json
+from services.kernels.governance.store import DecisionFilter, GovernanceStore
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +110,11 @@ class Governance:
         self.mode = settings.mode or Mode.LOG_ONLY
         self._policies: dict[str, Policy] = {}
         self._lock = asyncio.Lock()
-        self._changed = asyncio.Condition()
-        self._generation = 0  # bumped on every approval change; watchers wait for a bump
-        self._closed = False
         self._on_commit: list[Callable[[], None]] = []
         self.recorder = DecisionRecorder(store, self.events, self.log_entries, self._committed)
+        self.approvals = ApprovalQueue(
+            store, self.events, self.log_entries, self._lock, clock, self._committed
+        )
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Calls `callback` after every commit that enqueued events (wakes the relays)."""
@@ -141,12 +140,9 @@ class Governance:
         log.info("governance: %d policies, mode %s", len(self._policies), self.mode.value)
 
     async def close(self) -> None:
-        """Ends every watch stream."""
-        self._closed = True
+        """Stops the recorder and ends every watch stream."""
         await self.recorder.stop()
-        async with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
+        await self.approvals.close()
 
     # Policies -------------------------------------------------------------------------
 
@@ -350,132 +346,6 @@ class Governance:
         return [d for _, d in rows[:limit]], next_token
 
     # Approvals ------------------------------------------------------------------------
-
-    async def get_approval(self, approval_id: str) -> Approval:
-        """One approval request (expired ones report EXPIRED even before the sweeper)."""
-        require_text("approval_id", approval_id, max_length=64, required=True)
-        found = await self.store.get_approval(approval_id)
-        if found is None:
-            raise NotFound("approval", approval_id)
-        if found.status is ApprovalStatus.PENDING and found.expires_at <= self.clock():
-            return await self._settle(approval_id, ApprovalStatus.EXPIRED, "", "expired")
-        return found
-
-    async def list_approvals(
-        self, status: ApprovalStatus | None, size: int = 0, token: str = ""
-    ) -> tuple[list[Approval], str]:
-        """One page of approval requests, newest first, and the next page's token."""
-        limit = page_size(size)
-        position = decode_token(token)
-        before = position.get("before") if position else None
-        if before is not None and not isinstance(before, int):
-            raise InvalidArgument("page_token", "is not a token this service issued")
-        rows = await self.store.list_approvals(status, before, limit + 1)
-        next_token = encode_token({"before": rows[limit - 1][0]}) if len(rows) > limit else ""
-        return [a for _, a in rows[:limit]], next_token
-
-    async def approve(self, approval_id: str, approver: str, reason: str = "") -> Approval:
-        """Approves a pending request."""
-        return await self._decide(approval_id, ApprovalStatus.APPROVED, approver, reason)
-
-    async def reject(self, approval_id: str, approver: str, reason: str = "") -> Approval:
-        """Rejects a pending request."""
-        return await self._decide(approval_id, ApprovalStatus.REJECTED, approver, reason)
-
-    async def _decide(
-        self, approval_id: str, status: ApprovalStatus, approver: str, reason: str
-    ) -> Approval:
-        require_text("approval_id", approval_id, max_length=64, required=True)
-        require_text("approver", approver, max_length=MAX_ACTOR_LENGTH, required=True)
-        require_text("reason", reason, max_length=MAX_REASON_LENGTH)
-        current = await self.get_approval(approval_id)
-        if current.status.settled:
-            raise FailedPrecondition(
-                f"approval {approval_id!r} is already {current.status.value}",
-                reason="APPROVAL_SETTLED",
-                metadata={"status": current.status.value},
-            )
-        if status is ApprovalStatus.APPROVED and approver == current.request.actor:
-            raise FailedPrecondition(
-                f"approver {approver!r} asked for this request; someone else must approve it",
-                reason="SELF_APPROVAL",
-            )
-        return await self._settle(approval_id, status, approver, reason)
-
-    async def _settle(
-        self, approval_id: str, status: ApprovalStatus, approver: str, reason: str
-    ) -> Approval:
-        async with self._lock, self.store.db.transaction() as conn:
-            current = await self.store.get_approval(approval_id, conn)
-            if current is None:
-                raise NotFound("approval", approval_id)
-            if current.status.settled:
-                if status is ApprovalStatus.EXPIRED:
-                    return current
-                raise FailedPrecondition(
-                    f"approval {approval_id!r} is already {current.status.value}",
-                    reason="APPROVAL_SETTLED",
-                )
-            settled = replace(
-                current,
-                status=status,
-                decided_by=approver,
-                decision_reason=reason,
-                decided_at=self.clock(),
-            )
-            await self.store.save_approval(conn, settled)
-            data = approval_to_json(settled)
-            event_type = f"governance.approval.{status.value}"
-            await self.events.enqueue(conn, event_type, data, subject=approval_id)
-            await self.log_entries.enqueue(conn, event_type, data, subject=approval_id)
-        self._committed()
-        async with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
-        return settled
-
-    async def watch_approval(self, approval_id: str) -> AsyncIterator[Approval]:
-        """The approval request now, then after every change, until it is settled."""
-        seen = self._generation
-        current = await self.get_approval(approval_id)
-        yield current
-        while not current.status.settled and not self._closed:
-            remaining = max(0.0, current.expires_at - self.clock())
-            async with self._changed:
-                last = seen
-
-                def bumped(last: int = last) -> bool:
-                    return self._generation != last
-
-                # Wake at the deadline too, so the watcher sees EXPIRED without a sweep.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(bumped),
-                        timeout=min(remaining, 60.0),
-                    )
-                seen = self._generation
-            latest = await self.get_approval(approval_id)
-            if latest != current:
-                current = latest
-                yield current
-
-    async def expire_due(self) -> int:
-        """Marks every pending request past its deadline EXPIRED; returns how many."""
-        due = await self.store.expired_approvals(self.clock())
-        for approval_id in due:
-            await self._settle(approval_id, ApprovalStatus.EXPIRED, "", "expired")
-        return len(due)
-
-    async def run_sweeper(self, interval_s: float) -> None:
-        """Expires approvals forever; cancel to stop."""
-        while True:
-            try:
-                await self.expire_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("governance: approval sweep failed")
-            await asyncio.sleep(interval_s)
 
     async def stats(self) -> Stats:
         """Counts for GetGovernanceStats."""

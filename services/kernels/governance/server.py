@@ -88,7 +88,7 @@ class GovernanceServer(Service):
         ]
         self._tasks.append(
             asyncio.create_task(
-                self.governance.run_sweeper(self.config.sweep_interval_s),
+                self.governance.approvals.run_sweeper(self.config.sweep_interval_s),
                 name="governance-approval-sweeper",
             )
         )

@@ -131,7 +131,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     async def ListApprovals(
         self, request: pb.ListApprovalsRequest, context: Context
     ) -> pb.ListApprovalsResponse:
-        page, token = await self._gov.list_approvals(
+        page, token = await self._gov.approvals.list(
             STATUS_FROM_PROTO.get(request.status), request.page_size, request.page_token
         )
         return pb.ListApprovalsResponse(
@@ -141,21 +141,25 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     async def GetApproval(
         self, request: pb.GetApprovalRequest, context: Context
     ) -> pb.GetApprovalResponse:
-        approval = await self._gov.get_approval(request.approval_id)
+        approval = await self._gov.approvals.get(request.approval_id)
         return pb.GetApprovalResponse(approval=approval_to_proto(approval))
 
     async def Approve(self, request: pb.ApproveRequest, context: Context) -> pb.ApproveResponse:
-        approval = await self._gov.approve(request.approval_id, request.approver, request.reason)
+        approval = await self._gov.approvals.approve(
+            request.approval_id, request.approver, request.reason
+        )
         return pb.ApproveResponse(approval=approval_to_proto(approval))
 
     async def Reject(self, request: pb.RejectRequest, context: Context) -> pb.RejectResponse:
-        approval = await self._gov.reject(request.approval_id, request.approver, request.reason)
+        approval = await self._gov.approvals.reject(
+            request.approval_id, request.approver, request.reason
+        )
         return pb.RejectResponse(approval=approval_to_proto(approval))
 
     async def WatchApproval(
         self, request: pb.WatchApprovalRequest, context: Context
     ) -> AsyncIterator[pb.WatchApprovalResponse]:
-        async for approval in self._gov.watch_approval(request.approval_id):
+        async for approval in self._gov.approvals.watch(request.approval_id):
             yield pb.WatchApprovalResponse(approval=approval_to_proto(approval))
 
     async def GetGovernanceStats(

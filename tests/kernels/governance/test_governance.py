@@ -146,18 +146,18 @@ async def test_require_approval_creates_a_pending_request_that_a_person_approves
     )
     decision, _ = await governance.evaluate("immune", "heal:restart_component", "component:x")
     assert decision.verdict is Verdict.PENDING_APPROVAL
-    pending, _ = await governance.list_approvals(ApprovalStatus.PENDING)
+    pending, _ = await governance.approvals.list(ApprovalStatus.PENDING)
     assert [a.approval_id for a in pending] == [decision.approval_id]
     with pytest.raises(FailedPrecondition) as own:
-        await governance.approve(decision.approval_id, "immune")
+        await governance.approvals.approve(decision.approval_id, "immune")
     assert own.value.reason == "SELF_APPROVAL"
     with pytest.raises(InvalidArgument):
-        await governance.approve(decision.approval_id, "")
-    approved = await governance.approve(decision.approval_id, "operator", "looks fine")
+        await governance.approvals.approve(decision.approval_id, "")
+    approved = await governance.approvals.approve(decision.approval_id, "operator", "looks fine")
     assert approved.status is ApprovalStatus.APPROVED
     assert approved.decided_by == "operator"
     with pytest.raises(FailedPrecondition):
-        await governance.reject(decision.approval_id, "operator")
+        await governance.approvals.reject(decision.approval_id, "operator")
     kinds = [e.event_type for e in await governance.events.pending(100)]
     assert "governance.approval.requested" in kinds
     assert "governance.approval.approved" in kinds
@@ -167,11 +167,11 @@ async def test_unanswered_approvals_expire(governance: Governance, clock: Manual
     await governance.create_policy(Policy("all", Effect.REQUIRE_APPROVAL))
     decision, _ = await governance.evaluate("a", "x")
     clock.advance(governance.settings.approval_ttl_s + 1)
-    assert await governance.expire_due() == 1
-    expired = await governance.get_approval(decision.approval_id)
+    assert await governance.approvals.expire_due() == 1
+    expired = await governance.approvals.get(decision.approval_id)
     assert expired.status is ApprovalStatus.EXPIRED
     with pytest.raises(FailedPrecondition):
-        await governance.approve(decision.approval_id, "operator")
+        await governance.approvals.approve(decision.approval_id, "operator")
 
 
 async def test_watching_an_approval_sees_its_settlement(governance: Governance) -> None:
@@ -182,7 +182,7 @@ async def test_watching_an_approval_sees_its_settlement(governance: Governance) 
     seen: list[ApprovalStatus] = []
 
     async def watch() -> None:
-        async for approval in governance.watch_approval(decision.approval_id):
+        async for approval in governance.approvals.watch(decision.approval_id):
             seen.append(approval.status)
 
     watcher = asyncio.create_task(watch())
@@ -190,7 +190,7 @@ async def test_watching_an_approval_sees_its_settlement(governance: Governance) 
         if seen:
             break
         await asyncio.sleep(0.01)
-    await governance.reject(decision.approval_id, "operator", "no")
+    await governance.approvals.reject(decision.approval_id, "operator", "no")
     await asyncio.wait_for(watcher, timeout=10)
     assert seen == [ApprovalStatus.PENDING, ApprovalStatus.REJECTED]
 
