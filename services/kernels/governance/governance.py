@@ -140,9 +140,13 @@ class Governance:
         log.info("governance: %d policies, mode %s", len(self._policies), self.mode.value)
 
     async def close(self) -> None:
-        """Stops the recorder and ends every watch stream."""
-        await self.recorder.stop()
+        """Ends every watch stream (shutdown begins; calls in flight may still finish)."""
         await self.approvals.close()
+
+    async def stop(self) -> None:
+        """Writes what the recorder holds and stops it (after the drain)."""
+        await self.approvals.close()
+        await self.recorder.stop()
 
     # Policies -------------------------------------------------------------------------
 

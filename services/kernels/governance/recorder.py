@@ -65,9 +65,12 @@ class DecisionRecorder:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="governance-recorder")
 
-    async def stop(self) -> None:
-        """Stops the writer; decisions still queued fail with ConnectionError."""
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Lets the writer record what is queued (up to `timeout_s`), then stops it;
+        decisions still queued after that fail with ConnectionError."""
         if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout_s)
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -129,6 +132,7 @@ class DecisionRecorder:
                 results = [(item.decision, False) for item in batch]
             except asyncio.CancelledError:
                 for item in batch:
+                    self._queue.task_done()
                     if not item.done.done():
                         item.done.set_exception(ConnectionError("governance is shutting down"))
                 raise
@@ -144,6 +148,7 @@ class DecisionRecorder:
             self.batches += 1
             self.committed()
             for item, result in zip(batch, results, strict=True):
+                self._queue.task_done()
                 if item.done.done():
                     continue
                 if isinstance(result, BaseException):

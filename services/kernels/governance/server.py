@@ -108,6 +108,7 @@ class GovernanceServer(Service):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.governance.stop()
         for relay in self.relays:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(relay.drain_once(), timeout=2.0)

@@ -38,7 +38,7 @@ async def opened(
 
     yield open_core
     for core in cores:
-        await core.close()
+        await core.stop()
         await core.store.close()
 
 
