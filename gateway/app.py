@@ -51,11 +51,13 @@ class ForwardRequest:
         route: The matched route (method, gRPC method, component).
         message: The built gRPC request.
         metadata: The metadata that will be sent (x-actor, authorization, ...).
+        path: The HTTP path requested (governance asks about `METHOD:path`).
     """
 
     route: Route
     message: Message
     metadata: Metadata
+    path: str = ""
 
 
 class ForwardGate(Protocol):
@@ -213,7 +215,7 @@ class GatewayApp:
         timeout = parse_timeout(request.headers, default, self.config.max_timeout_s)
         metadata = self._metadata(request, request_id)
         if route.mutating:
-            await self.gate.check(ForwardRequest(route, message, metadata))
+            await self.gate.check(ForwardRequest(route, message, metadata, path))
         upstream = await self._upstream(route, message, metadata, timeout)
         if route.server_streaming:
             call = upstream.stream(route.grpc_path, route.response_class.FromString)(

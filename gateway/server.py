@@ -25,6 +25,7 @@ from google.protobuf import descriptor as _descriptor
 from gateway.app import ForwardGate, GatewayApp
 from gateway.comments import load_comments
 from gateway.config import GatewayConfig
+from gateway.governance import governance_gate
 from gateway.openapi import ERROR_SCHEMA, build_openapi
 from gateway.routes import RouteTable, discover_services
 from gateway.upstreams import Upstreams
@@ -88,7 +89,8 @@ def build_app(
         config: Gateway settings.
         services: Services to serve; default every generated Grace service.
         proto_roots: Where to read proto comments; default `config.proto_root`.
-        gate: Asked before forwarding mutating requests; default lets everything through.
+        gate: Asked before forwarding mutating requests; default: governance, unless
+            `GRACE_GATEWAY_GOVERNANCE=off` (see `gateway.governance`).
     """
     services = discover_services() if services is None else services
     reserved = [("GET", path) for path in GatewayApp.builtin_paths()]
@@ -100,6 +102,8 @@ def build_app(
     document = build_openapi(table, comments, builtin_openapi_paths())
     upstreams = Upstreams(config.env, max_message_bytes=config.max_message_bytes)
     log.info("gateway: %d routes over %d services", len(table), len(table.services()))
+    if gate is None:
+        gate = governance_gate(config.env)
     return GatewayApp(config, table, upstreams, document, gate)
 
 

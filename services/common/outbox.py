@@ -117,6 +117,33 @@ class Outbox:
             "created_at": time.time(),
         }
 
+    async def enqueue_many(
+        self,
+        conn: AsyncConnection,
+        events: Sequence[tuple[str, str, Mapping[str, Any]]],
+        *,
+        traceparent: str = "",
+    ) -> list[str]:
+        """Adds `(event_type, subject, data)` events, in order, inside the caller's
+        transaction with one statement; returns their ids. For writers that batch."""
+        if not events:
+            return []
+        now = time.time()
+        rows: list[dict[str, Any]] = [
+            {
+                "event_id": str(uuid.uuid4()),
+                "event_type": event_type,
+                "source_domain": self.source_domain,
+                "subject": subject,
+                "data": dict(data),
+                "traceparent": traceparent,
+                "created_at": now,
+            }
+            for event_type, subject, data in events
+        ]
+        await conn.execute(self.table.insert(), rows)
+        return [str(row["event_id"]) for row in rows]
+
     async def pending(self, limit: int) -> list[OutboxEvent]:
         """The oldest events not yet published, in order."""
         async with self.db.read() as conn:

@@ -9,6 +9,10 @@ Besides the common server settings (see `services.common.config`):
 - `GRACE_ORCHESTRATOR_MAX_PARALLEL_STEPS`: steps of one execution running at once (16).
 - `GRACE_ORCHESTRATOR_MAX_INFLIGHT_CALLS`: domain calls in flight overall (512).
 - `GRACE_ORCHESTRATOR_ROUTE_CACHE_S`: how long a resolved domain address is reused (5).
+- `GRACE_ORCHESTRATOR_GOVERNANCE`: ask governance (`GRACE_GOVERNANCE_ADDR`) before each
+  step, as `<domain>.<action>` by `workflow:<id>` (on | off, default on); a refusal fails
+  the step and rolls the execution back. `GRACE_ORCHESTRATOR_GOVERNANCE_FALLBACK`: what
+  to do when governance is down (log_only | enforce, default log_only).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ class OrchestratorConfig:
     registry_address: str
     key_file: Path
     route_cache_s: float = 5.0
+    governance: bool = False
+    governance_address: str = ""
+    governance_fallback: str = "log_only"
 
     @classmethod
     def from_env(
@@ -61,5 +68,11 @@ class OrchestratorConfig:
             ),
             route_cache_s=reader.number(
                 "GRACE_ORCHESTRATOR_ROUTE_CACHE_S", 5.0, minimum=0, maximum=3600
+            ),
+            # Seed 004 phase 4: ask governance before each step (see services.kernels).
+            governance=reader.choice("GRACE_ORCHESTRATOR_GOVERNANCE", "on", ["on", "off"]) == "on",
+            governance_address=peer_address(env, "governance"),
+            governance_fallback=reader.choice(
+                "GRACE_ORCHESTRATOR_GOVERNANCE_FALLBACK", "log_only", ["log_only", "enforce"]
             ),
         )

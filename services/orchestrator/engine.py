@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.governance_client import GovernanceGate
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.signing import SigningKey
 from services.common.validation import require_id, require_text
@@ -100,6 +101,7 @@ class Orchestrator:
         signer: Key that signs proofs.
         settings: Limits.
         clock: Wall clock (epoch seconds).
+        gate: Governance, asked before each step; None asks nobody.
     """
 
     def __init__(
@@ -109,7 +111,9 @@ class Orchestrator:
         signer: SigningKey,
         settings: OrchestratorSettings | None = None,
         clock: Clock = time.time,
+        gate: GovernanceGate | None = None,
     ) -> None:
+        self.gate = gate
         self.store = store
         self.router = router
         self.signer = signer

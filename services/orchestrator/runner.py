@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from grace.domain.v1 import domain_pb2
+from services.common.governance_client import RISK_LEVELS
 from services.orchestrator import events, proof
 from services.orchestrator.dataflow import DataReferenceError, resolve
 from services.orchestrator.model import (
@@ -310,11 +311,38 @@ class ExecutionRunner:
             request.domain_id = domain_id
             return await stub.Execute(request, timeout=spec.timeout_s)
 
+        await self._ask_governance(spec, run, key)
+
         self.host.stats.step_attempts += 1
         async with self.host.call_slots:
             domain_id, response = await self.host.router.call(kind, key, invoke)
         run.domain_id = domain_id
         return from_struct(response.output)
+
+    async def _ask_governance(self, spec: StepSpec, run: StepRun, target: str) -> None:
+        # Seed 004 phase 4: every step is an action `<domain>.<action>` that governance may
+        # refuse; a refusal fails the step for good (no retry), so the execution rolls back
+        # with the reasons in its record. Steps that call governance itself are not asked
+        # about twice.
+        gate = self.host.gate
+        if gate is None or target == "governance":
+            return
+        assert run.input is not None
+        risk = run.input.get("risk_level")
+        decision = await gate.check(
+            f"workflow:{self.spec.workflow_id}",
+            f"{target}.{spec.action}",
+            f"execution:{self.ex.execution_id}/{spec.id}",
+            risk_level=risk if risk in RISK_LEVELS else "medium",
+            context={"workflow_id": self.spec.workflow_id, "step_id": spec.id},
+            request_id=f"{self.ex.execution_id}/{spec.id}/{run.attempts}",
+        )
+        if not decision.allowed:
+            raise CallError(
+                f"governance {decision.verdict} for {target}.{spec.action}: "
+                + "; ".join(decision.reasons),
+                retryable=False,
+            )
 
     def _record(
         self,

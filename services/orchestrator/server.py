@@ -10,6 +10,7 @@ import grpc
 
 from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from services.common.channels import channel
+from services.common.governance_client import GovernanceClient
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.signing import load_or_create_key
@@ -46,6 +47,7 @@ class OrchestratorServer(Service):
         self._relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self.core: Orchestrator | None = None
+        self._governance: GovernanceClient | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
@@ -63,7 +65,13 @@ class OrchestratorServer(Service):
         key = load_or_create_key(self.config.key_file)
         self._registry_channel = channel(self.config.registry_address)
         router = DomainRouter(self._registry_channel, cache_ttl_s=self.config.route_cache_s)
-        self.core = Orchestrator(self.store, router, key, self.config.settings)
+        if self.config.governance:
+            self._governance = GovernanceClient(
+                self.config.governance_address, fallback_mode=self.config.governance_fallback
+            )
+        self.core = Orchestrator(
+            self.store, router, key, self.config.settings, gate=self._governance
+        )
         await self.core.open()
         if self.publisher is not None:
             self._relay = OutboxRelay(self.store.outbox, self.publisher, poll_interval_s=1.0)
@@ -83,3 +91,5 @@ class OrchestratorServer(Service):
             await self.core.router.close()
         if self._registry_channel is not None:
             await self._registry_channel.close()
+        if self._governance is not None:
+            await self._governance.close()

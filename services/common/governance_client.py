@@ -1,0 +1,327 @@
+"""How any Grace component asks governance before it acts.
+
+`GovernanceClient.check` evaluates a request with a deadline and answers a `GateDecision`.
+When governance cannot answer (down, too slow, or any RPC error) the client decides
+locally, by its configured fallback mode, and says so (`source == "fallback"`):
+
+- `log_only` (the default, as seed 004 rolls out): allow, and record the request locally
+  (a warning in the log, the bounded `fallback_records`, and the `on_fallback` callback).
+- `enforce`: deny requests at or above `fail_closed_at` (default `high`), allow and record
+  the rest.
+
+Callers that gate work take the `GovernanceGate` protocol, so a test passes any object with
+a `check` method. Where each component asks (seed 004 phases 3 and 4):
+
+- gateway: before forwarding a mutating request (`gateway_request`: POST/PUT/PATCH/DELETE,
+  actor from `X-Actor`, action `METHOD:path`, health routes skipped); a DENY answers 403
+  with the reasons, PENDING_APPROVAL 403 with the approval id;
+- orchestrator: before each step, actor `workflow:<id>`, action `<domain>.<action>`, risk
+  from the step;
+- Guardian and the immune kernel: before healing, action `heal:<playbook>`, resource
+  `component:<name>`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import struct_pb2
+
+from grace.kernels.governance.v1 import governance_pb2 as pb
+from grace.kernels.governance.v1 import governance_pb2_grpc
+from services.common.channels import channel
+
+log = logging.getLogger(__name__)
+
+RISK_LEVELS = ("low", "medium", "high", "critical")
+_RISK_TO_PROTO = {
+    "low": pb.RISK_LEVEL_LOW,
+    "medium": pb.RISK_LEVEL_MEDIUM,
+    "high": pb.RISK_LEVEL_HIGH,
+    "critical": pb.RISK_LEVEL_CRITICAL,
+}
+_VERDICTS = {
+    pb.VERDICT_ALLOW: "allow",
+    pb.VERDICT_DENY: "deny",
+    pb.VERDICT_PENDING_APPROVAL: "pending_approval",
+}
+_SETTLED = {
+    pb.APPROVAL_STATUS_APPROVED: "approved",
+    pb.APPROVAL_STATUS_REJECTED: "rejected",
+    pb.APPROVAL_STATUS_EXPIRED: "expired",
+}
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+HEALTH_PATHS = ("/health", "/metrics", "/favicon.ico", "/domains/system/health")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Governance's answer as a caller needs it.
+
+    Attributes:
+        allowed: True when the caller may proceed.
+        verdict: "allow", "deny" or "pending_approval".
+        decision_id: Id of the recorded decision; empty for a local fallback decision.
+        policy_ids: Policies that matched.
+        reasons: Why, in words.
+        approval_id: For "pending_approval": the request to settle or wait on.
+        source: "governance", or "fallback" when governance could not answer.
+    """
+
+    allowed: bool
+    verdict: str
+    decision_id: str = ""
+    policy_ids: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    approval_id: str = ""
+    source: str = "governance"
+
+
+@dataclass(frozen=True)
+class FallbackRecord:
+    """A request decided locally because governance could not answer."""
+
+    time: float
+    actor: str
+    action: str
+    resource: str
+    risk_level: str
+    allowed: bool
+    error: str
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    """What to ask governance about an incoming HTTP request."""
+
+    actor: str
+    action: str
+    resource: str
+    context: Mapping[str, Any]
+
+
+class GovernanceGate(Protocol):
+    """Anything that can decide whether an action may proceed."""
+
+    async def check(
+        self,
+        actor: str,
+        action: str,
+        resource: str = "",
+        *,
+        risk_level: str = "medium",
+        context: Mapping[str, Any] | None = None,
+        request_id: str = "",
+    ) -> GateDecision:
+        """Decides on one request."""
+
+
+def gateway_request(method: str, path: str, headers: Mapping[str, str]) -> GateRequest | None:
+    """The governance question for an HTTP request, or None when the gateway forwards it
+    without asking (reads and health routes). Header names are matched case-insensitively."""
+    method = method.upper()
+    if method not in MUTATING_METHODS or path.rstrip("/") in HEALTH_PATHS:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    return GateRequest(
+        actor=lowered.get("x-actor") or "anonymous",
+        action=f"{method}:{path}",
+        resource=path,
+        context={"method": method, "path": path},
+    )
+
+
+class GovernanceClient:
+    """Asks the governance kernel, with a deadline and a documented fallback.
+
+    Args:
+        target: `host:port` of governance.
+        fallback_mode: "log_only" or "enforce": what to do when governance cannot answer.
+        deadline_s: Longest wait for an answer.
+        fail_closed_at: In enforce fallback, the lowest risk level denied.
+        on_fallback: Called with each local fallback decision (record it durably there).
+        history: How many fallback records to keep in memory.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        fallback_mode: str = "log_only",
+        deadline_s: float = 2.0,
+        fail_closed_at: str = "high",
+        on_fallback: Callable[[FallbackRecord], None] | None = None,
+        history: int = 1000,
+    ) -> None:
+        if fallback_mode not in ("log_only", "enforce"):
+            raise ValueError(f"fallback_mode {fallback_mode!r}: expected log_only or enforce")
+        if fail_closed_at not in RISK_LEVELS:
+            raise ValueError(f"fail_closed_at {fail_closed_at!r}: expected one of {RISK_LEVELS}")
+        self.target = target
+        self.fallback_mode = fallback_mode
+        self.deadline_s = deadline_s
+        self.fail_closed_at = fail_closed_at
+        self.on_fallback = on_fallback
+        self.fallback_records: collections.deque[FallbackRecord] = collections.deque(maxlen=history)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_: governance_pb2_grpc.GovernanceServiceAsyncStub | None = None
+
+    @property
+    def _stub(self) -> governance_pb2_grpc.GovernanceServiceAsyncStub:
+        # Opened on first use: a grpc.aio channel binds to the running loop, and the client
+        # may be built before it runs.
+        if self._stub_ is None:
+            self._channel = channel(self.target)
+            self._stub_ = governance_pb2_grpc.GovernanceServiceStub(self._channel)
+        return self._stub_
+
+    async def close(self) -> None:
+        """Closes the channel."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stub_ = None
+
+    async def check(
+        self,
+        actor: str,
+        action: str,
+        resource: str = "",
+        *,
+        risk_level: str = "medium",
+        context: Mapping[str, Any] | None = None,
+        request_id: str = "",
+    ) -> GateDecision:
+        """Asks governance; decides locally by the fallback mode when it cannot answer."""
+        if risk_level not in _RISK_TO_PROTO:
+            raise ValueError(f"risk_level {risk_level!r}: expected one of {RISK_LEVELS}")
+        ctx = struct_pb2.Struct()
+        ctx.update(dict(context or {}))
+        try:
+            response = await self._stub.Evaluate(
+                pb.EvaluateRequest(
+                    actor=actor,
+                    action=action,
+                    resource=resource,
+                    context=ctx,
+                    risk_level=_RISK_TO_PROTO[risk_level],
+                    request_id=request_id,
+                ),
+                timeout=self.deadline_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            return self._fallback(
+                actor, action, resource, risk_level, context, f"{exc.code().name}: {exc.details()}"
+            )
+        decision = response.decision
+        return GateDecision(
+            allowed=response.allowed,
+            verdict=_VERDICTS.get(decision.verdict, "deny"),
+            decision_id=decision.decision_id,
+            policy_ids=tuple(decision.policy_ids),
+            reasons=tuple(decision.reasons),
+            approval_id=decision.approval_id,
+        )
+
+    async def wait_for_approval(self, approval_id: str, timeout_s: float) -> str:
+        """Follows an approval request until it is settled or `timeout_s` passes; returns
+        "approved", "rejected", "expired", or "pending" on timeout. Raises
+        grpc.aio.AioRpcError when governance cannot be reached."""
+        call = self._stub.WatchApproval(
+            pb.WatchApprovalRequest(approval_id=approval_id), timeout=timeout_s
+        )
+        try:
+            async for message in call:
+                settled = _SETTLED.get(message.approval.status)
+                if settled:
+                    return settled
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return "pending"
+            raise
+        finally:
+            call.cancel()
+        return "pending"
+
+    def _fallback(
+        self,
+        actor: str,
+        action: str,
+        resource: str,
+        risk_level: str,
+        context: Mapping[str, Any] | None,
+        error: str,
+    ) -> GateDecision:
+        closed = self.fallback_mode == "enforce" and RISK_LEVELS.index(
+            risk_level
+        ) >= RISK_LEVELS.index(self.fail_closed_at)
+        record = FallbackRecord(
+            time=time.time(),
+            actor=actor,
+            action=action,
+            resource=resource,
+            risk_level=risk_level,
+            allowed=not closed,
+            error=error,
+            context=dict(context or {}),
+        )
+        self.fallback_records.append(record)
+        log.warning(
+            "governance at %s unavailable (%s): %s %s on %r by %r (fallback %s)",
+            self.target,
+            error,
+            "denied" if closed else "allowed",
+            action,
+            resource,
+            actor,
+            self.fallback_mode,
+        )
+        if self.on_fallback is not None:
+            self.on_fallback(record)
+        reason = f"governance unavailable ({error}); fallback {self.fallback_mode}: " + (
+            f"{risk_level} risk is denied (fail closed at {self.fail_closed_at})"
+            if closed
+            else "allowed and recorded locally"
+        )
+        return GateDecision(
+            allowed=not closed,
+            verdict="deny" if closed else "allow",
+            reasons=(reason,),
+            source="fallback",
+        )
+
+
+async def check_with_approval(
+    gate: GovernanceClient,
+    actor: str,
+    action: str,
+    resource: str = "",
+    *,
+    risk_level: str = "medium",
+    context: Mapping[str, Any] | None = None,
+    approval_wait_s: float = 0.0,
+) -> GateDecision:
+    """`check`, then, for PENDING_APPROVAL, wait up to `approval_wait_s` for a person:
+    allowed when approved; still pending or settled otherwise is not allowed."""
+    decision = await gate.check(actor, action, resource, risk_level=risk_level, context=context)
+    if decision.verdict != "pending_approval" or approval_wait_s <= 0:
+        return decision
+    try:
+        outcome = await gate.wait_for_approval(decision.approval_id, approval_wait_s)
+    except (TimeoutError, grpc.aio.AioRpcError) as exc:
+        outcome = f"unknown ({exc})"
+    return GateDecision(
+        allowed=outcome == "approved",
+        verdict="allow" if outcome == "approved" else "pending_approval",
+        decision_id=decision.decision_id,
+        policy_ids=decision.policy_ids,
+        reasons=(*decision.reasons, f"approval {decision.approval_id}: {outcome}"),
+        approval_id=decision.approval_id,
+    )

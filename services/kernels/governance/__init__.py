@@ -1,0 +1,1 @@
+"""Governance kernel: policies, decisions and approvals (port 8110)."""

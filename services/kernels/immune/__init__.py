@@ -1,0 +1,1 @@
+"""Immune kernel: metrics, anomaly detection and learned remediation (port 8131)."""

@@ -1,0 +1,152 @@
+"""gRPC adapter of the immune kernel: proto in, core call, proto out."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, TypeAlias
+
+import grpc
+
+from grace.kernels.immune.v1 import immune_pb2 as pb
+from grace.kernels.immune.v1 import immune_pb2_grpc
+from services.common.timestamps import from_timestamp, to_timestamp
+from services.kernels.immune.immune import Immune
+from services.kernels.immune.model import Anomaly, MetricPoint, Outcome, Remediation
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+
+OUTCOME_TO_PROTO = {
+    outcome: pb.RemediationOutcome.Value(f"REMEDIATION_OUTCOME_{outcome.name}")
+    for outcome in Outcome
+}
+
+
+def anomaly_to_proto(anomaly: Anomaly) -> pb.Anomaly:
+    """The wire form of an anomaly."""
+    return pb.Anomaly(
+        anomaly_id=anomaly.anomaly_id,
+        component=anomaly.component,
+        metric=anomaly.metric,
+        kind=anomaly.kind,
+        median=anomaly.median,
+        mad=anomaly.mad,
+        threshold=anomaly.threshold,
+        evidence=[
+            pb.EvidencePoint(value=e.value, score=e.score, time=to_timestamp(e.time))
+            for e in anomaly.evidence
+        ],
+        detected_at=to_timestamp(anomaly.detected_at),
+        remediation_id=anomaly.remediation_id,
+    )
+
+
+def remediation_to_proto(remediation: Remediation) -> pb.Remediation:
+    """The wire form of a remediation."""
+    return pb.Remediation(
+        remediation_id=remediation.remediation_id,
+        anomaly_id=remediation.anomaly_id,
+        component=remediation.component,
+        kind=remediation.kind,
+        playbook=remediation.playbook,
+        candidates=[
+            pb.PlaybookScore(
+                playbook=c.playbook, successes=c.successes, failures=c.failures, score=c.score
+            )
+            for c in remediation.candidates
+        ],
+        outcome=OUTCOME_TO_PROTO[remediation.outcome],
+        reason=remediation.reason,
+        governance_decision_id=remediation.governance_decision_id,
+        started_at=to_timestamp(remediation.started_at),
+        finished_at=to_timestamp(remediation.finished_at),
+    )
+
+
+class ImmuneServicer(immune_pb2_grpc.ImmuneServiceServicer):
+    """Serves `grace.kernels.immune.v1.ImmuneService` over an `Immune` core."""
+
+    def __init__(self, immune: Immune) -> None:
+        self._immune = immune
+
+    async def ReportMetrics(
+        self, request: pb.ReportMetricsRequest, context: Context
+    ) -> pb.ReportMetricsResponse:
+        now = time.time()
+        points = [
+            MetricPoint(p.component, p.metric, p.value, from_timestamp(p.time) or now)
+            for p in request.points
+        ]
+        anomalies = await self._immune.report(points)
+        return pb.ReportMetricsResponse(
+            accepted=len(points), anomalies=[anomaly_to_proto(a) for a in anomalies]
+        )
+
+    async def ListAnomalies(
+        self, request: pb.ListAnomaliesRequest, context: Context
+    ) -> pb.ListAnomaliesResponse:
+        page, token = await self._immune.list_anomalies(
+            request.component, request.kind, request.page_size, request.page_token
+        )
+        return pb.ListAnomaliesResponse(
+            anomalies=[anomaly_to_proto(a) for a in page], next_page_token=token
+        )
+
+    async def GetAnomaly(
+        self, request: pb.GetAnomalyRequest, context: Context
+    ) -> pb.GetAnomalyResponse:
+        anomaly, remediation = await self._immune.get_anomaly(request.anomaly_id)
+        response = pb.GetAnomalyResponse(anomaly=anomaly_to_proto(anomaly))
+        if remediation is not None:
+            response.remediation.CopyFrom(remediation_to_proto(remediation))
+        return response
+
+    async def ListRemediations(
+        self, request: pb.ListRemediationsRequest, context: Context
+    ) -> pb.ListRemediationsResponse:
+        page, token = await self._immune.list_remediations(
+            request.component, request.page_size, request.page_token
+        )
+        return pb.ListRemediationsResponse(
+            remediations=[remediation_to_proto(r) for r in page], next_page_token=token
+        )
+
+    async def GetBaseline(
+        self, request: pb.GetBaselineRequest, context: Context
+    ) -> pb.GetBaselineResponse:
+        b = self._immune.baseline(request.component, request.metric)
+        return pb.GetBaselineResponse(
+            component=b.component,
+            metric=b.metric,
+            points=b.points,
+            median=b.median,
+            mad=b.mad,
+            warmed_up=b.warmed_up,
+            in_anomaly=b.in_anomaly,
+            consecutive=b.consecutive,
+        )
+
+    async def GetImmuneStats(
+        self, request: pb.GetImmuneStatsRequest, context: Context
+    ) -> pb.GetImmuneStatsResponse:
+        stats = await self._immune.stats()
+        return pb.GetImmuneStatsResponse(
+            series=stats.series,
+            points=stats.points,
+            anomalies=sum(stats.anomalies_by_kind.values()),
+            anomalies_by_kind=stats.anomalies_by_kind,
+            remediations_by_outcome={
+                pb.RemediationOutcome.Name(OUTCOME_TO_PROTO[Outcome(k)]): n
+                for k, n in stats.remediations_by_outcome.items()
+            },
+            playbooks=[
+                pb.PlaybookStats(
+                    kind=kind,
+                    playbook=s.playbook,
+                    successes=s.successes,
+                    failures=s.failures,
+                    success_rate=s.score,
+                )
+                for kind, s in stats.playbooks
+            ],
+            dry_run=stats.dry_run,
+        )

@@ -1,0 +1,233 @@
+"""Durable state of the immune kernel: anomalies, remediations and playbook outcomes."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from services.common.outbox import outbox_table
+from services.common.storage import Database
+from services.kernels.immune.model import Anomaly, Outcome, PlaybookScore, Remediation
+
+metadata = MetaData()
+
+anomalies = Table(
+    "immune_anomalies",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("anomaly_id", String(64), nullable=False, unique=True),
+    Column("component", String(128), nullable=False),
+    Column("kind", String(160), nullable=False),
+    Column("detected_at", Float, nullable=False),
+    Column("record", JSON, nullable=False),
+    Index("immune_anomalies_component", "component", "seq"),
+)
+
+remediations = Table(
+    "immune_remediations",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("remediation_id", String(64), nullable=False, unique=True),
+    Column("anomaly_id", String(64), nullable=False),
+    Column("component", String(128), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("record", JSON, nullable=False),
+    Index("immune_remediations_component", "component", "seq"),
+)
+
+playbook_outcomes = Table(
+    "immune_playbook_outcomes",
+    metadata,
+    Column("kind", String(160), primary_key=True),
+    Column("playbook", String(128), primary_key=True),
+    Column("successes", BigInteger, nullable=False),
+    Column("failures", BigInteger, nullable=False),
+)
+
+outbox = outbox_table(metadata, "immune")
+
+# Outcomes after which a component is cooling down: something was (or would have been) done.
+ACTED = (Outcome.SUCCEEDED.value, Outcome.FAILED.value, Outcome.DRY_RUN.value)
+
+
+class ImmuneStore:
+    """Reads and writes immune state.
+
+    Args:
+        db: The database.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def open(self) -> None:
+        """Creates the tables if missing."""
+        await self.db.create_tables(metadata)
+
+    async def close(self) -> None:
+        """Closes the database."""
+        await self.db.close()
+
+    async def add_anomaly(self, conn: AsyncConnection, anomaly: Anomaly) -> None:
+        """Records an anomaly."""
+        await conn.execute(
+            anomalies.insert().values(
+                anomaly_id=anomaly.anomaly_id,
+                component=anomaly.component,
+                kind=anomaly.kind,
+                detected_at=anomaly.detected_at,
+                record=anomaly.to_json(),
+            )
+        )
+
+    async def link_remediation(
+        self, conn: AsyncConnection, anomaly: Anomaly, remediation_id: str
+    ) -> None:
+        """Notes which remediation answers an anomaly."""
+        record = {**anomaly.to_json(), "remediation_id": remediation_id}
+        await conn.execute(
+            update(anomalies)
+            .where(anomalies.c.anomaly_id == anomaly.anomaly_id)
+            .values(record=record)
+        )
+
+    async def get_anomaly(self, anomaly_id: str) -> Anomaly | None:
+        """One anomaly."""
+        async with self.db.read() as conn:
+            record = await conn.scalar(
+                select(anomalies.c.record).where(anomalies.c.anomaly_id == anomaly_id)
+            )
+        return None if record is None else Anomaly.from_json(record)
+
+    async def list_anomalies(
+        self, component: str, kind: str, before: int | None, limit: int
+    ) -> list[tuple[int, Anomaly]]:
+        """Anomalies newest first, with their sequence numbers."""
+        query = select(anomalies.c.seq, anomalies.c.record).order_by(anomalies.c.seq.desc())
+        if component:
+            query = query.where(anomalies.c.component == component)
+        if kind:
+            query = query.where(anomalies.c.kind == kind)
+        if before is not None:
+            query = query.where(anomalies.c.seq < before)
+        async with self.db.read() as conn:
+            rows = await conn.execute(query.limit(limit))
+            return [(int(s), Anomaly.from_json(r)) for s, r in rows]
+
+    async def anomaly_counts(self) -> dict[str, int]:
+        """Anomalies by kind."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(anomalies.c.kind, func.count()).group_by(anomalies.c.kind)
+            )
+            return {str(k): int(n) for k, n in rows}
+
+    async def save_remediation(
+        self, conn: AsyncConnection, remediation: Remediation, *, created: bool
+    ) -> None:
+        """Records a remediation or its new state."""
+        values = {
+            "outcome": remediation.outcome.value,
+            "record": remediation.to_json(),
+        }
+        if created:
+            await conn.execute(
+                remediations.insert().values(
+                    remediation_id=remediation.remediation_id,
+                    anomaly_id=remediation.anomaly_id,
+                    component=remediation.component,
+                    started_at=remediation.started_at,
+                    **values,
+                )
+            )
+        else:
+            await conn.execute(
+                update(remediations)
+                .where(remediations.c.remediation_id == remediation.remediation_id)
+                .values(**values)
+            )
+
+    async def get_remediation(self, remediation_id: str) -> Remediation | None:
+        """One remediation."""
+        async with self.db.read() as conn:
+            record = await conn.scalar(
+                select(remediations.c.record).where(remediations.c.remediation_id == remediation_id)
+            )
+        return None if record is None else Remediation.from_json(record)
+
+    async def list_remediations(
+        self, component: str, before: int | None, limit: int
+    ) -> list[tuple[int, Remediation]]:
+        """Remediations newest first, with their sequence numbers."""
+        query = select(remediations.c.seq, remediations.c.record).order_by(
+            remediations.c.seq.desc()
+        )
+        if component:
+            query = query.where(remediations.c.component == component)
+        if before is not None:
+            query = query.where(remediations.c.seq < before)
+        async with self.db.read() as conn:
+            rows = await conn.execute(query.limit(limit))
+            return [(int(s), Remediation.from_json(r)) for s, r in rows]
+
+    async def remediation_counts(self) -> dict[str, int]:
+        """Remediations by outcome."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(remediations.c.outcome, func.count()).group_by(remediations.c.outcome)
+            )
+            return {str(k): int(n) for k, n in rows}
+
+    async def last_actions(self, since: float) -> list[tuple[str, float]]:
+        """(component, started_at) of remediations that acted since `since`, oldest first:
+        what cooldowns and the rate limit resume from after a restart."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(remediations.c.component, remediations.c.started_at)
+                .where(
+                    remediations.c.started_at >= since,
+                    remediations.c.outcome.in_(ACTED),
+                )
+                .order_by(remediations.c.started_at)
+            )
+            return [(str(c), float(t)) for c, t in rows]
+
+    async def record_outcome(self, kind: str, playbook: str, success: bool) -> None:
+        """Adds one success or failure to a playbook's local record for a kind."""
+        async with self.db.transaction() as conn:
+            stmt = self.db.insert(playbook_outcomes).values(
+                kind=kind, playbook=playbook, successes=int(success), failures=int(not success)
+            )
+            column = "successes" if success else "failures"
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["kind", "playbook"],
+                    set_={column: getattr(playbook_outcomes.c, column) + 1},
+                )
+            )
+
+    async def outcomes(self, kind: str = "") -> dict[tuple[str, str], PlaybookScore]:
+        """Local playbook records, for one kind or all, keyed by (kind, playbook)."""
+        query = select(playbook_outcomes)
+        if kind:
+            query = query.where(playbook_outcomes.c.kind == kind)
+        async with self.db.read() as conn:
+            rows = await conn.execute(query)
+            return {
+                (r.kind, r.playbook): PlaybookScore(r.playbook, int(r.successes), int(r.failures))
+                for r in rows
+            }

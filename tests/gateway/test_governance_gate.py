@@ -1,0 +1,117 @@
+"""The gateway asks governance before forwarding mutating requests (seed 004, phase 3)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.server import Gateway, build_app
+from grace.kernels.governance.v1 import governance_pb2 as gov
+from grace.kernels.governance.v1 import governance_pb2_grpc
+from services.kernels.governance.config import GovernanceConfig
+from services.kernels.governance.governance import GovernanceSettings
+from services.kernels.governance.model import Mode
+from services.kernels.governance.server import GovernanceServer
+from services.registry.server import RegistryServer
+from tests.gateway.conftest import gateway_config
+from tests.registry.conftest import registry_config
+from tests.support import server_config, serving
+
+
+class Discard:
+    async def publish(self, events: object) -> None:
+        """The bus and the log are not under test here."""
+
+
+@dataclass
+class GovernedStack:
+    http: httpx.AsyncClient
+    governance: governance_pb2_grpc.GovernanceServiceStub
+
+
+@pytest.fixture
+async def governed(tmp_path: Path) -> AsyncIterator[GovernedStack]:
+    registry = RegistryServer(registry_config(tmp_path))
+    governance = GovernanceServer(
+        GovernanceConfig(
+            server=server_config("governance", tmp_path),
+            settings=GovernanceSettings(mode=Mode.ENFORCE),
+        ),
+        bus=Discard(),
+        immutable_log=Discard(),
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        reg, _ = await stack.enter_async_context(serving(registry.config.server, registry))
+        gov_server, gov_chan = await stack.enter_async_context(
+            serving(governance.config.server, governance)
+        )
+        config = gateway_config(
+            {"GRACE_REGISTRY_ADDR": reg.address, "GRACE_GOVERNANCE_ADDR": gov_server.address}
+        )
+        gateway = await stack.enter_async_context(Gateway(config, build_app(config)))
+        http = await stack.enter_async_context(httpx.AsyncClient(base_url=gateway.url, timeout=30))
+        yield GovernedStack(http, governance_pb2_grpc.GovernanceServiceStub(gov_chan))
+
+
+NO_MALLORY = gov.Policy(
+    policy_id="no-mallory",
+    description="mallory may not register domains",
+    principal="user:mallory",
+    action="POST:/domains/*",
+    effect=gov.EFFECT_FORBID,
+)
+
+
+async def test_an_enforced_policy_blocks_a_mutating_request_with_403_and_reasons(
+    governed: GovernedStack,
+) -> None:
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=NO_MALLORY))
+    refused = await governed.http.post(
+        "/domains/register",
+        json={"domain_id": "evil", "port": 9001},
+        headers={"X-Actor": "user:mallory"},
+    )
+    assert refused.status_code == 403
+    assert "mallory may not register domains" in refused.text
+    listed = await governed.http.get("/domains/list")
+    assert listed.status_code == 200
+    assert "evil" not in listed.text
+    allowed = await governed.http.post(
+        "/domains/register",
+        json={"domain_id": "good", "port": 9002},
+        headers={"X-Actor": "user:alice"},
+    )
+    assert allowed.status_code == 200
+
+
+async def test_in_log_only_mode_the_request_passes_and_the_decision_is_recorded(
+    governed: GovernedStack,
+) -> None:
+    await governed.governance.SetMode(gov.SetModeRequest(mode=gov.MODE_LOG_ONLY))
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=NO_MALLORY))
+    passed = await governed.http.post(
+        "/domains/register",
+        json={"domain_id": "evil", "port": 9001},
+        headers={"X-Actor": "user:mallory"},
+    )
+    assert passed.status_code == 200
+    recorded = await governed.governance.ListDecisions(
+        gov.ListDecisionsRequest(actor="user:mallory")
+    )
+    [decision] = recorded.decisions
+    assert decision.action == "POST:/domains/register"
+    assert decision.verdict == gov.VERDICT_ALLOW
+    assert decision.evaluated_verdict == gov.VERDICT_DENY
+    assert list(decision.policy_ids) == ["no-mallory"]
+
+
+async def test_reads_and_health_are_not_asked_about(governed: GovernedStack) -> None:
+    assert (await governed.http.get("/domains/list")).status_code == 200
+    assert (await governed.http.get("/domains/system/health")).status_code in (200, 503)
+    stats = await governed.governance.GetGovernanceStats(gov.GetGovernanceStatsRequest())
+    assert stats.decisions == 0
