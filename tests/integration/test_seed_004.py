@@ -28,6 +28,7 @@ from grace.kernels.immutable_log.v1 import immutable_log_pb2_grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import channel
 from services.common.governance_client import GovernanceClient
+from services.guardian.topology import load_topology
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,14 @@ def free_ports(count: int) -> list[int]:
 
 
 def topology(ports: dict[str, int]) -> str:
-    return f"""
+    # Every default component this scenario does not use is switched off, so nothing
+    # binds a fixed port.
+    unused = "".join(
+        f"[components.{c.name}]\nenabled = false\n"
+        for c in load_topology(None, groups=["examples"]).components
+        if c.name not in ports
+    )
+    return unused + f"""
 [probe]
 interval_s = 0.5
 timeout_s = 2.0
@@ -92,6 +100,7 @@ env = {{ GRACE_IMMUNE_MIN_POINTS = "10", GRACE_IMMUNE_COOLDOWN_S = "0" }}
 [components.ai_domain]
 module = "examples.ai_domain"
 port = {ports["ai_domain"]}
+group = "core"
 chunk = 2
 depends_on = ["registry", "memory"]
 """
