@@ -317,8 +317,8 @@ class MemoryStore:
             total -= (
                 await conn.execute(
                     select(func.count())
-                    .select_from(_retracted_join())
-                    .where(retractions.c.domain_id == domain_id, *where[1:])
+                    .select_from(contributions)
+                    .where(_among_retracted(retractions.c.domain_id == domain_id), *where)
                 )
             ).scalar_one()
             page = [*where, ~_retracted()]
@@ -347,7 +347,7 @@ class MemoryStore:
                 str(d): (int(n), float(m or 0), int(v or 0), int(s or 0)) for d, n, m, v, s in rows
             }
             rows = await conn.execute(
-                select(c.domain_id, *columns).select_from(_retracted_join()).group_by(c.domain_id)
+                select(c.domain_id, *columns).where(_among_retracted()).group_by(c.domain_id)
             )
             for d, n, m, v, s in rows:
                 tn, tm, tv, ts = totals[str(d)]
@@ -380,7 +380,11 @@ class MemoryStore:
         )
         async with self.db.read() as conn:
             everything = (await conn.execute(select(*columns).select_from(contributions))).one()
-            retracted = (await conn.execute(select(*columns).select_from(_retracted_join()))).one()
+            retracted = (
+                await conn.execute(
+                    select(*columns).select_from(contributions).where(_among_retracted())
+                )
+            ).one()
             total, v, d, s, f, confidence = (
                 (a or 0) - (b or 0) for a, b in zip(everything, retracted, strict=True)
             )
@@ -409,9 +413,11 @@ def _retracted() -> Any:
     return exists().where(retractions.c.seq == contributions.c.seq)
 
 
-def _retracted_join() -> Any:
-    """Retracted contributions: memory_retractions joined with their rows."""
-    return retractions.join(contributions, contributions.c.seq == retractions.c.seq)
+def _among_retracted(*where: Any) -> Any:
+    """Selects the retracted contributions (optionally narrowed by `where` on
+    memory_retractions). Written as `seq IN (...)` so the planner starts from the few
+    retraction rows: as a join, SQLite would rather walk every contribution."""
+    return contributions.c.seq.in_(select(retractions.c.seq).where(*where))
 
 
 async def _counts_by(conn: AsyncConnection, column: Any) -> dict[str, int]:
@@ -420,7 +426,7 @@ async def _counts_by(conn: AsyncConnection, column: Any) -> dict[str, int]:
         str(k): int(n) for k, n in await conn.execute(select(column, func.count()).group_by(column))
     }
     for k, n in await conn.execute(
-        select(column, func.count()).select_from(_retracted_join()).group_by(column)
+        select(column, func.count()).where(_among_retracted()).group_by(column)
     ):
         counts[str(k)] -= int(n)
     return {k: n for k, n in counts.items() if n > 0}
