@@ -3,9 +3,8 @@
 Actions:
 - `store` {"summary", "keywords", "sentiment", "document_id"?, "title"?} (the output of
   `ai_domain.analyze`) -> {"contribution_id", "confidence"}: contributes the analysis to the
-  shared memory as an `insight`. Compensation reports the contribution as failed
-  (`Apply` with outcome FAILURE), which lowers its confidence: the shared memory lets no
-  author dispute or delete its own contribution.
+  shared memory as an `insight`. Compensation retracts that contribution, so a rolled-back
+  workflow leaves no knowledge behind: no query, list or statistic sees it any more.
 - `search_similar` (also `search`) {"query" | "text" | "code" | "document"} ->
   {"query", "results"}: asks the shared memory for what it knows about the text's keywords.
 - `recent_events` {"limit"?} -> {"events"}: the `ml.*` events this domain observed.
@@ -18,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from examples.text import keywords, text_of
-from services.sdk import Context, Domain, Event, InvalidArgument, field
+from services.sdk import Context, Domain, Event, InvalidArgument, NotFound, field
 
 ML_EVENTS = "ml_events"
 
@@ -62,16 +61,19 @@ async def store(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
 @domain.compensate("store")
 async def retract(ctx: Context, data: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
     contribution_id = field(output, "contribution_id", str)
-    knowledge = await ctx.memory.apply(
-        contribution_id,
-        success=False,
-        detail=f"rolled back: workflow execution {ctx.execution_id or '-'} failed",
-    )
-    return {
-        "contribution_id": contribution_id,
-        "retracted": True,
-        "confidence": knowledge.confidence,
-    }
+    # Retracting is idempotent in the memory, and its request id derives from this
+    # compensation's idempotency key: a retried or replayed compensation changes nothing.
+    try:
+        knowledge = await ctx.memory.retract(
+            contribution_id,
+            f"rolled back: workflow execution {ctx.execution_id or '-'} failed",
+        )
+    except NotFound:
+        # The memory no longer has it (its data was reset): there is nothing to undo.
+        ctx.log.warning("compensation: contribution %s is unknown to memory", contribution_id)
+        return {"contribution_id": contribution_id, "retracted": False, "found": False}
+    ctx.log.info("compensation: contribution %s retracted", contribution_id)
+    return {"contribution_id": contribution_id, "retracted": knowledge.retracted, "found": True}
 
 
 @domain.action("search", description="Same as search_similar")

@@ -16,7 +16,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from services.common.outbox import Outbox
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.patterns import validate_pattern
@@ -38,6 +44,7 @@ from services.memory.model import (
     Hit,
     NewContribution,
     Outcome,
+    Retraction,
     SearchFilter,
     Stats,
     Verdict,
@@ -195,6 +202,7 @@ class SharedMemory:
             current = await self.store.lock(conn, contribution_id)
             if current is None:
                 raise NotFound("contribution", contribution_id)
+            _require_not_retracted(current, "verified or disputed")
             if current.domain_id == domain_id:
                 raise FailedPrecondition(
                     f"domain {domain_id!r} wrote contribution {contribution_id!r}: the author "
@@ -258,6 +266,7 @@ class SharedMemory:
                 )
                 if earlier is not None:
                     return current, earlier, False
+            _require_not_retracted(current, "applied")
             now = self.clock()
             application = Application(
                 str(uuid.uuid4()), contribution_id, domain_id, outcome, detail, now
@@ -288,6 +297,44 @@ class SharedMemory:
             await self._enqueue(conn, change)
         self._announce(change)
         return updated, application, True
+
+    async def retract(
+        self, contribution_id: str, domain_id: str, reason: str, request_id: str = ""
+    ) -> tuple[Contribution, bool]:
+        """Withdraws a contribution on behalf of its author; returns it, flagged retracted,
+        and whether anything changed (False when it was already retracted)."""
+        contribution_id = limits.require_contribution_id(contribution_id)
+        domain_id = require_id("domain_id", domain_id)
+        reason = require_text("reason", reason, max_length=limits.MAX_REASON_LENGTH, required=True)
+        request_id = require_text("request_id", request_id, max_length=limits.MAX_REQUEST_ID_LENGTH)
+        async with self._write_lock, self.store.db.transaction() as conn:
+            current = await self.store.lock(conn, contribution_id)
+            if current is None:
+                raise NotFound("contribution", contribution_id)
+            if current.domain_id != domain_id:
+                raise PermissionDenied(
+                    f"domain {domain_id!r} did not write contribution {contribution_id!r}: "
+                    f"only its author {current.domain_id!r} may retract it",
+                    reason="NOT_AUTHOR",
+                    metadata={"contribution_id": contribution_id, "domain_id": domain_id},
+                )
+            if current.retraction is not None:
+                # Retracting is a state, not a count: a retry (or a second compensation)
+                # finds it done and changes nothing, whatever its reason or request id.
+                return current, False
+            retraction = Retraction(reason, self.clock(), request_id)
+            document = text.document(current.contribution_type, current.tags, current.content)
+            await self.store.retract(conn, current, retraction, document)
+            updated = replace(current, retraction=retraction)
+            change = Change(
+                ChangeKind.RETRACTED,
+                updated,
+                domain_id,
+                {"reason": reason, "request_id": request_id},
+            )
+            await self._enqueue(conn, change)
+        self._announce(change)
+        return updated, True
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -389,3 +436,14 @@ class SharedMemory:
     def watch(self, pattern: str = "") -> AsyncIterator[Change]:
         """Committed changes to contributions whose type matches `pattern` ("" = all)."""
         return self.feed.watch(validate_pattern(pattern) if pattern else "*")
+
+
+def _require_not_retracted(contribution: Contribution, what: str) -> None:
+    """Refuses evidence about a contribution its author withdrew."""
+    if contribution.retraction is not None:
+        raise FailedPrecondition(
+            f"contribution {contribution.contribution_id!r} was retracted by its author and "
+            f"cannot be {what}",
+            reason="RETRACTED",
+            metadata={"contribution_id": contribution.contribution_id},
+        )

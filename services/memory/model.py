@@ -30,6 +30,7 @@ class ChangeKind(enum.Enum):
     VERIFIED = "memory.verified"
     DISPUTED = "memory.disputed"
     APPLIED = "memory.applied"
+    RETRACTED = "memory.retracted"
 
 
 class ContributorOrder(enum.Enum):
@@ -57,8 +58,28 @@ class NewContribution:
 
 
 @dataclass(frozen=True)
+class Retraction:
+    """The author's withdrawal of its contribution.
+
+    Attributes:
+        reason: Why the author withdrew it.
+        time: When, epoch seconds.
+        request_id: The client's id for the call that retracted it ("" if none).
+    """
+
+    reason: str
+    time: float
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
 class Contribution:
-    """One stored contribution with its evidence. Times are epoch seconds."""
+    """One stored contribution with its evidence. Times are epoch seconds.
+
+    Attributes:
+        retraction: Set once the author retracted it; a retracted contribution is out of
+            every search, list and statistic.
+    """
 
     contribution_id: str
     domain_id: str
@@ -71,6 +92,7 @@ class Contribution:
     created_at: float
     updated_at: float
     seq: int = field(default=0, compare=False)
+    retraction: Retraction | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +168,7 @@ class Stats:
     successes: int
     failures: int
     mean_confidence: float
+    retracted: int = 0
 
 
 @dataclass(frozen=True)

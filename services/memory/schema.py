@@ -1,8 +1,9 @@
 """The shared memory's tables and how rows map to model objects.
 
 Every table is prefixed `memory_`: contributions (with the ranking columns and, on
-PostgreSQL, the tsvector of the full-text index), their tags, verdicts, applications and
-the outbox. SQLite's full-text index is an FTS5 virtual table created by `search.py`.
+PostgreSQL, the tsvector of the full-text index), their tags, verdicts, applications,
+retractions and the outbox. SQLite's full-text index is an FTS5 virtual table created by
+`search.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from sqlalchemy.dialects.postgresql import TSVECTOR
 
 from services.common.outbox import outbox_table
 from services.memory.confidence import Evidence
-from services.memory.model import Application, Contribution, Outcome, Verdict, VerdictKind
+from services.memory.model import (
+    Application,
+    Contribution,
+    Outcome,
+    Retraction,
+    Verdict,
+    VerdictKind,
+)
 
 metadata = MetaData()
 
@@ -107,6 +115,20 @@ applications = Table(
     Index("memory_applications_seq", "seq", "time"),
 )
 
+# Retractions live beside the contributions rather than in a column of theirs: the
+# contribution table and its covering indexes stay as they are (existing databases need
+# no migration), and the few retracted rows are subtracted from aggregates instead of
+# every aggregate reading a flag from every row.
+retractions = Table(
+    "memory_retractions",
+    metadata,
+    Column("seq", _SEQ, primary_key=True),
+    Column("domain_id", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("request_id", String(128), nullable=True),
+    Column("time", Float, nullable=False),
+)
+
 outbox = outbox_table(metadata, "memory")
 
 
@@ -150,6 +172,11 @@ def contribution_row(
         "request_id": request_id or None,
         "request_digest": digest or None,
     }
+
+
+def retraction_from_row(row: Any) -> Retraction:
+    """A Retraction from a row of `memory_retractions`."""
+    return Retraction(row.reason, row.time, row.request_id or "")
 
 
 def verdict_from_row(row: Any) -> Verdict:

@@ -2,7 +2,9 @@
 ranking both share.
 
 SQLite keeps a contentless FTS5 table (`memory_search`, rowid = contribution seq);
-PostgreSQL keeps a `tsvector` in each contribution row (`search`) with a GIN index. Both
+PostgreSQL keeps a `tsvector` in each contribution row (`search`) with a GIN index. A
+retracted contribution leaves the index (FTS5 'delete'; a NULL tsvector), so no search
+matches or counts it. Both
 index the words `text.document` produced, with no stemming or stop words (FTS5
 `unicode61`, PostgreSQL `simple`), so both backends match the same contributions. The
 index only decides which contributions match (every query word present); the ranking is
@@ -75,6 +77,10 @@ class FullTextIndex(Protocol):
     async def add(self, conn: AsyncConnection, rows: Sequence[tuple[int, str]]) -> None:
         """Indexes documents: (contribution seq, text of `text.document`)."""
 
+    async def remove(self, conn: AsyncConnection, seq: int, document: str) -> None:
+        """Takes a contribution out of the index (`document` is the text it was indexed
+        with)."""
+
     async def search(
         self, conn: AsyncConnection, query: SearchFilter, corpus: Corpus, offset: int, limit: int
     ) -> list[Ranked]:
@@ -135,6 +141,17 @@ class Fts5Index:
                 [{"seq": seq, "body": body} for seq, body in rows],
             )
 
+    async def remove(self, conn: AsyncConnection, seq: int, document: str) -> None:
+        # A contentless table forgets a row through the 'delete' command, given the very
+        # text it indexed: `text.document` of the stored type, tags and content rebuilds it.
+        await conn.execute(
+            text(
+                "INSERT INTO memory_search (memory_search, rowid, body)"
+                " VALUES ('delete', :seq, :body)"
+            ),
+            {"seq": seq, "body": document},
+        )
+
     async def search(
         self, conn: AsyncConnection, query: SearchFilter, corpus: Corpus, offset: int, limit: int
     ) -> list[Ranked]:
@@ -173,6 +190,12 @@ class TsvectorIndex:
 
     async def add(self, conn: AsyncConnection, rows: Sequence[tuple[int, str]]) -> None:
         return None
+
+    async def remove(self, conn: AsyncConnection, seq: int, document: str) -> None:
+        # A NULL tsvector matches nothing and leaves the GIN index.
+        await conn.execute(
+            text("UPDATE memory_contributions SET search = NULL WHERE seq = :seq"), {"seq": seq}
+        )
 
     async def search(
         self, conn: AsyncConnection, query: SearchFilter, corpus: Corpus, offset: int, limit: int

@@ -38,6 +38,7 @@ _CHANGE_TO_PROTO = {
     ChangeKind.VERIFIED: memory_pb2.CHANGE_KIND_VERIFIED,
     ChangeKind.DISPUTED: memory_pb2.CHANGE_KIND_DISPUTED,
     ChangeKind.APPLIED: memory_pb2.CHANGE_KIND_APPLIED,
+    ChangeKind.RETRACTED: memory_pb2.CHANGE_KIND_RETRACTED,
 }
 _ORDER_FROM_PROTO = {
     memory_pb2.CONTRIBUTOR_ORDER_UNSPECIFIED: ContributorOrder.COUNT,
@@ -50,7 +51,7 @@ def contribution_to_proto(c: Contribution) -> memory_pb2.Contribution:
     """The wire form of a contribution."""
     content = struct_pb2.Struct()
     content.update(c.content)
-    return memory_pb2.Contribution(
+    message = memory_pb2.Contribution(
         contribution_id=c.contribution_id,
         domain_id=c.domain_id,
         contribution_type=c.contribution_type,
@@ -65,6 +66,11 @@ def contribution_to_proto(c: Contribution) -> memory_pb2.Contribution:
         created_at=to_timestamp(c.created_at),
         updated_at=to_timestamp(c.updated_at),
     )
+    if c.retraction is not None:
+        message.retracted = True
+        message.retraction_reason = c.retraction.reason
+        message.retracted_at.CopyFrom(to_timestamp(c.retraction.time))
+    return message
 
 
 def _verdict_to_proto(v: Verdict) -> memory_pb2.Verdict:
@@ -181,6 +187,16 @@ class MemoryServicer(memory_pb2_grpc.SharedMemoryServiceServicer):
             created=created,
         )
 
+    async def Retract(
+        self, request: memory_pb2.RetractRequest, context: Context
+    ) -> memory_pb2.RetractResponse:
+        contribution, changed = await self._memory.retract(
+            request.contribution_id, request.domain_id, request.reason, request.request_id
+        )
+        return memory_pb2.RetractResponse(
+            contribution=contribution_to_proto(contribution), changed=changed
+        )
+
     async def ListByDomain(
         self, request: memory_pb2.ListByDomainRequest, context: Context
     ) -> memory_pb2.ListByDomainResponse:
@@ -224,6 +240,7 @@ class MemoryServicer(memory_pb2_grpc.SharedMemoryServiceServicer):
             successful_applications=stats.successes,
             failed_applications=stats.failures,
             mean_confidence=stats.mean_confidence,
+            retracted_contributions=stats.retracted,
         )
 
     async def WatchContributions(

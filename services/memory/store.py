@@ -2,15 +2,18 @@
 
 Tables are defined in `schema.py`; the full-text index per backend in `search.py`.
 Writes take the caller's connection so a change, its index row and its announcing event
-commit in one transaction.
+commit in one transaction. Retracted contributions stay in `memory_contributions` (for
+GetContribution's audit) with a row in `memory_retractions`; lists skip them and
+aggregates subtract them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Text, bindparam, func, select, text, update
+from sqlalchemy import Text, bindparam, exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.storage import Database
@@ -21,6 +24,7 @@ from services.memory.model import (
     Contributor,
     ContributorOrder,
     Hit,
+    Retraction,
     SearchFilter,
     Stats,
     Verdict,
@@ -32,6 +36,8 @@ from services.memory.schema import (
     contribution_row,
     contributions,
     metadata,
+    retraction_from_row,
+    retractions,
     tags,
     verdict_from_row,
     verdicts,
@@ -61,7 +67,9 @@ class MemoryStore:
         async with self.db.read() as conn:
             documents, words = (
                 await conn.execute(
-                    select(func.count(), func.coalesce(func.sum(contributions.c.words), 0))
+                    select(func.count(), func.coalesce(func.sum(contributions.c.words), 0)).where(
+                        ~_retracted()
+                    )
                 )
             ).one()
         self.corpus = search.Corpus(int(documents), int(words))
@@ -148,7 +156,27 @@ class MemoryStore:
             .with_for_update()
         )
         row = result.first()
-        return contribution_from_row(row) if row else None
+        return await _with_retraction(conn, contribution_from_row(row)) if row else None
+
+    async def retract(
+        self, conn: AsyncConnection, c: Contribution, retraction: Retraction, document: str
+    ) -> None:
+        """Records the author's retraction and takes the contribution out of the full-text
+        index; `document` is the text it was indexed with."""
+        await conn.execute(
+            retractions.insert().values(
+                seq=c.seq,
+                domain_id=c.domain_id,
+                reason=retraction.reason,
+                request_id=retraction.request_id or None,
+                time=retraction.time,
+            )
+        )
+        await self.index.remove(conn, c.seq, document)
+        self.corpus = search.Corpus(
+            max(0, self.corpus.documents - 1),
+            max(0, self.corpus.words - len(document.split())),
+        )
 
     async def by_request(
         self, conn: AsyncConnection, domain_id: str, request_id: str
@@ -160,7 +188,9 @@ class MemoryStore:
             )
         )
         row = result.first()
-        return (contribution_from_row(row), row.request_digest or "") if row else None
+        if row is None:
+            return None
+        return await _with_retraction(conn, contribution_from_row(row)), row.request_digest or ""
 
     async def save_evidence(self, conn: AsyncConnection, c: Contribution) -> None:
         """Writes a contribution's evidence counts, confidence and update time."""
@@ -235,7 +265,7 @@ class MemoryStore:
                 select(contributions).where(contributions.c.contribution_id == contribution_id)
             )
             row = result.first()
-        return contribution_from_row(row) if row else None
+            return await _with_retraction(conn, contribution_from_row(row)) if row else None
 
     async def search(self, query: SearchFilter, offset: int, limit: int) -> list[Hit]:
         """One page of full-text matches, best score first."""
@@ -283,69 +313,126 @@ class MemoryStore:
             total = (
                 await conn.execute(select(func.count()).select_from(contributions).where(*where))
             ).scalar_one()
-            page = where + ([contributions.c.seq < before_seq] if before_seq is not None else [])
+            # Counted over the index, then the (few) retracted ones taken off.
+            total -= (
+                await conn.execute(
+                    select(func.count())
+                    .select_from(contributions)
+                    .where(_among_retracted(retractions.c.domain_id == domain_id), *where)
+                )
+            ).scalar_one()
+            page = [*where, ~_retracted()]
+            page += [contributions.c.seq < before_seq] if before_seq is not None else []
             rows = await conn.execute(
                 select(contributions).where(*page).order_by(contributions.c.seq.desc()).limit(limit)
             )
             return [contribution_from_row(r) for r in rows], int(total)
 
     async def top_contributors(self, order: ContributorOrder, limit: int) -> list[Contributor]:
-        """Domains ranked by contribution count or mean confidence."""
-        count = func.count().label("n")
-        mean = func.avg(contributions.c.confidence).label("mean")
-        keys = (
-            (count.desc(), mean.desc())
-            if order is ContributorOrder.COUNT
-            else (
-                mean.desc(),
-                count.desc(),
-            )
+        """Domains ranked by contribution count or mean confidence.
+
+        Every domain's totals come from the covering index, the retracted contributions'
+        totals are subtracted, and the (few) domains are ranked here.
+        """
+        c = contributions.c
+        columns = (
+            func.count(),
+            func.sum(c.confidence),
+            func.sum(c.verifications),
+            func.sum(c.successes),
         )
         async with self.db.read() as conn:
+            rows = await conn.execute(select(c.domain_id, *columns).group_by(c.domain_id))
+            totals = {
+                str(d): (int(n), float(m or 0), int(v or 0), int(s or 0)) for d, n, m, v, s in rows
+            }
             rows = await conn.execute(
-                select(
-                    contributions.c.domain_id,
-                    count,
-                    mean,
-                    func.sum(contributions.c.verifications),
-                    func.sum(contributions.c.successes),
-                )
-                .group_by(contributions.c.domain_id)
-                .order_by(*keys, contributions.c.domain_id)
-                .limit(limit)
+                select(c.domain_id, *columns).where(_among_retracted()).group_by(c.domain_id)
             )
-            return [
-                Contributor(str(d), int(n), float(m or 0), int(v or 0), int(s or 0))
-                for d, n, m, v, s in rows
-            ]
+            for d, n, m, v, s in rows:
+                tn, tm, tv, ts = totals[str(d)]
+                totals[str(d)] = (
+                    tn - int(n),
+                    tm - float(m or 0),
+                    tv - int(v or 0),
+                    ts - int(s or 0),
+                )
+        contributors = [
+            Contributor(d, n, _unit(m / n), v, s) for d, (n, m, v, s) in totals.items() if n > 0
+        ]
+        if order is ContributorOrder.COUNT:
+            contributors.sort(key=lambda x: (-x.contributions, -x.mean_confidence, x.domain_id))
+        else:
+            contributors.sort(key=lambda x: (-x.mean_confidence, -x.contributions, x.domain_id))
+        return contributors[:limit]
 
     async def stats(self) -> Stats:
-        """Totals over every contribution."""
+        """Totals over every contribution that is not retracted (the retracted ones are
+        summed apart and subtracted: there are few of them)."""
         c = contributions.c
+        columns = (
+            func.count(),
+            func.sum(c.verifications),
+            func.sum(c.disputes),
+            func.sum(c.successes),
+            func.sum(c.failures),
+            func.sum(c.confidence),
+        )
         async with self.db.read() as conn:
-            total, v, d, s, f, mean = (
+            everything = (await conn.execute(select(*columns).select_from(contributions))).one()
+            retracted = (
                 await conn.execute(
-                    select(
-                        func.count(),
-                        func.sum(c.verifications),
-                        func.sum(c.disputes),
-                        func.sum(c.successes),
-                        func.sum(c.failures),
-                        func.avg(c.confidence),
-                    ).select_from(contributions)
+                    select(*columns).select_from(contributions).where(_among_retracted())
                 )
             ).one()
-            by_type = await conn.execute(
-                select(c.contribution_type, func.count()).group_by(c.contribution_type)
+            total, v, d, s, f, confidence = (
+                (a or 0) - (b or 0) for a, b in zip(everything, retracted, strict=True)
             )
-            by_domain = await conn.execute(select(c.domain_id, func.count()).group_by(c.domain_id))
-            return Stats(
-                total=int(total),
-                by_type={str(k): int(n) for k, n in by_type},
-                by_domain={str(k): int(n) for k, n in by_domain},
-                verifications=int(v or 0),
-                disputes=int(d or 0),
-                successes=int(s or 0),
-                failures=int(f or 0),
-                mean_confidence=float(mean or 0.0),
-            )
+            by_type = await _counts_by(conn, c.contribution_type)
+            by_domain = await _counts_by(conn, c.domain_id)
+        return Stats(
+            total=int(total),
+            by_type=by_type,
+            by_domain=by_domain,
+            verifications=int(v),
+            disputes=int(d),
+            successes=int(s),
+            failures=int(f),
+            mean_confidence=_unit(float(confidence) / total) if total else 0.0,
+            retracted=int(retracted[0] or 0),
+        )
+
+
+def _unit(mean: float) -> float:
+    """A mean of confidences, kept in [0, 1] against the rounding of a subtraction."""
+    return min(1.0, max(0.0, mean))
+
+
+def _retracted() -> Any:
+    """True for a contribution row that was retracted."""
+    return exists().where(retractions.c.seq == contributions.c.seq)
+
+
+def _among_retracted(*where: Any) -> Any:
+    """Selects the retracted contributions (optionally narrowed by `where` on
+    memory_retractions). Written as `seq IN (...)` so the planner starts from the few
+    retraction rows: as a join, SQLite would rather walk every contribution."""
+    return contributions.c.seq.in_(select(retractions.c.seq).where(*where))
+
+
+async def _counts_by(conn: AsyncConnection, column: Any) -> dict[str, int]:
+    """Contributions per value of `column`, leaving out retracted ones."""
+    counts = {
+        str(k): int(n) for k, n in await conn.execute(select(column, func.count()).group_by(column))
+    }
+    for k, n in await conn.execute(
+        select(column, func.count()).where(_among_retracted()).group_by(column)
+    ):
+        counts[str(k)] -= int(n)
+    return {k: n for k, n in counts.items() if n > 0}
+
+
+async def _with_retraction(conn: AsyncConnection, c: Contribution) -> Contribution:
+    """The contribution with its retraction, if its author retracted it."""
+    row = (await conn.execute(select(retractions).where(retractions.c.seq == c.seq))).first()
+    return replace(c, retraction=retraction_from_row(row)) if row else c

@@ -4,7 +4,8 @@ A typed facade over `grace.memory.v1.SharedMemoryService` that always acts as th
 (it is the `domain_id` of every contribution, verdict and application). Peer failures come
 back as Grace errors, so an action that lets them propagate fails with a meaningful status:
 UNAVAILABLE while the memory is down or not configured (retryable), NOT_FOUND for an
-unknown contribution, FAILED_PRECONDITION for anything the memory refused.
+unknown contribution, PERMISSION_DENIED for retracting another domain's contribution,
+FAILED_PRECONDITION for anything else the memory refused.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
-from services.common.errors import FailedPrecondition, GraceError, NotFound, Unavailable
+from services.common.errors import (
+    FailedPrecondition,
+    GraceError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
 
 _REQUEST_ID_NAMESPACE = uuid.UUID("0d6c2f0e-3b7e-4f5e-8c1d-6a4b9e2f7c15")
 _RETRYABLE = {
@@ -46,6 +53,8 @@ class Knowledge:
         disputes: Domains disputing it.
         relevance: Text relevance of a query match (0 outside queries).
         score: relevance * confidence for a query match (0 outside queries).
+        retracted: True once its author retracted it (only `get` and `retract` return
+            retracted knowledge; queries never do).
     """
 
     id: str
@@ -58,6 +67,7 @@ class Knowledge:
     disputes: int = 0
     relevance: float = 0.0
     score: float = 0.0
+    retracted: bool = False
 
     @classmethod
     def from_proto(
@@ -75,6 +85,7 @@ class Knowledge:
             disputes=c.disputes,
             relevance=relevance,
             score=score,
+            retracted=c.retracted,
         )
 
 
@@ -204,6 +215,28 @@ class MemoryClient:
         response = await self._call("Apply", request, resource=contribution_id)
         return Knowledge.from_proto(response.contribution)
 
+    async def retract(
+        self, contribution_id: str, reason: str, *, request_id: str = ""
+    ) -> Knowledge:
+        """Withdraws this domain's own contribution: it leaves every query, list and
+        statistic of the memory. Safe to repeat (an already retracted contribution is
+        returned as it is); another domain's contribution is PERMISSION_DENIED.
+
+        Args:
+            contribution_id: The contribution, written by this domain.
+            reason: Why, for the audit (required).
+            request_id: Recorded with the retraction; derived from the call's idempotency
+                key when empty and the call has one.
+        """
+        request = memory_pb2.RetractRequest(
+            contribution_id=contribution_id,
+            domain_id=self.domain_id,
+            reason=reason,
+            request_id=request_id or self._next_request_id("retract"),
+        )
+        response = await self._call("Retract", request, resource=contribution_id)
+        return Knowledge.from_proto(response.contribution)
+
     def _next_request_id(self, operation: str) -> str:
         if not self._scope_key:
             return ""
@@ -232,6 +265,10 @@ def _translate(exc: grpc.aio.AioRpcError, method: str, resource: str) -> GraceEr
         return Unavailable(f"shared memory {method}: {code.name}: {details}")
     if code == grpc.StatusCode.NOT_FOUND and resource:
         return NotFound("contribution", resource)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDenied(
+            f"shared memory refused {method}: {details}", reason="MEMORY_PERMISSION_DENIED"
+        )
     return FailedPrecondition(
         f"shared memory refused {method}: {code.name}: {details}",
         reason=f"MEMORY_{code.name}",

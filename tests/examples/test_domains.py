@@ -61,7 +61,12 @@ class Domains:
         return json_format.MessageToDict(response.output)
 
     async def compensate(
-        self, domain: str, action: str, data: dict[str, Any], output: dict[str, Any]
+        self,
+        domain: str,
+        action: str,
+        data: dict[str, Any],
+        output: dict[str, Any],
+        key: str = "",
     ) -> Any:
         response = await self.stubs[domain].Compensate(
             domain_pb2.CompensateRequest(
@@ -70,7 +75,7 @@ class Domains:
                 input=struct(data),
                 output=struct(output),
                 execution_id="ex_test",
-                idempotency_key=f"ex_test/{domain}/compensate",
+                idempotency_key=key or f"ex_test/{domain}/compensate",
             )
         )
         return json_format.MessageToDict(response.output)
@@ -144,11 +149,54 @@ async def test_compensations_undo_ingest_and_retract_the_stored_analysis(tmp_pat
 
         analysis = await domains.execute("ai_domain", "analyze", data)
         stored = await domains.execute("memory_domain", "store", analysis, "ex/step_3")
+        query = memory_pb2.QueryRequest(query="domain", domain_id="memory_domain")
+        memory = memory_pb2_grpc.SharedMemoryServiceStub(domains.platform.memory_channel)
+        assert [r.contribution.contribution_id for r in (await memory.Query(query)).results] == [
+            stored["contribution_id"]
+        ]
         retracted = await domains.compensate("memory_domain", "store", analysis, stored)
-        assert retracted["retracted"] is True
-        assert retracted["confidence"] < stored["confidence"]
+        assert retracted == {
+            "contribution_id": stored["contribution_id"],
+            "retracted": True,
+            "found": True,
+        }
         nothing = await domains.compensate("ai_domain", "analyze", data, analysis)
         assert nothing["compensated"] is False
+
+        # The knowledge is gone from every query; the memory keeps it, flagged, for audit.
+        assert list((await memory.Query(query)).results) == []
+        similar = await domains.execute("memory_domain", "search_similar", {"query": "domain"})
+        assert similar["results"] == []
+        got = await memory.GetContribution(
+            memory_pb2.GetContributionRequest(contribution_id=stored["contribution_id"])
+        )
+        assert got.contribution.retracted
+        assert "ex_test" in got.contribution.retraction_reason
+
+
+async def test_the_store_compensation_is_idempotent_under_retries(tmp_path: Path) -> None:
+    async with example_domains(tmp_path) as domains:
+        analysis = await domains.execute("ai_domain", "analyze", {"text": DOCUMENT})
+        stored = await domains.execute("memory_domain", "store", analysis, "ex/step_3")
+        key = "ex/step_3/compensate"
+
+        first = await domains.compensate("memory_domain", "store", analysis, stored, key)
+        replayed = await domains.compensate("memory_domain", "store", analysis, stored, key)
+        # A retry whose first result was never stored (a crash) runs the retraction again.
+        rerun = await domains.compensate("memory_domain", "store", analysis, stored, key + "/2")
+        unknown = await domains.compensate(
+            "memory_domain",
+            "store",
+            analysis,
+            {"contribution_id": "00000000-0000-0000-0000-000000000000"},
+        )
+
+        memory = memory_pb2_grpc.SharedMemoryServiceStub(domains.platform.memory_channel)
+        stats = await memory.GetStats(memory_pb2.GetStatsRequest())
+    assert first == replayed == rerun
+    assert first["retracted"] is True
+    assert unknown["found"] is False
+    assert (stats.total_contributions, stats.retracted_contributions) == (0, 1)
 
 
 async def test_an_ingest_step_run_twice_stores_one_document(tmp_path: Path) -> None:

@@ -104,7 +104,8 @@ def test_every_rpc_has_an_http_route_and_the_seed_routes_are_exact() -> None:
     assert routes["ListByDomain"] == ("get", "/domains/memory/domain/{domain_id}")
     assert routes["TopContributors"] == ("get", "/domains/memory/top-contributors")
     assert routes["GetStats"] == ("get", "/domains/memory/stats")
-    assert len(routes) == len(service.methods) == 10
+    assert routes["Retract"] == ("post", "/domains/memory/retract/{contribution_id}")
+    assert len(routes) == len(service.methods) == 11
 
 
 async def test_the_seed_flow_contribute_verify_apply_query_works_over_grpc(
@@ -276,6 +277,7 @@ async def test_unknown_ids_are_not_found_on_every_rpc_that_takes_one(
                 contribution_id="nope", domain_id="a", outcome=memory_pb2.OUTCOME_SUCCESS
             )
         ),
+        stub.Retract(memory_pb2.RetractRequest(contribution_id="nope", domain_id="a", reason="r")),
     ]
     for call in calls:
         assert (await error_of(call)).code() == grpc.StatusCode.NOT_FOUND
@@ -393,3 +395,101 @@ async def test_writes_succeed_while_the_bus_is_down_and_announcements_follow_whe
             break
         await asyncio.sleep(0.05)
     assert await server[0].memory.outbox.count() == 0
+
+
+async def test_the_author_retracts_over_grpc_and_the_contribution_leaves_every_view(
+    stub: memory_pb2_grpc.SharedMemoryServiceStub, publisher: RecordingPublisher
+) -> None:
+    c = await contribute(stub)
+    body = json_format.Parse(
+        '{"domain_id": "ai_domain", "reason": "rolled back", "request_id": "comp-1"}',
+        memory_pb2.RetractRequest(),
+    )
+    body.contribution_id = c.contribution_id
+
+    first = await stub.Retract(body)
+    again = await stub.Retract(body)
+
+    assert first.changed
+    assert not again.changed
+    assert first.contribution.retracted
+    assert first.contribution.retraction_reason == "rolled back"
+    assert first.contribution.retracted_at.seconds > 0
+    assert again.contribution == first.contribution
+    found = await stub.Query(memory_pb2.QueryRequest(query="caching"))
+    listed = await stub.ListByDomain(memory_pb2.ListByDomainRequest(domain_id="ai_domain"))
+    top = await stub.TopContributors(memory_pb2.TopContributorsRequest())
+    stats = await stub.GetStats(memory_pb2.GetStatsRequest())
+    got = await stub.GetContribution(
+        memory_pb2.GetContributionRequest(contribution_id=c.contribution_id)
+    )
+    assert list(found.results) == []
+    assert (list(listed.contributions), listed.total_size) == ([], 0)
+    assert list(top.contributors) == []
+    assert (stats.total_contributions, stats.retracted_contributions) == (0, 1)
+    assert dict(stats.contributions_by_domain) == {}
+    assert got.contribution.retracted
+    assert got.contribution.content["technique"] == "caching"
+    await eventually(lambda: "memory.retracted" in publisher.types(), within_s=30)
+    [event] = [e for e in publisher.events if e.event_type == "memory.retracted"]
+    assert (event.subject, event.data["request_id"]) == (c.contribution_id, "comp-1")
+
+
+async def test_retract_by_another_domain_is_permission_denied(
+    stub: memory_pb2_grpc.SharedMemoryServiceStub,
+) -> None:
+    c = await contribute(stub)
+    error = await error_of(
+        stub.Retract(
+            memory_pb2.RetractRequest(
+                contribution_id=c.contribution_id, domain_id="data_domain", reason="mine now"
+            )
+        )
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    found = await stub.Query(memory_pb2.QueryRequest(query="caching"))
+    assert [r.contribution.contribution_id for r in found.results] == [c.contribution_id]
+
+
+async def test_bad_retractions_are_invalid_argument_naming_the_field(
+    stub: memory_pb2_grpc.SharedMemoryServiceStub,
+) -> None:
+    c = await contribute(stub)
+    cid = c.contribution_id
+    for request, field in [
+        (memory_pb2.RetractRequest(domain_id="ai_domain", reason="r"), "contribution_id"),
+        (memory_pb2.RetractRequest(contribution_id=cid, reason="r"), "domain_id"),
+        (memory_pb2.RetractRequest(contribution_id=cid, domain_id="ai_domain"), "reason"),
+        (
+            memory_pb2.RetractRequest(
+                contribution_id=cid, domain_id="ai_domain", reason="r", request_id="x" * 129
+            ),
+            "request_id",
+        ),
+    ]:
+        error = await error_of(stub.Retract(request))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_field(error) == field
+
+
+async def test_verdicts_and_applications_on_a_retracted_contribution_are_failed_precondition(
+    stub: memory_pb2_grpc.SharedMemoryServiceStub,
+) -> None:
+    c = await contribute(stub)
+    cid = c.contribution_id
+    await stub.Retract(
+        memory_pb2.RetractRequest(contribution_id=cid, domain_id="ai_domain", reason="r")
+    )
+    calls = [
+        stub.Verify(memory_pb2.VerifyRequest(contribution_id=cid, domain_id="b")),
+        stub.Dispute(memory_pb2.DisputeRequest(contribution_id=cid, domain_id="b", reason="no")),
+        stub.Apply(
+            memory_pb2.ApplyRequest(
+                contribution_id=cid, domain_id="b", outcome=memory_pb2.OUTCOME_SUCCESS
+            )
+        ),
+    ]
+    for call in calls:
+        error = await error_of(call)
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "retracted" in (error.details() or "")

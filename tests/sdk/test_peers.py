@@ -13,7 +13,7 @@ from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import channel
-from services.sdk import Context, Domain, Event, Unavailable
+from services.sdk import Context, Domain, Event, PermissionDenied, Unavailable
 from services.sdk.events import subscription_id
 from tests.sdk.conftest import domain_config
 from tests.sdk.platform import Platform, eventually, running_platform
@@ -114,6 +114,64 @@ async def test_ctx_memory_contributes_as_the_domain_and_queries(tmp_path: Path) 
     assert stored.contribution.contribution_type == "optimization"
     assert list(stored.contribution.tags) == ["ops"]
     assert list(response.output["found"]) == [response.output["id"]]
+
+
+async def test_ctx_memory_retracts_its_own_knowledge_and_not_another_domains(
+    tmp_path: Path,
+) -> None:
+    outcomes: list[Any] = []
+
+    def with_forget(domain: Domain) -> Domain:
+        @domain.action("forget")
+        async def forget(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+            try:
+                knowledge = await ctx.memory.retract(data["id"], "no longer true")
+            except PermissionDenied as exc:
+                outcomes.append(exc)
+                return {"retracted": False}
+            outcomes.append(knowledge)
+            found = await ctx.memory.query("port timeout")
+            return {"retracted": knowledge.retracted, "found": [k.id for k in found]}
+
+        return domain
+
+    async with running_platform(tmp_path) as platform:
+        pred_config = peers_config(tmp_path, "predictor", platform)
+        other_config = peers_config(tmp_path, "other", platform)
+        async with (
+            with_forget(predictor()).serve(pred_config) as pred,
+            with_forget(Domain("other")).serve(other_config) as other,
+            channel(pred.address) as pred_chan,
+            channel(other.address) as other_chan,
+        ):
+            pred_stub = domain_pb2_grpc.DomainServiceStub(pred_chan)
+            learned = await pred_stub.Execute(
+                domain_pb2.ExecuteRequest(action="learn", idempotency_key="k")
+            )
+            knowledge_id = learned.output["id"]
+            data = struct_pb2.Struct()
+            data.update({"id": knowledge_id})
+            refused = await domain_pb2_grpc.DomainServiceStub(other_chan).Execute(
+                domain_pb2.ExecuteRequest(action="forget", input=data)
+            )
+            forgotten = await pred_stub.Execute(
+                domain_pb2.ExecuteRequest(action="forget", input=data, idempotency_key="f1")
+            )
+            again = await pred_stub.Execute(
+                domain_pb2.ExecuteRequest(action="forget", input=data, idempotency_key="f2")
+            )
+        memory = memory_pb2_grpc.SharedMemoryServiceStub(platform.memory_channel)
+        stored = await memory.GetContribution(
+            memory_pb2.GetContributionRequest(contribution_id=knowledge_id)
+        )
+    assert refused.output["retracted"] is False
+    assert isinstance(outcomes[0], PermissionDenied)
+    assert forgotten.output["retracted"] is True
+    assert list(forgotten.output["found"]) == []
+    assert again.output["retracted"] is True
+    assert outcomes[1].id == knowledge_id
+    assert stored.contribution.retracted
+    assert stored.contribution.retraction_reason == "no longer true"
 
 
 async def test_ctx_memory_without_a_memory_is_unavailable(tmp_path: Path) -> None:

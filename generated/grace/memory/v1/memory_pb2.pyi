@@ -85,6 +85,8 @@ class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind
     """A domain disputed it (event memory.disputed)."""
     CHANGE_KIND_APPLIED: _ChangeKind.ValueType  # 4
     """A domain applied it (event memory.applied)."""
+    CHANGE_KIND_RETRACTED: _ChangeKind.ValueType  # 5
+    """Its author retracted it (event memory.retracted)."""
 
 class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
     """ChangeKind tells what happened to a contribution."""
@@ -99,6 +101,8 @@ CHANGE_KIND_DISPUTED: ChangeKind.ValueType  # 3
 """A domain disputed it (event memory.disputed)."""
 CHANGE_KIND_APPLIED: ChangeKind.ValueType  # 4
 """A domain applied it (event memory.applied)."""
+CHANGE_KIND_RETRACTED: ChangeKind.ValueType  # 5
+"""Its author retracted it (event memory.retracted)."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
 class _ContributorOrder:
@@ -144,6 +148,9 @@ class Contribution(_message.Message):
     FAILED_APPLICATIONS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    RETRACTED_FIELD_NUMBER: _builtins.int
+    RETRACTION_REASON_FIELD_NUMBER: _builtins.int
+    RETRACTED_AT_FIELD_NUMBER: _builtins.int
     contribution_id: _builtins.str
     """Id assigned by the memory at Contribute (a UUID)."""
     domain_id: _builtins.str
@@ -169,6 +176,10 @@ class Contribution(_message.Message):
     """Number of applications reported as successful."""
     failed_applications: _builtins.int
     """Number of applications reported as failed."""
+    retracted: _builtins.bool
+    """True once its author retracted it: it is out of every search, list and statistic."""
+    retraction_reason: _builtins.str
+    """Why the author retracted it (empty unless retracted)."""
     @_builtins.property
     def content(self) -> _struct_pb2.Struct:
         """The knowledge itself, free-form."""
@@ -184,6 +195,10 @@ class Contribution(_message.Message):
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """When its evidence last changed (created_at until then)."""
+
+    @_builtins.property
+    def retracted_at(self) -> _timestamp_pb2.Timestamp:
+        """When the author retracted it (unset unless retracted)."""
 
     def __init__(
         self,
@@ -201,10 +216,13 @@ class Contribution(_message.Message):
         failed_applications: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        retracted: _builtins.bool = ...,
+        retraction_reason: _builtins.str = ...,
+        retracted_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "retracted_at", b"retracted_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "content", b"content", "contribution_id", b"contribution_id", "contribution_type", b"contribution_type", "created_at", b"created_at", "disputes", b"disputes", "domain_id", b"domain_id", "failed_applications", b"failed_applications", "initial_confidence", b"initial_confidence", "successful_applications", b"successful_applications", "tags", b"tags", "updated_at", b"updated_at", "verifications", b"verifications"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "content", b"content", "contribution_id", b"contribution_id", "contribution_type", b"contribution_type", "created_at", b"created_at", "disputes", b"disputes", "domain_id", b"domain_id", "failed_applications", b"failed_applications", "initial_confidence", b"initial_confidence", "retracted", b"retracted", "retracted_at", b"retracted_at", "retraction_reason", b"retraction_reason", "successful_applications", b"successful_applications", "tags", b"tags", "updated_at", b"updated_at", "verifications", b"verifications"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -741,6 +759,73 @@ class ApplyResponse(_message.Message):
 Global___ApplyResponse: _TypeAlias = ApplyResponse  # noqa: Y015
 
 @_typing.final
+class RetractRequest(_message.Message):
+    """RetractRequest withdraws a contribution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRIBUTION_ID_FIELD_NUMBER: _builtins.int
+    DOMAIN_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    contribution_id: _builtins.str
+    """Id of the contribution."""
+    domain_id: _builtins.str
+    """Id of the retracting domain; must be the author."""
+    reason: _builtins.str
+    """Why it is withdrawn (required, at most 1024 characters), for example "rolled back:
+    workflow execution ex_42 failed".
+    """
+    request_id: _builtins.str
+    """Optional client-chosen id, at most 128 characters, recorded with the retraction and
+    announced with it, so a retry can be told apart from another retraction. A contribution
+    is retracted at most once, so every repeat is safe with or without it.
+    """
+    def __init__(
+        self,
+        *,
+        contribution_id: _builtins.str = ...,
+        domain_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contribution_id", b"contribution_id", "domain_id", b"domain_id", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetractRequest: _TypeAlias = RetractRequest  # noqa: Y015
+
+@_typing.final
+class RetractResponse(_message.Message):
+    """RetractResponse carries the contribution after the retraction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTRIBUTION_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """False when it was already retracted (nothing changed, nothing announced)."""
+    @_builtins.property
+    def contribution(self) -> Global___Contribution:
+        """The contribution, flagged retracted."""
+
+    def __init__(
+        self,
+        *,
+        contribution: Global___Contribution | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contribution", b"contribution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "contribution", b"contribution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetractResponse: _TypeAlias = RetractResponse  # noqa: Y015
+
+@_typing.final
 class ListByDomainRequest(_message.Message):
     """ListByDomainRequest asks for one page of a domain's contributions."""
 
@@ -965,6 +1050,7 @@ class GetStatsResponse(_message.Message):
     SUCCESSFUL_APPLICATIONS_FIELD_NUMBER: _builtins.int
     FAILED_APPLICATIONS_FIELD_NUMBER: _builtins.int
     MEAN_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    RETRACTED_CONTRIBUTIONS_FIELD_NUMBER: _builtins.int
     total_contributions: _builtins.int
     """Number of contributions."""
     verifications: _builtins.int
@@ -977,6 +1063,8 @@ class GetStatsResponse(_message.Message):
     """Applications reported as failed."""
     mean_confidence: _builtins.float
     """Mean confidence over all contributions (0 when there are none)."""
+    retracted_contributions: _builtins.int
+    """Number of retracted contributions, which every other figure leaves out."""
     @_builtins.property
     def contributions_by_type(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Number of contributions by type."""
@@ -996,10 +1084,11 @@ class GetStatsResponse(_message.Message):
         successful_applications: _builtins.int = ...,
         failed_applications: _builtins.int = ...,
         mean_confidence: _builtins.float = ...,
+        retracted_contributions: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributions_by_domain", b"contributions_by_domain", "contributions_by_type", b"contributions_by_type", "disputes", b"disputes", "failed_applications", b"failed_applications", "mean_confidence", b"mean_confidence", "successful_applications", b"successful_applications", "total_contributions", b"total_contributions", "verifications", b"verifications"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contributions_by_domain", b"contributions_by_domain", "contributions_by_type", b"contributions_by_type", "disputes", b"disputes", "failed_applications", b"failed_applications", "mean_confidence", b"mean_confidence", "retracted_contributions", b"retracted_contributions", "successful_applications", b"successful_applications", "total_contributions", b"total_contributions", "verifications", b"verifications"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,8 +31,10 @@ class SharedMemoryServiceStub:
     it and report whether applying it worked. Each contribution carries a confidence score
     computed from that evidence (a Beta posterior seeded by the initial confidence, see
     Contribution.confidence), and Query searches the collective by full text, ranked by
-    relevance and confidence. Every change is announced on the event bus
-    (memory.contributed, memory.verified, memory.disputed, memory.applied).
+    relevance and confidence. The author may retract its own contribution, which takes it
+    out of every search, list and statistic. Every change is announced on the event bus
+    (memory.contributed, memory.verified, memory.disputed, memory.applied,
+    memory.retracted).
     """
 
     def __init__(self, channel):
@@ -71,6 +73,11 @@ class SharedMemoryServiceStub:
                 request_serializer=grace_dot_memory_dot_v1_dot_memory__pb2.ApplyRequest.SerializeToString,
                 response_deserializer=grace_dot_memory_dot_v1_dot_memory__pb2.ApplyResponse.FromString,
                 _registered_method=True)
+        self.Retract = channel.unary_unary(
+                '/grace.memory.v1.SharedMemoryService/Retract',
+                request_serializer=grace_dot_memory_dot_v1_dot_memory__pb2.RetractRequest.SerializeToString,
+                response_deserializer=grace_dot_memory_dot_v1_dot_memory__pb2.RetractResponse.FromString,
+                _registered_method=True)
         self.ListByDomain = channel.unary_unary(
                 '/grace.memory.v1.SharedMemoryService/ListByDomain',
                 request_serializer=grace_dot_memory_dot_v1_dot_memory__pb2.ListByDomainRequest.SerializeToString,
@@ -99,8 +106,10 @@ class SharedMemoryServiceServicer:
     it and report whether applying it worked. Each contribution carries a confidence score
     computed from that evidence (a Beta posterior seeded by the initial confidence, see
     Contribution.confidence), and Query searches the collective by full text, ranked by
-    relevance and confidence. Every change is announced on the event bus
-    (memory.contributed, memory.verified, memory.disputed, memory.applied).
+    relevance and confidence. The author may retract its own contribution, which takes it
+    out of every search, list and statistic. Every change is announced on the event bus
+    (memory.contributed, memory.verified, memory.disputed, memory.applied,
+    memory.retracted).
     """
 
     def Contribute(self, request, context):
@@ -153,6 +162,17 @@ class SharedMemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retract(self, request, context):
+        """Withdraws a contribution; only its author may (PERMISSION_DENIED otherwise). A
+        retracted contribution no longer appears in Query, ListByDomain, TopContributors or
+        GetStats' counts and accepts no more verdicts or applications (FAILED_PRECONDITION);
+        GetContribution still returns it, flagged retracted, for audit. Retracting is
+        idempotent: a repeat changes nothing and keeps the first reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListByDomain(self, request, context):
         """Lists the contributions of one domain, newest first, one page at a time.
         """
@@ -177,9 +197,9 @@ class SharedMemoryServiceServicer:
 
     def WatchContributions(self, request, context):
         """Streams every change to contributions whose type matches a pattern, as it commits:
-        new contributions, verifications, disputes and applications. A stream that falls
-        too far behind is ended with RESOURCE_EXHAUSTED; reconnect and catch up with Query or
-        ListByDomain.
+        new contributions, verifications, disputes, applications and retractions. A stream
+        that falls too far behind is ended with RESOURCE_EXHAUSTED; reconnect and catch up
+        with Query or ListByDomain.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +238,11 @@ def add_SharedMemoryServiceServicer_to_server(servicer, server):
                     request_deserializer=grace_dot_memory_dot_v1_dot_memory__pb2.ApplyRequest.FromString,
                     response_serializer=grace_dot_memory_dot_v1_dot_memory__pb2.ApplyResponse.SerializeToString,
             ),
+            'Retract': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retract,
+                    request_deserializer=grace_dot_memory_dot_v1_dot_memory__pb2.RetractRequest.FromString,
+                    response_serializer=grace_dot_memory_dot_v1_dot_memory__pb2.RetractResponse.SerializeToString,
+            ),
             'ListByDomain': grpc.unary_unary_rpc_method_handler(
                     servicer.ListByDomain,
                     request_deserializer=grace_dot_memory_dot_v1_dot_memory__pb2.ListByDomainRequest.FromString,
@@ -252,8 +277,10 @@ class SharedMemoryService:
     it and report whether applying it worked. Each contribution carries a confidence score
     computed from that evidence (a Beta posterior seeded by the initial confidence, see
     Contribution.confidence), and Query searches the collective by full text, ranked by
-    relevance and confidence. Every change is announced on the event bus
-    (memory.contributed, memory.verified, memory.disputed, memory.applied).
+    relevance and confidence. The author may retract its own contribution, which takes it
+    out of every search, list and statistic. Every change is announced on the event bus
+    (memory.contributed, memory.verified, memory.disputed, memory.applied,
+    memory.retracted).
     """
 
     @staticmethod
@@ -408,6 +435,33 @@ class SharedMemoryService:
             '/grace.memory.v1.SharedMemoryService/Apply',
             grace_dot_memory_dot_v1_dot_memory__pb2.ApplyRequest.SerializeToString,
             grace_dot_memory_dot_v1_dot_memory__pb2.ApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retract(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.memory.v1.SharedMemoryService/Retract',
+            grace_dot_memory_dot_v1_dot_memory__pb2.RetractRequest.SerializeToString,
+            grace_dot_memory_dot_v1_dot_memory__pb2.RetractResponse.FromString,
             options,
             channel_credentials,
             insecure,

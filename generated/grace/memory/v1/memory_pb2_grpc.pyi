@@ -32,8 +32,10 @@ class SharedMemoryServiceStub:
     it and report whether applying it worked. Each contribution carries a confidence score
     computed from that evidence (a Beta posterior seeded by the initial confidence, see
     Contribution.confidence), and Query searches the collective by full text, ranked by
-    relevance and confidence. Every change is announced on the event bus
-    (memory.contributed, memory.verified, memory.disputed, memory.applied).
+    relevance and confidence. The author may retract its own contribution, which takes it
+    out of every search, list and statistic. Every change is announced on the event bus
+    (memory.contributed, memory.verified, memory.disputed, memory.applied,
+    memory.retracted).
     """
 
     @_typing.overload
@@ -65,6 +67,13 @@ class SharedMemoryServiceStub:
     counts (a fix applied fifteen times is fifteen pieces of evidence); a repeated
     request_id from the same domain is recorded once.
     """
+    Retract: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RetractRequest, _memory_pb2.RetractResponse]
+    """Withdraws a contribution; only its author may (PERMISSION_DENIED otherwise). A
+    retracted contribution no longer appears in Query, ListByDomain, TopContributors or
+    GetStats' counts and accepts no more verdicts or applications (FAILED_PRECONDITION);
+    GetContribution still returns it, flagged retracted, for audit. Retracting is
+    idempotent: a repeat changes nothing and keeps the first reason.
+    """
     ListByDomain: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListByDomainRequest, _memory_pb2.ListByDomainResponse]
     """Lists the contributions of one domain, newest first, one page at a time."""
     TopContributors: _grpc.UnaryUnaryMultiCallable[_memory_pb2.TopContributorsRequest, _memory_pb2.TopContributorsResponse]
@@ -75,9 +84,9 @@ class SharedMemoryServiceStub:
     """Returns counts by type and domain, verdicts, applications and the mean confidence."""
     WatchContributions: _grpc.UnaryStreamMultiCallable[_memory_pb2.WatchContributionsRequest, _memory_pb2.WatchContributionsResponse]
     """Streams every change to contributions whose type matches a pattern, as it commits:
-    new contributions, verifications, disputes and applications. A stream that falls
-    too far behind is ended with RESOURCE_EXHAUSTED; reconnect and catch up with Query or
-    ListByDomain.
+    new contributions, verifications, disputes, applications and retractions. A stream
+    that falls too far behind is ended with RESOURCE_EXHAUSTED; reconnect and catch up
+    with Query or ListByDomain.
     """
 
 @_typing.type_check_only
@@ -87,8 +96,10 @@ class SharedMemoryServiceAsyncStub(SharedMemoryServiceStub):
     it and report whether applying it worked. Each contribution carries a confidence score
     computed from that evidence (a Beta posterior seeded by the initial confidence, see
     Contribution.confidence), and Query searches the collective by full text, ranked by
-    relevance and confidence. Every change is announced on the event bus
-    (memory.contributed, memory.verified, memory.disputed, memory.applied).
+    relevance and confidence. The author may retract its own contribution, which takes it
+    out of every search, list and statistic. Every change is announced on the event bus
+    (memory.contributed, memory.verified, memory.disputed, memory.applied,
+    memory.retracted).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -117,6 +128,13 @@ class SharedMemoryServiceAsyncStub(SharedMemoryServiceStub):
     counts (a fix applied fifteen times is fifteen pieces of evidence); a repeated
     request_id from the same domain is recorded once.
     """
+    Retract: _aio.UnaryUnaryMultiCallable[_memory_pb2.RetractRequest, _memory_pb2.RetractResponse]  # type: ignore[assignment]
+    """Withdraws a contribution; only its author may (PERMISSION_DENIED otherwise). A
+    retracted contribution no longer appears in Query, ListByDomain, TopContributors or
+    GetStats' counts and accepts no more verdicts or applications (FAILED_PRECONDITION);
+    GetContribution still returns it, flagged retracted, for audit. Retracting is
+    idempotent: a repeat changes nothing and keeps the first reason.
+    """
     ListByDomain: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListByDomainRequest, _memory_pb2.ListByDomainResponse]  # type: ignore[assignment]
     """Lists the contributions of one domain, newest first, one page at a time."""
     TopContributors: _aio.UnaryUnaryMultiCallable[_memory_pb2.TopContributorsRequest, _memory_pb2.TopContributorsResponse]  # type: ignore[assignment]
@@ -127,9 +145,9 @@ class SharedMemoryServiceAsyncStub(SharedMemoryServiceStub):
     """Returns counts by type and domain, verdicts, applications and the mean confidence."""
     WatchContributions: _aio.UnaryStreamMultiCallable[_memory_pb2.WatchContributionsRequest, _memory_pb2.WatchContributionsResponse]  # type: ignore[assignment]
     """Streams every change to contributions whose type matches a pattern, as it commits:
-    new contributions, verifications, disputes and applications. A stream that falls
-    too far behind is ended with RESOURCE_EXHAUSTED; reconnect and catch up with Query or
-    ListByDomain.
+    new contributions, verifications, disputes, applications and retractions. A stream
+    that falls too far behind is ended with RESOURCE_EXHAUSTED; reconnect and catch up
+    with Query or ListByDomain.
     """
 
 class SharedMemoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -138,8 +156,10 @@ class SharedMemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     it and report whether applying it worked. Each contribution carries a confidence score
     computed from that evidence (a Beta posterior seeded by the initial confidence, see
     Contribution.confidence), and Query searches the collective by full text, ranked by
-    relevance and confidence. Every change is announced on the event bus
-    (memory.contributed, memory.verified, memory.disputed, memory.applied).
+    relevance and confidence. The author may retract its own contribution, which takes it
+    out of every search, list and statistic. Every change is announced on the event bus
+    (memory.contributed, memory.verified, memory.disputed, memory.applied,
+    memory.retracted).
     """
 
     @_abc_1.abstractmethod
@@ -204,6 +224,19 @@ class SharedMemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def Retract(
+        self,
+        request: _memory_pb2.RetractRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.RetractResponse, _abc.Awaitable[_memory_pb2.RetractResponse]]:
+        """Withdraws a contribution; only its author may (PERMISSION_DENIED otherwise). A
+        retracted contribution no longer appears in Query, ListByDomain, TopContributors or
+        GetStats' counts and accepts no more verdicts or applications (FAILED_PRECONDITION);
+        GetContribution still returns it, flagged retracted, for audit. Retracting is
+        idempotent: a repeat changes nothing and keeps the first reason.
+        """
+
+    @_abc_1.abstractmethod
     def ListByDomain(
         self,
         request: _memory_pb2.ListByDomainRequest,
@@ -236,9 +269,9 @@ class SharedMemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_memory_pb2.WatchContributionsResponse], _abc.AsyncIterator[_memory_pb2.WatchContributionsResponse]]:
         """Streams every change to contributions whose type matches a pattern, as it commits:
-        new contributions, verifications, disputes and applications. A stream that falls
-        too far behind is ended with RESOURCE_EXHAUSTED; reconnect and catch up with Query or
-        ListByDomain.
+        new contributions, verifications, disputes, applications and retractions. A stream
+        that falls too far behind is ended with RESOURCE_EXHAUSTED; reconnect and catch up
+        with Query or ListByDomain.
         """
 
 def add_SharedMemoryServiceServicer_to_server(servicer: SharedMemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
