@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import grpc
 from google.protobuf.message import Message
+from opentelemetry import propagate, trace
 from starlette.requests import Request
 
 from gateway.config import GatewayConfig
@@ -41,6 +42,7 @@ REQUEST_ID = "x-request-id"
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 MIN_TIMEOUT_S = 0.001
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_tracer = trace.get_tracer("gateway")
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,37 @@ class GatewayApp:
         if scope["type"] != "http":
             return
         request = Request(scope, receive)
+        # Liveness probes are not traced: they would bury the requests users care about.
+        if telemetry.enabled() and scope.get("path") != "/healthz":
+            await self._traced(request, receive, send)
+            return
+        await self._serve(request, receive, send)
+
+    async def _traced(self, request: Request, receive: Receive, send: Send) -> None:
+        """Serves a request inside a SERVER span that continues the caller's `traceparent`:
+        the upstream calls are its children (the client interceptor injects this span)."""
+        parent = propagate.extract(request.headers)
+        status = 0
+
+        async def recording_send(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        with _tracer.start_as_current_span(
+            request.method,
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={"http.request.method": request.method, "url.path": request.url.path},
+        ) as span:
+            await self._serve(request, receive, recording_send)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {status}"))
+
+    async def _serve(self, request: Request, receive: Receive, send: Send) -> None:
+        scope = request.scope
         request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
         extra = [(b"x-request-id", request_id.encode("latin-1", "replace"))]
         try:
@@ -206,6 +239,8 @@ class GatewayApp:
                 )
             raise HttpError(404, f"no route for {method} {path}")
         route = match.route
+        # Names the gateway's server span after the route (a no-op while tracing is off).
+        trace.get_current_span().update_name(f"{method} {route.template.text}")
         body = await self._read_body(request)
         try:
             message = build_request(route, match.bindings, request.query_params.multi_items(), body)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common import telemetry
 from services.common.storage import Database
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class Outbox:
 
         `event_id` lets a caller derive the id from what the event announces, so an event
         re-created after a crash is a duplicate the bus suppresses; default a UUID.
+        `traceparent` defaults to the current span's, so an event enqueued while serving a
+        traced call joins that call's trace when the relay publishes it later.
         """
         return {
             "event_id": event_id or str(uuid.uuid4()),
@@ -113,7 +116,7 @@ class Outbox:
             "source_domain": self.source_domain,
             "subject": subject,
             "data": dict(data),
-            "traceparent": traceparent,
+            "traceparent": traceparent or telemetry.current_traceparent(),
             "created_at": time.time(),
         }
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,12 @@ class Telemetry:
         if not self.enabled:
             return []
         from opentelemetry.instrumentation.grpc import aio_client_interceptors
+        from opentelemetry.instrumentation.grpc.filters import health_check, negate
 
-        return list(aio_client_interceptors(tracer_provider=self.provider))
+        # Health probes (Guardian's, every few seconds) would bury the traces users read.
+        return list(
+            aio_client_interceptors(tracer_provider=self.provider, filter_=negate(health_check()))
+        )
 
     def shutdown(self) -> None:
         """Flushes and stops the exporter."""
@@ -67,6 +74,76 @@ _process_telemetry = Telemetry()
 def current() -> Telemetry:
     """The telemetry configured for this process (disabled until `configure_tracing`)."""
     return _process_telemetry
+
+
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
+# The SDK keeps at most 128 links per span; a group commit links that many callers at most.
+MAX_LINKS = 64
+
+
+def enabled() -> bool:
+    """True when this process exports spans (cheap: guard optional spans with it)."""
+    return _process_telemetry.enabled
+
+
+def current_traceparent(fallback: str = "") -> str:
+    """The W3C traceparent of the current span, or `fallback` when there is none."""
+    if not _process_telemetry.enabled:
+        return fallback
+    carrier: dict[str, str] = {}
+    _TRACE_CONTEXT.inject(carrier)
+    return carrier.get("traceparent", fallback)
+
+
+def context_from_traceparent(traceparent: str) -> otel_context.Context | None:
+    """The context a W3C traceparent names, or None when it is empty or malformed."""
+    if not traceparent:
+        return None
+    extracted = _TRACE_CONTEXT.extract({"traceparent": traceparent})
+    if not trace.get_current_span(extracted).get_span_context().is_valid:
+        return None
+    return extracted
+
+
+def capture_context() -> otel_context.Context | None:
+    """The current context when tracing is on (to parent work done later, elsewhere)."""
+    return otel_context.get_current() if _process_telemetry.enabled else None
+
+
+@contextmanager
+def batch_span(
+    tracer: trace.Tracer,
+    name: str,
+    parents: Sequence[otel_context.Context | None],
+    attributes: Mapping[str, Any] | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+) -> Iterator[trace.Span | None]:
+    """A span for work done once on behalf of many callers (a group commit).
+
+    It is a child of the first caller's context and links to the other callers' spans, so
+    each request's trace shows the commit it waited for. Nothing happens (and None is
+    yielded) while tracing is off.
+    """
+    if not _process_telemetry.enabled:
+        yield None
+        return
+    valid = [p for p in parents if p is not None]
+    links: list[trace.Link] = []
+    seen: set[tuple[int, int]] = set()
+    for parent in valid[1:]:
+        span_context = trace.get_current_span(parent).get_span_context()
+        key = (span_context.trace_id, span_context.span_id)
+        if span_context.is_valid and key not in seen and len(links) < MAX_LINKS:
+            seen.add(key)
+            links.append(trace.Link(span_context))
+    with tracer.start_as_current_span(
+        name,
+        context=valid[0] if valid else None,
+        kind=kind,
+        links=links,
+        attributes=dict(attributes or {}),
+    ) as span:
+        yield span
 
 
 def _exporter_wanted(env: Mapping[str, str]) -> str | None:
@@ -110,7 +187,19 @@ def configure_tracing(service_name: str, env: Mapping[str, str]) -> Telemetry:
     else:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporter = OTLPSpanExporter()
+        # Passed explicitly: `env` may hold more than os.environ (`grace up --otlp`).
+        options: dict[str, Any] = {}
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get(
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        if endpoint:
+            options["endpoint"] = endpoint
+        insecure = env.get("OTEL_EXPORTER_OTLP_TRACES_INSECURE") or env.get(
+            "OTEL_EXPORTER_OTLP_INSECURE"
+        )
+        if insecure:
+            options["insecure"] = insecure.strip().lower() == "true"
+        exporter = OTLPSpanExporter(**options)
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     _process_telemetry = Telemetry(enabled=True, provider=provider)

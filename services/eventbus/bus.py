@@ -16,6 +16,7 @@ from services.common.event_verification import EventVerifier
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.patterns import matches, validate_pattern
 from services.common.validation import require_id
+from services.eventbus import tracing
 from services.eventbus.delivery import DomainResolver, PushDelivery
 from services.eventbus.envelope import DEFAULT_STREAM_BATCH, MAX_STREAM_BATCH, EventValidator
 from services.eventbus.eventlog import Appended, Clock, EventLog, Reader, decode
@@ -112,7 +113,8 @@ class EventBus:
         if self.verifier is not None:
             await self.verifier.enforce(event)
         generated = self._prepare(event, time.time_ns())
-        return (await self.log.append([event], [generated]))[0]
+        with tracing.producer_spans((event,)):
+            return (await self.log.append([event], [generated]))[0]
 
     async def publish_batch(self, batch: Sequence[event_pb2.Event]) -> list[PublishOutcome]:
         """Stores the valid entries in order; invalid ones are rejected on their own."""
@@ -137,7 +139,8 @@ class EventBus:
             slots.append(index)
             outcomes.append(PublishOutcome(event.id))
         if accepted:
-            appended = await self.log.append(accepted, generated)
+            with tracing.producer_spans(accepted):
+                appended = await self.log.append(accepted, generated)
             for slot, result in zip(slots, appended, strict=True):
                 outcomes[slot] = PublishOutcome(result.event_id, appended=result)
         return outcomes
@@ -182,7 +185,12 @@ class EventBus:
                     if not batch:
                         return
                     self.streamed += len(batch)
-                    yield batch
+                    span = tracing.stream_span(batch, consumer)
+                    try:
+                        yield batch
+                    finally:
+                        if span is not None:
+                            span.end()
         finally:
             self.active_streams -= 1
 

@@ -23,6 +23,7 @@ from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.eventbus.v1 import event_pb2
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
+from services.eventbus import tracing
 from services.eventbus.eventlog import EventLog, Reader
 from services.eventbus.model import BusSettings, DeadLetterRecord, SubscriptionState
 from services.eventbus.store import EventStore, LogFilter
@@ -218,7 +219,10 @@ class PushDelivery:
 
     async def deliver(self, sub: SubscriptionState, event: event_pb2.Event) -> None:
         """Delivers one event with retries; dead-letters it when that fails."""
-        ok, attempts, reason = await self._attempts(sub, event)
+        with tracing.push_span(event, sub.subscription_id, sub.domain_id):
+            ok, attempts, reason = await self._attempts(sub, event)
+            if not ok:
+                tracing.mark_failed(f"dead-lettered after {attempts} attempts: {reason}")
         if not ok:
             await self._dead_letter(sub, event, attempts, reason, str(uuid.uuid4()))
 
@@ -320,7 +324,10 @@ class PushDelivery:
             return
         event = event_pb2.Event()
         event.ParseFromString(record.event)
-        ok, attempts, reason = await self._attempts(worker.sub, event)
+        with tracing.push_span(event, worker.sub.subscription_id, worker.sub.domain_id):
+            ok, attempts, reason = await self._attempts(worker.sub, event)
+            if not ok:
+                tracing.mark_failed(f"redelivery failed after {attempts} attempts: {reason}")
         if ok:
             await self.store.remove_dead_letter(record.dead_letter_id)
             worker.sub.dead_letter_count = max(0, worker.sub.dead_letter_count - 1)

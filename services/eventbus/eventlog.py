@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import Unavailable
 from services.common.patterns import matches
+from services.eventbus import tracing
 from services.eventbus.index import PatternIndex
 from services.eventbus.model import BusSettings, Start, StartSpec
 from services.eventbus.store import DuplicateEvent, EventRow, EventStore, LogFilter
@@ -164,6 +165,20 @@ class EventLog:
         # Optimistic: duplicates of stored events are rare (client retries), so write first
         # and let the unique index object; only then look the group's ids up and redo it.
         plan = self._plan(group, {}, now)
+        with tracing.commit_span(plan.fresh, len(group)):
+            plan = await self._write(group, plan, now)
+        # Durable from here on: advance the head, answer, then hand events to live readers.
+        self.head = plan.head
+        self._last_published_at = now
+        self.duplicates += plan.duplicates
+        for pending, answer in zip(group, plan.answers, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(answer)
+        self._fan_out(plan.fresh)
+
+    async def _write(self, group: list[_Pending], plan: _Plan, now: float) -> _Plan:
+        """Writes the plan; on a duplicate of a stored event, re-plans and writes again.
+        Returns the plan that was written."""
         try:
             await self.store.append(plan.rows, plan.by_type)
         except DuplicateEvent:
@@ -176,14 +191,7 @@ class EventLog:
             plan = self._plan(group, await self.store.existing(keys), now)
             if plan.rows:
                 await self.store.append(plan.rows, plan.by_type)
-        # Durable from here on: advance the head, answer, then hand events to live readers.
-        self.head = plan.head
-        self._last_published_at = now
-        self.duplicates += plan.duplicates
-        for pending, answer in zip(group, plan.answers, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(answer)
-        self._fan_out(plan.fresh)
+        return plan
 
     def _plan(self, group: list[_Pending], known: dict[tuple[str, str], int], now: float) -> _Plan:
         """Assigns sequences to the group's new events; repeats get the original sequence."""

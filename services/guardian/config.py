@@ -7,6 +7,9 @@ Besides the common server settings (see `services.common.config`; Guardian's por
   (default `./grace.toml` when it exists).
 - `GRACE_GUARDIAN_GROUPS` / `--with GROUP` / `--with-examples`: topology groups to run
   besides "core" (comma-separated in the variable).
+- `--otlp ENDPOINT`: export traces over OTLP/gRPC to ENDPOINT (`localhost:4317` or a URL):
+  sets `OTEL_EXPORTER_OTLP_ENDPOINT` (and `OTEL_EXPORTER_OTLP_INSECURE=true` for plain
+  `http://`) for Guardian and every component it starts.
 
 Timing (probe interval, timeout, failures; backoff; budgets; start-up and stop timeouts)
 lives in the topology file's [probe], [restart], [boot] and [registration] tables.
@@ -48,6 +51,9 @@ class GuardianConfig:
         """Reads the config from `env` (default os.environ) and parsed flags."""
         env = dict(os.environ if env is None else env)
         flags = flags or guardian_flag_parser().parse_args([])
+        otlp = getattr(flags, "otlp", None)
+        if otlp:
+            env.update(otlp_environment(otlp))
         reader = EnvReader(env)
         server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
         config_text = getattr(flags, "config", None) or reader.raw("GRACE_CONFIG")
@@ -69,8 +75,23 @@ class GuardianConfig:
         )
 
 
+def otlp_environment(endpoint: str) -> dict[str, str]:
+    """The OTEL variables that send every process's traces to an OTLP/gRPC endpoint.
+
+    `host:port` means plain gRPC (`http://host:port`, what Jaeger all-in-one serves on
+    4317); an `https://` URL keeps TLS.
+    """
+    url = endpoint.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    variables = {"OTEL_EXPORTER_OTLP_ENDPOINT": url}
+    if url.startswith("http://"):
+        variables["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
+    return variables
+
+
 def add_guardian_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds Guardian's own flags (topology file and groups) to a parser."""
+    """Adds Guardian's own flags (topology file, groups, trace export) to a parser."""
     parser.add_argument(
         "--config",
         help=f"topology file merged over the built-in one (default ./{DEFAULT_TOPOLOGY_FILE})",
@@ -86,6 +107,12 @@ def add_guardian_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--with-examples",
         action="store_true",
         help=f"also run the '{EXAMPLES_GROUP}' group (the example domains)",
+    )
+    parser.add_argument(
+        "--otlp",
+        metavar="ENDPOINT",
+        help="export traces of Guardian and every component to this OTLP/gRPC endpoint "
+        "(for example localhost:4317, Jaeger's)",
     )
     return parser
 

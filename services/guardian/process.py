@@ -162,9 +162,12 @@ def child_environment(
     """The environment of a component's process.
 
     Its own GRACE_<NAME>_PORT and _HOST, GRACE_DATA_DIR, GRACE_<PEER>_ADDR for every peer
-    (Guardian included), then the topology's `env` for the component on top.
+    (Guardian included), OTEL_SERVICE_NAME set to the component's name (its traces are
+    told apart from the others'; the OTEL_* export variables are inherited), then the
+    topology's `env` for the component on top.
     """
     env = dict(base)
+    env["OTEL_SERVICE_NAME"] = status.name
     env["GRACE_DATA_DIR"] = str(data_dir)
     env["PYTHONUNBUFFERED"] = "1"
     env[SUPERVISOR_PID_ENV] = str(os.getpid())

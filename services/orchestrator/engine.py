@@ -17,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry import context as otel_context
+
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.governance_client import GovernanceGate
 from services.common.pagination import decode_token, encode_token, page_size
@@ -259,6 +261,7 @@ class Orchestrator:
             spec,
             execution,
             [events.event(events.STARTED, events.started(execution), execution)],
+            trace_context=otel_context.get_current(),
         )
         runner._mark("execution.started")
         self._runners[execution_id] = runner

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from grace.domain.v1 import domain_pb2
 from services.common.governance_client import RISK_LEVELS
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from services.orchestrator.engine import Orchestrator
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("services.orchestrator")
 
 
 def _us(seconds: float) -> int:
@@ -52,6 +55,9 @@ class ExecutionRunner:
         spec: The workflow being run.
         execution: The execution, new or loaded from its last snapshot.
         initial_events: Events persisted with the first transition (workflow.started).
+        trace_context: Context of the call that started the execution (ExecuteWorkflow): the
+            execution span is its child even though the runner outlives the call. None (a
+            resumed execution) starts a new trace.
     """
 
     def __init__(
@@ -60,8 +66,11 @@ class ExecutionRunner:
         spec: WorkflowSpec,
         execution: Execution,
         initial_events: Sequence[Event] = (),
+        trace_context: otel_context.Context | None = None,
     ) -> None:
         self.host = host
+        self._trace_parent = trace_context
+        self._execution_context: otel_context.Context | None = None
         self.spec = spec
         self.ex = execution
         self.first_persist: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -128,7 +137,38 @@ class ExecutionRunner:
             self.first_persist.set_result(None)
         self.host.notify(self.ex, snapshot, "; ".join(labels))
 
+    def _attributes(self, spec: StepSpec | None = None) -> dict[str, str | int]:
+        attributes: dict[str, str | int] = {
+            "grace.workflow.id": self.spec.workflow_id,
+            "grace.workflow.name": self.spec.name,
+            "grace.execution.id": self.ex.execution_id,
+        }
+        if spec is not None:
+            attributes["grace.step.id"] = spec.id
+            attributes["grace.step.action"] = spec.action
+            if spec.domain_id:
+                attributes["grace.domain.id"] = spec.domain_id
+            else:
+                attributes["grace.step.capability"] = spec.capability
+        return attributes
+
     async def _run(self) -> None:
+        # One span for the whole execution; every step span is its child. The runner task
+        # outlives ExecuteWorkflow, so its context is carried in explicitly.
+        with _tracer.start_as_current_span(
+            f"execution {self.spec.name}",
+            context=self._trace_parent,
+            attributes=self._attributes(),
+        ) as span:
+            self._execution_context = otel_context.get_current()
+            try:
+                await self._drive()
+            finally:
+                span.set_attribute("grace.execution.state", self.ex.state.value)
+                if self.ex.terminal and self.ex.state != ExecutionState.SUCCEEDED:
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, self.ex.error))
+
+    async def _drive(self) -> None:
         try:
             if self.ex.state == ExecutionState.RUNNING:
                 await self._forward()
@@ -209,8 +249,11 @@ class ExecutionRunner:
                         run.input = self._input_for(spec)
                     except DataReferenceError as exc:
                         # Recorded like a failed call, so the proof shows why the step failed.
-                        self._record(spec, run, "execute", 1, run.started_at, None, f"input: {exc}")
-                        self._fail(spec, run, f"input: {exc}")
+                        with self._step_span(spec, run):
+                            self._record(
+                                spec, run, "execute", 1, run.started_at, None, f"input: {exc}"
+                            )
+                            self._fail(spec, run, f"input: {exc}")
                         break
                     started.append(spec)
                     self._mark(f"step.started {spec.id}")
@@ -249,7 +292,28 @@ class ExecutionRunner:
             events.event(events.STEP_FAILED, events.step_failed(self.ex, run), self.ex, spec.id),
         )
 
+    @contextlib.contextmanager
+    def _step_span(self, spec: StepSpec, run: StepRun, kind: str = "step") -> Iterator[None]:
+        """A child span of the execution span for one step (or its compensation); ERROR
+        when the step ends FAILED or its compensation failed."""
+        with _tracer.start_as_current_span(
+            f"{kind} {spec.id}", context=self._execution_context, attributes=self._attributes(spec)
+        ) as span:
+            yield
+            if run.domain_id:
+                span.set_attribute("grace.domain.id", run.domain_id)
+            span.set_attribute("grace.step.attempts", run.attempts)
+            span.set_attribute("grace.step.state", run.state.value)
+            if run.state == StepState.FAILED:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, run.error))
+            elif run.state == StepState.COMPENSATION_FAILED or run.compensation_error:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, run.compensation_error))
+
     async def _run_step(self, spec: StepSpec, run: StepRun) -> None:
+        with self._step_span(spec, run):
+            await self._attempts(spec, run)
+
+    async def _attempts(self, spec: StepSpec, run: StepRun) -> None:
         while True:
             wait = run.next_attempt_at - self.host.clock()
             if wait > 0:
@@ -393,7 +457,9 @@ class ExecutionRunner:
                 continue
             run.state = StepState.COMPENSATING
             await self.persist(f"step.compensating {step_id}")
-            if await self._compensate_step(spec, run):
+            with self._step_span(spec, run, "compensate"):
+                compensated = await self._compensate_step(spec, run)
+            if compensated:
                 run.state = StepState.COMPENSATED
                 self.ex.compensation_order.append(step_id)
                 self._mark(f"step.compensated {step_id}")

@@ -29,13 +29,17 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 from sqlalchemy import Connection, Engine, Table
 
+from services.common import telemetry
 from services.common.outbox import Outbox
 from services.common.storage import Database
 from services.orchestrator.model import JsonDict
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("services.orchestrator")
 
 Event = tuple[str, Mapping[str, Any], str, str]
 """An event to enqueue with a transition: (event_type, data, subject, event_id)."""
@@ -94,6 +98,7 @@ class TransitionWriter:
         self._rows: dict[str, JsonDict] = {}
         self._events: list[JsonDict] = []
         self._waiters: list[asyncio.Future[None]] = []
+        self._contexts: list[otel_context.Context | None] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
@@ -152,20 +157,19 @@ class TransitionWriter:
             self.outbox.new_row(event_type, data, subject=subject, event_id=event_id)
             for event_type, data, subject, event_id in events
         ]
-        if (
-            not sync
-            and self._raw is not None
-            and not self._flushing
-            and not self._waiters
-            and self._commit_inline([row], new_events)
-        ):
+        if not sync and self._raw is not None and not self._flushing and not self._waiters:
             # Nothing queued and no commit in flight: an unflushed transition is committed
             # right here, without a hop through the writer task.
-            self._committed(bool(new_events))
-            return
+            with telemetry.batch_span(_tracer, "orchestrator.commit", (), self._span_attributes(1)):
+                inline = self._commit_inline([row], new_events)
+            if inline:
+                self._committed(bool(new_events))
+                return
         self._rows[row["execution_id"]] = row
         self._events.extend(new_events)
         self._sync = self._sync or sync
+        if telemetry.enabled():
+            self._contexts.append(otel_context.get_current())
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._wakeup.set()
@@ -181,20 +185,21 @@ class TransitionWriter:
 
     async def _flush(self) -> None:
         rows, events, waiters = list(self._rows.values()), self._events, self._waiters
-        sync = self._sync
+        sync, contexts = self._sync, self._contexts
         self._rows, self._events, self._waiters, self._sync = {}, [], [], False
+        self._contexts = []
         self._flushing = True
+        # The group commit is a child span of the first waiting transition's span and links
+        # to the others' (nothing at all while tracing is off).
+        span = telemetry.batch_span(
+            _tracer,
+            "orchestrator.commit",
+            contexts,
+            {**self._span_attributes(len(rows)), "grace.sync": sync},
+        )
         try:
-            if self._raw is not None and not sync and self._commit_inline(rows, events):
-                pass
-            elif self._raw is not None:
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._thread, self._commit_on_thread, rows, events, sync)
-            else:
-                async with self.db.transaction() as conn:
-                    if not sync:
-                        await conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                    await conn.run_sync(self._write, rows, events)
+            with span:
+                await self._write_batch(rows, events, sync)
         except Exception as exc:
             log.exception("persisting %d transitions failed", len(rows))
             for waiter in waiters:
@@ -207,6 +212,24 @@ class TransitionWriter:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    async def _write_batch(self, rows: list[JsonDict], events: list[JsonDict], sync: bool) -> None:
+        if self._raw is not None and not sync and self._commit_inline(rows, events):
+            return
+        if self._raw is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._commit_on_thread, rows, events, sync)
+            return
+        async with self.db.transaction() as conn:
+            if not sync:
+                await conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            await conn.run_sync(self._write, rows, events)
+
+    def _span_attributes(self, transitions: int) -> dict[str, str | int | bool]:
+        return {
+            "db.system": "sqlite" if self.db.is_sqlite else "postgresql",
+            "grace.transitions": transitions,
+        }
 
     def _committed(self, with_events: bool) -> None:
         self.commits += 1

@@ -18,17 +18,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, struct_pb2
+from opentelemetry import trace
 
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.sdk.context import Context, Drop, Event, EventSink, Outcome, Retry
 from services.sdk.memory import MemoryClient
 from services.sdk.metrics import CallMetrics
 from services.sdk.store import MAX_KEY_LENGTH, KeyValueStore, ResultStore
+from services.sdk.tracing import current_traceparent
 
 if TYPE_CHECKING:
     from services.sdk.domain import Domain
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("services.sdk")
 
 EXECUTE = "execute"
 COMPENSATE = "compensate"
@@ -195,6 +198,28 @@ class Dispatcher:
         ctx: Context,
         event: Event,
     ) -> Delivery:
+        with _tracer.start_as_current_span(
+            f"handle {event.event_type}",
+            attributes={
+                "grace.domain.id": self.domain.domain_id,
+                "grace.handler": name,
+                "messaging.destination.name": event.event_type,
+                "messaging.message.id": event.id,
+            },
+        ) as span:
+            delivery = await self._handle_untraced(name, function, ctx, event)
+            span.set_attribute("grace.delivery.outcome", delivery.outcome.value)
+            if delivery.outcome is not Outcome.ACK:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, delivery.reason))
+            return delivery
+
+    async def _handle_untraced(
+        self,
+        name: str,
+        function: Callable[[Context, Event], Awaitable[Outcome | None]],
+        ctx: Context,
+        event: Event,
+    ) -> Delivery:
         try:
             answer = await function(ctx, event)
         except Retry as retry:
@@ -212,6 +237,29 @@ class Dispatcher:
         return Delivery(Outcome.RETRY, f"handler {name} returned {type(answer).__name__}")
 
     async def _call(
+        self,
+        kind: str,
+        call: Call,
+        run: Callable[[Context], Awaitable[Mapping[str, Any] | None]],
+    ) -> CallResult:
+        # The action's span (a child of the DomainService server span); an error the action
+        # raises marks it ERROR, which is what a failing workflow step shows in its trace.
+        with _tracer.start_as_current_span(
+            f"{kind} {call.action}",
+            attributes={
+                "grace.domain.id": self.domain.domain_id,
+                "grace.step.action": call.action,
+                "grace.workflow.id": call.workflow_id,
+                "grace.execution.id": call.execution_id,
+                "grace.step.id": call.step_id,
+                "grace.step.attempt": call.attempt,
+            },
+        ) as span:
+            result = await self._call_untraced(kind, call, run)
+            span.set_attribute("grace.replayed", result.replayed)
+            return result
+
+    async def _call_untraced(
         self,
         kind: str,
         call: Call,
@@ -273,7 +321,8 @@ class Dispatcher:
             step_id=call.step_id,
             attempt=call.attempt,
             idempotency_key=call.idempotency_key,
-            traceparent=call.traceparent,
+            # The events it publishes carry the action's (or handler's) span.
+            traceparent=current_traceparent(call.traceparent),
             _events=self.events,
         )
 
