@@ -71,28 +71,33 @@ async def grace_platform(tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
         )
     )
     data_dir = root / "data"
-    output = root / "grace-up.out"
-    with output.open("wb") as sink:
-        # Output goes to a file, not a pipe nobody reads while the tests run.
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "up",
-            "--with-examples",
-            "--config",
-            str(config),
-            "--data-dir",
-            str(data_dir),
-            "--port",
-            str(guardian_port),
-            cwd=PROJECT_ROOT,
-            stdout=sink,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "up",
+        "--with-examples",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(guardian_port),
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    output: list[str] = []
+    drain: asyncio.Task[None] | None = None
     try:
-        await _wait_until_up(proc, output)
+        try:
+            await asyncio.wait_for(_read_until_up(proc.stdout, output), BOOT_TIMEOUT_S)
+        except TimeoutError:
+            pytest.fail("grace up did not come up in time:\n" + "".join(output))
+        # Keep reading, so a full pipe never blocks grace up while the tests run.
+        drain = asyncio.create_task(_read_until_up(proc.stdout, output, until=""))
         await _wait_until_registered(
             addresses["registry"], [c.name for c in components if c.group == EXAMPLES]
         )
@@ -102,14 +107,20 @@ async def grace_platform(tmp_path_factory: pytest.TempPathFactory) -> AsyncItera
             # The whole group: grace up and every component it started.
             os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+        if drain is not None:
+            await drain
 
 
-async def _wait_until_up(proc: asyncio.subprocess.Process, output: Path) -> None:
-    deadline = asyncio.get_running_loop().time() + BOOT_TIMEOUT_S
-    while "Grace is up" not in output.read_text(errors="replace"):
-        if proc.returncode is not None or asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"grace up did not come up:\n{output.read_text(errors='replace')}")
-        await asyncio.sleep(0.1)
+async def _read_until_up(
+    stream: asyncio.StreamReader, output: list[str], until: str = "Grace is up"
+) -> None:
+    """Collects lines into `output` until one starts with `until` ("" = to the end)."""
+    while line := (await stream.readline()).decode(errors="replace"):
+        output.append(line)
+        if until and line.startswith(until):
+            return
+    if until:
+        pytest.fail("grace up exited before it was up:\n" + "".join(output))
 
 
 async def _wait_until_registered(registry: str, domain_ids: list[str]) -> None:
