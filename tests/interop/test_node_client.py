@@ -81,7 +81,7 @@ async def test_node_registers_finds_and_sees_errors(
     assert by_step["find"]["domains"] == ["node_domain"]
     assert 0 < by_step["find"]["score"] <= 1
     assert by_step["not_found"]["code"] == "NOT_FOUND"
-    assert "missing_domain" in by_step["not_found"]["details"]
+    assert by_step["not_found"]["details"] == "domain 'missing_domain' not found"
 
 
 def by_step(steps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
