@@ -96,6 +96,7 @@ async def test_node_publishes_an_event_and_receives_it_on_a_stream_opened_before
     node_client: dict[str, str], grace_platform: RunningGrace
 ) -> None:
     steps = by_step(await run_node("events", {**node_client, **grace_platform.env()}))
+    assert steps["create_subscription"]["created"] is True
     assert steps["create_subscription"]["subscription_id"] == "node-interop"
     assert steps["create_subscription"]["patterns"] == ["ml.prediction"]
     assert "node-interop" in steps["list_subscriptions"]["subscription_ids"]
