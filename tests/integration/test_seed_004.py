@@ -54,7 +54,9 @@ def topology(ports: dict[str, int]) -> str:
         for c in load_topology(None, groups=["examples"]).components
         if c.name not in ports
     )
-    return unused + f"""
+    return (
+        unused
+        + f"""
 [probe]
 interval_s = 0.5
 timeout_s = 2.0
@@ -104,6 +106,7 @@ group = "core"
 chunk = 2
 depends_on = ["registry", "memory"]
 """
+    )
 
 
 @dataclass
