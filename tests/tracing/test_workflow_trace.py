@@ -211,14 +211,24 @@ async def test_the_document_workflow_is_one_trace_from_the_gateway_to_every_doma
     trace = _in(TRACE_ID, spans)
     assert not [s for s in spans if "grpc.health" in s.name], "health probes are not traced"
 
-    # Gateway: its own server span continues the client's traceparent, and its client span
-    # (the gRPC call) is that span's child.
+    # Gateway: its own server span continues the client's traceparent; its client spans
+    # (asking governance, then forwarding the call) are that span's children.
     gateway = _one(trace, service="gateway", kind=SPAN_KIND_SERVER, parent_span_id=CLIENT_SPAN)
     assert gateway.name == "POST /domains/workflows/execute/{workflow_id}"
     gateway_call = _one(
-        trace, service="gateway", kind=SPAN_KIND_CLIENT, parent_span_id=gateway.span_id
+        trace,
+        service="gateway",
+        kind=SPAN_KIND_CLIENT,
+        parent_span_id=gateway.span_id,
+        name="/grace.orchestrator.v1.OrchestratorService/ExecuteWorkflow",
     )
-    assert gateway_call.name.endswith("OrchestratorService/ExecuteWorkflow")
+    _one(
+        trace,
+        service="gateway",
+        kind=SPAN_KIND_CLIENT,
+        parent_span_id=gateway.span_id,
+        name="/grace.kernels.governance.v1.GovernanceService/Evaluate",
+    )
     server = _one(trace, service="orchestrator", parent_span_id=gateway_call.span_id)
     assert server.kind == SPAN_KIND_SERVER
     execution_span = _one(
@@ -244,10 +254,21 @@ async def test_the_document_workflow_is_one_trace_from_the_gateway_to_every_doma
         assert step.attributes["grace.domain.id"] == domain
         assert step.attributes["grace.step.action"] == action
         assert step.status_code != STATUS_ERROR
+        # Each step first asks governance, then calls the domain.
         call = _one(
-            trace, service="orchestrator", kind=SPAN_KIND_CLIENT, parent_span_id=step.span_id
+            trace,
+            service="orchestrator",
+            kind=SPAN_KIND_CLIENT,
+            parent_span_id=step.span_id,
+            name=EXECUTE_RPC,
         )
-        assert call.name == EXECUTE_RPC
+        _one(
+            trace,
+            service="orchestrator",
+            kind=SPAN_KIND_CLIENT,
+            parent_span_id=step.span_id,
+            name="/grace.kernels.governance.v1.GovernanceService/Evaluate",
+        )
         handled = _one(trace, service=domain, kind=SPAN_KIND_SERVER, parent_span_id=call.span_id)
         assert handled.name == EXECUTE_RPC
         _one(trace, service=domain, name=f"execute {action}", parent_span_id=handled.span_id)
