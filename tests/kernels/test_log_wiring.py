@@ -33,12 +33,7 @@ from services.kernels.registration import DomainRegistration
 from services.orchestrator import proof
 from services.orchestrator.server import OrchestratorServer
 from tests.eventbus.conftest import bus_config
-from tests.orchestrator.conftest import (  # noqa: F401
-    GrpcFailure,
-    World,
-    orchestrator_config,
-    world,
-)
+from tests.orchestrator.conftest import GrpcFailure, World, orchestrator_config
 from tests.orchestrator.test_workflows import run
 from tests.sdk.platform import eventually, free_port
 from tests.support import server_config, serving
