@@ -4,6 +4,10 @@
 events with `PublishBatch`, carrying each event's stored id, so a batch re-sent after a
 crash (published, not yet deleted from the outbox) is suppressed by the bus as duplicates.
 It raises on any failure, so the relay keeps the events and retries with backoff.
+
+With a `signer`, each event is signed as it is sent (`services.common.event_signing`): the
+envelope is rebuilt from the stored row with the same id and time every time, and Ed25519
+is deterministic, so a re-sent event carries the same signature.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from google.protobuf import struct_pb2
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from services.common.channels import channel
 from services.common.config import peer_address
+from services.common.event_signing import sign_event
 from services.common.outbox import OutboxEvent
+from services.common.signing import SigningKey
 from services.common.timestamps import to_timestamp
 
 # The bus's default PublishBatch limit.
@@ -48,11 +54,16 @@ class EventBusPublisher:
     Args:
         address: `host:port` of the event bus.
         timeout_s: Deadline of one PublishBatch call.
+        signer: Key that signs every event sent; None sends them unsigned. It may be set
+            later (an SDK domain signs once the trust kernel holds its key).
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, address: str, *, timeout_s: float = 10.0, signer: SigningKey | None = None
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
+        self.signer = signer
         self._channel: grpc.aio.Channel | None = None
         self._stub: eventbus_pb2_grpc.EventBusServiceAsyncStub | None = None
 
@@ -74,8 +85,13 @@ class EventBusPublisher:
         stub = self._connect()
         for start in range(0, len(events), MAX_BATCH):
             chunk = events[start : start + MAX_BATCH]
+            envelopes = [to_event(e) for e in chunk]
+            signer = self.signer
+            if signer is not None:
+                for envelope in envelopes:
+                    sign_event(envelope, signer)
             response = await stub.PublishBatch(
-                eventbus_pb2.PublishBatchRequest(events=[to_event(e) for e in chunk]),
+                eventbus_pb2.PublishBatchRequest(events=envelopes),
                 timeout=self.timeout_s,
             )
             if len(response.results) != len(chunk):

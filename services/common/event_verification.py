@@ -16,9 +16,9 @@ violations but accepts the event, `reject` raises PermissionDenied for violation
 
 Keys are cached per source domain (`ttl_s`, default 30 s; unknown sources and failed lookups
 for `negative_ttl_s`, default 5 s), so a steady stream costs one Ed25519 verification per
-event and no RPC. A signed event whose key id the cache does not hold refreshes that
-source's entry at most once a second, so a rotation is picked up at once; a revocation is
-picked up within `ttl_s`.
+event and no RPC. A signed event whose key id the cache does not hold (or from a source
+cached as having no key) refreshes that source's entry at most once a second, so a new
+registration or a rotation is picked up at once; a revocation is picked up within `ttl_s`.
 """
 
 from __future__ import annotations
@@ -171,7 +171,9 @@ class EventVerifier:
     async def check(self, event: event_pb2.Event) -> SignatureStatus:
         """The signature status of an event."""
         entry = await self._entry(event.source_domain)
-        if event.signature and entry.keys is not None and event.signature_key_id not in entry.keys:
+        if event.signature and (entry.keys is None or event.signature_key_id not in entry.keys):
+            # A key id the cache does not hold, or a signed event from a source cached as
+            # having no key: the domain may have just registered or rotated its key.
             entry = await self._entry(event.source_domain, refresh=True)
         if entry.failed:
             return SignatureStatus.UNVERIFIED

@@ -3,10 +3,17 @@
 Events are written to the orchestrator's outbox in the same transaction as the transition
 they announce; `OutboxRelay` moves them to the event bus with `EventBusPublisher`
 (`publisher_for`), retrying with backoff while the bus is down.
+
+The final events (`workflow.completed`, `workflow.rolled_back`) anchor the execution's
+signed proof: they carry the chain head, the final state, the record count, the
+signature (standard base64, as in GetExecutionProof's JSON) and the signing key id, which
+is everything `proof.signing_message` covers. The immutable log kernel subscribes to them,
+so each execution proof's head is committed to the Merkle log.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 
 from services.common.bus_client import EventBusPublisher
@@ -59,19 +66,31 @@ def step_failed(ex: Execution, run: StepRun) -> JsonDict:
     return {**step_completed(ex, run), "error": run.error}
 
 
-def completed(ex: Execution, head_hash: str) -> JsonDict:
-    """Payload of workflow.completed."""
+def _anchor(ex: Execution, head_hash: str, key_id: str) -> JsonDict:
+    """The signed proof's head: what `proof.signing_message` covers, and the signature."""
     return {
-        **_base(ex),
-        "duration_ms": round((ex.finished_at - ex.created_at) * 1000, 3),
+        "final_state": ex.state.value,
         "proof_head": head_hash,
+        "proof_records": len(ex.records),
+        "proof_signature": base64.b64encode(ex.signature).decode(),
+        "proof_key_id": key_id,
     }
 
 
-def rolled_back(ex: Execution) -> JsonDict:
+def completed(ex: Execution, head_hash: str, key_id: str) -> JsonDict:
+    """Payload of workflow.completed."""
+    return {
+        **_base(ex),
+        **_anchor(ex, head_hash, key_id),
+        "duration_ms": round((ex.finished_at - ex.created_at) * 1000, 3),
+    }
+
+
+def rolled_back(ex: Execution, head_hash: str, key_id: str) -> JsonDict:
     """Payload of workflow.rolled_back (also sent when a compensation failed)."""
     return {
         **_base(ex),
+        **_anchor(ex, head_hash, key_id),
         "state": ex.state.value,
         "error": ex.error,
         "compensated": list(ex.compensation_order),

@@ -526,9 +526,12 @@ class ExecutionRunner:
             self.ex.execution_id, self.spec.workflow_id, state.value, len(self.ex.records), head
         )
         self.ex.signature = self.host.signer.sign(message)
+        key_id = self.host.signer.key_id
         if state == ExecutionState.SUCCEEDED:
-            event = events.event(events.COMPLETED, events.completed(self.ex, head), self.ex)
+            payload = events.completed(self.ex, head, key_id)
+            event = events.event(events.COMPLETED, payload, self.ex)
         else:
-            event = events.event(events.ROLLED_BACK, events.rolled_back(self.ex), self.ex)
+            payload = events.rolled_back(self.ex, head, key_id)
+            event = events.event(events.ROLLED_BACK, payload, self.ex)
         await self.persist(f"execution.{state.value.lower()}", event, sync=True)
         self.host.stats.record_duration(self.ex.finished_at - self.ex.created_at)

@@ -4,9 +4,12 @@ A domain reads the common server settings (see `services.common.config`) under i
 so `ai_domain` binds `GRACE_AI_DOMAIN_PORT` (or `--port`) and keeps its database in
 `<GRACE_DATA_DIR>/ai_domain.db`, plus:
 
-- `GRACE_REGISTRY_ADDR`, `GRACE_EVENTBUS_ADDR`, `GRACE_MEMORY_ADDR` / `--registry`,
-  `--eventbus`, `--memory`: where the peers are (default: localhost on their ports). The
-  value `off` disables that peer (no registration, no events, no memory).
+- `GRACE_REGISTRY_ADDR`, `GRACE_EVENTBUS_ADDR`, `GRACE_MEMORY_ADDR`, `GRACE_TRUST_ADDR` /
+  `--registry`, `--eventbus`, `--memory`, `--trust`: where the peers are (default:
+  localhost on their ports). The value `off` disables that peer (no registration, no
+  events, no memory, no key registration and so no signed events).
+- `GRACE_<DOMAIN>_KEY_FILE`: the domain's Ed25519 signing key, created 0600 on first start
+  (default `<data dir>/<domain>.key`).
 - `GRACE_<DOMAIN>_ADVERTISE_HOST` / `--advertise-host`: host sent to the registry (default:
   the bind host when it is a specific address, else empty so the registry uses the
   caller's address).
@@ -23,6 +26,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from services.common.config import (
     EnvReader,
@@ -44,6 +48,8 @@ class DomainConfig:
         registry_addr: Registry `host:port`, or "" when registration is off.
         eventbus_addr: Event bus `host:port`, or "" when events are off.
         memory_addr: Shared memory `host:port`, or "" when memory is off.
+        trust_addr: Trust kernel `host:port`, or "" when key registration is off.
+        key_file: The domain's signing key; None means `<data dir>/<domain>.key`.
         advertise_host: Host sent to the registry; "" lets the registry use the caller's.
         lease_ttl_s: Lease asked of the registry.
         heartbeat_interval_s: Time between heartbeats.
@@ -57,6 +63,8 @@ class DomainConfig:
     registry_addr: str = ""
     eventbus_addr: str = ""
     memory_addr: str = ""
+    trust_addr: str = ""
+    key_file: Path | None = None
     advertise_host: str = ""
     lease_ttl_s: float = 30.0
     heartbeat_interval_s: float = 10.0
@@ -69,6 +77,11 @@ class DomainConfig:
     def domain_id(self) -> str:
         """The domain's id (its service name)."""
         return self.server.service
+
+    @property
+    def key_path(self) -> Path:
+        """Where the domain's signing key is."""
+        return self.key_file or self.server.data_dir / f"{self.domain_id}.key"
 
     @classmethod
     def from_env(
@@ -98,6 +111,10 @@ class DomainConfig:
             registry_addr=_peer(env, "registry", flags.registry),
             eventbus_addr=_peer(env, "eventbus", flags.eventbus),
             memory_addr=_peer(env, "memory", flags.memory),
+            trust_addr=_peer(env, "trust", flags.trust),
+            key_file=Path(
+                reader.text(f"{prefix}KEY_FILE", str(server.data_dir / f"{domain_id}.key"))
+            ),
             advertise_host=flags.advertise_host
             or reader.text(f"{prefix}ADVERTISE_HOST", default_advertise),
             lease_ttl_s=lease,
@@ -126,6 +143,7 @@ def flag_parser(domain_id: str) -> argparse.ArgumentParser:
     parser.add_argument("--registry", help="registry host:port or 'off' (GRACE_REGISTRY_ADDR)")
     parser.add_argument("--eventbus", help="event bus host:port or 'off' (GRACE_EVENTBUS_ADDR)")
     parser.add_argument("--memory", help="shared memory host:port or 'off' (GRACE_MEMORY_ADDR)")
+    parser.add_argument("--trust", help="trust kernel host:port or 'off' (GRACE_TRUST_ADDR)")
     parser.add_argument("--advertise-host", help="host the registry gives to callers")
     return parser
 

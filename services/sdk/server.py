@@ -14,6 +14,7 @@ import grpc
 
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.registry.v1 import registry_pb2
+from services.common import signing
 from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.outbox import OutboxRelay
@@ -24,6 +25,7 @@ from services.sdk.config import DomainConfig
 from services.sdk.dispatcher import Dispatcher
 from services.sdk.domain import Domain
 from services.sdk.events import OutboxSink, Subscriptions, relay
+from services.sdk.identity import IdentityRegistrar
 from services.sdk.memory import MemoryClient
 from services.sdk.registration import Registrar, stop_task
 from services.sdk.servicer import DomainServicer
@@ -67,6 +69,8 @@ class DomainServer(Service):
         self.relay: OutboxRelay | None = None
         self._publisher: EventBusPublisher | None = None
         self.subscriptions: Subscriptions | None = None
+        self.identity: IdentityRegistrar | None = None
+        self.key: signing.SigningKey | None = None
 
     def attach(self, server: GraceServer) -> None:
         """Tells the service which server runs it (to register the port it bound)."""
@@ -97,6 +101,7 @@ class DomainServer(Service):
         return [SERVICE_NAME]
 
     async def start(self) -> None:
+        self.key = signing.load_or_create_key(self.config.key_path)
         await self.db.create_tables(metadata)
         pruned = await self.results.prune(self.config.idempotency_ttl_s)
         if pruned:
@@ -137,7 +142,25 @@ class DomainServer(Service):
                 backoff_max_s=self.config.backoff_max_s,
             )
             self._spawn(self.registrar.run(), "registrar")
+        trust_channel = self._open(self.config.trust_addr)
+        if trust_channel is not None:
+            self.identity = IdentityRegistrar(
+                trust_channel,
+                self.domain.domain_id,
+                self.key,
+                self._sign_events,
+                backoff_initial_s=self.config.backoff_initial_s,
+                backoff_max_s=self.config.backoff_max_s,
+            )
+            self._spawn(self.identity.run(), "identity")
         self._spawn(self._prune_forever(), "prune")
+
+    def _sign_events(self) -> None:
+        """From now on, events leave signed (the trust kernel holds the domain's key)."""
+        if self._publisher is not None:
+            self._publisher.signer = self.key
+            if self.relay is not None:
+                self.relay.wake()
 
     async def begin_shutdown(self) -> None:
         if self.registrar is not None:
@@ -175,6 +198,7 @@ class DomainServer(Service):
             version=self.domain.version,
             metadata=metadata,
             lease_ttl=to_duration(self.config.lease_ttl_s),
+            public_key=self.key.public_key if self.key else b"",
         )
 
     def describe(self) -> domain_pb2.DescribeDomainResponse:

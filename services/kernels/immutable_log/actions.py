@@ -7,14 +7,16 @@
 - `checkpoint` {tree_size?} -> {checkpoint, tree_size, root_hash}.
 - `inclusion_proof` {index, tree_size?} -> {leaf_index, tree_size, hashes, checkpoint}.
 
-Events pushed to the kernel (for example Guardian's `healing.*` decisions and the
-orchestrator's `execution.*` proofs, through a bus push subscription) are appended with
-kind = event type, actor = source domain, and the event id as request id, so a redelivered
-event is recorded once.
+Events pushed to the kernel through its bus push subscriptions (`EVENT_PATTERNS`:
+Guardian's `healing.*` decisions, the orchestrator's final `workflow.completed` /
+`workflow.rolled_back` events, which carry the execution proof's signed chain head, and
+`governance.decision*`) are appended with kind = event type, actor = source domain, and
+request id = "event:<source>:<event id>", so a redelivered event is recorded once.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from google.protobuf import json_format
@@ -25,7 +27,12 @@ from services.common.errors import InvalidArgument
 from services.kernels.domain import KernelAction, dict_to_struct
 from services.kernels.immutable_log.log import ImmutableLog
 
-EVENT_PATTERNS = ("healing.*", "execution.*", "governance.decision*")
+EVENT_PATTERNS = (
+    "healing.*",
+    "workflow.completed",
+    "workflow.rolled_back",
+    "governance.decision*",
+)
 
 
 def _int(value: Any, field: str) -> int:
@@ -104,13 +111,18 @@ def event_recorder(log: ImmutableLog) -> Any:
         entry = pb.EntryData(kind=event.event_type, actor=event.source_domain)
         if event.HasField("time"):
             entry.time.CopyFrom(event.time)
-        entry.data.update(
-            {
-                "event_id": event.id,
-                "sequence": event.sequence,
-                "data": json_format.MessageToDict(event.data),
-            }
-        )
+        record: dict[str, Any] = {
+            "event_id": event.id,
+            "sequence": event.sequence,
+            "subject": event.subject,
+            "data": json_format.MessageToDict(event.data),
+        }
+        if event.signature:
+            # The producer's signature over the event, so the entry can be checked against
+            # the source's key later (see services.common.event_signing).
+            record["signature"] = base64.b64encode(event.signature).decode()
+            record["signature_key_id"] = event.signature_key_id
+        entry.data.update(record)
         await log.append([entry], f"event:{event.source_domain}:{event.id}"[:128])
         return True
 

@@ -10,6 +10,9 @@ Besides the common server settings (see `services.common.config`):
 - `GRACE_IMMUTABLE_LOG_REGISTER`: register in the registry as a domain (true);
   `GRACE_IMMUTABLE_LOG_ADVERTISE_HOST`, `GRACE_IMMUTABLE_LOG_LEASE_TTL_S`,
   `GRACE_REGISTRY_ADDR` tune it.
+- `GRACE_IMMUTABLE_LOG_SUBSCRIBE`: create push subscriptions on the event bus at
+  `GRACE_EVENTBUS_ADDR` for the events the log records (true; needs the registration, since
+  the bus finds the log through the registry).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig
+from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, peer_address
 from services.kernels.immutable_log.log import LogSettings
 from services.kernels.registration import DomainRegistration, registration_from_env
 
@@ -30,12 +33,17 @@ CAPABILITIES = ("immutable_log", "audit", "merkle_proofs")
 
 @dataclass(frozen=True)
 class LogConfig:
-    """Everything the immutable log server reads at start-up."""
+    """Everything the immutable log server reads at start-up.
+
+    Attributes:
+        eventbus_address: The bus to subscribe on; "" subscribes to nothing.
+    """
 
     server: ServerConfig
     settings: LogSettings
     key_file: Path
     registration: DomainRegistration | None
+    eventbus_address: str = ""
 
     @classmethod
     def from_env(
@@ -57,4 +65,9 @@ class LogConfig:
                 reader.text("GRACE_IMMUTABLE_LOG_KEY_FILE", str(server.data_dir / f"{SERVICE}.key"))
             ),
             registration=registration_from_env(env, SERVICE, server.host, CAPABILITIES),
+            eventbus_address=(
+                peer_address(env, "eventbus")
+                if reader.flag("GRACE_IMMUTABLE_LOG_SUBSCRIBE", True)
+                else ""
+            ),
         )

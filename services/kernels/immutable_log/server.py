@@ -13,8 +13,10 @@ import grpc
 from grace.domain.v1 import domain_pb2_grpc
 from grace.kernels.immutable_log.v1 import immutable_log_pb2, immutable_log_pb2_grpc
 from services.common import dsse, signing
+from services.common.channels import channel
 from services.common.server import Service
 from services.common.storage import Database
+from services.common.subscriptions import Subscriptions
 from services.kernels import domain
 from services.kernels.immutable_log.actions import EVENT_PATTERNS, event_recorder, log_actions
 from services.kernels.immutable_log.config import CAPABILITIES, SERVICE, LogConfig
@@ -45,7 +47,9 @@ class ImmutableLogServer(Service):
         self.log = ImmutableLog(
             LogStore(Database(config.server.database_url, schema=schema)), key, config.settings
         )
-        self._registrar: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bus: grpc.aio.Channel | None = None
+        self.subscriptions: Subscriptions | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         immutable_log_pb2_grpc.add_ImmutableLogServiceServicer_to_server(
@@ -69,13 +73,31 @@ class ImmutableLogServer(Service):
         registration = self.config.registration
         if registration is not None:
             registration = dataclasses.replace(registration, public_key=self.log.public_key)
-            self._registrar = asyncio.create_task(
-                keep_registered(registration, self.bound_port), name="immutable-log-registration"
+            self._tasks.append(
+                asyncio.create_task(
+                    keep_registered(registration, self.bound_port),
+                    name="immutable-log-registration",
+                )
             )
+            if self.config.eventbus_address:
+                # The bus pushes to the log through the registry, so subscribing only makes
+                # sense once the log registers. Creation is idempotent and retried while the
+                # bus is down; each delivered event is appended once (see actions.py).
+                self._bus = channel(self.config.eventbus_address)
+                self.subscriptions = Subscriptions(self._bus, SERVICE, EVENT_PATTERNS)
+                self._tasks.append(
+                    asyncio.create_task(
+                        self.subscriptions.run(), name="immutable-log-subscriptions"
+                    )
+                )
 
     async def stop(self) -> None:
-        if self._registrar is not None:
-            self._registrar.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._registrar
+                await task
+        self._tasks.clear()
+        if self._bus is not None:
+            await self._bus.close()
+            self._bus = None
         await self.log.close()
