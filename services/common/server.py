@@ -9,10 +9,12 @@ and error-translation interceptors, and graceful shutdown on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import grpc
@@ -21,9 +23,11 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import telemetry
 from services.common.channels import SERVER_KEEPALIVE_OPTIONS
-from services.common.config import ServerConfig
+from services.common.config import ConfigError, ServerConfig, server_flag_parser
+from services.common.errors import GraceError
 from services.common.interceptors import ErrorTranslator
 from services.common.supervision import watch_supervisor
+from services.common.telemetry import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +179,35 @@ class GraceServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop(grace=0.5)
+
+
+def serve_main(
+    service: str,
+    build: Callable[[argparse.Namespace], tuple[ServerConfig, Service]],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The body of every server's `__main__`: flags, logging, config, then serve.
+
+    Args:
+        service: Component name (names the flags' env variables and the messages).
+        build: Makes the server config and the service from the parsed flags; raises
+            ConfigError (or a GraceError, for a bad file it loads) on bad input.
+        argv: Arguments without the program name; None reads sys.argv.
+
+    Returns:
+        0 after a graceful stop; 2 when the configuration is bad, with a message that
+        names the variable or the file on stderr.
+    """
+    flags = server_flag_parser(service).parse_args(argv)
+    configure_logging()
+    try:
+        config, instance = build(flags)
+        return run(config, instance)
+    except ConfigError as exc:
+        print(f"{service}: configuration error: {exc}", file=sys.stderr)
+    except GraceError as exc:
+        print(f"{service}: {exc.message}", file=sys.stderr)
+    return 2
 
 
 def run(config: ServerConfig, service: Service) -> int:

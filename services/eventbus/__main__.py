@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from services.common.config import ConfigError, server_flag_parser
-from services.common.server import run
-from services.common.telemetry import configure_logging
+from services.common.config import ServerConfig
+from services.common.server import Service, serve_main
 from services.eventbus.config import SERVICE, EventBusConfig
 from services.eventbus.server import EventBusServer
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parses flags and env, then serves."""
-    flags = server_flag_parser(SERVICE).parse_args(argv)
-    configure_logging()
-    try:
+
+    def build(flags: argparse.Namespace) -> tuple[ServerConfig, Service]:
         config = EventBusConfig.from_env(flags=flags)
-    except ConfigError as exc:
-        print(f"eventbus: configuration error: {exc}", file=sys.stderr)
-        return 2
-    return run(config.server, EventBusServer(config))
+        return config.server, EventBusServer(config)
+
+    return serve_main(SERVICE, build, argv)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from services.common.config import ConfigError, server_flag_parser
-from services.common.server import run
-from services.common.telemetry import configure_logging
+from services.common.config import ServerConfig
+from services.common.server import Service, serve_main
 from services.orchestrator.config import SERVICE, OrchestratorConfig
 from services.orchestrator.events import publisher_for
 from services.orchestrator.server import OrchestratorServer
@@ -14,15 +14,12 @@ from services.orchestrator.server import OrchestratorServer
 
 def main(argv: list[str] | None = None) -> int:
     """Parses flags and env, then serves."""
-    flags = server_flag_parser(SERVICE).parse_args(argv)
-    configure_logging()
-    try:
+
+    def build(flags: argparse.Namespace) -> tuple[ServerConfig, Service]:
         config = OrchestratorConfig.from_env(flags=flags)
-    except ConfigError as exc:
-        print(f"orchestrator: configuration error: {exc}", file=sys.stderr)
-        return 2
-    publisher = publisher_for(config.server.env)
-    return run(config.server, OrchestratorServer(config, publisher=publisher))
+        return config.server, OrchestratorServer(config, publisher=publisher_for(config.server.env))
+
+    return serve_main(SERVICE, build, argv)
 
 
 if __name__ == "__main__":
