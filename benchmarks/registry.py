@@ -70,6 +70,8 @@ async def main(calls: int) -> None:
             port=0,
             data_dir=Path(data_dir),
             database_url=f"sqlite+aiosqlite:///{data_dir}/registry.db",
+            # No event bus runs here: lifecycle events wait in the outbox.
+            env={"GRACE_EVENTBUS_ADDR": "127.0.0.1:9"},
         )
         config = RegistryConfig(
             server=server_config, settings=RegistrySettings(default_lease_ttl_s=3600)

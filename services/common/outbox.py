@@ -212,25 +212,52 @@ class OutboxRelay:
             self.published += len(events)
 
     async def run(self) -> None:
-        """Drains forever with exponential backoff on failure; cancel to stop."""
+        """Drains forever with exponential backoff on failure; cancel to stop.
+
+        An outage is logged once when it begins and once when it ends, not at every
+        retry: a bus that is down for an hour must not fill the log.
+        """
         backoff = self.poll_interval_s
+        failing_since = 0
         while True:
             self._wake.clear()
             try:
-                await self.drain_once()
+                sent = await self.drain_once()
+                if failing_since:
+                    log.info(
+                        "outbox %s: publishing again after %d failed attempts (%d sent)",
+                        self.outbox.table.name,
+                        self.failures - failing_since + 1,
+                        sent,
+                    )
+                    failing_since = 0
                 backoff = self.poll_interval_s
                 wait = self.poll_interval_s
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.failures += 1
-                log.warning(
-                    "outbox %s: publish failed (%s); retrying in %.1fs",
-                    self.outbox.table.name,
-                    exc,
-                    backoff,
-                )
+                if not failing_since:
+                    failing_since = self.failures
+                    log.warning(
+                        "outbox %s: cannot publish (%s); events wait, retrying with "
+                        "backoff up to %gs",
+                        self.outbox.table.name,
+                        _brief(exc),
+                        self.max_backoff_s,
+                    )
+                else:
+                    log.debug("outbox %s: retry failed: %s", self.outbox.table.name, _brief(exc))
                 wait = backoff
                 backoff = min(self.max_backoff_s, backoff * 2)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=wait)
+
+
+def _brief(exc: BaseException) -> str:
+    """One line about a publish failure (a gRPC error's repr spans several lines)."""
+    code = getattr(exc, "code", None)
+    details = getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

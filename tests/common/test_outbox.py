@@ -1,0 +1,85 @@
+"""The transactional outbox: events wait while the publisher fails, then go out in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import pytest
+from sqlalchemy import MetaData
+
+from services.common.outbox import Outbox, OutboxEvent, OutboxRelay, outbox_table
+from services.common.storage import Database
+from tests.conftest import DatabaseTarget
+
+
+class FlakyPublisher:
+    """Fails while `down` is set; records what it published."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.published: list[str] = []
+
+    async def publish(self, events: Sequence[OutboxEvent]) -> None:
+        if self.down:
+            raise ConnectionError("bus is down")
+        self.published += [e.event_type for e in events]
+
+
+@pytest.fixture
+async def outbox(database: DatabaseTarget) -> Outbox:
+    metadata = MetaData()
+    table = outbox_table(metadata, "test")
+    db = Database(database.url, schema=database.schema)
+    await db.create_tables(metadata)
+    yield Outbox(db, table, "test")  # type: ignore[misc]
+    await db.close()
+
+
+async def test_events_wait_during_an_outage_and_go_out_in_order(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with outbox.db.transaction() as conn:
+        for index in range(5):
+            await outbox.enqueue(conn, f"thing.{index}", {"index": index})
+    publisher = FlakyPublisher()
+    relay = OutboxRelay(outbox, publisher, batch=2, poll_interval_s=0.01, max_backoff_s=0.02)
+    with caplog.at_level(logging.DEBUG, logger="services.common.outbox"):
+        task = asyncio.create_task(relay.run())
+        try:
+            for _ in range(500):
+                if relay.failures >= 4:
+                    break
+                await asyncio.sleep(0.01)
+            assert await outbox.count() == 5
+            publisher.down = False
+            relay.wake()
+            for _ in range(500):
+                if any("publishing again" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.01)
+            assert await outbox.count() == 0
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert publisher.published == [f"thing.{i}" for i in range(5)]
+    assert relay.published == 5
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, "an outage is reported once, not at every retry"
+    assert "bus is down" in warnings[0].getMessage()
+    assert any("publishing again" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_event_enqueued_in_a_rolled_back_transaction_never_goes_out(
+    outbox: Outbox,
+) -> None:
+    async def failing_change() -> None:
+        async with outbox.db.transaction() as conn:
+            await outbox.enqueue(conn, "never.happened", {})
+            raise RuntimeError("the change failed")
+
+    with pytest.raises(RuntimeError):
+        await failing_change()
+    assert await outbox.count() == 0
