@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.orchestrator.proof import digest, load_proof, verify_proof
 from tests.grace_up import PROJECT_ROOT, RunningGrace, running_grace
@@ -108,6 +109,12 @@ async def _run(
     assert fetched.status_code == 200, fetched.text
     assert fetched.json()["execution"]["state"] == execution["state"]
     return dict(fetched.json()["execution"])
+
+
+def _nanos(rfc3339: str) -> int:
+    stamp = Timestamp()
+    stamp.FromJsonString(rfc3339)
+    return stamp.ToNanoseconds()
 
 
 def _steps(execution: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -210,7 +217,7 @@ async def test_a_failing_third_step_rolls_back_the_first_two_and_their_effects_a
     assert not steps["ingest"].get("compensation_error")
     assert not steps["store"].get("compensation_error")
     # Reverse completion order: store completed after ingest, so it was undone first.
-    assert steps["ingest"]["finished_at"] < steps["store"]["finished_at"]
+    assert _nanos(steps["ingest"]["finished_at"]) < _nanos(steps["store"]["finished_at"])
     assert execution["compensation_order"] == ["store", "ingest"]
 
     # Both effects happened: the steps returned the document and the contribution...
