@@ -20,7 +20,7 @@ import pytest
 from google.protobuf import descriptor_pool
 
 from services.guardian.topology import load_topology
-from tests.interop.conftest import EXAMPLES, RunningGrace
+from tests.grace_up import EXAMPLES, RunningGrace
 
 # Every generated module, imported for its descriptors: `describe` output is checked
 # against the protos.

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 
 from services.common import codegen
 from services.orchestrator.proof import load_proof, verify_proof
-from tests.interop.conftest import RunningGrace
+from tests.grace_up import RunningGrace
 from tests.registry.conftest import RunningRegistry
 
 HERE = Path(__file__).parent

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.guardian.topology import load_topology
-from tests.guardian.conftest import free_ports
+from tests.grace_up import running_grace
 from tests.tracing.otlp_receiver import OtlpReceiver, ReceivedSpan, exporter_env
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 FAILING_TRACE_ID = "5b8aa5a2d2c872e8321cf37308d69df2"
 CLIENT_SPAN = "b7ad6b7169203331"
@@ -89,51 +85,18 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
 async def gateway_url(tmp_path: Path, receiver: OtlpReceiver) -> AsyncIterator[str]:
     """Runs `grace up --with-examples --otlp <receiver>` with every component on a free
     port; yields the gateway's URL; kills the whole process group at the end."""
-    names = [c.name for c in load_topology(None, groups=["examples"]).components]
-    *ports, guardian_port = free_ports(len(names) + 1)
-    port_of = dict(zip(names, ports, strict=True))
-    config = tmp_path / "grace.toml"
-    config.write_text(
-        "".join(f"[components.{name}]\nport = {port}\n" for name, port in port_of.items())
-        + "[probe]\ninterval_s = 0.5\n"
-    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     # Prompt export; the endpoint itself comes from --otlp.
     env.update(
         {k: v for k, v in exporter_env(receiver.endpoint).items() if "OTLP" not in k},
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        "up",
-        "--with-examples",
-        "--otlp",
-        receiver.endpoint,
-        "--config",
-        str(config),
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--port",
-        str(guardian_port),
-        cwd=PROJECT_ROOT,
+    async with running_grace(
+        tmp_path,
+        config="[probe]\ninterval_s = 0.5\n",
+        args=("--otlp", receiver.endpoint),
         env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    assert proc.stdout is not None
-    try:
-        seen: list[str] = []
-        while not any(line.startswith("Grace is up") for line in seen):
-            line = await asyncio.wait_for(proc.stdout.readline(), 90)
-            assert line, f"grace up ended early: {seen}"
-            seen.append(line.decode().strip())
-        yield f"http://127.0.0.1:{port_of['gateway']}"
-    finally:
-        if proc.returncode is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+    ) as platform:
+        yield platform.gateway_url
 
 
 async def _create(http: httpx.AsyncClient, workflow: dict[str, Any], traceparent: str) -> str:
