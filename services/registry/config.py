@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig
-from services.registry.registry import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S, RegistrySettings
+from services.registry.registry import RegistrySettings
+from services.registry.validation import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
 
 SERVICE = "registry"
 

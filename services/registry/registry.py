@@ -14,20 +14,13 @@ import asyncio
 import bisect
 import collections
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.pagination import decode_token, encode_token, page_size
-from services.common.validation import (
-    require_id,
-    require_range,
-    require_string_map,
-    require_text,
-    require_unique_ids,
-)
+from services.common.validation import require_id
 from services.registry import ranking
 from services.registry.model import (
     Change,
@@ -38,19 +31,15 @@ from services.registry.model import (
     Registration,
 )
 from services.registry.store import RegistryStore
+from services.registry.validation import (
+    CAPABILITY_PATTERN,
+    MAX_CAPABILITY_LENGTH,
+    validate_metrics,
+    validate_registration,
+)
 
 log = logging.getLogger(__name__)
 
-CAPABILITY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
-MAX_CAPABILITIES = 64
-MAX_CAPABILITY_LENGTH = 64
-MAX_METADATA_ENTRIES = 64
-MAX_METADATA_KEY = 128
-MAX_METADATA_VALUE = 1024
-MAX_VERSION_LENGTH = 64
-MAX_HOST_LENGTH = 255
-MIN_LEASE_TTL_S = 1.0
-MAX_LEASE_TTL_S = 3600.0
 WATCH_BATCH = 500
 
 Clock = Callable[[], float]
@@ -91,60 +80,6 @@ class RegistryStats:
     revision: int
     leases_expired: int
     domains_reaped: int
-
-
-def validate_registration(reg: Registration) -> Registration:
-    """Checks every field of a registration; raises InvalidArgument naming the first bad one."""
-    require_id("domain_id", reg.domain_id)
-    require_text("host", reg.host, max_length=MAX_HOST_LENGTH, required=True)
-    if not 1 <= reg.port <= 65535:
-        raise InvalidArgument("port", "must be between 1 and 65535")
-    capabilities = require_unique_ids(
-        "capabilities",
-        reg.capabilities,
-        max_count=MAX_CAPABILITIES,
-        max_length=MAX_CAPABILITY_LENGTH,
-        pattern=CAPABILITY_PATTERN,
-    )
-    require_text("version", reg.version, max_length=MAX_VERSION_LENGTH)
-    require_string_map(
-        "metadata",
-        reg.metadata,
-        max_entries=MAX_METADATA_ENTRIES,
-        max_key_length=MAX_METADATA_KEY,
-        max_value_length=MAX_METADATA_VALUE,
-    )
-    if reg.public_key and len(reg.public_key) != 32:
-        raise InvalidArgument("public_key", "must be a raw 32-byte Ed25519 public key")
-    if reg.lease_ttl_s is not None:
-        require_range(
-            "lease_ttl", reg.lease_ttl_s, minimum=MIN_LEASE_TTL_S, maximum=MAX_LEASE_TTL_S
-        )
-    return Registration(
-        domain_id=reg.domain_id,
-        host=reg.host,
-        port=reg.port,
-        capabilities=tuple(capabilities),
-        version=reg.version,
-        metadata=dict(reg.metadata),
-        public_key=reg.public_key,
-        lease_ttl_s=reg.lease_ttl_s,
-    )
-
-
-def validate_metrics(metrics: Metrics) -> Metrics:
-    """Rejects metrics that are not numbers; clamps ratios into [0, 1]."""
-    for name in ("load", "latency_ms", "success_rate"):
-        value = getattr(metrics, name)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidArgument(f"metrics.{name}", "must be a finite number")
-    if metrics.latency_ms < 0:
-        raise InvalidArgument("metrics.latency_ms", "must not be negative")
-    return Metrics(
-        load=min(1.0, max(0.0, metrics.load)),
-        latency_ms=metrics.latency_ms,
-        success_rate=min(1.0, max(0.0, metrics.success_rate)),
-    )
 
 
 class Registry:
