@@ -4,12 +4,19 @@ One request: match the route (404, 405 with `Allow`), read the body (413 over th
 build the gRPC request (400 naming the field), work out the deadline and the metadata,
 ask the forward gate (mutating requests only), resolve the upstream, call it, answer JSON
 (or relay the stream). Every error has the body described in `gateway.errors`.
+
+Each forwarded unary call is tallied for its upstream (the component, or the domain for
+DomainService routes): latency, and whether it failed on the upstream's side (an answer
+mapped to 5xx: UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, UNKNOWN, ...). The gateway's
+`ImmuneReporter` sends the tallies to the immune kernel every few seconds. Streams are
+not tallied: their length says nothing about the upstream's health.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -29,6 +36,7 @@ from gateway.system import SystemViews
 from gateway.transcode import TranscodeError, build_request, dumps, render_response
 from gateway.upstreams import Metadata, Upstream, Upstreams
 from services.common import telemetry
+from services.common.call_metrics import CallTallies
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +142,7 @@ class GatewayApp:
         self.upstreams = upstreams
         self.gate: ForwardGate = gate or AllowAll()
         self.streams = ActiveStreams()
+        self.calls = CallTallies()
         self.system = SystemViews(table, upstreams, config.health_timeout_s)
         self._openapi = dumps(openapi)
         self._builtins: dict[str, Callable[[], Awaitable[tuple[int, bytes]]]] = {
@@ -269,10 +278,17 @@ class GatewayApp:
             )
             return
         stub = upstream.unary(route.grpc_path, route.response_class.FromString)
+        component = (
+            getattr(message, DOMAIN_ID_FIELD, "") if route.by_domain else ""
+        ) or route.component
+        started = time.monotonic()
         try:
             response = await stub(message, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, upstream.name) from None
+            error = from_rpc_error(exc, upstream.name)
+            self.calls.record(component, time.monotonic() - started, error=error.http_status >= 500)
+            raise error from None
+        self.calls.record(component, time.monotonic() - started, error=False)
         await _send(send, 200, dumps(render_response(route, response)), extra)
 
     async def _read_body(self, request: Request) -> bytes:

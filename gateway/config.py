@@ -11,6 +11,9 @@
   /domains/system/health and /domains/system/overview (2).
 - `GRACE_GATEWAY_STREAM_FIRST_WAIT_S`: how long a streaming route waits for the upstream's
   first message before it commits to a 200 (so early errors still get their HTTP status) (1).
+- `GRACE_IMMUNE_ADDR`: the immune kernel, sent each upstream's call latency and errors
+  (metrics `gateway_latency_ms`, `gateway_errors`, `gateway_error_rate`) every
+  `GRACE_GATEWAY_METRICS_INTERVAL_S` (5); `off` stops reporting.
 - `GRACE_GATEWAY_PROTO_ROOT`: directory of the `.proto` files whose comments document
   /openapi.json (the project's `protos/`).
 - `GRACE_SHUTDOWN_GRACE_S`, `GRACE_MAX_MESSAGE_BYTES`: as for every server.
@@ -25,7 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.codegen import PROTO_ROOT
-from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, server_flag_parser
+from services.common.config import (
+    DEFAULT_PORTS,
+    EnvReader,
+    ServerConfig,
+    peer_address,
+    server_flag_parser,
+)
 
 SERVICE = "gateway"
 
@@ -45,6 +54,8 @@ class GatewayConfig:
         shutdown_grace_s: Time in-flight requests get at shutdown.
         max_message_bytes: Largest gRPC message.
         proto_root: Where the .proto files are read for API comments (None: no comments).
+        immune_addr: Immune kernel `host:port` for call metrics; "" reports none.
+        metrics_interval_s: Time between two reports of call metrics.
         env: The environment, for upstream addresses.
     """
 
@@ -58,6 +69,8 @@ class GatewayConfig:
     shutdown_grace_s: float = 5.0
     max_message_bytes: int = 4 * 1024 * 1024
     proto_root: Path | None = PROTO_ROOT
+    immune_addr: str = ""
+    metrics_interval_s: float = 5.0
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -69,6 +82,7 @@ class GatewayConfig:
         reader = EnvReader(env)
         server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
         proto_root = Path(reader.text("GRACE_GATEWAY_PROTO_ROOT", str(PROTO_ROOT)))
+        immune = peer_address(env, "immune").strip()
         return cls(
             host=server.host,
             port=server.port,
@@ -90,6 +104,10 @@ class GatewayConfig:
             shutdown_grace_s=server.shutdown_grace_s,
             max_message_bytes=server.max_message_bytes,
             proto_root=proto_root if proto_root.is_dir() else None,
+            immune_addr="" if immune.lower() == "off" else immune,
+            metrics_interval_s=reader.number(
+                "GRACE_GATEWAY_METRICS_INTERVAL_S", 5.0, minimum=0.05, maximum=3600
+            ),
             env=env,
         )
 

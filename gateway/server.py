@@ -29,9 +29,14 @@ from gateway.governance import governance_gate
 from gateway.openapi import ERROR_SCHEMA, build_openapi
 from gateway.routes import RouteTable, discover_services
 from gateway.upstreams import Upstreams
+from services.common.call_metrics import ImmuneReporter
 from services.common.supervision import watch_supervisor
 
 log = logging.getLogger(__name__)
+
+# The gateway's call metrics are named apart from the ones domains report themselves
+# (`latency_ms` measured inside the domain), so each series has one source.
+GATEWAY_METRIC_PREFIX = "gateway_"
 
 _BUILTIN_DOCS: dict[str, tuple[str, str]] = {
     "/healthz": ("Gateway.Healthz", "Health of the gateway process itself."),
@@ -131,6 +136,17 @@ class Gateway:
         self._socket: socket.socket | None = None
         self._server: _UvicornServer | None = None
         self._task: asyncio.Task[None] | None = None
+        self.reporter = (
+            ImmuneReporter(
+                config.immune_addr,
+                self.app.calls,
+                interval_s=config.metrics_interval_s,
+                prefix=GATEWAY_METRIC_PREFIX,
+            )
+            if config.immune_addr
+            else None
+        )
+        self._reporting: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -177,6 +193,8 @@ class Gateway:
                 await self._task  # raises the start-up error
                 raise RuntimeError("gateway: the HTTP server stopped during start-up")
             await asyncio.sleep(0.01)
+        if self.reporter is not None:
+            self._reporting = asyncio.create_task(self.reporter.run(), name="gateway-metrics")
         log.info("gateway serving on %s", self.url)
 
     async def stop(self) -> None:
@@ -186,6 +204,12 @@ class Gateway:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
+        if self._reporting is not None:
+            self._reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
+        if self.reporter is not None:
+            await self.reporter.close()
         await self.app.upstreams.close()
         log.info("gateway stopped")
 

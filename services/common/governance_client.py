@@ -18,7 +18,9 @@ a `check` method. Where each component asks (seed 004 phases 3 and 4):
 - orchestrator: before each step, actor `workflow:<id>`, action `<domain>.<action>`, risk
   from the step;
 - Guardian and the immune kernel: before healing, action `heal:<playbook>`, resource
-  `component:<name>`.
+  `component:<name>`, risk `HEAL_RISK[playbook]`. A caller that already holds a decision
+  for exactly that heal (the immune kernel) passes its id as `x-governance-decision`
+  metadata; Guardian then `confirm`s it (a read, not a second decision).
 """
 
 from __future__ import annotations
@@ -56,6 +58,18 @@ _SETTLED = {
     pb.APPROVAL_STATUS_REJECTED: "rejected",
     pb.APPROVAL_STATUS_EXPIRED: "expired",
 }
+# Risk declared for each healing playbook, by Guardian and by the immune kernel alike:
+# diagnosing changes nothing; a restart (or clearing a stale process Guardian itself
+# started, then restarting) interrupts one component briefly; moving a component to another
+# port changes how every peer reaches it.
+HEAL_RISK: Mapping[str, str] = {
+    "diagnose_network": "low",
+    "restart_component": "medium",
+    "clear_port": "medium",
+    "rebind_port": "high",
+}
+# Metadata carrying the id of a governance decision the caller already obtained.
+DECISION_METADATA = "x-governance-decision"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HEALTH_PATHS = ("/health", "/metrics", "/favicon.ico", "/domains/system/health")
 
@@ -121,6 +135,11 @@ class GovernanceGate(Protocol):
         request_id: str = "",
     ) -> GateDecision:
         """Decides on one request."""
+
+
+def heal_risk(playbook: str) -> str:
+    """The risk level of a healing playbook (an unknown one is "high")."""
+    return HEAL_RISK.get(playbook, "high")
 
 
 def gateway_request(method: str, path: str, headers: Mapping[str, str]) -> GateRequest | None:
@@ -227,6 +246,69 @@ class GovernanceClient:
             decision_id=decision.decision_id,
             policy_ids=tuple(decision.policy_ids),
             reasons=tuple(decision.reasons),
+            approval_id=decision.approval_id,
+        )
+
+    async def confirm(
+        self, decision_id: str, action: str, resource: str, *, max_age_s: float = 600.0
+    ) -> GateDecision:
+        """Confirms a decision the caller already holds instead of asking again: allowed
+        when governance recorded it, less than `max_age_s` ago, for exactly `action` on
+        `resource`, with verdict ALLOW (or PENDING_APPROVAL since approved). An unknown or
+        non-matching decision is denied. When governance cannot answer, the fallback
+        applies as for `check` (at risk `heal_risk` of the action's playbook for `heal:`
+        actions, else medium)."""
+        try:
+            found = await self._stub.GetDecision(
+                pb.GetDecisionRequest(decision_id=decision_id), timeout=self.deadline_s
+            )
+            decision = found.decision
+            approved = False
+            if decision.verdict == pb.VERDICT_PENDING_APPROVAL and decision.approval_id:
+                approval = await self._stub.GetApproval(
+                    pb.GetApprovalRequest(approval_id=decision.approval_id),
+                    timeout=self.deadline_s,
+                )
+                approved = approval.approval.status == pb.APPROVAL_STATUS_APPROVED
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return GateDecision(
+                    allowed=False,
+                    verdict="deny",
+                    decision_id=decision_id,
+                    reasons=(f"governance decision {decision_id!r} is unknown",),
+                )
+            playbook = action.removeprefix("heal:")
+            risk = heal_risk(playbook) if playbook != action else "medium"
+            return self._fallback(
+                "",
+                action,
+                resource,
+                risk,
+                {"decision_id": decision_id},
+                f"{exc.code().name}: {exc.details()}",
+            )
+        age = time.time() - decision.time.ToSeconds() if decision.HasField("time") else 0.0
+        problem = ""
+        if (decision.action, decision.resource) != (action, resource):
+            problem = f"it was made for {decision.action} on {decision.resource}"
+        elif decision.verdict != pb.VERDICT_ALLOW and not approved:
+            problem = f"its verdict is {_VERDICTS.get(decision.verdict, 'deny')}"
+        elif age > max_age_s:
+            problem = f"it is {age:.0f}s old (at most {max_age_s:.0f}s)"
+        return GateDecision(
+            allowed=not problem,
+            verdict="deny" if problem else "allow",
+            decision_id=decision.decision_id,
+            policy_ids=tuple(decision.policy_ids),
+            reasons=(
+                (
+                    f"governance decision {decision_id} does not allow {action} on {resource}: "
+                    f"{problem}",
+                )
+                if problem
+                else tuple(decision.reasons)
+            ),
             approval_id=decision.approval_id,
         )
 

@@ -10,6 +10,10 @@ Besides the common server settings (see `services.common.config`; Guardian's por
 - `--otlp ENDPOINT`: export traces over OTLP/gRPC to ENDPOINT (`localhost:4317` or a URL):
   sets `OTEL_EXPORTER_OTLP_ENDPOINT` (and `OTEL_EXPORTER_OTLP_INSECURE=true` for plain
   `http://`) for Guardian and every component it starts.
+- `GRACE_GUARDIAN_GOVERNANCE` (on | off, default on): ask governance before each Heal (the
+  topology's `governance` component, else `GRACE_GOVERNANCE_ADDR`);
+  `GRACE_GUARDIAN_GOVERNANCE_FALLBACK` (log_only | enforce, default log_only): what to do
+  when governance cannot answer; `GRACE_GUARDIAN_GOVERNANCE_DEADLINE_S` (2).
 
 Timing (probe interval, timeout, failures; backoff; budgets; start-up and stop timeouts)
 lives in the topology file's [probe], [restart], [boot] and [registration] tables.
@@ -38,11 +42,17 @@ class GuardianConfig:
         server: Common server settings (port, data dir, database URL of its own store).
         topology_file: The user's topology file, or None for the built-in one alone.
         groups: Topology groups to run besides "core".
+        governance: Ask governance before each Heal.
+        governance_fallback: "log_only" or "enforce" when governance cannot answer.
+        governance_deadline_s: Longest wait for governance's answer.
     """
 
     server: ServerConfig
     topology_file: Path | None = None
     groups: tuple[str, ...] = ()
+    governance: bool = True
+    governance_fallback: str = "log_only"
+    governance_deadline_s: float = 2.0
 
     @classmethod
     def from_env(
@@ -72,6 +82,13 @@ class GuardianConfig:
             server=server,
             topology_file=topology_file,
             groups=tuple(dict.fromkeys(g for g in groups if g)),
+            governance=reader.choice("GRACE_GUARDIAN_GOVERNANCE", "on", ["on", "off"]) == "on",
+            governance_fallback=reader.choice(
+                "GRACE_GUARDIAN_GOVERNANCE_FALLBACK", "log_only", ["log_only", "enforce"]
+            ),
+            governance_deadline_s=reader.number(
+                "GRACE_GUARDIAN_GOVERNANCE_DEADLINE_S", 2.0, minimum=0.05, maximum=60
+            ),
         )
 
 

@@ -21,6 +21,7 @@ _LEVELS = {
     "healing.started": logging.WARNING,
     "healing.completed": logging.INFO,
     "healing.failed": logging.ERROR,
+    "healing.denied": logging.WARNING,
 }
 
 

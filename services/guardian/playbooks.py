@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.guardian.consent import HealConsent
 from services.guardian.journal import Journal
 from services.guardian.model import ComponentStatus, Finding, HealResult, State
 from services.guardian.ports import free_port_in_tier, listening_pids, port_accepts, tier
@@ -41,6 +42,8 @@ class Healer:
             processes of the current run.
         journal: Where decisions go.
         reserved_ports: Ports rebind_port must not pick (Guardian's own).
+        consent: Governance's consent asked before each playbook runs; None heals without
+            asking.
     """
 
     def __init__(
@@ -49,22 +52,45 @@ class Healer:
         store: GuardianStore | None,
         journal: Journal,
         reserved_ports: Callable[[], set[int]] = set,
+        consent: HealConsent | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.store = store
         self.journal = journal
         self._reserved_ports = reserved_ports
+        self.consent = consent
 
-    async def heal(self, name: str, playbook: str = "") -> HealResult:
-        """Runs `playbook` on component `name` ("" picks one)."""
+    async def heal(
+        self, name: str, playbook: str = "", *, actor: str = "", decision_id: str = ""
+    ) -> HealResult:
+        """Runs `playbook` on component `name` ("" picks one), once governance allows it.
+
+        Args:
+            name: The component.
+            playbook: One of PLAYBOOKS, or "" to let Guardian choose.
+            actor: Who asks (governance's principal; "operator" when empty).
+            decision_id: A governance decision the caller already holds for this heal.
+        """
         status = self.supervisor.status(name)
         if playbook and playbook not in PLAYBOOKS:
             raise InvalidArgument("playbook", f"must be one of {', '.join(PLAYBOOKS)}")
         if not playbook:
             playbook = await self._choose(status)
+        decided = ""
+        if self.consent is not None:
+            consent = await self.consent.require(
+                name, playbook, actor=actor, decision_id=decision_id
+            )
+            decided = consent.decision_id or "fallback: " + "; ".join(consent.reasons)
         if playbook == DIAGNOSE_NETWORK:
             return await self.diagnose(name)
-        await self.journal.decide("healing.started", name, playbook=playbook, reason="requested")
+        await self.journal.decide(
+            "healing.started",
+            name,
+            playbook=playbook,
+            reason="requested",
+            **({"governance_decision": decided} if self.consent is not None else {}),
+        )
         try:
             if playbook == RESTART_COMPONENT:
                 result = await self._restart(name)

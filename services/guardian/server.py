@@ -10,10 +10,12 @@ import grpc
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from services.common.config import peer_address
+from services.common.governance_client import GovernanceClient
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.storage import Database
 from services.guardian.config import GuardianConfig
+from services.guardian.consent import HealConsent
 from services.guardian.journal import Journal
 from services.guardian.playbooks import Healer
 from services.guardian.registration import Registrar
@@ -65,8 +67,21 @@ class GuardianServer(Service):
             journal=self.journal,
             registrar=self.registrar,
         )
+        self.governance = (
+            GovernanceClient(
+                self._governance_address(),
+                fallback_mode=config.governance_fallback,
+                deadline_s=config.governance_deadline_s,
+            )
+            if config.governance
+            else None
+        )
         self.healer = Healer(
-            self.supervisor, self.store, self.journal, lambda: {config.server.port}
+            self.supervisor,
+            self.store,
+            self.journal,
+            lambda: {config.server.port},
+            consent=HealConsent(self.governance, self.journal) if self.governance else None,
         )
         self.shutting_down = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,6 +90,11 @@ class GuardianServer(Service):
         if self.topology.component("registry") is not None:
             return self.supervisor.status("registry").address
         return peer_address(self.config.server.env, "registry")
+
+    def _governance_address(self) -> str:
+        if self.topology.component("governance") is not None:
+            return self.supervisor.status("governance").address
+        return peer_address(self.config.server.env, "governance")
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         guardian_pb2_grpc.add_GuardianServiceServicer_to_server(
@@ -108,4 +128,6 @@ class GuardianServer(Service):
         if self.relay is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.relay.drain_once(), timeout=2)
+        if self.governance is not None:
+            await self.governance.close()
         await self.store.close()

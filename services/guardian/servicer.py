@@ -11,6 +11,7 @@ import grpc
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from services.common.errors import InvalidArgument
+from services.common.governance_client import DECISION_METADATA
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.timestamps import to_timestamp
 from services.common.validation import require_text
@@ -141,7 +142,13 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
     async def Heal(
         self, request: guardian_pb2.HealRequest, context: Context
     ) -> guardian_pb2.HealResponse:
-        result = await self._healer.heal(_name(request.component_name), request.playbook)
+        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        result = await self._healer.heal(
+            _name(request.component_name),
+            request.playbook,
+            actor=metadata.get("x-actor", ""),
+            decision_id=metadata.get(DECISION_METADATA, ""),
+        )
         return _heal_to_proto(result)
 
     async def RestartComponent(

@@ -8,6 +8,8 @@ so `ai_domain` binds `GRACE_AI_DOMAIN_PORT` (or `--port`) and keeps its database
   `--registry`, `--eventbus`, `--memory`, `--trust`: where the peers are (default:
   localhost on their ports). The value `off` disables that peer (no registration, no
   events, no memory, no key registration and so no signed events).
+- `GRACE_IMMUNE_ADDR` / `--immune`: the immune kernel, sent the domain's call latency and
+  errors every heartbeat interval (`off`: not reported).
 - `GRACE_<DOMAIN>_KEY_FILE`: the domain's Ed25519 signing key, created 0600 on first start
   (default `<data dir>/<domain>.key`).
 - `GRACE_<DOMAIN>_ADVERTISE_HOST` / `--advertise-host`: host sent to the registry (default:
@@ -49,6 +51,7 @@ class DomainConfig:
         eventbus_addr: Event bus `host:port`, or "" when events are off.
         memory_addr: Shared memory `host:port`, or "" when memory is off.
         trust_addr: Trust kernel `host:port`, or "" when key registration is off.
+        immune_addr: Immune kernel `host:port`, or "" when call metrics are not reported.
         key_file: The domain's signing key; None means `<data dir>/<domain>.key`.
         advertise_host: Host sent to the registry; "" lets the registry use the caller's.
         lease_ttl_s: Lease asked of the registry.
@@ -64,6 +67,7 @@ class DomainConfig:
     eventbus_addr: str = ""
     memory_addr: str = ""
     trust_addr: str = ""
+    immune_addr: str = ""
     key_file: Path | None = None
     advertise_host: str = ""
     lease_ttl_s: float = 30.0
@@ -112,6 +116,7 @@ class DomainConfig:
             eventbus_addr=_peer(env, "eventbus", flags.eventbus),
             memory_addr=_peer(env, "memory", flags.memory),
             trust_addr=_peer(env, "trust", flags.trust),
+            immune_addr=_peer(env, "immune", flags.immune),
             key_file=Path(
                 reader.text(f"{prefix}KEY_FILE", str(server.data_dir / f"{domain_id}.key"))
             ),
@@ -144,6 +149,7 @@ def flag_parser(domain_id: str) -> argparse.ArgumentParser:
     parser.add_argument("--eventbus", help="event bus host:port or 'off' (GRACE_EVENTBUS_ADDR)")
     parser.add_argument("--memory", help="shared memory host:port or 'off' (GRACE_MEMORY_ADDR)")
     parser.add_argument("--trust", help="trust kernel host:port or 'off' (GRACE_TRUST_ADDR)")
+    parser.add_argument("--immune", help="immune kernel host:port or 'off' (GRACE_IMMUNE_ADDR)")
     parser.add_argument("--advertise-host", help="host the registry gives to callers")
     return parser
 

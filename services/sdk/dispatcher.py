@@ -98,7 +98,7 @@ class Dispatcher:
         self.store = store
         self.memory = memory
         self.events = events
-        self.metrics = CallMetrics(max_concurrency)
+        self.metrics = CallMetrics(max_concurrency, domain.domain_id)
         self._slots = asyncio.Semaphore(max_concurrency)
         self._running: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._monotonic = monotonic

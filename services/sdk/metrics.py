@@ -8,12 +8,18 @@
 
 Calls refused for the caller's fault (bad input, unknown action) are counted in neither
 latency nor success: they say nothing about the domain's health.
+
+The same calls are also tallied per heartbeat interval (`tallies`): the domain's
+`ImmuneReporter` sends their mean latency, error count and error rate to the immune
+kernel (see `services.common.call_metrics`).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+
+from services.common.call_metrics import CallTallies
 
 EWMA_ALPHA = 0.2
 SUCCESS_WINDOW = 100
@@ -35,10 +41,13 @@ class CallMetrics:
 
     Args:
         max_concurrency: The domain's concurrency limit; load is relative to it.
+        component: Name the interval tallies are kept under (the domain id).
     """
 
-    def __init__(self, max_concurrency: int) -> None:
+    def __init__(self, max_concurrency: int, component: str = "") -> None:
         self.max_concurrency = max_concurrency
+        self.component = component
+        self.tallies = CallTallies()
         self.in_flight = 0
         self.calls = 0
         self._latency_ms: float | None = None
@@ -54,6 +63,7 @@ class CallMetrics:
         if success is None:
             return
         self.calls += 1
+        self.tallies.record(self.component, latency_s, error=not success)
         sample = latency_s * 1000.0
         if self._latency_ms is None:
             self._latency_ms = sample

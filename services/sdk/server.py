@@ -16,6 +16,7 @@ from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.registry.v1 import registry_pb2
 from services.common import signing
 from services.common.bus_client import EventBusPublisher
+from services.common.call_metrics import ImmuneReporter
 from services.common.channels import channel
 from services.common.outbox import OutboxRelay
 from services.common.server import GraceServer, Service
@@ -71,6 +72,7 @@ class DomainServer(Service):
         self.subscriptions: Subscriptions | None = None
         self.identity: IdentityRegistrar | None = None
         self.key: signing.SigningKey | None = None
+        self.immune: ImmuneReporter | None = None
 
     def attach(self, server: GraceServer) -> None:
         """Tells the service which server runs it (to register the port it bound)."""
@@ -153,6 +155,14 @@ class DomainServer(Service):
                 backoff_max_s=self.config.backoff_max_s,
             )
             self._spawn(self.identity.run(), "identity")
+        if self.config.immune_addr:
+            # Call latency and errors go to the immune kernel once per heartbeat interval.
+            self.immune = ImmuneReporter(
+                self.config.immune_addr,
+                self.dispatcher.metrics.tallies,
+                interval_s=self.config.heartbeat_interval_s,
+            )
+            self._spawn(self.immune.run(), "immune-metrics")
         self._spawn(self._prune_forever(), "prune")
 
     def _sign_events(self) -> None:
@@ -178,6 +188,8 @@ class DomainServer(Service):
         self._tasks.clear()
         if self._publisher is not None:
             await self._publisher.close()
+        if self.immune is not None:
+            await self.immune.close()
         for chan in self._channels:
             await chan.close()
         self._channels.clear()

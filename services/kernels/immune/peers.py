@@ -21,8 +21,9 @@ from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import channel
+from services.common.governance_client import DECISION_METADATA
 from services.kernels.immune.model import PlaybookScore
-from services.kernels.immune.remediation import HealResult
+from services.kernels.immune.remediation import ACTOR, HealResult
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,17 @@ class GuardianHealer:
             raise
         return True
 
-    async def heal(self, component: str, playbook: str) -> HealResult:
+    async def heal(self, component: str, playbook: str, decision_id: str = "") -> HealResult:
+        # Guardian asks governance before healing; the decision the kernel already holds
+        # saves it a second one (Guardian confirms it is for this very heal).
+        metadata = [("x-actor", ACTOR)]
+        if decision_id:
+            metadata.append((DECISION_METADATA, decision_id))
         try:
             response = await self._stub.Heal(
                 guardian_pb2.HealRequest(component_name=component, playbook=playbook),
                 timeout=self.timeout_s,
+                metadata=metadata,
             )
         except grpc.aio.AioRpcError as exc:
             return HealResult(False, f"guardian: {exc.code().name}: {exc.details()}")

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from services.common.governance_client import GateDecision, GovernanceGate
+from services.common.governance_client import HEAL_RISK, GateDecision, GovernanceGate
 from services.kernels.immune.model import Anomaly, Outcome, PlaybookScore, Remediation
 from services.kernels.immune.playbooks import (
     DEFAULT_PLAYBOOKS,
@@ -37,12 +37,6 @@ from services.kernels.immune.playbooks import (
 log = logging.getLogger(__name__)
 
 ACTOR = "immune"
-DEFAULT_RISK: Mapping[str, str] = {
-    "diagnose_network": "low",
-    "restart_component": "medium",
-    "clear_port": "medium",
-    "rebind_port": "high",
-}
 
 
 @dataclass(frozen=True)
@@ -59,8 +53,9 @@ class Healer(Protocol):
     async def known(self, component: str) -> bool:
         """True when the component exists and can be healed."""
 
-    async def heal(self, component: str, playbook: str) -> HealResult:
-        """Runs a playbook on a component."""
+    async def heal(self, component: str, playbook: str, decision_id: str = "") -> HealResult:
+        """Runs a playbook on a component; `decision_id` is governance's decision that
+        allowed it (Guardian confirms it instead of asking again)."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +68,8 @@ class RemediationSettings:
         max_actions: Actions allowed per `rate_window_s`, over all components.
         rate_window_s: Window of the global rate limit.
         playbooks: Kind pattern -> candidate playbooks, first match wins.
-        risk: Risk level to declare to governance per playbook (default "high").
+        risk: Risk level to declare to governance per playbook (default: the shared
+            `HEAL_RISK`, which Guardian uses too; "high" for a playbook it lacks).
         approval_wait_s: How long to wait for a governance approval before giving up.
     """
 
@@ -82,7 +78,7 @@ class RemediationSettings:
     max_actions: int = 5
     rate_window_s: float = 600.0
     playbooks: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_PLAYBOOKS
-    risk: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_RISK))
+    risk: Mapping[str, str] = field(default_factory=lambda: dict(HEAL_RISK))
     approval_wait_s: float = 0.0
 
 
@@ -203,7 +199,7 @@ class Remediator:
                 f"(score {best.score:.2f})",
             )
         try:
-            healed = await self.healer.heal(component, best.playbook)
+            healed = await self.healer.heal(component, best.playbook, decision.decision_id)
         except Exception as exc:
             healed = HealResult(False, f"healer error: {exc}")
         await self.experience.record(anomaly.kind, best.playbook, healed.success, healed.message)

@@ -16,12 +16,14 @@ class ScriptedHealer:
         self.components = components
         self.works = dict(works or {})
         self.calls: list[tuple[str, str]] = []
+        self.decisions: list[str] = []
 
     async def known(self, component: str) -> bool:
         return component in self.components
 
-    async def heal(self, component: str, playbook: str) -> HealResult:
+    async def heal(self, component: str, playbook: str, decision_id: str = "") -> HealResult:
         self.calls.append((component, playbook))
+        self.decisions.append(decision_id)
         ok = self.works.get(playbook, True)
         return HealResult(ok, f"{playbook} {'worked' if ok else 'did not help'}")
 
