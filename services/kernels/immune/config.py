@@ -5,7 +5,8 @@ Besides the common server settings (see `services.common.config`):
 Detection (see `detector`): `GRACE_IMMUNE_WINDOW` (60 points), `GRACE_IMMUNE_MIN_POINTS`
 (20), `GRACE_IMMUNE_THRESHOLD` (3.5), `GRACE_IMMUNE_CONSECUTIVE` (3),
 `GRACE_IMMUNE_MAD_FLOOR_FRACTION` (0.05), `GRACE_IMMUNE_MAD_FLOOR` (0.001),
-`GRACE_IMMUNE_DIRECTION` (both | up | down).
+`GRACE_IMMUNE_DIRECTION` (up | both | down; default up: the metrics Grace reports itself,
+latency and errors, are worse when higher, and a drop must not trigger a restart).
 
 Remediation (see `remediation`): `GRACE_IMMUNE_REMEDIATE` (true; false only detects),
 `GRACE_IMMUNE_DRY_RUN` (false), `GRACE_IMMUNE_COOLDOWN_S` (300),
@@ -95,7 +96,7 @@ class ImmuneConfig:
                     "GRACE_IMMUNE_MAD_FLOOR_FRACTION", 0.05, minimum=0, maximum=10
                 ),
                 mad_floor=r.number("GRACE_IMMUNE_MAD_FLOOR", 1e-3, minimum=1e-12, maximum=1e9),
-                direction=r.choice("GRACE_IMMUNE_DIRECTION", "both", ["both", "up", "down"]),
+                direction=r.choice("GRACE_IMMUNE_DIRECTION", "up", ["up", "both", "down"]),
             ),
             remediation=RemediationSettings(
                 dry_run=r.flag("GRACE_IMMUNE_DRY_RUN", False),
