@@ -5,9 +5,14 @@ events with `PublishBatch`, carrying each event's stored id, so a batch re-sent 
 crash (published, not yet deleted from the outbox) is suppressed by the bus as duplicates.
 It raises on any failure, so the relay keeps the events and retries with backoff.
 
-With a `signer`, each event is signed as it is sent (`services.common.event_signing`): the
-envelope is rebuilt from the stored row with the same id and time every time, and Ed25519
-is deterministic, so a re-sent event carries the same signature.
+With a `signer`, events are signed as they are sent (`services.common.event_signing`): a
+PublishBatch of several events gets ONE batch signature over the Merkle root of its events
+(each event carries it with its inclusion path, and verifies alone), so the bus verifies
+one signature per call instead of one per event; a single event gets a per-event
+signature. The envelope is rebuilt from the stored row with the same id and time every
+time and Ed25519 is deterministic, so a re-sent batch of the same events carries the same
+signatures (a re-send split differently is signed differently; the bus suppresses the
+duplicates by id either way).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from google.protobuf import struct_pb2
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from services.common.channels import channel
 from services.common.config import peer_address
-from services.common.event_signing import sign_event
+from services.common.event_signing import sign_event, sign_event_batch
 from services.common.outbox import OutboxEvent
 from services.common.signing import SigningKey
 from services.common.timestamps import to_timestamp
@@ -54,8 +59,9 @@ class EventBusPublisher:
     Args:
         address: `host:port` of the event bus.
         timeout_s: Deadline of one PublishBatch call.
-        signer: Key that signs every event sent; None sends them unsigned. It may be set
-            later (an SDK domain signs once the trust kernel holds its key).
+        signer: Key that signs every batch sent (one signature per PublishBatch, see the
+            module docstring); None sends events unsigned. It may be set later (an SDK
+            domain signs once the trust kernel holds its key).
     """
 
     def __init__(
@@ -88,8 +94,10 @@ class EventBusPublisher:
             envelopes = [to_event(e) for e in chunk]
             signer = self.signer
             if signer is not None:
-                for envelope in envelopes:
-                    sign_event(envelope, signer)
+                if len(envelopes) == 1:
+                    sign_event(envelopes[0], signer)
+                else:
+                    sign_event_batch(envelopes, signer)
             response = await stub.PublishBatch(
                 eventbus_pb2.PublishBatchRequest(events=envelopes),
                 timeout=self.timeout_s,

@@ -14,11 +14,20 @@
 `enforce(event)` applies the configured mode: `off` checks nothing, `flag` logs and counts
 violations but accepts the event, `reject` raises PermissionDenied for violations.
 
+Batch signatures (`services.common.event_signing`): the events of one signed PublishBatch
+carry the same signature over their Merkle root. `check_batch` recomputes each event's leaf
+and walks its inclusion path to a root, and verifies each distinct (key id, signature,
+root, batch size) ONCE: the events of a group that reach the signed root share that one
+verification; an event whose path reaches another root fails against the signature and is
+FORGED on its own, without affecting the others. Verified roots are also remembered for
+`root_ttl_s` (default 60 s), so redeliveries and duplicates of a batch cost no Ed25519 work.
+
 Keys are cached per source domain (`ttl_s`, default 30 s; unknown sources and failed lookups
 for `negative_ttl_s`, default 5 s), so a steady stream costs one Ed25519 verification per
-event and no RPC. A signed event whose key id the cache does not hold (or from a source
-cached as having no key) refreshes that source's entry at most once a second, so a new
-registration or a rotation is picked up at once; a revocation is picked up within `ttl_s`.
+event (one per batch for batch-signed events) and no RPC. A signed event whose key id the
+cache does not hold (or from a source cached as having no key) refreshes that source's
+entry at most once a second, so a new registration or a rotation is picked up at once; a
+revocation is picked up within `ttl_s`.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import enum
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -37,8 +46,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from grace.eventbus.v1 import event_pb2
 from grace.kernels.trust.v1 import trust_pb2, trust_pb2_grpc
 from services.common.channels import channel
+from services.common.dsse import verify_with
 from services.common.errors import PermissionDenied
-from services.common.event_signing import verify_event
+from services.common.event_signing import batch_root, batch_signing_bytes, verify_event
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +142,8 @@ class EventVerifier:
         negative_ttl_s: How long unknown sources and failed lookups are cached.
         clock: Monotonic seconds.
         counts: Events seen per status, for stats.
+        root_ttl_s: How long a verified batch root signature is remembered.
+        max_roots: Most batch roots remembered (the oldest are dropped first).
     """
 
     source: KeySource
@@ -140,7 +152,11 @@ class EventVerifier:
     negative_ttl_s: float = 5.0
     clock: Callable[[], float] = time.monotonic
     counts: Counter[str] = field(default_factory=Counter)
+    root_ttl_s: float = 60.0
+    max_roots: int = 4096
     _cache: dict[str, _Entry] = field(default_factory=dict)
+    # (key id, signature, root, batch size) -> when verified; only successes are kept.
+    _roots: dict[tuple[str, bytes, bytes, int], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -169,7 +185,17 @@ class EventVerifier:
         return entry
 
     async def check(self, event: event_pb2.Event) -> SignatureStatus:
-        """The signature status of an event."""
+        """The signature status of an event (either signature form)."""
+        return await self._check(event, {})
+
+    async def check_batch(self, events: Sequence[event_pb2.Event]) -> list[SignatureStatus]:
+        """The signature status of each event; one Ed25519 verify per signed batch."""
+        memo: dict[tuple[str, bytes, bytes, int], bool] = {}
+        return [await self._check(event, memo) for event in events]
+
+    async def _check(
+        self, event: event_pb2.Event, memo: dict[tuple[str, bytes, bytes, int], bool]
+    ) -> SignatureStatus:
         entry = await self._entry(event.source_domain)
         if event.signature and (entry.keys is None or event.signature_key_id not in entry.keys):
             # A key id the cache does not hold, or a signed event from a source cached as
@@ -180,9 +206,46 @@ class EventVerifier:
         if not event.signature:
             return SignatureStatus.UNSIGNED if entry.keys else SignatureStatus.UNSIGNED_OPEN
         key = (entry.keys or {}).get(event.signature_key_id)
-        if key is None or not verify_event(event, key):
+        if key is None:
             return SignatureStatus.FORGED
-        return SignatureStatus.VALID
+        if not event.signature_batch_size:
+            valid = verify_event(event, key)
+        elif not event.id or not event.HasField("time"):
+            valid = False
+        else:
+            valid = self._batch_valid(event, key, memo)
+        return SignatureStatus.VALID if valid else SignatureStatus.FORGED
+
+    def _batch_valid(
+        self,
+        event: event_pb2.Event,
+        key: Ed25519PublicKey,
+        memo: dict[tuple[str, bytes, bytes, int], bool],
+    ) -> bool:
+        root = batch_root(event)
+        if root is None:
+            return False
+        group = (event.signature_key_id, event.signature, root, event.signature_batch_size)
+        valid = memo.get(group)
+        if valid is None:
+            now = self.clock()
+            verified_at = self._roots.get(group)
+            if verified_at is not None and now - verified_at < self.root_ttl_s:
+                valid = True
+            else:
+                message = batch_signing_bytes(root, event.signature_batch_size)
+                valid = verify_with(key, message, event.signature)
+                if valid:
+                    self._remember_root(group, now)
+            memo[group] = valid
+        return valid
+
+    def _remember_root(self, group: tuple[str, bytes, bytes, int], now: float) -> None:
+        roots = self._roots
+        roots.pop(group, None)
+        roots[group] = now
+        while len(roots) > self.max_roots:
+            del roots[next(iter(roots))]  # insertion order: the oldest first
 
     async def enforce(self, event: event_pb2.Event) -> SignatureStatus | None:
         """Checks per the mode; None when off.
@@ -194,17 +257,37 @@ class EventVerifier:
         if self.mode == "off":
             return None
         status = await self.check(event)
-        self.counts[status.value] += 1
-        if status.violation:
-            if self.mode == "reject":
-                raise PermissionDenied(
-                    f"event {event.id!r} from {event.source_domain!r}: signature {status.value}",
-                    reason=f"SIGNATURE_{status.name}",
-                )
-            log.warning(
-                "event %s from %s: signature %s (flagged, accepted)",
-                event.id,
-                event.source_domain,
-                status.value,
-            )
+        denial = self._apply(event, status)
+        if denial is not None:
+            raise denial
         return status
+
+    async def enforce_batch(
+        self, events: Sequence[event_pb2.Event]
+    ) -> list[PermissionDenied | None]:
+        """Checks every event per the mode: the refusal of each event, None where accepted.
+
+        Each event is judged on its own (a forged event does not sink its batch); signed
+        batches cost one signature verification (see `check_batch`).
+        """
+        if self.mode == "off":
+            return [None] * len(events)
+        statuses = await self.check_batch(events)
+        return [self._apply(event, status) for event, status in zip(events, statuses, strict=True)]
+
+    def _apply(self, event: event_pb2.Event, status: SignatureStatus) -> PermissionDenied | None:
+        self.counts[status.value] += 1
+        if not status.violation:
+            return None
+        if self.mode == "reject":
+            return PermissionDenied(
+                f"event {event.id!r} from {event.source_domain!r}: signature {status.value}",
+                reason=f"SIGNATURE_{status.name}",
+            )
+        log.warning(
+            "event %s from %s: signature %s (flagged, accepted)",
+            event.id,
+            event.source_domain,
+            status.value,
+        )
+        return None

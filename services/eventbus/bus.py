@@ -121,23 +121,32 @@ class EventBus:
         if len(batch) > self.settings.max_batch:
             raise InvalidArgument("events", f"must have at most {self.settings.max_batch} entries")
         outcomes: list[PublishOutcome] = []
-        accepted: list[event_pb2.Event] = []
-        generated: list[bool] = []
-        slots: list[int] = []
+        valid: list[int] = []
         validate = self.validate
-        now_ns = time.time_ns()
         for index, event in enumerate(batch):
             try:
                 validate(event, f"events[{index}].")
-                if self.verifier is not None:
-                    await self.verifier.enforce(event)
-            except (InvalidArgument, PermissionDenied) as exc:
+            except InvalidArgument as exc:
                 outcomes.append(PublishOutcome(event.id, error=exc.message))
+                continue
+            valid.append(index)
+            outcomes.append(PublishOutcome(event.id))
+        denials: list[PermissionDenied | None] = [None] * len(valid)
+        if self.verifier is not None and valid:
+            # The whole batch at once: a batch signature is verified once for its events.
+            denials = await self.verifier.enforce_batch([batch[i] for i in valid])
+        accepted: list[event_pb2.Event] = []
+        generated: list[bool] = []
+        slots: list[int] = []
+        now_ns = time.time_ns()
+        for index, denial in zip(valid, denials, strict=True):
+            event = batch[index]
+            if denial is not None:
+                outcomes[index] = PublishOutcome(event.id, error=denial.message)
                 continue
             generated.append(self._prepare(event, now_ns))
             accepted.append(event)
             slots.append(index)
-            outcomes.append(PublishOutcome(event.id))
         if accepted:
             with tracing.producer_spans(accepted):
                 appended = await self.log.append(accepted, generated)

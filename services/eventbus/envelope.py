@@ -18,6 +18,9 @@ MAX_SUBJECT = 256
 MAX_TRACEPARENT = 128
 MAX_TRACESTATE = 512
 MAX_SIGNATURE = 512
+# A batch signature's inclusion path: one SHA-256 per tree level (batch sizes are uint32).
+MAX_INCLUSION_PATH = 32
+HASH_BYTES = 32
 MAX_STREAM_BATCH = 1000
 DEFAULT_STREAM_BATCH = 500
 
@@ -63,6 +66,14 @@ class EventValidator:
             )
         if len(event.signature) > MAX_SIGNATURE:
             raise InvalidArgument(f"{prefix}signature", f"must be at most {MAX_SIGNATURE} bytes")
+        path = event.signature_inclusion_path
+        if path and (len(path) > MAX_INCLUSION_PATH or any(len(p) != HASH_BYTES for p in path)):
+            # Bounds what a batch signature's metadata may store; whether the path is right
+            # is the verifier's question.
+            raise InvalidArgument(
+                f"{prefix}signature_inclusion_path",
+                f"must have at most {MAX_INCLUSION_PATH} hashes of {HASH_BYTES} bytes",
+            )
         size = event.data.ByteSize()
         if size > self.settings.max_data_bytes:
             raise InvalidArgument(

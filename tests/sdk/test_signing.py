@@ -22,7 +22,7 @@ from grace.kernels.trust.v1 import trust_pb2, trust_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common import signing
 from services.common.channels import channel
-from services.common.event_signing import sign_event
+from services.common.event_signing import sign_event, sign_event_batch, verify_event
 from services.common.timestamps import to_timestamp
 from services.eventbus.config import EventBusConfig
 from services.eventbus.server import EventBusServer
@@ -175,6 +175,44 @@ async def test_a_domain_registers_its_key_and_its_events_pass_a_rejecting_bus(
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # The domain's own key still passes, also outside the SDK.
     await peers.bus_stub.Publish(as_publish(own_event("mine", key)))
+
+
+async def test_a_rejecting_bus_takes_batch_signed_events_and_refuses_only_the_forged_ones(
+    peers: Peers, tmp_path: Path
+) -> None:
+    config = domain_config(
+        tmp_path / "domain", "signer_domain", eventbus_addr=peers.bus, trust_addr=peers.trust
+    )
+    async with publishing_domain().serve(config) as running:
+        await asyncio.wait_for(running.service.identity.registered.wait(), 20)
+        key = running.service.key
+
+    def batch(prefix: str, signer: signing.SigningKey) -> list[event_pb2.Event]:
+        return list(sign_event_batch([own_event(f"{prefix}-{n}", None) for n in range(5)], signer))
+
+    async def publish(events: list[event_pb2.Event]) -> list[str]:
+        response = await peers.bus_stub.PublishBatch(
+            eventbus_pb2.PublishBatchRequest(events=events)
+        )
+        return [eventbus_pb2.PublishStatus.Name(r.status) for r in response.results]
+
+    assert await publish(batch("good", key)) == ["PUBLISH_STATUS_STORED"] * 5
+    stored = [e for e in await history(peers) if e.id.startswith("good-")]
+    assert len(stored) == 5
+    public = key.private_key.public_key()
+    # Each stored event verifies alone, with the source's public key only.
+    assert all(e.signature_batch_size == 5 and verify_event(e, public) for e in stored)
+
+    one_forged = batch("mixed", key)
+    one_forged[2].data.update({"n": 100})  # changed after signing
+    statuses = await publish(one_forged)
+    assert statuses[2] == "PUBLISH_STATUS_REJECTED"
+    assert statuses[:2] + statuses[3:] == ["PUBLISH_STATUS_STORED"] * 4
+
+    assert (
+        await publish(batch("mallory", signing.SigningKey.generate()))
+        == ["PUBLISH_STATUS_REJECTED"] * 5
+    )
 
 
 async def test_a_domain_keeps_its_key_across_restarts(peers: Peers, tmp_path: Path) -> None:

@@ -122,6 +122,14 @@ def event_recorder(log: ImmutableLog) -> Any:
             # the source's key later (see services.common.event_signing).
             record["signature"] = base64.b64encode(event.signature).decode()
             record["signature_key_id"] = event.signature_key_id
+            if event.signature_batch_size:
+                # A batch signature: the entry keeps what checks it alone (leaf -> path ->
+                # signed root).
+                record["signature_leaf_index"] = event.signature_leaf_index
+                record["signature_batch_size"] = event.signature_batch_size
+                record["signature_inclusion_path"] = [
+                    base64.b64encode(p).decode() for p in event.signature_inclusion_path
+                ]
         entry.data.update(record)
         await log.append([entry], f"event:{event.source_domain}:{event.id}"[:128])
         return True

@@ -20,25 +20,30 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-HASH_SIZE = 32
-EMPTY_ROOT = hashlib.sha256(b"").digest()
-_LEAF_PREFIX = b"\x00"
+from services.common.merkle_hashing import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    leaf_hash,
+    node_hash,
+    split_point,
+    verify_inclusion,
+)
+
+# The pure hashing lives in services.common (event batch signatures use it too); it is
+# re-exported here for the log's callers.
+__all__ = [
+    "EMPTY_ROOT",
+    "HASH_SIZE",
+    "MerkleTree",
+    "leaf_hash",
+    "node_hash",
+    "split_point",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
+# `append` hashes pairs inline from the packed level (its hot path).
 _NODE_PREFIX = b"\x01"
-
-
-def leaf_hash(data: bytes) -> bytes:
-    """SHA-256(0x00 || data)."""
-    return hashlib.sha256(_LEAF_PREFIX + data).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    """SHA-256(0x01 || left || right)."""
-    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
-
-
-def split_point(n: int) -> int:
-    """The largest power of two strictly smaller than n (n >= 2)."""
-    return 1 << ((n - 1).bit_length() - 1)
 
 
 class MerkleTree:
@@ -157,28 +162,6 @@ class MerkleTree:
     def _check_size(self, size: int) -> None:
         if not 0 <= size <= self.size:
             raise ValueError(f"tree size {size} is beyond the log's size {self.size}")
-
-
-def verify_inclusion(
-    leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
-) -> bool:
-    """RFC 9162 section 2.1.3.2: does `proof` show leaf `index` is in the tree `root`?"""
-    if not 0 <= index < size or any(len(p) != HASH_SIZE for p in proof):
-        return False
-    fn, sn, r = index, size - 1, leaf
-    for p in proof:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            while not (fn & 1) and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and r == root
 
 
 def verify_consistency(

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgrace/eventbus/v1/event.proto\x12\x11grace.eventbus.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x15\n\rsource_domain\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x03\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x12\n\ntracestate\x18\t \x01(\t\x12\x11\n\tsignature\x18\n \x01(\x0c\x12\x18\n\x10signature_key_id\x18\x0b \x01(\tB~\n\x15\x64\x65v.grace.eventbus.v1B\nEventProtoP\x01ZCgithub.com/grace-platform/grace/gen/go/grace/eventbus/v1;eventbusv1\xaa\x02\x11Grace.Eventbus.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgrace/eventbus/v1/event.proto\x12\x11grace.eventbus.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe6\x02\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x15\n\rsource_domain\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x03\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12\x12\n\ntracestate\x18\t \x01(\t\x12\x11\n\tsignature\x18\n \x01(\x0c\x12\x18\n\x10signature_key_id\x18\x0b \x01(\t\x12\x1c\n\x14signature_leaf_index\x18\x0c \x01(\r\x12\x1c\n\x14signature_batch_size\x18\r \x01(\r\x12 \n\x18signature_inclusion_path\x18\x0e \x03(\x0c\x42~\n\x15\x64\x65v.grace.eventbus.v1B\nEventProtoP\x01ZCgithub.com/grace-platform/grace/gen/go/grace/eventbus/v1;eventbusv1\xaa\x02\x11Grace.Eventbus.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\025dev.grace.eventbus.v1B\nEventProtoP\001ZCgithub.com/grace-platform/grace/gen/go/grace/eventbus/v1;eventbusv1\252\002\021Grace.Eventbus.V1'
   _globals['_EVENT']._serialized_start=116
-  _globals['_EVENT']._serialized_end=380
+  _globals['_EVENT']._serialized_end=474
 # @@protoc_insertion_point(module_scope)
