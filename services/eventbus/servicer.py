@@ -71,6 +71,9 @@ class EventBusServicer(eventbus_pb2_grpc.EventBusServiceServicer):
             tracestate=request.tracestate,
             signature=request.signature,
             signature_key_id=request.signature_key_id,
+            signature_leaf_index=request.signature_leaf_index,
+            signature_batch_size=request.signature_batch_size,
+            signature_inclusion_path=request.signature_inclusion_path,
         )
         if not event.traceparent:
             event.traceparent, event.tracestate = _trace_context()

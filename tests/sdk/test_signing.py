@@ -214,6 +214,28 @@ async def test_a_rejecting_bus_takes_batch_signed_events_and_refuses_only_the_fo
         == ["PUBLISH_STATUS_REJECTED"] * 5
     )
 
+    # One event of a signed batch, re-sent alone through unary Publish, keeps its proof.
+    lone = batch("lone", key)[3]
+    request = eventbus_pb2.PublishRequest(
+        id=lone.id,
+        event_type=lone.event_type,
+        source_domain=lone.source_domain,
+        signature=lone.signature,
+        signature_key_id=lone.signature_key_id,
+        signature_leaf_index=lone.signature_leaf_index,
+        signature_batch_size=lone.signature_batch_size,
+        signature_inclusion_path=lone.signature_inclusion_path,
+    )
+    request.time.CopyFrom(lone.time)
+    request.data.CopyFrom(lone.data)
+    assert not (await peers.bus_stub.Publish(request)).duplicate
+    tampered = eventbus_pb2.PublishRequest()
+    tampered.CopyFrom(request)
+    tampered.id = "lone-tampered"
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await peers.bus_stub.Publish(tampered)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
 
 async def test_a_domain_keeps_its_key_across_restarts(peers: Peers, tmp_path: Path) -> None:
     config = domain_config(

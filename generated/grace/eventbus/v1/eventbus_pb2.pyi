@@ -101,6 +101,9 @@ class PublishRequest(_message.Message):
     TRACESTATE_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     SIGNATURE_KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNATURE_LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    SIGNATURE_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_INCLUSION_PATH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Event id, unique within the source; empty lets the bus generate one. Set it for
     idempotent retries.
@@ -116,9 +119,15 @@ class PublishRequest(_message.Message):
     tracestate: _builtins.str
     """W3C tracestate of the producer."""
     signature: _builtins.bytes
-    """Ed25519 signature by the source domain; empty when unsigned."""
+    """Ed25519 signature by the source domain; empty when unsigned. Per-event or batch form,
+    as on Event.signature.
+    """
     signature_key_id: _builtins.str
     """Id of the key that made the signature."""
+    signature_leaf_index: _builtins.int
+    """Batch form only: the event's leaf index in its signed batch (Event.signature_leaf_index)."""
+    signature_batch_size: _builtins.int
+    """Batch form only: size of the signed batch; 0 for a per-event signature."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the event happened; empty means now."""
@@ -126,6 +135,10 @@ class PublishRequest(_message.Message):
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
         """Payload, at most 1 MiB serialized."""
+
+    @_builtins.property
+    def signature_inclusion_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Batch form only: the event's inclusion path to the signed root."""
 
     def __init__(
         self,
@@ -140,10 +153,13 @@ class PublishRequest(_message.Message):
         tracestate: _builtins.str = ...,
         signature: _builtins.bytes = ...,
         signature_key_id: _builtins.str = ...,
+        signature_leaf_index: _builtins.int = ...,
+        signature_batch_size: _builtins.int = ...,
+        signature_inclusion_path: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_type", b"event_type", "id", b"id", "signature", b"signature", "signature_key_id", b"signature_key_id", "source_domain", b"source_domain", "subject", b"subject", "time", b"time", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event_type", b"event_type", "id", b"id", "signature", b"signature", "signature_batch_size", b"signature_batch_size", "signature_inclusion_path", b"signature_inclusion_path", "signature_key_id", b"signature_key_id", "signature_leaf_index", b"signature_leaf_index", "source_domain", b"source_domain", "subject", b"subject", "time", b"time", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
