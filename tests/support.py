@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +27,8 @@ class ManualClock:
     def advance(self, seconds: float) -> None:
         self.now += seconds
 
+
+STOP_TIMEOUT_S = 30.0
 
 # Peers a test did not start are given an address nothing listens on (port 9 is
 # "discard"), so a test server never talks to a real Grace running on the default ports.
@@ -69,6 +73,22 @@ def server_config(
 async def serving(
     config: ServerConfig, service: Service
 ) -> AsyncIterator[tuple[GraceServer, grpc.aio.Channel]]:
-    """Runs `service` on a real server and yields it with a channel to it."""
-    async with GraceServer(config, service) as server, channel(server.address) as chan:
-        yield server, chan
+    """Runs `service` on a real server and yields it with a channel to it.
+
+    A service that does not stop within STOP_TIMEOUT_S fails the test, with the stacks of
+    every pending task on stderr, instead of hanging the suite.
+    """
+    server = GraceServer(config, service)
+    await server.start()
+    try:
+        async with channel(server.address) as chan:
+            yield server, chan
+    finally:
+        try:
+            await asyncio.wait_for(server.stop(grace=0.5), STOP_TIMEOUT_S)
+        except TimeoutError:
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+            raise AssertionError(
+                f"{config.service} did not stop within {STOP_TIMEOUT_S}s"
+            ) from None
