@@ -11,7 +11,6 @@ re-publish after a crash between publish and delete is a duplicate the bus suppr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common import telemetry
 from services.common.storage import Database
+from services.common.waiting import wait_for_event
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +250,7 @@ class OutboxRelay:
                     log.debug("outbox %s: retry failed: %s", self.outbox.table.name, _brief(exc))
                 wait = backoff
                 backoff = min(self.max_backoff_s, backoff * 2)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            await wait_for_event(self._wake, wait)
 
 
 def _brief(exc: BaseException) -> str:

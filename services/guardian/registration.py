@@ -10,7 +10,6 @@ backoff and nothing here ever raises into the supervisor.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
 from services.common.timestamps import to_duration
+from services.common.waiting import wait_for_event
 from services.guardian.settings import RegistrationSettings
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,7 @@ class Registrar:
                     wait = backoff
                     backoff = min(self.settings.retry_max_s, backoff * 2)
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                await wait_for_event(self._wake, wait)
         finally:
             if self._channel is not None:
                 await self._channel.close()

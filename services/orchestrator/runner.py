@@ -22,6 +22,7 @@ from opentelemetry import trace
 
 from grace.domain.v1 import domain_pb2
 from services.common.governance_client import RISK_LEVELS
+from services.common.waiting import wait_for_event
 from services.orchestrator import events, proof
 from services.orchestrator.dataflow import DataReferenceError, resolve
 from services.orchestrator.model import (
@@ -317,8 +318,7 @@ class ExecutionRunner:
         while True:
             wait = run.next_attempt_at - self.host.clock()
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=wait)
+                await wait_for_event(self._stop, wait)
             if self._stopping() and run.next_attempt_at:
                 self._fail(spec, run, f"retry abandoned after: {run.error}")
                 return

@@ -162,11 +162,10 @@ class ApprovalQueue:
                     return self._generation != last
 
                 # Wake at the deadline too, so the watcher sees EXPIRED without a sweep.
+                # asyncio.timeout, not wait_for: see services.common.waiting.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(bumped),
-                        timeout=min(remaining, 60.0),
-                    )
+                    async with asyncio.timeout(min(remaining, 60.0)):
+                        await self._changed.wait_for(bumped)
                 seen = self._generation
             latest = await self.get(approval_id)
             if latest != current:
