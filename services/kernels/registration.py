@@ -2,21 +2,20 @@
 
 The registry may be down when the kernel starts or may restart later: registration is
 retried with backoff (1 s doubling to 30 s), a heartbeat answered NOT_FOUND registers
-again, and nothing here ever stops the kernel from serving.
+again, and nothing here ever stops the kernel from serving: the same `Registrar` as the
+SDK's domains, configured from the kernel's settings.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import grpc
-
-from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from grace.registry.v1 import registry_pb2
 from services.common.channels import channel
 from services.common.config import EnvReader, env_prefix, peer_address
+from services.common.registration import Registrar
 from services.common.timestamps import to_duration
 
 log = logging.getLogger(__name__)
@@ -46,48 +45,31 @@ class DomainRegistration:
 
 
 async def keep_registered(registration: DomainRegistration, port: int) -> None:
-    """Registers and heartbeats until cancelled."""
-    backoff = 1.0
+    """Registers and heartbeats until cancelled (see `services.common.registration`).
+
+    Kernels do not measure their calls, so their heartbeats carry no metrics.
+    """
+
+    def request() -> registry_pb2.RegisterDomainRequest:
+        return registry_pb2.RegisterDomainRequest(
+            domain_id=registration.domain_id,
+            host=registration.host,
+            port=port,
+            capabilities=list(registration.capabilities),
+            version=registration.version,
+            public_key=registration.public_key,
+            lease_ttl=to_duration(registration.lease_ttl_s),
+        )
+
     async with channel(registration.registry_address) as chan:
-        stub = registry_pb2_grpc.RegistryServiceStub(chan)
-        registered = False
-        while True:
-            try:
-                if not registered:
-                    await stub.RegisterDomain(
-                        registry_pb2.RegisterDomainRequest(
-                            domain_id=registration.domain_id,
-                            host=registration.host,
-                            port=port,
-                            capabilities=list(registration.capabilities),
-                            version=registration.version,
-                            public_key=registration.public_key,
-                            lease_ttl=to_duration(registration.lease_ttl_s),
-                        ),
-                        timeout=5,
-                    )
-                    registered = True
-                    backoff = 1.0
-                    log.info("registered %s in the registry", registration.domain_id)
-                else:
-                    await stub.Heartbeat(
-                        registry_pb2.HeartbeatRequest(domain_id=registration.domain_id),
-                        timeout=5,
-                    )
-                await asyncio.sleep(registration.lease_ttl_s / 3)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.NOT_FOUND:
-                    registered = False
-                    continue
-                log.warning(
-                    "registry at %s: %s; retrying in %.0fs",
-                    registration.registry_address,
-                    exc.code().name,
-                    backoff,
-                )
-                registered = registered and exc.code() != grpc.StatusCode.UNAVAILABLE
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+        registrar = Registrar(
+            chan,
+            request,
+            lambda: None,
+            heartbeat_interval_s=registration.lease_ttl_s / 3,
+            backoff_initial_s=1.0,
+        )
+        await registrar.run()
 
 
 def registration_from_env(

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+from grace.registry.v1 import registry_pb2
 from services.common.call_metrics import CallTallies
 
 EWMA_ALPHA = 0.2
@@ -34,6 +35,12 @@ class MetricsSnapshot:
     success_rate: float
     in_flight: int
     calls: int
+
+    def to_proto(self) -> registry_pb2.DomainMetrics:
+        """The heartbeat form of these metrics."""
+        return registry_pb2.DomainMetrics(
+            load=self.load, latency_ms=self.latency_ms, success_rate=self.success_rate
+        )
 
 
 class CallMetrics:

@@ -19,6 +19,7 @@ from services.common.bus_client import EventBusPublisher
 from services.common.call_metrics import ImmuneReporter
 from services.common.channels import channel
 from services.common.outbox import OutboxRelay
+from services.common.registration import Registrar, stop_task
 from services.common.server import GraceServer, Service
 from services.common.storage import Database
 from services.common.timestamps import to_duration
@@ -28,7 +29,6 @@ from services.sdk.domain import Domain
 from services.sdk.events import OutboxSink, Subscriptions, relay
 from services.sdk.identity import IdentityRegistrar
 from services.sdk.memory import MemoryClient
-from services.sdk.registration import Registrar, stop_task
 from services.sdk.servicer import DomainServicer
 from services.sdk.store import KeyValueStore, ResultStore, metadata
 
@@ -138,7 +138,7 @@ class DomainServer(Service):
             self.registrar = Registrar(
                 registry_channel,
                 self.registration,
-                self.dispatcher.metrics.snapshot,
+                lambda: self.dispatcher.metrics.snapshot().to_proto(),
                 heartbeat_interval_s=self.config.heartbeat_interval_s,
                 backoff_initial_s=self.config.backoff_initial_s,
                 backoff_max_s=self.config.backoff_max_s,

@@ -3,6 +3,7 @@
 The registrar never gives up and never raises: while the registry is down it retries with
 exponential backoff (0.5 s doubling to 30 s by default); when a heartbeat finds the domain
 unknown (the registry lost or reaped it) it registers again. The domain serves all along.
+SDK domains and the kernels use it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.sdk.metrics import MetricsSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,9 @@ class Registrar:
         channel: Channel to the registry.
         registration: Builds the RegisterDomain request (called at each registration, so
             it can carry the bound port).
-        metrics: Current metrics, sent with each heartbeat.
+        metrics: Current metrics, sent with each heartbeat; None from it sends a heartbeat
+            without metrics (the registry keeps the previous ones), for domains that do
+            not measure their calls.
         heartbeat_interval_s: Time between heartbeats.
         backoff_initial_s: First wait after a failure.
         backoff_max_s: Longest wait between attempts.
@@ -40,7 +42,7 @@ class Registrar:
         self,
         channel: grpc.aio.Channel,
         registration: Callable[[], registry_pb2.RegisterDomainRequest],
-        metrics: Callable[[], MetricsSnapshot],
+        metrics: Callable[[], registry_pb2.DomainMetrics | None],
         *,
         heartbeat_interval_s: float,
         backoff_initial_s: float = 0.5,
@@ -105,15 +107,7 @@ class Registrar:
         domain_id = self._registration().domain_id
         while True:
             await self._sleep(wait)
-            snapshot = self._metrics()
-            request = registry_pb2.HeartbeatRequest(
-                domain_id=domain_id,
-                metrics=registry_pb2.DomainMetrics(
-                    load=snapshot.load,
-                    latency_ms=snapshot.latency_ms,
-                    success_rate=snapshot.success_rate,
-                ),
-            )
+            request = registry_pb2.HeartbeatRequest(domain_id=domain_id, metrics=self._metrics())
             try:
                 await self._stub.Heartbeat(request, timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
