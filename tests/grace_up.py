@@ -28,7 +28,7 @@ from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
 from services.guardian.topology import ComponentSpec, load_topology
-from tests.guardian.conftest import free_ports
+from tests.support import free_ports
 
 __all__ = ["EXAMPLES", "PROJECT_ROOT", "RunningGrace", "running_grace"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -92,3 +93,20 @@ async def serving(
             raise AssertionError(
                 f"{config.service} did not stop within {STOP_TIMEOUT_S}s"
             ) from None
+
+
+def free_ports(count: int) -> list[int]:
+    """Loopback ports that were free a moment ago (bound together, so all distinct)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def free_port() -> int:
+    """One loopback port that was free a moment ago."""
+    return free_ports(1)[0]

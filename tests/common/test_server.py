@@ -21,7 +21,7 @@ from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.server import GraceServer, Service
-from tests.support import server_config
+from tests.support import free_port, server_config
 
 SERVICE = registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name
 
@@ -164,15 +164,9 @@ async def test_a_second_server_cannot_silently_share_a_port(tmp_path: Path) -> N
             await GraceServer(taken, second_service).start()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.slow
 async def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRACE_DATA_DIR": str(tmp_path), "GRACE_REGISTRY_PORT": str(port)}
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -32,18 +32,6 @@ FAST_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports that were free a moment ago (bound together, so all distinct)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def component(name: str, port: int, *args: str, **table: Any) -> dict[str, Any]:
     """A topology table running the test component with `args`."""
     return {"module": TEST_COMPONENT, "port": port, "args": ["--name", name, *args], **table}

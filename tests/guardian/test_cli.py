@@ -13,7 +13,8 @@ import pytest
 
 from services.cli import build_parser
 from services.guardian.topology import load_topology
-from tests.guardian.conftest import free_ports, pid_exists, port_open
+from tests.guardian.conftest import pid_exists, port_open
+from tests.support import free_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,9 +22,9 @@ from services.kernels.governance.config import GovernanceConfig
 from services.kernels.governance.governance import GovernanceSettings
 from services.kernels.governance.model import Mode
 from services.kernels.governance.server import GovernanceServer
-from tests.guardian.conftest import component, free_ports, topology
+from tests.guardian.conftest import component, topology
 from tests.guardian.test_cli import _grace
-from tests.support import server_config, serving
+from tests.support import free_ports, server_config, serving
 
 pytestmark = pytest.mark.slow
 

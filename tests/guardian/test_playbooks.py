@@ -27,7 +27,6 @@ from tests.guardian.conftest import (
     TEST_COMPONENT,
     component,
     eventually,
-    free_ports,
     pid_exists,
     port_open,
     state_of,
@@ -35,7 +34,7 @@ from tests.guardian.conftest import (
     topology,
 )
 from tests.registry.conftest import registry_config
-from tests.support import serving
+from tests.support import free_ports, serving
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.guardian.probe import HealthProbe, Observation, http_check, probe_address
 from services.guardian.settings import ProbeSettings
-from tests.guardian.conftest import eventually, free_ports
+from tests.guardian.conftest import eventually
+from tests.support import free_ports
 
 
 class CheckOnlyHealth(health.aio.HealthServicer):

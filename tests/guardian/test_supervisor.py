@@ -16,14 +16,13 @@ from services.guardian.supervisor import BootError
 from tests.guardian.conftest import (
     component,
     eventually,
-    free_ports,
     pid_exists,
     port_open,
     state_of,
     supervising,
     topology,
 )
-from tests.support import ManualClock
+from tests.support import ManualClock, free_ports
 
 pytestmark = pytest.mark.slow
 

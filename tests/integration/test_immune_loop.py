@@ -36,8 +36,8 @@ from services.kernels.immune.server import ImmuneServer
 from services.memory.config import MemoryConfig
 from services.memory.memory import MemorySettings
 from services.memory.server import MemoryServer
-from tests.guardian.conftest import free_ports, topology
-from tests.support import server_config, serving
+from tests.guardian.conftest import topology
+from tests.support import free_ports, server_config, serving
 
 pytestmark = pytest.mark.slow
 

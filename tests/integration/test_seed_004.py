@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,21 +28,11 @@ from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import channel
 from services.common.governance_client import GovernanceClient
 from services.guardian.topology import load_topology
+from tests.support import free_ports
 
 pytestmark = pytest.mark.slow
 
 COMPONENTS = ("registry", "memory", "immutable_log", "governance", "immune", "ai_domain")
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 def topology(ports: dict[str, int]) -> str:

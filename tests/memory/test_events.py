@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,13 +12,7 @@ from services.eventbus.server import EventBusServer
 from services.memory.server import MemoryServer
 from tests.eventbus.conftest import bus_config
 from tests.memory.conftest import eventually, memory_config
-from tests.support import serving
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support import free_port, serving
 
 
 async def test_writes_succeed_with_the_bus_down_and_announcements_arrive_when_it_is_up(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +18,9 @@ from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from services.common.channels import channel
 from tests.orchestrator.conftest import World, eventually
 from tests.orchestrator.test_workflows import workflow
+from tests.support import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start(port: int, data_dir: Path, registry: str) -> subprocess.Popen[bytes]:
@@ -65,7 +59,7 @@ async def test_killed_mid_execution_the_orchestrator_resumes_and_each_step_runs_
         return {"slow": "done"}
 
     domain.actions["slow"] = slow
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path / "orchestrator-data"
     process = _start(port, data_dir, world.registry_address)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from services.memory.server import MemoryServer
 from services.registry.config import RegistryConfig
 from services.registry.registry import RegistrySettings
 from services.registry.server import RegistryServer
-from tests.support import server_config, serving
+from tests.support import free_port, server_config, serving
 
 
 @dataclass
@@ -87,13 +86,6 @@ async def running_platform(tmp_path: Path) -> AsyncIterator[Platform]:
             bus_chan,
             mem_chan,
         )
-
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def eventually(

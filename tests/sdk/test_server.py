@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from services.registry.server import RegistryServer
 from services.sdk import Domain, DomainConfig, RunningDomain
 from services.sdk.server import SERVICE_NAME
 from tests.sdk.conftest import Probe, counting_domain, domain_config
-from tests.support import server_config, serving
+from tests.support import free_port, server_config, serving
 
 pb = domain_pb2
 
@@ -73,12 +72,6 @@ def registry_config(tmp_path: Path, port: int = 0) -> RegistryConfig:
         settings=RegistrySettings(default_lease_ttl_s=30, deregister_after_s=60, history=100),
         sweep_interval_s=0.05,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_execute_runs_the_action_and_replays_a_repeated_key(tmp_path: Path) -> None:

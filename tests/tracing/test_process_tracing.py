@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
+from tests.support import free_port
 from tests.tracing.otlp_receiver import OtlpReceiver, exporter_env
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -30,16 +30,10 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
     await collector.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _run_registry(
     tmp_path: Path, extra_env: dict[str, str]
 ) -> tuple[asyncio.subprocess.Process, str]:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update({"GRACE_DATA_DIR": str(tmp_path), "GRACE_REGISTRY_PORT": str(port), **extra_env})
     process = await asyncio.create_subprocess_exec(

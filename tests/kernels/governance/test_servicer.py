@@ -4,7 +4,6 @@ client and its fallback."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from services.kernels.governance.config import GovernanceConfig
 from services.kernels.governance.governance import GovernanceSettings
 from services.kernels.governance.model import Mode
 from services.kernels.governance.server import GovernanceServer
-from tests.support import server_config, serving
+from tests.support import free_port, server_config, serving
 
 
 class Collected:
@@ -57,12 +56,6 @@ async def governance(tmp_path: Path) -> AsyncIterator[Running]:
     service = GovernanceServer(config, bus=Collected(), immutable_log=log)
     async with serving(config.server, service) as (server, chan):
         yield Running(server.address, chan, log)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(condition: object, within_s: float = 10.0) -> None:
