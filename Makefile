@@ -8,23 +8,38 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 PROTO_DEPS := .build/proto-deps
 PROTOS := $(shell find protos -name '*.proto' | sort)
 PYTEST_ARGS ?=
 
-.PHONY: help setup generate proto-deps lint breaking test test-fast run bench clean
+.PHONY: help setup lock generate proto-deps lint breaking release-contracts test test-fast run bench clean
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# Every Python package comes from the lock, by version and hash; Grace itself is installed
+# on top without resolving anything, with the locked build backend (no build isolation).
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv and install Grace with its test tools (idempotent).
+setup: $(STAMP) ## Create .venv and install Grace with its test tools from requirements.lock.
+
+# The build backend is not a dependency of the project, so it is named here to be locked too
+# (keep it in step with [build-system] in pyproject.toml). uv comes from the lock once there
+# is one; the very first lock bootstraps it.
+lock: ## Re-resolve requirements.lock from pyproject.toml (moves versions on purpose).
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet --disable-pip-version-check uv
+	echo 'hatchling>=1.27' | $(VENV)/bin/uv pip compile pyproject.toml - --extra test \
+		--universal --python-version 3.11 --generate-hashes --quiet \
+		--custom-compile-command 'make lock' -o $(LOCK)
+	@rm -f $(STAMP)
+	$(MAKE) setup
 
 proto-deps: $(STAMP) ## Copy google/api/*.proto from googleapis-common-protos for buf.
 	$(PY) -m services.common.codegen --proto-deps $(PROTO_DEPS)
@@ -39,17 +54,18 @@ lint: proto-deps ## buf lint, buf format check, ruff check and format check, myp
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-BREAKING_BASE ?= HEAD~1
-breaking: proto-deps ## buf breaking (FILE rules) against BREAKING_BASE (default: the previous commit).
-	@if git cat-file -e "$(BREAKING_BASE):buf.yaml" 2>/dev/null; then \
-		base=$$(mktemp -d) && trap 'rm -rf "$$base"' EXIT && \
-		git archive "$(BREAKING_BASE)" protos buf.yaml | tar -x -C "$$base" && \
-		mkdir -p "$$base/.build" && cp -r $(PROTO_DEPS) "$$base/.build/" && \
-		$(VENV)/bin/buf breaking --against "$$base" && \
-		echo "buf breaking: no breaking change against $(BREAKING_BASE)"; \
-	else \
-		echo "buf breaking: $(BREAKING_BASE) has no protos to compare against; nothing to check"; \
-	fi
+# The contracts as last released, as a buf image (descriptors without comments). Comparing
+# with a committed baseline, not with the previous commit, means a breaking change cannot
+# slip through by being followed by another commit.
+RELEASED_CONTRACTS := protos/released.binpb
+breaking: proto-deps ## buf breaking (FILE rules) against the released contracts in protos/released.binpb.
+	@current=$$(mktemp --suffix=.binpb) && trap 'rm -f "$$current"' EXIT && \
+		$(VENV)/bin/buf build --exclude-source-info -o "$$current" && \
+		$(VENV)/bin/buf breaking "$$current" --against $(RELEASED_CONTRACTS) && \
+		echo "buf breaking: no breaking change against $(RELEASED_CONTRACTS)"
+
+release-contracts: proto-deps ## Record the current contracts as released: the baseline of make breaking.
+	$(VENV)/bin/buf build --exclude-source-info -o $(RELEASED_CONTRACTS)
 
 test: $(STAMP) ## Run the whole test suite (PostgreSQL tests need GRACE_TEST_POSTGRES_URL).
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -2,7 +2,8 @@
 
 The registry scenario runs against an in-process registry; the others against the package's
 `grace up --with-examples`. Skipped cleanly where Node.js or npm is missing; CI has both.
-The npm packages are installed on first use into tests/interop/node_modules.
+The npm packages are installed on first use into tests/interop/node_modules, from
+package-lock.json.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ pytestmark = pytest.mark.skipif(NODE is None or NPM is None, reason="Node.js/npm
 
 @pytest.fixture(scope="session")
 async def node_client(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Installs the npm packages once and returns the env the client script needs."""
+    """Installs the locked npm packages once and returns the env the client script needs."""
     if not (HERE / "node_modules" / "@grpc" / "grpc-js").exists():
+        # `npm ci` installs exactly what package-lock.json records (versions and integrity
+        # hashes), so a new release on the registry cannot change what the test runs.
         process = await asyncio.create_subprocess_exec(
             str(NPM),
-            "install",
+            "ci",
             "--no-audit",
             "--no-fund",
-            "--no-package-lock",
             cwd=HERE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -5,7 +5,7 @@ import warnings
 
 from grace.orchestrator.v1 import orchestrator_pb2 as grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -5,7 +5,7 @@ import warnings
 
 from grace.kernels.governance.v1 import governance_pb2 as grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -5,7 +5,7 @@ import warnings
 
 from grace.kernels.trust.v1 import trust_pb2 as grace_dot_kernels_dot_trust_dot_v1_dot_trust__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
