@@ -8,19 +8,24 @@ acknowledged to a client is lost on a crash or power cut.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, MetaData, Table, create_engine, event
+from sqlalchemy import MetaData, Table, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -91,29 +96,84 @@ class Database:
             return sqlite.insert(table)
         return postgresql.insert(table)
 
-    def sync_sqlite_engine(self) -> Engine:
-        """A synchronous engine on the same SQLite file, with the same pragmas.
-
-        For a hot write path that batches many statements into one transaction on a
-        dedicated thread: one thread hop per batch instead of one per statement. Only for
-        SQLite; PostgreSQL goes through the async engine.
-        """
-        if not self.is_sqlite:
-            raise ValueError("sync_sqlite_engine is only available for SQLite")
-        url = make_url(self.url).set(drivername="sqlite")
-        engine = create_engine(url)
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
+    def sqlite_writer(self, name: str) -> SqliteWriter | None:
+        """The dedicated writer thread of a hot write path, or None where there is none
+        (PostgreSQL, whose driver is already asynchronous, and in-memory SQLite)."""
+        database = make_url(self.url).database
+        if not self.is_sqlite or not database or database == ":memory:":
+            return None
+        return SqliteWriter(database, name)
 
     async def close(self) -> None:
         """Closes every pooled connection."""
         await self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
-    cursor = dbapi_connection.cursor()
+def apply_sqlite_pragmas(connection: Any) -> None:
+    """Grace's SQLite settings, the one copy: WAL with synchronous=FULL (a transaction that
+    returned is on disk), foreign keys on, and waiting up to 10 s for another writer."""
+    cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    apply_sqlite_pragmas(dbapi_connection)
+
+
+class SqliteWriter:
+    """One `sqlite3` connection on one dedicated thread, for a group-committed write path.
+
+    Through the async engine every statement of a transaction is a separate hop to the
+    driver's thread plus SQLAlchemy's bookkeeping (about 2.5 ms and 0.6 ms of CPU per small
+    commit here). A writer runs a whole batch (its statements and the COMMIT) as one call on
+    its own thread with the standard `sqlite3` module: one hop per batch, C-level
+    `executemany`. The connection has the same pragmas as the engine's and is in autocommit
+    mode: a batch opens its transaction explicitly (`transaction`).
+
+    Args:
+        path: The database file (its tables already exist).
+        name: Names the thread.
+    """
+
+    def __init__(self, path: str, name: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._conn: sqlite3.Connection | None = None
+
+    def connection(self) -> sqlite3.Connection:
+        """The writer's connection, opened on first use. Only ever use it from `run`'s
+        function, or inline from the event loop while no `run` is in flight."""
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            apply_sqlite_pragmas(conn)
+            self._conn = conn
+        return self._conn
+
+    async def run(self, write: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs `write(connection)` on the writer thread and returns its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: write(self.connection()))
+
+    async def close(self) -> None:
+        """Closes the connection and stops the thread."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+
+
+@contextmanager
+def sqlite_transaction(conn: sqlite3.Connection, *, immediate: bool = True) -> Iterator[None]:
+    """BEGIN (IMMEDIATE: take the write lock now, not at the first write) ... COMMIT, or
+    ROLLBACK when the block raises, on an autocommit-mode `sqlite3` connection."""
+    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

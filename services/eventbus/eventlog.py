@@ -1,16 +1,15 @@
 """The event log: group-committed appends, duplicate suppression, retention, and fan-out.
 
-Publishers hand validated events to `append` and wait. One committer task takes everything
-that is waiting, drops duplicates, assigns the next sequences and writes the whole group in
-one transaction; only then are the publishers answered and the events offered to live
-readers. While a transaction is in flight the next group forms, so under load many publishes
-share one commit instead of paying one fsync each.
+Publishers hand validated events to `append` and wait. The log's group committer takes
+everything that is waiting, and `_commit` drops duplicates, assigns the next sequences and
+writes the whole group in one transaction; the events are offered to live readers and the
+publishers answered only after it. While a transaction is in flight the next group forms,
+so under load many publishes share one commit instead of paying one fsync each.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import Unavailable
+from services.common.group_commit import GroupCommitter
 from services.common.patterns import matches
 from services.eventbus import tracing
 from services.eventbus.index import PatternIndex
@@ -53,11 +53,10 @@ class _Plan:
     duplicates: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Pending:
     events: Sequence[event_pb2.Event]
     generated: Sequence[bool]
-    future: asyncio.Future[list[Appended]]
 
 
 class EventLog:
@@ -77,14 +76,17 @@ class EventLog:
         self.first = 1
         self.duplicates = 0
         self.index: PatternIndex[Reader] = PatternIndex()
-        self._pending: list[_Pending] = []
-        self._pending_count = 0
-        self._wake = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
+        self._committer: GroupCommitter[_Pending, list[Appended]] = GroupCommitter(
+            self._commit,
+            name="eventbus-committer",
+            max_batch_weight=settings.max_group_events,
+            weight=lambda pending: len(pending.events),
+            closed_error=lambda: Unavailable("event bus is shutting down"),
+            failed_error=lambda exc: Unavailable(f"event log write failed: {exc}"),
+        )
         self._last_published_at = 0.0
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
-        self._closed = False
         self.readers: set[Reader] = set()
 
     async def open(self) -> None:
@@ -95,21 +97,13 @@ class EventLog:
         self.first = first or head + 1
         if head:
             self._last_published_at = await self.store.published_at(head) or 0.0
-        self._committer = asyncio.create_task(self._commit_loop(), name="eventbus-committer")
+        self._committer.start()
         log.info("event log open: sequences %d..%d", self.first, self.head)
 
-    async def close(self) -> None:
-        """Stops accepting appends, finishes the groups in flight, and ends every reader."""
-        self._closed = True
-        if self._committer is not None:
-            self._wake.set()
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
-        for pending in self._pending:
-            if not pending.future.done():
-                pending.future.set_exception(Unavailable("event bus is shutting down"))
-        self._pending.clear()
+    async def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Stops accepting appends, commits what is queued (for at most `drain_timeout_s`),
+        and ends every reader."""
+        await self._committer.close(drain_timeout_s)
         for reader in list(self.readers):
             reader.close()
 
@@ -125,56 +119,22 @@ class EventLog:
     ) -> list[Appended]:
         """Appends validated events (ids set; `generated[i]` when the bus made the id) and
         returns once they are durable."""
-        if self._closed:
-            raise Unavailable("event bus is shutting down")
-        future: asyncio.Future[list[Appended]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(batch, generated, future))
-        self._pending_count += len(batch)
-        self._wake.set()
-        return await future
+        return await self._committer.submit(_Pending(batch, generated))
 
-    async def _commit_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                group: list[_Pending] = []
-                size = 0
-                while self._pending and (not group or size < self.settings.max_group_events):
-                    pending = self._pending.pop(0)
-                    group.append(pending)
-                    size += len(pending.events)
-                self._pending_count -= size
-                try:
-                    await self._commit(group)
-                except asyncio.CancelledError:
-                    for pending in group:
-                        if not pending.future.done():
-                            pending.future.set_exception(Unavailable("event bus is shutting down"))
-                    raise
-                except Exception as exc:
-                    log.exception("event log commit failed")
-                    for pending in group:
-                        if not pending.future.done():
-                            pending.future.set_exception(
-                                Unavailable(f"event log write failed: {exc}")
-                            )
-
-    async def _commit(self, group: list[_Pending]) -> None:
+    async def _commit(self, group: list[_Pending]) -> list[list[Appended]]:
         now = max(self.clock(), self._last_published_at)
         # Optimistic: duplicates of stored events are rare (client retries), so write first
         # and let the unique index object; only then look the group's ids up and redo it.
         plan = self._plan(group, {}, now)
         with tracing.commit_span(plan.fresh, len(group)):
             plan = await self._write(group, plan, now)
-        # Durable from here on: advance the head, answer, then hand events to live readers.
+        # Durable from here on: advance the head and hand the events to live readers; the
+        # committer answers the publishers when this returns.
         self.head = plan.head
         self._last_published_at = now
         self.duplicates += plan.duplicates
-        for pending, answer in zip(group, plan.answers, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(answer)
         self._fan_out(plan.fresh)
+        return plan.answers
 
     async def _write(self, group: list[_Pending], plan: _Plan, now: float) -> _Plan:
         """Writes the plan; on a duplicate of a stored event, re-plans and writes again.

@@ -2,11 +2,12 @@
 
 Every transition of an execution is persisted as a full snapshot of the execution before
 the orchestrator acts on it. Transitions that arrive while a commit is in flight are
-written together in the next transaction (one upsert per execution, latest snapshot wins,
-plus their outbox events), so a busy orchestrator pays one commit for many transitions. On
-SQLite the batch is one prepared statement per table on the writer's own connection:
-flushed batches run on a dedicated thread (one hop per batch), unflushed ones inline on the
-event loop; on PostgreSQL through the async engine.
+written together in the next transaction by the shared group committer (one upsert per
+execution, latest snapshot wins, plus their outbox events), so a busy orchestrator pays one
+commit for many transitions. On SQLite the batch is one prepared statement per table on the
+database's writer connection: flushed batches run on its thread (one hop per batch),
+unflushed ones inline on the event loop when nothing else is being written; on PostgreSQL
+through the async engine.
 
 Two grades of durability. Every commit survives a crash of the orchestrator process
 (kill -9): SQLite's WAL or PostgreSQL has it before the orchestrator acts. Transitions a
@@ -20,22 +21,23 @@ their idempotency keys, which return the stored results.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Table
 
 from services.common import telemetry
+from services.common.errors import Unavailable
+from services.common.group_commit import GroupCommitter
 from services.common.outbox import Outbox
-from services.common.storage import Database
+from services.common.storage import Database, SqliteWriter, sqlite_transaction
 from services.orchestrator.model import JsonDict
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,24 @@ _OUTBOX_SQLITE = (
 )
 
 
+def _prepare_writer_connection(raw: sqlite3.Connection) -> None:
+    # Auto-checkpoints could fsync inside an inline commit: the writer folds the WAL back
+    # itself, on its thread. It never waits for a lock inline (see _commit_inline).
+    raw.execute("PRAGMA wal_autocheckpoint=0")
+    raw.execute("PRAGMA busy_timeout=0")
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc)
     return "locked" in text or "busy" in text
+
+
+@dataclass(frozen=True)
+class _Transition:
+    row: JsonDict
+    events: list[JsonDict]
+    sync: bool
+    context: otel_context.Context | None
 
 
 class TransitionWriter:
@@ -89,51 +106,31 @@ class TransitionWriter:
         self.commits = 0
         self._upsert_sqlite = _UPSERT_SQLITE.format(table=executions.name)
         self._outbox_sqlite = _OUTBOX_SQLITE.format(table=outbox.table.name)
-        self._sync_engine: Engine | None = None
-        self._raw: Any = None
+        self._writer: SqliteWriter | None = None
         self._raw_mode = ""
         self._since_checkpoint = 0
-        self._thread: ThreadPoolExecutor | None = None
-        self._sync = False
-        self._rows: dict[str, JsonDict] = {}
-        self._events: list[JsonDict] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._contexts: list[otel_context.Context | None] = []
-        self._wakeup = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._closing = False
-        self._flushing = False
+        self._committer: GroupCommitter[_Transition, None] = GroupCommitter(
+            self._commit,
+            name="orchestrator-writer",
+            max_batch_weight=10_000,
+            closed_error=lambda: Unavailable("the orchestrator is shutting down"),
+        )
 
     async def open(self) -> None:
-        """Opens the writer's connection (SQLite) and starts the writer task."""
-        if self.db.is_sqlite:
-            self._sync_engine = self.db.sync_sqlite_engine()
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="orchestrator-writer")
+        """Opens the writer's connection (SQLite) and starts the group committer."""
+        self._writer = self.db.sqlite_writer("orchestrator-writer")
+        if self._writer is not None:
             # One connection, used by one commit at a time: on the writer thread for
             # flushed batches, inline for unflushed ones (never both at once).
-            self._raw = await asyncio.get_running_loop().run_in_executor(
-                self._thread, self._sync_engine.raw_connection
-            )
-            self._raw.execute("PRAGMA wal_autocheckpoint=0")
-            self._raw.execute("PRAGMA busy_timeout=0")
-        self._writer = asyncio.create_task(self._write_loop(), name="orchestrator-writer")
+            await self._writer.run(_prepare_writer_connection)
+        self._committer.start()
 
     async def close(self) -> None:
         """Commits what is pending, then stops."""
+        await self._committer.close(drain_timeout_s=None)
         if self._writer is not None:
-            # The writer drains what is pending, then ends: only it ever touches the
-            # writer connection, so no commit runs twice at once.
-            self._closing = True
-            self._wakeup.set()
-            await self._writer
+            await self._writer.close()
             self._writer = None
-        if self._thread is not None:
-            if self._raw is not None:
-                await asyncio.get_running_loop().run_in_executor(self._thread, self._raw.close)
-                self._raw = None
-            self._thread.shutdown(wait=True)
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
 
     async def save(
         self, snapshot: JsonDict, events: Sequence[Event] = (), *, sync: bool = True
@@ -157,38 +154,22 @@ class TransitionWriter:
             self.outbox.new_row(event_type, data, subject=subject, event_id=event_id)
             for event_type, data, subject, event_id in events
         ]
-        if not sync and self._raw is not None and not self._flushing and not self._waiters:
+        if not sync and self._writer is not None and self._committer.idle:
             # Nothing queued and no commit in flight: an unflushed transition is committed
-            # right here, without a hop through the writer task.
+            # right here, without a hop through the committer.
             with telemetry.batch_span(_tracer, "orchestrator.commit", (), self._span_attributes(1)):
                 inline = self._commit_inline([row], new_events)
             if inline:
                 self._committed(bool(new_events))
                 return
-        self._rows[row["execution_id"]] = row
-        self._events.extend(new_events)
-        self._sync = self._sync or sync
-        if telemetry.enabled():
-            self._contexts.append(otel_context.get_current())
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self._wakeup.set()
-        await waiter
+        context = otel_context.get_current() if telemetry.enabled() else None
+        await self._committer.submit(_Transition(row, new_events, sync, context))
 
-    async def _write_loop(self) -> None:
-        while self._waiters or not self._closing:
-            if not self._waiters:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                continue
-            await self._flush()
-
-    async def _flush(self) -> None:
-        rows, events, waiters = list(self._rows.values()), self._events, self._waiters
-        sync, contexts = self._sync, self._contexts
-        self._rows, self._events, self._waiters, self._sync = {}, [], [], False
-        self._contexts = []
-        self._flushing = True
+    async def _commit(self, batch: list[_Transition]) -> list[None]:
+        rows = {t.row["execution_id"]: t.row for t in batch}  # the latest snapshot wins
+        events = [event for t in batch for event in t.events]
+        sync = any(t.sync for t in batch)
+        contexts = [t.context for t in batch if t.context is not None]
         # The group commit is a child span of the first waiting transition's span and links
         # to the others' (nothing at all while tracing is off).
         span = telemetry.batch_span(
@@ -197,28 +178,16 @@ class TransitionWriter:
             contexts,
             {**self._span_attributes(len(rows)), "grace.sync": sync},
         )
-        try:
-            with span:
-                await self._write_batch(rows, events, sync)
-        except Exception as exc:
-            log.exception("persisting %d transitions failed", len(rows))
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(exc)
-            return
-        finally:
-            self._flushing = False
+        with span:
+            await self._write_batch(list(rows.values()), events, sync)
         self._committed(bool(events))
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        return [None] * len(batch)
 
     async def _write_batch(self, rows: list[JsonDict], events: list[JsonDict], sync: bool) -> None:
-        if self._raw is not None and not sync and self._commit_inline(rows, events):
-            return
-        if self._raw is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._thread, self._commit_on_thread, rows, events, sync)
+        if self._writer is not None:
+            if not sync and self._commit_inline(rows, events):
+                return
+            await self._writer.run(lambda conn: self._commit_on_thread(conn, rows, events, sync))
             return
         async with self.db.transaction() as conn:
             if not sync:
@@ -245,34 +214,38 @@ class TransitionWriter:
         inline than a thread hop. It must never wait for a lock here: the other writer may
         need this very event loop to finish.
         """
+        assert self._writer is not None
         try:
-            self._commit_sqlite(rows, events, False)
+            self._commit_sqlite(self._writer.connection(), rows, events, False)
         except sqlite3.OperationalError as exc:
             if not _is_busy(exc):
                 raise
             return False
         return True
 
-    def _commit_on_thread(self, rows: list[JsonDict], events: list[JsonDict], sync: bool) -> None:
+    def _commit_on_thread(
+        self, raw: sqlite3.Connection, rows: list[JsonDict], events: list[JsonDict], sync: bool
+    ) -> None:
         # The writer connection never waits inside SQLite (busy_timeout 0, for the inline
         # path); on the thread, waiting for another writer is fine, so wait here.
         deadline = time.monotonic() + _BUSY_TIMEOUT_S
         while True:
             try:
-                self._commit_sqlite(rows, events, sync)
+                self._commit_sqlite(raw, rows, events, sync)
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
                     raise
             time.sleep(0.002)
 
-    def _commit_sqlite(self, rows: list[JsonDict], events: list[JsonDict], sync: bool) -> None:
-        raw = self._raw
+    def _commit_sqlite(
+        self, raw: sqlite3.Connection, rows: list[JsonDict], events: list[JsonDict], sync: bool
+    ) -> None:
         mode = "FULL" if sync else "NORMAL"
         if mode != self._raw_mode:
             raw.execute(f"PRAGMA synchronous={mode}")
             self._raw_mode = mode
-        try:
+        with sqlite_transaction(raw):
             cursor = raw.cursor()
             if rows:
                 cursor.executemany(
@@ -298,10 +271,6 @@ class TransitionWriter:
                     ],
                 )
             cursor.close()
-            raw.commit()
-        except BaseException:
-            raw.rollback()
-            raise
         if sync:
             self._since_checkpoint += 1
             if self._since_checkpoint >= _CHECKPOINT_EVERY:

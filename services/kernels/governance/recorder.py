@@ -10,8 +10,6 @@ a time so only the duplicate gets the earlier decision back (as a retry would).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +17,8 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.errors import Unavailable
+from services.common.group_commit import GroupCommitter
 from services.common.outbox import Outbox
 from services.kernels.governance.model import Approval, Decision
 from services.kernels.governance.store import GovernanceStore, approval_to_json
@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
 
+Recorded = tuple[Decision, bool]
+"""A decision as recorded, and whether it is the earlier decision of the same request id."""
 
-@dataclass
+
+@dataclass(frozen=True)
 class _Pending:
     decision: Decision
     approval: Approval | None
-    done: asyncio.Future[tuple[Decision, bool]]
 
 
 class DecisionRecorder:
@@ -56,38 +58,31 @@ class DecisionRecorder:
         self.events = events
         self.log_entries = log_entries
         self.committed = committed
-        self.batches = 0
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._committer: GroupCommitter[_Pending, Recorded] = GroupCommitter(
+            self._commit,
+            name="governance-recorder",
+            max_batch_weight=MAX_BATCH,
+            closed_error=lambda: Unavailable("governance is shutting down"),
+        )
+
+    @property
+    def batches(self) -> int:
+        """Transactions committed so far."""
+        return self._committer.batches
 
     def start(self) -> None:
         """Starts the writer (needs the running loop)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="governance-recorder")
+        self._committer.start()
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Lets the writer record what is queued (up to `timeout_s`), then stops it;
-        decisions still queued after that fail with ConnectionError."""
-        if self._task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout_s)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if not pending.done.done():
-                pending.done.set_exception(ConnectionError("governance is shutting down"))
+        decisions still queued after that fail with Unavailable."""
+        await self._committer.close(timeout_s)
 
-    async def record(self, decision: Decision, approval: Approval | None) -> tuple[Decision, bool]:
+    async def record(self, decision: Decision, approval: Approval | None) -> Recorded:
         """Makes a decision durable; returns it (or the earlier decision of the same
         request id) and whether it is that earlier one."""
-        if self._task is None:
-            raise RuntimeError("the decision recorder is not started")
-        done: asyncio.Future[tuple[Decision, bool]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(decision, approval, done))
-        return await done
+        return await self._committer.submit(_Pending(decision, approval))
 
     async def _write(self, conn: AsyncConnection, items: Sequence[_Pending]) -> None:
         decisions = [item.decision for item in items]
@@ -105,7 +100,7 @@ class DecisionRecorder:
             conn, [("governance.decision", subject, data) for subject, data in records]
         )
 
-    async def _one(self, item: _Pending) -> tuple[Decision, bool]:
+    async def _one(self, item: _Pending) -> Recorded:
         try:
             async with self.store.db.transaction() as conn:
                 await self._write(conn, [item])
@@ -120,38 +115,19 @@ class DecisionRecorder:
             return earlier, True
         return item.decision, False
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < MAX_BATCH:
-                batch.append(self._queue.get_nowait())
-            results: list[tuple[Decision, bool] | BaseException] = []
-            try:
-                async with self.store.db.transaction() as conn:
-                    await self._write(conn, batch)
-                results = [(item.decision, False) for item in batch]
-            except asyncio.CancelledError:
-                for item in batch:
-                    self._queue.task_done()
-                    if not item.done.done():
-                        item.done.set_exception(ConnectionError("governance is shutting down"))
-                raise
-            except IntegrityError:
-                for item in batch:
-                    try:
-                        results.append(await self._one(item))
-                    except Exception as exc:
-                        results.append(exc)
-            except Exception as exc:
-                log.exception("governance: recording %d decisions failed", len(batch))
-                results = [exc] * len(batch)
-            self.batches += 1
-            self.committed()
-            for item, result in zip(batch, results, strict=True):
-                self._queue.task_done()
-                if item.done.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.done.set_exception(result)
-                else:
-                    item.done.set_result(result)
+    async def _commit(self, batch: list[_Pending]) -> list[Recorded | BaseException]:
+        results: list[Recorded | BaseException] = []
+        try:
+            async with self.store.db.transaction() as conn:
+                await self._write(conn, batch)
+            results = [(item.decision, False) for item in batch]
+        except IntegrityError:
+            # A request id of the batch was recorded concurrently: redo it one decision at a
+            # time, so only the duplicate gets the earlier decision back.
+            for item in batch:
+                try:
+                    results.append(await self._one(item))
+                except Exception as exc:
+                    results.append(exc)
+        self.committed()
+        return results

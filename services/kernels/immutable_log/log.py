@@ -1,7 +1,7 @@
 """The immutable log core: group-committed appends, reads, checkpoints, proofs, integrity.
 
-One committer task owns the write path: concurrent `append` calls queue their entries and
-the committer takes everything waiting (up to `max_batch_entries`) into one transaction,
+The log's group committer owns the write path: concurrent `append` calls queue their
+entries and it takes everything waiting (up to `max_batch_entries`) into one transaction,
 which holds the rows, their request ids and the signed tree head of the new size. Only
 then do the callers get their indexes. The in-memory `MerkleTree` mirrors the committed
 leaf hashes and answers roots and proofs; it is rebuilt from storage at start and checked
@@ -10,8 +10,6 @@ against the last signed head.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -23,6 +21,7 @@ from google.protobuf.message import DecodeError
 from grace.kernels.immutable_log.v1 import immutable_log_pb2 as pb
 from services.common import pagination, signing
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from services.common.group_commit import GroupCommitter
 from services.common.validation import require_id
 from services.kernels.immutable_log.checkpoint import sign_checkpoint, verifier_key
 from services.kernels.immutable_log.merkle import MerkleTree, leaf_hash
@@ -85,7 +84,6 @@ class IntegrityReport:
 class _Pending:
     rows: list[NewRow]
     request_id: str
-    done: asyncio.Future[AppendResult]
     first_index: int = -1
     replay_of: _Pending | None = field(default=None, repr=False)
 
@@ -127,8 +125,14 @@ class ImmutableLog:
         self._tree = MerkleTree()
         self._size = 0  # committed size; the tree may briefly hold more during a commit
         self._latest = ""
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
-        self._committer: asyncio.Task[None] | None = None
+        self._committer: GroupCommitter[_Pending, AppendResult] = GroupCommitter(
+            self._commit,
+            name="immutable-log-commit",
+            max_batch_weight=self.settings.max_batch_entries,
+            weight=lambda pending: len(pending.rows),
+            closed_error=lambda: Unavailable("the immutable log is not accepting appends"),
+            failed_error=lambda exc: Unavailable(f"append not committed: {exc}"),
+        )
         self.startup_problem = ""
 
     @property
@@ -153,16 +157,13 @@ class ImmutableLog:
             )
             log.error("immutable log: %s; run VerifyIntegrity", self.startup_problem)
         self._latest = head.checkpoint if head else self._sign(self._size)
-        self._committer = asyncio.create_task(self._commit_loop(), name="immutable-log-commit")
+        self._committer.start()
         log.info("immutable log open: %d entries, origin %s", self._size, self.settings.origin)
 
-    async def close(self) -> None:
-        """Commits what is queued, stops the committer and closes storage."""
-        if self._committer is not None:
-            await self._queue.put(None)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
-            self._committer = None
+    async def close(self, drain_timeout_s: float = 10.0) -> None:
+        """Commits what is queued (for at most `drain_timeout_s`), stops the committer and
+        closes storage."""
+        await self._committer.close(drain_timeout_s)
         await self.store.close()
 
     def _sign(self, size: int) -> str:
@@ -186,53 +187,41 @@ class ImmutableLog:
             if not entry.HasField("time"):
                 entry.time.FromNanoseconds(int(now * 1e9))
             rows.append(encode_entry(entry, self.settings.max_entry_bytes))
-        if self._committer is None or self._committer.done():
-            raise Unavailable("the immutable log is not accepting appends")
-        pending = _Pending(rows, request_id, asyncio.get_running_loop().create_future())
-        await self._queue.put(pending)
-        return await pending.done
+        return await self._committer.submit(_Pending(rows, request_id))
 
-    async def _commit_loop(self) -> None:
-        while True:
-            first = await self._queue.get()
-            if first is None:
-                return
-            batch, count, stop = [first], len(first.rows), False
-            while count < self.settings.max_batch_entries and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-                count += len(item.rows)
-            try:
-                await self._commit(batch)
-            except Exception as exc:
-                log.exception("immutable log commit of %d entries failed", count)
-                for item in batch:
-                    if not item.done.done():
-                        item.done.set_exception(Unavailable(f"append not committed: {exc}"))
-            if stop:
-                return
-
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[_Pending]) -> list[AppendResult | BaseException]:
         ids = [p.request_id for p in batch if p.request_id]
         earlier = await self.store.requests(ids) if ids else {}
+        results: dict[int, AppendResult | BaseException] = {}
         fresh: list[_Pending] = []
         claimed: dict[str, _Pending] = {}
-        for item in batch:
+        for position, item in enumerate(batch):
             if item.request_id in earlier:
                 first, count = earlier[item.request_id]
-                item.done.set_result(self._replay(first, count))
+                results[position] = self._replay(first, count)
             elif item.request_id in claimed:
                 item.replay_of = claimed[item.request_id]
             else:
                 if item.request_id:
                     claimed[item.request_id] = item
                 fresh.append(item)
-        if not fresh:
-            self._finish_replays(batch)
-            return
+        if fresh:
+            await self._write(fresh)
+        for position, item in enumerate(batch):
+            if position in results:
+                continue
+            origin = item.replay_of
+            if origin is None:
+                results[position] = AppendResult(
+                    item.first_index, [row.leaf_hash for row in item.rows], self._size
+                )
+            else:
+                results[position] = self._replay(origin.first_index, len(origin.rows))
+        return [results[position] for position in range(len(batch))]
+
+    async def _write(self, fresh: list[_Pending]) -> None:
+        """Appends the fresh items' rows, their request ids and the new signed head in one
+        transaction; the in-memory tree is rolled back when that fails."""
         start = self._size
         rows: list[NewRow] = []
         request_rows: list[tuple[str, int, int]] = []
@@ -252,19 +241,6 @@ class ImmutableLog:
             self._tree.truncate(start)
             raise
         self._size, self._latest = size, note
-        for item in fresh:
-            hashes = [row.leaf_hash for row in item.rows]
-            item.done.set_result(AppendResult(item.first_index, hashes, size))
-        self._finish_replays(batch)
-
-    def _finish_replays(self, batch: list[_Pending]) -> None:
-        for item in batch:
-            if item.replay_of is not None and not item.done.done():
-                origin = item.replay_of
-                if origin.first_index < 0:
-                    item.done.set_exception(Unavailable("append not committed"))
-                else:
-                    item.done.set_result(self._replay(origin.first_index, len(origin.rows)))
 
     def _replay(self, first: int, count: int) -> AppendResult:
         hashes = [self._tree.leaf(i) for i in range(first, min(first + count, self._size))]
