@@ -76,8 +76,14 @@ test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests.
 run: $(STAMP) ## Run Grace: every service under Guardian, embedded SQLite under ./.grace.
 	$(VENV)/bin/grace up
 
-bench: $(STAMP) ## Run every benchmark in benchmarks/ (prints tables and a JSON line each).
-	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+# Each benchmark ends with one JSON line; they are collected in one file per run, so runs
+# can be compared (`BENCH_OUT=... make bench` to choose it).
+BENCH_OUT ?= .build/bench/$(shell date -u +%Y%m%dT%H%M%SZ).jsonl
+bench: $(STAMP) ## Run every benchmark in benchmarks/; their JSON lines go to .build/bench/<time>.jsonl.
+	@set -o pipefail; mkdir -p $(dir $(BENCH_OUT)); out=$$(mktemp) && trap 'rm -f "$$out"' EXIT && \
+	for b in benchmarks/*.py; do \
+		echo "== $$b"; $(PY) $$b | tee "$$out" || exit 1; tail -n 1 "$$out" >> $(BENCH_OUT); \
+	done; echo "JSON lines: $(BENCH_OUT)"
 
 clean: ## Remove the virtualenv, build outputs and local data.
 	rm -rf $(VENV) .build .grace .pytest_cache .mypy_cache .ruff_cache

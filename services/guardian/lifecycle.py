@@ -20,7 +20,7 @@ from services.guardian.journal import Journal
 from services.guardian.model import ComponentStatus, State
 from services.guardian.ports import listening_pids, port_is_free
 from services.guardian.probe import HealthProbe, Observation
-from services.guardian.process import ChildProcess
+from services.guardian.process import ChildProcess, Zygote
 from services.guardian.registration import Registrar
 from services.guardian.topology import Topology
 
@@ -71,6 +71,7 @@ class Lifecycle:
         self._set_state = set_state
         self._child_env = child_env
         self._on_spawn = on_spawn
+        self.zygote: Zygote | None = None
 
     async def run(self, managed: Managed, fail_fast: bool) -> None:
         """Runs the component, restarting it with backoff, until FAILED or cancelled.
@@ -124,7 +125,14 @@ class Lifecycle:
         if busy:
             log.warning("%s: %s", status.name, busy)
             return busy, False
-        proc = ChildProcess(spec.name, spec.argv(), self._child_env(status), status.log_path)
+        proc = ChildProcess(
+            spec.name,
+            spec.argv(),
+            self._child_env(status),
+            status.log_path,
+            module=spec.module,
+            zygote=self.zygote,
+        )
         managed.process = proc
         managed.failures = 0
         await proc.spawn()

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from services.common.config import env_prefix
 from services.common.supervision import SUPERVISOR_PID_ENV
@@ -61,6 +65,139 @@ def kill_group(pgid: int, sig: signal.Signals) -> bool:
     return True
 
 
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Makes this process the reaper of its orphaned descendants (Linux); False elsewhere.
+
+    Components forked by the zygote are its grandchildren; once their intermediate parent
+    exits they are re-parented to the nearest subreaper, Guardian, which can then wait for
+    them and read their exit status like any child's.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+class Zygote:
+    """Guardian's handle on the fork server (`services.guardian.zygote`).
+
+    Args:
+        preload: Modules the zygote imports before it forks anything.
+        env: The zygote's environment (components get their own, per spawn).
+    """
+
+    def __init__(self, preload: Sequence[str], env: Mapping[str, str]) -> None:
+        self.preload = list(preload)
+        self.env = dict(env)
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        """Starts the zygote and waits until it has imported the preload modules."""
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.guardian.zygote",
+            *self.preload,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=self.env,
+        )
+        ready = await asyncio.wait_for(self._read_reply(), timeout_s)
+        if not ready.get("ready"):
+            raise OSError(f"the fork server did not start: {ready.get('error', ready)}")
+        if ready.get("not_preloaded"):
+            log.info("fork server: not preloaded: %s", ", ".join(ready["not_preloaded"]))
+
+    @property
+    def alive(self) -> bool:
+        """True while the zygote runs."""
+        return self._proc is not None and self._proc.returncode is None
+
+    async def spawn(
+        self,
+        module: str,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        cwd: Path | None,
+    ) -> int:
+        """Forks a component running `module` as `__main__`; returns its pid."""
+        request = {
+            "module": module,
+            "args": list(args),
+            "env": dict(env),
+            "log_path": str(log_path),
+            "cwd": str(cwd) if cwd else "",
+        }
+        async with self._lock:  # one request in flight: replies come back in order
+            if self._proc is None or self._proc.stdin is None or not self.alive:
+                raise OSError("the fork server is not running")
+            self._proc.stdin.write((json.dumps(request) + "\n").encode())
+            await self._proc.stdin.drain()
+            reply = await self._read_reply()
+        if "pid" not in reply:
+            raise OSError(f"the fork server could not start {module}: {reply.get('error')}")
+        return int(reply["pid"])
+
+    async def _read_reply(self) -> dict[str, Any]:
+        if self._proc is None or self._proc.stdout is None:
+            raise OSError("the fork server is not running")
+        line = await self._proc.stdout.readline()
+        if not line:
+            raise OSError("the fork server exited")
+        reply = json.loads(line)
+        if not isinstance(reply, dict):
+            raise OSError(f"the fork server sent {line!r}")
+        return reply
+
+    async def close(self) -> None:
+        """Stops the zygote (components it started keep running: they are not its)."""
+        if self._proc is None:
+            return
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            await asyncio.wait_for(self._proc.wait(), 5.0)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+        self._proc = None
+
+
+class _Adopted:
+    """A process Guardian did not exec but reaps as a subreaper: waited through a pidfd."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pidfd = os.pidfd_open(pid)
+        asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
+
+    def _on_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        try:
+            _, status = os.waitpid(self.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped elsewhere: the status is lost, not the exit
+            code = -1
+        self.returncode = code
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+
 class ChildProcess:
     """One run of a component's process.
 
@@ -70,6 +207,9 @@ class ChildProcess:
         env: Complete environment of the child.
         log_path: File stdout and stderr are appended to.
         cwd: Working directory.
+        module: The Python module the command line runs (`python -m module`), when it is
+            one: with a `zygote`, the process is forked from it instead of exec'd.
+        zygote: The fork server, if Guardian runs one.
     """
 
     def __init__(
@@ -79,33 +219,45 @@ class ChildProcess:
         env: Mapping[str, str],
         log_path: Path,
         cwd: Path | None = None,
+        *,
+        module: str | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.env = dict(env)
         self.log_path = log_path
         self.cwd = cwd
+        self.module = module
+        self.zygote = zygote
         self.pid = 0
         self.start_ticks: int | None = None
         self.started_at = 0.0
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | _Adopted | None = None
 
     async def spawn(self) -> int:
         """Starts the process; returns its pid."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        zygote = self.zygote if self.zygote is not None and self.zygote.alive else None
         with self.log_path.open("ab") as out:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            out.write(f"=== {stamp} guardian starts {self.name}: {' '.join(self.argv)}\n".encode())
+            how = "forks" if zygote and self.module else "starts"
+            out.write(f"=== {stamp} guardian {how} {self.name}: {' '.join(self.argv)}\n".encode())
             out.flush()
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                start_new_session=True,
-            )
+            if zygote is not None and self.module is not None:
+                args = self.argv[3:]  # after `python -m module`
+                pid = await zygote.spawn(self.module, args, self.env, self.log_path, self.cwd)
+                self._proc = _Adopted(pid)
+            else:
+                self._proc = await asyncio.create_subprocess_exec(
+                    *self.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=self.env,
+                    cwd=self.cwd,
+                    start_new_session=True,
+                )
         self.pid = self._proc.pid
         self.started_at = time.time()
         self.start_ticks = process_start_ticks(self.pid)

@@ -60,10 +60,14 @@ class BootSettings:
     Attributes:
         startup_timeout_s: How long a component may take to report SERVING.
         stop_timeout_s: How long a component gets after SIGTERM before SIGKILL.
+        fork_server: Start Python components by forking them from a warm fork server that
+            has their modules imported (see `services.guardian.zygote`) instead of a fresh
+            interpreter each; falls back to exec where it cannot run.
     """
 
     startup_timeout_s: float = 30.0
     stop_timeout_s: float = 10.0
+    fork_server: bool = True
 
 
 @dataclass(frozen=True)

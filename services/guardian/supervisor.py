@@ -25,7 +25,7 @@ from services.guardian.model import (
     SystemHealth,
     summarize,
 )
-from services.guardian.process import ChildProcess, child_environment
+from services.guardian.process import ChildProcess, Zygote, become_subreaper, child_environment
 from services.guardian.registration import Registrar
 from services.guardian.topology import ComponentSpec, Topology
 
@@ -168,6 +168,8 @@ class Supervisor:
         Raises:
             BootError: A required component did not come up (the caller shuts down).
         """
+        if self.topology.boot.fork_server and self._lifecycle.zygote is None:
+            await self._start_fork_server()
         for chunk in self.topology.chunks():
             names = [spec.name for spec in chunk]
             log.info("booting chunk %g: %s", chunk[0].chunk, ", ".join(names))
@@ -193,6 +195,22 @@ class Supervisor:
         self.boot_complete = True
         log.info("boot complete: %d components", len(self._components))
 
+    async def _start_fork_server(self) -> None:
+        modules = sorted({spec.module for spec in self.topology.components if spec.module})
+        if not modules:
+            return
+        if not become_subreaper():
+            log.info("fork server off: this system cannot re-parent forked components")
+            return
+        zygote = Zygote(modules, self.base_env)
+        try:
+            await zygote.start()
+        except (OSError, TimeoutError, ValueError) as exc:
+            log.warning("fork server unavailable (%s); components start with exec", exc)
+            await zygote.close()
+            return
+        self._lifecycle.zygote = zygote
+
     async def _boot_one(self, spec: ComponentSpec, chunk: list[ComponentSpec]) -> bool:
         in_chunk = {s.name for s in chunk}
         for dep in spec.depends_on:
@@ -215,6 +233,9 @@ class Supervisor:
         rest = [n for n in self._components if n not in started]
         for name in [*reversed(started), *rest]:
             await self.stop(name, deregister=False)
+        if self._lifecycle.zygote is not None:
+            await self._lifecycle.zygote.close()
+            self._lifecycle.zygote = None
         log.info("all components stopped")
 
     # ---- commands --------------------------------------------------------------------

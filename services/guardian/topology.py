@@ -126,6 +126,7 @@ _SECTION_KEYS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     "boot": {
         "startup_timeout_s": ((int, float), "a number"),
         "stop_timeout_s": ((int, float), "a number"),
+        "fork_server": (bool, "true or false"),
     },
     "registration": {
         "enabled": (bool, "true or false"),

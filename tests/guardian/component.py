@@ -10,6 +10,7 @@ Options:
     --crash-if FILE    exit with code 3 at once when FILE exists (to make a crash loop)
     --sick-if FILE     report NOT_SERVING while FILE exists
     --record FILE      append "<name> started|serving <time>" lines to FILE
+    --env-file FILE    write the environment it runs with to FILE, as JSON
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -47,6 +49,9 @@ async def _serve(args: argparse.Namespace) -> int:
     await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     _record(args.record, args.name, "started")
+    if args.env_file:
+        with open(args.env_file, "w") as out:  # noqa: ASYNC230  # a test component, at start
+            json.dump(dict(os.environ), out)
     print(f"{args.name} listening on {port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,6 +89,7 @@ def main() -> int:
     parser.add_argument("--crash-if")
     parser.add_argument("--sick-if")
     parser.add_argument("--record")
+    parser.add_argument("--env-file")
     args = parser.parse_args()
     if args.crash_if and Path(args.crash_if).exists():
         print(f"{args.name}: crash file present, exiting with code 3", flush=True)

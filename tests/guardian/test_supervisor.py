@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -57,11 +58,16 @@ async def test_a_chunk_starts_only_when_the_previous_chunk_is_serving(tmp_path: 
 
 async def test_children_get_their_port_data_dir_and_every_peer_address(tmp_path: Path) -> None:
     a, b = free_ports(2)
-    topo = topology({"one": component("one", a), "two": component("two", b, env={"X": "y"})})
+    env_file = tmp_path / "two.env.json"
+    topo = topology(
+        {
+            "one": component("one", a),
+            "two": component("two", b, "--env-file", str(env_file), env={"X": "y"}),
+        }
+    )
     async with supervising(topo, tmp_path) as (supervisor, _):
         await supervisor.boot()
-        pid = supervisor.status("two").pid
-        env = _environ(pid)
+        env = json.loads(env_file.read_text())
         assert env["GRACE_TWO_PORT"] == str(b)
         assert env["GRACE_ONE_ADDR"] == f"127.0.0.1:{a}"
         assert env["GRACE_TWO_ADDR"] == f"127.0.0.1:{b}"
@@ -292,8 +298,3 @@ async def test_shutdown_stops_components_in_reverse_boot_order(tmp_path: Path) -
 
 def _never() -> asyncio.Event:
     return asyncio.Event()
-
-
-def _environ(pid: int) -> dict[str, str]:
-    items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in items if b"=" in item)

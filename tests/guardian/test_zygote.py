@@ -1,0 +1,116 @@
+"""The fork server: components forked from a warm interpreter behave like exec'd ones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.guardian.process import ChildProcess, Zygote, become_subreaper, process_group
+from tests.grace_up import PROJECT_ROOT
+from tests.guardian.conftest import eventually
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+PROBE = "tests.guardian.forked_probe"
+
+
+@pytest.fixture(scope="module")
+async def zygote() -> AsyncIterator[Zygote]:
+    assert become_subreaper()
+    server = Zygote(["services.registry", PROBE], dict(os.environ))
+    await server.start()
+    yield server
+    await server.close()
+
+
+def forked(
+    zygote: Zygote, tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> ChildProcess:
+    return ChildProcess(
+        "probe",
+        [sys.executable, "-m", PROBE, *args],
+        {"PATH": os.environ["PATH"], "GRACE_PROBE": "yes", **(env or {})},
+        tmp_path / "logs" / "probe.log",
+        cwd=tmp_path,
+        module=PROBE,
+        zygote=zygote,
+    )
+
+
+async def waiting(proc: ChildProcess) -> None:
+    """Until the probe has installed its SIGTERM handler and waits."""
+    await eventually(lambda: "probe waiting" in proc.tail(), what="the probe to wait")
+
+
+async def test_a_forked_component_runs_with_its_own_argv_env_cwd_and_log(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    proc = forked(zygote, tmp_path, "--report", str(report), "--code", "0")
+    pid = await proc.spawn()
+    assert await proc.wait() == 0
+    seen = json.loads(report.read_text())
+    assert seen["argv"][1:] == ["--report", str(report), "--code", "0"]
+    assert seen["env"] == {"PATH": os.environ["PATH"], "GRACE_PROBE": "yes"}  # nothing else
+    assert seen["cwd"] == str(tmp_path)
+    assert seen["pid"] == pid
+    assert seen["session"] == pid  # a session (and process group) of its own
+    assert seen["parent"] == os.getpid()  # re-parented to us, the subreaper
+    assert "probe says hello" in (tmp_path / "logs" / "probe.log").read_text()
+
+
+async def test_the_exit_code_and_a_killing_signal_come_back_as_from_an_exec(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    proc = forked(zygote, tmp_path, "--code", "7")
+    await proc.spawn()
+    assert await proc.wait() == 7
+    sleeper = forked(zygote, tmp_path, "--sleep", "60")
+    pid = await sleeper.spawn()
+    assert process_group(pid) == pid
+    os.kill(pid, signal.SIGKILL)
+    assert await sleeper.wait() == -signal.SIGKILL
+
+
+async def test_stop_sends_sigterm_to_the_group_and_the_component_exits_through_its_handlers(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    proc = forked(zygote, tmp_path, "--sleep", "60")
+    await proc.spawn()
+    await waiting(proc)
+    assert await proc.stop(timeout_s=10) == 0
+    assert "probe stopped cleanly" in (tmp_path / "logs" / "probe.log").read_text()
+
+
+async def test_a_forked_component_shows_the_command_line_an_exec_would_have(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    proc = forked(zygote, tmp_path, "--sleep", "60")
+    pid = await proc.spawn()
+    try:
+        await waiting(proc)
+        title = (await asyncio.to_thread(Path(f"/proc/{pid}/cmdline").read_bytes)).decode()
+        title = title.replace("\0", " ")
+        assert title.split() == [sys.executable, "-m", PROBE, "--sleep", "60"]
+    finally:
+        await proc.stop(timeout_s=10)
+
+
+async def test_without_a_running_fork_server_the_component_is_started_with_exec(
+    tmp_path: Path,
+) -> None:
+    stopped = Zygote([], dict(os.environ))  # never started
+    report = tmp_path / "report.json"
+    proc = forked(stopped, tmp_path, "--report", str(report), "--code", "3")
+    proc.env["PYTHONPATH"] = str(PROJECT_ROOT)
+    await proc.spawn()
+    assert await proc.wait() == 3
+    assert json.loads(report.read_text())["parent"] == os.getpid()
+    assert "guardian starts probe" in (tmp_path / "logs" / "probe.log").read_text()
