@@ -21,17 +21,35 @@ SERVER_KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-def channel(target: str, *, max_message_bytes: int = 4 * 1024 * 1024) -> grpc.aio.Channel:
+# gRPC waits 1 s (then longer) before it dials again after a refused connection. A client
+# that expects its peer to start listening any moment (a health probe of a component that
+# is starting) dials again after 50 ms instead.
+FAST_RECONNECT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+def channel(
+    target: str,
+    *,
+    max_message_bytes: int = 4 * 1024 * 1024,
+    fast_reconnect: bool = False,
+) -> grpc.aio.Channel:
     """An insecure `grpc.aio` channel to `target`, traced when tracing is on.
 
     Args:
         target: `host:port` of the peer.
         max_message_bytes: Largest message sent or received.
+        fast_reconnect: Dial again 50 ms after a refused connection (see
+            FAST_RECONNECT_OPTIONS), not after gRPC's default 1 s.
     """
     options = [
         *CLIENT_KEEPALIVE_OPTIONS,
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        *(FAST_RECONNECT_OPTIONS if fast_reconnect else ()),
     ]
     return grpc.aio.insecure_channel(
         target, options=options, interceptors=telemetry.current().client_interceptors()

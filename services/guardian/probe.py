@@ -170,7 +170,8 @@ class HealthProbe:
             path = self.http_path
             await self._check_loop(lambda: http_check(self.address, path, self.settings.timeout_s))
             return
-        async with channel(self.address) as chan:
+        # The component is usually still starting when its probe begins: dial again quickly.
+        async with channel(self.address, fast_reconnect=True) as chan:
             stub = HealthClient(chan)
 
             def grpc_check() -> Awaitable[Observation]:

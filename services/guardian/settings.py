@@ -27,7 +27,7 @@ class ProbeSettings:
     timeout_s: float = 1.0
     failure_threshold: int = 3
     watch: bool = True
-    startup_poll_s: float = 0.25
+    startup_poll_s: float = 0.05
 
 
 @dataclass(frozen=True)
