@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,27 +64,11 @@ def kill_group(pgid: int, sig: signal.Signals) -> bool:
     return True
 
 
-_PR_SET_CHILD_SUBREAPER = 36
-
-
-def become_subreaper() -> bool:
-    """Makes this process the reaper of its orphaned descendants (Linux); False elsewhere.
-
-    Components forked by the zygote are its grandchildren; once their intermediate parent
-    exits they are re-parented to the nearest subreaper, Guardian, which can then wait for
-    them and read their exit status like any child's.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
-
-
 class Zygote:
     """Guardian's handle on the fork server (`services.guardian.zygote`).
+
+    The zygote is the parent of the components it forks: it reaps them and reports each
+    exit code, which a reader task hands to the waiting `ForkedProcess`.
 
     Args:
         preload: Modules the zygote imports before it forks anything.
@@ -97,6 +80,9 @@ class Zygote:
         self.env = dict(env)
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
+        self._reply: asyncio.Future[dict[str, Any]] | None = None
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._reader: asyncio.Task[None] | None = None
 
     async def start(self, timeout_s: float = 60.0) -> None:
         """Starts the zygote and waits until it has imported the preload modules."""
@@ -109,7 +95,9 @@ class Zygote:
             stdout=asyncio.subprocess.PIPE,
             env=self.env,
         )
-        ready = await asyncio.wait_for(self._read_reply(), timeout_s)
+        self._reply = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read(), name="fork server reader")
+        ready = await asyncio.wait_for(asyncio.shield(self._reply), timeout_s)
         if not ready.get("ready"):
             raise OSError(f"the fork server did not start: {ready.get('error', ready)}")
         if ready.get("not_preloaded"):
@@ -127,8 +115,8 @@ class Zygote:
         env: Mapping[str, str],
         log_path: Path,
         cwd: Path | None,
-    ) -> int:
-        """Forks a component running `module` as `__main__`; returns its pid."""
+    ) -> ForkedProcess:
+        """Forks a component running `module` as `__main__`."""
         request = {
             "module": module,
             "args": list(args),
@@ -139,26 +127,45 @@ class Zygote:
         async with self._lock:  # one request in flight: replies come back in order
             if self._proc is None or self._proc.stdin is None or not self.alive:
                 raise OSError("the fork server is not running")
+            self._reply = asyncio.get_running_loop().create_future()
             self._proc.stdin.write((json.dumps(request) + "\n").encode())
             await self._proc.stdin.drain()
-            reply = await self._read_reply()
+            reply = await self._reply
         if "pid" not in reply:
             raise OSError(f"the fork server could not start {module}: {reply.get('error')}")
-        return int(reply["pid"])
+        pid = int(reply["pid"])
+        exited = self._exits.setdefault(pid, asyncio.get_running_loop().create_future())
+        return ForkedProcess(pid, exited, lambda: self._forget(pid))
 
-    async def _read_reply(self) -> dict[str, Any]:
-        if self._proc is None or self._proc.stdout is None:
-            raise OSError("the fork server is not running")
-        line = await self._proc.stdout.readline()
-        if not line:
-            raise OSError("the fork server exited")
-        reply = json.loads(line)
-        if not isinstance(reply, dict):
-            raise OSError(f"the fork server sent {line!r}")
-        return reply
+    def _forget(self, pid: int) -> None:
+        self._exits.pop(pid, None)
+
+    async def _read(self) -> None:
+        assert self._proc is not None
+        stdout = self._proc.stdout
+        try:
+            while stdout is not None and (line := await stdout.readline()):
+                message = json.loads(line)
+                if "exited" in message:
+                    future = self._exits.setdefault(
+                        int(message["exited"]), asyncio.get_running_loop().create_future()
+                    )
+                    if not future.done():
+                        future.set_result(int(message["code"]))
+                elif self._reply is not None and not self._reply.done():
+                    self._reply.set_result(message)
+        finally:
+            # The zygote is gone: its children are orphaned and stop by themselves (their
+            # supervisor is gone); their exit codes are lost.
+            gone = OSError("the fork server exited")
+            if self._reply is not None and not self._reply.done():
+                self._reply.set_exception(gone)
+            for future in self._exits.values():
+                if not future.done():
+                    future.set_result(-1)
 
     async def close(self) -> None:
-        """Stops the zygote (components it started keep running: they are not its)."""
+        """Stops the zygote (Guardian stops the components first)."""
         if self._proc is None:
             return
         if self._proc.stdin is not None:
@@ -168,33 +175,33 @@ class Zygote:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
         self._proc = None
 
 
-class _Adopted:
-    """A process Guardian did not exec but reaps as a subreaper: waited through a pidfd."""
+class ForkedProcess:
+    """A component forked by the zygote: its exit code comes from the zygote's report.
 
-    def __init__(self, pid: int) -> None:
+    Args:
+        pid: The component's pid.
+        exited: Resolved with the exit code when the zygote reports the exit.
+        forget: Called once the exit is known (the zygote drops its record).
+    """
+
+    def __init__(self, pid: int, exited: asyncio.Future[int], forget: Callable[[], None]) -> None:
         self.pid = pid
-        self.returncode: int | None = None
-        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._pidfd = os.pidfd_open(pid)
-        asyncio.get_running_loop().add_reader(self._pidfd, self._on_exit)
+        self._exited = exited
+        self._exited.add_done_callback(lambda _: forget())
 
-    def _on_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        try:
-            _, status = os.waitpid(self.pid, 0)
-            code = os.waitstatus_to_exitcode(status)
-        except ChildProcessError:  # reaped elsewhere: the status is lost, not the exit
-            code = -1
-        self.returncode = code
-        if not self._exited.done():
-            self._exited.set_result(code)
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the zygote reported it."""
+        return self._exited.result() if self._exited.done() else None
 
     async def wait(self) -> int:
+        """Waits for the exit; returns the exit code (-1 when the zygote died first)."""
         return await asyncio.shield(self._exited)
 
 
@@ -233,7 +240,7 @@ class ChildProcess:
         self.pid = 0
         self.start_ticks: int | None = None
         self.started_at = 0.0
-        self._proc: asyncio.subprocess.Process | _Adopted | None = None
+        self._proc: asyncio.subprocess.Process | ForkedProcess | None = None
 
     async def spawn(self) -> int:
         """Starts the process; returns its pid."""
@@ -246,8 +253,9 @@ class ChildProcess:
             out.flush()
             if zygote is not None and self.module is not None:
                 args = self.argv[3:]  # after `python -m module`
-                pid = await zygote.spawn(self.module, args, self.env, self.log_path, self.cwd)
-                self._proc = _Adopted(pid)
+                self._proc = await zygote.spawn(
+                    self.module, args, self.env, self.log_path, self.cwd
+                )
             else:
                 self._proc = await asyncio.create_subprocess_exec(
                     *self.argv,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -25,7 +26,7 @@ from services.guardian.model import (
     SystemHealth,
     summarize,
 )
-from services.guardian.process import ChildProcess, Zygote, become_subreaper, child_environment
+from services.guardian.process import ChildProcess, Zygote, child_environment
 from services.guardian.registration import Registrar
 from services.guardian.topology import ComponentSpec, Topology
 
@@ -199,8 +200,8 @@ class Supervisor:
         modules = sorted({spec.module for spec in self.topology.components if spec.module})
         if not modules:
             return
-        if not become_subreaper():
-            log.info("fork server off: this system cannot re-parent forked components")
+        if not hasattr(os, "fork"):
+            log.info("fork server off: this system has no fork()")
             return
         zygote = Zygote(modules, self.base_env)
         try:

@@ -8,20 +8,21 @@ in a child do not touch, and so copy, the shared pages), and forks a child per c
 A child starts in milliseconds and shares the imported modules' pages with the zygote
 until it writes to them.
 
-Protocol, one JSON object per line: Guardian writes `{"module", "args", "env", "log_path",
-"cwd"}` to the zygote's stdin and reads `{"pid": N}` or `{"error": "..."}` back.
+Protocol, one JSON object per line. Guardian writes `{"module", "args", "env", "log_path",
+"cwd"}` to the zygote's stdin; the zygote answers `{"pid": N}` (or `{"error": "..."}`) in
+order, and whenever a component exits, `{"exited": N, "code": C}` with the exit code as
+asyncio reports it (negative: killed by that signal). The zygote is the components' parent
+and reaps them.
+
+Each child runs in a session of its own, with the environment, argv, working directory and
+log file it would have had with exec; it runs the module as `__main__` and exits through
+the interpreter's normal shutdown (atexit handlers included). Its supervisor, for the
+orphan watch of `services.common.supervision`, is the zygote: when Guardian dies, the
+zygote reads the end of its stdin and exits, and its children, re-parented, shut down.
 
 What differs from exec: /proc/PID/environ shows the zygote's environment (the component's
 own is in its `os.environ`), and the process title is set to the command line an exec
 would have had.
-
-Process identity: the zygote double-forks, so the component is not the zygote's child but
-is re-parented to Guardian, which marks itself a child subreaper (PR_SET_CHILD_SUBREAPER).
-Guardian therefore reaps and reads the exit status of a forked component exactly as it
-does for one it started with exec, and a component never depends on the zygote staying
-alive. Each child runs in a session of its own, with the environment, argv, working
-directory and log file it would have had with exec; it runs the module as `__main__` and
-exits through the interpreter's normal shutdown (atexit handlers included).
 
 Forking is safe only before a process starts threads: the zygote imports modules and does
 nothing else (no event loop, no gRPC channel or server), and refuses to run on a system
@@ -30,7 +31,6 @@ without fork.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import importlib
 import importlib.util
@@ -38,12 +38,15 @@ import json
 import logging
 import os
 import runpy
+import select
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 import setproctitle
+
+from services.common.supervision import SUPERVISOR_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +77,19 @@ def preload(modules: Sequence[str]) -> list[str]:
     return skipped
 
 
-def _become_component(request: dict[str, Any], report: int) -> None:
-    """In the grandchild: turns this process into the component. Never returns."""
+def _become_component(request: dict[str, Any], started: int) -> None:
+    """In the child: turns this process into the component. Never returns.
+
+    `started` is closed once the child leads its own session, so that the pid the zygote
+    reports can already be signalled as a process group."""
     os.setsid()
-    os.write(report, f"{os.getpid()}\n".encode())
-    os.close(report)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it at start-up
+    os.close(started)
+    signal.set_wakeup_fd(-1)
+    # Signal dispositions as a fresh interpreter has them.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     log_fd = os.open(request["log_path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     null_fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null_fd, 0)
@@ -95,6 +103,7 @@ def _become_component(request: dict[str, Any], report: int) -> None:
         os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getppid())  # the zygote: see the module doc
     gc.unfreeze()
     module = request["module"]
     # `ps`, `top` and /proc/PID/cmdline show what an exec'd component would show.
@@ -115,39 +124,75 @@ def _become_component(request: dict[str, Any], report: int) -> None:
     raise SystemExit(code)
 
 
-def _spawn(request: dict[str, Any]) -> int:
-    """Double-forks the component; returns its pid (a grandchild of the zygote)."""
-    read_end, write_end = os.pipe()
-    middle = os.fork()
-    if middle == 0:  # the intermediate child: fork the component and leave at once
-        os.close(read_end)
-        try:
-            component = os.fork()
-        except OSError:
-            os._exit(1)
-        if component == 0:
-            _become_component(request, write_end)  # raises SystemExit when the module ends
-        os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as reader:
-        line = reader.readline()
-    os.waitpid(middle, 0)
-    if not line.strip():
-        raise OSError("the component process did not start")
-    return int(line)
+class _Server:
+    """The zygote's loop: spawn requests on stdin, replies and exit reports on stdout."""
 
+    def __init__(self, requests: int, replies: BinaryIO) -> None:
+        self.requests = requests
+        self.replies = replies
+        self.buffer = b""
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_read, False)
+        os.set_blocking(wake_write, False)
+        self.wake = wake_read
+        # SIGCHLD wakes the select() below through this pipe; the handler itself does nothing.
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
 
-def serve(requests: TextIO, replies: TextIO) -> None:
-    """Answers spawn requests until stdin closes."""
-    for line in requests:
-        if not line.strip():
-            continue
+    def send(self, message: dict[str, Any]) -> None:
+        self.replies.write(json.dumps(message).encode() + b"\n")
+        self.replies.flush()
+
+    def run(self) -> None:
+        """Serves until stdin ends (Guardian is gone), then returns."""
+        while True:
+            try:
+                readable, _, _ = select.select([self.requests, self.wake], [], [])
+            except InterruptedError:
+                continue
+            if self.wake in readable:
+                while True:
+                    try:
+                        if not os.read(self.wake, 512):
+                            break
+                    except BlockingIOError:
+                        break
+                self.reap()
+            if self.requests in readable:
+                chunk = os.read(self.requests, 65536)
+                if not chunk:
+                    return
+                self.buffer += chunk
+                while b"\n" in self.buffer:
+                    line, self.buffer = self.buffer.split(b"\n", 1)
+                    if line.strip():
+                        self.spawn(line)
+
+    def spawn(self, line: bytes) -> None:
         try:
-            reply: dict[str, Any] = {"pid": _spawn(json.loads(line))}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            reply = {"error": str(exc)}
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
+            request = json.loads(line)
+            started_read, started_write = os.pipe()
+            pid = os.fork()
+        except (OSError, ValueError) as exc:
+            self.send({"error": str(exc)})
+            return
+        if pid == 0:
+            os.close(started_read)
+            _become_component(request, started_write)  # raises SystemExit when it ends
+        os.close(started_write)
+        os.read(started_read, 1)  # EOF once the child has its own session (or died)
+        os.close(started_read)
+        self.send({"pid": pid})
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,9 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a child's collections neither scan it nor dirty (and so copy) its pages.
     gc.collect()
     gc.freeze()
-    print(json.dumps({"ready": True, "not_preloaded": failed}), flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
-        serve(sys.stdin, sys.stdout)
+    server = _Server(sys.stdin.fileno(), sys.stdout.buffer)
+    server.send({"ready": True, "not_preloaded": failed})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Guardian stops it by closing its stdin
+    server.run()
     return 0
 
 

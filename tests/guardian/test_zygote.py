@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.guardian.process import ChildProcess, Zygote, become_subreaper, process_group
+from services.guardian.process import ChildProcess, Zygote, pid_alive, process_group
 from tests.grace_up import PROJECT_ROOT
 from tests.guardian.conftest import eventually
 
@@ -23,7 +23,6 @@ PROBE = "tests.guardian.forked_probe"
 
 @pytest.fixture(scope="module")
 async def zygote() -> AsyncIterator[Zygote]:
-    assert become_subreaper()
     server = Zygote(["services.registry", PROBE], dict(os.environ))
     await server.start()
     yield server
@@ -58,11 +57,17 @@ async def test_a_forked_component_runs_with_its_own_argv_env_cwd_and_log(
     assert await proc.wait() == 0
     seen = json.loads(report.read_text())
     assert seen["argv"][1:] == ["--report", str(report), "--code", "0"]
-    assert seen["env"] == {"PATH": os.environ["PATH"], "GRACE_PROBE": "yes"}  # nothing else
+    # Its environment is the one given, plus its supervisor for the orphan watch: the
+    # zygote, its parent.
+    assert seen["env"] == {
+        "PATH": os.environ["PATH"],
+        "GRACE_PROBE": "yes",
+        "GRACE_SUPERVISOR_PID": str(seen["parent"]),
+    }
+    assert seen["parent"] != os.getpid()
     assert seen["cwd"] == str(tmp_path)
     assert seen["pid"] == pid
     assert seen["session"] == pid  # a session (and process group) of its own
-    assert seen["parent"] == os.getpid()  # re-parented to us, the subreaper
     assert "probe says hello" in (tmp_path / "logs" / "probe.log").read_text()
 
 
@@ -101,6 +106,28 @@ async def test_a_forked_component_shows_the_command_line_an_exec_would_have(
         assert title.split() == [sys.executable, "-m", PROBE, "--sleep", "60"]
     finally:
         await proc.stop(timeout_s=10)
+
+
+async def test_forked_servers_stop_by_themselves_when_the_fork_server_goes_away(
+    tmp_path: Path,
+) -> None:
+    # As when Guardian is killed: the zygote reads the end of its stdin and exits, and the
+    # orphaned components notice their supervisor is gone.
+    own = Zygote(["services.registry"], dict(os.environ))
+    await own.start()
+    proc = ChildProcess(
+        "registry",
+        [sys.executable, "-m", "services.registry"],
+        {**os.environ, "GRACE_REGISTRY_PORT": "0", "GRACE_DATA_DIR": str(tmp_path)},
+        tmp_path / "registry.log",
+        module="services.registry",
+        zygote=own,
+    )
+    pid = await proc.spawn()
+    await eventually(lambda: "serving on" in proc.tail(), what="the registry to serve")
+    await own.close()
+    await eventually(lambda: not pid_alive(pid), limit_s=30, what="the orphan to stop")
+    assert "supervisor" in proc.tail()
 
 
 async def test_without_a_running_fork_server_the_component_is_started_with_exec(
