@@ -18,8 +18,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -62,12 +62,14 @@ class ForwardRequest:
         message: The built gRPC request.
         metadata: The metadata that will be sent (x-actor, authorization, ...).
         path: The HTTP path requested (governance asks about `METHOD:path`).
+        headers: The request's headers, lower-case names (`x-retry-token`, `prefer`).
     """
 
     route: Route
     message: Message
     metadata: Metadata
     path: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class ForwardGate(Protocol):
@@ -259,7 +261,9 @@ class GatewayApp:
         timeout = parse_timeout(request.headers, default, self.config.max_timeout_s)
         metadata = self._metadata(request, request_id)
         if route.mutating:
-            await self.gate.check(ForwardRequest(route, message, metadata, path))
+            await self.gate.check(
+                ForwardRequest(route, message, metadata, path, dict(request.headers))
+            )
         upstream = await self._upstream(route, message, metadata, timeout)
         if route.server_streaming:
             call = upstream.stream(route.grpc_path, route.response_class.FromString)(
