@@ -41,6 +41,7 @@ domain = Domain(
     port=8203,
 )
 
+
 @functools.cache
 def _governance() -> GovernanceClient:
     """One client (one channel) for the life of the process, opened on first use."""
