@@ -29,6 +29,7 @@ from opentelemetry import propagate, trace
 from starlette.requests import Request
 
 from gateway.aliases import has_aliases, rewrite_body
+from gateway.approvals import upstream_pending
 from gateway.config import GatewayConfig
 from gateway.errors import HttpError, bad_request, from_rpc_error
 from gateway.routes import DOMAIN_ID_FIELD, Route, RouteTable
@@ -46,7 +47,13 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # Headers passed on to the upstream as gRPC metadata (lower case).
-FORWARDED_HEADERS = ("traceparent", "tracestate", "x-actor", "authorization")
+FORWARDED_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "x-actor",
+    "authorization",
+    "x-governance-decision",
+)
 REQUEST_ID = "x-request-id"
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 MIN_TIMEOUT_S = 0.001
@@ -302,7 +309,7 @@ class GatewayApp:
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc, upstream.name)
             self.calls.record(component, time.monotonic() - started, error=error.http_status >= 500)
-            raise error from None
+            raise upstream_pending(error) or error from None
         self.calls.record(component, time.monotonic() - started, error=False)
         await _send(send, 200, dumps(render_response(route, response)), extra)
 

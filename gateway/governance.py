@@ -30,9 +30,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from gateway.app import ForwardGate, ForwardRequest
+from gateway.approvals import GATEWAY_RETRY_HEADER, PendingApproval
 from gateway.errors import HttpError
 from services.common.config import EnvReader, peer_address
 from services.common.governance_client import (
@@ -66,35 +66,15 @@ def preferred_wait_s(headers: Mapping[str, str]) -> float:
     return min(float(match.group(1)), MAX_APPROVAL_WAIT_S) if match else 0.0
 
 
-class PendingApproval(HttpError):
-    """The 202 answer for a request that waits for a person's approval."""
-
-    def __init__(self, question: GateRequest, decision: GateDecision) -> None:
-        reasons = "; ".join(decision.reasons) or "no reason given"
-        super().__init__(
-            202,
-            f"governance: {question.action} by {question.actor} waits for approval "
-            f"{decision.approval_id}: {reasons}; approve it, then send the same request "
-            f"again with the header X-Retry-Token: {decision.decision_id}",
-            status="PENDING_APPROVAL",
-            headers={"X-Approval-Id": decision.approval_id},
-        )
-        self.question = question
-        self.decision = decision
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "status": "PENDING_APPROVAL",
-            "message": self.message,
-            "approval_id": self.decision.approval_id,
-            "decision_id": self.decision.decision_id,
-            "retry_token": self.decision.decision_id,
-            "retry_header": "X-Retry-Token",
-            "action": self.question.action,
-            "actor": self.question.actor,
-            "policy_ids": list(self.decision.policy_ids),
-            "reasons": list(self.decision.reasons),
-        }
+def _pending(question: GateRequest, decision: GateDecision) -> PendingApproval:
+    return PendingApproval(
+        f"{question.action} by {question.actor}",
+        decision.approval_id,
+        decision.decision_id,
+        GATEWAY_RETRY_HEADER,
+        decision.reasons,
+        decision.policy_ids,
+    )
 
 
 def _refusal(http_status: int, message: str, reason: str, decision: GateDecision) -> HttpError:
@@ -177,7 +157,7 @@ class GovernanceForwardGate:
                     f"APPROVAL_{settled.upper()}",
                     decision,
                 )
-        raise PendingApproval(question, decision)
+        raise _pending(question, decision)
 
     async def _redeem(self, question: GateRequest, token: str, digest: str) -> None:
         if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
@@ -188,7 +168,7 @@ class GovernanceForwardGate:
         if redeemed.allowed:
             return
         if redeemed.verdict == "pending_approval":
-            raise PendingApproval(question, redeemed)
+            raise _pending(question, redeemed)
         raise _refusal(
             _REDEEM_STATUS.get(redeemed.error_reason, 403),
             f"governance: X-Retry-Token {token} cannot be redeemed for {question.action} by "
