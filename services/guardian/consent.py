@@ -10,8 +10,9 @@ redeemed before: each decision heals once) instead of asking a second time. So a
 for approval goes through after the approval: send it again with the decision id named in
 the refusal. A DENY is PERMISSION_DENIED with the reasons, a PENDING_APPROVAL is
 FAILED_PRECONDITION (reason APPROVAL_PENDING, with the approval and decision ids) naming
-the approval to settle; both are logged and recorded as a `healing.denied` decision. When governance cannot answer, the client's fallback mode
-decides (Guardian's default: log_only, allow and record locally).
+the approval to settle; both are logged and recorded as a `healing.denied` decision.
+When governance cannot answer, the client's fallback mode decides (Guardian's default:
+log_only, allow and record locally).
 
 The supervisor's own restarts after a crash or failed probes (the backoff loop) never ask:
 they keep the system alive and were allowed once, when the topology was written.
