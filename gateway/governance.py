@@ -31,6 +31,8 @@ import hashlib
 import re
 from collections.abc import Mapping
 
+import grpc
+
 from gateway.app import ForwardGate, ForwardRequest
 from gateway.approvals import GATEWAY_RETRY_HEADER, PendingApproval
 from gateway.errors import HttpError
@@ -145,7 +147,15 @@ class GovernanceForwardGate:
             )
         wait_s = preferred_wait_s(request.headers)
         if wait_s > 0:
-            settled = await self.gate.wait_for_approval(decision.approval_id, wait_s)
+            try:
+                settled = await self.gate.wait_for_approval(decision.approval_id, wait_s)
+            except grpc.aio.AioRpcError as exc:
+                raise HttpError(
+                    503,
+                    f"governance cannot be followed for approval {decision.approval_id}: "
+                    f"{exc.code().name}; send the request again with the header "
+                    f"{GATEWAY_RETRY_HEADER}: {decision.decision_id} once it is approved",
+                ) from None
             if settled == "approved":
                 await self._redeem(question, decision.decision_id, digest)
                 return
