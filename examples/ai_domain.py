@@ -1,8 +1,11 @@
 """ai_domain: deterministic text analysis (port 8202).
 
 Actions:
-- `analyze` {"text" | "document" | "content" | "code", "results"?} -> {"keywords",
-  "summary", "sentiment", "statistics", "related_knowledge", "memory_consulted", ...}.
+- `analyze` (also `analyze_content`) {"text" | "document" | "content" | "code" | "value",
+  "results"?} -> {"keywords", "summary", "sentiment", "statistics", "related_knowledge",
+  "memory_consulted", "source", ...}. Without a text of its own it analyses the previous
+  step's output: the `results` of a `search_similar` step (`source` "results"; an empty
+  search gives an empty analysis).
   Keywords are the most frequent words without stop words; the summary is the sentence
   with the most keyword weight; sentiment comes from a small lexicon. Related knowledge is
   read from the shared memory (one query per top keyword) when it is reachable, and from
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from examples.text import keywords, sentiment, statistics, summary, text_of
+from examples.text import keywords, sentiment, statistics, summary, text_of, text_of_results
 from services.sdk import Context, Domain, InvalidArgument, Unavailable
 
 MAX_RELATED = 5
@@ -53,15 +56,23 @@ async def _related(ctx: Context, words: list[str]) -> tuple[list[dict[str, Any]]
     return ranked[:MAX_RELATED], True
 
 
+@domain.action("analyze_content", description="Same as analyze (seed 001's name)")
 @domain.action("analyze", description="Keywords, summary sentence and sentiment of a text")
 async def analyze(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     text = text_of(data)
-    if not text:
-        raise InvalidArgument("input.text", "is required (or document, content, code)")
+    source = "input"
+    earlier = data.get("results")
+    if not text and isinstance(earlier, list):
+        # No text of its own: analyse what the previous (search) step found.
+        text, source = text_of_results(earlier), "results"
+    if not text and source == "input":
+        raise InvalidArgument(
+            "input.text", "is required (or document, content, code, or a search step's results)"
+        )
     top = keywords(text)
     related, consulted = await _related(ctx, [k["word"] for k in top])
-    earlier = data.get("results")
     result: dict[str, Any] = {
+        "source": source,
         "keywords": top,
         "summary": summary(text),
         "sentiment": sentiment(text),

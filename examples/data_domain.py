@@ -1,7 +1,8 @@
 """data_domain: stores documents durably and describes them (port 8200).
 
 Actions:
-- `ingest` {"document": "text" | {"text", "title"}, "title"?, "source"?} -> {"document_id",
+- `ingest` (also `ingest_document`) {"document": "text" | {"text", "title"}, "title"?,
+  "source"?} (or the text as `text` or `value`) -> {"document_id",
   "title", "text", "statistics"}; compensation deletes the document. Within a workflow the
   document id derives from the idempotency key, so a step that runs again stores the same
   document instead of a second one.
@@ -38,6 +39,7 @@ def _document_id(ctx: Context) -> str:
     return "doc_" + uuid.uuid4().hex[:20]
 
 
+@domain.action("ingest_document", description="Same as ingest (seed 001's name)")
 @domain.action("ingest", description="Stores a document; returns its id and text statistics")
 async def ingest(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     text = text_of(data)
@@ -74,6 +76,7 @@ async def ingest(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@domain.compensate("ingest_document")
 @domain.compensate("ingest")
 async def delete_ingested(
     ctx: Context, data: dict[str, Any], output: dict[str, Any]

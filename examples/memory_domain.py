@@ -5,6 +5,8 @@ Actions:
   `ai_domain.analyze`) -> {"contribution_id", "confidence"}: contributes the analysis to the
   shared memory as an `insight`. Compensation retracts that contribution, so a rolled-back
   workflow leaves no knowledge behind: no query, list or statistic sees it any more.
+- `store_with_metadata` (seed 001): the same, with the analysis's metadata (document id,
+  title, statistics, workflow, execution and step) in the contribution's `metadata`.
 - `search_similar` (also `search`) {"query" | "text" | "code" | "document"} ->
   {"query", "results"}: asks the shared memory for what it knows about the text's keywords.
 - `recent_events` {"limit"?} -> {"events"}: the `ml.*` events this domain observed.
@@ -44,7 +46,7 @@ async def store(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
         raise InvalidArgument("input.summary", "is required (the output of ai_domain.analyze)")
     sentiment = data.get("sentiment")
     label = str(sentiment.get("label", "")) if isinstance(sentiment, dict) else ""
-    content = {
+    content: dict[str, Any] = {
         "summary": summary,
         "keywords": words,
         "sentiment": label,
@@ -52,12 +54,32 @@ async def store(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
         "title": field(data, "title", str, ""),
         "workflow_id": ctx.workflow_id,
     }
+    if isinstance(data.get("metadata"), dict):
+        content["metadata"] = data["metadata"]
     tags = ["analysis", *([label] if label else [])]
     knowledge = await ctx.memory.contribute("insight", content, tags=tags, confidence=0.6)
     ctx.log.info("stored analysis as contribution %s", knowledge.id)
     return {"contribution_id": knowledge.id, "confidence": knowledge.confidence}
 
 
+# What `store_with_metadata` keeps beside the analysis: where it came from.
+METADATA_FIELDS = ("document_id", "title", "statistics", "source", "context_results")
+
+
+@domain.action(
+    "store_with_metadata",
+    description="Contributes an analysis with its metadata (document, statistics, workflow)",
+)
+async def store_with_metadata(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    metadata = {name: data[name] for name in METADATA_FIELDS if name in data}
+    metadata.update(
+        {"workflow_id": ctx.workflow_id, "execution_id": ctx.execution_id, "step_id": ctx.step_id}
+    )
+    stored = await store(ctx, {**data, "metadata": metadata})
+    return {**stored, "metadata": metadata}
+
+
+@domain.compensate("store_with_metadata")
 @domain.compensate("store")
 async def retract(ctx: Context, data: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
     contribution_id = field(output, "contribution_id", str)

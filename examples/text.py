@@ -94,9 +94,10 @@ def sentiment(text: str) -> dict[str, Any]:
 
 
 def text_of(data: dict[str, Any]) -> str:
-    """The text an action was given: `text`, `content`, `code`, or `document` (a string or
-    an object with `text`/`content`), first one present."""
-    for name in ("text", "content", "code", "document"):
+    """The text an action was given: `text`, `content`, `code`, `document` (a string or
+    an object with `text`/`content`), or `value` (where the gateway puts a workflow step's
+    `data` that is not an object), first one present."""
+    for name in ("text", "content", "code", "document", "value"):
         value = data.get(name)
         if isinstance(value, str) and value.strip():
             return value
@@ -105,3 +106,18 @@ def text_of(data: dict[str, Any]) -> str:
             if isinstance(inner, str) and inner.strip():
                 return inner
     return ""
+
+
+def text_of_results(results: list[Any]) -> str:
+    """The text of a search step's results (their content's summary, text or content, one
+    paragraph each), for an analysis of what an earlier step found."""
+    paragraphs: list[str] = []
+    for result in results:
+        content = result.get("content") if isinstance(result, dict) else None
+        if isinstance(content, dict):
+            found = text_of(content) or str(content.get("summary") or "")
+            if found:
+                paragraphs.append(found)
+        elif isinstance(content, str) and content.strip():
+            paragraphs.append(content)
+    return "\n\n".join(paragraphs)

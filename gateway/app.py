@@ -18,8 +18,8 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -28,6 +28,8 @@ from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from starlette.requests import Request
 
+from gateway.aliases import has_aliases, rewrite_body
+from gateway.approvals import upstream_pending
 from gateway.config import GatewayConfig
 from gateway.errors import HttpError, bad_request, from_rpc_error
 from gateway.routes import DOMAIN_ID_FIELD, Route, RouteTable
@@ -45,7 +47,13 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # Headers passed on to the upstream as gRPC metadata (lower case).
-FORWARDED_HEADERS = ("traceparent", "tracestate", "x-actor", "authorization")
+FORWARDED_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "x-actor",
+    "authorization",
+    "x-governance-decision",
+)
 REQUEST_ID = "x-request-id"
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 MIN_TIMEOUT_S = 0.001
@@ -62,12 +70,14 @@ class ForwardRequest:
         message: The built gRPC request.
         metadata: The metadata that will be sent (x-actor, authorization, ...).
         path: The HTTP path requested (governance asks about `METHOD:path`).
+        headers: The request's headers, lower-case names (`x-retry-token`, `prefer`).
     """
 
     route: Route
     message: Message
     metadata: Metadata
     path: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class ForwardGate(Protocol):
@@ -149,13 +159,21 @@ class GatewayApp:
             "/healthz": self._healthz,
             "/openapi.json": self._openapi_json,
             "/domains/system/health": self._system_health,
+            # Seed 003: `curl localhost:8000/health` checks everything.
+            "/health": self._system_health,
             "/domains/system/overview": self._system_overview,
         }
 
     @staticmethod
     def builtin_paths() -> list[str]:
         """The paths the gateway serves itself (GET only)."""
-        return ["/healthz", "/openapi.json", "/domains/system/health", "/domains/system/overview"]
+        return [
+            "/healthz",
+            "/health",
+            "/openapi.json",
+            "/domains/system/health",
+            "/domains/system/overview",
+        ]
 
     def begin_shutdown(self) -> None:
         """Reports NOT_SERVING on /healthz and ends open streams."""
@@ -251,6 +269,8 @@ class GatewayApp:
         # Names the gateway's server span after the route (a no-op while tracing is off).
         trace.get_current_span().update_name(f"{method} {route.template.text}")
         body = await self._read_body(request)
+        if has_aliases(route.method.full_name):
+            body = rewrite_body(route.method.full_name, body, request.headers)
         try:
             message = build_request(route, match.bindings, request.query_params.multi_items(), body)
         except TranscodeError as exc:
@@ -259,7 +279,9 @@ class GatewayApp:
         timeout = parse_timeout(request.headers, default, self.config.max_timeout_s)
         metadata = self._metadata(request, request_id)
         if route.mutating:
-            await self.gate.check(ForwardRequest(route, message, metadata, path))
+            await self.gate.check(
+                ForwardRequest(route, message, metadata, path, dict(request.headers))
+            )
         upstream = await self._upstream(route, message, metadata, timeout)
         if route.server_streaming:
             call = upstream.stream(route.grpc_path, route.response_class.FromString)(
@@ -287,7 +309,7 @@ class GatewayApp:
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc, upstream.name)
             self.calls.record(component, time.monotonic() - started, error=error.http_status >= 500)
-            raise error from None
+            raise upstream_pending(error) or error from None
         self.calls.record(component, time.monotonic() - started, error=False)
         await _send(send, 200, dumps(render_response(route, response)), extra)
 

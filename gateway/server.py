@@ -45,6 +45,10 @@ _BUILTIN_DOCS: dict[str, tuple[str, str]] = {
         "Gateway.SystemHealth",
         "gRPC health of every upstream service; 200 when all are SERVING, 503 otherwise.",
     ),
+    "/health": (
+        "Gateway.Health",
+        "The same as /domains/system/health (seed 003: the main API's health covers everything).",
+    ),
     "/domains/system/overview": (
         "Gateway.SystemOverview",
         "Each service's health and stats RPCs (Get...Stats) and the guardian's component "

@@ -34,6 +34,8 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 from grace.kernels.governance.v1 import governance_pb2 as pb
 from grace.kernels.governance.v1 import governance_pb2_grpc
@@ -86,6 +88,8 @@ class GateDecision:
         reasons: Why, in words.
         approval_id: For "pending_approval": the request to settle or wait on.
         source: "governance", or "fallback" when governance could not answer.
+        error_reason: For a refused redemption, governance's reason (`DECISION_REDEEMED`,
+            `APPROVAL_PENDING`, `DECISION_MISMATCH`, ...) or the status code's name.
     """
 
     allowed: bool
@@ -95,6 +99,7 @@ class GateDecision:
     reasons: tuple[str, ...] = ()
     approval_id: str = ""
     source: str = "governance"
+    error_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,35 @@ class GovernanceGate(Protocol):
         request_id: str = "",
     ) -> GateDecision:
         """Decides on one request."""
+
+
+def error_info(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """The `ErrorInfo` reason and metadata a Grace server attached to a failed call, or
+    ("", {}) if none."""
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except DecodeError:
+            return "", {}
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return str(info.reason), dict(info.metadata)
+    return "", {}
+
+
+class ApprovalGate(GovernanceGate, Protocol):
+    """A gate that can also wait for an approval and redeem an approved decision."""
+
+    async def wait_for_approval(self, approval_id: str, timeout_s: float) -> str:
+        """Follows an approval until settled; "approved", "rejected", "expired", "pending"."""
+
+    async def redeem(
+        self, decision_id: str, actor: str, action: str, resource: str, request_sha256: str
+    ) -> GateDecision:
+        """Redeems a decision once for the request it was made for."""
 
 
 def heal_risk(playbook: str) -> str:
@@ -309,6 +343,46 @@ class GovernanceClient:
                 if problem
                 else tuple(decision.reasons)
             ),
+            approval_id=decision.approval_id,
+        )
+
+    async def redeem(
+        self, decision_id: str, actor: str, action: str, resource: str, request_sha256: str
+    ) -> GateDecision:
+        """Redeems a decision once for the request it was made for (the gateway's retry of
+        an approved request). Allowed only when governance redeemed it now; a decision that
+        is pending, rejected, denied, made for another request or already redeemed is not.
+        When governance cannot answer, nothing is redeemed and the request is refused: an
+        approval cannot be proven spent without governance."""
+        try:
+            response = await self._stub.RedeemDecision(
+                pb.RedeemDecisionRequest(
+                    decision_id=decision_id,
+                    actor=actor,
+                    action=action,
+                    resource=resource,
+                    request_sha256=request_sha256,
+                ),
+                timeout=self.deadline_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            reason, metadata = error_info(exc)
+            return GateDecision(
+                allowed=False,
+                verdict="pending_approval" if reason == "APPROVAL_PENDING" else "deny",
+                decision_id=decision_id,
+                approval_id=metadata.get("approval_id", ""),
+                reasons=(exc.details() or exc.code().name,),
+                source="governance" if reason else "fallback",
+                error_reason=reason or exc.code().name,
+            )
+        decision = response.decision
+        return GateDecision(
+            allowed=True,
+            verdict="allow",
+            decision_id=decision.decision_id,
+            policy_ids=tuple(decision.policy_ids),
+            reasons=tuple(decision.reasons),
             approval_id=decision.approval_id,
         )
 

@@ -4,12 +4,15 @@ Every `Heal` (from `grace heal`, the immune kernel or any client) is put to gove
 actor = the caller's `x-actor` metadata ("operator" without one), action
 `heal:<playbook>`, resource `component:<name>`, risk `HEAL_RISK[playbook]` (the
 definition the immune kernel uses too). A caller that already holds a decision for this
-very heal sends its id as `x-governance-decision`; Guardian then confirms it (governance
-recorded it, for this action and resource, allowed, recent) instead of asking a second
-time. A DENY is PERMISSION_DENIED with the reasons, a PENDING_APPROVAL is
-FAILED_PRECONDITION naming the approval to settle; both are logged and recorded as a
-`healing.denied` decision. When governance cannot answer, the client's fallback mode
-decides (Guardian's default: log_only, allow and record locally).
+very heal sends its id as `x-governance-decision`; Guardian then redeems it (governance
+recorded it for this actor, action and resource, allowed or approved since, and it was not
+redeemed before: each decision heals once) instead of asking a second time. So a heal held
+for approval goes through after the approval: send it again with the decision id named in
+the refusal. A DENY is PERMISSION_DENIED with the reasons, a PENDING_APPROVAL is
+FAILED_PRECONDITION (reason APPROVAL_PENDING, with the approval and decision ids) naming
+the approval to settle; both are logged and recorded as a `healing.denied` decision.
+When governance cannot answer, the client's fallback mode decides (Guardian's default:
+log_only, allow and record locally).
 
 The supervisor's own restarts after a crash or failed probes (the backoff loop) never ask:
 they keep the system alive and were allowed once, when the topology was written.
@@ -27,12 +30,12 @@ DEFAULT_ACTOR = "operator"
 
 
 class HealGate(GovernanceGate, Protocol):
-    """Governance as Guardian needs it: ask, or confirm a decision the caller holds."""
+    """Governance as Guardian needs it: ask, or redeem a decision the caller holds."""
 
-    async def confirm(
-        self, decision_id: str, action: str, resource: str, *, max_age_s: float = 600.0
+    async def redeem(
+        self, decision_id: str, actor: str, action: str, resource: str, request_sha256: str
     ) -> GateDecision:
-        """Whether an existing decision allows exactly this action on this resource."""
+        """Spends an allowing (or approved) decision once, for exactly this request."""
 
 
 class HealConsent:
@@ -60,9 +63,12 @@ class HealConsent:
         actor = actor or DEFAULT_ACTOR
         action = f"heal:{playbook}"
         resource = f"component:{component}"
+        decision = None
         if decision_id:
-            decision = await self.gate.confirm(decision_id, action, resource)
-        else:
+            decision = await self.gate.redeem(decision_id, actor, action, resource, "")
+            if decision.source == "fallback":
+                decision = None  # governance cannot answer: ask, so the fallback mode decides
+        if decision is None:
             decision = await self.gate.check(
                 actor,
                 action,

@@ -61,7 +61,13 @@ class Healer:
         self.consent = consent
 
     async def heal(
-        self, name: str, playbook: str = "", *, actor: str = "", decision_id: str = ""
+        self,
+        name: str,
+        playbook: str = "",
+        *,
+        actor: str = "",
+        decision_id: str = "",
+        reason: str = "",
     ) -> HealResult:
         """Runs `playbook` on component `name` ("" picks one), once governance allows it.
 
@@ -70,6 +76,7 @@ class Healer:
             playbook: One of PLAYBOOKS, or "" to let Guardian choose.
             actor: Who asks (governance's principal; "operator" when empty).
             decision_id: A governance decision the caller already holds for this heal.
+            reason: Why the heal is asked for (journaled with it); "requested" when empty.
         """
         status = self.supervisor.status(name)
         if playbook and playbook not in PLAYBOOKS:
@@ -88,7 +95,7 @@ class Healer:
             "healing.started",
             name,
             playbook=playbook,
-            reason="requested",
+            reason=reason or "requested",
             **({"governance_decision": decided} if self.consent is not None else {}),
         )
         try:

@@ -20,6 +20,23 @@ def tier(port: int) -> range:
     return range(max(start, 1), min(start + 10, 65536))
 
 
+# Seed 003's names of the port tiers (and seed 001's domain ports).
+TIER_NAMES: tuple[tuple[range, str], ...] = (
+    (range(8000, 8001), "api"),
+    (range(8100, 8110), "core"),
+    (range(8110, 8120), "governance"),
+    (range(8120, 8130), "execution"),
+    (range(8130, 8140), "agentic"),
+    (range(8140, 8150), "services"),
+    (range(8200, 8300), "domains"),
+)
+
+
+def tier_name(port: int) -> str:
+    """Seed 003's name of the tier `port` is in, or "" outside the named tiers."""
+    return next((name for ports, name in TIER_NAMES if port in ports), "")
+
+
 def port_is_free(host: str, port: int) -> bool:
     """True when nothing listens on `host:port` and it can be bound now."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -16,6 +16,7 @@ from services.common.server import Service
 from services.common.storage import Database
 from services.guardian.config import GuardianConfig
 from services.guardian.consent import HealConsent
+from services.guardian.healing_workflow import HealingWorkflows
 from services.guardian.journal import Journal
 from services.guardian.playbooks import Healer
 from services.guardian.registration import Registrar
@@ -83,6 +84,7 @@ class GuardianServer(Service):
             lambda: {config.server.port},
             consent=HealConsent(self.governance, self.journal) if self.governance else None,
         )
+        self.workflows = HealingWorkflows(self._orchestrator_address, self.journal)
         self.shutting_down = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -91,6 +93,11 @@ class GuardianServer(Service):
             return self.supervisor.status("registry").address
         return peer_address(self.config.server.env, "registry")
 
+    def _orchestrator_address(self) -> str:
+        if self.topology.component("orchestrator") is not None:
+            return self.supervisor.status("orchestrator").address
+        return peer_address(self.config.server.env, "orchestrator")
+
     def _governance_address(self) -> str:
         if self.topology.component("governance") is not None:
             return self.supervisor.status("governance").address
@@ -98,7 +105,8 @@ class GuardianServer(Service):
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         guardian_pb2_grpc.add_GuardianServiceServicer_to_server(
-            GuardianServicer(self.supervisor, self.healer, self.shutting_down), server
+            GuardianServicer(self.supervisor, self.healer, self.shutting_down, self.workflows),
+            server,
         )
         return [SERVICE_NAME]
 

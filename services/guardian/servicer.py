@@ -10,13 +10,15 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.governance_client import DECISION_METADATA
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.timestamps import to_timestamp
 from services.common.validation import require_text
+from services.guardian.healing_workflow import HealingWorkflows
 from services.guardian.model import ComponentStatus, HealResult, State, SystemStatus
 from services.guardian.playbooks import Healer
+from services.guardian.ports import tier_name
 from services.guardian.supervisor import Supervisor
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -39,6 +41,7 @@ _SYSTEM_TO_PROTO = {
     SystemStatus.STOPPING: guardian_pb2.SYSTEM_STATUS_STOPPING,
 }
 _MAX_NAME = 64
+_MAX_REASON = 512
 
 
 def component_to_proto(status: ComponentStatus) -> guardian_pb2.Component:
@@ -66,6 +69,7 @@ def component_to_proto(status: ComponentStatus) -> guardian_pb2.Component:
         log_path=str(status.log_path),
         probe_latency_ms=status.probe_latency_ms,
         last_probe_at=to_timestamp(status.last_probe_at),
+        tier=tier_name(status.port),
     )
 
 
@@ -89,7 +93,14 @@ def _name(value: str) -> str:
 class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
     """Serves `grace.guardian.v1.GuardianService` over the supervisor and the healer."""
 
-    def __init__(self, supervisor: Supervisor, healer: Healer, shutdown: asyncio.Event) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        healer: Healer,
+        shutdown: asyncio.Event,
+        workflows: HealingWorkflows | None = None,
+    ) -> None:
+        self._workflows = workflows
         self._supervisor = supervisor
         self._healer = healer
         self._shutdown = shutdown
@@ -143,13 +154,39 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
         self, request: guardian_pb2.HealRequest, context: Context
     ) -> guardian_pb2.HealResponse:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+        actor = metadata.get("x-actor", "")
+        reason = require_text("reason", request.reason, max_length=_MAX_REASON)
+        if request.workflow:
+            return await self._heal_workflow(request, actor)
         result = await self._healer.heal(
             _name(request.component_name),
             request.playbook,
-            actor=metadata.get("x-actor", ""),
+            actor=actor,
             decision_id=metadata.get(DECISION_METADATA, ""),
+            reason=reason,
         )
         return _heal_to_proto(result)
+
+    async def _heal_workflow(
+        self, request: guardian_pb2.HealRequest, actor: str
+    ) -> guardian_pb2.HealResponse:
+        if request.component_name or request.playbook:
+            raise InvalidArgument(
+                "workflow", "runs on the whole system: leave component_name and playbook empty"
+            )
+        if self._workflows is None:
+            raise FailedPrecondition("this Guardian runs no healing workflows (no orchestrator)")
+        done = await self._workflows.run(request.workflow, actor)
+        return guardian_pb2.HealResponse(
+            playbook=done.workflow,
+            workflow=done.workflow,
+            success=done.success,
+            message=done.message,
+            findings=[
+                guardian_pb2.Finding(check=f.check, ok=f.ok, detail=f.detail) for f in done.findings
+            ],
+            execution_id=done.execution_id,
+        )
 
     async def RestartComponent(
         self, request: guardian_pb2.RestartComponentRequest, context: Context

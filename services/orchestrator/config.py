@@ -13,6 +13,8 @@ Besides the common server settings (see `services.common.config`):
   step, as `<domain>.<action>` by `workflow:<id>` (on | off, default on); a refusal fails
   the step and rolls the execution back. `GRACE_ORCHESTRATOR_GOVERNANCE_FALLBACK`: what
   to do when governance is down (log_only | enforce, default log_only).
+- `GRACE_ORCHESTRATOR_APPROVAL_WAIT_S`: how long a step held by a REQUIRE_APPROVAL policy
+  waits for a person's decision before it fails (3600).
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class OrchestratorConfig:
                 ),
                 max_inflight_calls=reader.integer(
                     "GRACE_ORCHESTRATOR_MAX_INFLIGHT_CALLS", 512, minimum=1, maximum=100_000
+                ),
+                approval_wait_s=reader.number(
+                    "GRACE_ORCHESTRATOR_APPROVAL_WAIT_S", 3600.0, minimum=1, maximum=7 * 86400
                 ),
             ),
             registry_address=peer_address(env, "registry"),

@@ -51,11 +51,14 @@ class OrchestratorSettings:
         max_parallel_steps: Steps of one execution running at once.
         max_inflight_calls: Domain calls in flight across all executions.
         recent_cache: Ended executions kept in memory for fast reads.
+        approval_wait_s: How long a step held by a REQUIRE_APPROVAL policy waits for the
+            approval before it fails.
     """
 
     max_parallel_steps: int = 16
     max_inflight_calls: int = 512
     recent_cache: int = 1000
+    approval_wait_s: float = 3600.0
 
 
 @dataclass

@@ -401,12 +401,70 @@ class ExecutionRunner:
             context={"workflow_id": self.spec.workflow_id, "step_id": spec.id},
             request_id=f"{self.ex.execution_id}/{spec.id}/{run.attempts}",
         )
-        if not decision.allowed:
+        if decision.allowed:
+            return
+        if decision.verdict == "pending_approval" and decision.approval_id:
+            await self._await_approval(spec, run, target, decision.approval_id)
+            return
+        raise CallError(
+            f"governance {decision.verdict} for {target}.{spec.action}: "
+            + "; ".join(decision.reasons),
+            retryable=False,
+        )
+
+    async def _await_approval(
+        self, spec: StepSpec, run: StepRun, target: str, approval_id: str
+    ) -> None:
+        """Waits for a person to settle the approval a REQUIRE_APPROVAL policy asked for,
+        as a `governance.verify` step does: the step stays RUNNING (its record says what
+        it waits for) until the approval is approved (the step runs), rejected or expired
+        (the step fails for good and the execution rolls back), or the wait ends. After a
+        restart the same attempt asks with the same request id, so governance answers the
+        same decision and the wait resumes on the same approval."""
+        gate = self.host.gate
+        assert gate is not None
+        waiting = getattr(gate, "wait_for_approval", None)
+        what = f"{target}.{spec.action}"
+        if waiting is None:
             raise CallError(
-                f"governance {decision.verdict} for {target}.{spec.action}: "
-                + "; ".join(decision.reasons),
+                f"governance requires approval {approval_id} for {what}, and this "
+                "orchestrator's gate cannot wait for approvals",
                 retryable=False,
             )
+        run.error = f"waiting for approval {approval_id} of {what}"
+        await self.persist(f"step.awaiting_approval {spec.id} {approval_id}")
+        wait_s = self.host.settings.approval_wait_s
+        follow = asyncio.ensure_future(waiting(approval_id, wait_s))
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({follow, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not follow.done():
+                follow.cancel()
+        if not follow.done() or follow.cancelled():
+            raise CallError(
+                f"stopped while waiting for approval {approval_id} of {what}", retryable=False
+            )
+        try:
+            settled = follow.result()
+        except grpc.aio.AioRpcError as exc:
+            # Governance is unreachable: a retryable failure, asked again on the next attempt.
+            raise CallError(
+                f"cannot follow approval {approval_id} of {what}: {exc.code().name}",
+                retryable=True,
+            ) from None
+        run.error = ""
+        if settled == "approved":
+            return
+        if settled == "pending":
+            raise CallError(
+                f"approval {approval_id} of {what} was not settled within {wait_s:g}s",
+                retryable=False,
+            )
+        raise CallError(
+            f"governance: approval {approval_id} of {what} was {settled}", retryable=False
+        )
 
     def _record(
         self,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,6 +45,64 @@ WATCH_BATCH = 500
 
 Clock = Callable[[], float]
 ChangeListener = Callable[[Change], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RegisterOutcome:
+    """What a registration did.
+
+    Attributes:
+        record: The stored record.
+        created: True when the id was new.
+        kept_fields: Fields the registration left empty that kept their earlier values.
+        changed_fields: Fields whose value changed (an update only).
+    """
+
+    record: DomainRecord
+    created: bool
+    kept_fields: tuple[str, ...] = ()
+    changed_fields: tuple[str, ...] = ()
+
+
+# Optional fields of a registration, as RegisterDomainResponse names them.
+MERGED_FIELDS = ("capabilities", "version", "metadata", "public_key", "lease_ttl")
+
+
+def merge(existing: DomainRecord, reg: Registration) -> tuple[Registration, list[str]]:
+    """A re-registration completed from the current record: every optional field the
+    registration leaves empty keeps its current value. Returns it and the kept fields."""
+    kept: list[str] = []
+    changes: dict[str, object] = {}
+    current = {
+        "capabilities": existing.capabilities,
+        "version": existing.version,
+        "metadata": existing.metadata,
+        "public_key": existing.public_key,
+        "lease_ttl": existing.lease_ttl_s,
+    }
+    sent = {
+        "capabilities": reg.capabilities,
+        "version": reg.version,
+        "metadata": reg.metadata,
+        "public_key": reg.public_key,
+        "lease_ttl": reg.lease_ttl_s,
+    }
+    for name in MERGED_FIELDS:
+        if not sent[name] and current[name]:
+            kept.append(name)
+            changes["lease_ttl_s" if name == "lease_ttl" else name] = current[name]
+    return dataclasses.replace(reg, **changes), kept  # type: ignore[arg-type]
+
+
+def changed_fields(before: DomainRecord | None, after: DomainRecord) -> list[str]:
+    """The registration fields whose value differs between two records of one domain."""
+    if before is None:
+        return []
+    names = ("host", "port", "capabilities", "version", "metadata", "public_key")
+    changed = [n for n in names if getattr(before, n) != getattr(after, n)]
+    if before.lease_ttl_s != after.lease_ttl_s:
+        changed.append("lease_ttl")
+    return changed
 
 
 @dataclass(frozen=True)
@@ -142,13 +201,30 @@ class Registry:
 
     # -- writes ----------------------------------------------------------------------
 
-    async def register(self, registration: Registration) -> tuple[DomainRecord, bool]:
-        """Registers or updates a domain; returns the record and whether it is new."""
+    async def register(
+        self, registration: Registration, *, replace: bool = False
+    ) -> tuple[DomainRecord, bool]:
+        """Registers or updates a domain; returns the record and whether it is new
+        (`registered` tells more)."""
+        outcome = await self.registered(registration, replace=replace)
+        return outcome.record, outcome.created
+
+    async def registered(
+        self, registration: Registration, *, replace: bool = False
+    ) -> RegisterOutcome:
+        """Registers or updates a domain and reports what changed.
+
+        An update keeps every optional field the registration leaves empty (capabilities,
+        version, metadata, public key, lease TTL) unless `replace` is set; see `merge`.
+        """
         reg = validate_registration(registration)
+        kept: list[str] = []
         async with self._lock:
             now = self._clock()
-            ttl = reg.lease_ttl_s or self.settings.default_lease_ttl_s
             existing = self._records.get(reg.domain_id)
+            if existing is not None and not replace:
+                reg, kept = merge(existing, reg)
+            ttl = reg.lease_ttl_s or self.settings.default_lease_ttl_s
             record = DomainRecord(
                 domain_id=reg.domain_id,
                 host=reg.host,
@@ -167,7 +243,11 @@ class Registry:
             )
             kind = ChangeKind.UPDATED if existing else ChangeKind.REGISTERED
             await self._commit([Change(record.revision, kind, record)])
-        return record, existing is None
+        if kept:
+            log.info("registry: %s re-registered; kept its %s", reg.domain_id, ", ".join(kept))
+        return RegisterOutcome(
+            record, existing is None, tuple(kept), tuple(changed_fields(existing, record))
+        )
 
     async def heartbeat(
         self, domain_id: str, metrics: Metrics | None = None, degraded: bool = False

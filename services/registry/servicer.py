@@ -88,8 +88,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             public_key=request.public_key,
             lease_ttl_s=from_duration(request.lease_ttl) if request.HasField("lease_ttl") else None,
         )
-        record, created = await self._registry.register(registration)
-        return registry_pb2.RegisterDomainResponse(domain=self._domain(record), created=created)
+        outcome = await self._registry.registered(registration, replace=request.replace)
+        return registry_pb2.RegisterDomainResponse(
+            domain=self._domain(outcome.record),
+            created=outcome.created,
+            kept_fields=list(outcome.kept_fields),
+            changed_fields=list(outcome.changed_fields),
+        )
 
     async def Heartbeat(
         self, request: registry_pb2.HeartbeatRequest, context: Context

@@ -135,6 +135,52 @@ async def test_the_document_flow_ingests_analyzes_and_stores(tmp_path: Path) -> 
         assert similar["query"] == "domain"
 
 
+async def test_seed_001_action_names_run_the_document_flow_with_metadata(tmp_path: Path) -> None:
+    async with example_domains(tmp_path) as domains:
+        # The gateway wraps seed 001's `"data": document` as {"value": document}.
+        workflow_input = {"value": DOCUMENT}
+        ingested = await domains.execute(
+            "data_domain", "ingest_document", workflow_input, "ex/step_1"
+        )
+        assert ingested["text"] == DOCUMENT
+        analysis = await domains.execute(
+            "ai_domain", "analyze_content", {**workflow_input, **ingested}, "ex/step_2"
+        )
+        assert analysis["source"] == "input"
+        assert analysis["document_id"] == ingested["document_id"]
+        stored = await domains.execute(
+            "memory_domain",
+            "store_with_metadata",
+            {**workflow_input, **ingested, **analysis},
+            "ex/step_3",
+        )
+        assert stored["metadata"]["document_id"] == ingested["document_id"]
+        assert stored["metadata"]["statistics"] == analysis["statistics"]
+        memory = memory_pb2_grpc.SharedMemoryServiceStub(domains.platform.memory_channel)
+        got = await memory.GetContribution(
+            memory_pb2.GetContributionRequest(contribution_id=stored["contribution_id"])
+        )
+        assert got.contribution.content["metadata"]["execution_id"] == "ex_test"
+        # Its compensation retracts it, like store's.
+        undone = await domains.compensate(
+            "memory_domain", "store_with_metadata", {}, stored, "ex/step_3/compensate"
+        )
+        assert undone["retracted"] is True
+
+
+async def test_analyze_without_text_analyses_the_search_results_it_was_given(
+    tmp_path: Path,
+) -> None:
+    async with example_domains(tmp_path) as domains:
+        found = {"query": "cache", "results": [{"content": {"summary": "Caching is fast."}}]}
+        analysis = await domains.execute("ai_domain", "analyze", found)
+        assert analysis["source"] == "results"
+        assert analysis["context_results"] == 1
+        assert analysis["keywords"][0]["word"] == "caching"
+        empty = await domains.execute("ai_domain", "analyze", {"query": "", "results": []})
+        assert (empty["source"], empty["keywords"], empty["summary"]) == ("results", [], "")
+
+
 async def test_compensations_undo_ingest_and_retract_the_stored_analysis(tmp_path: Path) -> None:
     async with example_domains(tmp_path) as domains:
         data = {"document": DOCUMENT}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -115,3 +116,132 @@ async def test_reads_and_health_are_not_asked_about(governed: GovernedStack) -> 
     assert (await governed.http.get("/domains/system/health")).status_code in (200, 503)
     stats = await governed.governance.GetGovernanceStats(gov.GetGovernanceStatsRequest())
     assert stats.decisions == 0
+
+
+SECOND_PAIR_OF_EYES = gov.Policy(
+    policy_id="register-needs-approval",
+    description="registering a domain waits for a person",
+    principal="user:alice",
+    action="POST:/domains/register",
+    effect=gov.EFFECT_REQUIRE_APPROVAL,
+)
+
+
+async def _approve(governed: GovernedStack, approval_id: str) -> None:
+    await governed.governance.Approve(
+        gov.ApproveRequest(approval_id=approval_id, approver="user:bob", reason="looks right")
+    )
+
+
+async def _domain_ids(governed: GovernedStack) -> list[str]:
+    listed = await governed.http.get("/domains/list")
+    assert listed.status_code == 200, listed.text
+    return [d["domain_id"] for d in listed.json()["domains"]]
+
+
+async def test_an_approved_request_goes_through_once_with_its_retry_token(
+    governed: GovernedStack,
+) -> None:
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=SECOND_PAIR_OF_EYES))
+    alice = {"X-Actor": "user:alice"}
+    body = {"domain_id": "approved_one", "port": 9003}
+
+    held = await governed.http.post("/domains/register", json=body, headers=alice)
+    assert held.status_code == 202, held.text
+    pending = held.json()
+    assert pending["status"] == "PENDING_APPROVAL"
+    assert pending["approval_id"]
+    assert pending["retry_token"]
+    assert held.headers["x-approval-id"] == pending["approval_id"]
+    assert "approved_one" not in await _domain_ids(governed)
+
+    await _approve(governed, pending["approval_id"])
+    token = {**alice, "X-Retry-Token": pending["retry_token"]}
+    # The token is bound to the request it was made for: another body cannot use it.
+    other = await governed.http.post(
+        "/domains/register", json={"domain_id": "smuggled", "port": 9004}, headers=token
+    )
+    assert other.status_code == 403, other.text
+    assert "smuggled" not in await _domain_ids(governed)
+
+    redeemed = await governed.http.post("/domains/register", json=body, headers=token)
+    assert redeemed.status_code == 200, redeemed.text
+    assert "approved_one" in await _domain_ids(governed)
+
+    again = await governed.http.post("/domains/register", json=body, headers=token)
+    assert again.status_code == 409, again.text
+    assert "already redeemed" in again.json()["error"]["message"]
+    # A new request without the token asks anew: a new approval, not the spent one.
+    anew = await governed.http.post("/domains/register", json=body, headers=alice)
+    assert anew.status_code == 202, anew.text
+    assert anew.json()["approval_id"] != pending["approval_id"]
+
+
+async def test_a_token_retried_before_the_approval_is_settled_is_still_pending(
+    governed: GovernedStack,
+) -> None:
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=SECOND_PAIR_OF_EYES))
+    alice = {"X-Actor": "user:alice"}
+    body = {"domain_id": "early_bird", "port": 9005}
+    held = await governed.http.post("/domains/register", json=body, headers=alice)
+    assert held.status_code == 202, held.text
+    early = await governed.http.post(
+        "/domains/register",
+        json=body,
+        headers={**alice, "X-Retry-Token": held.json()["retry_token"]},
+    )
+    assert early.status_code == 202, early.text
+    assert early.json()["approval_id"] == held.json()["approval_id"]
+    assert "early_bird" not in await _domain_ids(governed)
+
+
+async def test_a_client_that_prefers_to_wait_is_forwarded_once_approved(
+    governed: GovernedStack,
+) -> None:
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=SECOND_PAIR_OF_EYES))
+    waiting = asyncio.create_task(
+        governed.http.post(
+            "/domains/register",
+            json={"domain_id": "patient", "port": 9006},
+            headers={"X-Actor": "user:alice", "Prefer": "wait=60"},
+        )
+    )
+    approval_id = ""
+    while not approval_id:
+        listed = await governed.governance.ListApprovals(
+            gov.ListApprovalsRequest(status=gov.APPROVAL_STATUS_PENDING)
+        )
+        approval_id = listed.approvals[0].approval_id if listed.approvals else ""
+        await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await _approve(governed, approval_id)
+    answered = await waiting
+    assert answered.status_code == 200, answered.text
+    assert "patient" in await _domain_ids(governed)
+
+
+async def test_a_client_that_waits_for_a_rejected_request_is_refused(
+    governed: GovernedStack,
+) -> None:
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=SECOND_PAIR_OF_EYES))
+    waiting = asyncio.create_task(
+        governed.http.post(
+            "/domains/register",
+            json={"domain_id": "refused", "port": 9007},
+            headers={"X-Actor": "user:alice", "Prefer": "wait=60"},
+        )
+    )
+    approval_id = ""
+    while not approval_id:
+        listed = await governed.governance.ListApprovals(
+            gov.ListApprovalsRequest(status=gov.APPROVAL_STATUS_PENDING)
+        )
+        approval_id = listed.approvals[0].approval_id if listed.approvals else ""
+        await asyncio.sleep(0.05)
+    await governed.governance.Reject(
+        gov.RejectRequest(approval_id=approval_id, approver="user:bob", reason="no")
+    )
+    answered = await waiting
+    assert answered.status_code == 403, answered.text
+    assert "rejected" in answered.json()["error"]["message"]
+    assert "refused" not in await _domain_ids(governed)

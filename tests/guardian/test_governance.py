@@ -235,3 +235,40 @@ def test_governance_settings_are_read_from_the_environment() -> None:
         0.5,
     )
     assert isinstance(config.server, ServerConfig)
+
+
+async def test_an_approved_heal_goes_through_once_with_its_decision(tmp_path: Path) -> None:
+    async with running(tmp_path, Mode.ENFORCE) as s:
+        await s.governance.CreatePolicy(
+            gov.CreatePolicyRequest(
+                policy=gov.Policy(
+                    policy_id="ask-first",
+                    description="a person approves restarts",
+                    action="heal:*",
+                    effect=gov.EFFECT_REQUIRE_APPROVAL,
+                )
+            )
+        )
+        alice = [("x-actor", "user:alice")]
+        heal = guardian_pb2.HealRequest(component_name="alpha", playbook="restart_component")
+        with pytest.raises(grpc.aio.AioRpcError) as pending:
+            await s.guardian.Heal(heal, metadata=alice)
+        [approval] = (await s.governance.ListApprovals(gov.ListApprovalsRequest())).approvals
+        await s.governance.Approve(
+            gov.ApproveRequest(approval_id=approval.approval_id, approver="user:bob", reason="ok")
+        )
+        before = await pid_of(s.guardian, "alpha")
+        with_decision = [*alice, ("x-governance-decision", approval.decision_id)]
+
+        healed = await s.guardian.Heal(heal, metadata=with_decision)
+
+        assert healed.success
+        assert healed.component.pid != before
+        # Spent: the same decision does not heal twice, and no new approval was asked for.
+        with pytest.raises(grpc.aio.AioRpcError) as spent:
+            await s.guardian.Heal(heal, metadata=with_decision)
+        assert spent.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "already redeemed" in (spent.value.details() or "")
+        listed = await s.governance.ListApprovals(gov.ListApprovalsRequest())
+        assert [a.approval_id for a in listed.approvals] == [approval.approval_id]
+        assert approval.approval_id in (pending.value.details() or "")

@@ -253,7 +253,7 @@ def test_example_domains_describe_themselves_and_execute(grace_platform: Running
     service = "grace.domain.v1.DomainService"
     described = call(grace_platform, "data_domain", f"{service}/DescribeDomain")
     assert described["domain_id"] == "data_domain"
-    assert [a["name"] for a in described["actions"]] == ["ingest", "get"]
+    assert [a["name"] for a in described["actions"]] == ["ingest", "ingest_document", "get"]
     analyzed = call(
         grace_platform,
         "ai_domain",

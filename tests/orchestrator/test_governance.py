@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -18,7 +19,7 @@ from services.kernels.governance.model import Mode
 from services.kernels.governance.server import GovernanceServer
 from services.orchestrator.server import OrchestratorServer
 from tests.orchestrator.conftest import ListPublisher, World, orchestrator_config
-from tests.orchestrator.test_workflows import run
+from tests.orchestrator.test_workflows import run, workflow
 from tests.support import server_config, serving
 
 
@@ -117,3 +118,84 @@ async def test_in_log_only_mode_the_workflow_runs_and_each_step_is_recorded(
     assert actions == ["ai_domain.deploy", "data_domain.load"]
     [deploy] = [d for d in recorded.decisions if d.action == "ai_domain.deploy"]
     assert deploy.evaluated_verdict == gov.VERDICT_DENY
+
+
+DEPLOYS_NEED_APPROVAL = gov.Policy(
+    policy_id="deploys-need-approval",
+    description="a person approves each deploy",
+    action="ai_domain.deploy",
+    effect=gov.EFFECT_REQUIRE_APPROVAL,
+)
+
+
+async def _pending_approval(governed: Governed) -> gov.Approval:
+    while True:
+        listed = await governed.governance.ListApprovals(
+            gov.ListApprovalsRequest(status=gov.APPROVAL_STATUS_PENDING)
+        )
+        if listed.approvals:
+            return listed.approvals[0]
+        await asyncio.sleep(0.05)
+
+
+async def _start(governed: Governed) -> tuple[str, asyncio.Task[pb.Execution]]:
+    created = await governed.orchestrator.CreateWorkflow(workflow(NO_DEPLOYS))
+    started = await governed.orchestrator.ExecuteWorkflow(
+        pb.ExecuteWorkflowRequest(workflow_id=created.workflow_id)
+    )
+    execution_id = started.execution.execution_id
+
+    async def finished() -> pb.Execution:
+        while True:
+            got = await governed.orchestrator.GetExecution(
+                pb.GetExecutionRequest(execution_id=execution_id)
+            )
+            if got.execution.finished_at.seconds:
+                return got.execution
+            await asyncio.sleep(0.05)
+
+    return execution_id, asyncio.create_task(finished())
+
+
+async def test_a_step_that_needs_approval_waits_for_it_and_runs_once_approved(
+    world: World, governed: Governed
+) -> None:
+    await world.add_domain("data_domain")
+    ai = await world.add_domain("ai_domain")
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=DEPLOYS_NEED_APPROVAL))
+    _, finished = await _start(governed)
+
+    approval = await _pending_approval(governed)
+    assert approval.action == "ai_domain.deploy"
+    await asyncio.sleep(0.3)
+    assert not finished.done()  # waiting, not failed and rolled back
+    assert not ai.runs
+    await governed.governance.Approve(
+        gov.ApproveRequest(approval_id=approval.approval_id, approver="ops:bob", reason="ok")
+    )
+
+    ex = await asyncio.wait_for(finished, 30)
+    assert ex.state == pb.EXECUTION_STATE_SUCCEEDED, ex.error
+    assert ex.steps[1].state == pb.STEP_STATE_SUCCEEDED
+    assert len(ai.runs) == 1
+    everything = await governed.governance.ListApprovals(gov.ListApprovalsRequest())
+    assert [a.approval_id for a in everything.approvals] == [approval.approval_id]
+
+
+async def test_a_rejected_step_fails_and_rolls_back_with_the_rejection_in_its_record(
+    world: World, governed: Governed
+) -> None:
+    await world.add_domain("data_domain")
+    ai = await world.add_domain("ai_domain")
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=DEPLOYS_NEED_APPROVAL))
+    _, finished = await _start(governed)
+    approval = await _pending_approval(governed)
+    await governed.governance.Reject(
+        gov.RejectRequest(approval_id=approval.approval_id, approver="ops:bob", reason="not now")
+    )
+    ex = await asyncio.wait_for(finished, 30)
+    assert ex.state == pb.EXECUTION_STATE_ROLLED_BACK
+    assert ex.steps[1].state == pb.STEP_STATE_FAILED
+    assert "rejected" in ex.steps[1].error
+    assert ex.steps[0].state == pb.STEP_STATE_COMPENSATED
+    assert not ai.runs

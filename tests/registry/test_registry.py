@@ -39,6 +39,45 @@ async def test_register_creates_then_updates_the_same_id(registry: Registry) -> 
     assert registry.capability_map() == {"ml": ["ai_domain"]}
 
 
+async def test_a_re_registration_keeps_the_fields_it_leaves_empty_and_says_so(
+    registry: Registry,
+) -> None:
+    key = bytes(range(32))
+    await registry.register(
+        reg(
+            capabilities=("ml", "analysis"),
+            version="1.0.0",
+            metadata={"owner": "ml-team"},
+            public_key=key,
+            lease_ttl_s=60.0,
+        )
+    )
+    # Seed 000, example 1: the same id with only a port and capabilities.
+    outcome = await registry.registered(reg(capabilities=("chat", "ml", "prediction")))
+
+    record = outcome.record
+    assert not outcome.created
+    assert record.capabilities == ("chat", "ml", "prediction")
+    assert (record.version, record.metadata, record.public_key) == (
+        "1.0.0",
+        {"owner": "ml-team"},
+        key,
+    )
+    assert record.lease_ttl_s == 60.0
+    assert outcome.kept_fields == ("version", "metadata", "public_key", "lease_ttl")
+    assert outcome.changed_fields == ("capabilities",)
+
+
+async def test_a_replacing_re_registration_clears_what_it_leaves_empty(
+    registry: Registry,
+) -> None:
+    await registry.register(reg(version="1.0.0", metadata={"owner": "ml-team"}))
+    outcome = await registry.registered(reg(), replace=True)
+    assert (outcome.record.version, outcome.record.metadata) == ("", {})
+    assert outcome.kept_fields == ()
+    assert set(outcome.changed_fields) == {"version", "metadata"}
+
+
 async def test_register_applies_the_default_lease(registry: Registry, clock: ManualClock) -> None:
     record, _ = await registry.register(reg())
     assert record.lease_ttl_s == 30

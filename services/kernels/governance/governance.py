@@ -20,8 +20,10 @@ from typing import Any
 from services.common.errors import (
     Aborted,
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
 )
 from services.common.outbox import Outbox
 from services.common.pagination import decode_token, encode_token, page_size
@@ -335,6 +337,79 @@ class Governance:
         if found is None:
             raise NotFound("decision", decision_id)
         return found
+
+    async def redeem(
+        self, decision_id: str, actor: str, action: str, resource: str, request_sha256: str = ""
+    ) -> tuple[Decision, float]:
+        """Redeems a decision once for the request it was made for; returns it and when.
+
+        Raises:
+            NotFound: No such decision.
+            PermissionDenied: It was made for another actor, action, resource or request.
+            FailedPrecondition: It does not allow the request (denied, still pending,
+                rejected, expired) or it was redeemed before.
+        """
+        require_text("actor", actor, max_length=MAX_ACTOR_LENGTH, required=True)
+        require_text("action", action, max_length=MAX_ACTION_LENGTH, required=True)
+        require_text("resource", resource, max_length=MAX_RESOURCE_LENGTH)
+        require_text("request_sha256", request_sha256, max_length=64)
+        decision = await self.get_decision(decision_id)
+        request = decision.request
+        recorded_digest = str(request.context.get("request_sha256") or "")
+        mismatch = [
+            name
+            for name, asked, made in (
+                ("actor", actor, request.actor),
+                ("action", action, request.action),
+                ("resource", resource, request.resource),
+                ("request_sha256", request_sha256, recorded_digest or request_sha256),
+            )
+            if asked != made
+        ]
+        if mismatch:
+            raise PermissionDenied(
+                f"decision {decision_id} was made for another request "
+                f"(different {', '.join(mismatch)})",
+                reason="DECISION_MISMATCH",
+            )
+        if decision.verdict is Verdict.DENY:
+            raise FailedPrecondition(
+                f"decision {decision_id} denied {request.action}; it cannot be redeemed",
+                reason="DECISION_DENIED",
+            )
+        if decision.verdict is Verdict.PENDING_APPROVAL:
+            approval = await self.approvals.get(decision.approval_id)
+            if approval.status is not ApprovalStatus.APPROVED:
+                raise FailedPrecondition(
+                    f"approval {approval.approval_id} of decision {decision_id} is "
+                    f"{approval.status.value.lower()}, not approved",
+                    reason=f"APPROVAL_{approval.status.value.upper()}",
+                    metadata={"decision_id": decision_id, "approval_id": approval.approval_id},
+                )
+        now = self.clock()
+        async with self._lock, self.store.db.transaction() as conn:
+            earlier = await self.store.redeem(conn, decision_id, now, request_sha256)
+            if earlier is None:
+                data = {
+                    "decision_id": decision_id,
+                    "approval_id": decision.approval_id,
+                    "actor": actor,
+                    "action": action,
+                    "resource": resource,
+                }
+                await self.events.enqueue(
+                    conn, "governance.decision.redeemed", data, subject=decision_id
+                )
+                await self.log_entries.enqueue(
+                    conn, "governance.decision.redeemed", data, subject=decision_id
+                )
+        if earlier is not None:
+            raise FailedPrecondition(
+                f"decision {decision_id} was already redeemed; a new request needs a new decision",
+                reason="DECISION_REDEEMED",
+            )
+        self._committed()
+        return decision, now
 
     async def list_decisions(
         self, where: DecisionFilter, size: int = 0, token: str = ""

@@ -10,7 +10,7 @@ import grpc
 from grace.kernels.governance.v1 import governance_pb2 as pb
 from grace.kernels.governance.v1 import governance_pb2_grpc
 from services.common.errors import InvalidArgument
-from services.common.timestamps import from_timestamp
+from services.common.timestamps import from_timestamp, to_timestamp
 from services.common.validation import require_struct_size
 from services.kernels.governance.governance import Governance
 from services.kernels.governance.model import ApprovalStatus, Verdict
@@ -111,6 +111,20 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     ) -> pb.GetDecisionResponse:
         decision = await self._gov.get_decision(request.decision_id)
         return pb.GetDecisionResponse(decision=decision_to_proto(decision))
+
+    async def RedeemDecision(
+        self, request: pb.RedeemDecisionRequest, context: Context
+    ) -> pb.RedeemDecisionResponse:
+        decision, redeemed_at = await self._gov.redeem(
+            request.decision_id,
+            request.actor,
+            request.action,
+            request.resource,
+            request.request_sha256,
+        )
+        return pb.RedeemDecisionResponse(
+            decision=decision_to_proto(decision), redeemed_at=to_timestamp(redeemed_at)
+        )
 
     async def ListDecisions(
         self, request: pb.ListDecisionsRequest, context: Context

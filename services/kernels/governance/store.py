@@ -97,6 +97,15 @@ approvals = Table(
     Index("governance_approvals_status", "status", "seq"),
 )
 
+# One row per redeemed decision: the primary key makes a second redemption fail.
+redemptions = Table(
+    "governance_redemptions",
+    metadata,
+    Column("decision_id", String(64), primary_key=True),
+    Column("redeemed_at", Float, nullable=False),
+    Column("request_sha256", String(64), nullable=False),
+)
+
 settings = Table(
     "governance_settings",
     metadata,
@@ -392,6 +401,25 @@ class GovernanceStore:
                 )
             )
         return by_verdict, int(would or 0)
+
+    async def redeem(
+        self, conn: AsyncConnection, decision_id: str, now: float, request_sha256: str
+    ) -> float | None:
+        """Marks a decision redeemed; returns when an earlier redemption happened instead
+        (then nothing changes), or None when this call redeemed it."""
+        earlier = (
+            await conn.execute(
+                select(redemptions.c.redeemed_at).where(redemptions.c.decision_id == decision_id)
+            )
+        ).first()
+        if earlier is not None:
+            return float(earlier[0])
+        await conn.execute(
+            redemptions.insert().values(
+                decision_id=decision_id, redeemed_at=now, request_sha256=request_sha256
+            )
+        )
+        return None
 
     # Approvals ------------------------------------------------------------------------
 

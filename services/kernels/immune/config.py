@@ -45,7 +45,16 @@ from services.kernels.immune.remediation import RemediationSettings
 from services.kernels.registration import DomainRegistration, registration_from_env
 
 SERVICE = "immune"
-CAPABILITIES = ("immune", "anomaly_detection", "self_healing")
+# `diagnostics`, `healing` and `verification` are the capabilities of seed 000's
+# full_system_heal workflow (the scan, fix and verify actions).
+CAPABILITIES = (
+    "immune",
+    "anomaly_detection",
+    "self_healing",
+    "diagnostics",
+    "healing",
+    "verification",
+)
 
 
 @dataclass(frozen=True)

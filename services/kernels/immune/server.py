@@ -13,6 +13,7 @@ import grpc
 
 from grace.domain.v1 import domain_pb2_grpc
 from grace.eventbus.v1 import event_pb2
+from grace.guardian.v1 import guardian_pb2_grpc
 from grace.kernels.immune.v1 import immune_pb2, immune_pb2_grpc
 from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
@@ -30,6 +31,7 @@ from services.kernels.immune.playbooks import Experience, LocalExperience, Share
 from services.kernels.immune.remediation import Healer, Remediator
 from services.kernels.immune.servicer import ImmuneServicer
 from services.kernels.immune.store import ImmuneStore
+from services.kernels.immune.system_heal import SystemHeal
 from services.kernels.registration import keep_registered
 
 SERVICE_NAME = immune_pb2.DESCRIPTOR.services_by_name["ImmuneService"].full_name
@@ -80,7 +82,15 @@ class ImmuneServer(Service):
             self.immune.events, self.publisher, poll_interval_s=config.relay_interval_s
         )
         self.immune.on_commit(self.relay.wake)
+        self.system_heal = SystemHeal(self._guardian_stub, self.immune, clock)
+        self._guardian: guardian_pb2_grpc.GuardianServiceAsyncStub | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _guardian_stub(self) -> guardian_pb2_grpc.GuardianServiceAsyncStub:
+        if self._guardian is None:
+            chan = self._channel(self.config.guardian_address)
+            self._guardian = guardian_pb2_grpc.GuardianServiceStub(chan)
+        return self._guardian
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         chan = channel(address)
@@ -118,7 +128,8 @@ class ImmuneServer(Service):
                 {
                     "report_metrics": domain.KernelAction(
                         self._report, "Takes metric points: {points: [{component, metric, value}]}"
-                    )
+                    ),
+                    **self.system_heal.actions(),
                 },
                 on_event=self._on_event,
                 event_patterns=EVENT_PATTERNS,

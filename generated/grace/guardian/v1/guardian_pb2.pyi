@@ -147,6 +147,7 @@ class Component(_message.Message):
     PROBE_LATENCY_MS_FIELD_NUMBER: _builtins.int
     LAST_PROBE_AT_FIELD_NUMBER: _builtins.int
     HEALTH_HTTP_PATH_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name from the topology, for example "registry": lower-case letters, digits and '_'."""
     group: _builtins.str
@@ -188,6 +189,11 @@ class Component(_message.Message):
     health_http_path: _builtins.str
     """HTTP path probed instead of grpc.health.v1 (GET, 2xx is SERVING); empty when the
     component is probed over gRPC.
+    """
+    tier: _builtins.str
+    """Seed 003's port tier of the current port: "api" (8000), "core" (8100-8109),
+    "governance" (8110-8119), "execution" (8120-8129), "agentic" (8130-8139), "services"
+    (8140-8149), "domains" (8200-8299); empty for any other port.
     """
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -233,10 +239,11 @@ class Component(_message.Message):
         probe_latency_ms: _builtins.float = ...,
         last_probe_at: _timestamp_pb2.Timestamp | None = ...,
         health_http_path: _builtins.str = ...,
+        tier: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_probe_at", b"last_probe_at", "started_at", b"started_at", "state_since", b"state_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "can_fail", b"can_fail", "capabilities", b"capabilities", "chunk", b"chunk", "depends_on", b"depends_on", "group", b"group", "health_http_path", b"health_http_path", "health_service", b"health_service", "last_error", b"last_error", "last_exit_code", b"last_exit_code", "last_probe_at", b"last_probe_at", "log_path", b"log_path", "name", b"name", "pid", b"pid", "port", b"port", "probe_latency_ms", b"probe_latency_ms", "restarts", b"restarts", "started_at", b"started_at", "state", b"state", "state_since", b"state_since", "total_restarts", b"total_restarts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "can_fail", b"can_fail", "capabilities", b"capabilities", "chunk", b"chunk", "depends_on", b"depends_on", "group", b"group", "health_http_path", b"health_http_path", "health_service", b"health_service", "last_error", b"last_error", "last_exit_code", b"last_exit_code", "last_probe_at", b"last_probe_at", "log_path", b"log_path", "name", b"name", "pid", b"pid", "port", b"port", "probe_latency_ms", b"probe_latency_ms", "restarts", b"restarts", "started_at", b"started_at", "state", b"state", "state_since", b"state_since", "tier", b"tier", "total_restarts", b"total_restarts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -453,21 +460,35 @@ class HealRequest(_message.Message):
 
     COMPONENT_NAME_FIELD_NUMBER: _builtins.int
     PLAYBOOK_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
     component_name: _builtins.str
     """Component to heal."""
     playbook: _builtins.str
     """Playbook to run: "restart_component", "clear_port", "rebind_port" or
     "diagnose_network". Empty lets Guardian choose (see Heal).
     """
+    reason: _builtins.str
+    """Why the heal is asked for, in words (for example "port_not_listening on port 8130");
+    recorded with the heal's decision, events and journal. At most 512 characters.
+    """
+    workflow: _builtins.str
+    """A healing workflow to run instead of one playbook on one component: "full_system_heal"
+    scans every component, heals the unhealthy ones and verifies them, as the three steps
+    of an orchestrator workflow (diagnostics.scan, healing.fix, verification.verify).
+    component_name and playbook must then be empty.
+    """
     def __init__(
         self,
         *,
         component_name: _builtins.str = ...,
         playbook: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        workflow: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_name", b"component_name", "playbook", b"playbook"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_name", b"component_name", "playbook", b"playbook", "reason", b"reason", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -517,6 +538,8 @@ class HealResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     FINDINGS_FIELD_NUMBER: _builtins.int
     COMPONENT_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
     component_name: _builtins.str
     """Component healed."""
     playbook: _builtins.str
@@ -525,6 +548,12 @@ class HealResponse(_message.Message):
     """True when the playbook reached its goal (for diagnose_network: nothing is wrong)."""
     message: _builtins.str
     """One-line summary."""
+    execution_id: _builtins.str
+    """For a healing workflow: the orchestrator execution that ran it (its record and proof
+    are at /domains/workflows/executions/{execution_id}).
+    """
+    workflow: _builtins.str
+    """For a healing workflow: its name."""
     @_builtins.property
     def findings(self) -> _containers.RepeatedCompositeFieldContainer[Global___Finding]:
         """What the playbook saw and did, in order."""
@@ -542,10 +571,12 @@ class HealResponse(_message.Message):
         message: _builtins.str = ...,
         findings: _abc.Iterable[Global___Finding] | None = ...,
         component: Global___Component | None = ...,
+        execution_id: _builtins.str = ...,
+        workflow: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["component", b"component"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["component", b"component", "component_name", b"component_name", "findings", b"findings", "message", b"message", "playbook", b"playbook", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component", b"component", "component_name", b"component_name", "execution_id", b"execution_id", "findings", b"findings", "message", b"message", "playbook", b"playbook", "success", b"success", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

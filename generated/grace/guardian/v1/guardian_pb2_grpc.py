@@ -93,14 +93,15 @@ class GuardianServiceServicer:
     """
 
     def ListComponents(self, request, context):
-        """Lists the supervised components in boot order, one page at a time.
+        """Lists the supervised components in boot order, one page at a time. Also served at
+        /kernel-ports (seed 003's kernel management: each component's port and tier).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetComponent(self, request, context):
-        """Returns one component.
+        """Returns one component. Also served at /kernel-ports/{component_name}.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,7 +117,8 @@ class GuardianServiceServicer:
     def Heal(self, request, context):
         """Runs a healing playbook on a component. Without a playbook Guardian picks one:
         clear_port when the component's port is held by a stale process Guardian started,
-        restart_component otherwise.
+        restart_component otherwise. With a workflow instead ("full_system_heal"), runs that
+        healing workflow through the orchestrator and reports each of its steps.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,7 +126,8 @@ class GuardianServiceServicer:
 
     def RestartComponent(self, request, context):
         """Stops a component (if running) and starts it again; waits until it is SERVING or its
-        start-up timeout passes. Resets the restart budget of a FAILED component.
+        start-up timeout passes. Resets the restart budget of a FAILED component. Also served
+        at /kernel-ports/{component_name}/restart (seed 003: restart just one kernel).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,19 +38,23 @@ class GuardianServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GuardianServiceAsyncStub: ...
     ListComponents: _grpc.UnaryUnaryMultiCallable[_guardian_pb2.ListComponentsRequest, _guardian_pb2.ListComponentsResponse]
-    """Lists the supervised components in boot order, one page at a time."""
+    """Lists the supervised components in boot order, one page at a time. Also served at
+    /kernel-ports (seed 003's kernel management: each component's port and tier).
+    """
     GetComponent: _grpc.UnaryUnaryMultiCallable[_guardian_pb2.GetComponentRequest, _guardian_pb2.GetComponentResponse]
-    """Returns one component."""
+    """Returns one component. Also served at /kernel-ports/{component_name}."""
     CheckComponents: _grpc.UnaryUnaryMultiCallable[_guardian_pb2.CheckComponentsRequest, _guardian_pb2.CheckComponentsResponse]
     """Probes every component now (grpc.health.v1 Check) and reports what it saw."""
     Heal: _grpc.UnaryUnaryMultiCallable[_guardian_pb2.HealRequest, _guardian_pb2.HealResponse]
     """Runs a healing playbook on a component. Without a playbook Guardian picks one:
     clear_port when the component's port is held by a stale process Guardian started,
-    restart_component otherwise.
+    restart_component otherwise. With a workflow instead ("full_system_heal"), runs that
+    healing workflow through the orchestrator and reports each of its steps.
     """
     RestartComponent: _grpc.UnaryUnaryMultiCallable[_guardian_pb2.RestartComponentRequest, _guardian_pb2.RestartComponentResponse]
     """Stops a component (if running) and starts it again; waits until it is SERVING or its
-    start-up timeout passes. Resets the restart budget of a FAILED component.
+    start-up timeout passes. Resets the restart budget of a FAILED component. Also served
+    at /kernel-ports/{component_name}/restart (seed 003: restart just one kernel).
     """
     StopComponent: _grpc.UnaryUnaryMultiCallable[_guardian_pb2.StopComponentRequest, _guardian_pb2.StopComponentResponse]
     """Stops a component gracefully (SIGTERM, then SIGKILL after the stop timeout). It stays
@@ -77,19 +81,23 @@ class GuardianServiceAsyncStub(GuardianServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListComponents: _aio.UnaryUnaryMultiCallable[_guardian_pb2.ListComponentsRequest, _guardian_pb2.ListComponentsResponse]  # type: ignore[assignment]
-    """Lists the supervised components in boot order, one page at a time."""
+    """Lists the supervised components in boot order, one page at a time. Also served at
+    /kernel-ports (seed 003's kernel management: each component's port and tier).
+    """
     GetComponent: _aio.UnaryUnaryMultiCallable[_guardian_pb2.GetComponentRequest, _guardian_pb2.GetComponentResponse]  # type: ignore[assignment]
-    """Returns one component."""
+    """Returns one component. Also served at /kernel-ports/{component_name}."""
     CheckComponents: _aio.UnaryUnaryMultiCallable[_guardian_pb2.CheckComponentsRequest, _guardian_pb2.CheckComponentsResponse]  # type: ignore[assignment]
     """Probes every component now (grpc.health.v1 Check) and reports what it saw."""
     Heal: _aio.UnaryUnaryMultiCallable[_guardian_pb2.HealRequest, _guardian_pb2.HealResponse]  # type: ignore[assignment]
     """Runs a healing playbook on a component. Without a playbook Guardian picks one:
     clear_port when the component's port is held by a stale process Guardian started,
-    restart_component otherwise.
+    restart_component otherwise. With a workflow instead ("full_system_heal"), runs that
+    healing workflow through the orchestrator and reports each of its steps.
     """
     RestartComponent: _aio.UnaryUnaryMultiCallable[_guardian_pb2.RestartComponentRequest, _guardian_pb2.RestartComponentResponse]  # type: ignore[assignment]
     """Stops a component (if running) and starts it again; waits until it is SERVING or its
-    start-up timeout passes. Resets the restart budget of a FAILED component.
+    start-up timeout passes. Resets the restart budget of a FAILED component. Also served
+    at /kernel-ports/{component_name}/restart (seed 003: restart just one kernel).
     """
     StopComponent: _aio.UnaryUnaryMultiCallable[_guardian_pb2.StopComponentRequest, _guardian_pb2.StopComponentResponse]  # type: ignore[assignment]
     """Stops a component gracefully (SIGTERM, then SIGKILL after the stop timeout). It stays
@@ -119,7 +127,9 @@ class GuardianServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _guardian_pb2.ListComponentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_guardian_pb2.ListComponentsResponse, _abc.Awaitable[_guardian_pb2.ListComponentsResponse]]:
-        """Lists the supervised components in boot order, one page at a time."""
+        """Lists the supervised components in boot order, one page at a time. Also served at
+        /kernel-ports (seed 003's kernel management: each component's port and tier).
+        """
 
     @_abc_1.abstractmethod
     def GetComponent(
@@ -127,7 +137,7 @@ class GuardianServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _guardian_pb2.GetComponentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_guardian_pb2.GetComponentResponse, _abc.Awaitable[_guardian_pb2.GetComponentResponse]]:
-        """Returns one component."""
+        """Returns one component. Also served at /kernel-ports/{component_name}."""
 
     @_abc_1.abstractmethod
     def CheckComponents(
@@ -145,7 +155,8 @@ class GuardianServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_guardian_pb2.HealResponse, _abc.Awaitable[_guardian_pb2.HealResponse]]:
         """Runs a healing playbook on a component. Without a playbook Guardian picks one:
         clear_port when the component's port is held by a stale process Guardian started,
-        restart_component otherwise.
+        restart_component otherwise. With a workflow instead ("full_system_heal"), runs that
+        healing workflow through the orchestrator and reports each of its steps.
         """
 
     @_abc_1.abstractmethod
@@ -155,7 +166,8 @@ class GuardianServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_guardian_pb2.RestartComponentResponse, _abc.Awaitable[_guardian_pb2.RestartComponentResponse]]:
         """Stops a component (if running) and starts it again; waits until it is SERVING or its
-        start-up timeout passes. Resets the restart budget of a FAILED component.
+        start-up timeout passes. Resets the restart budget of a FAILED component. Also served
+        at /kernel-ports/{component_name}/restart (seed 003: restart just one kernel).
         """
 
     @_abc_1.abstractmethod

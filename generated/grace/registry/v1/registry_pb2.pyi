@@ -275,6 +275,7 @@ class RegisterDomainRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     LEASE_TTL_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
     domain_id: _builtins.str
     """Unique id of the domain; see Domain.domain_id for the alphabet."""
     host: _builtins.str
@@ -287,6 +288,13 @@ class RegisterDomainRequest(_message.Message):
     """Free-form version string, at most 64 characters."""
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key, optional."""
+    replace: _builtins.bool
+    """Re-registration semantics. False (the default): registering an id that exists updates
+    the record with what the request sets, and every field it leaves empty (capabilities,
+    version, metadata, public_key, lease_ttl) keeps its current value; the response names
+    those fields in kept_fields. True: the record is replaced by the request, and empty
+    fields are cleared.
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Capabilities, at most 64, each 1-64 characters of letters, digits, '_', '-', '.', ':'."""
@@ -312,10 +320,11 @@ class RegisterDomainRequest(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         public_key: _builtins.bytes = ...,
         lease_ttl: _duration_pb2.Duration | None = ...,
+        replace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_ttl", b"lease_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "domain_id", b"domain_id", "host", b"host", "lease_ttl", b"lease_ttl", "metadata", b"metadata", "port", b"port", "public_key", b"public_key", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "domain_id", b"domain_id", "host", b"host", "lease_ttl", b"lease_ttl", "metadata", b"metadata", "port", b"port", "public_key", b"public_key", "replace", b"replace", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -329,21 +338,35 @@ class RegisterDomainResponse(_message.Message):
 
     DOMAIN_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    KEPT_FIELDS_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """True when the id was new; false when an existing record was updated."""
     @_builtins.property
     def domain(self) -> Global___Domain:
         """The domain as stored, with its lease."""
 
+    @_builtins.property
+    def kept_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """On an update without replace: the fields the request left empty that kept their
+        earlier values ("capabilities", "version", "metadata", "public_key", "lease_ttl").
+        """
+
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """On an update: the fields whose value changed ("host", "port", "capabilities", ...)."""
+
     def __init__(
         self,
         *,
         domain: Global___Domain | None = ...,
         created: _builtins.bool = ...,
+        kept_fields: _abc.Iterable[_builtins.str] | None = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "domain", b"domain"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_fields", b"changed_fields", "created", b"created", "domain", b"domain", "kept_fields", b"kept_fields"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1045,6 +1045,76 @@ class GetDecisionResponse(_message.Message):
 Global___GetDecisionResponse: _TypeAlias = GetDecisionResponse  # noqa: Y015
 
 @_typing.final
+class RedeemDecisionRequest(_message.Message):
+    """RedeemDecisionRequest names a decision and the request that redeems it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    REQUEST_SHA256_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    """Id of the decision."""
+    actor: _builtins.str
+    """The actor redeeming it: must be the actor the decision was made for."""
+    action: _builtins.str
+    """The action of the request: must be the decision's action."""
+    resource: _builtins.str
+    """The resource of the request: must be the decision's resource."""
+    request_sha256: _builtins.str
+    """SHA-256 (hex) of the request as the asker computes it; must equal the context value
+    "request_sha256" the decision was evaluated with, when that value was set.
+    """
+    def __init__(
+        self,
+        *,
+        decision_id: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        action: _builtins.str = ...,
+        resource: _builtins.str = ...,
+        request_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "decision_id", b"decision_id", "request_sha256", b"request_sha256", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemDecisionRequest: _TypeAlias = RedeemDecisionRequest  # noqa: Y015
+
+@_typing.final
+class RedeemDecisionResponse(_message.Message):
+    """RedeemDecisionResponse confirms the redemption."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_FIELD_NUMBER: _builtins.int
+    REDEEMED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def decision(self) -> Global___Decision:
+        """The decision redeemed."""
+
+    @_builtins.property
+    def redeemed_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was redeemed."""
+
+    def __init__(
+        self,
+        *,
+        decision: Global___Decision | None = ...,
+        redeemed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "redeemed_at", b"redeemed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "redeemed_at", b"redeemed_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemDecisionResponse: _TypeAlias = RedeemDecisionResponse  # noqa: Y015
+
+@_typing.final
 class ListDecisionsRequest(_message.Message):
     """ListDecisionsRequest filters recorded decisions; empty filters match everything."""
 

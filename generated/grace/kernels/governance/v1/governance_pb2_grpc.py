@@ -82,6 +82,11 @@ class GovernanceServiceStub:
                 request_serializer=grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.SetModeRequest.SerializeToString,
                 response_deserializer=grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.SetModeResponse.FromString,
                 _registered_method=True)
+        self.RedeemDecision = channel.unary_unary(
+                '/grace.kernels.governance.v1.GovernanceService/RedeemDecision',
+                request_serializer=grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.RedeemDecisionRequest.SerializeToString,
+                response_deserializer=grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.RedeemDecisionResponse.FromString,
+                _registered_method=True)
         self.GetDecision = channel.unary_unary(
                 '/grace.kernels.governance.v1.GovernanceService/GetDecision',
                 request_serializer=grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.GetDecisionRequest.SerializeToString,
@@ -194,6 +199,18 @@ class GovernanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RedeemDecision(self, request, context):
+        """Redeems a decision for the request it was made for, once: succeeds when the decision
+        is ALLOW or PENDING_APPROVAL since approved, was made for exactly this actor, action,
+        resource and request digest, and was not redeemed before. FAILED_PRECONDITION when it
+        is still pending, rejected, expired, denied or already redeemed; PERMISSION_DENIED when
+        it was made for another request; NOT_FOUND for an unknown decision. The gateway uses it
+        to let an approved request through exactly once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetDecision(self, request, context):
         """Returns one recorded decision.
         """
@@ -294,6 +311,11 @@ def add_GovernanceServiceServicer_to_server(servicer, server):
                     servicer.SetMode,
                     request_deserializer=grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.SetModeRequest.FromString,
                     response_serializer=grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.SetModeResponse.SerializeToString,
+            ),
+            'RedeemDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemDecision,
+                    request_deserializer=grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.RedeemDecisionRequest.FromString,
+                    response_serializer=grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.RedeemDecisionResponse.SerializeToString,
             ),
             'GetDecision': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDecision,
@@ -560,6 +582,33 @@ class GovernanceService:
             '/grace.kernels.governance.v1.GovernanceService/SetMode',
             grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.SetModeRequest.SerializeToString,
             grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.SetModeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.kernels.governance.v1.GovernanceService/RedeemDecision',
+            grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.RedeemDecisionRequest.SerializeToString,
+            grace_dot_kernels_dot_governance_dot_v1_dot_governance__pb2.RedeemDecisionResponse.FromString,
             options,
             channel_credentials,
             insecure,

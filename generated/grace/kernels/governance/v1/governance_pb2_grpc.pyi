@@ -62,6 +62,14 @@ class GovernanceServiceStub:
     """Returns the global mode and the default effect of each risk level."""
     SetMode: _grpc.UnaryUnaryMultiCallable[_governance_pb2.SetModeRequest, _governance_pb2.SetModeResponse]
     """Sets the global mode (LOG_ONLY or ENFORCE); persisted."""
+    RedeemDecision: _grpc.UnaryUnaryMultiCallable[_governance_pb2.RedeemDecisionRequest, _governance_pb2.RedeemDecisionResponse]
+    """Redeems a decision for the request it was made for, once: succeeds when the decision
+    is ALLOW or PENDING_APPROVAL since approved, was made for exactly this actor, action,
+    resource and request digest, and was not redeemed before. FAILED_PRECONDITION when it
+    is still pending, rejected, expired, denied or already redeemed; PERMISSION_DENIED when
+    it was made for another request; NOT_FOUND for an unknown decision. The gateway uses it
+    to let an approved request through exactly once.
+    """
     GetDecision: _grpc.UnaryUnaryMultiCallable[_governance_pb2.GetDecisionRequest, _governance_pb2.GetDecisionResponse]
     """Returns one recorded decision."""
     ListDecisions: _grpc.UnaryUnaryMultiCallable[_governance_pb2.ListDecisionsRequest, _governance_pb2.ListDecisionsResponse]
@@ -117,6 +125,14 @@ class GovernanceServiceAsyncStub(GovernanceServiceStub):
     """Returns the global mode and the default effect of each risk level."""
     SetMode: _aio.UnaryUnaryMultiCallable[_governance_pb2.SetModeRequest, _governance_pb2.SetModeResponse]  # type: ignore[assignment]
     """Sets the global mode (LOG_ONLY or ENFORCE); persisted."""
+    RedeemDecision: _aio.UnaryUnaryMultiCallable[_governance_pb2.RedeemDecisionRequest, _governance_pb2.RedeemDecisionResponse]  # type: ignore[assignment]
+    """Redeems a decision for the request it was made for, once: succeeds when the decision
+    is ALLOW or PENDING_APPROVAL since approved, was made for exactly this actor, action,
+    resource and request digest, and was not redeemed before. FAILED_PRECONDITION when it
+    is still pending, rejected, expired, denied or already redeemed; PERMISSION_DENIED when
+    it was made for another request; NOT_FOUND for an unknown decision. The gateway uses it
+    to let an approved request through exactly once.
+    """
     GetDecision: _aio.UnaryUnaryMultiCallable[_governance_pb2.GetDecisionRequest, _governance_pb2.GetDecisionResponse]  # type: ignore[assignment]
     """Returns one recorded decision."""
     ListDecisions: _aio.UnaryUnaryMultiCallable[_governance_pb2.ListDecisionsRequest, _governance_pb2.ListDecisionsResponse]  # type: ignore[assignment]
@@ -217,6 +233,20 @@ class GovernanceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_governance_pb2.SetModeResponse, _abc.Awaitable[_governance_pb2.SetModeResponse]]:
         """Sets the global mode (LOG_ONLY or ENFORCE); persisted."""
+
+    @_abc_1.abstractmethod
+    def RedeemDecision(
+        self,
+        request: _governance_pb2.RedeemDecisionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_governance_pb2.RedeemDecisionResponse, _abc.Awaitable[_governance_pb2.RedeemDecisionResponse]]:
+        """Redeems a decision for the request it was made for, once: succeeds when the decision
+        is ALLOW or PENDING_APPROVAL since approved, was made for exactly this actor, action,
+        resource and request digest, and was not redeemed before. FAILED_PRECONDITION when it
+        is still pending, rejected, expired, denied or already redeemed; PERMISSION_DENIED when
+        it was made for another request; NOT_FOUND for an unknown decision. The gateway uses it
+        to let an approved request through exactly once.
+        """
 
     @_abc_1.abstractmethod
     def GetDecision(
