@@ -81,7 +81,7 @@ run: $(STAMP) ## Run Grace: every service under Guardian, embedded SQLite under 
 BENCH_OUT ?= .build/bench/$(shell date -u +%Y%m%dT%H%M%SZ).jsonl
 bench: $(STAMP) ## Run every benchmark in benchmarks/; their JSON lines go to .build/bench/<time>.jsonl.
 	@set -o pipefail; mkdir -p $(dir $(BENCH_OUT)); out=$$(mktemp) && trap 'rm -f "$$out"' EXIT && \
-	for b in benchmarks/*.py; do \
+	for b in benchmarks/[!_]*.py; do \
 		echo "== $$b"; $(PY) $$b | tee "$$out" || exit 1; tail -n 1 "$$out" >> $(BENCH_OUT); \
 	done; echo "JSON lines: $(BENCH_OUT)"
 

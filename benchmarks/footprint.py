@@ -19,70 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
 import statistics
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from services.guardian.topology import load_topology  # noqa: E402
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and every descendant (by parent pid, from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
-
-
-def memory_kb(pid: int) -> tuple[int, int]:
-    """(PSS, RSS) of a process in kB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("Pss", "Rss"):
-            values[key] = int(rest.split()[0])
-    return values["Pss"], values["Rss"]
-
-
-def command_name(pid: int) -> str:
-    """A short name for a process: the module it runs (`-m`), else its command line. A
-    forked component's title is one string with spaces: split on both."""
-    words = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
-    if "-m" in words:
-        return words[words.index("-m") + 1]
-    return " ".join(words[:3])
+from _harness import memory_by_process, start_grace
 
 
 @dataclass
@@ -101,68 +45,15 @@ class Run:
 
 
 async def one_run(fork_server: bool, settle_s: float) -> Run:
-    components = load_topology(None).components
-    *ports, guardian_port = free_ports(len(components) + 1)
-    with tempfile.TemporaryDirectory(prefix="grace-footprint-") as root:
-        config = Path(root) / "grace.toml"
-        config.write_text(
-            f"[boot]\nfork_server = {'true' if fork_server else 'false'}\n"
-            + "".join(
-                f"[components.{c.name}]\nport = {port}\n"
-                for c, port in zip(components, ports, strict=True)
-            )
-        )
-        started = time.perf_counter()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            "up",
-            "--config",
-            str(config),
-            "--data-dir",
-            str(Path(root) / "data"),
-            "--port",
-            str(guardian_port),
-            cwd=PROJECT_ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        assert proc.stdout is not None
-        output = []
-        try:
-            while True:
-                line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode()
-                if not line:
-                    raise RuntimeError("grace up exited before it was up:\n" + "".join(output))
-                output.append(line)
-                if line.startswith("Grace is up"):
-                    break
-            boot_s = time.perf_counter() - started
-            drain = asyncio.create_task(proc.stdout.read())
-            await asyncio.sleep(settle_s)
-            pss: dict[str, int] = {}
-            rss: dict[str, int] = {}
-            for pid in process_tree(proc.pid):
-                try:
-                    name = "grace up + guardian" if pid == proc.pid else command_name(pid)
-                    p, r = memory_kb(pid)
-                except (OSError, KeyError):
-                    continue
-                while name in pss:
-                    name += "'"
-                pss[name], rss[name] = p, r
-        finally:
-            if proc.returncode is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 30)
-                except TimeoutError:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    await proc.wait()
-        drain.cancel()
-        return Run(boot_s, pss, rss)
+    config = f"[boot]\nfork_server = {'true' if fork_server else 'false'}\n"
+    async with start_grace(config=config) as grace:
+        await asyncio.sleep(settle_s)
+        memory = memory_by_process(grace.pid)
+    return Run(
+        grace.boot_s,
+        {name: pss for name, (_, pss, _) in memory.items()},
+        {name: rss for name, (_, _, rss) in memory.items()},
+    )
 
 
 def spread(values: list[float]) -> str:

@@ -25,6 +25,7 @@ from services.common import telemetry
 from services.common.channels import SERVER_KEEPALIVE_OPTIONS
 from services.common.config import ConfigError, ServerConfig, server_flag_parser
 from services.common.errors import GraceError
+from services.common.heap import HeapProfiler
 from services.common.interceptors import ErrorTranslator
 from services.common.supervision import watch_supervisor
 from services.common.telemetry import configure_logging
@@ -136,7 +137,8 @@ class GraceServer:
     async def serve_forever(self) -> None:
         """Serves until SIGTERM or SIGINT, then shuts down gracefully.
 
-        A second signal during the drain cuts the grace period short.
+        A second signal during the drain cuts the grace period short. With
+        GRACE_HEAP_PROFILE_DIR set, SIGUSR1 writes a heap snapshot (`services.common.heap`).
         """
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
@@ -149,6 +151,10 @@ class GraceServer:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
+        profiler = HeapProfiler.from_env(self.config.env, self.config.service)
+        if profiler is not None:
+            profiler.start()
+            profiler.on_signal(loop)
         orphan_watch = asyncio.create_task(watch_supervisor(self.config.env, stop_requested.set))
         await self.start()
         await stop_requested.wait()

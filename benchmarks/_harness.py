@@ -1,0 +1,174 @@
+"""What the whole-system benchmarks share: `grace up` on free ports, and its processes' memory.
+
+`start_grace` boots the topology (optionally with the example domains) as users run it, on
+free loopback ports in a temporary directory, and yields once it printed "Grace is up";
+the process tree is stopped with SIGTERM (then SIGKILL) at the end. `memory_by_process`
+reads PSS and RSS of every process of the tree from /proc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
+
+from services.guardian.topology import ComponentSpec, load_topology  # noqa: E402
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class Grace:
+    """A running `grace up`."""
+
+    pid: int
+    boot_s: float
+    addresses: dict[str, str]
+    data_dir: Path
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.addresses['gateway']}"
+
+
+@contextlib.asynccontextmanager
+async def start_grace(
+    *,
+    examples: bool = False,
+    config: str = "",
+    env: Mapping[str, str] | None = None,
+    boot_timeout_s: float = 180.0,
+) -> AsyncIterator[Grace]:
+    """Boots `grace up` on free ports; stops the whole tree when the block ends."""
+    groups = ["examples"] if examples else []
+    components: tuple[ComponentSpec, ...] = load_topology(None, groups=groups).components
+    *ports, guardian_port = free_ports(len(components) + 1)
+    addresses = {c.name: f"127.0.0.1:{p}" for c, p in zip(components, ports, strict=True)}
+    addresses["guardian"] = f"127.0.0.1:{guardian_port}"
+    with tempfile.TemporaryDirectory(prefix="grace-bench-") as root:
+        config_file = Path(root) / "grace.toml"
+        config_file.write_text(
+            config
+            + "".join(
+                f"\n[components.{c.name}]\nport = {p}\n"
+                for c, p in zip(components, ports, strict=True)
+            )
+        )
+        data_dir = Path(root) / "data"
+        started = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            "up",
+            *(["--with-examples"] if examples else []),
+            "--config",
+            str(config_file),
+            "--data-dir",
+            str(data_dir),
+            "--port",
+            str(guardian_port),
+            cwd=PROJECT_ROOT,
+            env=None if env is None else dict(env),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        output: list[str] = []
+        drain: asyncio.Task[bytes] | None = None
+        try:
+            while True:
+                raw = await asyncio.wait_for(proc.stdout.readline(), boot_timeout_s)
+                line = raw.decode(errors="replace")
+                if not line:
+                    raise RuntimeError("grace up exited before it was up:\n" + "".join(output))
+                output.append(line)
+                if line.startswith("Grace is up"):
+                    break
+            boot_s = time.perf_counter() - started
+            drain = asyncio.create_task(proc.stdout.read())  # a full pipe must never block it
+            yield Grace(proc.pid, boot_s, addresses, data_dir)
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 30)
+                except TimeoutError:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+            if drain is not None:
+                drain.cancel()
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every descendant (by parent pid, from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def process_name(pid: int, root: int) -> str:
+    """A short name for a process of the tree: the module it runs (`-m`), else its command
+    line. A forked component's title is one string with spaces: split on both."""
+    if pid == root:
+        return "grace up + guardian"
+    words = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split()
+    if "-m" in words and words.index("-m") + 1 < len(words):
+        return words[words.index("-m") + 1]
+    return " ".join(words[:3])
+
+
+def memory_by_process(root: int) -> dict[str, tuple[int, int, int]]:
+    """{name: (pid, PSS kB, RSS kB)} for every process of the tree rooted at `root`."""
+    found: dict[str, tuple[int, int, int]] = {}
+    for pid in process_tree(root):
+        try:
+            name = process_name(pid, root)
+            values = {}
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("Pss", "Rss"):
+                    values[key] = int(rest.split()[0])
+        except OSError:
+            continue
+        while name in found:
+            name += "'"
+        found[name] = (pid, values.get("Pss", 0), values.get("Rss", 0))
+    return found
