@@ -115,3 +115,62 @@ async def test_reads_and_health_are_not_asked_about(governed: GovernedStack) -> 
     assert (await governed.http.get("/domains/system/health")).status_code in (200, 503)
     stats = await governed.governance.GetGovernanceStats(gov.GetGovernanceStatsRequest())
     assert stats.decisions == 0
+
+
+NO_DEREGISTERING_GOOD = gov.Policy(
+    policy_id="keep-good",
+    description="the good domain stays registered",
+    principal="user:mallory",
+    action="DELETE:/domains/domain/good",
+    effect=gov.EFFECT_FORBID,
+)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/domains/domain/%67ood",  # percent-encoded path variable
+        "/domains/domain/%67%6F%6f%64",  # escapes of either case
+        "/domains/domain/good/",  # trailing slash
+        "/domains/%64omain/good",  # an encoded literal segment
+    ],
+)
+async def test_a_percent_encoded_or_slashed_path_is_governed_as_its_canonical_form(
+    governed: GovernedStack, path: str
+) -> None:
+    registered = await governed.http.post(
+        "/domains/register", json={"domain_id": "good", "port": 9002}
+    )
+    assert registered.status_code == 200
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=NO_DEREGISTERING_GOOD))
+    refused = await governed.http.delete(path, headers={"X-Actor": "user:mallory"})
+    assert refused.status_code == 403, refused.text
+    assert "the good domain stays registered" in refused.text
+    listed = await governed.http.get("/domains/list")
+    assert "good" in listed.text
+    decisions = await governed.governance.ListDecisions(
+        gov.ListDecisionsRequest(actor="user:mallory")
+    )
+    assert [d.action for d in decisions.decisions] == ["DELETE:/domains/domain/good"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/domains/domain/go%2Fod",
+        "/domains/domain/go%2fod",
+        "/domains/domain/..%2Fgood",
+        "/domains/domain/%2E%2E",
+        "/domains//domain/good",
+        "/domains/domain/g%zzood",
+        "/domains/domain/g%ffood",
+    ],
+)
+async def test_a_path_with_no_single_meaning_is_refused_with_400_before_governance(
+    governed: GovernedStack, path: str
+) -> None:
+    refused = await governed.http.delete(path, headers={"X-Actor": "user:mallory"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["details"][0]["fieldViolations"][0]["field"] == "path"
+    stats = await governed.governance.GetGovernanceStats(gov.GetGovernanceStatsRequest())
+    assert stats.decisions == 0
