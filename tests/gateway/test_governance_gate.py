@@ -36,6 +36,14 @@ class GovernedStack:
 
 @pytest.fixture
 async def governed(tmp_path: Path) -> AsyncIterator[GovernedStack]:
+    async with governed_stack(tmp_path) as stack:
+        yield stack
+
+
+@contextlib.asynccontextmanager
+async def governed_stack(
+    tmp_path: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[GovernedStack]:
     registry = RegistryServer(registry_config(tmp_path))
     governance = GovernanceServer(
         GovernanceConfig(
@@ -51,7 +59,11 @@ async def governed(tmp_path: Path) -> AsyncIterator[GovernedStack]:
             serving(governance.config.server, governance)
         )
         config = gateway_config(
-            {"GRACE_REGISTRY_ADDR": reg.address, "GRACE_GOVERNANCE_ADDR": gov_server.address}
+            {
+                "GRACE_REGISTRY_ADDR": reg.address,
+                "GRACE_GOVERNANCE_ADDR": gov_server.address,
+                **(env or {}),
+            }
         )
         gateway = await stack.enter_async_context(Gateway(config, build_app(config)))
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=gateway.url, timeout=30))
@@ -174,3 +186,25 @@ async def test_a_path_with_no_single_meaning_is_refused_with_400_before_governan
     assert refused.json()["error"]["details"][0]["fieldViolations"][0]["field"] == "path"
     stats = await governed.governance.GetGovernanceStats(gov.GetGovernanceStatsRequest())
     assert stats.decisions == 0
+
+
+NO_DEREGISTERING = gov.Policy(
+    policy_id="no-deregistering",
+    description="nobody deregisters domains",
+    action="DELETE:/domains/domain/*",
+    effect=gov.EFFECT_FORBID,
+)
+
+
+async def test_a_governance_error_does_not_open_the_gate_in_enforce_mode(tmp_path: Path) -> None:
+    env = {"GRACE_GATEWAY_GOVERNANCE_FALLBACK": "enforce"}
+    async with governed_stack(tmp_path, env) as governed:
+        await governed.http.post("/domains/register", json={"domain_id": "good", "port": 9002})
+        await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=NO_DEREGISTERING))
+        # An actor longer than governance accepts makes Evaluate answer INVALID_ARGUMENT.
+        refused = await governed.http.delete(
+            "/domains/domain/good", headers={"X-Actor": "user:" + "m" * 1000}
+        )
+        assert refused.status_code == 403, refused.text
+        assert "INVALID_ARGUMENT" in refused.text
+        assert "good" in (await governed.http.get("/domains/list")).text
