@@ -24,10 +24,12 @@ a `check` method. Where each component asks (seed 004 phases 3 and 4):
   with the reasons, PENDING_APPROVAL 403 with the approval id;
 - orchestrator: before each step, actor `workflow:<id>`, action `<domain>.<action>`, risk
   from the step;
-- Guardian and the immune kernel: before healing, action `heal:<playbook>`, resource
-  `component:<name>`, risk `HEAL_RISK[playbook]`. A caller that already holds a decision
-  for exactly that heal (the immune kernel) passes its id as `x-governance-decision`
-  metadata; Guardian then `confirm`s it (a read, not a second decision).
+- Guardian and the immune kernel: before healing, stopping, starting or restarting a
+  component (by any RPC or route), action `heal:<operation>`, resource `component:<name>`,
+  risk `HEAL_RISK[operation]` (see `services.guardian.consent`). A caller that already
+  holds a decision for exactly that heal (the immune kernel) passes its id as
+  `x-governance-decision` metadata; Guardian then `confirm`s it (a read, not a second
+  decision).
 """
 
 from __future__ import annotations
@@ -65,15 +67,18 @@ _SETTLED = {
     pb.APPROVAL_STATUS_REJECTED: "rejected",
     pb.APPROVAL_STATUS_EXPIRED: "expired",
 }
-# Risk declared for each healing playbook, by Guardian and by the immune kernel alike:
-# diagnosing changes nothing; a restart (or clearing a stale process Guardian itself
-# started, then restarting) interrupts one component briefly; moving a component to another
-# port changes how every peer reaches it.
+# Risk declared for each operation on a component's running state (`heal:<operation>`), by
+# Guardian and by the immune kernel alike: diagnosing changes nothing; a restart (or
+# clearing a stale process Guardian itself started, then restarting) interrupts one
+# component briefly, as starting a stopped one changes little; moving a component to another
+# port changes how every peer reaches it, and stopping one leaves it down until started.
 HEAL_RISK: Mapping[str, str] = {
     "diagnose_network": "low",
     "restart_component": "medium",
     "clear_port": "medium",
+    "start_component": "medium",
     "rebind_port": "high",
+    "stop_component": "high",
 }
 # Status codes that mean governance could not be reached in time; any other is an error.
 UNAVAILABLE_CODES = frozenset(
