@@ -4,6 +4,8 @@ refused by the bus."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -189,3 +191,22 @@ def test_extra_reserved_ids_are_read_from_the_environment(tmp_path: Path) -> Non
     )
     assert {"billing", "payroll", "orchestrator"} <= config.settings.claims.reserved
     assert config.settings.claims.keys_dir == tmp_path
+
+
+async def test_no_private_key_or_challenge_reaches_the_logs(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    path = component_key_path(stack.data_dir, "orchestrator")
+    own = load_or_create_key(path)
+    await claim(stack, "orchestrator", own)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await claim(stack, "guardian", SigningKey.generate())
+    text = caplog.text
+    assert "created signing key" in text  # the logs were captured
+    assert "refused a claim on reserved id guardian" in text
+    pem = path.read_text()
+    secret_lines = [line for line in pem.splitlines() if "-----" not in line]
+    private = own.private_key.private_bytes_raw()
+    for secret in (*secret_lines, private.hex(), base64.b64encode(private).decode()):
+        assert secret not in text
