@@ -17,6 +17,7 @@ from grace.kernels.immune.v1 import immune_pb2, immune_pb2_grpc
 from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.governance_client import GovernanceClient, GovernanceGate
+from services.common.identity import ComponentIdentity
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.storage import Database
@@ -80,6 +81,9 @@ class ImmuneServer(Service):
             self.immune.events, self.publisher, poll_interval_s=config.relay_interval_s
         )
         self.immune.on_commit(self.relay.wake)
+        self.identity = ComponentIdentity.of(
+            SERVICE, config.server, self.publisher, self.relay.wake
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     def _channel(self, address: str) -> grpc.aio.Channel:
@@ -156,6 +160,7 @@ class ImmuneServer(Service):
         if self.config.remediate:
             self.immune.remediator = self._remediator()
         await self.immune.open()
+        self.identity.start()
         self._tasks = [
             asyncio.create_task(self.relay.run(), name="immune-relay"),
             asyncio.create_task(self.immune.run(), name="immune-remediation"),
@@ -183,6 +188,7 @@ class ImmuneServer(Service):
         await self.immune.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.relay.drain_once(), timeout=2.0)
+        await self.identity.stop()
         close = getattr(self.publisher, "close", None)
         if close is not None:
             await close()
