@@ -12,7 +12,7 @@ import grpc
 
 from grace.domain.v1 import domain_pb2_grpc
 from grace.kernels.immutable_log.v1 import immutable_log_pb2, immutable_log_pb2_grpc
-from services.common import dsse, signing
+from services.common import signing
 from services.common.channels import channel
 from services.common.server import Service
 from services.common.storage import Database
@@ -40,10 +40,7 @@ class ImmutableLogServer(Service):
 
     def __init__(self, config: LogConfig, *, schema: str | None = None) -> None:
         self.config = config
-        key = signing.load_or_create_key(config.key_file)
-        public = config.key_file.with_suffix(".pub")
-        if not public.exists():
-            public.write_bytes(dsse.public_key_pem(key))
+        key = signing.load_or_create_key(config.key_file)  # also writes the .pub beside it
         self.log = ImmutableLog(
             LogStore(Database(config.server.database_url, schema=schema)), key, config.settings
         )
