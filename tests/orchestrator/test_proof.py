@@ -142,6 +142,23 @@ def test_an_unpinned_proof_is_refused_when_no_key_is_trusted(
     assert f"key {forger.key_id} given with --public-key" in capsys.readouterr().out
 
 
+async def test_online_verification_without_a_key_requires_the_orchestrator_own_key(
+    world: World, orchestrator: Stub
+) -> None:
+    signed = await _proof(world, orchestrator)
+    forger = signing.SigningKey.generate()
+    forged = _signed_proof(forger, outcome="failed")
+    assert proof.verify_proof(forged).valid  # consistent in itself
+    verdict = await orchestrator.VerifyProof(pb.VerifyProofRequest(proof=forged))
+    assert not verdict.valid
+    assert f"signed by key {forger.key_id}" in verdict.reason
+    pinned = await orchestrator.VerifyProof(
+        pb.VerifyProofRequest(proof=forged, public_key=forger.public_key)
+    )
+    assert pinned.valid
+    assert (await orchestrator.VerifyProof(pb.VerifyProofRequest(proof=signed))).valid
+
+
 def test_rehashing_a_tampered_record_still_breaks_the_signature() -> None:
     key = signing.SigningKey.generate()
     records: list[dict[str, object]] = []
