@@ -11,9 +11,11 @@ with backoff.
 Events are signed only once the trust kernel holds this key (`on_registered` is called):
 the bus treats a signed event from a source with no registered key as forged, and an
 unsigned one as open, so signing earlier would only get events flagged or rejected. When
-the trust kernel holds another active key for the domain (its data dir was replaced), the
-domain cannot prove it owns that identity: it logs an error, stops trying and publishes
-unsigned (the bus then flags or rejects its events until the key is rotated).
+the trust kernel holds another active key for the id (its data dir was replaced), or
+refuses a reserved id (`services.kernels.trust.claims`), the owner cannot prove it owns
+that identity: it logs an error, stops trying and publishes unsigned (the bus, in its
+default `reject` mode, then refuses its events, which wait in the outbox until the key is
+rotated or revoked).
 """
 
 from __future__ import annotations
