@@ -73,12 +73,14 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             )
 
 
-async def claim(stack: Stack, name: str, key: SigningKey) -> trust_pb2.RegisterIdentityResponse:
+async def claim(
+    trust: trust_pb2_grpc.TrustServiceStub, name: str, key: SigningKey
+) -> trust_pb2.RegisterIdentityResponse:
     challenge = (
-        await stack.trust.CreateChallenge(trust_pb2.CreateChallengeRequest(domain_id=name))
+        await trust.CreateChallenge(trust_pb2.CreateChallengeRequest(domain_id=name))
     ).challenge
     body = statements.registration(name, key.public_key, challenge)
-    response: trust_pb2.RegisterIdentityResponse = await stack.trust.RegisterIdentity(
+    response: trust_pb2.RegisterIdentityResponse = await trust.RegisterIdentity(
         trust_pb2.RegisterIdentityRequest(
             domain_id=name,
             public_key=key.public_key,
@@ -99,7 +101,7 @@ def forged(source: str, key: SigningKey, event_id: str) -> event_pb2.Event:
 async def test_a_stranger_cannot_claim_a_component_id(stack: Stack, name: str) -> None:
     mallory = SigningKey.generate()
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await claim(stack, name, mallory)
+        await claim(stack.trust, name, mallory)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert f"{name!r} is reserved" in (refused.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as missing:
@@ -112,7 +114,7 @@ async def test_a_stranger_cannot_claim_a_component_id_that_has_started_either(
 ) -> None:
     load_or_create_key(component_key_path(stack.data_dir, "guardian"))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await claim(stack, "guardian", SigningKey.generate())
+        await claim(stack.trust, "guardian", SigningKey.generate())
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -120,7 +122,7 @@ async def test_the_component_registers_its_id_with_the_key_grace_provisioned(
     stack: Stack,
 ) -> None:
     own = load_or_create_key(component_key_path(stack.data_dir, "orchestrator"))
-    registered = await claim(stack, "orchestrator", own)
+    registered = await claim(stack.trust, "orchestrator", own)
     assert registered.created
     assert registered.identity.current_key.key_id == own.key_id
 
@@ -128,7 +130,7 @@ async def test_the_component_registers_its_id_with_the_key_grace_provisioned(
 async def test_ids_that_are_not_reserved_are_still_claimed_by_proof_of_possession(
     stack: Stack,
 ) -> None:
-    registered = await claim(stack, "weather_domain", SigningKey.generate())
+    registered = await claim(stack.trust, "weather_domain", SigningKey.generate())
     assert registered.created
 
 
@@ -138,7 +140,7 @@ async def test_events_forged_under_a_component_id_are_refused_by_the_bus(
 ) -> None:
     mallory = SigningKey.generate()
     with pytest.raises(grpc.aio.AioRpcError):
-        await claim(stack, name, mallory)
+        await claim(stack.trust, name, mallory)
     own = load_or_create_key(component_key_path(stack.data_dir, name))
     # Before the component registered, and after: the stranger's signature is refused.
     for attempt in ("before", "after"):
@@ -148,7 +150,7 @@ async def test_events_forged_under_a_component_id_are_refused_by_the_bus(
         [result] = batch.results
         assert result.status == eventbus_pb2.PUBLISH_STATUS_REJECTED, attempt
         if attempt == "before":
-            await claim(stack, name, own)
+            await claim(stack.trust, name, own)
     # The component's own events are stored once the bus has looked its new key up (it
     # looks a source up again at most once a second; an outbox simply retries).
     statuses: list[int] = []
@@ -199,9 +201,9 @@ async def test_no_private_key_or_challenge_reaches_the_logs(
     caplog.set_level(logging.DEBUG)
     path = component_key_path(stack.data_dir, "orchestrator")
     own = load_or_create_key(path)
-    await claim(stack, "orchestrator", own)
+    await claim(stack.trust, "orchestrator", own)
     with pytest.raises(grpc.aio.AioRpcError):
-        await claim(stack, "guardian", SigningKey.generate())
+        await claim(stack.trust, "guardian", SigningKey.generate())
     text = caplog.text
     assert "created signing key" in text  # the logs were captured
     assert "refused a claim on reserved id guardian" in text
