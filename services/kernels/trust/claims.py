@@ -8,8 +8,9 @@ registered for `orchestrator`, so a stranger who claimed that id first could for
 events and get the real ones refused. A claim on a reserved id is accepted only when:
 
 1. the caller's authenticated principal is known (a peer certificate or token, once the
-   server authenticates callers) and names that very id; a known principal naming anything
-   else is refused; or
+   server authenticates callers; the trust server's `principal_of` hook gives the id the
+   caller stands for, such as `registry` for the workload `.../component/registry`) and
+   names that very id; a known principal naming anything else is refused; or
 2. no principal is known and the key is the one Grace provisioned for the component: the
    public key published as `<keys dir>/<id>.pub` beside the component's private key, in the
    data dir only Grace's user can open.

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -212,3 +213,47 @@ async def test_no_private_key_or_challenge_reaches_the_logs(
     private = own.private_key.private_bytes_raw()
     for secret in (*secret_lines, private.hex(), base64.b64encode(private).decode()):
         assert secret not in text
+
+
+def principal_from_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    """Stands in for the authentication layer: the principal a test call claims."""
+    found = dict(context.invocation_metadata() or ()).get("test-principal")
+    return str(found) if found else None
+
+
+async def test_the_principal_hook_decides_claims_on_reserved_ids_over_grpc(
+    tmp_path: Path,
+) -> None:
+    config = TrustConfig.from_env({"GRACE_DATA_DIR": str(tmp_path)})
+    trust = TrustServer(
+        TrustConfig(
+            server=server_config("trust", tmp_path),
+            settings=config.settings,
+            registry_address="127.0.0.1:1",
+            registry_timeout_s=1.0,
+            registration=None,
+        ),
+        principal_of=principal_from_metadata,
+    )
+    provisioned = load_or_create_key(component_key_path(tmp_path, "governance"))
+    async with serving(trust.config.server, trust) as (_, chan):
+        stub = trust_pb2_grpc.TrustServiceStub(chan)
+
+        async def claim_as(principal: str, name: str, key: SigningKey) -> None:
+            challenge = await stub.CreateChallenge(trust_pb2.CreateChallengeRequest(domain_id=name))
+            body = statements.registration(name, key.public_key, challenge.challenge)
+            await stub.RegisterIdentity(
+                trust_pb2.RegisterIdentityRequest(
+                    domain_id=name,
+                    public_key=key.public_key,
+                    challenge=challenge.challenge,
+                    signature=statements.sign(key, statements.REGISTRATION, body),
+                ),
+                metadata=[("test-principal", principal)],
+            )
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await claim_as("mallory", "governance", provisioned)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "authenticated as 'mallory'" in (refused.value.details() or "")
+        await claim_as("registry", "registry", SigningKey.generate())
