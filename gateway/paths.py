@@ -31,6 +31,9 @@ _ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Characters a segment keeps unencoded: RFC 3986 unreserved, sub-delims, ':' and '@'.
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+# A path that is already canonical: segments of characters that need no escaping, none of
+# them empty, "." or "..", no trailing slash. Most requests; they skip the decoding.
+_CANONICAL = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9!$&'()*+,;=:@\-._~]+)+")
 MAX_PATH_CHARS = 8192
 
 
@@ -55,6 +58,8 @@ def canonical_path(raw_path: str) -> CanonicalPath:
     """
     if len(raw_path) > MAX_PATH_CHARS:
         raise HttpError(414, f"the request path is longer than {MAX_PATH_CHARS} characters")
+    if _CANONICAL.fullmatch(raw_path):
+        return CanonicalPath(raw_path, raw_path)
     if not raw_path.startswith("/"):
         raise bad_request("path", "must start with '/'")
     if _ESCAPE.search(raw_path):

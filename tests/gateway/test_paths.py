@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from hypothesis import given
@@ -67,3 +67,16 @@ def test_any_encoding_of_a_path_has_the_same_canonical_form(segments: list[str])
     lowered = re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), plain.encoded)
     lower = canonical_path(lowered)
     assert lower.decoded == decoded
+
+
+@given(st.text(alphabet="/ab.~:%2Ef", max_size=16).map(lambda s: "/" + s))
+def test_every_accepted_path_is_stable_and_decodes_to_its_governed_form(raw: str) -> None:
+    try:
+        path = canonical_path(raw)
+    except HttpError as refused:
+        status = refused.http_status
+        assert status == 400, refused.message  # noqa: PT017 - a property over any input
+        return
+    assert canonical_path(path.encoded) == path
+    assert unquote(path.encoded) == path.decoded
+    assert unquote(raw).rstrip("/") == path.decoded.rstrip("/")
