@@ -1,6 +1,7 @@
 """The gateway as an ASGI application (served by uvicorn; requests parsed with Starlette).
 
-One request: match the route (404, 405 with `Allow`), read the body (413 over the limit),
+One request: put the path in canonical form (`gateway.paths`: 400 for a path with no single
+meaning), match the route (404, 405 with `Allow`), read the body (413 over the limit),
 build the gRPC request (400 naming the field), work out the deadline and the metadata,
 ask the forward gate (mutating requests only), resolve the upstream, call it, answer JSON
 (or relay the stream). Every error has the body described in `gateway.errors`.
@@ -32,6 +33,7 @@ from gateway.aliases import has_aliases, rewrite_body
 from gateway.approvals import upstream_pending
 from gateway.config import GatewayConfig
 from gateway.errors import HttpError, bad_request, from_rpc_error
+from gateway.paths import canonical_path
 from gateway.routes import DOMAIN_ID_FIELD, Route, RouteTable
 from gateway.streaming import ActiveStreams, relay, wants_sse
 from gateway.system import SystemViews
@@ -69,7 +71,8 @@ class ForwardRequest:
         route: The matched route (method, gRPC method, component).
         message: The built gRPC request.
         metadata: The metadata that will be sent (x-actor, authorization, ...).
-        path: The HTTP path requested (governance asks about `METHOD:path`).
+        path: The canonical, percent-decoded path requested (`gateway.paths`); governance
+            asks about `METHOD:path`.
         headers: The request's headers, lower-case names (`x-retry-token`, `prefer`).
     """
 
@@ -248,7 +251,11 @@ class GatewayApp:
     ) -> None:
         method = request.method
         raw_path = request.scope.get("raw_path")
-        path = raw_path.decode("latin-1") if raw_path else quote(request.url.path)
+        # Routing and governance both see the canonical path (see gateway.paths).
+        canonical = canonical_path(
+            raw_path.decode("latin-1") if raw_path else quote(request.url.path)
+        )
+        path = canonical.encoded
         builtin = self._builtins.get(path)
         if builtin is not None:
             if method not in ("GET", "HEAD"):
@@ -280,7 +287,7 @@ class GatewayApp:
         metadata = self._metadata(request, request_id)
         if route.mutating:
             await self.gate.check(
-                ForwardRequest(route, message, metadata, path, dict(request.headers))
+                ForwardRequest(route, message, metadata, canonical.decoded, dict(request.headers))
             )
         upstream = await self._upstream(route, message, metadata, timeout)
         if route.server_streaming:

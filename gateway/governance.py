@@ -2,11 +2,15 @@
 request (seed 004, phase 3).
 
 The actor is the `X-Actor` header ("anonymous" without one), the action `METHOD:path`
-(`POST:/domains/workflows/create`), the resource the path, the risk level the one set
-for the gateway (`medium` by default). Health routes are never asked about. A DENY answers
-403 PERMISSION_DENIED with the policy's reasons. When governance cannot answer, the
-client's fallback applies (`services.common.governance_client`): log_only lets the request
-through and records it locally, enforce refuses high-risk requests.
+(`POST:/domains/workflows/create`), the resource the path, where the path is the canonical,
+percent-decoded one (`gateway.paths`: `/domains/invoke/%64ata_domain/ingest` is asked about
+as `/domains/invoke/data_domain/ingest`, and paths with no single meaning never get here),
+the risk level the one set for the gateway (`medium` by default). Health routes are never
+asked about. A DENY answers 403 PERMISSION_DENIED with the policy's reasons. When
+governance cannot answer, the client's fallback applies
+(`services.common.governance_client`): log_only lets the request through and records it
+locally, enforce refuses high-risk requests; an error answer from governance is a deny
+above low risk in enforce mode.
 
 Approvals. A request held by a REQUIRE_APPROVAL policy is answered `202 Accepted` with the
 approval id and a retry token (`PENDING_APPROVAL`): once a person approves, the client sends

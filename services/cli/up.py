@@ -12,6 +12,7 @@ from typing import TextIO
 
 from services.cli.output import component_table
 from services.common.config import ConfigError
+from services.common.data_dir import secure_data_dir
 from services.common.telemetry import TraceContextFilter, configure_logging, configure_tracing
 from services.guardian.config import SERVICE, GuardianConfig, add_guardian_flags
 from services.guardian.model import ComponentStatus, State, StateChange
@@ -53,6 +54,7 @@ def run_up(args: argparse.Namespace) -> int:
     except (ConfigError, TopologyError) as exc:
         print(f"grace up: invalid configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    secure_data_dir(config.server.data_dir)  # before the first file is written there
     log_file = _configure_logging(config.server.data_dir, args.log_level)
     configure_tracing(SERVICE, config.server.env)
     names = ", ".join(c.name for c in topology.components)

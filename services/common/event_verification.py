@@ -11,8 +11,11 @@
 - UNVERIFIED: the trust kernel could not be asked; accepted (the bus stays available when
   the trust kernel is down) and logged.
 
-`enforce(event)` applies the configured mode: `off` checks nothing, `flag` logs and counts
-violations but accepts the event, `reject` raises PermissionDenied for violations.
+`enforce(event)` applies the configured mode: `reject` (the default) raises
+PermissionDenied for violations, naming the source and what is wrong; `flag` logs and
+counts violations but accepts the event; `off` checks nothing. Violations exist only for
+sources with a registered identity: unsigned events from a source that never registered a
+key are accepted in every mode.
 
 Batch signatures (`services.common.event_signing`): the events of one signed PublishBatch
 carry the same signature over their Merkle root. `check_batch` recomputes each event's leaf
@@ -155,7 +158,7 @@ class EventVerifier:
     """
 
     source: KeySource
-    mode: str = "flag"
+    mode: str = "reject"
     ttl_s: float = 30.0
     negative_ttl_s: float = 5.0
     clock: Callable[[], float] = time.monotonic
@@ -300,9 +303,18 @@ class EventVerifier:
         if not status.violation:
             return None
         if self.mode == "reject":
+            source = event.source_domain
+            why = (
+                f"it is unsigned, but {source!r} has a registered identity: events from "
+                f"{source!r} must be signed with its active key"
+                if status is SignatureStatus.UNSIGNED
+                else f"its signature (key {event.signature_key_id or 'none'}) does not verify "
+                f"with the active key registered for {source!r} in the trust kernel"
+            )
             return PermissionDenied(
-                f"event {event.id!r} from {event.source_domain!r}: signature {status.value}",
+                f"event {event.id!r} from {source!r} refused ({status.value}): {why}",
                 reason=f"SIGNATURE_{status.name}",
+                metadata={"source_domain": source, "signature": status.value},
             )
         log.warning(
             "event %s from %s: signature %s (flagged, accepted)",

@@ -1,13 +1,20 @@
 """How any Grace component asks governance before it acts.
 
 `GovernanceClient.check` evaluates a request with a deadline and answers a `GateDecision`.
-When governance cannot answer (down, too slow, or any RPC error) the client decides
-locally, by its configured fallback mode, and says so (`source == "fallback"`):
+When it gets no decision, the client decides locally, by its configured fallback mode, and
+says so. Two cases are told apart:
 
-- `log_only` (the default, as seed 004 rolls out): allow, and record the request locally
-  (a warning in the log, the bounded `fallback_records`, and the `on_fallback` callback).
-- `enforce`: deny requests at or above `fail_closed_at` (default `high`), allow and record
-  the rest.
+- governance is unavailable (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED,
+  RESOURCE_EXHAUSTED: down, too slow or overloaded; `source == "fallback"`):
+  `log_only` (the default, as seed 004 rolls out) allows; `enforce` denies requests at or
+  above `fail_closed_at` (default `high`) and allows the rest;
+- governance answered, but not with a decision (any other status, such as the
+  INVALID_ARGUMENT a caller can provoke with an oversized context, or a reply without a
+  verdict; `source == "error"`): `log_only` allows; `enforce` denies everything above low
+  risk. An error is never a reason to let a request through that a decision would stop.
+
+Every local decision is recorded (a warning in the log, the bounded `fallback_records`
+whose `kind` says "unavailable" or "error", and the `on_fallback` callback).
 
 Callers that gate work take the `GovernanceGate` protocol, so a test passes any object with
 a `check` method. Where each component asks (seed 004 phases 3 and 4):
@@ -17,10 +24,12 @@ a `check` method. Where each component asks (seed 004 phases 3 and 4):
   with the reasons, PENDING_APPROVAL 403 with the approval id;
 - orchestrator: before each step, actor `workflow:<id>`, action `<domain>.<action>`, risk
   from the step;
-- Guardian and the immune kernel: before healing, action `heal:<playbook>`, resource
-  `component:<name>`, risk `HEAL_RISK[playbook]`. A caller that already holds a decision
-  for exactly that heal (the immune kernel) passes its id as `x-governance-decision`
-  metadata; Guardian then `confirm`s it (a read, not a second decision).
+- Guardian and the immune kernel: before healing, stopping, starting or restarting a
+  component (by any RPC or route), action `heal:<operation>`, resource `component:<name>`,
+  risk `HEAL_RISK[operation]` (see `services.guardian.consent`). A caller that already
+  holds a decision for exactly that heal (the immune kernel) passes its id as
+  `x-governance-decision` metadata; Guardian then `confirm`s it (a read, not a second
+  decision).
 """
 
 from __future__ import annotations
@@ -60,16 +69,30 @@ _SETTLED = {
     pb.APPROVAL_STATUS_REJECTED: "rejected",
     pb.APPROVAL_STATUS_EXPIRED: "expired",
 }
-# Risk declared for each healing playbook, by Guardian and by the immune kernel alike:
-# diagnosing changes nothing; a restart (or clearing a stale process Guardian itself
-# started, then restarting) interrupts one component briefly; moving a component to another
-# port changes how every peer reaches it.
+# Risk declared for each operation on a component's running state (`heal:<operation>`), by
+# Guardian and by the immune kernel alike: diagnosing changes nothing; a restart (or
+# clearing a stale process Guardian itself started, then restarting) interrupts one
+# component briefly, as starting a stopped one changes little; moving a component to another
+# port changes how every peer reaches it, and stopping one leaves it down until started.
 HEAL_RISK: Mapping[str, str] = {
     "diagnose_network": "low",
     "restart_component": "medium",
     "clear_port": "medium",
+    "start_component": "medium",
     "rebind_port": "high",
+    "stop_component": "high",
 }
+# Status codes that mean governance could not be reached in time; any other is an error.
+UNAVAILABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+UNAVAILABLE = "unavailable"
+ERROR = "error"
 # Metadata carrying the id of a governance decision the caller already obtained.
 DECISION_METADATA = "x-governance-decision"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -87,7 +110,8 @@ class GateDecision:
         policy_ids: Policies that matched.
         reasons: Why, in words.
         approval_id: For "pending_approval": the request to settle or wait on.
-        source: "governance", or "fallback" when governance could not answer.
+        source: "governance"; "fallback" when governance could not be reached; "error"
+            when it answered without a decision (see the module docstring).
         error_reason: For a refused redemption, governance's reason (`DECISION_REDEEMED`,
             `APPROVAL_PENDING`, `DECISION_MISMATCH`, ...) or the status code's name.
     """
@@ -104,7 +128,11 @@ class GateDecision:
 
 @dataclass(frozen=True)
 class FallbackRecord:
-    """A request decided locally because governance could not answer."""
+    """A request decided locally because governance gave no decision.
+
+    `kind` is "unavailable" (governance could not be reached) or "error" (it answered with
+    an error or without a verdict).
+    """
 
     time: float
     actor: str
@@ -114,6 +142,7 @@ class FallbackRecord:
     allowed: bool
     error: str
     context: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -271,9 +300,25 @@ class GovernanceClient:
             )
         except grpc.aio.AioRpcError as exc:
             return self._fallback(
-                actor, action, resource, risk_level, context, f"{exc.code().name}: {exc.details()}"
+                actor,
+                action,
+                resource,
+                risk_level,
+                context,
+                f"{exc.code().name}: {exc.details()}",
+                kind=UNAVAILABLE if exc.code() in UNAVAILABLE_CODES else ERROR,
             )
         decision = response.decision
+        if decision.verdict not in _VERDICTS:
+            return self._fallback(
+                actor,
+                action,
+                resource,
+                risk_level,
+                context,
+                "the answer carries no verdict",
+                kind=ERROR,
+            )
         return GateDecision(
             allowed=response.allowed,
             verdict=_VERDICTS.get(decision.verdict, "deny"),
@@ -321,6 +366,7 @@ class GovernanceClient:
                 risk,
                 {"decision_id": decision_id},
                 f"{exc.code().name}: {exc.details()}",
+                kind=UNAVAILABLE if exc.code() in UNAVAILABLE_CODES else ERROR,
             )
         age = time.time() - decision.time.ToSeconds() if decision.HasField("time") else 0.0
         problem = ""
@@ -414,10 +460,14 @@ class GovernanceClient:
         risk_level: str,
         context: Mapping[str, Any] | None,
         error: str,
+        *,
+        kind: str = UNAVAILABLE,
     ) -> GateDecision:
+        # An error answer fails closed above low risk; unavailability at fail_closed_at.
+        threshold = "medium" if kind == ERROR else self.fail_closed_at
         closed = self.fallback_mode == "enforce" and RISK_LEVELS.index(
             risk_level
-        ) >= RISK_LEVELS.index(self.fail_closed_at)
+        ) >= RISK_LEVELS.index(threshold)
         record = FallbackRecord(
             time=time.time(),
             actor=actor,
@@ -427,11 +477,13 @@ class GovernanceClient:
             allowed=not closed,
             error=error,
             context=dict(context or {}),
+            kind=kind,
         )
         self.fallback_records.append(record)
         log.warning(
-            "governance at %s unavailable (%s): %s %s on %r by %r (fallback %s)",
+            "governance at %s gave no decision (%s: %s): %s %s on %r by %r (fallback %s)",
             self.target,
+            kind,
             error,
             "denied" if closed else "allowed",
             action,
@@ -441,8 +493,9 @@ class GovernanceClient:
         )
         if self.on_fallback is not None:
             self.on_fallback(record)
-        reason = f"governance unavailable ({error}); fallback {self.fallback_mode}: " + (
-            f"{risk_level} risk is denied (fail closed at {self.fail_closed_at})"
+        what = "unavailable" if kind == UNAVAILABLE else "answered with an error"
+        reason = f"governance {what} ({error}); fallback {self.fallback_mode}: " + (
+            f"{risk_level} risk is denied (fail closed at {threshold})"
             if closed
             else "allowed and recorded locally"
         )
@@ -450,7 +503,7 @@ class GovernanceClient:
             allowed=not closed,
             verdict="deny" if closed else "allow",
             reasons=(reason,),
-            source="fallback",
+            source="fallback" if kind == UNAVAILABLE else ERROR,
         )
 
 

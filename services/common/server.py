@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from services.common import telemetry
 from services.common.channels import SERVER_KEEPALIVE_OPTIONS
 from services.common.config import ConfigError, ServerConfig, server_flag_parser
+from services.common.data_dir import secure_data_dir
 from services.common.errors import GraceError
 from services.common.heap import HeapProfiler
 from services.common.interceptors import ErrorTranslator
@@ -218,6 +219,7 @@ def serve_main(
 
 def run(config: ServerConfig, service: Service) -> int:
     """Runs a service until a signal stops it; the body of every `__main__`. Returns 0."""
+    secure_data_dir(config.data_dir)
     telemetry.configure_tracing(config.service, config.env)
 
     async def serve() -> None:

@@ -66,8 +66,43 @@ class SigningKey:
         return self.private_key.sign(message)
 
 
+def public_key_path(key_path: Path) -> Path:
+    """Where the public half of the key at `key_path` is published (`<name>.pub`)."""
+    return key_path.with_suffix(".pub")
+
+
+def read_public_key(path: Path) -> bytes | None:
+    """The raw public key in a `.pub` PEM file; None when it is missing or unreadable."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(key, Ed25519PublicKey):
+        return None
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _publish_public_key(key_path: Path, key: SigningKey) -> None:
+    """Writes `<name>.pub` beside the key (atomically) unless it already holds this key:
+    what the trust kernel and `grace verify-proof` read, so neither opens a private key."""
+    target = public_key_path(key_path)
+    if read_public_key(target) == key.public_key:
+        return
+    pem = key.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, target)
+
+
 def load_or_create_key(path: Path) -> SigningKey:
-    """Loads the key at `path`, creating it (mode 0600, parent dirs 0700) when missing.
+    """Loads the key at `path`, creating it (mode 0600, parent dirs 0700) when missing, and
+    publishes its public half as `<name>.pub` beside it.
 
     Creation is atomic (O_EXCL), so two processes starting at once end up with one key.
 
@@ -86,14 +121,19 @@ def load_or_create_key(path: Path) -> SigningKey:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            return load_key(path)
+            return _published(path, load_key(path))
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
             handle.flush()
             os.fsync(handle.fileno())
         log.info("created signing key %s (id %s)", path, SigningKey.from_private_key(key).key_id)
-        return SigningKey.from_private_key(key)
-    return load_key(path)
+        return _published(path, SigningKey.from_private_key(key))
+    return _published(path, load_key(path))
+
+
+def _published(path: Path, key: SigningKey) -> SigningKey:
+    _publish_public_key(path, key)
+    return key
 
 
 def load_key(path: Path) -> SigningKey:

@@ -16,9 +16,10 @@ Besides the common server settings (see `services.common.config`):
   and longest wait between push attempts (0.5 doubling to 30).
 - `GRACE_EVENTBUS_PUSH_TIMEOUT_S`: deadline of one DeliverEvent call (10).
 - `GRACE_REGISTRY_ADDR`: where push delivery resolves domains (127.0.0.1:8102).
-- `GRACE_EVENTBUS_VERIFY_SIGNATURES`: `off`, `flag` (default: log and count unsigned or
-  forged events from sources with a registered key, accept them) or `reject`
-  (PERMISSION_DENIED). Keys come from the trust kernel at `GRACE_TRUST_ADDR`
+- `GRACE_EVENTBUS_VERIFY_SIGNATURES`: `reject` (the default: an unsigned or forged event
+  claiming a source that has a registered identity is refused with PERMISSION_DENIED;
+  unsigned events from sources without an identity are still accepted), `flag` (log and
+  count such events, accept them) or `off`. Keys come from the trust kernel at `GRACE_TRUST_ADDR`
   (127.0.0.1:8112), cached `GRACE_EVENTBUS_KEY_CACHE_TTL_S` seconds (30).
 """
 
@@ -43,7 +44,7 @@ class EventBusConfig:
     server: ServerConfig
     settings: BusSettings
     registry_address: str
-    verify_signatures: str = "flag"
+    verify_signatures: str = "reject"
     trust_address: str = "127.0.0.1:8112"
     key_cache_ttl_s: float = 30.0
 
@@ -80,7 +81,7 @@ class EventBusConfig:
                 push_timeout_s=r.number(f"{p}PUSH_TIMEOUT_S", 10.0, minimum=0.01, maximum=600),
             ),
             registry_address=peer_address(env, "registry"),
-            verify_signatures=r.choice(f"{p}VERIFY_SIGNATURES", "flag", MODES),
+            verify_signatures=r.choice(f"{p}VERIFY_SIGNATURES", "reject", MODES),
             trust_address=peer_address(env, "trust"),
             key_cache_ttl_s=r.number(f"{p}KEY_CACHE_TTL_S", 30.0, minimum=0.1, maximum=86400),
         )

@@ -1,21 +1,33 @@
-"""Guardian asks governance before it heals (seed 004, phase 4).
+"""Guardian asks governance before it heals, stops, starts or restarts (seed 004, phase 4).
 
-Every `Heal` (from `grace heal`, the immune kernel or any client) is put to governance as
-actor = the caller's `x-actor` metadata ("operator" without one), action
-`heal:<playbook>`, resource `component:<name>`, risk `HEAL_RISK[playbook]` (the
-definition the immune kernel uses too). A caller that already holds a decision for this
-very heal sends its id as `x-governance-decision`; Guardian then redeems it (governance
-recorded it for this actor, action and resource, allowed or approved since, and it was not
-redeemed before: each decision heals once) instead of asking a second time. So a heal held
-for approval goes through after the approval: send it again with the decision id named in
-the refusal. A DENY is PERMISSION_DENIED with the reasons, a PENDING_APPROVAL is
-FAILED_PRECONDITION (reason APPROVAL_PENDING, with the approval and decision ids) naming
-the approval to settle; both are logged and recorded as a `healing.denied` decision.
-When governance cannot answer, the client's fallback mode decides (Guardian's default:
-log_only, allow and record locally).
+Every request that changes a component's running state, whichever RPC or route carries it,
+is one governed action named `heal:<operation>` on resource `component:<name>`:
 
-The supervisor's own restarts after a crash or failed probes (the backoff loop) never ask:
-they keep the system alive and were allowed once, when the topology was written.
+| RPC (REST route)                                            | action                    |
+|-------------------------------------------------------------|---------------------------|
+| `Heal` (`POST /network-healer/heal`), playbook P            | `heal:P`                  |
+| `RestartComponent` (`POST /guardian/components/X/restart`)  | `heal:restart_component`  |
+| `StopComponent` (`POST /guardian/components/X/stop`)        | `heal:stop_component`     |
+| `StartComponent` (`POST /guardian/components/X/start`)      | `heal:start_component`    |
+
+So a restart is the same action whether it comes as the `restart_component` playbook or
+as `RestartComponent`, and one `heal:*` FORBID freezes them all. Guardian asks itself, so a
+client calling its gRPC port directly is governed as much as one going through the gateway.
+The actor is the caller's `x-actor` metadata ("operator" without one), the risk
+`HEAL_RISK[operation]` (the definition the immune kernel uses too). A caller that already
+holds a decision for this very operation sends its id as `x-governance-decision`; Guardian
+then redeems it (governance recorded it for this actor, action and resource, allowed or
+approved since, and it was not redeemed before: each decision acts once) instead of asking
+a second time. So a heal held for approval goes through after the approval: send it again
+with the decision id named in the refusal. A DENY is PERMISSION_DENIED with the reasons, a
+PENDING_APPROVAL is FAILED_PRECONDITION (reason APPROVAL_PENDING, with the approval and
+decision ids) naming the approval to settle; both are logged and recorded as a
+`healing.denied` decision. When governance cannot answer, the client's fallback mode
+decides (Guardian's default: log_only, allow and record locally).
+
+The supervisor's own restarts after a crash or failed probes (the backoff loop) never ask,
+so liveness never depends on governance: they keep the system alive and were allowed
+once, when the topology was written.
 """
 
 from __future__ import annotations
@@ -53,7 +65,8 @@ class HealConsent:
     async def require(
         self, component: str, playbook: str, *, actor: str = "", decision_id: str = ""
     ) -> GateDecision:
-        """Returns the allowing decision.
+        """Returns the allowing decision for operation `playbook` (a playbook, or one of
+        `stop_component` and `start_component`) on `component`.
 
         Raises:
             PermissionDenied: Governance denied the heal (or the decision id given does not

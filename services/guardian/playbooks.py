@@ -1,4 +1,6 @@
-"""Healing playbooks (seed 003): restart_component, clear_port, rebind_port, diagnose_network.
+"""Healing playbooks (seed 003): restart_component, clear_port, rebind_port, diagnose_network,
+and the control operations (restart, stop, start), each asked of governance first
+(`services.guardian.consent`); the supervisor's own crash restarts never come here.
 
 `clear_port` only ever signals a process Guardian itself started: the process holding the
 port (or the leader of its process group) must match a spawn record by pid AND start time,
@@ -31,6 +33,9 @@ CLEAR_PORT = "clear_port"
 REBIND_PORT = "rebind_port"
 DIAGNOSE_NETWORK = "diagnose_network"
 PLAYBOOKS = (RESTART_COMPONENT, CLEAR_PORT, REBIND_PORT, DIAGNOSE_NETWORK)
+# Operations of the control RPCs, governed as `heal:<operation>` like the playbooks.
+STOP_COMPONENT = "stop_component"
+START_COMPONENT = "start_component"
 
 
 class Healer:
@@ -111,6 +116,33 @@ class Healer:
         event = "healing.completed" if result.success else "healing.failed"
         await self.journal.decide(event, name, playbook=playbook, message=result.message)
         return result
+
+    async def restart(
+        self, name: str, *, actor: str = "", decision_id: str = ""
+    ) -> ComponentStatus:
+        """Restarts component `name` once governance allows `heal:restart_component`, the
+        action of the restart playbook: a restart is one governed action by any route."""
+        return await self._control(name, RESTART_COMPONENT, actor, decision_id)
+
+    async def stop(self, name: str, *, actor: str = "", decision_id: str = "") -> ComponentStatus:
+        """Stops component `name` once governance allows `heal:stop_component`."""
+        return await self._control(name, STOP_COMPONENT, actor, decision_id)
+
+    async def start(self, name: str, *, actor: str = "", decision_id: str = "") -> ComponentStatus:
+        """Starts component `name` once governance allows `heal:start_component`."""
+        return await self._control(name, START_COMPONENT, actor, decision_id)
+
+    async def _control(
+        self, name: str, operation: str, actor: str, decision_id: str
+    ) -> ComponentStatus:
+        self.supervisor.status(name)  # NotFound before governance is asked
+        if self.consent is not None:
+            await self.consent.require(name, operation, actor=actor, decision_id=decision_id)
+        if operation == STOP_COMPONENT:
+            return await self.supervisor.stop(name)
+        if operation == START_COMPONENT:
+            return await self.supervisor.start(name)
+        return await self.supervisor.restart(name)
 
     async def _choose(self, status: ComponentStatus) -> str:
         holders = await asyncio.to_thread(listening_pids, status.port)

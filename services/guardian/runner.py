@@ -18,6 +18,7 @@ from typing import Protocol
 from services.common import telemetry
 from services.common.bus_client import EventBusPublisher
 from services.common.config import peer_address
+from services.common.data_dir import secure_data_dir
 from services.common.outbox import Publisher
 from services.common.server import GraceServer
 from services.guardian.config import GuardianConfig
@@ -61,6 +62,7 @@ async def serve(
     Without an explicit publisher, `healing.*` events go to the event bus of the topology
     (or GRACE_EVENTBUS_ADDR); they wait in Guardian's outbox while the bus is down.
     """
+    secure_data_dir(config.server.data_dir)
     if publisher is None:
         publisher = EventBusPublisher(_bus_address(config, topology))
     loop = asyncio.get_running_loop()

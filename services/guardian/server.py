@@ -9,8 +9,10 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
+from services.common.components import component_key_path
 from services.common.config import peer_address
 from services.common.governance_client import GovernanceClient
+from services.common.identity import ComponentIdentity
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.storage import Database
@@ -21,7 +23,7 @@ from services.guardian.journal import Journal
 from services.guardian.playbooks import Healer
 from services.guardian.registration import Registrar
 from services.guardian.servicer import GuardianServicer
-from services.guardian.store import GuardianStore
+from services.guardian.store import SOURCE, GuardianStore
 from services.guardian.supervisor import Supervisor
 from services.guardian.topology import Topology
 
@@ -85,6 +87,17 @@ class GuardianServer(Service):
             consent=HealConsent(self.governance, self.journal) if self.governance else None,
         )
         self.workflows = HealingWorkflows(self._orchestrator_address, self.journal)
+        self.identity = (
+            ComponentIdentity(
+                SOURCE,
+                component_key_path(config.server.data_dir, SOURCE),
+                self._trust_address(),
+                publisher,
+                self.relay.wake,
+            )
+            if self.relay is not None
+            else None
+        )
         self.shutting_down = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -97,6 +110,11 @@ class GuardianServer(Service):
         if self.topology.component("orchestrator") is not None:
             return self.supervisor.status("orchestrator").address
         return peer_address(self.config.server.env, "orchestrator")
+
+    def _trust_address(self) -> str:
+        if self.topology.component("trust") is not None:
+            return self.supervisor.status("trust").address
+        return peer_address(self.config.server.env, "trust")
 
     def _governance_address(self) -> str:
         if self.topology.component("governance") is not None:
@@ -117,6 +135,8 @@ class GuardianServer(Service):
             self._tasks.append(asyncio.create_task(self.registrar.run(), name="registrar"))
         if self.relay is not None:
             self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+        if self.identity is not None:
+            self.identity.start()
         await self.supervisor.boot()
 
     async def begin_shutdown(self) -> None:
@@ -132,6 +152,8 @@ class GuardianServer(Service):
                 await task
         self._tasks.clear()
         await self.supervisor.shutdown()
+        if self.identity is not None:
+            await self.identity.stop()
         await self.journal.flush()
         if self.relay is not None:
             with contextlib.suppress(Exception):

@@ -86,6 +86,12 @@ def _heal_to_proto(result: HealResult) -> guardian_pb2.HealResponse:
     )
 
 
+def _asker(context: Context) -> tuple[str, str]:
+    """(actor, governance decision id) from the call's metadata."""
+    metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
+    return metadata.get("x-actor", ""), metadata.get(DECISION_METADATA, "")
+
+
 def _name(value: str) -> str:
     return require_text("component_name", value, max_length=_MAX_NAME, required=True)
 
@@ -153,8 +159,7 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
     async def Heal(
         self, request: guardian_pb2.HealRequest, context: Context
     ) -> guardian_pb2.HealResponse:
-        metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        actor = metadata.get("x-actor", "")
+        actor, decision_id = _asker(context)
         reason = require_text("reason", request.reason, max_length=_MAX_REASON)
         if request.workflow:
             return await self._heal_workflow(request, actor)
@@ -162,7 +167,7 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
             _name(request.component_name),
             request.playbook,
             actor=actor,
-            decision_id=metadata.get(DECISION_METADATA, ""),
+            decision_id=decision_id,
             reason=reason,
         )
         return _heal_to_proto(result)
@@ -191,19 +196,28 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
     async def RestartComponent(
         self, request: guardian_pb2.RestartComponentRequest, context: Context
     ) -> guardian_pb2.RestartComponentResponse:
-        status = await self._supervisor.restart(_name(request.component_name))
+        actor, decision_id = _asker(context)
+        status = await self._healer.restart(
+            _name(request.component_name), actor=actor, decision_id=decision_id
+        )
         return guardian_pb2.RestartComponentResponse(component=component_to_proto(status))
 
     async def StopComponent(
         self, request: guardian_pb2.StopComponentRequest, context: Context
     ) -> guardian_pb2.StopComponentResponse:
-        status = await self._supervisor.stop(_name(request.component_name))
+        actor, decision_id = _asker(context)
+        status = await self._healer.stop(
+            _name(request.component_name), actor=actor, decision_id=decision_id
+        )
         return guardian_pb2.StopComponentResponse(component=component_to_proto(status))
 
     async def StartComponent(
         self, request: guardian_pb2.StartComponentRequest, context: Context
     ) -> guardian_pb2.StartComponentResponse:
-        status = await self._supervisor.start(_name(request.component_name))
+        actor, decision_id = _asker(context)
+        status = await self._healer.start(
+            _name(request.component_name), actor=actor, decision_id=decision_id
+        )
         return guardian_pb2.StartComponentResponse(component=component_to_proto(status))
 
     async def WatchComponents(

@@ -13,11 +13,12 @@ import grpc
 
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.bus_client import EventBusPublisher
+from services.common.identity import ComponentIdentity
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.storage import Database
 from services.memory.config import MemoryConfig
-from services.memory.memory import SharedMemory
+from services.memory.memory import SOURCE, SharedMemory
 from services.memory.servicer import MemoryServicer
 from services.memory.store import MemoryStore
 
@@ -55,6 +56,7 @@ class MemoryServer(Service):
             self.memory.outbox, self.publisher, poll_interval_s=config.relay_interval_s
         )
         self.memory.on_commit(self.relay.wake)
+        self.identity = ComponentIdentity.of(SOURCE, config.server, self.publisher, self.relay.wake)
         self._relay_task: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
@@ -66,6 +68,7 @@ class MemoryServer(Service):
     async def start(self) -> None:
         await self.memory.open()
         self._relay_task = asyncio.create_task(self.relay.run(), name="memory-outbox-relay")
+        self.identity.start()
 
     async def begin_shutdown(self) -> None:
         self.memory.close()
@@ -79,6 +82,7 @@ class MemoryServer(Service):
         # start when the bus is reachable; they stay in the outbox when it is not.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.relay.drain_once(), timeout=2.0)
+        await self.identity.stop()
         close = getattr(self.publisher, "close", None)
         if callable(close):
             result = close()

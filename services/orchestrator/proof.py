@@ -10,9 +10,15 @@ the orchestrator signs the chain head with its Ed25519 key.
 Canonical JSON: keys sorted, no whitespace, UTF-8 (no escaping of non-ASCII), and
 integral floats written as integers (protobuf Struct numbers are doubles: 3.0 -> 3).
 
-`verify_proof` needs only the proof (and optionally a public key to pin): run it offline
-with `python -m services.orchestrator.proof FILE [--public-key HEX]`, where FILE is the
-JSON of a GetExecutionProof response (or of its `proof`).
+`verify_proof` checks a proof's consistency (and the signer, when given a key). A proof
+carries its signer's public key, so consistency alone proves nothing about who signed it:
+anyone can re-hash an altered chain and sign it with a key of their own. The command
+`grace verify-proof FILE` (also `python -m services.orchestrator.proof FILE`, FILE being
+the JSON of a GetExecutionProof response or of its `proof`) therefore also requires the
+signer to be trusted (`key_trust`): the key pinned with `--public-key`, else the
+orchestrator's public key published in the data dir (`--data-dir`, `GRACE_DATA_DIR`,
+default `./.grace`: `<data dir>/orchestrator.pub`). With neither, it refuses the proof. It
+prints which key it checked.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +39,8 @@ from google.protobuf import json_format
 
 from grace.orchestrator.v1 import orchestrator_pb2
 from services.common import signing
+from services.common.components import component_key_path
+from services.common.config import DEFAULT_DATA_DIR
 
 PROOF_VERSION = "grace.orchestrator.proof.v1"
 RECORD_FIELDS = (
@@ -141,7 +150,12 @@ def verify_proof(proof: orchestrator_pb2.ExecutionProof, public_key: bytes = b""
         public_key: Raw Ed25519 key that must have signed it; empty trusts the proof's key.
     """
     if public_key and public_key != proof.public_key:
-        return Verdict(False, -1, "the proof was signed by another key than the one given")
+        return Verdict(
+            False,
+            -1,
+            f"the proof was signed by key {signing.key_id(proof.public_key)}, "
+            f"not by the trusted key {signing.key_id(public_key)}",
+        )
     previous = genesis_hash(proof.execution_id)
     for position, record in enumerate(proof.records):
         fields = _record_dict(record)
@@ -184,14 +198,57 @@ def _key(text: str) -> bytes:
             raise SystemExit(f"--public-key: {text!r} is neither hex nor base64") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`verify-proof FILE [--public-key KEY]`: exit 0 when valid, 1 when not, 2 on bad input."""
+@dataclass(frozen=True)
+class KeyTrust:
+    """Which key a proof's signer must be, and where that key came from.
+
+    Attributes:
+        public_key: The trusted raw Ed25519 key; empty when no key is trusted.
+        described: The key and its origin, in words (printed by `grace verify-proof`).
+    """
+
+    public_key: bytes
+    described: str
+
+
+def key_trust(*, pinned: bytes = b"", data_dir: Path | None = None) -> KeyTrust:
+    """The key a proof must be signed by: the one pinned (`--public-key`), else the
+    orchestrator's key published in `data_dir`; none otherwise.
+
+    The one place that decides which signer is trusted: checking a certificate bundle
+    extends this function.
+    """
+    if pinned:
+        return KeyTrust(pinned, f"key {signing.key_id(pinned)} given with --public-key")
+    if data_dir is not None:
+        path = signing.public_key_path(component_key_path(data_dir, "orchestrator"))
+        found = signing.read_public_key(path)
+        if found is not None:
+            return KeyTrust(found, f"key {signing.key_id(found)} of the orchestrator in {path}")
+        return KeyTrust(
+            b"",
+            f"no trusted key: {path} does not exist; pass --public-key, or --data-dir "
+            "(GRACE_DATA_DIR) of the Grace that signed the proof",
+        )
+    return KeyTrust(b"", "no trusted key: pass --public-key or --data-dir")
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    """`verify-proof FILE [--public-key KEY] [--data-dir DIR]`: exit 0 when valid and signed
+    by a trusted key, 1 when not, 2 on bad input."""
+    env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
-        prog="grace verify-proof", description="Verify an execution proof offline."
+        prog="grace verify-proof",
+        description="Verify an execution proof offline, and that a trusted key signed it.",
     )
     parser.add_argument("file", help="JSON of a GetExecutionProof response ('-' for stdin)")
     parser.add_argument(
         "--public-key", default="", help="pin the orchestrator's public key (hex or base64)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=env.get("GRACE_DATA_DIR") or DEFAULT_DATA_DIR,
+        help="data dir whose orchestrator.pub is trusted (GRACE_DATA_DIR; default ./.grace)",
     )
     args = parser.parse_args(argv)
     try:
@@ -200,7 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, json_format.ParseError) as exc:
         print(f"verify-proof: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    verdict = verify_proof(proof, _key(args.public_key) if args.public_key else b"")
+    trust = key_trust(
+        pinned=_key(args.public_key) if args.public_key else b"", data_dir=Path(args.data_dir)
+    )
+    print(f"checked against {trust.described}")
+    if not trust.public_key:
+        print(f"INVALID: the signer (key {proof.key_id}) cannot be checked: {trust.described}")
+        return 1
+    verdict = verify_proof(proof, trust.public_key)
     if verdict.valid:
         print(
             f"valid: execution {proof.execution_id} ({proof.final_state}), "

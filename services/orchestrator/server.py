@@ -10,7 +10,9 @@ import grpc
 
 from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from services.common.channels import channel
+from services.common.config import peer_address
 from services.common.governance_client import GovernanceClient
+from services.common.identity import ComponentIdentity
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.signing import load_or_create_key
@@ -48,6 +50,7 @@ class OrchestratorServer(Service):
         self._relay_task: asyncio.Task[None] | None = None
         self.core: Orchestrator | None = None
         self._governance: GovernanceClient | None = None
+        self._identity: ComponentIdentity | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
@@ -77,12 +80,23 @@ class OrchestratorServer(Service):
             self._relay = OutboxRelay(self.store.outbox, self.publisher, poll_interval_s=1.0)
             self.store.on_events(self._relay.wake)
             self._relay_task = asyncio.create_task(self._relay.run(), name="orchestrator-relay")
+            # The proof key signs its events too, once the trust kernel holds it.
+            self._identity = ComponentIdentity(
+                "orchestrator",
+                self.config.key_file,
+                peer_address(self.config.server.env, "trust"),
+                self.publisher,
+                self._relay.wake,
+            )
+            self._identity.start()
 
     async def stop(self) -> None:
         if self._relay_task is not None:
             self._relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._relay_task
+        if self._identity is not None:
+            await self._identity.stop()
         close = getattr(self.publisher, "close", None)
         if close is not None:
             await close()

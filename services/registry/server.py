@@ -10,6 +10,7 @@ import grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.bus_client import EventBusPublisher
+from services.common.identity import ComponentIdentity
 from services.common.outbox import OutboxRelay
 from services.common.server import Service
 from services.common.storage import Database
@@ -43,6 +44,10 @@ class RegistryServer(Service):
         # Lifecycle events reach the bus through the outbox, whether or not it is up now.
         self.publisher = EventBusPublisher.from_env(config.server.env)
         self.relay = OutboxRelay(store.outbox, self.publisher)
+        # Its events are signed once the trust kernel holds the registry's key.
+        self.identity = ComponentIdentity.of(
+            "registry", config.server, self.publisher, self.relay.wake
+        )
         self._relay_task: asyncio.Task[None] | None = None
         self.registry.add_listener(self._wake_relay)
 
@@ -61,6 +66,7 @@ class RegistryServer(Service):
             self.registry.run_sweeper(self.config.sweep_interval_s), name="registry-sweeper"
         )
         self._relay_task = asyncio.create_task(self.relay.run(), name="registry-outbox")
+        self.identity.start()
 
     async def begin_shutdown(self) -> None:
         await self.registry.close()
@@ -71,5 +77,6 @@ class RegistryServer(Service):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self.identity.stop()
         await self.publisher.close()
         await self.registry.store.close()

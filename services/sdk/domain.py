@@ -31,6 +31,7 @@ from typing import Any, TypeAlias, TypeVar
 
 from services.common import telemetry
 from services.common.config import ConfigError
+from services.common.data_dir import secure_data_dir
 from services.common.errors import InvalidArgument
 from services.common.patterns import matches, validate_pattern
 from services.common.server import GraceServer
@@ -238,6 +239,7 @@ class Domain:
         except (ConfigError, ValueError) as exc:
             log.error("%s: configuration error: %s", self.domain_id, exc)
             return 2
+        secure_data_dir(config.server.data_dir)
         telemetry.configure_tracing(self.domain_id, config.server.env)
 
         async def serve() -> None:

@@ -18,6 +18,7 @@ from services.common import signing
 from services.common.bus_client import EventBusPublisher
 from services.common.call_metrics import ImmuneReporter
 from services.common.channels import channel
+from services.common.identity import IdentityRegistrar
 from services.common.outbox import OutboxRelay
 from services.common.registration import Registrar, stop_task
 from services.common.server import GraceServer, Service
@@ -27,7 +28,6 @@ from services.sdk.config import DomainConfig
 from services.sdk.dispatcher import Dispatcher
 from services.sdk.domain import Domain
 from services.sdk.events import OutboxSink, Subscriptions, relay
-from services.sdk.identity import IdentityRegistrar
 from services.sdk.memory import MemoryClient
 from services.sdk.servicer import DomainServicer
 from services.sdk.store import KeyValueStore, ResultStore, metadata

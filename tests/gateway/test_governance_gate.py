@@ -37,6 +37,14 @@ class GovernedStack:
 
 @pytest.fixture
 async def governed(tmp_path: Path) -> AsyncIterator[GovernedStack]:
+    async with governed_stack(tmp_path) as stack:
+        yield stack
+
+
+@contextlib.asynccontextmanager
+async def governed_stack(
+    tmp_path: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[GovernedStack]:
     registry = RegistryServer(registry_config(tmp_path))
     governance = GovernanceServer(
         GovernanceConfig(
@@ -52,7 +60,11 @@ async def governed(tmp_path: Path) -> AsyncIterator[GovernedStack]:
             serving(governance.config.server, governance)
         )
         config = gateway_config(
-            {"GRACE_REGISTRY_ADDR": reg.address, "GRACE_GOVERNANCE_ADDR": gov_server.address}
+            {
+                "GRACE_REGISTRY_ADDR": reg.address,
+                "GRACE_GOVERNANCE_ADDR": gov_server.address,
+                **(env or {}),
+            }
         )
         gateway = await stack.enter_async_context(Gateway(config, build_app(config)))
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=gateway.url, timeout=30))
@@ -245,3 +257,84 @@ async def test_a_client_that_waits_for_a_rejected_request_is_refused(
     assert answered.status_code == 403, answered.text
     assert "rejected" in answered.json()["error"]["message"]
     assert "refused" not in await _domain_ids(governed)
+
+
+NO_DEREGISTERING_GOOD = gov.Policy(
+    policy_id="keep-good",
+    description="the good domain stays registered",
+    principal="user:mallory",
+    action="DELETE:/domains/domain/good",
+    effect=gov.EFFECT_FORBID,
+)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/domains/domain/%67ood",  # percent-encoded path variable
+        "/domains/domain/%67%6F%6f%64",  # escapes of either case
+        "/domains/domain/good/",  # trailing slash
+        "/domains/%64omain/good",  # an encoded literal segment
+    ],
+)
+async def test_a_percent_encoded_or_slashed_path_is_governed_as_its_canonical_form(
+    governed: GovernedStack, path: str
+) -> None:
+    registered = await governed.http.post(
+        "/domains/register", json={"domain_id": "good", "port": 9002}
+    )
+    assert registered.status_code == 200
+    await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=NO_DEREGISTERING_GOOD))
+    refused = await governed.http.delete(path, headers={"X-Actor": "user:mallory"})
+    assert refused.status_code == 403, refused.text
+    assert "the good domain stays registered" in refused.text
+    listed = await governed.http.get("/domains/list")
+    assert "good" in listed.text
+    decisions = await governed.governance.ListDecisions(
+        gov.ListDecisionsRequest(actor="user:mallory")
+    )
+    assert [d.action for d in decisions.decisions] == ["DELETE:/domains/domain/good"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/domains/domain/go%2Fod",
+        "/domains/domain/go%2fod",
+        "/domains/domain/..%2Fgood",
+        "/domains/domain/%2E%2E",
+        "/domains//domain/good",
+        "/domains/domain/g%zzood",
+        "/domains/domain/g%ffood",
+    ],
+)
+async def test_a_path_with_no_single_meaning_is_refused_with_400_before_governance(
+    governed: GovernedStack, path: str
+) -> None:
+    refused = await governed.http.delete(path, headers={"X-Actor": "user:mallory"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["details"][0]["fieldViolations"][0]["field"] == "path"
+    stats = await governed.governance.GetGovernanceStats(gov.GetGovernanceStatsRequest())
+    assert stats.decisions == 0
+
+
+NO_DEREGISTERING = gov.Policy(
+    policy_id="no-deregistering",
+    description="nobody deregisters domains",
+    action="DELETE:/domains/domain/*",
+    effect=gov.EFFECT_FORBID,
+)
+
+
+async def test_a_governance_error_does_not_open_the_gate_in_enforce_mode(tmp_path: Path) -> None:
+    env = {"GRACE_GATEWAY_GOVERNANCE_FALLBACK": "enforce"}
+    async with governed_stack(tmp_path, env) as governed:
+        await governed.http.post("/domains/register", json={"domain_id": "good", "port": 9002})
+        await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=NO_DEREGISTERING))
+        # An actor longer than governance accepts makes Evaluate answer INVALID_ARGUMENT.
+        refused = await governed.http.delete(
+            "/domains/domain/good", headers={"X-Actor": "user:" + "m" * 1000}
+        )
+        assert refused.status_code == 403, refused.text
+        assert "INVALID_ARGUMENT" in refused.text
+        assert "good" in (await governed.http.get("/domains/list")).text

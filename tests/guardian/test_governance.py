@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
+from gateway.server import Gateway, build_app
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from grace.kernels.governance.v1 import governance_pb2 as gov
 from grace.kernels.governance.v1 import governance_pb2_grpc
@@ -22,6 +26,7 @@ from services.kernels.governance.config import GovernanceConfig
 from services.kernels.governance.governance import GovernanceSettings
 from services.kernels.governance.model import Mode
 from services.kernels.governance.server import GovernanceServer
+from tests.gateway.conftest import gateway_config
 from tests.guardian.conftest import component, topology
 from tests.guardian.test_cli import _grace
 from tests.support import free_ports, server_config, serving
@@ -119,6 +124,87 @@ async def test_an_enforced_forbid_refuses_the_heal_and_leaves_the_component_alon
         assert "PERMISSION_DENIED" in cli.stderr
         assert "no restarts during the change freeze" in cli.stderr
         assert await pid_of(s.guardian, "alpha") == before
+
+
+HEAL_FREEZE = gov.Policy(
+    policy_id="heal-freeze",
+    description="hands off the components during the freeze",
+    action="heal:*",
+    effect=gov.EFFECT_FORBID,
+)
+
+
+async def test_a_heal_freeze_also_refuses_restart_stop_and_start_over_grpc(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, Mode.ENFORCE) as s:
+        await s.governance.CreatePolicy(gov.CreatePolicyRequest(policy=HEAL_FREEZE))
+        before = await pid_of(s.guardian, "alpha")
+        name = "alpha"
+        calls = {
+            "heal:restart_component": s.guardian.RestartComponent(
+                guardian_pb2.RestartComponentRequest(component_name=name),
+                metadata=[("x-actor", "user:mallory")],
+            ),
+            "heal:stop_component": s.guardian.StopComponent(
+                guardian_pb2.StopComponentRequest(component_name=name),
+                metadata=[("x-actor", "user:mallory")],
+            ),
+            "heal:start_component": s.guardian.StartComponent(
+                guardian_pb2.StartComponentRequest(component_name=name),
+                metadata=[("x-actor", "user:mallory")],
+            ),
+        }
+        for action, call in calls.items():
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, action
+            assert action in (refused.value.details() or "")
+            assert "hands off the components" in (refused.value.details() or "")
+        assert await pid_of(s.guardian, "alpha") == before
+        listed = await s.governance.ListDecisions(gov.ListDecisionsRequest(actor="user:mallory"))
+        assert sorted(d.action for d in listed.decisions) == sorted(calls)
+        assert {d.resource for d in listed.decisions} == {"component:alpha"}
+
+
+async def test_a_heal_freeze_refuses_the_restart_route_of_the_gateway(tmp_path: Path) -> None:
+    async with running(tmp_path, Mode.ENFORCE) as s:
+        await s.governance.CreatePolicy(gov.CreatePolicyRequest(policy=HEAL_FREEZE))
+        before = await pid_of(s.guardian, "alpha")
+        config = gateway_config(
+            {"GRACE_GUARDIAN_ADDR": s.address, "GRACE_GATEWAY_GOVERNANCE": "off"}
+        )
+        async with (
+            Gateway(config, build_app(config)) as gateway,
+            httpx.AsyncClient(base_url=gateway.url, timeout=30) as http,
+        ):
+            for verb in ("restart", "stop"):
+                refused = await http.post(f"/guardian/components/alpha/{verb}")
+                assert refused.status_code == 403, refused.text
+                assert f"heal:{verb}_component" in refused.text
+        assert await pid_of(s.guardian, "alpha") == before
+
+
+async def test_a_heal_freeze_does_not_stop_guardian_restarting_a_crashed_component(
+    tmp_path: Path,
+) -> None:
+    async with running(tmp_path, Mode.ENFORCE) as s:
+        await s.governance.CreatePolicy(gov.CreatePolicyRequest(policy=HEAL_FREEZE))
+        before = await pid_of(s.guardian, "alpha")
+        os.kill(before, signal.SIGKILL)
+        for _ in range(600):
+            got = await s.guardian.GetComponent(
+                guardian_pb2.GetComponentRequest(component_name="alpha")
+            )
+            if got.component.pid not in (0, before) and (
+                got.component.state == guardian_pb2.COMPONENT_STATE_SERVING
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("alpha was not restarted after its crash")
+        listed = await s.governance.ListDecisions(gov.ListDecisionsRequest())
+        assert not listed.decisions
 
 
 async def test_log_only_lets_the_heal_run_and_records_what_enforcing_would_do(

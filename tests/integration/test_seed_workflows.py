@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -129,21 +130,27 @@ async def _save_proof(http: httpx.AsyncClient, execution_id: str, path: Path) ->
     return dict(response.json()["proof"])
 
 
-async def _verify_proof_cli(path: Path) -> tuple[int, str]:
-    """Runs `grace verify-proof FILE`; returns its exit code and output."""
+async def _verify_proof_cli(path: Path, data_dir: Path) -> tuple[int, str]:
+    """Runs `grace verify-proof FILE` as a user of that Grace would (its data dir in
+    GRACE_DATA_DIR, so the orchestrator's key is trusted); returns the exit code and the
+    verdict (the output after the line naming the key checked)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "services.cli",
         "verify-proof",
         str(path),
+        env={**os.environ, "GRACE_DATA_DIR": str(data_dir)},
         cwd=PROJECT_ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    checked, _, verdict = out.decode().partition("\n")
+    assert checked.startswith("checked against key "), checked
+    assert "of the orchestrator in" in checked, checked
+    return proc.returncode, verdict
 
 
 def _verdict(path: Path) -> Any:
@@ -158,7 +165,7 @@ async def _memory_ids(http: httpx.AsyncClient, word: str) -> list[str]:
 
 
 async def test_the_document_workflow_succeeds_and_leaves_its_document_and_analysis(
-    http: httpx.AsyncClient, tmp_path: Path
+    grace: RunningGrace, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     execution = await _run(http, DOCUMENT_WORKFLOW, _document(SUCCESS_WORD))
 
@@ -197,13 +204,13 @@ async def test_the_document_workflow_succeeds_and_leaves_its_document_and_analys
     ]
     verdict = _verdict(path)
     assert verdict.valid, verdict.reason
-    code, out = await _verify_proof_cli(path)
+    code, out = await _verify_proof_cli(path, grace.data_dir)
     assert code == 0, out
     assert out.startswith(f"valid: execution {execution['execution_id']}"), out
 
 
 async def test_a_failing_third_step_rolls_back_the_first_two_and_their_effects_are_gone(
-    http: httpx.AsyncClient, tmp_path: Path
+    grace: RunningGrace, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     execution = await _run(http, FAILING_WORKFLOW, _document(ROLLBACK_WORD))
 
@@ -257,19 +264,19 @@ async def test_a_failing_third_step_rolls_back_the_first_two_and_their_effects_a
     assert ingest_undo["output_sha256"] == digest({"document_id": document_id, "deleted": True})
     verdict = _verdict(path)
     assert verdict.valid, verdict.reason
-    code, out = await _verify_proof_cli(path)
+    code, out = await _verify_proof_cli(path, grace.data_dir)
     assert code == 0, out
     assert "(ROLLED_BACK), 5 records" in out, out
 
 
 async def test_a_tampered_proof_fails_verification_naming_the_record(
-    http: httpx.AsyncClient, tmp_path: Path
+    grace: RunningGrace, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     execution = await _run(http, DOCUMENT_WORKFLOW, _document("tamperwort"))
     assert execution["state"] == "EXECUTION_STATE_SUCCEEDED", execution
     genuine = tmp_path / "proof.json"
     proof = await _save_proof(http, execution["execution_id"], genuine)
-    assert (await _verify_proof_cli(genuine))[0] == 0
+    assert (await _verify_proof_cli(genuine, grace.data_dir))[0] == 0
 
     # Claim the analysis produced something else.
     proof["records"][1]["output_sha256"] = digest({"summary": "nothing to see"})
@@ -279,6 +286,6 @@ async def test_a_tampered_proof_fails_verification_naming_the_record(
     verdict = _verdict(tampered)
     assert not verdict.valid
     assert verdict.first_invalid_record == 1
-    code, out = await _verify_proof_cli(tampered)
+    code, out = await _verify_proof_cli(tampered, grace.data_dir)
     assert code == 1, out
     assert out.startswith("INVALID (record 1)"), out

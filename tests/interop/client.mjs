@@ -178,7 +178,7 @@ const scenarios = {
 
     const seed = {
       event_type: "ml.prediction",
-      source_domain: "ai_domain",
+      source_domain: "my_app",
       data: struct({ prediction: "positive" }),
     };
     const published = await unary(bus, "Publish", seed);

@@ -138,7 +138,7 @@ def test_eventbus_publishes_the_seed_event_and_shows_it_in_history(
     service = "grace.eventbus.v1.EventBusService"
     seed = {
         "event_type": "ml.prediction",
-        "source_domain": "ai_domain",
+        "source_domain": "my_app",
         "data": {"prediction": "positive"},
     }
     published = call(grace_platform, "eventbus", f"{service}/Publish", seed)
@@ -150,7 +150,7 @@ def test_eventbus_publishes_the_seed_event_and_shows_it_in_history(
         {"pattern": "ml.*", "newest_first": True, "page_size": 10},
     )
     stored = next(e for e in history["events"] if e["id"] == published["id"])
-    assert stored["source_domain"] == "ai_domain"
+    assert stored["source_domain"] == "my_app"
     assert stored["data"] == {"prediction": "positive"}
 
 

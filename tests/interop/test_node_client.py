@@ -108,7 +108,7 @@ async def test_node_publishes_an_event_and_receives_it_on_a_stream_opened_before
         "id": published["id"],
         "sequence": published["sequence"],
         "event_type": "ml.prediction",
-        "source_domain": "ai_domain",
+        "source_domain": "my_app",
         "data": {"prediction": "positive"},
     }
     assert steps["retry"] == {"step": "retry", "duplicate": True, "sequence": published["sequence"]}

@@ -50,7 +50,7 @@ async def test_a_proof_verifies_online_and_offline_with_the_public_key_alone(
     path = tmp_path / "proof.json"
     response = pb.GetExecutionProofResponse(proof=signed)
     path.write_text(json_format.MessageToJson(response, preserving_proto_field_name=True))
-    assert proof.main([str(path), "--public-key", signed.public_key.hex()]) == 0
+    assert proof.main([str(path), "--public-key", signed.public_key.hex()], env={}) == 0
     assert "valid" in capsys.readouterr().out
 
 
@@ -66,8 +66,97 @@ async def test_a_tampered_record_is_reported_as_the_first_invalid_one(
     assert verdict.first_invalid_record == 1
     path = tmp_path / "tampered.json"
     path.write_text(json_format.MessageToJson(tampered))
-    assert proof.main([str(path)]) == 1
+    assert proof.main([str(path), "--public-key", signed.public_key.hex()], env={}) == 1
     assert "record 1" in capsys.readouterr().out
+
+
+def _signed_proof(key: signing.SigningKey, outcome: str = "succeeded") -> pb.ExecutionProof:
+    records: list[dict[str, object]] = []
+    proof.append_record(
+        records,
+        "ex_1",
+        step_id="a",
+        domain_id="d",
+        action="act",
+        kind="execute",
+        attempt=1,
+        outcome=outcome,
+        input_sha256=proof.digest({}),
+        output_sha256=proof.digest({"ok": True}),
+        error="",
+        started_at_us=1,
+        finished_at_us=2,
+    )
+    head = proof.head_hash("ex_1", records)
+    return pb.ExecutionProof(
+        execution_id="ex_1",
+        workflow_id="wf_1",
+        final_state="SUCCEEDED",
+        records=[pb.ProofRecord(**r) for r in records],  # type: ignore[arg-type]
+        head_hash=head,
+        signature=key.sign(proof.signing_message("ex_1", "wf_1", "SUCCEEDED", 1, head)),
+        public_key=key.public_key,
+        key_id=key.key_id,
+    )
+
+
+def _write(path: Path, message: pb.ExecutionProof) -> Path:
+    path.write_text(json_format.MessageToJson(pb.GetExecutionProofResponse(proof=message)))
+    return path
+
+
+def test_a_re_signed_forged_proof_is_refused_against_the_orchestrator_key_in_the_data_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grace = tmp_path / "grace"
+    orchestrator = signing.load_or_create_key(grace / "orchestrator.key")
+    genuine = _write(tmp_path / "genuine.json", _signed_proof(orchestrator))
+    # A forger re-hashes an altered chain and signs it with a key of their own.
+    forger = signing.SigningKey.generate()
+    forged = _write(tmp_path / "forged.json", _signed_proof(forger, outcome="failed"))
+    assert proof.verify_proof(proof.load_proof(forged.read_text())).valid  # consistent
+
+    assert proof.main([str(forged), "--data-dir", str(grace)], env={}) == 1
+    out = capsys.readouterr().out
+    assert f"checked against key {orchestrator.key_id} of the orchestrator in" in out
+    assert f"signed by key {forger.key_id}" in out
+    assert "INVALID" in out
+
+    assert proof.main([str(genuine)], env={"GRACE_DATA_DIR": str(grace)}) == 0
+    out = capsys.readouterr().out
+    assert f"checked against key {orchestrator.key_id} of the orchestrator" in out
+    assert "valid: execution ex_1" in out
+
+
+def test_an_unpinned_proof_is_refused_when_no_key_is_trusted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forger = signing.SigningKey.generate()
+    forged = _write(tmp_path / "forged.json", _signed_proof(forger))
+    assert proof.main([str(forged), "--data-dir", str(tmp_path / "nowhere")], env={}) == 1
+    out = capsys.readouterr().out
+    assert "no trusted key" in out
+    assert "--public-key" in out
+    pinned = [str(forged), "--public-key", forger.public_key.hex(), "--data-dir", str(tmp_path)]
+    assert proof.main(pinned, env={}) == 0
+    assert f"key {forger.key_id} given with --public-key" in capsys.readouterr().out
+
+
+async def test_online_verification_without_a_key_requires_the_orchestrator_own_key(
+    world: World, orchestrator: Stub
+) -> None:
+    signed = await _proof(world, orchestrator)
+    forger = signing.SigningKey.generate()
+    forged = _signed_proof(forger, outcome="failed")
+    assert proof.verify_proof(forged).valid  # consistent in itself
+    verdict = await orchestrator.VerifyProof(pb.VerifyProofRequest(proof=forged))
+    assert not verdict.valid
+    assert f"signed by key {forger.key_id}" in verdict.reason
+    pinned = await orchestrator.VerifyProof(
+        pb.VerifyProofRequest(proof=forged, public_key=forger.public_key)
+    )
+    assert pinned.valid
+    assert (await orchestrator.VerifyProof(pb.VerifyProofRequest(proof=signed))).valid
 
 
 def test_rehashing_a_tampered_record_still_breaks_the_signature() -> None:

@@ -13,6 +13,7 @@ import grpc
 from grace.domain.v1 import domain_pb2_grpc
 from grace.kernels.governance.v1 import governance_pb2, governance_pb2_grpc
 from services.common.bus_client import EventBusPublisher
+from services.common.identity import ComponentIdentity
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.storage import Database
@@ -68,6 +69,10 @@ class GovernanceServer(Service):
         ]
         for relay in self.relays:
             self.governance.on_commit(relay.wake)
+        # Events to the bus are signed once the trust kernel holds governance's key.
+        self.identity = ComponentIdentity.of(
+            SERVICE, config.server, self.publishers[0], self.relays[0].wake
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
@@ -82,6 +87,7 @@ class GovernanceServer(Service):
 
     async def start(self) -> None:
         await self.governance.open()
+        self.identity.start()
         self._tasks = [
             asyncio.create_task(relay.run(), name=f"governance-relay-{i}")
             for i, relay in enumerate(self.relays)
@@ -109,6 +115,7 @@ class GovernanceServer(Service):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.governance.stop()
+        await self.identity.stop()
         for relay in self.relays:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(relay.drain_once(), timeout=2.0)

@@ -18,6 +18,7 @@ from grace.kernels.immune.v1 import immune_pb2, immune_pb2_grpc
 from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.governance_client import GovernanceClient, GovernanceGate
+from services.common.identity import ComponentIdentity
 from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.storage import Database
@@ -84,6 +85,9 @@ class ImmuneServer(Service):
         self.immune.on_commit(self.relay.wake)
         self.system_heal = SystemHeal(self._guardian_stub, self.immune, clock)
         self._guardian: guardian_pb2_grpc.GuardianServiceAsyncStub | None = None
+        self.identity = ComponentIdentity.of(
+            SERVICE, config.server, self.publisher, self.relay.wake
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     def _guardian_stub(self) -> guardian_pb2_grpc.GuardianServiceAsyncStub:
@@ -167,6 +171,7 @@ class ImmuneServer(Service):
         if self.config.remediate:
             self.immune.remediator = self._remediator()
         await self.immune.open()
+        self.identity.start()
         self._tasks = [
             asyncio.create_task(self.relay.run(), name="immune-relay"),
             asyncio.create_task(self.immune.run(), name="immune-remediation"),
@@ -194,6 +199,7 @@ class ImmuneServer(Service):
         await self.immune.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.relay.drain_once(), timeout=2.0)
+        await self.identity.stop()
         close = getattr(self.publisher, "close", None)
         if close is not None:
             await close()

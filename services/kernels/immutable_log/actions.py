@@ -11,7 +11,11 @@ Events pushed to the kernel through its bus push subscriptions (`EVENT_PATTERNS`
 Guardian's `healing.*` decisions, the orchestrator's final `workflow.completed` /
 `workflow.rolled_back` events, which carry the execution proof's signed chain head, and
 `governance.decision*`) are appended with kind = event type, actor = source domain, and
-request id = "event:<source>:<event id>", so a redelivered event is recorded once.
+request id = "event:<source>:<event id>", so a redelivered event is recorded once. Anyone
+can call the kernel's DeliverEvent, not only the bus, so each event's signature is checked
+first by the bus's own rules (`services.common.event_verification`, reject mode): an event
+claiming a source that has an identity (the orchestrator, Guardian, governance...) must be
+signed by that source's key, or it is refused with PERMISSION_DENIED and not recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from google.protobuf import json_format
 from grace.eventbus.v1 import event_pb2
 from grace.kernels.immutable_log.v1 import immutable_log_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.common.event_verification import EventVerifier
 from services.kernels.domain import KernelAction, dict_to_struct
 from services.kernels.immutable_log.log import ImmutableLog
 
@@ -104,10 +109,13 @@ def log_actions(log: ImmutableLog) -> dict[str, KernelAction]:
     }
 
 
-def event_recorder(log: ImmutableLog) -> Any:
-    """A DeliverEvent handler that appends each event once (request id = source + id)."""
+def event_recorder(log: ImmutableLog, verifier: EventVerifier | None = None) -> Any:
+    """A DeliverEvent handler that appends each event once (request id = source + id),
+    after `verifier` (when given) has accepted its signature."""
 
     async def record(event: event_pb2.Event) -> bool:
+        if verifier is not None:
+            await verifier.enforce(event)
         entry = pb.EntryData(kind=event.event_type, actor=event.source_domain)
         if event.HasField("time"):
             entry.time.CopyFrom(event.time)

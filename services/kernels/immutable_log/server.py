@@ -12,8 +12,10 @@ import grpc
 
 from grace.domain.v1 import domain_pb2_grpc
 from grace.kernels.immutable_log.v1 import immutable_log_pb2, immutable_log_pb2_grpc
-from services.common import dsse, signing
+from services.common import signing
 from services.common.channels import channel
+from services.common.config import peer_address
+from services.common.event_verification import EventVerifier, TrustKeySource
 from services.common.server import Service
 from services.common.storage import Database
 from services.common.subscriptions import Subscriptions
@@ -40,13 +42,13 @@ class ImmutableLogServer(Service):
 
     def __init__(self, config: LogConfig, *, schema: str | None = None) -> None:
         self.config = config
-        key = signing.load_or_create_key(config.key_file)
-        public = config.key_file.with_suffix(".pub")
-        if not public.exists():
-            public.write_bytes(dsse.public_key_pem(key))
+        key = signing.load_or_create_key(config.key_file)  # also writes the .pub beside it
         self.log = ImmutableLog(
             LogStore(Database(config.server.database_url, schema=schema)), key, config.settings
         )
+        # Events are recorded only when their signature passes the bus's rules.
+        self.keys = TrustKeySource(peer_address(config.server.env, "trust"))
+        self.verifier = EventVerifier(self.keys, "reject")
         self._tasks: list[asyncio.Task[None]] = []
         self._bus: grpc.aio.Channel | None = None
         self.subscriptions: Subscriptions | None = None
@@ -61,7 +63,7 @@ class ImmutableLogServer(Service):
                 "0.1.0",
                 CAPABILITIES,
                 log_actions(self.log),
-                event_recorder(self.log),
+                event_recorder(self.log, self.verifier),
                 EVENT_PATTERNS,
             ),
             server,
@@ -100,4 +102,5 @@ class ImmutableLogServer(Service):
         if self._bus is not None:
             await self._bus.close()
             self._bus = None
+        await self.keys.close()
         await self.log.close()

@@ -10,6 +10,10 @@ Besides the common server settings (see `services.common.config`):
 - `GRACE_TRUST_WEIGHT_CERTIFICATIONS` (0.4), `GRACE_TRUST_WEIGHT_LEASE` (0.3),
   `GRACE_TRUST_WEIGHT_STEPS` (0.3): trust score weights.
 - `GRACE_TRUST_REGISTRY_TIMEOUT_S`: deadline of registry lookups for scores (1).
+- `GRACE_TRUST_RESERVED_IDS`: comma-separated ids reserved besides Grace's own components
+  (`services.common.components.COMPONENT_IDS`, always reserved): only the component itself,
+  with the key provisioned for it in the data dir (`<data dir>/<id>.pub`), or a caller
+  authenticated as that id may register them (see `services.kernels.trust.claims`).
 - `GRACE_TRUST_REGISTER`: register in the registry as a domain (true);
   `GRACE_TRUST_ADVERTISE_HOST`, `GRACE_TRUST_LEASE_TTL_S`, `GRACE_REGISTRY_ADDR` tune it.
 """
@@ -21,9 +25,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from services.common.components import COMPONENT_IDS
 from services.common.config import DEFAULT_PORTS, ConfigError, EnvReader, ServerConfig, peer_address
 from services.common.validation import ID_PATTERN
 from services.kernels.registration import DomainRegistration, registration_from_env
+from services.kernels.trust.claims import ClaimRules
 from services.kernels.trust.scoring import Weights
 from services.kernels.trust.trust import TrustSettings
 
@@ -55,6 +61,12 @@ class TrustConfig:
         for root in roots:
             if not ID_PATTERN.fullmatch(root):
                 raise ConfigError(f"GRACE_TRUST_ROOTS: {root!r} is not a domain id")
+        reserved = tuple(
+            r.strip() for r in reader.text("GRACE_TRUST_RESERVED_IDS", "").split(",") if r.strip()
+        )
+        for name in reserved:
+            if not ID_PATTERN.fullmatch(name):
+                raise ConfigError(f"GRACE_TRUST_RESERVED_IDS: {name!r} is not a domain id")
         limit = reader.integer("GRACE_TRUST_DEPTH_LIMIT", 8, minimum=1, maximum=32)
         weights = Weights(
             certifications=reader.number(
@@ -78,6 +90,7 @@ class TrustConfig:
                     "GRACE_TRUST_CLOCK_SKEW_S", 300, minimum=1, maximum=86400
                 ),
                 weights=weights,
+                claims=ClaimRules(COMPONENT_IDS | frozenset(reserved), server.data_dir),
             ),
             registry_address=peer_address(env, "registry"),
             registry_timeout_s=reader.number(

@@ -19,7 +19,7 @@ from services.kernels.registration import keep_registered
 from services.kernels.trust.actions import trust_actions
 from services.kernels.trust.behaviour import RegistryBehaviour
 from services.kernels.trust.config import CAPABILITIES, SERVICE, TrustConfig
-from services.kernels.trust.servicer import TrustServicer
+from services.kernels.trust.servicer import PrincipalOf, TrustServicer, no_principal
 from services.kernels.trust.store import TrustStore
 from services.kernels.trust.trust import TrustKernel
 
@@ -32,10 +32,19 @@ class TrustServer(Service):
     Args:
         config: Server and trust settings.
         schema: PostgreSQL schema (tests); None for the default.
+        principal_of: The caller's authenticated principal from a call's context, for the
+            claims on reserved ids (`services.kernels.trust.claims`); unknown by default.
     """
 
-    def __init__(self, config: TrustConfig, *, schema: str | None = None) -> None:
+    def __init__(
+        self,
+        config: TrustConfig,
+        *,
+        schema: str | None = None,
+        principal_of: PrincipalOf = no_principal,
+    ) -> None:
         self.config = config
+        self._principal_of = principal_of
         self._registry: grpc.aio.Channel | None = None
         self._behaviour = RegistryBehaviour(config.registry_timeout_s)
         self.kernel = TrustKernel(
@@ -46,7 +55,9 @@ class TrustServer(Service):
         self._registrar: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
-        trust_pb2_grpc.add_TrustServiceServicer_to_server(TrustServicer(self.kernel), server)
+        trust_pb2_grpc.add_TrustServiceServicer_to_server(
+            TrustServicer(self.kernel, self._principal_of), server
+        )
         domain_pb2_grpc.add_DomainServiceServicer_to_server(
             domain.KernelDomainServicer(SERVICE, "0.1.0", CAPABILITIES, trust_actions(self.kernel)),
             server,

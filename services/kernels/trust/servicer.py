@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -63,11 +64,27 @@ def cert_to_proto(cert: Certification, valid: bool) -> pb.Certification:
     )
 
 
-class TrustServicer(pb_grpc.TrustServiceServicer):
-    """Serves `grace.kernels.trust.v1.TrustService` over the core."""
+# The caller's authenticated principal (the id it stands for), or None when unknown.
+PrincipalOf: TypeAlias = Callable[[Context], str | None]
 
-    def __init__(self, kernel: TrustKernel) -> None:
+
+def no_principal(context: Context) -> str | None:
+    """The principal lookup while the server does not authenticate callers: unknown."""
+    return None
+
+
+class TrustServicer(pb_grpc.TrustServiceServicer):
+    """Serves `grace.kernels.trust.v1.TrustService` over the core.
+
+    Args:
+        kernel: The core.
+        principal_of: The caller's authenticated principal, from the call context; the
+            hook the authentication layer fills (`no_principal` until then).
+    """
+
+    def __init__(self, kernel: TrustKernel, principal_of: PrincipalOf = no_principal) -> None:
         self._kernel = kernel
+        self._principal_of = principal_of
 
     async def CreateChallenge(
         self, request: pb.CreateChallengeRequest, context: Context
@@ -79,7 +96,11 @@ class TrustServicer(pb_grpc.TrustServiceServicer):
         self, request: pb.RegisterIdentityRequest, context: Context
     ) -> pb.RegisterIdentityResponse:
         identity, created = await self._kernel.register(
-            request.domain_id, request.public_key, request.challenge, request.signature
+            request.domain_id,
+            request.public_key,
+            request.challenge,
+            request.signature,
+            principal=self._principal_of(context),
         )
         return pb.RegisterIdentityResponse(identity=identity_to_proto(identity), created=created)
 

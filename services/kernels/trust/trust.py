@@ -22,11 +22,13 @@ from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
 )
 from services.common.validation import require_id, require_text
 from services.kernels.trust import statements
+from services.kernels.trust.claims import ClaimRules
 from services.kernels.trust.model import (
     Certification,
     Identity,
@@ -65,6 +67,8 @@ class TrustSettings:
         challenge_ttl_s: How long a registration challenge is accepted.
         clock_skew_s: How far a statement's issued_at may be from now.
         weights: Weights of the trust score.
+        claims: Which ids are reserved and how they may be claimed (`claims`); the
+            default reserves none (the server reserves Grace's components).
     """
 
     roots: tuple[str, ...] = ()
@@ -73,6 +77,7 @@ class TrustSettings:
     challenge_ttl_s: float = 300.0
     clock_skew_s: float = 300.0
     weights: Weights = dataclasses.field(default_factory=Weights)
+    claims: ClaimRules = dataclasses.field(default_factory=ClaimRules)
 
 
 @dataclass(frozen=True)
@@ -173,9 +178,23 @@ class TrustKernel:
         return challenge, expires
 
     async def register(
-        self, domain_id: str, public_key: bytes, challenge: bytes, signature: bytes
+        self,
+        domain_id: str,
+        public_key: bytes,
+        challenge: bytes,
+        signature: bytes,
+        principal: str | None = None,
     ) -> tuple[Identity, bool]:
-        """Registers a key with proof of possession; (identity, created)."""
+        """Registers a key with proof of possession; (identity, created).
+
+        Args:
+            principal: The caller's authenticated principal (the id it stands for), or None
+                when the caller is not authenticated; a reserved id is accepted only by the
+                rules of `claims`.
+
+        Raises:
+            PermissionDenied: `domain_id` is reserved and the claim breaks `claims`.
+        """
         require_id("domain_id", domain_id)
         _public_key("public_key", public_key)
         async with self._lock:
@@ -186,6 +205,16 @@ class TrustKernel:
             if not dsse.verify_statement(public_key, statements.REGISTRATION, body, signature):
                 raise Unauthenticated("signature: not a signature of the registration by the key")
             del self._challenges[challenge]
+            try:
+                self.settings.claims.check(domain_id, public_key, principal)
+            except PermissionDenied:
+                log.warning(
+                    "refused a claim on reserved id %s (key %s, principal %s)",
+                    domain_id,
+                    signing.key_id(public_key),
+                    principal or "none",
+                )
+                raise
             kid = signing.key_id(public_key)
             known = self._keys.get(kid)
             if known is not None and known.domain_id != domain_id:

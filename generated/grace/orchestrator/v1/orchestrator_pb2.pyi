@@ -1093,8 +1093,8 @@ class VerifyProofRequest(_message.Message):
     PROOF_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     public_key: _builtins.bytes
-    """Optional raw Ed25519 public key that must have signed it; empty trusts the key in the
-    proof (then only integrity, not origin, is established).
+    """Optional raw Ed25519 public key that must have signed it; empty requires this
+    orchestrator's own key, so a proof re-signed with another key is invalid.
     """
     @_builtins.property
     def proof(self) -> Global___ExecutionProof:

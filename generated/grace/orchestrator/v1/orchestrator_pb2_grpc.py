@@ -180,9 +180,9 @@ class OrchestratorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def VerifyProof(self, request, context):
-        """Verifies a proof: every record's hash, the chain, and the signature. Reports the first
-        tampered record. Needs nothing but the proof itself (and, optionally, a public key to
-        pin).
+        """Verifies a proof: every record's hash, the chain, and that the signature is by the
+        trusted key (the one given, else this orchestrator's own). Reports the first tampered
+        record.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

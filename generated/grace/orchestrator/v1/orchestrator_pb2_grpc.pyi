@@ -71,9 +71,9 @@ class OrchestratorServiceStub:
     head and the public key that verifies it. Available once the execution has ended.
     """
     VerifyProof: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.VerifyProofRequest, _orchestrator_pb2.VerifyProofResponse]
-    """Verifies a proof: every record's hash, the chain, and the signature. Reports the first
-    tampered record. Needs nothing but the proof itself (and, optionally, a public key to
-    pin).
+    """Verifies a proof: every record's hash, the chain, and that the signature is by the
+    trusted key (the one given, else this orchestrator's own). Reports the first tampered
+    record.
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetStatsRequest, _orchestrator_pb2.GetStatsResponse]
     """Returns counts of workflows, executions by state, steps, retries and compensations."""
@@ -121,9 +121,9 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     head and the public key that verifies it. Available once the execution has ended.
     """
     VerifyProof: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.VerifyProofRequest, _orchestrator_pb2.VerifyProofResponse]  # type: ignore[assignment]
-    """Verifies a proof: every record's hash, the chain, and the signature. Reports the first
-    tampered record. Needs nothing but the proof itself (and, optionally, a public key to
-    pin).
+    """Verifies a proof: every record's hash, the chain, and that the signature is by the
+    trusted key (the one given, else this orchestrator's own). Reports the first tampered
+    record.
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetStatsRequest, _orchestrator_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Returns counts of workflows, executions by state, steps, retries and compensations."""
@@ -228,9 +228,9 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestrator_pb2.VerifyProofRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.VerifyProofResponse, _abc.Awaitable[_orchestrator_pb2.VerifyProofResponse]]:
-        """Verifies a proof: every record's hash, the chain, and the signature. Reports the first
-        tampered record. Needs nothing but the proof itself (and, optionally, a public key to
-        pin).
+        """Verifies a proof: every record's hash, the chain, and that the signature is by the
+        trusted key (the one given, else this orchestrator's own). Reports the first tampered
+        record.
         """
 
     @_abc_1.abstractmethod
