@@ -37,6 +37,7 @@ COMPONENT_IDS: frozenset[str] = frozenset(
         "data_domain",
         "memory_domain",
         "ai_domain",
+        "governance_domain",
     }
 )
 
