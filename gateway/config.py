@@ -7,6 +7,8 @@
   `grpc-timeout` or `X-Request-Timeout` header (30).
 - `GRACE_GATEWAY_MAX_TIMEOUT_S`: largest deadline a client may ask for (300).
 - `GRACE_GATEWAY_MAX_BODY_BYTES`: largest request body, 413 beyond (4 MiB).
+- `GRACE_GATEWAY_BODY_IDLE_S`: how long the gateway waits for the next bytes of a request
+  body before answering 400 (a Content-Length larger than the body sent) (5).
 - `GRACE_GATEWAY_HEALTH_TIMEOUT_S`: deadline of each upstream health and stats call of
   /domains/system/health and /domains/system/overview (2).
 - `GRACE_GATEWAY_STREAM_FIRST_WAIT_S`: how long a streaming route waits for the upstream's
@@ -49,6 +51,7 @@ class GatewayConfig:
         default_timeout_s: Deadline of unary calls without a timeout header.
         max_timeout_s: Cap on client-requested deadlines.
         max_body_bytes: Largest accepted request body.
+        body_idle_s: Longest pause while a request body arrives before a 400.
         health_timeout_s: Deadline of each call of the aggregation routes.
         stream_first_wait_s: Wait for a stream's first message before answering 200.
         shutdown_grace_s: Time in-flight requests get at shutdown.
@@ -64,6 +67,7 @@ class GatewayConfig:
     default_timeout_s: float = 30.0
     max_timeout_s: float = 300.0
     max_body_bytes: int = 4 * 1024 * 1024
+    body_idle_s: float = 5.0
     health_timeout_s: float = 2.0
     stream_first_wait_s: float = 1.0
     shutdown_grace_s: float = 5.0
@@ -95,6 +99,7 @@ class GatewayConfig:
             max_body_bytes=reader.integer(
                 "GRACE_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=1 << 30
             ),
+            body_idle_s=reader.number("GRACE_GATEWAY_BODY_IDLE_S", 5.0, minimum=0.01, maximum=600),
             health_timeout_s=reader.number(
                 "GRACE_GATEWAY_HEALTH_TIMEOUT_S", 2.0, minimum=0.01, maximum=60
             ),
