@@ -17,7 +17,7 @@
   (metrics `gateway_latency_ms`, `gateway_errors`, `gateway_error_rate`) every
   `GRACE_GATEWAY_METRICS_INTERVAL_S` (5); `off` stops reporting.
 - `GRACE_GATEWAY_PROTO_ROOT`: directory of the `.proto` files whose comments document
-  /openapi.json (the project's `protos/`).
+  /openapi.json (the project's `protos/`, or the copy a wheel installs).
 - `GRACE_SHUTDOWN_GRACE_S`, `GRACE_MAX_MESSAGE_BYTES`: as for every server.
 """
 
@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.codegen import PROTO_ROOT
+from services.common.codegen import installed_proto_root
 from services.common.config import (
     DEFAULT_PORTS,
     EnvReader,
@@ -72,7 +72,7 @@ class GatewayConfig:
     stream_first_wait_s: float = 1.0
     shutdown_grace_s: float = 5.0
     max_message_bytes: int = 4 * 1024 * 1024
-    proto_root: Path | None = PROTO_ROOT
+    proto_root: Path | None = field(default_factory=installed_proto_root)
     immune_addr: str = ""
     metrics_interval_s: float = 5.0
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -85,7 +85,9 @@ class GatewayConfig:
         env = dict(os.environ if env is None else env)
         reader = EnvReader(env)
         server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
-        proto_root = Path(reader.text("GRACE_GATEWAY_PROTO_ROOT", str(PROTO_ROOT)))
+        installed = installed_proto_root()
+        proto_text = reader.text("GRACE_GATEWAY_PROTO_ROOT", str(installed or ""))
+        proto_root = Path(proto_text) if proto_text else None
         immune = peer_address(env, "immune").strip()
         return cls(
             host=server.host,
@@ -108,7 +110,7 @@ class GatewayConfig:
             ),
             shutdown_grace_s=server.shutdown_grace_s,
             max_message_bytes=server.max_message_bytes,
-            proto_root=proto_root if proto_root.is_dir() else None,
+            proto_root=proto_root if proto_root is not None and proto_root.is_dir() else None,
             immune_addr="" if immune.lower() == "off" else immune,
             metrics_interval_s=reader.number(
                 "GRACE_GATEWAY_METRICS_INTERVAL_S", 5.0, minimum=0.05, maximum=3600
