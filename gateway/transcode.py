@@ -48,9 +48,22 @@ MAX_JSON_DEPTH = 32
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}|[A-Za-z0-9_-]*={0,2}")
-# Enum numbers in ASCII digits only: str.isdigit() also holds for "¹", which int() refuses,
-# and int() (json_format's too) reads "٣" as 3.
+# Numbers from the query string in ASCII digits only: str.isdigit() also holds for "¹",
+# which int() refuses, and int() and float() (json_format's too) read "٣" as 3.
 _ENUM_NUMBER = re.compile(r"-?[0-9]{1,10}")
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_INTEGER_TYPES = {
+    _FD.TYPE_INT32,
+    _FD.TYPE_INT64,
+    _FD.TYPE_UINT32,
+    _FD.TYPE_UINT64,
+    _FD.TYPE_SINT32,
+    _FD.TYPE_SINT64,
+    _FD.TYPE_FIXED32,
+    _FD.TYPE_FIXED64,
+    _FD.TYPE_SFIXED32,
+    _FD.TYPE_SFIXED64,
+}
 _WRAPPER_PREFIX = "google.protobuf."
 _WRAPPERS = {
     "DoubleValue",
@@ -143,9 +156,13 @@ def _scalar_json(field: _FD, text: str, dotted: str) -> Any:
         raise TranscodeError(dotted, f"expected true or false, got {text!r}")
     if field.type in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
         try:
-            return float(text)
+            if not text.isascii():
+                raise ValueError(text)
+            return _finite_float(text)
         except ValueError:
-            raise TranscodeError(dotted, f"expected a number, got {text!r}") from None
+            raise TranscodeError(dotted, f"expected a finite number, got {text!r}") from None
+    if field.type in _INTEGER_TYPES and not _INTEGER.fullmatch(text):
+        raise TranscodeError(dotted, f"expected an integer in ASCII digits, got {text!r}")
     if field.type == _FD.TYPE_ENUM and field.enum_type is not None:
         if _ENUM_NUMBER.fullmatch(text):
             return int(text)
