@@ -48,9 +48,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 # Headers passed on to the upstream as gRPC metadata (lower case).
 FORWARDED_HEADERS = ("traceparent", "tracestate", "x-actor", "authorization")
 REQUEST_ID = "x-request-id"
-# gRPC refuses metadata over 8 KiB (grpc.max_metadata_size), which the gateway would report
-# as a 429 RESOURCE_EXHAUSTED; headers are the client's to shrink, so they get 431 instead.
-MAX_FORWARDED_HEADER_BYTES = 8 * 1024
+# gRPC refuses metadata over 8 KiB (grpc.max_metadata_size, at random near the limit), which
+# the gateway would report as a 429 RESOURCE_EXHAUSTED; headers are the client's to shrink,
+# so they get 431 instead. 7 KiB leaves room for the metadata gRPC adds itself.
+MAX_FORWARDED_HEADER_BYTES = 7 * 1024
 MAX_HEADER_BYTES = 16 * 1024
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 MIN_TIMEOUT_S = 0.001

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from gateway.app import MAX_FORWARDED_HEADER_BYTES
 from gateway.routes import RouteTable, discover_services
 from gateway.server import Gateway, build_app
 from gateway.transcode import MAX_JSON_DEPTH, TranscodeError, build_request, json_depth
@@ -125,6 +126,16 @@ async def test_a_50_kb_header_is_431(stack: Stack, header: str) -> None:
     assert response.status_code == 431, response.text
     assert response.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
     assert header.lower() in response.json()["error"]["message"]
+
+
+async def test_forwarded_headers_just_within_the_limit_always_pass(stack: Stack) -> None:
+    # Near gRPC's 8 KiB metadata limit the upstream refuses at random; below ours, never.
+    value = "a" * (MAX_FORWARDED_HEADER_BYTES - len("x-actor") - 64)
+    for _ in range(20):
+        response = await stack.http.get("/domains/registry-stats", headers={"X-Actor": value})
+        assert response.status_code == 200, response.text
+    over = await stack.http.get("/domains/registry-stats", headers={"X-Actor": value + "a" * 65})
+    assert over.status_code == 431
 
 
 async def test_a_describe_of_a_component_registered_as_a_domain_is_404_with_a_reason(
