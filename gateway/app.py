@@ -417,7 +417,7 @@ def check_header_sizes(headers: Iterable[tuple[bytes, bytes]]) -> None:
         size = len(name) + len(value)
         total += size
         lowered = name.decode("latin-1").lower()
-        if lowered in FORWARDED_HEADERS or lowered == REQUEST_ID:
+        if lowered in FORWARDED_HEADERS:  # (x-request-id is passed on only up to 128 chars)
             forwarded += size
             largest_forwarded = max(largest_forwarded, (size, lowered))
         largest = max(largest, (size, lowered))
@@ -428,7 +428,7 @@ def check_header_sizes(headers: Iterable[tuple[bytes, bytes]]) -> None:
             f"the largest is {largest[1]} ({largest[0]} bytes)",
         )
     if forwarded > MAX_FORWARDED_HEADER_BYTES:
-        names = ", ".join((*FORWARDED_HEADERS, REQUEST_ID))
+        names = ", ".join(FORWARDED_HEADERS)
         raise HttpError(
             431,
             f"the headers passed on upstream ({names}) total {forwarded} bytes, more than "
