@@ -75,6 +75,30 @@ async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _decoded(request)
 
 
+def _checked_decoding(handler: Any) -> Any:
+    """grpcio's own unary-request handlers (health Check and Watch), answering a request
+    that is not protobuf with INVALID_ARGUMENT; their behaviour is otherwise untouched."""
+    if handler.unary_unary is None and handler.unary_stream is None:
+        return handler  # reflection streams its requests: left to grpcio
+    behavior = handler.unary_unary or handler.unary_stream
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Undecodable):
+            await _abort(context, request.invalid())
+        return await behavior(request, context)
+
+    make = (
+        grpc.unary_unary_rpc_method_handler
+        if handler.unary_unary is not None
+        else grpc.unary_stream_rpc_method_handler
+    )
+    return make(
+        checked,
+        request_deserializer=_tolerant(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
+
+
 class ErrorTranslator(grpc.aio.ServerInterceptor):
     """Translates errors to statuses and gates calls on readiness.
 
@@ -94,10 +118,12 @@ class ErrorTranslator(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler: Any = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(_ALWAYS_READY_PREFIXES):
+        if handler is None:
+            return None
+        if method.startswith(_ALWAYS_READY_PREFIXES):
             # Health and reflection are grpcio's own servicers: always available, never
             # raising GraceError, and their streams write with context.write().
-            return handler  # type: ignore[no-any-return]  # grpc's handler is untyped here
+            return _checked_decoding(handler)  # type: ignore[no-any-return]  # untyped handler
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(handler.unary_unary, method, streaming_request=False),

@@ -95,3 +95,31 @@ async def test_a_valid_request_still_reaches_the_handler(tmp_path: Path) -> None
     ):
         raw = chan.unary_unary("/grace.registry.v1.RegistryService/GetDomain")
         assert await raw(b"\x0a\x01x", timeout=10) == b""
+
+
+async def call_once(chan: grpc.aio.Channel, method: str, streaming: bool) -> None:
+    if streaming:
+        async for _ in chan.unary_stream(method)(BAD_UTF8, timeout=10):
+            pass
+    else:
+        await chan.unary_unary(method)(BAD_UTF8, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("method", "streaming"),
+    [("/grpc.health.v1.Health/Check", False), ("/grpc.health.v1.Health/Watch", True)],
+)
+async def test_a_health_request_that_is_not_protobuf_is_invalid_argument(
+    tmp_path: Path, method: str, streaming: bool
+) -> None:
+    service = SlowStartService()
+    service.release.set()
+    async with (
+        GraceServer(server_config("test", tmp_path), service) as server,
+        grpc.aio.insecure_channel(server.address) as chan,
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call_once(chan, method, streaming)
+        # A well-formed health request still gets its answer.
+        assert await chan.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=10)
+    assert_malformed(raised.value, "UTF-8")
