@@ -15,11 +15,12 @@ not tallied: their length says nothing about the upstream's health.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -57,6 +58,11 @@ FORWARDED_HEADERS = (
     "x-governance-decision",
 )
 REQUEST_ID = "x-request-id"
+# gRPC refuses metadata over 8 KiB (grpc.max_metadata_size, at random near the limit), which
+# the gateway would report as a 429 RESOURCE_EXHAUSTED; headers are the client's to shrink,
+# so they get 431 instead. 7 KiB leaves room for the metadata gRPC adds itself.
+MAX_FORWARDED_HEADER_BYTES = 7 * 1024
+MAX_HEADER_BYTES = 16 * 1024
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 MIN_TIMEOUT_S = 0.001
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -220,12 +226,18 @@ class GatewayApp:
 
     async def _serve(self, request: Request, receive: Receive, send: Send) -> None:
         scope = request.scope
-        request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
+        request_id = request.headers.get(REQUEST_ID, "")
+        if not request_id or len(request_id) > 128:
+            request_id = uuid.uuid4().hex
         extra = [(b"x-request-id", request_id.encode("latin-1", "replace"))]
         try:
+            check_header_sizes(scope.get("headers", ()))
             await self._handle(request, request_id, receive, send, extra)
         except HttpError as exc:
             await _send(send, exc.http_status, dumps(exc.body()), extra, exc.headers)
+        except _ClientGone:
+            # The client went away before its request was complete: nobody to answer.
+            log.debug("client left during %s %s", scope.get("method"), scope.get("path"))
         except Exception:
             log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
             error = HttpError(500, "internal error in the gateway", status="INTERNAL")
@@ -275,7 +287,7 @@ class GatewayApp:
         route = match.route
         # Names the gateway's server span after the route (a no-op while tracing is off).
         trace.get_current_span().update_name(f"{method} {route.template.text}")
-        body = await self._read_body(request)
+        body = await self._read_body(request, receive)
         if has_aliases(route.method.full_name):
             body = rewrite_body(route.method.full_name, body, request.headers)
         try:
@@ -315,24 +327,42 @@ class GatewayApp:
             response = await stub(message, metadata=metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             error = from_rpc_error(exc, upstream.name)
+            if route.by_domain and exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                error = _not_a_domain(component, route)
             self.calls.record(component, time.monotonic() - started, error=error.http_status >= 500)
             raise upstream_pending(error) or error from None
         self.calls.record(component, time.monotonic() - started, error=False)
         await _send(send, 200, dumps(render_response(route, response)), extra)
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, receive: Receive) -> bytes:
+        """The whole body: 413 over the limit, 400 when it stops arriving (a Content-Length
+        larger than what the client sends), and `_ClientGone` when the client leaves."""
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HttpError(413, f"the request body is larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), self.config.body_idle_s)
+            except TimeoutError:
+                expected = f" of the {declared} bytes Content-Length declares" if declared else ""
+                raise HttpError(
+                    400,
+                    f"the request body stopped after {size}{expected}: nothing more arrived "
+                    f"for {self.config.body_idle_s:g} s",
+                    headers={"Connection": "close"},
+                ) from None
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise HttpError(413, f"the request body is larger than {limit} bytes")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     def _metadata(self, request: Request, request_id: str) -> Metadata:
         headers = request.headers
@@ -376,6 +406,64 @@ class GatewayApp:
 
     async def _system_overview(self) -> tuple[int, bytes]:
         return 200, dumps(await self.system.overview())
+
+
+def _not_a_domain(domain_id: str, route: Route) -> HttpError:
+    """404 for a DomainService call to a registered peer that does not serve DomainService:
+    Grace's own components (registry, eventbus, memory, orchestrator, ...) register so that
+    they can be discovered, but they are not domains one can describe, invoke or deliver to."""
+    service = route.method.containing_service.full_name
+    return HttpError(
+        404,
+        f"{domain_id!r} is registered but does not serve {service}.{route.method.name}, so "
+        "it is not a domain (Grace's own components register to be found and serve only "
+        "their own routes)",
+        status="NOT_FOUND",
+        details=[
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "NOT_A_DOMAIN",
+                "domain": "grace.gateway",
+                "metadata": {"domain_id": domain_id, "method": route.grpc_path},
+            }
+        ],
+    )
+
+
+class _ClientGone(Exception):
+    """The HTTP client disconnected before its request was complete."""
+
+
+def check_header_sizes(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """431 when the headers are too large to accept or to forward as gRPC metadata.
+
+    Raises:
+        HttpError: 431 naming the largest offending header.
+    """
+    total = forwarded = 0
+    largest = largest_forwarded = (0, "")
+    for name, value in headers:
+        size = len(name) + len(value)
+        total += size
+        lowered = name.decode("latin-1").lower()
+        if lowered in FORWARDED_HEADERS:  # (x-request-id is passed on only up to 128 chars)
+            forwarded += size
+            largest_forwarded = max(largest_forwarded, (size, lowered))
+        largest = max(largest, (size, lowered))
+    if total > MAX_HEADER_BYTES:
+        raise HttpError(
+            431,
+            f"the request headers total {total} bytes, more than {MAX_HEADER_BYTES}; "
+            f"the largest is {largest[1]} ({largest[0]} bytes)",
+        )
+    if forwarded > MAX_FORWARDED_HEADER_BYTES:
+        names = ", ".join(FORWARDED_HEADERS)
+        raise HttpError(
+            431,
+            f"the headers passed on upstream ({names}) total {forwarded} bytes, more than "
+            f"{MAX_FORWARDED_HEADER_BYTES}; the largest is {largest_forwarded[1]} "
+            f"({largest_forwarded[0]} bytes)",
+        )
 
 
 async def _send(

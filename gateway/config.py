@@ -7,6 +7,8 @@
   `grpc-timeout` or `X-Request-Timeout` header (30).
 - `GRACE_GATEWAY_MAX_TIMEOUT_S`: largest deadline a client may ask for (300).
 - `GRACE_GATEWAY_MAX_BODY_BYTES`: largest request body, 413 beyond (4 MiB).
+- `GRACE_GATEWAY_BODY_IDLE_S`: how long the gateway waits for the next bytes of a request
+  body before answering 400 (a Content-Length larger than the body sent) (5).
 - `GRACE_GATEWAY_HEALTH_TIMEOUT_S`: deadline of each upstream health and stats call of
   /domains/system/health and /domains/system/overview (2).
 - `GRACE_GATEWAY_STREAM_FIRST_WAIT_S`: how long a streaming route waits for the upstream's
@@ -15,7 +17,7 @@
   (metrics `gateway_latency_ms`, `gateway_errors`, `gateway_error_rate`) every
   `GRACE_GATEWAY_METRICS_INTERVAL_S` (5); `off` stops reporting.
 - `GRACE_GATEWAY_PROTO_ROOT`: directory of the `.proto` files whose comments document
-  /openapi.json (the project's `protos/`).
+  /openapi.json (the project's `protos/`, or the copy a wheel installs).
 - `GRACE_SHUTDOWN_GRACE_S`, `GRACE_MAX_MESSAGE_BYTES`: as for every server.
 """
 
@@ -27,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.codegen import PROTO_ROOT
+from services.common.codegen import installed_proto_root
 from services.common.config import (
     DEFAULT_PORTS,
     EnvReader,
@@ -49,6 +51,7 @@ class GatewayConfig:
         default_timeout_s: Deadline of unary calls without a timeout header.
         max_timeout_s: Cap on client-requested deadlines.
         max_body_bytes: Largest accepted request body.
+        body_idle_s: Longest pause while a request body arrives before a 400.
         health_timeout_s: Deadline of each call of the aggregation routes.
         stream_first_wait_s: Wait for a stream's first message before answering 200.
         shutdown_grace_s: Time in-flight requests get at shutdown.
@@ -64,11 +67,12 @@ class GatewayConfig:
     default_timeout_s: float = 30.0
     max_timeout_s: float = 300.0
     max_body_bytes: int = 4 * 1024 * 1024
+    body_idle_s: float = 5.0
     health_timeout_s: float = 2.0
     stream_first_wait_s: float = 1.0
     shutdown_grace_s: float = 5.0
     max_message_bytes: int = 4 * 1024 * 1024
-    proto_root: Path | None = PROTO_ROOT
+    proto_root: Path | None = field(default_factory=installed_proto_root)
     immune_addr: str = ""
     metrics_interval_s: float = 5.0
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -81,7 +85,9 @@ class GatewayConfig:
         env = dict(os.environ if env is None else env)
         reader = EnvReader(env)
         server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
-        proto_root = Path(reader.text("GRACE_GATEWAY_PROTO_ROOT", str(PROTO_ROOT)))
+        installed = installed_proto_root()
+        proto_text = reader.text("GRACE_GATEWAY_PROTO_ROOT", str(installed or ""))
+        proto_root = Path(proto_text) if proto_text else None
         immune = peer_address(env, "immune").strip()
         return cls(
             host=server.host,
@@ -95,6 +101,7 @@ class GatewayConfig:
             max_body_bytes=reader.integer(
                 "GRACE_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1024, maximum=1 << 30
             ),
+            body_idle_s=reader.number("GRACE_GATEWAY_BODY_IDLE_S", 5.0, minimum=0.01, maximum=600),
             health_timeout_s=reader.number(
                 "GRACE_GATEWAY_HEALTH_TIMEOUT_S", 2.0, minimum=0.01, maximum=60
             ),
@@ -103,7 +110,7 @@ class GatewayConfig:
             ),
             shutdown_grace_s=server.shutdown_grace_s,
             max_message_bytes=server.max_message_bytes,
-            proto_root=proto_root if proto_root.is_dir() else None,
+            proto_root=proto_root if proto_root is not None and proto_root.is_dir() else None,
             immune_addr="" if immune.lower() == "off" else immune,
             metrics_interval_s=reader.number(
                 "GRACE_GATEWAY_METRICS_INTERVAL_S", 5.0, minimum=0.05, maximum=3600

@@ -7,7 +7,8 @@ Duration as `"1.5s"`, Struct as an object. Descriptions are the proto comments.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import descriptor as _descriptor
@@ -271,6 +272,40 @@ class OpenApiBuilder:
         return operation
 
 
+_PATH_PARAMETER = re.compile(r"\{([^}]*)\}")
+
+
+def _canonical_paths(paths: Iterable[str]) -> dict[str, str]:
+    """Each path -> the one path OpenAPI sees for its template.
+
+    OpenAPI holds `/policies/{policy_id}` and `/policies/{policy.policy_id}` to be the same
+    template, which a document may not list twice. Such paths are merged under the one with
+    the plainest parameter names (fewest dots); the others' operations rename their path
+    parameters to match (the gateway matches by position, so the names are only labels).
+    """
+    shapes: dict[str, list[str]] = {}
+    for path in paths:
+        shapes.setdefault(_PATH_PARAMETER.sub("{}", path), []).append(path)
+    result: dict[str, str] = {}
+    for group in shapes.values():
+        chosen = min(group, key=lambda p: (p.count("."), p))
+        result.update(dict.fromkeys(group, chosen))
+    return result
+
+
+def _rename_path_parameters(operation: dict[str, Any], path: str, canonical: str) -> None:
+    renames = dict(
+        zip(_PATH_PARAMETER.findall(path), _PATH_PARAMETER.findall(canonical), strict=True)
+    )
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] == "path" and parameter["name"] in renames:
+            old = parameter["name"]
+            parameter["name"] = renames[old]
+            note = f"Sets `{old}` of the request."
+            described = parameter.get("description")
+            parameter["description"] = f"{note} {described}" if described else note
+
+
 def build_openapi(
     table: RouteTable,
     comments: Mapping[str, str],
@@ -289,7 +324,9 @@ def build_openapi(
     builder = OpenApiBuilder(comments)
     paths: dict[str, dict[str, Any]] = {}
     operation_ids: set[str] = set()
-    for route in sorted(table.routes, key=lambda r: (r.template.openapi_path(), r.http_method)):
+    routes = sorted(table.routes, key=lambda r: (r.template.openapi_path(), r.http_method))
+    canonical = _canonical_paths(r.template.openapi_path() for r in routes)
+    for route in routes:
         operation = builder.operation(route)
         base_id = operation["operationId"]
         suffix = 2
@@ -297,7 +334,10 @@ def build_openapi(
             operation["operationId"] = f"{base_id}{suffix}"
             suffix += 1
         operation_ids.add(operation["operationId"])
-        paths.setdefault(route.template.openapi_path(), {})[route.http_method.lower()] = operation
+        path = route.template.openapi_path()
+        if canonical[path] != path:
+            _rename_path_parameters(operation, path, canonical[path])
+        paths.setdefault(canonical[path], {})[route.http_method.lower()] = operation
     for path, operations in builtin_paths.items():
         paths.setdefault(path, {}).update(operations)
     tags = []

@@ -108,6 +108,12 @@ def build_app(
     if proto_roots is None and config.proto_root is not None:
         roots = [config.proto_root]
     comments = load_comments(roots) if roots else {}
+    if not comments:
+        log.warning(
+            "no proto comments found (proto roots: %s): /openapi.json has no descriptions; "
+            "set GRACE_GATEWAY_PROTO_ROOT to the directory of Grace's .proto files",
+            ", ".join(map(str, roots)) or "none",
+        )
     document = build_openapi(table, comments, builtin_openapi_paths())
     upstreams = Upstreams(config.env, max_message_bytes=config.max_message_bytes)
     log.info("gateway: %d routes over %d services", len(table), len(table.services()))

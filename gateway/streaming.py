@@ -64,6 +64,14 @@ class ActiveStreams:
             call.cancel()
 
 
+def _ended_by_us(disconnected: asyncio.Event, active: ActiveStreams) -> bool:
+    """True when the call was cancelled because the client left or the gateway is closing,
+    and not because this task itself is being cancelled."""
+    task = asyncio.current_task()
+    cancelling = task.cancelling() if task is not None else 0
+    return cancelling == 0 and (disconnected.is_set() or active.closing)
+
+
 async def relay(
     route: Route,
     call: Any,
@@ -106,6 +114,12 @@ async def relay(
                 if disconnected.is_set():
                     return
                 raise from_rpc_error(exc, upstream_name) from None
+            except asyncio.CancelledError:
+                if not _ended_by_us(disconnected, active):
+                    raise
+                if disconnected.is_set():
+                    return
+                raise HttpError(503, "the gateway is shutting down", status="UNAVAILABLE") from None
         elif disconnected.is_set():
             return
         await send(
@@ -165,6 +179,16 @@ async def _pump(
             error = HttpError(503, "the gateway is shutting down", status="UNAVAILABLE")
         else:
             error = from_rpc_error(exc, upstream_name)
+        trailer = _frame(error.body(), sse, event="error")
+    except asyncio.CancelledError:
+        # grpc.aio ends a call we cancelled with CancelledError, not an AioRpcError. When
+        # the client left or the gateway is closing, that is the stream's normal end; only
+        # a cancellation of this task itself travels on.
+        if not _ended_by_us(disconnected, active):
+            raise
+        if disconnected.is_set():
+            return
+        error = HttpError(503, "the gateway is shutting down", status="UNAVAILABLE")
         trailer = _frame(error.body(), sse, event="error")
     if not disconnected.is_set():
         await send({"type": "http.response.body", "body": trailer, "more_body": False})

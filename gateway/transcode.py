@@ -7,11 +7,20 @@ fields, enums by name or number, Timestamp/Duration/FieldMask in their JSON stri
 Struct/Value/ListValue as JSON text), then the path variables. JSON accepts both the proto
 and the camelCase names and rejects unknown fields. Output uses the proto field names with
 every zero value present.
+
+JSON is held to what every consumer of the message can take: at most `MAX_JSON_DEPTH`
+levels of nesting, finite numbers only (no `NaN`, `Infinity` or overflowing literals), and
+bytes fields in strict base64 (standard or URL-safe alphabet, padding optional). Each is a
+`TranscodeError` naming the field, so a 400, never a crash or a silently mangled value.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -31,6 +40,29 @@ _STRING_FORM_TYPES = {
     "google.protobuf.Timestamp",
     "google.protobuf.Duration",
     "google.protobuf.FieldMask",
+}
+# A google.protobuf.Struct costs three protobuf nesting levels per JSON level (Struct, its map
+# entry, Value), and protobuf decoders refuse messages nested deeper than 100: 32 JSON levels
+# keeps every request decodable by the upstream, with room for the enclosing messages.
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(rb"[\[\]{}]")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}|[A-Za-z0-9_-]*={0,2}")
+# Numbers from the query string in ASCII digits only: str.isdigit() also holds for "¹",
+# which int() refuses, and int() and float() (json_format's too) read "٣" as 3.
+_ENUM_NUMBER = re.compile(r"-?[0-9]{1,10}")
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_INTEGER_TYPES = {
+    _FD.TYPE_INT32,
+    _FD.TYPE_INT64,
+    _FD.TYPE_UINT32,
+    _FD.TYPE_UINT64,
+    _FD.TYPE_SINT32,
+    _FD.TYPE_SINT64,
+    _FD.TYPE_FIXED32,
+    _FD.TYPE_FIXED64,
+    _FD.TYPE_SFIXED32,
+    _FD.TYPE_SFIXED64,
 }
 _WRAPPER_PREFIX = "google.protobuf."
 _WRAPPERS = {
@@ -103,11 +135,11 @@ def _scalar_json(field: _FD, text: str, dotted: str) -> Any:
         full_name = field.message_type.full_name
         if full_name in _JSON_TEXT_TYPES:
             try:
-                return json.loads(text)
-            except ValueError:
-                if full_name == "google.protobuf.Value":
-                    return text
-                raise TranscodeError(dotted, "expected JSON text") from None
+                return loads(text, dotted)
+            except TranscodeError:
+                if full_name == "google.protobuf.Value" and json_depth(text.encode()) == 0:
+                    return text  # a bare word is a string Value
+                raise
         if full_name in _STRING_FORM_TYPES:
             return text
         if full_name.startswith(_WRAPPER_PREFIX) and full_name[16:] in _WRAPPERS:
@@ -124,11 +156,22 @@ def _scalar_json(field: _FD, text: str, dotted: str) -> Any:
         raise TranscodeError(dotted, f"expected true or false, got {text!r}")
     if field.type in (_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT):
         try:
-            return float(text)
+            if not text.isascii():
+                raise ValueError(text)
+            return _finite_float(text)
         except ValueError:
-            raise TranscodeError(dotted, f"expected a number, got {text!r}") from None
-    if field.type == _FD.TYPE_ENUM and text.lstrip("-").isdigit():
-        return int(text)
+            raise TranscodeError(dotted, f"expected a finite number, got {text!r}") from None
+    if field.type in _INTEGER_TYPES and not _INTEGER.fullmatch(text):
+        raise TranscodeError(dotted, f"expected an integer in ASCII digits, got {text!r}")
+    if field.type == _FD.TYPE_ENUM and field.enum_type is not None:
+        if _ENUM_NUMBER.fullmatch(text):
+            return int(text)
+        if text not in field.enum_type.values_by_name:
+            names = ", ".join(v.name for v in field.enum_type.values)
+            raise TranscodeError(dotted, f"expected one of {names} or its number, got {text!r}")
+        return text
+    if field.type == _FD.TYPE_BYTES and not _is_base64(text):
+        raise TranscodeError(dotted, "expected base64 (standard or URL-safe alphabet)")
     return text
 
 
@@ -142,7 +185,7 @@ def _assign(message: Message, chain: list[_FD], value: Any, dotted: str) -> None
     leaf = chain[-1]
     try:
         json_format.ParseDict({leaf.name: value}, target)
-    except json_format.ParseError as exc:
+    except (json_format.ParseError, OverflowError) as exc:
         raise TranscodeError(dotted, str(exc)) from None
 
 
@@ -177,13 +220,18 @@ def build_request(
         if route.body == "*":
             if not isinstance(document, dict):
                 raise TranscodeError("", "the request body must be a JSON object")
+            check_bytes_fields(document, descriptor)
             try:
                 json_format.ParseDict(document, request)
-            except json_format.ParseError as exc:
+            except (json_format.ParseError, OverflowError) as exc:
                 raise TranscodeError("", f"invalid request body: {exc}") from None
         else:
             chain = resolve_field_path(descriptor, route.body)
             assert chain is not None  # checked when the table was built
+            if chain[-1].message_type is not None:
+                check_bytes_fields(document, chain[-1].message_type, route.body)
+            else:
+                _check_bytes_value(chain[-1], document, route.body)
             _assign(request, chain, document, route.body)
     elif body.strip() not in (b"", b"{}"):
         raise TranscodeError("", "this route takes no request body")
@@ -208,10 +256,98 @@ def build_request(
 def _parse_body(body: bytes) -> Any:
     if not body.strip():
         return {}
+    return loads(body, "")
+
+
+def json_depth(text: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest (brackets inside strings do not
+    count). Linear, without recursion, so any input is safe to measure."""
+    depth = deepest = 0
+    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub(b'""', text)):
+        if match.group() in (b"{", b"["):
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number; numbers must be finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
+def loads(text: bytes | str, field: str) -> Any:
+    """Parses JSON text from the client within the limits in the module docstring.
+
+    Raises:
+        TranscodeError: Not JSON, nested deeper than MAX_JSON_DEPTH, or a number that is not
+            finite; `field` names where the text came from ("" for the body).
+    """
+    raw = text.encode() if isinstance(text, str) else text
+    where = "the request body" if not field else "the value"
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise TranscodeError(field, f"{where} nests deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(body)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise TranscodeError("", f"the request body is not valid JSON: {exc}") from None
+        raise TranscodeError(field, f"{where} is not valid JSON: {exc}") from None
+    except RecursionError:  # unreachable after the depth check; kept as a last guard
+        raise TranscodeError(field, f"{where} nests too deeply") from None
+
+
+def check_bytes_fields(document: Any, descriptor: _descriptor.Descriptor, path: str = "") -> None:
+    """Checks that every bytes field of a JSON request is strict base64.
+
+    json_format skips characters outside the alphabet, so `"@@@@"` would silently become
+    empty bytes; a signature or key must not be mangled that way.
+
+    Raises:
+        TranscodeError: Naming the first bytes field that is not base64.
+    """
+    if not isinstance(document, dict):
+        return
+    for name, value in document.items():
+        field = _field(descriptor, name) if isinstance(name, str) else None
+        if field is None or value is None:
+            continue
+        dotted = f"{path}.{field.name}" if path else field.name
+        if _is_map(field) and field.message_type is not None:
+            value_field = field.message_type.fields_by_name["value"]
+            values = list(value.values()) if isinstance(value, dict) else []
+        else:
+            value_field = field
+            values = value if field.is_repeated and isinstance(value, list) else [value]
+        for item in values:
+            _check_bytes_value(value_field, item, dotted)
+
+
+def _check_bytes_value(field: _FD, value: Any, dotted: str) -> None:
+    if field.type == _FD.TYPE_BYTES:
+        if isinstance(value, str) and not _is_base64(value):
+            raise TranscodeError(dotted, "expected base64 (standard or URL-safe alphabet)")
+    elif field.message_type is not None and not field.message_type.full_name.startswith(
+        _WRAPPER_PREFIX
+    ):
+        check_bytes_fields(value, field.message_type, dotted)
+    elif field.message_type is not None and field.message_type.full_name.endswith(".BytesValue"):
+        _check_bytes_value(field.message_type.fields_by_name["value"], value, dotted)
+
+
+def _is_base64(text: str) -> bool:
+    if _BASE64.fullmatch(text) is None or len(text.rstrip("=")) % 4 == 1:
+        return False
+    try:
+        base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + "==")
+    except (binascii.Error, ValueError):
+        return False
+    return True
 
 
 def _apply_query(

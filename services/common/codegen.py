@@ -7,6 +7,7 @@ that knows how the contracts are compiled.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import sys
 from pathlib import Path
@@ -17,6 +18,21 @@ from grpc_tools import protoc
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = PROJECT_ROOT / "protos"
+# Where a wheel puts the .proto files, inside the `grace` package of the generated code.
+PACKAGED_PROTOS = "_protos"
+
+
+def installed_proto_root() -> Path | None:
+    """The .proto files of this installation: the source tree's `protos/` in a checkout or
+    an editable install, else the copy a wheel ships in `grace/_protos`; None if neither."""
+    if PROTO_ROOT.is_dir():
+        return PROTO_ROOT
+    spec = importlib.util.find_spec("grace")
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(location) / PACKAGED_PROTOS
+        if candidate.is_dir():
+            return candidate
+    return None
 
 
 def proto_files(root: Path = PROTO_ROOT) -> list[Path]:

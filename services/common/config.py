@@ -12,7 +12,7 @@ Variables common to every server (SERVICE is the upper-case component name):
 - `GRACE_<SERVICE>_DATABASE_URL`, else `GRACE_DATABASE_URL` / `--database-url`: SQLAlchemy
   URL; default `sqlite+aiosqlite:///<data dir>/<service>.db`.
 - `GRACE_SHUTDOWN_GRACE_S`: how long in-flight calls may finish at shutdown (default 5).
-- `GRACE_MAX_MESSAGE_BYTES`: largest gRPC message accepted or sent (default 4 MiB).
+- `GRACE_MAX_MESSAGE_BYTES`: largest gRPC message accepted or sent (default and least 4 MiB).
 """
 
 from __future__ import annotations
@@ -204,10 +204,12 @@ class ServerConfig:
             data_dir=data_dir,
             database_url=database_url,
             shutdown_grace_s=reader.number("GRACE_SHUTDOWN_GRACE_S", 5.0, minimum=0, maximum=600),
+            # At least 4 MiB: pages and stream batches carry up to pagination.MAX_PAGE_BYTES
+            # (3 MiB) of items, which a smaller limit would refuse to send.
             max_message_bytes=reader.integer(
                 "GRACE_MAX_MESSAGE_BYTES",
                 4 * 1024 * 1024,
-                minimum=64 * 1024,
+                minimum=4 * 1024 * 1024,
                 maximum=256 * 1024 * 1024,
             ),
             env=env,

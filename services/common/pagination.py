@@ -1,7 +1,15 @@
-"""Page sizes and opaque page tokens, the same for every list RPC.
+"""Page sizes, byte budgets and opaque page tokens, the same for every list RPC and stream.
 
 A token is URL-safe base64 of a small JSON object holding the key to resume after
 (keyset pagination): stable under concurrent inserts, and no offset scans.
+
+A page is bounded by bytes as well as by count: 1000 executions or a few events of 1 MiB
+each make a reply larger than gRPC's message limit (4 MiB), which the server cannot send
+(RESOURCE_EXHAUSTED) and a client would ask for again, forever. `take_page` cuts a page at
+`MAX_PAGE_BYTES` of encoded items (the page then ends early, with a next token like any
+other), and `byte_batches` cuts a stream's batch the same way. The first item always goes
+in, so a page never comes back empty while items remain: every stored item is smaller than
+the budget, because requests are bounded well below it.
 """
 
 from __future__ import annotations
@@ -9,13 +17,32 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from services.common.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+# Encoded items per reply: a quarter of the default 4 MiB message limit is left for the
+# rest of the reply (tokens, counts) and for the JSON the gateway makes of it.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 _MAX_TOKEN_LENGTH = 1024
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+
+
+def encoded_size(message: Message) -> int:
+    """Bytes `message` takes as an element of a repeated field: tag, length and body."""
+    body = message.ByteSize()
+    return 2 + _varint_length(body) + body
+
+
+def _varint_length(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 def page_size(requested: int, *, field: str = "page_size") -> int:
@@ -47,3 +74,49 @@ def decode_token(token: str, *, field: str = "page_token") -> dict[str, Any] | N
     if not isinstance(value, dict):
         raise InvalidArgument(field, "is not a token this service issued")
     return value
+
+
+def take_page(
+    items: Sequence[T],
+    limit: int,
+    size_of: Callable[[T], int],
+    *,
+    max_bytes: int = MAX_PAGE_BYTES,
+) -> tuple[list[T], bool]:
+    """The page to return from `items` (in page order, usually `limit + 1` fetched).
+
+    Args:
+        items: Candidates in the order of the page.
+        limit: The page size in items.
+        size_of: Encoded size of one item in the reply (`encoded_size` of its message).
+        max_bytes: The byte budget of the page.
+
+    Returns:
+        The longest prefix within `limit` items and `max_bytes` (at least one item when
+        there are any), and whether items remain after it (a next token is due).
+    """
+    page: list[T] = []
+    used = 0
+    for item in items[:limit]:
+        size = size_of(item)
+        if page and used + size > max_bytes:
+            break
+        page.append(item)
+        used += size
+    return page, len(page) < len(items)
+
+
+def byte_batches(messages: Iterable[M], *, max_bytes: int = MAX_PAGE_BYTES) -> Iterator[list[M]]:
+    """Splits a stream's batch, in order, into batches of at most `max_bytes` encoded bytes
+    (a message larger than that goes alone)."""
+    batch: list[M] = []
+    used = 0
+    for message in messages:
+        size = encoded_size(message)
+        if batch and used + size > max_bytes:
+            yield batch
+            batch, used = [], 0
+        batch.append(message)
+        used += size
+    if batch:
+        yield batch

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.event_verification import EventVerifier
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import (
+    MAX_PAGE_BYTES,
+    byte_batches,
+    decode_token,
+    encode_token,
+    encoded_size,
+    page_size,
+    take_page,
+)
 from services.common.patterns import matches, validate_pattern
 from services.common.validation import require_id
 from services.eventbus import tracing
@@ -190,16 +198,19 @@ class EventBus:
         try:
             with reader:
                 while True:
-                    batch = await reader.next_batch(limit)
-                    if not batch:
+                    whole = await reader.next_batch(limit)
+                    if not whole:
                         return
-                    self.streamed += len(batch)
-                    span = tracing.stream_span(batch, consumer)
-                    try:
-                        yield batch
-                    finally:
-                        if span is not None:
-                            span.end()
+                    # A batch of large events would not fit one gRPC message: the stream
+                    # would fail on it, and a durable consumer would resume into it forever.
+                    for batch in byte_batches(whole):
+                        self.streamed += len(batch)
+                        span = tracing.stream_span(batch, consumer)
+                        try:
+                            yield batch
+                        finally:
+                            if span is not None:
+                                span.end()
         finally:
             self.active_streams -= 1
 
@@ -314,8 +325,12 @@ class EventBus:
             for sub_id, worker in self.push.workers.items()
             if sub_id > after and (not domain_id or worker.sub.domain_id == domain_id)
         )
-        page = [self.get_subscription(sub_id) for sub_id in ids[:limit]]
-        next_token = encode_token({"after": ids[limit - 1]}) if len(ids) > limit else ""
+        page, more = take_page(
+            [self.get_subscription(sub_id) for sub_id in ids[: limit + 1]],
+            limit,
+            lambda sub: 256 + sum(len(p) + 3 for p in sub.patterns),
+        )
+        next_token = encode_token({"after": page[-1].subscription_id}) if more else ""
         return page, next_token
 
     def lag(self, delivered_sequence: int) -> int:
@@ -341,11 +356,16 @@ class EventBus:
         records = await self.store.dead_letters(
             subscription_id=subscription_id, before=before, limit=limit + 1
         )
+        page, more = take_page(
+            records,
+            limit,
+            lambda r: 256 + len(r.event) + len(r.reason.encode()),
+        )
         next_token = ""
-        if len(records) > limit:
-            last = records[limit - 1]
+        if more:
+            last = page[-1]
             next_token = encode_token({"at": last.failed_at, "id": last.dead_letter_id})
-        return records[:limit], next_token
+        return page, next_token
 
     async def redeliver_dead_letter(self, dead_letter_id: str) -> DeadLetterRecord:
         """Queues a dead letter for delivery again."""
@@ -388,9 +408,11 @@ class EventBus:
         else:
             mark = self.log.head + 1 if newest_first else self.log.first - 1
         found: list[event_pb2.Event] = []
+        used = 0
+        full = False
         cursor = mark
         chunk = max(limit * 4, 200)
-        while len(found) < limit:
+        while len(found) < limit and not full:
             after, upto = (
                 (self.log.first - 1, cursor - 1) if newest_first else (cursor, self.log.head)
             )
@@ -409,13 +431,19 @@ class EventBus:
                 cursor = row.sequence
                 if patterns and not any(matches(p, row.event_type) for p in patterns):
                     continue
-                found.append(decode(row))
+                event = decode(row)
+                size = encoded_size(event)
+                if found and used + size > MAX_PAGE_BYTES:
+                    full = True  # the page ends early; the token resumes after found[-1]
+                    break
+                found.append(event)
+                used += size
                 if len(found) == limit:
                     break
             if len(rows) < chunk:
                 break
         next_token = ""
-        if len(found) == limit:
+        if len(found) == limit or full:
             next_token = encode_token({"seq": found[-1].sequence})
         return found, next_token
 

@@ -12,7 +12,13 @@ import grpc
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.governance_client import DECISION_METADATA
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import (
+    decode_token,
+    encode_token,
+    encoded_size,
+    page_size,
+    take_page,
+)
 from services.common.timestamps import to_timestamp
 from services.common.validation import require_text
 from services.guardian.healing_workflow import HealingWorkflows
@@ -120,11 +126,14 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
         if not isinstance(offset, int) or offset < 0:
             raise InvalidArgument("page_token", "is not a token this service issued")
         statuses = self._supervisor.statuses()
-        page = statuses[offset : offset + size]
-        more = offset + size < len(statuses)
+        page, more = take_page(
+            [component_to_proto(s) for s in statuses[offset : offset + size + 1]],
+            size,
+            encoded_size,
+        )
         return guardian_pb2.ListComponentsResponse(
-            components=[component_to_proto(s) for s in page],
-            next_page_token=encode_token({"offset": offset + size}) if more else "",
+            components=page,
+            next_page_token=encode_token({"offset": offset + len(page)}) if more else "",
             total_size=len(statuses),
         )
 

@@ -24,7 +24,7 @@ from services.common.errors import (
     PermissionDenied,
 )
 from services.common.outbox import Outbox
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import decode_token, encode_token, page_size, take_page
 from services.common.patterns import validate_pattern
 from services.common.validation import (
     require_id,
@@ -360,8 +360,10 @@ class SharedMemory:
         tags: Sequence[str] = (),
         size: int = 0,
         token: str = "",
+        size_of: Callable[[Hit], int] = lambda _: 0,
     ) -> tuple[list[Hit], str]:
-        """One page of search results, best first, and the next page's token."""
+        """One page of search results, best first, and the next page's token (`size_of`: see
+        `list_by_domain`)."""
         search = SearchFilter(
             terms=tuple(query_words(query)),
             min_confidence=require_range(
@@ -392,18 +394,25 @@ class SharedMemory:
         limit = max(0, min(limit, limits.MAX_SEARCH_RESULTS - offset))
         if limit == 0:
             return [], ""
-        hits = await self.store.search(search, offset, limit + 1)
+        hits, more = take_page(await self.store.search(search, offset, limit + 1), limit, size_of)
         next_token = ""
-        if len(hits) > limit:
-            hits = hits[:limit]
-            if offset + limit < limits.MAX_SEARCH_RESULTS:
-                next_token = encode_token({"o": offset + limit, "f": fingerprint})
+        if more and offset + len(hits) < limits.MAX_SEARCH_RESULTS:
+            next_token = encode_token({"o": offset + len(hits), "f": fingerprint})
         return hits, next_token
 
     async def list_by_domain(
-        self, domain_id: str, contribution_type: str = "", size: int = 0, token: str = ""
+        self,
+        domain_id: str,
+        contribution_type: str = "",
+        size: int = 0,
+        token: str = "",
+        size_of: Callable[[Contribution], int] = lambda _: 0,
     ) -> tuple[list[Contribution], str, int]:
-        """One page of a domain's contributions, newest first, the next token and the total."""
+        """One page of a domain's contributions, newest first, the next token and the total.
+
+        `size_of` tells an item's encoded size in the reply; the page ends early rather than
+        exceed `pagination.MAX_PAGE_BYTES`.
+        """
         domain_id = require_id("domain_id", domain_id)
         if contribution_type:
             limits.require_type("contribution_type", contribution_type)
@@ -414,11 +423,9 @@ class SharedMemory:
             if not isinstance(position.get("s"), int):
                 raise InvalidArgument("page_token", "is not a token this service issued")
             before = position["s"]
-        items, total = await self.store.by_domain(domain_id, contribution_type, before, limit + 1)
-        next_token = ""
-        if len(items) > limit:
-            items = items[:limit]
-            next_token = encode_token({"s": items[-1].seq})
+        found, total = await self.store.by_domain(domain_id, contribution_type, before, limit + 1)
+        items, more = take_page(found, limit, size_of)
+        next_token = encode_token({"s": items[-1].seq}) if more else ""
         return items, next_token, total
 
     async def top_contributors(

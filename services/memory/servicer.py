@@ -9,6 +9,7 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
+from services.common.pagination import encoded_size
 from services.common.timestamps import to_timestamp
 from services.memory.memory import SharedMemory
 from services.memory.model import (
@@ -16,6 +17,7 @@ from services.memory.model import (
     ChangeKind,
     Contribution,
     ContributorOrder,
+    Hit,
     NewContribution,
     Outcome,
     Verdict,
@@ -138,17 +140,10 @@ class MemoryServicer(memory_pb2_grpc.SharedMemoryServiceServicer):
             tags=list(request.tags),
             size=request.page_size,
             token=request.page_token,
+            size_of=lambda hit: encoded_size(_result(hit)),
         )
         return memory_pb2.QueryResponse(
-            results=[
-                memory_pb2.QueryResult(
-                    contribution=contribution_to_proto(h.contribution),
-                    relevance=h.relevance,
-                    score=h.score,
-                )
-                for h in hits
-            ],
-            next_page_token=next_token,
+            results=[_result(h) for h in hits], next_page_token=next_token
         )
 
     async def Verify(
@@ -201,7 +196,11 @@ class MemoryServicer(memory_pb2_grpc.SharedMemoryServiceServicer):
         self, request: memory_pb2.ListByDomainRequest, context: Context
     ) -> memory_pb2.ListByDomainResponse:
         items, next_token, total = await self._memory.list_by_domain(
-            request.domain_id, request.contribution_type, request.page_size, request.page_token
+            request.domain_id,
+            request.contribution_type,
+            request.page_size,
+            request.page_token,
+            size_of=lambda contribution: encoded_size(contribution_to_proto(contribution)),
         )
         return memory_pb2.ListByDomainResponse(
             contributions=[contribution_to_proto(c) for c in items],
@@ -252,3 +251,11 @@ class MemoryServicer(memory_pb2_grpc.SharedMemoryServiceServicer):
                 contribution=contribution_to_proto(change.contribution),
                 domain_id=change.actor,
             )
+
+
+def _result(hit: Hit) -> memory_pb2.QueryResult:
+    return memory_pb2.QueryResult(
+        contribution=contribution_to_proto(hit.contribution),
+        relevance=hit.relevance,
+        score=hit.score,
+    )

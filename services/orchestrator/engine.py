@@ -21,7 +21,7 @@ from opentelemetry import context as otel_context
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.governance_client import GovernanceGate
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import decode_token, encode_token, page_size, take_page
 from services.common.signing import SigningKey
 from services.common.validation import require_id, require_text
 from services.orchestrator import events
@@ -216,15 +216,23 @@ class Orchestrator:
         return spec, counts.get(workflow_id, 0)
 
     async def list_workflows(
-        self, size: int, token: str, name: str
+        self,
+        size: int,
+        token: str,
+        name: str,
+        size_of: Callable[[WorkflowSpec], int] = lambda _: 0,
     ) -> tuple[list[tuple[WorkflowSpec, int]], str]:
-        """One page of workflows (newest first) with execution counts, and the next token."""
+        """One page of workflows (newest first) with execution counts, and the next token.
+
+        `size_of` tells a workflow's encoded size in the reply; the page ends early rather
+        than exceed `pagination.MAX_PAGE_BYTES`.
+        """
         limit = page_size(size)
         position = decode_token(token)
         after = (float(position["t"]), str(position["id"])) if position else None
-        specs = await self.store.list_workflows(limit + 1, after, name)
-        more = len(specs) > limit
-        specs = specs[:limit]
+        specs, more = take_page(
+            await self.store.list_workflows(limit + 1, after, name), limit, size_of
+        )
         counts = await self.store.execution_counts([s.workflow_id for s in specs])
         next_token = (
             encode_token({"t": specs[-1].created_at, "id": specs[-1].workflow_id}) if more else ""
@@ -297,17 +305,25 @@ class Orchestrator:
         return Execution.from_json(snapshot)
 
     async def list_executions(
-        self, size: int, token: str, workflow_id: str, state: ExecutionState | None
+        self,
+        size: int,
+        token: str,
+        workflow_id: str,
+        state: ExecutionState | None,
+        size_of: Callable[[Execution], int] = lambda _: 0,
     ) -> tuple[list[Execution], str]:
-        """One page of executions (newest first) and the next token."""
+        """One page of executions (newest first) and the next token.
+
+        `size_of` tells an execution's encoded size in the reply; the page ends early rather
+        than exceed `pagination.MAX_PAGE_BYTES`.
+        """
         limit = page_size(size)
         position = decode_token(token)
         after = (float(position["t"]), str(position["id"])) if position else None
         snapshots = await self.store.list_executions(
             limit + 1, after, workflow_id, state.value if state else ""
         )
-        more = len(snapshots) > limit
-        page = [Execution.from_json(s) for s in snapshots[:limit]]
+        page, more = take_page([Execution.from_json(s) for s in snapshots], limit, size_of)
         next_token = (
             encode_token({"t": page[-1].created_at, "id": page[-1].execution_id}) if more else ""
         )

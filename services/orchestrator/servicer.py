@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from services.common.pagination import encoded_size
 from services.common.timestamps import from_duration, to_duration, to_timestamp
 from services.common.validation import require_struct_size
 from services.orchestrator.definition import RetryDraft, StepDraft
@@ -159,7 +160,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: pb.ListWorkflowsRequest, context: Context
     ) -> pb.ListWorkflowsResponse:
         page, token = await self._core.list_workflows(
-            request.page_size, request.page_token, request.name
+            request.page_size,
+            request.page_token,
+            request.name,
+            size_of=lambda spec: encoded_size(workflow_to_proto(spec, 0)),
         )
         return pb.ListWorkflowsResponse(
             workflows=[workflow_to_proto(s, n) for s, n in page], next_page_token=token
@@ -193,6 +197,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             request.page_token,
             request.workflow_id,
             _EXECUTION_STATE_FROM.get(request.state),
+            size_of=lambda execution: encoded_size(execution_to_proto(execution)),
         )
         return pb.ListExecutionsResponse(
             executions=[execution_to_proto(e) for e in page], next_page_token=token

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, NotFound
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import decode_token, encode_token, page_size, take_page
 from services.common.validation import require_id
 from services.registry import ranking
 from services.registry.model import (
@@ -395,8 +395,13 @@ class Registry:
         token: str = "",
         status: DomainStatus | None = None,
         capability: str = "",
+        size_of: Callable[[DomainRecord], int] = lambda _: 0,
     ) -> tuple[list[DomainRecord], str, int]:
-        """A page of domains ordered by id; returns (page, next token, total matching)."""
+        """A page of domains ordered by id; returns (page, next token, total matching).
+
+        `size_of` tells a domain's encoded size in the reply; the page ends early rather
+        than exceed `pagination.MAX_PAGE_BYTES`.
+        """
         limit = page_size(size)
         position = decode_token(token)
         after = str(position.get("after", "")) if position else ""
@@ -414,10 +419,10 @@ class Registry:
         start = 0
         if after:
             start = bisect.bisect_right(matching, after)
-        page_ids = matching[start : start + limit]
-        more = start + limit < len(matching)
-        next_token = encode_token({"after": page_ids[-1]}) if more and page_ids else ""
-        return [self._records[i] for i in page_ids], next_token, len(matching)
+        candidates = [self._records[i] for i in matching[start : start + limit + 1]]
+        page, more = take_page(candidates, limit, size_of)
+        next_token = encode_token({"after": page[-1].domain_id}) if more and page else ""
+        return page, next_token, len(matching)
 
     def capability_map(self, include_unhealthy: bool = False) -> dict[str, list[str]]:
         """Capability -> sorted ids of the domains offering it."""

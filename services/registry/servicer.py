@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.pagination import encoded_size
 from services.common.peers import caller_host
 from services.common.timestamps import from_duration, to_duration, to_timestamp
 from services.registry.model import ChangeKind, DomainRecord, DomainStatus, Metrics, Registration
@@ -127,6 +128,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             token=request.page_token,
             status=_STATUS_FROM_PROTO.get(request.status),
             capability=request.capability,
+            size_of=lambda record: encoded_size(self._domain(record)),
         )
         return registry_pb2.ListDomainsResponse(
             domains=[self._domain(r) for r in records],

@@ -46,6 +46,8 @@ def test_env_then_flags_override_defaults() -> None:
         ({"GRACE_REGISTRY_PORT": "x"}, "GRACE_REGISTRY_PORT='x': expected an integer"),
         ({"GRACE_REGISTRY_PORT": "70000"}, "GRACE_REGISTRY_PORT=70000: must be <= 65535"),
         ({"GRACE_SHUTDOWN_GRACE_S": "-1"}, "GRACE_SHUTDOWN_GRACE_S=-1.0: must be >= 0"),
+        # Smaller than a page of items (pagination.MAX_PAGE_BYTES) plus its envelope.
+        ({"GRACE_MAX_MESSAGE_BYTES": "1048576"}, "GRACE_MAX_MESSAGE_BYTES=1048576: must be >="),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None:

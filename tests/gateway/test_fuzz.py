@@ -5,14 +5,21 @@ event loop that serves the gateway and the registry in this process. Operations 
 upstream does not run here (every service but the registry) would rightly answer 503, so
 the run is limited to the registry's operations and the gateway's own; the endless watch
 stream is left out. Afterwards the registry must still be SERVING.
+
+Every operation of the document, whatever its upstream, is also sent the inputs random
+generation rarely finds: a body nested 1,000 levels, `NaN`, a body over the limit, Unicode
+digits for every numeric or enum query parameter, and a 50 kB header. The gateway itself
+must refuse each with its 4xx (400, 413, 431) and the error body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +69,61 @@ async def test_fuzzing_the_registry_routes_finds_no_server_error(
     assert health.json()["services"]["registry"]["status"] == "SERVING"
     stats = await stack.http.get("/domains/registry-stats")
     assert stats.status_code == 200
+
+
+# Hostile inputs for every operation in /openapi.json, whether or not its upstream runs
+# here: each must be refused by the gateway itself with its own 4xx, before any upstream.
+UNICODE_DIGITS = [
+    "\u00b9",
+    "\u0663",
+    "\uff11",
+]  # superscript one, Arabic-Indic three, fullwidth one
+NESTED_BODY = '{"a":' * 1000 + "1" + "}" * 1000
+
+
+def _numeric(schema: dict[str, Any]) -> bool:
+    kinds = schema.get("type")
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    return "enum" in schema or "integer" in kinds or "number" in kinds
+
+
+async def _hostile_cases(stack: Stack) -> list[tuple[str, str, dict[str, Any], int]]:
+    document = (await stack.http.get("/openapi.json")).json()
+    cases: list[tuple[str, str, dict[str, Any], int]] = []
+    for path, operations in document["paths"].items():
+        url = re.sub(r"\{[^}]*\}", "x", path)
+        for method, operation in operations.items():
+            method = method.upper()
+            cases.append((method, url, {"headers": {"X-Actor": "a" * 50_000}}, 431))
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query" and _numeric(parameter["schema"]):
+                    for digit in UNICODE_DIGITS:
+                        cases.append((method, url, {"params": {parameter["name"]: digit}}, 400))
+            if "requestBody" in operation:
+                json_body = {"content-type": "application/json"}
+                cases.append((method, url, {"content": NESTED_BODY, "headers": json_body}, 400))
+                nan = '{"a": NaN}'
+                cases.append((method, url, {"content": nan, "headers": json_body}, 400))
+                too_big = b"{" + b" " * (64 * 1024) + b"}"
+                cases.append((method, url, {"content": too_big, "headers": json_body}, 413))
+    return cases
+
+
+async def test_every_operation_refuses_nesting_unicode_digits_and_oversize_with_a_4xx(
+    stack: Stack,
+) -> None:
+    cases = await _hostile_cases(stack)
+    assert len(cases) > 300
+    wrong = []
+    for method, url, kwargs, expected in cases:
+        response = await stack.http.request(method, url, **kwargs)
+        body = response.json()
+        if response.status_code != expected or set(body["error"]) != {
+            "code",
+            "status",
+            "message",
+            "details",
+        }:
+            shown = {k: (v if len(str(v)) < 40 else "...") for k, v in kwargs.items()}
+            wrong.append((method, url, shown, response.status_code, response.text[:200]))
+    assert wrong == [], wrong[:10]

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.outbox import Outbox
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import decode_token, encode_token, page_size, take_page
 from services.common.validation import require_text
 from services.kernels.governance.model import Approval, ApprovalStatus
 from services.kernels.governance.store import GovernanceStore, approval_to_json
@@ -76,17 +76,26 @@ class ApprovalQueue:
         return found
 
     async def list(
-        self, status: ApprovalStatus | None, size: int = 0, token: str = ""
+        self,
+        status: ApprovalStatus | None,
+        size: int = 0,
+        token: str = "",
+        size_of: Callable[[Approval], int] = lambda _: 0,
     ) -> tuple[list[Approval], str]:
-        """One page of approval requests, newest first, and the next page's token."""
+        """One page of approval requests, newest first, and the next page's token.
+
+        `size_of` tells an item's encoded size in the reply; the page ends early rather than
+        exceed `pagination.MAX_PAGE_BYTES`.
+        """
         limit = page_size(size)
         position = decode_token(token)
         before = position.get("before") if position else None
         if before is not None and not isinstance(before, int):
             raise InvalidArgument("page_token", "is not a token this service issued")
         rows = await self.store.list_approvals(status, before, limit + 1)
-        next_token = encode_token({"before": rows[limit - 1][0]}) if len(rows) > limit else ""
-        return [a for _, a in rows[:limit]], next_token
+        page, more = take_page(rows, limit, lambda row: size_of(row[1]))
+        next_token = encode_token({"before": page[-1][0]}) if more else ""
+        return [a for _, a in page], next_token
 
     async def approve(self, approval_id: str, approver: str, reason: str = "") -> Approval:
         """Approves a pending request."""

@@ -26,7 +26,7 @@ from services.common.errors import (
     PermissionDenied,
 )
 from services.common.outbox import Outbox
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import decode_token, encode_token, page_size, take_page
 from services.common.validation import require_id, require_text
 from services.kernels.governance import store as tables
 from services.kernels.governance.approvals import ApprovalQueue
@@ -234,14 +234,20 @@ class Governance:
             raise NotFound("policy", policy_id)
         return found
 
-    def list_policies(self, size: int = 0, token: str = "") -> tuple[list[Policy], str]:
-        """One page of policies by id, and the next page's token."""
+    def list_policies(
+        self, size: int = 0, token: str = "", size_of: Callable[[Policy], int] = lambda _: 0
+    ) -> tuple[list[Policy], str]:
+        """One page of policies by id, and the next page's token.
+
+        `size_of` tells an item's encoded size in the reply; the page ends early rather than
+        exceed `pagination.MAX_PAGE_BYTES`.
+        """
         limit = page_size(size)
         position = decode_token(token)
         after = str(position.get("after", "")) if position else ""
         ordered = sorted(p for p in self._policies if p > after)
-        page = [self._policies[p] for p in ordered[:limit]]
-        next_token = encode_token({"after": page[-1].policy_id}) if len(ordered) > limit else ""
+        page, more = take_page([self._policies[p] for p in ordered[: limit + 1]], limit, size_of)
+        next_token = encode_token({"after": page[-1].policy_id}) if more else ""
         return page, next_token
 
     async def set_mode(self, mode: Mode) -> Mode:
@@ -412,17 +418,26 @@ class Governance:
         return decision, now
 
     async def list_decisions(
-        self, where: DecisionFilter, size: int = 0, token: str = ""
+        self,
+        where: DecisionFilter,
+        size: int = 0,
+        token: str = "",
+        size_of: Callable[[Decision], int] = lambda _: 0,
     ) -> tuple[list[Decision], str]:
-        """One page of decisions, newest first, and the next page's token."""
+        """One page of decisions, newest first, and the next page's token.
+
+        `size_of` tells an item's encoded size in the reply; the page ends early rather than
+        exceed `pagination.MAX_PAGE_BYTES`.
+        """
         limit = page_size(size)
         position = decode_token(token)
         before = position.get("before") if position else None
         if before is not None and not isinstance(before, int):
             raise InvalidArgument("page_token", "is not a token this service issued")
         rows = await self.store.list_decisions(where, before, limit + 1)
-        next_token = encode_token({"before": rows[limit - 1][0]}) if len(rows) > limit else ""
-        return [d for _, d in rows[:limit]], next_token
+        page, more = take_page(rows, limit, lambda row: size_of(row[1]))
+        next_token = encode_token({"before": page[-1][0]}) if more else ""
+        return [d for _, d in page], next_token
 
     # Approvals ------------------------------------------------------------------------
 

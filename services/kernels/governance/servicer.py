@@ -10,6 +10,7 @@ import grpc
 from grace.kernels.governance.v1 import governance_pb2 as pb
 from grace.kernels.governance.v1 import governance_pb2_grpc
 from services.common.errors import InvalidArgument
+from services.common.pagination import encoded_size
 from services.common.timestamps import from_timestamp, to_timestamp
 from services.common.validation import require_struct_size
 from services.kernels.governance.governance import Governance
@@ -73,7 +74,11 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
     async def ListPolicies(
         self, request: pb.ListPoliciesRequest, context: Context
     ) -> pb.ListPoliciesResponse:
-        page, token = self._gov.list_policies(request.page_size, request.page_token)
+        page, token = self._gov.list_policies(
+            request.page_size,
+            request.page_token,
+            size_of=lambda policy: encoded_size(policy_to_proto(policy)),
+        )
         return pb.ListPoliciesResponse(
             policies=[policy_to_proto(p) for p in page], next_page_token=token
         )
@@ -137,7 +142,12 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             since=from_timestamp(request.since),
             until=from_timestamp(request.until),
         )
-        page, token = await self._gov.list_decisions(where, request.page_size, request.page_token)
+        page, token = await self._gov.list_decisions(
+            where,
+            request.page_size,
+            request.page_token,
+            size_of=lambda decision: encoded_size(decision_to_proto(decision)),
+        )
         return pb.ListDecisionsResponse(
             decisions=[decision_to_proto(d) for d in page], next_page_token=token
         )
@@ -146,7 +156,10 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
         self, request: pb.ListApprovalsRequest, context: Context
     ) -> pb.ListApprovalsResponse:
         page, token = await self._gov.approvals.list(
-            STATUS_FROM_PROTO.get(request.status), request.page_size, request.page_token
+            STATUS_FROM_PROTO.get(request.status),
+            request.page_size,
+            request.page_token,
+            size_of=lambda approval: encoded_size(approval_to_proto(approval)),
         )
         return pb.ListApprovalsResponse(
             approvals=[approval_to_proto(a) for a in page], next_page_token=token

@@ -21,7 +21,7 @@ from typing import Any
 
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.outbox import Outbox
-from services.common.pagination import decode_token, encode_token, page_size
+from services.common.pagination import decode_token, encode_token, page_size, take_page
 from services.common.validation import require_id
 from services.kernels.immune import store as tables
 from services.kernels.immune.detector import Detector, DetectorSettings
@@ -242,22 +242,37 @@ class Immune:
         return anomaly, remediation
 
     async def list_anomalies(
-        self, component: str = "", kind: str = "", size: int = 0, token: str = ""
+        self,
+        component: str = "",
+        kind: str = "",
+        size: int = 0,
+        token: str = "",
+        size_of: Callable[[Anomaly], int] = lambda _: 0,
     ) -> tuple[list[Anomaly], str]:
-        """One page of anomalies, newest first."""
+        """One page of anomalies, newest first (`size_of`: see `list_remediations`)."""
         limit, before = _page(size, token)
         rows = await self.store.list_anomalies(component, kind, before, limit + 1)
-        next_token = encode_token({"before": rows[limit - 1][0]}) if len(rows) > limit else ""
-        return [a for _, a in rows[:limit]], next_token
+        page, more = take_page(rows, limit, lambda row: size_of(row[1]))
+        next_token = encode_token({"before": page[-1][0]}) if more else ""
+        return [a for _, a in page], next_token
 
     async def list_remediations(
-        self, component: str = "", size: int = 0, token: str = ""
+        self,
+        component: str = "",
+        size: int = 0,
+        token: str = "",
+        size_of: Callable[[Remediation], int] = lambda _: 0,
     ) -> tuple[list[Remediation], str]:
-        """One page of remediations, newest first."""
+        """One page of remediations, newest first.
+
+        `size_of` tells an item's encoded size in the reply; the page ends early rather than
+        exceed `pagination.MAX_PAGE_BYTES`.
+        """
         limit, before = _page(size, token)
         rows = await self.store.list_remediations(component, before, limit + 1)
-        next_token = encode_token({"before": rows[limit - 1][0]}) if len(rows) > limit else ""
-        return [r for _, r in rows[:limit]], next_token
+        page, more = take_page(rows, limit, lambda row: size_of(row[1]))
+        next_token = encode_token({"before": page[-1][0]}) if more else ""
+        return [r for _, r in page], next_token
 
     def baseline(self, component: str, metric: str) -> Baseline:
         """The state of one series."""

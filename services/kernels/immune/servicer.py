@@ -9,6 +9,7 @@ import grpc
 
 from grace.kernels.immune.v1 import immune_pb2 as pb
 from grace.kernels.immune.v1 import immune_pb2_grpc
+from services.common.pagination import encoded_size
 from services.common.timestamps import from_timestamp, to_timestamp
 from services.kernels.immune.immune import Immune
 from services.kernels.immune.model import Anomaly, MetricPoint, Outcome, Remediation
@@ -85,7 +86,11 @@ class ImmuneServicer(immune_pb2_grpc.ImmuneServiceServicer):
         self, request: pb.ListAnomaliesRequest, context: Context
     ) -> pb.ListAnomaliesResponse:
         page, token = await self._immune.list_anomalies(
-            request.component, request.kind, request.page_size, request.page_token
+            request.component,
+            request.kind,
+            request.page_size,
+            request.page_token,
+            size_of=lambda anomaly: encoded_size(anomaly_to_proto(anomaly)),
         )
         return pb.ListAnomaliesResponse(
             anomalies=[anomaly_to_proto(a) for a in page], next_page_token=token
@@ -104,7 +109,10 @@ class ImmuneServicer(immune_pb2_grpc.ImmuneServiceServicer):
         self, request: pb.ListRemediationsRequest, context: Context
     ) -> pb.ListRemediationsResponse:
         page, token = await self._immune.list_remediations(
-            request.component, request.page_size, request.page_token
+            request.component,
+            request.page_size,
+            request.page_token,
+            size_of=lambda remediation: encoded_size(remediation_to_proto(remediation)),
         )
         return pb.ListRemediationsResponse(
             remediations=[remediation_to_proto(r) for r in page], next_page_token=token

@@ -263,8 +263,14 @@ class ImmutableLog:
         limit = pagination.page_size(size)
         upto = min(stop, start + limit)
         rows = await self.store.entries(start, upto) if start < upto else []
-        views = [self._view(r.index, r.leaf_data) for r in rows]
-        next_token = pagination.encode_token({"next": upto}) if upto < stop else ""
+        # A served entry carries its leaf bytes and their decoded form: twice the bytes.
+        views, cut = pagination.take_page(
+            [self._view(r.index, r.leaf_data) for r in rows],
+            limit,
+            lambda view: 2 * len(view.leaf_data) + 96,
+        )
+        resume = views[-1].index + 1 if cut else upto
+        next_token = pagination.encode_token({"next": resume}) if resume < stop else ""
         return views, next_token
 
     def _view(self, index: int, data: bytes) -> StoredView:

@@ -10,6 +10,7 @@ import grpc
 from grace.kernels.trust.v1 import trust_pb2 as pb
 from grace.kernels.trust.v1 import trust_pb2_grpc as pb_grpc
 from services.common.errors import InvalidArgument
+from services.common.pagination import encoded_size
 from services.common.timestamps import to_timestamp
 from services.kernels.trust.model import Certification, Identity, KeyRecord, KeyState, Level
 from services.kernels.trust.trust import TrustKernel
@@ -114,7 +115,11 @@ class TrustServicer(pb_grpc.TrustServiceServicer):
     async def ListIdentities(
         self, request: pb.ListIdentitiesRequest, context: Context
     ) -> pb.ListIdentitiesResponse:
-        identities, token = self._kernel.list_identities(request.page_size, request.page_token)
+        identities, token = self._kernel.list_identities(
+            request.page_size,
+            request.page_token,
+            size_of=lambda identity: encoded_size(identity_to_proto(identity)),
+        )
         return pb.ListIdentitiesResponse(
             identities=[identity_to_proto(i) for i in identities], next_page_token=token
         )
@@ -161,7 +166,11 @@ class TrustServicer(pb_grpc.TrustServiceServicer):
         self, request: pb.ListCertificationsRequest, context: Context
     ) -> pb.ListCertificationsResponse:
         certs, token = self._kernel.list_certifications(
-            request.issuer, request.subject, request.page_size, request.page_token
+            request.issuer,
+            request.subject,
+            request.page_size,
+            request.page_token,
+            size_of=lambda cert: encoded_size(cert_to_proto(cert, self._kernel.is_valid(cert))),
         )
         return pb.ListCertificationsResponse(
             certifications=[cert_to_proto(c, self._kernel.is_valid(c)) for c in certs],

@@ -155,15 +155,23 @@ class TrustKernel:
             raise NotFound("identity", domain_id)
         return Identity(domain_id, tuple(self._keys[k] for k in ids))
 
-    def list_identities(self, size: int, token: str) -> tuple[list[Identity], str]:
-        """A page of identities ordered by domain id, and the next token."""
+    def list_identities(
+        self, size: int, token: str, size_of: Callable[[Identity], int] = lambda _: 0
+    ) -> tuple[list[Identity], str]:
+        """A page of identities ordered by domain id, and the next token.
+
+        `size_of` tells an item's encoded size in the reply; the page ends early rather than
+        exceed `pagination.MAX_PAGE_BYTES`.
+        """
         limit = pagination.page_size(size)
         position = pagination.decode_token(token)
         after = str(position.get("after", "")) if position else ""
         names = sorted(d for d in self._by_domain if d > after)
-        page = names[:limit]
-        next_token = pagination.encode_token({"after": page[-1]}) if len(names) > limit else ""
-        return [self.identity(d) for d in page], next_token
+        page, more = pagination.take_page(
+            [self.identity(d) for d in names[: limit + 1]], limit, size_of
+        )
+        next_token = pagination.encode_token({"after": page[-1].domain_id}) if more else ""
+        return page, next_token
 
     def create_challenge(self, domain_id: str) -> tuple[bytes, float]:
         """A one-time challenge for `domain_id` and when it expires."""
@@ -367,9 +375,18 @@ class TrustKernel:
         return self._valid(cert)
 
     def list_certifications(
-        self, issuer: str, subject: str, size: int, token: str
+        self,
+        issuer: str,
+        subject: str,
+        size: int,
+        token: str,
+        size_of: Callable[[Certification], int] = lambda _: 0,
     ) -> tuple[list[Certification], str]:
-        """A page of certifications ordered by (issuer, subject), and the next token."""
+        """A page of certifications ordered by (issuer, subject), and the next token.
+
+        `size_of` tells an item's encoded size in the reply; the page ends early rather than
+        exceed `pagination.MAX_PAGE_BYTES`.
+        """
         limit = pagination.page_size(size)
         position = pagination.decode_token(token)
         after = tuple(position.get("after", ("", ""))) if position else ("", "")
@@ -380,9 +397,12 @@ class TrustKernel:
             if (not issuer or c.issuer == issuer) and (not subject or c.subject == subject)
         )
         rest = [pair for pair in matching if pair > after]
-        page = rest[:limit]
-        next_token = pagination.encode_token({"after": list(page[-1])}) if len(rest) > limit else ""
-        return [self._certs[i][s] for i, s in page], next_token
+        page, more = pagination.take_page(
+            [self._certs[i][s] for i, s in rest[: limit + 1]], limit, size_of
+        )
+        last = [page[-1].issuer, page[-1].subject] if page else []
+        next_token = pagination.encode_token({"after": last}) if more else ""
+        return page, next_token
 
     def _edges(self) -> dict[str, dict[str, Level]]:
         return {
