@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.errors import bad_request
+from gateway.transcode import TranscodeError, loads
 from services.common.validation import ID_PATTERN
 
 ANONYMOUS = "anonymous"
@@ -135,8 +136,9 @@ def rewrite_body(method_full_name: str, body: bytes, headers: Mapping[str, str])
     if rewrite is None or not body.strip():
         return body
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        # The transcoder's own parser: bounded depth, no NaN (its errors are reported there).
+        document = loads(body, "body")
+    except TranscodeError:
         return body
     if not isinstance(document, dict):
         return body
