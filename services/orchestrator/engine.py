@@ -8,7 +8,6 @@ from the store (with a small cache of recent ones).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -124,6 +123,7 @@ class Orchestrator:
         self.stats = Stats()
         self.call_slots = asyncio.Semaphore(self.settings.max_inflight_calls)
         self._runners: dict[str, ExecutionRunner] = {}
+        self._claims: dict[str, asyncio.Future[Execution]] = {}
         self._recent: OrderedDict[str, Execution] = OrderedDict()
         self._workflows: OrderedDict[str, WorkflowSpec] = OrderedDict()
         self._watchers: dict[str, set[asyncio.Queue[tuple[JsonDict, str]]]] = {}
@@ -238,14 +238,37 @@ class Orchestrator:
         Raises:
             NotFound: No such workflow.
         """
-        if request_id:
-            require_id("request_id", request_id)
-        spec = await self._workflow(workflow_id)
+        if not request_id:
+            execution = await self._start(workflow_id, _derived_id("ex_", workflow_id, ""), payload)
+            return await self._wait(execution) if wait else execution
+        require_id("request_id", request_id)
         execution_id = _derived_id("ex_", workflow_id, request_id)
-        if request_id:
-            with contextlib.suppress(NotFound):
-                existing = await self.get_execution(execution_id)
-                return await self._wait(existing) if wait else existing
+        # The id is claimed before the first await: a concurrent call with the same
+        # request_id waits for the claimant instead of starting a second runner, and
+        # tries again itself if the claimant failed (a failed claim is cancelled).
+        while (claim := self._claims.get(execution_id)) is not None:
+            await asyncio.wait({claim})
+            if not claim.cancelled():
+                execution = claim.result()
+                return await self._wait(execution) if wait else execution
+        claim = asyncio.get_running_loop().create_future()
+        self._claims[execution_id] = claim
+        try:
+            try:
+                execution = await self.get_execution(execution_id)
+            except NotFound:
+                execution = await self._start(workflow_id, execution_id, payload)
+        except BaseException:
+            claim.cancel()
+            raise
+        finally:
+            del self._claims[execution_id]
+        claim.set_result(execution)
+        return await self._wait(execution) if wait else execution
+
+    async def _start(self, workflow_id: str, execution_id: str, payload: JsonDict) -> Execution:
+        """Creates an execution, starts its runner and returns once it is persisted."""
+        spec = await self._workflow(workflow_id)
         now = self.clock()
         execution = Execution(
             execution_id=execution_id,
@@ -268,7 +291,7 @@ class Orchestrator:
         self.state_changed(None, ExecutionState.RUNNING)
         runner.start()
         await asyncio.shield(runner.first_persist)
-        return await self._wait(execution) if wait else execution
+        return execution
 
     async def _wait(self, execution: Execution) -> Execution:
         runner = self._runners.get(execution.execution_id)

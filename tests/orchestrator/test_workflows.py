@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from grace.domain.v1 import domain_pb2
 from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
+from services.orchestrator.definition import StepDraft
 from services.orchestrator.routing import from_struct
 from services.orchestrator.server import OrchestratorServer
 from services.orchestrator.store import OrchestratorStore
@@ -382,6 +383,40 @@ async def test_a_repeated_request_id_returns_the_same_execution(
     )
     assert first.execution_id == second.execution_id
     assert sum(domain.runs.values()) == 1
+
+
+async def test_concurrent_calls_with_one_request_id_start_one_runner(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    domain = await world.add_domain("d")
+
+    async def slow(request: domain_pb2.ExecuteRequest) -> dict[str, Any]:
+        await asyncio.sleep(0.3)
+        return {"done": True}
+
+    domain.actions["a"] = slow
+    service = OrchestratorServer(orchestrator_config(world.tmp_path / "o", world.registry_address))
+    async with serving(service.config.server, service):
+        core = service.core
+        assert core is not None
+        spec, _ = await core.create_workflow("once", "", [StepDraft(action="a", domain_id="d")])
+        read = core.store.get_execution
+
+        async def slow_read(execution_id: str) -> dict[str, Any] | None:
+            await asyncio.sleep(0.1)  # A busy database: every caller is inside this await.
+            return await read(execution_id)
+
+        monkeypatch.setattr(core.store, "get_execution", slow_read)
+        answers = await asyncio.gather(
+            *(core.execute(spec.workflow_id, {}, request_id="go") for _ in range(8))
+        )
+        assert len({a.execution_id for a in answers}) == 1
+        assert core.running == 1
+        ended = await core.execute(spec.workflow_id, {}, wait=True, request_id="go")
+        assert ended.state.value == "SUCCEEDED"
+        # One runner: the step body was called once and the execution is counted once.
+        assert domain.attempts == {f"{ended.execution_id}/step_1": [1]}
+        assert sum(core.stats.by_state.values()) == 1
 
 
 @pytest.mark.parametrize(
