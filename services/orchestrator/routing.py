@@ -62,6 +62,11 @@ class CallError(Exception):
         self.code = code
         self.domain_id = domain_id
 
+    @property
+    def unreachable(self) -> bool:
+        """True when nothing answered: the domain, or the registry that finds it, is down."""
+        return self.retryable and self.code in (None, grpc.StatusCode.UNAVAILABLE)
+
 
 class RegistryUnavailable(Exception):
     """The registry could not be reached."""

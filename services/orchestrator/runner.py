@@ -329,7 +329,12 @@ class ExecutionRunner:
                 self._record(spec, run, "execute", run.attempts, started, None, exc.message)
                 if exc.domain_id and not run.domain_id:
                     run.domain_id = exc.domain_id
-                if not exc.retryable or run.attempts >= spec.retry.max_attempts or self._stopping():
+                elapsed = self.host.clock() - run.started_at
+                if (
+                    not exc.retryable
+                    or self._stopping()
+                    or not spec.retry.allows_another(run.attempts, exc.unreachable, elapsed)
+                ):
                     self._fail(spec, run, exc.message)
                     return
                 run.error = exc.message
@@ -474,6 +479,7 @@ class ExecutionRunner:
     async def _compensate_step(self, spec: StepSpec, run: StepRun) -> bool:
         action = spec.compensation_action or spec.action
         attempt = 0
+        first = self.host.clock()
         while True:
             attempt += 1
             started = self.host.clock()
@@ -502,7 +508,8 @@ class ExecutionRunner:
                     self._record(spec, run, "compensate", attempt, started, None, "", "skipped")
                     return True
                 self._record(spec, run, "compensate", attempt, started, None, exc.message)
-                if exc.retryable and attempt < spec.retry.max_attempts:
+                elapsed = self.host.clock() - first
+                if exc.retryable and spec.retry.allows_another(attempt, exc.unreachable, elapsed):
                     await asyncio.sleep(spec.retry.delay_after(attempt))
                     continue
                 run.compensation_error = exc.message

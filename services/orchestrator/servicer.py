@@ -37,6 +37,9 @@ def _draft(index: int, step: pb.Step) -> StepDraft:
             else None,
             multiplier=r.backoff_multiplier,
             max_backoff_s=from_duration(r.max_backoff) if r.HasField("max_backoff") else None,
+            unavailable_window_s=from_duration(r.unavailable_window)
+            if r.HasField("unavailable_window")
+            else None,
         )
     require_struct_size(f"steps[{index}].data", step.data)
     return StepDraft(
@@ -73,6 +76,7 @@ def workflow_to_proto(spec: WorkflowSpec, executions: int = 0) -> pb.Workflow:
                     initial_backoff=to_duration(s.retry.initial_backoff_s),
                     backoff_multiplier=s.retry.multiplier,
                     max_backoff=to_duration(s.retry.max_backoff_s),
+                    unavailable_window=to_duration(s.retry.unavailable_window_s),
                 ),
                 compensation=pb.Compensation(
                     action=s.compensation_action, skip=s.compensation_skip

@@ -122,6 +122,7 @@ class RetryPolicy(_message.Message):
     INITIAL_BACKOFF_FIELD_NUMBER: _builtins.int
     BACKOFF_MULTIPLIER_FIELD_NUMBER: _builtins.int
     MAX_BACKOFF_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_WINDOW_FIELD_NUMBER: _builtins.int
     max_attempts: _builtins.int
     """Total attempts including the first, 1-20; 0 means the default of 3."""
     backoff_multiplier: _builtins.float
@@ -134,6 +135,15 @@ class RetryPolicy(_message.Message):
     def max_backoff(self) -> _duration_pb2.Duration:
         """Longest delay; unset means 10 s. At most 1 h."""
 
+    @_builtins.property
+    def unavailable_window(self) -> _duration_pb2.Duration:
+        """How long a step whose domain (or the registry) cannot be reached at all
+        (UNAVAILABLE) keeps being retried past max_attempts: another attempt is made while
+        it starts within this window of the first attempt. Unset means 15 s, which rides
+        out a component that Guardian restarts after a crash; zero stops at max_attempts.
+        At most 1 h. Compensations are retried the same way.
+        """
+
     def __init__(
         self,
         *,
@@ -141,10 +151,11 @@ class RetryPolicy(_message.Message):
         initial_backoff: _duration_pb2.Duration | None = ...,
         backoff_multiplier: _builtins.float = ...,
         max_backoff: _duration_pb2.Duration | None = ...,
+        unavailable_window: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff", "unavailable_window", b"unavailable_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "unavailable_window", b"unavailable_window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
