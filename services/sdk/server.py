@@ -183,6 +183,9 @@ class DomainServer(Service):
             # stays in the outbox and goes at the next start.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.relay.drain_once(), timeout=STOP_FLUSH_S)
+        if self._dispatcher is not None:
+            # Runs whose callers left during the drain still end and store their results.
+            await self._dispatcher.drain(self.config.server.shutdown_grace_s)
         for task in self._tasks:
             await stop_task(task)
         self._tasks.clear()

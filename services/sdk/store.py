@@ -31,6 +31,18 @@ results_table = Table(
     Column("created_at", Float, nullable=False, index=True),
 )
 
+# A call with an idempotency key is marked here (durably) before its function runs and
+# unmarked in the transaction that stores its result (or when it fails). A mark without a
+# result after a restart means the run was interrupted with its effect unknown.
+started_table = Table(
+    "sdk_started",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("idempotency_key", String(MAX_KEY_LENGTH), primary_key=True),
+    Column("action", String(128), nullable=False),
+    Column("started_at", Float, nullable=False, index=True),
+)
+
 records_table = Table(
     "sdk_records",
     metadata,
@@ -76,7 +88,8 @@ class ResultStore:
         return None if row is None else StoredResult(row.action, dict(row.output), row.created_at)
 
     async def put(self, kind: str, key: str, action: str, output: dict[str, Any]) -> None:
-        """Stores a result; an existing one for the key is kept (the first result wins)."""
+        """Stores a result and clears the key's start mark, in one transaction; an existing
+        result for the key is kept (the first result wins)."""
         statement = (
             self.db.insert(results_table)
             .values(
@@ -90,15 +103,51 @@ class ResultStore:
         )
         async with self.db.transaction() as conn:
             await conn.execute(statement)
+            await conn.execute(self._unmark(kind, key))
+
+    async def started(self, kind: str, key: str) -> str | None:
+        """The action of a run of the key that was marked started and never ended, or None."""
+        table = started_table
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(table.c.action).where(
+                        table.c.kind == kind, table.c.idempotency_key == key
+                    )
+                )
+            ).first()
+        return None if row is None else str(row.action)
+
+    async def mark_started(self, kind: str, key: str, action: str) -> None:
+        """Records durably that a run of the key is starting."""
+        statement = (
+            self.db.insert(started_table)
+            .values(kind=kind, idempotency_key=key, action=action, started_at=self.clock())
+            .on_conflict_do_nothing(index_elements=["kind", "idempotency_key"])
+        )
+        async with self.db.transaction() as conn:
+            await conn.execute(statement)
+
+    async def unmark_started(self, kind: str, key: str) -> None:
+        """Clears the start mark of a run that ended without a result (it failed)."""
+        async with self.db.transaction() as conn:
+            await conn.execute(self._unmark(kind, key))
+
+    def _unmark(self, kind: str, key: str) -> Any:
+        table = started_table
+        return delete(table).where(table.c.kind == kind, table.c.idempotency_key == key)
 
     async def prune(self, older_than_s: float) -> int:
-        """Forgets results older than `older_than_s`; returns how many."""
+        """Forgets results (and start marks) older than `older_than_s`; returns how many."""
         cutoff = self.clock() - older_than_s
         async with self.db.transaction() as conn:
             result = await conn.execute(
                 delete(results_table).where(results_table.c.created_at < cutoff)
             )
-        return int(result.rowcount or 0)
+            marks = await conn.execute(
+                delete(started_table).where(started_table.c.started_at < cutoff)
+            )
+        return int(result.rowcount or 0) + int(marks.rowcount or 0)
 
 
 class KeyValueStore:

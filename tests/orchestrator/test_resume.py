@@ -18,6 +18,7 @@ from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from services.common.channels import channel
 from tests.orchestrator.conftest import World, eventually
 from tests.orchestrator.test_workflows import workflow
+from tests.sdk.conftest import Probe, counting_domain, domain_config
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
@@ -111,3 +112,59 @@ async def test_killed_mid_execution_the_orchestrator_resumes_and_each_step_runs_
     # same idempotency key after the restart and answered from the stored result.
     assert domain.runs == {f"{started.execution_id}/{s}": 1 for s in ("step_1", "step_2", "step_3")}
     assert domain.replays.get(key) == 1
+
+
+async def test_killed_mid_call_to_an_sdk_domain_the_step_body_runs_once(
+    world: World, tmp_path: Path
+) -> None:
+    # The orchestrator dies while an SDK domain runs a step: gRPC cancels the domain's
+    # handler, but the body must still finish and its result answer the resumed call.
+    probe = Probe()
+    probe.release.clear()
+    config = domain_config(tmp_path / "domain", registry_addr=world.registry_address)
+    port = free_port()
+    data_dir = tmp_path / "orchestrator-data"
+    async with counting_domain(probe).serve(config):
+        process = _start(port, data_dir, world.registry_address)
+        try:
+            async with channel(f"127.0.0.1:{port}") as chan:
+                stub = orchestrator_pb2_grpc.OrchestratorServiceStub(chan)
+                await eventually(lambda: _ready(stub), within=30)
+                body = {
+                    "name": "sdk-crash",
+                    "steps": [{"domain_id": "test_domain", "action": "slow"}],
+                }
+                created = await stub.CreateWorkflow(workflow(body))
+                started = await stub.ExecuteWorkflow(
+                    pb.ExecuteWorkflowRequest(workflow_id=created.workflow_id)
+                )
+
+                async def body_started() -> bool:
+                    return probe.runs.get("slow", 0) > 0
+
+                await eventually(body_started, within=30)
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=30)
+                await asyncio.sleep(0.5)  # The domain sees the connection go.
+                probe.release.set()
+                process = _start(port, data_dir, world.registry_address)
+                await eventually(lambda: _ready(stub), within=30)
+
+                async def ended() -> bool:
+                    got = await stub.GetExecution(
+                        pb.GetExecutionRequest(execution_id=started.execution_id)
+                    )
+                    return got.execution.state == pb.EXECUTION_STATE_SUCCEEDED
+
+                await eventually(ended, within=30)
+                got = await stub.GetExecution(
+                    pb.GetExecutionRequest(execution_id=started.execution_id)
+                )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    assert probe.runs["slow"] == 1
+    assert got.execution.steps[0].output["run"] == 1.0
