@@ -178,6 +178,7 @@ class StepRun:
     finished_at: float = 0.0
     next_attempt_at: float = 0.0
     compensation_error: str = ""
+    address: str = ""
 
     def to_json(self) -> JsonDict:
         """JSON form for snapshots."""
@@ -194,6 +195,7 @@ class StepRun:
             "finished_at": self.finished_at,
             "next_attempt_at": self.next_attempt_at,
             "compensation_error": self.compensation_error,
+            "address": self.address,
         }
 
     @classmethod
@@ -222,11 +224,21 @@ class Execution:
     records: list[JsonDict] = field(default_factory=list)
     signature: bytes = b""
     resumed: int = 0
+    compensation_rounds: int = 0
+    next_compensation_at: float = 0.0
+    abandoned_by: str = ""
+    abandon_reason: str = ""
+    abandoned_at: float = 0.0
 
     @property
     def terminal(self) -> bool:
         """True once the execution has ended."""
         return self.state in TERMINAL_STATES
+
+    @property
+    def awaits_compensation_retry(self) -> bool:
+        """COMPENSATION_FAILED and not given up on: its compensation is tried again."""
+        return self.state == ExecutionState.COMPENSATION_FAILED and not self.abandoned_at
 
     def output(self) -> JsonDict:
         """Outputs of the succeeded steps by step id."""
@@ -255,6 +267,11 @@ class Execution:
             "records": list(self.records),
             "signature": self.signature.hex(),
             "resumed": self.resumed,
+            "compensation_rounds": self.compensation_rounds,
+            "next_compensation_at": self.next_compensation_at,
+            "abandoned_by": self.abandoned_by,
+            "abandon_reason": self.abandon_reason,
+            "abandoned_at": self.abandoned_at,
         }
 
     @classmethod
@@ -278,4 +295,9 @@ class Execution:
             records=list(raw["records"]),
             signature=bytes.fromhex(raw["signature"]),
             resumed=raw.get("resumed", 0),
+            compensation_rounds=raw.get("compensation_rounds", 0),
+            next_compensation_at=raw.get("next_compensation_at", 0.0),
+            abandoned_by=raw.get("abandoned_by", ""),
+            abandon_reason=raw.get("abandon_reason", ""),
+            abandoned_at=raw.get("abandoned_at", 0.0),
         )

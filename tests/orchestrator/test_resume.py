@@ -24,12 +24,15 @@ from tests.support import free_port
 pytestmark = pytest.mark.slow
 
 
-def _start(port: int, data_dir: Path, registry: str) -> subprocess.Popen[bytes]:
+def _start(
+    port: int, data_dir: Path, registry: str, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "GRACE_REGISTRY_ADDR": registry,
         "GRACE_DATA_DIR": str(data_dir),
         "GRACE_ORCHESTRATOR_PORT": str(port),
+        **(extra or {}),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "services.orchestrator"],
