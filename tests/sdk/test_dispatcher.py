@@ -14,14 +14,16 @@ from services.common.storage import Database
 from services.sdk import Event, Outcome
 from services.sdk.dispatcher import Call, Dispatcher
 from services.sdk.memory import MemoryClient
-from services.sdk.store import KeyValueStore, ResultStore, metadata
+from services.sdk.store import DomainTables, KeyValueStore, ResultStore
 from tests.sdk.conftest import Probe, counting_domain
+
+TABLES = DomainTables.of("test_domain")
 
 
 @pytest.fixture
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
     db = Database(sqlite_url(tmp_path / "domain.db"))
-    await db.create_tables(metadata)
+    await db.create_tables(TABLES.metadata)
     yield db
     await db.close()
 
@@ -34,8 +36,8 @@ def probe() -> Probe:
 def make_dispatcher(probe: Probe, db: Database, max_concurrency: int = 4) -> Dispatcher:
     return Dispatcher(
         counting_domain(probe),
-        ResultStore(db),
-        KeyValueStore(db),
+        ResultStore(db, TABLES),
+        KeyValueStore(db, TABLES),
         MemoryClient("test_domain", None),
         None,
         max_concurrency,
