@@ -53,7 +53,11 @@ async def _related(ctx: Context, words: list[str]) -> tuple[list[dict[str, Any]]
     return ranked[:MAX_RELATED], True
 
 
-@domain.action("analyze", description="Keywords, summary sentence and sentiment of a text")
+@domain.action(
+    "analyze",
+    description="Keywords, summary sentence and sentiment of a text",
+    rerun_if_interrupted=True,
+)
 async def analyze(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     text = text_of(data)
     if not text:

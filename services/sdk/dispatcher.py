@@ -12,7 +12,9 @@ RPC is cancelled), the function still runs to its end and its result is stored f
 caller's retry. A run is marked started durably before the function is called; if the
 domain process dies before the run ends, a later call with the key answers
 FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_INTERRUPTED) instead of running the function a
-second time, because whether the first run had its effect is unknown (at most once).
+second time, because whether the first run had its effect is unknown (at most once),
+unless the action is declared `rerun_if_interrupted` (its effects are keyed on the
+idempotency key); compensations, idempotent in effect by contract, always run again.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ class Dispatcher:
         async def run(ctx: Context) -> Mapping[str, Any] | None:
             return await function(ctx, dict(call.input))
 
-        return await self._call(EXECUTE, call, run)
+        return await self._call(EXECUTE, call, run, rerun=spec.rerun_if_interrupted)
 
     async def compensate(self, call: Call, output: Mapping[str, Any]) -> CallResult:
         """Undoes a completed action, or replays the stored result of an earlier undo.
@@ -146,7 +148,9 @@ class Dispatcher:
         async def run(ctx: Context) -> Mapping[str, Any] | None:
             return await undo(ctx, dict(call.input), dict(output))
 
-        return await self._call(COMPENSATE, call, run)
+        # Compensations are idempotent in effect by contract (see Domain.compensate): one
+        # the domain stopped in the middle of is run again.
+        return await self._call(COMPENSATE, call, run, rerun=True)
 
     async def deliver(
         self, event: Event, *, attempt: int = 1, pattern: str | None = None, traceparent: str = ""
@@ -249,6 +253,8 @@ class Dispatcher:
         kind: str,
         call: Call,
         run: Callable[[Context], Awaitable[Mapping[str, Any] | None]],
+        *,
+        rerun: bool,
     ) -> CallResult:
         # The action's span (a child of the DomainService server span); an error the action
         # raises marks it ERROR, which is what a failing workflow step shows in its trace.
@@ -263,7 +269,7 @@ class Dispatcher:
                 "grace.step.attempt": call.attempt,
             },
         ) as span:
-            result = await self._call_untraced(kind, call, run)
+            result = await self._call_untraced(kind, call, run, rerun)
             span.set_attribute("grace.replayed", result.replayed)
             return result
 
@@ -272,6 +278,7 @@ class Dispatcher:
         kind: str,
         call: Call,
         run: Callable[[Context], Awaitable[Mapping[str, Any] | None]],
+        rerun: bool,
     ) -> CallResult:
         key = call.idempotency_key
         if len(key) > MAX_KEY_LENGTH:
@@ -287,7 +294,7 @@ class Dispatcher:
         # away (its RPC is cancelled when the orchestrator dies mid-call) must not cancel a
         # run that may already have had its effect. The run ends, stores its result, and
         # the caller's retry with the key gets that result instead of a second run.
-        task = asyncio.create_task(self._once(kind, call, run), name=f"{kind} {key}")
+        task = asyncio.create_task(self._once(kind, call, run, rerun), name=f"{kind} {key}")
         self._running[slot] = task
         task.add_done_callback(functools.partial(self._ended, slot))
         return await asyncio.shield(task)
@@ -303,6 +310,7 @@ class Dispatcher:
         kind: str,
         call: Call,
         run: Callable[[Context], Awaitable[Mapping[str, Any] | None]],
+        rerun: bool,
     ) -> CallResult:
         key = call.idempotency_key
         stored = await self.results.get(kind, key)
@@ -319,13 +327,17 @@ class Dispatcher:
                     "idempotency_key", key, f"it was used for action {interrupted!r}"
                 )
             # Marked started, never ended, and not running in this process: the domain
-            # stopped in the middle of it. Its effect is unknown, so it is not run again.
-            raise FailedPrecondition(
-                f"idempotency_key {key!r}: the {kind} of action {call.action!r} with this "
-                f"key was interrupted when domain {self.domain.domain_id!r} stopped; its "
-                "effect is unknown, so it is not run a second time",
-                reason="IDEMPOTENCY_KEY_INTERRUPTED",
-            )
+            # stopped in the middle of it. Its effect is unknown: it runs again only when
+            # declared safe to.
+            if rerun:
+                log.warning("%s %r was interrupted by a stop; running it again", kind, key)
+            else:
+                raise FailedPrecondition(
+                    f"idempotency_key {key!r}: the {kind} of action {call.action!r} with "
+                    f"this key was interrupted when domain {self.domain.domain_id!r} "
+                    "stopped; its effect is unknown, so it is not run a second time",
+                    reason="IDEMPOTENCY_KEY_INTERRUPTED",
+                )
         await self.results.mark_started(kind, key, call.action)
         try:
             output = await self._measured(call, run)

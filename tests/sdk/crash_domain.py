@@ -1,7 +1,8 @@
 """A domain for crash tests, run as its own process (`python -m tests.sdk.crash_domain`).
 
 Its `hang` action notes each start in `<GRACE_DATA_DIR>/hang.starts` and then waits for
-a minute, so a test can kill the process in the middle of it.
+a minute, so a test can kill the process in the middle of it. `resume` (declared safe to
+run again after an interruption) does the same on its first start only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ async def hang(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
         starts.write(f"{ctx.idempotency_key}\n")
     await asyncio.sleep(60)
     return {"hung": True}
+
+
+@domain.action("resume", rerun_if_interrupted=True)
+async def resume(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    path = Path(os.environ["GRACE_DATA_DIR"]) / "resume.starts"
+    first = not path.exists()
+    with path.open("a") as starts:
+        starts.write(f"{ctx.idempotency_key}\n")
+    if first:
+        await asyncio.sleep(60)
+    return {"starts": len(path.read_text().splitlines())}
 
 
 if __name__ == "__main__":

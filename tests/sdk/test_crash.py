@@ -85,3 +85,32 @@ async def test_a_call_interrupted_by_kill_9_is_not_run_again_after_the_restart(
     # The body started once for the interrupted key; another key still runs normally.
     assert deadline.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert starts.read_text().splitlines() == ["ex_1/step_1", "ex_2/step_1"]
+
+
+async def test_an_action_declared_safe_runs_again_after_a_kill_9(tmp_path: Path) -> None:
+    port = free_port()
+    starts = tmp_path / "resume.starts"
+    request = pb.ExecuteRequest(action="resume", idempotency_key="ex_1/step_1", attempt=1)
+    process = _start(port, tmp_path)
+    try:
+        async with channel(f"127.0.0.1:{port}") as chan:
+            stub = domain_pb2_grpc.DomainServiceStub(chan)
+
+            async def call() -> object:
+                return await stub.Execute(request, timeout=60, wait_for_ready=True)
+
+            first = asyncio.create_task(call())
+            await _until(lambda: starts.exists())
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await first
+            process = _start(port, tmp_path)
+            again = await stub.Execute(request, timeout=30, wait_for_ready=True)
+            replay = await stub.Execute(request, timeout=30, wait_for_ready=True)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert dict(again.output) == {"starts": 2.0}
+    assert replay.replayed
+    assert starts.read_text().splitlines() == ["ex_1/step_1", "ex_1/step_1"]

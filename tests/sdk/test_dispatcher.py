@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.common.config import sqlite_url
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.storage import Database
-from services.sdk import Event, Outcome
+from services.sdk import Context, Domain, Event, Outcome
 from services.sdk.dispatcher import Call, Dispatcher
 from services.sdk.memory import MemoryClient
 from services.sdk.store import DomainTables, KeyValueStore, ResultStore
@@ -291,3 +292,52 @@ async def test_a_stop_lets_a_run_that_ends_in_time_store_its_result(
     replay = await make_dispatcher(probe, database).execute(call)
     assert replay.replayed
     assert probe.runs["slow"] == 1
+
+
+async def test_an_action_declared_safe_to_rerun_runs_again_after_an_interruption(
+    database: Database,
+) -> None:
+    release, running = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+    domain = Domain("test_domain")
+
+    @domain.action("keyed", rerun_if_interrupted=True)
+    async def keyed(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+        runs.append(ctx.idempotency_key)
+        running.set()
+        await release.wait()
+        return {"runs": len(runs)}
+
+    def dispatcher() -> Dispatcher:
+        return Dispatcher(
+            domain,
+            ResultStore(database, TABLES),
+            KeyValueStore(database, TABLES),
+            MemoryClient("test_domain", None),
+            None,
+            4,
+        )
+
+    first = dispatcher()
+    call = Call("keyed", {}, idempotency_key="exec-8/step_1")
+    caller = asyncio.create_task(first.execute(call))
+    await asyncio.wait_for(running.wait(), timeout=10)
+    await first.drain(timeout_s=0.05)
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    restarted = dispatcher()
+    result = await restarted.execute(call)
+    assert result.output == {"runs": 2.0}
+    assert not result.replayed
+    assert (await restarted.execute(call)).replayed  # And stored, as any first result.
+
+
+async def test_an_interrupted_compensation_runs_again(probe: Probe, database: Database) -> None:
+    first = make_dispatcher(probe, database)
+    call = Call("echo", {"text": "x"}, idempotency_key="exec-7/step_1/compensate")
+    results = ResultStore(database, TABLES)
+    await results.mark_started("compensate", call.idempotency_key, "echo")  # A killed undo.
+    undone = await first.compensate(call, {"run": 1.0})
+    assert undone.output == {"undone_run": 1.0, "undo": 1.0}
+    assert await results.started("compensate", call.idempotency_key) is None
