@@ -10,15 +10,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from grace.domain.v1 import domain_pb2
 from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
+from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
 from tests.orchestrator.conftest import World, eventually
 from tests.orchestrator.test_workflows import workflow
 from tests.sdk.conftest import Probe, counting_domain, domain_config
+from tests.sdk.test_crash import start_crash_domain
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
@@ -171,3 +174,45 @@ async def test_killed_mid_call_to_an_sdk_domain_the_step_body_runs_once(
                 process.kill()
     assert probe.runs["slow"] == 1
     assert got.execution.steps[0].output["run"] == 1.0
+
+
+async def test_a_step_rides_out_a_kill_9_and_restart_of_its_domain(
+    world: World, orchestrator: orchestrator_pb2_grpc.OrchestratorServiceStub, tmp_path: Path
+) -> None:
+    port = free_port()
+    data_dir = tmp_path / "crash-domain"
+    domain = start_crash_domain(port, data_dir, world.registry_address)
+    try:
+        async with channel(world.registry_address) as chan:
+            registry = registry_pb2_grpc.RegistryServiceStub(chan)
+
+            async def registered() -> bool:
+                try:
+                    await registry.GetDomain(
+                        registry_pb2.GetDomainRequest(domain_id="crash_domain")
+                    )
+                except grpc.aio.AioRpcError:
+                    return False
+                return True
+
+            await eventually(registered, within=30)
+        domain.send_signal(signal.SIGKILL)
+        domain.wait(timeout=30)
+        body = {"name": "restart", "steps": [{"domain_id": "crash_domain", "action": "ping"}]}
+        created = await orchestrator.CreateWorkflow(workflow(body))
+        request = pb.ExecuteWorkflowRequest(workflow_id=created.workflow_id, wait=True)
+
+        async def execute() -> pb.ExecuteWorkflowResponse:
+            return await orchestrator.ExecuteWorkflow(request, timeout=60)
+
+        running = asyncio.create_task(execute())
+        await asyncio.sleep(3.0)  # About as long as Guardian takes to restart it.
+        assert not running.done()
+        domain = start_crash_domain(port, data_dir, world.registry_address)
+        ex = (await running).execution
+    finally:
+        domain.send_signal(signal.SIGKILL)
+        domain.wait(timeout=30)
+    assert ex.state == pb.EXECUTION_STATE_SUCCEEDED
+    assert ex.steps[0].attempts > 3  # More than the default max_attempts.
+    assert dict(ex.steps[0].output) == {"pong": True}

@@ -2,7 +2,8 @@
 
 Its `hang` action notes each start in `<GRACE_DATA_DIR>/hang.starts` and then waits for
 a minute, so a test can kill the process in the middle of it. `resume` (declared safe to
-run again after an interruption) does the same on its first start only.
+run again after an interruption) does the same on its first start only; `ping` answers at
+once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ async def hang(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
         starts.write(f"{ctx.idempotency_key}\n")
     await asyncio.sleep(60)
     return {"hung": True}
+
+
+@domain.action("ping", rerun_if_interrupted=True)
+async def ping(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    return {"pong": True}
 
 
 @domain.action("resume", rerun_if_interrupted=True)

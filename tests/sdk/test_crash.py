@@ -21,11 +21,12 @@ from tests.support import ISOLATED_PEERS, free_port
 pytestmark = pytest.mark.slow
 
 
-def _start(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_crash_domain(port: int, data_dir: Path, registry: str = "off") -> subprocess.Popen[bytes]:
+    """Runs `tests.sdk.crash_domain` on `port`, registering with `registry` unless "off"."""
     env = {
         **os.environ,
         **ISOLATED_PEERS,
-        "GRACE_REGISTRY_ADDR": "off",
+        "GRACE_REGISTRY_ADDR": registry,
         "GRACE_EVENTBUS_ADDR": "off",
         "GRACE_MEMORY_ADDR": "off",
         "GRACE_TRUST_ADDR": "off",
@@ -56,7 +57,7 @@ async def test_a_call_interrupted_by_kill_9_is_not_run_again_after_the_restart(
     port = free_port()
     starts = tmp_path / "hang.starts"
     request = pb.ExecuteRequest(action="hang", idempotency_key="ex_1/step_1", attempt=1)
-    process = _start(port, tmp_path)
+    process = start_crash_domain(port, tmp_path)
     try:
         async with channel(f"127.0.0.1:{port}") as chan:
             stub = domain_pb2_grpc.DomainServiceStub(chan)
@@ -70,7 +71,7 @@ async def test_a_call_interrupted_by_kill_9_is_not_run_again_after_the_restart(
             process.wait(timeout=30)
             with pytest.raises(grpc.aio.AioRpcError):
                 await first
-            process = _start(port, tmp_path)
+            process = start_crash_domain(port, tmp_path)
             request.attempt = 2
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await stub.Execute(request, timeout=30, wait_for_ready=True)
@@ -91,7 +92,7 @@ async def test_an_action_declared_safe_runs_again_after_a_kill_9(tmp_path: Path)
     port = free_port()
     starts = tmp_path / "resume.starts"
     request = pb.ExecuteRequest(action="resume", idempotency_key="ex_1/step_1", attempt=1)
-    process = _start(port, tmp_path)
+    process = start_crash_domain(port, tmp_path)
     try:
         async with channel(f"127.0.0.1:{port}") as chan:
             stub = domain_pb2_grpc.DomainServiceStub(chan)
@@ -105,7 +106,7 @@ async def test_an_action_declared_safe_runs_again_after_a_kill_9(tmp_path: Path)
             process.wait(timeout=30)
             with pytest.raises(grpc.aio.AioRpcError):
                 await first
-            process = _start(port, tmp_path)
+            process = start_crash_domain(port, tmp_path)
             again = await stub.Execute(request, timeout=30, wait_for_ready=True)
             replay = await stub.Execute(request, timeout=30, wait_for_ready=True)
     finally:
