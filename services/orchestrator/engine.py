@@ -24,7 +24,6 @@ from services.common.governance_client import GovernanceGate
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.signing import SigningKey
 from services.common.validation import require_id, require_text
-from services.common.waiting import wait_for_event
 from services.orchestrator import events
 from services.orchestrator.definition import StepDraft, build_steps, check_name
 from services.orchestrator.model import (
@@ -32,10 +31,10 @@ from services.orchestrator.model import (
     ExecutionState,
     JsonDict,
     StepRun,
-    StepState,
     WorkflowSpec,
 )
 from services.orchestrator.proof import head_hash
+from services.orchestrator.rounds import CompensationRounds
 from services.orchestrator.routing import DomainRouter
 from services.orchestrator.runner import ExecutionRunner
 from services.orchestrator.store import OrchestratorStore
@@ -135,12 +134,7 @@ class Orchestrator:
         self._recent: OrderedDict[str, Execution] = OrderedDict()
         self._workflows: OrderedDict[str, WorkflowSpec] = OrderedDict()
         self._watchers: dict[str, set[asyncio.Queue[tuple[JsonDict, str]]]] = {}
-        # COMPENSATION_FAILED executions by the time their next compensation round is due.
-        self._due: dict[str, float] = {}
-        self._due_changed = asyncio.Event()
-        self._retries: asyncio.Task[None] | None = None
-        # Executions a retry or an abandon is working on (claimed before any await).
-        self._busy: set[str] = set()
+        self.rounds = CompensationRounds(self)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -159,17 +153,11 @@ class Orchestrator:
             self._runners[execution.execution_id] = runner
             runner.start()
             log.info("resumed execution %s (%s)", execution.execution_id, execution.state)
-        for snapshot in await self.store.load_state(ExecutionState.COMPENSATION_FAILED.value):
-            execution = Execution.from_json(snapshot)
-            if execution.awaits_compensation_retry:
-                self._due[execution.execution_id] = execution.next_compensation_at
-        self._retries = asyncio.create_task(self._retry_forever(), name="compensation-retries")
+        await self.rounds.open()
 
     async def close(self) -> None:
         """Stops runners where they are (they resume at the next start) and the store."""
-        if self._retries is not None:
-            self._retries.cancel()
-            await asyncio.gather(self._retries, return_exceptions=True)
+        await self.rounds.close()
         tasks = [r.task for r in self._runners.values() if r.task is not None]
         for task in tasks:
             task.cancel()
@@ -218,6 +206,14 @@ class Orchestrator:
         self._workflows.move_to_end(spec.workflow_id)
         while len(self._workflows) > self.settings.recent_cache:
             self._workflows.popitem(last=False)
+
+    async def workflow(self, workflow_id: str) -> WorkflowSpec:
+        """A workflow definition (cached).
+
+        Raises:
+            NotFound: No such workflow.
+        """
+        return await self._workflow(workflow_id)
 
     async def _workflow(self, workflow_id: str) -> WorkflowSpec:
         spec = self._workflows.get(workflow_id)
@@ -398,182 +394,6 @@ class Orchestrator:
             if not watchers:
                 self._watchers.pop(execution_id, None)
 
-    # -- compensation that failed ---------------------------------------------------------
-
-    def compensation_delay(self, round_number: int) -> float:
-        """Seconds before compensation round `round_number` (1 after the first failure)."""
-        return self.settings.compensation_retry.delay(round_number)
-
-    async def list_compensation_failed(
-        self, size: int, token: str, include_abandoned: bool
-    ) -> tuple[list[Execution], str]:
-        """One page of COMPENSATION_FAILED executions (newest first) and the next token;
-        those an operator abandoned only with `include_abandoned`."""
-        limit = page_size(size)
-        position = decode_token(token)
-        after = (float(position["t"]), str(position["id"])) if position else None
-        state = ExecutionState.COMPENSATION_FAILED.value
-        found: list[Execution] = []
-        while len(found) <= limit:
-            batch = await self.store.list_executions(limit + 1, after, "", state)
-            for snapshot in batch:
-                execution = Execution.from_json(snapshot)
-                if include_abandoned or not execution.abandoned_at:
-                    found.append(execution)
-            if len(batch) <= limit:
-                break
-            after = (float(batch[-1]["created_at"]), str(batch[-1]["execution_id"]))
-        page = found[:limit]
-        next_token = (
-            encode_token({"t": page[-1].created_at, "id": page[-1].execution_id})
-            if len(found) > limit
-            else ""
-        )
-        return page, next_token
-
-    def _claim(self, execution_id: str) -> None:
-        if execution_id in self._busy or execution_id in self._runners:
-            raise FailedPrecondition(
-                f"execution {execution_id!r} is being compensated now; try again when it ends",
-                reason="COMPENSATION_IN_PROGRESS",
-            )
-        self._busy.add(execution_id)
-
-    @staticmethod
-    def _require_compensation_failed(execution: Execution) -> None:
-        if execution.state != ExecutionState.COMPENSATION_FAILED:
-            raise FailedPrecondition(
-                f"execution {execution.execution_id!r} is {execution.state.value}; only a "
-                "COMPENSATION_FAILED execution is retried or abandoned",
-                reason="EXECUTION_NOT_COMPENSATION_FAILED",
-            )
-
-    async def retry_compensation(self, execution_id: str, operator: str = "") -> Execution:
-        """Starts a new round of compensation of a COMPENSATION_FAILED execution now.
-
-        The steps whose compensation failed are compensated again (with their retry
-        policy, at the address they ran at); the execution ends ROLLED_BACK, or
-        COMPENSATION_FAILED again with the next round scheduled with backoff.
-
-        Args:
-            execution_id: The execution.
-            operator: Who asked; "" for the automatic retries.
-
-        Raises:
-            NotFound: No such execution.
-            FailedPrecondition: It is not COMPENSATION_FAILED, was abandoned, or is being
-                compensated now.
-        """
-        require_text("operator", operator, max_length=128)
-        self._claim(execution_id)
-        try:
-            current = await self.get_execution(execution_id)
-            self._require_compensation_failed(current)
-            if current.abandoned_at:
-                raise FailedPrecondition(
-                    f"execution {execution_id!r} was abandoned by {current.abandoned_by!r}; "
-                    "its compensation is not retried",
-                    reason="COMPENSATION_ABANDONED",
-                )
-            spec = await self._workflow(current.workflow_id)
-            execution = Execution.from_json(current.to_json())
-            execution.compensation_rounds += 1
-            execution.next_compensation_at = 0.0
-            execution.finished_at = 0.0
-            execution.signature = b""
-            execution.state = ExecutionState.COMPENSATING
-            for run in execution.steps.values():
-                if run.state == StepState.COMPENSATION_FAILED:
-                    run.state = StepState.COMPENSATING
-                    run.compensation_error = ""
-            announce = events.compensation_retrying(execution, operator)
-            runner = ExecutionRunner(
-                self,
-                spec,
-                execution,
-                [events.event(events.COMPENSATION_RETRYING, announce, execution)],
-            )
-            by = f" by {operator}" if operator else ""
-            runner._mark(f"execution.compensation_retry round {execution.compensation_rounds}{by}")
-            await runner.persist(sync=True)  # Raises, with nothing changed, if not stored.
-            self._due.pop(execution_id, None)
-            self._recent.pop(execution_id, None)
-            self.state_changed(ExecutionState.COMPENSATION_FAILED, ExecutionState.COMPENSATING)
-            self._runners[execution_id] = runner
-            runner.start()
-            log.info(
-                "compensation of execution %s: round %d%s",
-                execution_id,
-                execution.compensation_rounds,
-                by,
-            )
-            return execution
-        finally:
-            self._busy.discard(execution_id)
-
-    async def abandon_compensation(
-        self, execution_id: str, operator: str, reason: str
-    ) -> Execution:
-        """Gives up on compensating a COMPENSATION_FAILED execution: it is no longer
-        retried, and who gave up and why are recorded with it. Abandoning it again
-        returns it unchanged.
-
-        Raises:
-            InvalidArgument: `operator` or `reason` is missing or too long.
-            NotFound: No such execution.
-            FailedPrecondition: It is not COMPENSATION_FAILED, or is being compensated now.
-        """
-        require_text("operator", operator, max_length=128, required=True)
-        require_text("reason", reason, max_length=512, required=True)
-        self._claim(execution_id)
-        try:
-            current = await self.get_execution(execution_id)
-            self._require_compensation_failed(current)
-            if current.abandoned_at:
-                return current
-            execution = Execution.from_json(current.to_json())
-            execution.abandoned_by = operator
-            execution.abandon_reason = reason
-            execution.abandoned_at = execution.updated_at = self.clock()
-            execution.next_compensation_at = 0.0
-            announce = events.compensation_abandoned(execution)
-            await self.store.save(
-                execution.to_json(),
-                [events.event(events.COMPENSATION_ABANDONED, announce, execution)],
-                sync=True,
-            )
-            self._due.pop(execution_id, None)
-            if execution_id in self._recent:
-                self._recent[execution_id] = execution
-            log.warning(
-                "compensation of execution %s abandoned by %s: %s", execution_id, operator, reason
-            )
-            return execution
-        finally:
-            self._busy.discard(execution_id)
-
-    async def _retry_forever(self) -> None:
-        """Starts each COMPENSATION_FAILED execution's next round when it is due."""
-        while True:
-            self._due_changed.clear()
-            now = self.clock()
-            for execution_id in [e for e, at in self._due.items() if at <= now]:
-                try:
-                    await self.retry_compensation(execution_id)
-                except (FailedPrecondition, NotFound):
-                    self._due.pop(execution_id, None)  # Running, abandoned or gone.
-                except Exception:
-                    delay = self.compensation_delay(1)
-                    log.exception(
-                        "could not start compensating execution %s; again in %.0fs",
-                        execution_id,
-                        delay,
-                    )
-                    self._due[execution_id] = self.clock() + delay
-            wait = min(self._due.values(), default=now + 3600.0) - self.clock()
-            if wait > 0:
-                await wait_for_event(self._due_changed, min(wait, 3600.0))
-
     async def proof(self, execution_id: str) -> Proof:
         """The signed proof of an ended execution.
 
@@ -616,11 +436,25 @@ class Orchestrator:
             return
         self._runners.pop(execution.execution_id, None)
         self._recent[execution.execution_id] = execution
-        if execution.awaits_compensation_retry:
-            self._due[execution.execution_id] = execution.next_compensation_at
-            self._due_changed.set()
+        self.rounds.schedule(execution)
         while len(self._recent) > self.settings.recent_cache:
             self._recent.popitem(last=False)
+
+    def is_live(self, execution_id: str) -> bool:
+        """True while a runner drives the execution."""
+        return execution_id in self._runners
+
+    def run(self, runner: ExecutionRunner) -> None:
+        """Makes an ended execution live again with `runner` (a new compensation round)."""
+        execution_id = runner.ex.execution_id
+        self._recent.pop(execution_id, None)
+        self._runners[execution_id] = runner
+        runner.start()
+
+    def remember(self, execution: Execution) -> None:
+        """Replaces the cached copy of an ended execution that changed (abandoned)."""
+        if execution.execution_id in self._recent:
+            self._recent[execution.execution_id] = execution
 
     @property
     def running(self) -> int:

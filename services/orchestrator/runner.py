@@ -537,7 +537,7 @@ class ExecutionRunner:
         self.ex.finished_at = self.host.clock()
         if self.ex.awaits_compensation_retry:
             # Scheduled in the same snapshot as the failure, so a restart keeps it.
-            self.ex.next_compensation_at = self.ex.finished_at + self.host.compensation_delay(
+            self.ex.next_compensation_at = self.ex.finished_at + self.host.rounds.delay(
                 self.ex.compensation_rounds + 1
             )
         head = proof.head_hash(self.ex.execution_id, self.ex.records)

@@ -270,7 +270,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def ListCompensationFailed(
         self, request: pb.ListCompensationFailedRequest, context: Context
     ) -> pb.ListCompensationFailedResponse:
-        page, token = await self._core.list_compensation_failed(
+        page, token = await self._core.rounds.list(
             request.page_size, request.page_token, request.include_abandoned
         )
         return pb.ListCompensationFailedResponse(
@@ -280,13 +280,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def RetryCompensation(
         self, request: pb.RetryCompensationRequest, context: Context
     ) -> pb.RetryCompensationResponse:
-        ex = await self._core.retry_compensation(request.execution_id, request.operator)
+        ex = await self._core.rounds.retry(request.execution_id, request.operator)
         return pb.RetryCompensationResponse(execution=execution_to_proto(ex))
 
     async def AbandonCompensation(
         self, request: pb.AbandonCompensationRequest, context: Context
     ) -> pb.AbandonCompensationResponse:
-        ex = await self._core.abandon_compensation(
-            request.execution_id, request.operator, request.reason
-        )
+        ex = await self._core.rounds.abandon(request.execution_id, request.operator, request.reason)
         return pb.AbandonCompensationResponse(execution=execution_to_proto(ex))
