@@ -56,8 +56,16 @@ async def _related(ctx: Context, words: list[str]) -> tuple[list[dict[str, Any]]
     return ranked[:MAX_RELATED], True
 
 
-@domain.action("analyze_content", description="Same as analyze (seed 001's name)")
-@domain.action("analyze", description="Keywords, summary sentence and sentiment of a text")
+@domain.action(
+    "analyze_content",
+    description="Same as analyze (seed 001's name)",
+    rerun_if_interrupted=True,
+)
+@domain.action(
+    "analyze",
+    description="Keywords, summary sentence and sentiment of a text",
+    rerun_if_interrupted=True,
+)
 async def analyze(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     text = text_of(data)
     source = "input"

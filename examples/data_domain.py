@@ -39,8 +39,16 @@ def _document_id(ctx: Context) -> str:
     return "doc_" + uuid.uuid4().hex[:20]
 
 
-@domain.action("ingest_document", description="Same as ingest (seed 001's name)")
-@domain.action("ingest", description="Stores a document; returns its id and text statistics")
+@domain.action(
+    "ingest_document",
+    description="Same as ingest (seed 001's name)",
+    rerun_if_interrupted=True,
+)
+@domain.action(
+    "ingest",
+    description="Stores a document; returns its id and text statistics",
+    rerun_if_interrupted=True,
+)
 async def ingest(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     text = text_of(data)
     if not text:
@@ -89,7 +97,7 @@ async def delete_ingested(
     return {"document_id": document_id, "deleted": deleted}
 
 
-@domain.action("get", description="Returns a stored document")
+@domain.action("get", description="Returns a stored document", rerun_if_interrupted=True)
 async def get(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     document_id = field(data, "document_id", str)
     record = await ctx.store.get(DOCUMENTS, document_id)

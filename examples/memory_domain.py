@@ -38,7 +38,9 @@ def _keyword_words(value: object) -> list[str]:
     return [str(k["word"] if isinstance(k, dict) else k) for k in value][:10]
 
 
-@domain.action("store", description="Contributes an analysis to the shared memory")
+@domain.action(
+    "store", description="Contributes an analysis to the shared memory", rerun_if_interrupted=True
+)
 async def store(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     summary = field(data, "summary", str, "")
     words = _keyword_words(data.get("keywords"))
@@ -98,8 +100,12 @@ async def retract(ctx: Context, data: dict[str, Any], output: dict[str, Any]) ->
     return {"contribution_id": contribution_id, "retracted": knowledge.retracted, "found": True}
 
 
-@domain.action("search", description="Same as search_similar")
-@domain.action("search_similar", description="Finds knowledge similar to a text or query")
+@domain.action("search", description="Same as search_similar", rerun_if_interrupted=True)
+@domain.action(
+    "search_similar",
+    description="Finds knowledge similar to a text or query",
+    rerun_if_interrupted=True,
+)
 async def search_similar(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     query = field(data, "query", str, "").strip()
     if not query:
@@ -129,7 +135,9 @@ async def search_similar(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@domain.action("recent_events", description="The ml.* events this domain observed")
+@domain.action(
+    "recent_events", description="The ml.* events this domain observed", rerun_if_interrupted=True
+)
 async def recent_events(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
     limit = int(field(data, "limit", float, 50.0))
     entries = await ctx.store.list(ML_EVENTS, limit=max(1, min(limit, 1000)))

@@ -9,6 +9,10 @@ Besides the common server settings (see `services.common.config`):
 - `GRACE_ORCHESTRATOR_MAX_PARALLEL_STEPS`: steps of one execution running at once (16).
 - `GRACE_ORCHESTRATOR_MAX_INFLIGHT_CALLS`: domain calls in flight overall (512).
 - `GRACE_ORCHESTRATOR_ROUTE_CACHE_S`: how long a resolved domain address is reused (5).
+- `GRACE_ORCHESTRATOR_COMPENSATION_RETRY_S` / `..._COMPENSATION_RETRY_MAX_S`: a
+  COMPENSATION_FAILED execution's compensation is tried again after this delay, doubling
+  (with 20% jitter) up to the maximum, until it succeeds or an operator abandons it
+  (10 / 600).
 - `GRACE_ORCHESTRATOR_GOVERNANCE`: ask governance (`GRACE_GOVERNANCE_ADDR`) before each
   step, as `<domain>.<action>` by `workflow:<id>` (on | off, default on); a refusal fails
   the step and rolls the execution back. `GRACE_ORCHESTRATOR_GOVERNANCE_FALLBACK`: what
@@ -25,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.backoff import Backoff
 from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, peer_address
 from services.orchestrator.engine import OrchestratorSettings
 
@@ -63,6 +68,19 @@ class OrchestratorConfig:
                 ),
                 approval_wait_s=reader.number(
                     "GRACE_ORCHESTRATOR_APPROVAL_WAIT_S", 3600.0, minimum=1, maximum=7 * 86400
+                ),
+                compensation_retry=Backoff(
+                    initial_s=reader.number(
+                        "GRACE_ORCHESTRATOR_COMPENSATION_RETRY_S", 10.0, minimum=0.01, maximum=86400
+                    ),
+                    factor=2.0,
+                    max_s=reader.number(
+                        "GRACE_ORCHESTRATOR_COMPENSATION_RETRY_MAX_S",
+                        600.0,
+                        minimum=0.01,
+                        maximum=86400,
+                    ),
+                    jitter=0.2,
                 ),
             ),
             registry_address=peer_address(env, "registry"),

@@ -34,6 +34,7 @@ class RetryDraft:
     initial_backoff_s: float | None = None
     multiplier: float = 0.0
     max_backoff_s: float | None = None
+    unavailable_window_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,22 @@ def _retry(prefix: str, draft: RetryDraft | None) -> RetryPolicy:
         default.initial_backoff_s if draft.initial_backoff_s is None else draft.initial_backoff_s
     )
     maximum = default.max_backoff_s if draft.max_backoff_s is None else draft.max_backoff_s
-    for name, value in (("initial_backoff", initial), ("max_backoff", maximum)):
+    window = (
+        default.unavailable_window_s
+        if draft.unavailable_window_s is None
+        else draft.unavailable_window_s
+    )
+    for name, value in (
+        ("initial_backoff", initial),
+        ("max_backoff", maximum),
+        ("unavailable_window", window),
+    ):
         if not 0 <= value <= MAX_TIMEOUT_S:
             raise InvalidArgument(f"{prefix}.{name}", "must be between 0 s and 1 h")
     multiplier = draft.multiplier or default.multiplier
     if not 1 <= multiplier <= 10:
         raise InvalidArgument(f"{prefix}.backoff_multiplier", "must be between 1 and 10")
-    return RetryPolicy(attempts, initial, multiplier, max(maximum, 0.0))
+    return RetryPolicy(attempts, initial, multiplier, max(maximum, 0.0), window)
 
 
 def _find_cycle(steps: Sequence[StepSpec]) -> list[str] | None:

@@ -8,7 +8,6 @@ from the store (with a small cache of recent ones).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry import context as otel_context
 
+from services.common.backoff import Backoff
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.governance_client import GovernanceGate
 from services.common.pagination import decode_token, encode_token, page_size, take_page
@@ -34,6 +34,7 @@ from services.orchestrator.model import (
     WorkflowSpec,
 )
 from services.orchestrator.proof import head_hash
+from services.orchestrator.rounds import CompensationRounds
 from services.orchestrator.routing import DomainRouter
 from services.orchestrator.runner import ExecutionRunner
 from services.orchestrator.store import OrchestratorStore
@@ -53,12 +54,17 @@ class OrchestratorSettings:
         recent_cache: Ended executions kept in memory for fast reads.
         approval_wait_s: How long a step held by a REQUIRE_APPROVAL policy waits for the
             approval before it fails.
+        compensation_retry: Delay before each new round of compensation of a
+            COMPENSATION_FAILED execution (round 1 after the first failure).
     """
 
     max_parallel_steps: int = 16
     max_inflight_calls: int = 512
     recent_cache: int = 1000
     approval_wait_s: float = 3600.0
+    compensation_retry: Backoff = field(
+        default_factory=lambda: Backoff(initial_s=10.0, factor=2.0, max_s=600.0, jitter=0.2)
+    )
 
 
 @dataclass
@@ -127,9 +133,11 @@ class Orchestrator:
         self.stats = Stats()
         self.call_slots = asyncio.Semaphore(self.settings.max_inflight_calls)
         self._runners: dict[str, ExecutionRunner] = {}
+        self._claims: dict[str, asyncio.Future[Execution]] = {}
         self._recent: OrderedDict[str, Execution] = OrderedDict()
         self._workflows: OrderedDict[str, WorkflowSpec] = OrderedDict()
         self._watchers: dict[str, set[asyncio.Queue[tuple[JsonDict, str]]]] = {}
+        self.rounds = CompensationRounds(self)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -148,9 +156,11 @@ class Orchestrator:
             self._runners[execution.execution_id] = runner
             runner.start()
             log.info("resumed execution %s (%s)", execution.execution_id, execution.state)
+        await self.rounds.open()
 
     async def close(self) -> None:
         """Stops runners where they are (they resume at the next start) and the store."""
+        await self.rounds.close()
         tasks = [r.task for r in self._runners.values() if r.task is not None]
         for task in tasks:
             task.cancel()
@@ -199,6 +209,14 @@ class Orchestrator:
         self._workflows.move_to_end(spec.workflow_id)
         while len(self._workflows) > self.settings.recent_cache:
             self._workflows.popitem(last=False)
+
+    async def workflow(self, workflow_id: str) -> WorkflowSpec:
+        """A workflow definition (cached).
+
+        Raises:
+            NotFound: No such workflow.
+        """
+        return await self._workflow(workflow_id)
 
     async def _workflow(self, workflow_id: str) -> WorkflowSpec:
         spec = self._workflows.get(workflow_id)
@@ -249,14 +267,37 @@ class Orchestrator:
         Raises:
             NotFound: No such workflow.
         """
-        if request_id:
-            require_id("request_id", request_id)
-        spec = await self._workflow(workflow_id)
+        if not request_id:
+            execution = await self._start(workflow_id, _derived_id("ex_", workflow_id, ""), payload)
+            return await self._wait(execution) if wait else execution
+        require_id("request_id", request_id)
         execution_id = _derived_id("ex_", workflow_id, request_id)
-        if request_id:
-            with contextlib.suppress(NotFound):
-                existing = await self.get_execution(execution_id)
-                return await self._wait(existing) if wait else existing
+        # The id is claimed before the first await: a concurrent call with the same
+        # request_id waits for the claimant instead of starting a second runner, and
+        # tries again itself if the claimant failed (a failed claim is cancelled).
+        while (claim := self._claims.get(execution_id)) is not None:
+            await asyncio.wait({claim})
+            if not claim.cancelled():
+                execution = claim.result()
+                return await self._wait(execution) if wait else execution
+        claim = asyncio.get_running_loop().create_future()
+        self._claims[execution_id] = claim
+        try:
+            try:
+                execution = await self.get_execution(execution_id)
+            except NotFound:
+                execution = await self._start(workflow_id, execution_id, payload)
+        except BaseException:
+            claim.cancel()
+            raise
+        finally:
+            del self._claims[execution_id]
+        claim.set_result(execution)
+        return await self._wait(execution) if wait else execution
+
+    async def _start(self, workflow_id: str, execution_id: str, payload: JsonDict) -> Execution:
+        """Creates an execution, starts its runner and returns once it is persisted."""
+        spec = await self._workflow(workflow_id)
         now = self.clock()
         execution = Execution(
             execution_id=execution_id,
@@ -279,7 +320,7 @@ class Orchestrator:
         self.state_changed(None, ExecutionState.RUNNING)
         runner.start()
         await asyncio.shield(runner.first_persist)
-        return await self._wait(execution) if wait else execution
+        return execution
 
     async def _wait(self, execution: Execution) -> Execution:
         runner = self._runners.get(execution.execution_id)
@@ -414,8 +455,25 @@ class Orchestrator:
             return
         self._runners.pop(execution.execution_id, None)
         self._recent[execution.execution_id] = execution
+        self.rounds.schedule(execution)
         while len(self._recent) > self.settings.recent_cache:
             self._recent.popitem(last=False)
+
+    def is_live(self, execution_id: str) -> bool:
+        """True while a runner drives the execution."""
+        return execution_id in self._runners
+
+    def run(self, runner: ExecutionRunner) -> None:
+        """Makes an ended execution live again with `runner` (a new compensation round)."""
+        execution_id = runner.ex.execution_id
+        self._recent.pop(execution_id, None)
+        self._runners[execution_id] = runner
+        runner.start()
+
+    def remember(self, execution: Execution) -> None:
+        """Replaces the cached copy of an ended execution that changed (abandoned)."""
+        if execution.execution_id in self._recent:
+            self._recent[execution.execution_id] = execution
 
     @property
     def running(self) -> int:

@@ -25,16 +25,21 @@ STEP_COMPLETED = "workflow.step.completed"
 STEP_FAILED = "workflow.step.failed"
 COMPLETED = "workflow.completed"
 ROLLED_BACK = "workflow.rolled_back"
+COMPENSATION_RETRYING = "workflow.compensation.retrying"
+COMPENSATION_ABANDONED = "workflow.compensation.abandoned"
 
 
 def event(event_type: str, data: JsonDict, ex: Execution, step_id: str = "") -> Event:
     """An outbox event about an execution (or one of its steps).
 
-    Its id is derived from what it announces ("<execution_id>[:<step_id>]:<type>"), so an
-    event re-created when an execution resumes is a duplicate the bus suppresses.
+    Its id is derived from what it announces ("<execution_id>[:<step_id>]:<type>", and
+    ":<round>" once the compensation was retried), so an event re-created when an
+    execution resumes is a duplicate the bus suppresses, while the end of a later
+    compensation round is a new event.
     """
     scope = f"{ex.execution_id}:{step_id}" if step_id else ex.execution_id
-    return (event_type, data, ex.execution_id, f"{scope}:{event_type}")
+    suffix = f":{ex.compensation_rounds}" if ex.compensation_rounds else ""
+    return (event_type, data, ex.execution_id, f"{scope}:{event_type}{suffix}")
 
 
 def _base(ex: Execution) -> JsonDict:
@@ -94,6 +99,31 @@ def rolled_back(ex: Execution, head_hash: str, key_id: str) -> JsonDict:
         "state": ex.state.value,
         "error": ex.error,
         "compensated": list(ex.compensation_order),
+        "compensation_failed": [
+            sid for sid, run in ex.steps.items() if run.state.value == "COMPENSATION_FAILED"
+        ],
+        "compensation_round": ex.compensation_rounds,
+        "next_compensation_at": ex.next_compensation_at,
+    }
+
+
+def compensation_retrying(ex: Execution, operator: str) -> JsonDict:
+    """Payload of workflow.compensation.retrying: round n of the rollback starts."""
+    return {
+        **_base(ex),
+        "round": ex.compensation_rounds,
+        "requested_by": operator,
+        "steps": [sid for sid, run in ex.steps.items() if run.state.value == "COMPENSATING"],
+    }
+
+
+def compensation_abandoned(ex: Execution) -> JsonDict:
+    """Payload of workflow.compensation.abandoned: an operator gave up on the rollback."""
+    return {
+        **_base(ex),
+        "abandoned_by": ex.abandoned_by,
+        "reason": ex.abandon_reason,
+        "rounds": ex.compensation_rounds,
         "compensation_failed": [
             sid for sid, run in ex.steps.items() if run.state.value == "COMPENSATION_FAILED"
         ],

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from services.common.backoff import Backoff
+
 JsonDict = dict[str, Any]
 
 
@@ -43,16 +45,56 @@ class StepState(StrEnum):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Attempts and exponential backoff of one step's calls."""
+    """Attempts and exponential backoff of one step's calls.
+
+    `max_attempts` bounds the attempts after errors a domain answered. A domain (or the
+    registry) that cannot be reached at all is retried past `max_attempts` for as long as
+    the next attempt starts within `unavailable_window_s` of the first: long enough to
+    ride out a component that Guardian restarts after a crash (seconds), instead of
+    rolling back every execution in flight.
+    """
 
     max_attempts: int = 3
     initial_backoff_s: float = 0.2
     multiplier: float = 2.0
     max_backoff_s: float = 10.0
+    unavailable_window_s: float = 15.0
+
+    @property
+    def backoff(self) -> Backoff:
+        """The delays between attempts."""
+        return Backoff(self.initial_backoff_s, self.multiplier, self.max_backoff_s)
 
     def delay_after(self, attempt: int) -> float:
         """Seconds to wait after failed attempt `attempt` (1-based) before the next one."""
-        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        return self.backoff.delay(attempt)
+
+    def allows_another(self, attempt: int, unreachable: bool, elapsed_s: float) -> bool:
+        """Whether failed attempt `attempt` (1-based) is followed by another.
+
+        Args:
+            attempt: The attempt that just failed (with a retryable error).
+            unreachable: The failure was UNAVAILABLE: nothing answered.
+            elapsed_s: Seconds since the first attempt started.
+        """
+        if attempt < self.max_attempts:
+            return True
+        return unreachable and elapsed_s + self.delay_after(attempt) <= self.unavailable_window_s
+
+    def to_json(self) -> JsonDict:
+        """JSON form for storage."""
+        return {
+            "max_attempts": self.max_attempts,
+            "initial_backoff_s": self.initial_backoff_s,
+            "multiplier": self.multiplier,
+            "max_backoff_s": self.max_backoff_s,
+            "unavailable_window_s": self.unavailable_window_s,
+        }
+
+    @classmethod
+    def from_json(cls, raw: JsonDict) -> RetryPolicy:
+        """Inverse of `to_json` (policies stored before the window existed get its default)."""
+        return cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -80,12 +122,7 @@ class StepSpec:
             "data": self.data,
             "depends_on": list(self.depends_on),
             "timeout_s": self.timeout_s,
-            "retry": {
-                "max_attempts": self.retry.max_attempts,
-                "initial_backoff_s": self.retry.initial_backoff_s,
-                "multiplier": self.retry.multiplier,
-                "max_backoff_s": self.retry.max_backoff_s,
-            },
+            "retry": self.retry.to_json(),
             "compensation_action": self.compensation_action,
             "compensation_skip": self.compensation_skip,
         }
@@ -101,7 +138,7 @@ class StepSpec:
             data=raw["data"],
             depends_on=tuple(raw["depends_on"]),
             timeout_s=raw["timeout_s"],
-            retry=RetryPolicy(**raw["retry"]),
+            retry=RetryPolicy.from_json(raw["retry"]),
             compensation_action=raw["compensation_action"],
             compensation_skip=raw["compensation_skip"],
         )
@@ -141,6 +178,7 @@ class StepRun:
     finished_at: float = 0.0
     next_attempt_at: float = 0.0
     compensation_error: str = ""
+    address: str = ""
 
     def to_json(self) -> JsonDict:
         """JSON form for snapshots."""
@@ -157,6 +195,7 @@ class StepRun:
             "finished_at": self.finished_at,
             "next_attempt_at": self.next_attempt_at,
             "compensation_error": self.compensation_error,
+            "address": self.address,
         }
 
     @classmethod
@@ -185,11 +224,21 @@ class Execution:
     records: list[JsonDict] = field(default_factory=list)
     signature: bytes = b""
     resumed: int = 0
+    compensation_rounds: int = 0
+    next_compensation_at: float = 0.0
+    abandoned_by: str = ""
+    abandon_reason: str = ""
+    abandoned_at: float = 0.0
 
     @property
     def terminal(self) -> bool:
         """True once the execution has ended."""
         return self.state in TERMINAL_STATES
+
+    @property
+    def awaits_compensation_retry(self) -> bool:
+        """COMPENSATION_FAILED and not given up on: its compensation is tried again."""
+        return self.state == ExecutionState.COMPENSATION_FAILED and not self.abandoned_at
 
     def output(self) -> JsonDict:
         """Outputs of the succeeded steps by step id."""
@@ -218,6 +267,11 @@ class Execution:
             "records": list(self.records),
             "signature": self.signature.hex(),
             "resumed": self.resumed,
+            "compensation_rounds": self.compensation_rounds,
+            "next_compensation_at": self.next_compensation_at,
+            "abandoned_by": self.abandoned_by,
+            "abandon_reason": self.abandon_reason,
+            "abandoned_at": self.abandoned_at,
         }
 
     @classmethod
@@ -241,4 +295,9 @@ class Execution:
             records=list(raw["records"]),
             signature=bytes.fromhex(raw["signature"]),
             resumed=raw.get("resumed", 0),
+            compensation_rounds=raw.get("compensation_rounds", 0),
+            next_compensation_at=raw.get("next_compensation_at", 0.0),
+            abandoned_by=raw.get("abandoned_by", ""),
+            abandon_reason=raw.get("abandon_reason", ""),
+            abandoned_at=raw.get("abandoned_at", 0.0),
         )

@@ -62,6 +62,11 @@ class CallError(Exception):
         self.code = code
         self.domain_id = domain_id
 
+    @property
+    def unreachable(self) -> bool:
+        """True when nothing answered: the domain, or the registry that finds it, is down."""
+        return self.retryable and self.code in (None, grpc.StatusCode.UNAVAILABLE)
+
 
 class RegistryUnavailable(Exception):
     """The registry could not be reached."""
@@ -176,7 +181,7 @@ class DomainRouter:
         kind: str,
         key: str,
         invoke: Callable[[domain_pb2_grpc.DomainServiceStub, str], Any],
-    ) -> tuple[str, Any]:
+    ) -> tuple[Candidate, Any]:
         """Calls the best candidate, falling back to the next one on UNAVAILABLE.
 
         Args:
@@ -185,7 +190,7 @@ class DomainRouter:
             invoke: Makes the call given a stub and the candidate's domain id.
 
         Returns:
-            The domain id that answered and its response.
+            The candidate that answered (its id and address) and its response.
 
         Raises:
             CallError: Every candidate failed, or the one reached answered an error.
@@ -206,16 +211,54 @@ class DomainRouter:
                     last = exc
                     self.forget(kind, key)
                     continue
-                raise CallError(
-                    f"{candidate.domain_id}: {exc.code().name}: {exc.details()}",
-                    retryable=exc.code() not in PERMANENT_CODES,
-                    code=exc.code(),
-                    domain_id=candidate.domain_id,
-                ) from exc
-            return candidate.domain_id, response
+                raise _answered(candidate, exc) from exc
+            return candidate, response
         assert last is not None
         raise CallError(
             f"{key}: every candidate is unavailable ({last.details()})",
             retryable=True,
             code=grpc.StatusCode.UNAVAILABLE,
         )
+
+    async def call_at(
+        self,
+        known: Candidate,
+        invoke: Callable[[domain_pb2_grpc.DomainServiceStub, str], Any],
+    ) -> Any:
+        """Calls a domain at the address it was reached at before, without the registry.
+
+        Compensations go to the domain that ran the step: its address was remembered with
+        the step, so a registry outage does not keep them from domains that are up. Only
+        when nothing answers there (the domain moved) is the registry asked again.
+
+        Raises:
+            CallError: The domain answered an error, or it cannot be reached at its old
+                address and the registry has no other (or is down).
+        """
+        try:
+            return await invoke(self.stub(known.address), known.domain_id)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise _answered(known, exc) from exc
+            first = exc
+        try:
+            _, response = await self.call("domain", known.domain_id, invoke)
+        except CallError as exc:
+            if exc.unreachable:
+                raise CallError(
+                    f"{known.domain_id}: unavailable at {known.address} ({first.details()}); "
+                    f"then {exc.message}",
+                    retryable=True,
+                    code=grpc.StatusCode.UNAVAILABLE,
+                ) from exc
+            raise
+        return response
+
+
+def _answered(candidate: Candidate, exc: grpc.aio.AioRpcError) -> CallError:
+    return CallError(
+        f"{candidate.domain_id}: {exc.code().name}: {exc.details()}",
+        retryable=exc.code() not in PERMANENT_CODES,
+        code=exc.code(),
+        domain_id=candidate.domain_id,
+    )

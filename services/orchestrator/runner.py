@@ -34,7 +34,7 @@ from services.orchestrator.model import (
     StepState,
     WorkflowSpec,
 )
-from services.orchestrator.routing import CallError, from_struct, to_struct
+from services.orchestrator.routing import CallError, Candidate, from_struct, to_struct
 from services.orchestrator.writer import Event
 
 if TYPE_CHECKING:
@@ -329,7 +329,12 @@ class ExecutionRunner:
                 self._record(spec, run, "execute", run.attempts, started, None, exc.message)
                 if exc.domain_id and not run.domain_id:
                     run.domain_id = exc.domain_id
-                if not exc.retryable or run.attempts >= spec.retry.max_attempts or self._stopping():
+                elapsed = self.host.clock() - run.started_at
+                if (
+                    not exc.retryable
+                    or self._stopping()
+                    or not spec.retry.allows_another(run.attempts, exc.unreachable, elapsed)
+                ):
                     self._fail(spec, run, exc.message)
                     return
                 run.error = exc.message
@@ -379,8 +384,9 @@ class ExecutionRunner:
 
         self.host.stats.step_attempts += 1
         async with self.host.call_slots:
-            domain_id, response = await self.host.router.call(kind, key, invoke)
-        run.domain_id = domain_id
+            reached, response = await self.host.router.call(kind, key, invoke)
+        # Remembered with the step: its compensation goes straight back there.
+        run.domain_id, run.address = reached.domain_id, reached.address
         return from_struct(response.output)
 
     async def _ask_governance(self, spec: StepSpec, run: StepRun, target: str) -> None:
@@ -532,6 +538,7 @@ class ExecutionRunner:
     async def _compensate_step(self, spec: StepSpec, run: StepRun) -> bool:
         action = spec.compensation_action or spec.action
         attempt = 0
+        first = self.host.clock()
         while True:
             attempt += 1
             started = self.host.clock()
@@ -551,16 +558,23 @@ class ExecutionRunner:
                 return await stub.Compensate(request, timeout=spec.timeout_s)
 
             self.host.stats.compensations += 1
+            router = self.host.router
             try:
                 async with self.host.call_slots:
-                    _, response = await self.host.router.call("domain", run.domain_id, invoke)
+                    if run.address:
+                        response = await router.call_at(
+                            Candidate(run.domain_id, run.address), invoke
+                        )
+                    else:
+                        _, response = await router.call("domain", run.domain_id, invoke)
             except CallError as exc:
                 if exc.code == grpc.StatusCode.UNIMPLEMENTED:
                     # The domain declares no compensation for this action: nothing to undo.
                     self._record(spec, run, "compensate", attempt, started, None, "", "skipped")
                     return True
                 self._record(spec, run, "compensate", attempt, started, None, exc.message)
-                if exc.retryable and attempt < spec.retry.max_attempts:
+                elapsed = self.host.clock() - first
+                if exc.retryable and spec.retry.allows_another(attempt, exc.unreachable, elapsed):
                     await asyncio.sleep(spec.retry.delay_after(attempt))
                     continue
                 run.compensation_error = exc.message
@@ -579,6 +593,11 @@ class ExecutionRunner:
     async def _finish(self, state: ExecutionState) -> None:
         self._set_state(state)
         self.ex.finished_at = self.host.clock()
+        if self.ex.awaits_compensation_retry:
+            # Scheduled in the same snapshot as the failure, so a restart keeps it.
+            self.ex.next_compensation_at = self.ex.finished_at + self.host.rounds.delay(
+                self.ex.compensation_rounds + 1
+            )
         head = proof.head_hash(self.ex.execution_id, self.ex.records)
         message = proof.signing_message(
             self.ex.execution_id, self.spec.workflow_id, state.value, len(self.ex.records), head

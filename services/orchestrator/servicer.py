@@ -38,6 +38,9 @@ def _draft(index: int, step: pb.Step) -> StepDraft:
             else None,
             multiplier=r.backoff_multiplier,
             max_backoff_s=from_duration(r.max_backoff) if r.HasField("max_backoff") else None,
+            unavailable_window_s=from_duration(r.unavailable_window)
+            if r.HasField("unavailable_window")
+            else None,
         )
     require_struct_size(f"steps[{index}].data", step.data)
     return StepDraft(
@@ -74,6 +77,7 @@ def workflow_to_proto(spec: WorkflowSpec, executions: int = 0) -> pb.Workflow:
                     initial_backoff=to_duration(s.retry.initial_backoff_s),
                     backoff_multiplier=s.retry.multiplier,
                     max_backoff=to_duration(s.retry.max_backoff_s),
+                    unavailable_window=to_duration(s.retry.unavailable_window_s),
                 ),
                 compensation=pb.Compensation(
                     action=s.compensation_action, skip=s.compensation_skip
@@ -105,7 +109,18 @@ def execution_to_proto(ex: Execution) -> pb.Execution:
         updated_at=to_timestamp(ex.updated_at),
         finished_at=to_timestamp(ex.finished_at),
         compensation_order=ex.compensation_order,
+        compensation_rounds=ex.compensation_rounds,
     )
+    if ex.next_compensation_at:
+        message.next_compensation_at.CopyFrom(to_timestamp(ex.next_compensation_at))
+    if ex.abandoned_at:
+        message.abandonment.CopyFrom(
+            pb.CompensationAbandonment(
+                operator=ex.abandoned_by,
+                reason=ex.abandon_reason,
+                abandoned_at=to_timestamp(ex.abandoned_at),
+            )
+        )
     if ex.state == ExecutionState.SUCCEEDED:
         message.output.update(ex.output())
     for run in ex.steps.values():
@@ -119,6 +134,7 @@ def execution_to_proto(ex: Execution) -> pb.Execution:
             started_at=to_timestamp(run.started_at),
             finished_at=to_timestamp(run.finished_at),
             compensation_error=run.compensation_error,
+            address=run.address,
         )
         if run.input is not None:
             step.input.update(run.input)
@@ -257,3 +273,25 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             mean_execution_ms=stats.total_duration_s / stats.ended * 1000 if stats.ended else 0.0,
             running_executions=self._core.running,
         )
+
+    async def ListCompensationFailed(
+        self, request: pb.ListCompensationFailedRequest, context: Context
+    ) -> pb.ListCompensationFailedResponse:
+        page, token = await self._core.rounds.list(
+            request.page_size, request.page_token, request.include_abandoned
+        )
+        return pb.ListCompensationFailedResponse(
+            executions=[execution_to_proto(e) for e in page], next_page_token=token
+        )
+
+    async def RetryCompensation(
+        self, request: pb.RetryCompensationRequest, context: Context
+    ) -> pb.RetryCompensationResponse:
+        ex = await self._core.rounds.retry(request.execution_id, request.operator)
+        return pb.RetryCompensationResponse(execution=execution_to_proto(ex))
+
+    async def AbandonCompensation(
+        self, request: pb.AbandonCompensationRequest, context: Context
+    ) -> pb.AbandonCompensationResponse:
+        ex = await self._core.rounds.abandon(request.execution_id, request.operator, request.reason)
+        return pb.AbandonCompensationResponse(execution=execution_to_proto(ex))

@@ -225,6 +225,16 @@ class OrchestratorStore:
         async with self.db.read() as conn:
             return [dict(r.snapshot) for r in await conn.execute(query)]
 
+    async def load_state(self, state: str) -> list[JsonDict]:
+        """Snapshots of every execution in `state`, oldest first."""
+        query = (
+            select(executions.c.snapshot)
+            .where(executions.c.state == state)
+            .order_by(executions.c.created_at)
+        )
+        async with self.db.read() as conn:
+            return [dict(r.snapshot) for r in await conn.execute(query)]
+
     async def counts_by_state(self) -> dict[str, int]:
         """Number of executions in each state."""
         query = select(executions.c.state, func.count()).group_by(executions.c.state)

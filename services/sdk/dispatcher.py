@@ -6,11 +6,21 @@ exactly-once in effect: the first successful result is stored durably and return
 every later call with the same key (even after a restart), and a call that arrives while
 the first is still running waits for it instead of running the action a second time.
 A failed call stores nothing, so a retry with the same key runs the action again.
+
+A run belongs to the domain, not to the caller: when the caller goes away mid-call (its
+RPC is cancelled), the function still runs to its end and its result is stored for the
+caller's retry. A run is marked started durably before the function is called; if the
+domain process dies before the run ends, a later call with the key answers
+FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_INTERRUPTED) instead of running the function a
+second time, because whether the first run had its effect is unknown (at most once),
+unless the action is declared `rerun_if_interrupted` (its effects are keyed on the
+idempotency key); compensations, idempotent in effect by contract, always run again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -100,7 +110,7 @@ class Dispatcher:
         self.events = events
         self.metrics = CallMetrics(max_concurrency, domain.domain_id)
         self._slots = asyncio.Semaphore(max_concurrency)
-        self._running: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._running: dict[tuple[str, str], asyncio.Task[CallResult]] = {}
         self._monotonic = monotonic
 
     async def execute(self, call: Call) -> CallResult:
@@ -119,7 +129,7 @@ class Dispatcher:
         async def run(ctx: Context) -> Mapping[str, Any] | None:
             return await function(ctx, dict(call.input))
 
-        return await self._call(EXECUTE, call, run)
+        return await self._call(EXECUTE, call, run, rerun=spec.rerun_if_interrupted)
 
     async def compensate(self, call: Call, output: Mapping[str, Any]) -> CallResult:
         """Undoes a completed action, or replays the stored result of an earlier undo.
@@ -138,7 +148,9 @@ class Dispatcher:
         async def run(ctx: Context) -> Mapping[str, Any] | None:
             return await undo(ctx, dict(call.input), dict(output))
 
-        return await self._call(COMPENSATE, call, run)
+        # Compensations are idempotent in effect by contract (see Domain.compensate): one
+        # the domain stopped in the middle of is run again.
+        return await self._call(COMPENSATE, call, run, rerun=True)
 
     async def deliver(
         self, event: Event, *, attempt: int = 1, pattern: str | None = None, traceparent: str = ""
@@ -241,6 +253,8 @@ class Dispatcher:
         kind: str,
         call: Call,
         run: Callable[[Context], Awaitable[Mapping[str, Any] | None]],
+        *,
+        rerun: bool,
     ) -> CallResult:
         # The action's span (a child of the DomainService server span); an error the action
         # raises marks it ERROR, which is what a failing workflow step shows in its trace.
@@ -255,7 +269,7 @@ class Dispatcher:
                 "grace.step.attempt": call.attempt,
             },
         ) as span:
-            result = await self._call_untraced(kind, call, run)
+            result = await self._call_untraced(kind, call, run, rerun)
             span.set_attribute("grace.replayed", result.replayed)
             return result
 
@@ -264,6 +278,7 @@ class Dispatcher:
         kind: str,
         call: Call,
         run: Callable[[Context], Awaitable[Mapping[str, Any] | None]],
+        rerun: bool,
     ) -> CallResult:
         key = call.idempotency_key
         if len(key) > MAX_KEY_LENGTH:
@@ -272,24 +287,81 @@ class Dispatcher:
             return CallResult(await self._measured(call, run))
         slot = (kind, key)
         while (first := self._running.get(slot)) is not None:
-            # The same key is running now: wait for it, then look at what it stored.
+            # The same key is running now (perhaps for a caller that has gone): wait for
+            # it, then look at what it stored.
             await asyncio.wait({first})
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._running[slot] = done
-        try:
-            stored = await self.results.get(kind, key)
-            if stored is not None:
-                if stored.action != call.action:
-                    raise AlreadyExists(
-                        "idempotency_key", key, f"it was used for action {stored.action!r}"
-                    )
-                return CallResult(stored.output, replayed=True)
-            output = await self._measured(call, run)
-            await self.results.put(kind, key, call.action, output)
-            return CallResult(output)
-        finally:
+        # The function runs in a task of its own, not in the caller's: a caller that goes
+        # away (its RPC is cancelled when the orchestrator dies mid-call) must not cancel a
+        # run that may already have had its effect. The run ends, stores its result, and
+        # the caller's retry with the key gets that result instead of a second run.
+        task = asyncio.create_task(self._once(kind, call, run, rerun), name=f"{kind} {key}")
+        self._running[slot] = task
+        task.add_done_callback(functools.partial(self._ended, slot))
+        return await asyncio.shield(task)
+
+    def _ended(self, slot: tuple[str, str], task: asyncio.Task[CallResult]) -> None:
+        if self._running.get(slot) is task:
             del self._running[slot]
-            done.set_result(None)
+        if not task.cancelled():
+            task.exception()  # Retrieved here: the caller that started it may have gone.
+
+    async def _once(
+        self,
+        kind: str,
+        call: Call,
+        run: Callable[[Context], Awaitable[Mapping[str, Any] | None]],
+        rerun: bool,
+    ) -> CallResult:
+        key = call.idempotency_key
+        stored = await self.results.get(kind, key)
+        if stored is not None:
+            if stored.action != call.action:
+                raise AlreadyExists(
+                    "idempotency_key", key, f"it was used for action {stored.action!r}"
+                )
+            return CallResult(stored.output, replayed=True)
+        interrupted = await self.results.started(kind, key)
+        if interrupted is not None:
+            if interrupted != call.action:
+                raise AlreadyExists(
+                    "idempotency_key", key, f"it was used for action {interrupted!r}"
+                )
+            # Marked started, never ended, and not running in this process: the domain
+            # stopped in the middle of it. Its effect is unknown: it runs again only when
+            # declared safe to.
+            if rerun:
+                log.warning("%s %r was interrupted by a stop; running it again", kind, key)
+            else:
+                raise FailedPrecondition(
+                    f"idempotency_key {key!r}: the {kind} of action {call.action!r} with "
+                    f"this key was interrupted when domain {self.domain.domain_id!r} "
+                    "stopped; its effect is unknown, so it is not run a second time",
+                    reason="IDEMPOTENCY_KEY_INTERRUPTED",
+                )
+        await self.results.mark_started(kind, key, call.action)
+        try:
+            output = await self._measured(call, run)
+        except Exception:
+            # A failure stores nothing: a retry with the key runs the function again.
+            try:
+                await self.results.unmark_started(kind, key)
+            except Exception:
+                log.exception("could not clear the start mark of %s %r", kind, key)
+            raise
+        await self.results.put(kind, key, call.action, output)
+        return CallResult(output)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Waits up to `timeout_s` for the runs in progress, then cancels the rest (they
+        stay marked started, so their keys answer IDEMPOTENCY_KEY_INTERRUPTED later)."""
+        tasks = set(self._running.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in pending:
+            log.warning("stopping with %s still running: it is interrupted", task.get_name())
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _measured(
         self, call: Call, run: Callable[[Context], Awaitable[Mapping[str, Any] | None]]

@@ -60,12 +60,16 @@ class ActionSpec:
         description: What it does (DescribeDomain shows it).
         function: `async def f(ctx, data) -> dict`.
         compensation: `async def g(ctx, data, output) -> dict | None`, or None.
+        rerun_if_interrupted: Running the action again after a run of the same key was
+            interrupted (the domain stopped mid-run) is safe: its effects are keyed on
+            `ctx.idempotency_key`, or it has none.
     """
 
     name: str
     description: str
     function: ActionFunction
     compensation: CompensationFunction | None = None
+    rerun_if_interrupted: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,9 @@ class Domain:
         for capability in self.capabilities:
             _check_name("capability", capability)
 
-    def action(self, name: str | None = None, *, description: str = "") -> Callable[[_A], _A]:
+    def action(
+        self, name: str | None = None, *, description: str = "", rerun_if_interrupted: bool = False
+    ) -> Callable[[_A], _A]:
         """Declares an action: `@domain.action("analyze", description=...)`.
 
         The function is `async def f(ctx: Context, data: dict) -> dict`; it may raise the
@@ -120,6 +126,10 @@ class Domain:
         Args:
             name: Action name; defaults to the function's name.
             description: What the action does; defaults to the docstring's first line.
+            rerun_if_interrupted: Declares that running the action again, after the domain
+                stopped in the middle of a run with the same idempotency key, is safe (its
+                effects are keyed on `ctx.idempotency_key`, or it has none). Without it,
+                such a key answers IDEMPOTENCY_KEY_INTERRUPTED instead (at most once).
         """
 
         def declare(function: _A) -> _A:
@@ -129,7 +139,9 @@ class Domain:
             if action in self.actions:
                 raise ValueError(f"{self.domain_id}: action {action!r} is declared twice")
             doc = (inspect.getdoc(function) or "").split("\n", 1)[0]
-            spec = ActionSpec(action, description or doc, function)
+            spec = ActionSpec(
+                action, description or doc, function, rerun_if_interrupted=rerun_if_interrupted
+            )
             spec.compensation = self._pending_compensations.pop(action, None)
             self.actions[action] = spec
             return function

@@ -1,7 +1,8 @@
 """A domain on the event bus: its outbox of published events, the relay that sends them,
 and its push subscriptions.
 
-`ctx.publish` writes the event to the domain's outbox table (`sdk_outbox`) and returns;
+`ctx.publish` writes the event to the domain's outbox table (`sdk_<domain>_outbox`, its
+own even when domains share a database) and returns;
 the relay sends pending events with `PublishBatch` in order (through
 `services.common.bus_client.EventBusPublisher`), deletes them once the bus has
 stored them, and backs off while the bus is down. Events keep their ids through retries,
@@ -21,22 +22,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
+from sqlalchemy import Table
 
 from services.common.bus_client import EventBusPublisher
 from services.common.errors import InvalidArgument
-from services.common.outbox import Outbox, OutboxRelay, outbox_table
+from services.common.outbox import Outbox, OutboxRelay
 from services.common.patterns import EVENT_TYPE_PATTERN
 from services.common.storage import Database
 from services.common.subscriptions import Subscriptions, subscription_id
-from services.sdk.store import metadata
 
 log = logging.getLogger(__name__)
 
 MAX_EVENT_TYPE_LENGTH = 256
 
-outbox_events = outbox_table(metadata, "sdk")
-
-__all__ = ["OutboxSink", "Subscriptions", "outbox_events", "relay", "subscription_id"]
+__all__ = ["OutboxSink", "Subscriptions", "relay", "subscription_id"]
 
 
 class OutboxSink:
@@ -45,13 +44,16 @@ class OutboxSink:
     Args:
         db: The domain's database.
         domain_id: Source of every event.
+        table: The domain's outbox table.
         wake: Called after an event is stored (wakes the relay).
     """
 
-    def __init__(self, db: Database, domain_id: str, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, db: Database, domain_id: str, table: Table, wake: Callable[[], None]
+    ) -> None:
         self.db = db
         self.domain_id = domain_id
-        self.outbox = Outbox(db, outbox_events, domain_id)
+        self.table = table
         self._wake = wake
 
     async def publish(
@@ -72,7 +74,7 @@ class OutboxSink:
         payload.update(dict(data))  # fails here, not in the relay, when data is not JSON
         async with self.db.transaction() as conn:
             await conn.execute(
-                outbox_events.insert().values(
+                self.table.insert().values(
                     event_id=event_id,
                     event_type=event_type,
                     source_domain=self.domain_id,
@@ -85,6 +87,6 @@ class OutboxSink:
         self._wake()
 
 
-def relay(db: Database, domain_id: str, publisher: EventBusPublisher) -> OutboxRelay:
-    """The relay from the domain's outbox to the bus."""
-    return OutboxRelay(Outbox(db, outbox_events, domain_id), publisher)
+def relay(db: Database, domain_id: str, table: Table, publisher: EventBusPublisher) -> OutboxRelay:
+    """The relay from the domain's outbox table to the bus."""
+    return OutboxRelay(Outbox(db, table, domain_id), publisher)

@@ -30,7 +30,7 @@ from services.sdk.domain import Domain
 from services.sdk.events import OutboxSink, Subscriptions, relay
 from services.sdk.memory import MemoryClient
 from services.sdk.servicer import DomainServicer
-from services.sdk.store import KeyValueStore, ResultStore, metadata
+from services.sdk.store import DomainTables, KeyValueStore, ResultStore, create_domain_tables
 
 SERVICE_NAME = domain_pb2.DESCRIPTOR.services_by_name["DomainService"].full_name
 PRUNE_INTERVAL_S = 3600.0
@@ -60,8 +60,9 @@ class DomainServer(Service):
         self.domain = domain
         self.config = config
         self.db = Database(config.server.database_url, schema=schema)
-        self.results = ResultStore(self.db, clock)
-        self.store = KeyValueStore(self.db, clock)
+        self.tables = DomainTables.of(domain.domain_id)
+        self.results = ResultStore(self.db, self.tables, clock)
+        self.store = KeyValueStore(self.db, self.tables, clock)
         self.registrar: Registrar | None = None
         self._dispatcher: Dispatcher | None = None
         self._server: GraceServer | None = None
@@ -104,7 +105,7 @@ class DomainServer(Service):
 
     async def start(self) -> None:
         self.key = signing.load_or_create_key(self.config.key_path)
-        await self.db.create_tables(metadata)
+        await create_domain_tables(self.db, self.domain.domain_id, self.tables)
         pruned = await self.results.prune(self.config.idempotency_ttl_s)
         if pruned:
             log.info("forgot %d stored results older than the idempotency TTL", pruned)
@@ -113,8 +114,8 @@ class DomainServer(Service):
         sink: OutboxSink | None = None
         if bus_channel is not None:
             self._publisher = EventBusPublisher(self.config.eventbus_addr)
-            self.relay = relay(self.db, self.domain.domain_id, self._publisher)
-            sink = OutboxSink(self.db, self.domain.domain_id, self.relay.wake)
+            self.relay = relay(self.db, self.domain.domain_id, self.tables.outbox, self._publisher)
+            sink = OutboxSink(self.db, self.domain.domain_id, self.tables.outbox, self.relay.wake)
             self._spawn(self.relay.run(), "relay")
             if self.domain.event_patterns:
                 self.subscriptions = Subscriptions(
@@ -183,6 +184,9 @@ class DomainServer(Service):
             # stays in the outbox and goes at the next start.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.relay.drain_once(), timeout=STOP_FLUSH_S)
+        if self._dispatcher is not None:
+            # Runs whose callers left during the drain still end and store their results.
+            await self._dispatcher.drain(self.config.server.shutdown_grace_s)
         for task in self._tasks:
             await stop_task(task)
         self._tasks.clear()

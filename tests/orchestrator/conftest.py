@@ -128,10 +128,15 @@ class World:
         self.events: list[OutboxEvent] = []
 
     async def add_domain(
-        self, domain_id: str, capabilities: Sequence[str] = (), *, register_as: str = ""
+        self,
+        domain_id: str,
+        capabilities: Sequence[str] = (),
+        *,
+        register_as: str = "",
+        port: int = 0,
     ) -> FakeDomain:
         domain = FakeDomain(domain_id, self.journal)
-        config = ServerConfig(service=f"domain-{domain_id}", port=0, shutdown_grace_s=0.1)
+        config = ServerConfig(service=f"domain-{domain_id}", port=port, shutdown_grace_s=0.1)
         server = await self.stack.enter_async_context(GraceServer(config, DomainHost(domain)))
         self.domains[domain_id] = domain
         self.servers[domain_id] = server

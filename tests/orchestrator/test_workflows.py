@@ -13,11 +13,12 @@ from google.protobuf import json_format
 from grace.domain.v1 import domain_pb2
 from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
+from services.orchestrator.definition import StepDraft
 from services.orchestrator.routing import from_struct
 from services.orchestrator.server import OrchestratorServer
 from services.orchestrator.store import OrchestratorStore
 from tests.orchestrator.conftest import GrpcFailure, World, eventually, orchestrator_config
-from tests.support import serving
+from tests.support import free_port, serving
 
 Stub = orchestrator_pb2_grpc.OrchestratorServiceStub
 
@@ -34,8 +35,13 @@ def workflow(body: dict[str, Any]) -> pb.CreateWorkflowRequest:
     return json_format.ParseDict(body, pb.CreateWorkflowRequest())
 
 
-def fast_retry(attempts: int = 3) -> dict[str, Any]:
-    return {"max_attempts": attempts, "initial_backoff": "0.05s", "max_backoff": "0.2s"}
+def fast_retry(attempts: int = 3, unavailable_window: str = "0s") -> dict[str, Any]:
+    return {
+        "max_attempts": attempts,
+        "initial_backoff": "0.05s",
+        "max_backoff": "0.2s",
+        "unavailable_window": unavailable_window,
+    }
 
 
 async def run(
@@ -382,6 +388,81 @@ async def test_a_repeated_request_id_returns_the_same_execution(
     )
     assert first.execution_id == second.execution_id
     assert sum(domain.runs.values()) == 1
+
+
+async def test_by_default_a_step_rides_out_a_domain_that_is_down_for_seconds(
+    world: World, orchestrator: Stub
+) -> None:
+    # The domain is registered, but its process is (re)starting: nothing listens yet.
+    port = free_port()
+    await world.register("late", port, [])
+    created = await orchestrator.CreateWorkflow(
+        workflow({"name": "late", "steps": [{"domain_id": "late", "action": "a"}]})
+    )
+    request = pb.ExecuteWorkflowRequest(workflow_id=created.workflow_id, wait=True)
+
+    async def execute() -> pb.ExecuteWorkflowResponse:
+        return await orchestrator.ExecuteWorkflow(request, timeout=60)
+
+    running = asyncio.create_task(execute())
+    await asyncio.sleep(4.0)
+    assert not running.done()
+    domain = await world.add_domain("late", port=port)
+    ex = (await running).execution
+    assert ex.state == pb.EXECUTION_STATE_SUCCEEDED
+    assert ex.steps[0].attempts > 3  # More than the default max_attempts.
+    assert sum(domain.runs.values()) == 1
+
+
+async def test_a_domain_down_longer_than_the_window_rolls_the_step_back(
+    world: World, orchestrator: Stub
+) -> None:
+    await world.register("gone", free_port(), [])
+    body = {
+        "name": "gone",
+        "steps": [
+            {"domain_id": "gone", "action": "a", "retry": fast_retry(2, unavailable_window="1s")}
+        ],
+    }
+    ex = await run(orchestrator, body)
+    assert ex.state == pb.EXECUTION_STATE_ROLLED_BACK
+    assert "unavailable" in ex.steps[0].error
+    # 2 attempts by max_attempts, then more while they start within 1 s of the first.
+    assert 3 <= ex.steps[0].attempts <= 2 + 1 / 0.05
+
+
+async def test_concurrent_calls_with_one_request_id_start_one_runner(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    domain = await world.add_domain("d")
+
+    async def slow(request: domain_pb2.ExecuteRequest) -> dict[str, Any]:
+        await asyncio.sleep(0.3)
+        return {"done": True}
+
+    domain.actions["a"] = slow
+    service = OrchestratorServer(orchestrator_config(world.tmp_path / "o", world.registry_address))
+    async with serving(service.config.server, service):
+        core = service.core
+        assert core is not None
+        spec, _ = await core.create_workflow("once", "", [StepDraft(action="a", domain_id="d")])
+        read = core.store.get_execution
+
+        async def slow_read(execution_id: str) -> dict[str, Any] | None:
+            await asyncio.sleep(0.1)  # A busy database: every caller is inside this await.
+            return await read(execution_id)
+
+        monkeypatch.setattr(core.store, "get_execution", slow_read)
+        answers = await asyncio.gather(
+            *(core.execute(spec.workflow_id, {}, request_id="go") for _ in range(8))
+        )
+        assert len({a.execution_id for a in answers}) == 1
+        assert core.running == 1
+        ended = await core.execute(spec.workflow_id, {}, wait=True, request_id="go")
+        assert ended.state.value == "SUCCEEDED"
+        # One runner: the step body was called once and the execution is counted once.
+        assert domain.attempts == {f"{ended.execution_id}/step_1": [1]}
+        assert sum(core.stats.by_state.values()) == 1
 
 
 @pytest.mark.parametrize(

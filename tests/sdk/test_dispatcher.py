@@ -5,23 +5,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from services.common.config import sqlite_url
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.storage import Database
-from services.sdk import Event, Outcome
+from services.sdk import Context, Domain, Event, Outcome
 from services.sdk.dispatcher import Call, Dispatcher
 from services.sdk.memory import MemoryClient
-from services.sdk.store import KeyValueStore, ResultStore, metadata
+from services.sdk.store import DomainTables, KeyValueStore, ResultStore
 from tests.sdk.conftest import Probe, counting_domain
+
+TABLES = DomainTables.of("test_domain")
 
 
 @pytest.fixture
 async def database(tmp_path: Path) -> AsyncIterator[Database]:
     db = Database(sqlite_url(tmp_path / "domain.db"))
-    await db.create_tables(metadata)
+    await db.create_tables(TABLES.metadata)
     yield db
     await db.close()
 
@@ -34,8 +37,8 @@ def probe() -> Probe:
 def make_dispatcher(probe: Probe, db: Database, max_concurrency: int = 4) -> Dispatcher:
     return Dispatcher(
         counting_domain(probe),
-        ResultStore(db),
-        KeyValueStore(db),
+        ResultStore(db, TABLES),
+        KeyValueStore(db, TABLES),
         MemoryClient("test_domain", None),
         None,
         max_concurrency,
@@ -221,3 +224,120 @@ async def test_a_handler_may_return_an_outcome(probe: Probe, database: Database)
     dispatcher.domain.on_event("pick.*")(pick)
     assert (await dispatcher.deliver(event("no", "pick.one"))).outcome is Outcome.DROP
     assert (await dispatcher.deliver(event("yes", "pick.one"))).outcome is Outcome.ACK
+
+
+async def _started(probe: Probe, action: str) -> None:
+    for _ in range(500):
+        if probe.runs.get(action):
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"{action} never started")
+
+
+async def test_a_caller_that_goes_away_mid_call_does_not_cancel_the_run(
+    dispatcher: Dispatcher, probe: Probe
+) -> None:
+    probe.release.clear()
+    call = Call("slow", {}, idempotency_key="exec-9/step_1")
+    caller = asyncio.create_task(dispatcher.execute(call))
+    await _started(probe, "slow")
+    caller.cancel()  # What gRPC does to the handler when the orchestrator dies.
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    retry = asyncio.create_task(dispatcher.execute(call))
+    await asyncio.sleep(0.05)
+    assert not retry.done()  # The retry waits for the run in progress...
+    probe.release.set()
+    result = await retry
+    assert result.output == {"run": 1.0}  # ...and gets its result: one run, not two.
+    assert result.replayed
+    assert probe.runs["slow"] == 1
+
+
+async def test_a_run_interrupted_by_a_stop_is_not_run_again_after_a_restart(
+    probe: Probe, database: Database
+) -> None:
+    probe.release.clear()
+    first = make_dispatcher(probe, database)
+    call = Call("slow", {}, idempotency_key="exec-9/step_2")
+    caller = asyncio.create_task(first.execute(call))
+    await _started(probe, "slow")
+    await first.drain(timeout_s=0.05)  # The domain stops before the run ends.
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    probe.release.set()
+    restarted = make_dispatcher(probe, database)
+    with pytest.raises(FailedPrecondition) as raised:
+        await restarted.execute(call)
+    assert raised.value.reason == "IDEMPOTENCY_KEY_INTERRUPTED"
+    assert "exec-9/step_2" in raised.value.message
+    assert probe.runs["slow"] == 1
+    # Other keys are not affected.
+    assert (await restarted.execute(Call("slow", {}, idempotency_key="other"))).output == {
+        "run": 2.0
+    }
+
+
+async def test_a_stop_lets_a_run_that_ends_in_time_store_its_result(
+    probe: Probe, database: Database
+) -> None:
+    probe.release.clear()
+    first = make_dispatcher(probe, database)
+    call = Call("slow", {}, idempotency_key="exec-9/step_3")
+    caller = asyncio.create_task(first.execute(call))
+    await _started(probe, "slow")
+    asyncio.get_running_loop().call_later(0.05, probe.release.set)
+    await first.drain(timeout_s=10)
+    assert (await caller).output == {"run": 1.0}
+    replay = await make_dispatcher(probe, database).execute(call)
+    assert replay.replayed
+    assert probe.runs["slow"] == 1
+
+
+async def test_an_action_declared_safe_to_rerun_runs_again_after_an_interruption(
+    database: Database,
+) -> None:
+    release, running = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+    domain = Domain("test_domain")
+
+    @domain.action("keyed", rerun_if_interrupted=True)
+    async def keyed(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+        runs.append(ctx.idempotency_key)
+        running.set()
+        await release.wait()
+        return {"runs": len(runs)}
+
+    def dispatcher() -> Dispatcher:
+        return Dispatcher(
+            domain,
+            ResultStore(database, TABLES),
+            KeyValueStore(database, TABLES),
+            MemoryClient("test_domain", None),
+            None,
+            4,
+        )
+
+    first = dispatcher()
+    call = Call("keyed", {}, idempotency_key="exec-8/step_1")
+    caller = asyncio.create_task(first.execute(call))
+    await asyncio.wait_for(running.wait(), timeout=10)
+    await first.drain(timeout_s=0.05)
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    restarted = dispatcher()
+    result = await restarted.execute(call)
+    assert result.output == {"runs": 2.0}
+    assert not result.replayed
+    assert (await restarted.execute(call)).replayed  # And stored, as any first result.
+
+
+async def test_an_interrupted_compensation_runs_again(probe: Probe, database: Database) -> None:
+    first = make_dispatcher(probe, database)
+    call = Call("echo", {"text": "x"}, idempotency_key="exec-7/step_1/compensate")
+    results = ResultStore(database, TABLES)
+    await results.mark_started("compensate", call.idempotency_key, "echo")  # A killed undo.
+    undone = await first.compensate(call, {"run": 1.0})
+    assert undone.output == {"undone_run": 1.0, "undo": 1.0}
+    assert await results.started("compensate", call.idempotency_key) is None

@@ -122,6 +122,7 @@ class RetryPolicy(_message.Message):
     INITIAL_BACKOFF_FIELD_NUMBER: _builtins.int
     BACKOFF_MULTIPLIER_FIELD_NUMBER: _builtins.int
     MAX_BACKOFF_FIELD_NUMBER: _builtins.int
+    UNAVAILABLE_WINDOW_FIELD_NUMBER: _builtins.int
     max_attempts: _builtins.int
     """Total attempts including the first, 1-20; 0 means the default of 3."""
     backoff_multiplier: _builtins.float
@@ -134,6 +135,15 @@ class RetryPolicy(_message.Message):
     def max_backoff(self) -> _duration_pb2.Duration:
         """Longest delay; unset means 10 s. At most 1 h."""
 
+    @_builtins.property
+    def unavailable_window(self) -> _duration_pb2.Duration:
+        """How long a step whose domain (or the registry) cannot be reached at all
+        (UNAVAILABLE) keeps being retried past max_attempts: another attempt is made while
+        it starts within this window of the first attempt. Unset means 15 s, which rides
+        out a component that Guardian restarts after a crash; zero stops at max_attempts.
+        At most 1 h. Compensations are retried the same way.
+        """
+
     def __init__(
         self,
         *,
@@ -141,10 +151,11 @@ class RetryPolicy(_message.Message):
         initial_backoff: _duration_pb2.Duration | None = ...,
         backoff_multiplier: _builtins.float = ...,
         max_backoff: _duration_pb2.Duration | None = ...,
+        unavailable_window: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_backoff", b"initial_backoff", "max_backoff", b"max_backoff", "unavailable_window", b"unavailable_window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backoff_multiplier", b"backoff_multiplier", "initial_backoff", b"initial_backoff", "max_attempts", b"max_attempts", "max_backoff", b"max_backoff", "unavailable_window", b"unavailable_window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -489,6 +500,7 @@ class StepExecution(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     COMPENSATION_ERROR_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Id of the step."""
     state: Global___StepState.ValueType
@@ -503,6 +515,10 @@ class StepExecution(_message.Message):
     """Last error of the step, if any."""
     compensation_error: _builtins.str
     """Error of its compensation, if that failed."""
+    address: _builtins.str
+    """Address (host:port) the step's domain was reached at. Its compensation is sent there
+    first, without asking the registry, and the registry only when nothing answers.
+    """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Input the step ran with, after data references were resolved."""
@@ -533,14 +549,47 @@ class StepExecution(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         compensation_error: _builtins.str = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "input", b"input", "output", b"output", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempts", b"attempts", "compensation_error", b"compensation_error", "domain_id", b"domain_id", "error", b"error", "finished_at", b"finished_at", "input", b"input", "output", b"output", "started_at", b"started_at", "state", b"state", "step_id", b"step_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "address", b"address", "attempts", b"attempts", "compensation_error", b"compensation_error", "domain_id", b"domain_id", "error", b"error", "finished_at", b"finished_at", "input", b"input", "output", b"output", "started_at", b"started_at", "state", b"state", "step_id", b"step_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StepExecution: _TypeAlias = StepExecution  # noqa: Y015
+
+@_typing.final
+class CompensationAbandonment(_message.Message):
+    """CompensationAbandonment records that an operator gave up on compensating an execution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ABANDONED_AT_FIELD_NUMBER: _builtins.int
+    operator: _builtins.str
+    """Who gave up (as given to AbandonCompensation)."""
+    reason: _builtins.str
+    """Why."""
+    @_builtins.property
+    def abandoned_at(self) -> _timestamp_pb2.Timestamp:
+        """When."""
+
+    def __init__(
+        self,
+        *,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        abandoned_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abandoned_at", b"abandoned_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandoned_at", b"abandoned_at", "operator", b"operator", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompensationAbandonment: _TypeAlias = CompensationAbandonment  # noqa: Y015
 
 @_typing.final
 class Execution(_message.Message):
@@ -561,6 +610,9 @@ class Execution(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     COMPENSATION_ORDER_FIELD_NUMBER: _builtins.int
+    COMPENSATION_ROUNDS_FIELD_NUMBER: _builtins.int
+    NEXT_COMPENSATION_AT_FIELD_NUMBER: _builtins.int
+    ABANDONMENT_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """Server-assigned id ("ex_..."), or derived from the request_id of ExecuteWorkflow."""
     workflow_id: _builtins.str
@@ -573,6 +625,10 @@ class Execution(_message.Message):
     """Why the execution rolled back: the failing step and its error, or the cancel."""
     cancel_requested: _builtins.bool
     """True when CancelExecution was called."""
+    compensation_rounds: _builtins.int
+    """Rounds of compensation started after the first one failed (automatic retries and
+    RetryCompensation).
+    """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Input given to ExecuteWorkflow."""
@@ -601,6 +657,16 @@ class Execution(_message.Message):
     def compensation_order(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of completed steps in the order they were compensated."""
 
+    @_builtins.property
+    def next_compensation_at(self) -> _timestamp_pb2.Timestamp:
+        """When the next round of compensation of this COMPENSATION_FAILED execution starts;
+        unset when none is scheduled (another state, or abandoned).
+        """
+
+    @_builtins.property
+    def abandonment(self) -> Global___CompensationAbandonment:
+        """Set once an operator gave up on the compensation (AbandonCompensation)."""
+
     def __init__(
         self,
         *,
@@ -617,10 +683,13 @@ class Execution(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         compensation_order: _abc.Iterable[_builtins.str] | None = ...,
+        compensation_rounds: _builtins.int = ...,
+        next_compensation_at: _timestamp_pb2.Timestamp | None = ...,
+        abandonment: Global___CompensationAbandonment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "input", b"input", "output", b"output", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["abandonment", b"abandonment", "created_at", b"created_at", "finished_at", b"finished_at", "input", b"input", "next_compensation_at", b"next_compensation_at", "output", b"output", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel_requested", b"cancel_requested", "compensation_order", b"compensation_order", "created_at", b"created_at", "error", b"error", "execution_id", b"execution_id", "finished_at", b"finished_at", "input", b"input", "output", b"output", "state", b"state", "steps", b"steps", "updated_at", b"updated_at", "workflow_id", b"workflow_id", "workflow_name", b"workflow_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abandonment", b"abandonment", "cancel_requested", b"cancel_requested", "compensation_order", b"compensation_order", "compensation_rounds", b"compensation_rounds", "created_at", b"created_at", "error", b"error", "execution_id", b"execution_id", "finished_at", b"finished_at", "input", b"input", "next_compensation_at", b"next_compensation_at", "output", b"output", "state", b"state", "steps", b"steps", "updated_at", b"updated_at", "workflow_id", b"workflow_id", "workflow_name", b"workflow_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1236,3 +1305,165 @@ class GetStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class ListCompensationFailedRequest(_message.Message):
+    """ListCompensationFailedRequest asks for one page of COMPENSATION_FAILED executions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    INCLUDE_ABANDONED_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Page size, 1-1000; 0 means 50."""
+    page_token: _builtins.str
+    """Token from a previous next_page_token; empty for the first page."""
+    include_abandoned: _builtins.bool
+    """True: also the executions an operator abandoned."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        include_abandoned: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_abandoned", b"include_abandoned", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCompensationFailedRequest: _TypeAlias = ListCompensationFailedRequest  # noqa: Y015
+
+@_typing.final
+class ListCompensationFailedResponse(_message.Message):
+    """ListCompensationFailedResponse is one page of COMPENSATION_FAILED executions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def executions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Execution]:
+        """Executions, newest first."""
+
+    def __init__(
+        self,
+        *,
+        executions: _abc.Iterable[Global___Execution] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCompensationFailedResponse: _TypeAlias = ListCompensationFailedResponse  # noqa: Y015
+
+@_typing.final
+class RetryCompensationRequest(_message.Message):
+    """RetryCompensationRequest names the execution whose compensation is tried again now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    """Id of a COMPENSATION_FAILED execution."""
+    operator: _builtins.str
+    """Who asks, at most 128 characters; recorded in the transition and its event."""
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        operator: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "operator", b"operator"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryCompensationRequest: _TypeAlias = RetryCompensationRequest  # noqa: Y015
+
+@_typing.final
+class RetryCompensationResponse(_message.Message):
+    """RetryCompensationResponse carries the execution, COMPENSATING again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def execution(self) -> Global___Execution:
+        """The execution as the new round starts."""
+
+    def __init__(
+        self,
+        *,
+        execution: Global___Execution | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryCompensationResponse: _TypeAlias = RetryCompensationResponse  # noqa: Y015
+
+@_typing.final
+class AbandonCompensationRequest(_message.Message):
+    """AbandonCompensationRequest gives up on an execution's compensation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    """Id of a COMPENSATION_FAILED execution."""
+    operator: _builtins.str
+    """Who gives up, 1-128 characters (required)."""
+    reason: _builtins.str
+    """Why, 1-512 characters (required): what was done about the steps left uncompensated."""
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "operator", b"operator", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonCompensationRequest: _TypeAlias = AbandonCompensationRequest  # noqa: Y015
+
+@_typing.final
+class AbandonCompensationResponse(_message.Message):
+    """AbandonCompensationResponse carries the abandoned execution."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def execution(self) -> Global___Execution:
+        """The execution, still COMPENSATION_FAILED, with its abandonment recorded."""
+
+    def __init__(
+        self,
+        *,
+        execution: Global___Execution | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbandonCompensationResponse: _TypeAlias = AbandonCompensationResponse  # noqa: Y015

@@ -97,6 +97,21 @@ class OrchestratorServiceStub:
                 request_serializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.ListCompensationFailed = channel.unary_unary(
+                '/grace.orchestrator.v1.OrchestratorService/ListCompensationFailed',
+                request_serializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListCompensationFailedRequest.SerializeToString,
+                response_deserializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListCompensationFailedResponse.FromString,
+                _registered_method=True)
+        self.RetryCompensation = channel.unary_unary(
+                '/grace.orchestrator.v1.OrchestratorService/RetryCompensation',
+                request_serializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RetryCompensationRequest.SerializeToString,
+                response_deserializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RetryCompensationResponse.FromString,
+                _registered_method=True)
+        self.AbandonCompensation = channel.unary_unary(
+                '/grace.orchestrator.v1.OrchestratorService/AbandonCompensation',
+                request_serializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.AbandonCompensationRequest.SerializeToString,
+                response_deserializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.AbandonCompensationResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -195,6 +210,33 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCompensationFailed(self, request, context):
+        """Lists COMPENSATION_FAILED executions, newest first: those whose compensation is
+        retried with backoff (next_compensation_at), and with include_abandoned also those an
+        operator gave up on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryCompensation(self, request, context):
+        """Starts a new round of compensation of a COMPENSATION_FAILED execution now, instead of
+        at its next_compensation_at. Answers FAILED_PRECONDITION when the execution is not
+        COMPENSATION_FAILED (EXECUTION_NOT_COMPENSATION_FAILED), was abandoned
+        (COMPENSATION_ABANDONED) or is being compensated (COMPENSATION_IN_PROGRESS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbandonCompensation(self, request, context):
+        """Gives up on compensating a COMPENSATION_FAILED execution: it stays
+        COMPENSATION_FAILED, is no longer retried, and records who gave up and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +294,21 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetStatsRequest.FromString,
                     response_serializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'ListCompensationFailed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCompensationFailed,
+                    request_deserializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListCompensationFailedRequest.FromString,
+                    response_serializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListCompensationFailedResponse.SerializeToString,
+            ),
+            'RetryCompensation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryCompensation,
+                    request_deserializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RetryCompensationRequest.FromString,
+                    response_serializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RetryCompensationResponse.SerializeToString,
+            ),
+            'AbandonCompensation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbandonCompensation,
+                    request_deserializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.AbandonCompensationRequest.FromString,
+                    response_serializer=grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.AbandonCompensationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +616,87 @@ class OrchestratorService:
             '/grace.orchestrator.v1.OrchestratorService/GetStats',
             grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetStatsRequest.SerializeToString,
             grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCompensationFailed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.orchestrator.v1.OrchestratorService/ListCompensationFailed',
+            grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListCompensationFailedRequest.SerializeToString,
+            grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListCompensationFailedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryCompensation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.orchestrator.v1.OrchestratorService/RetryCompensation',
+            grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RetryCompensationRequest.SerializeToString,
+            grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RetryCompensationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbandonCompensation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.orchestrator.v1.OrchestratorService/AbandonCompensation',
+            grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.AbandonCompensationRequest.SerializeToString,
+            grace_dot_orchestrator_dot_v1_dot_orchestrator__pb2.AbandonCompensationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,21 @@ class OrchestratorServiceStub:
     """
     GetStats: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetStatsRequest, _orchestrator_pb2.GetStatsResponse]
     """Returns counts of workflows, executions by state, steps, retries and compensations."""
+    ListCompensationFailed: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListCompensationFailedRequest, _orchestrator_pb2.ListCompensationFailedResponse]
+    """Lists COMPENSATION_FAILED executions, newest first: those whose compensation is
+    retried with backoff (next_compensation_at), and with include_abandoned also those an
+    operator gave up on.
+    """
+    RetryCompensation: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.RetryCompensationRequest, _orchestrator_pb2.RetryCompensationResponse]
+    """Starts a new round of compensation of a COMPENSATION_FAILED execution now, instead of
+    at its next_compensation_at. Answers FAILED_PRECONDITION when the execution is not
+    COMPENSATION_FAILED (EXECUTION_NOT_COMPENSATION_FAILED), was abandoned
+    (COMPENSATION_ABANDONED) or is being compensated (COMPENSATION_IN_PROGRESS).
+    """
+    AbandonCompensation: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.AbandonCompensationRequest, _orchestrator_pb2.AbandonCompensationResponse]
+    """Gives up on compensating a COMPENSATION_FAILED execution: it stays
+    COMPENSATION_FAILED, is no longer retried, and records who gave up and why.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -127,6 +142,21 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """
     GetStats: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetStatsRequest, _orchestrator_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Returns counts of workflows, executions by state, steps, retries and compensations."""
+    ListCompensationFailed: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListCompensationFailedRequest, _orchestrator_pb2.ListCompensationFailedResponse]  # type: ignore[assignment]
+    """Lists COMPENSATION_FAILED executions, newest first: those whose compensation is
+    retried with backoff (next_compensation_at), and with include_abandoned also those an
+    operator gave up on.
+    """
+    RetryCompensation: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.RetryCompensationRequest, _orchestrator_pb2.RetryCompensationResponse]  # type: ignore[assignment]
+    """Starts a new round of compensation of a COMPENSATION_FAILED execution now, instead of
+    at its next_compensation_at. Answers FAILED_PRECONDITION when the execution is not
+    COMPENSATION_FAILED (EXECUTION_NOT_COMPENSATION_FAILED), was abandoned
+    (COMPENSATION_ABANDONED) or is being compensated (COMPENSATION_IN_PROGRESS).
+    """
+    AbandonCompensation: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.AbandonCompensationRequest, _orchestrator_pb2.AbandonCompensationResponse]  # type: ignore[assignment]
+    """Gives up on compensating a COMPENSATION_FAILED execution: it stays
+    COMPENSATION_FAILED, is no longer retried, and records who gave up and why.
+    """
 
 class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrchestratorService runs multi-domain workflows as sagas. A workflow is a DAG of steps,
@@ -240,5 +270,38 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.GetStatsResponse, _abc.Awaitable[_orchestrator_pb2.GetStatsResponse]]:
         """Returns counts of workflows, executions by state, steps, retries and compensations."""
+
+    @_abc_1.abstractmethod
+    def ListCompensationFailed(
+        self,
+        request: _orchestrator_pb2.ListCompensationFailedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ListCompensationFailedResponse, _abc.Awaitable[_orchestrator_pb2.ListCompensationFailedResponse]]:
+        """Lists COMPENSATION_FAILED executions, newest first: those whose compensation is
+        retried with backoff (next_compensation_at), and with include_abandoned also those an
+        operator gave up on.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryCompensation(
+        self,
+        request: _orchestrator_pb2.RetryCompensationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.RetryCompensationResponse, _abc.Awaitable[_orchestrator_pb2.RetryCompensationResponse]]:
+        """Starts a new round of compensation of a COMPENSATION_FAILED execution now, instead of
+        at its next_compensation_at. Answers FAILED_PRECONDITION when the execution is not
+        COMPENSATION_FAILED (EXECUTION_NOT_COMPENSATION_FAILED), was abandoned
+        (COMPENSATION_ABANDONED) or is being compensated (COMPENSATION_IN_PROGRESS).
+        """
+
+    @_abc_1.abstractmethod
+    def AbandonCompensation(
+        self,
+        request: _orchestrator_pb2.AbandonCompensationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.AbandonCompensationResponse, _abc.Awaitable[_orchestrator_pb2.AbandonCompensationResponse]]:
+        """Gives up on compensating a COMPENSATION_FAILED execution: it stays
+        COMPENSATION_FAILED, is no longer retried, and records who gave up and why.
+        """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
