@@ -1,0 +1,612 @@
+"""The scheduler core: schedules, and the loop that fires their due times exactly once.
+
+Contract:
+- `create` stores a schedule with its first due time; `pause`, `resume`, `delete` change it;
+  `trigger` and `backfill` queue extra firings (PENDING) that the loop picks up.
+- `tick` is one pass of the loop: it claims the due schedules (see `store` for the
+  compare-and-set), plans their firings with the missed-fire policy (`timing.plan`),
+  takes over firings whose instance died, and starts every firing it now holds. `run`
+  repeats it, sleeping until the earliest fire time (at most `poll_interval_s`, so
+  schedules created by other instances are seen) or until `wake` is called.
+- A firing asks governance (the schedule's owner is the actor, action `schedule.fire`,
+  resource the action's target), runs the action inside a span `schedule.fire`, and
+  records its outcome with its fencing token. The outcome goes on the bus
+  (`schedule.fired`, `schedule.fire_failed`, `schedule.fire_denied`,
+  `schedule.fire_skipped`) and into the immutable log, through outboxes written in the
+  same transaction as the outcome.
+- Nothing here reads the wall clock or sleeps on its own: the clock is injected and `tick`
+  can be driven step by step, so the whole contract is testable without real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from opentelemetry import trace
+
+from services.common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from services.common.governance_client import GovernanceGate
+from services.common.outbox import Outbox
+from services.common.pagination import decode_token, encode_token, page_size
+from services.common.validation import require_id
+from services.common.waiting import wait_for_event
+from services.kernels.scheduler import timing
+from services.kernels.scheduler.model import (
+    ActionKind,
+    Cause,
+    Firing,
+    Outcome,
+    OverlapPolicy,
+    Schedule,
+    ScheduleSpec,
+    ScheduleState,
+    TimingKind,
+    firing_id,
+)
+from services.kernels.scheduler.peers import ActionFailed, Peers
+from services.kernels.scheduler.store import SchedulerStore, events_outbox, log_outbox
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("grace.scheduler")
+
+SOURCE = "scheduler"
+RECENT_FIRINGS = 10
+MAX_BACKFILL = 1000
+OUTCOME_EVENTS = {
+    Outcome.SUCCEEDED: "schedule.fired",
+    Outcome.FAILED: "schedule.fire_failed",
+    Outcome.DENIED: "schedule.fire_denied",
+    Outcome.SKIPPED: "schedule.fire_skipped",
+}
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """How the loop runs.
+
+    Attributes:
+        instance_id: Names this instance in the claims it holds.
+        lease_s: How long a claimed firing stays this instance's before another may take
+            it over; longer than `action_timeout_s`, so a live instance never loses one.
+        poll_interval_s: Longest sleep between passes.
+        batch: Schedules claimed, and lapsed firings taken over, per pass.
+        max_concurrent: Firings whose actions run at once.
+        history: Finished firings kept per schedule.
+        tasks_available: Whether a tasks service is configured (task actions need it).
+    """
+
+    instance_id: str = ""
+    lease_s: float = 60.0
+    poll_interval_s: float = 1.0
+    batch: int = 500
+    max_concurrent: int = 64
+    history: int = 100
+    tasks_available: bool = False
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counts for GetSchedulerStats."""
+
+    schedules_by_state: dict[str, int]
+    firings_by_outcome: dict[str, int]
+    fired_here: int
+    instance_id: str
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """What a backfill queued."""
+
+    queued: list[float]
+    already_fired: int
+
+
+def _digest(text: str, length: int = 32) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def idempotency_key(firing: Firing) -> str:
+    """The key every call of a firing carries (1-128 characters, any instance alike)."""
+    return f"schedule-{_digest(firing.firing_id, 40)}"
+
+
+class Scheduler:
+    """Stores schedules and fires them.
+
+    Args:
+        store: Durable state.
+        peers: What firings call.
+        gate: Governance.
+        settings: Loop settings.
+        clock: Wall clock (epoch seconds); injectable for tests.
+    """
+
+    def __init__(
+        self,
+        store: SchedulerStore,
+        peers: Peers,
+        gate: GovernanceGate,
+        settings: SchedulerSettings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.peers = peers
+        self.gate = gate
+        self.settings = replace(
+            settings, instance_id=settings.instance_id or f"scheduler-{uuid.uuid4().hex[:12]}"
+        )
+        self.clock = clock
+        self.events = Outbox(store.db, events_outbox, SOURCE)
+        self.log_entries = Outbox(store.db, log_outbox, SOURCE)
+        self.fired_here = 0
+        self._wake = asyncio.Event()
+        self._on_commit: list[Callable[[], None]] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(settings.max_concurrent)
+
+    @property
+    def instance_id(self) -> str:
+        """This instance's id."""
+        return self.settings.instance_id
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` after each transaction that wrote events (wakes the relays)."""
+        self._on_commit.append(callback)
+
+    def _committed(self) -> None:
+        for callback in self._on_commit:
+            callback()
+
+    def wake(self) -> None:
+        """Makes the loop look now (after a change that may bring a fire time closer)."""
+        self._wake.set()
+
+    async def open(self) -> None:
+        """Creates the tables."""
+        await self.store.open()
+
+    async def close(self) -> None:
+        """Stops the firings under way (their claims lapse and another pass resumes them)."""
+        for task in list(self._running):
+            task.cancel()
+        for task in list(self._running):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # Schedules ---------------------------------------------------------------------------
+
+    def check(self, spec: ScheduleSpec, now: float) -> None:
+        """Rules on a spec that need the clock or the deployment."""
+        if spec.action.kind is ActionKind.TASK and not self.settings.tasks_available:
+            raise FailedPrecondition(
+                "spec.task: task actions need the tasks kernel, and no tasks service is "
+                "configured in this deployment"
+            )
+        if spec.jitter_s and spec.jitter_s >= timing.shortest_gap(spec.timing, now):
+            raise InvalidArgument(
+                "spec.jitter", "must be shorter than the time between two due times"
+            )
+
+    async def create(
+        self, schedule_id: str, spec: ScheduleSpec, *, request_id: str = "", paused: bool = False
+    ) -> Schedule:
+        """Stores a new schedule; the same `request_id` returns the first one created."""
+        if request_id:
+            existing = await self.store.by_request_id(request_id)
+            if existing is not None:
+                return existing
+        schedule_id = require_id("schedule_id", schedule_id or f"sch-{uuid.uuid4().hex[:16]}")
+        now = self.clock()
+        self.check(spec, now)
+        if spec.timing.kind is TimingKind.INTERVAL and not spec.timing.start:
+            spec = replace(spec, timing=replace(spec.timing, start=now + spec.timing.every_s))
+        due = timing.first_due(spec, now)
+        schedule = Schedule(
+            schedule_id=schedule_id,
+            spec=spec,
+            state=(
+                ScheduleState.PAUSED
+                if paused
+                else ScheduleState.ACTIVE
+                if due
+                else ScheduleState.COMPLETED
+            ),
+            created_at=now,
+            updated_at=now,
+            next_due=due,
+            next_fire_at=timing.fire_time(schedule_id, spec, due),
+        )
+        async with self.store.db.transaction() as conn:
+            if not await self.store.insert_schedule(conn, schedule, request_id):
+                raise AlreadyExists("schedule", schedule_id)
+            await self._announce(
+                conn,
+                "schedule.created",
+                schedule_id,
+                {"owner": spec.owner, "action": spec.action.target, "next_due": due},
+            )
+        self._committed()
+        self.wake()
+        return schedule
+
+    async def get(self, schedule_id: str) -> tuple[Schedule, list[Firing]]:
+        """A schedule and its most recent firings."""
+        schedule = await self.store.get(schedule_id)
+        if schedule is None:
+            raise NotFound("schedule", schedule_id)
+        return schedule, await self.store.firings_of(schedule_id, RECENT_FIRINGS)
+
+    async def page(
+        self, owner: str, state: ScheduleState | None, size: int, token: str
+    ) -> tuple[list[Schedule], str]:
+        """One page of schedules by id."""
+        limit = page_size(size)
+        position = decode_token(token) or {}
+        found = await self.store.page(owner, state, str(position.get("after", "")), limit + 1)
+        more = len(found) > limit
+        found = found[:limit]
+        return found, encode_token({"after": found[-1].schedule_id}) if more else ""
+
+    async def _change_state(
+        self, schedule_id: str, allowed: tuple[ScheduleState, ...], target: ScheduleState, why: str
+    ) -> Schedule:
+        for _ in range(5):
+            schedule = await self.store.get(schedule_id)
+            if schedule is None:
+                raise NotFound("schedule", schedule_id)
+            if schedule.state is target:
+                return schedule
+            if schedule.state not in allowed:
+                raise FailedPrecondition(
+                    f"schedule {schedule_id!r} is {schedule.state.value}; "
+                    f"only a {' or '.join(s.value for s in allowed)} schedule can be {why}"
+                )
+            now = self.clock()
+            async with self.store.db.transaction() as conn:
+                if not await self.store.set_state(conn, schedule, target, now):
+                    continue  # changed meanwhile (a claim); read again
+                await self._announce(conn, f"schedule.{why}", schedule_id, {})
+            self._committed()
+            self.wake()
+            return replace(schedule, state=target, updated_at=now, version=schedule.version + 1)
+        raise Aborted(f"schedule {schedule_id!r} kept changing; try again")
+
+    async def pause(self, schedule_id: str) -> Schedule:
+        """Stops firing until resumed."""
+        return await self._change_state(
+            schedule_id, (ScheduleState.ACTIVE,), ScheduleState.PAUSED, "paused"
+        )
+
+    async def resume(self, schedule_id: str) -> Schedule:
+        """Fires again; due times that passed meanwhile follow the missed-fire policy."""
+        return await self._change_state(
+            schedule_id, (ScheduleState.PAUSED,), ScheduleState.ACTIVE, "resumed"
+        )
+
+    async def delete(self, schedule_id: str) -> None:
+        """Deletes a schedule and its history."""
+        async with self.store.db.transaction() as conn:
+            if not await self.store.delete(conn, schedule_id):
+                raise NotFound("schedule", schedule_id)
+            await self._announce(conn, "schedule.deleted", schedule_id, {})
+        self._committed()
+
+    async def trigger(self, schedule_id: str, request_id: str = "") -> Firing:
+        """Queues one firing now; the same `request_id` queues it once."""
+        schedule = await self.store.get(schedule_id)
+        if schedule is None:
+            raise NotFound("schedule", schedule_id)
+        now = self.clock()
+        suffix = _digest(request_id, 16) if request_id else uuid.uuid4().hex[:16]
+        firing = Firing(
+            firing_id=f"{schedule_id}@trigger-{suffix}",
+            schedule_id=schedule_id,
+            due=now,
+            fire_at=now,
+            cause=Cause.TRIGGER,
+            outcome=Outcome.PENDING,
+        )
+        async with self.store.db.transaction() as conn:
+            if not await self.store.insert_firing(conn, firing):
+                existing = await self.store.get_firing(firing.firing_id)
+                return existing or firing
+            await self.store.count_fired(conn, schedule_id, 1)
+        self.wake()
+        return firing
+
+    async def backfill(self, schedule_id: str, start: float, end: float) -> Backfill:
+        """Queues the due times in [start, end) that have not fired."""
+        schedule = await self.store.get(schedule_id)
+        if schedule is None:
+            raise NotFound("schedule", schedule_id)
+        now = self.clock()
+        if not start or not end or start >= end:
+            raise InvalidArgument("end_time", "must be after start_time (both are required)")
+        if end > now:
+            raise InvalidArgument("end_time", "must not be in the future")
+        dues = timing.dues_between(schedule.spec.timing, start, end, MAX_BACKFILL)
+        if len(dues) > MAX_BACKFILL:
+            raise InvalidArgument(
+                "end_time", f"the range holds more than {MAX_BACKFILL} due times; split it"
+            )
+        queued: list[float] = []
+        async with self.store.db.transaction() as conn:
+            for due in dues:
+                firing = Firing(
+                    firing_id=firing_id(schedule_id, due),
+                    schedule_id=schedule_id,
+                    due=due,
+                    fire_at=now,
+                    cause=Cause.BACKFILL,
+                    outcome=Outcome.PENDING,
+                )
+                if await self.store.insert_firing(conn, firing):
+                    queued.append(due)
+            await self.store.count_fired(conn, schedule_id, len(queued))
+        self.wake()
+        return Backfill(queued, len(dues) - len(queued))
+
+    async def firings(self, schedule_id: str, size: int, token: str) -> tuple[list[Firing], str]:
+        """One page of a schedule's firings, newest first."""
+        limit = page_size(size)
+        if await self.store.get(schedule_id) is None:
+            raise NotFound("schedule", schedule_id)
+        position = decode_token(token)
+        before = (float(position["due"]), str(position["id"])) if position else None
+        found = await self.store.firings_of(schedule_id, limit + 1, before)
+        more = len(found) > limit
+        found = found[:limit]
+        token = encode_token({"due": found[-1].due, "id": found[-1].firing_id}) if more else ""
+        return found, token
+
+    async def stats(self) -> Stats:
+        """Counts."""
+        return Stats(
+            await self.store.count_by_state(),
+            await self.store.count_by_outcome(),
+            self.fired_here,
+            self.instance_id,
+        )
+
+    # The loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Fires due times until cancelled."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.tick()
+                earliest = await self.store.earliest_fire_at()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler pass failed; retrying")
+                earliest = 0.0
+            wait = self.settings.poll_interval_s
+            if earliest:
+                wait = min(wait, max(0.0, earliest - self.clock()))
+            if wait > 0:
+                await wait_for_event(self._wake, wait)
+
+    async def tick(self) -> list[Firing]:
+        """One pass: claims what is due, takes over lapsed firings, starts them all."""
+        claimed = await self._claim_due()
+        claimed.extend(await self._take_over_lapsed())
+        for firing in claimed:
+            task = asyncio.create_task(self._fire(firing), name=f"fire-{firing.firing_id}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        return claimed
+
+    async def idle(self) -> None:
+        """Waits until the firings started so far have finished."""
+        while self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    async def _claim_due(self) -> list[Firing]:
+        now = self.clock()
+        due = await self.store.due(now, self.settings.batch)
+        if not due:
+            return []
+        lease_until = now + self.settings.lease_s
+        claimed: list[Firing] = []
+        async with self.store.db.transaction() as conn:
+            for schedule in due:
+                plan = timing.plan(schedule.schedule_id, schedule.spec, schedule.next_due, now)
+                last = max((d for d, _ in plan.fires), default=0.0)
+                if not await self.store.advance(
+                    conn,
+                    schedule,
+                    plan.next_due,
+                    timing.fire_time(schedule.schedule_id, schedule.spec, plan.next_due),
+                    last,
+                    len(plan.fires),
+                    now,
+                ):
+                    continue  # another instance claimed it, or it was paused meanwhile
+                for due_time, cause in plan.fires:
+                    firing = Firing(
+                        firing_id=firing_id(schedule.schedule_id, due_time),
+                        schedule_id=schedule.schedule_id,
+                        due=due_time,
+                        fire_at=timing.fire_time(schedule.schedule_id, schedule.spec, due_time),
+                        cause=cause,
+                        outcome=Outcome.RUNNING,
+                        attempt=1,
+                        owner=self.instance_id,
+                        lease_until=lease_until,
+                        started_at=now,
+                    )
+                    if await self.store.insert_firing(conn, firing):
+                        claimed.append(firing)
+        return claimed
+
+    async def _take_over_lapsed(self) -> list[Firing]:
+        now = self.clock()
+        taken: list[Firing] = []
+        for firing in await self.store.lapsed(now, self.settings.batch):
+            mine = await self.store.take_over(firing, self.instance_id, now, self.settings.lease_s)
+            if mine is not None:
+                if firing.outcome is Outcome.RUNNING:
+                    log.warning(
+                        "firing %s: the claim of %s lapsed; running it again as attempt %d",
+                        firing.firing_id,
+                        firing.owner,
+                        mine.attempt,
+                    )
+                taken.append(mine)
+        return taken
+
+    async def _fire(self, firing: Firing) -> None:
+        async with self._slots:
+            schedule = await self.store.get(firing.schedule_id)
+            if schedule is None:
+                return  # deleted meanwhile; its firings went with it
+            spec = schedule.spec
+            with tracer.start_as_current_span(
+                "schedule.fire",
+                attributes={
+                    "grace.schedule_id": firing.schedule_id,
+                    "grace.firing_id": firing.firing_id,
+                    "grace.firing.cause": firing.cause.value,
+                    "grace.firing.attempt": firing.attempt,
+                    "grace.action": spec.action.target,
+                },
+            ) as span:
+                started = self.clock()
+                outcome, result, error, decision = await self._run_action(spec, firing)
+                span.set_attribute("grace.firing.outcome", outcome.value)
+                done = replace(
+                    firing,
+                    outcome=outcome,
+                    result=result,
+                    error=error,
+                    decision_id=decision,
+                    started_at=started,
+                    finished_at=self.clock(),
+                )
+                await self._record(spec, done)
+
+    async def _run_action(
+        self, spec: ScheduleSpec, firing: Firing
+    ) -> tuple[Outcome, dict[str, Any], str, str]:
+        """Asks governance, then runs the action: (outcome, result, error, decision id)."""
+        action = spec.action
+        context = {
+            "schedule_id": firing.schedule_id,
+            "firing_id": firing.firing_id,
+            "due": firing.due,
+            "cause": firing.cause.value,
+        }
+        decision = await self.gate.check(
+            spec.owner,
+            "schedule.fire",
+            action.target,
+            risk_level=spec.risk_level,
+            context=context,
+        )
+        if not decision.allowed:
+            reasons = "; ".join(decision.reasons) or decision.verdict
+            if decision.approval_id:
+                reasons += f" (approval {decision.approval_id})"
+            return (
+                Outcome.DENIED,
+                {},
+                f"governance {decision.verdict}: {reasons}",
+                (decision.decision_id),
+            )
+        key = idempotency_key(firing)
+        marker = {"schedule_id": firing.schedule_id, "due": firing.due, "firing_id": key}
+        params = action.params
+        try:
+            if action.kind is ActionKind.WORKFLOW:
+                if spec.overlap is OverlapPolicy.SKIP:
+                    previous = await self.store.last_execution(firing.schedule_id)
+                    if previous and await self.peers.execution_running(previous):
+                        return (
+                            Outcome.SKIPPED,
+                            {"running_execution_id": previous},
+                            f"overlap policy skip: execution {previous} is still running",
+                            decision.decision_id,
+                        )
+                data = {**(params.get("input") or {}), "_schedule": marker}
+                result = await self.peers.start_workflow(params["workflow_id"], data, key)
+            elif action.kind is ActionKind.DOMAIN:
+                result = await self.peers.call_domain(params, params.get("input") or {}, key)
+            elif action.kind is ActionKind.EVENT:
+                # Published through the outbox with the outcome (see `_record`).
+                result = {"event_id": f"schedule:{_digest(firing.firing_id)}"}
+            else:
+                result = await self.peers.create_task(params, key)
+        except ActionFailed as exc:
+            return Outcome.FAILED, {}, str(exc), decision.decision_id
+        return Outcome.SUCCEEDED, result, "", decision.decision_id
+
+    async def _record(self, spec: ScheduleSpec, firing: Firing) -> None:
+        """Stores the outcome under the firing's fencing token, with its events."""
+        action = spec.action
+        async with self.store.db.transaction() as conn:
+            if not await self.store.finish(conn, firing):
+                log.warning(
+                    "firing %s attempt %d: a newer claim holds it; outcome %s dropped",
+                    firing.firing_id,
+                    firing.attempt,
+                    firing.outcome.value,
+                )
+                return
+            if action.kind is ActionKind.EVENT and firing.outcome is Outcome.SUCCEEDED:
+                row = self.events.new_row(
+                    str(action.params["event_type"]),
+                    {
+                        **(action.params.get("data") or {}),
+                        "_schedule": {"schedule_id": firing.schedule_id, "due": firing.due},
+                    },
+                    subject=firing.schedule_id,
+                    event_id=str(firing.result["event_id"]),
+                )
+                await conn.execute(self.events.table.insert().values(**row))
+            await self._announce(
+                conn,
+                OUTCOME_EVENTS[firing.outcome],
+                firing.schedule_id,
+                {
+                    "firing_id": firing.firing_id,
+                    "owner": spec.owner,
+                    "action": action.target,
+                    "due": firing.due,
+                    "fire_at": firing.fire_at,
+                    "started_at": firing.started_at,
+                    "cause": firing.cause.value,
+                    "attempt": firing.attempt,
+                    "outcome": firing.outcome.value,
+                    "error": firing.error,
+                    "result": firing.result,
+                    "governance_decision_id": firing.decision_id,
+                    "instance_id": self.instance_id,
+                },
+            )
+            await self.store.prune(conn, firing.schedule_id, self.settings.history)
+        self.fired_here += 1
+        self._committed()
+
+    async def _announce(
+        self, conn: Any, event_type: str, schedule_id: str, data: dict[str, Any]
+    ) -> None:
+        payload = {"schedule_id": schedule_id, **data}
+        await self.events.enqueue(conn, event_type, payload, subject=schedule_id)
+        await self.log_entries.enqueue(conn, event_type, payload, subject=schedule_id)
