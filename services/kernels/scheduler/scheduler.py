@@ -26,11 +26,12 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from opentelemetry import trace
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import (
     Aborted,
@@ -58,7 +59,7 @@ from services.kernels.scheduler.model import (
     firing_id,
 )
 from services.kernels.scheduler.peers import ActionFailed, Peers
-from services.kernels.scheduler.store import SchedulerStore, events_outbox, log_outbox
+from services.kernels.scheduler.store import Advance, SchedulerStore, events_outbox, log_outbox
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("grace.scheduler")
@@ -66,6 +67,11 @@ tracer = trace.get_tracer("grace.scheduler")
 SOURCE = "scheduler"
 RECENT_FIRINGS = 10
 MAX_BACKFILL = 1000
+OUTCOME_BATCH = 500
+MAX_FIRES_PER_PASS = 2000
+# A schedule's old firings are pruned at about one outcome in PRUNE_EVERY, so the history
+# stays between `history` and `history + PRUNE_EVERY` firings without a delete per firing.
+PRUNE_EVERY = 16
 OUTCOME_EVENTS = {
     Outcome.SUCCEEDED: "schedule.fired",
     Outcome.FAILED: "schedule.fire_failed",
@@ -116,6 +122,20 @@ class Backfill:
     already_fired: int
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """A finished firing waiting for the outcome writer."""
+
+    firing: Firing
+    events: list[dict[str, Any]]
+    log_row: dict[str, Any]
+    done: asyncio.Future[bool]
+
+
+def _prune_now(firing: Firing) -> bool:
+    return int(hashlib.sha256(firing.firing_id.encode()).hexdigest()[:8], 16) % PRUNE_EVERY == 0
+
+
 def _digest(text: str, length: int = 32) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
@@ -158,6 +178,9 @@ class Scheduler:
         self._on_commit: list[Callable[[], None]] = []
         self._running: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(settings.max_concurrent)
+        self._write_lock = asyncio.Lock()
+        self._outcomes: list[_Outcome] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def instance_id(self) -> str:
@@ -187,6 +210,10 @@ class Scheduler:
         for task in list(self._running):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
 
     # Schedules ---------------------------------------------------------------------------
 
@@ -231,7 +258,7 @@ class Scheduler:
             next_due=due,
             next_fire_at=timing.fire_time(schedule_id, spec, due),
         )
-        async with self.store.db.transaction() as conn:
+        async with self._write() as conn:
             if not await self.store.insert_schedule(conn, schedule, request_id):
                 raise AlreadyExists("schedule", schedule_id)
             await self._announce(
@@ -277,7 +304,7 @@ class Scheduler:
                     f"only a {' or '.join(s.value for s in allowed)} schedule can be {why}"
                 )
             now = self.clock()
-            async with self.store.db.transaction() as conn:
+            async with self._write() as conn:
                 if not await self.store.set_state(conn, schedule, target, now):
                     continue  # changed meanwhile (a claim); read again
                 await self._announce(conn, f"schedule.{why}", schedule_id, {})
@@ -300,7 +327,7 @@ class Scheduler:
 
     async def delete(self, schedule_id: str) -> None:
         """Deletes a schedule and its history."""
-        async with self.store.db.transaction() as conn:
+        async with self._write() as conn:
             if not await self.store.delete(conn, schedule_id):
                 raise NotFound("schedule", schedule_id)
             await self._announce(conn, "schedule.deleted", schedule_id, {})
@@ -321,7 +348,7 @@ class Scheduler:
             cause=Cause.TRIGGER,
             outcome=Outcome.PENDING,
         )
-        async with self.store.db.transaction() as conn:
+        async with self._write() as conn:
             if not await self.store.insert_firing(conn, firing):
                 existing = await self.store.get_firing(firing.firing_id)
                 return existing or firing
@@ -345,7 +372,7 @@ class Scheduler:
                 "end_time", f"the range holds more than {MAX_BACKFILL} due times; split it"
             )
         queued: list[float] = []
-        async with self.store.db.transaction() as conn:
+        async with self._write() as conn:
             for due in dues:
                 firing = Firing(
                     firing_id=firing_id(schedule_id, due),
@@ -407,61 +434,87 @@ class Scheduler:
         """One pass: claims what is due, takes over lapsed firings, starts them all."""
         claimed = await self._claim_due()
         claimed.extend(await self._take_over_lapsed())
-        for firing in claimed:
-            task = asyncio.create_task(self._fire(firing), name=f"fire-{firing.firing_id}")
+        for firing, spec in claimed:
+            task = asyncio.create_task(self._fire(firing, spec), name=f"fire-{firing.firing_id}")
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-        return claimed
+        return [firing for firing, _ in claimed]
 
     async def idle(self) -> None:
         """Waits until the firings started so far have finished."""
         while self._running:
             await asyncio.gather(*list(self._running), return_exceptions=True)
 
-    async def _claim_due(self) -> list[Firing]:
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction, one at a time in this process: SQLite's busy handler would
+        otherwise sleep in coarse steps whenever two writers meet (PostgreSQL does not
+        need it, and it costs nothing there: writes here are batched)."""
+        async with self._write_lock, self.store.db.transaction() as conn:
+            yield conn
+
+    async def _claim_due(self) -> list[tuple[Firing, ScheduleSpec]]:
         now = self.clock()
         due = await self.store.due(now, self.settings.batch)
         if not due:
             return []
         lease_until = now + self.settings.lease_s
-        claimed: list[Firing] = []
-        async with self.store.db.transaction() as conn:
-            for schedule in due:
-                plan = timing.plan(schedule.schedule_id, schedule.spec, schedule.next_due, now)
-                last = max((d for d, _ in plan.fires), default=0.0)
-                if not await self.store.advance(
-                    conn,
+        advances: list[Advance] = []
+        planned: list[tuple[Firing, ScheduleSpec]] = []
+        for schedule in due:
+            if len(planned) >= MAX_FIRES_PER_PASS:
+                break  # the rest is claimed by the next pass, at once
+            spec = schedule.spec
+            plan = timing.plan(schedule.schedule_id, spec, schedule.next_due, now)
+            advances.append(
+                Advance(
                     schedule,
                     plan.next_due,
-                    timing.fire_time(schedule.schedule_id, schedule.spec, plan.next_due),
-                    last,
+                    timing.fire_time(schedule.schedule_id, spec, plan.next_due),
+                    max((d for d, _ in plan.fires), default=0.0),
                     len(plan.fires),
-                    now,
-                ):
-                    continue  # another instance claimed it, or it was paused meanwhile
-                for due_time, cause in plan.fires:
-                    firing = Firing(
+                )
+            )
+            planned.extend(
+                (
+                    Firing(
                         firing_id=firing_id(schedule.schedule_id, due_time),
                         schedule_id=schedule.schedule_id,
                         due=due_time,
-                        fire_at=timing.fire_time(schedule.schedule_id, schedule.spec, due_time),
+                        fire_at=timing.fire_time(schedule.schedule_id, spec, due_time),
                         cause=cause,
                         outcome=Outcome.RUNNING,
                         attempt=1,
                         owner=self.instance_id,
                         lease_until=lease_until,
                         started_at=now,
-                    )
-                    if await self.store.insert_firing(conn, firing):
-                        claimed.append(firing)
-        return claimed
+                    ),
+                    spec,
+                )
+                for due_time, cause in plan.fires
+            )
+        async with self._write() as conn:
+            won = await self.store.advance_many(conn, advances, uuid.uuid4().hex, now)
+            mine = [(f, spec) for f, spec in planned if f.schedule_id in won]
+            inserted = await self.store.insert_claimed(conn, [f for f, _ in mine])
+        return [(f, spec) for f, spec in mine if f.firing_id in inserted]
 
-    async def _take_over_lapsed(self) -> list[Firing]:
+    async def _take_over_lapsed(self) -> list[tuple[Firing, ScheduleSpec]]:
         now = self.clock()
-        taken: list[Firing] = []
-        for firing in await self.store.lapsed(now, self.settings.batch):
-            mine = await self.store.take_over(firing, self.instance_id, now, self.settings.lease_s)
-            if mine is not None:
+        lapsed = await self.store.lapsed(now, self.settings.batch)
+        if not lapsed:
+            return []
+        taken: list[tuple[Firing, ScheduleSpec]] = []
+        async with self._write() as conn:
+            for firing in lapsed:
+                schedule = await self.store.get(firing.schedule_id, conn)
+                if schedule is None:
+                    continue
+                mine = await self.store.take_over(
+                    conn, firing, self.instance_id, now, self.settings.lease_s
+                )
+                if mine is None:
+                    continue
                 if firing.outcome is Outcome.RUNNING:
                     log.warning(
                         "firing %s: the claim of %s lapsed; running it again as attempt %d",
@@ -469,38 +522,34 @@ class Scheduler:
                         firing.owner,
                         mine.attempt,
                     )
-                taken.append(mine)
+                taken.append((mine, schedule.spec))
         return taken
 
-    async def _fire(self, firing: Firing) -> None:
-        async with self._slots:
-            schedule = await self.store.get(firing.schedule_id)
-            if schedule is None:
-                return  # deleted meanwhile; its firings went with it
-            spec = schedule.spec
-            with tracer.start_as_current_span(
-                "schedule.fire",
-                attributes={
-                    "grace.schedule_id": firing.schedule_id,
-                    "grace.firing_id": firing.firing_id,
-                    "grace.firing.cause": firing.cause.value,
-                    "grace.firing.attempt": firing.attempt,
-                    "grace.action": spec.action.target,
-                },
-            ) as span:
+    async def _fire(self, firing: Firing, spec: ScheduleSpec) -> None:
+        with tracer.start_as_current_span(
+            "schedule.fire",
+            attributes={
+                "grace.schedule_id": firing.schedule_id,
+                "grace.firing_id": firing.firing_id,
+                "grace.firing.cause": firing.cause.value,
+                "grace.firing.attempt": firing.attempt,
+                "grace.action": spec.action.target,
+            },
+        ) as span:
+            async with self._slots:
                 started = self.clock()
                 outcome, result, error, decision = await self._run_action(spec, firing)
-                span.set_attribute("grace.firing.outcome", outcome.value)
-                done = replace(
-                    firing,
-                    outcome=outcome,
-                    result=result,
-                    error=error,
-                    decision_id=decision,
-                    started_at=started,
-                    finished_at=self.clock(),
-                )
-                await self._record(spec, done)
+            span.set_attribute("grace.firing.outcome", outcome.value)
+            done = replace(
+                firing,
+                outcome=outcome,
+                result=result,
+                error=error,
+                decision_id=decision,
+                started_at=started,
+                finished_at=self.clock(),
+            )
+            await self._record(spec, done)
 
     async def _run_action(
         self, spec: ScheduleSpec, firing: Firing
@@ -558,19 +607,17 @@ class Scheduler:
         return Outcome.SUCCEEDED, result, "", decision.decision_id
 
     async def _record(self, spec: ScheduleSpec, firing: Firing) -> None:
-        """Stores the outcome under the firing's fencing token, with its events."""
+        """Stores the outcome under the firing's fencing token, with its events.
+
+        Outcomes are written in batches (group commit): each waits for the transaction that
+        holds it, and one transaction carries every outcome that finished meanwhile. The
+        event rows are made here, in the firing's span, so they carry its trace.
+        """
         action = spec.action
-        async with self.store.db.transaction() as conn:
-            if not await self.store.finish(conn, firing):
-                log.warning(
-                    "firing %s attempt %d: a newer claim holds it; outcome %s dropped",
-                    firing.firing_id,
-                    firing.attempt,
-                    firing.outcome.value,
-                )
-                return
-            if action.kind is ActionKind.EVENT and firing.outcome is Outcome.SUCCEEDED:
-                row = self.events.new_row(
+        rows: list[dict[str, Any]] = []
+        if action.kind is ActionKind.EVENT and firing.outcome is Outcome.SUCCEEDED:
+            rows.append(
+                self.events.new_row(
                     str(action.params["event_type"]),
                     {
                         **(action.params.get("data") or {}),
@@ -579,30 +626,67 @@ class Scheduler:
                     subject=firing.schedule_id,
                     event_id=str(firing.result["event_id"]),
                 )
-                await conn.execute(self.events.table.insert().values(**row))
-            await self._announce(
-                conn,
-                OUTCOME_EVENTS[firing.outcome],
-                firing.schedule_id,
-                {
-                    "firing_id": firing.firing_id,
-                    "owner": spec.owner,
-                    "action": action.target,
-                    "due": firing.due,
-                    "fire_at": firing.fire_at,
-                    "started_at": firing.started_at,
-                    "cause": firing.cause.value,
-                    "attempt": firing.attempt,
-                    "outcome": firing.outcome.value,
-                    "error": firing.error,
-                    "result": firing.result,
-                    "governance_decision_id": firing.decision_id,
-                    "instance_id": self.instance_id,
-                },
             )
-            await self.store.prune(conn, firing.schedule_id, self.settings.history)
-        self.fired_here += 1
-        self._committed()
+        announcement = {
+            "schedule_id": firing.schedule_id,
+            "firing_id": firing.firing_id,
+            "owner": spec.owner,
+            "action": action.target,
+            "due": firing.due,
+            "fire_at": firing.fire_at,
+            "started_at": firing.started_at,
+            "cause": firing.cause.value,
+            "attempt": firing.attempt,
+            "outcome": firing.outcome.value,
+            "error": firing.error,
+            "result": firing.result,
+            "governance_decision_id": firing.decision_id,
+            "instance_id": self.instance_id,
+        }
+        event_type = OUTCOME_EVENTS[firing.outcome]
+        rows.append(self.events.new_row(event_type, announcement, subject=firing.schedule_id))
+        log_row = self.log_entries.new_row(event_type, announcement, subject=firing.schedule_id)
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._outcomes.append(_Outcome(firing, rows, log_row, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_outcomes(), name="scheduler-outcomes")
+        if not await done:
+            log.warning(
+                "firing %s attempt %d: deleted, or a newer claim holds it; outcome %s dropped",
+                firing.firing_id,
+                firing.attempt,
+                firing.outcome.value,
+            )
+
+    async def _write_outcomes(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes[:OUTCOME_BATCH], self._outcomes[OUTCOME_BATCH:]
+            try:
+                async with self._write() as conn:
+                    stored = await self.store.finish_many(conn, [i.firing for i in batch])
+                    kept = [i for i in batch if i.firing.firing_id in stored]
+                    events = [row for i in kept for row in i.events]
+                    if events:
+                        await conn.execute(self.events.table.insert(), events)
+                    if kept:
+                        await conn.execute(
+                            self.log_entries.table.insert(), [i.log_row for i in kept]
+                        )
+                    for item in kept:
+                        if _prune_now(item.firing):
+                            await self.store.prune(
+                                conn, item.firing.schedule_id, self.settings.history
+                            )
+            except Exception as exc:
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+                continue
+            self.fired_here += len(kept)
+            self._committed()
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_result(item.firing.firing_id in stored)
 
     async def _announce(
         self, conn: Any, event_type: str, schedule_id: str, data: dict[str, Any]

@@ -3,20 +3,27 @@
 Who fires what is decided here, by compare-and-set on rows, so any number of scheduler
 instances can share one database:
 
-- A due schedule is claimed by `claim_due`: `UPDATE ... WHERE version = :seen` advances
-  its next due time; the instance whose update matched inserts the firings of the due
-  times it passed, in the same transaction, already RUNNING under its lease. An instance
-  that lost the race matched no row and fires nothing.
-- A firing's `attempt` is its fencing token. `finish` records an outcome only while the
-  token is still the one the instance claimed with; `take_over` gives a firing whose lease
-  lapsed (its instance died) to another instance with the next token, so a slow instance
-  that comes back cannot overwrite the newer claim's outcome.
+- Due schedules are claimed by `advance_many`: `UPDATE ... WHERE version = :seen` advances
+  each one's next due time and stamps it with the pass's unique claim token; the rows that
+  carry the token afterwards are the ones this instance won. In the same transaction,
+  `insert_claimed` inserts the firings of the due times it passed, already RUNNING under
+  its lease. An instance that lost the race matched no row and fires nothing.
+- A firing's `attempt` is its fencing token. `finish_many` records an outcome only while
+  the token is still the one the instance claimed with; `take_over` gives a firing whose
+  lease lapsed (its instance died) to another instance with the next token, so a slow
+  instance that comes back cannot overwrite the newer claim's outcome.
 - Firing ids are derived from the schedule and the due time, so a backfill or a second
   claim of the same due time collides with the primary key instead of firing twice.
+
+Claims and outcomes are written a batch per statement (executemany) and read back by
+token, because drivers do not report which rows of an executemany matched: one pass, or
+one batch of outcomes, costs a few statements and one commit whatever its size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -30,6 +37,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     delete,
     func,
     or_,
@@ -69,6 +77,8 @@ schedules = Table(
     Column("fire_count", BigInteger, nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("request_id", String(128), nullable=True, unique=True),
+    # Token of the claim that last advanced the schedule (see `advance_many`).
+    Column("claim_token", String(32), nullable=False, server_default=""),
     Index("scheduler_schedules_due", "state", "next_fire_at"),
     Index("scheduler_schedules_owner", "owner", "schedule_id"),
 )
@@ -96,6 +106,30 @@ firings = Table(
 
 events_outbox = outbox_table(metadata, "scheduler")
 log_outbox = outbox_table(metadata, "scheduler_log")
+
+
+@dataclass(frozen=True)
+class Advance:
+    """Where a claim moves a schedule.
+
+    Attributes:
+        schedule: The schedule as read (its version is compared).
+        next_due: Its next due time after the claim (0: nothing left, it completes).
+        next_fire_at: That due time plus its jitter.
+        last_due: The last due time the claim fires.
+        fired: How many firings the claim makes.
+    """
+
+    schedule: Schedule
+    next_due: float
+    next_fire_at: float
+    last_due: float
+    fired: int
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _schedule(row: Row[Any]) -> Schedule:
@@ -278,38 +312,63 @@ class SchedulerStore:
             value = (await conn.execute(query)).scalar_one_or_none()
         return float(value or 0.0)
 
-    async def advance(
-        self,
-        conn: AsyncConnection,
-        schedule: Schedule,
-        next_due: float,
-        next_fire_at: float,
-        last_due: float,
-        fired: int,
-        now: float,
-    ) -> bool:
-        """Moves a schedule to its next due time if its version is still the one read
-        (the claim); completes it when nothing is left."""
-        values: dict[str, Any] = {
-            "next_due": next_due,
-            "next_fire_at": next_fire_at,
-            "last_due": max(last_due, schedule.last_due),
-            "fire_count": schedule.fire_count + fired,
-            "version": schedule.version + 1,
-            "updated_at": now,
-        }
-        if not next_due:
-            values["state"] = ScheduleState.COMPLETED.value
-        result = await conn.execute(
+    async def advance_many(
+        self, conn: AsyncConnection, advances: Sequence[Advance], token: str, now: float
+    ) -> set[str]:
+        """Moves each schedule to its next due time if its version is still the one read,
+        in one statement; returns the ids this claim won (the others were claimed by
+        another instance, or paused, meanwhile). A schedule with nothing left completes.
+
+        Which rows matched is read back by the claim's unique `token`, not from the
+        statement's row count, which drivers do not report per row of an executemany.
+        """
+        if not advances:
+            return set()
+        statement = (
             update(schedules)
             .where(
-                schedules.c.schedule_id == schedule.schedule_id,
-                schedules.c.version == schedule.version,
+                schedules.c.schedule_id == bindparam("b_id"),
+                schedules.c.version == bindparam("b_version"),
                 schedules.c.state == ScheduleState.ACTIVE.value,
             )
-            .values(**values)
+            .values(
+                next_due=bindparam("b_next_due"),
+                next_fire_at=bindparam("b_next_fire_at"),
+                last_due=bindparam("b_last_due"),
+                fire_count=schedules.c.fire_count + bindparam("b_fired"),
+                version=schedules.c.version + 1,
+                state=bindparam("b_state"),
+                updated_at=now,
+                claim_token=token,
+            )
         )
-        return result.rowcount == 1
+        await conn.execute(
+            statement,
+            [
+                {
+                    "b_id": a.schedule.schedule_id,
+                    "b_version": a.schedule.version,
+                    "b_next_due": a.next_due,
+                    "b_next_fire_at": a.next_fire_at,
+                    "b_last_due": max(a.last_due, a.schedule.last_due),
+                    "b_fired": a.fired,
+                    "b_state": (
+                        ScheduleState.ACTIVE.value if a.next_due else ScheduleState.COMPLETED.value
+                    ),
+                }
+                for a in advances
+            ],
+        )
+        won: set[str] = set()
+        ids = [a.schedule.schedule_id for a in advances]
+        for chunk in _chunks(ids):
+            rows = await conn.execute(
+                select(schedules.c.schedule_id).where(
+                    schedules.c.schedule_id.in_(chunk), schedules.c.claim_token == token
+                )
+            )
+            won.update(r[0] for r in rows)
+        return won
 
     async def count_fired(self, conn: AsyncConnection, schedule_id: str, fired: int) -> None:
         """Adds manual firings to a schedule's count."""
@@ -385,60 +444,106 @@ class SchedulerStore:
             return [_firing(r) for r in await conn.execute(query)]
 
     async def take_over(
-        self, firing: Firing, instance: str, now: float, lease_s: float
+        self, conn: AsyncConnection, firing: Firing, instance: str, now: float, lease_s: float
     ) -> Firing | None:
         """Claims an unheld firing with the next fencing token; None when another instance
         claimed it first."""
         attempt = firing.attempt + 1
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                update(firings)
-                .where(
-                    firings.c.firing_id == firing.firing_id,
-                    firings.c.attempt == firing.attempt,
-                    firings.c.outcome.in_([o.value for o in OPEN_OUTCOMES]),
-                    firings.c.lease_until <= now,
-                )
-                .values(
-                    outcome=Outcome.RUNNING.value,
-                    attempt=attempt,
-                    owner=instance,
-                    lease_until=now + lease_s,
-                    started_at=now,
-                )
-            )
-        if result.rowcount != 1:
-            return None
-        return Firing(
-            **{
-                **firing.__dict__,
-                "outcome": Outcome.RUNNING,
-                "attempt": attempt,
-                "owner": instance,
-                "lease_until": now + lease_s,
-                "started_at": now,
-            }
-        )
-
-    async def finish(self, conn: AsyncConnection, firing: Firing) -> bool:
-        """Records a firing's outcome if the claim (its attempt) still holds it."""
         result = await conn.execute(
             update(firings)
             .where(
                 firings.c.firing_id == firing.firing_id,
                 firings.c.attempt == firing.attempt,
+                firings.c.outcome.in_([o.value for o in OPEN_OUTCOMES]),
+                firings.c.lease_until <= now,
+            )
+            .values(
+                outcome=Outcome.RUNNING.value,
+                attempt=attempt,
+                owner=instance,
+                lease_until=now + lease_s,
+                started_at=now,
+            )
+        )
+        if result.rowcount != 1:
+            return None
+        return replace(
+            firing,
+            outcome=Outcome.RUNNING,
+            attempt=attempt,
+            owner=instance,
+            lease_until=now + lease_s,
+            started_at=now,
+        )
+
+    async def insert_claimed(self, conn: AsyncConnection, claimed: Sequence[Firing]) -> set[str]:
+        """Inserts firings claimed by one instance in one pass (same owner and lease end),
+        skipping ids that exist (a due time a backfill queued); returns the ids inserted."""
+        if not claimed:
+            return set()
+        await conn.execute(
+            self.db.insert(firings).on_conflict_do_nothing(), [firing_row(f) for f in claimed]
+        )
+        owner, lease_until = claimed[0].owner, claimed[0].lease_until
+        inserted: set[str] = set()
+        for chunk in _chunks([f.firing_id for f in claimed]):
+            rows = await conn.execute(
+                select(firings.c.firing_id).where(
+                    firings.c.firing_id.in_(chunk),
+                    firings.c.owner == owner,
+                    firings.c.lease_until == lease_until,
+                    firings.c.attempt == 1,
+                )
+            )
+            inserted.update(r[0] for r in rows)
+        return inserted
+
+    async def finish_many(self, conn: AsyncConnection, done: Sequence[Firing]) -> set[str]:
+        """Records outcomes, each only if its claim (attempt, the fencing token) still holds
+        the firing, in one statement; returns the ids recorded."""
+        if not done:
+            return set()
+        await conn.execute(
+            update(firings)
+            .where(
+                firings.c.firing_id == bindparam("b_id"),
+                firings.c.attempt == bindparam("b_attempt"),
                 firings.c.outcome == Outcome.RUNNING.value,
             )
             .values(
-                outcome=firing.outcome.value,
-                finished_at=firing.finished_at,
-                result=firing.result,
-                error=firing.error[:2048],
-                decision_id=firing.decision_id,
+                outcome=bindparam("b_outcome"),
+                finished_at=bindparam("b_finished_at"),
+                result=bindparam("b_result", type_=JSON),
+                error=bindparam("b_error"),
+                decision_id=bindparam("b_decision_id"),
                 lease_until=0.0,
-            )
+            ),
+            [
+                {
+                    "b_id": f.firing_id,
+                    "b_attempt": f.attempt,
+                    "b_outcome": f.outcome.value,
+                    "b_finished_at": f.finished_at,
+                    "b_result": f.result,
+                    "b_error": f.error[:2048],
+                    "b_decision_id": f.decision_id,
+                }
+                for f in done
+            ],
         )
-        return result.rowcount == 1
+        expected = {f.firing_id: (f.attempt, f.outcome.value, f.finished_at) for f in done}
+        recorded: set[str] = set()
+        for chunk in _chunks(list(expected)):
+            rows = await conn.execute(
+                select(
+                    firings.c.firing_id,
+                    firings.c.attempt,
+                    firings.c.outcome,
+                    firings.c.finished_at,
+                ).where(firings.c.firing_id.in_(chunk))
+            )
+            recorded.update(r[0] for r in rows if expected[r[0]] == (r[1], r[2], r[3]))
+        return recorded
 
     async def count_by_outcome(self) -> dict[str, int]:
         """Firings per outcome."""
