@@ -9,6 +9,8 @@ Besides the common server settings (see `services.common.config`):
 - `GRACE_SCHEDULER_ACTION_TIMEOUT_S` (30): deadline of each call a firing makes.
 - `GRACE_SCHEDULER_POLL_INTERVAL_S` (1): longest sleep between passes (how soon schedules
   created through another instance are seen).
+- `GRACE_SCHEDULER_LOOKAHEAD_S` (0.5): firings are claimed this far ahead of their fire
+  time and then wait for it, so the claim's commit does not make them late.
 - `GRACE_SCHEDULER_BATCH` (500), `GRACE_SCHEDULER_MAX_CONCURRENT` (64),
   `GRACE_SCHEDULER_HISTORY` (100 finished firings kept per schedule).
 - `GRACE_SCHEDULER_GOVERNANCE_FALLBACK` (log_only | enforce; default enforce: a firing is
@@ -79,6 +81,7 @@ class SchedulerConfig:
             settings=SchedulerSettings(
                 instance_id=r.text("GRACE_SCHEDULER_INSTANCE_ID", ""),
                 lease_s=lease,
+                lookahead_s=r.number("GRACE_SCHEDULER_LOOKAHEAD_S", 0.5, minimum=0, maximum=10),
                 poll_interval_s=r.number(
                     "GRACE_SCHEDULER_POLL_INTERVAL_S", 1.0, minimum=0.01, maximum=60
                 ),

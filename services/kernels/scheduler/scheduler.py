@@ -89,6 +89,8 @@ class SchedulerSettings:
         lease_s: How long a claimed firing stays this instance's before another may take
             it over; longer than `action_timeout_s`, so a live instance never loses one.
         poll_interval_s: Longest sleep between passes.
+        lookahead_s: How far ahead of their fire time firings are claimed; each then waits
+            for its fire time, so the claim's commit is not part of the lateness.
         batch: Schedules claimed, and lapsed firings taken over, per pass.
         max_concurrent: Firings whose actions run at once.
         history: Finished firings kept per schedule.
@@ -97,6 +99,7 @@ class SchedulerSettings:
 
     instance_id: str = ""
     lease_s: float = 60.0
+    lookahead_s: float = 0.0
     poll_interval_s: float = 1.0
     batch: int = 500
     max_concurrent: int = 64
@@ -426,7 +429,7 @@ class Scheduler:
                 earliest = 0.0
             wait = self.settings.poll_interval_s
             if earliest:
-                wait = min(wait, max(0.0, earliest - self.clock()))
+                wait = min(wait, max(0.0, earliest - self.settings.lookahead_s - self.clock()))
             if wait > 0:
                 await wait_for_event(self._wake, wait)
 
@@ -455,17 +458,18 @@ class Scheduler:
 
     async def _claim_due(self) -> list[tuple[Firing, ScheduleSpec]]:
         now = self.clock()
-        due = await self.store.due(now, self.settings.batch)
+        horizon = now + self.settings.lookahead_s
+        due = await self.store.due(horizon, self.settings.batch)
         if not due:
             return []
-        lease_until = now + self.settings.lease_s
+        lease_until = horizon + self.settings.lease_s
         advances: list[Advance] = []
         planned: list[tuple[Firing, ScheduleSpec]] = []
         for schedule in due:
             if len(planned) >= MAX_FIRES_PER_PASS:
                 break  # the rest is claimed by the next pass, at once
             spec = schedule.spec
-            plan = timing.plan(schedule.schedule_id, spec, schedule.next_due, now)
+            plan = timing.plan(schedule.schedule_id, spec, schedule.next_due, horizon)
             advances.append(
                 Advance(
                     schedule,
@@ -536,6 +540,9 @@ class Scheduler:
                 "grace.action": spec.action.target,
             },
         ) as span:
+            early = firing.fire_at - self.clock()
+            if early > 0:  # claimed ahead (lookahead): fire on time
+                await asyncio.sleep(early)
             async with self._slots:
                 started = self.clock()
                 outcome, result, error, decision = await self._run_action(spec, firing)

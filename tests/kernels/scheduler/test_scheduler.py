@@ -359,3 +359,17 @@ async def test_listing_pages_through_schedules_and_firings(database: DatabaseTar
 def test_clock_double_is_only_moved_by_the_test() -> None:
     clock: Callable[[], float] = FakeClock(5.0)
     assert clock() == clock() == 5.0
+
+
+async def test_a_firing_claimed_ahead_waits_for_its_fire_time(database: DatabaseTarget) -> None:
+    clock = FakeClock()
+    peers = RecordingPeers()
+    async with instance(database, clock, peers, lookahead_s=0.5) as scheduler:
+        created = await scheduler.create("s", interval_spec(10))
+        clock.advance(9.7)  # 0.3 s before the due time: within the lookahead
+        [claimed] = await scheduler.tick()
+        assert claimed.due == created.next_due
+        await asyncio.sleep(0.05)
+        assert peers.workflows == []  # claimed, not fired yet
+        await scheduler.idle()
+    assert len(peers.workflows) == 1
