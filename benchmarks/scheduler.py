@@ -36,6 +36,7 @@ from services.common.config import sqlite_url
 from services.common.governance_client import GateDecision
 from services.common.storage import Database
 from services.kernels.scheduler import timing
+from services.kernels.scheduler.firer import SchedulerSettings
 from services.kernels.scheduler.model import (
     Action,
     ActionKind,
@@ -44,7 +45,7 @@ from services.kernels.scheduler.model import (
     Timing,
     TimingKind,
 )
-from services.kernels.scheduler.scheduler import Scheduler, SchedulerSettings
+from services.kernels.scheduler.scheduler import Scheduler
 from services.kernels.scheduler.store import SchedulerStore, schedules
 
 SCHEDULES = 10_000

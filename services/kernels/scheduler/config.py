@@ -38,7 +38,7 @@ from services.common.config import (
     peer_address,
 )
 from services.kernels.registration import DomainRegistration, registration_from_env
-from services.kernels.scheduler.scheduler import SchedulerSettings
+from services.kernels.scheduler.firer import SchedulerSettings
 
 SERVICE = "scheduler"
 CAPABILITIES = ("scheduling",)

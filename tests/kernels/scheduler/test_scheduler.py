@@ -11,6 +11,7 @@ import pytest
 
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.storage import Database
+from services.kernels.scheduler.firer import SchedulerSettings
 from services.kernels.scheduler.model import (
     Action,
     ActionKind,
@@ -23,7 +24,7 @@ from services.kernels.scheduler.model import (
     Timing,
     TimingKind,
 )
-from services.kernels.scheduler.scheduler import Scheduler, SchedulerSettings
+from services.kernels.scheduler.scheduler import Scheduler
 from services.kernels.scheduler.store import SchedulerStore
 from tests.conftest import DatabaseTarget
 from tests.kernels.scheduler.doubles import FakeClock, RecordingPeers, ScriptedGate

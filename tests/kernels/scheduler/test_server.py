@@ -19,7 +19,7 @@ from grace.kernels.scheduler.v1 import scheduler_pb2_grpc
 from services.common.outbox import OutboxEvent
 from services.common.timestamps import to_duration, to_timestamp
 from services.kernels.scheduler.config import SchedulerConfig
-from services.kernels.scheduler.scheduler import SchedulerSettings
+from services.kernels.scheduler.firer import SchedulerSettings
 from services.kernels.scheduler.server import SchedulerServer
 from tests.kernels.scheduler.doubles import RecordingPeers, ScriptedGate
 from tests.support import server_config, serving
