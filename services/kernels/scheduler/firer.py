@@ -345,7 +345,12 @@ class Firer:
                 (decision.decision_id),
             )
         key = idempotency_key(firing)
-        marker = {"schedule_id": firing.schedule_id, "due": firing.due, "firing_id": key}
+        marker = {
+            "schedule_id": firing.schedule_id,
+            "due": firing.due,
+            "firing_id": firing.firing_id,
+            "idempotency_key": key,
+        }
         params = action.params
         try:
             if action.kind is ActionKind.WORKFLOW:
