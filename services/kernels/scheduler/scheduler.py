@@ -223,8 +223,10 @@ class Scheduler:
     ) -> tuple[list[Schedule], str]:
         """One page of schedules by id."""
         limit = page_size(size)
-        position = decode_token(token) or {}
-        found = await self.store.page(owner, state, str(position.get("after", "")), limit + 1)
+        position = decode_token(token) or {"after": ""}
+        if not isinstance(position.get("after"), str):
+            raise InvalidArgument("page_token", "is not a token of this list")
+        found = await self.store.page(owner, state, position["after"], limit + 1)
         more = len(found) > limit
         found = found[:limit]
         return found, encode_token({"after": found[-1].schedule_id}) if more else ""
@@ -302,8 +304,10 @@ class Scheduler:
         if schedule is None:
             raise NotFound("schedule", schedule_id)
         now = self.clock()
-        if not start or not end or start >= end:
-            raise InvalidArgument("end_time", "must be after start_time (both are required)")
+        if not start:
+            raise InvalidArgument("start_time", "is required")
+        if not end or end <= start:
+            raise InvalidArgument("end_time", "is required and must be after start_time")
         if end > now:
             raise InvalidArgument("end_time", "must not be in the future")
         dues = timing.dues_between(schedule.spec.timing, start, end, MAX_BACKFILL)
@@ -334,7 +338,12 @@ class Scheduler:
         if await self.store.get(schedule_id) is None:
             raise NotFound("schedule", schedule_id)
         position = decode_token(token)
-        before = (float(position["due"]), str(position["id"])) if position else None
+        before = None
+        if position is not None:
+            try:
+                before = (float(position["due"]), str(position["id"]))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument("page_token", "is not a token of this list") from None
         found = await self.store.firings_of(schedule_id, limit + 1, before)
         more = len(found) > limit
         found = found[:limit]

@@ -224,8 +224,12 @@ async def test_backfill_fires_each_past_due_time_once_and_leaves_fired_ones_alon
         assert result.already_fired == 1
         await fire(scheduler)
         repeat = await scheduler.backfill("s", start, start + 50)
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(InvalidArgument) as future:
             await scheduler.backfill("s", start, clock.now + 100)
+        assert future.value.field == "end_time"
+        with pytest.raises(InvalidArgument) as unset:
+            await scheduler.backfill("s", 0.0, start)
+        assert unset.value.field == "start_time"
     assert repeat.queued == []
     assert len({w[2] for w in peers.workflows}) == len(peers.workflows)
 
@@ -352,6 +356,10 @@ async def test_listing_pages_through_schedules_and_firings(database: DatabaseTar
         await fire(scheduler)
         firings, token = await scheduler.firings("s0", 2, "")
         older, _ = await scheduler.firings("s0", 2, token)
+        schedules_token = (await scheduler.page("", None, 1, ""))[1]
+        with pytest.raises(InvalidArgument) as wrong:
+            await scheduler.firings("s0", 2, schedules_token)
+        assert wrong.value.field == "page_token"
     assert [f.due for f in firings] == sorted((f.due for f in firings), reverse=True)
     assert len(firings) + len(older) == 3
     assert older[0].due < firings[-1].due
