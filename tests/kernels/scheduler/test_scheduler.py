@@ -4,7 +4,7 @@ claims and fencing between instances, missed-fire policies, pause, trigger and b
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -363,11 +363,6 @@ async def test_listing_pages_through_schedules_and_firings(database: DatabaseTar
     assert [f.due for f in firings] == sorted((f.due for f in firings), reverse=True)
     assert len(firings) + len(older) == 3
     assert older[0].due < firings[-1].due
-
-
-def test_clock_double_is_only_moved_by_the_test() -> None:
-    clock: Callable[[], float] = FakeClock(5.0)
-    assert clock() == clock() == 5.0
 
 
 async def test_a_firing_claimed_ahead_waits_for_its_fire_time(database: DatabaseTarget) -> None:
