@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import grpc
@@ -14,10 +15,15 @@ from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
+from grace.kernels.immutable_log.v1 import immutable_log_pb2 as log_pb
+from grace.kernels.immutable_log.v1 import immutable_log_pb2_grpc
 from grace.kernels.scheduler.v1 import scheduler_pb2 as pb
 from grace.kernels.scheduler.v1 import scheduler_pb2_grpc
 from services.common.outbox import OutboxEvent
 from services.common.timestamps import to_duration, to_timestamp
+from services.kernels.immutable_log.config import LogConfig
+from services.kernels.immutable_log.log import LogSettings
+from services.kernels.immutable_log.server import ImmutableLogServer
 from services.kernels.scheduler.config import SchedulerConfig
 from services.kernels.scheduler.firer import SchedulerSettings
 from services.kernels.scheduler.server import SchedulerServer
@@ -309,3 +315,44 @@ async def test_stats_count_schedules_and_firings(running: Running) -> None:
         "SCHEDULE_STATE_PAUSED": 1,
     }
     assert stats.instance_id.startswith("scheduler-")
+
+
+async def test_a_firing_is_appended_to_a_real_immutable_log(tmp_path: Path) -> None:
+    log_service = ImmutableLogServer(
+        LogConfig(
+            server=server_config("immutable_log", tmp_path / "log"),
+            settings=LogSettings(origin="grace.test/scheduler-log"),
+            key_file=tmp_path / "log" / "immutable_log.key",
+            registration=None,
+        )
+    )
+    async with AsyncExitStack() as stack:
+        log_server, log_chan = await stack.enter_async_context(
+            serving(log_service.config.server, log_service)
+        )
+        config = SchedulerConfig(
+            server=server_config("scheduler", tmp_path / "scheduler"),
+            settings=SchedulerSettings(poll_interval_s=0.05),
+            relay_interval_s=0.05,
+            immutable_log_address=log_server.address,
+        )
+        service = SchedulerServer(
+            config, peers=RecordingPeers(), gate=ScriptedGate(), bus=ListPublisher()
+        )
+        _, chan = await stack.enter_async_context(serving(config.server, service))
+        stub = scheduler_pb2_grpc.SchedulerServiceStub(chan)
+        log_stub = immutable_log_pb2_grpc.ImmutableLogServiceStub(log_chan)
+        await stub.CreateSchedule(pb.CreateScheduleRequest(schedule_id="s", spec=tuesday_spec()))
+        await stub.TriggerSchedule(pb.TriggerScheduleRequest(schedule_id="s"))
+
+        async def logged() -> bool:
+            got = await log_stub.GetEntries(log_pb.GetEntriesRequest(start=0, page_size=100))
+            return any(e.data.kind == "schedule.fired" for e in got.entries)
+
+        await eventually(logged)
+        got = await log_stub.GetEntries(log_pb.GetEntriesRequest(start=0, page_size=100))
+    fired = next(e for e in got.entries if e.data.kind == "schedule.fired")
+    assert fired.data.actor == "scheduler"
+    assert fired.data.data["owner"] == "operator:alice"
+    assert fired.data.data["outcome"] == "succeeded"
+    assert got.entries[0].data.kind == "schedule.created"
