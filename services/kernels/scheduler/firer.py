@@ -182,16 +182,23 @@ class Firer:
                 await self._writer
 
     async def run(self) -> None:
-        """Fires due times until cancelled."""
+        """Fires due times until cancelled. A failing pass (the database is down) is
+        retried every poll interval and logged when the outage begins and ends."""
+        failing = False
         while True:
             self._wake.clear()
             try:
                 await self.tick()
                 earliest = await self.store.earliest_fire_at()
+                if failing:
+                    log.info("scheduler passes succeed again")
+                    failing = False
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("scheduler pass failed; retrying")
+                if not failing:
+                    log.exception("scheduler pass failed; retrying every poll interval")
+                    failing = True
                 earliest = 0.0
             wait = self.settings.poll_interval_s
             if earliest:
