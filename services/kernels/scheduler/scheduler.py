@@ -199,14 +199,20 @@ class Scheduler:
             next_fire_at=timing.fire_time(schedule_id, spec, due),
         )
         async with self._write() as conn:
-            if not await self.store.insert_schedule(conn, schedule, request_id):
-                raise AlreadyExists("schedule", schedule_id)
-            await self._announce(
-                conn,
-                "schedule.created",
-                schedule_id,
-                {"owner": spec.owner, "action": spec.action.target, "next_due": due},
-            )
+            inserted = await self.store.insert_schedule(conn, schedule, request_id)
+            if inserted:
+                await self._announce(
+                    conn,
+                    "schedule.created",
+                    schedule_id,
+                    {"owner": spec.owner, "action": spec.action.target, "next_due": due},
+                )
+        if not inserted:
+            # A concurrent create with the same request id won the race: answer its result.
+            existing = await self.store.by_request_id(request_id) if request_id else None
+            if existing is not None:
+                return existing
+            raise AlreadyExists("schedule", schedule_id)
         self._committed()
         self.wake()
         return schedule
