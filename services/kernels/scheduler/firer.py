@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer("grace.scheduler")
 
 OUTCOME_BATCH = 500
+OUTCOME_LINGER_S = 0.05
 MAX_FIRES_PER_PASS = 2000
 # A schedule's old firings are pruned at about one outcome in PRUNE_EVERY, so the history
 # stays between `history` and `history + PRUNE_EVERY` firings without a delete per firing.
@@ -202,7 +203,11 @@ class Firer:
                 earliest = 0.0
             wait = self.settings.poll_interval_s
             if earliest:
-                wait = min(wait, max(0.0, earliest - self.settings.lookahead_s - self.clock()))
+                # Wake when the earliest unclaimed fire time is half the lookahead away and
+                # claim the whole lookahead: passes then come a few times a second, each
+                # claiming a batch, instead of one pass per firing.
+                wake_at = earliest - self.settings.lookahead_s / 2
+                wait = min(wait, max(0.0, wake_at - self.clock()))
             if wait > 0:
                 await wait_for_event(self._wake, wait)
 
@@ -437,6 +442,10 @@ class Firer:
 
     async def _write_outcomes(self) -> None:
         while self._outcomes:
+            # Let the outcomes finishing about now join this transaction: each commit costs
+            # an fsync and a few statements whatever its size, and nothing waits on an
+            # outcome's record but its own task.
+            await asyncio.sleep(OUTCOME_LINGER_S)
             batch, self._outcomes = self._outcomes[:OUTCOME_BATCH], self._outcomes[OUTCOME_BATCH:]
             try:
                 async with self._write() as conn:
