@@ -16,7 +16,7 @@ governance round, action call, outcome with its two outbox rows.
       CPU: process CPU time of the loop over IDLE_S seconds with them, against the same
       loop with none. Disk: database bytes per schedule.
 
-    .venv/bin/python benchmarks/scheduler.py [--database-url URL]
+    .venv/bin/python benchmarks/scheduler.py [--database-url postgresql://...]
 
 The last line is one JSON object with every figure. Target: lateness p99 under 100 ms.
 """
@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import statistics
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +159,10 @@ async def insert(scheduler: Scheduler, count: int, period: float, lead_s: float)
     return time.time() - began
 
 
-async def lateness(url: str, count: int, period: float, window: float) -> dict[str, float]:
-    scheduler, recorder = await make_scheduler(url)
+async def lateness(
+    url: str, count: int, period: float, window: float, schema: str | None = None
+) -> dict[str, float]:
+    scheduler, recorder = await make_scheduler(url, schema)
     took = await insert(scheduler, count, period, LEAD_S)
     if took >= LEAD_S:
         print(f"warning: inserting {count} schedules took {took:.1f}s, past the first due time")
@@ -184,10 +189,10 @@ async def lateness(url: str, count: int, period: float, window: float) -> dict[s
     }
 
 
-async def idle_cost(url: str, db_file: Path | None) -> dict[str, float]:
+async def idle_cost(url: str, db_file: Path | None, schema: str | None = None) -> dict[str, float]:
     results: dict[str, float] = {}
     for label, count in (("empty", 0), ("loaded", SCHEDULES)):
-        scheduler, _ = await make_scheduler(url)
+        scheduler, _ = await make_scheduler(url, schema)
         rss_before = rss_mib()
         size_before = db_bytes(db_file)
         if count:
@@ -218,23 +223,46 @@ async def idle_cost(url: str, db_file: Path | None) -> dict[str, float]:
     }
 
 
+@contextlib.asynccontextmanager
+async def postgres_schemas(url: str, names: list[str]) -> AsyncIterator[dict[str, str]]:
+    """A fresh schema per phase on PostgreSQL, dropped afterwards."""
+    import asyncpg
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    schemas = {name: f"bench_{name}_{uuid.uuid4().hex[:8]}" for name in names}
+    conn = await asyncpg.connect(dsn)
+    try:
+        for schema in schemas.values():
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+        yield schemas
+    finally:
+        for schema in schemas.values():
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--database-url", default="")
+    parser.add_argument("--database-url", default="", help="PostgreSQL URL (default SQLite)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    phases = ["baseline", "lateness", "idle"]
+    async with contextlib.AsyncExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         figures: dict[str, Any] = {"benchmark": "scheduler", "schedules": SCHEDULES}
-        urls = {}
-        for name in ("baseline", "lateness", "idle"):
-            path = Path(tmp) / f"{name}.db"
-            urls[name] = (
-                args.database_url or sqlite_url(path),
-                None if args.database_url else path,
-            )
+        urls: dict[str, tuple[str, Path | None, str | None]]
+        if args.database_url:
+            schemas = await stack.enter_async_context(postgres_schemas(args.database_url, phases))
+            urls = {name: (args.database_url, None, schemas[name]) for name in phases}
+        else:
+            urls = {
+                name: (sqlite_url(tmp / f"{name}.db"), tmp / f"{name}.db", None) for name in phases
+            }
         figures["backend"] = "postgresql" if args.database_url else "sqlite"
-        baseline = await lateness(urls["baseline"][0], 1, 1.0, 10.0)
+        url, _, schema = urls["baseline"]
+        baseline = await lateness(url, 1, 1.0, 10.0, schema)
         print(f"baseline (1 schedule, every 1 s):      {baseline}")
-        loaded = await lateness(urls["lateness"][0], SCHEDULES, PERIOD_S, WINDOW_S)
+        url, _, schema = urls["lateness"]
+        loaded = await lateness(url, SCHEDULES, PERIOD_S, WINDOW_S, schema)
         print(f"{SCHEDULES} schedules, period {PERIOD_S:g} s: {loaded}")
         idle = await idle_cost(*urls["idle"])
         print(f"idle schedule cost:                    {idle}")
