@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from opentelemetry import context as otel_context
 
 from services.common.backoff import Backoff
+from services.common.domain_router import DomainRouter
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.governance_client import GovernanceGate
 from services.common.pagination import decode_token, encode_token, page_size, take_page
@@ -35,7 +36,6 @@ from services.orchestrator.model import (
 )
 from services.orchestrator.proof import head_hash
 from services.orchestrator.rounds import CompensationRounds
-from services.orchestrator.routing import DomainRouter
 from services.orchestrator.runner import ExecutionRunner
 from services.orchestrator.store import OrchestratorStore
 

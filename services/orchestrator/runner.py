@@ -21,6 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from grace.domain.v1 import domain_pb2
+from services.common.domain_router import CallError, Candidate, from_struct, to_struct
 from services.common.governance_client import RISK_LEVELS
 from services.common.waiting import wait_for_event
 from services.orchestrator import events, proof
@@ -34,7 +35,6 @@ from services.orchestrator.model import (
     StepState,
     WorkflowSpec,
 )
-from services.orchestrator.routing import CallError, Candidate, from_struct, to_struct
 from services.orchestrator.writer import Event
 
 if TYPE_CHECKING:

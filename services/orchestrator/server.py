@@ -11,6 +11,7 @@ import grpc
 from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from services.common.channels import channel
 from services.common.config import peer_address
+from services.common.domain_router import DomainRouter
 from services.common.governance_client import GovernanceClient
 from services.common.identity import ComponentIdentity
 from services.common.outbox import OutboxRelay, Publisher
@@ -19,7 +20,6 @@ from services.common.signing import load_or_create_key
 from services.common.storage import Database
 from services.orchestrator.config import OrchestratorConfig
 from services.orchestrator.engine import Orchestrator
-from services.orchestrator.routing import DomainRouter
 from services.orchestrator.servicer import OrchestratorServicer
 from services.orchestrator.store import OrchestratorStore
 

@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from services.common.domain_router import from_struct, to_struct
 from services.common.pagination import encoded_size
 from services.common.timestamps import from_duration, to_duration, to_timestamp
 from services.common.validation import require_struct_size
@@ -15,7 +16,6 @@ from services.orchestrator.definition import RetryDraft, StepDraft
 from services.orchestrator.engine import Orchestrator
 from services.orchestrator.model import Execution, ExecutionState, JsonDict, StepState, WorkflowSpec
 from services.orchestrator.proof import verify_proof
-from services.orchestrator.routing import from_struct, to_struct
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 pb = orchestrator_pb2

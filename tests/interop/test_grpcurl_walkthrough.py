@@ -315,6 +315,33 @@ def test_immune_takes_a_metric_point_into_its_baseline(grace_platform: RunningGr
     assert baseline["median"] == 12.5
 
 
+def test_scheduler_takes_seed_001s_tuesday_scaling_and_fires_it_on_demand(
+    grace_platform: RunningGrace,
+) -> None:
+    require(grace_platform, "scheduler")
+    service = "grace.kernels.scheduler.v1.SchedulerService"
+    spec = {
+        "cron": {"expression": "30 13 * * TUE", "time_zone": "Europe/Paris"},
+        "event": {"event_type": "capacity.scale_requested", "data": {"service": "auth"}},
+        "owner": "operator:interop",
+    }
+    created = call(
+        grace_platform,
+        "scheduler",
+        f"{service}/CreateSchedule",
+        {"schedule_id": "interop-scale-auth", "spec": spec},
+    )
+    assert created["schedule"]["state"] == "SCHEDULE_STATE_ACTIVE"
+    assert created["schedule"]["next_due_time"].endswith("Z")
+    fired = call(
+        grace_platform,
+        "scheduler",
+        f"{service}/TriggerSchedule",
+        {"schedule_id": "interop-scale-auth", "request_id": "interop-1"},
+    )
+    assert fired["firing"]["cause"] == "FIRING_CAUSE_TRIGGER"
+
+
 # The services the call tests above walk through, one test each.
 WALKED_THROUGH = {
     "grace.registry.v1.RegistryService",
@@ -327,6 +354,7 @@ WALKED_THROUGH = {
     "grace.domain.v1.DomainService",
     "grace.kernels.governance.v1.GovernanceService",
     "grace.kernels.immune.v1.ImmuneService",
+    "grace.kernels.scheduler.v1.SchedulerService",
 }
 
 

@@ -18,11 +18,11 @@ from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.config import ServerConfig
+from services.common.domain_router import from_struct, to_struct
 from services.common.outbox import OutboxEvent
 from services.common.server import GraceServer, Service
 from services.orchestrator.config import OrchestratorConfig
 from services.orchestrator.engine import OrchestratorSettings
-from services.orchestrator.routing import from_struct, to_struct
 from services.orchestrator.server import OrchestratorServer
 from services.registry.config import RegistryConfig
 from services.registry.registry import RegistrySettings

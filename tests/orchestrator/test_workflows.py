@@ -13,8 +13,8 @@ from google.protobuf import json_format
 from grace.domain.v1 import domain_pb2
 from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
+from services.common.domain_router import from_struct
 from services.orchestrator.definition import StepDraft
-from services.orchestrator.routing import from_struct
 from services.orchestrator.server import OrchestratorServer
 from services.orchestrator.store import OrchestratorStore
 from tests.orchestrator.conftest import GrpcFailure, World, eventually, orchestrator_config

@@ -1,4 +1,4 @@
-"""Finding and calling the domain that runs a step.
+"""Finding and calling the domain that runs a step (orchestrator) or a firing (scheduler).
 
 A step names a `domain_id` or a `capability`. Addresses come from the registry
 (GetDomain, FindByCapability ranked best first) and are cached for a few seconds, so the
@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import json_format, struct_pb2
@@ -20,7 +20,6 @@ from google.protobuf import json_format, struct_pb2
 from grace.domain.v1 import domain_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
-from services.orchestrator.model import JsonDict
 
 # Codes after which trying again cannot help (see DomainService in domain.proto).
 PERMANENT_CODES = frozenset(
@@ -36,6 +35,8 @@ PERMANENT_CODES = frozenset(
     }
 )
 _REGISTRY_TIMEOUT_S = 3.0
+
+JsonDict: TypeAlias = dict[str, Any]
 
 
 class CallError(Exception):

@@ -1,0 +1,1 @@
+"""The scheduler kernel: cron, interval and one-shot schedules that fire actions."""
