@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import ColumnElement, Text, bindparam, func, literal_column, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import InvalidArgument
@@ -132,6 +132,12 @@ def relevance_sql(words_column: str, boost: str = "1") -> str:
     return f"({raw} / (1 + {raw}))"
 
 
+def relevance(weight: float, words: int, corpus: Corpus, boost: float = 1.0) -> float:
+    """`relevance_sql` in Python, for rankings computed outside the database."""
+    raw = boost * weight * (K1 + 1) / (1 + K1 * (1 - B + B * words / corpus.average_words))
+    return raw / (1 + raw)
+
+
 def ranking_params(weight: float, corpus: Corpus) -> dict[str, Any]:
     """Parameters of `relevance_sql` for a query whose idf sum is `weight`."""
     return {
@@ -213,12 +219,27 @@ class Fts5Table:
         """The sum of the terms' idf (document frequencies counted within `fields`)."""
         total = 0.0
         for term in terms:
-            matching = await conn.execute(
-                text(f"SELECT count(*) FROM {self.name} WHERE {self.name} MATCH :m"),
-                {"m": self.match([term], fields)},
-            )
-            total += idf(corpus.documents, int(matching.scalar_one()))
+            total += idf(corpus.documents, await self.frequency(conn, term, fields))
         return total
+
+    async def frequency(self, conn: AsyncConnection, term: str, fields: Sequence[str] = ()) -> int:
+        """How many rows hold `term` (within `fields`)."""
+        matching = await conn.execute(
+            text(f"SELECT count(*) FROM {self.name} WHERE {self.name} MATCH :m"),
+            {"m": self.match([term], fields)},
+        )
+        return int(matching.scalar_one())
+
+    async def rowids(self, conn: AsyncConnection, term: str, limit: int) -> list[int]:
+        """Up to `limit` rowids holding `term`, newest first."""
+        found = await conn.execute(
+            text(
+                f"SELECT rowid FROM {self.name} WHERE {self.name} MATCH :m"
+                " ORDER BY rowid DESC LIMIT :lim"
+            ),
+            {"m": self.match([term]), "lim": limit},
+        )
+        return [int(r) for (r,) in found]
 
 
 class TsvectorColumn:
@@ -235,15 +256,25 @@ class TsvectorColumn:
         self.column = column
         self.fields = dict(fields or {})
 
-    def vector_sql(self, params: Mapping[str, str]) -> str:
-        """SQL building the column's value from bound text parameters (field -> name)."""
+    def vector(self, params: Mapping[str, str]) -> ColumnElement[Any]:
+        """The column's value built from bound text parameters (field -> parameter name),
+        for an INSERT or UPDATE."""
         if not self.fields:
             (param,) = params.values()
-            return f"to_tsvector('simple', :{param})"
-        return " || ".join(
-            f"setweight(to_tsvector('simple', :{params[f]}), '{letter}')"
+            return func.to_tsvector("simple", bindparam(param, type_=Text()))
+        parts = [
+            func.setweight(
+                func.to_tsvector("simple", bindparam(params[f], type_=Text())),
+                # setweight takes a "char", which a bound VARCHAR is not; letters are
+                # this class's constructor arguments, not input.
+                literal_column(f"'{letter}'::\"char\""),
+            )
             for f, letter in self.fields.items()
-        )
+        ]
+        value: ColumnElement[Any] = parts[0]
+        for part in parts[1:]:
+            value = value.op("||")(part)
+        return value
 
     def tsquery(self, terms: Sequence[str], fields: Sequence[str] = ()) -> str:
         """The `to_tsquery('simple', ...)` text for rows holding every term."""
@@ -262,12 +293,29 @@ class TsvectorColumn:
         """The sum of the terms' idf (document frequencies counted within `fields`)."""
         total = 0.0
         for term in terms:
-            matching = await conn.execute(
-                text(
-                    f"SELECT count(*) FROM {self.table}"
-                    f" WHERE {self.column} @@ to_tsquery('simple', :t)"
-                ),
-                {"t": self.tsquery([term], fields)},
-            )
-            total += idf(corpus.documents, int(matching.scalar_one()))
+            total += idf(corpus.documents, await self.frequency(conn, term, fields))
         return total
+
+    async def frequency(self, conn: AsyncConnection, term: str, fields: Sequence[str] = ()) -> int:
+        """How many rows hold `term` (within `fields`)."""
+        matching = await conn.execute(
+            text(
+                f"SELECT count(*) FROM {self.table} WHERE {self.column} @@ to_tsquery('simple', :t)"
+            ),
+            {"t": self.tsquery([term], fields)},
+        )
+        return int(matching.scalar_one())
+
+    async def rowids(
+        self, conn: AsyncConnection, term: str, limit: int, key: str = "seq"
+    ) -> list[int]:
+        """Up to `limit` row keys (`key` column) holding `term`, newest first."""
+        found = await conn.execute(
+            text(
+                f"SELECT {key} FROM {self.table}"
+                f" WHERE {self.column} @@ to_tsquery('simple', :t)"
+                f" ORDER BY {key} DESC LIMIT :lim"
+            ),
+            {"t": self.tsquery([term]), "lim": limit},
+        )
+        return [int(r) for (r,) in found]
