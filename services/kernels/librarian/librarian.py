@@ -43,6 +43,9 @@ from services.kernels.librarian.model import (
 from services.kernels.librarian.schema import outbox
 from services.kernels.librarian.store import Entry, LibrarianStore, indexed_texts
 
+MEMORY_PREFIX = "memory"
+"""Id prefix of indexed shared-memory contributions (`memory.<contribution_id>`)."""
+
 INDEXED = "librarian.document.indexed"
 DELETED = "librarian.document.deleted"
 
@@ -79,10 +82,11 @@ def _strings(value: Any) -> Iterator[str]:
         for item in value:
             yield from _strings(item)
     elif value is not None:
-        yield _scalar(value)
+        yield scalar_text(value)
 
 
-def _scalar(value: Any) -> str:
+def scalar_text(value: Any) -> str:
+    """A metadata scalar as filters compare it: true/false, integers without '.0'."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
@@ -93,7 +97,7 @@ def _scalar(value: Any) -> str:
 def _filters(meta: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """The filterable entries of metadata: top-level scalars, as strings."""
     return tuple(
-        (key, _scalar(value)[:MAX_METADATA_VALUE_CHARS])
+        (key, scalar_text(value)[:MAX_METADATA_VALUE_CHARS])
         for key, value in sorted(meta.items())
         if value is not None and not isinstance(value, dict | list)
     )
@@ -284,15 +288,26 @@ class Librarian:
         hits = [Hit(d, score, highlights(d.title, d.text, terms)) for d, score in ranked]
         return hits, next_token
 
-    async def similar(self, document_id: str, *, limit: int = 10, source: str = "") -> list[Hit]:
-        """The documents nearest to a stored one, nearest first (itself excluded)."""
+    def terms(self, query: str) -> list[str]:
+        """The words a query searches for, as the index sees them."""
+        return query_words(query)
+
+    async def similar(
+        self, document_id: str, *, limit: int = 10, source: str = ""
+    ) -> tuple[str, list[Hit]]:
+        """The documents nearest to a stored one, nearest first (itself excluded), and
+        the id it was found under: a shared-memory contribution id alone finds
+        `memory.<id>`."""
         require_id("id", document_id)
         if not 1 <= limit <= MAX_SIMILAR:
             raise InvalidArgument("limit", f"must be between 1 and {MAX_SIMILAR}")
         if source:
             require_id("source", source)
-        document = await self.get(document_id)
         own = await self.store.seq_of(document_id)
+        if own is None and not document_id.startswith(f"{MEMORY_PREFIX}."):
+            document_id = f"{MEMORY_PREFIX}.{document_id}"
+            own = await self.store.seq_of(document_id)
+        document = await self.get(document_id)
         counts = Counter(w for w in words(f"{document.title} {document.text}") if len(w) > 2)
         candidates = [w for w, _ in counts.most_common(SIMILAR_CANDIDATE_WORDS)]
         frequencies = await self.store.frequencies(candidates)
@@ -319,7 +334,7 @@ class Librarian:
             reverse=True,
         )[:limit]
         found = await self.store.by_seqs([s for _, s in scored])
-        return [Hit(found[s], score) for score, s in scored if s in found]
+        return document_id, [Hit(found[s], score) for score, s in scored if s in found]
 
     async def stats(self, *, top_sources: int = 20) -> Stats:
         """How many documents and words the index holds, and its largest sources."""
