@@ -47,19 +47,21 @@ MAX_WORD_LENGTH = 64
 MAX_DOCUMENT_CHARS = 200_000
 
 _WORD = re.compile(r"[^\W_]+")
+_LONG_WORD = re.compile(rf"[^\W_]{{{MAX_WORD_LENGTH + 1}}}")
 
 
 # -- words ----------------------------------------------------------------------------------
 
 
-def normalize(word: str) -> str:
-    """One word as the index stores it: case-folded, accents removed, length capped."""
-    folded = unicodedata.normalize("NFKD", word.casefold())
-    return "".join(ch for ch in folded if not unicodedata.combining(ch))[:MAX_WORD_LENGTH]
-
-
 def words(value: str) -> list[str]:
     """The normalized words of `value`, in order (duplicates kept)."""
+    if value.isascii():
+        # ASCII has nothing to decompose or strip, and casefold is lower: the same words,
+        # several times faster.
+        found = _WORD.findall(value.lower())
+        if _LONG_WORD.search(value) is None:
+            return found
+        return [w[:MAX_WORD_LENGTH] for w in found]
     folded = unicodedata.normalize("NFKD", value.casefold())
     stripped = "".join(ch for ch in folded if not unicodedata.combining(ch))
     return [w[:MAX_WORD_LENGTH] for w in _WORD.findall(stripped)]
@@ -67,6 +69,10 @@ def words(value: str) -> list[str]:
 
 def word_spans(value: str) -> Iterator[tuple[int, int, str]]:
     """Each word of `value` as (start, end, normalized word), offsets into `value`."""
+    if value.isascii():
+        for match in _WORD.finditer(value.lower()):
+            yield match.start(), match.end(), match.group()[:MAX_WORD_LENGTH]
+        return
     for match in _WORD.finditer(value):
         for word in words(match.group()):
             yield match.start(), match.end(), word
@@ -230,17 +236,6 @@ class Fts5Table:
         )
         return int(matching.scalar_one())
 
-    async def rowids(self, conn: AsyncConnection, term: str, limit: int) -> list[int]:
-        """Up to `limit` rowids holding `term`, newest first."""
-        found = await conn.execute(
-            text(
-                f"SELECT rowid FROM {self.name} WHERE {self.name} MATCH :m"
-                " ORDER BY rowid DESC LIMIT :lim"
-            ),
-            {"m": self.match([term]), "lim": limit},
-        )
-        return [int(r) for (r,) in found]
-
 
 class TsvectorColumn:
     """A PostgreSQL tsvector column (GIN-indexed by its table's DDL), fields as weights.
@@ -305,17 +300,3 @@ class TsvectorColumn:
             {"t": self.tsquery([term], fields)},
         )
         return int(matching.scalar_one())
-
-    async def rowids(
-        self, conn: AsyncConnection, term: str, limit: int, key: str = "seq"
-    ) -> list[int]:
-        """Up to `limit` row keys (`key` column) holding `term`, newest first."""
-        found = await conn.execute(
-            text(
-                f"SELECT {key} FROM {self.table}"
-                f" WHERE {self.column} @@ to_tsquery('simple', :t)"
-                f" ORDER BY {key} DESC LIMIT :lim"
-            ),
-            {"t": self.tsquery([term]), "lim": limit},
-        )
-        return [int(r) for (r,) in found]

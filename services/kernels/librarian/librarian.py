@@ -60,6 +60,11 @@ MAX_FILTERS = 16
 MAX_SEARCH_RESULTS = 10_000
 MAX_SIMILAR = 100
 
+COMPACT_AFTER_DOCUMENTS = 1000
+"""Writes after which the index is compacted, once writing pauses."""
+COMPACT_WHEN_IDLE_S = 2.0
+"""How long writing must pause before a compaction."""
+
 SIMILAR_CANDIDATE_WORDS = 48
 """Most frequent words of a document considered for `similar`."""
 SIMILAR_QUERY_WORDS = 12
@@ -155,6 +160,7 @@ class Librarian:
         self.events = Outbox(db, outbox, "librarian")
         self._clock = clock
         self._committed: list[Callable[[], None]] = []
+        self._last_write = 0.0
 
     @property
     def mode(self) -> SearchMode:
@@ -166,6 +172,7 @@ class Librarian:
         self._committed.append(callback)
 
     def _notify(self) -> None:
+        self._last_write = self._clock()
         for callback in self._committed:
             callback()
 
@@ -225,6 +232,17 @@ class Librarian:
                 return False
             raise NotFound("document", document_id)
         self._notify()
+        return True
+
+    async def maintain(self) -> bool:
+        """Compacts the index when enough was written and writing has paused; returns
+        whether it did (called periodically by the server)."""
+        store = self.store
+        if store.uncompacted < COMPACT_AFTER_DOCUMENTS:
+            return False
+        if self._clock() - self._last_write < COMPACT_WHEN_IDLE_S:
+            return False
+        await store.compact()
         return True
 
     # -- reads ----------------------------------------------------------------------------
@@ -318,20 +336,16 @@ class Librarian:
         }
         chosen = sorted(weights, key=lambda w: (-counts[w] * weights[w], w))
         shared: dict[int, float] = {}
+        lengths: dict[int, int] = {}
         for word in chosen[:SIMILAR_QUERY_WORDS]:
-            for seq in await self.store.holding(word, SIMILAR_POSTINGS):
+            for seq, length in await self.store.holding(word, SIMILAR_POSTINGS, source):
                 if seq != own:
                     shared[seq] = shared.get(seq, 0.0) + weights[word]
-        # Rank the strongest candidates with the length normalization of search.
-        strongest = sorted(shared, key=lambda s: (-shared[s], -s))[: max(200, limit * 4)]
-        lengths = await self.store.lengths(strongest)
+                    lengths[seq] = length
+        # The shared words' idf sum, normalized by length as search does.
         scored = sorted(
-            (
-                (relevance(shared[s], lengths[s][0], corpus), s)
-                for s in strongest
-                if s in lengths and (not source or lengths[s][1] == source)
-            ),
-            reverse=True,
+            ((relevance(shared[s], lengths[s], corpus), s) for s in shared),
+            key=lambda pair: (-pair[0], -pair[1]),
         )[:limit]
         found = await self.store.by_seqs([s for _, s in scored])
         return document_id, [Hit(found[s], score) for score, s in scored if s in found]

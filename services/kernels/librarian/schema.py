@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import TSVECTOR
 
@@ -47,9 +48,8 @@ documents = Table(
     Column("updated_at", Float, nullable=False),
     # PostgreSQL's full-text index; always NULL on SQLite.
     Column("search", Text().with_variant(TSVECTOR(), "postgresql"), nullable=True),
-    # Covers the ranking's join and the source filter, so a search reads no wide rows
-    # until its page is known.
-    Index("librarian_documents_rank", "seq", "words", "source"),
+    # Ranking order on PostgreSQL (fewest words, then newest); SQLite's FTS5 keys carry it.
+    Index("librarian_documents_length", "words", text("seq DESC")),
     Index("librarian_documents_source", "source", "seq"),
     Index("librarian_documents_search", "search", postgresql_using="gin").ddl_if(
         dialect="postgresql"

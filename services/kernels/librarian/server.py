@@ -43,6 +43,7 @@ from services.kernels.registration import keep_registered
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LibrarianService"].full_name
 VERSION = "0.1.0"
 PEER_TIMEOUT_S = 5.0
+MAINTENANCE_INTERVAL_S = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +245,7 @@ class LibrarianServer(Service):
         await self.librarian.open()
         config = self.config
         self._tasks.append(asyncio.create_task(self.relay.run(), name="librarian-relay"))
+        self._tasks.append(asyncio.create_task(self._maintain(), name="librarian-maintenance"))
         memory = self._channel(config.memory_address)
         orchestrator = self._channel(config.orchestrator_address)
         self.intake = Intake(
@@ -288,6 +290,15 @@ class LibrarianServer(Service):
                 self._tasks.append(
                     asyncio.create_task(self.subscriptions.run(), name="librarian-subscriptions")
                 )
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            try:
+                if await self.librarian.maintain():
+                    log.info("librarian: full-text index compacted")
+            except Exception:
+                log.exception("librarian: compacting the index failed; retrying later")
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         chan = channel(address)

@@ -9,6 +9,7 @@ connection, so a change and its announcing event commit in one transaction.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,9 @@ from services.common.fulltext import (
     Corpus,
     Fts5Table,
     TsvectorColumn,
+    idf,
     indexed_text,
-    ranking_params,
-    relevance_sql,
+    relevance,
 )
 from services.common.storage import Database
 from services.kernels.librarian.model import (
@@ -69,6 +70,38 @@ class Entry:
     filters: tuple[tuple[str, str], ...]
 
 
+DOCUMENT_COLUMNS = (
+    "seq",
+    "document_id",
+    "source",
+    "title",
+    "text",
+    "metadata",
+    "words",
+    "created_at",
+    "updated_at",
+)
+"""What reading a document needs (not its digest or tsvector)."""
+
+SEQ_MASK = (1 << 32) - 1
+MAX_KEY_WORDS = (1 << 30) - 1
+FREQUENCY_TTL_S = 10.0
+"""How long a term's document frequency is reused: idf weights may lag writes by this
+much; which documents match never does."""
+MAX_CACHED_FREQUENCIES = 50_000
+
+
+def key(seq: int, words: int) -> int:
+    """The FTS5 rowid of a document: its word count, then its seq reversed, so that the
+    index's own order is the ranking order (fewest words first, then newest)."""
+    return (min(words, MAX_KEY_WORDS) << 32) | (SEQ_MASK - seq)
+
+
+def unkey(value: int) -> tuple[int, int]:
+    """(seq, words) of an FTS5 rowid."""
+    return SEQ_MASK - (value & SEQ_MASK), value >> 32
+
+
 def indexed_texts(title: str, body: str, meta_strings: Sequence[str]) -> tuple[str, str, str]:
     """The indexed words of each field."""
     return indexed_text(title), indexed_text(body), indexed_text(*meta_strings)
@@ -95,6 +128,10 @@ class LibrarianStore:
         # Collection size for the ranking, kept in memory: counted at open, then moved by
         # this process's writes (another instance's writes only shift weights slightly).
         self.corpus = Corpus(0, 0)
+        self._frequencies: dict[tuple[str, tuple[str, ...]], tuple[int, float]] = {}
+        self.uncompacted = 0
+        """Documents written since the index was last compacted (this process)."""
+        self._monotonic = time.monotonic
 
     @property
     def backend(self) -> str:
@@ -192,7 +229,7 @@ class LibrarianStore:
             indexed += [(seq_of[e.document.document_id], e) for e in fresh]
         for e, old in replaced:
             if self.db.is_sqlite:
-                await self.fts.remove(conn, int(old.seq), self._old_texts(old))
+                await self.fts.remove(conn, key(int(old.seq), int(old.words)), self._old_texts(old))
             row = self._row(e, now)
             texts = {p: row.pop(p) for p in _PARAMS.values() if p in row}
             await conn.execute(
@@ -204,10 +241,11 @@ class LibrarianStore:
             await conn.execute(delete(metadata_entries).where(metadata_entries.c.seq == old.seq))
             indexed.append((int(old.seq), e))
         if self.db.is_sqlite:
-            await self.fts.add(conn, [(seq, e.texts) for seq, e in indexed])
+            await self.fts.add(conn, [(key(seq, e.words), e.texts) for seq, e in indexed])
         filters = [{"seq": seq, "key": k, "value": v} for seq, e in indexed for k, v in e.filters]
         if filters:
             await conn.execute(metadata_entries.insert(), filters)
+        self.uncompacted += len(fresh) + len(replaced)
         self.corpus = self.corpus.plus(
             len(fresh),
             sum(e.words for e in fresh) + sum(e.words - int(o.words) for e, o in replaced),
@@ -223,11 +261,23 @@ class LibrarianStore:
         if row is None:
             return None
         if self.db.is_sqlite:
-            await self.fts.remove(conn, int(row.seq), self._old_texts(row))
+            await self.fts.remove(conn, key(int(row.seq), int(row.words)), self._old_texts(row))
         await conn.execute(delete(metadata_entries).where(metadata_entries.c.seq == row.seq))
         await conn.execute(delete(documents).where(documents.c.seq == row.seq))
         self.corpus = self.corpus.plus(-1, -int(row.words))
         return document_from_row(row)
+
+    async def compact(self) -> None:
+        """Merges the full-text index into one segment (SQLite; PostgreSQL's GIN index
+        needs no help). FTS5 adds a segment per transaction and merges only some of them
+        as it goes; a query reads every segment, so after a burst of writes one merge
+        makes searches up to twice as fast."""
+        if self.db.is_sqlite:
+            async with self.db.transaction() as conn:
+                await conn.execute(
+                    text(f"INSERT INTO {self.fts.name} ({self.fts.name}) VALUES ('optimize')")
+                )
+        self.uncompacted = 0
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -245,7 +295,11 @@ class LibrarianStore:
         if not seqs:
             return {}
         async with self.db.read() as conn:
-            rows = await conn.execute(select(documents).where(documents.c.seq.in_(list(seqs))))
+            rows = await conn.execute(
+                select(*(documents.c[name] for name in DOCUMENT_COLUMNS)).where(
+                    documents.c.seq.in_(list(seqs))
+                )
+            )
             return {int(r.seq): document_from_row(r) for r in rows}
 
     async def seq_of(self, document_id: str) -> int | None:
@@ -257,13 +311,42 @@ class LibrarianStore:
             seq = found.scalar_one_or_none()
         return None if seq is None else int(seq)
 
-    async def search(
-        self, query: SearchQuery, offset: int, limit: int
-    ) -> list[tuple[Document, float]]:
-        """One page of matches, best first (ties: newest first)."""
-        fields = list(query.fields) if query.fields else list(FIELDS)
-        columns = _columns(fields)
-        params: dict[str, Any] = {"lim": limit, "off": offset}
+    async def _frequency(self, conn: AsyncConnection, term: str, columns: Sequence[str]) -> int:
+        key = (term, tuple(columns))
+        now = self._monotonic()
+        cached = self._frequencies.get(key)
+        if cached is not None and now - cached[1] < FREQUENCY_TTL_S:
+            return cached[0]
+        index = self.fts if self.db.is_sqlite else self.tsvector
+        found = await index.frequency(conn, term, columns)
+        if len(self._frequencies) >= MAX_CACHED_FREQUENCIES:
+            self._frequencies.clear()
+        self._frequencies[key] = (found, now)
+        return found
+
+    async def _weight(
+        self, conn: AsyncConnection, terms: Sequence[str], columns: Sequence[str]
+    ) -> float:
+        total = 0.0
+        for term in terms:
+            total += idf(self.corpus.documents, await self._frequency(conn, term, columns))
+        return total
+
+    async def _shortest(
+        self,
+        conn: AsyncConnection,
+        terms: Sequence[str],
+        columns: Sequence[str],
+        query: SearchQuery,
+        n: int,
+    ) -> list[tuple[int, int]]:
+        """The first `n` matches in ranking order (fewest words, then newest): (seq, words).
+
+        On SQLite the index key orders the index itself that way, so FTS5 stops after `n`
+        matches instead of ranking every one; PostgreSQL walks `librarian_documents_length`
+        or sorts the matches, as its planner judges cheaper.
+        """
+        params: dict[str, Any] = {"n": n}
         clauses: list[str] = []
         if query.source:
             clauses.append("c.source = :source")
@@ -274,70 +357,81 @@ class LibrarianStore:
                 f" AND value = :mv{i})"
             )
             params[f"mk{i}"], params[f"mv{i}"] = key, value
-        boosted = "title" in fields and len(fields) > 1
-        async with self.db.read() as conn:
-            if self.db.is_sqlite:
-                weight = await self.fts.weight(conn, query.terms, self.corpus, columns)
-                params["match"] = self.fts.match(query.terms, columns)
-                matches = (
-                    "FROM librarian_search JOIN librarian_documents AS c"
-                    " INDEXED BY librarian_documents_rank ON c.seq = librarian_search.rowid"
-                    " WHERE librarian_search MATCH :match"
+        where = "".join(f" AND {c}" for c in clauses)
+        if self.db.is_sqlite:
+            params["match"] = self.fts.match(terms, columns)
+            if not clauses:
+                sql = (
+                    "SELECT rowid FROM librarian_search WHERE librarian_search MATCH :match"
+                    " ORDER BY rowid LIMIT :n"
                 )
-                in_title = (
-                    "c.seq IN (SELECT rowid FROM librarian_search"
-                    " WHERE librarian_search MATCH :title_match)"
-                )
-                params["title_match"] = self.fts.match(query.terms, ["title"])
             else:
-                weight = await self.tsvector.weight(conn, query.terms, self.corpus, columns)
-                params["q"] = self.tsvector.tsquery(query.terms, columns)
-                matches = "FROM librarian_documents AS c WHERE c.search @@ to_tsquery('simple', :q)"
-                in_title = "c.search @@ to_tsquery('simple', :title_match)"
-                params["title_match"] = self.tsvector.tsquery(query.terms, ["title"])
-            if not boosted:
-                params.pop("title_match")
-            boost = (
-                f"CASE WHEN {in_title} THEN CAST({TITLE_BOOST} AS DOUBLE PRECISION) ELSE 1 END"
-                if boosted
-                else "1"
+                params["mask"] = SEQ_MASK
+                sql = (
+                    "SELECT s.rowid FROM librarian_search AS s JOIN librarian_documents AS c"
+                    " ON c.seq = :mask - (s.rowid & :mask)"
+                    f" WHERE s.librarian_search MATCH :match{where} ORDER BY s.rowid LIMIT :n"
+                )
+            rows = await conn.execute(text(sql), params)
+            return [unkey(int(k)) for (k,) in rows]
+        params["q"] = self.tsvector.tsquery(terms, columns)
+        sql = (
+            "SELECT c.seq, c.words FROM librarian_documents AS c"
+            f" WHERE c.search @@ to_tsquery('simple', :q){where}"
+            " ORDER BY c.words, c.seq DESC LIMIT :n"
+        )
+        rows = await conn.execute(text(sql), params)
+        return [(int(seq), int(words)) for seq, words in rows]
+
+    async def search(
+        self, query: SearchQuery, offset: int, limit: int
+    ) -> list[tuple[Document, float]]:
+        """One page of matches, best first (ties: newest first).
+
+        Every match holds every query word, each counted once, so a match's BM25 relevance
+        depends only on its length and on whether its title holds the words too: the best
+        `n` are among the `n` shortest matches and the `n` shortest title matches. Those
+        two short lists are read in order (no match outside them is ranked) and scored
+        with `fulltext.relevance`, the same arithmetic on both backends.
+        """
+        fields = list(query.fields) if query.fields else list(FIELDS)
+        columns = _columns(fields)
+        boosted = "title" in fields and len(fields) > 1
+        n = offset + limit
+        async with self.db.read() as conn:
+            weight = await self._weight(conn, query.terms, columns)
+            general = await self._shortest(conn, query.terms, columns, query, n)
+            in_title = (
+                await self._shortest(conn, query.terms, ["title"], query, n) if boosted else []
             )
-            params.update(ranking_params(weight, self.corpus))
-            where = "".join(f" AND {c}" for c in clauses)
-            sql = (
-                "SELECT seq, rel FROM ("
-                f" SELECT c.seq AS seq, {relevance_sql('c.words', boost)} AS rel"
-                f" {matches}{where}"
-                ") AS m ORDER BY rel DESC, seq DESC LIMIT :lim OFFSET :off"
-            )
-            ranked = [(int(s), float(r)) for s, r in await conn.execute(text(sql), params)]
-        found = await self.by_seqs([s for s, _ in ranked])
-        return [(found[s], r) for s, r in ranked if s in found]
+        title_seqs = {seq for seq, _ in in_title}
+        candidates = dict(general) | dict(in_title)
+        ranked = sorted(
+            (
+                (
+                    relevance(
+                        weight, words, self.corpus, TITLE_BOOST if seq in title_seqs else 1.0
+                    ),
+                    seq,
+                )
+                for seq, words in candidates.items()
+            ),
+            key=lambda pair: (-pair[0], -pair[1]),
+        )[offset:n]
+        found = await self.by_seqs([seq for _, seq in ranked])
+        return [(found[seq], score) for score, seq in ranked if seq in found]
 
     async def frequencies(self, terms: Sequence[str]) -> dict[str, int]:
         """How many documents hold each term (in any field)."""
-        index = self.fts if self.db.is_sqlite else self.tsvector
         async with self.db.read() as conn:
-            return {t: await index.frequency(conn, t) for t in terms}
+            return {t: await self._frequency(conn, t, _COLUMNS) for t in terms}
 
-    async def holding(self, term: str, limit: int) -> list[int]:
-        """Seqs of up to `limit` documents holding `term`, newest first."""
+    async def holding(self, term: str, limit: int, source: str = "") -> list[tuple[int, int]]:
+        """Up to `limit` documents holding `term` (from `source`, if given), fewest words
+        first: (seq, words)."""
+        query = SearchQuery(terms=(term,), source=source)
         async with self.db.read() as conn:
-            if self.db.is_sqlite:
-                return await self.fts.rowids(conn, term, limit)
-            return await self.tsvector.rowids(conn, term, limit)
-
-    async def lengths(self, seqs: Sequence[int]) -> dict[int, tuple[int, str]]:
-        """Word count and source of documents by seq."""
-        if not seqs:
-            return {}
-        async with self.db.read() as conn:
-            rows = await conn.execute(
-                select(documents.c.seq, documents.c.words, documents.c.source).where(
-                    documents.c.seq.in_(list(seqs))
-                )
-            )
-            return {int(s): (int(w), str(src)) for s, w, src in rows}
+            return await self._shortest(conn, [term], _COLUMNS, query, limit)
 
     async def sources(self, limit: int) -> list[SourceCount]:
         """The largest sources, most documents first."""

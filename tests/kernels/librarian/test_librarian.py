@@ -9,7 +9,13 @@ import pytest
 
 from services.common.errors import InvalidArgument, NotFound
 from services.common.fulltext import K1, B, idf
-from services.kernels.librarian.librarian import DELETED, INDEXED, MAX_BATCH, Librarian
+from services.kernels.librarian.librarian import (
+    COMPACT_WHEN_IDLE_S,
+    DELETED,
+    INDEXED,
+    MAX_BATCH,
+    Librarian,
+)
 from services.kernels.librarian.model import NewDocument, SearchMode
 from tests.support import ManualClock
 
@@ -286,3 +292,31 @@ async def test_a_reopened_librarian_counts_its_corpus_from_the_database(
 
     assert reopened.store.corpus == librarian.store.corpus
     assert await _ids(reopened, "timeout") == ["ops-1", "ops-2"]
+
+
+async def test_the_index_is_compacted_once_writing_pauses_and_still_finds_the_same(
+    librarian: Librarian, clock: ManualClock
+) -> None:
+    await librarian.index([NewDocument(f"d{i}", f"common word {i}") for i in range(1000)])
+    before = await _ids(librarian, "common", size=20)
+
+    assert await librarian.maintain() is False  # writing has not paused yet
+    clock.advance(COMPACT_WHEN_IDLE_S + 1)
+    assert await librarian.maintain() is True
+    assert librarian.store.uncompacted == 0
+    assert await librarian.maintain() is False
+    assert await _ids(librarian, "common", size=20) == before
+    assert await _ids(librarian, "999") == ["d999"]
+
+
+async def test_shorter_documents_rank_first_and_ties_go_to_the_newest(
+    librarian: Librarian,
+) -> None:
+    await librarian.index(
+        [
+            NewDocument("long", "timeout " + "padding " * 20),
+            NewDocument("short-old", "timeout here"),
+            NewDocument("short-new", "timeout there"),
+        ]
+    )
+    assert await _ids(librarian, "timeout") == ["short-new", "short-old", "long"]
