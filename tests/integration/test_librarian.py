@@ -109,6 +109,10 @@ async def test_a_document_indexed_by_a_workflow_step_is_found_through_the_gatewa
     similar = execution["output"]["similar"]
     assert [r["id"] for r in similar["results"]][:1] == ["notes-2"]
 
+    near = await http.get("/librarian/documents/notes-1/similar")
+    assert near.status_code == 200, near.text
+    assert [h["document"]["id"] for h in near.json()["hits"]][:1] == ["notes-2"]
+
     stats = await http.get("/librarian/stats")
     assert stats.status_code == 200, stats.text
     assert int(stats.json()["documents"]) >= 2
