@@ -23,7 +23,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from services.common.errors import InvalidArgument, NotFound
+from sqlalchemy.exc import IntegrityError
+
+from services.common.errors import Aborted, InvalidArgument, NotFound
 from services.common.fulltext import idf, query_words, relevance, words
 from services.common.outbox import Outbox
 from services.common.pagination import decode_token, encode_token, page_size
@@ -199,6 +201,19 @@ class Librarian:
                 raise InvalidArgument(f"documents[{i}].id", "is repeated in the batch")
             seen.add(doc.document_id)
         entries = [entry(d) for d in docs]
+        try:
+            results = await self._write(entries, docs)
+        except IntegrityError:
+            # Another instance created one of these ids between our read and our insert.
+            self.store.corpus = await self.store.totals()
+            raise Aborted("a document of this batch was indexed concurrently; retry") from None
+        if any(r.changed for r in results):
+            self._notify()
+        return results
+
+    async def _write(
+        self, entries: Sequence[Entry], docs: Sequence[NewDocument]
+    ) -> list[IndexResult]:
         async with self.store.db.transaction() as conn:
             results = await self.store.write(conn, entries, self._clock())
             announced = [
@@ -211,8 +226,6 @@ class Librarian:
                 if r.changed
             ]
             await self.events.enqueue_many(conn, announced)
-        if announced:
-            self._notify()
         return results
 
     async def delete(self, document_id: str, *, missing_ok: bool = False) -> bool:
@@ -352,9 +365,10 @@ class Librarian:
 
     async def stats(self, *, top_sources: int = 20) -> Stats:
         """How many documents and words the index holds, and its largest sources."""
+        totals = await self.store.totals()
         return Stats(
-            documents=self.store.corpus.documents,
-            words=self.store.corpus.words,
+            documents=totals.documents,
+            words=totals.words,
             sources=tuple(await self.store.sources(top_sources)),
             backend=self.store.backend,
             mode=self.mode,

@@ -144,13 +144,7 @@ class LibrarianStore:
         if self.db.is_sqlite:
             async with self.db.transaction() as conn:
                 await self.fts.create(conn)
-        async with self.db.read() as conn:
-            count, words = (
-                await conn.execute(
-                    select(func.count(), func.coalesce(func.sum(documents.c.words), 0))
-                )
-            ).one()
-        self.corpus = Corpus(int(count), int(words))
+        self.corpus = await self.totals()
 
     async def close(self) -> None:
         """Closes the database."""
@@ -432,6 +426,16 @@ class LibrarianStore:
         query = SearchQuery(terms=(term,), source=source)
         async with self.db.read() as conn:
             return await self._shortest(conn, [term], _COLUMNS, query, limit)
+
+    async def totals(self) -> Corpus:
+        """Documents and words in the database (every instance's writes)."""
+        async with self.db.read() as conn:
+            count, words = (
+                await conn.execute(
+                    select(func.count(), func.coalesce(func.sum(documents.c.words), 0))
+                )
+            ).one()
+        return Corpus(int(count), int(words))
 
     async def sources(self, limit: int) -> list[SourceCount]:
         """The largest sources, most documents first."""
