@@ -4,7 +4,8 @@ beside the same queries on shared memory's search in the same run.
 Generates 100,000 synthetic documents (a title, 10-60 words of text over a Zipf-like
 vocabulary of 20,000 words, a source, metadata), starts the librarian server on loopback in
 this process as it is deployed (SQLite, its shared port relaying gRPC), and indexes them
-over gRPC with IndexBatch (batches of 500): that is the index throughput. The same texts
+over gRPC with IndexBatch (batches of 500, two callers so that the server prepares one batch
+while SQLite writes another): that is the index throughput. The same texts
 are bulk-loaded into shared memory (its own bulk path), whose server runs beside it. Then
 sequential calls: a common word (in about 20% of documents), a rare word (in 10), two
 words, two words whose second changes every call (its document frequency is not cached
@@ -14,6 +15,7 @@ Check) as the baseline. Prints a table with p50/p99, then one JSON line with the
 Targets: index at least 2,000 documents/s; Search p50 under 10 ms.
 
 Run: .venv/bin/python benchmarks/librarian.py [--documents N] [--calls N] [--batch N]
+     [--clients N]
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def main(n: int, calls: int, batch: int) -> dict[str, Any]:
+async def main(n: int, calls: int, batch: int, clients: int) -> dict[str, Any]:
     rng = random.Random(42)
     documents = synthetic(n, rng)
     common_matches = sum(1 for d in documents if f" {COMMON_WORD} " in f" {d.text} ")
@@ -176,9 +178,16 @@ async def main(n: int, calls: int, batch: int) -> dict[str, Any]:
             memory_stub = memory_pb2_grpc.SharedMemoryServiceStub(memory_chan)
             health = health_pb2_grpc.HealthStub(chan)
 
+            batches = [documents[at : at + batch] for at in range(0, n, batch)]
+
+            async def feed(mine: Sequence[Sequence[pb.NewDocument]]) -> None:
+                for part in mine:
+                    await stub.IndexBatch(pb.IndexBatchRequest(documents=part))
+
+            # `clients` callers each send every clients-th batch, one at a time: the server
+            # prepares one batch while SQLite writes another.
             start = time.perf_counter()
-            for at in range(0, n, batch):
-                await stub.IndexBatch(pb.IndexBatchRequest(documents=documents[at : at + batch]))
+            await asyncio.gather(*(feed(batches[i::clients]) for i in range(clients)))
             index_s = time.perf_counter() - start
             # The librarian compacts its index once writing pauses (checked every
             # MAINTENANCE_INTERVAL_S); query that steady state.
@@ -215,7 +224,8 @@ async def main(n: int, calls: int, batch: int) -> dict[str, Any]:
 
     base = statistics.median(figures["noop"])
     print(
-        f"librarian benchmark: {n:,} documents indexed over gRPC in batches of {batch} in "
+        f"librarian benchmark: {n:,} documents indexed over gRPC in batches of {batch} "
+        f"({clients} callers) in "
         f"{index_s:.1f} s ({n / index_s:,.0f}/s; target >= 2,000/s); shared memory bulk load "
         f"{memory_load_s:.1f} s; index compacted: {compacted}; {calls} sequential calls each "
         f"({calls // 3} for similar), "
@@ -235,6 +245,7 @@ async def main(n: int, calls: int, batch: int) -> dict[str, Any]:
         "indexed": stats.documents,
         "index_per_s": round(n / index_s),
         "index_batch": batch,
+        "index_clients": clients,
         "index_compacted": compacted,
         "memory_bulk_load_per_s": round(n / memory_load_s),
         "common_matches": common_matches,
@@ -255,7 +266,8 @@ async def main(n: int, calls: int, batch: int) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=100_000)
-    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--clients", type=int, default=2, help="concurrent IndexBatch callers")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.documents, args.calls, args.batch))))
+    print(json.dumps(asyncio.run(main(args.documents, args.calls, args.batch, args.clients))))
