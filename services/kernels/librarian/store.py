@@ -1,16 +1,17 @@
 """Durable state of the librarian on SQLite or PostgreSQL, with its full-text index.
 
-SQLite keeps a contentless FTS5 table `librarian_search` (rowid = document seq, columns
-title, body, meta); PostgreSQL keeps a weighted tsvector in each document row. Both are
-fed the words `services.common.fulltext` produced and ranked by its BM25 arithmetic, so the
-two backends return the same documents in the same order. Writes take the caller's
+SQLite keeps a contentless FTS5 table `librarian_search` (columns title, body, meta; rowid
+= `key(seq, words)`, so the index is stored in ranking order); PostgreSQL keeps a weighted
+tsvector in each document row. Both are fed the words `services.common.fulltext` produced
+and scored by its BM25 arithmetic in Python, so the two backends return the same documents
+in the same order with the same scores. Writes take the caller's
 connection, so a change and its announcing event commit in one transaction.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +121,7 @@ class LibrarianStore:
             indexes (the core's rule, needed again to forget a replaced row).
     """
 
-    def __init__(self, db: Database, meta_strings: Any) -> None:
+    def __init__(self, db: Database, meta_strings: Callable[[Any], Sequence[str]]) -> None:
         self.db = db
         self._meta_strings = meta_strings
         self.fts = Fts5Table("librarian_search", _COLUMNS)
@@ -289,12 +290,7 @@ class LibrarianStore:
         if not seqs:
             return {}
         async with self.db.read() as conn:
-            rows = await conn.execute(
-                select(*(documents.c[name] for name in DOCUMENT_COLUMNS)).where(
-                    documents.c.seq.in_(list(seqs))
-                )
-            )
-            return {int(r.seq): document_from_row(r) for r in rows}
+            return await _fetch(conn, seqs)
 
     async def seq_of(self, document_id: str) -> int | None:
         """A document's seq, or None."""
@@ -398,21 +394,21 @@ class LibrarianStore:
             in_title = (
                 await self._shortest(conn, query.terms, ["title"], query, n) if boosted else []
             )
-        title_seqs = {seq for seq, _ in in_title}
-        candidates = dict(general) | dict(in_title)
-        ranked = sorted(
-            (
+            title_seqs = {seq for seq, _ in in_title}
+            candidates = dict(general) | dict(in_title)
+            ranked = sorted(
                 (
-                    relevance(
-                        weight, words, self.corpus, TITLE_BOOST if seq in title_seqs else 1.0
-                    ),
-                    seq,
-                )
-                for seq, words in candidates.items()
-            ),
-            key=lambda pair: (-pair[0], -pair[1]),
-        )[offset:n]
-        found = await self.by_seqs([seq for _, seq in ranked])
+                    (
+                        relevance(
+                            weight, words, self.corpus, TITLE_BOOST if seq in title_seqs else 1.0
+                        ),
+                        seq,
+                    )
+                    for seq, words in candidates.items()
+                ),
+                key=lambda pair: (-pair[0], -pair[1]),
+            )[offset:n]
+            found = await _fetch(conn, [seq for _, seq in ranked]) if ranked else {}
         return [(found[seq], score) for score, seq in ranked if seq in found]
 
     async def frequencies(self, terms: Sequence[str]) -> dict[str, int]:
@@ -447,3 +443,12 @@ class LibrarianStore:
                 .limit(limit)
             )
             return [SourceCount(str(s), int(n)) for s, n in rows]
+
+
+async def _fetch(conn: AsyncConnection, seqs: Sequence[int]) -> dict[int, Document]:
+    rows = await conn.execute(
+        select(*(documents.c[name] for name in DOCUMENT_COLUMNS)).where(
+            documents.c.seq.in_(list(seqs))
+        )
+    )
+    return {int(r.seq): document_from_row(r) for r in rows}
