@@ -128,7 +128,7 @@ class Intake:
                 NewDocument(
                     document_id=doc_id,
                     title=str(found.get("contribution_type", "")),
-                    text=_text(found.get("content", {})),
+                    text=_text(found.get("content", {}))[:MAX_TEXT_CHARS],
                     source=MEMORY_SOURCE,
                     metadata={
                         "contribution_id": contribution_id,
@@ -151,7 +151,7 @@ class Intake:
                 NewDocument(
                     document_id=doc_id,
                     title=str(found.get("workflow_name", "")),
-                    text=_text(found.get("output", {})),
+                    text=_text(found.get("output", {}))[:MAX_TEXT_CHARS],
                     source=WORKFLOW_SOURCE,
                     metadata={
                         "execution_id": execution_id,
