@@ -42,6 +42,7 @@ from services.kernels.librarian.model import (
     SearchQuery,
     Stats,
 )
+from services.kernels.librarian.ranking import Ranking
 from services.kernels.librarian.schema import outbox
 from services.kernels.librarian.store import Entry, LibrarianStore, indexed_texts
 
@@ -159,6 +160,7 @@ class Librarian:
 
     def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.store = LibrarianStore(db, metadata_strings)
+        self.ranking = Ranking(self.store)
         self.events = Outbox(db, outbox, "librarian")
         self._clock = clock
         self._committed: list[Callable[[], None]] = []
@@ -309,7 +311,7 @@ class Librarian:
         limit = max(0, min(limit, MAX_SEARCH_RESULTS - offset))
         if limit == 0:
             return [], ""
-        ranked = await self.store.search(search, offset, limit + 1)
+        ranked = await self.ranking.search(search, offset, limit + 1)
         next_token = ""
         if len(ranked) > limit:
             ranked = ranked[:limit]
@@ -341,7 +343,7 @@ class Librarian:
         document = await self.get(document_id)
         counts = Counter(w for w in words(f"{document.title} {document.text}") if len(w) > 2)
         candidates = [w for w, _ in counts.most_common(SIMILAR_CANDIDATE_WORDS)]
-        frequencies = await self.store.frequencies(candidates)
+        frequencies = await self.ranking.frequencies(candidates)
         corpus = self.store.corpus
         # Words only this document holds find nothing; the rest weigh tf * idf.
         weights = {
@@ -351,7 +353,7 @@ class Librarian:
         shared: dict[int, float] = {}
         lengths: dict[int, int] = {}
         for word in chosen[:SIMILAR_QUERY_WORDS]:
-            for seq, length in await self.store.holding(word, SIMILAR_POSTINGS, source):
+            for seq, length in await self.ranking.holding(word, SIMILAR_POSTINGS, source):
                 if seq != own:
                     shared[seq] = shared.get(seq, 0.0) + weights[word]
                     lengths[seq] = length

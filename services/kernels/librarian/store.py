@@ -2,15 +2,13 @@
 
 SQLite keeps a contentless FTS5 table `librarian_search` (columns title, body, meta; rowid
 = `key(seq, words)`, so the index is stored in ranking order); PostgreSQL keeps a weighted
-tsvector in each document row. Both are fed the words `services.common.fulltext` produced
-and scored by its BM25 arithmetic in Python, so the two backends return the same documents
-in the same order with the same scores. Writes take the caller's
-connection, so a change and its announcing event commit in one transaction.
+tsvector in each document row. Both are fed the words `services.common.fulltext` produced;
+`ranking.py` reads them. Writes take the caller's connection, so a change and its
+announcing event commit in one transaction.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,19 +20,16 @@ from services.common.fulltext import (
     Corpus,
     Fts5Table,
     TsvectorColumn,
-    idf,
     indexed_text,
-    relevance,
 )
 from services.common.storage import Database
 from services.kernels.librarian.model import (
-    FIELDS,
     Document,
     IndexResult,
     NewDocument,
-    SearchQuery,
     SourceCount,
 )
+from services.kernels.librarian.ranking import COLUMNS, key
 from services.kernels.librarian.schema import (
     document_from_row,
     documents,
@@ -42,12 +37,7 @@ from services.kernels.librarian.schema import (
     metadata_entries,
 )
 
-TITLE_BOOST = 2.0
-"""A document whose title holds every query word weighs this much more (BM25F's field
-weight with each term counted once)."""
-
 # Index columns per field (FIELDS order) and PostgreSQL weights.
-_COLUMNS = ("title", "body", "meta")
 _WEIGHTS = {"title": "A", "body": "B", "meta": "C"}
 _PARAMS = {"title": "t_title", "body": "t_body", "meta": "t_meta"}
 
@@ -84,32 +74,10 @@ DOCUMENT_COLUMNS = (
 )
 """What reading a document needs (not its digest or tsvector)."""
 
-SEQ_MASK = (1 << 32) - 1
-MAX_KEY_WORDS = (1 << 30) - 1
-FREQUENCY_TTL_S = 10.0
-"""How long a term's document frequency is reused: idf weights may lag writes by this
-much; which documents match never does."""
-MAX_CACHED_FREQUENCIES = 50_000
-
-
-def key(seq: int, words: int) -> int:
-    """The FTS5 rowid of a document: its word count, then its seq reversed, so that the
-    index's own order is the ranking order (fewest words first, then newest)."""
-    return (min(words, MAX_KEY_WORDS) << 32) | (SEQ_MASK - seq)
-
-
-def unkey(value: int) -> tuple[int, int]:
-    """(seq, words) of an FTS5 rowid."""
-    return SEQ_MASK - (value & SEQ_MASK), value >> 32
-
 
 def indexed_texts(title: str, body: str, meta_strings: Sequence[str]) -> tuple[str, str, str]:
     """The indexed words of each field."""
     return indexed_text(title), indexed_text(body), indexed_text(*meta_strings)
-
-
-def _columns(fields: Sequence[str]) -> list[str]:
-    return [_COLUMNS[FIELDS.index(f)] for f in fields]
 
 
 class LibrarianStore:
@@ -124,15 +92,13 @@ class LibrarianStore:
     def __init__(self, db: Database, meta_strings: Callable[[Any], Sequence[str]]) -> None:
         self.db = db
         self._meta_strings = meta_strings
-        self.fts = Fts5Table("librarian_search", _COLUMNS)
+        self.fts = Fts5Table("librarian_search", COLUMNS)
         self.tsvector = TsvectorColumn("librarian_documents", "search", _WEIGHTS)
         # Collection size for the ranking, kept in memory: counted at open, then moved by
         # this process's writes (another instance's writes only shift weights slightly).
         self.corpus = Corpus(0, 0)
-        self._frequencies: dict[tuple[str, tuple[str, ...]], tuple[int, float]] = {}
         self.uncompacted = 0
         """Documents written since the index was last compacted (this process)."""
-        self._monotonic = time.monotonic
 
     @property
     def backend(self) -> str:
@@ -166,7 +132,7 @@ class LibrarianStore:
             "updated_at": now,
         }
         if not self.db.is_sqlite:
-            row.update({_PARAMS[c]: t for c, t in zip(_COLUMNS, e.texts, strict=True)})
+            row.update({_PARAMS[c]: t for c, t in zip(COLUMNS, e.texts, strict=True)})
         return row
 
     def _vector(self) -> dict[str, Any]:
@@ -290,7 +256,7 @@ class LibrarianStore:
         if not seqs:
             return {}
         async with self.db.read() as conn:
-            return await _fetch(conn, seqs)
+            return await self.fetch(conn, seqs)
 
     async def seq_of(self, document_id: str) -> int | None:
         """A document's seq, or None."""
@@ -301,127 +267,14 @@ class LibrarianStore:
             seq = found.scalar_one_or_none()
         return None if seq is None else int(seq)
 
-    async def _frequency(self, conn: AsyncConnection, term: str, columns: Sequence[str]) -> int:
-        key = (term, tuple(columns))
-        now = self._monotonic()
-        cached = self._frequencies.get(key)
-        if cached is not None and now - cached[1] < FREQUENCY_TTL_S:
-            return cached[0]
-        index = self.fts if self.db.is_sqlite else self.tsvector
-        found = await index.frequency(conn, term, columns)
-        if len(self._frequencies) >= MAX_CACHED_FREQUENCIES:
-            self._frequencies.clear()
-        self._frequencies[key] = (found, now)
-        return found
-
-    async def _weight(
-        self, conn: AsyncConnection, terms: Sequence[str], columns: Sequence[str]
-    ) -> float:
-        total = 0.0
-        for term in terms:
-            total += idf(self.corpus.documents, await self._frequency(conn, term, columns))
-        return total
-
-    async def _shortest(
-        self,
-        conn: AsyncConnection,
-        terms: Sequence[str],
-        columns: Sequence[str],
-        query: SearchQuery,
-        n: int,
-    ) -> list[tuple[int, int]]:
-        """The first `n` matches in ranking order (fewest words, then newest): (seq, words).
-
-        On SQLite the index key orders the index itself that way, so FTS5 stops after `n`
-        matches instead of ranking every one; PostgreSQL walks `librarian_documents_length`
-        or sorts the matches, as its planner judges cheaper.
-        """
-        params: dict[str, Any] = {"n": n}
-        clauses: list[str] = []
-        if query.source:
-            clauses.append("c.source = :source")
-            params["source"] = query.source
-        for i, (key, value) in enumerate(query.metadata):
-            clauses.append(
-                f"c.seq IN (SELECT seq FROM librarian_metadata WHERE key = :mk{i}"
-                f" AND value = :mv{i})"
+    async def fetch(self, conn: AsyncConnection, seqs: Sequence[int]) -> dict[int, Document]:
+        """Documents by seq on the caller's connection (missing ones left out)."""
+        rows = await conn.execute(
+            select(*(documents.c[name] for name in DOCUMENT_COLUMNS)).where(
+                documents.c.seq.in_(list(seqs))
             )
-            params[f"mk{i}"], params[f"mv{i}"] = key, value
-        where = "".join(f" AND {c}" for c in clauses)
-        if self.db.is_sqlite:
-            params["match"] = self.fts.match(terms, columns)
-            if not clauses:
-                sql = (
-                    "SELECT rowid FROM librarian_search WHERE librarian_search MATCH :match"
-                    " ORDER BY rowid LIMIT :n"
-                )
-            else:
-                params["mask"] = SEQ_MASK
-                sql = (
-                    "SELECT s.rowid FROM librarian_search AS s JOIN librarian_documents AS c"
-                    " ON c.seq = :mask - (s.rowid & :mask)"
-                    f" WHERE s.librarian_search MATCH :match{where} ORDER BY s.rowid LIMIT :n"
-                )
-            rows = await conn.execute(text(sql), params)
-            return [unkey(int(k)) for (k,) in rows]
-        params["q"] = self.tsvector.tsquery(terms, columns)
-        sql = (
-            "SELECT c.seq, c.words FROM librarian_documents AS c"
-            f" WHERE c.search @@ to_tsquery('simple', :q){where}"
-            " ORDER BY c.words, c.seq DESC LIMIT :n"
         )
-        rows = await conn.execute(text(sql), params)
-        return [(int(seq), int(words)) for seq, words in rows]
-
-    async def search(
-        self, query: SearchQuery, offset: int, limit: int
-    ) -> list[tuple[Document, float]]:
-        """One page of matches, best first (ties: newest first).
-
-        Every match holds every query word, each counted once, so a match's BM25 relevance
-        depends only on its length and on whether its title holds the words too: the best
-        `n` are among the `n` shortest matches and the `n` shortest title matches. Those
-        two short lists are read in order (no match outside them is ranked) and scored
-        with `fulltext.relevance`, the same arithmetic on both backends.
-        """
-        fields = list(query.fields) if query.fields else list(FIELDS)
-        columns = _columns(fields)
-        boosted = "title" in fields and len(fields) > 1
-        n = offset + limit
-        async with self.db.read() as conn:
-            weight = await self._weight(conn, query.terms, columns)
-            general = await self._shortest(conn, query.terms, columns, query, n)
-            in_title = (
-                await self._shortest(conn, query.terms, ["title"], query, n) if boosted else []
-            )
-            title_seqs = {seq for seq, _ in in_title}
-            candidates = dict(general) | dict(in_title)
-            ranked = sorted(
-                (
-                    (
-                        relevance(
-                            weight, words, self.corpus, TITLE_BOOST if seq in title_seqs else 1.0
-                        ),
-                        seq,
-                    )
-                    for seq, words in candidates.items()
-                ),
-                key=lambda pair: (-pair[0], -pair[1]),
-            )[offset:n]
-            found = await _fetch(conn, [seq for _, seq in ranked]) if ranked else {}
-        return [(found[seq], score) for score, seq in ranked if seq in found]
-
-    async def frequencies(self, terms: Sequence[str]) -> dict[str, int]:
-        """How many documents hold each term (in any field)."""
-        async with self.db.read() as conn:
-            return {t: await self._frequency(conn, t, _COLUMNS) for t in terms}
-
-    async def holding(self, term: str, limit: int, source: str = "") -> list[tuple[int, int]]:
-        """Up to `limit` documents holding `term` (from `source`, if given), fewest words
-        first: (seq, words)."""
-        query = SearchQuery(terms=(term,), source=source)
-        async with self.db.read() as conn:
-            return await self._shortest(conn, [term], _COLUMNS, query, limit)
+        return {int(r.seq): document_from_row(r) for r in rows}
 
     async def totals(self) -> Corpus:
         """Documents and words in the database (every instance's writes)."""
@@ -443,12 +296,3 @@ class LibrarianStore:
                 .limit(limit)
             )
             return [SourceCount(str(s), int(n)) for s, n in rows]
-
-
-async def _fetch(conn: AsyncConnection, seqs: Sequence[int]) -> dict[int, Document]:
-    rows = await conn.execute(
-        select(*(documents.c[name] for name in DOCUMENT_COLUMNS)).where(
-            documents.c.seq.in_(list(seqs))
-        )
-    )
-    return {int(r.seq): document_from_row(r) for r in rows}
