@@ -8,7 +8,7 @@ Actions:
   document instead of a second one.
 - `get` {"document_id"} -> the stored document.
 
-Events published: `data.ingested`, `data.deleted`.
+Events published: `data.ingested` (document_id, words, title, source, text), `data.deleted`.
 """
 
 from __future__ import annotations
@@ -70,9 +70,17 @@ async def ingest(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
         "workflow_id": ctx.workflow_id,
     }
     await ctx.store.put(DOCUMENTS, document_id, record)
+    # The text travels with the event so that subscribers (the librarian indexes it) need
+    # not call back; MAX_TEXT keeps it well inside an event's 1 MiB.
     await ctx.publish(
         "data.ingested",
-        {"document_id": document_id, "words": record["statistics"]["words"]},
+        {
+            "document_id": document_id,
+            "words": record["statistics"]["words"],
+            "title": record["title"],
+            "source": record["source"],
+            "text": text,
+        },
         subject=document_id,
     )
     ctx.log.info("ingested %s (%d words)", document_id, record["statistics"]["words"])

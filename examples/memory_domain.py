@@ -9,6 +9,8 @@ Actions:
   title, statistics, workflow, execution and step) in the contribution's `metadata`.
 - `search_similar` (also `search`) {"query" | "text" | "code" | "document"} ->
   {"query", "results"}: asks the shared memory for what it knows about the text's keywords.
+  Given {"id"} instead (a document indexed by the librarian, or a contribution id), it asks
+  the librarian for the documents nearest to that one -> {"id", "query": "", "results"}.
 - `recent_events` {"limit"?} -> {"events"}: the `ml.*` events this domain observed.
 
 Event handlers: `ml.*` keeps a durable journal of ML events (one entry per event id).
@@ -16,10 +18,16 @@ Event handlers: `ml.*` keeps a durable journal of ML events (one entry per event
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+import grpc
+
 from examples.text import keywords, text_of
-from services.sdk import Context, Domain, Event, InvalidArgument, NotFound, field
+from grace.kernels.librarian.v1 import librarian_pb2, librarian_pb2_grpc
+from services.common.channels import channel
+from services.common.config import peer_address
+from services.sdk import Context, Domain, Event, InvalidArgument, NotFound, Unavailable, field
 
 ML_EVENTS = "ml_events"
 
@@ -100,13 +108,57 @@ async def retract(ctx: Context, data: dict[str, Any], output: dict[str, Any]) ->
     return {"contribution_id": contribution_id, "retracted": knowledge.retracted, "found": True}
 
 
+_librarian: grpc.aio.Channel | None = None
+
+
+def _librarian_stub() -> librarian_pb2_grpc.LibrarianServiceAsyncStub:
+    """The librarian at GRACE_LIBRARIAN_ADDR, on a channel opened at first use (channels
+    bind to the running loop)."""
+    global _librarian
+    if _librarian is None:
+        _librarian = channel(peer_address(os.environ, "librarian"))
+    return librarian_pb2_grpc.LibrarianServiceStub(_librarian)
+
+
+async def _similar_documents(document_id: str, limit: int) -> dict[str, Any]:
+    try:
+        found = await _librarian_stub().FindSimilar(
+            librarian_pb2.FindSimilarRequest(id=document_id, limit=limit), timeout=10.0
+        )
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            raise NotFound("document", document_id) from None
+        if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            raise InvalidArgument("input.id", exc.details() or "is not valid") from None
+        raise Unavailable(f"librarian: {exc.code().name}: {exc.details()}") from None
+    return {
+        "id": found.id,
+        "query": "",
+        "results": [
+            {
+                "id": hit.document.id,
+                "title": hit.document.title,
+                "source": hit.document.source,
+                "score": hit.score,
+            }
+            for hit in found.hits
+        ],
+    }
+
+
 @domain.action("search", description="Same as search_similar", rerun_if_interrupted=True)
 @domain.action(
     "search_similar",
-    description="Finds knowledge similar to a text or query",
+    description="Finds knowledge similar to a text or query, or documents similar to an id",
     rerun_if_interrupted=True,
 )
 async def search_similar(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
+    limit = int(field(data, "limit", float, 10.0))
+    if not 1 <= limit <= 100:
+        raise InvalidArgument("input.limit", "must be between 1 and 100")
+    document_id = field(data, "id", str, "").strip()
+    if document_id:
+        return await _similar_documents(document_id, limit)
     query = field(data, "query", str, "").strip()
     if not query:
         # A text is searched by its most frequent word: the memory matches every word of
@@ -115,9 +167,6 @@ async def search_similar(ctx: Context, data: dict[str, Any]) -> dict[str, Any]:
         query = top[0]["word"] if top else ""
     if not query:
         return {"query": "", "results": []}
-    limit = int(field(data, "limit", float, 10.0))
-    if not 1 <= limit <= 100:
-        raise InvalidArgument("input.limit", "must be between 1 and 100")
     found = await ctx.memory.query(query, limit=limit)
     return {
         "query": query,

@@ -47,6 +47,7 @@ ISOLATED_PEERS = {
         "governance",
         "immune",
         "scheduler",
+        "librarian",
     )
 }
 

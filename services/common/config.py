@@ -39,6 +39,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "trust": 8112,
     "scheduler": 8120,
     "orchestrator": 8122,
+    "librarian": 8130,
     "immune": 8131,
 }
 

@@ -1,32 +1,20 @@
-"""The full-text index of the shared memory, one implementation per database, and the
-ranking both share.
+"""The full-text index of the shared memory on each backend, built on the shared
+`services.common.fulltext` (tokenizer, BM25 ranking, FTS5 and tsvector indexes).
 
 SQLite keeps a contentless FTS5 table (`memory_search`, rowid = contribution seq);
 PostgreSQL keeps a `tsvector` in each contribution row (`search`) with a GIN index. A
 retracted contribution leaves the index (FTS5 'delete'; a NULL tsvector), so no search
-matches or counts it. Both
-index the words `text.document` produced, with no stemming or stop words (FTS5
-`unicode61`, PostgreSQL `simple`), so both backends match the same contributions. The
-index only decides which contributions match (every query word present); the ranking is
-the same SQL arithmetic on both backends:
+matches or counts it. Both index the words `text.document` produced. The ranking is
+`fulltext`'s BM25 relevance times the contribution's confidence:
 
-    idf(w)    = ln(1 + (N - n(w) + 0.5) / (n(w) + 0.5))           (BM25's idf)
-    r         = sum of idf(w) over the query words
-                * (k1 + 1) / (1 + k1 * (1 - b + b * words / avg_words))
-    relevance = r / (1 + r)                                          (in (0, 1))
-    score     = relevance * confidence
+    score = relevance * confidence
 
-with k1 = 1.2 and b = 0.75: BM25 with every term counted once per document (knowledge
-items are short; a word's repetition says little), N contributions, n(w) of them holding
-word w, `words` the contribution's word count. Rare words make every match highly
-relevant, so confidence decides; common words leave more room for shorter, more focused
-contributions. Per-row auxiliary ranking functions (FTS5 bm25, ts_rank) are avoided on
-purpose: on a common word they cost more than the whole rest of the query.
+Rare words make every match highly relevant, so confidence decides; common words leave
+more room for shorter, more focused contributions.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,11 +22,17 @@ from typing import Any, Protocol
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.fulltext import (
+    Corpus,
+    Fts5Table,
+    TsvectorColumn,
+    ranking_params,
+    relevance_sql,
+)
 from services.common.storage import Database
 from services.memory.model import SearchFilter
 
-K1 = 1.2
-B = 0.75
+__all__ = ["Corpus", "Fts5Index", "FullTextIndex", "Ranked", "TsvectorIndex", "index_for"]
 
 
 @dataclass(frozen=True)
@@ -48,24 +42,6 @@ class Ranked:
     seq: int
     relevance: float
     score: float
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """Size of the collection, for idf and length normalization."""
-
-    documents: int
-    words: int
-
-    @property
-    def average_words(self) -> float:
-        """Mean words per contribution (at least 1)."""
-        return max(1.0, self.words / self.documents) if self.documents else 1.0
-
-
-def idf(documents: int, matching: int) -> float:
-    """BM25's inverse document frequency, always positive."""
-    return math.log(1 + (documents - matching + 0.5) / (matching + 0.5))
 
 
 class FullTextIndex(Protocol):
@@ -92,13 +68,7 @@ def _ranked_page(
 ) -> tuple[str, dict[str, Any]]:
     """The ranking query around a backend's `FROM ... WHERE <match>` clause on `c`."""
     clauses = ["c.confidence >= CAST(:min_confidence AS DOUBLE PRECISION)"]
-    params.update(
-        min_confidence=query.min_confidence,
-        weight=weight * (K1 + 1),
-        k1=K1,
-        b=B,
-        avg_words=corpus.average_words,
-    )
+    params.update(min_confidence=query.min_confidence, **ranking_params(weight, corpus))
     if query.contribution_type:
         clauses.append("c.contribution_type = :contribution_type")
         params["contribution_type"] = query.contribution_type
@@ -108,15 +78,9 @@ def _ranked_page(
     for i, tag in enumerate(query.tags):
         clauses.append(f"c.seq IN (SELECT seq FROM memory_tags WHERE tag = :tag{i})")
         params[f"tag{i}"] = tag
-    # Explicit casts: PostgreSQL would otherwise type the parameters after `c.words`
-    # (an integer) and truncate them.
-    weight_p, k1_p, b_p, avg_p = (
-        f"CAST(:{name} AS DOUBLE PRECISION)" for name in ("weight", "k1", "b", "avg_words")
-    )
-    raw = f"({weight_p} / (1 + {k1_p} * (1 - {b_p} + {b_p} * c.words / {avg_p})))"
     sql = (
         "SELECT seq, rel, rel * conf AS score FROM ("
-        f" SELECT c.seq AS seq, c.confidence AS conf, {raw} / (1 + {raw}) AS rel"
+        f" SELECT c.seq AS seq, c.confidence AS conf, {relevance_sql('c.words')} AS rel"
         f" {matches_sql} AND {' AND '.join(clauses)}"
         ") AS m ORDER BY score DESC, seq DESC LIMIT :lim OFFSET :off"
     )
@@ -126,43 +90,23 @@ def _ranked_page(
 class Fts5Index:
     """SQLite FTS5: a contentless table whose rowid is the contribution's seq."""
 
+    def __init__(self) -> None:
+        self.table = Fts5Table("memory_search")
+
     async def create(self, conn: AsyncConnection) -> None:
-        await conn.execute(
-            text(
-                "CREATE VIRTUAL TABLE IF NOT EXISTS memory_search USING fts5("
-                "body, content='', detail=none, tokenize='unicode61 remove_diacritics 0')"
-            )
-        )
+        await self.table.create(conn)
 
     async def add(self, conn: AsyncConnection, rows: Sequence[tuple[int, str]]) -> None:
-        if rows:
-            await conn.execute(
-                text("INSERT INTO memory_search (rowid, body) VALUES (:seq, :body)"),
-                [{"seq": seq, "body": body} for seq, body in rows],
-            )
+        await self.table.add(conn, [(seq, (body,)) for seq, body in rows])
 
     async def remove(self, conn: AsyncConnection, seq: int, document: str) -> None:
-        # A contentless table forgets a row through the 'delete' command, given the very
-        # text it indexed: `text.document` of the stored type, tags and content rebuilds it.
-        await conn.execute(
-            text(
-                "INSERT INTO memory_search (memory_search, rowid, body)"
-                " VALUES ('delete', :seq, :body)"
-            ),
-            {"seq": seq, "body": document},
-        )
+        # `text.document` of the stored type, tags and content rebuilds the indexed text.
+        await self.table.remove(conn, seq, (document,))
 
     async def search(
         self, conn: AsyncConnection, query: SearchFilter, corpus: Corpus, offset: int, limit: int
     ) -> list[Ranked]:
-        weight = 0.0
-        for term in query.terms:
-            matching = await conn.execute(
-                text("SELECT count(*) FROM memory_search WHERE memory_search MATCH :m"),
-                {"m": f'"{term}"'},
-            )
-            weight += idf(corpus.documents, int(matching.scalar_one()))
-        match = " AND ".join(f'"{t}"' for t in query.terms)
+        weight = await self.table.weight(conn, query.terms, corpus)
         # The covering index (seq, confidence, words) answers the join without reading
         # the wide contribution rows; SQLite would otherwise pick the rowid.
         sql, params = _ranked_page(
@@ -172,7 +116,7 @@ class Fts5Index:
             query,
             corpus,
             weight,
-            {"match": match, "lim": limit, "off": offset},
+            {"match": self.table.match(query.terms), "lim": limit, "off": offset},
         )
         rows = await conn.execute(text(sql), params)
         return [Ranked(int(s), float(r), float(sc)) for s, r, sc in rows]
@@ -184,6 +128,9 @@ class TsvectorIndex:
     The column and its index are part of the table (see `store.py`) and the store writes
     the tsvector with the row, so `create` and `add` have nothing to do.
     """
+
+    def __init__(self) -> None:
+        self.column = TsvectorColumn("memory_contributions", "search")
 
     async def create(self, conn: AsyncConnection) -> None:
         return None
@@ -200,22 +147,13 @@ class TsvectorIndex:
     async def search(
         self, conn: AsyncConnection, query: SearchFilter, corpus: Corpus, offset: int, limit: int
     ) -> list[Ranked]:
-        weight = 0.0
-        for term in query.terms:
-            matching = await conn.execute(
-                text(
-                    "SELECT count(*) FROM memory_contributions "
-                    "WHERE search @@ to_tsquery('simple', :t)"
-                ),
-                {"t": term},
-            )
-            weight += idf(corpus.documents, int(matching.scalar_one()))
+        weight = await self.column.weight(conn, query.terms, corpus)
         sql, params = _ranked_page(
             "FROM memory_contributions AS c WHERE c.search @@ to_tsquery('simple', :q)",
             query,
             corpus,
             weight,
-            {"q": " & ".join(query.terms), "lim": limit, "off": offset},
+            {"q": self.column.tsquery(query.terms), "lim": limit, "off": offset},
         )
         rows = await conn.execute(text(sql), params)
         return [Ranked(int(s), float(r), float(sc)) for s, r, sc in rows]

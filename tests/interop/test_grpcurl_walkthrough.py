@@ -123,7 +123,11 @@ def test_registry_registers_the_seed_domain_and_deregisters_it(
     found = call(
         grace_platform, "registry", f"{service}/FindByCapability", {"capability": "indexing"}
     )
-    assert [d["domain"]["domain_id"] for d in found["domains"]] == ["librarian_kernel"]
+    # The seed's registration, beside the librarian kernel Grace runs (it offers indexing).
+    assert {d["domain"]["domain_id"] for d in found["domains"]} == {
+        "librarian_kernel",
+        "librarian",
+    }
     # Leave the shared platform as it was found.
     call(
         grace_platform, "registry", f"{service}/DeregisterDomain", {"domain_id": "librarian_kernel"}
@@ -342,6 +346,27 @@ def test_scheduler_takes_seed_001s_tuesday_scaling_and_fires_it_on_demand(
     assert fired["firing"]["cause"] == "FIRING_CAUSE_TRIGGER"
 
 
+def test_librarian_indexes_a_document_and_finds_it(grace_platform: RunningGrace) -> None:
+    require(grace_platform, "librarian")
+    service = "grace.kernels.librarian.v1.LibrarianService"
+    document = {
+        "id": "interop-runbook",
+        "title": "Port timeouts",
+        "text": "Restart the gateway when the port times out.",
+        "source": "interop",
+    }
+    indexed = call(grace_platform, "librarian", f"{service}/Index", document)
+    assert indexed["result"]["id"] == "interop-runbook"
+    found = call(
+        grace_platform,
+        "librarian",
+        f"{service}/Search",
+        {"query": "gateway port", "source": "interop"},
+    )
+    assert [h["document"]["id"] for h in found["hits"]] == ["interop-runbook"]
+    assert found["mode"] == "SEARCH_MODE_FULL_TEXT"
+
+
 # The services the call tests above walk through, one test each.
 WALKED_THROUGH = {
     "grace.registry.v1.RegistryService",
@@ -355,6 +380,7 @@ WALKED_THROUGH = {
     "grace.kernels.governance.v1.GovernanceService",
     "grace.kernels.immune.v1.ImmuneService",
     "grace.kernels.scheduler.v1.SchedulerService",
+    "grace.kernels.librarian.v1.LibrarianService",
 }
 
 

@@ -1,0 +1,1 @@
+"""The librarian kernel: a document index with BM25 search and similar documents."""
