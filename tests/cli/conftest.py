@@ -15,11 +15,11 @@ import pytest
 from services.eventbus.server import EventBusServer
 from services.memory.server import MemoryServer
 from services.orchestrator.server import OrchestratorServer
+from services.registry.server import RegistryServer
 from tests.eventbus.conftest import bus_config
 from tests.memory.conftest import RecordingPublisher, memory_config
 from tests.orchestrator.conftest import ListPublisher, World, orchestrator_config
 from tests.registry.conftest import registry_config
-from services.registry.server import RegistryServer
 from tests.support import serving
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ class Result:
 
 
 async def grace(
-    *args: str, env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT_S
+    *args: str, env: Mapping[str, str] | None = None, within: float = CLI_TIMEOUT_S
 ) -> Result:
     """Runs `grace ARGS` as a subprocess with its output piped (as a script would)."""
     proc = await asyncio.create_subprocess_exec(
@@ -51,7 +51,7 @@ async def grace(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), within)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -72,8 +72,8 @@ class Platform:
     world: World
     env: dict[str, str] = field(default_factory=dict)
 
-    async def grace(self, *args: str, timeout: float = CLI_TIMEOUT_S) -> Result:
-        return await grace(*args, env=self.env, timeout=timeout)
+    async def grace(self, *args: str, within: float = CLI_TIMEOUT_S) -> Result:
+        return await grace(*args, env=self.env, within=within)
 
 
 @pytest.fixture

@@ -193,7 +193,7 @@ async def test_a_failing_workflow_run_exits_1_and_shows_the_failed_step(
     async def broken(_request: object) -> dict[str, object]:
         raise ValueError("the model is on fire")
 
-    data.actions["ingest"] = broken  # type: ignore[assignment]
+    data.actions["ingest"] = broken
     definition = tmp_path / "pipeline.json"
     definition.write_text(json.dumps(yaml.safe_load(WORKFLOW)))
     created = await platform.grace("workflow", "create", str(definition))
