@@ -31,7 +31,7 @@ from starlette.requests import Request
 from gateway.config import GatewayConfig
 from gateway.errors import HttpError, bad_request, from_rpc_error
 from gateway.routes import DOMAIN_ID_FIELD, Route, RouteTable
-from gateway.streaming import ActiveStreams, relay, wants_sse
+from gateway.streaming import LAST_EVENT_ID, ActiveStreams, apply_last_event_id, relay, wants_sse
 from gateway.system import SystemViews
 from gateway.transcode import TranscodeError, build_request, dumps, render_response
 from gateway.upstreams import Metadata, Upstream, Upstreams
@@ -262,6 +262,9 @@ class GatewayApp:
             await self.gate.check(ForwardRequest(route, message, metadata, path))
         upstream = await self._upstream(route, message, metadata, timeout)
         if route.server_streaming:
+            last_event_id = request.headers.get(LAST_EVENT_ID)
+            if last_event_id is not None:
+                apply_last_event_id(message, last_event_id)
             call = upstream.stream(route.grpc_path, route.response_class.FromString)(
                 message, metadata=metadata, timeout=timeout
             )
@@ -275,6 +278,7 @@ class GatewayApp:
                 headers=extra,
                 upstream_name=upstream.name,
                 active=self.streams,
+                ping_s=self.config.sse_ping_s,
             )
             return
         stub = upstream.unary(route.grpc_path, route.response_class.FromString)

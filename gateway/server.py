@@ -21,10 +21,12 @@ from typing import Any
 
 import uvicorn
 from google.protobuf import descriptor as _descriptor
+from starlette.middleware.cors import CORSMiddleware
 
 from gateway.app import ForwardGate, GatewayApp
 from gateway.comments import load_comments
 from gateway.config import GatewayConfig
+from gateway.explorer import ASGIApp, Explorer
 from gateway.governance import governance_gate
 from gateway.openapi import ERROR_SCHEMA, build_openapi
 from gateway.routes import RouteTable, discover_services
@@ -112,6 +114,39 @@ def build_app(
     return GatewayApp(config, table, upstreams, document, gate)
 
 
+# What a browser page may send and read across origins.
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+CORS_REQUEST_HEADERS = (
+    "authorization",
+    "content-type",
+    "grpc-timeout",
+    "last-event-id",
+    "traceparent",
+    "tracestate",
+    "x-actor",
+    "x-request-id",
+    "x-request-timeout",
+)
+CORS_RESPONSE_HEADERS = ("x-request-id", "allow", "retry-after")
+CORS_MAX_AGE_S = 600
+
+
+def browser_ready(app: GatewayApp, config: GatewayConfig) -> ASGIApp:
+    """The application as served: the API explorer at /docs and, with configured origins,
+    CORS (preflights answered by Starlette's middleware before they reach a route)."""
+    asgi: ASGIApp = Explorer(app)
+    if config.cors_origins:
+        asgi = CORSMiddleware(
+            asgi,
+            allow_origins=list(config.cors_origins),
+            allow_methods=list(CORS_METHODS),
+            allow_headers=list(CORS_REQUEST_HEADERS),
+            expose_headers=list(CORS_RESPONSE_HEADERS),
+            max_age=CORS_MAX_AGE_S,
+        )
+    return asgi
+
+
 class _UvicornServer(uvicorn.Server):
     """uvicorn without its own signal handling: `Gateway` handles signals itself, and
     uvicorn's would re-raise them after the shutdown and end the process non-zero."""
@@ -174,7 +209,7 @@ class Gateway:
         self._socket = sock
         self.port = sock.getsockname()[1]
         uv_config = uvicorn.Config(
-            self.app,
+            browser_ready(self.app, self.config),
             lifespan="off",
             http="httptools",
             loop="none",
