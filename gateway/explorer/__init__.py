@@ -62,11 +62,11 @@ class Explorer:
         if path == PREFIX:
             await RedirectResponse(PREFIX + "/", status_code=308)(scope, receive, send)
         elif path == PREFIX + "/":
-            response = HTMLResponse(PAGE, headers={"cache-control": "no-cache"})
-            await response(scope, receive, send)
+            page = HTMLResponse(PAGE, headers={"cache-control": "no-cache"})
+            await page(scope, receive, send)
         elif (asset := self._asset(path)) is not None:
-            response = FileResponse(asset, headers={"cache-control": "public, max-age=3600"})
-            await response(scope, receive, send)
+            file = FileResponse(asset, headers={"cache-control": "public, max-age=3600"})
+            await file(scope, receive, send)
         else:
             await self.app(scope, receive, send)  # the gateway's JSON 404
 
