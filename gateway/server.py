@@ -41,14 +41,14 @@ log = logging.getLogger(__name__)
 GATEWAY_METRIC_PREFIX = "gateway_"
 
 _BUILTIN_DOCS: dict[str, tuple[str, str]] = {
-    "/healthz": ("Gateway.Healthz", "Health of the gateway process itself."),
-    "/openapi.json": ("Gateway.OpenApi", "This document."),
+    "/healthz": ("healthz", "Health of the gateway process itself."),
+    "/openapi.json": ("openApi", "This document."),
     "/domains/system/health": (
-        "Gateway.SystemHealth",
+        "systemHealth",
         "gRPC health of every upstream service; 200 when all are SERVING, 503 otherwise.",
     ),
     "/domains/system/overview": (
-        "Gateway.SystemOverview",
+        "systemOverview",
         "Each service's health and stats RPCs (Get...Stats) and the guardian's component "
         "table; a service that is down shows as down.",
     ),
