@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Generator, Iterable, Sequence
@@ -31,6 +32,7 @@ from gateway.governance import governance_gate
 from gateway.openapi import ERROR_SCHEMA, build_openapi
 from gateway.routes import RouteTable, discover_services
 from gateway.upstreams import Upstreams
+from services.common import telemetry
 from services.common.call_metrics import ImmuneReporter
 from services.common.supervision import watch_supervisor
 
@@ -132,9 +134,14 @@ CORS_MAX_AGE_S = 600
 
 
 def browser_ready(app: GatewayApp, config: GatewayConfig) -> ASGIApp:
-    """The application as served: the API explorer at /docs and, with configured origins,
-    CORS (preflights answered by Starlette's middleware before they reach a route)."""
+    """The application as served: the API explorer at /docs; with tracing on, a SERVER span
+    per request from the OpenTelemetry ASGI instrumentation (continuing the caller's
+    traceparent, with the standard HTTP attributes; /healthz is not traced); with configured
+    origins, CORS (preflights answered by Starlette's middleware before they reach a
+    route)."""
     asgi: ASGIApp = Explorer(app)
+    if telemetry.enabled():
+        asgi = _traced(asgi)
     if config.cors_origins:
         asgi = CORSMiddleware(
             asgi,
@@ -145,6 +152,23 @@ def browser_ready(app: GatewayApp, config: GatewayConfig) -> ASGIApp:
             max_age=CORS_MAX_AGE_S,
         )
     return asgi
+
+
+def _traced(asgi: ASGIApp) -> ASGIApp:
+    # The stable HTTP semantic conventions (http.request.method, url.path,
+    # http.response.status_code, ...) unless the operator chose otherwise.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    middleware: ASGIApp = OpenTelemetryMiddleware(
+        asgi,
+        # Liveness probes every few seconds would bury the requests users care about.
+        excluded_urls="/healthz",
+        tracer_provider=telemetry.current().provider,
+        # One span per request, not one per ASGI message sent or received.
+        exclude_spans=["receive", "send"],
+    )
+    return middleware
 
 
 class _UvicornServer(uvicorn.Server):

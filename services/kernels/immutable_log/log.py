@@ -19,9 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from grace.kernels.immutable_log.v1 import immutable_log_pb2 as pb
-from services.common import pagination, signing
+from services.common import pagination, signing, telemetry
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.validation import require_id
 from services.kernels.immutable_log.checkpoint import sign_checkpoint, verifier_key
@@ -29,6 +31,7 @@ from services.kernels.immutable_log.merkle import MerkleTree, leaf_hash
 from services.kernels.immutable_log.store import Head, LogStore, NewRow
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("immutable_log")
 
 Clock = Callable[[], float]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
@@ -86,6 +89,8 @@ class _Pending:
     rows: list[NewRow]
     request_id: str
     done: asyncio.Future[AppendResult]
+    # The trace of the append's caller, so the group commit links to it.
+    caller: otel_context.Context | None = None
     first_index: int = -1
     replay_of: _Pending | None = field(default=None, repr=False)
 
@@ -188,7 +193,12 @@ class ImmutableLog:
             rows.append(encode_entry(entry, self.settings.max_entry_bytes))
         if self._committer is None or self._committer.done():
             raise Unavailable("the immutable log is not accepting appends")
-        pending = _Pending(rows, request_id, asyncio.get_running_loop().create_future())
+        pending = _Pending(
+            rows,
+            request_id,
+            asyncio.get_running_loop().create_future(),
+            caller=telemetry.capture_context(),
+        )
         await self._queue.put(pending)
         return await pending.done
 
@@ -206,7 +216,15 @@ class ImmutableLog:
                 batch.append(item)
                 count += len(item.rows)
             try:
-                await self._commit(batch)
+                # One span for the group commit: a child of the first caller's span and
+                # linked to every other caller's, so each append's trace shows its commit.
+                with telemetry.batch_span(
+                    _tracer,
+                    "immutable_log.commit",
+                    [item.caller for item in batch],
+                    {"grace.log.entries": count, "grace.log.appends": len(batch)},
+                ):
+                    await self._commit(batch)
             except Exception as exc:
                 log.exception("immutable log commit of %d entries failed", count)
                 for item in batch:
