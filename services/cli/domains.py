@@ -27,10 +27,10 @@ DOMAIN_COLUMNS = (
     Column("LAST HEARTBEAT", path("last_heartbeat_at")),
 )
 CHANGE_COLUMNS = (
-    Column("REVISION", path("revision")),
-    Column("CHANGE", path("kind", "CHANGE_KIND_"), styled=False),
-    Column("DOMAIN", path("domain.domain_id")),
-    Column("STATUS", path("domain.status", _STATUS), styled=True),
+    Column("REVISION", path("revision"), width=8),
+    Column("CHANGE", path("kind", "CHANGE_KIND_"), width=14),
+    Column("DOMAIN", path("domain.domain_id"), width=20),
+    Column("STATUS", path("domain.status", _STATUS), styled=True, width=9),
     Column("ADDRESS", path("domain.address")),
 )
 

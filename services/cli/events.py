@@ -19,11 +19,11 @@ DEFAULT_HISTORY = 100
 MAX_HISTORY = 100_000
 
 EVENT_COLUMNS = (
-    Column("SEQ", path("sequence")),
-    Column("TIME", path("time")),
-    Column("TYPE", path("event_type")),
-    Column("SOURCE", path("source_domain")),
-    Column("SUBJECT", path("subject")),
+    Column("SEQ", path("sequence"), width=6),
+    Column("TIME", path("time"), width=19),
+    Column("TYPE", path("event_type"), width=24),
+    Column("SOURCE", path("source_domain"), width=14),
+    Column("SUBJECT", path("subject"), width=14),
     Column("DATA", path("data")),
 )
 DEAD_LETTER_COLUMNS = (

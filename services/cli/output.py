@@ -11,6 +11,7 @@ Streams (`watch`, `tail`) print one line per item in a table, one JSON document 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ _BUSY = {"RUNNING", "STARTING", "PENDING", "DEGRADED", "COMPENSATING", "BACKOFF"
 
 # Wide enough that a piped table never wraps a row.
 _PIPE_WIDTH = 4096
+# Longest cell in a table; the whole value is in -o json or -o yaml.
+MAX_CELL = 80
+_TIMESTAMP = re.compile(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(\.\d+)?Z")
 
 
 def to_data(message: Message) -> dict[str, Any]:
@@ -80,11 +84,13 @@ class Column:
         header: The column's title.
         value: The cell's text, from one item of the data.
         styled: Colour the cell by its state word.
+        width: Width a stream line pads the cell to (tables size columns themselves).
     """
 
     header: str
     value: Callable[[Mapping[str, Any]], object]
     styled: bool = False
+    width: int = 0
 
 
 def path(dotted: str, prefix: str = "") -> Callable[[Mapping[str, Any]], object]:
@@ -100,16 +106,22 @@ def path(dotted: str, prefix: str = "") -> Callable[[Mapping[str, Any]], object]
 
 
 def cell(value: object) -> str:
-    """The text of a table cell: lists joined, nested data as compact JSON, empty as '-'."""
+    """The text of a table cell: lists joined, nested data as compact JSON, timestamps to
+    the second (UTC), empty as '-', anything longer than MAX_CELL cut with '…'."""
     if value is None or value == "" or value == [] or value == {}:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list) and all(isinstance(v, str | int | float) for v in value):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
-    return str(value)
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, dict | list):
+        text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+    else:
+        text = str(value)
+        stamp = _TIMESTAMP.fullmatch(text)
+        if stamp:
+            text = f"{stamp.group(1)} {stamp.group(2)}"
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 @dataclass
@@ -210,15 +222,23 @@ class Printer:
                 soft_wrap=True,
             )
         else:
+            last = len(columns) - 1
             if not self._stream_header_done:
                 self._stream_header_done = True
-                self.out.print(Text("  ".join(c.header for c in columns), style="bold"))
+                header = "  ".join(
+                    c.header if i == last else c.header.ljust(max(c.width, len(c.header)))
+                    for i, c in enumerate(columns)
+                )
+                self.out.print(Text(header, style="bold"))
             text = Text()
             for index, column in enumerate(columns):
                 if index:
                     text.append("  ")
                 value = cell(column.value(item))
-                text.append(value, style=state_style(value) if column.styled else "")
+                padded = (
+                    value if index == last else value.ljust(max(column.width, len(column.header)))
+                )
+                text.append(padded, style=state_style(value) if column.styled else "")
             self.out.print(text, soft_wrap=True)
         self.out.file.flush()
 

@@ -74,8 +74,8 @@ STEP_COLUMNS = (
     Column("ERROR", path("error")),
 )
 TRANSITION_COLUMNS = (
-    Column("TRANSITION", path("transition")),
-    Column("STATE", path("execution.state", _STATE), styled=True),
+    Column("TRANSITION", path("transition"), width=24),
+    Column("STATE", path("execution.state", _STATE), styled=True, width=12),
     Column(
         "STEPS",
         lambda r: " ".join(
