@@ -104,7 +104,7 @@ def heal(component: str, playbook: str, guardian: str | None) -> None:
             timeout=_TIMEOUT_S,
         )
 
-    result = s.call("guardian", ask, address=guardian)
+    result = s.call("guardian", ask, address=guardian, waiting=f"healing {component}")
     if s.printer.is_table:
         s.printer.line(f"{result.playbook} {result.component_name}: {result.message}")
         for finding in result.findings:
@@ -129,7 +129,7 @@ def restart(component: str, guardian: str | None) -> None:
             guardian_pb2.RestartComponentRequest(component_name=component), timeout=_TIMEOUT_S
         )
 
-    c = s.call("guardian", ask, address=guardian).component
+    c = s.call("guardian", ask, address=guardian, waiting=f"restarting {component}").component
     if s.printer.is_table:
         state = guardian_pb2.ComponentState.Name(c.state).removeprefix("COMPONENT_STATE_")
         s.printer.line(f"{c.name}: {state} (pid {c.pid}, port {c.port})")

@@ -90,7 +90,7 @@ def verify() -> None:
             pb.VerifyIntegrityRequest(), timeout=max(CALL_TIMEOUT_S, 300)
         )
 
-    found = s.call("immutable_log", ask)
+    found = s.call("immutable_log", ask, waiting="recomputing every entry of the log")
     data = to_data(found)
     data["root_hash_hex"] = found.root_hash.hex()
     if s.printer.is_table:

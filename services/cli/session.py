@@ -150,13 +150,20 @@ class Session:
         work: Callable[[grpc.aio.Channel], Awaitable[T]],
         *,
         address: str | None = None,
+        waiting: str = "",
     ) -> T:
-        """Runs `work` with a channel to `component`; gRPC errors become exit codes."""
+        """Runs `work` with a channel to `component`; gRPC errors become exit codes.
+
+        `waiting` names what a slow call does: a spinner shows it on a terminal's stderr.
+        """
         target = address or self.address(component)
 
         async def run() -> T:
             async with channel(target) as chan:
-                return await work(chan)
+                if not (waiting and self.printer.err.is_terminal):
+                    return await work(chan)
+                with self.printer.err.status(waiting):
+                    return await work(chan)
 
         try:
             return run_async(run())
