@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import sys
 from pathlib import Path
 
 import yaml
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
-from tests.cli.conftest import Platform, grace
+from tests.cli.conftest import PROJECT_ROOT, Platform, grace
 from tests.support import free_port
 
 
@@ -266,3 +269,35 @@ async def test_version_and_completion_scripts() -> None:
     assert bash.code == 0
     assert "_GRACE_COMPLETE=bash_complete" in bash.stdout
     assert (await grace("completion", "powershell")).code == 2
+
+
+async def test_logs_follow_prints_lines_as_they_are_written_until_ctrl_c(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    log = logs / "registry.log"
+    log.write_text("old line\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "logs",
+        "registry",
+        "-f",
+        "--data-dir",
+        str(tmp_path),
+        cwd=PROJECT_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"old line\n"
+        with log.open("a") as handle:
+            handle.write("new line\n")
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"new line\n"
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
