@@ -10,7 +10,6 @@ import grpc
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from services.cli.output import Column, path, to_data
 from services.cli.session import Exit, Failure, common_options, session
-from services.guardian.playbooks import PLAYBOOKS
 
 EXIT_OK = int(Exit.OK)
 EXIT_NOT_OK = int(Exit.NOT_OK)
@@ -35,6 +34,20 @@ def register(cli: click.Group) -> None:
     cli.add_command(status)
     cli.add_command(heal)
     cli.add_command(restart)
+
+
+def _playbooks() -> list[str]:
+    # Imported when needed: the playbooks module pulls in Guardian's storage, which would
+    # slow every other command's start.
+    from services.guardian.playbooks import PLAYBOOKS
+
+    return list(PLAYBOOKS)
+
+
+def _known_playbook(value: str) -> str:
+    if value and value not in _playbooks():
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(_playbooks())}")
+    return value
 
 
 def _guardian_option(function: Any) -> Any:
@@ -89,8 +102,10 @@ def status(guardian: str | None) -> None:
 @click.option(
     "--playbook",
     default="",
-    type=click.Choice(["", *PLAYBOOKS]),
-    help="Playbook to run (default: Guardian picks).",
+    callback=lambda _ctx, _param, value: _known_playbook(value),
+    shell_complete=lambda _ctx, _param, prefix: [p for p in _playbooks() if p.startswith(prefix)],
+    help="Playbook to run: restart_component, clear_port, rebind_port, diagnose_network "
+    "(default: Guardian picks).",
 )
 @_guardian_option
 @common_options

@@ -37,7 +37,6 @@ from services.common.config import ConfigError
 from services.common.telemetry import TraceContextFilter, configure_logging, configure_tracing
 from services.guardian.config import EXAMPLES_GROUP, SERVICE, GuardianConfig
 from services.guardian.model import ComponentStatus, State, StateChange
-from services.guardian.runner import serve
 from services.guardian.topology import Topology, TopologyError, load_topology
 
 EXIT_CONFIG = int(Exit.UNAVAILABLE)
@@ -126,6 +125,9 @@ def run_up(args: argparse.Namespace) -> int:
     configure_tracing(SERVICE, config.server.env)
     names = ", ".join(c.name for c in topology.components)
     print(f"grace up: booting {names} (logs in {log_file.parent})", flush=True)
+    # Imported here: Guardian's runtime (storage, outbox) would slow every other command.
+    from services.guardian.runner import serve
+
     with _state_file(data_dir, config, topology):
         return asyncio.run(serve(config, topology, reporter=ConsoleReporter(sys.stdout)))
 
