@@ -108,8 +108,9 @@ def apply_last_event_id(request: Message, value: str) -> None:
     position = int(text)
     fields = request.DESCRIPTOR.fields_by_name
     start = fields[_START].enum_type if _START in fields else None
-    if start is not None and _START_SEQUENCE in fields:
-        setattr(request, _START, start.values_by_name["START_POSITION_SEQUENCE"].number)
+    by_sequence = start.values_by_name.get("START_POSITION_SEQUENCE") if start else None
+    if by_sequence is not None and _START_SEQUENCE in fields:
+        setattr(request, _START, by_sequence.number)
         setattr(request, _START_SEQUENCE, position + 1)
     elif _AFTER_REVISION in fields:
         setattr(request, _AFTER_REVISION, position)

@@ -169,6 +169,17 @@ async def test_a_malformed_last_event_id_is_400_naming_the_header(
     assert "Last-Event-ID" in response.text
 
 
+async def test_a_stream_without_a_resume_point_refuses_last_event_id(
+    browser_gateway: httpx.AsyncClient,
+) -> None:
+    response = await browser_gateway.get(
+        "/domains/workflows/executions/ex_000000000000000000000000/watch",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": "7"},
+    )
+    assert response.status_code == 400
+    assert "cannot be resumed" in response.text
+
+
 async def test_an_idle_event_stream_is_kept_alive_with_ping_comments(
     browser_gateway: httpx.AsyncClient,
 ) -> None:
