@@ -32,17 +32,16 @@ DESCRIPTOR_SET = "descriptors.binpb"
 
 
 @functools.cache
-def documented_files() -> dict[str, bytes]:
-    """Serialized FileDescriptorProtos with comments, by file name (empty when missing)."""
+def source_infos() -> dict[str, descriptor_pb2.SourceCodeInfo]:
+    """The comments (source info) of every contract file, by file name (empty when the
+    descriptor set is missing)."""
     try:
         data = (resources.files("grace") / DESCRIPTOR_SET).read_bytes()
     except (FileNotFoundError, ModuleNotFoundError, OSError):
         log.warning("no %s: reflection serves descriptors without comments", DESCRIPTOR_SET)
         return {}
     files = descriptor_pb2.FileDescriptorSet.FromString(data).file
-    found = {f.name: f.SerializeToString() for f in files}
-    found[V1_FILE] = _v1_file().SerializeToString()
-    return found
+    return {f.name: f.source_code_info for f in files if f.HasField("source_code_info")}
 
 
 def _v1_file() -> descriptor_pb2.FileDescriptorProto:
@@ -70,8 +69,10 @@ class DocumentedReflection:
 
     def __init__(self, service_names: Iterable[str]) -> None:
         self._library = reflection_aio.ReflectionServicer(service_names)
-        self._documented = documented_files()
+        self._comments = source_infos()
         self._pool = descriptor_pool.Default()
+        # Serialized answers by file name: what the server really serves, plus comments.
+        self._files: dict[str, bytes] = {V1_FILE: _v1_file().SerializeToString()}
 
     async def ServerReflectionInfo(
         self,
@@ -95,7 +96,7 @@ class DocumentedReflection:
         """The files that answer a file request, or None to let the library answer."""
         kind = request.WhichOneof("message_request")
         if kind == "file_by_filename":
-            if request.file_by_filename == V1_FILE and V1_FILE in self._documented:
+            if request.file_by_filename == V1_FILE:
                 return [V1_FILE]
             try:
                 return _with_dependencies(self._pool.FindFileByName(request.file_by_filename))
@@ -103,7 +104,7 @@ class DocumentedReflection:
                 return None
         if kind == "file_containing_symbol":
             symbol = request.file_containing_symbol
-            if symbol.startswith(V1_PACKAGE + ".") and V1_FILE in self._documented:
+            if symbol.startswith(V1_PACKAGE + "."):
                 return [V1_FILE]
             try:
                 return _with_dependencies(self._pool.FindFileContainingSymbol(symbol))
@@ -114,20 +115,26 @@ class DocumentedReflection:
     def _respond(
         self, request: reflection_pb2.ServerReflectionRequest, names: Sequence[str]
     ) -> reflection_pb2.ServerReflectionResponse:
-        protos = []
-        for name in names:
-            documented = self._documented.get(name)
-            if documented is None:
-                proto = descriptor_pb2.FileDescriptorProto()
-                self._pool.FindFileByName(name).CopyToProto(proto)
-                documented = proto.SerializeToString()
-            protos.append(documented)
         return reflection_pb2.ServerReflectionResponse(
             file_descriptor_response=reflection_pb2.FileDescriptorResponse(
-                file_descriptor_proto=protos
+                file_descriptor_proto=[self._file(name) for name in names]
             ),
             original_request=request,
         )
+
+    def _file(self, name: str) -> bytes:
+        """The file as the generated module describes it, with the comments `make generate`
+        kept (the same descriptor grpcio-reflection serves, so JSON names and options do not
+        change, plus its source info)."""
+        found = self._files.get(name)
+        if found is None:
+            proto = descriptor_pb2.FileDescriptorProto()
+            self._pool.FindFileByName(name).CopyToProto(proto)
+            comments = self._comments.get(name)
+            if comments is not None:
+                proto.source_code_info.CopyFrom(comments)
+            found = self._files[name] = proto.SerializeToString()
+        return found
 
 
 async def _one(
