@@ -115,7 +115,7 @@ def run_up(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     data_dir = config.server.data_dir
     state = read_state(data_dir)
-    if state and _alive(state.get("pid")):
+    if state and _is_grace_up(state.get("pid")):
         print(
             f"grace up: already running in {data_dir} (pid {state['pid']}); `grace down` stops it",
             file=sys.stderr,
@@ -154,6 +154,18 @@ def _state_file(data_dir: Path, config: GuardianConfig, topology: Topology) -> I
         state = read_state(data_dir)
         if state and state.get("pid") == os.getpid():
             path.unlink(missing_ok=True)
+
+
+def _is_grace_up(pid: object) -> bool:
+    """True when `pid` runs and is a `grace up` (not another process that got the pid of
+    one that was killed without removing its file)."""
+    if not _alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc here: trust the pid
+    return b"up" in argv and any(b"grace" in arg or b"services.cli" in arg for arg in argv)
 
 
 def _alive(pid: object) -> bool:
@@ -241,7 +253,7 @@ def down_command(timeout: float) -> None:
     s = session()
     state = read_state(s.data_dir)
     pid = state.get("pid") if state else None
-    if not isinstance(pid, int) or not _alive(pid):
+    if not isinstance(pid, int) or not _is_grace_up(pid):
         if state is not None:  # left behind by a grace up that was killed
             (s.data_dir / STATE_FILE).unlink(missing_ok=True)
         raise Failure(f"no `grace up` is running in {s.data_dir}", Exit.NOT_FOUND)

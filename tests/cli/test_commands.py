@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -301,3 +302,13 @@ async def test_logs_follow_prints_lines_as_they_are_written_until_ctrl_c(tmp_pat
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_down_never_signals_a_process_that_merely_reuses_a_stale_pid(
+    tmp_path: Path,
+) -> None:
+    # A grace up killed with SIGKILL leaves its file; the pid now belongs to this test.
+    (tmp_path / "grace-up.json").write_text(json.dumps({"pid": os.getpid(), "addresses": {}}))
+    result = await grace("down", "--data-dir", str(tmp_path))
+    assert result.code == 3
+    assert not (tmp_path / "grace-up.json").exists()
