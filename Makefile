@@ -13,7 +13,7 @@ PROTO_DEPS := .build/proto-deps
 PROTOS := $(shell find protos -name '*.proto' | sort)
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock generate proto-deps lint breaking release-contracts test test-fast run bench clean
+.PHONY: help setup lock generate proto-deps lint breaking release-contracts test test-fast run bench clean explorer-assets
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -66,6 +66,18 @@ breaking: proto-deps ## buf breaking (FILE rules) against the released contracts
 
 release-contracts: proto-deps ## Record the current contracts as released: the baseline of make breaking.
 	$(VENV)/bin/buf build --exclude-source-info -o $(RELEASED_CONTRACTS)
+
+# Swagger UI's files for the gateway's /docs, from the swagger-ui-dist version that
+# gateway/explorer/package-lock.json pins (committed, so setup needs no Node; a test checks
+# they match the lock).
+EXPLORER := gateway/explorer
+EXPLORER_FILES := swagger-ui-bundle.js swagger-ui.css favicon-32x32.png LICENSE NOTICE \
+	swagger-ui-bundle.js.LICENSE.txt
+explorer-assets: ## Refresh gateway/explorer/assets from the locked swagger-ui-dist (needs npm).
+	@work=$$(mktemp -d) && trap 'rm -rf "$$work"' EXIT && \
+		cp $(EXPLORER)/package.json $(EXPLORER)/package-lock.json "$$work" && \
+		(cd "$$work" && npm ci --ignore-scripts --no-audit --no-fund --silent) && \
+		for f in $(EXPLORER_FILES); do cp "$$work/node_modules/swagger-ui-dist/$$f" $(EXPLORER)/assets/; done
 
 test: $(STAMP) ## Run the whole test suite (PostgreSQL tests need GRACE_TEST_POSTGRES_URL).
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import grpc
 from google.protobuf.message import Message
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from starlette.requests import Request
 
 from gateway.aliases import has_aliases, rewrite_body
@@ -36,7 +36,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import HttpError, bad_request, from_rpc_error
 from gateway.paths import canonical_path
 from gateway.routes import DOMAIN_ID_FIELD, Route, RouteTable
-from gateway.streaming import ActiveStreams, relay, wants_sse
+from gateway.streaming import LAST_EVENT_ID, ActiveStreams, apply_last_event_id, relay, wants_sse
 from gateway.system import SystemViews
 from gateway.transcode import TranscodeError, build_request, dumps, render_response
 from gateway.upstreams import Metadata, Upstream, Upstreams
@@ -66,7 +66,6 @@ MAX_HEADER_BYTES = 16 * 1024
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 MIN_TIMEOUT_S = 0.001
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_tracer = trace.get_tracer("gateway")
 
 
 @dataclass(frozen=True)
@@ -194,35 +193,9 @@ class GatewayApp:
             return
         if scope["type"] != "http":
             return
-        request = Request(scope, receive)
-        # Liveness probes are not traced: they would bury the requests users care about.
-        if telemetry.enabled() and scope.get("path") != "/healthz":
-            await self._traced(request, receive, send)
-            return
-        await self._serve(request, receive, send)
-
-    async def _traced(self, request: Request, receive: Receive, send: Send) -> None:
-        """Serves a request inside a SERVER span that continues the caller's `traceparent`:
-        the upstream calls are its children (the client interceptor injects this span)."""
-        parent = propagate.extract(request.headers)
-        status = 0
-
-        async def recording_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        with _tracer.start_as_current_span(
-            request.method,
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "url.path": request.url.path},
-        ) as span:
-            await self._serve(request, receive, recording_send)
-            span.set_attribute("http.response.status_code", status)
-            if status >= 500:
-                span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {status}"))
+        # With tracing on, the ASGI instrumentation around this app (gateway.server) has
+        # opened the request's SERVER span; _handle names it after the matched route.
+        await self._serve(Request(scope, receive), receive, send)
 
     async def _serve(self, request: Request, receive: Receive, send: Send) -> None:
         scope = request.scope
@@ -303,6 +276,9 @@ class GatewayApp:
             )
         upstream = await self._upstream(route, message, metadata, timeout)
         if route.server_streaming:
+            last_event_id = request.headers.get(LAST_EVENT_ID)
+            if last_event_id is not None:
+                apply_last_event_id(message, last_event_id)
             call = upstream.stream(route.grpc_path, route.response_class.FromString)(
                 message, metadata=metadata, timeout=timeout
             )
@@ -316,6 +292,7 @@ class GatewayApp:
                 headers=extra,
                 upstream_name=upstream.name,
                 active=self.streams,
+                ping_s=self.config.sse_ping_s,
             )
             return
         stub = upstream.unary(route.grpc_path, route.response_class.FromString)

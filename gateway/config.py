@@ -16,6 +16,11 @@
 - `GRACE_IMMUNE_ADDR`: the immune kernel, sent each upstream's call latency and errors
   (metrics `gateway_latency_ms`, `gateway_errors`, `gateway_error_rate`) every
   `GRACE_GATEWAY_METRICS_INTERVAL_S` (5); `off` stops reporting.
+- `GRACE_GATEWAY_CORS_ORIGINS`: comma-separated origins a browser page may call the gateway
+  from (`https://console.example.com,http://localhost:5173`; `*` for any); empty (the
+  default) sends no CORS headers, so browsers allow same-origin pages only.
+- `GRACE_GATEWAY_SSE_PING_S`: seconds between two `: ping` comments on an idle
+  Server-Sent Events stream (15; 0 sends none).
 - `GRACE_GATEWAY_PROTO_ROOT`: directory of the `.proto` files whose comments document
   /openapi.json (the project's `protos/`, or the copy a wheel installs).
 - `GRACE_SHUTDOWN_GRACE_S`, `GRACE_MAX_MESSAGE_BYTES`: as for every server.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +38,7 @@ from pathlib import Path
 from services.common.codegen import installed_proto_root
 from services.common.config import (
     DEFAULT_PORTS,
+    ConfigError,
     EnvReader,
     ServerConfig,
     peer_address,
@@ -59,6 +66,8 @@ class GatewayConfig:
         proto_root: Where the .proto files are read for API comments (None: no comments).
         immune_addr: Immune kernel `host:port` for call metrics; "" reports none.
         metrics_interval_s: Time between two reports of call metrics.
+        cors_origins: Origins allowed to call from a browser ("*" for any); empty: none.
+        sse_ping_s: Seconds between keep-alive comments on an idle SSE stream; 0: none.
         env: The environment, for upstream addresses.
     """
 
@@ -75,6 +84,8 @@ class GatewayConfig:
     proto_root: Path | None = field(default_factory=installed_proto_root)
     immune_addr: str = ""
     metrics_interval_s: float = 5.0
+    cors_origins: tuple[str, ...] = ()
+    sse_ping_s: float = 15.0
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -115,8 +126,30 @@ class GatewayConfig:
             metrics_interval_s=reader.number(
                 "GRACE_GATEWAY_METRICS_INTERVAL_S", 5.0, minimum=0.05, maximum=3600
             ),
+            cors_origins=_origins(reader.text("GRACE_GATEWAY_CORS_ORIGINS", "")),
+            sse_ping_s=reader.number("GRACE_GATEWAY_SSE_PING_S", 15.0, minimum=0, maximum=3600),
             env=env,
         )
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    """The allowed origins of GRACE_GATEWAY_CORS_ORIGINS, each `scheme://host[:port]` or `*`.
+
+    Raises:
+        ConfigError: An origin with a path, or without a scheme.
+    """
+    origins: list[str] = []
+    for raw in text.split(","):
+        origin = raw.strip().rstrip("/")
+        if not origin:
+            continue
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"GRACE_GATEWAY_CORS_ORIGINS: {origin!r} is not an origin "
+                "(scheme://host[:port], or *)"
+            )
+        origins.append(origin)
+    return tuple(dict.fromkeys(origins))
 
 
 def flag_parser() -> argparse.ArgumentParser:

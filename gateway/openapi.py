@@ -2,7 +2,16 @@
 
 Schemas follow the proto3 JSON mapping as the gateway speaks it: proto field names, 64-bit
 integers as strings (numbers accepted on input), enums by name, Timestamp as RFC 3339,
-Duration as `"1.5s"`, Struct as an object. Descriptions are the proto comments.
+Duration as `"1.5s"`, Struct as an object with free properties. Descriptions are the proto
+comments.
+
+A message has two schemas when it travels both ways: the reply form (its plain full name)
+lists as `required` every field the gateway always writes (every field without presence:
+scalars, enums, repeated fields and maps), so generated clients need no checks for them;
+the input form (`<name>Input`) requires nothing, as proto3 treats a missing field as its
+default. Operation ids are the RPC names in lower camel case (`registerDomain`), prefixed
+with the service where two services share an RPC name (`eventBusGetStats`). Limits the
+servers enforce on common fields (ids, page sizes, patterns) are part of the schemas.
 """
 
 from __future__ import annotations
@@ -15,6 +24,9 @@ from google.protobuf import descriptor as _descriptor
 
 from gateway.routes import Route, RouteTable
 from gateway.transcode import resolve_field_path
+from services.common.pagination import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from services.common.patterns import MAX_PATTERN_LENGTH
+from services.common.validation import ID_PATTERN, MAX_ID_LENGTH
 
 _FD = _descriptor.FieldDescriptor
 _QUERY_DEPTH = 3
@@ -41,9 +53,9 @@ _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},
     "google.protobuf.FieldMask": {"type": "string"},
-    "google.protobuf.Struct": {"type": "object"},
+    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
     "google.protobuf.Value": {},
-    "google.protobuf.ListValue": {"type": "array"},
+    "google.protobuf.ListValue": {"type": "array", "items": {}},
     "google.protobuf.Empty": {"type": "object", "additionalProperties": False},
     "google.protobuf.Any": {
         "type": "object",
@@ -81,38 +93,92 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
+# Limits the servers enforce on fields of these names (services.common validation, patterns
+# and pagination), documented in the schemas.
+_ID_LIMITS: dict[str, Any] = {
+    "type": "string",
+    "maxLength": MAX_ID_LENGTH,
+    # Empty means "not set" (a filter left out), as everywhere in proto3.
+    "pattern": f"^({ID_PATTERN.pattern})?$",
+}
+FIELD_LIMITS: dict[str, dict[str, Any]] = {
+    "domain_id": _ID_LIMITS,
+    "source_domain": _ID_LIMITS,
+    "subscription_id": _ID_LIMITS,
+    "dead_letter_id": _ID_LIMITS,
+    "page_size": {
+        "type": "integer",
+        "format": "int32",
+        "minimum": 0,
+        "maximum": MAX_PAGE_SIZE,
+        "default": DEFAULT_PAGE_SIZE,
+    },
+    "pattern": {"type": "string", "maxLength": MAX_PATTERN_LENGTH},
+    "patterns": {"type": "string", "maxLength": MAX_PATTERN_LENGTH},
+}
+_INPUT_SUFFIX = "Input"
+_REF = "#/components/schemas/"
+
+
+def operation_id(method: _descriptor.MethodDescriptor, qualified: bool) -> str:
+    """`registerDomain`; qualified by the service (`eventBusGetStats`) when names clash."""
+    name = method.name
+    if qualified:
+        name = method.containing_service.name.removesuffix("Service") + name
+    return name[0].lower() + name[1:]
+
+
 class OpenApiBuilder:
-    """Builds the document; `schemas` collects every message reached."""
+    """Builds the document; `schemas` collects every message reached, in each direction."""
 
     def __init__(self, comments: Mapping[str, str]) -> None:
         self.comments = comments
         self.schemas: dict[str, Any] = {"grace.gateway.Error": ERROR_SCHEMA}
 
-    def ref(self, message: _descriptor.Descriptor) -> dict[str, Any]:
-        """A schema reference to a message, defining it on first use."""
+    def ref(self, message: _descriptor.Descriptor, reply: bool = False) -> dict[str, Any]:
+        """A schema reference to a message's reply or input form, defining it on first use."""
         if message.full_name in _WELL_KNOWN:
             return dict(_WELL_KNOWN[message.full_name])
-        if message.full_name not in self.schemas:
-            self.schemas[message.full_name] = {}  # placeholder: recursion stops here
-            self.schemas[message.full_name] = self._message_schema(message)
-        return {"$ref": f"#/components/schemas/{message.full_name}"}
+        name = message.full_name if reply else message.full_name + _INPUT_SUFFIX
+        if name not in self.schemas:
+            self.schemas[name] = {}  # placeholder: recursion stops here
+            self.schemas[name] = self._message_schema(message, reply)
+        return {"$ref": _REF + name}
 
-    def _message_schema(self, message: _descriptor.Descriptor) -> dict[str, Any]:
-        properties = {f.name: self.field_schema(f) for f in message.fields}
+    def _message_schema(self, message: _descriptor.Descriptor, reply: bool) -> dict[str, Any]:
+        properties = {f.name: self.field_schema(f, reply) for f in message.fields}
         schema: dict[str, Any] = {
             "type": "object",
             "properties": properties,
             "additionalProperties": False,
         }
+        required = [f.name for f in message.fields if not f.has_presence] if reply else []
+        if required:
+            schema["required"] = required
         description = self.comments.get(message.full_name)
         if description:
             schema["description"] = description
         return schema
 
-    def value_schema(self, field: _FD) -> dict[str, Any]:
+    def finish(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Gives an input form its message's plain name where no reply form has it."""
+        renames = {
+            _REF + name: _REF + name.removesuffix(_INPUT_SUFFIX)
+            for name in self.schemas
+            if name.endswith(_INPUT_SUFFIX) and name.removesuffix(_INPUT_SUFFIX) not in self.schemas
+        }
+        self.schemas = {
+            (name.removesuffix(_INPUT_SUFFIX) if _REF + name in renames else name): schema
+            for name, schema in self.schemas.items()
+        }
+        document["components"] = {"schemas": dict(sorted(self.schemas.items()))}
+        renamed: dict[str, Any] = _rename_refs(document, renames)
+        return renamed
+
+    def value_schema(self, field: _FD, reply: bool = False) -> dict[str, Any]:
         """The schema of one value of a field (ignoring `repeated`)."""
         if field.message_type is not None:
-            return self.ref(field.message_type)
+            return self.ref(field.message_type, reply)
         if field.enum_type is not None:
             schema: dict[str, Any] = {
                 "type": "string",
@@ -128,20 +194,24 @@ class OpenApiBuilder:
             if description or values:
                 schema["description"] = "\n".join(filter(None, [description, *values]))
             return schema
-        return dict(_SCALARS[field.type])
+        scalar = dict(_SCALARS[field.type])
+        limits = FIELD_LIMITS.get(field.name)
+        if limits is not None and limits["type"] == scalar["type"]:
+            scalar.update(limits)
+        return scalar
 
-    def field_schema(self, field: _FD) -> dict[str, Any]:
+    def field_schema(self, field: _FD, reply: bool = False) -> dict[str, Any]:
         """The schema of a field, with its comment."""
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
             value_field = field.message_type.fields_by_name["value"]
             schema: dict[str, Any] = {
                 "type": "object",
-                "additionalProperties": self.value_schema(value_field),
+                "additionalProperties": self.value_schema(value_field, reply),
             }
         elif field.is_repeated:
-            schema = {"type": "array", "items": self.value_schema(field)}
+            schema = {"type": "array", "items": self.value_schema(field, reply)}
         else:
-            schema = self.value_schema(field)
+            schema = self.value_schema(field, reply)
         description = self.comments.get(field.full_name)
         if description:
             if "$ref" in schema:
@@ -186,8 +256,8 @@ class OpenApiBuilder:
             parameters.append(parameter)
         return parameters
 
-    def operation(self, route: Route) -> dict[str, Any]:
-        """The OpenAPI operation of a route."""
+    def operation(self, route: Route, qualified: bool = False) -> dict[str, Any]:
+        """The OpenAPI operation of a route (`qualified`: its id names the service)."""
         method = route.method
         request = method.input_type
         parameters: list[dict[str, Any]] = []
@@ -216,7 +286,7 @@ class OpenApiBuilder:
             )
         bound = {v.field_path for v in route.template.variables}
         operation: dict[str, Any] = {
-            "operationId": f"{method.containing_service.full_name}.{method.name}",
+            "operationId": operation_id(method, qualified),
             "tags": [method.containing_service.full_name],
             "summary": f"{method.containing_service.name}.{method.name}",
         }
@@ -241,9 +311,9 @@ class OpenApiBuilder:
             operation["parameters"] = parameters
         if route.response_body:
             field = method.output_type.fields_by_name[route.response_body]
-            response_schema = self.field_schema(field)
+            response_schema = self.field_schema(field, reply=True)
         else:
-            response_schema = self.ref(method.output_type)
+            response_schema = self.ref(method.output_type, reply=True)
         if route.server_streaming:
             content = {
                 "application/x-ndjson": {"schema": response_schema},
@@ -251,8 +321,10 @@ class OpenApiBuilder:
             }
             response_description = (
                 "A stream of messages: newline-delimited JSON (one message of the schema per "
-                "line), or Server-Sent Events (one `data:` message each) when the client "
-                "accepts text/event-stream. An error after the stream began arrives as a last "
+                "line), or Server-Sent Events when the client accepts text/event-stream: each "
+                "message as `data:`, with `event:` the RPC name in snake case and `id:` its "
+                "resume point (sent back as `Last-Event-ID` on reconnect), and a `: ping` "
+                "comment on an idle stream. An error after the stream began arrives as a last "
                 "line (or `event: error`) holding the error body."
             )
         else:
@@ -326,8 +398,12 @@ def build_openapi(
     operation_ids: set[str] = set()
     routes = sorted(table.routes, key=lambda r: (r.template.openapi_path(), r.http_method))
     canonical = _canonical_paths(r.template.openapi_path() for r in routes)
+    services_of: dict[str, set[str]] = {}
     for route in routes:
-        operation = builder.operation(route)
+        method = route.method
+        services_of.setdefault(method.name, set()).add(method.containing_service.full_name)
+    for route in routes:
+        operation = builder.operation(route, qualified=len(services_of[route.method.name]) > 1)
         base_id = operation["operationId"]
         suffix = 2
         while operation["operationId"] in operation_ids:
@@ -346,7 +422,7 @@ def build_openapi(
         if service.full_name in comments:
             tag["description"] = comments[service.full_name]
         tags.append(tag)
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "Grace REST API",
@@ -355,7 +431,24 @@ def build_openapi(
             "the google.api.http annotations of the protos. JSON uses the proto field names; "
             "camelCase names are accepted on input.",
         },
+        "servers": [{"url": "/", "description": "This gateway."}],
         "tags": tags,
         "paths": dict(sorted(paths.items())),
-        "components": {"schemas": dict(sorted(builder.schemas.items()))},
     }
+    return builder.finish(document)
+
+
+def _rename_refs(value: Any, renames: Mapping[str, str]) -> Any:
+    """`value` with every `$ref` in `renames` replaced."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                renames.get(v, v)
+                if k == "$ref" and isinstance(v, str)
+                else _rename_refs(v, renames)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_rename_refs(v, renames) for v in value]
+    return value

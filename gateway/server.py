@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Generator, Iterable, Sequence
@@ -21,14 +22,17 @@ from typing import Any
 
 import uvicorn
 from google.protobuf import descriptor as _descriptor
+from starlette.middleware.cors import CORSMiddleware
 
 from gateway.app import ForwardGate, GatewayApp
 from gateway.comments import load_comments
 from gateway.config import GatewayConfig
+from gateway.explorer import ASGIApp, Explorer
 from gateway.governance import governance_gate
 from gateway.openapi import ERROR_SCHEMA, build_openapi
 from gateway.routes import RouteTable, discover_services
 from gateway.upstreams import Upstreams
+from services.common import telemetry
 from services.common.call_metrics import ImmuneReporter
 from services.common.supervision import watch_supervisor
 
@@ -39,10 +43,10 @@ log = logging.getLogger(__name__)
 GATEWAY_METRIC_PREFIX = "gateway_"
 
 _BUILTIN_DOCS: dict[str, tuple[str, str]] = {
-    "/healthz": ("Gateway.Healthz", "Health of the gateway process itself."),
-    "/openapi.json": ("Gateway.OpenApi", "This document."),
+    "/healthz": ("healthz", "Health of the gateway process itself."),
+    "/openapi.json": ("openApi", "This document."),
     "/domains/system/health": (
-        "Gateway.SystemHealth",
+        "systemHealth",
         "gRPC health of every upstream service; 200 when all are SERVING, 503 otherwise.",
     ),
     "/health": (
@@ -50,7 +54,7 @@ _BUILTIN_DOCS: dict[str, tuple[str, str]] = {
         "The same as /domains/system/health (seed 003: the main API's health covers everything).",
     ),
     "/domains/system/overview": (
-        "Gateway.SystemOverview",
+        "systemOverview",
         "Each service's health and stats RPCs (Get...Stats) and the guardian's component "
         "table; a service that is down shows as down.",
     ),
@@ -122,6 +126,61 @@ def build_app(
     return GatewayApp(config, table, upstreams, document, gate)
 
 
+# What a browser page may send and read across origins.
+CORS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+CORS_REQUEST_HEADERS = (
+    "authorization",
+    "content-type",
+    "grpc-timeout",
+    "last-event-id",
+    "traceparent",
+    "tracestate",
+    "x-actor",
+    "x-request-id",
+    "x-request-timeout",
+)
+CORS_RESPONSE_HEADERS = ("x-request-id", "allow", "retry-after")
+CORS_MAX_AGE_S = 600
+
+
+def browser_ready(app: GatewayApp, config: GatewayConfig) -> ASGIApp:
+    """The application as served: the API explorer at /docs; with tracing on, a SERVER span
+    per request from the OpenTelemetry ASGI instrumentation (continuing the caller's
+    traceparent, with the standard HTTP attributes; /healthz is not traced); with configured
+    origins, CORS (preflights answered by Starlette's middleware before they reach a
+    route)."""
+    asgi: ASGIApp = Explorer(app)
+    if telemetry.enabled():
+        asgi = _traced(asgi)
+    if config.cors_origins:
+        asgi = CORSMiddleware(
+            asgi,
+            allow_origins=list(config.cors_origins),
+            allow_methods=list(CORS_METHODS),
+            allow_headers=list(CORS_REQUEST_HEADERS),
+            expose_headers=list(CORS_RESPONSE_HEADERS),
+            max_age=CORS_MAX_AGE_S,
+        )
+    return asgi
+
+
+def _traced(asgi: ASGIApp) -> ASGIApp:
+    # The stable HTTP semantic conventions (http.request.method, url.path,
+    # http.response.status_code, ...) unless the operator chose otherwise.
+    os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "http")
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    middleware: ASGIApp = OpenTelemetryMiddleware(
+        asgi,
+        # Liveness probes every few seconds would bury the requests users care about.
+        excluded_urls="/healthz",
+        tracer_provider=telemetry.current().provider,
+        # One span per request, not one per ASGI message sent or received.
+        exclude_spans=["receive", "send"],
+    )
+    return middleware
+
+
 class _UvicornServer(uvicorn.Server):
     """uvicorn without its own signal handling: `Gateway` handles signals itself, and
     uvicorn's would re-raise them after the shutdown and end the process non-zero."""
@@ -184,7 +243,7 @@ class Gateway:
         self._socket = sock
         self.port = sock.getsockname()[1]
         uv_config = uvicorn.Config(
-            self.app,
+            browser_ready(self.app, self.config),
             lifespan="off",
             http="httptools",
             loop="none",

@@ -1,11 +1,20 @@
 """Server-streaming routes as Server-Sent Events or newline-delimited JSON.
 
-The format follows the client's `Accept`: `text/event-stream` gets SSE (`data: <json>` per
-message, an error as `event: error`), anything else NDJSON (one JSON value per line, an error
-as a last `{"error": ...}` line). The gateway waits briefly for the first message so that an
-error raised at once (unknown resource, bad argument) still gets its HTTP status; after that
-the response is committed to 200 and errors travel in-band. The upstream call is cancelled
-as soon as the HTTP client disconnects or the gateway shuts down.
+The format follows the client's `Accept`: `text/event-stream` gets SSE, anything else NDJSON
+(one JSON value per line, an error as a last `{"error": ...}` line). An SSE message is
+
+    id: <resume point>          (the bus sequence of the last event, or the watch revision)
+    event: <rpc name>           (`subscribe`, `watch_domains`, ...; `error` for an error)
+    data: <json>
+
+and an idle stream carries a `: ping` comment every `GRACE_GATEWAY_SSE_PING_S` seconds, so
+proxies do not cut it. A browser's EventSource sends the last `id:` it saw back as
+`Last-Event-ID` when it reconnects; the gateway turns it into the request's resume field
+(`start_sequence` after that sequence, or `after_revision`), so no message is lost or
+repeated. The gateway waits briefly for the first message so that an error raised at once
+(unknown resource, bad argument) still gets its HTTP status; after that the response is
+committed to 200 and errors travel in-band. The upstream call is cancelled as soon as the
+HTTP client disconnects or the gateway shuts down; a client that goes away is a normal end.
 """
 
 from __future__ import annotations
@@ -13,12 +22,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
-from gateway.errors import HttpError, from_rpc_error
+from gateway.errors import HttpError, bad_request, from_rpc_error
 from gateway.routes import Route
 from gateway.transcode import dumps, render_response
 
@@ -29,6 +41,14 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
+_INTEGER_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+}
 
 
 def wants_sse(accept: str) -> bool:
@@ -36,12 +56,66 @@ def wants_sse(accept: str) -> bool:
     return any(part.split(";")[0].strip() == SSE for part in accept.split(","))
 
 
-def _frame(document: Any, sse: bool, *, event: str = "") -> bytes:
+PING = b": ping\n\n"
+LAST_EVENT_ID = "last-event-id"
+# Resume fields of streaming requests: after a sequence (the event bus) or a revision.
+_START, _START_SEQUENCE = "start", "start_sequence"
+_EVENTS = "events"
+_AFTER_REVISION = "after_revision"
+
+
+def _frame(document: Any, sse: bool, *, event: str = "", event_id: str = "") -> bytes:
     data = dumps(document)
     if not sse:
         return data + b"\n"
-    prefix = f"event: {event}\n".encode() if event else b""
+    prefix = f"id: {event_id}\n".encode() if event_id else b""
+    if event:
+        prefix += f"event: {event}\n".encode()
     return prefix + b"data: " + data + b"\n\n"
+
+
+def event_name(route: Route) -> str:
+    """The SSE `event:` of a route's messages: its RPC name in snake case."""
+    method = route.grpc_path.rsplit("/", 1)[-1]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", method).lower()
+
+
+def resume_id(message: Message) -> str:
+    """Where a client resumes after this message: the sequence of its last event (event
+    bus), else its revision (watches); "" when the message has neither."""
+    fields = message.DESCRIPTOR.fields_by_name
+    if _EVENTS in fields and fields[_EVENTS].message_type is not None:
+        events = getattr(message, _EVENTS)
+        if events and "sequence" in events[-1].DESCRIPTOR.fields_by_name:
+            return str(events[-1].sequence)
+        return ""
+    for name in ("sequence", "revision"):
+        field = fields.get(name)
+        if field is not None and field.type in _INTEGER_TYPES and getattr(message, name):
+            return str(getattr(message, name))
+    return ""
+
+
+def apply_last_event_id(request: Message, value: str) -> None:
+    """Resumes a streaming request after the `Last-Event-ID` a reconnecting client sent.
+
+    Raises:
+        HttpError: 400 when the value is not a resume point this stream understands.
+    """
+    text = value.strip()
+    if not text.isdigit() or len(text) > 18:
+        raise bad_request("Last-Event-ID", "must be the decimal id of a message of this stream")
+    position = int(text)
+    fields = request.DESCRIPTOR.fields_by_name
+    start = fields[_START].enum_type if _START in fields else None
+    by_sequence = start.values_by_name.get("START_POSITION_SEQUENCE") if start else None
+    if by_sequence is not None and _START_SEQUENCE in fields:
+        setattr(request, _START, by_sequence.number)
+        setattr(request, _START_SEQUENCE, position + 1)
+    elif _AFTER_REVISION in fields:
+        setattr(request, _AFTER_REVISION, position)
+    else:
+        raise bad_request("Last-Event-ID", "this stream cannot be resumed")
 
 
 class ActiveStreams:
@@ -83,6 +157,7 @@ async def relay(
     headers: list[tuple[bytes, bytes]],
     upstream_name: str,
     active: ActiveStreams,
+    ping_s: float = 15.0,
 ) -> None:
     """Relays one server-streaming call to the HTTP client.
 
@@ -134,7 +209,15 @@ async def relay(
                 ],
             }
         )
-        await _pump(route, iterator, first, sse, send, disconnected, upstream_name, active)
+        await _pump(route, iterator, first, sse, send, disconnected, upstream_name, active, ping_s)
+    except (asyncio.CancelledError, OSError):
+        # The client went away (or the connection broke) while a message was in flight:
+        # a normal end of a stream, not an error of the gateway.
+        if not disconnected.is_set():
+            raise
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
     finally:
         active.discard(call)
         call.cancel()
@@ -156,20 +239,31 @@ async def _pump(
     disconnected: asyncio.Event,
     upstream_name: str,
     active: ActiveStreams,
+    ping_s: float,
 ) -> None:
-    """Writes every message, then ends the body (with an in-band error when one occurs)."""
+    """Writes every message (pinging an idle SSE stream), then ends the body (with an
+    in-band error when one occurs)."""
     trailer = b""
+    name = event_name(route) if sse else ""
+    pending: asyncio.Future[Any] = first
     try:
-        message = await first
         while True:
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": _frame(render_response(route, message), sse),
-                    "more_body": True,
-                }
+            if sse and ping_s > 0:
+                done, _ = await asyncio.wait({pending}, timeout=ping_s)
+                if not done:
+                    if disconnected.is_set():
+                        return
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+                    continue
+            message = await pending
+            frame = _frame(
+                render_response(route, message),
+                sse,
+                event=name,
+                event_id=resume_id(message) if sse else "",
             )
-            message = await iterator.__anext__()
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+            pending = asyncio.ensure_future(iterator.__anext__())
     except StopAsyncIteration:
         pass
     except grpc.aio.AioRpcError as exc:
@@ -190,5 +284,10 @@ async def _pump(
             return
         error = HttpError(503, "the gateway is shutting down", status="UNAVAILABLE")
         trailer = _frame(error.body(), sse, event="error")
+    finally:
+        if pending is not first and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
     if not disconnected.is_set():
         await send({"type": "http.response.body", "body": trailer, "more_body": False})

@@ -1,37 +1,70 @@
-"""The `grace` command. Each subcommand lives in a module of this package and registers
-itself with `register(subparsers)`; adding a command is one module and one line in
-`COMMANDS`."""
+"""The `grace` command, built with Click.
+
+Each module of this package adds its commands to the root group with `register(cli)`;
+adding a command group from another module is that module's `register` and one line in
+`COMMANDS`. Exit codes and output formats are the same for every command: see
+`services.cli.session` and `services.cli.output`.
+"""
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import control, up, verify
+import click
 
-# Each entry adds one or more subcommands to the `grace` parser.
-COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+from services.cli import (
+    completion,
+    control,
+    domains,
+    events,
+    governance,
+    immutable_log,
+    memory,
+    up,
+    verify,
+    workflows,
+)
+
+# Each entry adds one or more commands (or command groups) to the `grace` group.
+COMMANDS: tuple[Callable[[click.Group], None], ...] = (
     up.register,
     control.register,
+    domains.register,
+    events.register,
+    workflows.register,
+    memory.register,
+    governance.register,
+    immutable_log.register,
     verify.register,
+    completion.register,
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `grace` parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="grace", description="Run and operate a Grace system.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in COMMANDS:
-        register(subparsers)
-    return parser
+@click.group(
+    name="grace",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="grace", prog_name="grace")
+def cli() -> None:
+    """Run and operate a Grace system.
+
+    Commands that answer with data take -o table|json|yaml (a table on a terminal, JSON
+    when piped). Exit codes: 0 ok, 1 a negative answer, 2 bad usage or no server answers,
+    3 not found, 4 refused by the server, 5 server error, 130 interrupted.
+    """
+
+
+for _register in COMMANDS:
+    _register(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `grace` console script; returns the exit code."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments and arguments[0] in verify.DELEGATED:
-        return verify.DELEGATED[arguments[0]](arguments[1:])
-    args = build_parser().parse_args(arguments)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    try:
+        cli.main(
+            args=list(argv) if argv is not None else None, prog_name="grace", standalone_mode=True
+        )
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0

@@ -2,139 +2,153 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import sys
-from collections.abc import Mapping
+from typing import Any
 
+import click
 import grpc
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
-from services.cli.output import component_table
-from services.common.channels import channel
-from services.common.config import peer_address
-from services.guardian.playbooks import PLAYBOOKS
+from services.cli.output import Column, path, to_data
+from services.cli.session import Exit, Failure, common_options, session
 
-EXIT_OK = 0
-EXIT_NOT_OK = 1
-EXIT_UNREACHABLE = 2
+EXIT_OK = int(Exit.OK)
+EXIT_NOT_OK = int(Exit.NOT_OK)
+EXIT_UNREACHABLE = int(Exit.UNAVAILABLE)
 _TIMEOUT_S = 120.0
 
+COMPONENT_COLUMNS = (
+    Column("COMPONENT", path("name")),
+    Column("PORT", path("port")),
+    Column("PID", lambda c: c.get("pid") or "-"),
+    Column("STATE", path("state", "COMPONENT_STATE_"), styled=True),
+    Column("RESTARTS", path("total_restarts")),
+    Column(
+        "NOTE",
+        lambda c: c.get("last_error", "") if c.get("state") != "COMPONENT_STATE_SERVING" else "",
+    ),
+)
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+
+def register(cli: click.Group) -> None:
     """Adds `grace status`, `grace heal` and `grace restart`."""
-    status = subparsers.add_parser(
-        "status", help="show every component; exit 0 only when all are SERVING"
-    )
-    _target_flag(status)
-    status.set_defaults(handler=lambda args: asyncio.run(_status(guardian_target(args))))
-
-    heal = subparsers.add_parser("heal", help="run a healing playbook on a component")
-    _target_flag(heal)
-    heal.add_argument("component", help="component name")
-    heal.add_argument(
-        "--playbook", default="", choices=PLAYBOOKS, help="playbook (default: Guardian picks)"
-    )
-    heal.set_defaults(
-        handler=lambda args: asyncio.run(
-            _heal(guardian_target(args), args.component, args.playbook)
-        )
-    )
-
-    restart = subparsers.add_parser("restart", help="restart a component")
-    _target_flag(restart)
-    restart.add_argument("component", help="component name")
-    restart.set_defaults(
-        handler=lambda args: asyncio.run(_restart(guardian_target(args), args.component))
-    )
+    cli.add_command(status)
+    cli.add_command(heal)
+    cli.add_command(restart)
 
 
-def _target_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--guardian", help="Guardian's host:port (GRACE_GUARDIAN_ADDR, default 127.0.0.1:8104)"
-    )
+def _playbooks() -> list[str]:
+    # Imported when needed: the playbooks module pulls in Guardian's storage, which would
+    # slow every other command's start.
+    from services.guardian.playbooks import PLAYBOOKS
+
+    return list(PLAYBOOKS)
 
 
-def guardian_target(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> str:
-    """Where Guardian is: --guardian, else GRACE_GUARDIAN_ADDR, else the default port."""
-    return str(args.guardian or peer_address(os.environ if env is None else env, "guardian"))
+def _known_playbook(value: str) -> str:
+    if value and value not in _playbooks():
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(_playbooks())}")
+    return value
 
 
-def _state(value: guardian_pb2.ComponentState.ValueType) -> str:
-    return guardian_pb2.ComponentState.Name(value).removeprefix("COMPONENT_STATE_")
+def _guardian_option(function: Any) -> Any:
+    return click.option(
+        "--guardian",
+        metavar="HOST:PORT",
+        help="Guardian's address (GRACE_GUARDIAN_ADDR, default 127.0.0.1:8104).",
+    )(function)
 
 
-def _unreachable(target: str, exc: grpc.aio.AioRpcError) -> int:
-    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        print(f"grace: no Guardian answers on {target} (is `grace up` running?)", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    print(f"grace: {exc.code().name}: {exc.details()}", file=sys.stderr)
-    return EXIT_NOT_OK
+@click.command()
+@_guardian_option
+@common_options
+def status(guardian: str | None) -> None:
+    """Show every component; exit 0 only when all are SERVING."""
+    s = session()
 
-
-async def _status(target: str) -> int:
-    async with channel(target) as chan:
+    async def ask(
+        chan: grpc.aio.Channel,
+    ) -> tuple[list[guardian_pb2.Component], guardian_pb2.GetSystemHealthResponse]:
         stub = guardian_pb2_grpc.GuardianServiceStub(chan)
-        try:
-            components: list[guardian_pb2.Component] = []
-            token = ""
-            while True:
-                page = await stub.ListComponents(
-                    guardian_pb2.ListComponentsRequest(page_size=1000, page_token=token),
-                    timeout=5,
-                )
-                components.extend(page.components)
-                token = page.next_page_token
-                if not token:
-                    break
-            health = await stub.GetSystemHealth(guardian_pb2.GetSystemHealthRequest(), timeout=5)
-        except grpc.aio.AioRpcError as exc:
-            return _unreachable(target, exc)
-    rows = [
-        (
-            c.name,
-            c.port,
-            c.pid,
-            _state(c.state),
-            c.last_error if c.state != guardian_pb2.COMPONENT_STATE_SERVING else "",
-        )
-        for c in components
-    ]
-    print(component_table(rows))
+        components: list[guardian_pb2.Component] = []
+        token = ""
+        while True:
+            page = await stub.ListComponents(
+                guardian_pb2.ListComponentsRequest(page_size=1000, page_token=token), timeout=5
+            )
+            components.extend(page.components)
+            token = page.next_page_token
+            if not token:
+                break
+        health = await stub.GetSystemHealth(guardian_pb2.GetSystemHealthRequest(), timeout=5)
+        return components, health
+
+    components, health = s.call("guardian", ask, address=guardian)
+    items = [to_data(c) for c in components]
     system = guardian_pb2.SystemStatus.Name(health.status).removeprefix("SYSTEM_STATUS_")
-    print(f"\nsystem: {system} ({health.serving_components}/{health.total_components} SERVING)")
+    if s.printer.is_table:
+        s.printer.items(items, COMPONENT_COLUMNS)
+        s.printer.line(
+            f"\nsystem: {system} ({health.serving_components}/{health.total_components} SERVING)"
+        )
+    else:
+        s.printer.data({"components": items, "system": to_data(health)})
     all_serving = all(c.state == guardian_pb2.COMPONENT_STATE_SERVING for c in components)
-    return EXIT_OK if all_serving and health.boot_complete else EXIT_NOT_OK
+    if not (all_serving and health.boot_complete):
+        raise click.exceptions.Exit(EXIT_NOT_OK)
 
 
-async def _heal(target: str, component: str, playbook: str) -> int:
-    async with channel(target) as chan:
-        stub = guardian_pb2_grpc.GuardianServiceStub(chan)
-        try:
-            result = await stub.Heal(
-                guardian_pb2.HealRequest(component_name=component, playbook=playbook),
-                timeout=_TIMEOUT_S,
-            )
-        except grpc.aio.AioRpcError as exc:
-            return _unreachable(target, exc)
-    print(f"{result.playbook} {result.component_name}: {result.message}")
-    for finding in result.findings:
-        mark = "ok  " if finding.ok else "FAIL"
-        print(f"  [{mark}] {finding.check}: {finding.detail}")
-    return EXIT_OK if result.success else EXIT_NOT_OK
+@click.command()
+@click.argument("component")
+@click.option(
+    "--playbook",
+    default="",
+    callback=lambda _ctx, _param, value: _known_playbook(value),
+    shell_complete=lambda _ctx, _param, prefix: [p for p in _playbooks() if p.startswith(prefix)],
+    help="Playbook to run: restart_component, clear_port, rebind_port, diagnose_network "
+    "(default: Guardian picks).",
+)
+@_guardian_option
+@common_options
+def heal(component: str, playbook: str, guardian: str | None) -> None:
+    """Run a healing playbook on a component; exit 0 when it succeeded."""
+    s = session()
+
+    async def ask(chan: grpc.aio.Channel) -> guardian_pb2.HealResponse:
+        return await guardian_pb2_grpc.GuardianServiceStub(chan).Heal(
+            guardian_pb2.HealRequest(component_name=component, playbook=playbook),
+            timeout=_TIMEOUT_S,
+        )
+
+    result = s.call("guardian", ask, address=guardian, waiting=f"healing {component}")
+    if s.printer.is_table:
+        s.printer.line(f"{result.playbook} {result.component_name}: {result.message}")
+        for finding in result.findings:
+            mark = "ok  " if finding.ok else "FAIL"
+            s.printer.line(f"  [{mark}] {finding.check}: {finding.detail}")
+    else:
+        s.printer.data(to_data(result))
+    if not result.success:
+        raise click.exceptions.Exit(EXIT_NOT_OK)
 
 
-async def _restart(target: str, component: str) -> int:
-    async with channel(target) as chan:
-        stub = guardian_pb2_grpc.GuardianServiceStub(chan)
-        try:
-            result = await stub.RestartComponent(
-                guardian_pb2.RestartComponentRequest(component_name=component),
-                timeout=_TIMEOUT_S,
-            )
-        except grpc.aio.AioRpcError as exc:
-            return _unreachable(target, exc)
-    c = result.component
-    print(f"{c.name}: {_state(c.state)} (pid {c.pid}, port {c.port})")
-    return EXIT_OK if c.state == guardian_pb2.COMPONENT_STATE_SERVING else EXIT_NOT_OK
+@click.command()
+@click.argument("component")
+@_guardian_option
+@common_options
+def restart(component: str, guardian: str | None) -> None:
+    """Restart a component; exit 0 when it is SERVING again."""
+    s = session()
+
+    async def ask(chan: grpc.aio.Channel) -> guardian_pb2.RestartComponentResponse:
+        return await guardian_pb2_grpc.GuardianServiceStub(chan).RestartComponent(
+            guardian_pb2.RestartComponentRequest(component_name=component), timeout=_TIMEOUT_S
+        )
+
+    c = s.call("guardian", ask, address=guardian, waiting=f"restarting {component}").component
+    if s.printer.is_table:
+        state = guardian_pb2.ComponentState.Name(c.state).removeprefix("COMPONENT_STATE_")
+        s.printer.line(f"{c.name}: {state} (pid {c.pid}, port {c.port})")
+    else:
+        s.printer.data(to_data(c))
+    if c.state != guardian_pb2.COMPONENT_STATE_SERVING:
+        raise Failure(f"{c.name} is not SERVING after the restart", Exit.NOT_OK)

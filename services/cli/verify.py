@@ -1,30 +1,33 @@
-"""`grace verify-proof` and `grace log verify-*`: offline checks with a public key only.
+"""`grace verify-proof`: checks a workflow execution proof offline, with a public key only.
 
-The checks live with the services that produce what is checked (the orchestrator's
-execution proofs, the immutable log's Merkle proofs); these commands hand their whole
-argument list to those entry points, which own their flags and `--help`.
+The check lives with the orchestrator (`services.orchestrator.proof`), whose entry point
+owns the flags and `--help`; this command hands it its arguments untouched.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable, Sequence
+import sys
 
-from services.kernels.immutable_log import cli as log_cli
+import click
+
 from services.orchestrator import proof
 
-# Subcommands whose arguments go untouched to another entry point.
-DELEGATED: dict[str, Callable[[Sequence[str]], int]] = {
-    "verify-proof": proof.main,
-    "log": log_cli.main,
-}
+
+def register(cli: click.Group) -> None:
+    """Adds `grace verify-proof`."""
+    cli.add_command(verify_proof)
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Lists `grace verify-proof` and `grace log` in `grace --help`."""
-    subparsers.add_parser(
-        "verify-proof", help="verify a workflow execution proof offline (FILE [--public-key K])"
-    )
-    subparsers.add_parser(
-        "log", help="verify immutable-log proofs offline (verify-inclusion | verify-consistency)"
-    )
+@click.command(
+    "verify-proof",
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    },
+    add_help_option=False,
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def verify_proof(args: tuple[str, ...]) -> None:
+    """Verify a workflow execution proof offline (FILE [--public-key K]); exit 1 if invalid."""
+    sys.exit(proof.main(list(args)))

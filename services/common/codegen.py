@@ -54,12 +54,19 @@ def _plugin(name: str) -> str:
     return found
 
 
+# The descriptors of every contract with their comments (source info) and imports, which
+# the generated Python modules leave out; server reflection serves them, so `grpcurl
+# describe` shows the API documentation.
+DESCRIPTOR_SET = "descriptors.binpb"
+
+
 def generate(out_dir: Path) -> None:
-    """Compiles every proto into `out_dir` (python, grpc and .pyi stubs), replacing it."""
+    """Compiles every proto into `out_dir` (python, grpc and .pyi stubs, and the descriptor
+    set with comments), replacing it."""
     grace_out = out_dir / "grace"
     if grace_out.exists():
         shutil.rmtree(grace_out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    grace_out.mkdir(parents=True, exist_ok=True)
     files = [str(p.relative_to(PROTO_ROOT)) for p in proto_files()]
     args = [
         "grpc_tools.protoc",
@@ -72,6 +79,9 @@ def generate(out_dir: Path) -> None:
         f"--grpc_python_out={out_dir}",
         f"--mypy_out=quiet:{out_dir}",
         f"--mypy_grpc_out=quiet:{out_dir}",
+        "--include_imports",
+        "--include_source_info",
+        f"--descriptor_set_out={grace_out / DESCRIPTOR_SET}",
         *files,
     ]
     status = protoc.main(args)

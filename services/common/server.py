@@ -19,7 +19,6 @@ from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from services.common import telemetry
 from services.common.channels import SERVER_KEEPALIVE_OPTIONS
@@ -28,6 +27,7 @@ from services.common.data_dir import secure_data_dir
 from services.common.errors import GraceError
 from services.common.heap import HeapProfiler
 from services.common.interceptors import ErrorTranslator
+from services.common.reflection import enable_reflection
 from services.common.supervision import watch_supervisor
 from services.common.telemetry import configure_logging
 
@@ -97,13 +97,9 @@ class GraceServer:
         """Binds, starts serving health (NOT_SERVING), starts the service, then SERVING."""
         self._service_names = list(self.service.add_to_server(self._server))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            [
-                *self._service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
+        enable_reflection(
             self._server,
+            [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
         )
         try:
             self.port = self._server.add_insecure_port(self.config.bind_address)

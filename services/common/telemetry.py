@@ -6,12 +6,20 @@ cost to the hot paths. When one does (`OTEL_EXPORTER_OTLP_ENDPOINT`,
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_TRACES_EXPORTER=otlp|console`), spans go
 through a batch processor; `service.name` is `OTEL_SERVICE_NAME` or the component name, and
 sampling follows `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG` as the SDK reads them.
+
+Background work nobody asked for is not traced: a span that would start a trace for a
+lease heartbeat, an outbox relay's batch, a metrics report or a health probe is dropped
+(and so are its children, through the sampled flag), so a user's request is not lost among
+them. `GRACE_TRACE_BACKGROUND=true` traces them too. Shutdown waits at most
+`SHUTDOWN_TIMEOUT_S` for the exporter to flush, so an unreachable collector never holds a
+stopping process.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +31,22 @@ from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 log = logging.getLogger(__name__)
+
+# Longest wait for the exporter's last flush when a process stops.
+SHUTDOWN_TIMEOUT_S = 2.0
+# Root spans of background work (gRPC method names, as the instrumentation names spans,
+# and the outbox-to-log relay's span when no entry carries a trace): not sampled unless
+# GRACE_TRACE_BACKGROUND=true.
+BACKGROUND_SPANS = frozenset(
+    {
+        "/grace.registry.v1.RegistryService/Heartbeat",
+        "/grace.eventbus.v1.EventBusService/PublishBatch",
+        "/grace.kernels.immune.v1.ImmuneService/ReportMetrics",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "log append",
+    }
+)
 
 
 @dataclass
@@ -62,10 +86,24 @@ class Telemetry:
             aio_client_interceptors(tracer_provider=self.provider, filter_=negate(health_check()))
         )
 
-    def shutdown(self) -> None:
-        """Flushes and stops the exporter."""
-        if self.provider is not None:
-            self.provider.shutdown()
+    def shutdown(self, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
+        """Flushes and stops the exporter, waiting at most `timeout_s`.
+
+        Returns False when the flush did not end in time (an unreachable collector): the
+        spans still queued are dropped rather than holding the process.
+        """
+        if self.provider is None:
+            return True
+        provider = self.provider
+        stopper = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(timeout_s)
+        if stopper.is_alive():
+            log.warning(
+                "trace export did not finish within %.1fs; dropping what is queued", timeout_s
+            )
+            return False
+        return True
 
 
 _process_telemetry = Telemetry()
@@ -180,7 +218,12 @@ def configure_tracing(service_name: str, env: Mapping[str, str]) -> Telemetry:
     )
 
     name = env.get("OTEL_SERVICE_NAME") or service_name
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    # The sampler OTEL_TRACES_SAMPLER asks for (the SDK's reading of it), minus background
+    # work unless asked for.
+    sampler: Any = TracerProvider(shutdown_on_exit=False).sampler
+    if env.get("GRACE_TRACE_BACKGROUND", "").strip().lower() != "true":
+        sampler = QuietBackground(sampler)
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}), sampler=sampler)
     exporter: SpanExporter
     if exporter_kind == "console":
         exporter = ConsoleSpanExporter()
@@ -205,6 +248,45 @@ def configure_tracing(service_name: str, env: Mapping[str, str]) -> Telemetry:
     _process_telemetry = Telemetry(enabled=True, provider=provider)
     log.info("tracing enabled: exporter=%s service.name=%s", exporter_kind, name)
     return _process_telemetry
+
+
+def _sampling() -> Any:
+    from opentelemetry.sdk.trace import sampling
+
+    return sampling
+
+
+class QuietBackground:
+    """A sampler that drops traces started by background work (`BACKGROUND_SPANS`) and
+    leaves every other decision to `delegate`.
+
+    A span with a parent follows the delegate (parent-based by default), so background
+    calls made inside a user's request stay in that request's trace.
+    """
+
+    def __init__(self, delegate: Any) -> None:
+        self.delegate = delegate
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: trace.SpanKind | None = None,
+        attributes: Any = None,
+        links: Sequence[trace.Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> Any:
+        parent = trace.get_current_span(parent_context).get_span_context()
+        if not parent.is_valid and name in BACKGROUND_SPANS:
+            sampling = _sampling()
+            return sampling.SamplingResult(sampling.Decision.DROP)
+        return self.delegate.should_sample(
+            parent_context, trace_id, name, kind, attributes, links, trace_state
+        )
+
+    def get_description(self) -> str:
+        return f"QuietBackground{{{self.delegate.get_description()}}}"
 
 
 class TraceContextFilter(logging.Filter):

@@ -13,13 +13,16 @@ from collections.abc import Sequence
 
 import grpc
 from google.protobuf import struct_pb2
+from opentelemetry import trace
 
 from grace.kernels.immutable_log.v1 import immutable_log_pb2, immutable_log_pb2_grpc
+from services.common import telemetry
 from services.common.channels import channel
 from services.common.outbox import OutboxEvent
 from services.common.timestamps import to_timestamp
 
 MAX_BATCH = 1000
+_tracer = trace.get_tracer("immutable_log_publisher")
 
 
 def batch_request_id(events: Sequence[OutboxEvent]) -> str:
@@ -68,12 +71,21 @@ class ImmutableLogPublisher:
                         data=data,
                     )
                 )
-            await stub.AppendBatch(
-                immutable_log_pb2.AppendBatchRequest(
-                    entries=entries, request_id=batch_request_id(chunk)
-                ),
-                timeout=self.timeout_s,
-            )
+            # The append joins the trace of the request that wrote the first entry (and
+            # links to the others'), not a trace of its own.
+            with telemetry.batch_span(
+                _tracer,
+                "log append",
+                [telemetry.context_from_traceparent(e.traceparent) for e in chunk],
+                {"grace.log.entries": len(chunk)},
+                kind=trace.SpanKind.PRODUCER,
+            ):
+                await stub.AppendBatch(
+                    immutable_log_pb2.AppendBatchRequest(
+                        entries=entries, request_id=batch_request_id(chunk)
+                    ),
+                    timeout=self.timeout_s,
+                )
 
     async def close(self) -> None:
         """Closes the channel."""

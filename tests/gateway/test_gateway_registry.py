@@ -334,11 +334,14 @@ async def test_watch_domains_streams_server_sent_events_and_resumes(stack: Stack
         assert response.headers["content-type"] == "text/event-stream"
         await register(stack, "data_domain", "ingest")
         events = response.aiter_lines()
-        line = await anext(events)
-        assert line.startswith("data: ")
-        message = json.loads(line[len("data: ") :])
+        frame = {}
+        while (line := await anext(events)) != "":
+            field, _, value = line.partition(": ")
+            frame[field] = value
+        message = json.loads(frame["data"])
         assert message["changes"][0]["domain"]["domain_id"] == "data_domain"
-        assert await anext(events) == ""
+        assert frame["event"] == "watch_domains"
+        assert frame["id"] == str(message["revision"])
 
 
 async def test_a_stream_error_after_the_start_arrives_in_band(stack: Stack) -> None:

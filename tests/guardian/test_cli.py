@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import build_parser
+from services.cli import cli
+from services.cli.up import parse_up_flags
 from services.guardian.topology import load_topology
 from tests.guardian.conftest import pid_exists, port_open
 from tests.support import free_ports
@@ -31,10 +32,9 @@ def _grace(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_command_is_registered() -> None:
-    parser = build_parser()
-    for argv in (["up"], ["status"], ["heal", "registry"], ["restart", "registry"]):
-        assert callable(parser.parse_args(argv).handler)
-    args = parser.parse_args(["up", "--with-examples", "--config", "x.toml"])
+    for name in ("up", "down", "status", "heal", "restart", "logs", "verify-proof", "log"):
+        assert name in cli.commands
+    args = parse_up_flags(["--with-examples", "--config", "x.toml"])
     assert args.with_examples
     assert args.config == "x.toml"
 
@@ -85,13 +85,13 @@ async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_beh
         registry_pid = int(table_row.split()[2])
 
         status = await asyncio.to_thread(
-            _grace, "status", "--guardian", f"127.0.0.1:{guardian_port}"
+            _grace, "status", "-o", "table", "--guardian", f"127.0.0.1:{guardian_port}"
         )
         assert status.returncode == 0, status.stdout + status.stderr
         assert f"system: SERVING ({len(names)}/{len(names)} SERVING)" in status.stdout
         assert (data_dir / "logs" / "registry.log").exists()
 
-        target = ("--guardian", f"127.0.0.1:{guardian_port}")
+        target = ("-o", "table", "--guardian", f"127.0.0.1:{guardian_port}")
         diagnosis = await asyncio.to_thread(
             _grace, "heal", "registry", "--playbook", "diagnose_network", *target
         )

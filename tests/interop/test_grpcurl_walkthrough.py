@@ -41,7 +41,11 @@ SERVERS = [
     *(c.name for c in load_topology(None, groups=[EXAMPLES]).components if not c.health_http_path),
     "guardian",
 ]
-STANDARD_SERVICES = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+STANDARD_SERVICES = {
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+}
 
 
 def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.cli import build_parser
+from services.cli.up import parse_up_flags
 from services.guardian.config import GuardianConfig, otlp_environment
 from services.guardian.model import ComponentStatus
 from services.guardian.process import child_environment
@@ -25,14 +25,14 @@ def test_an_https_endpoint_keeps_tls() -> None:
 
 
 def test_grace_up_otlp_puts_the_endpoint_in_guardians_environment(tmp_path: Path) -> None:
-    args = build_parser().parse_args(["up", "--otlp", "localhost:4317"])
+    args = parse_up_flags(["--otlp", "localhost:4317"])
     config = GuardianConfig.from_env({"GRACE_DATA_DIR": str(tmp_path)}, args)
     assert config.server.env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://localhost:4317"
     assert config.server.env["OTEL_EXPORTER_OTLP_INSECURE"] == "true"
 
 
 def test_without_otlp_no_export_variable_is_invented(tmp_path: Path) -> None:
-    args = build_parser().parse_args(["up"])
+    args = parse_up_flags([])
     config = GuardianConfig.from_env({"GRACE_DATA_DIR": str(tmp_path)}, args)
     assert not [k for k in config.server.env if k.startswith("OTEL_")]
 

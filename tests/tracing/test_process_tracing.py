@@ -99,3 +99,56 @@ async def test_nothing_is_exported_without_the_variables(
     await asyncio.sleep(0.5)
     assert receiver.spans == []
     assert "Traceback" not in log
+
+
+@pytest.mark.slow
+async def test_an_immutable_log_append_joins_the_trace_of_its_caller(
+    tmp_path: Path, receiver: OtlpReceiver
+) -> None:
+    from grace.kernels.immutable_log.v1 import immutable_log_pb2 as log_pb2
+    from grace.kernels.immutable_log.v1 import immutable_log_pb2_grpc as log_grpc
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(
+        {
+            "GRACE_DATA_DIR": str(tmp_path),
+            "GRACE_IMMUTABLE_LOG_PORT": str(port),
+            "GRACE_IMMUTABLE_LOG_REGISTER": "false",
+            "GRACE_IMMUTABLE_LOG_SUBSCRIBE": "false",
+            **exporter_env(receiver.endpoint),
+        }
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.kernels.immutable_log",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with channel(f"127.0.0.1:{port}") as chan:
+            health = health_pb2_grpc.HealthStub(chan)
+            for _ in range(300):
+                try:
+                    status = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if status.status == 1:
+                        break
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.05)
+            await log_grpc.ImmutableLogServiceStub(chan).Append(
+                log_pb2.AppendRequest(entry=log_pb2.NewEntry(kind="audit.test", actor="tester")),
+                metadata=[("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")],
+            )
+        spans = await receiver.wait_for(
+            lambda spans: any(s.name == "immutable_log.commit" for s in spans)
+        )
+    finally:
+        await _stop(process)
+    [commit] = [s for s in spans if s.name == "immutable_log.commit"]
+    [append] = [s for s in spans if s.name.endswith("ImmutableLogService/Append")]
+    assert commit.trace_id == TRACE_ID
+    assert commit.parent_span_id == append.span_id
+    assert commit.attributes["grace.log.entries"] == 1

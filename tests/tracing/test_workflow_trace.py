@@ -173,11 +173,17 @@ async def test_the_document_workflow_is_one_trace_from_the_gateway_to_every_doma
     spans = await receiver.wait_for(complete, within_s=30)
     trace = _in(TRACE_ID, spans)
     assert not [s for s in spans if "grpc.health" in s.name], "health probes are not traced"
+    # Lease heartbeats and metrics reports run every few seconds: not traced by default.
+    assert not [s for s in spans if s.name.endswith(("/Heartbeat", "/ReportMetrics"))]
 
     # Gateway: its own server span continues the client's traceparent; its client spans
     # (asking governance, then forwarding the call) are that span's children.
     gateway = _one(trace, service="gateway", kind=SPAN_KIND_SERVER, parent_span_id=CLIENT_SPAN)
     assert gateway.name == "POST /domains/workflows/execute/{workflow_id}"
+    # The ASGI instrumentation's standard HTTP attributes.
+    assert gateway.attributes["http.request.method"] == "POST"
+    assert gateway.attributes["url.path"] == f"/domains/workflows/execute/{workflow_id}"
+    assert gateway.attributes["http.response.status_code"] == 200
     gateway_call = _one(
         trace,
         service="gateway",

@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from grace.kernels.immutable_log.v1 import immutable_log_pb2 as pb
-from services.common import pagination, signing
+from services.common import pagination, signing, telemetry
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.common.group_commit import GroupCommitter
 from services.common.validation import require_id
@@ -28,6 +30,7 @@ from services.kernels.immutable_log.merkle import MerkleTree, leaf_hash
 from services.kernels.immutable_log.store import Head, LogStore, NewRow
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer("immutable_log")
 
 Clock = Callable[[], float]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
@@ -84,6 +87,8 @@ class IntegrityReport:
 class _Pending:
     rows: list[NewRow]
     request_id: str
+    # The trace of the append's caller, so the group commit links to it.
+    caller: otel_context.Context | None = None
     first_index: int = -1
     replay_of: _Pending | None = field(default=None, repr=False)
 
@@ -187,9 +192,24 @@ class ImmutableLog:
             if not entry.HasField("time"):
                 entry.time.FromNanoseconds(int(now * 1e9))
             rows.append(encode_entry(entry, self.settings.max_entry_bytes))
-        return await self._committer.submit(_Pending(rows, request_id))
+        pending = _Pending(rows, request_id, caller=telemetry.capture_context())
+        return await self._committer.submit(pending)
 
     async def _commit(self, batch: list[_Pending]) -> list[AppendResult | BaseException]:
+        # One span for the group commit: a child of the first caller's span and linked to
+        # every other caller's, so each append's trace shows its commit.
+        with telemetry.batch_span(
+            _tracer,
+            "immutable_log.commit",
+            [item.caller for item in batch],
+            {
+                "grace.log.entries": sum(len(item.rows) for item in batch),
+                "grace.log.appends": len(batch),
+            },
+        ):
+            return await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[_Pending]) -> list[AppendResult | BaseException]:
         ids = [p.request_id for p in batch if p.request_id]
         earlier = await self.store.requests(ids) if ids else {}
         results: dict[int, AppendResult | BaseException] = {}

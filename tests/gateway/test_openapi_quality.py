@@ -1,0 +1,83 @@
+"""The OpenAPI document as client generators read it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+
+from gateway.config import GatewayConfig
+from gateway.server import build_app
+from services.common.pagination import MAX_PAGE_SIZE
+from services.common.validation import MAX_ID_LENGTH
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    import json
+
+    app = build_app(GatewayConfig(env={"GRACE_GATEWAY_GOVERNANCE": "off"}))
+    parsed: dict[str, Any] = json.loads(app._openapi)
+    validate(parsed)
+    return parsed
+
+
+def _schema(document: dict[str, Any], name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = document["components"]["schemas"][name]
+    return schema
+
+
+def test_operation_ids_are_short_unique_and_qualified_only_on_a_clash(
+    document: dict[str, Any],
+) -> None:
+    ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    assert document["paths"]["/domains/register"]["post"]["operationId"] == "registerDomain"
+    assert document["paths"]["/domains/events/stats"]["get"]["operationId"] == "eventBusGetStats"
+    assert document["paths"]["/healthz"]["get"]["operationId"] == "healthz"
+
+
+def test_there_is_a_server_entry(document: dict[str, Any]) -> None:
+    assert document["servers"] == [{"url": "/", "description": "This gateway."}]
+
+
+def test_struct_fields_are_objects_with_free_properties(document: dict[str, Any]) -> None:
+    data = _schema(document, "grace.eventbus.v1.PublishRequest")["properties"]["data"]
+    assert data["type"] == "object"
+    assert data["additionalProperties"] is True
+
+
+def test_replies_require_every_field_the_gateway_always_writes(document: dict[str, Any]) -> None:
+    domain = _schema(document, "grace.registry.v1.Domain")
+    assert {"domain_id", "capabilities", "status", "metadata", "revision"} <= set(
+        domain["required"]
+    )
+    # Message fields have presence: absent when unset, so not required.
+    assert "metrics" not in domain["required"]
+    assert "registered_at" not in domain["required"]
+    # Requests require nothing: proto3 reads a missing field as its default.
+    assert "required" not in _schema(document, "grace.registry.v1.RegisterDomainRequest")
+
+
+def test_a_message_used_both_ways_has_an_input_form_without_required(
+    document: dict[str, Any],
+) -> None:
+    step_in = _schema(document, "grace.orchestrator.v1.StepInput")
+    step_out = _schema(document, "grace.orchestrator.v1.Step")
+    assert "required" not in step_in
+    assert "id" in step_out["required"]
+    create = _schema(document, "grace.orchestrator.v1.CreateWorkflowRequest")
+    assert create["properties"]["steps"]["items"] == {
+        "$ref": "#/components/schemas/grace.orchestrator.v1.StepInput"
+    }
+
+
+def test_limits_and_enum_names_are_documented(document: dict[str, Any]) -> None:
+    parameters = {p["name"]: p for p in document["paths"]["/domains/list"]["get"]["parameters"]}
+    assert parameters["page_size"]["schema"]["maximum"] == MAX_PAGE_SIZE
+    assert parameters["page_size"]["schema"]["minimum"] == 0
+    assert "DOMAIN_STATUS_HEALTHY" in parameters["status"]["schema"]["enum"]
+    register = _schema(document, "grace.registry.v1.RegisterDomainRequest")["properties"]
+    assert register["domain_id"]["maxLength"] == MAX_ID_LENGTH
+    assert register["domain_id"]["pattern"].startswith("^(")
