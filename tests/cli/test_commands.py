@@ -183,9 +183,12 @@ async def test_a_workflow_created_from_yaml_runs_with_progress_and_leaves_a_vali
     assert proof.code == 0, proof.stderr
     saved = tmp_path / "proof.json"
     saved.write_text(proof.stdout)
-    verified = await platform.grace("verify-proof", str(saved))
+    # Offline, trusting the key of the orchestrator that signed it (in its data dir).
+    verified = await platform.grace(
+        "verify-proof", str(saved), "--data-dir", str(tmp_path / "orch")
+    )
     assert verified.code == 0, verified.stdout + verified.stderr
-    assert verified.stdout.startswith(f"valid: execution {execution_id}")
+    assert f"\nvalid: execution {execution_id}" in verified.stdout
 
 
 async def test_a_failing_workflow_run_exits_1_and_shows_the_failed_step(
