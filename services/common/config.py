@@ -37,6 +37,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "guardian": 8104,
     "governance": 8110,
     "trust": 8112,
+    "tasks": 8121,
     "orchestrator": 8122,
     "immune": 8131,
 }

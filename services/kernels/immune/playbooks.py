@@ -92,10 +92,10 @@ class SharedExperience:
 
     Args:
         shared: Shared memory (see `peers.MemoryExperience`).
-        local: The local record.
+        local: The local record (`LocalExperience`, or another kernel's own).
     """
 
-    def __init__(self, shared: Experience, local: LocalExperience) -> None:
+    def __init__(self, shared: Experience, local: Experience) -> None:
         self.shared = shared
         self.local = local
 
