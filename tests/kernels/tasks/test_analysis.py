@@ -156,5 +156,5 @@ def test_remedy_rules_are_parsed_and_malformed_ones_refused() -> None:
         ("*", ("heal:x",)),
     )
     for bad in ("anomaly=reboot", "anomaly=action:nodot", "=heal:x", "anomaly="):
-        with pytest.raises(ValueError, match="expected|an action remedy"):
+        with pytest.raises(ValueError, match=r"expected|an action remedy"):
             parse_remedies(bad)
