@@ -105,7 +105,6 @@ async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_n
                 json={
                     "policy": {
                         "policy_id": "tasks-ask-first",
-                        "description": "a person approves what the tasks kernel does",
                         "principal": "tasks",
                         "effect": "EFFECT_REQUIRE_APPROVAL",
                         "mode": "MODE_ENFORCE",
