@@ -2,10 +2,11 @@
 
 A domain fails its calls and the API in front of it reports each failure as an
 `api.endpoint.failed` event -> the tasks kernel's event-started cycle finds the weak point
-and proposes a task -> a governance policy holds it for approval -> an operator approves
-it over REST -> it runs once (Guardian restarts the domain) -> `squad.task.completed` on
-the bus and every transition in the immutable log -> the next cycle records that the task
-fixed its weak point, and a cycle after new failures ranks the remedy by that record.
+and proposes a task -> governance holds it for approval (the kernel's default policy holds
+medium-risk tasks such as a restart) -> an operator approves it over REST -> it runs once (Guardian restarts the domain) ->
+`squad.task.completed` on the bus and every transition in the immutable log -> the next
+cycle records that the task fixed its weak point, and a cycle after new failures ranks the
+remedy by that record.
 """
 
 from __future__ import annotations
@@ -99,20 +100,6 @@ async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_n
     grace: RunningGrace,
 ) -> None:
     async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=120) as http:
-        await ok(
-            http.post(
-                "/kernels/governance/policies",
-                json={
-                    "policy": {
-                        "policy_id": "tasks-ask-first",
-                        "principal": "tasks",
-                        "effect": "EFFECT_REQUIRE_APPROVAL",
-                        "mode": "MODE_ENFORCE",
-                    }
-                },
-            )
-        )
-
         # 1. Failures -> an event-started cycle proposes a task, held for approval.
         await fail_calls(http, 3)
 

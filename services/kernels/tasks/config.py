@@ -17,7 +17,11 @@ Proposals: `GRACE_TASKS_REMEDIES` (`kind_pattern=remedy|remedy;...`, remedies
 `heal:<playbook>`, `workflow:<id>`, `action:<domain>.<action>`; see `analysis`),
 `GRACE_TASKS_MIN_SEVERITY` (error), `GRACE_TASKS_MAX_TASKS` (5 per cycle).
 
-Tasks: `GRACE_TASKS_AUTO_DISPATCH` (true: a task governance allows, by policy or by a
+Tasks: `GRACE_TASKS_APPROVAL_RISK` (medium: at start the kernel makes sure governance has
+the policy `tasks-approval`, which holds its tasks of this risk and above for a person's
+approval, enforced whatever the global mode; low-risk tasks run at once; `off` creates no
+policy, leaving it all to the operator's policies; an existing `tasks-approval` policy is
+never changed), `GRACE_TASKS_AUTO_DISPATCH` (true: a task governance allows, by policy or by a
 person, runs at once), `GRACE_TASKS_RISK` (medium: risk declared for workflow and action
 remedies; heals declare the shared `HEAL_RISK`), `GRACE_TASKS_GOVERNANCE_FALLBACK`
 (enforce: when governance is down, high-risk tasks are refused),
@@ -68,6 +72,7 @@ class TasksConfig:
     halo: HaloSettings = field(default_factory=HaloSettings)
     squad: SquadSettings = field(default_factory=SquadSettings)
     subscribe: bool = True
+    approval_risk: str = "medium"
     memory_domains: tuple[str, ...] = ("immune", "tasks")
     governance_fallback: str = "enforce"
     governance_deadline_s: float = 2.0
@@ -142,6 +147,7 @@ class TasksConfig:
                 risk=r.choice("GRACE_TASKS_RISK", "medium", list(RISK_LEVELS)),
             ),
             subscribe=r.flag("GRACE_TASKS_SUBSCRIBE", True),
+            approval_risk=r.choice("GRACE_TASKS_APPROVAL_RISK", "medium", [*RISK_LEVELS, "off"]),
             memory_domains=memory_domains,
             governance_fallback=r.choice(
                 "GRACE_TASKS_GOVERNANCE_FALLBACK", "enforce", ["log_only", "enforce"]

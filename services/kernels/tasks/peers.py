@@ -355,6 +355,33 @@ class GovernanceApprovals:
     async def wait(self, approval_id: str, timeout_s: float) -> str:
         return await self.client.wait_for_approval(approval_id, timeout_s)
 
+    async def ensure_policy(self, policy_id: str, min_risk: str) -> bool:
+        """Creates the policy that holds the kernel's tasks at or above `min_risk` for a
+        person's approval (enforced whatever the global mode), unless a policy with this
+        id exists already (then it is the operator's: left as it is). True when created."""
+        risk = governance_pb2.RiskLevel.Value(f"RISK_LEVEL_{min_risk.upper()}")
+        try:
+            await self._stub.CreatePolicy(
+                governance_pb2.CreatePolicyRequest(
+                    policy=governance_pb2.Policy(
+                        policy_id=policy_id,
+                        description=f"a person approves the tasks kernel's {min_risk}-risk "
+                        "and riskier tasks",
+                        principal=ACTOR,
+                        min_risk_level=risk,
+                        effect=governance_pb2.EFFECT_REQUIRE_APPROVAL,
+                        mode=governance_pb2.MODE_ENFORCE,
+                    )
+                ),
+                timeout=self.client.deadline_s,
+                metadata=[("x-actor", ACTOR)],
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return False
+            raise
+        return True
+
     async def close(self) -> None:
         """Closes the channel."""
         if self._channel is not None:

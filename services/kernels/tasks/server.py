@@ -38,6 +38,7 @@ from services.kernels.tasks.store import TasksStore
 SERVICE_NAME = tasks_pb2.DESCRIPTOR.services_by_name["TasksService"].full_name
 VERSION = "0.1.0"
 CONTRIBUTION_TYPE = "task_outcome"
+APPROVAL_POLICY = "tasks-approval"
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class TasksServer(Service):
                 config.addresses["governance"],
                 fallback_mode=config.governance_fallback,
                 deadline_s=config.governance_deadline_s,
+                # While governance cannot answer, what would need a person is refused.
+                fail_closed_at="high" if config.approval_risk == "off" else config.approval_risk,
             )
             self._approvals = GovernanceApprovals(self._client)
         self.store = TasksStore(Database(config.server.database_url, schema=schema))
@@ -252,7 +255,7 @@ class TasksServer(Service):
             asyncio.create_task(relay.run(), name=f"tasks-relay-{i}")
             for i, relay in enumerate(self.relays)
         ]
-        self._tasks.append(asyncio.create_task(self.halo.run_triggers(), name="tasks-triggers"))
+        self._tasks.append(asyncio.create_task(self._triggers(), name="tasks-triggers"))
         if self.config.registration is not None:
             self._tasks.append(
                 asyncio.create_task(
@@ -269,6 +272,33 @@ class TasksServer(Service):
                 self._tasks.append(
                     asyncio.create_task(self.subscriptions.run(), name="tasks-subscriptions")
                 )
+
+    async def _triggers(self) -> None:
+        """Event-started cycles, once governance holds risky tasks for a person (so no task
+        created by an event slips through before the policy exists)."""
+        if self._approvals is not None and self.config.approval_risk != "off":
+            await self._ensure_policy(self._approvals, self.config.approval_risk)
+        await self.halo.run_triggers()
+
+    async def _ensure_policy(self, approvals: GovernanceApprovals, risk: str) -> None:
+        """Makes sure governance holds risky tasks for a person, retrying while it is down."""
+        backoff = 0.5
+        while True:
+            try:
+                created = await approvals.ensure_policy(APPROVAL_POLICY, risk)
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "tasks: governance did not take policy %s (%s); retrying in %.1fs",
+                    APPROVAL_POLICY,
+                    exc.code().name,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(30.0, backoff * 2)
+                continue
+            if created:
+                log.info("tasks: policy %s holds %s-risk tasks for approval", APPROVAL_POLICY, risk)
+            return
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -26,7 +26,7 @@ from services.kernels.governance.model import Mode
 from services.kernels.governance.server import GovernanceServer
 from services.kernels.tasks.config import TasksConfig
 from services.kernels.tasks.halo import HaloSettings
-from services.kernels.tasks.model import DomainHealth
+from services.kernels.tasks.model import DomainHealth, ExecutionSeen
 from services.kernels.tasks.server import TasksServer
 from tests.kernels.tasks.doubles import Sources, Target
 from tests.support import server_config, serving
@@ -255,3 +255,31 @@ async def test_a_schedule_and_pushed_events_run_cycles_through_the_domain_servic
     assert scheduled.output["cycle_id"]
     cycle = await system.tasks.GetCycle(pb.GetCycleRequest(cycle_id=scheduled.output["cycle_id"]))
     assert (cycle.cycle.trigger, cycle.cycle.trigger_detail) == ("schedule", "nightly")
+
+
+async def test_by_default_a_person_approves_risky_tasks_and_low_risk_ones_run_at_once(
+    system: System,
+) -> None:
+    await system.governance.DeletePolicy(gov.DeletePolicyRequest(policy_id="tasks-ask-first"))
+
+    async def default_policy() -> gov.Policy | None:
+        listed = await system.governance.ListPolicies(gov.ListPoliciesRequest())
+        return next((p for p in listed.policies if p.policy_id == "tasks-approval"), None)
+
+    for _ in range(200):
+        policy = await default_policy()
+        if policy is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert policy is not None
+    assert (policy.principal, policy.min_risk_level) == ("tasks", gov.RISK_LEVEL_MEDIUM)
+
+    system.sources.domains_ = [DomainHealth("ai_domain", "degraded")]
+    system.sources.executions_ = [ExecutionSeen("e1", "wf", False, "data_domain", "ingest", "boom")]
+    ran = await system.tasks.RunCycle(pb.RunCycleRequest())
+    by_remedy = {t.remedy: t for t in ran.tasks}
+    assert by_remedy["heal:restart_component"].state == pb.TASK_STATE_PENDING_APPROVAL
+    low = by_remedy["heal:diagnose_network"]
+    assert low.risk == "low"
+    await task_in(system, low.task_id, pb.TASK_STATE_COMPLETED)
+    assert [run[1] for run in system.target.runs] == ["heal:diagnose_network"]
