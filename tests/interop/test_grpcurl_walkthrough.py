@@ -315,6 +315,22 @@ def test_immune_takes_a_metric_point_into_its_baseline(grace_platform: RunningGr
     assert baseline["median"] == 12.5
 
 
+def test_tasks_runs_an_analysis_cycle_and_counts_it(grace_platform: RunningGrace) -> None:
+    require(grace_platform, "tasks")
+    service = "grace.kernels.tasks.v1.TasksService"
+    ran = call(grace_platform, "tasks", f"{service}/RunCycle", {"reason": "interop walkthrough"})
+    assert ran["cycle"]["trigger"] == "operator"
+    assert {s["name"] for s in ran["cycle"]["sources"]} == {
+        "registry",
+        "immune",
+        "eventbus",
+        "orchestrator",
+        "memory",
+    }
+    stats = call(grace_platform, "tasks", f"{service}/GetTasksStats")
+    assert int(stats["cycles"]) >= 1
+
+
 # The services the call tests above walk through, one test each.
 WALKED_THROUGH = {
     "grace.registry.v1.RegistryService",
@@ -327,6 +343,7 @@ WALKED_THROUGH = {
     "grace.domain.v1.DomainService",
     "grace.kernels.governance.v1.GovernanceService",
     "grace.kernels.immune.v1.ImmuneService",
+    "grace.kernels.tasks.v1.TasksService",
 }
 
 
