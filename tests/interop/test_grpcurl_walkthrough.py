@@ -320,6 +320,7 @@ def test_tasks_runs_an_analysis_cycle_and_counts_it(grace_platform: RunningGrace
     service = "grace.kernels.tasks.v1.TasksService"
     ran = call(grace_platform, "tasks", f"{service}/RunCycle", {"reason": "interop walkthrough"})
     assert ran["cycle"]["trigger"] == "operator"
+    assert "degraded" not in ran["cycle"], ran["cycle"]["sources"]  # every source answered
     assert {s["name"] for s in ran["cycle"]["sources"]} == {
         "registry",
         "immune",
