@@ -8,13 +8,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import control, up, verify
+from services.cli import control, tasks, up, verify
 
 # Each entry adds one or more subcommands to the `grace` parser.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     up.register,
     control.register,
     verify.register,
+    tasks.register,
 )
 
 

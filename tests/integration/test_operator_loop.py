@@ -3,10 +3,10 @@
 A domain fails its calls and the API in front of it reports each failure as an
 `api.endpoint.failed` event -> the tasks kernel's event-started cycle finds the weak point
 and proposes a task -> governance holds it for approval (the kernel's default policy holds
-medium-risk tasks such as a restart) -> an operator approves it over REST -> it runs once (Guardian restarts the domain) ->
-`squad.task.completed` on the bus and every transition in the immutable log -> the next
-cycle records that the task fixed its weak point, and a cycle after new failures ranks the
-remedy by that record.
+medium-risk tasks such as a restart) -> an operator approves it over REST -> it runs once
+(Guardian restarts the domain) -> `squad.task.completed` on the bus and every transition in
+the immutable log -> the next cycle records that the task fixed its weak point, and a cycle
+after new failures ranks the remedy by that record.
 """
 
 from __future__ import annotations

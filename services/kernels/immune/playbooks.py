@@ -103,7 +103,7 @@ class SharedExperience:
         try:
             return await self.shared.outcomes(kind, playbooks)
         except Exception as exc:
-            log.warning("immune: shared memory unavailable (%s); using local records", exc)
+            log.warning("shared memory unavailable (%s); using local records", exc)
             return await self.local.outcomes(kind, playbooks)
 
     async def record(self, kind: str, playbook: str, success: bool, detail: str) -> None:
@@ -112,7 +112,7 @@ class SharedExperience:
             await self.shared.record(kind, playbook, success, detail)
         except Exception as exc:
             log.warning(
-                "immune: could not record %s/%s in shared memory (%s); kept locally",
+                "could not record %s/%s in shared memory (%s); kept locally",
                 kind,
                 playbook,
                 exc,

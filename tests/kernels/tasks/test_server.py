@@ -20,6 +20,7 @@ from grace.kernels.governance.v1 import governance_pb2 as gov
 from grace.kernels.governance.v1 import governance_pb2_grpc
 from grace.kernels.tasks.v1 import tasks_pb2 as pb
 from grace.kernels.tasks.v1 import tasks_pb2_grpc
+from services.cli import main
 from services.kernels.governance.config import GovernanceConfig
 from services.kernels.governance.governance import GovernanceSettings
 from services.kernels.governance.model import Mode
@@ -29,7 +30,7 @@ from services.kernels.tasks.halo import HaloSettings
 from services.kernels.tasks.model import DomainHealth, ExecutionSeen
 from services.kernels.tasks.server import TasksServer
 from tests.kernels.tasks.doubles import Sources, Target
-from tests.support import server_config, serving
+from tests.support import UNREACHABLE, server_config, serving
 
 
 class Discard:
@@ -44,6 +45,7 @@ class System:
     governance: governance_pb2_grpc.GovernanceServiceStub
     sources: Sources
     target: Target
+    address: str
 
 
 @pytest.fixture
@@ -74,11 +76,11 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
         config = TasksConfig(
             server=server_config("tasks", tmp_path),
             halo=HaloSettings(min_interval_s=0.0),
-            addresses={"governance": gov_server.address},
+            addresses={"governance": gov_server.address, "memory": UNREACHABLE},
             relay_interval_s=0.05,
         )
         sources, target = Sources(), Target()
-        _, chan = await stack.enter_async_context(
+        tasks_server, chan = await stack.enter_async_context(
             serving(
                 config.server,
                 TasksServer(
@@ -96,6 +98,7 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
             governance_stub,
             sources,
             target,
+            tasks_server.address,
         )
 
 
@@ -283,3 +286,25 @@ async def test_by_default_a_person_approves_risky_tasks_and_low_risk_ones_run_at
     assert low.risk == "low"
     await task_in(system, low.task_id, pb.TASK_STATE_COMPLETED)
     assert [run[1] for run in system.target.runs] == ["heal:diagnose_network"]
+
+
+async def test_an_operator_lists_and_approves_tasks_with_the_cli(
+    system: System, capsys: pytest.CaptureFixture[str]
+) -> None:
+    system.sources.domains_ = [DomainHealth("ai_domain", "degraded")]
+    [task] = (await system.tasks.RunCycle(pb.RunCycleRequest())).tasks
+
+    def grace(*argv: str) -> int:
+        return main(["tasks", *argv, "--tasks", system.address])
+
+    assert await asyncio.to_thread(grace, "list", "--state", "pending-approval") == 0
+    assert f"{task.task_id}  pending-approval" in capsys.readouterr().out
+    assert await asyncio.to_thread(grace, "approve", task.task_id, "--as", "tasks") == 1
+    assert "someone else must approve it" in capsys.readouterr().err
+    assert await asyncio.to_thread(grace, "approve", task.task_id, "--as", "alice") == 0
+    await task_in(system, task.task_id, pb.TASK_STATE_COMPLETED)
+    assert await asyncio.to_thread(grace, "show", task.task_id) == 0
+    shown = capsys.readouterr().out
+    assert "completed" in shown
+    assert "approved         by alice" in shown
+    assert len(system.target.runs) == 1
