@@ -161,6 +161,8 @@ class Halo:
         self.domain_id = domain_id
         self._failures: deque[FailureEvent] = deque(maxlen=settings.max_buffered)
         self._trigger_types: list[str] = []
+        self._seen_order: deque[str] = deque(maxlen=10 * settings.max_buffered)
+        self._seen: set[str] = set()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._last_event_cycle = float("-inf")
@@ -169,12 +171,26 @@ class Halo:
     # -- triggers ----------------------------------------------------------------------
 
     def observe(
-        self, event_type: str, data: Mapping[str, Any], subject: str, source: str, when: float
+        self,
+        event_type: str,
+        data: Mapping[str, Any],
+        subject: str,
+        source: str,
+        when: float,
+        event_id: str = "",
     ) -> bool:
         """Keeps a trigger event for the next cycle and wakes the trigger loop; False when
-        the event does not trigger (no matching pattern, or published by this kernel)."""
+        the event does not trigger (no matching pattern, published by this kernel, or an
+        event already kept: one event matching two subscriptions is delivered twice)."""
         if source == self.domain_id or not analysis.is_trigger(event_type, self.settings.triggers):
             return False
+        if event_id:
+            if event_id in self._seen:
+                return False
+            if len(self._seen_order) == self._seen_order.maxlen:
+                self._seen.discard(self._seen_order[0])
+            self._seen_order.append(event_id)
+            self._seen.add(event_id)
         target = analysis.event_target(data, subject, source)
         detail = str(data.get("error") or data.get("reason") or data.get("message") or "")
         self._failures.append(FailureEvent(event_type, target, when, detail[:200]))

@@ -236,6 +236,7 @@ class TasksServer(Service):
             event.subject,
             event.source_domain,
             from_timestamp(event.time) or time.time(),
+            event.id,
         )
         return True  # kept or not a trigger: nothing to retry either way
 

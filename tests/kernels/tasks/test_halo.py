@@ -56,12 +56,19 @@ async def test_a_cycle_turns_failure_events_into_a_task_and_announces_itself(loo
 async def test_events_are_taken_once_and_the_kernels_own_events_never_trigger(loop: Loop) -> None:
     assert not loop.halo.observe("squad.task.failed", {}, "t", "tasks", loop.clock())
     assert not loop.halo.observe("api.endpoint.success", {}, "", "gateway", loop.clock())
+    # One event matching two subscriptions (api.endpoint.failed and *.failed) counts once.
+    for _ in range(2):
+        loop.halo.observe("x.failed", {"domain_id": "b"}, "", "gateway", loop.clock(), "ev-1")
     fail(loop, "ai_domain")
     first, _ = await loop.halo.run_cycle("operator")
     second, _ = await loop.halo.run_cycle("operator")
-    assert [w.key for w in first.weak_points] == ["endpoint_failures:ai_domain"]
+    assert [w.key for w in first.weak_points] == [
+        "endpoint_failures:ai_domain",
+        "event_failures:b",
+    ]
+    assert first.weak_points[1].evidence["count"] == 1
     assert second.weak_points == ()
-    assert loop.halo.trigger_events == 1
+    assert loop.halo.trigger_events == 2
 
 
 async def test_a_source_that_is_down_degrades_the_cycle_instead_of_stopping_it(loop: Loop) -> None:
