@@ -86,6 +86,11 @@ def check_remedy(remedy: str) -> str:
     return remedy
 
 
+def times(n: int) -> str:
+    """`1 time`, `3 times`."""
+    return f"{n} time" if n == 1 else f"{n} times"
+
+
 def is_trigger(event_type: str, patterns: Sequence[str]) -> bool:
     """True when an event of this type starts a cycle."""
     return any(matches(p, event_type) for p in patterns)
@@ -114,8 +119,8 @@ def analyse(snapshot: Snapshot, settings: AnalysisSettings, now: float) -> list[
             "failing_pattern",
             p.contribution_id,
             Severity.WARNING,
-            f"{p.contribution_type} by {p.domain_id} failed {p.failures} times and worked "
-            f"{p.successes} times: {p.summary}"[:500],
+            f"{p.contribution_type} by {p.domain_id} failed {times(p.failures)} and worked "
+            f"{times(p.successes)}: {p.summary}"[:500],
             {"domain_id": p.domain_id, "successes": p.successes, "failures": p.failures},
         )
         for p in snapshot.patterns
@@ -137,7 +142,7 @@ def _failures(snapshot: Snapshot, settings: AnalysisSettings) -> Iterable[WeakPo
             kind,
             target,
             Severity.CRITICAL if critical else Severity.ERROR,
-            f"{target} failed {count} times since the last cycle ({listed})",
+            f"{target} failed {times(count)} since the last cycle ({listed})",
             {"count": count, "event_types": dict(types)},
         )
 

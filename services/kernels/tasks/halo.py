@@ -371,7 +371,7 @@ class Halo:
                     w,
                     best.playbook,
                     f"{w.severity.label}: {w.reason}; {best.playbook} has fixed {w.kind} "
-                    f"{best.successes} of {best.successes + best.failures} times "
+                    f"{best.successes} of {analysis.times(best.successes + best.failures)} "
                     f"(score {best.score:.2f})",
                 )
                 created.append(task)

@@ -55,7 +55,7 @@ def test_an_error_critical_event_is_critical_at_once() -> None:
     assert found == {
         "event_failures:orchestrator": (
             Severity.CRITICAL,
-            "orchestrator failed 1 times since the last cycle (1 error.critical)",
+            "orchestrator failed 1 time since the last cycle (1 error.critical)",
         )
     }
 

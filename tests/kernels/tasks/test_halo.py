@@ -151,7 +151,7 @@ async def test_the_next_cycle_records_what_fixed_the_weak_point_and_ranks_by_it(
         ("heal:restart_component", 0.4),
     ]
     assert task.remedy == "heal:diagnose_network"
-    assert task.reason.startswith("error: ai_domain failed 1 times")
+    assert task.reason.startswith("error: ai_domain failed 1 time")
 
 
 async def test_event_triggers_make_one_cycle_per_interval(database: DatabaseTarget) -> None:
