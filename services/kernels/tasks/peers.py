@@ -353,7 +353,12 @@ class GovernanceApprovals:
             raise _error(exc) from None
 
     async def wait(self, approval_id: str, timeout_s: float) -> str:
-        return await self.client.wait_for_approval(approval_id, timeout_s)
+        try:
+            return await self.client.wait_for_approval(approval_id, timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return "expired"  # governance no longer knows it: it can never be approved
+            raise
 
     async def ensure_policy(self, policy_id: str, min_risk: str) -> bool:
         """Creates the policy that holds the kernel's tasks at or above `min_risk` for a

@@ -435,7 +435,12 @@ class Squad:
     def _spawn(self, coro: Any, name: str) -> None:
         job = asyncio.create_task(coro, name=name)
         self._background.add(job)
-        job.add_done_callback(self._background.discard)
+        job.add_done_callback(self._finished)
+
+    def _finished(self, job: asyncio.Task[None]) -> None:
+        self._background.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            log.error("tasks: %s failed", job.get_name(), exc_info=job.exception())
 
     async def idle(self) -> None:
         """Waits until every dispatch started so far has finished (approval watchers are
