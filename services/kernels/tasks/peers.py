@@ -63,6 +63,12 @@ _TERMINAL = {
 }
 
 
+def attempt_key(task: Task) -> str:
+    """The key of one attempt of a task (`task-<id>-<attempt>`), sent as the workflow's
+    request id and the action's idempotency key: a resent call is the same run."""
+    return f"task-{task.task_id}-{task.attempts}"
+
+
 def _struct(value: dict[str, Any]) -> struct_pb2.Struct:
     result = struct_pb2.Struct()
     result.update(value)
@@ -265,7 +271,7 @@ class RemedyTarget:
                 workflow_id=workflow_id,
                 input=_struct(self._input(task)),
                 wait=True,
-                request_id=f"task:{task.task_id}:{task.attempts}",
+                request_id=attempt_key(task),
             ),
             timeout=self.workflow_timeout_s,
             metadata=[("x-actor", ACTOR)],
@@ -293,7 +299,7 @@ class RemedyTarget:
                 action=action,
                 input=_struct(self._input(task)),
                 attempt=task.attempts,
-                idempotency_key=f"task:{task.task_id}:{task.attempts}",
+                idempotency_key=attempt_key(task),
             ),
             timeout=self.action_timeout_s,
             metadata=[("x-actor", ACTOR)],
