@@ -46,6 +46,7 @@ ISOLATED_PEERS = {
         "trust",
         "governance",
         "immune",
+        "tasks",
     )
 }
 
