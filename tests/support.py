@@ -48,6 +48,7 @@ ISOLATED_PEERS = {
         "immune",
         "scheduler",
         "librarian",
+        "tasks",
     )
 }
 

@@ -20,6 +20,7 @@ from services.cli import (
     governance,
     immutable_log,
     memory,
+    tasks,
     up,
     verify,
     workflows,
@@ -37,6 +38,7 @@ COMMANDS: tuple[Callable[[click.Group], None], ...] = (
     immutable_log.register,
     verify.register,
     completion.register,
+    tasks.register,
 )
 
 

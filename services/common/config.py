@@ -38,6 +38,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "governance": 8110,
     "trust": 8112,
     "scheduler": 8120,
+    "tasks": 8121,
     "orchestrator": 8122,
     "librarian": 8130,
     "immune": 8131,

@@ -371,6 +371,23 @@ def test_librarian_indexes_a_document_and_finds_it(grace_platform: RunningGrace)
     assert found["mode"] == "SEARCH_MODE_FULL_TEXT"
 
 
+def test_tasks_runs_an_analysis_cycle_and_counts_it(grace_platform: RunningGrace) -> None:
+    require(grace_platform, "tasks")
+    service = "grace.kernels.tasks.v1.TasksService"
+    ran = call(grace_platform, "tasks", f"{service}/RunCycle", {"reason": "interop walkthrough"})
+    assert ran["cycle"]["trigger"] == "operator"
+    assert "degraded" not in ran["cycle"], ran["cycle"]["sources"]  # every source answered
+    assert {s["name"] for s in ran["cycle"]["sources"]} == {
+        "registry",
+        "immune",
+        "eventbus",
+        "orchestrator",
+        "memory",
+    }
+    stats = call(grace_platform, "tasks", f"{service}/GetTasksStats")
+    assert int(stats["cycles"]) >= 1
+
+
 # The services the call tests above walk through, one test each.
 WALKED_THROUGH = {
     "grace.registry.v1.RegistryService",
@@ -385,6 +402,7 @@ WALKED_THROUGH = {
     "grace.kernels.immune.v1.ImmuneService",
     "grace.kernels.scheduler.v1.SchedulerService",
     "grace.kernels.librarian.v1.LibrarianService",
+    "grace.kernels.tasks.v1.TasksService",
 }
 
 

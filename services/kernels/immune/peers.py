@@ -78,14 +78,24 @@ class MemoryExperience:
         chan: Channel to shared memory.
         domain_id: Domain the contributions and applications are made as.
         timeout_s: Deadline of each call.
+        contribution_type: Type of the contributions.
+        subject: What `kind` names, in the contributions' summaries.
     """
 
     def __init__(
-        self, chan: grpc.aio.Channel, *, domain_id: str = "immune", timeout_s: float = 5.0
+        self,
+        chan: grpc.aio.Channel,
+        *,
+        domain_id: str = "immune",
+        timeout_s: float = 5.0,
+        contribution_type: str = CONTRIBUTION_TYPE,
+        subject: str = "anomaly kind",
     ) -> None:
         self._stub = memory_pb2_grpc.SharedMemoryServiceStub(chan)
         self.domain_id = domain_id
         self.timeout_s = timeout_s
+        self.contribution_type = contribution_type
+        self.subject = subject
         self._ids: dict[tuple[str, str], str] = {}
 
     async def _contributions(self) -> list[memory_pb2.Contribution]:
@@ -95,7 +105,7 @@ class MemoryExperience:
             page = await self._stub.ListByDomain(
                 memory_pb2.ListByDomainRequest(
                     domain_id=self.domain_id,
-                    contribution_type=CONTRIBUTION_TYPE,
+                    contribution_type=self.contribution_type,
                     page_size=_PAGE,
                     page_token=token,
                 ),
@@ -131,19 +141,24 @@ class MemoryExperience:
             {
                 "kind": kind,
                 "playbook": playbook,
-                "summary": f"remediation playbook {playbook} for anomaly kind {kind}",
+                "summary": f"remediation playbook {playbook} for {self.subject} {kind}",
             }
         )
         response = await self._stub.Contribute(
             memory_pb2.ContributeRequest(
                 domain_id=self.domain_id,
-                contribution_type=CONTRIBUTION_TYPE,
+                contribution_type=self.contribution_type,
                 content=content,
-                tags=["immune", "remediation", f"kind:{kind}"[:64], f"playbook:{playbook}"[:64]],
+                tags=[
+                    self.domain_id,
+                    "remediation",
+                    f"kind:{kind}"[:64],
+                    f"playbook:{playbook}"[:64],
+                ],
                 initial_confidence=0.5,
                 # The same request id for the same pair makes creation idempotent across
                 # restarts and immune instances.
-                request_id=f"immune-playbook:{kind}:{playbook}"[:128],
+                request_id=f"{self.domain_id}-playbook:{kind}:{playbook}"[:128],
             ),
             timeout=self.timeout_s,
         )

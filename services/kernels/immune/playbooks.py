@@ -92,10 +92,10 @@ class SharedExperience:
 
     Args:
         shared: Shared memory (see `peers.MemoryExperience`).
-        local: The local record.
+        local: The local record (`LocalExperience`, or another kernel's own).
     """
 
-    def __init__(self, shared: Experience, local: LocalExperience) -> None:
+    def __init__(self, shared: Experience, local: Experience) -> None:
         self.shared = shared
         self.local = local
 
@@ -103,7 +103,7 @@ class SharedExperience:
         try:
             return await self.shared.outcomes(kind, playbooks)
         except Exception as exc:
-            log.warning("immune: shared memory unavailable (%s); using local records", exc)
+            log.warning("shared memory unavailable (%s); using local records", exc)
             return await self.local.outcomes(kind, playbooks)
 
     async def record(self, kind: str, playbook: str, success: bool, detail: str) -> None:
@@ -112,7 +112,7 @@ class SharedExperience:
             await self.shared.record(kind, playbook, success, detail)
         except Exception as exc:
             log.warning(
-                "immune: could not record %s/%s in shared memory (%s); kept locally",
+                "could not record %s/%s in shared memory (%s); kept locally",
                 kind,
                 playbook,
                 exc,

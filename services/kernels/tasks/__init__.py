@@ -1,0 +1,4 @@
+"""The tasks kernel: seed 002's operator loop.
+
+Events -> analysis -> tasks -> approval -> dispatch.
+"""
