@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import datetime
+import functools
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from services.common.channels import channel
-from services.common.config import ServerConfig
+from services.common import channels
+from services.common.channels import ClientSecurity, channel
+from services.common.config import SecurityConfig, ServerConfig
+from services.common.pki import (
+    SERVER_NAME,
+    CertificateAuthority,
+    Identity,
+    LeafFiles,
+    leaf_files,
+)
 from services.common.server import GraceServer, Service
+from services.common.tokens import TokenStore
 
 
 class ManualClock:
@@ -50,6 +65,118 @@ ISOLATED_PEERS = {
 }
 
 
+TEST_COMPONENT = "tests"
+
+
+@dataclass(frozen=True)
+class TestPki:
+    """The test session's Grace CA, certificates and tokens (one per test process).
+
+    Every in-process test server is secure: TLS with the `component:tests` certificate,
+    tokens checked against `tokens_file`. The test process's own channels present the
+    same certificate, as a Grace component would.
+    """
+
+    directory: Path
+    ca: CertificateAuthority
+    tokens_file: Path
+    component: LeafFiles
+    admin_token: str
+    operator_token: str
+    reader_token: str
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.crt"
+
+    def security(self) -> SecurityConfig:
+        """Server settings using the `component:tests` certificate."""
+        return SecurityConfig(
+            ca_file=self.ca_file,
+            cert_file=self.component.cert,
+            key_file=self.component.key,
+            tokens_file=self.tokens_file,
+            token_refresh_s=0.0,
+        )
+
+    def client(self, token: str | None = None, identity: Identity | None = None) -> ClientSecurity:
+        """Client credentials: a certificate for `identity` (default a `client` one, which
+        carries no authority: anonymous without a token) and optionally a token."""
+        identity = identity or Identity("client", "tests")
+        files = leaf_files(self.directory, identity)
+        if not files.cert.exists():
+            self.ca.issue_files(identity, files)
+        return ClientSecurity(self.ca_file, files.cert, files.key, token)
+
+    def grpcurl_args(self, token: str | None = None) -> list[str]:
+        """grpcurl's TLS flags (CA, client certificate) and the admin token by default."""
+        client = self.client()
+        assert client.cert_file is not None
+        assert client.key_file is not None
+        return [
+            "-cacert",
+            str(self.ca_file),
+            "-cert",
+            str(client.cert_file),
+            "-key",
+            str(client.key_file),
+            "-H",
+            f"authorization: Bearer {token or self.admin_token}",
+        ]
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that make a server process use this PKI."""
+        return {
+            "GRACE_CA_FILE": str(self.ca_file),
+            "GRACE_TLS_CERT": str(self.component.cert),
+            "GRACE_TLS_KEY": str(self.component.key),
+            "GRACE_TOKENS_FILE": str(self.tokens_file),
+        }
+
+    def sync_channel(self, address: str) -> grpc.Channel:
+        """A blocking channel to a test server, as the `component:tests` identity."""
+        credentials = grpc.ssl_channel_credentials(
+            self.ca_file.read_bytes(),
+            self.component.key.read_bytes(),
+            self.component.cert.read_bytes(),
+        )
+        return grpc.secure_channel(
+            address, credentials, options=[("grpc.ssl_target_name_override", SERVER_NAME)]
+        )
+
+    def token(self, principal: str, *roles: str) -> str:
+        """A new token for `principal` with `roles`."""
+        return TokenStore(self.tokens_file).create(principal, roles)[0]
+
+    def issue(self, identity: Identity, lifetime: datetime.timedelta) -> LeafFiles:
+        """(Re-)issues `identity`'s certificate with `lifetime`."""
+        files = leaf_files(self.directory, identity)
+        self.ca.issue_files(identity, files, lifetime)
+        return files
+
+
+@functools.cache
+def test_pki() -> TestPki:
+    """The session's PKI, created on first use and removed at exit."""
+    directory = Path(tempfile.mkdtemp(prefix="grace-test-pki-"))
+    atexit.register(shutil.rmtree, directory, True)
+    ca = CertificateAuthority.load_or_create(directory)
+    component = leaf_files(directory, Identity("component", TEST_COMPONENT))
+    ca.issue_files(Identity("component", TEST_COMPONENT), component)
+    store = TokenStore(directory / "tokens.json")
+    pki = TestPki(
+        directory=directory,
+        ca=ca,
+        tokens_file=store.path,
+        component=component,
+        admin_token=store.create("test-admin", ["admin"])[0],
+        operator_token=store.create("test-operator", ["operator"])[0],
+        reader_token=store.create("test-reader", ["reader"])[0],
+    )
+    channels.configure(ClientSecurity(pki.ca_file, component.cert, component.key))
+    return pki
+
+
 def server_config(
     service: str, data_dir: Path, database_url: str = "", peers: dict[str, str] | None = None
 ) -> ServerConfig:
@@ -66,6 +193,7 @@ def server_config(
         data_dir=data_dir,
         database_url=database_url or f"sqlite+aiosqlite:///{data_dir / (service + '.db')}",
         shutdown_grace_s=0.5,
+        security=test_pki().security(),
         env={**ISOLATED_PEERS, **(peers or {})},
     )
 
