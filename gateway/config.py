@@ -31,6 +31,7 @@ from services.common.codegen import PROTO_ROOT
 from services.common.config import (
     DEFAULT_PORTS,
     EnvReader,
+    SecurityConfig,
     ServerConfig,
     peer_address,
     server_flag_parser,
@@ -56,6 +57,8 @@ class GatewayConfig:
         proto_root: Where the .proto files are read for API comments (None: no comments).
         immune_addr: Immune kernel `host:port` for call metrics; "" reports none.
         metrics_interval_s: Time between two reports of call metrics.
+        security: HTTPS with the gateway's certificate and bearer-token authentication
+            of every route but /healthz; None serves plain HTTP to anyone (insecure).
         env: The environment, for upstream addresses.
     """
 
@@ -71,6 +74,7 @@ class GatewayConfig:
     proto_root: Path | None = PROTO_ROOT
     immune_addr: str = ""
     metrics_interval_s: float = 5.0
+    security: SecurityConfig | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -108,6 +112,7 @@ class GatewayConfig:
             metrics_interval_s=reader.number(
                 "GRACE_GATEWAY_METRICS_INTERVAL_S", 5.0, minimum=0.05, maximum=3600
             ),
+            security=server.security,
             env=env,
         )
 

@@ -74,7 +74,8 @@ class TestPki:
 
     Every in-process test server is secure: TLS with the `component:tests` certificate,
     tokens checked against `tokens_file`. The test process's own channels present the
-    same certificate, as a Grace component would.
+    same certificate and the admin token; attack tests make channels with other
+    credentials (`client`).
     """
 
     directory: Path
@@ -156,7 +157,7 @@ class TestPki:
 
 
 @functools.cache
-def test_pki() -> TestPki:
+def session_pki() -> TestPki:
     """The session's PKI, created on first use and removed at exit."""
     directory = Path(tempfile.mkdtemp(prefix="grace-test-pki-"))
     atexit.register(shutil.rmtree, directory, True)
@@ -173,7 +174,8 @@ def test_pki() -> TestPki:
         operator_token=store.create("test-operator", ["operator"])[0],
         reader_token=store.create("test-reader", ["reader"])[0],
     )
-    channels.configure(ClientSecurity(pki.ca_file, component.cert, component.key))
+    # The test process calls as an admin over the `component:tests` certificate.
+    channels.configure(ClientSecurity(pki.ca_file, component.cert, component.key, pki.admin_token))
     return pki
 
 
@@ -193,7 +195,7 @@ def server_config(
         data_dir=data_dir,
         database_url=database_url or f"sqlite+aiosqlite:///{data_dir / (service + '.db')}",
         shutdown_grace_s=0.5,
-        security=test_pki().security(),
+        security=session_pki().security(),
         env={**ISOLATED_PEERS, **(peers or {})},
     )
 

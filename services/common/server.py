@@ -83,7 +83,9 @@ class GraceServer:
         auth: list[grpc.aio.ServerInterceptor] = []
         if security is not None:
             auth.append(Authorizer(authenticator(security)))
-            channels.configure(ClientSecurity.of_process(security))
+            if channels.configured() is None:
+                # One server per process in production; its channels use its certificate.
+                channels.configure(ClientSecurity.of_process(security))
         self._server = grpc.aio.server(
             interceptors=[
                 *telemetry.current().server_interceptors(),

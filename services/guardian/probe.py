@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2
 
+from services.common import channels
 from services.common.channels import channel
+from services.common.pki import SERVER_NAME
 from services.guardian.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
@@ -96,14 +99,24 @@ async def check_once(stub: HealthClient, service: str, timeout_s: float) -> Obse
 async def http_check(address: str, path: str, timeout_s: float) -> Observation:
     """One `GET path` over HTTP/1.0: 2xx is SERVING, any other status NOT_SERVING.
 
-    For components that serve HTTP rather than gRPC health (`health_http_path`).
+    For components that serve HTTP rather than gRPC health (`health_http_path`). HTTPS,
+    verified against the Grace CA, when this process's channels are secure.
     """
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
+    security = channels.configured()
+    context = None
+    if security is not None:
+        context = ssl.create_default_context(cafile=str(security.ca_file))
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, int(port))
+            reader, writer = await asyncio.open_connection(
+                host,
+                int(port),
+                ssl=context,
+                server_hostname=SERVER_NAME if context is not None else None,
+            )
             try:
                 writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
                 await writer.drain()
@@ -112,7 +125,7 @@ async def http_check(address: str, path: str, timeout_s: float) -> Observation:
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
         latency = (time.perf_counter() - started) * 1000
         reason = str(exc) or type(exc).__name__
         return Observation(UNREACHABLE, True, latency, f"HTTP: {reason}", at=time.time())

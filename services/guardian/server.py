@@ -16,6 +16,7 @@ from services.common.server import Service
 from services.common.storage import Database
 from services.guardian.config import GuardianConfig
 from services.guardian.consent import HealConsent
+from services.guardian.credentials import Credentials
 from services.guardian.journal import Journal
 from services.guardian.playbooks import Healer
 from services.guardian.registration import Registrar
@@ -58,6 +59,14 @@ class GuardianServer(Service):
             if topology.registration.enabled
             else None
         )
+        security = config.server.security
+        self.credentials: Credentials | None = (
+            Credentials(config.server.data_dir, security, config.cert_lifetime)
+            if security is not None
+            else None
+        )
+        if self.credentials is not None:
+            self.credentials.prepare()
         self.supervisor = Supervisor(
             topology,
             data_dir=config.server.data_dir,
@@ -66,6 +75,7 @@ class GuardianServer(Service):
             guardian_address=config.server.bind_address,
             journal=self.journal,
             registrar=self.registrar,
+            credentials=self.credentials,
         )
         self.governance = (
             GovernanceClient(
@@ -105,6 +115,10 @@ class GuardianServer(Service):
     async def start(self) -> None:
         self.supervisor.guardian_address = self._address()
         await self.store.open()
+        if self.credentials is not None:
+            self._tasks.append(
+                asyncio.create_task(self.credentials.renew_forever(), name="cert-renewal")
+            )
         if self.registrar is not None:
             self._tasks.append(asyncio.create_task(self.registrar.run(), name="registrar"))
         if self.relay is not None:

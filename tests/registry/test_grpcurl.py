@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.registry.conftest import RunningRegistry
-from tests.support import test_pki
+from tests.support import session_pki
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed")
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installe
 async def grpcurl(*args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         str(GRPCURL),
-        *test_pki().grpcurl_args(),
+        *session_pki().grpcurl_args(),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
