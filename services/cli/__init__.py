@@ -8,13 +8,14 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from services.cli import control, up, verify
+from services.cli import control, credentials, token, up, verify
 
 # Each entry adds one or more subcommands to the `grace` parser.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     up.register,
     control.register,
     verify.register,
+    token.register,
 )
 
 
@@ -33,5 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments and arguments[0] in verify.DELEGATED:
         return verify.DELEGATED[arguments[0]](arguments[1:])
     args = build_parser().parse_args(arguments)
+    if args.command != "up":
+        credentials.configure(getattr(args, "data_dir", None))
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)

@@ -54,6 +54,9 @@ def _target_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guardian", help="Guardian's host:port (GRACE_GUARDIAN_ADDR, default 127.0.0.1:8104)"
     )
+    parser.add_argument(
+        "--data-dir", help="data dir of grace up, for its credential (default ./.grace)"
+    )
 
 
 def guardian_target(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> str:

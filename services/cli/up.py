@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TextIO
 
 from services.cli.output import component_table
-from services.common.config import ConfigError
+from services.common.config import DEFAULT_PORTS, ConfigError
 from services.common.telemetry import TraceContextFilter, configure_logging, configure_tracing
+from services.common.tokens import admin_token_file
 from services.guardian.config import SERVICE, GuardianConfig, add_guardian_flags
 from services.guardian.model import ComponentStatus, State, StateChange
 from services.guardian.runner import serve
@@ -57,7 +58,51 @@ def run_up(args: argparse.Namespace) -> int:
     configure_tracing(SERVICE, config.server.env)
     names = ", ".join(c.name for c in topology.components)
     print(f"grace up: booting {names} (logs in {log_file.parent})", flush=True)
-    return asyncio.run(serve(config, topology, reporter=ConsoleReporter(sys.stdout)))
+    gateway = topology.component("gateway")
+    registry = topology.component("registry")
+    reporter = ConsoleReporter(
+        sys.stdout,
+        how_to_call(
+            config.server.data_dir,
+            gateway.port if gateway else None,
+            registry.port if registry else DEFAULT_PORTS["registry"],
+        )
+        if config.server.security is not None
+        else "",
+    )
+    if config.server.security is None:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
+    return asyncio.run(serve(config, topology, reporter=reporter))
+
+
+INSECURE_WARNING = (
+    "\n*** grace up --insecure: NO TLS, NO AUTHENTICATION. Anyone who can reach a port can "
+    "read everything, register or move domains, stop components and change policies. "
+    "For experiments on a trusted machine only. ***\n"
+)
+
+
+def how_to_call(data_dir: Path, gateway_port: int | None, registry_port: int) -> str:
+    """What `grace up` prints about the credential it wrote and how to use it."""
+    pki = data_dir / "pki"
+    token = admin_token_file(data_dir)
+    lines = [
+        f"Secure by default: TLS with the Grace CA {pki / 'ca.crt'}, admin token in {token}",
+        "(the grace CLI uses both by itself; pass --data-dir or GRACE_DATA_DIR elsewhere).",
+        f'  export GRACE_TOKEN="$(cat {token})"',
+    ]
+    if gateway_port is not None:
+        lines.append(
+            f'  curl --cacert {pki / "ca.crt"} -H "authorization: Bearer $GRACE_TOKEN" '
+            f"https://127.0.0.1:{gateway_port}/domains/list"
+        )
+    lines.append(
+        f"  grpcurl -cacert {pki / 'ca.crt'} -cert {pki / 'client' / 'cli.crt'} "
+        f'-key {pki / "client" / "cli.key"} -H "authorization: Bearer $GRACE_TOKEN" '
+        f"127.0.0.1:{registry_port} list"
+    )
+    lines.append("More tokens: grace token create --principal NAME --role reader")
+    return "\n".join(lines)
 
 
 def _configure_logging(data_dir: Path, level: str) -> Path:
@@ -78,8 +123,9 @@ def _configure_logging(data_dir: Path, level: str) -> Path:
 class ConsoleReporter:
     """Prints what `grace up` users see: a line per state change and the table."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, hint: str = "") -> None:
         self.out = out
+        self.hint = hint
 
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -103,6 +149,8 @@ class ConsoleReporter:
             f"\nGrace is up: {len(components)} component(s) supervised by Guardian on "
             f"{address}. Ctrl-C stops everything.\n"
         )
+        if self.hint:
+            self._print(self.hint + "\n")
 
     def boot_failed(self, message: str) -> None:
         print(f"grace up: {message}", file=sys.stderr, flush=True)

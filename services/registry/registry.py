@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.validation import require_id
 from services.registry import ranking
@@ -142,13 +142,28 @@ class Registry:
 
     # -- writes ----------------------------------------------------------------------
 
-    async def register(self, registration: Registration) -> tuple[DomainRecord, bool]:
-        """Registers or updates a domain; returns the record and whether it is new."""
+    async def register(
+        self, registration: Registration, owner: str = ""
+    ) -> tuple[DomainRecord, bool]:
+        """Registers or updates a domain; returns the record and whether it is new.
+
+        Args:
+            registration: What to register.
+            owner: The authenticated principal registering ("" when security is off).
+                A new record is bound to it (metadata `grace.owner`); only that principal
+                may update, heartbeat or deregister the record afterwards.
+        """
         reg = validate_registration(registration)
         async with self._lock:
             now = self._clock()
             ttl = reg.lease_ttl_s or self.settings.default_lease_ttl_s
             existing = self._records.get(reg.domain_id)
+            if existing is not None:
+                require_owner(existing, owner, "register")
+            reg.metadata.pop(OWNER_KEY, None)
+            bound = existing.metadata.get(OWNER_KEY, "") if existing is not None else ""
+            if bound or owner:
+                reg.metadata[OWNER_KEY] = bound or owner
             record = DomainRecord(
                 domain_id=reg.domain_id,
                 host=reg.host,
@@ -170,14 +185,23 @@ class Registry:
         return record, existing is None
 
     async def heartbeat(
-        self, domain_id: str, metrics: Metrics | None = None, degraded: bool = False
+        self,
+        domain_id: str,
+        metrics: Metrics | None = None,
+        degraded: bool = False,
+        owner: str = "",
     ) -> DomainRecord:
-        """Renews a lease, records metrics, and moves the status if it changed."""
+        """Renews a lease, records metrics, and moves the status if it changed.
+
+        `owner` is the authenticated caller ("" when security is off): it must be the
+        principal the record is bound to.
+        """
         require_id("domain_id", domain_id)
         if metrics is not None:
             metrics = validate_metrics(metrics)
         async with self._lock:
             current = self._get(domain_id)
+            require_owner(current, owner, "heartbeat for")
             now = self._clock()
             status = DomainStatus.DEGRADED if degraded else DomainStatus.HEALTHY
             record = current.with_changes(
@@ -194,11 +218,18 @@ class Registry:
                 await self._commit([Change(record.revision, ChangeKind.STATUS_CHANGED, record)])
         return record
 
-    async def deregister(self, domain_id: str) -> int:
-        """Removes a domain; returns the revision of the removal."""
+    async def deregister(self, domain_id: str, owner: str = "", admin: bool = False) -> int:
+        """Removes a domain; returns the revision of the removal.
+
+        Only the principal the record is bound to may remove it, or an admin (`admin`),
+        to clear a record whose owner is gone; "" (security off) skips the check.
+        """
         require_id("domain_id", domain_id)
         async with self._lock:
-            record = self._get(domain_id).with_changes(revision=self._revision + 1)
+            current = self._get(domain_id)
+            if not admin:
+                require_owner(current, owner, "deregister")
+            record = current.with_changes(revision=self._revision + 1)
             await self._commit([Change(record.revision, ChangeKind.REMOVED, record)])
             return record.revision
 
@@ -434,3 +465,19 @@ class Registry:
             pending = self._changes_after(last)[:WATCH_BATCH]
             last = pending[-1].revision
             yield WatchBatch(pending, last)
+
+
+OWNER_KEY = "grace.owner"
+
+
+def require_owner(record: DomainRecord, caller: str, action: str) -> None:
+    """Raises PermissionDenied unless `caller` is the principal `record` is bound to.
+
+    A record without an owner (registered with security off) and a caller "" (security
+    off) are not checked.
+    """
+    bound = record.metadata.get(OWNER_KEY, "")
+    if bound and caller and caller != bound:
+        raise PermissionDenied(
+            f"domain_id={record.domain_id!r} is bound to {bound}; {caller} may not {action} it"
+        )

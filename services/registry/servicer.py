@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.auth import current_principal
 from services.common.peers import caller_host
 from services.common.timestamps import from_duration, to_duration, to_timestamp
 from services.registry.model import ChangeKind, DomainRecord, DomainStatus, Metrics, Registration
@@ -88,7 +89,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             public_key=request.public_key,
             lease_ttl_s=from_duration(request.lease_ttl) if request.HasField("lease_ttl") else None,
         )
-        record, created = await self._registry.register(registration)
+        record, created = await self._registry.register(registration, _caller())
         return registry_pb2.RegisterDomainResponse(domain=self._domain(record), created=created)
 
     async def Heartbeat(
@@ -98,13 +99,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if request.HasField("metrics"):
             m = request.metrics
             metrics = Metrics(load=m.load, latency_ms=m.latency_ms, success_rate=m.success_rate)
-        record = await self._registry.heartbeat(request.domain_id, metrics, request.degraded)
+        record = await self._registry.heartbeat(
+            request.domain_id, metrics, request.degraded, _caller()
+        )
         return registry_pb2.HeartbeatResponse(domain=self._domain(record))
 
     async def DeregisterDomain(
         self, request: registry_pb2.DeregisterDomainRequest, context: Context
     ) -> registry_pb2.DeregisterDomainResponse:
-        revision = await self._registry.deregister(request.domain_id)
+        principal = current_principal()
+        revision = await self._registry.deregister(
+            request.domain_id, _caller(), admin=principal is not None and principal.is_admin
+        )
         return registry_pb2.DeregisterDomainResponse(revision=revision)
 
     async def GetDomain(
@@ -174,3 +180,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             leases_expired=stats.leases_expired,
             domains_reaped=stats.domains_reaped,
         )
+
+
+def _caller() -> str:
+    """The authenticated principal of the call ("" when security is off)."""
+    principal = current_principal()
+    return principal.name if principal is not None else ""

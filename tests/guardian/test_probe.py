@@ -12,10 +12,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.server import server_credentials
 from services.guardian.probe import HealthProbe, Observation, http_check, probe_address
 from services.guardian.settings import ProbeSettings
 from tests.guardian.conftest import eventually
-from services.common.server import server_credentials
 from tests.support import free_ports, session_pki
 
 
