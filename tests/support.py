@@ -145,6 +145,10 @@ class TestPki:
             address, credentials, options=[("grpc.ssl_target_name_override", SERVER_NAME)]
         )
 
+    def channel_as(self, address: str, principal: str, *roles: str) -> grpc.aio.Channel:
+        """A channel to `address` authenticated by a new token for `principal` with `roles`."""
+        return channel(address, security=self.client(token=self.token(principal, *roles)))
+
     def token(self, principal: str, *roles: str) -> str:
         """A new token for `principal` with `roles`."""
         return TokenStore(self.tokens_file).create(principal, roles)[0]

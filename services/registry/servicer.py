@@ -12,7 +12,7 @@ from services.common.auth import current_principal
 from services.common.peers import caller_host
 from services.common.timestamps import from_duration, to_duration, to_timestamp
 from services.registry.model import ChangeKind, DomainRecord, DomainStatus, Metrics, Registration
-from services.registry.registry import Registry
+from services.registry.registry import OWNER_KEY, Registry
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -32,7 +32,7 @@ _KIND_TO_PROTO = {
 
 
 def domain_to_proto(record: DomainRecord) -> registry_pb2.Domain:
-    """The wire form of a domain record."""
+    """The wire form of a domain record (the owner binding stays inside the registry)."""
     return registry_pb2.Domain(
         domain_id=record.domain_id,
         host=record.host,
@@ -40,7 +40,7 @@ def domain_to_proto(record: DomainRecord) -> registry_pb2.Domain:
         address=record.address,
         capabilities=record.capabilities,
         version=record.version,
-        metadata=record.metadata,
+        metadata={k: v for k, v in record.metadata.items() if k != OWNER_KEY},
         public_key=record.public_key,
         lease_ttl=to_duration(record.lease_ttl_s),
         status=_STATUS_TO_PROTO[record.status],
