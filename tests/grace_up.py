@@ -36,17 +36,9 @@ from services.cli.credentials import client_security
 from services.common import channels
 from services.common.channels import ClientSecurity, channel
 from services.guardian.topology import ComponentSpec, load_topology
-from tests.support import free_ports
+from tests.support import free_ports, own_pki_env
 
 __all__ = ["EXAMPLES", "PROJECT_ROOT", "RunningGrace", "running_grace"]
-
-_TEST_PKI_VARS = (
-    "GRACE_CA_FILE",
-    "GRACE_TLS_CERT",
-    "GRACE_TLS_KEY",
-    "GRACE_TOKENS_FILE",
-    "GRACE_PKI_DIR",
-)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = "examples"
@@ -130,9 +122,7 @@ async def running_grace(
     )
     data_dir = root / "data"
     # grace up makes its own CA and tokens: the test session's PKI variables stay out.
-    up_env = {
-        k: v for k, v in (os.environ if env is None else env).items() if k not in _TEST_PKI_VARS
-    }
+    up_env = own_pki_env(env)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

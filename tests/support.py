@@ -6,11 +6,12 @@ import asyncio
 import atexit
 import datetime
 import functools
+import os
 import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,15 @@ class TestPki:
             "GRACE_TOKENS_FILE": str(self.tokens_file),
         }
 
+    def cli_env(self, token: str | None = None) -> dict[str, str]:
+        """The environment of a `grace` CLI process that calls the test servers."""
+        self.client(identity=Identity("client", "cli"))
+        return {
+            **os.environ,
+            "GRACE_PKI_DIR": str(self.directory),
+            "GRACE_TOKEN": token or self.admin_token,
+        }
+
     def sync_channel(self, address: str) -> grpc.Channel:
         """A blocking channel to a test server, as the `component:tests` identity."""
         credentials = grpc.ssl_channel_credentials(
@@ -181,6 +191,21 @@ def session_pki() -> TestPki:
     # The test process calls as an admin over the `component:tests` certificate.
     channels.configure(ClientSecurity(pki.ca_file, component.cert, component.key, pki.admin_token))
     return pki
+
+
+TEST_PKI_VARS = (
+    "GRACE_CA_FILE",
+    "GRACE_TLS_CERT",
+    "GRACE_TLS_KEY",
+    "GRACE_TOKENS_FILE",
+    "GRACE_PKI_DIR",
+)
+
+
+def own_pki_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default os.environ) without the test PKI's variables: for `grace up` and the
+    CLI, which use the CA and credential of their own data dir."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k not in TEST_PKI_VARS}
 
 
 def server_config(

@@ -50,6 +50,20 @@ def current_principal() -> Principal | None:
     return _PRINCIPAL.get()
 
 
+def acting_for(claimed: str) -> str:
+    """Who a call acts for, as governance should judge it.
+
+    The authenticated principal, never a name the caller chose, except for Grace
+    components, which act on behalf of others (the immune kernel heals as itself, a
+    relay names its origin) and whose claim (an `x-actor` header) is trusted. With
+    security off, the claim is taken as given.
+    """
+    principal = current_principal()
+    if principal is None or principal.is_component:
+        return claimed
+    return principal.name
+
+
 class AuthError(Exception):
     """Authentication failed; `code` is the status to answer."""
 

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
+from services.common.auth import acting_for
 from services.common.errors import InvalidArgument
 from services.common.governance_client import DECISION_METADATA
 from services.common.pagination import decode_token, encode_token, page_size
@@ -146,7 +147,7 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
         result = await self._healer.heal(
             _name(request.component_name),
             request.playbook,
-            actor=metadata.get("x-actor", ""),
+            actor=acting_for(metadata.get("x-actor", "")),
             decision_id=metadata.get(DECISION_METADATA, ""),
         )
         return _heal_to_proto(result)

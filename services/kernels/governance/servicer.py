@@ -194,7 +194,6 @@ def _approver(claimed: str) -> str:
         return claimed
     if claimed and claimed != principal.name:
         raise PermissionDenied(
-            f"approver={claimed!r}: must be empty or the authenticated caller "
-            f"({principal.name})"
+            f"approver={claimed!r}: must be empty or the authenticated caller ({principal.name})"
         )
     return principal.name
