@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
@@ -20,6 +21,7 @@ from grace.kernels.governance.v1 import governance_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import ClientSecurity, channel
 from services.common.pki import CertificateAuthority, Identity, leaf_files
+from services.common.tokens import TokenStore
 from services.eventbus.server import EventBusServer
 from services.guardian.config import GuardianConfig
 from services.guardian.server import GuardianServer
@@ -141,8 +143,6 @@ async def test_anonymous_callers_read_nothing_but_health(registry: str) -> None:
         assert await code_of(stub.ListDomains(registry_pb2.ListDomainsRequest())) == (
             UNAUTHENTICATED
         )
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         health = await health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     async with session_pki().channel_as(registry, "rita", "reader") as reader:
@@ -182,8 +182,6 @@ async def test_a_caller_without_a_grace_certificate_cannot_connect(
 
 async def test_a_revoked_token_stops_authenticating(registry: str) -> None:
     pki = session_pki()
-    from services.common.tokens import TokenStore
-
     token, record = TokenStore(pki.tokens_file).create("temp", ["reader"])
     async with channel(registry, security=pki.client(token=token)) as chan:
         stub = registry_pb2_grpc.RegistryServiceStub(chan)
