@@ -36,7 +36,7 @@ from services.cli.credentials import client_security
 from services.common import channels
 from services.common.channels import ClientSecurity, channel
 from services.guardian.topology import ComponentSpec, load_topology
-from tests.support import free_ports, own_pki_env
+from tests.support import credential_env, free_ports, grpcurl_args, own_pki_env
 
 __all__ = ["EXAMPLES", "PROJECT_ROOT", "RunningGrace", "running_grace"]
 
@@ -88,8 +88,14 @@ class RunningGrace:
         return [c for c in self.components if not c.health_http_path]
 
     def env(self) -> dict[str, str]:
-        """GRACE_<NAME>_ADDR for every component and Guardian, as clients read them."""
-        return {f"GRACE_{name.upper()}_ADDR": addr for name, addr in self.addresses.items()}
+        """GRACE_<NAME>_ADDR for every component and Guardian, as clients read them, and
+        the credential (GRACE_CA_FILE, GRACE_TLS_CERT, GRACE_TLS_KEY, GRACE_TOKEN)."""
+        env = {f"GRACE_{name.upper()}_ADDR": addr for name, addr in self.addresses.items()}
+        return {**env, **credential_env(self.security)}
+
+    def grpcurl_args(self) -> list[str]:
+        """grpcurl's flags for this Grace: `-cacert`, `-cert`, `-key` and the token."""
+        return grpcurl_args(self.security)
 
 
 @asynccontextmanager

@@ -112,19 +112,7 @@ class TestPki:
 
     def grpcurl_args(self, token: str | None = None) -> list[str]:
         """grpcurl's TLS flags (CA, client certificate) and the admin token by default."""
-        client = self.client()
-        assert client.cert_file is not None
-        assert client.key_file is not None
-        return [
-            "-cacert",
-            str(self.ca_file),
-            "-cert",
-            str(client.cert_file),
-            "-key",
-            str(client.key_file),
-            "-H",
-            f"authorization: Bearer {token or self.admin_token}",
-        ]
+        return grpcurl_args(self.client(token=token or self.admin_token))
 
     def env(self) -> dict[str, str]:
         """Environment variables that make a server process use this PKI."""
@@ -191,6 +179,32 @@ def session_pki() -> TestPki:
     # The test process calls as an admin over the `component:tests` certificate.
     channels.configure(ClientSecurity(pki.ca_file, component.cert, component.key, pki.admin_token))
     return pki
+
+
+def credential_env(security: ClientSecurity | None) -> dict[str, str]:
+    """A client's credential as the variables non-Python clients read ({} for plaintext)."""
+    if security is None:
+        return {}
+    env = {"GRACE_CA_FILE": str(security.ca_file)}
+    if security.cert_file is not None and security.key_file is not None:
+        env.update(
+            {"GRACE_TLS_CERT": str(security.cert_file), "GRACE_TLS_KEY": str(security.key_file)}
+        )
+    if security.token:
+        env["GRACE_TOKEN"] = security.token
+    return env
+
+
+def grpcurl_args(security: ClientSecurity | None) -> list[str]:
+    """grpcurl's flags for a credential: `-plaintext`, or the CA, certificate and token."""
+    if security is None:
+        return ["-plaintext"]
+    args = ["-cacert", str(security.ca_file)]
+    if security.cert_file is not None and security.key_file is not None:
+        args += ["-cert", str(security.cert_file), "-key", str(security.key_file)]
+    if security.token:
+        args += ["-H", f"authorization: Bearer {security.token}"]
+    return args
 
 
 TEST_PKI_VARS = (
