@@ -233,6 +233,9 @@ RULES: Mapping[str, Rule] = {
     _GUARDIAN + "StartComponent": OPERATE,
     _GUARDIAN + "WatchComponents": READ,
     _GUARDIAN + "GetSystemHealth": READ,
+    # A domain (join token or current certificate) gets its certificate; Guardian checks
+    # that the caller acts as exactly one domain.
+    _GUARDIAN + "JoinDomain": WRITE,
     # A domain's own server: called by the orchestrator and the bus's push delivery.
     _DOMAIN + "Execute": OPERATE,
     _DOMAIN + "Compensate": OPERATE,

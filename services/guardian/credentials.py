@@ -21,11 +21,16 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from cryptography import x509
+
+from services.common.access import Principal
 from services.common.config import SecurityConfig
+from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.pki import (
     CertificateAuthority,
     Identity,
     LeafFiles,
+    PkiError,
     leaf_files,
     needs_renewal,
     utcnow,
@@ -136,6 +141,28 @@ class Credentials:
         write_private(path, (token + "\n").encode())
         log.info("wrote a new admin token to %s (id %s)", path, token_digest(token)[:12])
         return token
+
+    def join(self, principal: Principal | None, csr: bytes) -> x509.Certificate:
+        """A domain certificate for the caller of JoinDomain.
+
+        The caller must act as exactly one domain (a join token `domain:<id>`, or its
+        current domain certificate); the CSR proves possession of the key; the identity is
+        the caller's, never what the CSR asks for.
+        """
+        domains = sorted(principal.domains) if principal is not None else []
+        if len(domains) != 1:
+            raise PermissionDenied(
+                "JoinDomain needs a join token (grace token create --domain ID) or the "
+                "domain's current certificate"
+            )
+        try:
+            cert = self.ca.sign_request(csr, Identity("domain", domains[0]), self.lifetime)
+        except PkiError as exc:
+            raise InvalidArgument("csr_pem", str(exc)) from None
+        log.info(
+            "issued a joined domain its certificate: %s", Identity("domain", domains[0]).spiffe_id
+        )
+        return cert
 
     def identities(self) -> Iterable[Identity]:
         """Every identity issued so far."""

@@ -108,7 +108,8 @@ class GuardianServer(Service):
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         guardian_pb2_grpc.add_GuardianServiceServicer_to_server(
-            GuardianServicer(self.supervisor, self.healer, self.shutting_down), server
+            GuardianServicer(self.supervisor, self.healer, self.shutting_down, self.credentials),
+            server,
         )
         return [SERVICE_NAME]
 
