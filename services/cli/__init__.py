@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments and arguments[0] in verify.DELEGATED:
         return verify.DELEGATED[arguments[0]](arguments[1:])
     args = build_parser().parse_args(arguments)
-    if args.command != "up":
+    if getattr(args, "connects", False):
+        # Commands that call Grace use the credential of its data dir.
         credentials.configure(getattr(args, "data_dir", None))
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)

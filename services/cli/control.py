@@ -57,6 +57,7 @@ def _target_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", help="data dir of grace up, for its credential (default ./.grace)"
     )
+    parser.set_defaults(connects=True)
 
 
 def guardian_target(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> str:
