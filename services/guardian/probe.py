@@ -99,8 +99,10 @@ async def check_once(stub: HealthClient, service: str, timeout_s: float) -> Obse
 async def http_check(address: str, path: str, timeout_s: float) -> Observation:
     """One `GET path` over HTTP/1.0: 2xx is SERVING, any other status NOT_SERVING.
 
-    For components that serve HTTP rather than gRPC health (`health_http_path`). HTTPS,
-    verified against the Grace CA, when this process's channels are secure.
+    For components that serve HTTP rather than gRPC health (`health_http_path`). When this
+    process's channels are secure, HTTPS verified against the Grace CA first (the gateway);
+    a server that does not speak TLS at all (a third-party `command` component) is then
+    asked over plain HTTP, since a health status is no secret.
     """
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
@@ -111,20 +113,12 @@ async def http_check(address: str, path: str, timeout_s: float) -> Observation:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(
-                host,
-                int(port),
-                ssl=context,
-                server_hostname=SERVER_NAME if context is not None else None,
-            )
             try:
-                writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
-                await writer.drain()
-                status_line = await reader.readline()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+                status_line = await _status_line(host, int(port), address, path, context)
+            except ssl.SSLError as exc:
+                if context is None or "WRONG_VERSION_NUMBER" not in str(exc):
+                    raise
+                status_line = await _status_line(host, int(port), address, path, None)
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         latency = (time.perf_counter() - started) * 1000
         reason = str(exc) or type(exc).__name__
@@ -135,6 +129,22 @@ async def http_check(address: str, path: str, timeout_s: float) -> Observation:
     if 200 <= code < 300:
         return Observation("SERVING", True, latency, at=time.time())
     return Observation("NOT_SERVING", True, latency, f"HTTP status {code}", at=time.time())
+
+
+async def _status_line(
+    host: str, port: int, address: str, path: str, context: ssl.SSLContext | None
+) -> bytes:
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=context, server_hostname=SERVER_NAME if context is not None else None
+    )
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+        await writer.drain()
+        return await reader.readline()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
 
 
 async def probe_address(
