@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -449,3 +450,48 @@ def csr_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     """A private key as unencrypted PKCS#8 PEM (write it with `write_private`)."""
     return _private_key_pem(key)
+
+
+def attest(cert: bytes, key: bytes, message: bytes) -> bytes:
+    """Signs `message` (ECDSA P-256, SHA-256, DER) with the key of a Grace certificate."""
+    private = serialization.load_pem_private_key(key, password=None)
+    if not isinstance(private, ec.EllipticCurvePrivateKey):
+        raise PkiError("attestation key: expected an ECDSA private key")
+    if x509.load_pem_x509_certificate(cert).public_key() != private.public_key():
+        raise PkiError("attestation key: it is not the key of the certificate")
+    return private.sign(message, ec.ECDSA(hashes.SHA256()))
+
+
+def check_attestation(
+    bundle_pem: bytes, cert: bytes, message: bytes, signature: bytes, expected: Identity
+) -> None:
+    """Raises PkiError unless `cert` was issued by a CA of the bundle, names `expected`, and
+    its key signed `message`.
+
+    The certificate's validity period is not held against it: it was checked when the
+    signature was made, and attestations (proofs) are verified long after short-lived
+    certificates expire.
+    """
+    try:
+        leaf = x509.load_pem_x509_certificate(cert)
+    except ValueError:
+        raise PkiError("signer certificate: not PEM") from None
+    roots = x509.load_pem_x509_certificates(bundle_pem)
+    for root in roots:
+        try:
+            leaf.verify_directly_issued_by(root)
+            break
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    else:
+        raise PkiError("signer certificate: not issued by the Grace CA in the bundle")
+    identity = certificate_identity(leaf)
+    if identity != expected:
+        raise PkiError(f"signer certificate names {identity.spiffe_id}, not {expected.spiffe_id}")
+    public = leaf.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise PkiError("signer certificate: expected an ECDSA key")
+    try:
+        public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise PkiError("the certificate's key did not sign this proof") from None

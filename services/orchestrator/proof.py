@@ -32,6 +32,7 @@ from google.protobuf import json_format
 
 from grace.orchestrator.v1 import orchestrator_pb2
 from services.common import signing
+from services.common.pki import Identity, PkiError, check_attestation
 
 PROOF_VERSION = "grace.orchestrator.proof.v1"
 RECORD_FIELDS = (
@@ -51,6 +52,7 @@ RECORD_FIELDS = (
     "prev_hash",
 )
 _MAX_SAFE_INT = 2**53
+ORCHESTRATOR_IDENTITY = Identity("component", "orchestrator")
 
 
 def _normalize(value: Any) -> Any:
@@ -114,6 +116,23 @@ def signing_message(
     )
 
 
+def attestation_message(proof: orchestrator_pb2.ExecutionProof) -> bytes:
+    """What the orchestrator's Grace certificate key signs: the signing message and the
+    hex of the Ed25519 public key, so the key and the chain head are bound to the
+    orchestrator's identity."""
+    return (
+        signing_message(
+            proof.execution_id,
+            proof.workflow_id,
+            proof.final_state,
+            len(proof.records),
+            proof.head_hash,
+        )
+        + b"\n"
+        + proof.public_key.hex().encode()
+    )
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Outcome of a verification.
@@ -133,15 +152,33 @@ def _record_dict(record: orchestrator_pb2.ProofRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in (*RECORD_FIELDS, "hash")}
 
 
-def verify_proof(proof: orchestrator_pb2.ExecutionProof, public_key: bytes = b"") -> Verdict:
+def verify_proof(
+    proof: orchestrator_pb2.ExecutionProof, public_key: bytes = b"", ca_bundle: bytes = b""
+) -> Verdict:
     """Verifies a proof offline: each record's hash, the chain links, the head, the signature.
 
     Args:
         proof: The proof as returned by GetExecutionProof.
         public_key: Raw Ed25519 key that must have signed it; empty trusts the proof's key.
+        ca_bundle: PEM of the Grace CA: the proof's signer certificate must be issued by it
+            to `component:orchestrator` and its key must have signed the proof's key and
+            head. Empty checks only the proof's own consistency.
     """
     if public_key and public_key != proof.public_key:
         return Verdict(False, -1, "the proof was signed by another key than the one given")
+    if ca_bundle:
+        if not proof.signer_certificate_pem:
+            return Verdict(False, -1, "the proof carries no signer certificate to check")
+        try:
+            check_attestation(
+                ca_bundle,
+                proof.signer_certificate_pem.encode(),
+                attestation_message(proof),
+                proof.certificate_signature,
+                ORCHESTRATOR_IDENTITY,
+            )
+        except PkiError as exc:
+            return Verdict(False, -1, f"signer: {exc}")
     previous = genesis_hash(proof.execution_id)
     for position, record in enumerate(proof.records):
         fields = _record_dict(record)
@@ -193,18 +230,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--public-key", default="", help="pin the orchestrator's public key (hex or base64)"
     )
+    parser.add_argument(
+        "--ca",
+        default="",
+        help="the Grace CA bundle (<data dir>/pki/ca.crt): the signer must be Grace's orchestrator",
+    )
     args = parser.parse_args(argv)
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         proof = load_proof(text)
+        bundle = Path(args.ca).read_bytes() if args.ca else b""
     except (OSError, ValueError, json_format.ParseError) as exc:
         print(f"verify-proof: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    verdict = verify_proof(proof, _key(args.public_key) if args.public_key else b"")
+    verdict = verify_proof(proof, _key(args.public_key) if args.public_key else b"", bundle)
     if verdict.valid:
+        signer = " (orchestrator certified by the Grace CA)" if bundle else ""
         print(
             f"valid: execution {proof.execution_id} ({proof.final_state}), "
-            f"{len(proof.records)} records, signed by key {proof.key_id}"
+            f"{len(proof.records)} records, signed by key {proof.key_id}{signer}"
         )
         return 0
     where = f" (record {verdict.first_invalid_record})" if verdict.first_invalid_record >= 0 else ""
