@@ -50,6 +50,9 @@ class Service:
     """
 
     bound_port: int = 0
+    # Full method names served while `start` runs (before SERVING), e.g. what the
+    # components a supervisor boots call back during the boot.
+    serves_while_starting: frozenset[str] = frozenset()
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         """Adds the servicers; returns the full names of the services added."""
@@ -89,7 +92,7 @@ class GraceServer:
         self._server = grpc.aio.server(
             interceptors=[
                 *telemetry.current().server_interceptors(),
-                ErrorTranslator(lambda: self._ready),
+                ErrorTranslator(lambda: self._ready, service.serves_while_starting),
                 *auth,
             ],
             options=[

@@ -46,6 +46,8 @@ from services.common.tokens import (
 log = logging.getLogger(__name__)
 
 CLI_IDENTITY = Identity("client", "cli")
+# Long enough for the domain to renew its certificate with it while it runs.
+JOIN_TOKEN_TTL = datetime.timedelta(days=30)
 ADMIN_PRINCIPAL = "admin"
 
 
@@ -116,16 +118,38 @@ class Credentials:
             except OSError:
                 log.exception("certificate renewal failed; retrying in %ss", self.check_every_s)
 
-    def child_env(self, name: str, kind: str) -> dict[str, str]:
-        """The security variables of a child: its certificate, key, CA and token file."""
-        files = self.ensure(Identity(kind, name))
-        return {
+    def child_env(self, name: str, kind: str, gateway: str | None = None) -> dict[str, str]:
+        """The security variables of a child: its certificate, key, CA and token file.
+
+        A domain (`kind` "domain") joins as any domain would when the topology has a
+        gateway (`gateway`, its address): it gets a join token and fetches its own
+        certificate with it; otherwise Guardian issues its certificate like a component's.
+        """
+        identity = Identity(kind, name)
+        env = {
             "GRACE_PKI_DIR": str(self.pki),
-            "GRACE_CA_FILE": str(files.ca),
-            "GRACE_TLS_CERT": str(files.cert),
-            "GRACE_TLS_KEY": str(files.key),
+            "GRACE_CA_FILE": str(self.security.ca_file),
             "GRACE_TOKENS_FILE": str(self.security.tokens_file),
         }
+        if kind == "domain" and gateway:
+            files = leaf_files(self.pki, identity)
+            env["GRACE_JOIN_TOKEN"] = self.join_token(name)
+            env["GRACE_JOIN_URL"] = f"https://{gateway}"
+        else:
+            files = self.ensure(identity)
+        env["GRACE_TLS_CERT"] = str(files.cert)
+        env["GRACE_TLS_KEY"] = str(files.key)
+        return env
+
+    def join_token(self, domain_id: str) -> str:
+        """A fresh join token for a domain Guardian runs; the previous one is revoked."""
+        store = TokenStore(self.security.tokens_file)
+        principal = f"join:{domain_id}"
+        for record in store.list():
+            if record.principal == principal and not record.revoked:
+                store.revoke(record.id)
+        token, _ = store.create(principal, [f"domain:{domain_id}"], JOIN_TOKEN_TTL)
+        return token
 
     def admin_token(self) -> str:
         """The admin token in `<data dir>/admin.token`, created when missing or invalid."""

@@ -40,6 +40,9 @@ class GuardianServer(Service):
         address: Returns Guardian's own `host:port` once bound (given to children).
     """
 
+    # Domains Guardian boots join (get their certificate) during the boot.
+    serves_while_starting = frozenset({f"/{SERVICE_NAME}/JoinDomain"})
+
     def __init__(
         self,
         config: GuardianConfig,

@@ -296,7 +296,9 @@ class Supervisor:
         peers["guardian"] = self.guardian_address
         env = child_environment(self.base_env, status, peers, self.data_dir)
         if self.credentials is not None:
-            issued = self.credentials.child_env(status.name, status.spec.identity)
+            issued = self.credentials.child_env(
+                status.name, status.spec.identity, peers.get("gateway")
+            )
             env.update({k: v for k, v in issued.items() if k not in status.spec.env})
         return env
 
