@@ -1,10 +1,14 @@
 """The gateway as an ASGI application (served by uvicorn; requests parsed with Starlette).
 
 One request: put the path in canonical form (`gateway.paths`: 400 for a path with no single
-meaning), match the route (404, 405 with `Allow`), read the body (413 over the limit),
-build the gRPC request (400 naming the field), work out the deadline and the metadata,
-ask the forward gate (mutating requests only), resolve the upstream, call it, answer JSON
-(or relay the stream). Every error has the body described in `gateway.errors`.
+meaning), authenticate the bearer token (secure mode: 401 without a valid one, except
+`/healthz`), match the route (404, 405 with `Allow`), read the body (413 over the limit),
+build the gRPC request (400 naming the field), check the access table for the RPC the
+route maps to (403), work out the deadline and the metadata (the caller's token is
+forwarded so the upstream enforces too; `x-actor` is the authenticated principal, never a
+header the caller chose), ask the forward gate (mutating requests only), resolve the
+upstream, call it, answer JSON (or relay the stream). Every error has the body described
+in `gateway.errors`.
 
 Each forwarded unary call is tallied for its upstream (the component, or the domain for
 DomainService routes): latency, and whether it failed on the upstream's side (an answer
@@ -41,6 +45,8 @@ from gateway.system import SystemViews
 from gateway.transcode import TranscodeError, build_request, dumps, render_response
 from gateway.upstreams import Metadata, Upstream, Upstreams
 from services.common import telemetry
+from services.common.access import HOW_TO_AUTHENTICATE, Principal, rule_for
+from services.common.auth import Authenticator, AuthError
 from services.common.call_metrics import CallTallies
 
 log = logging.getLogger(__name__)
@@ -145,6 +151,7 @@ class GatewayApp:
         upstreams: The channels.
         openapi: The OpenAPI document served at /openapi.json.
         gate: Asked before each mutating request is forwarded.
+        authenticator: Validates bearer tokens; None serves everyone (insecure mode).
     """
 
     def __init__(
@@ -154,8 +161,10 @@ class GatewayApp:
         upstreams: Upstreams,
         openapi: dict[str, Any],
         gate: ForwardGate | None = None,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.config = config
+        self.authenticator = authenticator
         self.table = table
         self.upstreams = upstreams
         self.gate: ForwardGate = gate or AllowAll()
@@ -241,6 +250,7 @@ class GatewayApp:
             raw_path.decode("latin-1") if raw_path else quote(request.url.path)
         )
         path = canonical.encoded
+        principal = self._authenticate(request, path)
         builtin = self._builtins.get(path)
         if builtin is not None:
             if method not in ("GET", "HEAD"):
@@ -267,9 +277,10 @@ class GatewayApp:
             message = build_request(route, match.bindings, request.query_params.multi_items(), body)
         except TranscodeError as exc:
             raise bad_request(exc.field, exc.description) from None
+        self._authorize(principal, route, message)
         default = None if route.server_streaming else self.config.default_timeout_s
         timeout = parse_timeout(request.headers, default, self.config.max_timeout_s)
-        metadata = self._metadata(request, request_id)
+        metadata = self._metadata(request, request_id, principal)
         if route.mutating:
             await self.gate.check(
                 ForwardRequest(route, message, metadata, canonical.decoded, dict(request.headers))
@@ -341,13 +352,55 @@ class GatewayApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _metadata(self, request: Request, request_id: str) -> Metadata:
+    def _authenticate(self, request: Request, path: str) -> Principal | None:
+        """The caller (None in insecure mode or on /healthz); 401 without a valid token."""
+        if self.authenticator is None or path == "/healthz":
+            return None
+        header = request.headers.get("authorization")
+        if header is None:
+            raise HttpError(
+                401,
+                f"authentication required: {HOW_TO_AUTHENTICATE}",
+                status="UNAUTHENTICATED",
+                headers={"WWW-Authenticate": 'Bearer realm="grace"'},
+            )
+        try:
+            return self.authenticator.from_token(header)
+        except AuthError as exc:
+            raise HttpError(
+                401,
+                exc.message,
+                status="UNAUTHENTICATED",
+                headers={"WWW-Authenticate": 'Bearer realm="grace", error="invalid_token"'},
+            ) from None
+
+    def _authorize(self, principal: Principal | None, route: Route, message: Message) -> None:
+        """403 unless the access table lets `principal` call the route's RPC with `message`."""
+        if self.authenticator is None:
+            return
+        rule = rule_for(route.grpc_path)
+        reason = "no access rule" if rule is None else rule.check(principal, message)
+        if reason is not None:
+            who = principal.name if principal is not None else "anonymous"
+            raise HttpError(
+                403,
+                f"{route.http_method} {route.template.text} ({route.grpc_path}): {who} "
+                f"denied: {reason}",
+                status="PERMISSION_DENIED",
+            )
+
+    def _metadata(
+        self, request: Request, request_id: str, principal: Principal | None = None
+    ) -> Metadata:
         headers = request.headers
         pairs: list[tuple[str, str]] = [(REQUEST_ID, request_id)]
         tracing = telemetry.current().enabled
+        if principal is not None:
+            # Governance sees who authenticated, never a header the caller chose.
+            pairs.append(("x-actor", principal.name))
         for name in FORWARDED_HEADERS:
             value = headers.get(name)
-            if value is None:
+            if value is None or (principal is not None and name == "x-actor"):
                 continue
             if tracing and name in ("traceparent", "tracestate"):
                 continue  # the tracing client interceptor injects the current context

@@ -40,6 +40,7 @@ from services.common.config import (
     DEFAULT_PORTS,
     ConfigError,
     EnvReader,
+    SecurityConfig,
     ServerConfig,
     peer_address,
     server_flag_parser,
@@ -68,6 +69,8 @@ class GatewayConfig:
         metrics_interval_s: Time between two reports of call metrics.
         cors_origins: Origins allowed to call from a browser ("*" for any); empty: none.
         sse_ping_s: Seconds between keep-alive comments on an idle SSE stream; 0: none.
+        security: HTTPS with the gateway's certificate and bearer-token authentication
+            of every route but /healthz; None serves plain HTTP to anyone (insecure).
         env: The environment, for upstream addresses.
     """
 
@@ -86,6 +89,7 @@ class GatewayConfig:
     metrics_interval_s: float = 5.0
     cors_origins: tuple[str, ...] = ()
     sse_ping_s: float = 15.0
+    security: SecurityConfig | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -128,6 +132,7 @@ class GatewayConfig:
             ),
             cors_origins=_origins(reader.text("GRACE_GATEWAY_CORS_ORIGINS", "")),
             sse_ping_s=reader.number("GRACE_GATEWAY_SSE_PING_S", 15.0, minimum=0, maximum=3600),
+            security=server.security,
             env=env,
         )
 

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -32,9 +33,13 @@ from gateway.governance import governance_gate
 from gateway.openapi import ERROR_SCHEMA, build_openapi
 from gateway.routes import RouteTable, discover_services
 from gateway.upstreams import Upstreams
-from services.common import telemetry
+from services.common import channels, telemetry
+from services.common.auth import Authenticator
 from services.common.call_metrics import ImmuneReporter
+from services.common.channels import ClientSecurity
+from services.common.config import SecurityConfig
 from services.common.supervision import watch_supervisor
+from services.common.tokens import TokenValidator
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +128,13 @@ def build_app(
     log.info("gateway: %d routes over %d services", len(table), len(table.services()))
     if gate is None:
         gate = governance_gate(config.env)
-    return GatewayApp(config, table, upstreams, document, gate)
+    authenticator = None
+    if config.security is not None:
+        security = config.security
+        authenticator = Authenticator(
+            TokenValidator(security.tokens_file, refresh_s=security.token_refresh_s)
+        )
+    return GatewayApp(config, table, upstreams, document, gate, authenticator)
 
 
 # What a browser page may send and read across origins.
@@ -190,6 +201,27 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
+async def _follow_renewals(
+    uv_config: uvicorn.Config, security: SecurityConfig, every_s: float = 5.0
+) -> None:
+    """Loads a renewed certificate into the live TLS context: new handshakes use it."""
+
+    def stamp() -> int:
+        return security.cert_file.stat().st_mtime_ns
+
+    seen = stamp()
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            now = stamp()
+            if now != seen and uv_config.ssl is not None:
+                uv_config.ssl.load_cert_chain(str(security.cert_file), str(security.key_file))
+                seen = now
+                log.info("gateway: loaded the renewed TLS certificate")
+        except (OSError, ssl.SSLError):
+            log.exception("gateway: cannot load the renewed TLS certificate; keeping the old one")
+
+
 class Gateway:
     """The gateway on a uvicorn server.
 
@@ -200,6 +232,8 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, app: GatewayApp | None = None) -> None:
         self.config = config
+        if config.security is not None and channels.configured() is None:
+            channels.configure(ClientSecurity.of_process(config.security))
         self.app = app or build_app(config)
         self.port = 0
         self._socket: socket.socket | None = None
@@ -216,12 +250,14 @@ class Gateway:
             else None
         )
         self._reporting: asyncio.Task[None] | None = None
+        self._renewal: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
-        """The base URL, `http://host:port`."""
+        """The base URL, `https://host:port` (`http://` in insecure mode)."""
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.port}"
+        scheme = "http" if self.config.security is None else "https"
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
         """Binds and starts serving; returns once requests are accepted."""
@@ -255,6 +291,16 @@ class Gateway:
             # The client address must be the TCP peer: it becomes x-forwarded-for upstream.
             proxy_headers=False,
         )
+        security = self.config.security
+        if security is not None:
+            uv_config.ssl_certfile = str(security.cert_file)
+            uv_config.ssl_keyfile = str(security.key_file)
+            uv_config.load()
+            self._renewal = asyncio.create_task(
+                _follow_renewals(uv_config, security), name="gateway-tls-renewal"
+            )
+        else:
+            log.warning("gateway: INSECURE mode: plain HTTP, no authentication")
         self._server = _UvicornServer(uv_config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="gateway-http")
         while not self._server.started:
@@ -273,10 +319,11 @@ class Gateway:
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             await self._task
-        if self._reporting is not None:
-            self._reporting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporting
+        for task in (self._reporting, self._renewal):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.reporter is not None:
             await self.reporter.close()
         await self.app.upstreams.close()

@@ -17,6 +17,11 @@ from pathlib import Path
 import pytest
 
 from services.common.config import sqlite_url
+from tests.support import session_pki
+
+# Every server a test starts, in this process or as a child process, is secure and uses
+# the session's test CA and token file (grace up's children get their own from Guardian).
+os.environ.update(session_pki().env())
 
 
 @dataclass(frozen=True)

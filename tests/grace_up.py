@@ -7,6 +7,10 @@ registered themselves, and kills everything with SIGKILL when the block ends, ho
 ends: the process group of grace up, and the process group of every component (Guardian
 starts each in a session of its own, so killing grace up alone would leave them to notice
 their supervisor is gone and stop by themselves). A boot takes about 5 s on an idle machine.
+
+It runs the secure default: grace up creates its own CA and admin token in its data dir,
+and while the block runs every `channel()` of the test process uses that credential, as
+the `grace` CLI does; `RunningGrace.http()` is an HTTPS client with the admin token.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -22,13 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.common.channels import channel
+from services.cli.credentials import client_security
+from services.common import channels
+from services.common.channels import ClientSecurity, channel
 from services.guardian.topology import ComponentSpec, load_topology
-from tests.support import free_ports
+from tests.support import credential_env, free_ports, grpcurl_args, own_pki_env
 
 __all__ = ["EXAMPLES", "PROJECT_ROOT", "RunningGrace", "running_grace"]
 
@@ -45,24 +53,49 @@ class RunningGrace:
         components: The topology's components (core and examples), in boot order.
         addresses: `host:port` of every component and of "guardian".
         data_dir: Its data directory (logs in data_dir/logs).
+        security: The credential grace up wrote (None with --insecure).
     """
 
     components: tuple[ComponentSpec, ...]
     addresses: dict[str, str]
     data_dir: Path
+    security: ClientSecurity | None = None
 
     @property
     def gateway_url(self) -> str:
         """Base URL of the REST gateway."""
-        return f"http://{self.addresses['gateway']}"
+        scheme = "http" if self.security is None else "https"
+        return f"{scheme}://{self.addresses['gateway']}"
+
+    @property
+    def token(self) -> str:
+        """The admin token grace up wrote ("" with --insecure)."""
+        return (self.security.token or "") if self.security is not None else ""
+
+    def http(self, timeout: float = 60) -> httpx.AsyncClient:
+        """A client of the gateway that authenticates as a user would (CA and token)."""
+        if self.security is None:
+            return httpx.AsyncClient(base_url=self.gateway_url, timeout=timeout)
+        return httpx.AsyncClient(
+            base_url=self.gateway_url,
+            timeout=timeout,
+            verify=ssl.create_default_context(cafile=str(self.security.ca_file)),
+            headers={"authorization": f"Bearer {self.token}"},
+        )
 
     def grpc_components(self) -> list[ComponentSpec]:
         """Components that serve gRPC (all but the HTTP-only gateway)."""
         return [c for c in self.components if not c.health_http_path]
 
     def env(self) -> dict[str, str]:
-        """GRACE_<NAME>_ADDR for every component and Guardian, as clients read them."""
-        return {f"GRACE_{name.upper()}_ADDR": addr for name, addr in self.addresses.items()}
+        """GRACE_<NAME>_ADDR for every component and Guardian, as clients read them, and
+        the credential (GRACE_CA_FILE, GRACE_TLS_CERT, GRACE_TLS_KEY, GRACE_TOKEN)."""
+        env = {f"GRACE_{name.upper()}_ADDR": addr for name, addr in self.addresses.items()}
+        return {**env, **credential_env(self.security)}
+
+    def grpcurl_args(self) -> list[str]:
+        """grpcurl's flags for this Grace: `-cacert`, `-cert`, `-key` and the token."""
+        return grpcurl_args(self.security)
 
 
 @asynccontextmanager
@@ -94,6 +127,8 @@ async def running_grace(
         + config
     )
     data_dir = root / "data"
+    # grace up makes its own CA and tokens: the test session's PKI variables stay out.
+    up_env = own_pki_env(env)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -108,7 +143,7 @@ async def running_grace(
         str(guardian_port),
         *args,
         cwd=PROJECT_ROOT,
-        env=None if env is None else dict(env),
+        env=up_env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
@@ -116,18 +151,22 @@ async def running_grace(
     assert proc.stdout is not None
     output: list[str] = []
     drain: asyncio.Task[None] | None = None
+    previous = channels.configured()
     try:
         try:
             await asyncio.wait_for(_read_until_up(proc.stdout, output), BOOT_TIMEOUT_S)
         except TimeoutError:
             pytest.fail("grace up did not come up in time:\n" + "".join(output))
+        security = client_security(data_dir, env={})
+        channels.configure(security)
         # Keep reading, so a full pipe never blocks grace up while the tests run.
         drain = asyncio.create_task(_read_until_up(proc.stdout, output, until=""))
         await _wait_until_registered(
             addresses["registry"], [c.name for c in components if c.group == EXAMPLES]
         )
-        yield RunningGrace(components, addresses, data_dir)
+        yield RunningGrace(components, addresses, data_dir, security)
     finally:
+        channels.configure(previous)
         if proc.returncode is None:
             components_pids = await _component_pids(addresses["guardian"])
             os.killpg(proc.pid, signal.SIGKILL)

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import datetime
+import functools
+import os
+import shutil
 import socket
 import sys
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from services.common.channels import channel
-from services.common.config import ServerConfig
+from services.common import channels
+from services.common.channels import ClientSecurity, channel
+from services.common.config import SecurityConfig, ServerConfig
+from services.common.pki import (
+    SERVER_NAME,
+    CertificateAuthority,
+    Identity,
+    LeafFiles,
+    leaf_files,
+)
 from services.common.server import GraceServer, Service
+from services.common.tokens import TokenStore
 
 
 class ManualClock:
@@ -53,6 +69,162 @@ ISOLATED_PEERS = {
 }
 
 
+TEST_COMPONENT = "tests"
+
+
+@dataclass(frozen=True)
+class TestPki:
+    """The test session's Grace CA, certificates and tokens (one per test process).
+
+    Every in-process test server is secure: TLS with the `component:tests` certificate,
+    tokens checked against `tokens_file`. The test process's own channels present the
+    same certificate and the admin token; attack tests make channels with other
+    credentials (`client`).
+    """
+
+    directory: Path
+    ca: CertificateAuthority
+    tokens_file: Path
+    component: LeafFiles
+    admin_token: str
+    operator_token: str
+    reader_token: str
+
+    @property
+    def ca_file(self) -> Path:
+        return self.directory / "ca.crt"
+
+    def security(self) -> SecurityConfig:
+        """Server settings using the `component:tests` certificate."""
+        return SecurityConfig(
+            ca_file=self.ca_file,
+            cert_file=self.component.cert,
+            key_file=self.component.key,
+            tokens_file=self.tokens_file,
+            token_refresh_s=0.0,
+        )
+
+    def client(self, token: str | None = None, identity: Identity | None = None) -> ClientSecurity:
+        """Client credentials: a certificate for `identity` (default a `client` one, which
+        carries no authority: anonymous without a token) and optionally a token."""
+        identity = identity or Identity("client", "tests")
+        files = leaf_files(self.directory, identity)
+        if not files.cert.exists():
+            self.ca.issue_files(identity, files)
+        return ClientSecurity(self.ca_file, files.cert, files.key, token)
+
+    def grpcurl_args(self, token: str | None = None) -> list[str]:
+        """grpcurl's TLS flags (CA, client certificate) and the admin token by default."""
+        return grpcurl_args(self.client(token=token or self.admin_token))
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that make a server process use this PKI."""
+        return {
+            "GRACE_CA_FILE": str(self.ca_file),
+            "GRACE_TLS_CERT": str(self.component.cert),
+            "GRACE_TLS_KEY": str(self.component.key),
+            "GRACE_TOKENS_FILE": str(self.tokens_file),
+        }
+
+    def cli_env(self, token: str | None = None) -> dict[str, str]:
+        """The environment of a `grace` CLI process that calls the test servers."""
+        self.client(identity=Identity("client", "cli"))
+        return {
+            **os.environ,
+            "GRACE_PKI_DIR": str(self.directory),
+            "GRACE_TOKEN": token or self.admin_token,
+        }
+
+    def sync_channel(self, address: str) -> grpc.Channel:
+        """A blocking channel to a test server, as the `component:tests` identity."""
+        credentials = grpc.ssl_channel_credentials(
+            self.ca_file.read_bytes(),
+            self.component.key.read_bytes(),
+            self.component.cert.read_bytes(),
+        )
+        return grpc.secure_channel(
+            address, credentials, options=[("grpc.ssl_target_name_override", SERVER_NAME)]
+        )
+
+    def channel_as(self, address: str, principal: str, *roles: str) -> grpc.aio.Channel:
+        """A channel to `address` authenticated by a new token for `principal` with `roles`."""
+        return channel(address, security=self.client(token=self.token(principal, *roles)))
+
+    def token(self, principal: str, *roles: str) -> str:
+        """A new token for `principal` with `roles`."""
+        return TokenStore(self.tokens_file).create(principal, roles)[0]
+
+    def issue(self, identity: Identity, lifetime: datetime.timedelta) -> LeafFiles:
+        """(Re-)issues `identity`'s certificate with `lifetime`."""
+        files = leaf_files(self.directory, identity)
+        self.ca.issue_files(identity, files, lifetime)
+        return files
+
+
+@functools.cache
+def session_pki() -> TestPki:
+    """The session's PKI, created on first use and removed at exit."""
+    directory = Path(tempfile.mkdtemp(prefix="grace-test-pki-"))
+    atexit.register(shutil.rmtree, directory, True)
+    ca = CertificateAuthority.load_or_create(directory)
+    component = leaf_files(directory, Identity("component", TEST_COMPONENT))
+    ca.issue_files(Identity("component", TEST_COMPONENT), component)
+    store = TokenStore(directory / "tokens.json")
+    pki = TestPki(
+        directory=directory,
+        ca=ca,
+        tokens_file=store.path,
+        component=component,
+        admin_token=store.create("test-admin", ["admin"])[0],
+        operator_token=store.create("test-operator", ["operator"])[0],
+        reader_token=store.create("test-reader", ["reader"])[0],
+    )
+    # The test process calls as an admin over the `component:tests` certificate.
+    channels.configure(ClientSecurity(pki.ca_file, component.cert, component.key, pki.admin_token))
+    return pki
+
+
+def credential_env(security: ClientSecurity | None) -> dict[str, str]:
+    """A client's credential as the variables non-Python clients read ({} for plaintext)."""
+    if security is None:
+        return {}
+    env = {"GRACE_CA_FILE": str(security.ca_file)}
+    if security.cert_file is not None and security.key_file is not None:
+        env.update(
+            {"GRACE_TLS_CERT": str(security.cert_file), "GRACE_TLS_KEY": str(security.key_file)}
+        )
+    if security.token:
+        env["GRACE_TOKEN"] = security.token
+    return env
+
+
+def grpcurl_args(security: ClientSecurity | None) -> list[str]:
+    """grpcurl's flags for a credential: `-plaintext`, or the CA, certificate and token."""
+    if security is None:
+        return ["-plaintext"]
+    args = ["-cacert", str(security.ca_file)]
+    if security.cert_file is not None and security.key_file is not None:
+        args += ["-cert", str(security.cert_file), "-key", str(security.key_file)]
+    if security.token:
+        args += ["-H", f"authorization: Bearer {security.token}"]
+    return args
+
+
+TEST_PKI_VARS = (
+    "GRACE_CA_FILE",
+    "GRACE_TLS_CERT",
+    "GRACE_TLS_KEY",
+    "GRACE_TOKENS_FILE",
+    "GRACE_PKI_DIR",
+)
+
+
+def own_pki_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default os.environ) without the test PKI's variables: for `grace up` and the
+    CLI, which use the CA and credential of their own data dir."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k not in TEST_PKI_VARS}
+
+
 def server_config(
     service: str, data_dir: Path, database_url: str = "", peers: dict[str, str] | None = None
 ) -> ServerConfig:
@@ -69,6 +241,7 @@ def server_config(
         data_dir=data_dir,
         database_url=database_url or f"sqlite+aiosqlite:///{data_dir / (service + '.db')}",
         shutdown_grace_s=0.5,
+        security=session_pki().security(),
         env={**ISOLATED_PEERS, **(peers or {})},
     )
 

@@ -21,6 +21,7 @@ from services.cli import (
     immutable_log,
     memory,
     tasks,
+    token,
     up,
     verify,
     workflows,
@@ -39,6 +40,7 @@ COMMANDS: tuple[Callable[[click.Group], None], ...] = (
     verify.register,
     completion.register,
     tasks.register,
+    token.register,
 )
 
 

@@ -34,7 +34,9 @@ from typing import Any, TypeVar
 import click
 import grpc
 
+from services.cli.credentials import client_security
 from services.cli.output import FORMATS, Printer
+from services.common import channels
 from services.common.channels import channel
 from services.common.config import DEFAULT_PORTS, env_prefix, peer_address
 
@@ -196,6 +198,9 @@ def _make_session(ctx: click.Context) -> Session:
         data_dir=data_dir_of(data_dir_value),
         env=os.environ,
     )
+    # Every channel of this command authenticates with the credential grace up wrote in
+    # the data dir (plaintext when there is none: an insecure Grace).
+    channels.configure(client_security(made.data_dir, made.env))
     ctx.obj = made
     return made
 

@@ -33,9 +33,10 @@ from services.cli.session import (
     read_state,
     session,
 )
-from services.common.config import ConfigError
+from services.common.config import DEFAULT_PORTS, ConfigError
 from services.common.data_dir import secure_data_dir
 from services.common.telemetry import TraceContextFilter, configure_logging, configure_tracing
+from services.common.tokens import admin_token_file
 from services.guardian.config import EXAMPLES_GROUP, SERVICE, GuardianConfig
 from services.guardian.model import ComponentStatus, State, StateChange
 from services.guardian.topology import Topology, TopologyError, load_topology
@@ -77,6 +78,12 @@ def register(cli: click.Group) -> None:
     metavar="ENDPOINT",
     help="Export traces of Guardian and every component to this OTLP/gRPC endpoint "
     "(for example localhost:4317, Jaeger's).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="INSECURE: plaintext gRPC and HTTP, no authentication, no certificates (for "
+    "experiments on a trusted machine only; GRACE_INSECURE=true).",
 )
 @click.option("--data-dir", help="Data directory (default ./.grace; GRACE_DATA_DIR).")
 @click.option("--host", help="Interface Guardian binds (GRACE_GUARDIAN_HOST).")
@@ -130,8 +137,22 @@ def run_up(args: argparse.Namespace) -> int:
     # Imported here: Guardian's runtime (storage, outbox) would slow every other command.
     from services.guardian.runner import serve
 
+    gateway = topology.component("gateway")
+    registry = topology.component("registry")
+    reporter = ConsoleReporter(
+        sys.stdout,
+        how_to_call(
+            data_dir,
+            gateway.port if gateway else None,
+            registry.port if registry else DEFAULT_PORTS["registry"],
+        )
+        if config.server.security is not None
+        else "",
+    )
+    if config.server.security is None:
+        print(INSECURE_WARNING, file=sys.stderr, flush=True)
     with _state_file(data_dir, config, topology):
-        return asyncio.run(serve(config, topology, reporter=ConsoleReporter(sys.stdout)))
+        return asyncio.run(serve(config, topology, reporter=reporter))
 
 
 @contextlib.contextmanager
@@ -182,6 +203,36 @@ def _alive(pid: object) -> bool:
     return True
 
 
+INSECURE_WARNING = (
+    "\n*** grace up --insecure: NO TLS, NO AUTHENTICATION. Anyone who can reach a port can "
+    "read everything, register or move domains, stop components and change policies. "
+    "For experiments on a trusted machine only. ***\n"
+)
+
+
+def how_to_call(data_dir: Path, gateway_port: int | None, registry_port: int) -> str:
+    """What `grace up` prints about the credential it wrote and how to use it."""
+    pki = data_dir / "pki"
+    token = admin_token_file(data_dir)
+    lines = [
+        f"Secure by default: TLS with the Grace CA {pki / 'ca.crt'}, admin token in {token}",
+        "(the grace CLI uses both by itself; pass --data-dir or GRACE_DATA_DIR elsewhere).",
+        f'  export GRACE_TOKEN="$(cat {token})"',
+    ]
+    if gateway_port is not None:
+        lines.append(
+            f'  curl --cacert {pki / "ca.crt"} -H "authorization: Bearer $GRACE_TOKEN" '
+            f"https://127.0.0.1:{gateway_port}/domains/list"
+        )
+    lines.append(
+        f"  grpcurl -cacert {pki / 'ca.crt'} -cert {pki / 'client' / 'cli.crt'} "
+        f'-key {pki / "client" / "cli.key"} -H "authorization: Bearer $GRACE_TOKEN" '
+        f"127.0.0.1:{registry_port} list"
+    )
+    lines.append("More tokens: grace token create --principal NAME --role reader")
+    return "\n".join(lines)
+
+
 def _configure_logging(data_dir: Path, level: str) -> Path:
     """Everything to <data dir>/logs/guardian.log; only errors to the terminal."""
     configure_logging(level)
@@ -200,8 +251,9 @@ def _configure_logging(data_dir: Path, level: str) -> Path:
 class ConsoleReporter:
     """Prints what `grace up` users see: a line per state change and the table."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, hint: str = "") -> None:
         self.out = out
+        self.hint = hint
 
     def _print(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -225,6 +277,8 @@ class ConsoleReporter:
             f"\nGrace is up: {len(components)} component(s) supervised by Guardian on "
             f"{address}. Ctrl-C stops everything.\n"
         )
+        if self.hint:
+            self._print(self.hint + "\n")
 
     def boot_failed(self, message: str) -> None:
         print(f"grace up: {message}", file=sys.stderr, flush=True)

@@ -13,6 +13,17 @@ Variables common to every server (SERVICE is the upper-case component name):
   URL; default `sqlite+aiosqlite:///<data dir>/<service>.db`.
 - `GRACE_SHUTDOWN_GRACE_S`: how long in-flight calls may finish at shutdown (default 5).
 - `GRACE_MAX_MESSAGE_BYTES`: largest gRPC message accepted or sent (default and least 4 MiB).
+
+Security (see docs/security.md); secure unless `GRACE_INSECURE` is true:
+
+- `GRACE_INSECURE`: true serves plaintext with no authentication (`grace up --insecure`).
+- `GRACE_PKI_DIR`: the CA bundle, certificates and token file (default <data dir>/pki).
+- `GRACE_CA_FILE`: the Grace CA bundle (default <pki dir>/ca.crt).
+- `GRACE_TLS_CERT` / `GRACE_TLS_KEY`: this process's certificate and key (default
+  <pki dir>/component/<service>.crt and .key, as `grace up` issues them).
+- `GRACE_TOKENS_FILE`: the hashed token file (default <pki dir>/tokens.json).
+- `GRACE_TOKEN_REFRESH_S`: how often a server re-reads the token file (default 1 s: the
+  longest a revocation takes to apply).
 """
 
 from __future__ import annotations
@@ -136,6 +147,42 @@ def env_prefix(service: str) -> str:
 
 
 @dataclass(frozen=True)
+class SecurityConfig:
+    """TLS and authentication settings of a secure process.
+
+    Attributes:
+        ca_file: PEM bundle of the Grace CA (trusted roots for peers).
+        cert_file: This process's PEM certificate (re-read when renewed).
+        key_file: Its PEM private key.
+        tokens_file: The hashed token file servers validate bearer tokens against.
+        token_refresh_s: Longest time a change to the token file goes unseen.
+    """
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    tokens_file: Path
+    token_refresh_s: float = 1.0
+
+    @classmethod
+    def from_env(
+        cls, service: str, data_dir: Path, env: Mapping[str, str], kind: str = "component"
+    ) -> SecurityConfig | None:
+        """The settings from `env`, or None when `GRACE_INSECURE` is true."""
+        reader = EnvReader(env)
+        if reader.flag("GRACE_INSECURE", False):
+            return None
+        pki = Path(reader.text("GRACE_PKI_DIR", str(data_dir / "pki")))
+        return cls(
+            ca_file=Path(reader.text("GRACE_CA_FILE", str(pki / "ca.crt"))),
+            cert_file=Path(reader.text("GRACE_TLS_CERT", str(pki / kind / f"{service}.crt"))),
+            key_file=Path(reader.text("GRACE_TLS_KEY", str(pki / kind / f"{service}.key"))),
+            tokens_file=Path(reader.text("GRACE_TOKENS_FILE", str(pki / "tokens.json"))),
+            token_refresh_s=reader.number("GRACE_TOKEN_REFRESH_S", 1.0, minimum=0, maximum=300),
+        )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """What every Grace gRPC server needs to start.
 
@@ -148,6 +195,7 @@ class ServerConfig:
         database_url: SQLAlchemy async URL of this service's store.
         shutdown_grace_s: Seconds in-flight calls get to finish at shutdown.
         max_message_bytes: Largest message received or sent.
+        security: TLS and authentication; None serves plaintext to anyone (insecure mode).
         env: The environment the config was read from, for telemetry set-up.
     """
 
@@ -158,6 +206,7 @@ class ServerConfig:
     database_url: str = ""
     shutdown_grace_s: float = 5.0
     max_message_bytes: int = 4 * 1024 * 1024
+    security: SecurityConfig | None = None
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -215,6 +264,7 @@ class ServerConfig:
                 minimum=4 * 1024 * 1024,
                 maximum=256 * 1024 * 1024,
             ),
+            security=SecurityConfig.from_env(service, data_dir, env),
             env=env,
         )
 

@@ -104,10 +104,14 @@ class ErrorTranslator(grpc.aio.ServerInterceptor):
 
     Args:
         is_ready: Returns True once the service's storage is open and it may serve.
+        always_ready: Full method names served while the service starts, too.
     """
 
-    def __init__(self, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, is_ready: Callable[[], bool], always_ready: frozenset[str] = frozenset()
+    ) -> None:
         self._is_ready = is_ready
+        self._always_ready = always_ready
 
     async def intercept_service(
         self,
@@ -150,8 +154,8 @@ class ErrorTranslator(grpc.aio.ServerInterceptor):
             )
         return handler  # type: ignore[no-any-return]  # grpc's handler is untyped here
 
-    def _check_ready(self) -> None:
-        if not self._is_ready():
+    def _check_ready(self, method: str) -> None:
+        if method not in self._always_ready and not self._is_ready():
             raise Unavailable("service is starting or shutting down; retry shortly")
 
     def _wrap_unary(
@@ -159,7 +163,7 @@ class ErrorTranslator(grpc.aio.ServerInterceptor):
     ) -> Callable[..., Awaitable[Any]]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             try:
-                self._check_ready()
+                self._check_ready(method)
                 request = _decoded_stream(request) if streaming_request else _decoded(request)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
@@ -180,7 +184,7 @@ class ErrorTranslator(grpc.aio.ServerInterceptor):
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             try:
-                self._check_ready()
+                self._check_ready(method)
                 request = _decoded_stream(request) if streaming_request else _decoded(request)
                 async for response in behavior(request, context):
                     yield response

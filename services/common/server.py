@@ -5,6 +5,11 @@ its storage in `start` and flushes it in `stop`. `GraceServer` does the rest the
 for everyone: `grpc.aio` server with message limits and `so_reuseport` off, health
 (NOT_SERVING until `start` returns, NOT_SERVING again at shutdown), reflection, the tracing
 and error-translation interceptors, and graceful shutdown on SIGTERM/SIGINT.
+
+In secure mode (the default; `config.security` set) the server listens on TLS only with its
+certificate from the Grace CA, re-read when renewed without a restart, requests (and the
+`Authorizer` verifies) client certificates, authenticates bearer tokens, and checks every
+call against the access table. The process's own client channels use the same certificate.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import telemetry
-from services.common.channels import SERVER_KEEPALIVE_OPTIONS
-from services.common.config import ConfigError, ServerConfig, server_flag_parser
+from services.common import channels, telemetry
+from services.common.auth import Authenticator, Authorizer
+from services.common.channels import SERVER_KEEPALIVE_OPTIONS, ClientSecurity
+from services.common.config import ConfigError, SecurityConfig, ServerConfig, server_flag_parser
 from services.common.data_dir import secure_data_dir
 from services.common.errors import GraceError
 from services.common.heap import HeapProfiler
@@ -30,6 +36,7 @@ from services.common.interceptors import ErrorTranslator
 from services.common.reflection import enable_reflection
 from services.common.supervision import watch_supervisor
 from services.common.telemetry import configure_logging
+from services.common.tokens import TokenValidator
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,9 @@ class Service:
     """
 
     bound_port: int = 0
+    # Full method names served while `start` runs (before SERVING), e.g. what the
+    # components a supervisor boots call back during the boot.
+    serves_while_starting: frozenset[str] = frozenset()
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         """Adds the servicers; returns the full names of the services added."""
@@ -74,10 +84,18 @@ class GraceServer:
         self._ready = False
         self._health = health.aio.HealthServicer()
         self._service_names: list[str] = []
+        security = config.security
+        auth: list[grpc.aio.ServerInterceptor] = []
+        if security is not None:
+            auth.append(Authorizer(authenticator(security)))
+            if channels.configured() is None:
+                # One server per process in production; its channels use its certificate.
+                channels.configure(ClientSecurity.of_process(security))
         self._server = grpc.aio.server(
             interceptors=[
                 *telemetry.current().server_interceptors(),
-                ErrorTranslator(lambda: self._ready),
+                ErrorTranslator(lambda: self._ready, service.serves_while_starting),
+                *auth,
             ],
             options=[
                 ("grpc.so_reuseport", 0),
@@ -102,7 +120,17 @@ class GraceServer:
             [*self._service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
         )
         try:
-            self.port = self._server.add_insecure_port(self.config.bind_address)
+            if self.config.security is None:
+                log.warning(
+                    "%s: INSECURE mode: plaintext, no authentication, anyone who reaches "
+                    "the port controls it",
+                    self.config.service,
+                )
+                self.port = self._server.add_insecure_port(self.config.bind_address)
+            else:
+                self.port = self._server.add_secure_port(
+                    self.config.bind_address, server_credentials(self.config.security)
+                )
         except RuntimeError as exc:
             raise OSError(
                 f"{self.config.service}: cannot bind {self.config.bind_address} "
@@ -182,6 +210,66 @@ class GraceServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop(grace=0.5)
+
+
+def authenticator(security: SecurityConfig) -> Authenticator:
+    """Token and certificate validation from the configured files."""
+    return Authenticator(TokenValidator(security.tokens_file, refresh_s=security.token_refresh_s))
+
+
+class _ReloadingCertificate:
+    """grpcio's certificate fetcher: a new configuration whenever the files changed.
+
+    grpcio calls it for each new TLS handshake; it costs a `stat` of the certificate.
+    """
+
+    def __init__(self, security: SecurityConfig) -> None:
+        self._security = security
+        self._stamp: tuple[int, int] | None = None
+
+    def _stamp_now(self) -> tuple[int, int]:
+        stat = self._security.cert_file.stat()
+        return stat.st_mtime_ns, stat.st_size
+
+    def load(self) -> grpc.ServerCertificateConfiguration:
+        self._stamp = self._stamp_now()
+        s = self._security
+        return grpc.ssl_server_certificate_configuration(
+            [(s.key_file.read_bytes(), s.cert_file.read_bytes())],
+            root_certificates=s.ca_file.read_bytes(),
+        )
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            if self._stamp_now() == self._stamp:
+                return None
+            return self.load()
+        except (OSError, ValueError):
+            log.exception("cannot reload the TLS certificate; keeping the current one")
+            return None
+
+
+def server_credentials(security: SecurityConfig) -> grpc.ServerCredentials:
+    """Mutual-TLS credentials that follow certificate renewals.
+
+    A client certificate issued by the Grace CA is required and verified by grpcio during
+    the handshake (grpcio has no "request but do not require" mode that would still
+    verify). People's tools present a `client` certificate and a bearer token.
+    """
+    try:
+        fetcher = _ReloadingCertificate(security)
+        initial = fetcher.load()
+    except OSError as exc:
+        raise ConfigError(
+            f"TLS: cannot read {exc.filename}: run under 'grace up' (which issues every "
+            "component's certificate), set GRACE_TLS_CERT/GRACE_TLS_KEY/GRACE_CA_FILE, or "
+            "set GRACE_INSECURE=true for plaintext"
+        ) from None
+    return grpc.dynamic_ssl_server_credentials(
+        initial,
+        fetcher,  # type: ignore[arg-type]  # grpcio documents None as "keep the current one"
+        require_client_authentication=True,
+    )
 
 
 def serve_main(

@@ -15,6 +15,11 @@ Besides the common server settings (see `services.common.config`; Guardian's por
   `GRACE_GUARDIAN_GOVERNANCE_FALLBACK` (log_only | enforce, default log_only): what to do
   when governance cannot answer; `GRACE_GUARDIAN_GOVERNANCE_DEADLINE_S` (2).
 
+Security (see docs/security.md): secure by default. `--insecure` (or `GRACE_INSECURE=true`)
+runs Guardian and every component in plaintext with no authentication. Otherwise Guardian
+creates the Grace CA under `<data dir>/pki` and issues each component a certificate that
+lives `GRACE_CERT_LIFETIME` (default 24h; renewed at two thirds).
+
 Timing (probe interval, timeout, failures; backoff; budgets; start-up and stop timeouts)
 lives in the topology file's [probe], [restart], [boot] and [registration] tables.
 """
@@ -22,12 +27,20 @@ lives in the topology file's [probe], [restart], [boot] and [registration] table
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, server_flag_parser
+from services.common.config import (
+    DEFAULT_PORTS,
+    ConfigError,
+    EnvReader,
+    ServerConfig,
+    server_flag_parser,
+)
+from services.common.tokens import TokenError, parse_duration
 
 SERVICE = "guardian"
 DEFAULT_TOPOLOGY_FILE = "grace.toml"
@@ -45,6 +58,7 @@ class GuardianConfig:
         governance: Ask governance before each Heal.
         governance_fallback: "log_only" or "enforce" when governance cannot answer.
         governance_deadline_s: Longest wait for governance's answer.
+        cert_lifetime: Lifetime of the certificates Guardian issues (secure mode).
     """
 
     server: ServerConfig
@@ -53,6 +67,7 @@ class GuardianConfig:
     governance: bool = True
     governance_fallback: str = "log_only"
     governance_deadline_s: float = 2.0
+    cert_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
 
     @classmethod
     def from_env(
@@ -64,8 +79,14 @@ class GuardianConfig:
         otlp = getattr(flags, "otlp", None)
         if otlp:
             env.update(otlp_environment(otlp))
+        if getattr(flags, "insecure", False):
+            env["GRACE_INSECURE"] = "true"
         reader = EnvReader(env)
         server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
+        try:
+            cert_lifetime = parse_duration(reader.text("GRACE_CERT_LIFETIME", "24h"))
+        except TokenError as exc:
+            raise ConfigError(f"GRACE_CERT_LIFETIME: {exc}") from None
         config_text = getattr(flags, "config", None) or reader.raw("GRACE_CONFIG")
         topology_file: Path | None
         if config_text:
@@ -89,6 +110,7 @@ class GuardianConfig:
             governance_deadline_s=reader.number(
                 "GRACE_GUARDIAN_GOVERNANCE_DEADLINE_S", 2.0, minimum=0.05, maximum=60
             ),
+            cert_lifetime=cert_lifetime,
         )
 
 
@@ -124,6 +146,12 @@ def add_guardian_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--with-examples",
         action="store_true",
         help=f"also run the '{EXAMPLES_GROUP}' group (the example domains)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="INSECURE: plaintext gRPC and HTTP, no authentication, no certificates "
+        "(anyone who reaches a port controls Grace); for experiments only",
     )
     parser.add_argument(
         "--otlp",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2
 
+from services.common import channels
 from services.common.channels import channel
+from services.common.pki import SERVER_NAME
 from services.guardian.settings import ProbeSettings
 
 log = logging.getLogger(__name__)
@@ -96,23 +99,27 @@ async def check_once(stub: HealthClient, service: str, timeout_s: float) -> Obse
 async def http_check(address: str, path: str, timeout_s: float) -> Observation:
     """One `GET path` over HTTP/1.0: 2xx is SERVING, any other status NOT_SERVING.
 
-    For components that serve HTTP rather than gRPC health (`health_http_path`).
+    For components that serve HTTP rather than gRPC health (`health_http_path`). When this
+    process's channels are secure, HTTPS verified against the Grace CA first (the gateway);
+    a server that does not speak TLS at all (a third-party `command` component) is then
+    asked over plain HTTP, since a health status is no secret.
     """
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
+    security = channels.configured()
+    context = None
+    if security is not None:
+        context = ssl.create_default_context(cafile=str(security.ca_file))
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, int(port))
             try:
-                writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
-                await writer.drain()
-                status_line = await reader.readline()
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-    except (OSError, TimeoutError) as exc:
+                status_line = await _status_line(host, int(port), address, path, context)
+            except ssl.SSLError as exc:
+                if context is None or "WRONG_VERSION_NUMBER" not in str(exc):
+                    raise
+                status_line = await _status_line(host, int(port), address, path, None)
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
         latency = (time.perf_counter() - started) * 1000
         reason = str(exc) or type(exc).__name__
         return Observation(UNREACHABLE, True, latency, f"HTTP: {reason}", at=time.time())
@@ -122,6 +129,22 @@ async def http_check(address: str, path: str, timeout_s: float) -> Observation:
     if 200 <= code < 300:
         return Observation("SERVING", True, latency, at=time.time())
     return Observation("NOT_SERVING", True, latency, f"HTTP status {code}", at=time.time())
+
+
+async def _status_line(
+    host: str, port: int, address: str, path: str, context: ssl.SSLContext | None
+) -> bytes:
+    reader, writer = await asyncio.open_connection(
+        host, port, ssl=context, server_hostname=SERVER_NAME if context is not None else None
+    )
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+        await writer.drain()
+        return await reader.readline()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
 
 
 async def probe_address(

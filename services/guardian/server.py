@@ -18,6 +18,7 @@ from services.common.server import Service
 from services.common.storage import Database
 from services.guardian.config import GuardianConfig
 from services.guardian.consent import HealConsent
+from services.guardian.credentials import Credentials
 from services.guardian.healing_workflow import HealingWorkflows
 from services.guardian.journal import Journal
 from services.guardian.playbooks import Healer
@@ -42,6 +43,9 @@ class GuardianServer(Service):
         address: Returns Guardian's own `host:port` once bound (given to children).
     """
 
+    # Domains Guardian boots join (get their certificate) during the boot.
+    serves_while_starting = frozenset({f"/{SERVICE_NAME}/JoinDomain"})
+
     def __init__(
         self,
         config: GuardianConfig,
@@ -61,6 +65,14 @@ class GuardianServer(Service):
             if topology.registration.enabled
             else None
         )
+        security = config.server.security
+        self.credentials: Credentials | None = (
+            Credentials(config.server.data_dir, security, config.cert_lifetime)
+            if security is not None
+            else None
+        )
+        if self.credentials is not None:
+            self.credentials.prepare()
         self.supervisor = Supervisor(
             topology,
             data_dir=config.server.data_dir,
@@ -69,6 +81,7 @@ class GuardianServer(Service):
             guardian_address=config.server.bind_address,
             journal=self.journal,
             registrar=self.registrar,
+            credentials=self.credentials,
         )
         self.governance = (
             GovernanceClient(
@@ -123,7 +136,13 @@ class GuardianServer(Service):
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         guardian_pb2_grpc.add_GuardianServiceServicer_to_server(
-            GuardianServicer(self.supervisor, self.healer, self.shutting_down, self.workflows),
+            GuardianServicer(
+                self.supervisor,
+                self.healer,
+                self.shutting_down,
+                workflows=self.workflows,
+                credentials=self.credentials,
+            ),
             server,
         )
         return [SERVICE_NAME]
@@ -131,6 +150,10 @@ class GuardianServer(Service):
     async def start(self) -> None:
         self.supervisor.guardian_address = self._address()
         await self.store.open()
+        if self.credentials is not None:
+            self._tasks.append(
+                asyncio.create_task(self.credentials.renew_forever(), name="cert-renewal")
+            )
         if self.registrar is not None:
             self._tasks.append(asyncio.create_task(self.registrar.run(), name="registrar"))
         if self.relay is not None:

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
+from services.common.auth import acting_for, current_principal
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.governance_client import DECISION_METADATA
 from services.common.pagination import (
@@ -19,8 +20,10 @@ from services.common.pagination import (
     page_size,
     take_page,
 )
+from services.common.pki import cert_pem, certificate_identity
 from services.common.timestamps import to_timestamp
 from services.common.validation import require_text
+from services.guardian.credentials import Credentials
 from services.guardian.healing_workflow import HealingWorkflows
 from services.guardian.model import ComponentStatus, HealResult, State, SystemStatus
 from services.guardian.playbooks import Healer
@@ -93,13 +96,17 @@ def _heal_to_proto(result: HealResult) -> guardian_pb2.HealResponse:
 
 
 def _asker(context: Context) -> tuple[str, str]:
-    """(actor, governance decision id) from the call's metadata."""
+    """(actor, governance decision id) of the call: the authenticated principal (a Grace
+    component may name whom it acts for in `x-actor`; see `acting_for`)."""
     metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-    return metadata.get("x-actor", ""), metadata.get(DECISION_METADATA, "")
+    return acting_for(metadata.get("x-actor", "")), metadata.get(DECISION_METADATA, "")
 
 
 def _name(value: str) -> str:
     return require_text("component_name", value, max_length=_MAX_NAME, required=True)
+
+
+MAX_CSR_BYTES = 8192
 
 
 class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
@@ -111,11 +118,13 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
         healer: Healer,
         shutdown: asyncio.Event,
         workflows: HealingWorkflows | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self._workflows = workflows
         self._supervisor = supervisor
         self._healer = healer
         self._shutdown = shutdown
+        self._credentials = credentials
 
     async def ListComponents(
         self, request: guardian_pb2.ListComponentsRequest, context: Context
@@ -253,4 +262,18 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
             unhealthy_required=health.unhealthy_required,
             started_at=to_timestamp(health.started_at),
             boot_complete=health.boot_complete,
+        )
+
+    async def JoinDomain(
+        self, request: guardian_pb2.JoinDomainRequest, context: Context
+    ) -> guardian_pb2.JoinDomainResponse:
+        if self._credentials is None:
+            raise FailedPrecondition("Grace runs with --insecure: there is no CA to join")
+        require_text("csr_pem", request.csr_pem, max_length=MAX_CSR_BYTES, required=True)
+        cert = self._credentials.join(current_principal(), request.csr_pem.encode())
+        return guardian_pb2.JoinDomainResponse(
+            certificate_pem=cert_pem(cert).decode(),
+            ca_pem=self._credentials.ca.bundle_pem.decode(),
+            expires_at=to_timestamp(cert.not_valid_after_utc.timestamp()),
+            spiffe_id=certificate_identity(cert).spiffe_id,
         )

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from services.common.errors import NotFound, Unavailable
+from services.guardian.credentials import Credentials
 from services.guardian.journal import Journal
 from services.guardian.lifecycle import Lifecycle, Managed
 from services.guardian.model import (
@@ -58,6 +59,7 @@ class Supervisor:
         guardian_address: Guardian's `host:port`, given to children as GRACE_GUARDIAN_ADDR.
         journal: Where decisions are logged and recorded.
         registrar: Registers components in the registry; None to skip.
+        credentials: Issues each child's certificate (secure mode); None for plaintext.
         clock: Epoch seconds.
     """
 
@@ -71,6 +73,7 @@ class Supervisor:
         guardian_address: str,
         journal: Journal,
         registrar: Registrar | None = None,
+        credentials: Credentials | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.topology = topology
@@ -80,6 +83,7 @@ class Supervisor:
         self.guardian_address = guardian_address
         self.journal = journal
         self.registrar = registrar
+        self.credentials = credentials
         self.clock = clock
         self.started_at = clock()
         self.boot_complete = False
@@ -312,7 +316,13 @@ class Supervisor:
     def _child_env(self, status: ComponentStatus) -> dict[str, str]:
         peers = {m.status.name: m.status.address for m in self._components.values()}
         peers["guardian"] = self.guardian_address
-        return child_environment(self.base_env, status, peers, self.data_dir)
+        env = child_environment(self.base_env, status, peers, self.data_dir)
+        if self.credentials is not None:
+            issued = self.credentials.child_env(
+                status.name, status.spec.identity, peers.get("gateway")
+            )
+            env.update({k: v for k, v in issued.items() if k not in status.spec.env})
+        return env
 
     # ---- state -----------------------------------------------------------------------
 

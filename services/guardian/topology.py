@@ -57,6 +57,8 @@ class ComponentSpec:
         group: "core" always runs; other groups run when enabled.
         capabilities: Capabilities registered in the registry.
         register: Register it in the registry.
+        identity: "component" or "domain": the kind of certificate Guardian issues it
+            (`spiffe://grace.local/<identity>/<name>`) in secure mode.
         enabled: False removes it from the topology.
         startup_timeout_s: Overrides the boot setting for this component.
     """
@@ -75,6 +77,7 @@ class ComponentSpec:
     group: str = CORE_GROUP
     capabilities: tuple[str, ...] = ()
     register: bool = True
+    identity: str = "component"
     enabled: bool = True
     startup_timeout_s: float | None = None
 
@@ -148,6 +151,7 @@ _COMPONENT_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "group": (str, "a string"),
     "capabilities": (list, "a list of strings"),
     "register": (bool, "true or false"),
+    "identity": (str, "component or domain"),
     "enabled": (bool, "true or false"),
     "startup_timeout_s": ((int, float), "a number"),
 }
@@ -383,9 +387,16 @@ def _component(name: str, table: Any, source: str) -> ComponentSpec:
         group=table.get("group", CORE_GROUP),
         capabilities=_strings(f"{where} capabilities", table.get("capabilities", []), source),
         register=table.get("register", True),
+        identity=_identity(f"{where} identity", table.get("identity", "component"), source),
         enabled=table.get("enabled", True),
         startup_timeout_s=None if timeout is None else float(timeout),
     )
+
+
+def _identity(where: str, value: str, source: str) -> str:
+    if value not in ("component", "domain"):
+        raise TopologyError(f"{source}: {where}={value!r}: expected component or domain")
+    return value
 
 
 def _check_graph(active: list[ComponentSpec], defined: set[str], source: str) -> None:

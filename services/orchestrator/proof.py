@@ -41,6 +41,7 @@ from grace.orchestrator.v1 import orchestrator_pb2
 from services.common import signing
 from services.common.components import component_key_path
 from services.common.config import DEFAULT_DATA_DIR
+from services.common.pki import Identity, PkiError, check_attestation
 
 PROOF_VERSION = "grace.orchestrator.proof.v1"
 RECORD_FIELDS = (
@@ -60,6 +61,7 @@ RECORD_FIELDS = (
     "prev_hash",
 )
 _MAX_SAFE_INT = 2**53
+ORCHESTRATOR_IDENTITY = Identity("component", "orchestrator")
 
 
 def _normalize(value: Any) -> Any:
@@ -123,6 +125,23 @@ def signing_message(
     )
 
 
+def attestation_message(proof: orchestrator_pb2.ExecutionProof) -> bytes:
+    """What the orchestrator's Grace certificate key signs: the signing message and the
+    hex of the Ed25519 public key, so the key and the chain head are bound to the
+    orchestrator's identity."""
+    return (
+        signing_message(
+            proof.execution_id,
+            proof.workflow_id,
+            proof.final_state,
+            len(proof.records),
+            proof.head_hash,
+        )
+        + b"\n"
+        + proof.public_key.hex().encode()
+    )
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Outcome of a verification.
@@ -142,12 +161,17 @@ def _record_dict(record: orchestrator_pb2.ProofRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in (*RECORD_FIELDS, "hash")}
 
 
-def verify_proof(proof: orchestrator_pb2.ExecutionProof, public_key: bytes = b"") -> Verdict:
+def verify_proof(
+    proof: orchestrator_pb2.ExecutionProof, public_key: bytes = b"", ca_bundle: bytes = b""
+) -> Verdict:
     """Verifies a proof offline: each record's hash, the chain links, the head, the signature.
 
     Args:
         proof: The proof as returned by GetExecutionProof.
         public_key: Raw Ed25519 key that must have signed it; empty trusts the proof's key.
+        ca_bundle: PEM of the Grace CA: the proof's signer certificate must be issued by it
+            to `component:orchestrator` and its key must have signed the proof's key and
+            head. Empty checks only the proof's own consistency.
     """
     if public_key and public_key != proof.public_key:
         return Verdict(
@@ -156,6 +180,19 @@ def verify_proof(proof: orchestrator_pb2.ExecutionProof, public_key: bytes = b""
             f"the proof was signed by key {signing.key_id(proof.public_key)}, "
             f"not by the trusted key {signing.key_id(public_key)}",
         )
+    if ca_bundle:
+        if not proof.signer_certificate_pem:
+            return Verdict(False, -1, "the proof carries no signer certificate to check")
+        try:
+            check_attestation(
+                ca_bundle,
+                proof.signer_certificate_pem.encode(),
+                attestation_message(proof),
+                proof.certificate_signature,
+                ORCHESTRATOR_IDENTITY,
+            )
+        except PkiError as exc:
+            return Verdict(False, -1, f"signer: {exc}")
     previous = genesis_hash(proof.execution_id)
     for position, record in enumerate(proof.records):
         fields = _record_dict(record)
@@ -250,25 +287,44 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         default=env.get("GRACE_DATA_DIR") or DEFAULT_DATA_DIR,
         help="data dir whose orchestrator.pub is trusted (GRACE_DATA_DIR; default ./.grace)",
     )
+    parser.add_argument(
+        "--ca",
+        default="",
+        help="the Grace CA bundle (<data dir>/pki/ca.crt): the signer must be Grace's "
+        "orchestrator, certified by it (default: the data dir's, when there is one)",
+    )
     args = parser.parse_args(argv)
     try:
         text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
         proof = load_proof(text)
+        bundle = Path(args.ca).read_bytes() if args.ca else b""
     except (OSError, ValueError, json_format.ParseError) as exc:
         print(f"verify-proof: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
-    trust = key_trust(
-        pinned=_key(args.public_key) if args.public_key else b"", data_dir=Path(args.data_dir)
-    )
-    print(f"checked against {trust.described}")
-    if not trust.public_key:
-        print(f"INVALID: the signer (key {proof.key_id}) cannot be checked: {trust.described}")
-        return 1
-    verdict = verify_proof(proof, trust.public_key)
+    pinned = _key(args.public_key) if args.public_key else b""
+    data_dir = Path(args.data_dir)
+    if not bundle and not pinned:
+        # A secure Grace's data dir holds its CA: the signer must be certified by it.
+        ca_file = data_dir / "pki" / "ca.crt"
+        bundle = ca_file.read_bytes() if ca_file.is_file() else b""
+    if bundle:
+        print(
+            "checked against the Grace CA bundle"
+            + (f" and key {signing.key_id(pinned)}" if pinned else "")
+        )
+        verdict = verify_proof(proof, pinned, bundle)
+    else:
+        trust = key_trust(pinned=pinned, data_dir=data_dir)
+        print(f"checked against {trust.described}")
+        if not trust.public_key:
+            print(f"INVALID: the signer (key {proof.key_id}) cannot be checked: {trust.described}")
+            return 1
+        verdict = verify_proof(proof, trust.public_key)
     if verdict.valid:
+        signer = " (orchestrator certified by the Grace CA)" if bundle else ""
         print(
             f"valid: execution {proof.execution_id} ({proof.final_state}), "
-            f"{len(proof.records)} records, signed by key {proof.key_id}"
+            f"{len(proof.records)} records, signed by key {proof.key_id}{signer}"
         )
         return 0
     where = f" (record {verdict.first_invalid_record})" if verdict.first_invalid_record >= 0 else ""

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import grpc
 
 from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from services.common.channels import channel
-from services.common.config import peer_address
+from services.common.config import SecurityConfig, peer_address
 from services.common.domain_router import DomainRouter
 from services.common.governance_client import GovernanceClient
 from services.common.identity import ComponentIdentity
 from services.common.outbox import OutboxRelay, Publisher
+from services.common.pki import PkiError, attest
 from services.common.server import Service
 from services.common.signing import load_or_create_key
 from services.common.storage import Database
@@ -54,7 +56,7 @@ class OrchestratorServer(Service):
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
-            OrchestratorServicer(self._core), server
+            OrchestratorServicer(self._core, proof_attestor(self.config.server.security)), server
         )
         return [SERVICE_NAME]
 
@@ -107,3 +109,26 @@ class OrchestratorServer(Service):
             await self._registry_channel.close()
         if self._governance is not None:
             await self._governance.close()
+
+
+def proof_attestor(
+    security: SecurityConfig | None,
+) -> Callable[[bytes], tuple[str, bytes]] | None:
+    """Signs proofs with this orchestrator's current Grace certificate (None: insecure)."""
+    if security is None:
+        return None
+
+    def attest_now(message: bytes) -> tuple[str, bytes]:
+        for attempt in range(3):
+            cert = security.cert_file.read_bytes()
+            key = security.key_file.read_bytes()
+            try:
+                return cert.decode(), attest(cert, key, message)
+            except PkiError:
+                if attempt == 2:
+                    raise
+                # A renewal landed between the two reads (key first, then certificate).
+                time.sleep(0.05)
+        raise AssertionError("unreachable")
+
+    return attest_now

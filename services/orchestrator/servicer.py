@@ -15,7 +15,7 @@ from services.common.validation import require_struct_size
 from services.orchestrator.definition import RetryDraft, StepDraft
 from services.orchestrator.engine import Orchestrator
 from services.orchestrator.model import Execution, ExecutionState, JsonDict, StepState, WorkflowSpec
-from services.orchestrator.proof import verify_proof
+from services.orchestrator.proof import attestation_message, verify_proof
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 pb = orchestrator_pb2
@@ -146,8 +146,13 @@ def execution_to_proto(ex: Execution) -> pb.Execution:
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     """Serves `grace.orchestrator.v1.OrchestratorService` over an `Orchestrator` core."""
 
-    def __init__(self, core: Callable[[], Orchestrator]) -> None:
+    def __init__(
+        self,
+        core: Callable[[], Orchestrator],
+        attestor: Callable[[bytes], tuple[str, bytes]] | None = None,
+    ) -> None:
         self._get_core = core
+        self._attestor = attestor
 
     @property
     def _core(self) -> Orchestrator:
@@ -246,6 +251,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             public_key=found.public_key,
             key_id=found.key_id,
         )
+        if self._attestor is not None:
+            # Binds the proof's key and head to this orchestrator's Grace identity.
+            message.signer_certificate_pem, message.certificate_signature = self._attestor(
+                attestation_message(message)
+            )
         return pb.GetExecutionProofResponse(proof=message)
 
     async def VerifyProof(

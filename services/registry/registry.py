@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.pagination import decode_token, encode_token, page_size, take_page
 from services.common.validation import require_id
 from services.registry import ranking
@@ -76,7 +76,7 @@ def merge(existing: DomainRecord, reg: Registration) -> tuple[Registration, list
     current = {
         "capabilities": existing.capabilities,
         "version": existing.version,
-        "metadata": existing.metadata,
+        "metadata": {k: v for k, v in existing.metadata.items() if k != OWNER_KEY},
         "public_key": existing.public_key,
         "lease_ttl": existing.lease_ttl_s,
     }
@@ -202,28 +202,44 @@ class Registry:
     # -- writes ----------------------------------------------------------------------
 
     async def register(
-        self, registration: Registration, *, replace: bool = False
+        self, registration: Registration, owner: str = "", *, replace: bool = False
     ) -> tuple[DomainRecord, bool]:
         """Registers or updates a domain; returns the record and whether it is new
         (`registered` tells more)."""
-        outcome = await self.registered(registration, replace=replace)
+        outcome = await self.registered(registration, owner, replace=replace)
         return outcome.record, outcome.created
 
     async def registered(
-        self, registration: Registration, *, replace: bool = False
+        self, registration: Registration, owner: str = "", *, replace: bool = False
     ) -> RegisterOutcome:
         """Registers or updates a domain and reports what changed.
 
         An update keeps every optional field the registration leaves empty (capabilities,
         version, metadata, public key, lease TTL) unless `replace` is set; see `merge`.
+
+        Args:
+            registration: What to register.
+            owner: The authenticated principal registering ("" when security is off).
+                A new record is bound to it (metadata `grace.owner`); only that principal
+                may update, heartbeat or deregister the record afterwards.
+            replace: Replace the record whole instead of merging it.
         """
         reg = validate_registration(registration)
         kept: list[str] = []
         async with self._lock:
             now = self._clock()
             existing = self._records.get(reg.domain_id)
-            if existing is not None and not replace:
-                reg, kept = merge(existing, reg)
+            if existing is not None:
+                require_owner(existing, owner, "register")
+                if not replace:
+                    reg, kept = merge(existing, reg)
+            # The owner binding is the registry's, never the caller's: a new dict, since a
+            # merged registration shares the stored record's metadata.
+            metadata = {k: v for k, v in reg.metadata.items() if k != OWNER_KEY}
+            bound = existing.metadata.get(OWNER_KEY, "") if existing is not None else ""
+            if bound or owner:
+                metadata[OWNER_KEY] = bound or owner
+            reg = dataclasses.replace(reg, metadata=metadata)
             ttl = reg.lease_ttl_s or self.settings.default_lease_ttl_s
             record = DomainRecord(
                 domain_id=reg.domain_id,
@@ -250,14 +266,23 @@ class Registry:
         )
 
     async def heartbeat(
-        self, domain_id: str, metrics: Metrics | None = None, degraded: bool = False
+        self,
+        domain_id: str,
+        metrics: Metrics | None = None,
+        degraded: bool = False,
+        owner: str = "",
     ) -> DomainRecord:
-        """Renews a lease, records metrics, and moves the status if it changed."""
+        """Renews a lease, records metrics, and moves the status if it changed.
+
+        `owner` is the authenticated caller ("" when security is off): it must be the
+        principal the record is bound to.
+        """
         require_id("domain_id", domain_id)
         if metrics is not None:
             metrics = validate_metrics(metrics)
         async with self._lock:
             current = self._get(domain_id)
+            require_owner(current, owner, "heartbeat for")
             now = self._clock()
             status = DomainStatus.DEGRADED if degraded else DomainStatus.HEALTHY
             record = current.with_changes(
@@ -274,11 +299,18 @@ class Registry:
                 await self._commit([Change(record.revision, ChangeKind.STATUS_CHANGED, record)])
         return record
 
-    async def deregister(self, domain_id: str) -> int:
-        """Removes a domain; returns the revision of the removal."""
+    async def deregister(self, domain_id: str, owner: str = "", admin: bool = False) -> int:
+        """Removes a domain; returns the revision of the removal.
+
+        Only the principal the record is bound to may remove it, or an admin (`admin`),
+        to clear a record whose owner is gone; "" (security off) skips the check.
+        """
         require_id("domain_id", domain_id)
         async with self._lock:
-            record = self._get(domain_id).with_changes(revision=self._revision + 1)
+            current = self._get(domain_id)
+            if not admin:
+                require_owner(current, owner, "deregister")
+            record = current.with_changes(revision=self._revision + 1)
             await self._commit([Change(record.revision, ChangeKind.REMOVED, record)])
             return record.revision
 
@@ -519,3 +551,19 @@ class Registry:
             pending = self._changes_after(last)[:WATCH_BATCH]
             last = pending[-1].revision
             yield WatchBatch(pending, last)
+
+
+OWNER_KEY = "grace.owner"
+
+
+def require_owner(record: DomainRecord, caller: str, action: str) -> None:
+    """Raises PermissionDenied unless `caller` is the principal `record` is bound to.
+
+    A record without an owner (registered with security off) and a caller "" (security
+    off) are not checked.
+    """
+    bound = record.metadata.get(OWNER_KEY, "")
+    if bound and caller and caller != bound:
+        raise PermissionDenied(
+            f"domain_id={record.domain_id!r} is bound to {bound}; {caller} may not {action} it"
+        )

@@ -8,11 +8,12 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.auth import current_principal
 from services.common.pagination import encoded_size
 from services.common.peers import caller_host
 from services.common.timestamps import from_duration, to_duration, to_timestamp
 from services.registry.model import ChangeKind, DomainRecord, DomainStatus, Metrics, Registration
-from services.registry.registry import Registry
+from services.registry.registry import OWNER_KEY, Registry
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -32,7 +33,7 @@ _KIND_TO_PROTO = {
 
 
 def domain_to_proto(record: DomainRecord) -> registry_pb2.Domain:
-    """The wire form of a domain record."""
+    """The wire form of a domain record (the owner binding stays inside the registry)."""
     return registry_pb2.Domain(
         domain_id=record.domain_id,
         host=record.host,
@@ -40,7 +41,7 @@ def domain_to_proto(record: DomainRecord) -> registry_pb2.Domain:
         address=record.address,
         capabilities=record.capabilities,
         version=record.version,
-        metadata=record.metadata,
+        metadata={k: v for k, v in record.metadata.items() if k != OWNER_KEY},
         public_key=record.public_key,
         lease_ttl=to_duration(record.lease_ttl_s),
         status=_STATUS_TO_PROTO[record.status],
@@ -89,7 +90,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             public_key=request.public_key,
             lease_ttl_s=from_duration(request.lease_ttl) if request.HasField("lease_ttl") else None,
         )
-        outcome = await self._registry.registered(registration, replace=request.replace)
+        outcome = await self._registry.registered(
+            registration, owner=_caller(), replace=request.replace
+        )
         return registry_pb2.RegisterDomainResponse(
             domain=self._domain(outcome.record),
             created=outcome.created,
@@ -104,13 +107,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if request.HasField("metrics"):
             m = request.metrics
             metrics = Metrics(load=m.load, latency_ms=m.latency_ms, success_rate=m.success_rate)
-        record = await self._registry.heartbeat(request.domain_id, metrics, request.degraded)
+        record = await self._registry.heartbeat(
+            request.domain_id, metrics, request.degraded, _caller()
+        )
         return registry_pb2.HeartbeatResponse(domain=self._domain(record))
 
     async def DeregisterDomain(
         self, request: registry_pb2.DeregisterDomainRequest, context: Context
     ) -> registry_pb2.DeregisterDomainResponse:
-        revision = await self._registry.deregister(request.domain_id)
+        principal = current_principal()
+        revision = await self._registry.deregister(
+            request.domain_id, _caller(), admin=principal is not None and principal.is_admin
+        )
         return registry_pb2.DeregisterDomainResponse(revision=revision)
 
     async def GetDomain(
@@ -181,3 +189,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             leases_expired=stats.leases_expired,
             domains_reaped=stats.domains_reaped,
         )
+
+
+def _caller() -> str:
+    """The authenticated principal of the call ("" when security is off)."""
+    principal = current_principal()
+    return principal.name if principal is not None else ""

@@ -38,6 +38,7 @@ from services.common.server import GraceServer
 from services.common.validation import ID_PATTERN, MAX_ID_LENGTH
 from services.sdk.config import DomainConfig, parse_flags
 from services.sdk.context import Context, Event, Outcome
+from services.sdk.join import JoinSettings, join_if_due, renew_forever
 
 log = logging.getLogger(__name__)
 
@@ -255,10 +256,18 @@ class Domain:
         telemetry.configure_tracing(self.domain_id, config.server.env)
 
         async def serve() -> None:
+            # With GRACE_JOIN_TOKEN, get (or renew) the domain's certificate first.
+            joining = JoinSettings.from_env(config.server.security, config.server.env)
+            await join_if_due(joining)
+            renewal = asyncio.create_task(renew_forever(joining)) if joining else None
             service = DomainServer(self, config)
             server = GraceServer(config.server, service)
             service.attach(server)
-            await server.serve_forever()
+            try:
+                await server.serve_forever()
+            finally:
+                if renewal is not None:
+                    renewal.cancel()
 
         asyncio.run(serve())
         return 0

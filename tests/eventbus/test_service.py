@@ -16,7 +16,7 @@ from google.protobuf import json_format, struct_pb2
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from services.eventbus.server import EventBusServer
 from tests.eventbus.conftest import bus_config, eventually
-from tests.support import serving
+from tests.support import serving, session_pki
 
 Stub = eventbus_pb2_grpc.EventBusServiceStub
 SEED_BODY = (
@@ -78,7 +78,7 @@ async def test_the_seed_publish_body_works_verbatim_over_grpcurl(tmp_path: Path)
 async def _grpcurl_publish(address: str, stub: Stub) -> None:
     proc = await asyncio.create_subprocess_exec(
         str(GRPCURL),
-        "-plaintext",
+        *session_pki().grpcurl_args(),
         "-d",
         SEED_BODY,
         address,

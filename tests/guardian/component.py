@@ -28,6 +28,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.config import SecurityConfig
+from services.common.server import server_credentials
+
 
 def _record(path: str | None, name: str, what: str) -> None:
     if path:
@@ -45,7 +48,12 @@ async def _serve(args: argparse.Namespace) -> int:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    # Secure like every Grace server, with the certificate Guardian issued it.
+    security = SecurityConfig.from_env(args.name, Path("."), os.environ)
+    if security is None:
+        server.add_insecure_port(f"127.0.0.1:{port}")
+    else:
+        server.add_secure_port(f"127.0.0.1:{port}", server_credentials(security))
     await servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     _record(args.record, args.name, "started")

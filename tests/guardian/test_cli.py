@@ -15,12 +15,14 @@ from services.cli import cli
 from services.cli.up import parse_up_flags
 from services.guardian.topology import load_topology
 from tests.guardian.conftest import pid_exists, port_open
-from tests.support import free_ports
+from tests.support import free_ports, own_pki_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _grace(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def _grace(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", *args],
         capture_output=True,
@@ -28,6 +30,7 @@ def _grace(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         cwd=PROJECT_ROOT,
         check=False,
+        env=own_pki_env() if env is None else env,
     )
 
 
@@ -85,13 +88,27 @@ async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_beh
         registry_pid = int(table_row.split()[2])
 
         status = await asyncio.to_thread(
-            _grace, "status", "-o", "table", "--guardian", f"127.0.0.1:{guardian_port}"
+            _grace,
+            "status",
+            "-o",
+            "table",
+            "--guardian",
+            f"127.0.0.1:{guardian_port}",
+            "--data-dir",
+            str(data_dir),
         )
         assert status.returncode == 0, status.stdout + status.stderr
         assert f"system: SERVING ({len(names)}/{len(names)} SERVING)" in status.stdout
         assert (data_dir / "logs" / "registry.log").exists()
 
-        target = ("-o", "table", "--guardian", f"127.0.0.1:{guardian_port}")
+        target = (
+            "-o",
+            "table",
+            "--guardian",
+            f"127.0.0.1:{guardian_port}",
+            "--data-dir",
+            str(data_dir),
+        )
         diagnosis = await asyncio.to_thread(
             _grace, "heal", "registry", "--playbook", "diagnose_network", *target
         )
@@ -135,6 +152,7 @@ async def _start_up(config: Path, data_dir: Path, guardian_port: int) -> asyncio
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        env=own_pki_env(),
     )
 
 

@@ -19,7 +19,9 @@ from gateway.server import Gateway, build_app
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from grace.kernels.governance.v1 import governance_pb2 as gov
 from grace.kernels.governance.v1 import governance_pb2_grpc
+from services.common.channels import channel
 from services.common.config import ServerConfig
+from services.common.pki import Identity
 from services.guardian.config import GuardianConfig
 from services.guardian.server import GuardianServer
 from services.kernels.governance.config import GovernanceConfig
@@ -29,7 +31,7 @@ from services.kernels.governance.server import GovernanceServer
 from tests.gateway.conftest import gateway_config
 from tests.guardian.conftest import component, topology
 from tests.guardian.test_cli import _grace
-from tests.support import free_ports, server_config, serving
+from tests.support import free_ports, server_config, serving, session_pki
 
 pytestmark = pytest.mark.slow
 
@@ -102,10 +104,11 @@ async def test_an_enforced_forbid_refuses_the_heal_and_leaves_the_component_alon
         await forbid_restarts(s.governance)
         before = await pid_of(s.guardian, "alpha")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await s.guardian.Heal(
-                guardian_pb2.HealRequest(component_name="alpha", playbook="restart_component"),
-                metadata=[("x-actor", "user:alice")],
-            )
+            async with session_pki().channel_as(s.address, "user:alice", "operator") as alice:
+                await guardian_pb2_grpc.GuardianServiceStub(alice).Heal(
+                    guardian_pb2.HealRequest(component_name="alpha", playbook="restart_component"),
+                    metadata=[("x-actor", "user:mallory")],
+                )
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "no restarts during the change freeze" in (refused.value.details() or "")
         assert "user:alice" in (refused.value.details() or "")
@@ -118,7 +121,14 @@ async def test_an_enforced_forbid_refuses_the_heal_and_leaves_the_component_alon
 
         # `grace heal` reports the refusal with the policy's reason.
         cli = await asyncio.to_thread(
-            _grace, "heal", "alpha", "--playbook", "restart_component", "--guardian", s.address
+            _grace,
+            "heal",
+            "alpha",
+            "--playbook",
+            "restart_component",
+            "--guardian",
+            s.address,
+            env=session_pki().cli_env(),
         )
         assert cli.returncode != 0
         assert "PERMISSION_DENIED" in cli.stderr
@@ -218,7 +228,8 @@ async def test_log_only_lets_the_heal_run_and_records_what_enforcing_would_do(
         )
         assert healed.success
         assert healed.component.pid != before
-        listed = await s.governance.ListDecisions(gov.ListDecisionsRequest(actor="operator"))
+        # The actor is who authenticated (the test process's admin token), not a header.
+        listed = await s.governance.ListDecisions(gov.ListDecisionsRequest(actor="test-admin"))
         [decision] = listed.decisions
         assert (decision.action, decision.resource) == (
             "heal:restart_component",
@@ -245,10 +256,13 @@ async def test_a_decision_the_caller_holds_is_confirmed_not_asked_again(tmp_path
         )
         assert asked.allowed
         decision_id = asked.decision.decision_id
-        healed = await s.guardian.Heal(
-            guardian_pb2.HealRequest(component_name="alpha", playbook="restart_component"),
-            metadata=[("x-actor", "immune"), ("x-governance-decision", decision_id)],
-        )
+        # The immune kernel is a component: it names whom it acts for.
+        immune = session_pki().client(identity=Identity("component", "immune"))
+        async with channel(s.address, security=immune) as chan:
+            healed = await guardian_pb2_grpc.GuardianServiceStub(chan).Heal(
+                guardian_pb2.HealRequest(component_name="alpha", playbook="restart_component"),
+                metadata=[("x-actor", "immune"), ("x-governance-decision", decision_id)],
+            )
         assert healed.success
         listed = await s.governance.ListDecisions(gov.ListDecisionsRequest())
         assert [d.decision_id for d in listed.decisions] == [decision_id]

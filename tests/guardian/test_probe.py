@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,10 +12,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common.server import server_credentials
 from services.guardian.probe import HealthProbe, Observation, http_check, probe_address
 from services.guardian.settings import ProbeSettings
 from tests.guardian.conftest import eventually
-from tests.support import free_ports
+from tests.support import free_ports, session_pki
 
 
 class CheckOnlyHealth(health.aio.HealthServicer):
@@ -28,7 +30,7 @@ class CheckOnlyHealth(health.aio.HealthServicer):
 async def health_server(servicer: health.aio.HealthServicer) -> AsyncIterator[str]:
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(session_pki().security()))
     await server.start()
     try:
         yield f"127.0.0.1:{port}"
@@ -108,7 +110,10 @@ async def http_server(status_line: bytes) -> AsyncIterator[str]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki = session_pki()
+    tls.load_cert_chain(pki.component.cert, pki.component.key)
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     try:
         yield f"127.0.0.1:{port}"

@@ -28,7 +28,7 @@ from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import channel
 from services.common.governance_client import GovernanceClient
 from services.guardian.topology import load_topology
-from tests.support import free_ports
+from tests.support import free_ports, session_pki
 
 pytestmark = pytest.mark.slow
 
@@ -118,6 +118,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_s: float, what
 def start_guardian(config: Path, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
     """`python -m services.guardian` with the test topology, in its own process group."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRACE_")}
+    env.update(session_pki().env())  # Guardian and its children use the test session's CA
     env["GRACE_EVENTBUS_ADDR"] = f"127.0.0.1:{free_ports(1)[0]}"  # no bus: outboxes hold
     with (tmp_path / "guardian.err").open("wb") as errors:
         return subprocess.Popen(

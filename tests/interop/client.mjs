@@ -1,8 +1,10 @@
 // A Grace client in JavaScript, loaded from the same protos/ as the Python services.
 // Usage: node client.mjs <scenario> ; addresses come from GRACE_<SERVICE>_ADDR and
 // include directories from GRACE_PROTO_INCLUDES (path-separated). Prints one JSON line
-// per step so the Python test can assert on what a Node user observes.
+// per step so the Python test can assert on what a Node user observes. Credentials come
+// from GRACE_CA_FILE, GRACE_TLS_CERT, GRACE_TLS_KEY and GRACE_TOKEN.
 import fs from "node:fs";
+import https from "node:https";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import grpc from "@grpc/grpc-js";
@@ -27,10 +29,47 @@ function load(file) {
   return grpc.loadPackageDefinition(definition);
 }
 
+// Grace is secure by default: mutual TLS with a certificate from the Grace CA (every Grace
+// server certificate carries the name grace.local) and a bearer token on every call.
+// Without GRACE_CA_FILE the client speaks plaintext, as to `grace up --insecure`.
+function channelCredentials() {
+  const ca = process.env.GRACE_CA_FILE;
+  if (!ca) return [grpc.credentials.createInsecure(), {}];
+  let credentials = grpc.credentials.createSsl(
+    fs.readFileSync(ca),
+    fs.readFileSync(process.env.GRACE_TLS_KEY),
+    fs.readFileSync(process.env.GRACE_TLS_CERT),
+  );
+  const token = process.env.GRACE_TOKEN;
+  if (token) {
+    const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+      const metadata = new grpc.Metadata();
+      metadata.add("authorization", `Bearer ${token}`);
+      callback(null, metadata);
+    });
+    credentials = grpc.credentials.combineChannelCredentials(credentials, bearer);
+  }
+  return [credentials, { "grpc.ssl_target_name_override": "grace.local" }];
+}
+
 function client(pkg, service, component) {
   const address = process.env[`GRACE_${component.toUpperCase()}_ADDR`];
   if (!address) throw new Error(`GRACE_${component.toUpperCase()}_ADDR is not set`);
-  return new pkg[service](address, grpc.credentials.createInsecure());
+  const [credentials, options] = channelCredentials();
+  return new pkg[service](address, credentials, options);
+}
+
+function httpsHealth(address) {
+  return new Promise((resolve, reject) => {
+    const colon = address.lastIndexOf(":");
+    const [host, port] = [address.slice(0, colon), address.slice(colon + 1)];
+    https
+      .get({ host, port, path: "/healthz", ca: fs.readFileSync(process.env.GRACE_CA_FILE) }, (res) => {
+        res.resume();
+        resolve(res.statusCode);
+      })
+      .on("error", reject);
+  });
 }
 
 function unary(stub, method, request) {
@@ -287,8 +326,10 @@ const scenarios = {
     for (const component of (process.env.GRACE_INTEROP_HTTP_COMPONENTS || "").split(",")) {
       if (!component) continue;
       const address = process.env[`GRACE_${component.toUpperCase()}_ADDR`];
-      const reply = await fetch(`http://${address}/healthz`);
-      report("health", { component, status: reply.ok ? "SERVING" : `HTTP ${reply.status}` });
+      const code = process.env.GRACE_CA_FILE
+        ? await httpsHealth(address)
+        : (await fetch(`http://${address}/healthz`)).status;
+      report("health", { component, status: code === 200 ? "SERVING" : `HTTP ${code}` });
     }
   },
 };

@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 from google.protobuf import descriptor_pool
 
+from services.common import channels
 from services.guardian.topology import load_topology
 from tests.grace_up import EXAMPLES, RunningGrace
+from tests.support import grpcurl_args
 
 # Every generated module, imported for its descriptors: `describe` output is checked
 # against the protos.
@@ -49,9 +51,10 @@ STANDARD_SERVICES = {
 
 
 def grpcurl(address: str, *args: str, data: dict[str, Any] | None = None) -> str:
-    """Runs `grpcurl -plaintext [-d JSON] ADDRESS ARGS...` and returns its stdout."""
+    """Runs `grpcurl -cacert CA -cert CERT -key KEY -H 'authorization: Bearer TOKEN'
+    [-d JSON] ADDRESS ARGS...` with the credential grace up wrote; returns its stdout."""
     assert GRPCURL is not None
-    command = [GRPCURL, "-plaintext"]
+    command = [GRPCURL, *grpcurl_args(channels.configured())]
     if data is not None:
         command += ["-d", json.dumps(data)]
     result = subprocess.run(

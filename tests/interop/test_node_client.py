@@ -24,6 +24,7 @@ from services.common import codegen
 from services.orchestrator.proof import load_proof, verify_proof
 from tests.grace_up import RunningGrace
 from tests.registry.conftest import RunningRegistry
+from tests.support import credential_env, session_pki
 
 HERE = Path(__file__).parent
 NODE, NPM = shutil.which("node"), shutil.which("npm")
@@ -75,8 +76,14 @@ async def run_node(scenario: str, env: Mapping[str, str]) -> list[dict[str, Any]
 async def test_node_registers_finds_and_sees_errors(
     node_client: dict[str, str], registry_server: RunningRegistry
 ) -> None:
+    pki = session_pki()
     steps = await run_node(
-        "registry", {**node_client, "GRACE_REGISTRY_ADDR": registry_server.address}
+        "registry",
+        {
+            **node_client,
+            "GRACE_REGISTRY_ADDR": registry_server.address,
+            **credential_env(pki.client(token=pki.admin_token)),
+        },
     )
     by_step = {s["step"]: s for s in steps}
     assert by_step["register"] == {"step": "register", "created": True, "address": "127.0.0.1:9333"}

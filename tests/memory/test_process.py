@@ -15,7 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support import free_port
+from tests.support import free_port, session_pki
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ SERVICE = "grace.memory.v1.SharedMemoryService"
 
 def wait_serving(address: str, within_s: float = 30.0) -> None:
     deadline = time.monotonic() + within_s
-    with grpc.insecure_channel(address) as chan:
+    with session_pki().sync_channel(address) as chan:
         stub = health_pb2_grpc.HealthStub(chan)
         while time.monotonic() < deadline:
             try:
@@ -40,7 +40,14 @@ def wait_serving(address: str, within_s: float = 30.0) -> None:
 def grpcurl(address: str, method: str, body: dict[str, object]) -> dict[str, object]:
     tool = shutil.which("grpcurl") or str(Path(sys.executable).with_name("grpcurl"))
     out = subprocess.run(
-        [tool, "-plaintext", "-d", json.dumps(body), address, f"{SERVICE}/{method}"],
+        [
+            tool,
+            *session_pki().grpcurl_args(),
+            "-d",
+            json.dumps(body),
+            address,
+            f"{SERVICE}/{method}",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -57,6 +64,7 @@ def test_the_seed_flow_works_with_grpcurl_and_the_process_stops_cleanly(tmp_path
         "GRACE_MEMORY_PORT": str(port),
         "GRACE_DATA_DIR": str(tmp_path),
         "GRACE_EVENTBUS_ADDR": "127.0.0.1:1",
+        **session_pki().env(),
     }
     env.pop("GRACE_DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "services.memory"], env=env)

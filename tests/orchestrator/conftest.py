@@ -27,7 +27,7 @@ from services.orchestrator.server import OrchestratorServer
 from services.registry.config import RegistryConfig
 from services.registry.registry import RegistrySettings
 from services.registry.server import RegistryServer
-from tests.support import server_config, serving
+from tests.support import server_config, serving, session_pki
 
 NO_BUS = {"GRACE_EVENTBUS_ADDR": "127.0.0.1:9"}
 
@@ -136,7 +136,12 @@ class World:
         port: int = 0,
     ) -> FakeDomain:
         domain = FakeDomain(domain_id, self.journal)
-        config = ServerConfig(service=f"domain-{domain_id}", port=port, shutdown_grace_s=0.1)
+        config = ServerConfig(
+            service=f"domain-{domain_id}",
+            port=port,
+            shutdown_grace_s=0.1,
+            security=session_pki().security(),
+        )
         server = await self.stack.enter_async_context(GraceServer(config, DomainHost(domain)))
         self.domains[domain_id] = domain
         self.servers[domain_id] = server

@@ -13,6 +13,7 @@ from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from tests.registry.conftest import RunningRegistry
+from tests.support import session_pki
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installed")
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.skipif(GRPCURL is None, reason="grpcurl is not installe
 async def grpcurl(*args: str) -> str:
     process = await asyncio.create_subprocess_exec(
         str(GRPCURL),
-        "-plaintext",
+        *session_pki().grpcurl_args(),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

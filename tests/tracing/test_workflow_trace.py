@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.grace_up import running_grace
+from tests.grace_up import RunningGrace, running_grace
 from tests.tracing.otlp_receiver import OtlpReceiver, ReceivedSpan, exporter_env
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -82,9 +82,9 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
 
 
 @pytest.fixture
-async def gateway_url(tmp_path: Path, receiver: OtlpReceiver) -> AsyncIterator[str]:
+async def grace(tmp_path: Path, receiver: OtlpReceiver) -> AsyncIterator[RunningGrace]:
     """Runs `grace up --with-examples --otlp <receiver>` with every component on a free
-    port; yields the gateway's URL; kills the whole process group at the end."""
+    port; yields it; kills the whole process group at the end."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     # Prompt export; the endpoint itself comes from --otlp.
     env.update(
@@ -96,7 +96,7 @@ async def gateway_url(tmp_path: Path, receiver: OtlpReceiver) -> AsyncIterator[s
         args=("--otlp", receiver.endpoint),
         env=env,
     ) as platform:
-        yield platform.gateway_url
+        yield platform
 
 
 async def _create(http: httpx.AsyncClient, workflow: dict[str, Any], traceparent: str) -> str:
@@ -145,9 +145,9 @@ def _has_step_spans(trace_id: str, steps: int) -> Any:
 
 @pytest.mark.slow
 async def test_the_document_workflow_is_one_trace_from_the_gateway_to_every_domain(
-    gateway_url: str, receiver: OtlpReceiver
+    grace: RunningGrace, receiver: OtlpReceiver
 ) -> None:
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
+    async with grace.http() as http:
         workflow_id = await _create(http, DOCUMENT_WORKFLOW, _traceparent(TRACE_ID, CREATE_SPAN))
         execution = await _execute(http, workflow_id, _traceparent(TRACE_ID, CLIENT_SPAN))
         assert execution["state"] == "EXECUTION_STATE_SUCCEEDED", execution

@@ -9,7 +9,8 @@ import grpc
 
 from grace.kernels.governance.v1 import governance_pb2 as pb
 from grace.kernels.governance.v1 import governance_pb2_grpc
-from services.common.errors import InvalidArgument
+from services.common.auth import current_principal
+from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.pagination import encoded_size
 from services.common.timestamps import from_timestamp, to_timestamp
 from services.common.validation import require_struct_size
@@ -173,13 +174,13 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
 
     async def Approve(self, request: pb.ApproveRequest, context: Context) -> pb.ApproveResponse:
         approval = await self._gov.approvals.approve(
-            request.approval_id, request.approver, request.reason
+            request.approval_id, _approver(request.approver), request.reason
         )
         return pb.ApproveResponse(approval=approval_to_proto(approval))
 
     async def Reject(self, request: pb.RejectRequest, context: Context) -> pb.RejectResponse:
         approval = await self._gov.approvals.reject(
-            request.approval_id, request.approver, request.reason
+            request.approval_id, _approver(request.approver), request.reason
         )
         return pb.RejectResponse(approval=approval_to_proto(approval))
 
@@ -208,3 +209,18 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             },
             log_backlog=stats.log_backlog,
         )
+
+
+def _approver(claimed: str) -> str:
+    """Who settles an approval: the authenticated caller, never a name the caller chose.
+
+    With security off (no principal) the request's `approver` is taken as given.
+    """
+    principal = current_principal()
+    if principal is None:
+        return claimed
+    if claimed and claimed != principal.name:
+        raise PermissionDenied(
+            f"approver={claimed!r}: must be empty or the authenticated caller ({principal.name})"
+        )
+    return principal.name

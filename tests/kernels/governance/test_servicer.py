@@ -24,7 +24,7 @@ from services.kernels.governance.config import GovernanceConfig
 from services.kernels.governance.governance import GovernanceSettings
 from services.kernels.governance.model import Mode
 from services.kernels.governance.server import GovernanceServer
-from tests.support import free_port, server_config, serving
+from tests.support import free_port, server_config, serving, session_pki
 
 
 class Collected:
@@ -99,13 +99,15 @@ async def test_the_approval_flow_end_to_end(governance: Running) -> None:
     )
     assert [a.approval_id for a in listed.approvals] == [decision.approval_id]
     with pytest.raises(grpc.aio.AioRpcError) as own:
-        await governance.stub.Approve(
-            pb.ApproveRequest(approval_id=decision.approval_id, approver="immune")
-        )
+        async with session_pki().channel_as(governance.address, "immune", "operator") as chan:
+            await governance_pb2_grpc.GovernanceServiceStub(chan).Approve(
+                pb.ApproveRequest(approval_id=decision.approval_id)
+            )
     assert own.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    await governance.stub.Approve(
-        pb.ApproveRequest(approval_id=decision.approval_id, approver="ops:bob", reason="ok")
-    )
+    async with session_pki().channel_as(governance.address, "ops:bob", "operator") as chan:
+        await governance_pb2_grpc.GovernanceServiceStub(chan).Approve(
+            pb.ApproveRequest(approval_id=decision.approval_id, reason="ok")
+        )
     settled = await watch.read()
     assert settled.approval.status == pb.APPROVAL_STATUS_APPROVED
     assert settled.approval.decided_by == "ops:bob"
@@ -236,7 +238,10 @@ async def test_the_verify_action_waits_for_an_approval(governance: Running) -> N
     assert waiting.value.code() == grpc.StatusCode.UNAVAILABLE
     pending = await governance.stub.ListApprovals(pb.ListApprovalsRequest())
     approval_id = pending.approvals[0].approval_id
-    await governance.stub.Approve(pb.ApproveRequest(approval_id=approval_id, approver="ops"))
+    async with session_pki().channel_as(governance.address, "ops", "operator") as chan:
+        await governance_pb2_grpc.GovernanceServiceStub(chan).Approve(
+            pb.ApproveRequest(approval_id=approval_id)
+        )
     retried = await governance.domain.Execute(request)  # same key: same decision, now approved
     assert retried.output["allowed"] is True
     assert retried.output["approval_id"] == approval_id
@@ -254,17 +259,18 @@ async def test_the_client_asks_governance_and_waits_for_approvals(governance: Ru
         assert high.verdict == "deny"
         await governance.stub.CreatePolicy(pb.CreatePolicyRequest(policy=APPROVE_RESTARTS))
 
+        ops_channel = session_pki().channel_as(governance.address, "ops", "operator")
+
         async def approve_soon() -> None:
             while True:
                 listed = await governance.stub.ListApprovals(
                     pb.ListApprovalsRequest(status=pb.APPROVAL_STATUS_PENDING)
                 )
                 if listed.approvals:
-                    await governance.stub.Approve(
-                        pb.ApproveRequest(
-                            approval_id=listed.approvals[0].approval_id, approver="ops"
+                    async with ops_channel as chan:
+                        await governance_pb2_grpc.GovernanceServiceStub(chan).Approve(
+                            pb.ApproveRequest(approval_id=listed.approvals[0].approval_id)
                         )
-                    )
                     return
                 await asyncio.sleep(0.02)
 

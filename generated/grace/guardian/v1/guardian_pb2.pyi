@@ -857,3 +857,61 @@ class GetSystemHealthResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSystemHealthResponse: _TypeAlias = GetSystemHealthResponse  # noqa: Y015
+
+@_typing.final
+class JoinDomainRequest(_message.Message):
+    """JoinDomainRequest carries the certificate signing request of a joining domain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_PEM_FIELD_NUMBER: _builtins.int
+    csr_pem: _builtins.str
+    """PEM PKCS#10 request signed with the domain's ECDSA P-256 key (proof of possession)."""
+    def __init__(
+        self,
+        *,
+        csr_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinDomainRequest: _TypeAlias = JoinDomainRequest  # noqa: Y015
+
+@_typing.final
+class JoinDomainResponse(_message.Message):
+    """JoinDomainResponse is the domain's certificate and the CA that issued it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    CA_PEM_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.str
+    """PEM certificate whose one URI SAN is spiffe://grace.local/domain/<id>."""
+    ca_pem: _builtins.str
+    """PEM bundle of the Grace CA, for verifying servers."""
+    spiffe_id: _builtins.str
+    """The SPIFFE ID the certificate names."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the certificate expires; ask again at two thirds of its lifetime."""
+
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.str = ...,
+        ca_pem: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        spiffe_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "expires_at", b"expires_at", "spiffe_id", b"spiffe_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinDomainResponse: _TypeAlias = JoinDomainResponse  # noqa: Y015

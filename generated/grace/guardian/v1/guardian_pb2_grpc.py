@@ -83,6 +83,11 @@ class GuardianServiceStub:
                 request_serializer=grace_dot_guardian_dot_v1_dot_guardian__pb2.GetSystemHealthRequest.SerializeToString,
                 response_deserializer=grace_dot_guardian_dot_v1_dot_guardian__pb2.GetSystemHealthResponse.FromString,
                 _registered_method=True)
+        self.JoinDomain = channel.unary_unary(
+                '/grace.guardian.v1.GuardianService/JoinDomain',
+                request_serializer=grace_dot_guardian_dot_v1_dot_guardian__pb2.JoinDomainRequest.SerializeToString,
+                response_deserializer=grace_dot_guardian_dot_v1_dot_guardian__pb2.JoinDomainResponse.FromString,
+                _registered_method=True)
 
 
 class GuardianServiceServicer:
@@ -164,6 +169,16 @@ class GuardianServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinDomain(self, request, context):
+        """Issues a domain its certificate from the Grace CA. The caller proves who it is with
+        a join token (`grace token create --domain ID`: role domain:<id>) or with its current
+        certificate (renewal), and proves possession of its key with the CSR's signature.
+        The certificate names the caller's domain whatever the CSR asks for.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GuardianServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +226,11 @@ def add_GuardianServiceServicer_to_server(servicer, server):
                     servicer.GetSystemHealth,
                     request_deserializer=grace_dot_guardian_dot_v1_dot_guardian__pb2.GetSystemHealthRequest.FromString,
                     response_serializer=grace_dot_guardian_dot_v1_dot_guardian__pb2.GetSystemHealthResponse.SerializeToString,
+            ),
+            'JoinDomain': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinDomain,
+                    request_deserializer=grace_dot_guardian_dot_v1_dot_guardian__pb2.JoinDomainRequest.FromString,
+                    response_serializer=grace_dot_guardian_dot_v1_dot_guardian__pb2.JoinDomainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -460,6 +480,33 @@ class GuardianService:
             '/grace.guardian.v1.GuardianService/GetSystemHealth',
             grace_dot_guardian_dot_v1_dot_guardian__pb2.GetSystemHealthRequest.SerializeToString,
             grace_dot_guardian_dot_v1_dot_guardian__pb2.GetSystemHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinDomain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.guardian.v1.GuardianService/JoinDomain',
+            grace_dot_guardian_dot_v1_dot_guardian__pb2.JoinDomainRequest.SerializeToString,
+            grace_dot_guardian_dot_v1_dot_guardian__pb2.JoinDomainResponse.FromString,
             options,
             channel_credentials,
             insecure,

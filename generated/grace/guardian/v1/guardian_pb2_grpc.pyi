@@ -70,6 +70,12 @@ class GuardianServiceStub:
     """
     GetSystemHealth: _grpc.UnaryUnaryMultiCallable[_guardian_pb2.GetSystemHealthRequest, _guardian_pb2.GetSystemHealthResponse]
     """Summarises the health of the whole system."""
+    JoinDomain: _grpc.UnaryUnaryMultiCallable[_guardian_pb2.JoinDomainRequest, _guardian_pb2.JoinDomainResponse]
+    """Issues a domain its certificate from the Grace CA. The caller proves who it is with
+    a join token (`grace token create --domain ID`: role domain:<id>) or with its current
+    certificate (renewal), and proves possession of its key with the CSR's signature.
+    The certificate names the caller's domain whatever the CSR asks for.
+    """
 
 @_typing.type_check_only
 class GuardianServiceAsyncStub(GuardianServiceStub):
@@ -113,6 +119,12 @@ class GuardianServiceAsyncStub(GuardianServiceStub):
     """
     GetSystemHealth: _aio.UnaryUnaryMultiCallable[_guardian_pb2.GetSystemHealthRequest, _guardian_pb2.GetSystemHealthResponse]  # type: ignore[assignment]
     """Summarises the health of the whole system."""
+    JoinDomain: _aio.UnaryUnaryMultiCallable[_guardian_pb2.JoinDomainRequest, _guardian_pb2.JoinDomainResponse]  # type: ignore[assignment]
+    """Issues a domain its certificate from the Grace CA. The caller proves who it is with
+    a join token (`grace token create --domain ID`: role domain:<id>) or with its current
+    certificate (renewal), and proves possession of its key with the CSR's signature.
+    The certificate names the caller's domain whatever the CSR asks for.
+    """
 
 class GuardianServiceServicer(metaclass=_abc_1.ABCMeta):
     """GuardianService is the supervisor of a Grace system. It boots the components of its
@@ -207,5 +219,17 @@ class GuardianServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_guardian_pb2.GetSystemHealthResponse, _abc.Awaitable[_guardian_pb2.GetSystemHealthResponse]]:
         """Summarises the health of the whole system."""
+
+    @_abc_1.abstractmethod
+    def JoinDomain(
+        self,
+        request: _guardian_pb2.JoinDomainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_guardian_pb2.JoinDomainResponse, _abc.Awaitable[_guardian_pb2.JoinDomainResponse]]:
+        """Issues a domain its certificate from the Grace CA. The caller proves who it is with
+        a join token (`grace token create --domain ID`: role domain:<id>) or with its current
+        certificate (renewal), and proves possession of its key with the CSR's signature.
+        The certificate names the caller's domain whatever the CSR asks for.
+        """
 
 def add_GuardianServiceServicer_to_server(servicer: GuardianServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

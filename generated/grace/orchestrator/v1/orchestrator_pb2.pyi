@@ -1066,6 +1066,8 @@ class ExecutionProof(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
+    SIGNER_CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SIGNATURE_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     """Execution the proof is about."""
     workflow_id: _builtins.str
@@ -1083,6 +1085,15 @@ class ExecutionProof(_message.Message):
     """Raw 32-byte Ed25519 public key of the orchestrator."""
     key_id: _builtins.str
     """Hex of the first 8 bytes of SHA-256(public_key)."""
+    signer_certificate_pem: _builtins.str
+    """PEM certificate of the orchestrator that served the proof, issued by the Grace CA
+    (URI SAN spiffe://grace.local/component/orchestrator); empty in insecure mode.
+    `grace verify-proof --ca ca.crt` checks it, so a proof re-signed by anyone else fails.
+    """
+    certificate_signature: _builtins.bytes
+    """ECDSA P-256 / SHA-256 signature (DER) of the same signing message with the key of
+    signer_certificate_pem, binding `public_key` and the chain head to that identity.
+    """
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProofRecord]:
         """The chain, in order."""
@@ -1098,10 +1109,12 @@ class ExecutionProof(_message.Message):
         signature: _builtins.bytes = ...,
         public_key: _builtins.bytes = ...,
         key_id: _builtins.str = ...,
+        signer_certificate_pem: _builtins.str = ...,
+        certificate_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "final_state", b"final_state", "head_hash", b"head_hash", "key_id", b"key_id", "public_key", b"public_key", "records", b"records", "signature", b"signature", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_signature", b"certificate_signature", "execution_id", b"execution_id", "final_state", b"final_state", "head_hash", b"head_hash", "key_id", b"key_id", "public_key", b"public_key", "records", b"records", "signature", b"signature", "signer_certificate_pem", b"signer_certificate_pem", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
