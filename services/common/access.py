@@ -174,6 +174,9 @@ _GOV = "/grace.kernels.governance.v1.GovernanceService/"
 _IMMUNE = "/grace.kernels.immune.v1.ImmuneService/"
 _LOG = "/grace.kernels.immutable_log.v1.ImmutableLogService/"
 _TRUST = "/grace.kernels.trust.v1.TrustService/"
+_LIBRARIAN = "/grace.kernels.librarian.v1.LibrarianService/"
+_SCHEDULER = "/grace.kernels.scheduler.v1.SchedulerService/"
+_TASKS = "/grace.kernels.tasks.v1.TasksService/"
 
 # Every RPC of every Grace service. tests/common/test_access.py fails when one is missing.
 RULES: Mapping[str, Rule] = {
@@ -223,6 +226,9 @@ RULES: Mapping[str, Rule] = {
     _ORCH + "GetExecutionProof": READ,
     _ORCH + "VerifyProof": READ,
     _ORCH + "GetStats": READ,
+    _ORCH + "ListCompensationFailed": READ,
+    _ORCH + "RetryCompensation": OPERATE,
+    _ORCH + "AbandonCompensation": OPERATE,
     # Guardian: control is for operators.
     _GUARDIAN + "ListComponents": READ,
     _GUARDIAN + "GetComponent": READ,
@@ -259,6 +265,8 @@ RULES: Mapping[str, Rule] = {
     _GOV + "Reject": OPERATE,
     _GOV + "WatchApproval": READ,
     _GOV + "GetGovernanceStats": READ,
+    # Spending an approved decision: the gateway and Guardian, for the request it was for.
+    _GOV + "RedeemDecision": COMPONENT_ONLY,
     # Immune.
     _IMMUNE + "ReportMetrics": WRITE,
     _IMMUNE + "ListAnomalies": READ,
@@ -285,6 +293,37 @@ RULES: Mapping[str, Rule] = {
     _TRUST + "ListCertifications": READ,
     _TRUST + "VerifyMessage": READ,
     _TRUST + "GetTrustScore": READ,
+    # Librarian: indexing is using the platform; reading is reading.
+    _LIBRARIAN + "Index": WRITE,
+    _LIBRARIAN + "IndexBatch": WRITE,
+    _LIBRARIAN + "DeleteDocument": WRITE,
+    _LIBRARIAN + "GetDocument": READ,
+    _LIBRARIAN + "Search": READ,
+    _LIBRARIAN + "FindSimilar": READ,
+    _LIBRARIAN + "GetLibrarianStats": READ,
+    # Scheduler: a schedule acts later in its owner's name, so creating and driving one is
+    # an operator's (or a component's) act; each firing is governed again.
+    _SCHEDULER + "CreateSchedule": OPERATE,
+    _SCHEDULER + "PauseSchedule": OPERATE,
+    _SCHEDULER + "ResumeSchedule": OPERATE,
+    _SCHEDULER + "TriggerSchedule": OPERATE,
+    _SCHEDULER + "BackfillSchedule": OPERATE,
+    _SCHEDULER + "DeleteSchedule": OPERATE,
+    _SCHEDULER + "GetSchedule": READ,
+    _SCHEDULER + "ListSchedules": READ,
+    _SCHEDULER + "ListFirings": READ,
+    _SCHEDULER + "GetSchedulerStats": READ,
+    # Tasks (the operator loop): settling tasks is for operators; governance refuses the
+    # requester as its own approver.
+    _TASKS + "RunCycle": OPERATE,
+    _TASKS + "ApproveTask": OPERATE,
+    _TASKS + "RejectTask": OPERATE,
+    _TASKS + "RetryTask": OPERATE,
+    _TASKS + "ListCycles": READ,
+    _TASKS + "GetCycle": READ,
+    _TASKS + "ListTasks": READ,
+    _TASKS + "GetTask": READ,
+    _TASKS + "GetTasksStats": READ,
 }
 
 # grpcio's own services: health is public; reflection needs an authenticated caller, so

@@ -64,6 +64,14 @@ def acting_for(claimed: str) -> str:
     return principal.name
 
 
+def vouches_for(source: str) -> bool:
+    """True when the authenticated caller of this call is `source` itself (its domain
+    identity or component certificate), or an administrator acting in its name: an event
+    it publishes unsigned is then authenticated by the transport instead of a signature."""
+    principal = current_principal()
+    return principal is not None and (principal.acts_as(source) or principal.is_admin)
+
+
 class AuthError(Exception):
     """Authentication failed; `code` is the status to answer."""
 

@@ -155,6 +155,10 @@ class EventVerifier:
         counts: Events seen per status, for stats.
         root_ttl_s: How long a verified batch root signature is remembered.
         max_roots: Most batch roots remembered (the oldest are dropped first).
+        vouched: Tells whether the authenticated publisher of an event is its source
+            itself (or an administrator acting for it). Such an unsigned event is
+            accepted: the transport authenticated who sent it, as a signature would have.
+            A signature that does not verify is refused all the same.
     """
 
     source: KeySource
@@ -165,6 +169,7 @@ class EventVerifier:
     counts: Counter[str] = field(default_factory=Counter)
     root_ttl_s: float = 60.0
     max_roots: int = 4096
+    vouched: Callable[[event_pb2.Event], bool] | None = None
     _cache: dict[str, _Entry] = field(default_factory=dict)
     # (key id, signature, root, batch size) -> when verified; only successes are kept.
     _roots: dict[tuple[str, bytes, bytes, int], float] = field(default_factory=dict)
@@ -299,6 +304,9 @@ class EventVerifier:
         return [self._apply(event, status) for event, status in zip(events, statuses, strict=True)]
 
     def _apply(self, event: event_pb2.Event, status: SignatureStatus) -> PermissionDenied | None:
+        if status is SignatureStatus.UNSIGNED and self.vouched is not None and self.vouched(event):
+            self.counts["unsigned_authenticated"] += 1
+            return None
         self.counts[status.value] += 1
         if not status.violation:
             return None

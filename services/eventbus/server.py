@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import grpc
 
 from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
+from services.common.auth import vouches_for
 from services.common.event_verification import EventVerifier, TrustKeySource
 from services.common.server import Service
 from services.common.storage import Database
@@ -35,7 +36,12 @@ class EventBusServer(Service):
         self.config = config
         store = EventStore(Database(config.server.database_url, schema=schema))
         self.keys = TrustKeySource(config.trust_address)
-        verifier = EventVerifier(self.keys, config.verify_signatures, ttl_s=config.key_cache_ttl_s)
+        verifier = EventVerifier(
+            self.keys,
+            config.verify_signatures,
+            ttl_s=config.key_cache_ttl_s,
+            vouched=lambda event: vouches_for(event.source_domain),
+        )
         self.bus = EventBus(
             store, config.settings, config.registry_address, clock or time.time, verifier
         )

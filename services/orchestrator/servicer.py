@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from services.common.auth import acting_for
 from services.common.domain_router import from_struct, to_struct
 from services.common.pagination import encoded_size
 from services.common.timestamps import from_duration, to_duration, to_timestamp
@@ -297,11 +298,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def RetryCompensation(
         self, request: pb.RetryCompensationRequest, context: Context
     ) -> pb.RetryCompensationResponse:
-        ex = await self._core.rounds.retry(request.execution_id, request.operator)
+        ex = await self._core.rounds.retry(request.execution_id, acting_for(request.operator))
         return pb.RetryCompensationResponse(execution=execution_to_proto(ex))
 
     async def AbandonCompensation(
         self, request: pb.AbandonCompensationRequest, context: Context
     ) -> pb.AbandonCompensationResponse:
-        ex = await self._core.rounds.abandon(request.execution_id, request.operator, request.reason)
+        ex = await self._core.rounds.abandon(
+            request.execution_id, acting_for(request.operator), request.reason
+        )
         return pb.AbandonCompensationResponse(execution=execution_to_proto(ex))

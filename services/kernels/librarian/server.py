@@ -222,6 +222,14 @@ class LibrarianServer(Service):
             if self._stopping:
                 return 503, {"status": "not_serving", "kernel": SERVICE}
             return 200, {"status": "ok", "kernel": SERVICE}
+        if self.config.server.security is not None:
+            # Plain HTTP carries no credential: only health answers in a secure Grace;
+            # search and stats are on the authenticated gateway (/librarian/...).
+            return 401, http_error(
+                401,
+                f"{path}: in a secure Grace only /health answers here; use the gateway's "
+                "/librarian routes with a bearer token",
+            )
         try:
             if path in ("/search", "/librarian/search"):
                 request = pb.SearchRequest(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, TypeAlias
 
 import grpc
 
 from grace.kernels.scheduler.v1 import scheduler_pb2 as pb
 from grace.kernels.scheduler.v1 import scheduler_pb2_grpc
+from services.common.auth import acting_for
 from services.common.timestamps import from_timestamp, to_timestamp
 from services.common.validation import require_id, require_text
 from services.kernels.scheduler.scheduler import Scheduler
@@ -33,9 +35,15 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if request.schedule_id:
             require_id("schedule_id", request.schedule_id)
         require_text("request_id", request.request_id, max_length=128)
+        spec = spec_from_proto(request.spec)
+        # The owner is the principal its firings are governed as: the authenticated
+        # caller, not a name it chose (a Grace component may create for another).
+        owner = acting_for(spec.owner)
+        if owner != spec.owner:
+            spec = dataclasses.replace(spec, owner=owner)
         schedule = await self._scheduler.create(
             request.schedule_id,
-            spec_from_proto(request.spec),
+            spec,
             request_id=request.request_id,
             paused=request.paused,
         )

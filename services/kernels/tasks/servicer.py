@@ -8,6 +8,7 @@ import grpc
 
 from grace.kernels.tasks.v1 import tasks_pb2 as pb
 from grace.kernels.tasks.v1 import tasks_pb2_grpc
+from services.common.auth import acting_for
 from services.common.timestamps import to_timestamp
 from services.kernels.domain import dict_to_struct
 from services.kernels.immune.model import PlaybookScore
@@ -23,11 +24,13 @@ SEVERITY_TO_PROTO = {s: pb.Severity.Value(f"SEVERITY_{s.name}") for s in Severit
 
 
 def caller(context: Context) -> str:
-    """The caller's `x-actor` metadata ("" without one)."""
+    """Who calls: the authenticated principal (a Grace component, or an insecure Grace,
+    may name it in `x-actor`; see `acting_for`); "" when nobody is named."""
+    claimed = ""
     for key, value in context.invocation_metadata() or ():
         if key == "x-actor" and isinstance(value, str):
-            return value.strip()
-    return ""
+            claimed = value.strip()
+    return acting_for(claimed)
 
 
 def weak_point_to_proto(w: WeakPoint) -> pb.WeakPoint:
