@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from grace.kernels.governance.v1 import governance_pb2, governance_pb2_grpc
 from services.cli.output import Column, path, to_data
 from services.cli.session import CALL_TIMEOUT_S, common_options, session
+from services.common import channels
 
 PAGE_SIZE = 200
 DEFAULT_LIST = 100
@@ -116,10 +117,19 @@ def list_approvals(status: str, limit: int) -> None:
 def _approver_option(function: Any) -> Any:
     return click.option(
         "--approver",
-        default=lambda: f"user:{getpass.getuser()}",
-        show_default="user:$USER",
-        help="Who decides (recorded with the decision; never the requesting actor).",
+        default=None,
+        help="Who decides, in an insecure Grace (default user:$USER). A secure Grace records "
+        "the authenticated caller and refuses another name. Never the requesting actor.",
     )(function)
+
+
+def _approver(given: str | None) -> str:
+    """The approver to send: the one given; else none in a secure Grace (the server records
+    the authenticated caller), the local user in an insecure one."""
+    if given:
+        return given
+    session()  # loads the credential of the data dir, if there is one
+    return "" if channels.configured() is not None else f"user:{getpass.getuser()}"
 
 
 @approvals.command()
@@ -127,9 +137,9 @@ def _approver_option(function: Any) -> Any:
 @click.option("--reason", default="", help="Why (recorded with the decision).")
 @_approver_option
 @common_options
-def approve(approval_id: str, reason: str, approver: str) -> None:
+def approve(approval_id: str, reason: str, approver: str | None) -> None:
     """Approve a pending request (exit 4 when it was already decided)."""
-    _decide(approval_id, approver, reason, approve=True)
+    _decide(approval_id, _approver(approver), reason, approve=True)
 
 
 @approvals.command()
@@ -137,9 +147,9 @@ def approve(approval_id: str, reason: str, approver: str) -> None:
 @click.option("--reason", required=True, help="Why (recorded with the decision).")
 @_approver_option
 @common_options
-def reject(approval_id: str, reason: str, approver: str) -> None:
+def reject(approval_id: str, reason: str, approver: str | None) -> None:
     """Reject a pending request, with a reason."""
-    _decide(approval_id, approver, reason, approve=False)
+    _decide(approval_id, _approver(approver), reason, approve=False)
 
 
 def _decide(approval_id: str, approver: str, reason: str, *, approve: bool) -> None:

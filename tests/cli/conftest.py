@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack
@@ -20,7 +19,7 @@ from tests.eventbus.conftest import bus_config
 from tests.memory.conftest import RecordingPublisher, memory_config
 from tests.orchestrator.conftest import ListPublisher, World, orchestrator_config
 from tests.registry.conftest import registry_config
-from tests.support import serving
+from tests.support import own_pki_env, serving, session_pki
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CLI_TIMEOUT_S = 60.0
@@ -36,16 +35,27 @@ class Result:
 
 
 async def grace(
-    *args: str, env: Mapping[str, str] | None = None, within: float = CLI_TIMEOUT_S
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    within: float = CLI_TIMEOUT_S,
+    test_pki: bool = True,
 ) -> Result:
-    """Runs `grace ARGS` as a subprocess with its output piped (as a script would)."""
+    """Runs `grace ARGS` as a subprocess with its output piped (as a script would).
+
+    With `test_pki` the CLI calls the in-process test servers with the test PKI's
+    credential; without it, it finds a credential as a user's CLI does (in the data dir).
+    """
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "services.cli",
         *args,
         cwd=PROJECT_ROOT,
-        env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        env={
+            **(session_pki().cli_env() if test_pki else own_pki_env()),
+            "NO_COLOR": "1",
+            **(env or {}),
+        },
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
