@@ -15,7 +15,6 @@ from google.protobuf import json_format
 from grace.kernels.governance.v1 import governance_pb2, governance_pb2_grpc
 from services.cli.output import Column, path, to_data
 from services.cli.session import CALL_TIMEOUT_S, common_options, session
-from services.common import channels
 
 PAGE_SIZE = 200
 DEFAULT_LIST = 100
@@ -128,8 +127,7 @@ def _approver(given: str | None) -> str:
     the authenticated caller), the local user in an insecure one."""
     if given:
         return given
-    session()  # loads the credential of the data dir, if there is one
-    return "" if channels.configured() is not None else f"user:{getpass.getuser()}"
+    return "" if session().security is not None else f"user:{getpass.getuser()}"
 
 
 @approvals.command()

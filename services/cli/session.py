@@ -22,6 +22,7 @@ Exit codes (the same for every command, so scripts can branch on them):
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -36,8 +37,7 @@ import grpc
 
 from services.cli.credentials import client_security
 from services.cli.output import FORMATS, Printer
-from services.common import channels
-from services.common.channels import channel
+from services.common.channels import ClientSecurity, channel
 from services.common.config import DEFAULT_PORTS, env_prefix, peer_address
 
 T = TypeVar("T")
@@ -146,6 +146,17 @@ class Session:
             return peer_address(self.env, component)
         raise Failure(f"no address known for {component!r}: set {variable}", Exit.UNAVAILABLE)
 
+    @functools.cached_property
+    def security(self) -> ClientSecurity | None:
+        """The credential grace up wrote in the data dir (None: an insecure Grace)."""
+        return client_security(self.data_dir, self.env)
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        """A channel to `target` that authenticates with the data dir's credential. Only
+        this command's channels use it: nothing process-wide changes (tests run commands
+        in-process)."""
+        return channel(target, security=self.security)
+
     def call(
         self,
         component: str,
@@ -161,7 +172,7 @@ class Session:
         target = address or self.address(component)
 
         async def run() -> T:
-            async with channel(target) as chan:
+            async with self.channel(target) as chan:
                 if not (waiting and self.printer.err.is_terminal):
                     return await work(chan)
                 with self.printer.err.status(waiting):
@@ -198,9 +209,6 @@ def _make_session(ctx: click.Context) -> Session:
         data_dir=data_dir_of(data_dir_value),
         env=os.environ,
     )
-    # Every channel of this command authenticates with the credential grace up wrote in
-    # the data dir (plaintext when there is none: an insecure Grace).
-    channels.configure(client_security(made.data_dir, made.env))
     ctx.obj = made
     return made
 

@@ -10,7 +10,6 @@ import grpc
 
 from services.cli.output import Column
 from services.cli.session import Session, rpc_failure
-from services.common.channels import channel
 
 Items = Callable[[grpc.aio.Channel], AsyncIterator[dict[str, Any]]]
 
@@ -31,7 +30,7 @@ def follow(
 
     async def run() -> int:
         printed = 0
-        async with channel(address) as chan:
+        async with s.channel(address) as chan:
             stream = items(chan)
             try:
                 async for item in stream:

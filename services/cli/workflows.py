@@ -27,7 +27,6 @@ from services.cli.session import (
     session,
 )
 from services.cli.streams import follow
-from services.common.channels import channel
 
 PAGE_SIZE = 200
 DEFAULT_LIST = 100
@@ -186,7 +185,7 @@ def run(workflow_ref: str, input_text: str, detach: bool, request_id: str) -> No
     address = s.address("orchestrator")
 
     async def go() -> orchestrator_pb2.Execution:
-        async with channel(address) as chan:
+        async with s.channel(address) as chan:
             found = await resolve_workflow(chan, workflow_ref)
             started = await _stub(chan).ExecuteWorkflow(
                 orchestrator_pb2.ExecuteWorkflowRequest(
