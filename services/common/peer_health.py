@@ -153,11 +153,22 @@ class GrpcProber:
 
 
 class RegistryCoordinator:
-    """The registry's federation RPCs, for one member."""
+    """The registry's federation RPCs, for one member; `attach` gives it the channel (the
+    servicer is mounted before the service opens its channels)."""
 
-    def __init__(self, registry: grpc.aio.Channel, member_id: str) -> None:
-        self._stub = registry_pb2_grpc.RegistryServiceStub(registry)
+    def __init__(self, member_id: str) -> None:
         self.member_id = member_id
+        self._stub_: registry_pb2_grpc.RegistryServiceAsyncStub | None = None
+
+    def attach(self, registry: grpc.aio.Channel) -> None:
+        """Uses `registry` from now on."""
+        self._stub_ = registry_pb2_grpc.RegistryServiceStub(registry)
+
+    @property
+    def _stub(self) -> registry_pb2_grpc.RegistryServiceAsyncStub:
+        if self._stub_ is None:
+            raise RuntimeError("the registry channel is not attached yet")
+        return self._stub_
 
     async def members(self) -> dict[str, str]:
         found: dict[str, str] = {}
@@ -262,21 +273,14 @@ class PeerHealth:
 
     Args:
         member_id: The service's domain id.
-        registry: Channel to the registry.
         settings: Tunables.
     """
 
-    def __init__(
-        self,
-        member_id: str,
-        registry: grpc.aio.Channel,
-        settings: PeerHealthSettings | None = None,
-    ) -> None:
+    def __init__(self, member_id: str, settings: PeerHealthSettings | None = None) -> None:
         self.settings = settings or PeerHealthSettings()
         self.prober = GrpcProber(member_id)
-        self.member = Member(
-            member_id, self.prober, RegistryCoordinator(registry, member_id), self.settings.member
-        )
+        self.coordinator = RegistryCoordinator(member_id)
+        self.member = Member(member_id, self.prober, self.coordinator, self.settings.member)
         self._refute = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -287,8 +291,9 @@ class PeerHealth:
         )
         return [SERVICE_NAME]
 
-    def start(self) -> None:
-        """Starts probing (and refuting) in the background."""
+    def start(self, registry: grpc.aio.Channel) -> None:
+        """Starts probing (and refuting) in the background, with the registry at `registry`."""
+        self.coordinator.attach(registry)
         self._tasks = [
             asyncio.create_task(self.member.run(), name="peer-health"),
             asyncio.create_task(self._refute_when_told(), name="peer-health-refute"),
