@@ -14,6 +14,8 @@ Besides the common server settings (see `services.common.config`; Guardian's por
   topology's `governance` component, else `GRACE_GOVERNANCE_ADDR`);
   `GRACE_GUARDIAN_GOVERNANCE_FALLBACK` (log_only | enforce, default log_only): what to do
   when governance cannot answer; `GRACE_GUARDIAN_GOVERNANCE_DEADLINE_S` (2).
+- `GRACE_GUARDIAN_VOLUNTEER` (on | off, default on): restart the components the health
+  federation confirms down (`domain.down_confirmed`), as governed heals.
 
 Timing (probe interval, timeout, failures; backoff; budgets; start-up and stop timeouts)
 lives in the topology file's [probe], [restart], [boot] and [registration] tables.
@@ -45,6 +47,7 @@ class GuardianConfig:
         governance: Ask governance before each Heal.
         governance_fallback: "log_only" or "enforce" when governance cannot answer.
         governance_deadline_s: Longest wait for governance's answer.
+        volunteer: Restart components the health federation confirms down.
     """
 
     server: ServerConfig
@@ -53,6 +56,7 @@ class GuardianConfig:
     governance: bool = True
     governance_fallback: str = "log_only"
     governance_deadline_s: float = 2.0
+    volunteer: bool = True
 
     @classmethod
     def from_env(
@@ -89,6 +93,7 @@ class GuardianConfig:
             governance_deadline_s=reader.number(
                 "GRACE_GUARDIAN_GOVERNANCE_DEADLINE_S", 2.0, minimum=0.05, maximum=60
             ),
+            volunteer=reader.choice("GRACE_GUARDIAN_VOLUNTEER", "on", ["on", "off"]) == "on",
         )
 
 
