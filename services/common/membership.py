@@ -73,8 +73,9 @@ class Coordinator(Protocol):
     async def suspected(self) -> dict[str, int]:
         """Open suspicions: suspect id -> incarnation suspected."""
 
-    async def report(self, suspect_id: str, incarnation: int, confirmed: bool) -> None:
-        """Reports a suspicion (or, `confirmed`, a suspicion that timed out)."""
+    async def report(self, suspect_id: str, incarnation: int, confirmed: bool) -> int | None:
+        """Reports a suspicion (or, `confirmed`, a suspicion that timed out). Returns None
+        when recorded, or the suspect's later incarnation that makes the report stale."""
 
     async def refute(self, incarnation: int) -> int:
         """Says this member is alive at `incarnation`; returns the highest one known."""
@@ -304,9 +305,24 @@ class Member:
             suspicion.incarnation,
         )
         try:
-            await self.coordinator.report(target, suspicion.incarnation, False)
+            later = await self.coordinator.report(target, suspicion.incarnation, False)
         except Exception as exc:
             log.warning("could not report the suspicion of %s: %s", target, exc)
+            return
+        self._restart_if_stale(target, later)
+
+    def _restart_if_stale(self, target: str, later: int | None) -> bool:
+        """A report about an incarnation the suspect already outbid (or one this member
+        never heard) is stale: forget it and learn the later incarnation, so the next
+        round suspects the target afresh if it still fails. True when stale."""
+        if later is None:
+            return False
+        self.incarnations[target] = max(self.incarnations.get(target, 0), later)
+        self.suspicions.pop(target, None)
+        log.info(
+            "suspicion of %s was stale (incarnation %d is known); probing again", target, later
+        )
+        return True
 
     async def _confirm_if_due(self, target: str) -> bool:
         suspicion = self.suspicions.get(target)
@@ -315,9 +331,11 @@ class Member:
         if self._clock() - suspicion.since < self.settings.suspicion_timeout_s:
             return False
         try:
-            await self.coordinator.report(target, suspicion.incarnation, True)
+            later = await self.coordinator.report(target, suspicion.incarnation, True)
         except Exception as exc:
             log.warning("could not report the confirmation of %s: %s", target, exc)
+            return False
+        if self._restart_if_stale(target, later):
             return False
         suspicion.confirmed = True
         self.counters.confirmations += 1

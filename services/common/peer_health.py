@@ -199,8 +199,8 @@ class RegistryCoordinator:
             if not token:
                 return found
 
-    async def report(self, suspect_id: str, incarnation: int, confirmed: bool) -> None:
-        await self._stub.ReportSuspicion(
+    async def report(self, suspect_id: str, incarnation: int, confirmed: bool) -> int | None:
+        response = await self._stub.ReportSuspicion(
             registry_pb2.ReportSuspicionRequest(
                 observer_id=self.member_id,
                 suspect_id=suspect_id,
@@ -209,6 +209,7 @@ class RegistryCoordinator:
             ),
             timeout=REGISTRY_TIMEOUT_S,
         )
+        return None if response.HasField("suspicion") else int(response.current_incarnation)
 
     async def refute(self, incarnation: int) -> int:
         response = await self._stub.Refute(

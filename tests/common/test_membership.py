@@ -67,13 +67,14 @@ class FleetCoordinator:
     async def suspected(self) -> dict[str, int]:
         return {s.suspect_id: s.incarnation for s in self.fleet.book.all()}
 
-    async def report(self, suspect_id: str, incarnation: int, confirmed: bool) -> None:
-        self.fleet.book.report(
+    async def report(self, suspect_id: str, incarnation: int, confirmed: bool) -> int | None:
+        suspicion, _ = self.fleet.book.report(
             Report(self.member_id, suspect_id, incarnation, confirmed),
             [],
             self.fleet.quorum,
             0.0,
         )
+        return None if suspicion is not None else self.fleet.book.incarnation(suspect_id)
 
     async def refute(self, incarnation: int) -> int:
         known, _ = self.fleet.book.refute(self.member_id, incarnation)
@@ -195,3 +196,19 @@ async def test_probe_traffic_per_member_does_not_grow_with_the_fleet(
     await rounds(fleet, clock, 3)
     assert {m.counters.pings for m in fleet.members.values()} == {9}
     assert sum(m.counters.indirect_probes for m in fleet.members.values()) == 0
+
+
+async def test_an_observer_that_never_heard_the_suspect_learns_its_incarnation_and_confirms(
+    clock: ManualClock,
+) -> None:
+    fleet = make_fleet(5, clock)
+    # Every member announced its incarnation, but nobody has probed anybody yet.
+    for member in fleet.members.values():
+        await member.refresh()
+        await member.refute_if_needed()
+    fleet.down.add("m4")
+    await rounds(fleet, clock, 8)
+    suspicion = fleet.book.get("m4")
+    assert suspicion is not None
+    assert suspicion.state is SuspicionState.CONFIRMED_DOWN
+    assert suspicion.incarnation == 1_000_000
