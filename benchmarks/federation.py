@@ -4,9 +4,12 @@ Starts a real registry and N members (each a gRPC server with PeerHealthService,
 the member loop of every SDK domain and kernel) on loopback, lets them probe each other for
 a fixed time, and reports per member per second: direct pings sent, indirect probes asked,
 probes run on others' behalf, and registry reads, plus any suspicion raised (a false
-positive: nobody is down). The baseline is the same measure at the smaller fleet in the
-same run; the target is traffic per member that does not grow with the fleet (ratio about
-1), where the seed's every-domain-checks-every-peer design grows as N - 1.
+positive: nobody is down). Then one member stops serving, and the time until the registry
+confirms it down is measured (1 s interval, 3 s suspicion timeout).
+
+The baseline is the same measure at the smaller fleet in the same run; the target is
+traffic per member that does not grow with the fleet (ratio about 1), where the seed's
+every-domain-checks-every-peer design grows as N - 1.
 
     python benchmarks/federation.py [--sizes 10 50] [--seconds 10] [--interval 1.0]
 """
@@ -102,6 +105,18 @@ async def run_fleet(size: int, seconds: float, interval_s: float) -> dict[str, f
                 for m, _ in members
             ]
             suspicions = sum(m.member.counters.suspicions for m, _ in members)
+            # Then one member stops serving: how long until its peers confirm it down?
+            victim, victim_server = members[size // 2]
+            await victim.stop()
+            await victim_server.stop(None)
+            stopped_at = time.perf_counter()
+            confirm_s = float("nan")
+            while time.perf_counter() - stopped_at < 60:
+                found = registry.federation.book.get(victim.member.member_id)
+                if found is not None and found.state.value == "CONFIRMED_DOWN":
+                    confirm_s = time.perf_counter() - stopped_at
+                    break
+                await asyncio.sleep(0.05)
         finally:
             for member, server in members:
                 await member.stop()
@@ -121,6 +136,7 @@ async def run_fleet(size: int, seconds: float, interval_s: float) -> dict[str, f
         "registry_reads_per_member_s": refreshes_per_s,
         "all_pairs_pings_per_member_s": (size - 1) / interval_s,
         "false_suspicions": suspicions,
+        "time_to_confirmed_down_s": confirm_s,
     }
 
 
@@ -131,12 +147,13 @@ async def main(sizes: list[int], seconds: float, interval_s: float) -> None:
         "k = 3 observers, members and registry in one process on loopback"
     )
     header = f"{'members':>8}{'pings/s':>10}{'indirect/s':>12}{'on behalf/s':>13}"
-    print(header + f"{'all-pairs/s':>13}{'false susp.':>13}")
+    print(header + f"{'all-pairs/s':>13}{'false susp.':>13}{'confirm s':>11}")
     for r in results:
         print(
             f"{r['members']:>8.0f}{r['pings_per_member_s']:>10.2f}"
             f"{r['indirect_per_member_s']:>12.2f}{r['on_behalf_per_member_s']:>13.2f}"
             f"{r['all_pairs_pings_per_member_s']:>13.1f}{r['false_suspicions']:>13.0f}"
+            f"{r['time_to_confirmed_down_s']:>11.2f}"
         )
     base = results[0]["pings_per_member_s"]
     ratio = results[-1]["pings_per_member_s"] / base if base else 0.0
