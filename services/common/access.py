@@ -190,6 +190,10 @@ RULES: Mapping[str, Rule] = {
     _REGISTRY + "FindByCapability": READ,
     _REGISTRY + "WatchDomains": READ,
     _REGISTRY + "GetRegistryStats": READ,
+    # Health federation: an observer reports in its own name; a suspect refutes for itself.
+    _REGISTRY + "ReportSuspicion": owner("observer_id"),
+    _REGISTRY + "Refute": owner("domain_id"),
+    _REGISTRY + "ListSuspicions": READ,
     # Event bus: a publisher publishes as itself; push subscriptions belong to a domain.
     _BUS + "Publish": owner("source_domain"),
     _BUS + "PublishBatch": Rule(Level.OWNER, _events_source, "events[].source_domain"),
@@ -247,6 +251,9 @@ RULES: Mapping[str, Rule] = {
     _DOMAIN + "Compensate": OPERATE,
     _DOMAIN + "DeliverEvent": OPERATE,
     _DOMAIN + "DescribeDomain": READ,
+    # Members of the health federation probe each other (directly, or for another member).
+    "/grace.domain.v1.PeerHealthService/Ping": READ,
+    "/grace.domain.v1.PeerHealthService/ProbeOnBehalf": WRITE,
     # Governance: policies by operators, the mode by admins, evaluation by components
     # (which pass the authenticated caller as the actor).
     _GOV + "Evaluate": COMPONENT_ONLY,

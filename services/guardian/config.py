@@ -14,6 +14,8 @@ Besides the common server settings (see `services.common.config`; Guardian's por
   topology's `governance` component, else `GRACE_GOVERNANCE_ADDR`);
   `GRACE_GUARDIAN_GOVERNANCE_FALLBACK` (log_only | enforce, default log_only): what to do
   when governance cannot answer; `GRACE_GUARDIAN_GOVERNANCE_DEADLINE_S` (2).
+- `GRACE_GUARDIAN_VOLUNTEER` (on | off, default on): restart the components the health
+  federation confirms down (`domain.down_confirmed`), as governed heals.
 
 Security (see docs/security.md): secure by default. `--insecure` (or `GRACE_INSECURE=true`)
 runs Guardian and every component in plaintext with no authentication. Otherwise Guardian
@@ -59,6 +61,7 @@ class GuardianConfig:
         governance_fallback: "log_only" or "enforce" when governance cannot answer.
         governance_deadline_s: Longest wait for governance's answer.
         cert_lifetime: Lifetime of the certificates Guardian issues (secure mode).
+        volunteer: Restart components the health federation confirms down.
     """
 
     server: ServerConfig
@@ -68,6 +71,7 @@ class GuardianConfig:
     governance_fallback: str = "log_only"
     governance_deadline_s: float = 2.0
     cert_lifetime: datetime.timedelta = datetime.timedelta(hours=24)
+    volunteer: bool = True
 
     @classmethod
     def from_env(
@@ -111,6 +115,7 @@ class GuardianConfig:
                 "GRACE_GUARDIAN_GOVERNANCE_DEADLINE_S", 2.0, minimum=0.05, maximum=60
             ),
             cert_lifetime=cert_lifetime,
+            volunteer=reader.choice("GRACE_GUARDIAN_VOLUNTEER", "on", ["on", "off"]) == "on",
         )
 
 

@@ -27,6 +27,7 @@ from services.guardian.servicer import GuardianServicer
 from services.guardian.store import SOURCE, GuardianStore
 from services.guardian.supervisor import Supervisor
 from services.guardian.topology import Topology
+from services.guardian.volunteer import RecoveryVolunteer
 
 SERVICE_NAME = guardian_pb2.DESCRIPTOR.services_by_name["GuardianService"].full_name
 
@@ -100,6 +101,14 @@ class GuardianServer(Service):
             consent=HealConsent(self.governance, self.journal) if self.governance else None,
         )
         self.workflows = HealingWorkflows(self._orchestrator_address, self.journal)
+        # Guardian is the volunteer that restarts what the health federation confirms down.
+        self.volunteer = (
+            RecoveryVolunteer(
+                self.healer, self.journal, self.supervisor.names, self._eventbus_address
+            )
+            if config.volunteer
+            else None
+        )
         self.identity = (
             ComponentIdentity(
                 SOURCE,
@@ -123,6 +132,11 @@ class GuardianServer(Service):
         if self.topology.component("orchestrator") is not None:
             return self.supervisor.status("orchestrator").address
         return peer_address(self.config.server.env, "orchestrator")
+
+    def _eventbus_address(self) -> str:
+        if self.topology.component("eventbus") is not None:
+            return self.supervisor.status("eventbus").address
+        return peer_address(self.config.server.env, "eventbus")
 
     def _trust_address(self) -> str:
         if self.topology.component("trust") is not None:
@@ -161,6 +175,8 @@ class GuardianServer(Service):
         if self.identity is not None:
             self.identity.start()
         await self.supervisor.boot()
+        if self.volunteer is not None:
+            self._tasks.append(asyncio.create_task(self.volunteer.run(), name="volunteer"))
 
     async def begin_shutdown(self) -> None:
         self.shutting_down.set()

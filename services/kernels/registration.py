@@ -4,6 +4,10 @@ The registry may be down when the kernel starts or may restart later: registrati
 retried with backoff (1 s doubling to 30 s), a heartbeat answered NOT_FOUND registers
 again, and nothing here ever stops the kernel from serving: the same `Registrar` as the
 SDK's domains, configured from the kernel's settings.
+
+A registered kernel also takes part in the health federation like every SDK domain
+(`services.common.peer_health`): `peer_health_of` builds its member, the kernel mounts it
+with `mounted`, and `keep_registered` runs it once the registry channel is open.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import grpc
+
 from grace.registry.v1 import registry_pb2
 from services.common.channels import channel
 from services.common.config import EnvReader, env_prefix, peer_address
+from services.common.peer_health import MEMBER_METADATA, PeerHealth, PeerHealthSettings
 from services.common.registration import Registrar
 from services.common.timestamps import to_duration
 
@@ -44,8 +51,27 @@ class DomainRegistration:
     lease_ttl_s: float = 30.0
 
 
-async def keep_registered(registration: DomainRegistration, port: int) -> None:
-    """Registers and heartbeats until cancelled (see `services.common.registration`).
+def peer_health_of(
+    registration: DomainRegistration | None, env: Mapping[str, str]
+) -> PeerHealth | None:
+    """The kernel's health-federation member, or None when it does not register or
+    `GRACE_FEDERATION` is false."""
+    settings = PeerHealthSettings.from_env(env)
+    if registration is None or not settings.enabled:
+        return None
+    return PeerHealth(registration.domain_id, settings)
+
+
+def mounted(peer_health: PeerHealth | None, server: grpc.aio.Server) -> list[str]:
+    """Mounts the member's PeerHealthService, if any; returns the names it serves."""
+    return [] if peer_health is None else list(peer_health.add_to_server(server))
+
+
+async def keep_registered(
+    registration: DomainRegistration, port: int, peer_health: PeerHealth | None = None
+) -> None:
+    """Registers and heartbeats until cancelled (see `services.common.registration`), and
+    runs `peer_health` meanwhile.
 
     Kernels do not measure their calls, so their heartbeats carry no metrics.
     """
@@ -59,6 +85,7 @@ async def keep_registered(registration: DomainRegistration, port: int) -> None:
             version=registration.version,
             public_key=registration.public_key,
             lease_ttl=to_duration(registration.lease_ttl_s),
+            metadata=MEMBER_METADATA if peer_health is not None else {},
         )
 
     async with channel(registration.registry_address) as chan:
@@ -69,7 +96,13 @@ async def keep_registered(registration: DomainRegistration, port: int) -> None:
             heartbeat_interval_s=registration.lease_ttl_s / 3,
             backoff_initial_s=1.0,
         )
-        await registrar.run()
+        if peer_health is not None:
+            peer_health.start(chan)
+        try:
+            await registrar.run()
+        finally:
+            if peer_health is not None:
+                await peer_health.stop()
 
 
 def registration_from_env(

@@ -7,6 +7,10 @@ Besides the common server settings (see `services.common.config`):
   is removed (300, like Consul's deregister_critical_service_after).
 - `GRACE_REGISTRY_SWEEP_INTERVAL_S`: how often leases are checked (1).
 - `GRACE_REGISTRY_WATCH_HISTORY`: changes kept for watches to resume from (10000).
+- `GRACE_FEDERATION_OBSERVERS`: observers per member in the health federation (3); the
+  members read the same variable.
+- `GRACE_FEDERATION_QUORUM`: confirmations that declare a suspect down (0: a majority of
+  its observers); never fewer than `GRACE_FEDERATION_MIN_QUORUM` (2).
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig
+from services.common.observers import DEFAULT_OBSERVERS, MIN_QUORUM
+from services.registry.federation import FederationSettings
 from services.registry.registry import RegistrySettings
 from services.registry.validation import MAX_LEASE_TTL_S, MIN_LEASE_TTL_S
 
@@ -30,6 +36,7 @@ class RegistryConfig:
     server: ServerConfig
     settings: RegistrySettings
     sweep_interval_s: float = 1.0
+    federation: FederationSettings = field(default_factory=FederationSettings)
 
     @classmethod
     def from_env(
@@ -56,5 +63,14 @@ class RegistryConfig:
             ),
             sweep_interval_s=reader.number(
                 "GRACE_REGISTRY_SWEEP_INTERVAL_S", 1.0, minimum=0.05, maximum=60
+            ),
+            federation=FederationSettings(
+                observers=reader.integer(
+                    "GRACE_FEDERATION_OBSERVERS", DEFAULT_OBSERVERS, minimum=1, maximum=16
+                ),
+                quorum=reader.integer("GRACE_FEDERATION_QUORUM", 0, minimum=0, maximum=16),
+                min_quorum=reader.integer(
+                    "GRACE_FEDERATION_MIN_QUORUM", MIN_QUORUM, minimum=1, maximum=16
+                ),
             ),
         )

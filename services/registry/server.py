@@ -15,6 +15,7 @@ from services.common.outbox import OutboxRelay
 from services.common.server import Service
 from services.common.storage import Database
 from services.registry.config import RegistryConfig
+from services.registry.federation import Federation
 from services.registry.model import Change
 from services.registry.registry import Clock, Registry
 from services.registry.servicer import RegistryServicer
@@ -50,13 +51,16 @@ class RegistryServer(Service):
         )
         self._relay_task: asyncio.Task[None] | None = None
         self.registry.add_listener(self._wake_relay)
+        self.federation = Federation(
+            self.registry, store.outbox, config.federation, wake=self.relay.wake
+        )
 
     async def _wake_relay(self, _change: Change) -> None:
         self.relay.wake()
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(self.registry), server
+            RegistryServicer(self.registry, self.federation), server
         )
         return [SERVICE_NAME]
 

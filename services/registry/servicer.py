@@ -12,8 +12,10 @@ from services.common.auth import current_principal
 from services.common.pagination import encoded_size
 from services.common.peers import caller_host
 from services.common.timestamps import from_duration, to_duration, to_timestamp
+from services.registry.federation import Federation
 from services.registry.model import ChangeKind, DomainRecord, DomainStatus, Metrics, Registration
 from services.registry.registry import OWNER_KEY, Registry
+from services.registry.suspicions import Report, Suspicion, SuspicionState
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -23,6 +25,10 @@ _STATUS_TO_PROTO = {
     DomainStatus.UNHEALTHY: registry_pb2.DOMAIN_STATUS_UNHEALTHY,
 }
 _STATUS_FROM_PROTO = {v: k for k, v in _STATUS_TO_PROTO.items()}
+_SUSPICION_TO_PROTO = {
+    SuspicionState.SUSPECTED: registry_pb2.SUSPICION_STATE_SUSPECTED,
+    SuspicionState.CONFIRMED_DOWN: registry_pb2.SUSPICION_STATE_CONFIRMED_DOWN,
+}
 _KIND_TO_PROTO = {
     ChangeKind.SNAPSHOT: registry_pb2.CHANGE_KIND_SNAPSHOT,
     ChangeKind.REGISTERED: registry_pb2.CHANGE_KIND_REGISTERED,
@@ -57,11 +63,30 @@ def domain_to_proto(record: DomainRecord) -> registry_pb2.Domain:
     )
 
 
-class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    """Serves `grace.registry.v1.RegistryService` over a `Registry` core."""
+def suspicion_to_proto(suspicion: Suspicion) -> registry_pb2.Suspicion:
+    """The wire form of a suspicion."""
+    message = registry_pb2.Suspicion(
+        suspect_id=suspicion.suspect_id,
+        incarnation=suspicion.incarnation,
+        state=_SUSPICION_TO_PROTO[suspicion.state],
+        suspecting=sorted(suspicion.suspecting),
+        confirming=sorted(suspicion.confirming),
+        observers=list(suspicion.observers),
+        quorum=suspicion.quorum,
+        suspected_at=to_timestamp(suspicion.suspected_at),
+    )
+    if suspicion.confirmed_at:
+        message.confirmed_at.CopyFrom(to_timestamp(suspicion.confirmed_at))
+    return message
 
-    def __init__(self, registry: Registry) -> None:
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    """Serves `grace.registry.v1.RegistryService` over a `Registry` core and its
+    health-federation `Federation`."""
+
+    def __init__(self, registry: Registry, federation: Federation) -> None:
         self._registry = registry
+        self._federation = federation
         # Records are immutable and replaced on every change, so the wire form of a record
         # object can be reused until the record is replaced: lookups then cost a copy of a
         # C message instead of a Python conversion per candidate.
@@ -188,6 +213,38 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             revision=stats.revision,
             leases_expired=stats.leases_expired,
             domains_reaped=stats.domains_reaped,
+        )
+
+    async def ReportSuspicion(
+        self, request: registry_pb2.ReportSuspicionRequest, context: Context
+    ) -> registry_pb2.ReportSuspicionResponse:
+        suspicion, known = await self._federation.report(
+            Report(
+                observer_id=request.observer_id,
+                suspect_id=request.suspect_id,
+                incarnation=request.incarnation,
+                confirmed=request.confirmed,
+            )
+        )
+        response = registry_pb2.ReportSuspicionResponse(current_incarnation=known)
+        if suspicion is not None:
+            response.suspicion.CopyFrom(suspicion_to_proto(suspicion))
+        return response
+
+    async def Refute(
+        self, request: registry_pb2.RefuteRequest, context: Context
+    ) -> registry_pb2.RefuteResponse:
+        outcome = await self._federation.refute(request.domain_id, request.incarnation)
+        return registry_pb2.RefuteResponse(
+            cleared=outcome.cleared, recovered=outcome.recovered, incarnation=outcome.incarnation
+        )
+
+    async def ListSuspicions(
+        self, request: registry_pb2.ListSuspicionsRequest, context: Context
+    ) -> registry_pb2.ListSuspicionsResponse:
+        page, next_token = self._federation.page(request.page_size, request.page_token)
+        return registry_pb2.ListSuspicionsResponse(
+            suspicions=[suspicion_to_proto(s) for s in page], next_page_token=next_token
         )
 
 

@@ -20,6 +20,8 @@ so `ai_domain` binds `GRACE_AI_DOMAIN_PORT` (or `--port`) and keeps its database
 - `GRACE_<DOMAIN>_MAX_CONCURRENCY`: actions run at once; more wait (64). Load = calls in
   flight / this.
 - `GRACE_<DOMAIN>_IDEMPOTENCY_TTL_S`: how long results are kept for replay (7 days).
+- `GRACE_FEDERATION*`: the domain's part in the health federation (on by default; see
+  `services.common.peer_health`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.config import (
@@ -37,6 +39,7 @@ from services.common.config import (
     peer_address,
     server_flag_parser,
 )
+from services.common.peer_health import PeerHealthSettings
 
 DISABLED = "off"
 
@@ -60,6 +63,7 @@ class DomainConfig:
         idempotency_ttl_s: How long stored results stay replayable.
         backoff_initial_s: First wait after a peer failed; doubles up to `backoff_max_s`.
         backoff_max_s: Longest wait between attempts to reach a peer.
+        peer_health: The domain's part in the health federation.
     """
 
     server: ServerConfig
@@ -76,6 +80,7 @@ class DomainConfig:
     idempotency_ttl_s: float = 7 * 86400.0
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    peer_health: PeerHealthSettings = field(default_factory=PeerHealthSettings)
 
     @property
     def domain_id(self) -> str:
@@ -132,6 +137,7 @@ class DomainConfig:
             idempotency_ttl_s=reader.number(
                 f"{prefix}IDEMPOTENCY_TTL_S", 7 * 86400.0, minimum=60, maximum=365 * 86400
             ),
+            peer_health=PeerHealthSettings.from_env(env),
         )
 
 

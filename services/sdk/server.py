@@ -20,6 +20,7 @@ from services.common.call_metrics import ImmuneReporter
 from services.common.channels import channel
 from services.common.identity import IdentityRegistrar
 from services.common.outbox import OutboxRelay
+from services.common.peer_health import MEMBER_METADATA, PeerHealth
 from services.common.registration import Registrar, stop_task
 from services.common.server import GraceServer, Service
 from services.common.storage import Database
@@ -74,6 +75,13 @@ class DomainServer(Service):
         self.identity: IdentityRegistrar | None = None
         self.key: signing.SigningKey | None = None
         self.immune: ImmuneReporter | None = None
+        # Peers watch this domain and it watches a few of them (health federation), as
+        # long as there is a registry to meet in.
+        self.peer_health = (
+            PeerHealth(domain.domain_id, config.peer_health)
+            if config.peer_health.enabled and config.registry_addr
+            else None
+        )
 
     def attach(self, server: GraceServer) -> None:
         """Tells the service which server runs it (to register the port it bound)."""
@@ -101,7 +109,9 @@ class DomainServer(Service):
             ),
             server,
         )
-        return [SERVICE_NAME]
+        if self.peer_health is None:
+            return [SERVICE_NAME]
+        return [SERVICE_NAME, *self.peer_health.add_to_server(server)]
 
     async def start(self) -> None:
         self.key = signing.load_or_create_key(self.config.key_path)
@@ -145,6 +155,8 @@ class DomainServer(Service):
                 backoff_max_s=self.config.backoff_max_s,
             )
             self._spawn(self.registrar.run(), "registrar")
+            if self.peer_health is not None:
+                self.peer_health.start(registry_channel)
         trust_channel = self._open(self.config.trust_addr)
         if trust_channel is not None:
             self.identity = IdentityRegistrar(
@@ -179,6 +191,8 @@ class DomainServer(Service):
             await self.registrar.deregister()
 
     async def stop(self) -> None:
+        if self.peer_health is not None:
+            await self.peer_health.stop()
         if self.relay is not None:
             # One last send of the events published during the drain; whatever is left
             # stays in the outbox and goes at the next start.
@@ -202,6 +216,8 @@ class DomainServer(Service):
     def registration(self) -> registry_pb2.RegisterDomainRequest:
         """The RegisterDomain request of this domain, with the port it bound."""
         metadata = dict(self.domain.metadata)
+        if self.peer_health is not None:
+            metadata.update(MEMBER_METADATA)
         if self.domain.description:
             metadata.setdefault("description", self.domain.description)
         if self.domain.actions:

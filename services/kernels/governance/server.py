@@ -23,7 +23,7 @@ from services.kernels.governance.config import CAPABILITIES, SERVICE, Governance
 from services.kernels.governance.governance import Governance
 from services.kernels.governance.servicer import GovernanceServicer
 from services.kernels.governance.store import GovernanceStore
-from services.kernels.registration import keep_registered
+from services.kernels.registration import keep_registered, mounted, peer_health_of
 from services.kernels.sinks import ImmutableLogPublisher
 
 SERVICE_NAME = governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name
@@ -53,6 +53,7 @@ class GovernanceServer(Service):
         schema: str | None = None,
     ) -> None:
         self.config = config
+        self.peer_health = peer_health_of(config.registration, config.server.env)
         store = GovernanceStore(Database(config.server.database_url, schema=schema))
         self.governance = Governance(store, config.settings, clock)
         self.publishers: list[Publisher] = [
@@ -83,7 +84,7 @@ class GovernanceServer(Service):
             domain.KernelDomainServicer(SERVICE, VERSION, CAPABILITIES, actions(self.governance)),
             server,
         )
-        return [SERVICE_NAME, domain.SERVICE_NAME]
+        return [SERVICE_NAME, domain.SERVICE_NAME, *mounted(self.peer_health, server)]
 
     async def start(self) -> None:
         await self.governance.open()
@@ -101,7 +102,7 @@ class GovernanceServer(Service):
         if self.config.registration is not None:
             self._tasks.append(
                 asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port),
+                    keep_registered(self.config.registration, self.bound_port, self.peer_health),
                     name="governance-registration",
                 )
             )

@@ -33,7 +33,7 @@ from services.kernels.immune.remediation import Healer, Remediator
 from services.kernels.immune.servicer import ImmuneServicer
 from services.kernels.immune.store import ImmuneStore
 from services.kernels.immune.system_heal import SystemHeal
-from services.kernels.registration import keep_registered
+from services.kernels.registration import keep_registered, mounted, peer_health_of
 
 SERVICE_NAME = immune_pb2.DESCRIPTOR.services_by_name["ImmuneService"].full_name
 VERSION = "0.1.0"
@@ -68,6 +68,7 @@ class ImmuneServer(Service):
         schema: str | None = None,
     ) -> None:
         self.config = config
+        self.peer_health = peer_health_of(config.registration, config.server.env)
         self._healer = healer
         self._gate = gate
         self._experience = experience
@@ -140,7 +141,7 @@ class ImmuneServer(Service):
             ),
             server,
         )
-        return [SERVICE_NAME, domain.SERVICE_NAME]
+        return [SERVICE_NAME, domain.SERVICE_NAME, *mounted(self.peer_health, server)]
 
     async def _report(self, data: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         now = time.time()
@@ -186,7 +187,7 @@ class ImmuneServer(Service):
         if self.config.registration is not None:
             self._tasks.append(
                 asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port),
+                    keep_registered(self.config.registration, self.bound_port, self.peer_health),
                     name="immune-registration",
                 )
             )

@@ -25,7 +25,7 @@ from services.kernels.immutable_log.config import CAPABILITIES, SERVICE, LogConf
 from services.kernels.immutable_log.log import ImmutableLog
 from services.kernels.immutable_log.servicer import ImmutableLogServicer
 from services.kernels.immutable_log.store import LogStore
-from services.kernels.registration import keep_registered
+from services.kernels.registration import keep_registered, mounted, peer_health_of
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class ImmutableLogServer(Service):
 
     def __init__(self, config: LogConfig, *, schema: str | None = None) -> None:
         self.config = config
+        self.peer_health = peer_health_of(config.registration, config.server.env)
         key = signing.load_or_create_key(config.key_file)  # also writes the .pub beside it
         self.log = ImmutableLog(
             LogStore(Database(config.server.database_url, schema=schema)), key, config.settings
@@ -68,7 +69,7 @@ class ImmutableLogServer(Service):
             ),
             server,
         )
-        return [SERVICE_NAME, domain.SERVICE_NAME]
+        return [SERVICE_NAME, domain.SERVICE_NAME, *mounted(self.peer_health, server)]
 
     async def start(self) -> None:
         await self.log.open()
@@ -77,7 +78,7 @@ class ImmutableLogServer(Service):
             registration = dataclasses.replace(registration, public_key=self.log.public_key)
             self._tasks.append(
                 asyncio.create_task(
-                    keep_registered(registration, self.bound_port),
+                    keep_registered(registration, self.bound_port, self.peer_health),
                     name="immutable-log-registration",
                 )
             )

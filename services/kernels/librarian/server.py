@@ -38,7 +38,7 @@ from services.kernels.librarian.servicer import (
     search,
     stats_to_proto,
 )
-from services.kernels.registration import keep_registered
+from services.kernels.registration import keep_registered, mounted, peer_health_of
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LibrarianService"].full_name
 VERSION = "0.1.0"
@@ -88,6 +88,7 @@ class LibrarianServer(Service):
         schema: str | None = None,
     ) -> None:
         self.config = config
+        self.peer_health = peer_health_of(config.registration, config.server.env)
         self.librarian = Librarian(Database(config.server.database_url, schema=schema))
         self.publisher = bus or EventBusPublisher(config.eventbus_address)
         self.relay = OutboxRelay(
@@ -143,7 +144,7 @@ class LibrarianServer(Service):
             ),
             server,
         )
-        return [SERVICE_NAME, domain.SERVICE_NAME]
+        return [SERVICE_NAME, domain.SERVICE_NAME, *mounted(self.peer_health, server)]
 
     # -- DomainService actions ------------------------------------------------------------
 
@@ -286,7 +287,7 @@ class LibrarianServer(Service):
         if config.registration is not None:
             self._tasks.append(
                 asyncio.create_task(
-                    keep_registered(config.registration, self.public_port),
+                    keep_registered(config.registration, self.public_port, self.peer_health),
                     name="librarian-registration",
                 )
             )

@@ -28,7 +28,7 @@ from services.common.outbox import OutboxRelay, Publisher
 from services.common.server import Service
 from services.common.storage import Database
 from services.kernels import domain
-from services.kernels.registration import keep_registered
+from services.kernels.registration import keep_registered, mounted, peer_health_of
 from services.kernels.scheduler.config import CAPABILITIES, SERVICE, SchedulerConfig
 from services.kernels.scheduler.peers import PeerClients, Peers
 from services.kernels.scheduler.scheduler import Scheduler
@@ -69,6 +69,7 @@ class SchedulerServer(Service):
         schema: str | None = None,
     ) -> None:
         self.config = config
+        self.peer_health = peer_health_of(config.registration, config.server.env)
         self._clients: PeerClients | None = None
         if peers is None:
             self._clients = PeerClients(
@@ -107,7 +108,7 @@ class SchedulerServer(Service):
         domain_pb2_grpc.add_DomainServiceServicer_to_server(
             domain.KernelDomainServicer(SERVICE, VERSION, CAPABILITIES, self._actions()), server
         )
-        return [SERVICE_NAME, domain.SERVICE_NAME]
+        return [SERVICE_NAME, domain.SERVICE_NAME, *mounted(self.peer_health, server)]
 
     def _actions(self) -> dict[str, domain.KernelAction]:
         s = self.servicer
@@ -175,7 +176,7 @@ class SchedulerServer(Service):
         if self.config.registration is not None:
             self._tasks.append(
                 asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port),
+                    keep_registered(self.config.registration, self.bound_port, self.peer_health),
                     name="scheduler-registration",
                 )
             )

@@ -25,7 +25,7 @@ from services.common.timestamps import from_timestamp
 from services.kernels import domain
 from services.kernels.immune.peers import MemoryExperience
 from services.kernels.immune.playbooks import Experience, SharedExperience
-from services.kernels.registration import keep_registered
+from services.kernels.registration import keep_registered, mounted, peer_health_of
 from services.kernels.sinks import ImmutableLogPublisher
 from services.kernels.tasks import store as tables
 from services.kernels.tasks.config import CAPABILITIES, SERVICE, TasksConfig
@@ -93,6 +93,7 @@ class TasksServer(Service):
         schema: str | None = None,
     ) -> None:
         self.config = config
+        self.peer_health = peer_health_of(config.registration, config.server.env)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._client: GovernanceClient | None = None
         self._approvals: GovernanceApprovals | None = None
@@ -197,7 +198,7 @@ class TasksServer(Service):
             ),
             server,
         )
-        return [SERVICE_NAME, domain.SERVICE_NAME]
+        return [SERVICE_NAME, domain.SERVICE_NAME, *mounted(self.peer_health, server)]
 
     async def _run_cycle(self, data: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         reason = data.get("reason", "")
@@ -260,7 +261,7 @@ class TasksServer(Service):
         if self.config.registration is not None:
             self._tasks.append(
                 asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port),
+                    keep_registered(self.config.registration, self.bound_port, self.peer_health),
                     name="tasks-registration",
                 )
             )

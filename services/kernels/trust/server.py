@@ -15,7 +15,7 @@ from services.common.channels import channel
 from services.common.server import Service
 from services.common.storage import Database
 from services.kernels import domain
-from services.kernels.registration import keep_registered
+from services.kernels.registration import keep_registered, mounted, peer_health_of
 from services.kernels.trust.actions import trust_actions
 from services.kernels.trust.behaviour import RegistryBehaviour
 from services.kernels.trust.config import CAPABILITIES, SERVICE, TrustConfig
@@ -44,6 +44,7 @@ class TrustServer(Service):
         principal_of: PrincipalOf = no_principal,
     ) -> None:
         self.config = config
+        self.peer_health = peer_health_of(config.registration, config.server.env)
         self._principal_of = principal_of
         self._registry: grpc.aio.Channel | None = None
         self._behaviour = RegistryBehaviour(config.registry_timeout_s)
@@ -62,7 +63,7 @@ class TrustServer(Service):
             domain.KernelDomainServicer(SERVICE, "0.1.0", CAPABILITIES, trust_actions(self.kernel)),
             server,
         )
-        return [SERVICE_NAME, domain.SERVICE_NAME]
+        return [SERVICE_NAME, domain.SERVICE_NAME, *mounted(self.peer_health, server)]
 
     async def start(self) -> None:
         # grpc.aio channels bind to the running loop: open it here, not in __init__.
@@ -71,7 +72,7 @@ class TrustServer(Service):
         await self.kernel.open()
         if self.config.registration is not None:
             self._registrar = asyncio.create_task(
-                keep_registered(self.config.registration, self.bound_port),
+                keep_registered(self.config.registration, self.bound_port, self.peer_health),
                 name="trust-registration",
             )
 

@@ -93,6 +93,30 @@ CHANGE_KIND_REMOVED: ChangeKind.ValueType  # 5
 """The domain was removed, by request or after its lease expired for too long."""
 Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
+class _SuspicionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SuspicionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SuspicionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUSPICION_STATE_UNSPECIFIED: _SuspicionState.ValueType  # 0
+    """Not set."""
+    SUSPICION_STATE_SUSPECTED: _SuspicionState.ValueType  # 1
+    """At least one observer suspects the domain; not yet confirmed by a quorum."""
+    SUSPICION_STATE_CONFIRMED_DOWN: _SuspicionState.ValueType  # 2
+    """A quorum of distinct observers confirmed the domain down."""
+
+class SuspicionState(_SuspicionState, metaclass=_SuspicionStateEnumTypeWrapper):
+    """SuspicionState is where a suspicion stands."""
+
+SUSPICION_STATE_UNSPECIFIED: SuspicionState.ValueType  # 0
+"""Not set."""
+SUSPICION_STATE_SUSPECTED: SuspicionState.ValueType  # 1
+"""At least one observer suspects the domain; not yet confirmed by a quorum."""
+SUSPICION_STATE_CONFIRMED_DOWN: SuspicionState.ValueType  # 2
+"""A quorum of distinct observers confirmed the domain down."""
+Global___SuspicionState: _TypeAlias = SuspicionState  # noqa: Y015
+
 @_typing.final
 class DomainMetrics(_message.Message):
     """DomainMetrics are what a domain reports about itself with each heartbeat."""
@@ -948,3 +972,243 @@ class GetRegistryStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRegistryStatsResponse: _TypeAlias = GetRegistryStatsResponse  # noqa: Y015
+
+@_typing.final
+class Suspicion(_message.Message):
+    """Suspicion is the registry's record of one suspected domain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUSPECT_ID_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SUSPECTING_FIELD_NUMBER: _builtins.int
+    CONFIRMING_FIELD_NUMBER: _builtins.int
+    OBSERVERS_FIELD_NUMBER: _builtins.int
+    QUORUM_FIELD_NUMBER: _builtins.int
+    SUSPECTED_AT_FIELD_NUMBER: _builtins.int
+    CONFIRMED_AT_FIELD_NUMBER: _builtins.int
+    suspect_id: _builtins.str
+    """Id of the suspected domain."""
+    incarnation: _builtins.int
+    """Incarnation of the suspect the suspicion is about; a refutation must exceed it."""
+    state: Global___SuspicionState.ValueType
+    """Where the suspicion stands."""
+    quorum: _builtins.int
+    """Confirmations needed to declare the suspect down."""
+    @_builtins.property
+    def suspecting(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Distinct observers that reported the suspect failing its probes, sorted."""
+
+    @_builtins.property
+    def confirming(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Distinct observers whose suspicion timed out without a refutation, sorted."""
+
+    @_builtins.property
+    def observers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The suspect's assigned observers in the registry's current view, sorted."""
+
+    @_builtins.property
+    def suspected_at(self) -> _timestamp_pb2.Timestamp:
+        """When the first suspicion arrived."""
+
+    @_builtins.property
+    def confirmed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the quorum was reached; unset while only suspected."""
+
+    def __init__(
+        self,
+        *,
+        suspect_id: _builtins.str = ...,
+        incarnation: _builtins.int = ...,
+        state: Global___SuspicionState.ValueType = ...,
+        suspecting: _abc.Iterable[_builtins.str] | None = ...,
+        confirming: _abc.Iterable[_builtins.str] | None = ...,
+        observers: _abc.Iterable[_builtins.str] | None = ...,
+        quorum: _builtins.int = ...,
+        suspected_at: _timestamp_pb2.Timestamp | None = ...,
+        confirmed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["confirmed_at", b"confirmed_at", "suspected_at", b"suspected_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed_at", b"confirmed_at", "confirming", b"confirming", "incarnation", b"incarnation", "observers", b"observers", "quorum", b"quorum", "state", b"state", "suspect_id", b"suspect_id", "suspected_at", b"suspected_at", "suspecting", b"suspecting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Suspicion: _TypeAlias = Suspicion  # noqa: Y015
+
+@_typing.final
+class ReportSuspicionRequest(_message.Message):
+    """ReportSuspicionRequest is one observer's report about one suspect."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBSERVER_ID_FIELD_NUMBER: _builtins.int
+    SUSPECT_ID_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    CONFIRMED_FIELD_NUMBER: _builtins.int
+    observer_id: _builtins.str
+    """Id of the reporting observer: a registered domain other than the suspect."""
+    suspect_id: _builtins.str
+    """Id of the suspected domain: a registered domain."""
+    incarnation: _builtins.int
+    """The suspect's incarnation as the observer last knew it (>= 0)."""
+    confirmed: _builtins.bool
+    """False: the suspect failed the observer's direct and indirect probes. True: the
+    observer's suspicion timed out without a refutation (implies a suspicion).
+    """
+    def __init__(
+        self,
+        *,
+        observer_id: _builtins.str = ...,
+        suspect_id: _builtins.str = ...,
+        incarnation: _builtins.int = ...,
+        confirmed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed", b"confirmed", "incarnation", b"incarnation", "observer_id", b"observer_id", "suspect_id", b"suspect_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportSuspicionRequest: _TypeAlias = ReportSuspicionRequest  # noqa: Y015
+
+@_typing.final
+class ReportSuspicionResponse(_message.Message):
+    """ReportSuspicionResponse carries the suspicion after the report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUSPICION_FIELD_NUMBER: _builtins.int
+    CURRENT_INCARNATION_FIELD_NUMBER: _builtins.int
+    current_incarnation: _builtins.int
+    """The highest incarnation of the suspect the registry knows."""
+    @_builtins.property
+    def suspicion(self) -> Global___Suspicion:
+        """The suspicion as recorded. Unset when the report was stale: the suspect already
+        refuted at a higher incarnation (see current_incarnation).
+        """
+
+    def __init__(
+        self,
+        *,
+        suspicion: Global___Suspicion | None = ...,
+        current_incarnation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["suspicion", b"suspicion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_incarnation", b"current_incarnation", "suspicion", b"suspicion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportSuspicionResponse: _TypeAlias = ReportSuspicionResponse  # noqa: Y015
+
+@_typing.final
+class RefuteRequest(_message.Message):
+    """RefuteRequest is a domain's own word that it is alive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_ID_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    domain_id: _builtins.str
+    """Id of the refuting domain (the suspect itself)."""
+    incarnation: _builtins.int
+    """The domain's new incarnation; it clears suspicions at lower incarnations."""
+    def __init__(
+        self,
+        *,
+        domain_id: _builtins.str = ...,
+        incarnation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain_id", b"domain_id", "incarnation", b"incarnation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefuteRequest: _TypeAlias = RefuteRequest  # noqa: Y015
+
+@_typing.final
+class RefuteResponse(_message.Message):
+    """RefuteResponse reports what the refutation cleared."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLEARED_FIELD_NUMBER: _builtins.int
+    RECOVERED_FIELD_NUMBER: _builtins.int
+    INCARNATION_FIELD_NUMBER: _builtins.int
+    cleared: _builtins.bool
+    """True when an open suspicion was cleared."""
+    recovered: _builtins.bool
+    """True when the domain had been confirmed down and is now announced back."""
+    incarnation: _builtins.int
+    """The highest incarnation of the domain the registry knows after the refutation."""
+    def __init__(
+        self,
+        *,
+        cleared: _builtins.bool = ...,
+        recovered: _builtins.bool = ...,
+        incarnation: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleared", b"cleared", "incarnation", b"incarnation", "recovered", b"recovered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefuteResponse: _TypeAlias = RefuteResponse  # noqa: Y015
+
+@_typing.final
+class ListSuspicionsRequest(_message.Message):
+    """ListSuspicionsRequest asks for one page of open suspicions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Page size, 1-1000; 0 means the default of 50."""
+    page_token: _builtins.str
+    """Token from a previous response's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSuspicionsRequest: _TypeAlias = ListSuspicionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSuspicionsResponse(_message.Message):
+    """ListSuspicionsResponse is one page of open suspicions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUSPICIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def suspicions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Suspicion]:
+        """Suspicions ordered by suspect id."""
+
+    def __init__(
+        self,
+        *,
+        suspicions: _abc.Iterable[Global___Suspicion] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "suspicions", b"suspicions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSuspicionsResponse: _TypeAlias = ListSuspicionsResponse  # noqa: Y015

@@ -83,6 +83,21 @@ class RegistryServiceStub:
                 request_serializer=grace_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsRequest.SerializeToString,
                 response_deserializer=grace_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsResponse.FromString,
                 _registered_method=True)
+        self.ReportSuspicion = channel.unary_unary(
+                '/grace.registry.v1.RegistryService/ReportSuspicion',
+                request_serializer=grace_dot_registry_dot_v1_dot_registry__pb2.ReportSuspicionRequest.SerializeToString,
+                response_deserializer=grace_dot_registry_dot_v1_dot_registry__pb2.ReportSuspicionResponse.FromString,
+                _registered_method=True)
+        self.Refute = channel.unary_unary(
+                '/grace.registry.v1.RegistryService/Refute',
+                request_serializer=grace_dot_registry_dot_v1_dot_registry__pb2.RefuteRequest.SerializeToString,
+                response_deserializer=grace_dot_registry_dot_v1_dot_registry__pb2.RefuteResponse.FromString,
+                _registered_method=True)
+        self.ListSuspicions = channel.unary_unary(
+                '/grace.registry.v1.RegistryService/ListSuspicions',
+                request_serializer=grace_dot_registry_dot_v1_dot_registry__pb2.ListSuspicionsRequest.SerializeToString,
+                response_deserializer=grace_dot_registry_dot_v1_dot_registry__pb2.ListSuspicionsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -159,6 +174,35 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportSuspicion(self, request, context):
+        """Health federation: an observer reports that a domain it watches failed its direct and
+        indirect probes (a suspicion), or that the suspicion outlived its timeout without a
+        refutation (a confirmation). The registry keeps the observers per suspect; once a
+        quorum of distinct observers confirm (default: a majority of the suspect's observers
+        and at least 2) the domain is confirmed down and `domain.down_confirmed` is published.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Refute(self, request, context):
+        """Health federation: a suspected (or confirmed down) domain says it is alive with an
+        incarnation higher than the one suspected. The suspicion is cleared, and a domain that
+        was confirmed down is announced back with `domain.recovered`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSuspicions(self, request, context):
+        """Health federation: the open suspicions (suspected or confirmed down), ordered by
+        suspect id, one page at a time. Members read it to learn whom to stop trusting and
+        whether they are suspected themselves.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +250,21 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.GetRegistryStats,
                     request_deserializer=grace_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsRequest.FromString,
                     response_serializer=grace_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsResponse.SerializeToString,
+            ),
+            'ReportSuspicion': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportSuspicion,
+                    request_deserializer=grace_dot_registry_dot_v1_dot_registry__pb2.ReportSuspicionRequest.FromString,
+                    response_serializer=grace_dot_registry_dot_v1_dot_registry__pb2.ReportSuspicionResponse.SerializeToString,
+            ),
+            'Refute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Refute,
+                    request_deserializer=grace_dot_registry_dot_v1_dot_registry__pb2.RefuteRequest.FromString,
+                    response_serializer=grace_dot_registry_dot_v1_dot_registry__pb2.RefuteResponse.SerializeToString,
+            ),
+            'ListSuspicions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSuspicions,
+                    request_deserializer=grace_dot_registry_dot_v1_dot_registry__pb2.ListSuspicionsRequest.FromString,
+                    response_serializer=grace_dot_registry_dot_v1_dot_registry__pb2.ListSuspicionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -455,6 +514,87 @@ class RegistryService:
             '/grace.registry.v1.RegistryService/GetRegistryStats',
             grace_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsRequest.SerializeToString,
             grace_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportSuspicion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.registry.v1.RegistryService/ReportSuspicion',
+            grace_dot_registry_dot_v1_dot_registry__pb2.ReportSuspicionRequest.SerializeToString,
+            grace_dot_registry_dot_v1_dot_registry__pb2.ReportSuspicionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.registry.v1.RegistryService/Refute',
+            grace_dot_registry_dot_v1_dot_registry__pb2.RefuteRequest.SerializeToString,
+            grace_dot_registry_dot_v1_dot_registry__pb2.RefuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSuspicions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.registry.v1.RegistryService/ListSuspicions',
+            grace_dot_registry_dot_v1_dot_registry__pb2.ListSuspicionsRequest.SerializeToString,
+            grace_dot_registry_dot_v1_dot_registry__pb2.ListSuspicionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

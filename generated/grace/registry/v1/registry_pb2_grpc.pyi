@@ -62,6 +62,23 @@ class RegistryServiceStub:
     """
     GetRegistryStats: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetRegistryStatsRequest, _registry_pb2.GetRegistryStatsResponse]
     """Returns counts of domains by status and capability, and the current revision."""
+    ReportSuspicion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ReportSuspicionRequest, _registry_pb2.ReportSuspicionResponse]
+    """Health federation: an observer reports that a domain it watches failed its direct and
+    indirect probes (a suspicion), or that the suspicion outlived its timeout without a
+    refutation (a confirmation). The registry keeps the observers per suspect; once a
+    quorum of distinct observers confirm (default: a majority of the suspect's observers
+    and at least 2) the domain is confirmed down and `domain.down_confirmed` is published.
+    """
+    Refute: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RefuteRequest, _registry_pb2.RefuteResponse]
+    """Health federation: a suspected (or confirmed down) domain says it is alive with an
+    incarnation higher than the one suspected. The suspicion is cleared, and a domain that
+    was confirmed down is announced back with `domain.recovered`.
+    """
+    ListSuspicions: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListSuspicionsRequest, _registry_pb2.ListSuspicionsResponse]
+    """Health federation: the open suspicions (suspected or confirmed down), ordered by
+    suspect id, one page at a time. Members read it to learn whom to stop trusting and
+    whether they are suspected themselves.
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -97,6 +114,23 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """
     GetRegistryStats: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetRegistryStatsRequest, _registry_pb2.GetRegistryStatsResponse]  # type: ignore[assignment]
     """Returns counts of domains by status and capability, and the current revision."""
+    ReportSuspicion: _aio.UnaryUnaryMultiCallable[_registry_pb2.ReportSuspicionRequest, _registry_pb2.ReportSuspicionResponse]  # type: ignore[assignment]
+    """Health federation: an observer reports that a domain it watches failed its direct and
+    indirect probes (a suspicion), or that the suspicion outlived its timeout without a
+    refutation (a confirmation). The registry keeps the observers per suspect; once a
+    quorum of distinct observers confirm (default: a majority of the suspect's observers
+    and at least 2) the domain is confirmed down and `domain.down_confirmed` is published.
+    """
+    Refute: _aio.UnaryUnaryMultiCallable[_registry_pb2.RefuteRequest, _registry_pb2.RefuteResponse]  # type: ignore[assignment]
+    """Health federation: a suspected (or confirmed down) domain says it is alive with an
+    incarnation higher than the one suspected. The suspicion is cleared, and a domain that
+    was confirmed down is announced back with `domain.recovered`.
+    """
+    ListSuspicions: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListSuspicionsRequest, _registry_pb2.ListSuspicionsResponse]  # type: ignore[assignment]
+    """Health federation: the open suspicions (suspected or confirmed down), ordered by
+    suspect id, one page at a time. Members read it to learn whom to stop trusting and
+    whether they are suspected themselves.
+    """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """RegistryService is how Grace domains find each other. A domain registers its address and
@@ -183,5 +217,40 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.GetRegistryStatsResponse, _abc.Awaitable[_registry_pb2.GetRegistryStatsResponse]]:
         """Returns counts of domains by status and capability, and the current revision."""
+
+    @_abc_1.abstractmethod
+    def ReportSuspicion(
+        self,
+        request: _registry_pb2.ReportSuspicionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ReportSuspicionResponse, _abc.Awaitable[_registry_pb2.ReportSuspicionResponse]]:
+        """Health federation: an observer reports that a domain it watches failed its direct and
+        indirect probes (a suspicion), or that the suspicion outlived its timeout without a
+        refutation (a confirmation). The registry keeps the observers per suspect; once a
+        quorum of distinct observers confirm (default: a majority of the suspect's observers
+        and at least 2) the domain is confirmed down and `domain.down_confirmed` is published.
+        """
+
+    @_abc_1.abstractmethod
+    def Refute(
+        self,
+        request: _registry_pb2.RefuteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RefuteResponse, _abc.Awaitable[_registry_pb2.RefuteResponse]]:
+        """Health federation: a suspected (or confirmed down) domain says it is alive with an
+        incarnation higher than the one suspected. The suspicion is cleared, and a domain that
+        was confirmed down is announced back with `domain.recovered`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSuspicions(
+        self,
+        request: _registry_pb2.ListSuspicionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListSuspicionsResponse, _abc.Awaitable[_registry_pb2.ListSuspicionsResponse]]:
+        """Health federation: the open suspicions (suspected or confirmed down), ordered by
+        suspect id, one page at a time. Members read it to learn whom to stop trusting and
+        whether they are suspected themselves.
+        """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
