@@ -66,10 +66,11 @@ def acting_for(claimed: str) -> str:
 
 def vouches_for(source: str) -> bool:
     """True when the authenticated caller of this call is `source` itself (its domain
-    identity or component certificate), or an administrator acting in its name: an event
-    it publishes unsigned is then authenticated by the transport instead of a signature."""
+    identity or component certificate): an event it publishes unsigned is then
+    authenticated by the transport instead of a signature. Nobody else, administrators
+    included, publishes unsigned in the name of a source that has an identity."""
     principal = current_principal()
-    return principal is not None and (principal.acts_as(source) or principal.is_admin)
+    return principal is not None and principal.acts_as(source)
 
 
 class AuthError(Exception):

@@ -156,7 +156,7 @@ class EventVerifier:
         root_ttl_s: How long a verified batch root signature is remembered.
         max_roots: Most batch roots remembered (the oldest are dropped first).
         vouched: Tells whether the authenticated publisher of an event is its source
-            itself (or an administrator acting for it). Such an unsigned event is
+            itself. Such an unsigned event is
             accepted: the transport authenticated who sent it, as a signature would have.
             A signature that does not verify is refused all the same.
     """

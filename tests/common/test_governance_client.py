@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from grace.kernels.governance.v1 import governance_pb2 as pb
 from grace.kernels.governance.v1 import governance_pb2_grpc
 from services.common.governance_client import GovernanceClient
 from services.common.outbox import OutboxEvent
+from services.common.server import GraceServer, Service
 from services.kernels.governance.config import GovernanceConfig
 from services.kernels.governance.governance import GovernanceSettings
 from services.kernels.governance.model import Mode
@@ -47,16 +48,19 @@ class NoVerdict(governance_pb2_grpc.GovernanceServiceServicer):
         return pb.EvaluateResponse(allowed=True)
 
 
+class NoVerdictService(Service):
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        governance_pb2_grpc.add_GovernanceServiceServicer_to_server(NoVerdict(), server)
+        return [pb.DESCRIPTOR.services_by_name["GovernanceService"].full_name]
+
+
 @contextlib.asynccontextmanager
 async def no_verdict_governance() -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    governance_pb2_grpc.add_GovernanceServiceServicer_to_server(NoVerdict(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(None)
+    # Served by the one bootstrap, so it speaks TLS with the test PKI like every server.
+    async with GraceServer(
+        server_config("governance", Path("/nonexistent")), NoVerdictService()
+    ) as server:
+        yield server.address
 
 
 @pytest.mark.parametrize(("risk", "allowed"), [("low", True), ("medium", False), ("high", False)])

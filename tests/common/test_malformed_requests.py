@@ -11,6 +11,7 @@ from google.protobuf import struct_pb2
 from grpc_status import rpc_status
 
 from grace.eventbus.v1 import eventbus_pb2
+from services.common.channels import channel
 from services.common.server import GraceServer
 from services.eventbus.server import EventBusServer
 from tests.common.test_server import SlowStartService
@@ -51,7 +52,7 @@ async def test_a_unary_request_that_is_not_protobuf_is_invalid_argument(
     service.release.set()
     async with (
         GraceServer(server_config("test", tmp_path), service) as server,
-        grpc.aio.insecure_channel(server.address) as chan,
+        channel(server.address) as chan,
     ):
         raw = chan.unary_unary("/grace.registry.v1.RegistryService/GetDomain")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -66,7 +67,7 @@ async def test_a_streaming_request_that_is_not_protobuf_is_invalid_argument(
     service.release.set()
     async with (
         GraceServer(server_config("test", tmp_path), service) as server,
-        grpc.aio.insecure_channel(server.address) as chan,
+        channel(server.address) as chan,
     ):
         raw = chan.unary_stream("/grace.registry.v1.RegistryService/WatchDomains")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -91,7 +92,7 @@ async def test_a_valid_request_still_reaches_the_handler(tmp_path: Path) -> None
     service.release.set()
     async with (
         GraceServer(server_config("test", tmp_path), service) as server,
-        grpc.aio.insecure_channel(server.address) as chan,
+        channel(server.address) as chan,
     ):
         raw = chan.unary_unary("/grace.registry.v1.RegistryService/GetDomain")
         assert await raw(b"\x0a\x01x", timeout=10) == b""
@@ -116,7 +117,7 @@ async def test_a_health_request_that_is_not_protobuf_is_invalid_argument(
     service.release.set()
     async with (
         GraceServer(server_config("test", tmp_path), service) as server,
-        grpc.aio.insecure_channel(server.address) as chan,
+        channel(server.address) as chan,
     ):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call_once(chan, method, streaming)

@@ -43,7 +43,7 @@ def test_a_join_token_as_json_then_list_and_revoke(
     assert created["principal"] == "domain:ai_domain"
     assert created["roles"] == ["domain:ai_domain"]
     code, out, _ = run(capsys, "token", "list", "-o", "json", *data_dir)
-    listed = json.loads(out)["tokens"]
+    listed = json.loads(out)
     assert [(t["id"], t["revoked"]) for t in listed] == [(created["id"], False)]
     assert created["token"] not in out
     code, out, _ = run(capsys, "token", "revoke", created["id"], *data_dir)

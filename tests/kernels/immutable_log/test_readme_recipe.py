@@ -15,7 +15,7 @@ from grace.kernels.immutable_log.v1 import immutable_log_pb2_grpc as pb_grpc
 from services.kernels.immutable_log.server import ImmutableLogServer
 from tests.gateway.conftest import gateway_config
 from tests.kernels.immutable_log.test_servicer import log_config, new_entry
-from tests.support import serving
+from tests.support import serving, session_pki
 
 pytestmark = pytest.mark.skipif(
     shutil.which("curl") is None or shutil.which("jq") is None, reason="needs curl and jq"
@@ -37,6 +37,15 @@ def readme_recipe() -> tuple[str, str]:
 async def run(script: str, cwd: Path, base_url: str) -> str:
     grace = str(Path(sys.executable).with_name("grace"))
     script = script.replace("localhost:8000", base_url).replace(".venv/bin/grace", grace)
+    # The test gateway serves plain HTTP (its upstreams are the secure test servers).
+    script = script.replace(f"https://{base_url}", f"http://{base_url}")
+    # The README defines gcurl in the tour's first block: curl with the CA and the token.
+    pki = session_pki()
+    gcurl = (
+        f'gcurl() {{ curl --cacert {pki.ca_file} -H "authorization: Bearer {pki.admin_token}" '
+        '"$@"; }\n'
+    )
+    script = gcurl + script
     process = await asyncio.create_subprocess_exec(
         "bash",
         "-euo",

@@ -97,7 +97,8 @@ async def test_create_get_list_pause_resume_delete_round_trip(running: Running) 
     assert schedule.next_due_time.ToDatetime().weekday() == 1
     got = await stub.GetSchedule(pb.GetScheduleRequest(schedule_id="scale-auth"))
     assert got.schedule.next_due_time == schedule.next_due_time
-    listed = await stub.ListSchedules(pb.ListSchedulesRequest(owner="operator:alice"))
+    # The owner is the authenticated caller (the test PKI's admin), not the name it sent.
+    listed = await stub.ListSchedules(pb.ListSchedulesRequest(owner="test-admin"))
     assert [s.schedule_id for s in listed.schedules] == ["scale-auth"]
     paused = await stub.PauseSchedule(pb.PauseScheduleRequest(schedule_id="scale-auth"))
     assert paused.schedule.state == pb.SCHEDULE_STATE_PAUSED
@@ -353,6 +354,6 @@ async def test_a_firing_is_appended_to_a_real_immutable_log(tmp_path: Path) -> N
         got = await log_stub.GetEntries(log_pb.GetEntriesRequest(start=0, page_size=100))
     fired = next(e for e in got.entries if e.data.kind == "schedule.fired")
     assert fired.data.actor == "scheduler"
-    assert fired.data.data["owner"] == "operator:alice"
+    assert fired.data.data["owner"] == "test-admin"  # the authenticated creator
     assert fired.data.data["outcome"] == "succeeded"
     assert got.entries[0].data.kind == "schedule.created"
