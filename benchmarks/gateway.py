@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 
@@ -76,6 +77,23 @@ class HttpConnection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def wait_serving(address: str, deadline: float) -> None:
+    """Until the health service says SERVING: a ready channel may still refuse calls while
+    the server starts."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{address} did not become SERVING")
+            await asyncio.sleep(0.1)
 
 
 async def measure(
@@ -164,9 +182,7 @@ def main() -> None:
 
             async def run() -> dict[str, dict[str, float]]:
                 await wait_http(gateway_port, time.monotonic() + 30)
-                channel = grpc.aio.insecure_channel(f"127.0.0.1:{registry_port}")
-                await asyncio.wait_for(channel.channel_ready(), 30)
-                await channel.close()
+                await wait_serving(f"127.0.0.1:{registry_port}", time.monotonic() + 30)
                 return await bench(gateway_port, f"127.0.0.1:{registry_port}")
 
             results = asyncio.run(run())

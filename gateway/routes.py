@@ -28,7 +28,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message_factory
 from google.protobuf.message import Message
 
-from gateway.template import PathTemplate, TemplateError, parse_template, split_path
+from gateway.template import PathTemplate, SegmentKind, TemplateError, parse_template, split_path
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,18 @@ def _check_field_path(
     return found
 
 
+def _first_literal(route: Route) -> str | None:
+    """The literal a route's paths must start with, or None when any first segment may
+    match (a variable or wildcard first, no segments, or a verb glued to the only one)."""
+    template = route.template
+    segments = template.segments
+    if not segments or segments[0].kind is not SegmentKind.LITERAL:
+        return None
+    if template.verb and len(segments) == 1:
+        return None
+    return segments[0].literal
+
+
 class RouteTable:
     """Every route, searchable by method and raw path, most specific first."""
 
@@ -183,6 +195,16 @@ class RouteTable:
         self.routes: tuple[Route, ...] = tuple(
             sorted(unique.values(), key=lambda r: r.template.specificity, reverse=True)
         )
+        # Candidates by a path's first segment, in the same order: a route whose template
+        # starts with a literal can only match paths starting with it, so a request scans
+        # its own prefix's routes and the few starting with a variable, not all of them.
+        anywhere = tuple(r for r in self.routes if _first_literal(r) is None)
+        self._by_first: dict[str, tuple[Route, ...]] = {
+            literal: tuple(r for r in self.routes if _first_literal(r) in (None, literal))
+            for literal in {_first_literal(r) for r in self.routes} - {None}
+            if literal is not None
+        }
+        self._anywhere = anywhere
 
     @classmethod
     def from_services(
@@ -242,7 +264,8 @@ class RouteTable:
         if not raw_path.startswith("/"):
             return Match()
         parts = split_path(raw_path)
-        for route in self.routes:
+        candidates = self._by_first.get(parts[0], self._anywhere) if parts else self.routes
+        for route in candidates:
             bindings = route.template.match_parts(parts)
             if bindings is None:
                 continue

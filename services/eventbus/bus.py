@@ -8,10 +8,10 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from grace.eventbus.v1 import event_pb2
-from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import InvalidArgument, NotFound
 from services.common.event_verification import EventVerifier
 from services.common.pagination import (
     MAX_PAGE_BYTES,
@@ -42,9 +42,9 @@ from services.eventbus.store import EventStore, LogFilter
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class PublishOutcome:
-    """One entry's result: stored/duplicate (`appended`) or rejected (`error`)."""
+class PublishOutcome(NamedTuple):
+    """One entry's result: stored/duplicate (`appended`) or rejected (`error`). A tuple:
+    one is built per event on the hot path."""
 
     event_id: str
     appended: Appended | None = None
@@ -128,39 +128,42 @@ class EventBus:
         """Stores the valid entries in order; invalid ones are rejected on their own."""
         if len(batch) > self.settings.max_batch:
             raise InvalidArgument("events", f"must have at most {self.settings.max_batch} entries")
-        outcomes: list[PublishOutcome] = []
-        valid: list[int] = []
+        events = list(batch)  # one wrapper per element; indexing the repeated field makes more
+        outcomes: list[PublishOutcome | None] = [None] * len(events)
+        valid: list[event_pb2.Event] = []
+        slots: list[int] = []
         validate = self.validate
-        for index, event in enumerate(batch):
+        for index, event in enumerate(events):
             try:
                 validate(event, f"events[{index}].")
             except InvalidArgument as exc:
-                outcomes.append(PublishOutcome(event.id, error=exc.message))
+                outcomes[index] = PublishOutcome(event.id, error=exc.message)
                 continue
-            valid.append(index)
-            outcomes.append(PublishOutcome(event.id))
-        denials: list[PermissionDenied | None] = [None] * len(valid)
+            valid.append(event)
+            slots.append(index)
         if self.verifier is not None and valid:
             # The whole batch at once: a batch signature is verified once for its events.
-            denials = await self.verifier.enforce_batch([batch[i] for i in valid])
-        accepted: list[event_pb2.Event] = []
-        generated: list[bool] = []
-        slots: list[int] = []
-        now_ns = time.time_ns()
-        for index, denial in zip(valid, denials, strict=True):
-            event = batch[index]
-            if denial is not None:
-                outcomes[index] = PublishOutcome(event.id, error=denial.message)
-                continue
-            generated.append(self._prepare(event, now_ns))
-            accepted.append(event)
-            slots.append(index)
-        if accepted:
-            with tracing.producer_spans(accepted):
-                appended = await self.log.append(accepted, generated)
+            denials = await self.verifier.enforce_batch(valid)
+            if any(denial is not None for denial in denials):
+                kept = [
+                    (slot, event)
+                    for slot, event, denial in zip(slots, valid, denials, strict=True)
+                    if denial is None
+                ]
+                for slot, event, denial in zip(slots, valid, denials, strict=True):
+                    if denial is not None:
+                        outcomes[slot] = PublishOutcome(event.id, error=denial.message)
+                slots = [slot for slot, _ in kept]
+                valid = [event for _, event in kept]
+        if valid:
+            now_ns = time.time_ns()
+            prepare = self._prepare
+            generated = [prepare(event, now_ns) for event in valid]
+            with tracing.producer_spans(valid):
+                appended = await self.log.append(valid, generated)
             for slot, result in zip(slots, appended, strict=True):
-                outcomes[slot] = PublishOutcome(result.event_id, appended=result)
-        return outcomes
+                outcomes[slot] = PublishOutcome(result.event_id, result)
+        return [outcome for outcome in outcomes if outcome is not None]
 
     def _prepare(self, event: event_pb2.Event, now_ns: int) -> bool:
         if event.sequence:

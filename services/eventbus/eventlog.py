@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import Unavailable
@@ -31,9 +32,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True)
-class Appended:
-    """The outcome of appending one event."""
+class Appended(NamedTuple):
+    """The outcome of appending one event (a tuple: one is built per event on the hot path)."""
 
     event_id: str
     sequence: int

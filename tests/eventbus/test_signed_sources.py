@@ -153,3 +153,28 @@ async def test_unsigned_events_from_a_source_without_identity_are_still_accepted
         eventbus_pb2.PublishRequest(event_type="weather.report", source_domain="newcomer")
     )
     assert accepted.sequence > 0
+
+
+async def test_a_batch_answers_invalid_refused_and_stored_entries_each_in_its_place(
+    platform: Platform,
+) -> None:
+    await eventually_registered(platform.trust, "registry")
+    reply = await platform.bus.PublishBatch(
+        eventbus_pb2.PublishBatchRequest(
+            events=[
+                event_pb2.Event(id="ok-1", event_type="weather.report", source_domain="newcomer"),
+                event_pb2.Event(id="forged-1", event_type="domain.x", source_domain="registry"),
+                event_pb2.Event(id="bad-1", event_type="Not A Type!", source_domain="newcomer"),
+                event_pb2.Event(id="ok-2", event_type="weather.report", source_domain="newcomer"),
+            ]
+        )
+    )
+    assert [(r.id, r.status) for r in reply.results] == [
+        ("ok-1", eventbus_pb2.PUBLISH_STATUS_STORED),
+        ("forged-1", eventbus_pb2.PUBLISH_STATUS_REJECTED),
+        ("bad-1", eventbus_pb2.PUBLISH_STATUS_REJECTED),
+        ("ok-2", eventbus_pb2.PUBLISH_STATUS_STORED),
+    ]
+    assert "'registry' has a registered identity" in reply.results[1].error
+    assert "events[2].event_type" in reply.results[2].error
+    assert reply.results[3].sequence == reply.results[0].sequence + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -11,7 +12,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from gateway.errors import decode_details, from_rpc_error
-from gateway.routes import RouteTable, component_for
+from gateway.routes import RouteTable, component_for, discover_services
 from gateway.transcode import TranscodeError, build_request, render_response
 
 
@@ -249,3 +250,34 @@ def test_grpc_errors_map_to_http_statuses_with_their_decoded_details() -> None:
     }
     for code, http_status in expected.items():
         assert from_rpc_error(_FakeRpcError(code, "m", []), "x").http_status == http_status
+
+
+def _scan(table: RouteTable, method: str, path: str) -> tuple[str, dict[str, str], tuple[str, ...]]:
+    """What matching every route in order finds: the reference for the indexed lookup."""
+    allowed: set[str] = set()
+    for route in table:
+        bindings = route.template.match(path)
+        if bindings is None:
+            continue
+        if route.http_method == method:
+            return route.grpc_path, bindings, ()
+        allowed.add(route.http_method)
+    return "", {}, tuple(sorted(allowed))
+
+
+def test_the_indexed_lookup_finds_what_scanning_every_grace_route_finds() -> None:
+    table = RouteTable.from_services(discover_services())
+    paths = {"/", "/nowhere", "/v1", "/domains", "/domains/x/y/z/w"}
+    for route in table:
+        filled = re.sub(r"\{[^}]*\}|\*\*|\*", "seg", route.template.text)
+        paths.update({filled, filled + "/extra", filled.rsplit("/", 1)[0] or "/"})
+    assert len(paths) > len(table)
+    for path in sorted(paths):
+        for method in ("GET", "POST", "DELETE", "PATCH", "PUT"):
+            match = table.match(method, path)
+            found = (
+                match.route.grpc_path if match.route else "",
+                match.bindings if match.route else {},
+                match.allowed,
+            )
+            assert found == _scan(table, method, path), (method, path)
