@@ -51,9 +51,7 @@ async def test_every_asset_is_served_with_a_type_a_browser_accepts(
     assert (await http.post("/ui/")).status_code in (404, 405)
 
 
-def test_every_module_import_is_a_file_of_the_console_and_nothing_comes_from_another_host() -> (
-    None
-):
+def test_every_module_import_is_a_file_of_the_console_and_nothing_comes_from_another_host() -> None:
     for path in ASSETS.iterdir():
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", text), path.name

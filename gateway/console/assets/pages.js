@@ -25,7 +25,8 @@ async function attempt(out, fn) {
   out.textContent = "working...";
   out.classList.remove("error");
   try {
-    out.textContent = (await fn()) ?? "done";
+    const result = await fn(); // undefined: fn has shown its result itself
+    if (result !== undefined) out.textContent = result;
   } catch (e) {
     if (e instanceof Unauthorized) throw e;
     out.textContent = String(e.message || e);
@@ -170,8 +171,7 @@ async function events(root, ctx) {
     const path = `/domains/events/stream?pattern=${encodeURIComponent(pattern.value || "*")}`;
     let ended = false;
     stop = stream(path, (msg) => {
-      const e = msg.event || msg;
-      tail.prepend(h("tr", {}, eventRow(e).map((c) => h("td", {}, String(c ?? "")))));
+      for (const e of msg.events || []) tail.prepend(h("tr", {}, eventRow(e).map((c) => h("td", {}, String(c ?? "")))));
       while (tail.children.length > 200) tail.lastChild.remove();
     }, (st) => { state.textContent = st; if (st === "unauthorized" && !ended) { ended = true; ctx.unauthorized(); } });
   }
@@ -247,7 +247,7 @@ async function workflows(root, ctx) {
     execs.replaceChildren(table([
       ["execution", (e) => h("a", { href: `#/workflows/${e.execution_id}`, onclick: (ev) => { ev.preventDefault(); show(e.execution_id); } }, e.execution_id)],
       ["workflow", (e) => e.workflow_name], ["state", (e) => badge(short(e.state, "EXECUTION_STATE_"))],
-      ["started", (e) => when(e.started_at || e.created_at)],
+      ["started", (e) => when(e.created_at)], ["finished", (e) => when(e.finished_at)],
     ], r.executions, { id: "executions" }));
   }
   function show(id) {
@@ -297,6 +297,7 @@ async function workflows(root, ctx) {
 // ---- approvals ----------------------------------------------------------------------
 async function approvals(root, ctx) {
   const body = h("div");
+  const approver = h("input", { id: "approver", value: sessionStorage.getItem("grace.approver") || "", autocomplete: "name" });
   async function load() {
     const r = await get("/kernels/governance/approvals", { status: "APPROVAL_STATUS_PENDING", page_size: 100 });
     body.replaceChildren(table([
@@ -307,7 +308,9 @@ async function approvals(root, ctx) {
         const reason = h("input", { class: "reason", placeholder: "reason", "aria-label": `reason for ${a.approval_id}` });
         const out = h("span");
         const decide = (verb) => attempt(out, async () => {
-          await post(`/kernels/governance/approvals/${encodeURIComponent(a.approval_id)}/${verb}`, { reason: reason.value });
+          if (!approver.value.trim()) throw new Error("approver: enter who decides");
+          sessionStorage.setItem("grace.approver", approver.value.trim());
+          await post(`/kernels/governance/approvals/${encodeURIComponent(a.approval_id)}/${verb}`, { approver: approver.value.trim(), reason: reason.value });
           await load();
           return `${verb}d`;
         });
@@ -320,6 +323,7 @@ async function approvals(root, ctx) {
   root.append(h("h1", {}, "Approvals"),
     h("p", { class: "hint" }, "Requests governance holds for a person. ",
       live(ctx, "/domains/events/stream?pattern=governance.*", () => load().catch(() => {}), "governance events")),
+    h("p", { class: "row" }, h("label", { for: "approver" }, "Decided by"), approver),
     body);
   await load();
 }
@@ -365,8 +369,9 @@ async function governance(root) {
     ], policies.policies, { id: "policies" })),
     section("Recent decisions", table([
       ["decision", (d) => d.decision_id], ["actor", (d) => d.actor], ["action", (d) => d.action],
-      ["resource", (d) => d.resource], ["effect", (d) => badge(short(d.effect, "EFFECT_"))],
-      ["when", (d) => when(d.decided_at || d.created_at)], ["reason", (d) => d.reason || ""],
+      ["resource", (d) => d.resource], ["risk", (d) => short(d.risk_level, "RISK_LEVEL_")],
+      ["verdict", (d) => badge(short(d.verdict, "VERDICT_"))],
+      ["when", (d) => when(d.time)], ["reasons", (d) => (d.reasons || []).join("; ")],
     ], decisions.decisions, { id: "decisions" })));
 }
 
