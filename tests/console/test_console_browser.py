@@ -224,12 +224,15 @@ async def test_the_signed_in_token_is_kept_in_the_tab_and_sent_on_every_call(
 
 
 def _narrow(driver: WebDriver, grace: RunningGrace) -> None:
-    driver.set_window_size(375, 800)
+    # A headless window is at least 500 pixels wide: emulate the phone's screen instead.
+    metrics = {"width": 375, "height": 800, "deviceScaleFactor": 1, "mobile": True}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     for page in ("map", "health", "workflows"):
         _open(driver, grace, page)
         _element(driver, "main table")
         width = driver.execute_script("return document.documentElement.scrollWidth")
         viewport = driver.execute_script("return document.documentElement.clientWidth")
+        assert viewport == 375
         assert width <= viewport, f"{page} scrolls sideways: {width} > {viewport}"
     menu = driver.find_element(By.ID, "menu")
     assert menu.is_displayed()
