@@ -107,6 +107,7 @@ def _every_page_renders(driver: WebDriver, grace: RunningGrace) -> None:
 
     _open(driver, grace, "approvals")
     _element(driver, "#approvals")
+    _element(driver, "#tasks")
 
     _open(driver, grace, "performance")
     _wait(driver, _shows(driver, "#perf-table", "eventbus", "orchestrator"), "figures")

@@ -319,12 +319,19 @@ async function approvals(root, ctx) {
           h("button", { class: "reject", onclick: () => decide("reject") }, "Reject"), out);
       }],
     ], r.approvals, { id: "approvals" }));
+    const t = await get("/tasks", { page_size: 50 }).catch((e) => { if (e instanceof Unauthorized) throw e; return { tasks: [] }; });
+    tasks.replaceChildren(table([
+      ["task", (x) => x.task_id], ["remedy", (x) => x.remedy], ["target", (x) => x.target],
+      ["risk", (x) => x.risk], ["state", (x) => badge(short(x.state, "TASK_STATE_"))],
+      ["approval", (x) => x.approval_id], ["reason", (x) => x.reason],
+    ], t.tasks || [], { id: "tasks" }));
   }
+  const tasks = h("div");
   root.append(h("h1", {}, "Approvals"),
     h("p", { class: "hint" }, "Requests governance holds for a person. ",
       live(ctx, "/domains/events/stream?pattern=governance.*", () => load().catch(() => {}), "governance events")),
     h("p", { class: "row" }, h("label", { for: "approver" }, "Decided by"), approver),
-    body);
+    body, section("Tasks the tasks kernel proposed", tasks));
   await load();
 }
 
