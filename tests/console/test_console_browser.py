@@ -103,6 +103,7 @@ def _every_page_renders(driver: WebDriver, grace: RunningGrace) -> None:
 
     _open(driver, grace, "memory")
     _element(driver, "#memory-results")
+    _element(driver, "#library-results")
     _wait(driver, _shows(driver, "main", "Statistics", "{"), "memory statistics")
 
     _open(driver, grace, "approvals")
@@ -139,6 +140,10 @@ def _run_a_workflow(driver: WebDriver, grace: RunningGrace) -> None:
     _wait(driver, _shows(driver, "#proof-verdict", "valid"), "the proof's verdict")
     assert "invalid" not in _text(driver, "#proof-verdict")
     _wait(driver, _shows(driver, "#executions", "SUCCEEDED"), "the executions table")
+    # What the workflow stored is found from the memory page (its query is "timeout").
+    _open(driver, grace, "memory")
+    _wait(driver, _shows(driver, "#memory-results", "memory_domain"), "the stored insight")
+    _wait(driver, _shows(driver, "#library-results", "port timeout"), "the indexed document")
 
 
 async def test_a_workflow_started_from_the_console_reaches_succeeded_on_its_dag(

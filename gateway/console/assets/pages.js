@@ -349,10 +349,18 @@ async function memory(root) {
       ["relevance", (x) => (x.relevance ?? x.score ?? 0).toFixed?.(2) ?? ""],
       ["content", (x) => JSON.stringify(x.contribution?.content ?? {})],
     ], r.results || [], { id: "memory-results" }));
+    const l = await get("/librarian/search", { query: query.value, page_size: 20 }).catch((e) => { if (e instanceof Unauthorized) throw e; return { hits: [] }; });
+    library.replaceChildren(table([
+      ["document", (x) => x.document?.id], ["title", (x) => x.document?.title], ["source", (x) => x.document?.source],
+      ["score", (x) => (x.score ?? 0).toFixed(3)],
+      ["matched", (x) => (x.highlights || []).map((hl) => `${hl.field}: ${hl.fragment}`).join(" | ")],
+    ], l.hits || [], { id: "library-results" }));
   }
+  const library = h("div");
   root.append(h("h1", {}, "Shared memory"),
     section("Search", h("form", { class: "row", onsubmit: (ev) => { ev.preventDefault(); search(); } },
       h("label", { for: "memory-query" }, "Query"), query, h("button", {}, "Search")), results),
+    section("The librarian's documents", library),
     section("Statistics", stats));
   stats.replaceChildren(json(await get("/domains/memory/stats")));
   await search();
