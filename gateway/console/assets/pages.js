@@ -221,6 +221,28 @@ const EXAMPLE = {
   ],
 };
 
+// What an operator may do to an execution in its state: cancel a running one; retry or
+// abandon a compensation that failed (as the named operator, with a reason).
+function executionActions(e, changed) {
+  const path = `/domains/workflows/executions/${encodeURIComponent(e.execution_id)}`;
+  const out = h("span");
+  const operator = () => {
+    const name = (sessionStorage.getItem("grace.approver") || "").trim();
+    if (!name) throw new Error("operator: enter who decides on the Approvals page first");
+    return name;
+  };
+  const act = (label, fn) => h("button", { onclick: () => attempt(out, async () => { await fn(); changed(); return `${label}: sent`; }) }, label);
+  if (/RUNNING|COMPENSATING/.test(e.state) && !e.cancel_requested) {
+    return [act("Cancel", () => post(`${path}/cancel`, { reason: "cancelled from the console" })), out];
+  }
+  if (/COMPENSATION_FAILED/.test(e.state)) {
+    const reason = h("input", { placeholder: "reason to abandon", "aria-label": "reason to abandon" });
+    return [act("Retry compensation", () => post(`${path}/compensation/retry`, { operator: operator() })),
+      reason, act("Abandon compensation", () => post(`${path}/compensation/abandon`, { operator: operator(), reason: reason.value })), out];
+  }
+  return [];
+}
+
 async function workflows(root, ctx) {
   const defs = h("div");
   const execs = h("div");
@@ -257,9 +279,10 @@ async function workflows(root, ctx) {
     const io = h("div", { class: "io" });
     const verdict = h("span", { id: "proof-verdict" });
     const proofOut = h("div");
+    const actions = h("div", { class: "row" });
     detail.replaceChildren(section(`Execution ${id}`,
       h("p", {}, "State: ", state, " ", h("span", { class: "hint" }, "(live from the watch stream)")),
-      graph, io,
+      graph, actions, io,
       h("p", { class: "row" }, h("button", { id: "verify-proof", onclick: () => attempt(verdict, async () => {
         const { proof } = await get(`/domains/workflows/executions/${encodeURIComponent(id)}/proof`);
         const v = await post("/domains/workflows/proofs/verify", { proof });
@@ -276,7 +299,8 @@ async function workflows(root, ctx) {
       io.replaceChildren(h("details", {}, h("summary", {}, "Input"), json(e.input)),
         h("details", { open: true }, h("summary", {}, "Output"), json(e.output)),
         ...(e.steps || []).filter((st) => st.error || st.compensation_error).map((st) => h("p", { class: "error" }, `${st.step_id}: ${st.error} ${st.compensation_error}`)));
-      if (/SUCCEEDED|FAILED|CANCELLED|COMPENSATED/.test(e.state)) loadExecs().catch(() => {});
+      actions.replaceChildren(...executionActions(e, () => loadExecs().catch(() => {})));
+      if (/SUCCEEDED|FAILED|ROLLED_BACK/.test(e.state)) loadExecs().catch(() => {});
     }, (st) => { if (st === "unauthorized") ctx.unauthorized(); });
   }
   const definitionSteps = new Map();
