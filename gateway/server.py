@@ -28,6 +28,7 @@ from starlette.middleware.cors import CORSMiddleware
 from gateway.app import ForwardGate, GatewayApp
 from gateway.comments import load_comments
 from gateway.config import GatewayConfig
+from gateway.console import console
 from gateway.explorer import ASGIApp, Explorer
 from gateway.governance import governance_gate
 from gateway.openapi import ERROR_SCHEMA, build_openapi
@@ -155,12 +156,12 @@ CORS_MAX_AGE_S = 600
 
 
 def browser_ready(app: GatewayApp, config: GatewayConfig) -> ASGIApp:
-    """The application as served: the API explorer at /docs; with tracing on, a SERVER span
-    per request from the OpenTelemetry ASGI instrumentation (continuing the caller's
-    traceparent, with the standard HTTP attributes; /healthz is not traced); with configured
-    origins, CORS (preflights answered by Starlette's middleware before they reach a
-    route)."""
-    asgi: ASGIApp = Explorer(app)
+    """The application as served: the API explorer at /docs and the web console at /ui; with
+    tracing on, a SERVER span per request from the OpenTelemetry ASGI instrumentation
+    (continuing the caller's traceparent, with the standard HTTP attributes; /healthz is not
+    traced); with configured origins, CORS (preflights answered by Starlette's middleware
+    before they reach a route)."""
+    asgi: ASGIApp = console(Explorer(app))
     if telemetry.enabled():
         asgi = _traced(asgi)
     if config.cors_origins:

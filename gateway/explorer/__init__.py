@@ -41,28 +41,39 @@ PAGE = """<!doctype html>
 
 
 class Explorer:
-    """Serves /docs/ (the page) and /docs/assets/* ahead of `app`; everything else goes on.
+    """Serves PREFIX/ (the page) and PREFIX/assets/* ahead of `app`; everything else goes on.
+
+    The web console at /ui is served the same way, from its own page and assets.
 
     Args:
         app: The application behind it.
+        prefix: Where the page is served (`/docs`).
+        assets: The directory of its static files (flat: no subdirectories).
+        page: The HTML of PREFIX/.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, *, prefix: str = PREFIX, assets: Path = ASSETS, page: str = PAGE
+    ) -> None:
         self.app = app
-        self.names = frozenset(p.name for p in ASSETS.iterdir() if p.is_file())
+        self.prefix = prefix
+        self.assets = assets
+        self.page = page
+        self.names = frozenset(p.name for p in assets.iterdir() if p.is_file())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or not (path == PREFIX or path.startswith(PREFIX + "/")):
+        prefix = self.prefix
+        if scope["type"] != "http" or not (path == prefix or path.startswith(prefix + "/")):
             await self.app(scope, receive, send)
             return
         if scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)  # the gateway answers 404/405 as usual
             return
-        if path == PREFIX:
-            await RedirectResponse(PREFIX + "/", status_code=308)(scope, receive, send)
-        elif path == PREFIX + "/":
-            page = HTMLResponse(PAGE, headers={"cache-control": "no-cache"})
+        if path == prefix:
+            await RedirectResponse(prefix + "/", status_code=308)(scope, receive, send)
+        elif path == prefix + "/":
+            page = HTMLResponse(self.page, headers={"cache-control": "no-cache"})
             await page(scope, receive, send)
         elif (asset := self._asset(path)) is not None:
             file = FileResponse(asset, headers={"cache-control": "public, max-age=3600"})
@@ -71,8 +82,8 @@ class Explorer:
             await self.app(scope, receive, send)  # the gateway's JSON 404
 
     def _asset(self, path: str) -> Path | None:
-        """The file of /docs/assets/NAME (a plain name, no directories), if there is one."""
-        name = path.removeprefix(PREFIX + "/assets/")
+        """The file of PREFIX/assets/NAME (a plain name, no directories), if there is one."""
+        name = path.removeprefix(self.prefix + "/assets/")
         if name == path or not name or "/" in name or name.startswith("."):
             return None
-        return ASSETS / name if name in self.names else None
+        return self.assets / name if name in self.names else None
