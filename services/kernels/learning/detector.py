@@ -431,9 +431,9 @@ def _degradation(
             continue
         z = two_proportion_z(after.failures, after.n, before.failures, before.n)
         effect = after.failures / after.n - before.failures / before.n
-        if z >= settings.z_threshold and effect >= settings.min_effect:
-            if best is None or z > best[0]:
-                best = (z, 1 << bucket, before, after)
+        significant = z >= settings.z_threshold and effect >= settings.min_effect
+        if significant and (best is None or z > best[0]):
+            best = (z, 1 << bucket, before, after)
     if best is None:
         return None
     z, threshold, before, after = best

@@ -40,7 +40,11 @@ class Contributor(Protocol):
     """Shared memory, as the learning kernel uses it."""
 
     async def contribute(
-        self, contribution_type: str, content: Mapping[str, Any], tags: Sequence[str], request_id: str
+        self,
+        contribution_type: str,
+        content: Mapping[str, Any],
+        tags: Sequence[str],
+        request_id: str,
     ) -> str:
         """Contributes; returns the contribution id."""
         ...

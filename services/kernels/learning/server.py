@@ -38,7 +38,11 @@ class MemoryContributor:
         self._client = MemoryClient(SERVICE, chan)
 
     async def contribute(
-        self, contribution_type: str, content: Mapping[str, Any], tags: Sequence[str], request_id: str
+        self,
+        contribution_type: str,
+        content: Mapping[str, Any],
+        tags: Sequence[str],
+        request_id: str,
     ) -> str:
         knowledge = await self._client.contribute(
             contribution_type, content, tags=tags, request_id=request_id

@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, Float, Index, MetaData, String, Table, delete, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    MetaData,
+    String,
+    Table,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.outbox import outbox_table
@@ -89,7 +101,12 @@ class LearningStore:
         await conn.execute(patterns.insert().values(**row))
 
     async def refresh(
-        self, conn: AsyncConnection, pattern_id: str, record: dict[str, Any], strength: float, now: float
+        self,
+        conn: AsyncConnection,
+        pattern_id: str,
+        record: dict[str, Any],
+        strength: float,
+        now: float,
     ) -> None:
         """Updates a known pattern's evidence."""
         await conn.execute(
@@ -111,7 +128,9 @@ class LearningStore:
         """Patterns not yet contributed and announced."""
         async with self.db.read() as conn:
             rows = await conn.execute(
-                select(patterns).where(patterns.c.announced.is_(False)).order_by(patterns.c.first_found)
+                select(patterns)
+                .where(patterns.c.announced.is_(False))
+                .order_by(patterns.c.first_found)
             )
             return [dict(row._mapping) for row in rows]
 

@@ -41,7 +41,11 @@ def outcome(**fields: object) -> Outcome:
     retry_success=st.booleans(),
 )
 def test_data_with_the_same_rates_everywhere_yields_no_pattern(
-    calls_per_cell: int, failures_per_cell: int, latency: float, sizes: list[int], retry_success: bool
+    calls_per_cell: int,
+    failures_per_cell: int,
+    latency: float,
+    sizes: list[int],
+    retry_success: bool,
 ) -> None:
     failures_per_cell = min(failures_per_cell, calls_per_cell)
     aggregates = Aggregates()
@@ -107,7 +111,9 @@ def test_failures_of_large_inputs_and_under_load_are_found() -> None:
     aggregates = Aggregates()
     for i in range(400):
         big = i % 4 == 0
-        aggregates.add(outcome(input_size=100_000 if big else 100, success=not (big and i % 8 == 0)))
+        aggregates.add(
+            outcome(input_size=100_000 if big else 100, success=not (big and i % 8 == 0))
+        )
     for i in range(400):
         busy = i % 4 == 0
         aggregates.add(
@@ -150,8 +156,8 @@ def test_retries_that_often_succeed_are_no_pattern() -> None:
 def test_too_few_calls_are_no_evidence() -> None:
     aggregates = Aggregates()
     for hour in range(24):
-        for i in range(5):
-            aggregates.add(outcome(hour=hour, success=not (hour == 3)))
+        for _ in range(5):
+            aggregates.add(outcome(hour=hour, success=hour != 3))
     assert detect(aggregates, SETTINGS) == []
 
 
