@@ -141,7 +141,7 @@ class Learning:
                     if pattern.id in known:
                         await self.store.refresh(conn, pattern.id, record, pattern.strength, now)
                         continue
-                    row = {
+                    row: dict[str, Any] = {
                         "pattern_id": pattern.id,
                         "domain_id": pattern.domain,
                         "kind": pattern.kind,
@@ -155,8 +155,9 @@ class Learning:
                     await self.store.insert(conn, row)
                     new.append(row)
             self.counts.analyses += 1
-            for row in new:
-                log.info("pattern found: %s", row["record"]["summary"])
+            for pattern in found:
+                if any(row["pattern_id"] == pattern.id for row in new):
+                    log.info("pattern found: %s", pattern.summary)
             await self.announce()
             return new, len(found)
 
