@@ -128,7 +128,9 @@ async def kernel(
     config = LearningConfig(
         server=server_config, learning=LearningSettings(analyze_interval_s=3600), memory_address=""
     )
-    server = GraceServer(server_config, LearningServer(config, bus=Discard()))
+    server = GraceServer(
+        server_config, LearningServer(config, bus=Discard(), immutable_log=Discard())
+    )
     await server.start()
     try:
         async with channel(server.address) as chan:

@@ -153,7 +153,7 @@ async def test_one_domains_discovery_adjusts_anothers_setting_and_a_third_tracks
             memory_address=mem_server.address,
             relay_interval_s=0.05,
         )
-        learning = LearningServer(config, bus=bus)
+        learning = LearningServer(config, bus=bus, immutable_log=Recorder())
         _, learning_chan = await stack.enter_async_context(serving(config.server, learning))
         ai, ai_outcomes = await dispatcher(
             ai_domain(), tmp_path, MemoryClient("ai_domain", mem_chan), stack

@@ -9,7 +9,8 @@ failure rate above the rest's), `GRACE_LEARNING_LATENCY_RATIO` (1.5),
 `GRACE_LEARNING_MAX_ACTIONS` (10000 (domain, action) pairs tracked).
 
 Peers: `GRACE_MEMORY_ADDR` (patterns are contributed there), `GRACE_EVENTBUS_ADDR`
-(`insight.*` events), `GRACE_REGISTRY_ADDR`; `GRACE_LEARNING_REGISTER=false` skips
+(`insight.*` events), `GRACE_IMMUTABLE_LOG_ADDR` (a `learning.pattern_found` entry per
+pattern), `GRACE_REGISTRY_ADDR`; `GRACE_LEARNING_REGISTER=false` skips
 registering as domain `learning` (capabilities `learning`, `patterns`).
 """
 
@@ -38,6 +39,7 @@ class LearningConfig:
     registration: DomainRegistration | None = None
     memory_address: str = f"127.0.0.1:{DEFAULT_PORTS['memory']}"
     eventbus_address: str = f"127.0.0.1:{DEFAULT_PORTS['eventbus']}"
+    immutable_log_address: str = f"127.0.0.1:{DEFAULT_PORTS['immutable_log']}"
     relay_interval_s: float = 1.0
 
     @classmethod
@@ -73,6 +75,7 @@ class LearningConfig:
             registration=registration_from_env(env, SERVICE, server.host, CAPABILITIES),
             memory_address=peer_address(env, "memory"),
             eventbus_address=peer_address(env, "eventbus"),
+            immutable_log_address=peer_address(env, "immutable_log"),
             relay_interval_s=r.number(
                 "GRACE_LEARNING_RELAY_INTERVAL_S", 1.0, minimum=0.01, maximum=60
             ),

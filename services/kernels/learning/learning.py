@@ -6,7 +6,10 @@ only the batch id, so a batch sent again is counted once). `analyze` runs the de
 memory (`failed_patterns`, `optimization` or `insight`, with its evidence; the pattern id
 is the request id, so a retry never contributes twice) and announced by an
 `insight.<kind>` event, whose data addresses it by the domain's capabilities and the
-action, and carries the contribution id a receiving domain reports its application on.
+action, and carries the contribution id a receiving domain reports its application on. The same
+transaction enqueues a `learning.pattern_found` entry for the immutable log (the pattern,
+its test statistic and the contribution id), so what the system learned, and when, is on
+record.
 A pattern whose contribution fails (memory down) is retried at the next run.
 """
 
@@ -27,12 +30,13 @@ from services.kernels.learning.detector import (
     Pattern,
     detect,
 )
-from services.kernels.learning.store import LearningStore, outbox
+from services.kernels.learning.store import LearningStore, log_outbox, outbox
 
 log = logging.getLogger(__name__)
 
 SOURCE = "learning"
 EVENT_PREFIX = "insight."
+LOG_KIND = "learning.pattern_found"
 MAX_CAPABILITIES = 32
 
 
@@ -100,6 +104,7 @@ class Learning:
         self.aggregates = Aggregates(settings.max_actions)
         self.capabilities: dict[str, tuple[str, ...]] = {}
         self.events = Outbox(store.db, outbox, SOURCE)
+        self.log_entries = Outbox(store.db, log_outbox, SOURCE)
         self.counts = Counts()
         self._on_commit: list[Callable[[], None]] = []
         self._lock = asyncio.Lock()
@@ -187,12 +192,11 @@ class Learning:
             record["contribution_id"] = contribution_id
             async with self.store.db.transaction() as conn:
                 await self.store.announced(conn, row["pattern_id"], contribution_id)
+                subject = f"{record['domain']}.{record['action']}"
                 await self.events.enqueue(
-                    conn,
-                    EVENT_PREFIX + record["kind"],
-                    record,
-                    subject=f"{record['domain']}.{record['action']}",
+                    conn, EVENT_PREFIX + record["kind"], record, subject=subject
                 )
+                await self.log_entries.enqueue(conn, LOG_KIND, _log_entry(record), subject=subject)
             done += 1
             for callback in self._on_commit:
                 callback()
@@ -225,3 +229,20 @@ class Learning:
             "patterns": await self.store.count(),
             "analyses": self.counts.analyses,
         }
+
+
+def _log_entry(record: dict[str, Any]) -> dict[str, Any]:
+    """What the immutable log keeps of an announced pattern."""
+    evidence = record.get("evidence") or {}
+    return {
+        "pattern_id": record["id"],
+        "domain": record["domain"],
+        "action": record["action"],
+        "kind": record["kind"],
+        "factor": record["factor"],
+        "bucket": record["bucket"],
+        "summary": record["summary"],
+        "test": evidence.get("test", ""),
+        "z": evidence.get("z", 0.0),
+        "contribution_id": record.get("contribution_id", ""),
+    }

@@ -25,6 +25,7 @@ from services.kernels.learning.learning import Contributor, Learning
 from services.kernels.learning.servicer import LearningServicer
 from services.kernels.learning.store import LearningStore
 from services.kernels.registration import keep_registered
+from services.kernels.sinks import ImmutableLogPublisher
 from services.sdk.memory import MemoryClient
 
 SERVICE_NAME = learning_pb2.DESCRIPTOR.services_by_name["LearningService"].full_name
@@ -56,6 +57,8 @@ class LearningServer(Service):
     Args:
         config: Server and learning settings.
         bus: Publisher of events; None means the event bus at the configured address.
+        immutable_log: Where log entries go; None means the immutable log at the
+            configured address.
         memory: Shared memory; None means the memory at the configured address.
         clock: Injectable clock for tests.
         schema: PostgreSQL schema (tests); None for the default.
@@ -66,6 +69,7 @@ class LearningServer(Service):
         config: LearningConfig,
         *,
         bus: Publisher | None = None,
+        immutable_log: Publisher | None = None,
         memory: Contributor | None = None,
         clock: Callable[[], float] = time.time,
         schema: str | None = None,
@@ -79,7 +83,12 @@ class LearningServer(Service):
         self.relay = OutboxRelay(
             self.learning.events, self.publisher, poll_interval_s=config.relay_interval_s
         )
+        self.log_publisher = immutable_log or ImmutableLogPublisher(config.immutable_log_address)
+        self.log_relay = OutboxRelay(
+            self.learning.log_entries, self.log_publisher, poll_interval_s=config.relay_interval_s
+        )
         self.learning.on_commit(self.relay.wake)
+        self.learning.on_commit(self.log_relay.wake)
         self.identity = ComponentIdentity.of(
             SERVICE, config.server, self.publisher, self.relay.wake
         )
@@ -117,6 +126,7 @@ class LearningServer(Service):
         self.identity.start()
         self._tasks = [
             asyncio.create_task(self.relay.run(), name="learning-relay"),
+            asyncio.create_task(self.log_relay.run(), name="learning-log-relay"),
             asyncio.create_task(self.learning.run(), name="learning-analysis"),
         ]
         if self.config.registration is not None:
@@ -132,12 +142,14 @@ class LearningServer(Service):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.relay.drain_once(), timeout=2.0)
+        for relay in (self.relay, self.log_relay):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(relay.drain_once(), timeout=2.0)
         await self.identity.stop()
-        close = getattr(self.publisher, "close", None)
-        if close is not None:
-            await close()
+        for publisher in (self.publisher, self.log_publisher):
+            close = getattr(publisher, "close", None)
+            if close is not None:
+                await close()
         for chan in self._channels:
             await chan.close()
         await self.learning.store.close()

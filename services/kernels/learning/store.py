@@ -1,5 +1,6 @@
 """Durable state of the learning kernel: batches taken (so a batch sent again is counted
-once), the patterns found, and the outbox of `insight.*` events.
+once), the patterns found, the outbox of `insight.*` events and that of immutable-log
+entries.
 
 Outcome counters are in memory (see `detector.Aggregates`): the outcomes themselves stay
 durable in each domain's own ring until they are sent.
@@ -54,6 +55,8 @@ patterns = Table(
 )
 
 outbox = outbox_table(metadata, "learning")
+# Entries for the immutable log: each pattern found, as announced.
+log_outbox = outbox_table(metadata, "learning_log")
 
 
 class LearningStore:

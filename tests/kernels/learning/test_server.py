@@ -51,6 +51,7 @@ class System:
     learning: learning_pb2_grpc.LearningServiceStub
     memory: memory_pb2_grpc.SharedMemoryServiceStub
     bus: Recorder
+    log: Recorder
     server: LearningServer
 
 
@@ -61,6 +62,7 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
         publisher=Discard(),
     )
     bus = Recorder()
+    log = Recorder()
     async with contextlib.AsyncExitStack() as stack:
         mem_server, mem_chan = await stack.enter_async_context(
             serving(server_config("memory", tmp_path), memory)
@@ -71,12 +73,13 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
             memory_address=mem_server.address,
             relay_interval_s=0.05,
         )
-        server = LearningServer(config, bus=bus)
+        server = LearningServer(config, bus=bus, immutable_log=log)
         _, chan = await stack.enter_async_context(serving(config.server, server))
         yield System(
             learning_pb2_grpc.LearningServiceStub(chan),
             memory_pb2_grpc.SharedMemoryServiceStub(mem_chan),
             bus,
+            log,
             server,
         )
 
@@ -87,6 +90,15 @@ async def insights_sent(bus: Recorder, within_s: float = 20.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("no insight event was relayed")
         await asyncio.sleep(0.05)
+
+
+async def logged(log: Recorder, within_s: float = 20.0) -> OutboxEvent:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not log.events:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("nothing was appended to the immutable log")
+        await asyncio.sleep(0.05)
+    return log.events[0]
 
 
 def batch(batch_id: str, spike_hour: int = 14, calls: int = 50) -> pb.IngestOutcomesRequest:
@@ -136,6 +148,13 @@ async def test_a_failure_spike_becomes_a_contribution_with_evidence_and_an_insig
     assert event.data["capabilities"] == ["ai"]
     assert event.data["action"] == "generate"
     assert event.data["contribution_id"] == pattern.contribution_id
+    # What was learned is on record in the immutable log.
+    entry = await logged(system.log)
+    assert (entry.event_type, entry.data["pattern_id"]) == (
+        "learning.pattern_found",
+        pattern.pattern_id,
+    )
+    assert entry.data["test"] == "two-proportion z-test"
 
 
 async def test_a_batch_sent_again_is_counted_once(system: System) -> None:
@@ -196,7 +215,7 @@ async def test_patterns_wait_for_a_memory_that_is_down_and_go_when_it_is_back(
     flaky = Flaky()
     bus = Recorder()
     config = LearningConfig(server=server_config("learning", tmp_path), relay_interval_s=0.05)
-    server = LearningServer(config, bus=bus, memory=flaky)
+    server = LearningServer(config, bus=bus, immutable_log=Recorder(), memory=flaky)
     async with serving(config.server, server) as (_, chan):
         stub = learning_pb2_grpc.LearningServiceStub(chan)
         await stub.IngestOutcomes(batch("b-1"))
