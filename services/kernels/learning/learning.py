@@ -128,7 +128,9 @@ class Learning:
         if not await self.store.take_batch(domain_id, batch_id, self.clock()):
             self.counts.duplicate_batches += 1
             return 0, True
-        if capabilities:
+        # Bounded like the counters: at most one entry per tracked pair's domain.
+        known = domain_id in self.capabilities
+        if capabilities and (known or len(self.capabilities) < self.settings.max_actions):
             self.capabilities[domain_id] = tuple(capabilities[:MAX_CAPABILITIES])
         self.counts.batches += 1
         return self.aggregates.add_all(outcomes), False

@@ -107,6 +107,9 @@ class LearningServicer(learning_pb2_grpc.LearningServiceServicer):
     async def ListPatterns(
         self, request: pb.ListPatternsRequest, context: Context
     ) -> pb.ListPatternsResponse:
+        for value, field in ((request.domain_id, "domain_id"), (request.kind, "kind")):
+            if len(value) > MAX_NAME:
+                raise InvalidArgument(field, f"must be at most {MAX_NAME} characters")
         size = page_size(request.page_size)
         position = decode_token(request.page_token) or {}
         offset = position.get("offset", 0)
