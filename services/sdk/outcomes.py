@@ -135,6 +135,10 @@ class OutcomeRecorder:
                 at,
             )
         )
+        if len(self._buffer) > self.capacity:
+            # The database has not taken a flush for a long time: memory stays bounded too.
+            del self._buffer[: len(self._buffer) - self.capacity]
+            self.dropped += 1
         if len(self._buffer) >= self.flush_size:
             self._full.set()
 

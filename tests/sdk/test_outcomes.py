@@ -162,3 +162,13 @@ async def test_outcomes_wait_in_the_ring_while_the_kernel_is_down(
         relay = OutcomeRelay(recorder, chan, "test_domain", ["ml"])
         assert await relay.send_once() == 30
     assert sum(len(b.outcomes) for b in kernel.batches) == 30
+
+
+async def test_the_buffer_stays_bounded_while_nothing_is_flushed(database: Database) -> None:
+    recorder = OutcomeRecorder(database, TABLES, capacity=100)
+    for i in range(130):
+        recorder.record(f"a{i}", success=True, latency_s=0.0, input_size=0, attempt=1, in_flight=1)
+    assert await recorder.flush() == 100
+    assert recorder.dropped == 30
+    kept = await recorder.pending(1000)
+    assert kept[0][1].action == "a30"
