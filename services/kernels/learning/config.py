@@ -5,6 +5,7 @@ Besides the common server settings (see `services.common.config`):
 Detection (see `detector`): `GRACE_LEARNING_MIN_COUNT` (30 calls in a bucket and in the
 rest before it is tested), `GRACE_LEARNING_Z` (4.0), `GRACE_LEARNING_MIN_EFFECT` (0.1:
 failure rate above the rest's), `GRACE_LEARNING_LATENCY_RATIO` (1.5),
+`GRACE_LEARNING_MIN_LATENCY_DELTA_MS` (5),
 `GRACE_LEARNING_MAX_RETRY_SUCCESS` (0.2), `GRACE_LEARNING_ANALYZE_INTERVAL_S` (30),
 `GRACE_LEARNING_MAX_ACTIONS` (10000 (domain, action) pairs tracked).
 
@@ -56,6 +57,9 @@ class LearningConfig:
             min_effect=r.number("GRACE_LEARNING_MIN_EFFECT", 0.1, minimum=0.0, maximum=1.0),
             min_latency_ratio=r.number(
                 "GRACE_LEARNING_LATENCY_RATIO", 1.5, minimum=1.0, maximum=1000.0
+            ),
+            min_latency_delta_ms=r.number(
+                "GRACE_LEARNING_MIN_LATENCY_DELTA_MS", 5.0, minimum=0.0, maximum=3_600_000
             ),
             max_retry_success=r.number(
                 "GRACE_LEARNING_MAX_RETRY_SUCCESS", 0.2, minimum=0.0, maximum=1.0

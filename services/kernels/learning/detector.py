@@ -14,7 +14,8 @@ Tests (see docs/learning.md):
   pattern from data with no dependence is about 0.2%) and a rate at least `min_effect`
   above the rest. The evidence carries both rates with their 95% Wilson intervals.
 - Latency depends on a factor: Welch's z on the mean latency in the bucket against the
-  rest, with the same threshold, and a mean at least `min_latency_ratio` times the rest's.
+  rest, with the same threshold, and a mean at least `min_latency_ratio` times the rest's
+  and `min_latency_delta_ms` above it (a 0.03 ms call against a 0.01 ms one is no pattern).
 - Degradation after N requests: the same failure test on the "requests since start"
   factor, split at each bucket boundary N (before N against from N on); the split with the
   largest z is reported as "fails after N requests".
@@ -247,6 +248,7 @@ class DetectorSettings:
     z_threshold: float = 4.0
     min_effect: float = 0.1
     min_latency_ratio: float = 1.5
+    min_latency_delta_ms: float = 5.0
     max_retry_success: float = 0.2
 
 
@@ -388,7 +390,11 @@ def _latency(
             rest = stats.total.minus(cell)
             if cell.n < settings.min_count or rest.n < settings.min_count:
                 continue
-            if cell.mean_ms < settings.min_latency_ratio * rest.mean_ms or cell.mean_ms <= 0:
+            slower = cell.mean_ms - rest.mean_ms
+            if (
+                cell.mean_ms < settings.min_latency_ratio * rest.mean_ms
+                or slower < settings.min_latency_delta_ms
+            ):
                 continue
             z = welch_z(cell, rest)
             if z < settings.z_threshold:

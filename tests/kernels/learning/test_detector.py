@@ -190,3 +190,12 @@ def test_the_wilson_interval_holds_the_observed_rate(x: int, n: int) -> None:
 def test_the_z_of_equal_rates_is_zero_and_grows_with_the_difference() -> None:
     assert two_proportion_z(10, 100, 10, 100) == 0
     assert two_proportion_z(30, 100, 10, 100) > two_proportion_z(20, 100, 10, 100) > 0
+
+
+def test_a_latency_difference_too_small_to_matter_is_no_pattern() -> None:
+    aggregates = Aggregates()
+    for size in (100, 100_000):
+        for i in range(200):
+            fast = 0.01 if size == 100 else 0.03
+            aggregates.add(outcome(input_size=size, latency_ms=fast + (i % 3) * 0.001))
+    assert detect(aggregates, SETTINGS) == []
