@@ -65,6 +65,7 @@ ISOLATED_PEERS = {
         "scheduler",
         "librarian",
         "tasks",
+        "learning",
     )
 }
 

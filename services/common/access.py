@@ -177,6 +177,7 @@ _TRUST = "/grace.kernels.trust.v1.TrustService/"
 _LIBRARIAN = "/grace.kernels.librarian.v1.LibrarianService/"
 _SCHEDULER = "/grace.kernels.scheduler.v1.SchedulerService/"
 _TASKS = "/grace.kernels.tasks.v1.TasksService/"
+_LEARNING = "/grace.kernels.learning.v1.LearningService/"
 
 # Every RPC of every Grace service. tests/common/test_access.py fails when one is missing.
 RULES: Mapping[str, Rule] = {
@@ -331,6 +332,12 @@ RULES: Mapping[str, Rule] = {
     _TASKS + "ListTasks": READ,
     _TASKS + "GetTask": READ,
     _TASKS + "GetTasksStats": READ,
+    # Learning: a domain reports its own action outcomes; analysing on demand is operating.
+    _LEARNING + "IngestOutcomes": owner("domain_id"),
+    _LEARNING + "ListPatterns": READ,
+    _LEARNING + "GetPattern": READ,
+    _LEARNING + "Analyze": OPERATE,
+    _LEARNING + "GetLearningStats": READ,
 }
 
 # grpcio's own services: health is public; reflection needs an authenticated caller, so

@@ -53,6 +53,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "orchestrator": 8122,
     "librarian": 8130,
     "immune": 8131,
+    "learning": 8133,
 }
 
 

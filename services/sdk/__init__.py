@@ -42,6 +42,7 @@ from services.sdk.config import DomainConfig
 from services.sdk.context import Context, Drop, Event, Outcome, Retry
 from services.sdk.domain import Domain, RunningDomain
 from services.sdk.inputs import field
+from services.sdk.insights import Insight
 from services.sdk.memory import Knowledge, MemoryClient
 from services.sdk.store import KeyValueStore
 
@@ -55,6 +56,7 @@ __all__ = [
     "Event",
     "FailedPrecondition",
     "GraceError",
+    "Insight",
     "InvalidArgument",
     "KeyValueStore",
     "Knowledge",

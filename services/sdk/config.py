@@ -10,6 +10,10 @@ so `ai_domain` binds `GRACE_AI_DOMAIN_PORT` (or `--port`) and keeps its database
   events, no memory, no key registration and so no signed events).
 - `GRACE_IMMUNE_ADDR` / `--immune`: the immune kernel, sent the domain's call latency and
   errors every heartbeat interval (`off`: not reported).
+- `GRACE_LEARNING_ADDR` / `--learning`: the learning kernel, sent the outcome of every
+  action in batches (`off`: outcomes are not recorded).
+- `GRACE_<DOMAIN>_OUTCOME_RING`: outcomes kept at most in the domain's ring while they wait
+  to be sent (100000); `GRACE_<DOMAIN>_OUTCOME_INTERVAL_S`: time between two sends (5).
 - `GRACE_<DOMAIN>_KEY_FILE`: the domain's Ed25519 signing key, created 0600 on first start
   (default `<data dir>/<domain>.key`).
 - `GRACE_<DOMAIN>_ADVERTISE_HOST` / `--advertise-host`: host sent to the registry (default:
@@ -55,6 +59,9 @@ class DomainConfig:
         memory_addr: Shared memory `host:port`, or "" when memory is off.
         trust_addr: Trust kernel `host:port`, or "" when key registration is off.
         immune_addr: Immune kernel `host:port`, or "" when call metrics are not reported.
+        learning_addr: Learning kernel `host:port`, or "" when outcomes are not recorded.
+        outcome_ring: Outcomes the ring keeps at most.
+        outcome_interval_s: Time between two sends of outcomes.
         key_file: The domain's signing key; None means `<data dir>/<domain>.key`.
         advertise_host: Host sent to the registry; "" lets the registry use the caller's.
         lease_ttl_s: Lease asked of the registry.
@@ -72,6 +79,9 @@ class DomainConfig:
     memory_addr: str = ""
     trust_addr: str = ""
     immune_addr: str = ""
+    learning_addr: str = ""
+    outcome_ring: int = 100_000
+    outcome_interval_s: float = 5.0
     key_file: Path | None = None
     advertise_host: str = ""
     lease_ttl_s: float = 30.0
@@ -122,6 +132,13 @@ class DomainConfig:
             memory_addr=_peer(env, "memory", flags.memory),
             trust_addr=_peer(env, "trust", flags.trust),
             immune_addr=_peer(env, "immune", flags.immune),
+            learning_addr=_peer(env, "learning", flags.learning),
+            outcome_ring=reader.integer(
+                f"{prefix}OUTCOME_RING", 100_000, minimum=100, maximum=100_000_000
+            ),
+            outcome_interval_s=reader.number(
+                f"{prefix}OUTCOME_INTERVAL_S", 5.0, minimum=0.01, maximum=3600
+            ),
             key_file=Path(
                 reader.text(f"{prefix}KEY_FILE", str(server.data_dir / f"{domain_id}.key"))
             ),
@@ -156,6 +173,9 @@ def flag_parser(domain_id: str) -> argparse.ArgumentParser:
     parser.add_argument("--memory", help="shared memory host:port or 'off' (GRACE_MEMORY_ADDR)")
     parser.add_argument("--trust", help="trust kernel host:port or 'off' (GRACE_TRUST_ADDR)")
     parser.add_argument("--immune", help="immune kernel host:port or 'off' (GRACE_IMMUNE_ADDR)")
+    parser.add_argument(
+        "--learning", help="learning kernel host:port or 'off' (GRACE_LEARNING_ADDR)"
+    )
     parser.add_argument("--advertise-host", help="host the registry gives to callers")
     return parser
 

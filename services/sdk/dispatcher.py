@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,6 +35,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArg
 from services.sdk.context import Context, Drop, Event, EventSink, Outcome, Retry
 from services.sdk.memory import MemoryClient
 from services.sdk.metrics import CallMetrics
+from services.sdk.outcomes import OutcomeRecorder
 from services.sdk.store import MAX_KEY_LENGTH, KeyValueStore, ResultStore
 from services.sdk.tracing import current_traceparent
 
@@ -91,6 +93,8 @@ class Dispatcher:
         events: Where `ctx.publish` puts events; None when the bus is off.
         max_concurrency: Calls run at once; more wait for a slot.
         monotonic: Clock for latency (injectable for tests).
+        outcomes: Where every action's outcome is recorded for the learning kernel;
+            None records nothing.
     """
 
     def __init__(
@@ -102,8 +106,10 @@ class Dispatcher:
         events: EventSink | None,
         max_concurrency: int,
         monotonic: Callable[[], float] = time.monotonic,
+        outcomes: OutcomeRecorder | None = None,
     ) -> None:
         self.domain = domain
+        self.outcomes = outcomes
         self.results = results
         self.store = store
         self.memory = memory
@@ -284,7 +290,7 @@ class Dispatcher:
         if len(key) > MAX_KEY_LENGTH:
             raise InvalidArgument("idempotency_key", f"must be at most {MAX_KEY_LENGTH} characters")
         if not key:
-            return CallResult(await self._measured(call, run))
+            return CallResult(await self._measured(call, run, kind))
         slot = (kind, key)
         while (first := self._running.get(slot)) is not None:
             # The same key is running now (perhaps for a caller that has gone): wait for
@@ -340,7 +346,7 @@ class Dispatcher:
                 )
         await self.results.mark_started(kind, key, call.action)
         try:
-            output = await self._measured(call, run)
+            output = await self._measured(call, run, kind)
         except Exception:
             # A failure stores nothing: a retry with the key runs the function again.
             try:
@@ -364,10 +370,15 @@ class Dispatcher:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _measured(
-        self, call: Call, run: Callable[[Context], Awaitable[Mapping[str, Any] | None]]
+        self,
+        call: Call,
+        run: Callable[[Context], Awaitable[Mapping[str, Any] | None]],
+        kind: str = EXECUTE,
     ) -> dict[str, Any]:
         ctx = self._context(call.action, call)
         self.metrics.started()
+        in_flight = self.metrics.in_flight
+        started_at = time.time()
         started = self._monotonic()
         success: bool | None = False
         try:
@@ -380,7 +391,19 @@ class Dispatcher:
             success = None
             raise
         finally:
-            self.metrics.finished(self._monotonic() - started, success=success)
+            latency = self._monotonic() - started
+            self.metrics.finished(latency, success=success)
+            # Outcomes of actions only: a compensation is not the action's own result.
+            if self.outcomes is not None and success is not None and kind == EXECUTE:
+                self.outcomes.record(
+                    call.action,
+                    success=success,
+                    latency_s=latency,
+                    input_size=_input_size(call.input),
+                    attempt=call.attempt,
+                    in_flight=in_flight,
+                    started_at=started_at,
+                )
 
     def _context(self, action: str, call: Call) -> Context:
         return Context(
@@ -397,6 +420,14 @@ class Dispatcher:
             traceparent=current_traceparent(call.traceparent),
             _events=self.events,
         )
+
+
+def _input_size(data: Mapping[str, Any]) -> int:
+    """Size of an input in bytes, as compact JSON (what the learning kernel buckets by)."""
+    try:
+        return len(json.dumps(data, separators=(",", ":"), default=str))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _json_object(action: str, value: object) -> dict[str, Any]:

@@ -14,6 +14,10 @@ async def forget(ctx: Context, data: dict, output: dict) -> dict:
 async def learn(ctx: Context, event: Event) -> None:
     ctx.log.info("saw %s", event.event_type)
 
+@domain.on_insight(capability="storage", kind="latency")
+async def adjust(ctx: Context, insight: Insight) -> None:
+    await ctx.memory.apply(insight.contribution_id, success=True, detail="cache enabled")
+
 if __name__ == "__main__":
     raise SystemExit(domain.run())
 """
@@ -38,6 +42,9 @@ from services.common.server import GraceServer
 from services.common.validation import ID_PATTERN, MAX_ID_LENGTH
 from services.sdk.config import DomainConfig, parse_flags
 from services.sdk.context import Context, Event, Outcome
+from services.sdk.insights import EVENT_PREFIX as INSIGHT_PREFIX
+from services.sdk.insights import KINDS as INSIGHT_KINDS
+from services.sdk.insights import InsightFunction, insight_handler
 from services.sdk.join import JoinSettings, join_if_due, renew_forever
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,7 @@ HandlerFunction: TypeAlias = Callable[[Context, Event], Awaitable[Outcome | None
 _A = TypeVar("_A", bound=ActionFunction)
 _C = TypeVar("_C", bound=CompensationFunction)
 _H = TypeVar("_H", bound=HandlerFunction)
+_I = TypeVar("_I", bound=InsightFunction)
 
 
 @dataclass
@@ -190,6 +198,36 @@ class Domain:
         def declare(function: _H) -> _H:
             _require_coroutine(function, "event handler")
             self.handlers.append(HandlerSpec(pattern, function.__name__, function))
+            return function
+
+        return declare
+
+    def on_insight(
+        self,
+        *,
+        capability: str | None = None,
+        action: str | None = None,
+        kind: str | None = None,
+    ) -> Callable[[_I], _I]:
+        """Declares a handler of the learning kernel's insights:
+        `@domain.on_insight(capability="ml", action="generate", kind="failure")`.
+
+        The handler is `async def h(ctx, insight: Insight) -> None`; it runs for the
+        `insight.*` events about an action of a domain with `capability`, named `action`,
+        of `kind` (failure, latency, degradation, retries; each filter None for any), and
+        reports what applying it did with `ctx.memory.apply(insight.contribution_id,
+        success=...)`. Outcomes are as for `on_event`.
+        """
+        if kind is not None and kind not in INSIGHT_KINDS:
+            raise ValueError(
+                f"{self.domain_id}: insight kind {kind!r}: must be one of {INSIGHT_KINDS}"
+            )
+        pattern = f"{INSIGHT_PREFIX}{kind or '*'}"
+
+        def declare(function: _I) -> _I:
+            _require_coroutine(function, "insight handler")
+            handler = insight_handler(function, capability, action, kind)
+            self.handlers.append(HandlerSpec(pattern, function.__name__, handler))
             return function
 
         return declare

@@ -30,6 +30,7 @@ from services.sdk.dispatcher import Dispatcher
 from services.sdk.domain import Domain
 from services.sdk.events import OutboxSink, Subscriptions, relay
 from services.sdk.memory import MemoryClient
+from services.sdk.outcomes import OutcomeRecorder, OutcomeRelay
 from services.sdk.servicer import DomainServicer
 from services.sdk.store import DomainTables, KeyValueStore, ResultStore, create_domain_tables
 
@@ -82,6 +83,8 @@ class DomainServer(Service):
             if config.peer_health.enabled and config.registry_addr
             else None
         )
+        self.outcomes: OutcomeRecorder | None = None
+        self.outcome_relay: OutcomeRelay | None = None
 
     def attach(self, server: GraceServer) -> None:
         """Tells the service which server runs it (to register the port it bound)."""
@@ -136,6 +139,19 @@ class DomainServer(Service):
                     backoff_max_s=self.config.backoff_max_s,
                 )
                 self._spawn(self.subscriptions.run(), "subscriptions")
+        learning_channel = self._open(self.config.learning_addr)
+        if learning_channel is not None:
+            self.outcomes = OutcomeRecorder(self.db, self.tables, capacity=self.config.outcome_ring)
+            self.outcome_relay = OutcomeRelay(
+                self.outcomes,
+                learning_channel,
+                self.domain.domain_id,
+                self.domain.capabilities,
+                interval_s=self.config.outcome_interval_s,
+                backoff_max_s=self.config.backoff_max_s,
+            )
+            self._spawn(self.outcomes.run(self.config.outcome_interval_s / 2), "outcome-ring")
+            self._spawn(self.outcome_relay.run(), "outcome-relay")
         self._dispatcher = Dispatcher(
             self.domain,
             self.results,
@@ -143,6 +159,7 @@ class DomainServer(Service):
             MemoryClient(self.domain.domain_id, memory_channel),
             sink,
             self.config.max_concurrency,
+            outcomes=self.outcomes,
         )
         registry_channel = self._open(self.config.registry_addr)
         if registry_channel is not None:
@@ -204,6 +221,10 @@ class DomainServer(Service):
         for task in self._tasks:
             await stop_task(task)
         self._tasks.clear()
+        if self.outcomes is not None:
+            # The outcomes still buffered go to the ring; they are sent at the next start.
+            with contextlib.suppress(Exception):
+                await self.outcomes.flush()
         if self._publisher is not None:
             await self._publisher.close()
         if self.immune is not None:

@@ -19,10 +19,12 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Connection,
     Float,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
@@ -70,11 +72,13 @@ class DomainTables:
 
     Attributes:
         prefix: `sdk_<domain>`.
-        metadata: Holds the four tables (create them with `Database.create_tables`).
+        metadata: Holds the tables (create them with `Database.create_tables`).
         results: First results by (kind, idempotency key).
         started: Runs marked started and not yet ended (see `ResultStore`).
         records: The key-value store.
         outbox: Events published and not yet relayed.
+        outcomes: The ring of action outcomes not yet sent to the learning kernel (see
+            `services.sdk.outcomes`).
     """
 
     prefix: str
@@ -83,6 +87,7 @@ class DomainTables:
     started: Table
     records: Table
     outbox: Table
+    outcomes: Table
 
     @classmethod
     def of(cls, domain_id: str) -> DomainTables:
@@ -124,7 +129,22 @@ class DomainTables:
             Column("updated_at", Float, nullable=False),
         )
         outbox = outbox_table(metadata, prefix)
-        return cls(prefix, metadata, results, started, records, outbox)
+        outcomes = Table(
+            f"{prefix}_outcomes",
+            metadata,
+            Column("row_id", Integer, primary_key=True, autoincrement=True),
+            Column("action", String(128), nullable=False),
+            Column("success", Boolean, nullable=False),
+            Column("latency_ms", Float, nullable=False),
+            Column("input_size", Integer, nullable=False),
+            Column("hour", Integer, nullable=False),
+            Column("weekday", Integer, nullable=False),
+            Column("attempt", Integer, nullable=False),
+            Column("in_flight", Integer, nullable=False),
+            Column("sequence", Integer, nullable=False),
+            Column("at", Float, nullable=False),
+        )
+        return cls(prefix, metadata, results, started, records, outbox, outcomes)
 
 
 async def create_domain_tables(db: Database, domain_id: str, tables: DomainTables) -> None:

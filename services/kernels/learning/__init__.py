@@ -1,0 +1,1 @@
+"""The learning kernel: patterns in the outcomes of domain actions."""
