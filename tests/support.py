@@ -49,6 +49,7 @@ ISOLATED_PEERS = {
         "scheduler",
         "librarian",
         "tasks",
+        "triggers",
     )
 }
 
