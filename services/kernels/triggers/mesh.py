@@ -136,6 +136,8 @@ class TriggerMesh:
         self.rules: dict[str, Rule] = {}
         self._wake = asyncio.Event()
         self._running: set[str] = set()
+        self._ready: list[Firing] = []
+        self._due_checked = 0.0
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.on_rules_changed: Callable[[Sequence[str]], None] = lambda _patterns: None
 
@@ -212,15 +214,19 @@ class TriggerMesh:
         if not applicable:
             return []
         now = self.clock()
-        created: list[str] = []
+        created: list[Firing] = []
         async with self.store.db.transaction() as conn:
             for rule in applicable:
                 fid = firing_id(str(event["id"]), rule.rule_id)
-                if await self.store.claim(conn, fid, rule, event, now):
-                    created.append(fid)
+                firing = await self.store.claim(conn, fid, rule, event, now, self.settings.lease_s)
+                if firing is not None:
+                    created.append(firing)
         if created:
+            # Claimed with a lease: attempted at once by this instance, no second read.
+            self._ready.extend(created)
+            self._running.update(f.firing_id for f in created)
             self._wake.set()
-        return created
+        return [f.firing_id for f in created]
 
     # Firings
 
@@ -245,8 +251,11 @@ class TriggerMesh:
         try:
             while True:
                 self._wake.clear()
+                # Fresh claims need no read; retries and lapsed leases are read at least
+                # every poll interval.
+                stale = self.clock() - self._due_checked >= self.settings.poll_interval_s
                 try:
-                    taken = await self._take()
+                    taken = await self._take(due=stale or not self._ready)
                 except Exception:
                     log.exception("triggers: could not read due firings")
                     taken = []
@@ -260,11 +269,15 @@ class TriggerMesh:
             for task in pending:
                 task.cancel()
 
-    async def _take(self) -> list[Firing]:
+    async def _take(self, *, due: bool = True) -> list[Firing]:
+        ready, self._ready = self._ready, []
+        if not due:
+            return ready
+        self._due_checked = self.clock()
         taken = await self.store.take_due(self.clock(), self.settings.lease_s, self.settings.batch)
         fresh = [f for f in taken if f.firing_id not in self._running]
         self._running.update(f.firing_id for f in fresh)
-        return fresh
+        return ready + fresh
 
     async def drain(self) -> int:
         """Attempts every firing due now, one pass, in this task; returns how many."""

@@ -160,8 +160,11 @@ class TriggersStore:
         rule: Rule,
         event: dict[str, Any],
         now: float,
-    ) -> bool:
-        """Creates the firing; False when it already exists (a redelivered event)."""
+        lease_s: float,
+    ) -> Firing | None:
+        """Creates the firing, leased to the caller for `lease_s` (it attempts it at once;
+        another instance takes it over only once the lease lapses); None when it already
+        exists (a redelivered event)."""
         stmt = (
             self.db.insert(firings)
             .values(
@@ -170,7 +173,7 @@ class TriggersStore:
                 state=FiringState.PENDING.value,
                 attempts=0,
                 next_at=now,
-                lease_until=0.0,
+                lease_until=now + lease_s,
                 created_at=now,
                 updated_at=now,
                 record={"rule_version": rule.version, "event": event, "result": {}},
@@ -178,7 +181,19 @@ class TriggersStore:
             .on_conflict_do_nothing(index_elements=["firing_id"])
         )
         result = await conn.execute(stmt)
-        return bool(result.rowcount)
+        if not result.rowcount:
+            return None
+        return Firing(
+            firing_id=firing_id,
+            rule_id=rule.rule_id,
+            rule_version=rule.version,
+            event=event,
+            state=FiringState.PENDING,
+            attempts=0,
+            next_at=now,
+            created_at=now,
+            updated_at=now,
+        )
 
     async def take_due(self, now: float, lease_s: float, limit: int) -> list[Firing]:
         """Pending firings due by `now` whose lease lapsed, leased to the caller."""
