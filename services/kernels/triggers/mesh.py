@@ -179,6 +179,7 @@ class TriggerMesh:
             rule = replace(rule, version=version + 1, origin="api")
             await self.store.write_rule(conn, rule, deleted=False, now=now)
             await self._announce(conn, "trigger.rule_changed", rule.rule_id, rule.to_json())
+        self.wake_relays()
         self.rules[rule.rule_id] = rule
         self.on_rules_changed(self.patterns())
         return rule
@@ -201,6 +202,7 @@ class TriggerMesh:
             await self._announce(
                 conn, "trigger.rule_deleted", rule_id, {"rule_id": rule_id, "version": gone.version}
             )
+        self.wake_relays()
         self.rules.pop(rule_id, None)
         self.on_rules_changed(self.patterns())
         return gone
@@ -402,6 +404,7 @@ class TriggerMesh:
                 )
                 await conn.execute(self.events.table.insert().values(**row))
             await self._announce(conn, OUTCOME_EVENTS[state], firing.rule_id, announcement)
+        self.wake_relays()  # after the commit, so the relays find the rows
         if state is FiringState.PENDING:
             self._wake.set()
         return state
@@ -411,7 +414,6 @@ class TriggerMesh:
     ) -> None:
         await self.events.enqueue(conn, event_type, data, subject=subject)
         await self.log_entries.enqueue(conn, event_type, data, subject=subject)
-        self.wake_relays()
 
 
 def _same(a: Rule, b: Rule) -> bool:
