@@ -66,6 +66,7 @@ ISOLATED_PEERS = {
         "librarian",
         "tasks",
         "learning",
+        "triggers",
     )
 }
 

@@ -178,6 +178,7 @@ _LIBRARIAN = "/grace.kernels.librarian.v1.LibrarianService/"
 _SCHEDULER = "/grace.kernels.scheduler.v1.SchedulerService/"
 _TASKS = "/grace.kernels.tasks.v1.TasksService/"
 _LEARNING = "/grace.kernels.learning.v1.LearningService/"
+_TRIGGERS = "/grace.kernels.triggers.v1.TriggersService/"
 
 # Every RPC of every Grace service. tests/common/test_access.py fails when one is missing.
 RULES: Mapping[str, Rule] = {
@@ -338,6 +339,13 @@ RULES: Mapping[str, Rule] = {
     _LEARNING + "GetPattern": READ,
     _LEARNING + "Analyze": OPERATE,
     _LEARNING + "GetLearningStats": READ,
+    # Trigger mesh: rules act later in the platform's name, so they are an operator's.
+    _TRIGGERS + "PutRule": OPERATE,
+    _TRIGGERS + "DeleteRule": OPERATE,
+    _TRIGGERS + "GetRule": READ,
+    _TRIGGERS + "ListRules": READ,
+    _TRIGGERS + "ListFirings": READ,
+    _TRIGGERS + "GetFiring": READ,
 }
 
 # grpcio's own services: health is public; reflection needs an authenticated caller, so

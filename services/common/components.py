@@ -32,6 +32,7 @@ COMPONENT_IDS: frozenset[str] = frozenset(
         "immune",
         "scheduler",
         "tasks",
+        "triggers",
         "librarian",
         "learning",
         "data_domain",

@@ -47,6 +47,7 @@ DEFAULT_PORTS: Mapping[str, int] = {
     "memory": 8103,
     "guardian": 8104,
     "governance": 8110,
+    "triggers": 8111,
     "trust": 8112,
     "scheduler": 8120,
     "tasks": 8121,

@@ -32,6 +32,7 @@ from typing import Any
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.action_peers import ActionFailed, Peers
 from services.common.governance_client import GovernanceGate
 from services.common.outbox import Outbox
 from services.common.waiting import wait_for_event
@@ -44,7 +45,6 @@ from services.kernels.scheduler.model import (
     ScheduleSpec,
     firing_id,
 )
-from services.kernels.scheduler.peers import ActionFailed, Peers
 from services.kernels.scheduler.store import Advance, SchedulerStore
 
 log = logging.getLogger(__name__)

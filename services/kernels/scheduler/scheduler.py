@@ -24,6 +24,7 @@ from typing import Any
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.action_peers import Peers
 from services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -48,7 +49,6 @@ from services.kernels.scheduler.model import (
     TimingKind,
     firing_id,
 )
-from services.kernels.scheduler.peers import Peers
 from services.kernels.scheduler.store import SchedulerStore, events_outbox, log_outbox
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from grace.domain.v1 import domain_pb2_grpc
 from grace.kernels.scheduler.v1 import scheduler_pb2 as pb
 from grace.kernels.scheduler.v1 import scheduler_pb2_grpc
+from services.common.action_peers import PeerClients, Peers
 from services.common.bus_client import EventBusPublisher
 from services.common.errors import InvalidArgument
 from services.common.governance_client import GovernanceClient, GovernanceGate
@@ -30,7 +31,6 @@ from services.common.storage import Database
 from services.kernels import domain
 from services.kernels.registration import keep_registered, mounted, peer_health_of
 from services.kernels.scheduler.config import CAPABILITIES, SERVICE, SchedulerConfig
-from services.kernels.scheduler.peers import PeerClients, Peers
 from services.kernels.scheduler.scheduler import Scheduler
 from services.kernels.scheduler.servicer import SchedulerServicer
 from services.kernels.scheduler.store import SchedulerStore

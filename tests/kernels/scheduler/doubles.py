@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from services.common.action_peers import ActionFailed
 from services.common.governance_client import GateDecision
-from services.kernels.scheduler.peers import ActionFailed
 
 
 class FakeClock:

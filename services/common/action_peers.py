@@ -1,5 +1,6 @@
-"""What a firing calls: the orchestrator (workflows), domains (through the registry) and
-the tasks kernel. Events need no peer: they leave through the scheduler's outbox.
+"""What a firing calls (scheduler and trigger mesh): the orchestrator (workflows), domains
+(through the registry) and the tasks kernel. Events need no peer: they leave through the
+firing kernel's outbox.
 
 Each call carries an idempotency key derived from the firing, so a firing run again by
 another instance after its first instance died (see `store`) starts the workflow or runs

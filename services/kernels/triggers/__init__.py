@@ -1,0 +1,1 @@
+"""The trigger mesh: declarative rules that turn events into governed actions."""
