@@ -106,19 +106,38 @@ async def bus(
 
 
 def bus_config(
-    data_dir: Path, registry_address: str = NO_REGISTRY, **overrides: object
+    data_dir: Path,
+    registry_address: str = NO_REGISTRY,
+    *,
+    jetstream: JetStreamOptions | None = None,
+    **overrides: object,
 ) -> EventBusConfig:
     return EventBusConfig(
         server=server_config("eventbus", data_dir),
         settings=replace(FAST, **overrides),  # type: ignore[arg-type]
         registry_address=registry_address,
+        jetstream=jetstream,
     )
 
 
+@pytest.fixture(params=["sql", "jetstream"])
+async def log_backend(request: pytest.FixtureRequest) -> AsyncIterator[JetStreamOptions | None]:
+    """Where a test server keeps its events: None for the built-in log, or a JetStream
+    stream of the test's own (deleted afterwards)."""
+    if request.param == "sql":
+        yield None
+        return
+    options: JetStreamOptions = request.getfixturevalue("jetstream_options")
+    yield options
+    await delete_stream(options)
+
+
 @pytest.fixture
-async def bus_server(tmp_path: Path) -> AsyncIterator[tuple[EventBusServer, grpc.aio.Channel]]:
-    """The bus on a real gRPC server (SQLite)."""
-    service = EventBusServer(bus_config(tmp_path))
+async def bus_server(
+    tmp_path: Path, log_backend: JetStreamOptions | None
+) -> AsyncIterator[tuple[EventBusServer, grpc.aio.Channel]]:
+    """The bus on a real gRPC server (positions on SQLite), on each log backend."""
+    service = EventBusServer(bus_config(tmp_path, jetstream=log_backend))
     async with serving(service.config.server, service) as (_, chan):
         yield service, chan
 
