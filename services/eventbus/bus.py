@@ -247,6 +247,8 @@ class EventBus:
         if sequence < 0:
             raise InvalidArgument("sequence", "must not be negative")
         if sequence > self.log.head:
+            await self.log.sync()
+        if sequence > self.log.head:
             raise InvalidArgument(
                 "sequence", f"must not exceed the last published sequence {self.log.head}"
             )
@@ -405,6 +407,7 @@ class EventBus:
             raise InvalidArgument("end_time", "must be after start_time")
         position = decode_token(token)
         log_filter = LogFilter(patterns, source_domain)
+        await self.log.sync()
         if position is not None:
             mark = position.get("seq")
             if not isinstance(mark, int):
@@ -453,6 +456,7 @@ class EventBus:
 
     async def stats(self) -> Stats:
         """Counts for GetStats."""
+        await self.log.sync()
         subs = [self.get_subscription(sub_id) for sub_id in sorted(self.push.workers)]
         head, first = self.log.head, self.log.first
         return Stats(

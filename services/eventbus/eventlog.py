@@ -66,6 +66,9 @@ class Log(Protocol):
     def new_id(self) -> str:
         """An id for an event whose publisher gave none."""
 
+    async def sync(self) -> None:
+        """Brings `head` and `first` up to date with what other processes appended."""
+
     async def append(
         self, batch: Sequence[event_pb2.Event], generated: Sequence[bool]
     ) -> list[Appended]:
@@ -169,6 +172,9 @@ class EventLog:
         """An id for an event whose publisher gave none: a random per-process prefix and a
         counter, far cheaper than a UUID per event on the hot path."""
         return f"{self._id_prefix}-{next(self._ids)}"
+
+    async def sync(self) -> None:
+        """Nothing to do: this process is the log's only writer."""
 
     # -- appending -------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    PubAck,
     StorageType,
     StreamConfig,
 )
@@ -211,7 +212,7 @@ class JetStreamLog:
             )
         except (NatsError, OSError) as exc:
             raise Unavailable(f"NATS at {', '.join(opts.servers)} is unreachable: {exc}") from exc
-        self._js = self._nc.jetstream(timeout=opts.timeout_s)
+        self._js = self._nc.jetstream(timeout=opts.timeout_s, publish_async_max_pending=20_000)
         await self._ensure_stream()
         await self._refresh_bounds()
         self._tail = await self._js.subscribe(
@@ -254,6 +255,14 @@ class JetStreamLog:
                 pass  # another instance created it meanwhile: update below
         await jsm.update_stream(config)
 
+    async def sync(self) -> None:
+        """Reads the stream's bounds: other instances append too, and the server applies
+        the retention limits on its own."""
+        try:
+            await self._refresh_bounds()
+        except NatsError as exc:
+            raise Unavailable(f"event log read failed: {exc!r}") from exc
+
     async def _refresh_bounds(self) -> None:
         state = (await self.js.stream_info(self.options.stream)).state
         self.head = max(self.head, state.last_seq)
@@ -281,8 +290,10 @@ class JetStreamLog:
     async def append(
         self, batch: Sequence[event_pb2.Event], generated: Sequence[bool]
     ) -> list[Appended]:
-        """Publishes the events in order (pipelined on one connection) and returns once
-        JetStream acknowledged each: stored, or a duplicate with the original sequence."""
+        """Publishes the events in order (asynchronously, pipelined on one connection) and
+        returns once JetStream acknowledged each: stored, or a duplicate with the original
+        sequence. No acknowledgement within the timeout fails the call with Unavailable
+        (the events may or may not be stored; a retry with the same ids is safe)."""
         js = self.js
         now = self.clock()
         headers_base = {PUBLISHED_AT: repr(now)}
@@ -291,21 +302,23 @@ class JetStreamLog:
             self.options.stream,
             self.options.timeout_s,
         )
-        publishes = []
-        for event, gen in zip(batch, generated, strict=True):
-            headers = headers_base if gen else {**headers_base, "Nats-Msg-Id": _msg_id(event)}
-            publishes.append(
-                js.publish(
-                    subject_for(prefix, event.event_type),
-                    event.SerializeToString(),
-                    timeout=timeout,
-                    stream=stream,
-                    headers=headers,
-                )
-            )
+        futures: list[asyncio.Future[PubAck]] = []
         try:
-            acks = await asyncio.gather(*publishes)
+            for event, gen in zip(batch, generated, strict=True):
+                headers = headers_base if gen else {**headers_base, "Nats-Msg-Id": _msg_id(event)}
+                futures.append(
+                    await js.publish_async(
+                        subject_for(prefix, event.event_type),
+                        event.SerializeToString(),
+                        wait_stall=timeout,
+                        stream=stream,
+                        headers=headers,
+                    )
+                )
+            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except (TimeoutError, NatsError) as exc:
+            for future in futures:
+                future.cancel()
             raise Unavailable(f"event log write failed: {exc!r}") from exc
         answers = []
         for event, ack in zip(batch, acks, strict=True):
@@ -474,10 +487,7 @@ class JetStreamLog:
     async def resolve_start(self, spec: StartSpec) -> int:
         """The cursor for a start position, against the stream's current bounds (which
         may include events other instances appended)."""
-        try:
-            await self._refresh_bounds()
-        except NatsError as exc:
-            raise Unavailable(f"event log read failed: {exc!r}") from exc
+        await self.sync()
         if spec.kind is Start.ALL:
             return self.first - 1
         if spec.kind is Start.SEQUENCE:
