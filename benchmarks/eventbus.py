@@ -302,6 +302,9 @@ async def backend_figures() -> dict[str, float]:
         with tempfile.TemporaryDirectory(prefix="grace-bench-js-") as tmp:
             async with bus_process(Path(tmp), url) as address:
                 throughput = await grace_throughput(address, 1, THROUGHPUT_EVENTS)
+                print(f"bus on JetStream (a): {throughput:,.0f} events/s", flush=True)
+            # A fresh process for (b), as for the built-in bus its throughput run is over.
+            async with bus_process(Path(tmp), url) as address:
                 p50, p99 = await grace_latency(address)
         return {"throughput": throughput, "p50_ms": p50, "p99_ms": p99}
     finally:
@@ -317,7 +320,10 @@ async def main() -> None:
             throughput = await grace_throughput(address, 1, THROUGHPUT_EVENTS)
             p50, p99 = await grace_latency(address)
             fanout = await grace_throughput(address, SUBSCRIBERS, FANOUT_EVENTS)
+    print(f"built-in bus (a): {throughput:,.0f} events/s", flush=True)
     peer = await nats_figures()
+    if peer is not None:
+        print(f"raw JetStream (a): {peer['throughput']:,.0f} events/s", flush=True)
     backend = await backend_figures() if peer is not None else None
 
     rows = [

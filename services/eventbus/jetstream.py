@@ -185,6 +185,7 @@ class JetStreamLog:
         self._js: JetStreamContext | None = None
         self._tail: JetStreamContext.PushSubscription | None = None
         self._closing = False
+        self._arrived: list[event_pb2.Event] = []
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
 
@@ -330,10 +331,19 @@ class JetStreamLog:
         return answers
 
     async def _on_tail(self, msg: Msg) -> None:
+        # The client hands messages over one at a time; everything that arrives in one
+        # turn of the event loop is offered to the readers together, so a reader wakes
+        # once per burst and streams it in one message instead of one per event.
         sequence = msg.metadata.sequence.stream
         if sequence > self.head:
             self.head = sequence
-        fan_out(self.index, [_event(sequence, msg.data)])
+        self._arrived.append(_event(sequence, msg.data))
+        if len(self._arrived) == 1:
+            asyncio.get_running_loop().call_soon(self._fan_out_arrived)
+
+    def _fan_out_arrived(self) -> None:
+        arrived, self._arrived = self._arrived, []
+        fan_out(self.index, arrived)
 
     # -- reading ---------------------------------------------------------------------
 
