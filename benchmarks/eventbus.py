@@ -8,8 +8,14 @@ drives it from this process:
   (b) publish -> deliver latency (p50/p99) at a steady 1,000 events/s, one Publish per event;
   (c) the (a) workload with 100 subscribers of distinct patterns, each event matching one.
 
-When NATS answers on 127.0.0.1:4222 the same (a) and (b) run on JetStream with nats-py
-(async publish to a file-backed stream, one pull consumer), and the ratios are printed.
+When NATS answers on 127.0.0.1:4222, the same run also measures, in the same process:
+
+  - the bus on its JetStream backend (`GRACE_EVENTBUS_BACKEND=nats://127.0.0.1:4222`, a
+    stream of its own): (a) and (b) through the bus's gRPC API, exactly as above;
+  - raw JetStream with the same client library (nats-py): (a) as async publish of the same
+    payloads to a file-backed stream with one pull consumer, (b) at the same rate;
+
+and prints the ratios (target: the JetStream backend >= 0.7x raw JetStream on (a)).
 The last line is one JSON object with every figure.
 
     .venv/bin/python benchmarks/eventbus.py
@@ -57,9 +63,15 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def bus_process(data_dir: Path) -> AsyncIterator[str]:
+async def bus_process(data_dir: Path, backend: str = "sql") -> AsyncIterator[str]:
     port = free_port()
-    env = {**os.environ, "GRACE_REGISTRY_ADDR": "127.0.0.1:9"}
+    env = {
+        **os.environ,
+        "GRACE_REGISTRY_ADDR": "127.0.0.1:9",
+        "GRACE_EVENTBUS_BACKEND": backend,
+        "GRACE_EVENTBUS_NATS_STREAM": f"GRACEBUSBENCH{os.getpid()}",
+        "GRACE_EVENTBUS_NATS_SUBJECT_PREFIX": f"gracebusbench{os.getpid()}",
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.eventbus", "--port", str(port),
         "--data-dir", str(data_dir), env=env,
@@ -281,13 +293,38 @@ async def nats_figures() -> dict[str, float] | None:
         await nc.close()
 
 
+async def backend_figures() -> dict[str, float]:
+    """(a) and (b) through the bus on its JetStream backend; its stream is deleted after."""
+    import nats
+
+    url = "nats://127.0.0.1:4222"
+    try:
+        with tempfile.TemporaryDirectory(prefix="grace-bench-js-") as tmp:
+            async with bus_process(Path(tmp), url) as address:
+                throughput = await grace_throughput(address, 1, THROUGHPUT_EVENTS)
+                print(f"bus on JetStream (a): {throughput:,.0f} events/s", flush=True)
+            # A fresh process for (b), as for the built-in bus its throughput run is over.
+            async with bus_process(Path(tmp), url) as address:
+                p50, p99 = await grace_latency(address)
+        return {"throughput": throughput, "p50_ms": p50, "p99_ms": p99}
+    finally:
+        nc = await nats.connect(url)
+        with contextlib.suppress(Exception):
+            await nc.jetstream().delete_stream(f"GRACEBUSBENCH{os.getpid()}")
+        await nc.close()
+
+
 async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="grace-bench-") as tmp:
         async with bus_process(Path(tmp)) as address:
             throughput = await grace_throughput(address, 1, THROUGHPUT_EVENTS)
             p50, p99 = await grace_latency(address)
             fanout = await grace_throughput(address, SUBSCRIBERS, FANOUT_EVENTS)
+    print(f"built-in bus (a): {throughput:,.0f} events/s", flush=True)
     peer = await nats_figures()
+    if peer is not None:
+        print(f"raw JetStream (a): {peer['throughput']:,.0f} events/s", flush=True)
+    backend = await backend_figures() if peer is not None else None
 
     rows = [
         ("(a) PublishBatch -> 1 stream, events/s", f"{throughput:,.0f}", ">= 50,000"),
@@ -321,6 +358,25 @@ async def main() -> None:
         figures["jetstream_p50_ms"] = round(peer["p50_ms"], 3)
         figures["jetstream_p99_ms"] = round(peer["p99_ms"], 3)
         figures["ratio_vs_jetstream"] = round(throughput / peer["throughput"], 3)
+    if peer is not None and backend is not None:
+        ratio = backend["throughput"] / peer["throughput"]
+        rows += [
+            (
+                "Bus on JetStream (a) PublishBatch -> 1 stream, events/s",
+                f"{backend['throughput']:,.0f}",
+                "",
+            ),
+            (
+                "Bus on JetStream (b) latency p50 / p99, ms",
+                f"{backend['p50_ms']:.2f} / {backend['p99_ms']:.2f}",
+                "",
+            ),
+            ("Bus on JetStream (a) / raw JetStream (a)", f"{ratio:.2f}x", ">= 0.7x"),
+        ]
+        figures["backend_jetstream_throughput_eps"] = round(backend["throughput"])
+        figures["backend_jetstream_p50_ms"] = round(backend["p50_ms"], 3)
+        figures["backend_jetstream_p99_ms"] = round(backend["p99_ms"], 3)
+        figures["backend_vs_raw_jetstream"] = round(ratio, 3)
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'value':>14}  target")
     for name, value, target in rows:

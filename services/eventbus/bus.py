@@ -27,7 +27,7 @@ from services.common.validation import require_id
 from services.eventbus import tracing
 from services.eventbus.delivery import DomainResolver, PushDelivery
 from services.eventbus.envelope import DEFAULT_STREAM_BATCH, MAX_STREAM_BATCH, EventValidator
-from services.eventbus.eventlog import Appended, Clock, EventLog, Reader, decode
+from services.eventbus.eventlog import Appended, Clock, EventLog, Log, Reader, decode
 from services.eventbus.model import (
     BusSettings,
     ConsumerState,
@@ -61,6 +61,8 @@ class EventBus:
         clock: Epoch seconds; injectable for tests.
         verifier: Checks event signatures at publish (see
             `services.common.event_verification`); None checks nothing.
+        event_log: Where events live; None keeps them in `store` (an `EventLog`).
+            Consumers, subscriptions and dead letters stay in `store` either way.
     """
 
     def __init__(
@@ -70,12 +72,13 @@ class EventBus:
         registry_address: str,
         clock: Clock = time.time,
         verifier: EventVerifier | None = None,
+        event_log: Log | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
         self.settings = settings
         self.clock = clock
-        self.log = EventLog(store, settings, clock)
+        self.log: Log = event_log or EventLog(store, settings, clock)
         self.validate = EventValidator(settings)
         self.push = PushDelivery(self.log, store, DomainResolver(registry_address), settings, clock)
         self.consumers: dict[str, ConsumerState] = {}
@@ -85,6 +88,7 @@ class EventBus:
 
     async def open(self) -> None:
         """Opens storage, loads state, resumes push delivery and starts retention."""
+        await self.store.open()
         await self.log.open()
         self.consumers = {c.name: c for c in await self.store.consumers()}
         await self.push.open()
@@ -246,6 +250,8 @@ class EventBus:
         if sequence < 0:
             raise InvalidArgument("sequence", "must not be negative")
         if sequence > self.log.head:
+            await self.log.sync()
+        if sequence > self.log.head:
             raise InvalidArgument(
                 "sequence", f"must not exceed the last published sequence {self.log.head}"
             )
@@ -404,6 +410,7 @@ class EventBus:
             raise InvalidArgument("end_time", "must be after start_time")
         position = decode_token(token)
         log_filter = LogFilter(patterns, source_domain)
+        await self.log.sync()
         if position is not None:
             mark = position.get("seq")
             if not isinstance(mark, int):
@@ -421,7 +428,7 @@ class EventBus:
             )
             if upto <= after:
                 break
-            rows = await self.store.read(
+            rows = await self.log.scan(
                 after,
                 upto,
                 chunk,
@@ -452,6 +459,7 @@ class EventBus:
 
     async def stats(self) -> Stats:
         """Counts for GetStats."""
+        await self.log.sync()
         subs = [self.get_subscription(sub_id) for sub_id in sorted(self.push.workers)]
         head, first = self.log.head, self.log.first
         return Stats(
@@ -461,7 +469,7 @@ class EventBus:
             delivered_total=self.push.delivered_total,
             head_sequence=head,
             first_sequence=first,
-            events_by_type=await self.store.type_counts(),
+            events_by_type=await self.log.type_counts(),
             subscriptions=subs,
             consumers=sorted(self.consumers.values(), key=lambda c: c.name),
             dead_letters=await self.store.count_dead_letters(),

@@ -21,6 +21,22 @@ Besides the common server settings (see `services.common.config`):
   unsigned events from sources without an identity are still accepted), `flag` (log and
   count such events, accept them) or `off`. Keys come from the trust kernel at `GRACE_TRUST_ADDR`
   (127.0.0.1:8112), cached `GRACE_EVENTBUS_KEY_CACHE_TTL_S` seconds (30).
+
+Where events live (see docs/eventbus.md, "Backends"):
+
+- `GRACE_EVENTBUS_BACKEND`: `sql` (the default: the bus's own tables in its database) or
+  NATS JetStream as one or more comma-separated URLs (`nats://host:4222`,
+  `tls://host:4222`; user and password may be in the URL). Consumers, push subscriptions
+  and dead letters stay in the bus's database with either backend.
+- `GRACE_EVENTBUS_NATS_STREAM` (`GRACE_EVENTS`) and `GRACE_EVENTBUS_NATS_SUBJECT_PREFIX`
+  (`grace.events`): the stream and its subjects.
+- `GRACE_EVENTBUS_NATS_CREDS`: a NATS credentials file (JWT and NKey seed).
+- `GRACE_EVENTBUS_NATS_TLS`: use TLS (false; implied by the next three).
+  `GRACE_EVENTBUS_NATS_TLS_CA`, `GRACE_EVENTBUS_NATS_TLS_CERT`, `GRACE_EVENTBUS_NATS_TLS_KEY`:
+  the CA that verifies the server, and a client certificate and key.
+- `GRACE_EVENTBUS_NATS_DUPLICATE_WINDOW_S`: how long JetStream suppresses a repeated event
+  id (120).
+- `GRACE_EVENTBUS_NATS_REPLICAS`: stream replicas (1).
 """
 
 from __future__ import annotations
@@ -30,8 +46,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, peer_address
+from services.common.config import (
+    DEFAULT_PORTS,
+    ConfigError,
+    EnvReader,
+    ServerConfig,
+    peer_address,
+)
 from services.common.event_verification import MODES
+from services.eventbus.jetstream import JetStreamOptions
 from services.eventbus.model import BusSettings
 
 SERVICE = "eventbus"
@@ -47,6 +70,7 @@ class EventBusConfig:
     verify_signatures: str = "reject"
     trust_address: str = "127.0.0.1:8112"
     key_cache_ttl_s: float = 30.0
+    jetstream: JetStreamOptions | None = None
 
     @classmethod
     def from_env(
@@ -84,4 +108,32 @@ class EventBusConfig:
             verify_signatures=r.choice(f"{p}VERIFY_SIGNATURES", "reject", MODES),
             trust_address=peer_address(env, "trust"),
             key_cache_ttl_s=r.number(f"{p}KEY_CACHE_TTL_S", 30.0, minimum=0.1, maximum=86400),
+            jetstream=_jetstream(r),
         )
+
+
+def _jetstream(r: EnvReader) -> JetStreamOptions | None:
+    """The JetStream options when `GRACE_EVENTBUS_BACKEND` names NATS servers."""
+    name = "GRACE_EVENTBUS_BACKEND"
+    backend = r.text(name, "sql").strip()
+    if backend == "sql":
+        return None
+    servers = tuple(url.strip() for url in backend.split(",") if url.strip())
+    if not servers or not all(url.startswith(("nats://", "tls://")) for url in servers):
+        raise ConfigError(f"{name}={backend!r}: expected sql or nats:// (or tls://) URLs")
+    p = "GRACE_EVENTBUS_NATS_"
+    prefix = r.text(f"{p}SUBJECT_PREFIX", "grace.events")
+    if not prefix or any(not part or part in ("*", ">") for part in prefix.split(".")):
+        raise ConfigError(f"{p}SUBJECT_PREFIX={prefix!r}: expected dot-separated names")
+    return JetStreamOptions(
+        servers=servers,
+        stream=r.text(f"{p}STREAM", "GRACE_EVENTS"),
+        subject_prefix=prefix,
+        creds_file=r.text(f"{p}CREDS", ""),
+        tls=r.flag(f"{p}TLS", any(url.startswith("tls://") for url in servers)),
+        tls_ca=r.text(f"{p}TLS_CA", ""),
+        tls_cert=r.text(f"{p}TLS_CERT", ""),
+        tls_key=r.text(f"{p}TLS_KEY", ""),
+        duplicate_window_s=r.number(f"{p}DUPLICATE_WINDOW_S", 120.0, minimum=1, maximum=7 * 86400),
+        replicas=r.integer(f"{p}REPLICAS", 1, minimum=1, maximum=5),
+    )

@@ -24,7 +24,7 @@ from grace.eventbus.v1 import event_pb2
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
 from services.eventbus import tracing
-from services.eventbus.eventlog import EventLog, Reader
+from services.eventbus.eventlog import Log, Reader
 from services.eventbus.model import BusSettings, DeadLetterRecord, SubscriptionState
 from services.eventbus.store import EventStore, LogFilter
 
@@ -162,7 +162,7 @@ class PushDelivery:
 
     def __init__(
         self,
-        event_log: EventLog,
+        event_log: Log,
         store: EventStore,
         resolver: DomainResolver,
         settings: BusSettings,

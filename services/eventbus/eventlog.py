@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import Unavailable
@@ -39,6 +39,67 @@ class Appended(NamedTuple):
     sequence: int
     duplicate: bool
     published_at: float
+
+
+class Log(Protocol):
+    """What the bus needs from a durable, ordered event log; two implementations exist:
+    `EventLog` (the bus's own SQL tables) and `JetStreamLog` (a NATS JetStream stream).
+
+    `head` and `first` are the newest and oldest retained sequences as this process knows
+    them; `index` and `readers` are the live readers that the log's fan-out feeds: every
+    appended event, whichever process appended it, is offered to them in sequence order.
+    """
+
+    head: int
+    first: int
+    duplicates: int
+    index: PatternIndex[Reader]
+    readers: set[Reader]
+
+    async def open(self) -> None:
+        """Connects, loads the bounds and starts the live fan-out."""
+
+    async def close(self, drain_timeout_s: float = 5.0) -> None:
+        """Stops appending and ends every reader."""
+
+    def new_id(self) -> str:
+        """An id for an event whose publisher gave none."""
+
+    async def sync(self) -> None:
+        """Brings `head` and `first` up to date with what other processes appended."""
+
+    async def append(
+        self, batch: Sequence[event_pb2.Event], generated: Sequence[bool]
+    ) -> list[Appended]:
+        """Appends validated events in order; returns once they are durable."""
+
+    async def read(
+        self, after: int, limit: int, log_filter: LogFilter
+    ) -> tuple[list[event_pb2.Event], int]:
+        """Up to `limit` matching events after `after`, and the last sequence examined."""
+
+    async def scan(
+        self,
+        after: int,
+        upto: int,
+        limit: int,
+        log_filter: LogFilter,
+        *,
+        newest_first: bool = False,
+        start_time: float = 0.0,
+        end_time: float = 0.0,
+    ) -> list[EventRow]:
+        """Up to `limit` stored events with after < sequence <= upto, pre-filtered (callers
+        re-check patterns with the exact matcher)."""
+
+    async def resolve_start(self, spec: StartSpec) -> int:
+        """The cursor (last sequence already seen) for a start position."""
+
+    async def enforce_retention(self) -> int:
+        """Deletes events past the age and count limits; returns how many went."""
+
+    async def type_counts(self) -> dict[str, int]:
+        """Events per type."""
 
 
 @dataclass
@@ -90,8 +151,7 @@ class EventLog:
         self.readers: set[Reader] = set()
 
     async def open(self) -> None:
-        """Loads the log's bounds and starts the committer."""
-        await self.store.open()
+        """Loads the log's bounds and starts the committer (the store is open already)."""
         first, head = await self.store.bounds()
         self.head = head
         self.first = first or head + 1
@@ -111,6 +171,9 @@ class EventLog:
         """An id for an event whose publisher gave none: a random per-process prefix and a
         counter, far cheaper than a UUID per event on the hot path."""
         return f"{self._id_prefix}-{next(self._ids)}"
+
+    async def sync(self) -> None:
+        """Nothing to do: this process is the log's only writer."""
 
     # -- appending -------------------------------------------------------------------
 
@@ -189,16 +252,35 @@ class EventLog:
         return plan
 
     def _fan_out(self, fresh: list[event_pb2.Event]) -> None:
-        lookup = self.index.lookup
-        touched: set[Reader] = set()
-        for event in fresh:
-            for reader in lookup(event.event_type):
-                if reader.offer(event):
-                    touched.add(reader)
-        for reader in touched:
-            reader.notify()
+        fan_out(self.index, fresh)
 
     # -- reading ---------------------------------------------------------------------
+
+    async def scan(
+        self,
+        after: int,
+        upto: int,
+        limit: int,
+        log_filter: LogFilter,
+        *,
+        newest_first: bool = False,
+        start_time: float = 0.0,
+        end_time: float = 0.0,
+    ) -> list[EventRow]:
+        """Stored rows with after < sequence <= upto passing the SQL pre-filter."""
+        return await self.store.read(
+            after,
+            upto,
+            limit,
+            log_filter,
+            newest_first=newest_first,
+            start_time=start_time,
+            end_time=end_time,
+        )
+
+    async def type_counts(self) -> dict[str, int]:
+        """Events stored per type since the log began."""
+        return await self.store.type_counts()
 
     async def read(
         self, after: int, limit: int, log_filter: LogFilter
@@ -253,17 +335,35 @@ class EventLog:
 
 
 def decode(row: EventRow) -> event_pb2.Event:
-    """The Event stored in a row."""
+    """The Event stored in a row, with the row's sequence."""
     event = event_pb2.Event()
     event.ParseFromString(row.payload)
+    event.sequence = row.sequence
     return event
 
 
 def _wanted(row: EventRow, log_filter: LogFilter) -> bool:
-    if log_filter.source_domain and row.source_domain != log_filter.source_domain:
+    return wanted(row.event_type, row.source_domain, log_filter)
+
+
+def wanted(event_type: str, source_domain: str, log_filter: LogFilter) -> bool:
+    """True when an event of this type and source passes the filter exactly."""
+    if log_filter.source_domain and source_domain != log_filter.source_domain:
         return False
     patterns = log_filter.patterns
-    return not patterns or any(matches(p, row.event_type) for p in patterns)
+    return not patterns or any(matches(p, event_type) for p in patterns)
+
+
+def fan_out(index: PatternIndex[Reader], fresh: Sequence[event_pb2.Event]) -> None:
+    """Offers newly durable events, in sequence order, to the live readers that want them."""
+    lookup = index.lookup
+    touched: set[Reader] = set()
+    for event in fresh:
+        for reader in lookup(event.event_type):
+            if reader.offer(event):
+                touched.add(reader)
+    for reader in touched:
+        reader.notify()
 
 
 class Reader:
@@ -282,7 +382,7 @@ class Reader:
     """
 
     def __init__(
-        self, event_log: EventLog, log_filter: LogFilter, cursor: int, queue_limit: int
+        self, event_log: Log, log_filter: LogFilter, cursor: int, queue_limit: int
     ) -> None:
         self.log = event_log
         self.filter = log_filter

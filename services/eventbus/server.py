@@ -15,6 +15,7 @@ from services.common.storage import Database
 from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
 from services.eventbus.eventlog import Clock
+from services.eventbus.jetstream import JetStreamLog
 from services.eventbus.servicer import EventBusServicer
 from services.eventbus.store import EventStore
 
@@ -42,8 +43,12 @@ class EventBusServer(Service):
             ttl_s=config.key_cache_ttl_s,
             vouched=lambda event: vouches_for(event.source_domain),
         )
+        clock = clock or time.time
+        event_log = None
+        if config.jetstream is not None:
+            event_log = JetStreamLog(config.jetstream, config.settings, clock)
         self.bus = EventBus(
-            store, config.settings, config.registry_address, clock or time.time, verifier
+            store, config.settings, config.registry_address, clock, verifier, event_log
         )
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +17,8 @@ from grace.eventbus.v1 import eventbus_pb2_grpc
 from services.common.storage import Database
 from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
+from services.eventbus.eventlog import Log
+from services.eventbus.jetstream import JetStreamLog, JetStreamOptions
 from services.eventbus.model import BusSettings
 from services.eventbus.server import EventBusServer
 from services.eventbus.store import EventStore
@@ -37,31 +42,102 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+NATS_URL = os.environ.get("GRACE_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def nats_answers(url: str) -> bool:
+    """True when something accepts connections at the NATS URL's host and port."""
+    host, _, port = url.split("://", 1)[-1].rsplit("@", 1)[-1].partition(":")
+    try:
+        with socket.create_connection((host, int(port or 4222)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 @pytest.fixture
-async def bus(database: DatabaseTarget, clock: ManualClock) -> AsyncIterator[EventBus]:
-    """A bus core on each database backend, on a manual clock."""
+def jetstream_options() -> JetStreamOptions:
+    """A stream of its own on the test NATS server; skips when none answers."""
+    if not nats_answers(NATS_URL):
+        pytest.skip(f"no NATS server answers at {NATS_URL}")
+    tag = uuid.uuid4().hex[:12]
+    return JetStreamOptions(
+        servers=(NATS_URL,), stream=f"GRACE_TEST_{tag}", subject_prefix=f"test{tag}"
+    )
+
+
+async def delete_stream(options: JetStreamOptions) -> None:
+    """Removes a test stream from the server."""
+    import nats
+
+    nc = await nats.connect(list(options.servers))
+    try:
+        await nc.jetstream().delete_stream(options.stream)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture(params=["sql", "jetstream"])
+async def bus(
+    request: pytest.FixtureRequest, database: DatabaseTarget, clock: ManualClock
+) -> AsyncIterator[EventBus]:
+    """A bus core on each log backend (the built-in one on each database, JetStream with
+    its positions on SQLite), on a manual clock."""
+    settings = replace(FAST)  # its own: tests change settings in place
+    event_log: Log | None = None
+    options: JetStreamOptions | None = None
+    if request.param == "jetstream":
+        if database.schema is not None:
+            pytest.skip("the JetStream backend is run with its positions on SQLite")
+        options = request.getfixturevalue("jetstream_options")
+        event_log = JetStreamLog(options, settings, clock)
     core = EventBus(
-        EventStore(Database(database.url, schema=database.schema)), FAST, NO_REGISTRY, clock
+        EventStore(Database(database.url, schema=database.schema)),
+        settings,
+        NO_REGISTRY,
+        clock,
+        event_log=event_log,
     )
     await core.open()
     yield core
     await core.close()
+    if options is not None:
+        await delete_stream(options)
 
 
 def bus_config(
-    data_dir: Path, registry_address: str = NO_REGISTRY, **overrides: object
+    data_dir: Path,
+    registry_address: str = NO_REGISTRY,
+    *,
+    jetstream: JetStreamOptions | None = None,
+    **overrides: object,
 ) -> EventBusConfig:
     return EventBusConfig(
         server=server_config("eventbus", data_dir),
         settings=replace(FAST, **overrides),  # type: ignore[arg-type]
         registry_address=registry_address,
+        jetstream=jetstream,
     )
 
 
+@pytest.fixture(params=["sql", "jetstream"])
+async def log_backend(request: pytest.FixtureRequest) -> AsyncIterator[JetStreamOptions | None]:
+    """Where a test server keeps its events: None for the built-in log, or a JetStream
+    stream of the test's own (deleted afterwards)."""
+    if request.param == "sql":
+        yield None
+        return
+    options: JetStreamOptions = request.getfixturevalue("jetstream_options")
+    yield options
+    await delete_stream(options)
+
+
 @pytest.fixture
-async def bus_server(tmp_path: Path) -> AsyncIterator[tuple[EventBusServer, grpc.aio.Channel]]:
-    """The bus on a real gRPC server (SQLite)."""
-    service = EventBusServer(bus_config(tmp_path))
+async def bus_server(
+    tmp_path: Path, log_backend: JetStreamOptions | None
+) -> AsyncIterator[tuple[EventBusServer, grpc.aio.Channel]]:
+    """The bus on a real gRPC server (positions on SQLite), on each log backend."""
+    service = EventBusServer(bus_config(tmp_path, jetstream=log_backend))
     async with serving(service.config.server, service) as (_, chan):
         yield service, chan
 

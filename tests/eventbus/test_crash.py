@@ -16,14 +16,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from services.common.channels import channel
+from services.eventbus.jetstream import JetStreamOptions
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
 
 
 @contextlib.asynccontextmanager
-async def bus_process(data_dir: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+async def bus_process(
+    data_dir: Path, port: int, jetstream: JetStreamOptions | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
     env = {**os.environ, "GRACE_REGISTRY_ADDR": "127.0.0.1:9", "GRACE_EVENTBUS_HOST": "127.0.0.1"}
+    if jetstream is not None:
+        env["GRACE_EVENTBUS_BACKEND"] = ",".join(jetstream.servers)
+        env["GRACE_EVENTBUS_NATS_STREAM"] = jetstream.stream
+        env["GRACE_EVENTBUS_NATS_SUBJECT_PREFIX"] = jetstream.subject_prefix
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -54,11 +61,16 @@ async def bus_process(data_dir: Path, port: int) -> AsyncIterator[asyncio.subpro
         await proc.wait()
 
 
-async def test_acknowledged_events_survive_kill_minus_nine(tmp_path: Path) -> None:
+async def test_acknowledged_events_survive_kill_minus_nine(
+    tmp_path: Path, log_backend: JetStreamOptions | None
+) -> None:
     port = free_port()
     acknowledged: dict[str, int] = {}
     enough = asyncio.Event()
-    async with bus_process(tmp_path, port) as proc, channel(f"127.0.0.1:{port}") as chan:
+    async with (
+        bus_process(tmp_path, port, log_backend) as proc,
+        channel(f"127.0.0.1:{port}") as chan,
+    ):
         stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
 
         async def publisher(worker: int) -> None:
@@ -86,7 +98,7 @@ async def test_acknowledged_events_survive_kill_minus_nine(tmp_path: Path) -> No
         proc.send_signal(signal.SIGKILL)
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
-    async with bus_process(tmp_path, port), channel(f"127.0.0.1:{port}") as chan:
+    async with bus_process(tmp_path, port, log_backend), channel(f"127.0.0.1:{port}") as chan:
         stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
         stats = await stub.GetStats(eventbus_pb2.GetStatsRequest())
         stored: dict[str, int] = {}

@@ -16,6 +16,7 @@ from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.server import GraceServer, Service
+from services.eventbus.jetstream import JetStreamOptions
 from services.eventbus.server import EventBusServer
 from services.registry.server import RegistryServer
 from tests.eventbus.conftest import bus_config, eventually
@@ -61,11 +62,12 @@ class World:
     registry: str
     domain: ScriptedDomain
     tmp: Path
+    jetstream: JetStreamOptions | None
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    """A registry and a scripted `memory_domain` registered in it."""
+async def world(tmp_path: Path, log_backend: JetStreamOptions | None) -> AsyncIterator[World]:
+    """A registry and a scripted `memory_domain` registered in it, on each log backend."""
     registry = RegistryServer(registry_config(tmp_path / "registry"))
     domain = ScriptedDomain()
     async with (
@@ -77,11 +79,13 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
                 domain_id="memory_domain", host="127.0.0.1", port=d.port, capabilities=["memory"]
             )
         )
-        yield World(registry_server.address, domain, tmp_path)
+        yield World(registry_server.address, domain, tmp_path, log_backend)
 
 
 def bus_in(world: World, **overrides: object) -> EventBusServer:
-    return EventBusServer(bus_config(world.tmp / "bus", world.registry, **overrides))
+    return EventBusServer(
+        bus_config(world.tmp / "bus", world.registry, jetstream=world.jetstream, **overrides)
+    )
 
 
 async def subscription(stub: Stub, sub_id: str) -> eventbus_pb2.Subscription:

@@ -14,6 +14,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
+from services.eventbus.jetstream import JetStreamOptions
 from services.eventbus.server import EventBusServer
 from tests.eventbus.conftest import bus_config, eventually
 from tests.support import serving, session_pki
@@ -132,8 +133,9 @@ async def test_streams_deliver_in_order_from_each_start_position(stub: Stub) -> 
 
 async def test_a_stalled_subscriber_never_blocks_others_and_catches_up_later(
     tmp_path: Path,
+    log_backend: JetStreamOptions | None,
 ) -> None:
-    service = EventBusServer(bus_config(tmp_path, reader_queue_limit=50))
+    service = EventBusServer(bus_config(tmp_path, jetstream=log_backend, reader_queue_limit=50))
     async with serving(service.config.server, service) as (_, chan):
         stub = Stub(chan)
         stalled = stub.Subscribe(eventbus_pb2.SubscribeRequest(pattern="*", max_batch=10))
@@ -188,8 +190,9 @@ async def _publish_and_read_first(stub: Stub, call: grpc.aio.UnaryStreamCall) ->
 
 async def test_a_durable_consumer_resumes_after_reconnect_and_after_a_restart(
     tmp_path: Path,
+    log_backend: JetStreamOptions | None,
 ) -> None:
-    config = bus_config(tmp_path)
+    config = bus_config(tmp_path, jetstream=log_backend)
     service = EventBusServer(config)
     async with serving(config.server, service) as (_, chan):
         stub = Stub(chan)

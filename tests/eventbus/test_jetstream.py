@@ -1,0 +1,215 @@
+"""The JetStream log backend: subjects, several bus instances on one stream, restarts of
+the bus and of the NATS server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from grace.eventbus.v1 import event_pb2
+from services.common.config import ConfigError, sqlite_url
+from services.common.errors import Unavailable
+from services.common.storage import Database
+from services.eventbus.bus import EventBus
+from services.eventbus.config import EventBusConfig
+from services.eventbus.jetstream import JetStreamLog, JetStreamOptions, subject_filter, subject_for
+from services.eventbus.model import Start, StartSpec
+from services.eventbus.store import EventStore
+from tests.eventbus.conftest import FAST, NO_REGISTRY, delete_stream, nats_answers
+from tests.support import free_port
+
+
+def ev(event_type: str = "ml.prediction", **fields: object) -> event_pb2.Event:
+    return event_pb2.Event(event_type=event_type, source_domain="ai_domain", **fields)  # type: ignore[arg-type]
+
+
+def test_event_types_map_to_subjects_with_empty_parts_made_valid() -> None:
+    assert subject_for("grace.events", "ml.prediction") == "grace.events.ml.prediction"
+    assert subject_for("p", "a..b.") == "p.a._.b._"
+
+
+def test_patterns_become_the_narrowest_subject_filter_nats_can_express() -> None:
+    assert subject_filter("p", ()) == "p.>"
+    assert subject_filter("p", ("*",)) == "p.>"
+    assert subject_filter("p", ("ml.prediction",)) == "p.ml.prediction"
+    assert subject_filter("p", ("ml.*",)) == "p.ml.>"
+    assert subject_filter("p", ("ml.model.tra*",)) == "p.ml.model.>"
+    # A '*' inside the first token, or a leading one, leaves every subject to the bus.
+    assert subject_filter("p", ("*.failed",)) == "p.>"
+    assert subject_filter("p", ("ml*",)) == "p.>"
+    # Several patterns share their common whole tokens.
+    assert subject_filter("p", ("ml.a", "ml.b.*")) == "p.ml.>"
+    assert subject_filter("p", ("ml.a", "ops.b")) == "p.>"
+
+
+def test_the_backend_is_chosen_by_url_and_bad_values_name_the_variable() -> None:
+    assert EventBusConfig.from_env({}).jetstream is None
+    config = EventBusConfig.from_env(
+        {
+            "GRACE_EVENTBUS_BACKEND": "nats://a:4222, nats://b:4222",
+            "GRACE_EVENTBUS_NATS_STREAM": "EVENTS",
+            "GRACE_EVENTBUS_NATS_DUPLICATE_WINDOW_S": "30",
+        }
+    ).jetstream
+    assert config is not None
+    assert config.servers == ("nats://a:4222", "nats://b:4222")
+    assert (config.stream, config.duplicate_window_s, config.tls) == ("EVENTS", 30.0, False)
+    tls = EventBusConfig.from_env({"GRACE_EVENTBUS_BACKEND": "tls://a:4222"}).jetstream
+    assert tls is not None
+    assert tls.tls
+    with pytest.raises(ConfigError, match="GRACE_EVENTBUS_BACKEND"):
+        EventBusConfig.from_env({"GRACE_EVENTBUS_BACKEND": "kafka://a:9092"})
+    with pytest.raises(ConfigError, match="GRACE_EVENTBUS_NATS_SUBJECT_PREFIX"):
+        EventBusConfig.from_env(
+            {"GRACE_EVENTBUS_BACKEND": "nats://a:4222", "GRACE_EVENTBUS_NATS_SUBJECT_PREFIX": "a.>"}
+        )
+
+
+@contextlib.asynccontextmanager
+async def instance(options: JetStreamOptions, data_dir: Path) -> AsyncIterator[EventBus]:
+    """One bus instance on the shared stream, with its own position store."""
+    await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+    settings = replace(FAST)
+    bus = EventBus(
+        EventStore(Database(sqlite_url(data_dir / "bus.db"))),
+        settings,
+        NO_REGISTRY,
+        event_log=JetStreamLog(options, settings),
+    )
+    await bus.open()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+@pytest.fixture
+async def shared(jetstream_options: JetStreamOptions) -> AsyncIterator[JetStreamOptions]:
+    yield jetstream_options
+    await delete_stream(jetstream_options)
+
+
+async def test_a_repeated_event_id_is_suppressed_across_instances(
+    shared: JetStreamOptions, tmp_path: Path
+) -> None:
+    async with instance(shared, tmp_path / "a") as a, instance(shared, tmp_path / "b") as b:
+        first = await a.publish(ev(id="evt-1"))
+        again = await b.publish(ev(id="evt-1"))
+        other = await b.publish(ev(id="evt-2"))
+        assert (again.sequence, again.duplicate) == (first.sequence, True)
+        assert (other.sequence, other.duplicate) == (first.sequence + 1, False)
+        history, _ = await a.history(size=10)
+        assert [e.id for e in history] == ["evt-1", "evt-2"]
+
+
+async def test_a_subscriber_on_one_instance_sees_events_published_on_another(
+    shared: JetStreamOptions, tmp_path: Path
+) -> None:
+    async with instance(shared, tmp_path / "a") as a, instance(shared, tmp_path / "b") as b:
+        await a.publish(ev("ml.before"))
+        stream = b.subscribe(("ml.*",), StartSpec(Start.DEFAULT))
+        got: list[event_pb2.Event] = []
+
+        async def read() -> None:
+            async for batch in stream:
+                got.extend(batch)
+                if len(got) >= 3:
+                    return
+
+        reading = asyncio.create_task(read())
+        await asyncio.sleep(0.2)  # the subscription is live on b before a publishes
+        await a.publish_batch([ev("ml.one"), ev("ops.other"), ev("ml.two")])
+        await a.publish(ev("ml.three"))
+        await asyncio.wait_for(reading, 20)
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert [e.event_type for e in got] == ["ml.one", "ml.two", "ml.three"]
+        assert [e.sequence for e in got] == [2, 4, 5]
+        assert b.log.head == 5
+
+
+async def test_a_restarted_instance_loses_nothing_acknowledged(
+    shared: JetStreamOptions, tmp_path: Path
+) -> None:
+    async with instance(shared, tmp_path / "a") as a:
+        acked = [await a.publish(ev(id=f"e{i}")) for i in range(20)]
+        first = a.subscribe(("*",), StartSpec(Start.ALL), consumer="keeper")
+        assert (await first.__anext__())[0].sequence == 1  # type: ignore[attr-defined]
+        await first.aclose()  # type: ignore[attr-defined]
+        await a.ack("keeper", 12)
+    async with instance(shared, tmp_path / "a") as a:
+        assert (a.log.first, a.log.head) == (1, 20)
+        history, _ = await a.history(size=100)
+        assert [(e.id, e.sequence) for e in history] == [(r.event_id, r.sequence) for r in acked]
+        resumed = a.subscribe(("*",), StartSpec(), consumer="keeper")
+        batch = await resumed.__anext__()  # type: ignore[attr-defined]
+        await resumed.aclose()  # type: ignore[attr-defined]
+        assert batch[0].sequence == 13
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> tuple[int, Path]:
+    """A port and a store directory for a NATS server of the test's own."""
+    if shutil.which("nats-server") is None:
+        pytest.skip("nats-server is not installed")
+    return free_port(), tmp_path / "jetstream"
+
+
+def start_nats(port: int, store: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_for_nats(port: int) -> None:
+    for _ in range(100):
+        if nats_answers(f"nats://127.0.0.1:{port}"):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("nats-server did not start")
+
+
+@pytest.mark.slow
+async def test_acknowledged_events_survive_a_nats_server_restart(
+    private_nats: tuple[int, Path], tmp_path: Path
+) -> None:
+    port, store = private_nats
+    server = start_nats(port, store)
+    try:
+        await wait_for_nats(port)
+        options = JetStreamOptions(servers=(f"nats://127.0.0.1:{port}",), timeout_s=2)
+        async with instance(options, tmp_path / "bus") as bus:
+            acked = {(await bus.publish(ev(id=f"before-{i}"))).sequence for i in range(50)}
+            server.kill()
+            server.wait()
+            with pytest.raises(Unavailable):
+                await bus.publish(ev(id="while-down"))
+            server = start_nats(port, store)
+            await wait_for_nats(port)
+            # The client reconnects on its own; publishing resumes on the same stream.
+            after = None
+            for _ in range(100):
+                try:
+                    after = await bus.publish(ev(id="after"))
+                    break
+                except Unavailable:
+                    await asyncio.sleep(0.1)
+            assert after is not None
+            history, _ = await bus.history(size=100)
+            stored = {e.sequence for e in history if e.id.startswith("before-")}
+            assert stored == acked
+            assert after.sequence > max(acked)
+            repeat = await bus.publish(ev(id="before-0"))
+            assert repeat.duplicate
+            assert repeat.sequence == min(acked)
+    finally:
+        server.kill()
+        server.wait()
