@@ -193,6 +193,8 @@ class ExecutionRunner:
                 task.cancel()
             await asyncio.gather(*self._steps, return_exceptions=True)
             if self.lost:
+                if not self.first_persist.done():
+                    self.first_persist.set_exception(LeaseLost(self.ex.execution_id))
                 log.warning(
                     "execution %s is owned by another instance now; stopped driving it",
                     self.ex.execution_id,
