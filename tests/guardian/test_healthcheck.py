@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
+
 from services.common.config import ServerConfig
-from tests.orchestrator.conftest import DomainHost, FakeDomain, Journal
+from services.common.server import Service
 from tests.support import free_port, serving
+
+
+class _Nothing(Service):
+    """A component that serves only health."""
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        return []
 
 
 async def _healthcheck(*args: str) -> tuple[int, str]:
@@ -26,7 +36,7 @@ async def _healthcheck(*args: str) -> tuple[int, str]:
 
 async def test_a_serving_component_passes_and_an_unreachable_one_fails(tmp_path: Path) -> None:
     config = ServerConfig(service="domain-d", host="127.0.0.1", port=0, data_dir=tmp_path)
-    async with serving(config, DomainHost(FakeDomain("d", Journal()))) as (server, _):
+    async with serving(config, _Nothing()) as (server, _):
         status, out = await _healthcheck(server.address)
         assert (status, out.split()[0]) == (0, "SERVING")
         status, out = await _healthcheck(server.address, "--service", "no.such.Service")
