@@ -74,8 +74,14 @@ class Database:
         return self.dialect == "sqlite"
 
     async def create_tables(self, metadata: MetaData) -> None:
-        """Creates the service's tables if missing (idempotent)."""
+        """Creates the service's tables if missing (idempotent).
+
+        On PostgreSQL, instances starting together take a transaction-scoped advisory lock
+        first: concurrent CREATE TABLE IF NOT EXISTS statements can otherwise collide.
+        """
         async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7471826)")
             await conn.run_sync(metadata.create_all)
 
     @asynccontextmanager

@@ -19,6 +19,9 @@ Besides the common server settings (see `services.common.config`):
   to do when governance is down (log_only | enforce, default log_only).
 - `GRACE_ORCHESTRATOR_APPROVAL_WAIT_S`: how long a step held by a REQUIRE_APPROVAL policy
   waits for a person's decision before it fails (3600).
+- `GRACE_ORCHESTRATOR_LEASE_S`: on PostgreSQL, how long an instance owns an execution
+  without renewing its lease; an instance that dies has its executions resumed by another
+  within about this time (15). See docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class OrchestratorConfig:
     registry_address: str
     key_file: Path
     route_cache_s: float = 5.0
+    lease_s: float = 15.0
     governance: bool = False
     governance_address: str = ""
     governance_fallback: str = "log_only"
@@ -92,6 +96,7 @@ class OrchestratorConfig:
             route_cache_s=reader.number(
                 "GRACE_ORCHESTRATOR_ROUTE_CACHE_S", 5.0, minimum=0, maximum=3600
             ),
+            lease_s=reader.number("GRACE_ORCHESTRATOR_LEASE_S", 15.0, minimum=0.5, maximum=3600),
             # Seed 004 phase 4: ask governance before each step (see services.kernels).
             governance=reader.choice("GRACE_ORCHESTRATOR_GOVERNANCE", "on", ["on", "off"]) == "on",
             governance_address=peer_address(env, "governance"),

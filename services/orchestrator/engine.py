@@ -20,11 +20,12 @@ from opentelemetry import context as otel_context
 
 from services.common.backoff import Backoff
 from services.common.domain_router import DomainRouter
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from services.common.governance_client import GovernanceGate
 from services.common.pagination import decode_token, encode_token, page_size, take_page
 from services.common.signing import SigningKey
 from services.common.validation import require_id, require_text
+from services.common.waiting import wait_for_event
 from services.orchestrator import events
 from services.orchestrator.definition import StepDraft, build_steps, check_name
 from services.orchestrator.model import (
@@ -138,28 +139,87 @@ class Orchestrator:
         self._workflows: OrderedDict[str, WorkflowSpec] = OrderedDict()
         self._watchers: dict[str, set[asyncio.Queue[tuple[JsonDict, str]]]] = {}
         self.rounds = CompensationRounds(self)
+        self._leases_task: asyncio.Task[None] | None = None
+        self._leases_stop = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Opens the store and resumes every execution that had not ended."""
+        """Opens the store and resumes every execution that had not ended.
+
+        With leases (several instances on PostgreSQL), it resumes only the executions
+        nobody holds a live lease on, and keeps doing so while it runs (see `_tend_leases`).
+        """
         await self.store.open()
         self.stats.by_state = await self.store.counts_by_state()
         self.stats.total_workflows = await self.store.count_workflows()
-        for snapshot in await self.store.load_unfinished():
-            execution = Execution.from_json(snapshot)
-            spec = await self._workflow(execution.workflow_id)
-            execution.resumed += 1
-            self.stats.resumed += 1
-            runner = ExecutionRunner(self, spec, execution)
-            runner._mark("execution.resumed")
-            self._runners[execution.execution_id] = runner
-            runner.start()
-            log.info("resumed execution %s (%s)", execution.execution_id, execution.state)
+        if self.store.leases is None:
+            for snapshot in await self.store.load_unfinished():
+                await self._resume(snapshot)
+        else:
+            await self._take_over()
+            self._leases_task = asyncio.create_task(self._tend_leases(), name="leases")
         await self.rounds.open()
+
+    async def _resume(self, snapshot: JsonDict) -> None:
+        execution = Execution.from_json(snapshot)
+        spec = await self._workflow(execution.workflow_id)
+        execution.resumed += 1
+        self.stats.resumed += 1
+        runner = ExecutionRunner(self, spec, execution)
+        runner._mark("execution.resumed")
+        self._runners[execution.execution_id] = runner
+        runner.start()
+        log.info("resumed execution %s (%s)", execution.execution_id, execution.state)
+
+    async def _take_over(self) -> None:
+        """Resumes the executions whose owner stopped renewing its lease."""
+        leases = self.store.leases
+        assert leases is not None
+        for execution_id in await leases.orphans(limit=500):
+            if execution_id in self._runners:
+                await leases.acquire(execution_id)  # Ours, renewed late: keep it.
+                continue
+            if await leases.acquire(execution_id) is None:
+                continue  # Another instance was quicker.
+            snapshot = await self.store.get_execution(execution_id)
+            if snapshot is None or Execution.from_json(snapshot).terminal:
+                leases.drop(execution_id)
+                continue
+            await self._resume(snapshot)
+
+    async def _tend_leases(self) -> None:
+        """Renews this instance's leases every third of the lease time, stops the runners
+        of leases it lost, and takes over executions whose owner stopped renewing.
+
+        An instance that cannot renew for a whole lease time stops all its runners: by
+        then another instance may own their executions.
+        """
+        leases = self.store.leases
+        assert leases is not None
+        interval = leases.lease_s / 3
+        renewed = time.monotonic()
+        while not await wait_for_event(self._leases_stop, interval):
+            try:
+                lost = await leases.renew()
+                renewed = time.monotonic()
+                await self._take_over()
+            except Exception as exc:
+                log.warning("renewing execution leases failed: %s", exc)
+                lost = set()
+                if time.monotonic() - renewed > leases.lease_s:
+                    lost = set(leases.held)
+                    leases.held.clear()
+            for execution_id in lost:
+                runner = self._runners.get(execution_id)
+                if runner is not None:
+                    runner.lose()
 
     async def close(self) -> None:
         """Stops runners where they are (they resume at the next start) and the store."""
+        if self._leases_task is not None:
+            self._leases_stop.set()
+            await asyncio.gather(self._leases_task, return_exceptions=True)
         await self.rounds.close()
         tasks = [r.task for r in self._runners.values() if r.task is not None]
         for task in tasks:
@@ -298,6 +358,7 @@ class Orchestrator:
     async def _start(self, workflow_id: str, execution_id: str, payload: JsonDict) -> Execution:
         """Creates an execution, starts its runner and returns once it is persisted."""
         spec = await self._workflow(workflow_id)
+        await self.own(execution_id, starting=True)
         now = self.clock()
         execution = Execution(
             execution_id=execution_id,
@@ -322,6 +383,28 @@ class Orchestrator:
         await asyncio.shield(runner.first_persist)
         return execution
 
+    async def own(self, execution_id: str, *, starting: bool = False) -> bool:
+        """Takes the execution's lease; True when there are leases (False: one instance).
+
+        Raises:
+            Aborted: Another instance is starting the same execution (same request id).
+            FailedPrecondition: Another instance drives the execution now.
+        """
+        leases = self.store.leases
+        if leases is None:
+            return False
+        if await leases.acquire(execution_id) is not None:
+            return True
+        if starting:
+            raise Aborted(
+                f"execution {execution_id!r} is being started by another orchestrator "
+                "instance; call again with the same request_id to get it"
+            )
+        raise FailedPrecondition(
+            f"execution {execution_id!r} is driven by another orchestrator instance now",
+            reason="EXECUTION_OWNED_ELSEWHERE",
+        )
+
     async def _wait(self, execution: Execution) -> Execution:
         runner = self._runners.get(execution.execution_id)
         if runner is not None and runner.task is not None:
@@ -337,7 +420,8 @@ class Orchestrator:
         runner = self._runners.get(execution_id)
         if runner is not None:
             return runner.ex
-        cached = self._recent.get(execution_id)
+        # With several instances, another one may have changed an ended execution since.
+        cached = self._recent.get(execution_id) if self.store.leases is None else None
         if cached is not None:
             return cached
         snapshot = await self.store.get_execution(execution_id)
@@ -451,9 +535,15 @@ class Orchestrator:
     def runner_done(self, runner: ExecutionRunner) -> None:
         """Moves an ended execution out of the live set."""
         execution = runner.ex
+        if runner.lost:
+            if self._runners.get(execution.execution_id) is runner:
+                del self._runners[execution.execution_id]
+            return
         if not execution.terminal:
             return
         self._runners.pop(execution.execution_id, None)
+        if self.store.leases is not None:
+            self.store.leases.drop(execution.execution_id)
         self._recent[execution.execution_id] = execution
         self.rounds.schedule(execution)
         while len(self._recent) > self.settings.recent_cache:

@@ -120,6 +120,9 @@ class CompensationRounds:
         try:
             current = await self.host.get_execution(execution_id)
             _require_compensation_failed(current)
+            if await self.host.own(execution_id):
+                current = await self.host.get_execution(execution_id)  # As its owner left it.
+                _require_compensation_failed(current)
             if current.abandoned_at:
                 raise FailedPrecondition(
                     f"execution {execution_id!r} was abandoned by {current.abandoned_by!r}; "
@@ -178,6 +181,11 @@ class CompensationRounds:
             _require_compensation_failed(current)
             if current.abandoned_at:
                 return current
+            if await self.host.own(execution_id):
+                current = await self.host.get_execution(execution_id)
+                _require_compensation_failed(current)
+                if current.abandoned_at:
+                    return current
             execution = Execution.from_json(current.to_json())
             execution.abandoned_by = operator
             execution.abandon_reason = reason

@@ -26,6 +26,7 @@ from services.common.governance_client import RISK_LEVELS
 from services.common.waiting import wait_for_event
 from services.orchestrator import events, proof
 from services.orchestrator.dataflow import DataReferenceError, resolve
+from services.orchestrator.leases import LeaseLost
 from services.orchestrator.model import (
     Execution,
     ExecutionState,
@@ -82,6 +83,9 @@ class ExecutionRunner:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._steps: set[asyncio.Task[None]] = set()
+        # Set once another orchestrator instance owns the execution: the runner stops
+        # where it is, and the owner carries on from the last transition stored.
+        self.lost = False
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -89,6 +93,12 @@ class ExecutionRunner:
         """Starts the runner task."""
         self.task = asyncio.create_task(self._run(), name=f"execution-{self.ex.execution_id}")
         return self.task
+
+    def lose(self) -> None:
+        """Stops the runner because another instance owns the execution now."""
+        self.lost = True
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
 
     def request_cancel(self) -> None:
         """Stops scheduling new steps; the rollback follows once running steps finish."""
@@ -121,6 +131,9 @@ class ExecutionRunner:
             try:
                 await self.host.store.save(snapshot, batch, sync=sync)
                 break
+            except LeaseLost:
+                self.lose()
+                raise
             except Exception as exc:
                 if not self.first_persist.done():
                     raise  # ExecuteWorkflow reports it; nothing has been acted on yet.
@@ -175,10 +188,18 @@ class ExecutionRunner:
                 await self._forward()
             if self.ex.state == ExecutionState.COMPENSATING:
                 await self._compensate()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, LeaseLost):
             for task in self._steps:
                 task.cancel()
             await asyncio.gather(*self._steps, return_exceptions=True)
+            if self.lost:
+                if not self.first_persist.done():
+                    self.first_persist.set_exception(LeaseLost(self.ex.execution_id))
+                log.warning(
+                    "execution %s is owned by another instance now; stopped driving it",
+                    self.ex.execution_id,
+                )
+                return
             raise
         except Exception as exc:
             log.exception("execution %s stopped on an internal error", self.ex.execution_id)

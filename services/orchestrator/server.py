@@ -46,7 +46,9 @@ class OrchestratorServer(Service):
     ) -> None:
         self.config = config
         self.publisher = publisher
-        self.store = OrchestratorStore(Database(config.server.database_url, schema=schema))
+        self.store = OrchestratorStore(
+            Database(config.server.database_url, schema=schema), lease_s=config.lease_s
+        )
         self._registry_channel: grpc.aio.Channel | None = None
         self._relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task[None] | None = None

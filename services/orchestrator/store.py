@@ -27,6 +27,7 @@ from sqlalchemy import (
 
 from services.common.outbox import Outbox, outbox_table
 from services.common.storage import Database
+from services.orchestrator.leases import ExecutionLeases, instance_name, lease_table
 from services.orchestrator.model import TERMINAL_STATES, JsonDict, StepSpec, WorkflowSpec
 from services.orchestrator.writer import Event, TransitionWriter
 
@@ -61,6 +62,8 @@ executions = Table(
 
 outbox = outbox_table(metadata, "orchestrator")
 
+leases = lease_table(metadata)
+
 
 def _workflow(row: Any) -> WorkflowSpec:
     return WorkflowSpec(
@@ -75,14 +78,29 @@ def _workflow(row: Any) -> WorkflowSpec:
 class OrchestratorStore:
     """Reads and writes the orchestrator's tables; transitions go through its writer.
 
+    On PostgreSQL, where several instances may share the database, executions are owned
+    through leases (see `leases`); on SQLite one instance owns them all.
+
     Args:
         db: The orchestrator's database.
+        lease_s: How long an execution lease lasts without renewal (PostgreSQL).
+        instance: This instance's name in lease rows; default a fresh unique one.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, lease_s: float = 15.0, instance: str = "") -> None:
         self.db = db
         self.outbox = Outbox(db, outbox, "orchestrator")
-        self.writer = TransitionWriter(db, executions, self.outbox)
+        self.leases: ExecutionLeases | None = None
+        if not db.is_sqlite:
+            self.leases = ExecutionLeases(
+                db,
+                leases,
+                executions,
+                [s.value for s in TERMINAL_STATES],
+                instance or instance_name(),
+                lease_s,
+            )
+        self.writer = TransitionWriter(db, executions, self.outbox, self.leases)
 
     @property
     def commits(self) -> int:

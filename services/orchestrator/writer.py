@@ -38,6 +38,7 @@ from services.common.errors import Unavailable
 from services.common.group_commit import GroupCommitter
 from services.common.outbox import Outbox
 from services.common.storage import Database, SqliteWriter, sqlite_transaction
+from services.orchestrator.leases import ExecutionLeases, LeaseLost
 from services.orchestrator.model import JsonDict
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,20 @@ class TransitionWriter:
         db: The orchestrator's database.
         executions: The executions table (one row per execution, the latest snapshot).
         outbox: The orchestrator's outbox.
+        leases: Execution leases when several instances share the database (PostgreSQL):
+            each transition is written only while its lease carries this instance's
+            fencing token, else its `save` raises `LeaseLost`. None writes unchecked.
     """
 
-    def __init__(self, db: Database, executions: Table, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        db: Database,
+        executions: Table,
+        outbox: Outbox,
+        leases: ExecutionLeases | None = None,
+    ) -> None:
         self.db = db
+        self.leases = leases
         self.executions = executions
         self.outbox = outbox
         self.on_events: Callable[[], None] = lambda: None
@@ -109,7 +120,7 @@ class TransitionWriter:
         self._writer: SqliteWriter | None = None
         self._raw_mode = ""
         self._since_checkpoint = 0
-        self._committer: GroupCommitter[_Transition, None] = GroupCommitter(
+        self._committer: GroupCommitter[_Transition, LeaseLost | None] = GroupCommitter(
             self._commit,
             name="orchestrator-writer",
             max_batch_weight=10_000,
@@ -137,6 +148,9 @@ class TransitionWriter:
     ) -> None:
         """Persists an execution snapshot and its events; returns once they are committed.
 
+        Raises:
+            LeaseLost: Another instance owns the execution now; nothing was written.
+
         Args:
             snapshot: The execution's full snapshot.
             events: Events announcing the transition, enqueued in the same transaction.
@@ -154,7 +168,7 @@ class TransitionWriter:
             self.outbox.new_row(event_type, data, subject=subject, event_id=event_id)
             for event_type, data, subject, event_id in events
         ]
-        if not sync and self._writer is not None and self._committer.idle:
+        if self.leases is None and not sync and self._writer is not None and self._committer.idle:
             # Nothing queued and no commit in flight: an unflushed transition is committed
             # right here, without a hop through the committer.
             with telemetry.batch_span(_tracer, "orchestrator.commit", (), self._span_attributes(1)):
@@ -165,9 +179,11 @@ class TransitionWriter:
         context = otel_context.get_current() if telemetry.enabled() else None
         await self._committer.submit(_Transition(row, new_events, sync, context))
 
-    async def _commit(self, batch: list[_Transition]) -> list[None]:
+    async def _commit(self, batch: list[_Transition]) -> list[LeaseLost | None]:
         rows = {t.row["execution_id"]: t.row for t in batch}  # the latest snapshot wins
         events = [event for t in batch for event in t.events]
+        owners = [t.row["execution_id"] for t in batch for _ in t.events]
+        refused: set[str] = set()
         sync = any(t.sync for t in batch)
         contexts = [t.context for t in batch if t.context is not None]
         # The group commit is a child span of the first waiting transition's span and links
@@ -179,20 +195,26 @@ class TransitionWriter:
             {**self._span_attributes(len(rows)), "grace.sync": sync},
         )
         with span:
-            await self._write_batch(list(rows.values()), events, sync)
+            refused = await self._write_batch(list(rows.values()), events, owners, sync)
         self._committed(bool(events))
-        return [None] * len(batch)
+        return [
+            LeaseLost(t.row["execution_id"]) if t.row["execution_id"] in refused else None
+            for t in batch
+        ]
 
-    async def _write_batch(self, rows: list[JsonDict], events: list[JsonDict], sync: bool) -> None:
+    async def _write_batch(
+        self, rows: list[JsonDict], events: list[JsonDict], owners: list[str], sync: bool
+    ) -> set[str]:
+        """Writes the batch; returns the executions refused by the fence."""
         if self._writer is not None:
             if not sync and self._commit_inline(rows, events):
-                return
+                return set()
             await self._writer.run(lambda conn: self._commit_on_thread(conn, rows, events, sync))
-            return
+            return set()
         async with self.db.transaction() as conn:
             if not sync:
                 await conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            await conn.run_sync(self._write, rows, events)
+            return await conn.run_sync(self._write, rows, events, owners)
 
     def _span_attributes(self, transitions: int) -> dict[str, str | int | bool]:
         return {
@@ -279,7 +301,16 @@ class TransitionWriter:
                 raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 self._since_checkpoint = 0
 
-    def _write(self, conn: Connection, rows: list[JsonDict], events: list[JsonDict]) -> None:
+    def _write(
+        self, conn: Connection, rows: list[JsonDict], events: list[JsonDict], owners: list[str]
+    ) -> set[str]:
+        refused: set[str] = set()
+        if self.leases is not None and rows:
+            allowed = self.leases.fence(conn, [r["execution_id"] for r in rows])
+            refused = {r["execution_id"] for r in rows} - allowed
+            if refused:
+                rows = [r for r in rows if r["execution_id"] not in refused]
+                events = [e for e, o in zip(events, owners, strict=True) if o not in refused]
         if rows:
             stmt = self.db.insert(self.executions)
             stmt = stmt.on_conflict_do_update(
@@ -293,3 +324,4 @@ class TransitionWriter:
             conn.execute(stmt, rows)
         if events:
             conn.execute(self.outbox.table.insert(), events)
+        return refused

@@ -179,3 +179,31 @@ def test_merge_keeps_default_keys_the_user_does_not_mention() -> None:
 def test_backoff_doubles_from_one_second_up_to_a_minute() -> None:
     policy = RestartPolicy()
     assert [policy.delay(n) for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_a_host_runs_part_of_the_topology_and_points_at_the_shared_components(
+    tmp_path: Path,
+) -> None:
+    # A worker host: the orchestrator and the gateway here, everything else elsewhere.
+    elsewhere = [
+        "registry", "trust", "immutable_log", "governance", "eventbus",
+        "memory", "immune", "scheduler", "librarian", "tasks",
+    ]  # fmt: skip
+    text = "".join(f"[components.{name}]\nenabled = false\n" for name in elsewhere)
+    text += (
+        "[components.orchestrator]\ndepends_on = []\n"
+        'env = { GRACE_REGISTRY_ADDR = "core-1:8102" }\n'
+        "[components.gateway]\ndepends_on = []\n"
+        'env = { GRACE_REGISTRY_ADDR = "core-1:8102" }\n'
+    )
+    user_file = tmp_path / "grace.toml"
+    user_file.write_text(text)
+    topology = load_topology(user_file, check_modules=False)
+    assert [c.name for c in topology.components] == ["orchestrator", "gateway"]
+    assert all(c.env["GRACE_REGISTRY_ADDR"] == "core-1:8102" for c in topology.components)
+    # Without dropping the dependency, a disabled component is an error that says so.
+    user_file.write_text(
+        text.replace("[components.gateway]\ndepends_on = []\n", "[components.gateway]\n")
+    )
+    with pytest.raises(TopologyError, match="'gateway' depends on 'registry', which is disabled"):
+        load_topology(user_file, check_modules=False)
