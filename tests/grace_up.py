@@ -157,7 +157,8 @@ async def running_grace(
             await asyncio.wait_for(_read_until_up(proc.stdout, output), BOOT_TIMEOUT_S)
         except TimeoutError:
             pytest.fail("grace up did not come up in time:\n" + "".join(output))
-        security = client_security(data_dir, env={})
+        # An insecure Grace speaks plaintext, whatever certificates its data dir holds.
+        security = None if "--insecure" in args else client_security(data_dir, env={})
         channels.configure(security)
         # Keep reading, so a full pipe never blocks grace up while the tests run.
         drain = asyncio.create_task(_read_until_up(proc.stdout, output, until=""))
