@@ -187,7 +187,7 @@ def test_a_host_runs_part_of_the_topology_and_points_at_the_shared_components(
     # A worker host: the orchestrator and the gateway here, everything else elsewhere.
     elsewhere = [
         "registry", "trust", "immutable_log", "governance", "eventbus",
-        "memory", "immune", "scheduler", "librarian", "tasks",
+        "memory", "immune", "scheduler", "librarian", "tasks", "learning", "triggers",
     ]  # fmt: skip
     text = "".join(f"[components.{name}]\nenabled = false\n" for name in elsewhere)
     text += (
