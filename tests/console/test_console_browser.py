@@ -171,7 +171,7 @@ def _approve(driver: WebDriver, grace: RunningGrace, approval_id: str) -> None:
 async def test_an_approval_clicked_in_the_console_releases_its_request(
     grace: RunningGrace, browser: WebDriver
 ) -> None:
-    async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=30) as http:
+    async with grace.http(timeout=30) as http:
         held = await http.post(
             "/kernels/governance/evaluate",
             json={

@@ -43,7 +43,7 @@ async def _until(
 
 
 async def test_domain_calls_reach_the_learning_kernel_as_outcomes(grace: RunningGrace) -> None:
-    async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=30) as http:
+    async with grace.http(timeout=30) as http:
         before = (await http.get("/learning/stats")).json()
         for i in range(20):
             answer = await http.post(
@@ -75,7 +75,7 @@ async def test_a_failure_spike_becomes_a_shared_pattern(grace: RunningGrace) -> 
         for hour in range(24)
         for i in range(40)
     ]
-    async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=30) as http:
+    async with grace.http(timeout=30) as http:
         taken = await http.post(
             "/learning/outcomes:batch",
             json={
@@ -107,7 +107,7 @@ async def test_a_failure_spike_becomes_a_shared_pattern(grace: RunningGrace) -> 
 
 
 async def test_the_learning_kernel_is_a_domain_found_by_capability(grace: RunningGrace) -> None:
-    async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=30) as http:
+    async with grace.http(timeout=30) as http:
         found = await _until(
             http,
             "/domains/find-by-capability/patterns",

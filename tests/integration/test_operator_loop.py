@@ -99,7 +99,7 @@ def field(body: dict[str, Any], name: str) -> Any:
 async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_next_cycle(
     grace: RunningGrace,
 ) -> None:
-    async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=120) as http:
+    async with grace.http(timeout=120) as http:
         # 1. Failures -> an event-started cycle proposes a task, held for approval.
         await fail_calls(http, 3)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.grace_up import running_grace
@@ -19,7 +18,7 @@ NOISE = ("subscribing to", "too_many_pings", "Traceback", "CancelledError")
 async def test_a_boot_and_a_stream_that_its_client_leaves_log_no_noise(tmp_path: Path) -> None:
     async with running_grace(tmp_path) as grace:
         logs = grace.data_dir / "logs"
-        async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=30) as http:
+        async with grace.http(timeout=30) as http:
             # A client that reads one message of a stream and leaves.
             async with http.stream("GET", "/domains/watch") as response:
                 assert response.status_code == 200

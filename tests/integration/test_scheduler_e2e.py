@@ -76,7 +76,7 @@ def _epoch(rfc3339: str) -> float:
 async def test_a_schedule_starts_the_document_workflow_once_per_period_across_a_kill_9(
     grace: RunningGrace,
 ) -> None:
-    async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=60) as http:
+    async with grace.http(timeout=60) as http:
         created = await http.post("/domains/workflows/create", json=DOCUMENT_WORKFLOW)
         assert created.status_code == 200, created.text
         workflow_id = created.json()["workflow_id"]

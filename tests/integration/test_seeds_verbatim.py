@@ -52,7 +52,7 @@ async def grace(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Runni
 
 @pytest.fixture
 async def http(grace: RunningGrace) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=120) as client:
+    async with grace.http(timeout=120) as client:
         yield client
 
 

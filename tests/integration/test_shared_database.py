@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import make_url
 
@@ -24,7 +23,7 @@ from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from services.common.channels import channel
 from services.common.event_verification import EventVerifier, SignatureStatus, TrustKeySource
 from tests.conftest import postgres_url
-from tests.grace_up import running_grace
+from tests.grace_up import RunningGrace, running_grace
 from tests.integration.test_seed_workflows import DOCUMENT_WORKFLOW, _document
 
 pytestmark = pytest.mark.slow
@@ -77,8 +76,8 @@ async def _history(
             return events
 
 
-async def _run_workflows(gateway_url: str) -> None:
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=60) as http:
+async def _run_workflows(grace: RunningGrace) -> None:
+    async with grace.http(timeout=60) as http:
         created = await http.post("/domains/workflows/create", json=DOCUMENT_WORKFLOW)
         assert created.status_code == 200, created.text
         workflow_id = created.json()["workflow_id"]
@@ -115,7 +114,7 @@ async def test_on_one_database_every_domain_publishes_only_its_own_events_signed
                 await guardian.StopComponent(
                     guardian_pb2.StopComponentRequest(component_name="eventbus"), timeout=60
                 )
-                await _run_workflows(grace.gateway_url)
+                await _run_workflows(grace)
                 await guardian.StartComponent(
                     guardian_pb2.StartComponentRequest(component_name="eventbus"), timeout=60
                 )

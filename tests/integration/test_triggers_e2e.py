@@ -66,7 +66,7 @@ async def _publish(http: httpx.AsyncClient, event_id: str, event_type: str, sour
 async def test_an_event_starts_the_document_workflow_once_and_the_validators_refuse(
     grace: RunningGrace,
 ) -> None:
-    async with httpx.AsyncClient(base_url=grace.gateway_url, timeout=60) as http:
+    async with grace.http(timeout=60) as http:
         created = await http.post("/domains/workflows/create", json=DOCUMENT_WORKFLOW)
         assert created.status_code == 200, created.text
         workflow_id = created.json()["workflow_id"]
