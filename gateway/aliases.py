@@ -31,6 +31,7 @@ from typing import Any
 
 from gateway.errors import bad_request
 from gateway.transcode import TranscodeError, loads
+from services.common.access import Principal
 from services.common.validation import ID_PATTERN
 
 ANONYMOUS = "anonymous"
@@ -45,9 +46,20 @@ Document = dict[str, Any]
 Rewrite = Callable[[Document, Mapping[str, str]], Document]
 
 
+def source_of(principal: Principal) -> str:
+    """The source an authenticated caller publishes as when a seed omits it: the domain it
+    is (a join token or certificate), the component, else its own name when that is a
+    valid id ("anonymous" otherwise)."""
+    if len(principal.domains) == 1:
+        return next(iter(principal.domains))
+    name = principal.name.removeprefix("component:")
+    valid = 0 < len(name) <= MAX_ID_LENGTH and ID_PATTERN.fullmatch(name)
+    return name if valid else ANONYMOUS
+
+
 def caller_principal(headers: Mapping[str, str]) -> str:
-    """Who sent the request, as a domain id: the `X-Actor` header when it is a valid id,
-    else "anonymous". (Authentication replaces this with the authenticated principal.)"""
+    """Who sent the request, as a domain id, in an insecure Grace: the `X-Actor` header
+    when it is a valid id, else "anonymous" (a secure one uses `source_of` the principal)."""
     actor = headers.get("x-actor", "").strip()
     valid = 0 < len(actor) <= MAX_ID_LENGTH and ID_PATTERN.fullmatch(actor)
     return actor if valid else ANONYMOUS

@@ -34,7 +34,7 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 from starlette.requests import Request
 
-from gateway.aliases import has_aliases, rewrite_body
+from gateway.aliases import has_aliases, rewrite_body, source_of
 from gateway.approvals import upstream_pending
 from gateway.config import GatewayConfig
 from gateway.errors import HttpError, bad_request, from_rpc_error
@@ -272,7 +272,10 @@ class GatewayApp:
         trace.get_current_span().update_name(f"{method} {route.template.text}")
         body = await self._read_body(request, receive)
         if has_aliases(route.method.full_name):
-            body = rewrite_body(route.method.full_name, body, request.headers)
+            # The caller a seed's omitted source defaults to: the authenticated principal,
+            # or in an insecure Grace the X-Actor header.
+            caller = request.headers if principal is None else {"x-actor": source_of(principal)}
+            body = rewrite_body(route.method.full_name, body, caller)
         try:
             message = build_request(route, match.bindings, request.query_params.multi_items(), body)
         except TranscodeError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import os
 import signal
 import ssl
@@ -35,6 +36,7 @@ from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.cli.credentials import client_security
 from services.common import channels
 from services.common.channels import ClientSecurity, channel
+from services.common.tokens import TokenStore, tokens_file
 from services.guardian.topology import ComponentSpec, load_topology
 from tests.support import credential_env, free_ports, grpcurl_args, own_pki_env
 
@@ -72,16 +74,24 @@ class RunningGrace:
         """The admin token grace up wrote ("" with --insecure)."""
         return (self.security.token or "") if self.security is not None else ""
 
-    def http(self, timeout: float = 60) -> httpx.AsyncClient:
-        """A client of the gateway that authenticates as a user would (CA and token)."""
+    def http(self, timeout: float = 60, token: str | None = None) -> httpx.AsyncClient:
+        """A client of the gateway that authenticates as a user would (CA and token: the
+        admin token grace up wrote, or `token`)."""
         if self.security is None:
             return httpx.AsyncClient(base_url=self.gateway_url, timeout=timeout)
         return httpx.AsyncClient(
             base_url=self.gateway_url,
             timeout=timeout,
             verify=ssl.create_default_context(cafile=str(self.security.ca_file)),
-            headers={"authorization": f"Bearer {self.token}"},
+            headers={"authorization": f"Bearer {token or self.token}"},
         )
+
+    def domain_token(self, domain_id: str) -> str:
+        """A new token that authenticates as the domain `domain_id` (as its join token
+        would), created the way `grace token create --domain` does."""
+        store = TokenStore(tokens_file(self.data_dir))
+        principal = f"domain:{domain_id}"
+        return store.create(principal, [principal], datetime.timedelta(hours=1))[0]
 
     def grpc_components(self) -> list[ComponentSpec]:
         """Components that serve gRPC (all but the HTTP-only gateway)."""

@@ -56,6 +56,14 @@ async def http(grace: RunningGrace) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@pytest.fixture
+async def as_ai_domain(grace: RunningGrace) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway as ai_domain itself: in a secure Grace an event published in a domain's
+    name comes from that domain (its token), or the bus refuses it unsigned."""
+    async with grace.http(timeout=120, token=grace.domain_token("ai_domain")) as client:
+        yield client
+
+
 async def eventually(
     check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 60.0
 ) -> Any:
@@ -124,10 +132,10 @@ async def history(http: httpx.AsyncClient, pattern: str) -> list[dict[str, Any]]
 
 
 async def test_seed_000_example_2_publishes_an_event_the_memory_domain_receives(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, as_ai_domain: httpx.AsyncClient
 ) -> None:
     published = await ok(
-        http.post(
+        as_ai_domain.post(
             "/domains/events/publish",
             json={
                 "event_type": "ml.prediction",
@@ -139,7 +147,7 @@ async def test_seed_000_example_2_publishes_an_event_the_memory_domain_receives(
     assert published["sequence"]
     # The Python form of the same example, with its confidence.
     await ok(
-        http.post(
+        as_ai_domain.post(
             "/domains/events/publish",
             json={
                 "event_type": "ml.prediction",
@@ -177,19 +185,20 @@ async def test_seed_000_the_healers_event_without_a_source_is_published_as_the_c
     )
     sent = {"component": "ai_domain", "success": True}
     [event] = [e for e in await history(http, "healing.completed") if e["data"] == sent]
-    assert event["source_domain"] == "anonymous"
+    assert event["source_domain"] == "admin"  # the caller: grace up's admin token
 
 
-async def test_seed_001_publishes_an_ml_prediction_the_seeds_way(http: httpx.AsyncClient) -> None:
+async def test_seed_001_publishes_an_ml_prediction_the_seeds_way(
+    http: httpx.AsyncClient, as_ai_domain: httpx.AsyncClient
+) -> None:
     # event_bus.publish('ml.prediction', {...}): a type and data, the caller as source.
     await ok(
-        http.post(
+        as_ai_domain.post(
             "/domains/events/publish",
             json={
                 "event_type": "ml.prediction",
                 "data": {"model": "sentiment", "prediction": "positive", "confidence": 0.95},
             },
-            headers={"X-Actor": "ai_domain"},
         )
     )
     [event] = [e for e in await history(http, "ml.prediction") if e["data"].get("model")]
