@@ -4,6 +4,7 @@ GOAWAY "too_many_pings"."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ async def test_a_grace_server_keeps_a_client_pinging_just_over_its_allowance(
     # pings arrive in ~35 s: the third would be a GOAWAY under grpc's default policy.
     service = SlowStartService()
     service.release.set()
-    async with GraceServer(server_config("test", tmp_path), service) as server:
+    # Plaintext: the keepalive policy is the same with or without TLS, and the raw channel
+    # here sets its own keepalive options.
+    config = dataclasses.replace(server_config("test", tmp_path), security=None)
+    async with GraceServer(config, service) as server:
         keepalive_ms = SERVER_MIN_PING_INTERVAL_MS + 1500
         assert await states_while_idle(server.address, keepalive_ms, idle_s=36) == []

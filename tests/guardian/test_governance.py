@@ -172,7 +172,8 @@ async def test_a_heal_freeze_also_refuses_restart_stop_and_start_over_grpc(
             assert action in (refused.value.details() or "")
             assert "hands off the components" in (refused.value.details() or "")
         assert await pid_of(s.guardian, "alpha") == before
-        listed = await s.governance.ListDecisions(gov.ListDecisionsRequest(actor="user:mallory"))
+        # Governance judged the authenticated caller (the test PKI's admin), not x-actor.
+        listed = await s.governance.ListDecisions(gov.ListDecisionsRequest(actor="test-admin"))
         assert sorted(d.action for d in listed.decisions) == sorted(calls)
         assert {d.resource for d in listed.decisions} == {"component:alpha"}
 
