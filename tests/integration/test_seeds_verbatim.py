@@ -61,6 +61,11 @@ async def as_ai_domain(grace: RunningGrace) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway as ai_domain itself: in a secure Grace an event published in a domain's
     name comes from that domain (its token), or the bus refuses it unsigned."""
     async with grace.http(timeout=120, token=grace.domain_token("ai_domain")) as client:
+        # Servers re-read the token file within GRACE_TOKEN_REFRESH_S (1 s).
+        async def known() -> bool:
+            return (await client.get("/domains/list")).status_code == 200
+
+        await eventually(known, "the new token to be known", timeout_s=10)
         yield client
 
 
@@ -575,7 +580,8 @@ async def test_seed_000_kernels_and_new_domains_register_and_subscribe(
     )
     assert registered["created"] is True
     found = await ok(http.get("/domains/find-by-capability/indexing"))
-    assert [c["domain"]["domain_id"] for c in found["domains"]] == ["librarian_kernel"]
+    # Beside the platform's own librarian, which offers indexing too.
+    assert "librarian_kernel" in [c["domain"]["domain_id"] for c in found["domains"]]
     # Next steps 2 and 3: each domain registers, then subscribes to ml.*.
     await ok(
         http.post(
@@ -590,14 +596,15 @@ async def test_seed_000_kernels_and_new_domains_register_and_subscribe(
 
 
 async def test_seed_000_example_1_re_registers_ai_domain_without_wiping_it(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, as_ai_domain: httpx.AsyncClient
 ) -> None:
     before = await ok(http.get("/domains/domain/ai_domain"))
     assert before["domain"]["version"] == "1.0.0"
     assert before["domain"]["public_key"]
 
+    # Only ai_domain itself may re-register its record (anyone else: 403).
     registered = await ok(
-        http.post(
+        as_ai_domain.post(
             "/domains/register",
             json={
                 "domain_id": "ai_domain",
