@@ -61,9 +61,14 @@ async def as_ai_domain(grace: RunningGrace) -> AsyncIterator[httpx.AsyncClient]:
     """The gateway as ai_domain itself: in a secure Grace an event published in a domain's
     name comes from that domain (its token), or the bus refuses it unsigned."""
     async with grace.http(timeout=120, token=grace.domain_token("ai_domain")) as client:
-        # Servers re-read the token file within GRACE_TOKEN_REFRESH_S (1 s).
+        # Every server re-reads the token file within GRACE_TOKEN_REFRESH_S (1 s): wait
+        # until the gateway, the registry and the bus all know the new token.
         async def known() -> bool:
-            return (await client.get("/domains/list")).status_code == 200
+            answers = [
+                await client.get("/domains/list"),
+                await client.get("/domains/events/stats"),
+            ]
+            return all(a.status_code == 200 for a in answers)
 
         await eventually(known, "the new token to be known", timeout_s=10)
         yield client
