@@ -89,9 +89,14 @@ class RunningGrace:
     def domain_token(self, domain_id: str) -> str:
         """A new token that authenticates as the domain `domain_id` (as its join token
         would), created the way `grace token create --domain` does."""
-        store = TokenStore(tokens_file(self.data_dir))
         principal = f"domain:{domain_id}"
-        return store.create(principal, [principal], datetime.timedelta(hours=1))[0]
+        return self.new_token(principal, principal)
+
+    def new_token(self, principal: str, *roles: str) -> str:
+        """A new token for `principal` with `roles`, as `grace token create` makes one
+        (servers know it within GRACE_TOKEN_REFRESH_S, 1 s)."""
+        store = TokenStore(tokens_file(self.data_dir))
+        return store.create(principal, list(roles), datetime.timedelta(hours=1))[0]
 
     def grpc_components(self) -> list[ComponentSpec]:
         """Components that serve gRPC (all but the HTTP-only gateway)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -22,7 +22,8 @@ from grace.kernels.governance.v1 import governance_pb2_grpc
 from grace.kernels.immune.v1 import immune_pb2 as imm
 from grace.kernels.immune.v1 import immune_pb2_grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
-from services.common.channels import channel
+from services.common import channels
+from services.common.channels import ClientSecurity, channel
 from services.guardian.config import GuardianConfig
 from services.guardian.server import GuardianServer
 from services.kernels.governance.config import GovernanceConfig
@@ -37,7 +38,7 @@ from services.memory.config import MemoryConfig
 from services.memory.memory import MemorySettings
 from services.memory.server import MemoryServer
 from tests.guardian.conftest import topology
-from tests.support import free_ports, server_config, serving
+from tests.support import free_ports, server_config, serving, session_pki
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,20 @@ async def eventually(check: Callable[[], Awaitable[bool]], within_s: float, what
         await asyncio.sleep(0.1)
 
 
+@pytest.fixture
+def as_components() -> Iterator[None]:
+    """The in-process kernels call each other as a Grace component does (its certificate,
+    no token), so the immune kernel may name itself as the actor of the heal it asks for."""
+    pki = session_pki()
+    previous = channels.configured()
+    channels.configure(ClientSecurity(pki.ca_file, pki.component.cert, pki.component.key))
+    try:
+        yield
+    finally:
+        channels.configure(previous)
+
+
+@pytest.mark.usefixtures("as_components")
 async def test_latency_reported_by_a_domain_is_healed_by_a_restart(tmp_path: Path) -> None:
     guardian_port, domain_port = free_ports(2)
     memory = MemoryServer(

@@ -128,7 +128,11 @@ async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_n
         assert (await ok(http.get(f"/tasks/{task_id}")))["task"]["state"] == (
             "TASK_STATE_PENDING_APPROVAL"
         )
-        own = await http.post(f"/tasks/{task_id}/approve", json={}, headers={"X-Actor": "tasks"})
+        # People are who their token says: the requester's operator token, then alice's.
+        as_tasks = {"authorization": f"Bearer {grace.new_token('tasks', 'operator')}"}
+        as_alice = {"authorization": f"Bearer {grace.new_token('alice', 'operator')}"}
+        await asyncio.sleep(1.5)  # servers re-read the token file every second
+        own = await http.post(f"/tasks/{task_id}/approve", json={}, headers=as_tasks)
         # (The gateway's own gate holds a request by `tasks` under the same policy.)
         assert own.status_code in (202, 400, 403, 409), own.text
         assert (await ok(http.get(f"/tasks/{task_id}")))["task"]["state"] == (
@@ -138,7 +142,7 @@ async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_n
             http.post(
                 f"/tasks/{task_id}/approve",
                 json={"reason": "restart it"},
-                headers={"X-Actor": "alice"},
+                headers=as_alice,
             )
         )
 
