@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import grpc
 import pytest
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -105,7 +106,11 @@ async def federation(
     """The registry on the bridge and one member process per namespace, all ready and
     quiet (no suspicion) before the test acts."""
     config = registry_config(tmp_path)
-    config = replace(config, server=replace(config.server, host=network.bridge_address))
+    # Plaintext: the members are bare processes without certificates (the federation's
+    # behaviour across a cut link does not depend on TLS; authentication is tested apart).
+    config = replace(
+        config, server=replace(config.server, host=network.bridge_address, security=None)
+    )
     registry = RegistryServer(config)
     env = {
         **os.environ,
@@ -114,7 +119,10 @@ async def federation(
         "GRACE_FEDERATION_REFRESH_S": "1",
         "PYTHONPATH": str(PROJECT_ROOT),
     }
-    async with serving(config.server, registry) as (server, chan):
+    async with (
+        serving(config.server, registry) as (server, _),
+        grpc.aio.insecure_channel(server.address) as chan,
+    ):
         stub: registry_pb2_grpc.RegistryServiceAsyncStub = registry_pb2_grpc.RegistryServiceStub(
             chan
         )
