@@ -15,7 +15,11 @@ from services.common.channels import channel
 from services.common.server import GraceServer
 from services.eventbus.server import EventBusServer
 from tests.common.test_server import SlowStartService
-from tests.eventbus.conftest import bus_server  # noqa: F401  # the fixture, used below
+from tests.eventbus.conftest import (  # noqa: F401  # fixtures, used below
+    bus_server,
+    jetstream_options,
+    log_backend,
+)
 from tests.support import server_config
 
 # GetDomainRequest and WatchDomainsRequest: field 1 is the string domain_id / a varint.

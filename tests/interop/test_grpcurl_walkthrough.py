@@ -353,6 +353,38 @@ def test_scheduler_takes_seed_001s_tuesday_scaling_and_fires_it_on_demand(
     assert fired["firing"]["cause"] == "FIRING_CAUSE_TRIGGER"
 
 
+def test_learning_reports_its_counts(grace_platform: RunningGrace) -> None:
+    require(grace_platform, "learning")
+    stats = call(
+        grace_platform, "learning", "grace.kernels.learning.v1.LearningService/GetLearningStats"
+    )
+    # grpcurl leaves zero counts out: whatever it prints are the kernel's counters.
+    fields = {"outcomes", "batches", "duplicate_batches", "dropped", "actions", "patterns"}
+    assert set(stats) <= fields | {"analyses"}
+
+
+def test_triggers_lists_its_rules(grace_platform: RunningGrace) -> None:
+    require(grace_platform, "triggers")
+    listed = call(
+        grace_platform,
+        "triggers",
+        "grace.kernels.triggers.v1.TriggersService/ListRules",
+        {"page_size": 10},
+    )
+    assert listed.get("rules", []) == []  # the default topology loads no rules file
+
+
+def test_a_federation_member_answers_a_ping_meant_for_it(grace_platform: RunningGrace) -> None:
+    require(grace_platform, "ai_domain")
+    answered = call(
+        grace_platform,
+        "ai_domain",
+        "grace.domain.v1.PeerHealthService/Ping",
+        {"domain_id": "ai_domain", "from_id": "interop"},
+    )
+    assert answered["domain_id"] == "ai_domain"
+
+
 def test_librarian_indexes_a_document_and_finds_it(grace_platform: RunningGrace) -> None:
     require(grace_platform, "librarian")
     service = "grace.kernels.librarian.v1.LibrarianService"
@@ -394,6 +426,9 @@ def test_tasks_runs_an_analysis_cycle_and_counts_it(grace_platform: RunningGrace
 # The services the call tests above walk through, one test each.
 WALKED_THROUGH = {
     "grace.registry.v1.RegistryService",
+    "grace.kernels.learning.v1.LearningService",
+    "grace.kernels.triggers.v1.TriggersService",
+    "grace.domain.v1.PeerHealthService",
     "grace.eventbus.v1.EventBusService",
     "grace.memory.v1.SharedMemoryService",
     "grace.orchestrator.v1.OrchestratorService",
