@@ -13,7 +13,7 @@ import json
 import click
 
 from services.cli.output import Column, path
-from services.cli.session import Exit, Failure, common_options, session
+from services.cli.session import Exit, Failure, common_options, data_dir_option, session
 from services.common.tokens import (
     DEFAULT_TTL,
     TokenError,
@@ -80,7 +80,7 @@ def token() -> None:
     show_default=True,
     help='The token alone, or {"token": ...} with its record.',
 )
-@common_options
+@data_dir_option
 def create(
     principal: str | None, roles: tuple[str, ...], domain: str | None, ttl: str | None, output: str
 ) -> None:

@@ -10,8 +10,9 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,10 +22,11 @@ from grace.kernels.scheduler.v1 import scheduler_pb2 as pb
 from grace.kernels.scheduler.v1 import scheduler_pb2_grpc
 from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from services.common.channels import channel
+from services.common.server import GraceServer, Service
 from services.common.timestamps import from_timestamp, to_duration
 from tests.conftest import postgres_url
 from tests.grace_up import PROJECT_ROOT
-from tests.support import ISOLATED_PEERS, free_ports
+from tests.support import ISOLATED_PEERS, free_ports, server_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -108,14 +110,23 @@ async def _until_serving(address: str) -> None:
                 await asyncio.sleep(0.2)
 
 
+class DoubleService(Service):
+    def __init__(self, double: OrchestratorDouble) -> None:
+        self.double = double
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(self.double, server)
+        return [orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name]
+
+
 async def test_two_instances_fire_each_due_time_once_when_one_is_killed(
     database_url: str,
 ) -> None:
     double = OrchestratorDouble()
-    server = grpc.aio.server()
-    orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(double, server)
-    orch_port = server.add_insecure_port("127.0.0.1:0")
+    # Served by the one bootstrap, so it speaks TLS with the test PKI as the schedulers do.
+    server = GraceServer(server_config("orchestrator", Path("/nonexistent")), DoubleService(double))
     await server.start()
+    orch_port = server.port
     port_a, port_b = free_ports(2)
     a = await _start(port_a, database_url, f"127.0.0.1:{orch_port}", "a")
     b: asyncio.subprocess.Process | None = None
@@ -160,7 +171,7 @@ async def test_two_instances_fire_each_due_time_once_when_one_is_killed(
             if proc is not None and proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
                 await proc.wait()
-        await server.stop(0)
+        await server.stop(0.0)
 
     request_ids = {request_id for request_id, _ in double.calls}
     total = 0
