@@ -283,6 +283,8 @@ RULES: Mapping[str, Rule] = {
     _IMMUNE + "ListRemediations": READ,
     _IMMUNE + "GetBaseline": READ,
     _IMMUNE + "GetImmuneStats": READ,
+    _IMMUNE + "GetTelemetry": READ,
+    _IMMUNE + "GetCollaborationGraph": READ,
     # Immutable log: only platform code appends.
     _LOG + "Append": COMPONENT_ONLY,
     _LOG + "AppendBatch": COMPONENT_ONLY,

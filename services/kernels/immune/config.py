@@ -16,6 +16,11 @@ Remediation (see `remediation`): `GRACE_IMMUNE_REMEDIATE` (true; false only dete
 governance is down: log_only | enforce, default enforce: healing is not done blind),
 `GRACE_IMMUNE_GOVERNANCE_DEADLINE_S` (2).
 
+Unified telemetry (see `telemetry`): `GRACE_IMMUNE_TELEMETRY_SLOT_S` (10: the traffic
+reported is summed per slot of this width), `GRACE_IMMUNE_TELEMETRY_RETENTION_S` (3600: how
+long slots are kept, and the longest window), `GRACE_IMMUNE_TELEMETRY_WINDOW_S` (300: the
+window when a request names none).
+
 Metric events: `GRACE_IMMUNE_SUBSCRIBE` (true) creates the push subscription
 `immune-metrics` to `metrics.*` and `domain.call.*` on the bus; events arrive on
 DomainService.DeliverEvent.
@@ -42,6 +47,7 @@ from services.common.config import (
 from services.kernels.immune.detector import DetectorSettings
 from services.kernels.immune.playbooks import DEFAULT_PLAYBOOKS, parse_playbooks
 from services.kernels.immune.remediation import RemediationSettings
+from services.kernels.immune.telemetry import TelemetrySettings
 from services.kernels.registration import DomainRegistration, registration_from_env
 
 SERVICE = "immune"
@@ -64,6 +70,7 @@ class ImmuneConfig:
     server: ServerConfig
     detector: DetectorSettings
     remediation: RemediationSettings
+    telemetry: TelemetrySettings = TelemetrySettings()
     remediate: bool = True
     subscribe: bool = False
     governance_fallback: str = "enforce"
@@ -94,6 +101,12 @@ class ImmuneConfig:
         except ValueError as exc:
             raise ConfigError(f"GRACE_IMMUNE_PLAYBOOKS: {exc}") from None
         server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
+        retention = r.number(
+            "GRACE_IMMUNE_TELEMETRY_RETENTION_S", 3600.0, minimum=60, maximum=7 * 86400
+        )
+        default_window = r.number(
+            "GRACE_IMMUNE_TELEMETRY_WINDOW_S", 300.0, minimum=1, maximum=retention
+        )
         return cls(
             server=server,
             detector=DetectorSettings(
@@ -118,6 +131,11 @@ class ImmuneConfig:
                 approval_wait_s=r.number(
                     "GRACE_IMMUNE_APPROVAL_WAIT_S", 0.0, minimum=0, maximum=3600
                 ),
+            ),
+            telemetry=TelemetrySettings(
+                slot_s=r.number("GRACE_IMMUNE_TELEMETRY_SLOT_S", 10.0, minimum=1, maximum=3600),
+                retention_s=retention,
+                default_window_s=default_window,
             ),
             remediate=r.flag("GRACE_IMMUNE_REMEDIATE", True),
             subscribe=r.flag("GRACE_IMMUNE_SUBSCRIBE", True),

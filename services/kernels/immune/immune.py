@@ -29,6 +29,8 @@ from services.kernels.immune.model import Anomaly, MetricPoint, Outcome, Playboo
 from services.kernels.immune.playbooks import candidates_for
 from services.kernels.immune.remediation import Remediator
 from services.kernels.immune.store import ImmuneStore
+from services.kernels.immune.telemetry import TelemetrySettings
+from services.kernels.immune.traffic import TrafficRecord
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class Immune:
         detector: Detection settings.
         remediator: Runs remediations; None only detects.
         clock: Epoch seconds.
+        telemetry: How the traffic behind the unified telemetry is kept.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Immune:
         detector: DetectorSettings,
         remediator: Remediator | None,
         clock: Callable[[], float] = time.time,
+        telemetry: TelemetrySettings | None = None,
     ) -> None:
         self.store = store
         self.detector = Detector(detector)
@@ -87,6 +91,9 @@ class Immune:
         self._queue: asyncio.Queue[Anomaly] = asyncio.Queue(QUEUE_LIMIT)
         self._on_commit: list[Callable[[], None]] = []
         self._busy = 0
+        self.traffic = TrafficRecord(
+            store, telemetry or TelemetrySettings(), self.open_anomalies, clock
+        )
 
     def on_commit(self, callback: Callable[[], None]) -> None:
         """Calls `callback` after every commit that enqueued events."""
@@ -99,6 +106,7 @@ class Immune:
     async def open(self) -> None:
         """Opens the store and resumes cooldowns and the rate limit."""
         await self.store.open()
+        await self.traffic.open()
         if self.remediator is not None:
             settings = self.remediator.settings
             horizon = max(settings.cooldown_s, settings.rate_window_s)
@@ -291,6 +299,14 @@ class Immune:
             series.open,
             len(series.run),
         )
+
+    def open_anomalies(self) -> dict[str, list[str]]:
+        """Per component, the metrics of its series in anomaly now."""
+        found: dict[str, list[str]] = {}
+        for (component, metric), series in self.detector.series.items():
+            if series.open:
+                found.setdefault(component, []).append(metric)
+        return found
 
     async def stats(self) -> Stats:
         """Counts for GetImmuneStats; playbook records come from experience (shared memory

@@ -78,7 +78,7 @@ class ImmuneServer(Service):
         store = ImmuneStore(Database(config.server.database_url, schema=schema))
         # The remediator needs client channels, which bind to the running loop: it is
         # built in `start`.
-        self.immune = Immune(store, config.detector, None, clock)
+        self.immune = Immune(store, config.detector, None, clock, config.telemetry)
         self.publisher = bus or EventBusPublisher(config.eventbus_address)
         self.relay = OutboxRelay(
             self.immune.events, self.publisher, poll_interval_s=config.relay_interval_s

@@ -13,6 +13,8 @@ from services.common.pagination import encoded_size
 from services.common.timestamps import from_timestamp, to_timestamp
 from services.kernels.immune.immune import Immune
 from services.kernels.immune.model import Anomaly, MetricPoint, Outcome, Remediation
+from services.kernels.immune.telemetry import Edge, Graph, Telemetry
+from services.kernels.immune.traffic import tally_of, traffic_key, traffic_kind
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -63,6 +65,66 @@ def remediation_to_proto(remediation: Remediation) -> pb.Remediation:
     )
 
 
+def telemetry_to_proto(t: Telemetry) -> pb.GetTelemetryResponse:
+    """The wire form of a window's figures."""
+    return pb.GetTelemetryResponse(
+        window_start=to_timestamp(t.window_start),
+        window_end=to_timestamp(t.window_end),
+        total_requests=t.total_requests,
+        errors=t.errors,
+        error_rate=t.error_rate,
+        avg_latency_ms=t.avg_latency_ms,
+        p99_latency_ms=t.p99_latency_ms,
+        collaboration_rate=t.collaboration_rate,
+        cross_domain_calls=t.cross_domain_calls,
+        events_published=t.events_published,
+        events_delivered=t.events_delivered,
+        cross_domain_deliveries=t.cross_domain_deliveries,
+        workflow_steps=t.workflow_steps,
+        system_health=t.system_health,
+        domains=[
+            pb.DomainTelemetry(
+                domain_id=d.domain_id,
+                requests=d.requests,
+                errors=d.errors,
+                error_rate=d.error_rate,
+                avg_latency_ms=d.avg_latency_ms,
+                p99_latency_ms=d.p99_latency_ms,
+                calls_made=d.calls_made,
+                events_published=d.events_published,
+                events_received=d.events_received,
+                deliveries_failed=d.deliveries_failed,
+                health=pb.DomainHealth.Value(d.health.value),
+                open_anomalies=d.open_anomalies,
+            )
+            for d in t.domains
+        ],
+    )
+
+
+def edge_to_proto(e: Edge) -> pb.CollaborationEdge:
+    """The wire form of a graph edge."""
+    return pb.CollaborationEdge(
+        kind=e.kind.value,
+        source=e.source,
+        target=e.target,
+        count=e.count,
+        errors=e.errors,
+        avg_latency_ms=e.avg_latency_ms,
+        p99_latency_ms=e.p99_latency_ms,
+    )
+
+
+def graph_to_proto(g: Graph) -> pb.GetCollaborationGraphResponse:
+    """The wire form of a collaboration graph."""
+    return pb.GetCollaborationGraphResponse(
+        window_start=to_timestamp(g.window_start),
+        window_end=to_timestamp(g.window_end),
+        nodes=g.nodes,
+        edges=[edge_to_proto(e) for e in g.edges],
+    )
+
+
 class ImmuneServicer(immune_pb2_grpc.ImmuneServiceServicer):
     """Serves `grace.kernels.immune.v1.ImmuneService` over an `Immune` core."""
 
@@ -77,7 +139,15 @@ class ImmuneServicer(immune_pb2_grpc.ImmuneServiceServicer):
             MetricPoint(p.component, p.metric, p.value, from_timestamp(p.time) or now)
             for p in request.points
         ]
+        traffic = [
+            (
+                traffic_key(i, t.kind, t.source, t.target),
+                tally_of(i, t.latency.counts, t.latency.sum_ms, t.latency.max_ms, t.errors),
+            )
+            for i, t in enumerate(request.traffic)
+        ]
         anomalies = await self._immune.report(points)
+        await self._immune.traffic.report(traffic)
         return pb.ReportMetricsResponse(
             accepted=len(points), anomalies=[anomaly_to_proto(a) for a in anomalies]
         )
@@ -158,3 +228,14 @@ class ImmuneServicer(immune_pb2_grpc.ImmuneServiceServicer):
             ],
             dry_run=stats.dry_run,
         )
+
+    async def GetTelemetry(
+        self, request: pb.GetTelemetryRequest, context: Context
+    ) -> pb.GetTelemetryResponse:
+        return telemetry_to_proto(self._immune.traffic.telemetry(request.window_seconds))
+
+    async def GetCollaborationGraph(
+        self, request: pb.GetCollaborationGraphRequest, context: Context
+    ) -> pb.GetCollaborationGraphResponse:
+        kind = traffic_kind("kind", request.kind) if request.kind else None
+        return graph_to_proto(self._immune.traffic.graph(request.window_seconds, kind))

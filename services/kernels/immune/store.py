@@ -1,4 +1,5 @@
-"""Durable state of the immune kernel: anomalies, remediations and playbook outcomes."""
+"""Durable state of the immune kernel: anomalies, remediations, playbook outcomes and the
+traffic slots of the unified telemetry."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    delete,
     func,
     select,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from services.common.call_metrics import EdgeTally, TrafficKey, TrafficKind
+from services.common.latency_histogram import LatencyHistogram
 from services.common.outbox import outbox_table
 from services.common.storage import Database
 from services.kernels.immune.model import Anomaly, Outcome, PlaybookScore, Remediation
@@ -56,6 +60,21 @@ playbook_outcomes = Table(
     Column("playbook", String(128), primary_key=True),
     Column("successes", BigInteger, nullable=False),
     Column("failures", BigInteger, nullable=False),
+)
+
+# One row per edge per time slot (see `services.kernels.immune.telemetry`): its size follows
+# the number of edges and the retention, not the traffic.
+traffic = Table(
+    "immune_traffic",
+    metadata,
+    Column("slot_start", Float, primary_key=True),
+    Column("kind", Integer, primary_key=True),
+    Column("source", String(256), primary_key=True),
+    Column("target", String(256), primary_key=True),
+    Column("errors", BigInteger, nullable=False),
+    Column("counts", JSON, nullable=False),
+    Column("sum_ms", Float, nullable=False),
+    Column("max_ms", Float, nullable=False),
 )
 
 outbox = outbox_table(metadata, "immune")
@@ -231,3 +250,45 @@ class ImmuneStore:
                 (r.kind, r.playbook): PlaybookScore(r.playbook, int(r.successes), int(r.failures))
                 for r in rows
             }
+
+    async def save_traffic(self, slot_start: float, tallies: dict[TrafficKey, EdgeTally]) -> None:
+        """Writes the totals of some edges of one slot (replacing what was there)."""
+        if not tallies:
+            return
+        async with self.db.transaction() as conn:
+            for (kind, source, target), tally in tallies.items():
+                values = {
+                    "errors": tally.errors,
+                    "counts": list(tally.latency.counts),
+                    "sum_ms": tally.latency.sum_ms,
+                    "max_ms": tally.latency.max_ms,
+                }
+                stmt = self.db.insert(traffic).values(
+                    slot_start=slot_start, kind=kind.value, source=source, target=target, **values
+                )
+                await conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["slot_start", "kind", "source", "target"], set_=values
+                    )
+                )
+
+    async def load_traffic(self, since: float) -> list[tuple[float, TrafficKey, EdgeTally]]:
+        """Every stored edge of the slots from `since` on."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(traffic).where(traffic.c.slot_start >= since))
+            return [
+                (
+                    float(r.slot_start),
+                    (TrafficKind(r.kind), str(r.source), str(r.target)),
+                    EdgeTally(
+                        int(r.errors),
+                        LatencyHistogram(list(r.counts), float(r.sum_ms), float(r.max_ms)),
+                    ),
+                )
+                for r in rows
+            ]
+
+    async def prune_traffic(self, before: float) -> None:
+        """Deletes the slots older than `before`."""
+        async with self.db.transaction() as conn:
+            await conn.execute(delete(traffic).where(traffic.c.slot_start < before))

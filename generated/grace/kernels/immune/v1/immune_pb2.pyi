@@ -20,6 +20,80 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _TrafficKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrafficKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrafficKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRAFFIC_KIND_UNSPECIFIED: _TrafficKind.ValueType  # 0
+    """Not set; refused in reports."""
+    TRAFFIC_KIND_CALL: _TrafficKind.ValueType  # 1
+    """Calls the domain `target` served for `source`, measured by `target`: `source` is the
+    caller's authenticated identity (a domain or component id, `user:<name>` for a person,
+    empty when the server runs without security).
+    """
+    TRAFFIC_KIND_PUBLISH: _TrafficKind.ValueType  # 2
+    """Events the domain `source` published with the event type `target`, counted by the bus."""
+    TRAFFIC_KIND_DELIVERY: _TrafficKind.ValueType  # 3
+    """Events published by `source` that the bus pushed to the subscriber `target`; the
+    latency is the delivery's, all attempts included; an error is a dead-lettered event.
+    """
+    TRAFFIC_KIND_STEP: _TrafficKind.ValueType  # 4
+    """Workflow steps the orchestrator ran: `source` is `workflow:<workflow_id>`, `target` the
+    domain called; the latency includes the network and the orchestrator's router.
+    """
+
+class TrafficKind(_TrafficKind, metaclass=_TrafficKindEnumTypeWrapper):
+    """TrafficKind says what a traffic tally counts, and so what its source and target are."""
+
+TRAFFIC_KIND_UNSPECIFIED: TrafficKind.ValueType  # 0
+"""Not set; refused in reports."""
+TRAFFIC_KIND_CALL: TrafficKind.ValueType  # 1
+"""Calls the domain `target` served for `source`, measured by `target`: `source` is the
+caller's authenticated identity (a domain or component id, `user:<name>` for a person,
+empty when the server runs without security).
+"""
+TRAFFIC_KIND_PUBLISH: TrafficKind.ValueType  # 2
+"""Events the domain `source` published with the event type `target`, counted by the bus."""
+TRAFFIC_KIND_DELIVERY: TrafficKind.ValueType  # 3
+"""Events published by `source` that the bus pushed to the subscriber `target`; the
+latency is the delivery's, all attempts included; an error is a dead-lettered event.
+"""
+TRAFFIC_KIND_STEP: TrafficKind.ValueType  # 4
+"""Workflow steps the orchestrator ran: `source` is `workflow:<workflow_id>`, `target` the
+domain called; the latency includes the network and the orchestrator's router.
+"""
+Global___TrafficKind: _TypeAlias = TrafficKind  # noqa: Y015
+
+class _DomainHealth:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DomainHealthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DomainHealth.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DOMAIN_HEALTH_UNSPECIFIED: _DomainHealth.ValueType  # 0
+    """Not set; never sent."""
+    DOMAIN_HEALTH_HEALTHY: _DomainHealth.ValueType  # 1
+    """Under 5% of its calls and deliveries failed, and none of its series is in anomaly."""
+    DOMAIN_HEALTH_DEGRADED: _DomainHealth.ValueType  # 2
+    """5% to 50% failed, or one of its series is in anomaly."""
+    DOMAIN_HEALTH_FAILING: _DomainHealth.ValueType  # 3
+    """Half or more failed."""
+
+class DomainHealth(_DomainHealth, metaclass=_DomainHealthEnumTypeWrapper):
+    """DomainHealth is a domain's health as its traffic in the window shows it."""
+
+DOMAIN_HEALTH_UNSPECIFIED: DomainHealth.ValueType  # 0
+"""Not set; never sent."""
+DOMAIN_HEALTH_HEALTHY: DomainHealth.ValueType  # 1
+"""Under 5% of its calls and deliveries failed, and none of its series is in anomaly."""
+DOMAIN_HEALTH_DEGRADED: DomainHealth.ValueType  # 2
+"""5% to 50% failed, or one of its series is in anomaly."""
+DOMAIN_HEALTH_FAILING: DomainHealth.ValueType  # 3
+"""Half or more failed."""
+Global___DomainHealth: _TypeAlias = DomainHealth  # noqa: Y015
+
 class _RemediationOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -63,6 +137,372 @@ target. The reason says which.
 REMEDIATION_OUTCOME_DRY_RUN: RemediationOutcome.ValueType  # 6
 """Dry-run mode: the playbook was chosen and governance asked, but nothing ran."""
 Global___RemediationOutcome: _TypeAlias = RemediationOutcome  # noqa: Y015
+
+@_typing.final
+class LatencyHistogram(_message.Message):
+    """LatencyHistogram counts latencies in fixed buckets: bucket i holds latencies above bound
+    i-1 and up to bound i, the bounds doubling from 0.25 ms (bound 0) to 65536 ms (bound 18);
+    bucket 19 holds those above. Histograms of many reports add bucket by bucket.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTS_FIELD_NUMBER: _builtins.int
+    SUM_MS_FIELD_NUMBER: _builtins.int
+    MAX_MS_FIELD_NUMBER: _builtins.int
+    sum_ms: _builtins.float
+    """Sum of the latencies in milliseconds."""
+    max_ms: _builtins.float
+    """Largest latency in milliseconds."""
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Count per bucket: exactly 20 entries."""
+
+    def __init__(
+        self,
+        *,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+        sum_ms: _builtins.float = ...,
+        max_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "max_ms", b"max_ms", "sum_ms", b"sum_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatencyHistogram: _TypeAlias = LatencyHistogram  # noqa: Y015
+
+@_typing.final
+class TrafficTally(_message.Message):
+    """TrafficTally is what one component saw of one edge since its previous report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    kind: Global___TrafficKind.ValueType
+    """What is counted."""
+    source: _builtins.str
+    """Who called or published (see TrafficKind): up to 256 characters."""
+    target: _builtins.str
+    """Who was called, the event type published, or the subscriber: up to 256 characters."""
+    errors: _builtins.int
+    """How many of the counted calls or deliveries failed."""
+    @_builtins.property
+    def latency(self) -> Global___LatencyHistogram:
+        """Their latencies; the count of calls is the sum of its buckets."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___TrafficKind.ValueType = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        errors: _builtins.int = ...,
+        latency: Global___LatencyHistogram | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "kind", b"kind", "latency", b"latency", "source", b"source", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrafficTally: _TypeAlias = TrafficTally  # noqa: Y015
+
+@_typing.final
+class DomainTelemetry(_message.Message):
+    """DomainTelemetry is one domain's figures over the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_ID_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    AVG_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    CALLS_MADE_FIELD_NUMBER: _builtins.int
+    EVENTS_PUBLISHED_FIELD_NUMBER: _builtins.int
+    EVENTS_RECEIVED_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FAILED_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    OPEN_ANOMALIES_FIELD_NUMBER: _builtins.int
+    domain_id: _builtins.str
+    """The domain (or kernel) id."""
+    requests: _builtins.int
+    """Calls it served."""
+    errors: _builtins.int
+    """Calls it served that failed."""
+    error_rate: _builtins.float
+    """errors / requests (0 without requests)."""
+    avg_latency_ms: _builtins.float
+    """Mean latency of the calls it served."""
+    p99_latency_ms: _builtins.float
+    """Upper bound of the p99 latency of the calls it served (see LatencyHistogram)."""
+    calls_made: _builtins.int
+    """Calls it made to other domains (as measured by them)."""
+    events_published: _builtins.int
+    """Events it published."""
+    events_received: _builtins.int
+    """Events pushed to it."""
+    deliveries_failed: _builtins.int
+    """Events pushed to it that were dead-lettered."""
+    health: Global___DomainHealth.ValueType
+    """Its health."""
+    @_builtins.property
+    def open_anomalies(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Its series in anomaly now ("latency_ms", ...), from the immune detector."""
+
+    def __init__(
+        self,
+        *,
+        domain_id: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        error_rate: _builtins.float = ...,
+        avg_latency_ms: _builtins.float = ...,
+        p99_latency_ms: _builtins.float = ...,
+        calls_made: _builtins.int = ...,
+        events_published: _builtins.int = ...,
+        events_received: _builtins.int = ...,
+        deliveries_failed: _builtins.int = ...,
+        health: Global___DomainHealth.ValueType = ...,
+        open_anomalies: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_latency_ms", b"avg_latency_ms", "calls_made", b"calls_made", "deliveries_failed", b"deliveries_failed", "domain_id", b"domain_id", "error_rate", b"error_rate", "errors", b"errors", "events_published", b"events_published", "events_received", b"events_received", "health", b"health", "open_anomalies", b"open_anomalies", "p99_latency_ms", b"p99_latency_ms", "requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainTelemetry: _TypeAlias = DomainTelemetry  # noqa: Y015
+
+@_typing.final
+class GetTelemetryRequest(_message.Message):
+    """GetTelemetryRequest chooses the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.int
+    """Window length in seconds: default 300, at least 1, at most the retention (default 3600)."""
+    def __init__(
+        self,
+        *,
+        window_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTelemetryRequest: _TypeAlias = GetTelemetryRequest  # noqa: Y015
+
+@_typing.final
+class GetTelemetryResponse(_message.Message):
+    """GetTelemetryResponse carries the figures of the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    TOTAL_REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    AVG_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    COLLABORATION_RATE_FIELD_NUMBER: _builtins.int
+    CROSS_DOMAIN_CALLS_FIELD_NUMBER: _builtins.int
+    EVENTS_PUBLISHED_FIELD_NUMBER: _builtins.int
+    EVENTS_DELIVERED_FIELD_NUMBER: _builtins.int
+    CROSS_DOMAIN_DELIVERIES_FIELD_NUMBER: _builtins.int
+    WORKFLOW_STEPS_FIELD_NUMBER: _builtins.int
+    SYSTEM_HEALTH_FIELD_NUMBER: _builtins.int
+    DOMAINS_FIELD_NUMBER: _builtins.int
+    total_requests: _builtins.int
+    """Calls served by all domains."""
+    errors: _builtins.int
+    """Of which failed."""
+    error_rate: _builtins.float
+    """errors / total_requests (0 without requests)."""
+    avg_latency_ms: _builtins.float
+    """Mean latency of all calls served."""
+    p99_latency_ms: _builtins.float
+    """Upper bound of the p99 latency of all calls served."""
+    collaboration_rate: _builtins.float
+    """(cross-domain calls + cross-domain deliveries) / (calls + deliveries): a call crosses
+    domains when a domain or component other than the callee made it (not a person), a
+    delivery when the subscriber is not the publisher. 0 without calls or deliveries.
+    """
+    cross_domain_calls: _builtins.int
+    """Calls made by another domain or component."""
+    events_published: _builtins.int
+    """Events published."""
+    events_delivered: _builtins.int
+    """Events pushed to subscribers."""
+    cross_domain_deliveries: _builtins.int
+    """Events pushed to a subscriber other than their publisher."""
+    workflow_steps: _builtins.int
+    """Workflow steps the orchestrator ran."""
+    system_health: _builtins.float
+    """Share of the domains below that are healthy (1 without domains)."""
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the window (rounded down to the storage slot, 10 s by default)."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp:
+        """End of the window (now)."""
+
+    @_builtins.property
+    def domains(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainTelemetry]:
+        """Each domain seen in the window, by id."""
+
+    def __init__(
+        self,
+        *,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        total_requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        error_rate: _builtins.float = ...,
+        avg_latency_ms: _builtins.float = ...,
+        p99_latency_ms: _builtins.float = ...,
+        collaboration_rate: _builtins.float = ...,
+        cross_domain_calls: _builtins.int = ...,
+        events_published: _builtins.int = ...,
+        events_delivered: _builtins.int = ...,
+        cross_domain_deliveries: _builtins.int = ...,
+        workflow_steps: _builtins.int = ...,
+        system_health: _builtins.float = ...,
+        domains: _abc.Iterable[Global___DomainTelemetry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_latency_ms", b"avg_latency_ms", "collaboration_rate", b"collaboration_rate", "cross_domain_calls", b"cross_domain_calls", "cross_domain_deliveries", b"cross_domain_deliveries", "domains", b"domains", "error_rate", b"error_rate", "errors", b"errors", "events_delivered", b"events_delivered", "events_published", b"events_published", "p99_latency_ms", b"p99_latency_ms", "system_health", b"system_health", "total_requests", b"total_requests", "window_end", b"window_end", "window_start", b"window_start", "workflow_steps", b"workflow_steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTelemetryResponse: _TypeAlias = GetTelemetryResponse  # noqa: Y015
+
+@_typing.final
+class CollaborationEdge(_message.Message):
+    """CollaborationEdge is one edge of the collaboration graph over the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    AVG_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    P99_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    kind: Global___TrafficKind.ValueType
+    """What it counts."""
+    source: _builtins.str
+    """Caller, publisher or workflow."""
+    target: _builtins.str
+    """Callee, event type or subscriber."""
+    count: _builtins.int
+    """Calls, events or deliveries."""
+    errors: _builtins.int
+    """Of which failed."""
+    avg_latency_ms: _builtins.float
+    """Mean latency."""
+    p99_latency_ms: _builtins.float
+    """Upper bound of the p99 latency."""
+    def __init__(
+        self,
+        *,
+        kind: Global___TrafficKind.ValueType = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        count: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        avg_latency_ms: _builtins.float = ...,
+        p99_latency_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avg_latency_ms", b"avg_latency_ms", "count", b"count", "errors", b"errors", "kind", b"kind", "p99_latency_ms", b"p99_latency_ms", "source", b"source", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollaborationEdge: _TypeAlias = CollaborationEdge  # noqa: Y015
+
+@_typing.final
+class GetCollaborationGraphRequest(_message.Message):
+    """GetCollaborationGraphRequest chooses the window and the kind of edges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.int
+    """Window length in seconds: default 300, at least 1, at most the retention (default 3600)."""
+    kind: Global___TrafficKind.ValueType
+    """Only edges of this kind; unset for all."""
+    def __init__(
+        self,
+        *,
+        window_seconds: _builtins.int = ...,
+        kind: Global___TrafficKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCollaborationGraphRequest: _TypeAlias = GetCollaborationGraphRequest  # noqa: Y015
+
+@_typing.final
+class GetCollaborationGraphResponse(_message.Message):
+    """GetCollaborationGraphResponse is the graph of the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the window (rounded down to the storage slot)."""
+
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp:
+        """End of the window (now)."""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every source and target of the edges, sorted."""
+
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollaborationEdge]:
+        """The edges, by kind, source and target."""
+
+    def __init__(
+        self,
+        *,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        nodes: _abc.Iterable[_builtins.str] | None = ...,
+        edges: _abc.Iterable[Global___CollaborationEdge] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edges", b"edges", "nodes", b"nodes", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCollaborationGraphResponse: _TypeAlias = GetCollaborationGraphResponse  # noqa: Y015
 
 @_typing.final
 class MetricPoint(_message.Message):
@@ -305,18 +745,26 @@ class ReportMetricsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     POINTS_FIELD_NUMBER: _builtins.int
+    TRAFFIC_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricPoint]:
         """The points, at most 1000."""
+
+    @_builtins.property
+    def traffic(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficTally]:
+        """Traffic since the reporter's previous report, at most 1000 tallies: what
+        GetTelemetry and GetCollaborationGraph are computed from.
+        """
 
     def __init__(
         self,
         *,
         points: _abc.Iterable[Global___MetricPoint] | None = ...,
+        traffic: _abc.Iterable[Global___TrafficTally] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -69,6 +69,16 @@ class ImmuneServiceStub:
                 request_serializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetImmuneStatsRequest.SerializeToString,
                 response_deserializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetImmuneStatsResponse.FromString,
                 _registered_method=True)
+        self.GetTelemetry = channel.unary_unary(
+                '/grace.kernels.immune.v1.ImmuneService/GetTelemetry',
+                request_serializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetTelemetryRequest.SerializeToString,
+                response_deserializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetTelemetryResponse.FromString,
+                _registered_method=True)
+        self.GetCollaborationGraph = channel.unary_unary(
+                '/grace.kernels.immune.v1.ImmuneService/GetCollaborationGraph',
+                request_serializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetCollaborationGraphRequest.SerializeToString,
+                response_deserializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetCollaborationGraphResponse.FromString,
+                _registered_method=True)
 
 
 class ImmuneServiceServicer:
@@ -122,6 +132,24 @@ class ImmuneServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTelemetry(self, request, context):
+        """Cross-domain figures over a recent window (seed 001, unified telemetry): calls served,
+        their mean and p99 latency and error rate, the share of calls and deliveries that
+        cross domains, events published and delivered, and each domain's figures and health.
+        Computed from the traffic tallies every component reports with its metrics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCollaborationGraph(self, request, context):
+        """Who calls, publishes to and delivers to whom over a recent window, with counts, errors
+        and latency per edge.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImmuneServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -154,6 +182,16 @@ def add_ImmuneServiceServicer_to_server(servicer, server):
                     servicer.GetImmuneStats,
                     request_deserializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetImmuneStatsRequest.FromString,
                     response_serializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetImmuneStatsResponse.SerializeToString,
+            ),
+            'GetTelemetry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTelemetry,
+                    request_deserializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetTelemetryRequest.FromString,
+                    response_serializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetTelemetryResponse.SerializeToString,
+            ),
+            'GetCollaborationGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCollaborationGraph,
+                    request_deserializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetCollaborationGraphRequest.FromString,
+                    response_serializer=grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetCollaborationGraphResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -323,6 +361,60 @@ class ImmuneService:
             '/grace.kernels.immune.v1.ImmuneService/GetImmuneStats',
             grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetImmuneStatsRequest.SerializeToString,
             grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetImmuneStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTelemetry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.kernels.immune.v1.ImmuneService/GetTelemetry',
+            grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetTelemetryRequest.SerializeToString,
+            grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetTelemetryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCollaborationGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.kernels.immune.v1.ImmuneService/GetCollaborationGraph',
+            grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetCollaborationGraphRequest.SerializeToString,
+            grace_dot_kernels_dot_immune_dot_v1_dot_immune__pb2.GetCollaborationGraphResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,16 @@ class ImmuneServiceStub:
     """Returns the baseline of one series (component and metric)."""
     GetImmuneStats: _grpc.UnaryUnaryMultiCallable[_immune_pb2.GetImmuneStatsRequest, _immune_pb2.GetImmuneStatsResponse]
     """Counts anomalies and remediations, with the success rate of each playbook per kind."""
+    GetTelemetry: _grpc.UnaryUnaryMultiCallable[_immune_pb2.GetTelemetryRequest, _immune_pb2.GetTelemetryResponse]
+    """Cross-domain figures over a recent window (seed 001, unified telemetry): calls served,
+    their mean and p99 latency and error rate, the share of calls and deliveries that
+    cross domains, events published and delivered, and each domain's figures and health.
+    Computed from the traffic tallies every component reports with its metrics.
+    """
+    GetCollaborationGraph: _grpc.UnaryUnaryMultiCallable[_immune_pb2.GetCollaborationGraphRequest, _immune_pb2.GetCollaborationGraphResponse]
+    """Who calls, publishes to and delivers to whom over a recent window, with counts, errors
+    and latency per edge.
+    """
 
 @_typing.type_check_only
 class ImmuneServiceAsyncStub(ImmuneServiceStub):
@@ -77,6 +87,16 @@ class ImmuneServiceAsyncStub(ImmuneServiceStub):
     """Returns the baseline of one series (component and metric)."""
     GetImmuneStats: _aio.UnaryUnaryMultiCallable[_immune_pb2.GetImmuneStatsRequest, _immune_pb2.GetImmuneStatsResponse]  # type: ignore[assignment]
     """Counts anomalies and remediations, with the success rate of each playbook per kind."""
+    GetTelemetry: _aio.UnaryUnaryMultiCallable[_immune_pb2.GetTelemetryRequest, _immune_pb2.GetTelemetryResponse]  # type: ignore[assignment]
+    """Cross-domain figures over a recent window (seed 001, unified telemetry): calls served,
+    their mean and p99 latency and error rate, the share of calls and deliveries that
+    cross domains, events published and delivered, and each domain's figures and health.
+    Computed from the traffic tallies every component reports with its metrics.
+    """
+    GetCollaborationGraph: _aio.UnaryUnaryMultiCallable[_immune_pb2.GetCollaborationGraphRequest, _immune_pb2.GetCollaborationGraphResponse]  # type: ignore[assignment]
+    """Who calls, publishes to and delivers to whom over a recent window, with counts, errors
+    and latency per edge.
+    """
 
 class ImmuneServiceServicer(metaclass=_abc_1.ABCMeta):
     """ImmuneService watches the metrics of every component, detects anomalies against a
@@ -135,5 +155,27 @@ class ImmuneServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_immune_pb2.GetImmuneStatsResponse, _abc.Awaitable[_immune_pb2.GetImmuneStatsResponse]]:
         """Counts anomalies and remediations, with the success rate of each playbook per kind."""
+
+    @_abc_1.abstractmethod
+    def GetTelemetry(
+        self,
+        request: _immune_pb2.GetTelemetryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_immune_pb2.GetTelemetryResponse, _abc.Awaitable[_immune_pb2.GetTelemetryResponse]]:
+        """Cross-domain figures over a recent window (seed 001, unified telemetry): calls served,
+        their mean and p99 latency and error rate, the share of calls and deliveries that
+        cross domains, events published and delivered, and each domain's figures and health.
+        Computed from the traffic tallies every component reports with its metrics.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCollaborationGraph(
+        self,
+        request: _immune_pb2.GetCollaborationGraphRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_immune_pb2.GetCollaborationGraphResponse, _abc.Awaitable[_immune_pb2.GetCollaborationGraphResponse]]:
+        """Who calls, publishes to and delivers to whom over a recent window, with counts, errors
+        and latency per edge.
+        """
 
 def add_ImmuneServiceServicer_to_server(servicer: ImmuneServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
