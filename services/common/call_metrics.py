@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 MAX_TRAFFIC_PER_REPORT = 1000
 _COMPONENT_PREFIX = "component:"
 PERSON_PREFIX = "user:"
+WORKFLOW_PREFIX = "workflow:"
 
 
 class TrafficKind(enum.Enum):

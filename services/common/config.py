@@ -291,3 +291,12 @@ def server_flag_parser(service: str) -> argparse.ArgumentParser:
 def peer_address(env: Mapping[str, str], peer: str) -> str:
     """The address of a peer service: `GRACE_<PEER>_ADDR`, else localhost and its port."""
     return EnvReader(env).text(f"{env_prefix(peer)}ADDR", f"127.0.0.1:{DEFAULT_PORTS[peer]}")
+
+
+def reporting_address(env: Mapping[str, str], peer: str) -> str:
+    """The address of a peer a service reports to only when told where it is:
+    `GRACE_<PEER>_ADDR` (Guardian sets it for every peer under `grace up`), "" when unset
+    or `off`. A server started alone then sends nothing to a default port that may belong
+    to another Grace."""
+    value = EnvReader(env).text(f"{env_prefix(peer)}ADDR", "").strip()
+    return "" if value.lower() == "off" else value

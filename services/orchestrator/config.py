@@ -33,7 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.backoff import Backoff
-from services.common.config import DEFAULT_PORTS, EnvReader, ServerConfig, peer_address
+from services.common.config import (
+    DEFAULT_PORTS,
+    EnvReader,
+    ServerConfig,
+    peer_address,
+    reporting_address,
+)
 from services.orchestrator.engine import OrchestratorSettings
 
 SERVICE = "orchestrator"
@@ -52,6 +58,8 @@ class OrchestratorConfig:
     governance: bool = False
     governance_address: str = ""
     governance_fallback: str = "log_only"
+    immune_address: str = ""
+    metrics_interval_s: float = 5.0
 
     @classmethod
     def from_env(
@@ -102,5 +110,10 @@ class OrchestratorConfig:
             governance_address=peer_address(env, "governance"),
             governance_fallback=reader.choice(
                 "GRACE_ORCHESTRATOR_GOVERNANCE_FALLBACK", "log_only", ["log_only", "enforce"]
+            ),
+            # Workflow steps per domain go to the immune kernel's telemetry once per interval.
+            immune_address=reporting_address(env, "immune"),
+            metrics_interval_s=reader.number(
+                "GRACE_ORCHESTRATOR_METRICS_INTERVAL_S", 5.0, minimum=0.1, maximum=3600
             ),
         )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from opentelemetry import context as otel_context
 
 from services.common.backoff import Backoff
+from services.common.call_metrics import CallTallies
 from services.common.domain_router import DomainRouter
 from services.common.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from services.common.governance_client import GovernanceGate
@@ -132,6 +133,8 @@ class Orchestrator:
         self.settings = settings or OrchestratorSettings()
         self.clock = clock
         self.stats = Stats()
+        # Step calls per workflow and domain, drained by the server's ImmuneReporter.
+        self.traffic = CallTallies()
         self.call_slots = asyncio.Semaphore(self.settings.max_inflight_calls)
         self._runners: dict[str, ExecutionRunner] = {}
         self._claims: dict[str, asyncio.Future[Execution]] = {}

@@ -21,6 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from grace.domain.v1 import domain_pb2
+from services.common.call_metrics import WORKFLOW_PREFIX, TrafficKind
 from services.common.domain_router import CallError, Candidate, from_struct, to_struct
 from services.common.governance_client import RISK_LEVELS
 from services.common.waiting import wait_for_event
@@ -504,6 +505,14 @@ class ExecutionRunner:
         error: str,
         outcome: str = "",
     ) -> None:
+        if kind == "execute":
+            self.host.traffic.record_edge(
+                TrafficKind.STEP,
+                f"{WORKFLOW_PREFIX}{self.spec.workflow_id}",
+                run.domain_id or spec.domain_id or spec.capability,
+                self.host.clock() - started,
+                error=bool(error),
+            )
         proof.append_record(
             self.ex.records,
             self.ex.execution_id,

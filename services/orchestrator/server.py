@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from grace.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from services.common.call_metrics import ImmuneReporter
 from services.common.channels import channel
 from services.common.config import SecurityConfig, peer_address
 from services.common.domain_router import DomainRouter
@@ -55,6 +56,8 @@ class OrchestratorServer(Service):
         self.core: Orchestrator | None = None
         self._governance: GovernanceClient | None = None
         self._identity: ComponentIdentity | None = None
+        self._reporter: ImmuneReporter | None = None
+        self._reporting: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
@@ -80,6 +83,15 @@ class OrchestratorServer(Service):
             self.store, router, key, self.config.settings, gate=self._governance
         )
         await self.core.open()
+        if self.config.immune_address:
+            self._reporter = ImmuneReporter(
+                self.config.immune_address,
+                self.core.traffic,
+                interval_s=self.config.metrics_interval_s,
+            )
+            self._reporting = asyncio.create_task(
+                self._reporter.run(), name="orchestrator-telemetry"
+            )
         if self.publisher is not None:
             self._relay = OutboxRelay(self.store.outbox, self.publisher, poll_interval_s=1.0)
             self.store.on_events(self._relay.wake)
@@ -95,6 +107,12 @@ class OrchestratorServer(Service):
             self._identity.start()
 
     async def stop(self) -> None:
+        if self._reporting is not None:
+            self._reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
+        if self._reporter is not None:
+            await self._reporter.close()
         if self._relay_task is not None:
             self._relay_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

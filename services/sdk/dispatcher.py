@@ -63,6 +63,8 @@ class Call:
     attempt: int = 1
     idempotency_key: str = ""
     traceparent: str = ""
+    caller: str = ""
+    """Who made the call, for the collaboration graph (see `call_metrics.caller_of`)."""
 
 
 @dataclass(frozen=True)
@@ -392,7 +394,7 @@ class Dispatcher:
             raise
         finally:
             latency = self._monotonic() - started
-            self.metrics.finished(latency, success=success)
+            self.metrics.finished(latency, success=success, caller=call.caller)
             # Outcomes of actions only: a compensation is not the action's own result.
             if self.outcomes is not None and success is not None and kind == EXECUTE:
                 self.outcomes.record(

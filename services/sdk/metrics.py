@@ -9,9 +9,10 @@
 Calls refused for the caller's fault (bad input, unknown action) are counted in neither
 latency nor success: they say nothing about the domain's health.
 
-The same calls are also tallied per heartbeat interval (`tallies`): the domain's
-`ImmuneReporter` sends their mean latency, error count and error rate to the immune
-kernel (see `services.common.call_metrics`).
+The same calls are also tallied per heartbeat interval (`tallies`), with their callers: the
+domain's `ImmuneReporter` sends their mean latency, error count and error rate, and per
+caller the calls, errors and latency histogram (the collaboration graph's CALL edges), to
+the immune kernel (see `services.common.call_metrics`).
 """
 
 from __future__ import annotations
@@ -64,13 +65,14 @@ class CallMetrics:
         """A call arrived."""
         self.in_flight += 1
 
-    def finished(self, latency_s: float, *, success: bool | None) -> None:
-        """A call ended; `success` None means it is not counted (caller's fault)."""
+    def finished(self, latency_s: float, *, success: bool | None, caller: str = "") -> None:
+        """A call ended; `success` None means it is not counted (caller's fault). `caller`
+        is who made it (see `call_metrics.caller_of`)."""
         self.in_flight -= 1
         if success is None:
             return
         self.calls += 1
-        self.tallies.record(self.component, latency_s, error=not success)
+        self.tallies.record(self.component, latency_s, error=not success, caller=caller)
         sample = latency_s * 1000.0
         if self._latency_ms is None:
             self._latency_ms = sample

@@ -9,6 +9,8 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
+from services.common.auth import current_principal
+from services.common.call_metrics import caller_of
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.timestamps import from_timestamp, to_duration
 from services.common.validation import require_struct_size
@@ -139,4 +141,5 @@ class DomainServicer(domain_pb2_grpc.DomainServiceServicer):
             attempt=max(1, request.attempt),
             idempotency_key=request.idempotency_key,
             traceparent=current_traceparent(incoming_traceparent(context.invocation_metadata())),
+            caller=caller_of(current_principal()),
         )

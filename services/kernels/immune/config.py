@@ -35,7 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.config import (
     DEFAULT_PORTS,
@@ -70,7 +70,7 @@ class ImmuneConfig:
     server: ServerConfig
     detector: DetectorSettings
     remediation: RemediationSettings
-    telemetry: TelemetrySettings = TelemetrySettings()
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     remediate: bool = True
     subscribe: bool = False
     governance_fallback: str = "enforce"

@@ -27,10 +27,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from services.common.call_metrics import PERSON_PREFIX, EdgeTally, TrafficKey, TrafficKind
+from services.common.call_metrics import (
+    PERSON_PREFIX,
+    WORKFLOW_PREFIX,
+    EdgeTally,
+    TrafficKey,
+    TrafficKind,
+)
 from services.common.latency_histogram import LatencyHistogram
 
-WORKFLOW_PREFIX = "workflow:"
 # Failure share from which a domain is degraded, and failing.
 DEGRADED_FAILURE_SHARE = 0.05
 FAILING_FAILURE_SHARE = 0.5
