@@ -38,6 +38,7 @@ from services.eventbus.model import (
     SubscriptionState,
 )
 from services.eventbus.store import EventStore, LogFilter
+from services.eventbus.telemetry import BusTraffic
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,10 @@ class EventBus:
         self.clock = clock
         self.log: Log = event_log or EventLog(store, settings, clock)
         self.validate = EventValidator(settings)
-        self.push = PushDelivery(self.log, store, DomainResolver(registry_address), settings, clock)
+        self.traffic = BusTraffic()
+        self.push = PushDelivery(
+            self.log, store, DomainResolver(registry_address), settings, clock, self.traffic
+        )
         self.consumers: dict[str, ConsumerState] = {}
         self.streamed = 0
         self.active_streams = 0
@@ -125,8 +129,11 @@ class EventBus:
         if self.verifier is not None:
             await self.verifier.enforce(event)
         generated = self._prepare(event, time.time_ns())
+        started = time.monotonic()
         with tracing.producer_spans((event,)):
-            return (await self.log.append([event], [generated]))[0]
+            appended = (await self.log.append([event], [generated]))[0]
+        self.traffic.published((event,), time.monotonic() - started)
+        return appended
 
     async def publish_batch(self, batch: Sequence[event_pb2.Event]) -> list[PublishOutcome]:
         """Stores the valid entries in order; invalid ones are rejected on their own."""
@@ -163,8 +170,10 @@ class EventBus:
             now_ns = time.time_ns()
             prepare = self._prepare
             generated = [prepare(event, now_ns) for event in valid]
+            started = time.monotonic()
             with tracing.producer_spans(valid):
                 appended = await self.log.append(valid, generated)
+            self.traffic.published(valid, time.monotonic() - started)
             for slot, result in zip(slots, appended, strict=True):
                 outcomes[slot] = PublishOutcome(result.event_id, result)
         return [outcome for outcome in outcomes if outcome is not None]

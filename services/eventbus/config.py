@@ -16,6 +16,8 @@ Besides the common server settings (see `services.common.config`):
   and longest wait between push attempts (0.5 doubling to 30).
 - `GRACE_EVENTBUS_PUSH_TIMEOUT_S`: deadline of one DeliverEvent call (10).
 - `GRACE_REGISTRY_ADDR`: where push delivery resolves domains (127.0.0.1:8102).
+- `GRACE_IMMUNE_ADDR`: when set (as `grace up` does), publishes and push deliveries are
+  reported to the immune kernel's telemetry every `GRACE_EVENTBUS_METRICS_INTERVAL_S` (5).
 - `GRACE_EVENTBUS_VERIFY_SIGNATURES`: `reject` (the default: an unsigned or forged event
   claiming a source that has a registered identity is refused with PERMISSION_DENIED;
   unsigned events from sources without an identity are still accepted), `flag` (log and
@@ -52,6 +54,7 @@ from services.common.config import (
     EnvReader,
     ServerConfig,
     peer_address,
+    reporting_address,
 )
 from services.common.event_verification import MODES
 from services.eventbus.jetstream import JetStreamOptions
@@ -71,6 +74,8 @@ class EventBusConfig:
     trust_address: str = "127.0.0.1:8112"
     key_cache_ttl_s: float = 30.0
     jetstream: JetStreamOptions | None = None
+    immune_address: str = ""
+    metrics_interval_s: float = 5.0
 
     @classmethod
     def from_env(
@@ -109,6 +114,8 @@ class EventBusConfig:
             trust_address=peer_address(env, "trust"),
             key_cache_ttl_s=r.number(f"{p}KEY_CACHE_TTL_S", 30.0, minimum=0.1, maximum=86400),
             jetstream=_jetstream(r),
+            immune_address=reporting_address(env, "immune"),
+            metrics_interval_s=r.number(f"{p}METRICS_INTERVAL_S", 5.0, minimum=0.1, maximum=3600),
         )
 
 

@@ -27,6 +27,7 @@ from services.eventbus import tracing
 from services.eventbus.eventlog import Log, Reader
 from services.eventbus.model import BusSettings, DeadLetterRecord, SubscriptionState
 from services.eventbus.store import EventStore, LogFilter
+from services.eventbus.telemetry import BusTraffic
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class PushDelivery:
         resolver: Domain addresses.
         settings: Retry and flush tunables.
         clock: Epoch seconds.
+        traffic: Counts each delivery for the unified telemetry; None counts nothing.
     """
 
     def __init__(
@@ -167,12 +169,14 @@ class PushDelivery:
         resolver: DomainResolver,
         settings: BusSettings,
         clock: Callable[[], float] = time.time,
+        traffic: BusTraffic | None = None,
     ) -> None:
         self.log = event_log
         self.store = store
         self.resolver = resolver
         self.settings = settings
         self.clock = clock
+        self.traffic = traffic
         self.workers: dict[str, PushWorker] = {}
         self.delivered_total = 0
         self._redeliveries: set[asyncio.Task[None]] = set()
@@ -219,10 +223,13 @@ class PushDelivery:
 
     async def deliver(self, sub: SubscriptionState, event: event_pb2.Event) -> None:
         """Delivers one event with retries; dead-letters it when that fails."""
+        started = time.monotonic()
         with tracing.push_span(event, sub.subscription_id, sub.domain_id):
             ok, attempts, reason = await self._attempts(sub, event)
             if not ok:
                 tracing.mark_failed(f"dead-lettered after {attempts} attempts: {reason}")
+        if self.traffic is not None:
+            self.traffic.delivered(event, sub.domain_id, time.monotonic() - started, ok=ok)
         if not ok:
             await self._dead_letter(sub, event, attempts, reason, str(uuid.uuid4()))
 

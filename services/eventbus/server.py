@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -9,6 +11,7 @@ import grpc
 
 from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
 from services.common.auth import vouches_for
+from services.common.call_metrics import ImmuneReporter
 from services.common.event_verification import EventVerifier, TrustKeySource
 from services.common.server import Service
 from services.common.storage import Database
@@ -50,6 +53,17 @@ class EventBusServer(Service):
         self.bus = EventBus(
             store, config.settings, config.registry_address, clock, verifier, event_log
         )
+        # Publishes and deliveries go to the immune kernel's telemetry once per interval.
+        self.reporter = (
+            ImmuneReporter(
+                config.immune_address,
+                self.bus.traffic.tallies,
+                interval_s=config.metrics_interval_s,
+            )
+            if config.immune_address
+            else None
+        )
+        self._reporting: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         eventbus_pb2_grpc.add_EventBusServiceServicer_to_server(EventBusServicer(self.bus), server)
@@ -57,10 +71,18 @@ class EventBusServer(Service):
 
     async def start(self) -> None:
         await self.bus.open()
+        if self.reporter is not None:
+            self._reporting = asyncio.create_task(self.reporter.run(), name="eventbus-telemetry")
 
     async def begin_shutdown(self) -> None:
         await self.bus.begin_close()
 
     async def stop(self) -> None:
+        if self._reporting is not None:
+            self._reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reporting
+        if self.reporter is not None:
+            await self.reporter.close()
         await self.bus.close()
         await self.keys.close()

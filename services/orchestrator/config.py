@@ -17,6 +17,9 @@ Besides the common server settings (see `services.common.config`):
   step, as `<domain>.<action>` by `workflow:<id>` (on | off, default on); a refusal fails
   the step and rolls the execution back. `GRACE_ORCHESTRATOR_GOVERNANCE_FALLBACK`: what
   to do when governance is down (log_only | enforce, default log_only).
+- `GRACE_IMMUNE_ADDR`: when set (as `grace up` does), the workflow steps run per workflow
+  and domain are reported to the immune kernel's telemetry every
+  `GRACE_ORCHESTRATOR_METRICS_INTERVAL_S` (5).
 - `GRACE_ORCHESTRATOR_APPROVAL_WAIT_S`: how long a step held by a REQUIRE_APPROVAL policy
   waits for a person's decision before it fails (3600).
 - `GRACE_ORCHESTRATOR_LEASE_S`: on PostgreSQL, how long an instance owns an execution
