@@ -1,5 +1,8 @@
 """The gateway's aggregation routes: /domains/system/health and /domains/system/overview.
 
+The overview links to the unified telemetry (`TELEMETRY_LINKS`): the cross-domain figures
+and the collaboration graph are the immune kernel's RPCs, routed like any other.
+
 Both cover every upstream component that has routes (so new services join them as their
 generated modules appear). Health is the standard `grpc.health.v1.Health/Check` of the whole
 server (`""`). The overview calls each service's stats RPCs, found by a naming rule: a
@@ -32,6 +35,11 @@ GUARDIAN = "guardian"
 GUARDIAN_COMPONENTS_METHOD = "ListComponents"
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+# Routes of ImmuneService.GetTelemetry and GetCollaborationGraph (both take `window_seconds`).
+TELEMETRY_LINKS = {
+    "telemetry": "/domains/system/telemetry",
+    "collaboration_graph": "/domains/system/collaboration-graph",
+}
 
 
 def _error_json(error: HttpError) -> dict[str, Any]:
@@ -172,6 +180,7 @@ class SystemViews:
             "services_total": len(services),
             "services": services,
             "components": guardian_table,
+            "links": TELEMETRY_LINKS,
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "took_ms": round((time.perf_counter() - started) * 1000, 3),
         }

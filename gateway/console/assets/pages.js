@@ -61,10 +61,20 @@ async function map(root, ctx) {
   async function overview() {
     try {
       const o = await get("/domains/system/overview");
+      // The overview links to the unified telemetry (the immune kernel; absent when it is down).
+      const t = await get(o.links?.telemetry || "/domains/system/telemetry").catch(() => null);
+      const figures = t ? [
+        h("div", { class: "tile", id: "telemetry" }, h("b", {}, String(t.total_requests ?? 0)), " calls in 5 min, ",
+          h("b", {}, `${(t.p99_latency_ms ?? 0).toFixed(1)} ms`), " p99, ",
+          h("b", {}, `${((t.error_rate ?? 0) * 100).toFixed(1)}%`), " errors"),
+        h("div", { class: "tile" }, h("b", {}, `${((t.collaboration_rate ?? 0) * 100).toFixed(0)}%`), " cross-domain, graph at ",
+          h("code", {}, o.links?.collaboration_graph || "/domains/system/collaboration-graph")),
+      ] : [];
       summary.replaceChildren(
         h("div", { class: "tile" }, h("b", {}, `${o.services_up}/${o.services_total}`), " services up"),
         h("div", { class: "tile" }, h("b", {}, String(domains.size)), " registered"),
-        h("div", { class: "tile" }, "system ", badge(o.status)));
+        h("div", { class: "tile" }, "system ", badge(o.status)),
+        ...figures);
     } catch (e) { if (e instanceof Unauthorized) ctx.unauthorized(); }
   }
 
