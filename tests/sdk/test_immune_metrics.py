@@ -109,3 +109,29 @@ async def test_a_domain_serves_on_when_the_immune_kernel_is_down(tmp_path: Path)
 def test_the_immune_address_comes_from_the_environment(value: str | None, expected: str) -> None:
     env = {"GRACE_IMMUNE_ADDR": value} if value is not None else {}
     assert DomainConfig.from_env("test_domain", 8300, env).immune_addr == expected
+
+
+async def test_served_calls_reach_the_telemetry_as_edges_from_their_authenticated_caller(
+    tmp_path: Path,
+) -> None:
+    immune = ImmuneServer(immune_config(tmp_path), bus=Discard())
+    async with serving(immune.config.server, immune) as (imm_server, imm_chan):
+        config = domain_config(tmp_path, immune_addr=imm_server.address)
+        async with counting_domain(Probe()).serve(config) as running:
+            await call(running.address, "echo", text="a")
+            await call(running.address, "echo", text="b")
+            stub = immune_pb2_grpc.ImmuneServiceStub(imm_chan)
+            deadline = asyncio.get_running_loop().time() + 20
+            while True:
+                graph = await stub.GetCollaborationGraph(pb.GetCollaborationGraphRequest())
+                counted = sum(e.count for e in graph.edges)
+                if counted >= 2 or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            telemetry = await stub.GetTelemetry(pb.GetTelemetryRequest())
+    # The test process calls with the session's admin token: the caller is that person.
+    assert [(e.kind, e.source, e.target, e.count) for e in graph.edges] == [
+        (pb.TRAFFIC_KIND_CALL, "user:test-admin", "test_domain", 2)
+    ]
+    assert telemetry.total_requests == 2
+    assert telemetry.cross_domain_calls == 0  # a person's calls are not collaboration
