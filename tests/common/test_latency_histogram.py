@@ -57,7 +57,11 @@ def test_an_empty_histogram_answers_zero() -> None:
 
 @pytest.mark.parametrize(
     ("counts", "sum_ms", "max_ms"),
-    [([0] * (BUCKETS - 1), 0.0, 0.0), ([-1] + [0] * (BUCKETS - 1), 0.0, 0.0), ([0] * BUCKETS, math.nan, 0.0)],
+    [
+        ([0] * (BUCKETS - 1), 0.0, 0.0),
+        ([-1] + [0] * (BUCKETS - 1), 0.0, 0.0),
+        ([0] * BUCKETS, math.nan, 0.0),
+    ],
 )
 def test_a_reported_histogram_that_cannot_be_one_is_refused(
     counts: list[int], sum_ms: float, max_ms: float

@@ -68,7 +68,9 @@ async def test_reported_traffic_comes_back_as_figures_and_graph_for_a_reader(
     assert t.p99_latency_ms == 40.0
     assert t.window_end.seconds - t.window_start.seconds >= 60
     domains = {d.domain_id: d for d in t.domains}
-    assert domains["ai_domain"].health == pb.DOMAIN_HEALTH_DEGRADED  # 1 failed of 2 calls + 1 delivery
+    assert (
+        domains["ai_domain"].health == pb.DOMAIN_HEALTH_DEGRADED
+    )  # 1 failed of 2 calls + 1 delivery
     assert domains["data_domain"].health == pb.DOMAIN_HEALTH_HEALTHY
     edges = {(e.kind, e.source, e.target): e for e in g.edges}
     assert edges[(pb.TRAFFIC_KIND_CALL, "orchestrator", "data_domain")].count == 3
@@ -108,7 +110,10 @@ async def test_malformed_traffic_is_refused_and_nothing_of_the_report_is_kept(
     short = pb.TrafficTally(kind=pb.TRAFFIC_KIND_CALL, source="a", target="b")
     short.latency.counts.extend([1, 2])
     for bad, field in (
-        (pb.TrafficTally(kind=pb.TRAFFIC_KIND_UNSPECIFIED, target="b", latency=good.latency), "kind"),
+        (
+            pb.TrafficTally(kind=pb.TRAFFIC_KIND_UNSPECIFIED, target="b", latency=good.latency),
+            "kind",
+        ),
         (short, "latency"),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
