@@ -54,9 +54,7 @@ def seed_traffic() -> dict[TrafficKey, EdgeTally]:
     }
 
 
-def test_the_figures_add_up_every_call_served_and_count_only_domain_to_domain_as_collaboration() -> (
-    None
-):
+def test_figures_add_up_every_call_served_and_only_domain_to_domain_is_collaboration() -> None:
     t = summarize(seed_traffic(), {}, 100.0, 400.0)
     assert t.total_requests == 12
     assert t.errors == 1
@@ -129,7 +127,8 @@ def test_the_graph_lists_every_edge_with_its_count_errors_and_latency() -> None:
     assert (ai.count, ai.errors, ai.p99_latency_ms) == (4, 1, 500.0)
     assert ai.avg_latency_ms == pytest.approx(590 / 4)
     assert edges[(DELIVERY, "data_domain", "ai_domain")].count == 2
-    assert "document.ingested" in g.nodes and "orchestrator" in g.nodes
+    assert "document.ingested" in g.nodes
+    assert "orchestrator" in g.nodes
     only_calls = graph(seed_traffic(), 0.0, 1.0, CALL)
     assert {e.kind for e in only_calls.edges} == {CALL}
     assert len(only_calls.edges) == 4
@@ -144,9 +143,11 @@ def test_a_window_sums_the_slots_it_overlaps_and_retention_forgets_old_ones() ->
     assert sorted(window.slots) == [1000.0, 1040.0]
     start, last_20s = window.window(20, now=1045.0)
     assert start == 1020.0
-    assert last_20s[key].count == 1 and last_20s[key].errors == 1
+    assert last_20s[key].count == 1
+    assert last_20s[key].errors == 1
     start, all_of_it = window.window(60, now=1045.0)
-    assert start == 980.0 and all_of_it[key].count == 3
+    assert start == 980.0
+    assert all_of_it[key].count == 3
     assert window.prune(now=1075.0) == 1010.0
     assert sorted(window.slots) == [1040.0]
 
