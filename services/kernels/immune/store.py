@@ -252,25 +252,30 @@ class ImmuneStore:
             }
 
     async def save_traffic(self, slot_start: float, tallies: dict[TrafficKey, EdgeTally]) -> None:
-        """Writes the totals of some edges of one slot (replacing what was there)."""
+        """Writes the totals of some edges of one slot (replacing what was there), in one
+        statement executed for all of them."""
         if not tallies:
             return
+        rows = [
+            {
+                "slot_start": slot_start,
+                "kind": kind.value,
+                "source": source,
+                "target": target,
+                "errors": tally.errors,
+                "counts": list(tally.latency.counts),
+                "sum_ms": tally.latency.sum_ms,
+                "max_ms": tally.latency.max_ms,
+            }
+            for (kind, source, target), tally in tallies.items()
+        ]
+        stmt = self.db.insert(traffic)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["slot_start", "kind", "source", "target"],
+            set_={c: stmt.excluded[c] for c in ("errors", "counts", "sum_ms", "max_ms")},
+        )
         async with self.db.transaction() as conn:
-            for (kind, source, target), tally in tallies.items():
-                values = {
-                    "errors": tally.errors,
-                    "counts": list(tally.latency.counts),
-                    "sum_ms": tally.latency.sum_ms,
-                    "max_ms": tally.latency.max_ms,
-                }
-                stmt = self.db.insert(traffic).values(
-                    slot_start=slot_start, kind=kind.value, source=source, target=target, **values
-                )
-                await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["slot_start", "kind", "source", "target"], set_=values
-                    )
-                )
+            await conn.execute(stmt, rows)
 
     async def load_traffic(self, since: float) -> list[tuple[float, TrafficKey, EdgeTally]]:
         """Every stored edge of the slots from `since` on."""

@@ -3,8 +3,6 @@ the graph's edges, slots and retention, and the durable record across a restart.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,6 +22,7 @@ from services.kernels.immune.telemetry import (
     summarize,
 )
 from services.kernels.immune.traffic import TrafficRecord
+from tests.conftest import DatabaseTarget
 
 CALL, PUBLISH, DELIVERY, STEP = (
     TrafficKind.CALL,
@@ -200,12 +199,11 @@ def test_the_rate_is_a_share_and_splitting_reports_does_not_change_the_figures(
 
 
 async def test_the_record_survives_a_restart_and_refuses_what_cannot_be_traffic(
-    tmp_path: Path,
+    database: DatabaseTarget,
 ) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'immune.db'}"
     now = [1000.0]
     settings = TelemetrySettings(slot_s=10, retention_s=120)
-    store = ImmuneStore(Database(url))
+    store = ImmuneStore(Database(database.url, schema=database.schema))
     await store.open()
     record = TrafficRecord(store, settings, dict, lambda: now[0])
     await record.open()
@@ -221,7 +219,7 @@ async def test_the_record_survives_a_restart_and_refuses_what_cannot_be_traffic(
         record.telemetry(121)
     await store.close()
 
-    store = ImmuneStore(Database(url))
+    store = ImmuneStore(Database(database.url, schema=database.schema))
     await store.open()
     reopened = TrafficRecord(store, settings, dict, lambda: now[0])
     await reopened.open()
