@@ -135,6 +135,9 @@ async def test_the_telemetry_routes_answer_readers_401_anonymous_and_the_overvie
             assert (await anonymous.get(path)).status_code == 401
         telemetry = await reader.get("/domains/system/telemetry", params={"window_seconds": 120})
         graph = await reader.get("/domains/system/collaboration-graph")
+        deliveries = await reader.get(
+            "/domains/system/collaboration-graph", params={"kind": "TRAFFIC_KIND_DELIVERY"}
+        )
         too_long = await reader.get("/domains/system/telemetry", params={"window_seconds": 10**6})
         overview = (await reader.get("/domains/system/overview")).json()
         openapi = (await reader.get("/openapi.json")).json()
@@ -148,6 +151,7 @@ async def test_the_telemetry_routes_answer_readers_401_anonymous_and_the_overvie
         ("TRAFFIC_KIND_CALL", "orchestrator", "data_domain"),
         ("TRAFFIC_KIND_DELIVERY", "data_domain", "ai_domain"),
     }
+    assert [e["kind"] for e in deliveries.json()["edges"]] == ["TRAFFIC_KIND_DELIVERY"]
     assert too_long.status_code == 400
     assert overview["links"] == {
         "telemetry": "/domains/system/telemetry",
