@@ -73,9 +73,21 @@ def word_spans(value: str) -> Iterator[tuple[int, int, str]]:
         for match in _WORD.finditer(value.lower()):
             yield match.start(), match.end(), match.group()[:MAX_WORD_LENGTH]
         return
-    for match in _WORD.finditer(value):
-        for word in words(match.group()):
-            yield match.start(), match.end(), word
+    # Fold character by character, remembering which character of `value` each folded
+    # character came from: folding a whole text equals folding its characters one by one
+    # (the only reordering NFKD does is among combining marks, which are all dropped), so
+    # the words found here are exactly `words(value)`, even where folding turns a symbol
+    # into a letter ('⼀' becomes '一') or one character into several words ('¼').
+    folded: list[str] = []
+    origin: list[int] = []
+    for index, ch in enumerate(value):
+        for part in unicodedata.normalize("NFKD", ch.casefold()):
+            if not unicodedata.combining(part):
+                folded.append(part)
+                origin.append(index)
+    for match in _WORD.finditer("".join(folded)):
+        start, end = origin[match.start()], origin[match.end() - 1] + 1
+        yield start, end, match.group()[:MAX_WORD_LENGTH]
 
 
 def indexed_text(*parts: str) -> str:
