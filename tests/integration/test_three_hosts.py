@@ -86,8 +86,16 @@ NOT_RUN = ("triggers", "immune", "scheduler", "librarian", "tasks", "learning")
 # The single writers, on host A.
 SHARED = ("registry", "trust", "immutable_log", "governance", "memory")
 # C's instances of the example domains: (module, instance id).
-C_DOMAINS = (("examples.data_domain", "data_domain_c"), ("examples.ai_domain", "ai_domain_c"))
-B_DOMAINS = ("data_domain", "ai_domain", "memory_domain")
+# The example domains reached by capability run on B and C. C runs them under their own
+# ids, B as other instances under ids of their own (module, instance id, port), plus the
+# memory_domain the store step names. With equal scores the registry ranks by id, so
+# C's instances come first while they live.
+C_DOMAINS = ("data_domain", "ai_domain")
+B_INSTANCES = (
+    ("examples.data_domain", "data_domain_b", 8210),
+    ("examples.ai_domain", "ai_domain_b", 8212),
+)
+B_DOMAINS = (*(instance for _, instance, _ in B_INSTANCES), "memory_domain")
 
 # The seed document workflow with ingestion and analysis reached by capability, so either
 # host's instance may run them; the store step names B's memory_domain.
@@ -163,32 +171,27 @@ def _host_tables(host: str, network: Network) -> tuple[dict[str, dict[str, Any]]
     }
     orchestrator = {"depends_on": [], "env": {"GRACE_ORCHESTRATOR_LEASE_S": str(LEASE_S)}}
     tables |= {"eventbus": bus, "orchestrator": orchestrator}
+    tables["governance_domain"] = off
     if host == "b":
-        # The gateway also listens on loopback, so the domains beside it join through
-        # https://localhost (its certificate names localhost, not the bridge address).
-        tables |= {
-            "gateway": {"depends_on": [], "env": {"GRACE_GATEWAY_HOST": "0.0.0.0"}},
-            "governance_domain": off,
-        }
-        for domain in B_DOMAINS:
-            tables[domain] = {
-                "depends_on": [],
-                "env": {"GRACE_JOIN_URL": f"https://localhost:{DEFAULT_PORTS['gateway']}"},
+        # The domains beside the gateway join through it (https://<B's address>).
+        tables |= {"gateway": {"depends_on": []}, "memory_domain": {"depends_on": []}}
+        tables |= dict.fromkeys(C_DOMAINS, off)
+        for module, instance, port in B_INSTANCES:
+            tables[instance] = {
+                "module": "tests.integration.domain_instance",
+                "args": [module, instance],
+                "port": port,
+                "chunk": 10,
+                "health_service": "grace.domain.v1.DomainService",
+                "identity": "domain",
+                "register": False,
             }
         return tables, ["--with-examples"]
-    tables["gateway"] = off
-    for port, (module, instance) in enumerate(C_DOMAINS, start=8200):
-        tables[instance] = {
-            "module": "tests.integration.domain_instance",
-            "args": [module, instance],
-            "port": port,
-            "chunk": 10,
-            "health_service": "grace.domain.v1.DomainService",
-            "identity": "domain",
-            "register": False,
-            "env": {f"GRACE_{instance.upper()}_LEASE_TTL_S": str(DOMAIN_LEASE_S)},
-        }
-    return tables, []
+    tables |= {"gateway": off, "memory_domain": off}
+    for domain in C_DOMAINS:
+        lease = {f"GRACE_{domain.upper()}_LEASE_TTL_S": str(DOMAIN_LEASE_S)}
+        tables[domain] = {"depends_on": [], "env": lease}
+    return tables, ["--with-examples"]
 
 
 def _host_env(host: str, hosts: Hosts) -> dict[str, str]:
@@ -594,7 +597,7 @@ async def _timed(coro: Awaitable[T], since: float) -> tuple[T, float]:
 
 
 async def test_work_goes_on_when_every_process_of_one_host_is_killed(hosts: Hosts) -> None:
-    c_domains = {instance for _, instance in C_DOMAINS}
+    c_domains = set(C_DOMAINS)
     await _wait_registered(hosts, [*B_DOMAINS, *c_domains])
     async with _gateway(hosts) as http:
         created = await http.post(
@@ -653,4 +656,6 @@ async def test_work_goes_on_when_every_process_of_one_host_is_killed(hosts: Host
     assert load.redelivered_after_ack == 0
     assert load.consumer_moves == 1
     assert still_offered == set()
+    assert set(before) & c_domains, "no step reached C's domains before the kill"
     assert not set(after) & c_domains
+    assert set(after) >= set(B_DOMAINS)
