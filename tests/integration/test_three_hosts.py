@@ -9,9 +9,12 @@ Guardian (`grace up` with the host's grace.toml, which disables what runs elsewh
 points at the shared components); the three share one Grace CA and token file, as hosts
 that share a filesystem (or a secret store) would.
 
-The registry keeps one record per domain id, so C's domains are instances under ids of
-their own (`data_domain_c`, `ai_domain_c`) and the workflow reaches ingestion and analysis
-by capability; the store step stays on B's memory_domain (see domain_instance.py).
+The registry keeps one record (one address) per domain id, so a domain's instances
+register under ids of their own: C runs data_domain and ai_domain, B runs them again as
+`data_domain_b` and `ai_domain_b` (see domain_instance.py), and the workflow reaches
+ingestion and analysis by capability. The registry ranks equal scores by id, so steps go to
+C's instances while they live. The store step stays on B's memory_domain. B's domains join
+through the gateway at B's bridge address, as a domain on another host would.
 
 Then every process of host C is killed at once (SIGKILL), in the middle of a burst of
 executions C's orchestrator owns and of a publish load B's bus takes while a durable
@@ -65,7 +68,8 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-SUBNET = "10.77.0"
+# A /24 of the test process's own, so two runs on one machine do not share a bridge subnet.
+SUBNET = f"10.77.{os.getpid() % 250}"
 TAG = f"gh{os.getpid() % 10000}"
 HOSTS = ("a", "b", "c")
 POSTGRES_PORT = 5432
@@ -85,7 +89,6 @@ LOAD_TYPE = "hosts.load"
 NOT_RUN = ("triggers", "immune", "scheduler", "librarian", "tasks", "learning")
 # The single writers, on host A.
 SHARED = ("registry", "trust", "immutable_log", "governance", "memory")
-# C's instances of the example domains: (module, instance id).
 # The example domains reached by capability run on B and C. C runs them under their own
 # ids, B as other instances under ids of their own (module, instance id, port), plus the
 # memory_domain the store step names. With equal scores the registry ranks by id, so
@@ -139,7 +142,7 @@ def _toml(tables: dict[str, dict[str, Any]]) -> str:
 
 @dataclass
 class Hosts:
-    """The three hosts, running: addresses, the shared PKI, and what the test measures."""
+    """The three hosts, running: their network, the shared PKI and the database."""
 
     network: Network
     root: Path
