@@ -534,9 +534,11 @@ async def _start_in_flight(hosts: Hosts, workflow_id: str) -> list[str]:
         return list(await asyncio.gather(*(start(n) for n in range(IN_FLIGHT))))
 
 
-async def _wait_ended(hosts: Hosts, execution_ids: list[str]) -> dict[str, int]:
-    """Waits (through B's orchestrator) until every execution has ended; their states."""
-    ended: dict[str, int] = {}
+async def _wait_ended(
+    hosts: Hosts, execution_ids: list[str]
+) -> dict[str, orchestrator_pb2.Execution]:
+    """Waits (through B's orchestrator) until every execution has ended; returns them."""
+    ended: dict[str, orchestrator_pb2.Execution] = {}
     async with channel(hosts.address("b", "orchestrator")) as chan:
         stub = orchestrator_pb2_grpc.OrchestratorServiceStub(chan)
         deadline = time.monotonic() + 60 + 4 * LEASE_S
@@ -548,7 +550,7 @@ async def _wait_ended(hosts: Hosts, execution_ids: list[str]) -> dict[str, int]:
                     orchestrator_pb2.GetExecutionRequest(execution_id=execution_id), timeout=10
                 )
                 if got.execution.state != orchestrator_pb2.EXECUTION_STATE_RUNNING:
-                    ended[execution_id] = got.execution.state
+                    ended[execution_id] = got.execution
             stuck = len(execution_ids) - len(ended)
             assert time.monotonic() < deadline, f"{stuck} executions never ended"
             await asyncio.sleep(0.25)
@@ -623,7 +625,7 @@ async def test_work_goes_on_when_every_process_of_one_host_is_killed(hosts: Host
             killed = hosts.network.kill_all("c")
             killed_at = time.monotonic()
             assert killed, "host C ran nothing"
-            (states, ended_s), (still_offered, unoffered_s), _ = await asyncio.gather(
+            (executions, ended_s), (still_offered, unoffered_s), _ = await asyncio.gather(
                 _timed(_wait_ended(hosts, in_flight), killed_at),
                 _timed(_until_unoffered(hosts, c_domains), killed_at),
                 publisher,
@@ -636,14 +638,17 @@ async def test_work_goes_on_when_every_process_of_one_host_is_killed(hosts: Host
         tokens = await _lease_tokens(hosts, in_flight)
         after = await _run_documents(http, workflow_id, WORKFLOWS_AFTER, "after")
 
+    states = {e.execution_id: e.state for e in executions.values()}
     succeeded = sum(s == orchestrator_pb2.EXECUTION_STATE_SUCCEEDED for s in states.values())
+    resumed_on = {step.domain_id for e in executions.values() for step in e.steps}
     resumed = sum(token > 1 for token in tokens)
     lost = load.acknowledged - set(load.received)
     print(
         f"\nthree hosts: {WORKFLOWS_BEFORE} document workflows before the kill, steps on "
         f"{sorted(set(before))}; killed {len(killed)} processes of host C; "
         f"{succeeded}/{IN_FLIGHT} of C's executions succeeded, {resumed} resumed by B, all "
-        f"ended {ended_s:.1f}s after the kill (lease {LEASE_S:g}s); "
+        f"ended {ended_s:.1f}s after the kill (lease {LEASE_S:g}s), steps on "
+        f"{sorted(resumed_on)}; "
         f"{len(load.acknowledged)} events acknowledged, {len(lost)} lost, "
         f"{len(load.received) - len(set(load.received))} delivered twice "
         f"({load.redelivered_after_ack} after their ack), the consumer moved "
