@@ -157,9 +157,7 @@ class ExecutionLeases:
         async with self.db.transaction() as conn:
             kept = {row[0]: int(row[1]) for row in await conn.execute(stmt)}
         lost = {
-            e
-            for e, token in asked.items()
-            if kept.get(e) != token and self.held.get(e) == token
+            e for e, token in asked.items() if kept.get(e) != token and self.held.get(e) == token
         }
         for execution_id in lost:
             self.held.pop(execution_id, None)
