@@ -144,16 +144,21 @@ class ExecutionLeases:
         """Extends every lease this instance holds; returns the ones it no longer holds."""
         if not self.held:
             return set()
+        # Executions start while the statement runs: only the leases it renewed can be
+        # judged by its answer (one acquired meanwhile is not in it, and is not lost).
+        asked = dict(self.held)
         table = self.table
         stmt = (
             update(table)
-            .where(and_(table.c.owner == self.owner, table.c.execution_id.in_(list(self.held))))
+            .where(and_(table.c.owner == self.owner, table.c.execution_id.in_(list(asked))))
             .values(expires_at=_NOW + self.lease_s)
             .returning(table.c.execution_id, table.c.token)
         )
         async with self.db.transaction() as conn:
             kept = {row[0]: int(row[1]) for row in await conn.execute(stmt)}
-        lost = {e for e, token in self.held.items() if kept.get(e) != token}
+        lost = {
+            e for e, token in asked.items() if kept.get(e) != token and self.held.get(e) == token
+        }
         for execution_id in lost:
             self.held.pop(execution_id, None)
         return lost

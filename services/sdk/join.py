@@ -31,10 +31,12 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.common.config import EnvReader, SecurityConfig, peer_address
 from services.common.errors import Unauthenticated, Unavailable
 from services.common.pki import (
+    SERVER_NAME,
     csr_pem,
     generate_key,
     key_pem,
@@ -85,6 +87,16 @@ def due(security: SecurityConfig) -> bool:
         return True
 
 
+class _GraceServerContext(ssl.SSLContext):
+    """Verifies the gateway as `grace.local`, the name every Grace server certificate
+    carries, whatever host the URL names (as gRPC channels override the target name):
+    the certificates do not name the addresses a gateway on another host is reached at."""
+
+    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        kwargs["server_hostname"] = SERVER_NAME
+        return super().wrap_socket(*args, **kwargs)
+
+
 def _post(url: str, token: str, body: bytes, ca_file: Path) -> dict[str, object]:
     request = urllib.request.Request(
         url + JOIN_PATH,
@@ -92,7 +104,8 @@ def _post(url: str, token: str, body: bytes, ca_file: Path) -> dict[str, object]
         method="POST",
         headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
     )
-    context = ssl.create_default_context(cafile=str(ca_file))
+    context = _GraceServerContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(ca_file))
     try:
         with urllib.request.urlopen(request, context=context, timeout=30) as response:
             payload: dict[str, object] = json.loads(response.read())

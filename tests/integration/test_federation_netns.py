@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -27,6 +26,7 @@ import pytest
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.observers import observers_of
 from services.registry.server import RegistryServer
+from tests.netns import Network, ip, private_network
 from tests.registry.conftest import registry_config
 from tests.support import serving
 
@@ -38,58 +38,10 @@ SUBNET = "10.231.77"
 TAG = f"gf{os.getpid() % 10000}"
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-@dataclass(frozen=True)
-class Network:
-    """The namespaces, their addresses, and both ends of each member's veth pair."""
-
-    bridge_address: str
-    namespaces: dict[str, str]
-    addresses: dict[str, str]
-    host_ends: dict[str, str]
-    ns_ends: dict[str, str]
-
-
-def _teardown(members: list[str]) -> None:
-    for index, _ in enumerate(members):
-        subprocess.run(["ip", "netns", "del", f"{TAG}n{index}"], capture_output=True)
-        subprocess.run(["ip", "link", "del", f"{TAG}h{index}"], capture_output=True)
-    subprocess.run(["ip", "link", "del", f"{TAG}br"], capture_output=True)
-
-
 @pytest.fixture
 def network() -> Iterator[Network]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2")
-    members = [f"member_{i}" for i in range(MEMBERS)]
-    try:
-        _ip("link", "add", f"{TAG}br", "type", "bridge")
-        _ip("addr", "add", f"{SUBNET}.1/24", "dev", f"{TAG}br")
-        _ip("link", "set", f"{TAG}br", "up")
-        namespaces, addresses, host_ends, ns_ends = {}, {}, {}, {}
-        for index, member in enumerate(members):
-            ns, host_end, ns_end = f"{TAG}n{index}", f"{TAG}h{index}", f"{TAG}m{index}"
-            address = f"{SUBNET}.{index + 10}"
-            _ip("netns", "add", ns)
-            _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
-            _ip("link", "set", ns_end, "netns", ns)
-            _ip("link", "set", host_end, "master", f"{TAG}br")
-            _ip("link", "set", host_end, "up")
-            _ip("netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", ns_end)
-            _ip("netns", "exec", ns, "ip", "link", "set", ns_end, "up")
-            _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            namespaces[member], addresses[member] = ns, address
-            host_ends[member], ns_ends[member] = host_end, ns_end
-    except (subprocess.CalledProcessError, OSError) as exc:
-        _teardown(members)
-        pytest.skip(f"cannot make network namespaces here: {exc}")
-    try:
-        yield Network(f"{SUBNET}.1", namespaces, addresses, host_ends, ns_ends)
-    finally:
-        _teardown(members)
+    with private_network([f"member_{i}" for i in range(MEMBERS)], SUBNET, TAG) as made:
+        yield made
 
 
 async def _suspicions(
@@ -159,8 +111,8 @@ async def federation(
 def _netem_available() -> bool:
     probe = f"{TAG}tc"
     try:
-        _ip("link", "add", probe, "type", "dummy")
-        _ip("link", "set", probe, "up")
+        ip("link", "add", probe, "type", "dummy")
+        ip("link", "set", probe, "up")
         subprocess.run(
             ["tc", "qdisc", "add", "dev", probe, "root", "netem", "loss", "1%"],
             check=True, capture_output=True, timeout=10,
@@ -180,7 +132,7 @@ async def test_one_lossy_link_confirms_no_one_down(network: Network, tmp_path: P
         # The observer's link loses 30% of packets each way for a fixed run: its own probes
         # may fail and it may suspect, but one observer never confirms anyone down.
         tc = ("netns", "exec", network.namespaces[observer], "tc", "qdisc")
-        _ip(*tc, "add", "dev", network.ns_ends[observer], "root", "netem", "loss", "30%")
+        ip(*tc, "add", "dev", network.ns_ends[observer], "root", "netem", "loss", "30%")
         confirmed: set[str] = set()
         for _ in range(40):
             await asyncio.sleep(0.25)
@@ -199,14 +151,14 @@ async def test_one_cut_link_confirms_nothing_and_an_isolated_member_is_confirmed
         suspect = "member_2"
         observer = observers_of(suspect, network.addresses)[0]
         for source, target in ((observer, suspect), (suspect, observer)):
-            _ip(
+            ip(
                 "netns", "exec", network.namespaces[source],
                 "ip", "route", "add", "blackhole", f"{network.addresses[target]}/32",
             )  # fmt: skip
         await asyncio.sleep(6.0)  # three suspicion timeouts
         assert suspect not in await _suspicions(stub)
 
-        _ip("link", "set", network.host_ends[suspect], "down")
+        ip("link", "set", network.host_ends[suspect], "down")
         found = None
         for _ in range(120):
             found = (await _suspicions(stub)).get(suspect)

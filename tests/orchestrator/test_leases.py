@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,37 @@ async def test_a_stale_owner_cannot_write_after_another_instance_took_the_execut
     finally:
         await first.close()
         await second.close()
+
+
+async def test_an_execution_started_while_leases_are_renewed_is_not_reported_lost(
+    database: DatabaseTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = OrchestratorStore(Database(database.url, schema=database.schema), lease_s=5)
+    await store.open()
+    try:
+        if store.leases is None:  # SQLite: one instance, no leases to renew
+            assert database.backend == "sqlite"
+            return
+        leases = store.leases
+        assert await leases.acquire("ex_1") == 1
+        renewing = leases.db.transaction
+        started: list[int | None] = []
+
+        @asynccontextmanager
+        async def start_meanwhile() -> AsyncIterator[Any]:
+            # The renewal's statement is built; an execution starts before it runs.
+            monkeypatch.undo()
+            async with renewing() as conn:
+                started.append(await leases.acquire("ex_2"))
+                yield conn
+
+        monkeypatch.setattr(leases.db, "transaction", start_meanwhile)
+        assert await leases.renew() == set()
+        assert started == [1]
+        assert leases.held == {"ex_1": 1, "ex_2": 1}
+        assert await leases.renew() == set()
+    finally:
+        await store.close()
 
 
 class _Forgetful(dict[str, dict[str, Any]]):

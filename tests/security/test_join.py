@@ -133,3 +133,16 @@ async def test_only_a_join_token_or_a_domain_certificate_may_join(
             )
     assert garbage.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "csr_pem" in (garbage.value.details() or "")
+
+
+async def test_a_domain_joins_through_an_address_the_gateway_certificate_does_not_name(
+    platform: Platform, tmp_path: Path
+) -> None:
+    # Grace's certificates name grace.local, localhost and loopback addresses, never the
+    # address another host reaches the gateway at; `127.1` (127.0.0.1 written short)
+    # stands for such an address: it reaches the gateway and no certificate names it.
+    url = platform.gateway_url.replace("127.0.0.1", "127.1")
+    assert url != platform.gateway_url
+    files = domain_files(tmp_path)
+    token = session_pki().token("domain:ai_domain", "domain:ai_domain")
+    assert await join(JoinSettings(token, url, files)) == "spiffe://grace.local/domain/ai_domain"
