@@ -11,7 +11,8 @@ only; everything else answers UNAUTHENTICATED with how to authenticate, or
 PERMISSION_DENIED with the rule.
 
 The principal of the call is available to the servicer and its cores through
-`current_principal()` (None on an insecure server).
+`current_principal()` (None on an insecure server), and the certificate the caller
+presented (its identity and bound signing key) through `caller_certificate(context)`.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from services.common.access import (
     Rule,
     rule_for,
 )
-from services.common.pki import PkiError, certificate_identity
+from services.common.pki import Identity, PkiError, bound_signing_key, certificate_identity
 from services.common.tokens import TokenValidator
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,36 @@ def vouches_for(source: str) -> bool:
     included, publishes unsigned in the name of a source that has an identity."""
     principal = current_principal()
     return principal is not None and principal.acts_as(source)
+
+
+@dataclass(frozen=True)
+class CallerCertificate:
+    """What the certificate a caller presented says.
+
+    Attributes:
+        identity: The workload its URI SAN names.
+        signing_key: The raw Ed25519 event-signing key it binds, or None.
+    """
+
+    identity: Identity
+    signing_key: bytes | None
+
+
+def caller_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> CallerCertificate | None:
+    """The certificate the caller presented in the TLS handshake (which verified it
+    against the Grace CA), or None without one or when it names no Grace identity.
+
+    Parsed per call: for the few RPCs that bind keys (trust registration, joining), not
+    for the hot path.
+    """
+    certs = list(context.auth_context().get("x509_pem_cert", ()))
+    if not certs:
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(certs[0])
+        return CallerCertificate(certificate_identity(cert), bound_signing_key(cert))
+    except (PkiError, ValueError):
+        return None
 
 
 class AuthError(Exception):

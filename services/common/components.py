@@ -2,11 +2,12 @@
 
 These ids are reserved: an event whose `source_domain` is `orchestrator` is believed
 because it is signed by the orchestrator's key, so no caller may register a key under such
-an id (see `services.kernels.trust.claims`). A component's key is created by the component
-itself at its first start, in the data dir that only Grace's user can open (mode 0700):
-`<data dir>/<id>.key` (PEM, 0600), with its public half published beside it as
-`<data dir>/<id>.pub`. The example domains of the default topology follow the same
-convention through the SDK, so they are reserved too.
+an id (see `services.kernels.trust.claims`). A component's key lives in the data dir that
+only Grace's user can open (mode 0700): `<data dir>/<id>.key` (PEM, 0600), with its public
+half published beside it as `<data dir>/<id>.pub`. Guardian creates it before it issues
+the component's certificate, which binds it (`services.guardian.credentials`); a component
+started alone creates it at its first start. The example domains of the default topology
+follow the same convention through the SDK, so they are reserved too.
 """
 
 from __future__ import annotations

@@ -14,6 +14,14 @@ the DNS names `grace.local` and `localhost` and the loopback addresses, so that 
 clients (which check the name `grace.local`) and curl or grpcurl on the same host
 (which check the address they dial) accept them.
 
+A component's or domain's certificate also binds its Ed25519 event-signing key (the key
+the trust kernel knows it by) in a non-critical extension, `SIGNING_KEY_OID`, whose value
+is the key's DER SubjectPublicKeyInfo. The CA puts it there only after proof of
+possession: it provisions components' keys itself, and a joining domain signs the CSR's
+public key with its signing key (`prove_signing_key`). TLS libraries ignore the
+extension; the trust kernel reads it (`bound_signing_key`) to accept only that key for
+the certificate's identity.
+
 Everything here is plain Python over `cryptography`: no gRPC, no I/O beyond the files
 named, and an injectable clock.
 """
@@ -34,8 +42,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from services.common import dsse, signing
 
 TRUST_DOMAIN = "grace.local"
 # The name every Grace client checks in a server's certificate (ssl_target_name_override).
@@ -46,6 +57,13 @@ RENEW_AT_FRACTION = 2 / 3
 KINDS = ("component", "domain", "client")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+# The extension binding a workload's Ed25519 event-signing key to its certificate: an OID
+# of the 2.25.<UUID as an integer> form (ITU-T X.667), which needs no registration
+# (UUID a45cc214-32b8-4265-a82e-674a024ad623). Its value is the DER SubjectPublicKeyInfo.
+SIGNING_KEY_OID = x509.ObjectIdentifier("2.25.218475019007434772400702264446391342627")
+# What a joining domain's signing key signs (DSSE PAE over the CSR's public key, DER
+# SubjectPublicKeyInfo), so the signature cannot be replayed as any other statement.
+SIGNING_KEY_BINDING = "application/vnd.grace.pki.signing-key-binding.v1"
 
 Clock = Callable[[], datetime.datetime]
 
@@ -250,14 +268,20 @@ class CertificateAuthority:
         identity: Identity,
         public_key: ec.EllipticCurvePublicKey,
         lifetime: datetime.timedelta = DEFAULT_LEAF_LIFETIME,
+        signing_key: bytes | None = None,
     ) -> x509.Certificate:
-        """A leaf certificate binding `public_key` to `identity` for `lifetime`."""
+        """A leaf certificate binding `public_key` to `identity` for `lifetime`.
+
+        Args:
+            signing_key: The raw Ed25519 event-signing key of `identity`, bound in the
+                `SIGNING_KEY_OID` extension; the caller has checked its possession.
+        """
         if lifetime <= datetime.timedelta(0) or lifetime > datetime.timedelta(days=366):
             raise PkiError("certificate lifetime: must be positive and at most 366 days")
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise PkiError("public key: expected an ECDSA key")
         now = self._clock()
-        return (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(
                 x509.Name(
@@ -308,44 +332,49 @@ class CertificateAuthority:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 critical=False,
             )
-            .sign(self._key, hashes.SHA256())
         )
+        if signing_key is not None:
+            builder = builder.add_extension(_signing_key_extension(signing_key), critical=False)
+        return builder.sign(self._key, hashes.SHA256())
 
     def sign_request(
         self,
         csr_pem: bytes,
         identity: Identity,
         lifetime: datetime.timedelta = DEFAULT_LEAF_LIFETIME,
+        signing_key: bytes | None = None,
+        signing_key_proof: bytes = b"",
     ) -> x509.Certificate:
         """Issues a certificate for a CSR whose signature proves possession of its key.
 
         The CSR's own names are ignored: the identity comes from the caller's credential
         (a join token), never from what the requester asked for.
+
+        Args:
+            signing_key: The requester's raw Ed25519 event-signing key, to bind in the
+                certificate; None binds none.
+            signing_key_proof: `prove_signing_key`'s signature by `signing_key` over the
+                CSR's public key: proof that the requester holds both keys.
         """
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as exc:
-            raise PkiError(f"csr: not a PEM certificate signing request ({exc})") from None
-        if not csr.is_signature_valid:
-            raise PkiError("csr: its signature does not verify with its own public key")
-        public = csr.public_key()
-        if not isinstance(public, ec.EllipticCurvePublicKey):
-            raise PkiError("csr: expected an ECDSA P-256 public key")
-        return self.issue(identity, public, lifetime)
+        public = csr_public_key(csr_pem)
+        if signing_key is not None:
+            check_signing_key_proof(public, signing_key, signing_key_proof)
+        return self.issue(identity, public, lifetime, signing_key)
 
     def issue_files(
         self,
         identity: Identity,
         files: LeafFiles,
         lifetime: datetime.timedelta = DEFAULT_LEAF_LIFETIME,
+        signing_key: bytes | None = None,
     ) -> x509.Certificate:
         """Generates a key, issues its certificate and writes both (key 0600) and the bundle.
 
         The key is written before the certificate, so a reader that sees the new
-        certificate also finds its key.
+        certificate also finds its key. `signing_key` is bound as in `issue`.
         """
         key = generate_key()
-        cert = self.issue(identity, key.public_key(), lifetime)
+        cert = self.issue(identity, key.public_key(), lifetime, signing_key)
         write_private(files.key, _private_key_pem(key))
         write_private(files.cert, cert.public_bytes(serialization.Encoding.PEM))
         if not files.ca.exists() or files.ca.read_bytes() != self.bundle_pem:
@@ -432,6 +461,82 @@ class CertificateVerifier:
         return certificate_identity(cert)
 
 
+def csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The public key of a PEM CSR whose signature proves possession of it.
+
+    Raises:
+        PkiError: not a CSR, its signature does not verify, or not an ECDSA key.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise PkiError(f"csr: not a PEM certificate signing request ({exc})") from None
+    if not csr.is_signature_valid:
+        raise PkiError("csr: its signature does not verify with its own public key")
+    public = csr.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise PkiError("csr: expected an ECDSA P-256 public key")
+    return public
+
+
+def _signing_key_extension(signing_key: bytes) -> x509.UnrecognizedExtension:
+    try:
+        public = dsse.load_public_key(signing_key)
+    except ValueError:
+        raise PkiError("signing key: expected a raw 32-byte Ed25519 public key") from None
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return x509.UnrecognizedExtension(SIGNING_KEY_OID, der)
+
+
+def bound_signing_key(cert: x509.Certificate) -> bytes | None:
+    """The raw Ed25519 event-signing key bound in `cert` (`SIGNING_KEY_OID`), or None.
+
+    Raises:
+        PkiError: the extension is there but holds no Ed25519 key.
+    """
+    try:
+        extension = cert.extensions.get_extension_for_oid(SIGNING_KEY_OID)
+    except x509.ExtensionNotFound:
+        return None
+    value = extension.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        raise PkiError("signing key extension: unexpected type")
+    try:
+        public = serialization.load_der_public_key(value.value)
+    except ValueError:
+        raise PkiError("signing key extension: not a DER SubjectPublicKeyInfo") from None
+    if not isinstance(public, Ed25519PublicKey):
+        raise PkiError("signing key extension: not an Ed25519 key")
+    return dsse.raw_public_key(public)
+
+
+def _binding_message(tls_public_key: ec.EllipticCurvePublicKey) -> bytes:
+    der = tls_public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return dsse.pae(SIGNING_KEY_BINDING, der)
+
+
+def prove_signing_key(key: signing.SigningKey, csr: bytes) -> bytes:
+    """The signature by `key` (Ed25519) over the public key of the PEM CSR `csr`: with
+    the CSR's own signature, proof that the requester holds both keys."""
+    return key.sign(_binding_message(csr_public_key(csr)))
+
+
+def check_signing_key_proof(
+    tls_public_key: ec.EllipticCurvePublicKey, signing_key: bytes, proof: bytes
+) -> None:
+    """Raises PkiError unless `proof` is `signing_key`'s signature over `tls_public_key`."""
+    if len(signing_key) != signing.PUBLIC_KEY_BYTES:
+        raise PkiError("signing key: expected a raw 32-byte Ed25519 public key")
+    if not signing.verify(signing_key, _binding_message(tls_public_key), proof):
+        raise PkiError(
+            "signing key proof: not a signature by the signing key over the CSR's public key"
+        )
+
+
 def cert_pem(cert: x509.Certificate) -> bytes:
     """A certificate as PEM bytes."""
     return cert.public_bytes(serialization.Encoding.PEM)
@@ -464,9 +569,10 @@ def attest(cert: bytes, key: bytes, message: bytes) -> bytes:
 
 def check_attestation(
     bundle_pem: bytes, cert: bytes, message: bytes, signature: bytes, expected: Identity
-) -> None:
+) -> bytes | None:
     """Raises PkiError unless `cert` was issued by a CA of the bundle, names `expected`, and
-    its key signed `message`.
+    its key signed `message`. Returns the Ed25519 signing key the certificate binds (None
+    when it binds none), for the caller to compare with the key it verifies.
 
     The certificate's validity period is not held against it: it was checked when the
     signature was made, and attestations (proofs) are verified long after short-lived
@@ -495,3 +601,4 @@ def check_attestation(
         public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise PkiError("the certificate's key did not sign this proof") from None
+    return bound_signing_key(leaf)

@@ -111,6 +111,11 @@ class GraceServer:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         return f"{host}:{self.port}"
 
+    @property
+    def service_names(self) -> tuple[str, ...]:
+        """Full names of the services the service added (health and reflection aside)."""
+        return tuple(self._service_names)
+
     async def start(self) -> None:
         """Binds, starts serving health (NOT_SERVING), starts the service, then SERVING."""
         self._service_names = list(self.service.add_to_server(self._server))

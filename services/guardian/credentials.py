@@ -3,9 +3,13 @@
 Before it starts a component, Guardian makes sure the Grace CA exists under
 `<data dir>/pki/`, issues the component a short-lived certificate whose URI SAN names it
 (`component:<name>`, or `domain:<id>` for a topology entry with `identity = "domain"`),
-and passes the paths in the child's environment. A renewal task re-issues every
-certificate once two thirds of its lifetime has passed; servers pick the new files up for
-new handshakes and client channels for new connections, with no restart.
+and passes the paths in the child's environment. The certificate binds the workload's
+Ed25519 event-signing key (`services.common.pki.SIGNING_KEY_OID`): Guardian provisions
+that key itself, at `<data dir>/<name>.key` where the component (or the SDK) loads it, so
+the CA holds the proof of possession. A renewal task re-issues every certificate once two
+thirds of its lifetime has passed, binding the key then in that file (the same key unless
+it was rotated); servers pick the new files up for new handshakes and client channels for
+new connections, with no restart.
 
 It also writes the operator's credential the `grace` CLI finds by itself: an admin token
 in `<data dir>/admin.token` (0600, re-created only when missing, expired or revoked) and a
@@ -23,7 +27,10 @@ from pathlib import Path
 
 from cryptography import x509
 
+from services.common import signing
 from services.common.access import Principal
+from services.common.auth import CallerCertificate
+from services.common.components import component_key_path
 from services.common.config import SecurityConfig
 from services.common.errors import InvalidArgument, PermissionDenied
 from services.common.pki import (
@@ -31,6 +38,8 @@ from services.common.pki import (
     Identity,
     LeafFiles,
     PkiError,
+    check_signing_key_proof,
+    csr_public_key,
     leaf_files,
     needs_renewal,
     utcnow,
@@ -92,9 +101,21 @@ class Credentials:
         files = files or leaf_files(self.pki, identity)
         self._issued[identity] = files
         if not files.cert.exists() or not files.key.exists() or self._due(files):
-            self.ca.issue_files(identity, files, self.lifetime)
+            self._issue(identity, files)
             log.info("issued the certificate of %s", identity.spiffe_id)
         return files
+
+    def signing_key(self, identity: Identity) -> bytes | None:
+        """The raw Ed25519 signing key of a component or domain Guardian certifies, created
+        at `<data dir>/<name>.key` (0600) when missing; None for a `client` identity."""
+        if identity.kind not in ("component", "domain"):
+            return None
+        return signing.load_or_create_key(
+            component_key_path(self.data_dir, identity.name)
+        ).public_key
+
+    def _issue(self, identity: Identity, files: LeafFiles) -> None:
+        self.ca.issue_files(identity, files, self.lifetime, self.signing_key(identity))
 
     def _due(self, files: LeafFiles) -> bool:
         return needs_renewal(files.cert.read_bytes(), utcnow())
@@ -104,7 +125,7 @@ class Credentials:
         renewed = []
         for identity, files in list(self._issued.items()):
             if self._due(files):
-                self.ca.issue_files(identity, files, self.lifetime)
+                self._issue(identity, files)
                 renewed.append(identity)
                 log.info("renewed the certificate of %s", identity.spiffe_id)
         return renewed
@@ -115,7 +136,7 @@ class Credentials:
             await asyncio.sleep(self.check_every_s)
             try:
                 self.renew_due()
-            except OSError:
+            except (OSError, signing.SigningKeyError):
                 log.exception("certificate renewal failed; retrying in %ss", self.check_every_s)
 
     def child_env(self, name: str, kind: str, gateway: str | None = None) -> dict[str, str]:
@@ -166,12 +187,22 @@ class Credentials:
         log.info("wrote a new admin token to %s (id %s)", path, token_digest(token)[:12])
         return token
 
-    def join(self, principal: Principal | None, csr: bytes) -> x509.Certificate:
+    def join(
+        self,
+        principal: Principal | None,
+        csr: bytes,
+        signing_key: bytes = b"",
+        signing_key_proof: bytes = b"",
+        presented: CallerCertificate | None = None,
+    ) -> x509.Certificate:
         """A domain certificate for the caller of JoinDomain.
 
         The caller must act as exactly one domain (a join token `domain:<id>`, or its
         current domain certificate); the CSR proves possession of the key; the identity is
-        the caller's, never what the CSR asks for.
+        the caller's, never what the CSR asks for. The certificate binds `signing_key`
+        when the request proves possession of it (`signing_key_proof`); without one, a
+        renewal with the domain's current certificate (`presented`) carries its bound key
+        forward, and a join token binds none.
         """
         domains = sorted(principal.domains) if principal is not None else []
         if len(domains) != 1:
@@ -179,12 +210,25 @@ class Credentials:
                 "JoinDomain needs a join token (grace token create --domain ID) or the "
                 "domain's current certificate"
             )
+        identity = Identity("domain", domains[0])
         try:
-            cert = self.ca.sign_request(csr, Identity("domain", domains[0]), self.lifetime)
+            public = csr_public_key(csr)
         except PkiError as exc:
             raise InvalidArgument("csr_pem", str(exc)) from None
+        bound: bytes | None = None
+        if signing_key:
+            try:
+                check_signing_key_proof(public, signing_key, signing_key_proof)
+            except PkiError as exc:
+                raise InvalidArgument("signing_key_signature", str(exc)) from None
+            bound = signing_key
+        elif presented is not None and presented.identity == identity:
+            bound = presented.signing_key
+        cert = self.ca.issue(identity, public, self.lifetime, bound)
         log.info(
-            "issued a joined domain its certificate: %s", Identity("domain", domains[0]).spiffe_id
+            "issued a joined domain its certificate: %s%s",
+            identity.spiffe_id,
+            f" (signing key {signing.key_id(bound)})" if bound else "",
         )
         return cert
 

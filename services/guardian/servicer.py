@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
-from services.common.auth import acting_for, current_principal
+from services.common.auth import acting_for, caller_certificate, current_principal
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.governance_client import DECISION_METADATA
 from services.common.pagination import (
@@ -270,7 +270,13 @@ class GuardianServicer(guardian_pb2_grpc.GuardianServiceServicer):
         if self._credentials is None:
             raise FailedPrecondition("Grace runs with --insecure: there is no CA to join")
         require_text("csr_pem", request.csr_pem, max_length=MAX_CSR_BYTES, required=True)
-        cert = self._credentials.join(current_principal(), request.csr_pem.encode())
+        cert = self._credentials.join(
+            current_principal(),
+            request.csr_pem.encode(),
+            request.signing_public_key,
+            request.signing_key_signature,
+            caller_certificate(context),
+        )
         return guardian_pb2.JoinDomainResponse(
             certificate_pem=cert_pem(cert).decode(),
             ca_pem=self._credentials.ca.bundle_pem.decode(),

@@ -170,8 +170,9 @@ def verify_proof(
         proof: The proof as returned by GetExecutionProof.
         public_key: Raw Ed25519 key that must have signed it; empty trusts the proof's key.
         ca_bundle: PEM of the Grace CA: the proof's signer certificate must be issued by it
-            to `component:orchestrator` and its key must have signed the proof's key and
-            head. Empty checks only the proof's own consistency.
+            to `component:orchestrator`, its key must have signed the proof's key and head,
+            and when it binds an Ed25519 signing key (`services.common.pki`), that must be
+            the proof's key. Empty checks only the proof's own consistency.
     """
     if public_key and public_key != proof.public_key:
         return Verdict(
@@ -184,7 +185,7 @@ def verify_proof(
         if not proof.signer_certificate_pem:
             return Verdict(False, -1, "the proof carries no signer certificate to check")
         try:
-            check_attestation(
+            bound = check_attestation(
                 ca_bundle,
                 proof.signer_certificate_pem.encode(),
                 attestation_message(proof),
@@ -193,6 +194,13 @@ def verify_proof(
             )
         except PkiError as exc:
             return Verdict(False, -1, f"signer: {exc}")
+        if bound is not None and bound != proof.public_key:
+            return Verdict(
+                False,
+                -1,
+                f"signer: the orchestrator's certificate binds signing key "
+                f"{signing.key_id(bound)}, not the proof's key {signing.key_id(proof.public_key)}",
+            )
     previous = genesis_hash(proof.execution_id)
     for position, record in enumerate(proof.records):
         fields = _record_dict(record)

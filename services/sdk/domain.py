@@ -295,7 +295,9 @@ class Domain:
 
         async def serve() -> None:
             # With GRACE_JOIN_TOKEN, get (or renew) the domain's certificate first.
-            joining = JoinSettings.from_env(config.server.security, config.server.env)
+            joining = JoinSettings.from_env(
+                config.server.security, config.server.env, config.key_path
+            )
             await join_if_due(joining)
             renewal = asyncio.create_task(renew_forever(joining)) if joining else None
             service = DomainServer(self, config)

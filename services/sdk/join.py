@@ -7,7 +7,10 @@ copy). With `GRACE_JOIN_TOKEN` set, the SDK, before it serves:
 1. generates an ECDSA P-256 key (kept in its TLS key file, 0600),
 2. sends a CSR signed with it (proof of possession) to Guardian's `JoinDomain` through the
    gateway (`POST /guardian/domains/join`, HTTPS verified against the CA, the token as
-   bearer): the only port a caller without a certificate can reach,
+   bearer): the only port a caller without a certificate can reach; with it, the public
+   half of its Ed25519 event-signing key (`<data dir>/<id>.key`, created when missing)
+   and that key's signature over the CSR's public key, so the certificate binds the key
+   the trust kernel will know the domain by (`services.common.pki.SIGNING_KEY_OID`),
 3. writes the certificate Guardian's CA issued, naming `spiffe://grace.local/domain/<id>`
    whatever the CSR asked for.
 
@@ -23,6 +26,7 @@ Variables: `GRACE_JOIN_TOKEN`, `GRACE_JOIN_URL` (the gateway's base URL; default
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import ssl
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.common import signing
 from services.common.config import EnvReader, SecurityConfig, peer_address
 from services.common.errors import Unauthenticated, Unavailable
 from services.common.pki import (
@@ -41,6 +46,7 @@ from services.common.pki import (
     generate_key,
     key_pem,
     needs_renewal,
+    prove_signing_key,
     utcnow,
     write_private,
 )
@@ -58,15 +64,21 @@ class JoinSettings:
         token: The join token (role domain:<id>).
         url: The gateway's base URL (`https://host:port`).
         security: Where the CA bundle is read and the key and certificate written.
+        signing_key: The domain's Ed25519 event-signing key file, bound in the
+            certificate; None binds none.
     """
 
     token: str
     url: str
     security: SecurityConfig
+    signing_key: Path | None = None
 
     @classmethod
     def from_env(
-        cls, security: SecurityConfig | None, env: Mapping[str, str]
+        cls,
+        security: SecurityConfig | None,
+        env: Mapping[str, str],
+        signing_key: Path | None = None,
     ) -> JoinSettings | None:
         """The settings, or None without `GRACE_JOIN_TOKEN` (or in insecure mode)."""
         reader = EnvReader(env)
@@ -74,7 +86,7 @@ class JoinSettings:
         if token is None or security is None:
             return None
         url = reader.raw("GRACE_JOIN_URL") or f"https://{peer_address(env, 'gateway')}"
-        return cls(token, url.rstrip("/"), security)
+        return cls(token, url.rstrip("/"), security, signing_key)
 
 
 def due(security: SecurityConfig) -> bool:
@@ -122,7 +134,15 @@ def _post(url: str, token: str, body: bytes, ca_file: Path) -> dict[str, object]
 async def join(settings: JoinSettings) -> str:
     """Gets a certificate for a fresh key; writes both; returns the SPIFFE ID issued."""
     key = generate_key()
-    body = json.dumps({"csr_pem": csr_pem(key).decode()}).encode()
+    request: dict[str, str] = {"csr_pem": csr_pem(key).decode()}
+    if settings.signing_key is not None:
+        # The same key at every renewal, so the binding carries forward.
+        signer = signing.load_or_create_key(settings.signing_key)
+        request["signing_public_key"] = base64.b64encode(signer.public_key).decode()
+        request["signing_key_signature"] = base64.b64encode(
+            prove_signing_key(signer, request["csr_pem"].encode())
+        ).decode()
+    body = json.dumps(request).encode()
     s = settings.security
     payload = await asyncio.to_thread(_post, settings.url, settings.token, body, s.ca_file)
     certificate = str(payload.get("certificate_pem", ""))

@@ -10,16 +10,20 @@ import pytest
 from cryptography import x509
 
 from services.common.pki import (
+    SIGNING_KEY_OID,
     CertificateAuthority,
     CertificateVerifier,
     Identity,
     PkiError,
+    bound_signing_key,
     certificate_identity,
     csr_pem,
     generate_key,
     leaf_files,
     needs_renewal,
+    prove_signing_key,
 )
+from services.common.signing import SigningKey
 
 
 def mode(path: Path) -> int:
@@ -97,3 +101,49 @@ def test_identities_outside_the_trust_domain_are_refused() -> None:
         Identity("component", "../registry")
     with pytest.raises(PkiError):
         Identity("root", "registry")
+
+
+def test_a_certificate_binds_a_signing_key_in_a_non_critical_extension(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path)
+    signer = SigningKey.generate()
+    files = leaf_files(tmp_path, Identity("component", "registry"))
+    cert = ca.issue_files(Identity("component", "registry"), files, signing_key=signer.public_key)
+    extension = cert.extensions.get_extension_for_oid(SIGNING_KEY_OID)
+    assert not extension.critical
+    assert SIGNING_KEY_OID.dotted_string.startswith("2.25.")
+    reread = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    assert bound_signing_key(reread) == signer.public_key
+    # TLS verification ignores the extension; a certificate without it binds nothing.
+    assert CertificateVerifier(ca.bundle_pem).verify(reread).name == "registry"
+    plain = ca.issue(Identity("component", "memory"), generate_key().public_key())
+    assert bound_signing_key(plain) is None
+
+
+def test_a_csr_binds_a_signing_key_only_with_a_proof_of_its_possession(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path)
+    request = csr_pem(generate_key())
+    signer, stranger = SigningKey.generate(), SigningKey.generate()
+    proof = prove_signing_key(signer, request)
+    cert = ca.sign_request(
+        request,
+        Identity("domain", "ai_domain"),
+        signing_key=signer.public_key,
+        signing_key_proof=proof,
+    )
+    assert bound_signing_key(cert) == signer.public_key
+    # Someone else's key, or a proof made over another CSR, is not bound.
+    with pytest.raises(PkiError, match="signing key proof"):
+        ca.sign_request(
+            request,
+            Identity("domain", "ai_domain"),
+            signing_key=stranger.public_key,
+            signing_key_proof=proof,
+        )
+    other_csr = prove_signing_key(signer, csr_pem(generate_key()))
+    with pytest.raises(PkiError, match="signing key proof"):
+        ca.sign_request(
+            request,
+            Identity("domain", "ai_domain"),
+            signing_key=signer.public_key,
+            signing_key_proof=other_csr,
+        )

@@ -1,4 +1,4 @@
-"""The console in a real headless Chromium against `grace up --with-examples`.
+"""The console in a real headless Chromium against a secure `grace up --with-examples`.
 
 Each page shows the running platform's data; a workflow started from the console runs and
 its DAG reaches SUCCEEDED on screen (from the watch stream); an approval clicked in the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -22,6 +23,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.console.conftest import sign_in
 from tests.grace_up import RunningGrace
 
 pytestmark = pytest.mark.slow
@@ -83,10 +85,13 @@ def _every_page_renders(driver: WebDriver, grace: RunningGrace) -> None:
     _open(driver, grace, "events")
     _wait(driver, _shows(driver, "#history-table", "domain.registered"), "the history")
     _wait(driver, lambda d: "live" in d.find_element(By.CSS_SELECTOR, "form.row span").text, "tail")
+    assert grace.security is not None
     published = httpx.post(
         f"{grace.gateway_url}/domains/events/publish",
         json={"event_type": "console.check", "source_domain": "operator", "data": {"n": 7}},
         timeout=30,
+        verify=ssl.create_default_context(cafile=str(grace.security.ca_file)),
+        headers={"authorization": f"Bearer {grace.token}"},
     )
     assert published.status_code == 200, published.text
     _wait(driver, _shows(driver, "#tail", "console.check", "operator"), "the live tail")
@@ -155,7 +160,21 @@ async def test_a_workflow_started_from_the_console_reaches_succeeded_on_its_dag(
 # ---- an approval clicked in the console ------------------------------------------------
 
 
-def _approve(driver: WebDriver, grace: RunningGrace, approval_id: str) -> None:
+async def _known_token(grace: RunningGrace, principal: str, *roles: str) -> str:
+    """A new token, once the gateway knows it (servers re-read the token file at most once
+    per GRACE_TOKEN_REFRESH_S)."""
+    token = grace.new_token(principal, *roles)
+    async with grace.http(timeout=30, token=token) as http:
+        for _ in range(100):
+            if (await http.get("/domains/list")).status_code == 200:
+                return token
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the gateway does not know the token of {principal}")
+
+
+def _approve(driver: WebDriver, grace: RunningGrace, approval_id: str, token: str) -> None:
+    # A secure Grace records who signed in as the approver: alice, an operator.
+    sign_in(driver, grace, token)
     _open(driver, grace, "approvals")
     row = _element(driver, f'[data-approval="{approval_id}"]')
     driver.find_element(By.ID, "approver").send_keys("alice")
@@ -183,7 +202,8 @@ async def test_an_approval_clicked_in_the_console_releases_its_request(
         )
         decision = held.json()["decision"]
         assert decision["verdict"] == "VERDICT_PENDING_APPROVAL"
-        await _in_thread(_approve, browser, grace, decision["approval_id"])
+        alice = await _known_token(grace, "alice", "operator")
+        await _in_thread(_approve, browser, grace, decision["approval_id"], alice)
         approval = (
             await http.get(f"/kernels/governance/approvals/{decision['approval_id']}")
         ).json()
@@ -196,15 +216,15 @@ async def test_an_approval_clicked_in_the_console_releases_its_request(
 # ---- sign-in, layout, keyboard ----------------------------------------------------------
 
 
-def _sign_in(driver: WebDriver, grace: RunningGrace) -> list[str]:
+def _sign_in(driver: WebDriver, grace: RunningGrace, token: str) -> list[str]:
     _open(driver, grace, "map")
     driver.find_element(By.ID, "signout").click()
-    token = _element(driver, "#token")
+    field = _element(driver, "#token")
     assert driver.find_element(By.ID, "main").get_attribute("hidden") is not None
-    token.send_keys("console-test-token", Keys.ENTER)
+    field.send_keys(token, Keys.ENTER)
     _element(driver, '#domain-map g[data-domain="ai_domain"]')
     stored = driver.execute_script("return sessionStorage.getItem('grace.token')")
-    assert stored == "console-test-token"
+    assert stored == token
     sent = []
     for entry in _browser_log(driver, "performance"):
         message = json.loads(entry["message"])["message"]
@@ -219,14 +239,12 @@ def _sign_in(driver: WebDriver, grace: RunningGrace) -> list[str]:
 async def test_the_signed_in_token_is_kept_in_the_tab_and_sent_on_every_call(
     grace: RunningGrace, browser: WebDriver
 ) -> None:
-    sent = await asyncio.to_thread(_sign_in, browser, grace)
-    after = (
-        sent[sent.index("Bearer console-test-token") :]
-        if "Bearer console-test-token" in sent
-        else []
-    )
+    token = await _known_token(grace, "console-tester", "reader")
+    sent = await asyncio.to_thread(_sign_in, browser, grace, token)
+    bearer = f"Bearer {token}"
+    after = sent[sent.index(bearer) :] if bearer in sent else []
     assert len(after) >= 2, sent  # the list and the registry's stream at least
-    assert set(after) == {"Bearer console-test-token"}
+    assert set(after) == {bearer}
 
 
 def _narrow(driver: WebDriver, grace: RunningGrace) -> None:

@@ -21,12 +21,14 @@ from tests.orchestrator.test_workflows import run
 from tests.support import serving, session_pki
 
 
-async def genuine_proof(world: World, tmp_path: Path) -> pb.ExecutionProof:
-    """A proof served by an orchestrator holding its own Grace certificate."""
+async def genuine_proof(world: World, tmp_path: Path, bind: bool = False) -> pb.ExecutionProof:
+    """A proof served by an orchestrator holding its own Grace certificate (binding its
+    signing key, as Guardian issues it, when `bind`)."""
     pki = session_pki()
     files = leaf_files(tmp_path / "pki", Identity("component", "orchestrator"))
-    pki.ca.issue_files(Identity("component", "orchestrator"), files)
     config = orchestrator_config(tmp_path / "orch", world.registry_address)
+    bound = signing.load_or_create_key(config.key_file).public_key if bind else None
+    pki.ca.issue_files(Identity("component", "orchestrator"), files, signing_key=bound)
     security = SecurityConfig(pki.ca_file, files.cert, files.key, pki.tokens_file)
     config = replace(config, server=replace(config.server, security=security))
     service = OrchestratorServer(config, publisher=ListPublisher(world.events))
@@ -109,3 +111,21 @@ async def test_a_re_signed_forged_proof_fails_against_the_grace_ca(
         assert (
             "not issued by the Grace CA" in out or "names spiffe://grace.local/domain/evil" in out
         )
+
+
+async def test_a_proof_signed_by_another_key_than_the_certificate_binds_is_refused(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ca = str(session_pki().ca_file)
+    genuine = await genuine_proof(world, tmp_path, bind=True)
+    assert check(tmp_path, genuine, "--ca", ca) == 0
+    capsys.readouterr()
+    # Re-signed with another Ed25519 key and re-attested with the orchestrator's own TLS
+    # key (a stolen certificate key): the certificate binds the genuine signing key.
+    forged = forge(genuine, signing.SigningKey.generate())
+    tls = leaf_files(tmp_path / "pki", Identity("component", "orchestrator"))
+    forged.certificate_signature = attest(
+        tls.cert.read_bytes(), tls.key.read_bytes(), proof.attestation_message(forged)
+    )
+    assert check(tmp_path, forged, "--ca", ca) == 1
+    assert f"binds signing key {genuine.key_id}" in capsys.readouterr().out

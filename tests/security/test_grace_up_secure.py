@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import ssl
 import stat
 import subprocess
@@ -13,7 +15,7 @@ import httpx
 import pytest
 from cryptography import x509
 
-from services.common.pki import certificate_identity
+from services.common.pki import bound_signing_key, certificate_identity
 from services.common.tokens import TokenStore, tokens_file
 from tests.grace_up import EXAMPLES, PROJECT_ROOT, RunningGrace, running_grace
 from tests.support import own_pki_env
@@ -98,3 +100,29 @@ def test_the_cli_finds_the_credential_by_itself(grace: RunningGrace) -> None:
         check=False,
     )
     assert "SERVING" in status.stdout, status.stderr
+
+
+async def test_the_trust_kernel_holds_the_signing_keys_the_certificates_bind(
+    grace: RunningGrace,
+) -> None:
+    pki = grace.data_dir / "pki"
+    bound = {}
+    for kind in ("component", "domain"):
+        for path in sorted((pki / kind).glob("*.crt")):
+            key = bound_signing_key(x509.load_pem_x509_certificate(path.read_bytes()))
+            assert key is not None, f"{path.name} binds no signing key"
+            bound[path.stem] = key
+    # The components that publish, and a joined example domain, registered that very key.
+    expected = ("orchestrator", "registry", "guardian", "ai_domain")
+    async with grace.http() as http:
+        for name in expected:
+            for _ in range(100):
+                answer = await http.get(f"/kernels/trust/identities/{name}")
+                if answer.status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
+            assert answer.status_code == 200, (name, answer.text)
+            current = answer.json()["identity"]["current_key"]["public_key"]
+            assert base64.b64decode(current) == bound[name], name
+    for log in (grace.data_dir / "logs").glob("*.log"):
+        assert "the trust kernel refused" not in log.read_text(), log.name

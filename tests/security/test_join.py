@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
 
 from gateway.server import Gateway, build_app
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
@@ -16,7 +17,14 @@ from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import ClientSecurity, channel
 from services.common.config import SecurityConfig
 from services.common.errors import Unauthenticated
-from services.common.pki import CertificateVerifier, csr_pem, generate_key
+from services.common.pki import (
+    CertificateVerifier,
+    bound_signing_key,
+    csr_pem,
+    generate_key,
+    prove_signing_key,
+)
+from services.common.signing import SigningKey, load_or_create_key
 from services.guardian.config import GuardianConfig
 from services.guardian.server import GuardianServer
 from services.registry.server import RegistryServer
@@ -146,3 +154,44 @@ async def test_a_domain_joins_through_an_address_the_gateway_certificate_does_no
     files = domain_files(tmp_path)
     token = session_pki().token("domain:ai_domain", "domain:ai_domain")
     assert await join(JoinSettings(token, url, files)) == "spiffe://grace.local/domain/ai_domain"
+
+
+async def test_a_joining_domain_gets_its_signing_key_bound_and_keeps_it_at_renewal(
+    platform: Platform, tmp_path: Path
+) -> None:
+    pki = session_pki()
+    files = domain_files(tmp_path)
+    key_file = tmp_path / "ai_domain.key"
+    token = pki.token("domain:ai_domain", "domain:ai_domain")
+    await join(JoinSettings(token, platform.gateway_url, files, key_file))
+    signer = load_or_create_key(key_file)
+
+    def bound() -> bytes | None:
+        return bound_signing_key(x509.load_pem_x509_certificate(files.cert_file.read_bytes()))
+
+    assert bound() == signer.public_key
+    await join(JoinSettings(token, platform.gateway_url, files, key_file))
+    assert bound() == signer.public_key
+    as_domain = ClientSecurity(files.ca_file, files.cert_file, files.key_file)
+    async with channel(platform.guardian, security=as_domain) as chan:
+        stub = guardian_pb2_grpc.GuardianServiceStub(chan)
+        # Renewing with the current certificate and no key carries the binding forward.
+        renewed = await stub.JoinDomain(
+            guardian_pb2.JoinDomainRequest(csr_pem=csr_pem(generate_key()).decode())
+        )
+        assert (
+            bound_signing_key(x509.load_pem_x509_certificate(renewed.certificate_pem.encode()))
+            == signer.public_key
+        )
+        # A key whose possession is not proven is not bound.
+        request = csr_pem(generate_key())
+        with pytest.raises(grpc.aio.AioRpcError) as unproven:
+            await stub.JoinDomain(
+                guardian_pb2.JoinDomainRequest(
+                    csr_pem=request.decode(),
+                    signing_public_key=SigningKey.generate().public_key,
+                    signing_key_signature=prove_signing_key(signer, request),
+                )
+            )
+    assert unproven.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "signing_key_signature" in (unproven.value.details() or "")

@@ -19,7 +19,7 @@ from services.kernels.registration import keep_registered, mounted, peer_health_
 from services.kernels.trust.actions import trust_actions
 from services.kernels.trust.behaviour import RegistryBehaviour
 from services.kernels.trust.config import CAPABILITIES, SERVICE, TrustConfig
-from services.kernels.trust.servicer import PrincipalOf, TrustServicer, no_principal
+from services.kernels.trust.servicer import ClaimantOf, TrustServicer, authenticated_claimant
 from services.kernels.trust.store import TrustStore
 from services.kernels.trust.trust import TrustKernel
 
@@ -32,8 +32,8 @@ class TrustServer(Service):
     Args:
         config: Server and trust settings.
         schema: PostgreSQL schema (tests); None for the default.
-        principal_of: The caller's authenticated principal from a call's context, for the
-            claims on reserved ids (`services.kernels.trust.claims`); unknown by default.
+        claimant_of: Who the caller of a call is, for the claims on keys
+            (`services.kernels.trust.claims`); the authenticated caller by default.
     """
 
     def __init__(
@@ -41,11 +41,11 @@ class TrustServer(Service):
         config: TrustConfig,
         *,
         schema: str | None = None,
-        principal_of: PrincipalOf = no_principal,
+        claimant_of: ClaimantOf = authenticated_claimant,
     ) -> None:
         self.config = config
         self.peer_health = peer_health_of(config.registration, config.server.env)
-        self._principal_of = principal_of
+        self._claimant_of = claimant_of
         self._registry: grpc.aio.Channel | None = None
         self._behaviour = RegistryBehaviour(config.registry_timeout_s)
         self.kernel = TrustKernel(
@@ -57,7 +57,7 @@ class TrustServer(Service):
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         trust_pb2_grpc.add_TrustServiceServicer_to_server(
-            TrustServicer(self.kernel, self._principal_of), server
+            TrustServicer(self.kernel, self._claimant_of), server
         )
         domain_pb2_grpc.add_DomainServiceServicer_to_server(
             domain.KernelDomainServicer(SERVICE, "0.1.0", CAPABILITIES, trust_actions(self.kernel)),

@@ -9,9 +9,11 @@ import grpc
 
 from grace.kernels.trust.v1 import trust_pb2 as pb
 from grace.kernels.trust.v1 import trust_pb2_grpc as pb_grpc
+from services.common.auth import caller_certificate, current_principal
 from services.common.errors import InvalidArgument
 from services.common.pagination import encoded_size
 from services.common.timestamps import to_timestamp
+from services.kernels.trust.claims import Claimant
 from services.kernels.trust.model import Certification, Identity, KeyRecord, KeyState, Level
 from services.kernels.trust.trust import TrustKernel
 
@@ -65,13 +67,22 @@ def cert_to_proto(cert: Certification, valid: bool) -> pb.Certification:
     )
 
 
-# The caller's authenticated principal (the id it stands for), or None when unknown.
-PrincipalOf: TypeAlias = Callable[[Context], str | None]
+# Who the caller of a call is, for the claims on keys (None: the server does not
+# authenticate callers).
+ClaimantOf: TypeAlias = Callable[[Context], Claimant | None]
 
 
-def no_principal(context: Context) -> str | None:
-    """The principal lookup while the server does not authenticate callers: unknown."""
-    return None
+def authenticated_claimant(context: Context) -> Claimant | None:
+    """The caller as the authentication layer established it: its principal, and the
+    identity and bound signing key of the certificate it presented. None on an insecure
+    server."""
+    principal = current_principal()
+    if principal is None:
+        return None
+    certificate = caller_certificate(context)
+    if certificate is None or certificate.identity.kind not in ("component", "domain"):
+        return Claimant(principal)
+    return Claimant(principal, certificate.identity.name, certificate.signing_key)
 
 
 class TrustServicer(pb_grpc.TrustServiceServicer):
@@ -79,13 +90,15 @@ class TrustServicer(pb_grpc.TrustServiceServicer):
 
     Args:
         kernel: The core.
-        principal_of: The caller's authenticated principal, from the call context; the
-            hook the authentication layer fills (`no_principal` until then).
+        claimant_of: Who the caller is, from the call context (tests stand in for the
+            authentication layer here).
     """
 
-    def __init__(self, kernel: TrustKernel, principal_of: PrincipalOf = no_principal) -> None:
+    def __init__(
+        self, kernel: TrustKernel, claimant_of: ClaimantOf = authenticated_claimant
+    ) -> None:
         self._kernel = kernel
-        self._principal_of = principal_of
+        self._claimant_of = claimant_of
 
     async def CreateChallenge(
         self, request: pb.CreateChallengeRequest, context: Context
@@ -101,7 +114,7 @@ class TrustServicer(pb_grpc.TrustServiceServicer):
             request.public_key,
             request.challenge,
             request.signature,
-            principal=self._principal_of(context),
+            claimant=self._claimant_of(context),
         )
         return pb.RegisterIdentityResponse(identity=identity_to_proto(identity), created=created)
 
@@ -133,6 +146,7 @@ class TrustServicer(pb_grpc.TrustServiceServicer):
             request.issued_at,
             request.old_key_signature,
             request.new_key_signature,
+            claimant=self._claimant_of(context),
         )
         return pb.RotateKeyResponse(identity=identity_to_proto(identity))
 

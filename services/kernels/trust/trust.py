@@ -28,7 +28,7 @@ from services.common.errors import (
 )
 from services.common.validation import require_id, require_text
 from services.kernels.trust import statements
-from services.kernels.trust.claims import ClaimRules
+from services.kernels.trust.claims import Claimant, ClaimRules
 from services.kernels.trust.model import (
     Certification,
     Identity,
@@ -191,17 +191,16 @@ class TrustKernel:
         public_key: bytes,
         challenge: bytes,
         signature: bytes,
-        principal: str | None = None,
+        claimant: Claimant | None = None,
     ) -> tuple[Identity, bool]:
         """Registers a key with proof of possession; (identity, created).
 
         Args:
-            principal: The caller's authenticated principal (the id it stands for), or None
-                when the caller is not authenticated; a reserved id is accepted only by the
-                rules of `claims`.
+            claimant: The authenticated caller and its certificate, or None when the
+                server does not authenticate callers; judged by `claims`.
 
         Raises:
-            PermissionDenied: `domain_id` is reserved and the claim breaks `claims`.
+            PermissionDenied: the claim breaks `claims`.
         """
         require_id("domain_id", domain_id)
         _public_key("public_key", public_key)
@@ -213,16 +212,7 @@ class TrustKernel:
             if not dsse.verify_statement(public_key, statements.REGISTRATION, body, signature):
                 raise Unauthenticated("signature: not a signature of the registration by the key")
             del self._challenges[challenge]
-            try:
-                self.settings.claims.check(domain_id, public_key, principal)
-            except PermissionDenied:
-                log.warning(
-                    "refused a claim on reserved id %s (key %s, principal %s)",
-                    domain_id,
-                    signing.key_id(public_key),
-                    principal or "none",
-                )
-                raise
+            self._check_claim(domain_id, public_key, claimant)
             kid = signing.key_id(public_key)
             known = self._keys.get(kid)
             if known is not None and known.domain_id != domain_id:
@@ -239,6 +229,19 @@ class TrustKernel:
             self._remember(record)
         log.info("registered key %s for %s", kid, domain_id)
         return self.identity(domain_id), True
+
+    def _check_claim(self, domain_id: str, public_key: bytes, claimant: Claimant | None) -> None:
+        try:
+            self.settings.claims.check(domain_id, public_key, claimant)
+        except PermissionDenied as exc:
+            log.warning(
+                "refused a claim on id %s (key %s, principal %s): %s",
+                domain_id,
+                signing.key_id(public_key),
+                claimant.principal.name if claimant is not None else "none",
+                exc.reason,
+            )
+            raise
 
     def _current(self, domain_id: str) -> KeyRecord | None:
         for kid in self._by_domain.get(domain_id, ()):
@@ -259,10 +262,16 @@ class TrustKernel:
         issued_at: int,
         old_signature: bytes,
         new_signature: bytes,
+        claimant: Claimant | None = None,
     ) -> Identity:
-        """Replaces the domain's active key; signed by the old key and the new one."""
+        """Replaces the domain's active key; signed by the old key and the new one.
+
+        Args:
+            claimant: As for `register`: the new key must be one the caller may register.
+        """
         _public_key("new_public_key", new_public_key)
         self._check_fresh(issued_at)
+        self._check_claim(domain_id, new_public_key, claimant)
         async with self._lock:
             current = self._current(domain_id)
             if current is None:

@@ -865,16 +865,31 @@ class JoinDomainRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CSR_PEM_FIELD_NUMBER: _builtins.int
+    SIGNING_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
     csr_pem: _builtins.str
     """PEM PKCS#10 request signed with the domain's ECDSA P-256 key (proof of possession)."""
+    signing_public_key: _builtins.bytes
+    """The domain's raw 32-byte Ed25519 event-signing key (the key the trust kernel knows it
+    by), to bind in the certificate (extension 2.25.218475019007434772400702264446391342627).
+    Empty: a renewal with the current certificate carries its bound key forward; a join
+    token binds none.
+    """
+    signing_key_signature: _builtins.bytes
+    """Ed25519 signature by signing_public_key over the DSSE pre-authentication encoding of
+    type "application/vnd.grace.pki.signing-key-binding.v1" and the CSR's public key (DER
+    SubjectPublicKeyInfo): proof that the domain holds the signing key too.
+    """
     def __init__(
         self,
         *,
         csr_pem: _builtins.str = ...,
+        signing_public_key: _builtins.bytes = ...,
+        signing_key_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr_pem", b"csr_pem", "signing_key_signature", b"signing_key_signature", "signing_public_key", b"signing_public_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
