@@ -140,6 +140,10 @@ class Federation:
         recovered = any(t.kind is TransitionKind.RECOVERED for t in transitions)
         return RefuteOutcome(bool(transitions), recovered, known)
 
+    async def suspicion(self, suspect_id: str) -> Suspicion | None:
+        """The open suspicion of `suspect_id`, or None."""
+        return await self.suspicions.get(suspect_id)
+
     async def page(self, size: int = 0, token: str = "") -> tuple[list[Suspicion], str]:
         """A page of open suspicions by suspect id, and the next page's token."""
         limit = page_size(size)

@@ -658,6 +658,9 @@ class Registry:
         """
         if after_revision < 0:
             raise InvalidArgument("after_revision", "must not be negative")
+        if after_revision > self._revision and self.store.shared:
+            # A revision another instance already served: read up to it before judging.
+            await self.catch_up()
         last = after_revision
         if after_revision == 0 or not self._can_replay_after(after_revision):
             for batch in self._snapshot(reset=after_revision != 0):

@@ -116,6 +116,14 @@ class SuspicionStore:
                 )
             )
 
+    async def get(self, suspect_id: str) -> Suspicion | None:
+        """The open suspicion of `suspect_id`, or None."""
+        async with self.db.read() as conn:
+            row = (
+                await conn.execute(select(suspicions).where(suspicions.c.suspect_id == suspect_id))
+            ).first()
+            return _suspicion(row) if row is not None else None
+
     async def page(self, after: str, limit: int) -> list[Suspicion]:
         """Up to `limit` open suspicions with suspect ids after `after`, by suspect id."""
         async with self.db.read() as conn:
