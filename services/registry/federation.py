@@ -113,8 +113,8 @@ class Federation:
         require_id("suspect_id", report.suspect_id)
         if report.observer_id == report.suspect_id:
             raise InvalidArgument("observer_id", "must differ from suspect_id")
-        self.registry.get(report.observer_id)  # NotFound for an unknown observer
-        self.registry.get(report.suspect_id)
+        await self.registry.lookup(report.observer_id)  # NotFound for an unknown observer
+        await self.registry.lookup(report.suspect_id)
         async with self._lock, self.suspicions.editing(report.suspect_id) as edit:
             observers = self.observers(report.suspect_id)
             suspicion, transitions = edit.book.plan_report(
@@ -130,7 +130,7 @@ class Federation:
     async def refute(self, domain_id: str, incarnation: int) -> RefuteOutcome:
         """The domain itself says it is alive at `incarnation`."""
         require_id("domain_id", domain_id)
-        self.registry.get(domain_id)
+        await self.registry.lookup(domain_id)
         async with self._lock, self.suspicions.editing(domain_id) as edit:
             known, transitions = edit.book.plan_refute(domain_id, incarnation)
             await self._announce(edit.conn, transitions)

@@ -497,6 +497,7 @@ class Registry:
         self._wake_follower.set()  # Notifications sent while disconnected are gone.
 
     async def _follow_forever(self) -> None:
+        failing = False
         while True:
             await wait_for_event(self._wake_follower, FOLLOW_POLL_S)
             self._wake_follower.clear()
@@ -505,8 +506,15 @@ class Registry:
                 touched, self._touched = self._touched, set()
                 for record in await self.store.records(sorted(touched)):
                     self._refresh(record)
-            except Exception:
-                log.exception("registry: reading other instances' changes failed; retrying")
+            except Exception as exc:
+                # Logged when the outage begins and when it ends, not every second.
+                if not failing:
+                    log.warning("registry: cannot read other instances' changes (%s)", exc)
+                failing = True
+                continue
+            if failing:
+                log.info("registry: following other instances' changes again")
+                failing = False
 
     def _index(self, record: DomainRecord) -> None:
         old = self._records.get(record.domain_id)
@@ -542,6 +550,14 @@ class Registry:
     def get(self, domain_id: str) -> DomainRecord:
         """One domain, or NotFound."""
         require_id("domain_id", domain_id)
+        return self._get(domain_id)
+
+    async def lookup(self, domain_id: str) -> DomainRecord:
+        """`get`, but a domain missing here is looked for in the change log first: it may
+        have been registered on another instance a moment ago (PostgreSQL)."""
+        require_id("domain_id", domain_id)
+        if domain_id not in self._records and self.store.shared:
+            await self.catch_up()
         return self._get(domain_id)
 
     def list_domains(

@@ -150,7 +150,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetDomainRequest, context: Context
     ) -> registry_pb2.GetDomainResponse:
         return registry_pb2.GetDomainResponse(
-            domain=self._domain(self._registry.get(request.domain_id))
+            domain=self._domain(await self._registry.lookup(request.domain_id))
         )
 
     async def ListDomains(

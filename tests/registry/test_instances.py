@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import func, select
 
+from services.common.errors import NotFound
 from services.common.observers import MEMBER_METADATA_KEY, MEMBER_METADATA_VALUE
 from services.common.outbox import Outbox
 from services.common.storage import Database
@@ -178,3 +179,19 @@ async def test_reports_reaching_different_instances_count_toward_one_quorum(
     assert second.confirming == frozenset(observers[:2])
     listed, _ = await federations[0].page()
     assert [(s.suspect_id, s.state) for s in listed] == [(suspect, SuspicionState.CONFIRMED_DOWN)]
+
+
+async def test_a_domain_registered_on_one_instance_a_moment_ago_is_found_on_the_other(
+    pair: tuple[Registry, Registry],
+) -> None:
+    a, b = pair
+    await asyncio.sleep(0.2)  # Let B's first catch-up end: cancelling it mid-query is noisy.
+    for task in b._tasks:  # B follows nothing by itself any more.
+        task.cancel()
+    await a.register(reg("ai_domain"))
+    with pytest.raises(NotFound):
+        b.get("ai_domain")
+    found = await b.lookup("ai_domain")
+    assert found.revision == 1
+    with pytest.raises(NotFound):
+        await b.lookup("nobody")
