@@ -4,7 +4,7 @@ watches; leases, sweeps and the federation's quorum are one for both."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy import func, select
@@ -14,7 +14,7 @@ from services.common.observers import MEMBER_METADATA_KEY, MEMBER_METADATA_VALUE
 from services.common.outbox import Outbox
 from services.common.storage import Database
 from services.registry.federation import Federation
-from services.registry.model import ChangeKind, DomainStatus, Registration
+from services.registry.model import ChangeKind, DomainStatus, Metrics, Registration
 from services.registry.registry import Registry, RegistrySettings
 from services.registry.store import RegistryStore, changes
 from services.registry.suspicions import Report, SuspicionState
@@ -46,6 +46,14 @@ async def pair(
     for instance in (a, b):
         await instance.close()
         await instance.store.close()
+
+
+async def eventually(check: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("condition not reached in time")
 
 
 async def changes_until(registry: Registry, after: int, revision: int) -> list[tuple[int, str]]:
@@ -107,8 +115,11 @@ async def test_a_heartbeat_to_either_instance_renews_the_lease(
     a, b = pair
     await a.register(reg("ai_domain"))
     clock.advance(20)
-    renewed = await b.heartbeat("ai_domain")
+    renewed = await b.heartbeat("ai_domain", Metrics(load=0.5))
     assert renewed.lease_expires_at == clock.now + 30
+    # The touch notification brings B's renewal to A's memory.
+    await eventually(lambda: a.get("ai_domain").metrics.load == 0.5)
+    assert a.get("ai_domain").lease_expires_at == renewed.lease_expires_at
     clock.advance(20)  # Past the lease A gave, within the one B renewed.
     assert await a.sweep() == []
     assert await b.sweep() == []
