@@ -18,8 +18,8 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.storage import Database
-from services.registry.store import incarnations, suspicions
 from services.registry.suspicions import Suspicion, SuspicionBook, SuspicionState
+from services.registry.tables import incarnations, suspicions
 
 
 @dataclass(frozen=True)

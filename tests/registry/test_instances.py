@@ -16,8 +16,9 @@ from services.common.storage import Database
 from services.registry.federation import Federation
 from services.registry.model import ChangeKind, DomainStatus, Metrics, Registration
 from services.registry.registry import Registry, RegistrySettings
-from services.registry.store import RegistryStore, changes
+from services.registry.store import RegistryStore
 from services.registry.suspicions import Report, SuspicionState
+from services.registry.tables import changes
 from tests.conftest import DatabaseTarget
 from tests.support import ManualClock
 
