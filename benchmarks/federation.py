@@ -112,7 +112,7 @@ async def run_fleet(size: int, seconds: float, interval_s: float) -> dict[str, f
             stopped_at = time.perf_counter()
             confirm_s = float("nan")
             while time.perf_counter() - stopped_at < 60:
-                found = registry.federation.book.get(victim.member.member_id)
+                found = await registry.federation.suspicion(victim.member.member_id)
                 if found is not None and found.state.value == "CONFIRMED_DOWN":
                     confirm_s = time.perf_counter() - stopped_at
                     break

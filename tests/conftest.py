@@ -74,3 +74,32 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
             await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         finally:
             await conn.close()
+
+
+@pytest.fixture
+async def fresh_postgres_database() -> AsyncIterator[str]:
+    """The URL of a PostgreSQL database of its own, dropped afterwards: for tests that
+    start servers as processes, which cannot be handed a schema."""
+    url = postgres_url()
+    if url is None:
+        pytest.skip("GRACE_TEST_POSTGRES_URL is not set")
+    import asyncpg
+
+    dsn = await _asyncpg_dsn(url)
+    name = f"grace_{uuid.uuid4().hex[:12]}"
+    try:
+        conn = await asyncpg.connect(dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL at GRACE_TEST_POSTGRES_URL is unreachable: {exc}")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield f"{url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()

@@ -96,6 +96,20 @@ class Database:
         async with self.engine.connect() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def dedicated_connection(self) -> AsyncIterator[Any]:
+        """The driver's own connection (asyncpg), kept apart from the pool's work for as
+        long as the block runs: for LISTEN and session-level advisory locks. It is closed
+        on exit, never handed back to the pool, so its listeners and locks end with it."""
+        if self.is_sqlite:
+            raise RuntimeError("a dedicated connection needs PostgreSQL")
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            try:
+                yield raw.driver_connection
+            finally:
+                await conn.invalidate()
+
     def insert(self, table: Table) -> Any:
         """A dialect-specific INSERT that supports `on_conflict_do_update/nothing`."""
         if self.is_sqlite:

@@ -5,10 +5,10 @@ Members (domains registered with `federation=v1` metadata, whatever their lease 
 watch each other on the ring of `services.common.observers`. The registry is not a
 watcher: it only records what observers report (`SuspicionBook`), checks the quorum over
 the suspect's observers as it computes them from its own membership, and publishes every
-transition through its outbox, written before the book changes so an event is never lost
-and never announces a change that did not happen. Suspicions live in memory: after a
-registry restart, observers that still see a suspect failing report it again within one
-suspicion timeout.
+transition through its outbox in the transaction that changes the book, so an event is
+never lost and never announces a change that did not happen. The book lives in the
+registry's database (`suspicion_store.py`): reports reaching different instances count
+toward one quorum, and a restart forgets nothing.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import InvalidArgument
 from services.common.observers import (
@@ -29,9 +31,9 @@ from services.common.observers import (
 from services.common.outbox import Outbox
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.validation import require_id
-from services.registry.model import Change, ChangeKind
 from services.registry.registry import Registry
-from services.registry.suspicions import Report, Suspicion, SuspicionBook, Transition
+from services.registry.suspicion_store import SuspicionStore
+from services.registry.suspicions import Report, Suspicion, Transition, TransitionKind
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,10 @@ class Federation:
         self.registry = registry
         self.outbox = outbox
         self.settings = settings or FederationSettings()
-        self.book = SuspicionBook()
+        self.suspicions = SuspicionStore(outbox.db)
         self._wake = wake
         self._clock = clock
         self._lock = asyncio.Lock()
-        registry.add_listener(self._on_change)
 
     def members(self) -> list[str]:
         """Ids of the registered federation members."""
@@ -112,52 +113,52 @@ class Federation:
         require_id("suspect_id", report.suspect_id)
         if report.observer_id == report.suspect_id:
             raise InvalidArgument("observer_id", "must differ from suspect_id")
-        self.registry.get(report.observer_id)  # NotFound for an unknown observer
-        self.registry.get(report.suspect_id)
-        async with self._lock:
+        await self.registry.lookup(report.observer_id)  # NotFound for an unknown observer
+        await self.registry.lookup(report.suspect_id)
+        async with self._lock, self.suspicions.editing(report.suspect_id) as edit:
             observers = self.observers(report.suspect_id)
-            suspicion, transitions = self.book.plan_report(
+            suspicion, transitions = edit.book.plan_report(
                 report, observers, self.quorum_for(len(observers)), self._clock()
             )
-            await self._announce(transitions)
-            self.book.apply_report(suspicion)
-            return suspicion, self.book.incarnation(report.suspect_id)
+            await self._announce(edit.conn, transitions)
+            edit.book.apply_report(suspicion)
+            known = edit.book.incarnation(report.suspect_id)
+        if transitions:
+            self._wake()
+        return suspicion, known
 
     async def refute(self, domain_id: str, incarnation: int) -> RefuteOutcome:
         """The domain itself says it is alive at `incarnation`."""
         require_id("domain_id", domain_id)
-        self.registry.get(domain_id)
-        async with self._lock:
-            known, transitions = self.book.plan_refute(domain_id, incarnation)
-            await self._announce(transitions)
-            self.book.apply_refute(domain_id, known, transitions)
-        recovered = any(t.kind.value == "domain.recovered" for t in transitions)
+        await self.registry.lookup(domain_id)
+        async with self._lock, self.suspicions.editing(domain_id) as edit:
+            known, transitions = edit.book.plan_refute(domain_id, incarnation)
+            await self._announce(edit.conn, transitions)
+            edit.book.apply_refute(domain_id, known, transitions)
+        if transitions:
+            self._wake()
+        recovered = any(t.kind is TransitionKind.RECOVERED for t in transitions)
         return RefuteOutcome(bool(transitions), recovered, known)
 
-    def page(self, size: int = 0, token: str = "") -> tuple[list[Suspicion], str]:
+    async def suspicion(self, suspect_id: str) -> Suspicion | None:
+        """The open suspicion of `suspect_id`, or None."""
+        return await self.suspicions.get(suspect_id)
+
+    async def page(self, size: int = 0, token: str = "") -> tuple[list[Suspicion], str]:
         """A page of open suspicions by suspect id, and the next page's token."""
         limit = page_size(size)
         position = decode_token(token)
         after = str(position.get("after", "")) if position else ""
-        rest = [s for s in self.book.all() if s.suspect_id > after]
+        rest = await self.suspicions.page(after, limit + 1)
         page = rest[:limit]
         more = len(rest) > limit
         return page, encode_token({"after": page[-1].suspect_id}) if more and page else ""
 
-    async def _announce(self, transitions: list[Transition]) -> None:
-        if not transitions:
-            return
-        async with self.outbox.db.transaction() as conn:
-            for transition in transitions:
-                await self.outbox.enqueue(
-                    conn,
-                    transition.kind.value,
-                    transition.suspicion.event_data(),
-                    subject=transition.suspicion.suspect_id,
-                )
-        self._wake()
-
-    async def _on_change(self, change: Change) -> None:
-        if change.kind is ChangeKind.REMOVED:
-            async with self._lock:
-                self.book.forget(change.record.domain_id)
+    async def _announce(self, conn: AsyncConnection, transitions: list[Transition]) -> None:
+        for transition in transitions:
+            await self.outbox.enqueue(
+                conn,
+                transition.kind.value,
+                transition.suspicion.event_data(),
+                subject=transition.suspicion.suspect_id,
+            )

@@ -1,11 +1,20 @@
-"""The registry core: domains and leases in memory, written through to the store.
+"""The registry core: domains and leases in the database, mirrored in memory for reads.
 
 Reads (get, list, find, capability map) are served from memory, so routing lookups cost
-microseconds. Every write is persisted before memory changes and before the caller hears
-back, so a failed write leaves nothing half-done and an acknowledged one survives a crash.
-Each change that matters to watchers (registration, status change, removal) gets the next
-registry revision and goes into a bounded history that watches replay from; heartbeats
-that only renew a lease or refresh metrics do not.
+microseconds. Every write is a database transaction that reads the rows it changes there,
+so any number of instances may share one PostgreSQL database (see `store.py` for the
+revision counter, the leases on the database clock and the notifications). Each change
+that matters to watchers (registration, status change, removal) gets the next registry
+revision and goes into the change log; heartbeats that only renew a lease or refresh
+metrics do not.
+
+Memory follows the change log in revision order: an instance applies its own changes as
+soon as they commit, and on PostgreSQL it reads every other instance's from the log when
+notified (LISTEN/NOTIFY), after every reconnection, and once a second anyway, so a missed
+notification delays a change but never leaves a gap. Watches replay from that mirror, so
+`WatchDomains` sends the same changes in the same order from every instance. Lease
+sweeping runs on one instance at a time (an advisory lock); a sweep reads the leases from
+the database and writes each expiry once.
 """
 
 from __future__ import annotations
@@ -13,15 +22,17 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.notifications import Listener
 from services.common.pagination import decode_token, encode_token, page_size, take_page
 from services.common.validation import require_id
+from services.common.waiting import wait_for_event
 from services.registry import ranking
 from services.registry.model import (
     Change,
@@ -31,7 +42,13 @@ from services.registry.model import (
     Metrics,
     Registration,
 )
-from services.registry.store import RegistryStore
+from services.registry.store import (
+    CHANGES_CHANNEL,
+    TOUCHES_CHANNEL,
+    Loaded,
+    RegistryStore,
+    Writing,
+)
 from services.registry.validation import (
     CAPABILITY_PATTERN,
     MAX_CAPABILITY_LENGTH,
@@ -42,6 +59,8 @@ from services.registry.validation import (
 log = logging.getLogger(__name__)
 
 WATCH_BATCH = 500
+# How often an instance reads the change log even without a notification (PostgreSQL).
+FOLLOW_POLL_S = 1.0
 
 Clock = Callable[[], float]
 ChangeListener = Callable[[Change], Awaitable[None]]
@@ -147,56 +166,80 @@ class Registry:
     Args:
         store: Durable state.
         settings: Lease and history tunables.
-        clock: Returns epoch seconds; injectable so tests can move time.
+        clock: Returns epoch seconds for leases; injectable so tests can move time. By
+            default the database's clock on PostgreSQL (instances on hosts whose clocks
+            differ agree on leases) and the local one on SQLite.
     """
 
     def __init__(
         self,
         store: RegistryStore,
         settings: RegistrySettings | None = None,
-        clock: Clock = time.time,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
+        if clock is not None:
+            store.clock = clock
         self.settings = settings or RegistrySettings()
-        self._clock = clock
         self._records: dict[str, DomainRecord] = {}
         self._by_capability: dict[str, set[str]] = collections.defaultdict(set)
         self._history: collections.deque[Change] = collections.deque(maxlen=self.settings.history)
         self._revision = 0
         self._lock = asyncio.Lock()
+        self._follow_lock = asyncio.Lock()
         self._changed = asyncio.Condition()
         self._closing = False
         self._listeners: list[ChangeListener] = []
         self._leases_expired = 0
         self._domains_reaped = 0
+        self._wake_follower = asyncio.Event()
+        self._touched: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.listener: Listener | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Loads persisted state. Leases that lapsed while the registry was down get one
-        TTL of grace from now: their domains could not heartbeat an absent registry."""
+        """Loads persisted state and, on PostgreSQL, starts following the other instances.
+
+        Leases that lapsed while no instance ran get one TTL of grace from now: their
+        domains could not heartbeat an absent registry. An instance that starts beside
+        running ones grants none.
+        """
         await self.store.open()
-        loaded = await self.store.load(self.settings.history)
-        now = self._clock()
-        renewed = []
-        for record in loaded.records:
-            if record.status.is_live and record.lease_expires_at < now:
-                record = record.with_changes(lease_expires_at=now + record.lease_ttl_s)
-                renewed.append(record)
-            self._index(record)
-        await self.store.touch(renewed)
-        self._revision = loaded.revision
-        self._history.extend(loaded.recent_changes)
+        renewed = await self.store.grant_grace()
+        self._reset(await self.store.load(self.settings.history))
+        if renewed:
+            log.info("registry: %d leases that lapsed while down renewed", len(renewed))
         log.info("registry loaded %d domains at revision %d", len(self._records), self._revision)
+        if self.store.shared:
+            self.listener = Listener(
+                self.store.db,
+                [CHANGES_CHANNEL, TOUCHES_CHANNEL],
+                self._on_notification,
+                self._on_listening,
+            )
+            self._tasks = [
+                asyncio.create_task(self.listener.run(), name="registry-listener"),
+                asyncio.create_task(self._follow_forever(), name="registry-follower"),
+            ]
+            if not await wait_for_event(self.listener.connected, 10.0):
+                log.warning("registry: not yet listening for other instances' changes")
 
     async def close(self) -> None:
-        """Ends every watch; the store stays open until `store.close`."""
+        """Ends every watch and stops following; the store stays open until `store.close`."""
         self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
         async with self._changed:
             self._changed.notify_all()
 
     def add_listener(self, listener: ChangeListener) -> None:
-        """Calls `listener` after each persisted change (lifecycle events)."""
+        """Calls `listener` after each change this instance persisted (lifecycle events)."""
         self._listeners.append(listener)
 
     # -- writes ----------------------------------------------------------------------
@@ -227,38 +270,40 @@ class Registry:
         reg = validate_registration(registration)
         kept: list[str] = []
         async with self._lock:
-            now = self._clock()
-            existing = self._records.get(reg.domain_id)
-            if existing is not None:
-                require_owner(existing, owner, "register")
-                if not replace:
-                    reg, kept = merge(existing, reg)
-            # The owner binding is the registry's, never the caller's: a new dict, since a
-            # merged registration shares the stored record's metadata.
-            metadata = {k: v for k, v in reg.metadata.items() if k != OWNER_KEY}
-            bound = existing.metadata.get(OWNER_KEY, "") if existing is not None else ""
-            if bound or owner:
-                metadata[OWNER_KEY] = bound or owner
-            reg = dataclasses.replace(reg, metadata=metadata)
-            ttl = reg.lease_ttl_s or self.settings.default_lease_ttl_s
-            record = DomainRecord(
-                domain_id=reg.domain_id,
-                host=reg.host,
-                port=reg.port,
-                capabilities=reg.capabilities,
-                version=reg.version,
-                metadata=reg.metadata,
-                public_key=reg.public_key,
-                lease_ttl_s=ttl,
-                status=DomainStatus.HEALTHY,
-                metrics=existing.metrics if existing else Metrics(),
-                registered_at=existing.registered_at if existing else now,
-                last_heartbeat_at=now,
-                lease_expires_at=now + ttl,
-                revision=self._revision + 1,
-            )
-            kind = ChangeKind.UPDATED if existing else ChangeKind.REGISTERED
-            await self._commit([Change(record.revision, kind, record)])
+            async with self.store.writing() as tx:
+                now = tx.now
+                existing = await tx.get(reg.domain_id)
+                if existing is not None:
+                    require_owner(existing, owner, "register")
+                    if not replace:
+                        reg, kept = merge(existing, reg)
+                # The owner binding is the registry's, never the caller's: a new dict,
+                # since a merged registration shares the stored record's metadata.
+                metadata = {k: v for k, v in reg.metadata.items() if k != OWNER_KEY}
+                bound = existing.metadata.get(OWNER_KEY, "") if existing is not None else ""
+                if bound or owner:
+                    metadata[OWNER_KEY] = bound or owner
+                reg = dataclasses.replace(reg, metadata=metadata)
+                ttl = reg.lease_ttl_s or self.settings.default_lease_ttl_s
+                record = DomainRecord(
+                    domain_id=reg.domain_id,
+                    host=reg.host,
+                    port=reg.port,
+                    capabilities=reg.capabilities,
+                    version=reg.version,
+                    metadata=reg.metadata,
+                    public_key=reg.public_key,
+                    lease_ttl_s=ttl,
+                    status=DomainStatus.HEALTHY,
+                    metrics=existing.metrics if existing else Metrics(),
+                    registered_at=existing.registered_at if existing else now,
+                    last_heartbeat_at=now,
+                    lease_expires_at=now + ttl,
+                    revision=tx.next_revision(),
+                )
+                kind = ChangeKind.UPDATED if existing else ChangeKind.REGISTERED
+                await tx.add(Change(record.revision, kind, record))
+            await self._committed(tx)
         if kept:
             log.info("registry: %s re-registered; kept its %s", reg.domain_id, ", ".join(kept))
         return RegisterOutcome(
@@ -280,23 +325,33 @@ class Registry:
         require_id("domain_id", domain_id)
         if metrics is not None:
             metrics = validate_metrics(metrics)
-        async with self._lock:
-            current = self._get(domain_id)
-            require_owner(current, owner, "heartbeat for")
-            now = self._clock()
-            status = DomainStatus.DEGRADED if degraded else DomainStatus.HEALTHY
-            record = current.with_changes(
-                metrics=metrics or current.metrics,
-                last_heartbeat_at=now,
-                lease_expires_at=now + current.lease_ttl_s,
-                status=status,
+        status = DomainStatus.DEGRADED if degraded else DomainStatus.HEALTHY
+        # The common case, one statement: same status, a renewed lease. PostgreSQL's row
+        # lock orders it against the other writes; SQLite's one writer is this process.
+        async with contextlib.nullcontext() if self.store.shared else self._lock:
+            renewed = await self.store.renew(
+                domain_id, status, metrics, lambda r: require_owner(r, owner, "heartbeat for")
             )
-            if status is current.status:
-                await self.store.touch([record])
-                self._index(record)
-            else:
-                record = record.with_changes(revision=self._revision + 1)
-                await self._commit([Change(record.revision, ChangeKind.STATUS_CHANGED, record)])
+        if renewed is not None:
+            self._refresh(renewed)
+            return renewed
+        async with self._lock:
+            async with self.store.writing() as tx:
+                current = await tx.require(domain_id)
+                require_owner(current, owner, "heartbeat for")
+                record = current.with_changes(
+                    metrics=metrics or current.metrics,
+                    last_heartbeat_at=tx.now,
+                    lease_expires_at=tx.now + current.lease_ttl_s,
+                    status=status,
+                )
+                if status is current.status:  # Another instance moved it back meanwhile.
+                    await tx.touch(record)
+                else:
+                    record = record.with_changes(revision=tx.next_revision())
+                    await tx.add(Change(record.revision, ChangeKind.STATUS_CHANGED, record))
+            await self._committed(tx)
+            self._refresh(record)
         return record
 
     async def deregister(self, domain_id: str, owner: str = "", admin: bool = False) -> int:
@@ -307,50 +362,48 @@ class Registry:
         """
         require_id("domain_id", domain_id)
         async with self._lock:
-            current = self._get(domain_id)
-            if not admin:
-                require_owner(current, owner, "deregister")
-            record = current.with_changes(revision=self._revision + 1)
-            await self._commit([Change(record.revision, ChangeKind.REMOVED, record)])
+            async with self.store.writing() as tx:
+                current = await tx.require(domain_id)
+                if not admin:
+                    require_owner(current, owner, "deregister")
+                record = current.with_changes(revision=tx.next_revision())
+                await tx.add(Change(record.revision, ChangeKind.REMOVED, record))
+            await self._committed(tx)
             return record.revision
 
     async def sweep(self) -> list[Change]:
-        """Marks lapsed leases UNHEALTHY and removes domains past the grace period."""
+        """Marks lapsed leases UNHEALTHY and removes domains past the grace period.
+
+        On PostgreSQL one instance sweeps at a time; the others' sweeps return nothing.
+        The leases are read from the database, so a heartbeat to any instance counts.
+        """
         async with self._lock:
-            now = self._clock()
-            pending: list[Change] = []
-            revision = self._revision
-            for record in sorted(self._records.values(), key=lambda r: r.domain_id):
-                if record.status.is_live and now >= record.lease_expires_at:
-                    revision += 1
-                    pending.append(
-                        Change(
-                            revision,
-                            ChangeKind.STATUS_CHANGED,
-                            record.with_changes(status=DomainStatus.UNHEALTHY, revision=revision),
+            async with self.store.sweeping() as tx:
+                if tx is None:
+                    return []
+                for record in await tx.lapsed(self.settings.deregister_after_s):
+                    revision = tx.next_revision()
+                    if record.status.is_live:
+                        lapsed = record.with_changes(
+                            status=DomainStatus.UNHEALTHY, revision=revision
                         )
-                    )
-                elif (
-                    not record.status.is_live
-                    and now >= record.lease_expires_at + self.settings.deregister_after_s
-                ):
-                    revision += 1
-                    pending.append(
-                        Change(revision, ChangeKind.REMOVED, record.with_changes(revision=revision))
-                    )
-            if pending:
-                await self._commit(pending)
-                self._leases_expired += sum(c.kind is ChangeKind.STATUS_CHANGED for c in pending)
-                self._domains_reaped += sum(c.kind is ChangeKind.REMOVED for c in pending)
-                for change in pending:
-                    log.info(
-                        "domain %s: %s",
-                        change.record.domain_id,
-                        "lease lapsed"
-                        if change.kind is ChangeKind.STATUS_CHANGED
-                        else "removed after grace period",
-                    )
-            return pending
+                        await tx.add(Change(revision, ChangeKind.STATUS_CHANGED, lapsed))
+                    else:
+                        removed = record.with_changes(revision=revision)
+                        await tx.add(Change(revision, ChangeKind.REMOVED, removed))
+            pending = tx.changes
+            await self._committed(tx)
+        self._leases_expired += sum(c.kind is ChangeKind.STATUS_CHANGED for c in pending)
+        self._domains_reaped += sum(c.kind is ChangeKind.REMOVED for c in pending)
+        for change in pending:
+            log.info(
+                "domain %s: %s",
+                change.record.domain_id,
+                "lease lapsed"
+                if change.kind is ChangeKind.STATUS_CHANGED
+                else "removed after grace period",
+            )
+        return pending
 
     async def run_sweeper(self, interval_s: float) -> None:
         """Sweeps every `interval_s` until cancelled; trims the change log now and then."""
@@ -365,24 +418,105 @@ class Registry:
             except Exception:
                 log.exception("registry sweep failed; retrying next interval")
 
-    async def _commit(self, pending: list[Change]) -> None:
-        # Persist first: if the store fails, memory and watchers never see the change.
-        await self.store.apply(pending)
-        for change in pending:
-            if change.kind is ChangeKind.REMOVED:
-                self._unindex(change.record.domain_id)
-            else:
-                self._index(change.record)
-            self._history.append(change)
-        self._revision = pending[-1].revision
-        async with self._changed:
-            self._changed.notify_all()
-        for change in pending:
+    # -- following the change log ------------------------------------------------------
+
+    async def _committed(self, tx: Writing) -> None:
+        """Brings memory up to a transaction this instance committed, then tells the
+        listeners. Memory only moves after the commit: a failed write leaves it as it was."""
+        if not tx.changes:
+            return
+        async with self._follow_lock:
+            pending = [c for c in tx.changes if c.revision > self._revision]
+            if pending and pending[0].revision == self._revision + 1:
+                await self._accept(pending)
+            elif pending:  # Another instance's changes came first: read them in order.
+                await self._catch_up_locked()
+        for change in tx.changes:
             for listener in self._listeners:
                 try:
                     await listener(change)
                 except Exception:
                     log.exception("registry change listener failed")
+
+    async def _accept(self, changes: list[Change]) -> None:
+        for change in changes:
+            if change.kind is ChangeKind.REMOVED:
+                self._unindex(change.record.domain_id)
+            else:
+                self._index(change.record)
+            self._history.append(change)
+        self._revision = changes[-1].revision
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def catch_up(self) -> None:
+        """Reads the changes other instances logged since the last one applied here."""
+        async with self._follow_lock:
+            await self._catch_up_locked()
+
+    async def _catch_up_locked(self) -> None:
+        while True:
+            changes = await self.store.changes_after(self._revision, WATCH_BATCH)
+            if not changes:
+                return
+            if changes[0].revision != self._revision + 1:
+                # The log was trimmed past this instance (it was stuck for long): start
+                # over from the stored state; watchers that fell behind get a snapshot.
+                log.warning(
+                    "registry: change log trimmed past revision %d; reloading", self._revision
+                )
+                self._reset(await self.store.load(self.settings.history))
+                async with self._changed:
+                    self._changed.notify_all()
+                return
+            await self._accept(changes)
+            if len(changes) < WATCH_BATCH:
+                return
+
+    def _reset(self, loaded: Loaded) -> None:
+        self._records.clear()
+        self._by_capability.clear()
+        for record in loaded.records:
+            self._index(record)
+        self._history.clear()
+        self._history.extend(loaded.recent_changes)
+        self._revision = loaded.revision
+
+    def _refresh(self, record: DomainRecord) -> None:
+        """Takes a renewed lease and metrics into memory, unless memory has not reached the
+        record's revision yet (the change log brings that first)."""
+        known = self._records.get(record.domain_id)
+        if known is not None and known.revision == record.revision:
+            self._index(record)
+
+    def _on_notification(self, channel: str, payload: str) -> None:
+        if channel == TOUCHES_CHANNEL:
+            self._touched.add(payload)
+        self._wake_follower.set()
+
+    async def _on_listening(self, conn: object) -> None:
+        await self.store.hold_alive_lock(conn)
+        self._wake_follower.set()  # Notifications sent while disconnected are gone.
+
+    async def _follow_forever(self) -> None:
+        failing = False
+        while True:
+            await wait_for_event(self._wake_follower, FOLLOW_POLL_S)
+            self._wake_follower.clear()
+            try:
+                await self.catch_up()
+                touched, self._touched = self._touched, set()
+                for record in await self.store.records(sorted(touched)):
+                    self._refresh(record)
+            except Exception as exc:
+                # Logged when the outage begins and when it ends, not every second.
+                if not failing:
+                    log.warning("registry: cannot read other instances' changes (%s)", exc)
+                failing = True
+                continue
+            if failing:
+                log.info("registry: following other instances' changes again")
+                failing = False
 
     def _index(self, record: DomainRecord) -> None:
         old = self._records.get(record.domain_id)
@@ -418,6 +552,14 @@ class Registry:
     def get(self, domain_id: str) -> DomainRecord:
         """One domain, or NotFound."""
         require_id("domain_id", domain_id)
+        return self._get(domain_id)
+
+    async def lookup(self, domain_id: str) -> DomainRecord:
+        """`get`, but a domain missing here is looked for in the change log first: it may
+        have been registered on another instance a moment ago (PostgreSQL)."""
+        require_id("domain_id", domain_id)
+        if domain_id not in self._records and self.store.shared:
+            await self.catch_up()
         return self._get(domain_id)
 
     def list_domains(
@@ -534,6 +676,9 @@ class Registry:
         """
         if after_revision < 0:
             raise InvalidArgument("after_revision", "must not be negative")
+        if after_revision > self._revision and self.store.shared:
+            # A revision another instance already served: read up to it before judging.
+            await self.catch_up()
         last = after_revision
         if after_revision == 0 or not self._can_replay_after(after_revision):
             for batch in self._snapshot(reset=after_revision != 0):

@@ -38,9 +38,7 @@ class RegistryServer(Service):
     ) -> None:
         self.config = config
         store = RegistryStore(Database(config.server.database_url, schema=schema))
-        self.registry = (
-            Registry(store, config.settings, clock) if clock else Registry(store, config.settings)
-        )
+        self.registry = Registry(store, config.settings, clock)
         self._sweeper: asyncio.Task[None] | None = None
         # Lifecycle events reach the bus through the outbox, whether or not it is up now.
         self.publisher = EventBusPublisher.from_env(config.server.env)

@@ -150,7 +150,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetDomainRequest, context: Context
     ) -> registry_pb2.GetDomainResponse:
         return registry_pb2.GetDomainResponse(
-            domain=self._domain(self._registry.get(request.domain_id))
+            domain=self._domain(await self._registry.lookup(request.domain_id))
         )
 
     async def ListDomains(
@@ -242,7 +242,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def ListSuspicions(
         self, request: registry_pb2.ListSuspicionsRequest, context: Context
     ) -> registry_pb2.ListSuspicionsResponse:
-        page, next_token = self._federation.page(request.page_size, request.page_token)
+        page, next_token = await self._federation.page(request.page_size, request.page_token)
         return registry_pb2.ListSuspicionsResponse(
             suspicions=[suspicion_to_proto(s) for s in page], next_page_token=next_token
         )

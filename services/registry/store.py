@@ -1,71 +1,58 @@
-"""Durable state of the registry: domain records, the change log and the revision."""
+"""Durable state of the registry: domain records, leases, the change log and the revision.
+
+The database is the registry's truth, so several instances can share one PostgreSQL
+database; each keeps a copy in memory for reads and follows the change log (see
+`registry.py`). Three rules make that safe:
+
+- **The revision is a counter row, not a sequence.** Every write that makes revisions
+  (`Writing`) locks the `registry_state` row first and bumps it in the same transaction,
+  so writers are serialized, revisions have no gaps, and they become visible in the order
+  they were given. A sequence would hand out numbers outside the transaction: a rolled
+  back write leaves a gap, and a later revision can commit before an earlier one, so a
+  watcher that read up to 12 would never see 11. `WatchDomains` needs "every revision
+  after n, in order", which only the counter row gives.
+- **Leases live in the rows** and expire on the database's clock (PostgreSQL's
+  `clock_timestamp()`), so a heartbeat to any instance renews the lease and hosts whose
+  clocks differ agree on when it lapses.
+- **Changes are announced with NOTIFY** in the transaction that writes them
+  (`registry_changes`, the revision; `registry_touches`, a domain whose lease or metrics
+  were renewed without a revision). PostgreSQL delivers a notification only after its
+  transaction committed, so a listener that reads the log after it always finds the change.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
     Float,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
     delete,
+    func,
+    literal_column,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.outbox import Outbox, outbox_table
+from services.common.errors import NotFound
+from services.common.outbox import Outbox
 from services.common.storage import Database
 from services.registry.model import Change, ChangeKind, DomainRecord, DomainStatus, Metrics
-
-metadata = MetaData()
-
-domains = Table(
-    "registry_domains",
+from services.registry.tables import (
+    changes,
+    domains,
+    incarnations,
     metadata,
-    Column("domain_id", String(128), primary_key=True),
-    Column("host", String(255), nullable=False),
-    Column("port", Integer, nullable=False),
-    Column("capabilities", JSON, nullable=False),
-    Column("version", String(64), nullable=False),
-    Column("metadata", JSON, nullable=False),
-    Column("public_key", LargeBinary, nullable=False),
-    Column("lease_ttl_s", Float, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("load", Float, nullable=False),
-    Column("latency_ms", Float, nullable=False),
-    Column("success_rate", Float, nullable=False),
-    Column("registered_at", Float, nullable=False),
-    Column("last_heartbeat_at", Float, nullable=False),
-    Column("lease_expires_at", Float, nullable=False),
-    Column("revision", BigInteger, nullable=False),
+    outbox,
+    state,
+    suspicions,
 )
-
-changes = Table(
-    "registry_changes",
-    metadata,
-    Column("revision", BigInteger, primary_key=True, autoincrement=False),
-    Column("kind", String(16), nullable=False),
-    Column("domain_id", String(128), nullable=False),
-    Column("record", JSON, nullable=False),
-)
-
-state = Table(
-    "registry_state",
-    metadata,
-    Column("key", String(32), primary_key=True),
-    Column("value", BigInteger, nullable=False),
-)
-
-# Lifecycle events for the bus, written in the same transaction as the change they announce.
-outbox = outbox_table(metadata, "registry")
 
 EVENT_TYPES = {
     ChangeKind.REGISTERED: "domain.registered",
@@ -73,6 +60,19 @@ EVENT_TYPES = {
     ChangeKind.STATUS_CHANGED: "domain.status_changed",
     ChangeKind.REMOVED: "domain.removed",
 }
+
+
+CHANGES_CHANNEL = "registry_changes"
+TOUCHES_CHANNEL = "registry_touches"
+
+# Advisory lock keys, per schema so registries in different schemas of one database (tests)
+# never wait for each other. The sweep lock lets one instance sweep at a time; every
+# running instance holds the alive lock shared, so one that gets it exclusively knows it is
+# the only instance (the registry was down).
+_SWEEP_LOCK = "hashtext(current_schema() || '/registry-sweep')"
+_ALIVE_LOCK = "hashtext(current_schema() || '/registry-alive')"
+
+Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -125,55 +125,205 @@ def _record(row: object) -> DomainRecord:
     )
 
 
+class Writing:
+    """One transaction that makes registry revisions.
+
+    The revision counter stays locked until the transaction ends, so writers on every
+    instance take turns and each reads the rows as the previous writer left them. Changes
+    added here are written at once (a later `get` in the same transaction sees them); the
+    counter and the notification follow when the transaction ends.
+
+    Attributes:
+        revision: The last committed revision when the transaction began.
+        now: The time of the transaction (the database's clock on PostgreSQL).
+    """
+
+    def __init__(self, store: RegistryStore, conn: AsyncConnection, revision: int, now: float):
+        self._store = store
+        self.conn = conn
+        self.revision = revision
+        self.now = now
+        self.changes: list[Change] = []
+
+    def next_revision(self) -> int:
+        """The revision the next added change must carry."""
+        return self.revision + len(self.changes) + 1
+
+    async def get(self, domain_id: str) -> DomainRecord | None:
+        """The stored record of `domain_id`, locked until the end of the transaction."""
+        row = (
+            await self.conn.execute(
+                select(domains).where(domains.c.domain_id == domain_id).with_for_update()
+            )
+        ).first()
+        return _record(row) if row is not None else None
+
+    async def require(self, domain_id: str) -> DomainRecord:
+        """`get`, or NotFound."""
+        record = await self.get(domain_id)
+        if record is None:
+            raise NotFound("domain", domain_id)
+        return record
+
+    async def lapsed(self, deregister_after_s: float) -> list[DomainRecord]:
+        """Live records whose lease expired, and lapsed ones past the grace period, by id,
+        locked (a heartbeat committing meanwhile takes its record out of the answer)."""
+        unhealthy = DomainStatus.UNHEALTHY.value
+        rows = await self.conn.execute(
+            select(domains)
+            .where(
+                or_(
+                    (domains.c.status != unhealthy) & (domains.c.lease_expires_at <= self.now),
+                    (domains.c.status == unhealthy)
+                    & (domains.c.lease_expires_at + deregister_after_s <= self.now),
+                )
+            )
+            .order_by(domains.c.domain_id)
+            .with_for_update()
+        )
+        return [_record(r) for r in rows]
+
+    async def touch(self, record: DomainRecord) -> None:
+        """Writes a renewed lease and metrics that make no revision."""
+        await self.conn.execute(
+            update(domains)
+            .where(domains.c.domain_id == record.domain_id)
+            .values(
+                load=record.metrics.load,
+                latency_ms=record.metrics.latency_ms,
+                success_rate=record.metrics.success_rate,
+                last_heartbeat_at=record.last_heartbeat_at,
+                lease_expires_at=record.lease_expires_at,
+            )
+        )
+        await self._store._notify(self.conn, TOUCHES_CHANNEL, record.domain_id)
+
+    async def add(self, change: Change) -> None:
+        """Writes one change: the record, the change log and its event."""
+        if change.revision != self.next_revision():
+            raise ValueError(f"change at revision {change.revision}; {self.next_revision()} is due")
+        await self._store._apply_one(self.conn, change)
+        self.changes.append(change)
+
+
 class RegistryStore:
     """Reads and writes registry state; every write is one transaction.
 
     Args:
         db: The database to use.
+        clock: Epoch seconds for leases; None uses the database's clock on PostgreSQL
+            and the local one on SQLite. Tests inject a manual clock.
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
+        self.clock = clock
         self.outbox = Outbox(db, outbox, "registry")
 
+    @property
+    def shared(self) -> bool:
+        """True when several instances may use the database (PostgreSQL)."""
+        return not self.db.is_sqlite
+
     async def open(self) -> None:
-        """Creates the tables if they are missing."""
+        """Creates the tables if they are missing, and the revision counter."""
         await self.db.create_tables(metadata)
+        async with self.db.transaction() as conn:
+            latest = (await conn.execute(select(func.max(changes.c.revision)))).scalar()
+            stmt = self.db.insert(state).values(key="revision", value=int(latest or 0))
+            await conn.execute(stmt.on_conflict_do_nothing(index_elements=[state.c.key]))
 
     async def close(self) -> None:
         """Closes the database."""
         await self.db.close()
 
+    async def _now(self, conn: AsyncConnection) -> float:
+        if self.clock is not None:
+            return self.clock()
+        if self.db.is_sqlite:
+            return time.time()
+        return float(
+            (await conn.execute(text("SELECT extract(epoch FROM clock_timestamp())"))).scalar_one()
+        )
+
     async def load(self, history: int) -> Loaded:
-        """Every record, the revision, and up to `history` most recent changes."""
-        async with self.db.read() as conn:
-            records = [_record(r) for r in await conn.execute(select(domains))]
+        """Every record, the revision, and up to `history` most recent changes, as of one
+        revision (the counter is read-locked meanwhile, so no writer slips in between)."""
+        async with self.db.transaction() as conn:
             revision = (
-                await conn.execute(select(state.c.value).where(state.c.key == "revision"))
+                await conn.execute(
+                    select(state.c.value)
+                    .where(state.c.key == "revision")
+                    .with_for_update(read=True)
+                )
             ).scalar_one_or_none() or 0
+            records = [_record(r) for r in await conn.execute(select(domains))]
             rows = await conn.execute(
                 select(changes).order_by(changes.c.revision.desc()).limit(history)
             )
-            recent = [
-                Change(r.revision, ChangeKind(r.kind), DomainRecord.from_json(r.record))
-                for r in rows
-            ]
+            recent = [_change(r) for r in rows]
         recent.reverse()
         return Loaded(records, revision, recent)
 
-    async def apply(self, change_list: Sequence[Change]) -> None:
-        """Persists changes (each one registry revision) atomically, in order."""
-        if not change_list:
-            return
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[Writing]:
+        """A transaction that makes revisions (see `Writing`); committed on exit."""
         async with self.db.transaction() as conn:
-            for change in change_list:
-                await self._apply_one(conn, change)
-            await self._set_revision(conn, change_list[-1].revision)
+            writing = await self._begin_writing(conn)
+            yield writing
+            await self._end_writing(writing)
+
+    @asynccontextmanager
+    async def sweeping(self) -> AsyncIterator[Writing | None]:
+        """`writing` for the lease sweep, or None while another instance sweeps: the
+        sweep runs under a transaction-scoped advisory lock, one instance at a time."""
+        async with self.db.transaction() as conn:
+            if self.shared:
+                taken = (
+                    await conn.execute(text(f"SELECT pg_try_advisory_xact_lock({_SWEEP_LOCK})"))
+                ).scalar_one()
+                if not taken:
+                    yield None
+                    return
+            writing = await self._begin_writing(conn)
+            yield writing
+            await self._end_writing(writing)
+
+    async def _begin_writing(self, conn: AsyncConnection) -> Writing:
+        revision = (
+            await conn.execute(
+                select(state.c.value).where(state.c.key == "revision").with_for_update()
+            )
+        ).scalar_one()
+        return Writing(self, conn, int(revision), await self._now(conn))
+
+    async def _end_writing(self, writing: Writing) -> None:
+        if not writing.changes:
+            return
+        last = writing.changes[-1].revision
+        await writing.conn.execute(
+            update(state).where(state.c.key == "revision").values(value=last)
+        )
+        await self._notify(writing.conn, CHANGES_CHANNEL, str(last))
+
+    async def _notify(self, conn: AsyncConnection, channel: str, payload: str) -> None:
+        if self.shared:
+            await conn.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": channel, "payload": payload},
+            )
 
     async def _apply_one(self, conn: AsyncConnection, change: Change) -> None:
         record = change.record
         if change.kind is ChangeKind.REMOVED:
             await conn.execute(delete(domains).where(domains.c.domain_id == record.domain_id))
+            # A domain that left takes its federation state with it.
+            await conn.execute(
+                delete(suspicions).where(suspicions.c.suspect_id == record.domain_id)
+            )
+            await conn.execute(
+                delete(incarnations).where(incarnations.c.domain_id == record.domain_id)
+            )
         else:
             row = _row(record)
             stmt = self.db.insert(domains).values(**row)
@@ -205,28 +355,96 @@ class RegistryStore:
                 subject=record.domain_id,
             )
 
-    async def _set_revision(self, conn: AsyncConnection, revision: int) -> None:
-        stmt = self.db.insert(state).values(key="revision", value=revision)
-        stmt = stmt.on_conflict_do_update(index_elements=[state.c.key], set_={"value": revision})
-        await conn.execute(stmt)
-
-    async def touch(self, records: Sequence[DomainRecord]) -> None:
-        """Persists lease renewals and metrics that do not make a new revision."""
-        if not records:
-            return
+    async def renew(
+        self,
+        domain_id: str,
+        status: DomainStatus,
+        metrics: Metrics | None,
+        check: Callable[[DomainRecord], None],
+    ) -> DomainRecord | None:
+        """A heartbeat that keeps the status: renews the lease and records the metrics
+        without a new revision. None when the record is missing or has another status
+        (the caller then makes a revision with `writing`). `check` sees the renewed
+        record and may raise to undo the renewal (a caller that is not the owner)."""
+        # One statement: the time is taken in it on PostgreSQL, and the notification is
+        # sent from its RETURNING clause (a heartbeat is the registry's hottest write).
+        now: Any = (
+            literal_column("extract(epoch FROM statement_timestamp())", Float)
+            if self.clock is None and self.shared
+            else (self.clock or time.time)()
+        )
+        values: dict[str, object] = {
+            "last_heartbeat_at": now,
+            "lease_expires_at": domains.c.lease_ttl_s + now,
+        }
+        if metrics is not None:
+            values.update(
+                load=metrics.load, latency_ms=metrics.latency_ms, success_rate=metrics.success_rate
+            )
+        returned: list[Any] = list(domains.c)
+        if self.shared:
+            returned.append(func.pg_notify(TOUCHES_CHANNEL, domains.c.domain_id))
         async with self.db.transaction() as conn:
-            for record in records:
+            row = (
                 await conn.execute(
                     update(domains)
-                    .where(domains.c.domain_id == record.domain_id)
-                    .values(
-                        load=record.metrics.load,
-                        latency_ms=record.metrics.latency_ms,
-                        success_rate=record.metrics.success_rate,
-                        last_heartbeat_at=record.last_heartbeat_at,
-                        lease_expires_at=record.lease_expires_at,
-                    )
+                    .where(domains.c.domain_id == domain_id, domains.c.status == status.value)
+                    .values(**values)
+                    .returning(*returned)
                 )
+            ).first()
+            if row is None:
+                return None
+            record = _record(row)
+            check(record)
+            return record
+
+    async def grant_grace(self) -> list[DomainRecord]:
+        """Renews, from now, the live leases that lapsed while no instance was running
+        (their domains could not heartbeat an absent registry); nothing while another
+        instance runs. Returns the renewed records."""
+        async with self.db.transaction() as conn:
+            if self.shared:
+                alone = (
+                    await conn.execute(text(f"SELECT pg_try_advisory_xact_lock({_ALIVE_LOCK})"))
+                ).scalar_one()
+                if not alone:
+                    return []
+            now = await self._now(conn)
+            rows = await conn.execute(
+                update(domains)
+                .where(
+                    domains.c.status != DomainStatus.UNHEALTHY.value,
+                    domains.c.lease_expires_at < now,
+                )
+                .values(lease_expires_at=domains.c.lease_ttl_s + now)
+                .returning(*domains.c)
+            )
+            return [_record(r) for r in rows]
+
+    async def hold_alive_lock(self, conn: object) -> None:
+        """Takes the alive lock, shared, on a dedicated driver connection (held until it
+        closes): while it is held, no other instance takes itself for the only one."""
+        await conn.execute(f"SELECT pg_advisory_lock_shared({_ALIVE_LOCK})")  # type: ignore[attr-defined]  # asyncpg Connection
+
+    async def changes_after(self, revision: int, limit: int) -> list[Change]:
+        """Up to `limit` logged changes after `revision`, in order."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(changes)
+                .where(changes.c.revision > revision)
+                .order_by(changes.c.revision)
+                .limit(limit)
+            )
+            return [_change(r) for r in rows]
+
+    async def records(self, domain_ids: Sequence[str]) -> list[DomainRecord]:
+        """The stored records of some domains (the missing ones are left out)."""
+        if not domain_ids:
+            return []
+        async with self.db.read() as conn:
+            rows = await conn.execute(select(domains).where(domains.c.domain_id.in_(domain_ids)))
+            return [_record(r) for r in rows]
 
     async def trim_changes(self, keep_after_revision: int) -> int:
         """Deletes changes at or before a revision; returns how many went."""
@@ -235,3 +453,8 @@ class RegistryStore:
                 delete(changes).where(changes.c.revision <= keep_after_revision)
             )
         return int(result.rowcount or 0)
+
+
+def _change(row: object) -> Change:
+    m = row._mapping  # type: ignore[attr-defined]  # SQLAlchemy Row
+    return Change(m["revision"], ChangeKind(m["kind"]), DomainRecord.from_json(m["record"]))

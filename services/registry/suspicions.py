@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
@@ -104,11 +104,21 @@ class Report:
 
 
 class SuspicionBook:
-    """Open suspicions and the highest incarnation known per domain."""
+    """Open suspicions and the highest incarnation known per domain.
 
-    def __init__(self) -> None:
-        self._open: dict[str, Suspicion] = {}
-        self._incarnations: dict[str, int] = {}
+    Args:
+        open_suspicions: Suspicions to start from (a stored book, or the part of it about
+            one suspect).
+        incarnations: Highest incarnations known to start from.
+    """
+
+    def __init__(
+        self,
+        open_suspicions: Iterable[Suspicion] = (),
+        incarnations: Mapping[str, int] | None = None,
+    ) -> None:
+        self._open: dict[str, Suspicion] = {s.suspect_id: s for s in open_suspicions}
+        self._incarnations: dict[str, int] = dict(incarnations or {})
 
     def get(self, suspect_id: str) -> Suspicion | None:
         """The open suspicion of `suspect_id`, or None."""

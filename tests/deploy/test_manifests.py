@@ -61,10 +61,12 @@ def test_every_component_of_the_topology_has_a_workload_with_grpc_or_http_probes
         assert container["resources"]["requests"]["memory"]
 
 
-def test_the_orchestrator_runs_as_several_instances_and_single_writers_as_one() -> None:
+def test_the_orchestrator_and_registry_run_as_several_instances_and_single_writers_as_one() -> None:
     workloads = {d["metadata"]["name"]: d for d in _manifests() if "replicas" in d.get("spec", {})}
-    assert workloads["orchestrator"]["kind"] == "Deployment"
-    assert workloads["orchestrator"]["spec"]["replicas"] >= 2
+    for several in ("orchestrator", "registry"):
+        assert workloads[several]["kind"] == "Deployment"
+        assert workloads[several]["spec"]["replicas"] >= 2
+    assert _compose()["services"]["registry"]["deploy"]["replicas"] >= 2
     assert workloads["immutable-log"]["kind"] == "StatefulSet"
     assert workloads["immutable-log"]["spec"]["replicas"] == 1
 

@@ -31,6 +31,7 @@ async def test_each_change_is_enqueued_in_the_same_transaction(
         await registry.deregister("ai_domain")
         pending = await registry.store.outbox.pending(10)
     finally:
+        await registry.close()
         await registry.store.close()
     assert [e.event_type for e in pending] == [
         "domain.registered",

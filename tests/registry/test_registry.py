@@ -245,6 +245,7 @@ async def test_state_survives_a_restart(
     await first.register(reg("b"))
     await first.heartbeat("a", Metrics(load=0.25, latency_ms=5, success_rate=1))
     await first.deregister("b")
+    await first.close()
     await first.store.close()
 
     second = core()
@@ -258,6 +259,7 @@ async def test_state_survives_a_restart(
         with pytest.raises(NotFound):
             second.get("b")
     finally:
+        await second.close()
         await second.store.close()
 
 
@@ -272,6 +274,7 @@ async def test_a_lease_that_lapsed_while_down_gets_one_ttl_of_grace(
     first = core()
     await first.open()
     await first.register(reg())
+    await first.close()
     await first.store.close()
     clock.advance(600)
 
@@ -281,6 +284,7 @@ async def test_a_lease_that_lapsed_while_down_gets_one_ttl_of_grace(
         assert await second.sweep() == []
         assert second.get("ai_domain").lease_expires_at == clock.now + 30
     finally:
+        await second.close()
         await second.store.close()
 
 
@@ -335,6 +339,7 @@ async def test_watch_from_beyond_the_history_restarts_with_a_snapshot(
         [future] = await _collect(core, 10_000, 1)
         assert future.reset
     finally:
+        await core.close()
         await core.store.close()
 
 
