@@ -28,6 +28,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from gateway import protojson
 from gateway.routes import Route
 
 _FD = _descriptor.FieldDescriptor
@@ -380,12 +381,10 @@ def _apply_query(
 
 
 def to_json_dict(message: Message) -> dict[str, Any]:
-    """The JSON form of a message: proto field names, zero values included."""
-    return json_format.MessageToDict(
-        message,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-    )
+    """The JSON form of a message: proto field names, zero values included (as
+    `json_format.MessageToDict` prints it; see `gateway.protojson`)."""
+    document: dict[str, Any] = protojson.to_json_dict(message)
+    return document
 
 
 def render_response(route: Route, message: Message) -> Any:
