@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from google.api import annotations_pb2, http_pb2
@@ -113,14 +114,14 @@ class Route:
         """True for methods other than GET (the ones a governance check may gate)."""
         return self.http_method != "GET"
 
-    @property
+    @cached_property
     def request_class(self) -> type[Message]:
-        """The request message class."""
+        """The request message class (looked up once per route, not per request)."""
         return message_factory.GetMessageClass(self.method.input_type)
 
-    @property
+    @cached_property
     def response_class(self) -> type[Message]:
-        """The response message class."""
+        """The response message class (looked up once per route)."""
         return message_factory.GetMessageClass(self.method.output_type)
 
 

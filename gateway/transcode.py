@@ -190,6 +190,13 @@ def _assign(message: Message, chain: list[_FD], value: Any, dotted: str) -> None
         raise TranscodeError(dotted, str(exc)) from None
 
 
+def _set_text(message: Message, field: _FD, text: str, dotted: str) -> None:
+    try:
+        setattr(message, field.name, text)
+    except (TypeError, ValueError) as exc:
+        raise TranscodeError(dotted, str(exc)) from None
+
+
 def _bound_prefixes(route: Route, path_fields: Iterable[str]) -> list[str]:
     bound = list(path_fields)
     if route.body and route.body != "*":
@@ -249,6 +256,10 @@ def build_request(
         assert chain is not None  # checked when the table was built
         if _is_repeated(chain[-1]):
             _assign(request, chain, [_scalar_json(chain[-1], value, field_path)], field_path)
+        elif len(chain) == 1 and chain[0].type == _FD.TYPE_STRING:
+            # The common case (an id in the path): the text is the value, as ParseDict would
+            # set it, without a JSON round trip per request.
+            _set_text(request, chain[0], value, field_path)
         else:
             _assign(request, chain, _scalar_json(chain[-1], value, field_path), field_path)
     return request
