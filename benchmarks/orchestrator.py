@@ -7,7 +7,9 @@ then measures:
 - seq3: a 3-step sequential workflow run with ExecuteWorkflow(wait=true), one client;
 - fanout8: a 1-to-8 fan-out workflow (1 step, then 8 in parallel), one client;
   (these three take turns in short rounds, so they see the same load on a shared machine)
-- seq3 and fanout8 again with 16 concurrent clients for 6 s each (throughput).
+- the raw calls, seq3 and fanout8 again with 16 concurrent clients for 6 s each
+  (throughput; the raw calls at 16 clients are the ceiling of this one process: a 3-step
+  workflow costs four round trips, ExecuteWorkflow and its three domain calls).
 
 The orchestrator persists every transition (SQLite, WAL) and signs every proof, as in
 production; its events stay in the outbox (no event bus is started). Prints a table with
@@ -216,6 +218,7 @@ async def main() -> dict[str, Any]:
             results: dict[str, Any] = await interleaved(
                 {"raw3_1": raw, "seq3_1": runner(seq_id), "fanout8_1": runner(fan_id)}
             )
+            results["raw3_16"] = await measure(raw, CONCURRENCY)
             results["seq3_16"] = await measure(runner(seq_id), CONCURRENCY)
             results["fanout8_16"] = await measure(runner(fan_id), CONCURRENCY)
             commits = orch.store.commits
@@ -233,6 +236,7 @@ def report(results: dict[str, Any]) -> None:
     print(f"{'scenario':<24}{'clients':>8}{'per s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     rows = [
         ("raw 3 sequential calls", "raw3_1", 1),
+        ("raw 3 sequential calls", "raw3_16", CONCURRENCY),
         ("3-step workflow", "seq3_1", 1),
         ("3-step workflow", "seq3_16", CONCURRENCY),
         ("1-to-8 fan-out", "fanout8_1", 1),
@@ -243,9 +247,10 @@ def report(results: dict[str, Any]) -> None:
         print(f"{label:<24}{clients:>8}{r['per_s']:>10.1f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}")
     print(
         f"p50 of a 3-step workflow / p50 of 3 raw calls: "
-        f"{results['ratio_p50_seq3_vs_raw3']:.2f}x (target <= 3x); "
+        f"{results['ratio_p50_seq3_vs_raw3']:.2f}x (target <= 2x); "
         f"3-step workflows/s at {CONCURRENCY} clients: {results['seq3_16']['per_s']:.0f} "
-        "(target >= 100)"
+        f"(target >= 700; raw 3 calls/s at {CONCURRENCY} clients: "
+        f"{results['raw3_16']['per_s']:.0f})"
     )
     print(json.dumps({"benchmark": "orchestrator", **results}, sort_keys=True))
 

@@ -330,6 +330,10 @@ class GatewayApp:
         larger than what the client sends), and `_ClientGone` when the client leaves."""
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
+        if declared in (None, "0") and "transfer-encoding" not in request.headers:
+            # No body framed (HTTP/1.1: neither header): nothing to wait for. Most GETs; it
+            # saves a timed receive per request.
+            return b""
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HttpError(413, f"the request body is larger than {limit} bytes")
         chunks: list[bytes] = []

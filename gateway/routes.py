@@ -21,6 +21,7 @@ import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from google.api import annotations_pb2, http_pb2
@@ -113,14 +114,14 @@ class Route:
         """True for methods other than GET (the ones a governance check may gate)."""
         return self.http_method != "GET"
 
-    @property
+    @cached_property
     def request_class(self) -> type[Message]:
-        """The request message class."""
+        """The request message class (looked up once per route, not per request)."""
         return message_factory.GetMessageClass(self.method.input_type)
 
-    @property
+    @cached_property
     def response_class(self) -> type[Message]:
-        """The response message class."""
+        """The response message class (looked up once per route)."""
         return message_factory.GetMessageClass(self.method.output_type)
 
 
@@ -164,16 +165,21 @@ def _check_field_path(
     return found
 
 
-def _first_literal(route: Route) -> str | None:
-    """The literal a route's paths must start with, or None when any first segment may
-    match (a variable or wildcard first, no segments, or a verb glued to the only one)."""
+def _literal_at(route: Route, index: int) -> str | None:
+    """The literal a route's paths must have as segment `index`, or None when any segment
+    may be there (a variable or wildcard, no such segment, or a verb glued to it)."""
     template = route.template
     segments = template.segments
-    if not segments or segments[0].kind is not SegmentKind.LITERAL:
+    if index >= len(segments) or segments[index].kind is not SegmentKind.LITERAL:
         return None
-    if template.verb and len(segments) == 1:
+    if template.verb and index == len(segments) - 1:
         return None
-    return segments[0].literal
+    return segments[index].literal
+
+
+def _first_literal(route: Route) -> str | None:
+    """The literal a route's paths must start with, or None (see `_literal_at`)."""
+    return _literal_at(route, 0)
 
 
 class RouteTable:
@@ -205,6 +211,19 @@ class RouteTable:
             if literal is not None
         }
         self._anywhere = anywhere
+        # And by the first two segments: most routes share their first one (/domains/...).
+        # For a path whose second segment no route names there, only the routes that take
+        # any second segment remain.
+        self._by_two: dict[tuple[str, str], tuple[Route, ...]] = {}
+        self._by_first_any_second: dict[str, tuple[Route, ...]] = {}
+        for first, routes in self._by_first.items():
+            seconds = {_literal_at(r, 1) for r in routes} - {None}
+            for second in seconds:
+                assert second is not None
+                self._by_two[(first, second)] = tuple(
+                    r for r in routes if _literal_at(r, 1) in (None, second)
+                )
+            self._by_first_any_second[first] = tuple(r for r in routes if _literal_at(r, 1) is None)
 
     @classmethod
     def from_services(
@@ -264,7 +283,10 @@ class RouteTable:
         if not raw_path.startswith("/"):
             return Match()
         parts = split_path(raw_path)
-        candidates = self._by_first.get(parts[0], self._anywhere) if parts else self.routes
+        if len(parts) > 1 and parts[0] in self._by_first:
+            candidates = self._by_two.get((parts[0], parts[1]), self._by_first_any_second[parts[0]])
+        else:
+            candidates = self._by_first.get(parts[0], self._anywhere) if parts else self.routes
         for route in candidates:
             bindings = route.template.match_parts(parts)
             if bindings is None:

@@ -28,6 +28,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from gateway import protojson
 from gateway.routes import Route
 
 _FD = _descriptor.FieldDescriptor
@@ -189,6 +190,13 @@ def _assign(message: Message, chain: list[_FD], value: Any, dotted: str) -> None
         raise TranscodeError(dotted, str(exc)) from None
 
 
+def _set_text(message: Message, field: _FD, text: str, dotted: str) -> None:
+    try:
+        setattr(message, field.name, text)
+    except (TypeError, ValueError) as exc:
+        raise TranscodeError(dotted, str(exc)) from None
+
+
 def _bound_prefixes(route: Route, path_fields: Iterable[str]) -> list[str]:
     bound = list(path_fields)
     if route.body and route.body != "*":
@@ -248,6 +256,10 @@ def build_request(
         assert chain is not None  # checked when the table was built
         if _is_repeated(chain[-1]):
             _assign(request, chain, [_scalar_json(chain[-1], value, field_path)], field_path)
+        elif len(chain) == 1 and chain[0].type == _FD.TYPE_STRING:
+            # The common case (an id in the path): the text is the value, as ParseDict would
+            # set it, without a JSON round trip per request.
+            _set_text(request, chain[0], value, field_path)
         else:
             _assign(request, chain, _scalar_json(chain[-1], value, field_path), field_path)
     return request
@@ -380,12 +392,10 @@ def _apply_query(
 
 
 def to_json_dict(message: Message) -> dict[str, Any]:
-    """The JSON form of a message: proto field names, zero values included."""
-    return json_format.MessageToDict(
-        message,
-        preserving_proto_field_name=True,
-        always_print_fields_with_no_presence=True,
-    )
+    """The JSON form of a message: proto field names, zero values included (as
+    `json_format.MessageToDict` prints it; see `gateway.protojson`)."""
+    document: dict[str, Any] = protojson.to_json_dict(message)
+    return document
 
 
 def render_response(route: Route, message: Message) -> Any:

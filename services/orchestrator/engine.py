@@ -16,8 +16,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from opentelemetry import context as otel_context
-
+from services.common import telemetry
 from services.common.backoff import Backoff
 from services.common.call_metrics import CallTallies
 from services.common.domain_router import DomainRouter
@@ -377,7 +376,7 @@ class Orchestrator:
             spec,
             execution,
             [events.event(events.STARTED, events.started(execution), execution)],
-            trace_context=otel_context.get_current(),
+            trace_context=telemetry.capture_context(),
         )
         runner._mark("execution.started")
         self._runners[execution_id] = runner

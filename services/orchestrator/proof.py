@@ -65,6 +65,9 @@ ORCHESTRATOR_IDENTITY = Identity("component", "orchestrator")
 
 
 def _normalize(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value  # The common leaves first: records are hashed on every step.
     if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_SAFE_INT:
         return int(value)
     if isinstance(value, Mapping):

@@ -21,6 +21,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from grace.domain.v1 import domain_pb2
+from services.common import telemetry
 from services.common.call_metrics import WORKFLOW_PREFIX, TrafficKind
 from services.common.domain_router import CallError, Candidate, from_struct, to_struct
 from services.common.governance_client import RISK_LEVELS
@@ -168,6 +169,11 @@ class ExecutionRunner:
         return attributes
 
     async def _run(self) -> None:
+        if not telemetry.enabled():
+            # No spans at all while tracing is off: a no-op span still costs a context
+            # switch-over per step, which shows in a busy orchestrator's profile.
+            await self._drive()
+            return
         # One span for the whole execution; every step span is its child. The runner task
         # outlives ExecuteWorkflow, so its context is carried in explicitly.
         with _tracer.start_as_current_span(
@@ -319,6 +325,9 @@ class ExecutionRunner:
     def _step_span(self, spec: StepSpec, run: StepRun, kind: str = "step") -> Iterator[None]:
         """A child span of the execution span for one step (or its compensation); ERROR
         when the step ends FAILED or its compensation failed."""
+        if self._execution_context is None:  # tracing is off (see `_run`)
+            yield
+            return
         with _tracer.start_as_current_span(
             f"{kind} {spec.id}", context=self._execution_context, attributes=self._attributes(spec)
         ) as span:

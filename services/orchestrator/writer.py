@@ -168,14 +168,9 @@ class TransitionWriter:
             self.outbox.new_row(event_type, data, subject=subject, event_id=event_id)
             for event_type, data, subject, event_id in events
         ]
-        if self.leases is None and not sync and self._writer is not None and self._committer.idle:
-            # Nothing queued and no commit in flight: an unflushed transition is committed
-            # right here, without a hop through the committer.
-            with telemetry.batch_span(_tracer, "orchestrator.commit", (), self._span_attributes(1)):
-                inline = self._commit_inline([row], new_events)
-            if inline:
-                self._committed(bool(new_events))
-                return
+        # Always through the committer, even when it is idle: transitions of concurrent
+        # executions made in the same turn of the event loop then share one commit (an
+        # unflushed batch is still committed inline, see `_write_batch`).
         context = otel_context.get_current() if telemetry.enabled() else None
         await self._committer.submit(_Transition(row, new_events, sync, context))
 

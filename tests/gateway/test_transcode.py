@@ -265,12 +265,21 @@ def _scan(table: RouteTable, method: str, path: str) -> tuple[str, dict[str, str
     return "", {}, tuple(sorted(allowed))
 
 
-def test_the_indexed_lookup_finds_what_scanning_every_grace_route_finds() -> None:
-    table = RouteTable.from_services(discover_services())
-    paths = {"/", "/nowhere", "/v1", "/domains", "/domains/x/y/z/w"}
+@pytest.mark.parametrize("grace", [True, False], ids=["grace", "library"])
+def test_the_indexed_lookup_finds_what_scanning_every_route_finds(
+    grace: bool, table: RouteTable
+) -> None:
+    if grace:
+        table = RouteTable.from_services(discover_services())
+    paths = {"/", "/nowhere", "/v1", "/domains", "/domains/x/y/z/w", "/domains/seg"}
     for route in table:
         filled = re.sub(r"\{[^}]*\}|\*\*|\*", "seg", route.template.text)
         paths.update({filled, filled + "/extra", filled.rsplit("/", 1)[0] or "/"})
+        # Each segment in turn replaced by one no route names: the lookup by the first two
+        # segments must fall back to the routes that take any segment there.
+        parts = filled.split("/")
+        for index in range(1, len(parts)):
+            paths.add("/".join([*parts[:index], "other", *parts[index + 1 :]]))
     assert len(paths) > len(table)
     for path in sorted(paths):
         for method in ("GET", "POST", "DELETE", "PATCH", "PUT"):
