@@ -301,10 +301,33 @@ class EventVerifier:
         if self.mode == "off":
             return [None] * len(events)
         statuses = await self.check_batch(events)
-        return [self._apply(event, status) for event, status in zip(events, statuses, strict=True)]
+        # An accepted event's judgement depends only on its source and status (and the
+        # caller, fixed for the call): judged once per pair, then only counted. Refusals
+        # and flagged events name the event, so each is judged on its own.
+        accepted: dict[tuple[str, SignatureStatus], str] = {}
+        counts = self.counts
+        denials: list[PermissionDenied | None] = []
+        for event, status in zip(events, statuses, strict=True):
+            pair = (event.source_domain, status)
+            counted = accepted.get(pair)
+            if counted is not None:
+                counts[counted] += 1
+                denials.append(None)
+                continue
+            denial = self._apply(event, status)
+            denials.append(denial)
+            if not status.violation:
+                accepted[pair] = status.value
+            elif status is SignatureStatus.UNSIGNED and denial is None and self.vouched_for(event):
+                accepted[pair] = "unsigned_authenticated"
+        return denials
+
+    def vouched_for(self, event: event_pb2.Event) -> bool:
+        """True when the caller vouches for the unsigned event's source."""
+        return self.vouched is not None and self.vouched(event)
 
     def _apply(self, event: event_pb2.Event, status: SignatureStatus) -> PermissionDenied | None:
-        if status is SignatureStatus.UNSIGNED and self.vouched is not None and self.vouched(event):
+        if status is SignatureStatus.UNSIGNED and self.vouched_for(event):
             self.counts["unsigned_authenticated"] += 1
             return None
         self.counts[status.value] += 1

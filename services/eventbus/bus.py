@@ -70,8 +70,9 @@ class Admission:
     def complete(self, appended: Sequence[Appended]) -> list[PublishOutcome]:
         """Every entry's outcome in request order, given the valid entries' results."""
         outcomes = self.outcomes
+        new = tuple.__new__  # the NamedTuple constructor's frame, saved once per event
         for slot, result in zip(self.slots, appended, strict=True):
-            outcomes[slot] = PublishOutcome(result.event_id, result)
+            outcomes[slot] = new(PublishOutcome, (result.event_id, result, ""))
         return [outcome for outcome in outcomes if outcome is not None]
 
 
@@ -238,10 +239,25 @@ class EventBus:
                         outcomes[slot] = PublishOutcome(event.id, error=denial.message)
                 slots = [slot for slot, _ in kept]
                 valid = [event for _, event in kept]
-        now_ns = time.time_ns()
-        prepare = self._prepare
-        generated = [prepare(event, now_ns) for event in valid]
-        return Admission(outcomes, valid, slots, generated)
+        return Admission(outcomes, valid, slots, self._prepare_all(valid))
+
+    def _prepare_all(self, events: list[event_pb2.Event]) -> list[bool]:
+        """`_prepare` of each event, inlined: it runs once per published event."""
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        new_id = self.log.new_id
+        generated = []
+        for event in events:
+            if event.sequence:
+                event.sequence = 0
+            if not event.HasField("time"):
+                stamp = event.time
+                stamp.seconds, stamp.nanos = seconds, nanos
+            if event.id:
+                generated.append(False)
+            else:
+                event.id = new_id()
+                generated.append(True)
+        return generated
 
     def _prepare(self, event: event_pb2.Event, now_ns: int) -> bool:
         if event.sequence:

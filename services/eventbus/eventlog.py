@@ -221,13 +221,19 @@ class EventLog:
         plan = _Plan(head=self.head)
         sequence = self.head
         rows, by_type, fresh = plan.rows, plan.by_type, plan.fresh
+        # Per event on the hot path: each field read once (a protobuf attribute read costs
+        # more than a local), and the row and answer tuples built without the NamedTuple
+        # constructors' Python frames (a third of the time of this loop).
+        new = tuple.__new__
         for pending in group:
-            answer = []
+            answer: list[Appended] = []
+            add_answer = answer.append
             for event in pending.events:
-                key = (event.source_domain, event.id)
+                event_id, source = event.id, event.source_domain
+                key = (source, event_id)
                 original = known.get(key)
                 if original is not None:
-                    answer.append(Appended(event.id, original, True, now))
+                    add_answer(new(Appended, (event_id, original, True, now)))
                     plan.duplicates += 1
                     continue
                 sequence += 1
@@ -235,18 +241,14 @@ class EventLog:
                 event.sequence = sequence
                 event_type = event.event_type
                 rows.append(
-                    EventRow(
-                        sequence,
-                        event.source_domain,
-                        event.id,
-                        event_type,
-                        now,
-                        event.SerializeToString(),
+                    new(
+                        EventRow,
+                        (sequence, source, event_id, event_type, now, event.SerializeToString()),
                     )
                 )
                 by_type[event_type] = by_type.get(event_type, 0) + 1
                 fresh.append(event)
-                answer.append(Appended(event.id, sequence, False, now))
+                add_answer(new(Appended, (event_id, sequence, False, now)))
             plan.answers.append(answer)
         plan.head = sequence
         return plan
