@@ -420,7 +420,9 @@ async def main() -> None:
             stream_throughput = await grace_stream_throughput(address, THROUGHPUT_EVENTS)
             stream_p50, stream_p99 = await grace_stream_latency(address)
     print(f"built-in bus (a): {throughput:,.0f} events/s", flush=True)
+    print(f"built-in bus (b) p50 / p99: {p50:.2f} / {p99:.2f} ms", flush=True)
     print(f"built-in bus (a') stream: {stream_throughput:,.0f} events/s", flush=True)
+    print(f"built-in bus (b') stream p50 / p99: {stream_p50:.2f} / {stream_p99:.2f} ms", flush=True)
     peer = await nats_figures()
     if peer is not None:
         print(f"raw JetStream (a): {peer['throughput']:,.0f} events/s", flush=True)
