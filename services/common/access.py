@@ -129,12 +129,9 @@ class Rule:
         if self.level == Level.OWNER:
             if self.owned is None or request is None:
                 return None if roles & {ADMIN, COMPONENT} or principal.domains else "denied"
-            for domain_id in self.owned(request):
-                if domain_id and not principal.may_act_for(domain_id):
-                    return (
-                        f"{self.owned_fields}={domain_id!r}: only that domain "
-                        f"(domain:{domain_id}) may act in its name"
-                    )
+            refused = self.refuse_owned(principal, self.owned(request))
+            if refused is not None:
+                return refused
             if roles & {ADMIN, COMPONENT} or principal.domains:
                 return None
             return "needs a domain identity or the admin role"
@@ -149,6 +146,18 @@ class Rule:
         if roles & {ADMIN}:
             return None
         return "needs the admin role"
+
+    def refuse_owned(self, principal: Principal, domain_ids: Iterable[str]) -> str | None:
+        """Why `principal` may not act for one of `domain_ids` (None when it may). Streaming
+        calls are admitted before their first message, so their servicer asks this of
+        each message's domains itself."""
+        for domain_id in domain_ids:
+            if domain_id and not principal.may_act_for(domain_id):
+                return (
+                    f"{self.owned_fields}={domain_id!r}: only that domain "
+                    f"(domain:{domain_id}) may act in its name"
+                )
+        return None
 
 
 PUBLIC = Rule(Level.PUBLIC)
@@ -199,6 +208,9 @@ RULES: Mapping[str, Rule] = {
     # Event bus: a publisher publishes as itself; push subscriptions belong to a domain.
     _BUS + "Publish": owner("source_domain"),
     _BUS + "PublishBatch": Rule(Level.OWNER, _events_source, "events[].source_domain"),
+    # Checked when the stream opens (a domain, a component or admin) and then for every
+    # event by the servicer (`refuse_owned`): one not the caller's to publish is rejected.
+    _BUS + "PublishStream": Rule(Level.OWNER, _events_source, "events[].source_domain"),
     _BUS + "Subscribe": READ,
     _BUS + "Ack": WRITE,
     _BUS + "CreateSubscription": owner("domain_id"),

@@ -35,6 +35,7 @@ revocation is picked up within `ttl_s`.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -135,6 +136,11 @@ class TrustKeySource:
         return {current.key_id: current.public_key} if current.key_id else {}
 
 
+def _retrieved(task: asyncio.Future[_Entry]) -> None:
+    if not task.cancelled():
+        task.exception()  # logged by the lookup itself; not "never retrieved"
+
+
 @dataclass
 class _Entry:
     keys: dict[str, Ed25519PublicKey] | None  # None: the source has no identity
@@ -171,6 +177,7 @@ class EventVerifier:
     max_roots: int = 4096
     vouched: Callable[[event_pb2.Event], bool] | None = None
     _cache: dict[str, _Entry] = field(default_factory=dict)
+    _lookups: dict[str, asyncio.Future[_Entry]] = field(default_factory=dict)
     # (key id, signature, root, batch size) -> when verified; only successes are kept.
     _roots: dict[tuple[str, bytes, bytes, int], float] = field(default_factory=dict)
 
@@ -186,6 +193,33 @@ class EventVerifier:
             fresh = now - entry.fetched_at < ttl
             if fresh and not (refresh and now - entry.fetched_at >= 1.0):
                 return entry
+            if not refresh:
+                # Expired: answer from it while one lookup in the background replaces it,
+                # instead of holding every publish of the source for a round trip to the
+                # trust kernel each time the entry expires (the bus's latency spikes). A
+                # rotation or revocation still lands within the TTL plus one lookup's
+                # deadline. A key id the entry does not know (`refresh`) still waits.
+                self._refresh_soon(domain_id)
+                return entry
+        # Shielded: a publish that gives up must not cancel the lookup others wait for.
+        return await asyncio.shield(self._lookup_once(domain_id))
+
+    def _refresh_soon(self, domain_id: str) -> None:
+        if domain_id not in self._lookups:
+            task = asyncio.ensure_future(self._lookup_once(domain_id))
+            task.add_done_callback(_retrieved)
+
+    def _lookup_once(self, domain_id: str) -> asyncio.Future[_Entry]:
+        """The lookup of a source's keys under way, or a new one: concurrent publishes of a
+        source share one call to the trust kernel."""
+        lookup = self._lookups.get(domain_id)
+        if lookup is None:
+            lookup = self._lookups[domain_id] = asyncio.ensure_future(self._lookup(domain_id))
+            lookup.add_done_callback(lambda _: self._lookups.pop(domain_id, None))
+        return lookup
+
+    async def _lookup(self, domain_id: str) -> _Entry:
+        now = self.clock()
         try:
             raw = await self.source.active_keys(domain_id)
             keys = (
@@ -211,16 +245,17 @@ class EventVerifier:
         without further work: the common unsigned batch costs a dict lookup per event.
         """
         memo: dict[tuple[str, bytes, bytes, int], bool] = {}
-        entries: dict[str, _Entry] = {}
+        unsigned: dict[str, SignatureStatus] = {}  # per source, judged once per batch
         statuses: list[SignatureStatus] = []
         for event in events:
             if event.signature:
                 statuses.append(await self._check(event, memo))
                 continue
-            entry = entries.get(event.source_domain)
-            if entry is None:
-                entry = entries[event.source_domain] = await self._entry(event.source_domain)
-            statuses.append(_unsigned_status(entry))
+            source = event.source_domain
+            status = unsigned.get(source)
+            if status is None:
+                status = unsigned[source] = _unsigned_status(await self._entry(source))
+            statuses.append(status)
         return statuses
 
     async def _check(
@@ -301,10 +336,33 @@ class EventVerifier:
         if self.mode == "off":
             return [None] * len(events)
         statuses = await self.check_batch(events)
-        return [self._apply(event, status) for event, status in zip(events, statuses, strict=True)]
+        # An accepted event's judgement depends only on its source and status (and the
+        # caller, fixed for the call): judged once per pair, then only counted. Refusals
+        # and flagged events name the event, so each is judged on its own.
+        accepted: dict[tuple[str, SignatureStatus], str] = {}
+        counts = self.counts
+        denials: list[PermissionDenied | None] = []
+        for event, status in zip(events, statuses, strict=True):
+            pair = (event.source_domain, status)
+            counted = accepted.get(pair)
+            if counted is not None:
+                counts[counted] += 1
+                denials.append(None)
+                continue
+            denial = self._apply(event, status)
+            denials.append(denial)
+            if not status.violation:
+                accepted[pair] = status.value
+            elif status is SignatureStatus.UNSIGNED and denial is None and self.vouched_for(event):
+                accepted[pair] = "unsigned_authenticated"
+        return denials
+
+    def vouched_for(self, event: event_pb2.Event) -> bool:
+        """True when the caller vouches for the unsigned event's source."""
+        return self.vouched is not None and self.vouched(event)
 
     def _apply(self, event: event_pb2.Event, status: SignatureStatus) -> PermissionDenied | None:
-        if status is SignatureStatus.UNSIGNED and self.vouched is not None and self.vouched(event):
+        if status is SignatureStatus.UNSIGNED and self.vouched_for(event):
             self.counts["unsigned_authenticated"] += 1
             return None
         self.counts[status.value] += 1

@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from grace.eventbus.v1 import event_pb2
@@ -37,6 +38,7 @@ from services.eventbus.model import (
     Stats,
     SubscriptionState,
 )
+from services.eventbus.pipeline import pipelined
 from services.eventbus.store import EventStore, LogFilter
 from services.eventbus.telemetry import BusTraffic
 
@@ -50,6 +52,29 @@ class PublishOutcome(NamedTuple):
     event_id: str
     appended: Appended | None = None
     error: str = ""
+
+
+Refusal = Callable[[str], "str | None"]
+"""Why the caller may not publish in a source domain's name (None when it may)."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A batch after validation and signature checks: what to append, and the rejected
+    entries' outcomes already in place."""
+
+    outcomes: list[PublishOutcome | None]
+    valid: list[event_pb2.Event]
+    slots: list[int]
+    generated: list[bool]
+
+    def complete(self, appended: Sequence[Appended]) -> list[PublishOutcome]:
+        """Every entry's outcome in request order, given the valid entries' results."""
+        outcomes = self.outcomes
+        new = tuple.__new__  # the NamedTuple constructor's frame, saved once per event
+        for slot, result in zip(self.slots, appended, strict=True):
+            outcomes[slot] = new(PublishOutcome, (result.event_id, result, ""))
+        return [outcome for outcome in outcomes if outcome is not None]
 
 
 class EventBus:
@@ -137,6 +162,52 @@ class EventBus:
 
     async def publish_batch(self, batch: Sequence[event_pb2.Event]) -> list[PublishOutcome]:
         """Stores the valid entries in order; invalid ones are rejected on their own."""
+        admission = await self._admit(batch)
+        if not admission.valid:
+            return admission.complete([])
+        return await self._store(admission)
+
+    def publish_stream(
+        self, batches: AsyncIterator[Sequence[event_pb2.Event]], refuse: Refusal | None = None
+    ) -> AsyncIterator[list[PublishOutcome]]:
+        """Stores each batch as `publish_batch` would, several in flight, and yields their
+        outcomes in arrival order, each once durable (see `services.eventbus.pipeline`).
+
+        Args:
+            batches: The publisher's messages.
+            refuse: Why an event may not be published by this caller (None when it may);
+                a refused event is rejected on its own, like an invalid one.
+        """
+        return pipelined(batches, lambda batch: self._start_batch(batch, refuse))
+
+    async def _start_batch(
+        self, batch: Sequence[event_pb2.Event], refuse: Refusal | None
+    ) -> tuple[int, asyncio.Future[list[PublishOutcome]]]:
+        admission = await self._admit(batch, refuse)
+        future: asyncio.Future[list[PublishOutcome]]
+        if not admission.valid:
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(admission.complete([]))
+            return len(admission.outcomes), future
+        future = asyncio.ensure_future(self._store(admission))
+        if not isinstance(self.log, EventLog):
+            # The built-in log queues an append the moment the task first runs, so tasks
+            # started in order are committed in order. Another backend may await before it
+            # queues: there, each message is stored before the next is admitted.
+            await asyncio.wait((future,))
+        return len(admission.outcomes), future
+
+    async def _store(self, admission: Admission) -> list[PublishOutcome]:
+        started = time.monotonic()
+        with tracing.producer_spans(admission.valid):
+            appended = await self.log.append(admission.valid, admission.generated)
+        self.traffic.published(admission.valid, time.monotonic() - started)
+        return admission.complete(appended)
+
+    async def _admit(
+        self, batch: Sequence[event_pb2.Event], refuse: Refusal | None = None
+    ) -> Admission:
+        """Validates, checks signatures and prepares (time, id) the entries of a batch."""
         if len(batch) > self.settings.max_batch:
             raise InvalidArgument("events", f"must have at most {self.settings.max_batch} entries")
         events = list(batch)  # one wrapper per element; indexing the repeated field makes more
@@ -144,7 +215,16 @@ class EventBus:
         valid: list[event_pb2.Event] = []
         slots: list[int] = []
         validate = self.validate
+        refusals: dict[str, str | None] = {}
         for index, event in enumerate(events):
+            if refuse is not None:
+                source = event.source_domain
+                if source not in refusals:
+                    refusals[source] = refuse(source)
+                refused = refusals[source]
+                if refused is not None:
+                    outcomes[index] = PublishOutcome(event.id, error=refused)
+                    continue
             try:
                 validate(event, f"events[{index}].")
             except InvalidArgument as exc:
@@ -166,17 +246,25 @@ class EventBus:
                         outcomes[slot] = PublishOutcome(event.id, error=denial.message)
                 slots = [slot for slot, _ in kept]
                 valid = [event for _, event in kept]
-        if valid:
-            now_ns = time.time_ns()
-            prepare = self._prepare
-            generated = [prepare(event, now_ns) for event in valid]
-            started = time.monotonic()
-            with tracing.producer_spans(valid):
-                appended = await self.log.append(valid, generated)
-            self.traffic.published(valid, time.monotonic() - started)
-            for slot, result in zip(slots, appended, strict=True):
-                outcomes[slot] = PublishOutcome(result.event_id, result)
-        return [outcome for outcome in outcomes if outcome is not None]
+        return Admission(outcomes, valid, slots, self._prepare_all(valid))
+
+    def _prepare_all(self, events: list[event_pb2.Event]) -> list[bool]:
+        """`_prepare` of each event, inlined: it runs once per published event."""
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        new_id = self.log.new_id
+        generated = []
+        for event in events:
+            if event.sequence:
+                event.sequence = 0
+            if not event.HasField("time"):
+                stamp = event.time
+                stamp.seconds, stamp.nanos = seconds, nanos
+            if event.id:
+                generated.append(False)
+            else:
+                event.id = new_id()
+                generated.append(True)
+        return generated
 
     def _prepare(self, event: event_pb2.Event, now_ns: int) -> bool:
         if event.sequence:

@@ -110,6 +110,19 @@ def test_a_domain_publishes_only_as_itself() -> None:
     assert publish.check(READER_USER, spoofed) is not None
 
 
+def test_a_publish_stream_opens_for_publishers_and_each_event_must_be_the_callers() -> None:
+    stream = rule_for("/grace.eventbus.v1.EventBusService/PublishStream")
+    assert stream is not None
+    # Opened before any message exists: publishers in, readers out.
+    assert stream.check(AI_DOMAIN, None) is None
+    assert stream.check(READER_USER, None) is not None
+    # Then per event, by the servicer.
+    assert stream.refuse_owned(AI_DOMAIN, ["ai_domain"]) is None
+    refused = stream.refuse_owned(EVIL_DOMAIN, ["ai_domain"])
+    assert refused is not None
+    assert "source_domain='ai_domain'" in refused
+
+
 def test_reads_need_any_authenticated_principal() -> None:
     rule = rule_for("/grace.eventbus.v1.EventBusService/GetHistory")
     assert rule is not None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from services.common.bus_client import EventBusPublisher, PublishError
 from services.common.outbox import OutboxEvent
 from services.eventbus.server import EventBusServer
+from services.eventbus.servicer import EventBusServicer
 from tests.eventbus.conftest import bus_config
 from tests.support import serving
 
@@ -61,3 +64,43 @@ async def test_an_unreachable_bus_raises() -> None:
             await publisher.publish([outbox_event(1)])
     finally:
         await publisher.close()
+
+
+async def test_one_stream_carries_many_calls_and_large_calls_in_several_messages(
+    tmp_path: Path,
+) -> None:
+    service = EventBusServer(bus_config(tmp_path))
+    async with serving(service.config.server, service) as (server, _):
+        publisher = EventBusPublisher(server.address, window=1500)
+        try:
+            await publisher.publish([outbox_event(row) for row in range(1, 2501)])
+            stream = publisher._stream
+            await publisher.publish([outbox_event(2501)])
+            assert publisher._stream is stream
+        finally:
+            await publisher.close()
+        assert service.bus.log.head == 2501
+        stats = await service.bus.stats()
+        assert stats.published_total == 2501
+
+
+async def test_a_bus_without_publish_stream_is_sent_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def older_bus(
+        self: EventBusServicer, requests: object, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[object]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        yield None  # pragma: no cover (a generator, as grpc expects)
+
+    monkeypatch.setattr(EventBusServicer, "PublishStream", older_bus)
+    service = EventBusServer(bus_config(tmp_path))
+    async with serving(service.config.server, service) as (server, _):
+        publisher = EventBusPublisher(server.address)
+        try:
+            await publisher.publish([outbox_event(1), outbox_event(2)])
+            await publisher.publish([outbox_event(2), outbox_event(3)])
+        finally:
+            await publisher.close()
+        assert service.bus.log.head == 3
+        assert publisher._stream is None

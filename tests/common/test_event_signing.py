@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 import pytest
@@ -133,3 +134,32 @@ async def test_keys_are_cached_and_a_rotation_is_picked_up_at_once() -> None:
 async def test_a_trust_kernel_that_is_down_leaves_events_unverified_but_accepted() -> None:
     verifier = EventVerifier(Keys(down=True), "reject")
     assert await verifier.enforce(event()) is SignatureStatus.UNVERIFIED
+
+
+async def test_an_expired_entry_answers_at_once_while_one_lookup_replaces_it() -> None:
+    old, new = SigningKey.generate(), SigningKey.generate()
+    source = Keys({"ai_domain": {old.key_id: old.public_key}})
+    clock = Clock()
+    verifier = EventVerifier(source, "reject", clock=clock, ttl_s=30.0)
+    await verifier.enforce(sign_event(event(), old))
+    source.keys["ai_domain"] = {new.key_id: new.public_key}
+    release = asyncio.Event()
+    fetch = source.active_keys
+
+    async def slow_lookup(domain_id: str) -> dict[str, bytes] | None:
+        await release.wait()
+        return await fetch(domain_id)
+
+    source.active_keys = slow_lookup  # type: ignore[method-assign]  # a trust kernel that lags
+    clock.now += 31
+    # The trust kernel has not answered: the expired entry still judges, nobody waits.
+    statuses = await asyncio.wait_for(
+        asyncio.gather(*(verifier.enforce(sign_event(event(), old)) for _ in range(20))), 5
+    )
+    assert set(statuses) == {SignatureStatus.VALID}
+    release.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert source.lookups == 2  # one lookup in the background, shared by all 20
+    with pytest.raises(PermissionDenied):
+        await verifier.enforce(sign_event(event(), old))  # the rotation has landed

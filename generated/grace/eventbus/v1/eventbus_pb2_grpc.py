@@ -52,6 +52,11 @@ class EventBusServiceStub:
                 request_serializer=grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishBatchRequest.SerializeToString,
                 response_deserializer=grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishBatchResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.stream_stream(
+                '/grace.eventbus.v1.EventBusService/PublishStream',
+                request_serializer=grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishStreamRequest.SerializeToString,
+                response_deserializer=grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishStreamResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/grace.eventbus.v1.EventBusService/Subscribe',
                 request_serializer=grace_dot_eventbus_dot_v1_dot_eventbus__pb2.SubscribeRequest.SerializeToString,
@@ -122,6 +127,24 @@ class EventBusServiceServicer:
     def PublishBatch(self, request, context):
         """Publishes many events in one call, stored in order, with one result per entry. An
         invalid entry is rejected on its own; the others are stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishStream(self, request_iterator, context):
+        """Publishes over one long-lived stream, for publishers that send continuously (the SDK
+        and the outbox relays): no call set-up per event or batch, several messages in flight.
+        Each request message carries events (one or a batch, at most the batch limit); the bus
+        stores messages in the order they arrive and answers each with one response, in the
+        same order, holding one ack per event, sent only once its events are durably stored.
+        Flow control: the bus stops reading a stream while 8,192 of its events (or 1,024 of
+        its messages) are unacknowledged, until acks went out; HTTP/2 flow control then holds
+        the publisher, which should itself keep a window of unacknowledged events.
+        Each event needs the caller to own its source_domain (as Publish); an event that is
+        invalid, refused by signature checks or not the caller's to publish is REJECTED on its
+        own. A failed commit ends the stream (UNAVAILABLE): re-send what was not acknowledged,
+        with the same ids, and the bus suppresses what was stored already.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,6 +230,11 @@ def add_EventBusServiceServicer_to_server(servicer, server):
                     servicer.PublishBatch,
                     request_deserializer=grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishBatchRequest.FromString,
                     response_serializer=grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishBatchResponse.SerializeToString,
+            ),
+            'PublishStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishStreamRequest.FromString,
+                    response_serializer=grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishStreamResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -316,6 +344,33 @@ class EventBusService:
             '/grace.eventbus.v1.EventBusService/PublishBatch',
             grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishBatchRequest.SerializeToString,
             grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/grace.eventbus.v1.EventBusService/PublishStream',
+            grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishStreamRequest.SerializeToString,
+            grace_dot_eventbus_dot_v1_dot_eventbus__pb2.PublishStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

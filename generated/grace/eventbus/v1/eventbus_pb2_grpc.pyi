@@ -50,6 +50,20 @@ class EventBusServiceStub:
     """Publishes many events in one call, stored in order, with one result per entry. An
     invalid entry is rejected on its own; the others are stored.
     """
+    PublishStream: _grpc.StreamStreamMultiCallable[_eventbus_pb2.PublishStreamRequest, _eventbus_pb2.PublishStreamResponse]
+    """Publishes over one long-lived stream, for publishers that send continuously (the SDK
+    and the outbox relays): no call set-up per event or batch, several messages in flight.
+    Each request message carries events (one or a batch, at most the batch limit); the bus
+    stores messages in the order they arrive and answers each with one response, in the
+    same order, holding one ack per event, sent only once its events are durably stored.
+    Flow control: the bus stops reading a stream while 8,192 of its events (or 1,024 of
+    its messages) are unacknowledged, until acks went out; HTTP/2 flow control then holds
+    the publisher, which should itself keep a window of unacknowledged events.
+    Each event needs the caller to own its source_domain (as Publish); an event that is
+    invalid, refused by signature checks or not the caller's to publish is REJECTED on its
+    own. A failed commit ends the stream (UNAVAILABLE): re-send what was not acknowledged,
+    with the same ids, and the bus suppresses what was stored already.
+    """
     Subscribe: _grpc.UnaryStreamMultiCallable[_eventbus_pb2.SubscribeRequest, _eventbus_pb2.SubscribeResponse]
     """Streams the events matching the patterns, in sequence order, several per message.
     Starts at new events (default), all retained events, a sequence or a time; with a
@@ -98,6 +112,20 @@ class EventBusServiceAsyncStub(EventBusServiceStub):
     PublishBatch: _aio.UnaryUnaryMultiCallable[_eventbus_pb2.PublishBatchRequest, _eventbus_pb2.PublishBatchResponse]  # type: ignore[assignment]
     """Publishes many events in one call, stored in order, with one result per entry. An
     invalid entry is rejected on its own; the others are stored.
+    """
+    PublishStream: _aio.StreamStreamMultiCallable[_eventbus_pb2.PublishStreamRequest, _eventbus_pb2.PublishStreamResponse]  # type: ignore[assignment]
+    """Publishes over one long-lived stream, for publishers that send continuously (the SDK
+    and the outbox relays): no call set-up per event or batch, several messages in flight.
+    Each request message carries events (one or a batch, at most the batch limit); the bus
+    stores messages in the order they arrive and answers each with one response, in the
+    same order, holding one ack per event, sent only once its events are durably stored.
+    Flow control: the bus stops reading a stream while 8,192 of its events (or 1,024 of
+    its messages) are unacknowledged, until acks went out; HTTP/2 flow control then holds
+    the publisher, which should itself keep a window of unacknowledged events.
+    Each event needs the caller to own its source_domain (as Publish); an event that is
+    invalid, refused by signature checks or not the caller's to publish is REJECTED on its
+    own. A failed commit ends the stream (UNAVAILABLE): re-send what was not acknowledged,
+    with the same ids, and the bus suppresses what was stored already.
     """
     Subscribe: _aio.UnaryStreamMultiCallable[_eventbus_pb2.SubscribeRequest, _eventbus_pb2.SubscribeResponse]  # type: ignore[assignment]
     """Streams the events matching the patterns, in sequence order, several per message.
@@ -156,6 +184,26 @@ class EventBusServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_eventbus_pb2.PublishBatchResponse, _abc.Awaitable[_eventbus_pb2.PublishBatchResponse]]:
         """Publishes many events in one call, stored in order, with one result per entry. An
         invalid entry is rejected on its own; the others are stored.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_eventbus_pb2.PublishStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_eventbus_pb2.PublishStreamResponse], _abc.AsyncIterator[_eventbus_pb2.PublishStreamResponse]]:
+        """Publishes over one long-lived stream, for publishers that send continuously (the SDK
+        and the outbox relays): no call set-up per event or batch, several messages in flight.
+        Each request message carries events (one or a batch, at most the batch limit); the bus
+        stores messages in the order they arrive and answers each with one response, in the
+        same order, holding one ack per event, sent only once its events are durably stored.
+        Flow control: the bus stops reading a stream while 8,192 of its events (or 1,024 of
+        its messages) are unacknowledged, until acks went out; HTTP/2 flow control then holds
+        the publisher, which should itself keep a window of unacknowledged events.
+        Each event needs the caller to own its source_domain (as Publish); an event that is
+        invalid, refused by signature checks or not the caller's to publish is REJECTED on its
+        own. A failed commit ends the stream (UNAVAILABLE): re-send what was not acknowledged,
+        with the same ids, and the bus suppresses what was stored already.
         """
 
     @_abc_1.abstractmethod
