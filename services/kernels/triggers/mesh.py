@@ -3,9 +3,10 @@ validators and fires their actions.
 
 Contract:
 - `observe` is called for every delivered event. It evaluates every rule and claims one
-  firing per applicable rule in one transaction (see `store.claim`); only after it returns
-  does the mesh acknowledge the event, so a crash before the commit means a redelivery and
-  a crash after it a duplicate claim that does nothing: exactly once per (event, rule).
+  firing per applicable rule in one transaction (claims and outcomes are group-committed,
+  see `services.kernels.triggers.writer`); only after it returns does the mesh acknowledge
+  the event, so a crash before the commit means a redelivery and a crash after it a
+  duplicate claim that does nothing: exactly once per (event, rule).
 - `run` takes due firings (leased, so one instance runs an attempt) and attempts each:
   1. the trust scorer: when the rule asks for a minimum, the event's source domain must
      have at least that trust score (from the trust kernel), else the firing is REFUSED;
@@ -47,6 +48,7 @@ from services.kernels.triggers.model import (
     parse_rule,
 )
 from services.kernels.triggers.store import TriggersStore
+from services.kernels.triggers.writer import Claims, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -215,14 +217,13 @@ class TriggerMesh:
         applicable = [r for r in self.rules.values() if r.applies_to(event)]
         if not applicable:
             return []
-        now = self.clock()
-        created: list[Firing] = []
-        async with self.store.db.transaction() as conn:
-            for rule in applicable:
-                fid = firing_id(str(event["id"]), rule.rule_id)
-                firing = await self.store.claim(conn, fid, rule, event, now, self.settings.lease_s)
-                if firing is not None:
-                    created.append(firing)
+        claims = Claims(
+            event,
+            tuple((firing_id(str(event["id"]), rule.rule_id), rule) for rule in applicable),
+            self.clock(),
+            self.settings.lease_s,
+        )
+        created = await self.store.writer.claim(claims)
         if created:
             # Claimed with a lease: attempted at once by this instance, no second read.
             self._ready.extend(created)
@@ -386,24 +387,20 @@ class TriggerMesh:
             "attempts": attempts,
             "result": result,
         }
-        async with self.store.db.transaction() as conn:
-            if not await self.store.finish(
-                conn,
-                firing,
-                state,
-                attempts=attempts,
-                next_at=next_at or now,
-                result=result,
-                now=now,
-            ):
-                return state  # another instance finished it first
-            if emitted is not None:
-                event_type, subject, data = emitted
-                row = self.events.new_row(
+        events: list[dict[str, Any]] = []
+        if emitted is not None:
+            event_type, subject, data = emitted
+            events.append(
+                self.events.new_row(
                     event_type, data, subject=subject, event_id=f"trigger-{firing.firing_id}"
                 )
-                await conn.execute(self.events.table.insert().values(**row))
-            await self._announce(conn, OUTCOME_EVENTS[state], firing.rule_id, announcement)
+            )
+        outcome_event = OUTCOME_EVENTS[state]
+        events.append(self.events.new_row(outcome_event, announcement, subject=firing.rule_id))
+        log_entry = self.log_entries.new_row(outcome_event, announcement, subject=firing.rule_id)
+        outcome = Outcome(firing, state, attempts, next_at or now, result, now, events, [log_entry])
+        if not await self.store.writer.record(outcome):
+            return state  # another instance finished it first
         self.wake_relays()  # after the commit, so the relays find the rows
         if state is FiringState.PENDING:
             self._wake.set()
