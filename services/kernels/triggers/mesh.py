@@ -139,7 +139,7 @@ class TriggerMesh:
         self._wake = asyncio.Event()
         self._running: set[str] = set()
         self._ready: list[Firing] = []
-        self._due_checked = 0.0
+        self._dispatch: Callable[[Sequence[Firing]], None] | None = None
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.on_rules_changed: Callable[[Sequence[str]], None] = lambda _patterns: None
 
@@ -225,10 +225,13 @@ class TriggerMesh:
         )
         created = await self.store.writer.claim(claims)
         if created:
-            # Claimed with a lease: attempted at once by this instance, no second read.
-            self._ready.extend(created)
+            # Claimed with a lease: attempted at once by this instance, with no second read
+            # and without waiting for the run loop's next pass.
             self._running.update(f.firing_id for f in created)
-            self._wake.set()
+            if self._dispatch is not None:
+                self._dispatch(created)
+            else:
+                self._ready.extend(created)
         return [f.firing_id for f in created]
 
     # Firings
@@ -238,7 +241,8 @@ class TriggerMesh:
         self._wake.set()
 
     async def run(self) -> None:
-        """Attempts due firings until cancelled."""
+        """Attempts firings until cancelled: fresh claims at once, and retries and lapsed
+        leases (from this or another instance) read every poll interval or when woken."""
         limit = asyncio.Semaphore(self.settings.max_concurrent)
         pending: set[asyncio.Task[None]] = set()
 
@@ -251,32 +255,31 @@ class TriggerMesh:
                 finally:
                     self._running.discard(firing.firing_id)
 
+        def dispatch(firings: Sequence[Firing]) -> None:
+            for firing in firings:
+                task = asyncio.create_task(attempt(firing))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        ready, self._ready = self._ready, []
+        dispatch(ready)
+        self._dispatch = dispatch
         try:
             while True:
                 self._wake.clear()
-                # Fresh claims need no read; retries and lapsed leases are read at least
-                # every poll interval.
-                stale = self.clock() - self._due_checked >= self.settings.poll_interval_s
                 try:
-                    taken = await self._take(due=stale or not self._ready)
+                    dispatch(await self._take())
                 except Exception:
                     log.exception("triggers: could not read due firings")
-                    taken = []
-                for firing in taken:
-                    task = asyncio.create_task(attempt(firing))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
         finally:
+            self._dispatch = None
             for task in pending:
                 task.cancel()
 
-    async def _take(self, *, due: bool = True) -> list[Firing]:
+    async def _take(self) -> list[Firing]:
         ready, self._ready = self._ready, []
-        if not due:
-            return ready
-        self._due_checked = self.clock()
         taken = await self.store.take_due(self.clock(), self.settings.lease_s, self.settings.batch)
         fresh = [f for f in taken if f.firing_id not in self._running]
         self._running.update(f.firing_id for f in fresh)
