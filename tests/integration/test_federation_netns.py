@@ -14,6 +14,7 @@ that exists only for the test.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import subprocess
@@ -178,8 +179,9 @@ def _iptables_loss(binary: str, ns: str, device: str, probability: float) -> lis
 
 
 def _make_lossy(network: Network, member: str, probability: float) -> str:
-    """Makes `member`'s link lose `probability` of its packets each way; returns how, or
-    skips the test when this host can do neither."""
+    """Makes `member`'s link lose `probability` of its packets each way; returns the
+    iptables binary that does it ("tc" for netem), or skips the test when this host can do
+    neither."""
     ns, device = network.namespaces[member], network.ns_ends[member]
     for binary in ("iptables", "iptables-legacy"):
         if shutil.which(binary) is None:
@@ -190,13 +192,31 @@ def _make_lossy(network: Network, member: str, probability: float) -> str:
         except (subprocess.CalledProcessError, OSError):
             subprocess.run(["ip", "netns", "exec", ns, binary, "-F"], capture_output=True)
             continue
-        return f"{binary} -m statistic"
+        return binary
     loss = f"{probability * 100:g}%"
     try:
         _ip("netns", "exec", ns, "tc", "qdisc", "add", "dev", device, "root", "netem", "loss", loss)
     except (subprocess.CalledProcessError, OSError):
         pytest.skip("neither iptables' statistic match nor tc netem can drop packets here")
-    return "tc netem"
+    return "tc"
+
+
+def _dropped(network: Network, member: str, how: str) -> int:
+    """Packets the lossy link dropped so far (its DROP rules' counters, or netem's)."""
+    ns, device = network.namespaces[member], network.ns_ends[member]
+    if how == "tc":
+        shown = ["ip", "netns", "exec", ns, "tc", "-s", "qdisc", "show", "dev", device]
+        # "Sent 9144 bytes 98 pkt (dropped 31, overlimits 0 requeues 0)"
+        words = subprocess.run(shown, capture_output=True, text=True, timeout=10).stdout.split()
+        pairs = itertools.pairwise(words)
+        return sum(int(n.rstrip(",")) for word, n in pairs if word.lstrip("(") == "dropped")
+    listed = ["ip", "netns", "exec", ns, how, "-S", "-v"]
+    rules = subprocess.run(listed, capture_output=True, text=True, timeout=10).stdout
+    return sum(
+        int(words[words.index("-c") + 1])
+        for words in (line.split() for line in rules.splitlines())
+        if "statistic" in words and "-c" in words
+    )
 
 
 async def _registry_events(registry: RegistryServer) -> list[str]:
@@ -220,15 +240,18 @@ async def test_one_lossy_link_confirms_no_one_down(network: Network, tmp_path: P
                 if s.state == registry_pb2.SUSPICION_STATE_CONFIRMED_DOWN
             }
         events = await _registry_events(running.registry)
+        dropped = _dropped(network, observer, how)
         exited = [m for m, p in running.processes.items() if p.returncode is not None]
         # Guardian restarts a member only on `domain.down_confirmed`: each one is a restart.
         restarts = events.count("domain.down_confirmed")
         print(
-            f"\nlossy link ({how}, {LOSS:.0%} each way on {observer}'s veth, "
-            f"{LOSSY_RUN_S:g} s, {MEMBERS} members): suspicions raised "
+            f"\nlossy link ({'tc netem' if how == 'tc' else how + ' -m statistic'}, "
+            f"{LOSS:.0%} each way on {observer}'s veth, {LOSSY_RUN_S:g} s, {MEMBERS} members, "
+            f"{dropped} packets dropped): suspicions raised "
             f"{events.count('domain.suspected')}, confirmed {len(confirmed)}, "
             f"restarts {restarts}, members running {MEMBERS - len(exited)}/{MEMBERS}"
         )
+        assert dropped > 0  # the link was lossy
         assert confirmed == set()
         assert restarts == 0
         assert exited == []
