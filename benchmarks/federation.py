@@ -5,7 +5,8 @@ the member loop of every SDK domain and kernel) on loopback, lets them probe eac
 a fixed time, and reports per member per second: direct pings sent, indirect probes asked,
 probes run on others' behalf, and registry reads, plus any suspicion raised (a false
 positive: nobody is down). Then one member stops serving, and the time until the registry
-confirms it down is measured (1 s interval, 3 s suspicion timeout).
+confirms it down is measured (1 s interval; Lifeguard's suspicion timeout, 2 s once every
+observer agrees, 6 s for a lone suspicion).
 
 The baseline is the same measure at the smaller fleet in the same run; the target is
 traffic per member that does not grow with the fleet (ratio about 1), where the seed's

@@ -12,6 +12,9 @@ outcome written with its two outbox rows (bus event and log entry).
   (b) latency: events paced at RATE per second for PACED_S seconds; added latency = when
       the action is called - when the event was handed to the mesh, p50/p99/max.
       The baseline is the same measurement with one event at a time (nothing else queued).
+  (c) the floor: at the same rate, one bare SQLite commit (WAL, synchronous=FULL, one row)
+      per event on a writer thread, the least any durable claim costs on this disk and CPU
+      at that moment. On a shared machine the p99 follows the floor: compare the two.
 
     .venv/bin/python benchmarks/triggers.py [--burst 2000] [--rate 100] [--paced-s 10]
 
@@ -24,17 +27,19 @@ import argparse
 import asyncio
 import contextlib
 import json
+import sqlite3
 import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from services.common.config import sqlite_url
 from services.common.governance_client import GateDecision
 from services.common.outbox import Outbox
-from services.common.storage import Database
+from services.common.storage import Database, apply_sqlite_pragmas
 from services.kernels.triggers.mesh import MeshSettings, TriggerMesh
 from services.kernels.triggers.model import event_document
 from services.kernels.triggers.store import TriggersStore, events_outbox, log_outbox
@@ -169,6 +174,32 @@ async def latency(path: Path, rate: float, seconds: float, tag: str) -> dict[str
     return {"events": count, "rate_per_s": rate, **percentiles(added)}
 
 
+async def commit_floor(path: Path, rate: float, seconds: float) -> dict[str, float]:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    apply_sqlite_pragmas(conn)
+    conn.execute("CREATE TABLE claims (n INTEGER)")
+
+    def commit(n: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO claims VALUES (?)", (n,))
+        conn.execute("COMMIT")
+
+    loop = asyncio.get_running_loop()
+    count = max(1, int(rate * seconds))
+    took: list[float] = []
+    with ThreadPoolExecutor(1) as writer:
+        start = time.perf_counter()
+        for i in range(count):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            began = time.perf_counter()
+            await loop.run_in_executor(writer, commit, i)
+            took.append(time.perf_counter() - began)
+    conn.close()
+    return {"commits": count, "rate_per_s": rate, **percentiles(took)}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--burst", type=int, default=2000)
@@ -179,14 +210,19 @@ async def main() -> None:
         root = Path(tmp)
         baseline = await latency(root / "baseline.db", 5.0, 4.0, "s")
         print(f"baseline (one event at a time, 5/s): {baseline}")
+        floor = await commit_floor(root / "floor.db", args.rate, args.paced_s)
+        print(f"floor (one bare commit per event, {args.rate:g}/s): {floor}")
         paced = await latency(root / "paced.db", args.rate, args.paced_s, "p")
         print(f"paced ({args.rate:g}/s for {args.paced_s:g}s):  {paced}")
+        print(f"paced p99 / floor p99: {paced['p99_ms'] / floor['p99_ms']:.2f}")
         burst = await throughput(root / "burst.db", args.burst)
         print(f"burst ({args.burst} events, 16 deliverers): {burst}")
     result = {
         "benchmark": "triggers",
         "baseline_latency": baseline,
         "paced_latency": paced,
+        "commit_floor": floor,
+        "paced_p99_over_floor_p99": round(paced["p99_ms"] / floor["p99_ms"], 2),
         "throughput": burst,
         "target_p99_ms": 20,
         "met": paced["p99_ms"] < 20,

@@ -12,9 +12,14 @@ gossip as the place where suspicions meet:
 3. A target that fails both becomes a local suspicion at the incarnation last heard from it,
    reported to the registry. The member keeps probing it, and the ping says "I suspect you
    at incarnation N", so a suspect that is alive refutes at once.
-4. A suspicion that outlives `suspicion_timeout_s` without the target answering or refuting
-   is reported as a confirmation. The registry declares the target down only when a quorum
-   of distinct observers confirmed.
+4. A suspicion that outlives its timeout without the target answering or refuting is
+   reported as a confirmation. The timeout shrinks as in Lifeguard
+   (`services.common.observers.suspicion_timeout`): a lone suspicion waits
+   `suspicion_max_timeout_s`, and each other observer of the target that suspects it too
+   (read from the registry every round while this member holds an unconfirmed suspicion)
+   brings it down towards `suspicion_timeout_s`. The registry declares the target down only
+   when a quorum of distinct observers confirmed; the timeout only decides when this
+   member's own confirmation is sent.
 5. A member hears it is suspected (from a ping or from the registry's list) and refutes:
    it raises its incarnation above the suspected one and tells the registry. Incarnations
    start at the wall clock in milliseconds, so a restarted member outbids every suspicion
@@ -34,7 +39,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from services.common.observers import DEFAULT_OBSERVERS, targets_of
+from services.common.observers import (
+    DEFAULT_OBSERVERS,
+    observers_of,
+    suspicion_timeout,
+    targets_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +74,22 @@ class Prober(Protocol):
         Raises Unreachable when the helper itself does not answer."""
 
 
+@dataclass(frozen=True)
+class OpenSuspicion:
+    """An open suspicion as the registry holds it."""
+
+    incarnation: int
+    suspecting: frozenset[str] = frozenset()
+
+
 class Coordinator(Protocol):
     """The registry, as a member needs it."""
 
     async def members(self) -> dict[str, str]:
         """Every federation member: id -> address."""
 
-    async def suspected(self) -> dict[str, int]:
-        """Open suspicions: suspect id -> incarnation suspected."""
+    async def suspected(self) -> dict[str, OpenSuspicion]:
+        """Open suspicions by suspect id: the incarnation suspected and who suspects it."""
 
     async def report(self, suspect_id: str, incarnation: int, confirmed: bool) -> int | None:
         """Reports a suspicion (or, `confirmed`, a suspicion that timed out). Returns None
@@ -92,8 +110,10 @@ class MemberSettings:
         probe_timeout_s: How long a direct ping may take.
         indirect_timeout_s: How long an indirect probe may take (the helper's own ping gets
             most of it).
-        suspicion_timeout_s: How long a suspicion waits for a refutation before it is
-            reported as a confirmation.
+        suspicion_timeout_s: The shortest time a suspicion waits for a refutation before
+            it is reported as a confirmation: once all the target's other observers
+            suspect it too.
+        suspicion_max_timeout_s: The longest: a suspicion no other observer shares.
         refresh_s: How often membership and open suspicions are read from the registry.
     """
 
@@ -102,7 +122,8 @@ class MemberSettings:
     interval_s: float = 1.0
     probe_timeout_s: float = 0.5
     indirect_timeout_s: float = 1.0
-    suspicion_timeout_s: float = 3.0
+    suspicion_timeout_s: float = 2.0
+    suspicion_max_timeout_s: float = 6.0
     refresh_s: float = 5.0
 
 
@@ -113,6 +134,8 @@ class LocalSuspicion:
     incarnation: int
     since: float
     confirmed: bool = False
+    others: frozenset[str] = frozenset()
+    """The target's other observers known to suspect the same incarnation."""
 
 
 @dataclass
@@ -217,9 +240,31 @@ class Member:
             del self.suspicions[gone]
         suspected = await self.coordinator.suspected()
         mine = suspected.get(self.member_id)
-        if mine is not None and mine >= self.incarnation:
-            self.incarnation = mine + 1
+        if mine is not None and mine.incarnation >= self.incarnation:
+            self.incarnation = mine.incarnation + 1
+        self._learn_confirmations(suspected)
         self._refreshed_at = self._clock()
+
+    def _learn_confirmations(self, suspected: dict[str, OpenSuspicion]) -> None:
+        """Adds the other observers that suspect what this member suspects (the same
+        incarnation): each one shortens the suspicion's timeout."""
+        for target, local in self.suspicions.items():
+            shared = suspected.get(target)
+            if local.confirmed or shared is None or shared.incarnation != local.incarnation:
+                continue
+            observers = set(observers_of(target, self.members, self.settings.observers))
+            local.others |= (shared.suspecting & observers) - {self.member_id}
+
+    def timeout_of(self, target: str) -> float:
+        """The current timeout of this member's suspicion of `target` (see `suspicion_timeout`)."""
+        local = self.suspicions.get(target)
+        expected = len(observers_of(target, self.members, self.settings.observers)) - 1
+        return suspicion_timeout(
+            len(local.others) if local else 0,
+            expected,
+            self.settings.suspicion_timeout_s,
+            self.settings.suspicion_max_timeout_s,
+        )
 
     async def round(self) -> RoundResult:
         """One protocol period: refresh when due, refute when suspected, probe each target,
@@ -238,6 +283,13 @@ class Member:
                 result.indirect_only.append(target)
             else:
                 result.suspected.append(target)
+        if any(not s.confirmed for s in self.suspicions.values()):
+            # Lifeguard's confirmations arrive by gossip; here they meet at the registry,
+            # read each round only while a suspicion waits (nothing in a healthy fleet).
+            try:
+                self._learn_confirmations(await self.coordinator.suspected())
+            except Exception as exc:
+                log.info("could not read the open suspicions (%s); timeouts stay", exc)
         for target in targets:
             if await self._confirm_if_due(target):
                 result.confirmed.append(target)
@@ -328,7 +380,7 @@ class Member:
         suspicion = self.suspicions.get(target)
         if suspicion is None or suspicion.confirmed:
             return False
-        if self._clock() - suspicion.since < self.settings.suspicion_timeout_s:
+        if self._clock() - suspicion.since < self.timeout_of(target):
             return False
         try:
             later = await self.coordinator.report(target, suspicion.incarnation, True)
@@ -339,7 +391,12 @@ class Member:
             return False
         suspicion.confirmed = True
         self.counters.confirmations += 1
-        log.warning("peer %s: suspicion timed out unrefuted; confirmation reported", target)
+        log.warning(
+            "peer %s: suspicion timed out unrefuted (%d other observers agree); "
+            "confirmation reported",
+            target,
+            len(suspicion.others),
+        )
         return True
 
     async def probe_for(

@@ -9,11 +9,16 @@ the registry compute the same assignment from the same membership with no coordi
 `quorum` is the rule the registry applies before it declares a member down: a majority of
 the suspect's observers and never fewer than `minimum` (2 by default), so one observer with
 a bad link, or one busy watcher, never confirms anything alone.
+
+`suspicion_timeout` is Lifeguard's shrinking suspicion timeout: how long one observer's
+suspicion waits before it is reported as a confirmation, given how many of the suspect's
+other observers suspect it too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 
 DEFAULT_OBSERVERS = 3
@@ -63,3 +68,32 @@ def quorum(observers: int, *, minimum: int = MIN_QUORUM, fixed: int = 0) -> int:
     """
     majority = observers // 2 + 1
     return max(minimum, fixed if fixed > 0 else majority)
+
+
+def suspicion_timeout(
+    confirmations: int, expected: int, minimum_s: float, maximum_s: float
+) -> float:
+    """How long a suspicion waits before it is confirmed, as in memberlist's Lifeguard.
+
+    A lone suspicion waits `maximum_s`: the fault is most likely the observer's own link or
+    load, and the suspect has the longest time to answer or refute. Each independent
+    confirmation (another observer suspecting the same incarnation) shortens the wait on a
+    log scale, reaching `minimum_s` once the `expected` confirmations arrived, so a real
+    failure, which every observer sees, is confirmed fastest:
+
+        timeout = max - (max - min) * log(confirmations + 1) / log(expected + 1)
+
+    Args:
+        confirmations: Other observers that suspect the target too (clamped to
+            0..`expected`).
+        expected: Confirmations that would make the suspicion certain: the suspect's other
+            observers. With none expected, the timeout is `maximum_s`.
+        minimum_s: The shortest timeout.
+        maximum_s: The longest (a lone suspicion); never below `minimum_s`.
+    """
+    longest = max(minimum_s, maximum_s)
+    if expected <= 0:
+        return longest
+    seen = min(max(confirmations, 0), expected)
+    fraction = math.log(seen + 1) / math.log(expected + 1)
+    return max(minimum_s, longest - (longest - minimum_s) * fraction)

@@ -12,8 +12,10 @@ Settings (`PeerHealthSettings.from_env`):
 - `GRACE_FEDERATION_INDIRECT`: helpers asked for an indirect probe (3).
 - `GRACE_FEDERATION_INTERVAL_S`: time between protocol rounds (1).
 - `GRACE_FEDERATION_PROBE_TIMEOUT_S`: direct ping deadline (0.5).
-- `GRACE_FEDERATION_SUSPICION_TIMEOUT_S`: how long a suspicion waits for a refutation
-  before it is confirmed (3).
+- `GRACE_FEDERATION_SUSPICION_TIMEOUT_S`: the shortest time a suspicion waits for a
+  refutation before it is confirmed, once every other observer of the suspect agrees (2).
+- `GRACE_FEDERATION_SUSPICION_MAX_TIMEOUT_S`: the longest, for a suspicion no other
+  observer shares (6); the wait shrinks on a log scale between the two (Lifeguard).
 - `GRACE_FEDERATION_REFRESH_S`: how often membership is read from the registry (5).
 """
 
@@ -33,7 +35,7 @@ from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
 from services.common.config import EnvReader
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.common.membership import Member, MemberSettings, Unreachable
+from services.common.membership import Member, MemberSettings, OpenSuspicion, Unreachable
 from services.common.observers import (
     DEFAULT_OBSERVERS,
     MEMBER_METADATA_KEY,
@@ -68,6 +70,9 @@ class PeerHealthSettings:
         probe = reader.number(
             "GRACE_FEDERATION_PROBE_TIMEOUT_S", 0.5, minimum=MIN_PROBE_TIMEOUT_S, maximum=10
         )
+        shortest = reader.number(
+            "GRACE_FEDERATION_SUSPICION_TIMEOUT_S", 2.0, minimum=0.1, maximum=600
+        )
         return cls(
             enabled=reader.flag("GRACE_FEDERATION", True),
             member=MemberSettings(
@@ -78,8 +83,12 @@ class PeerHealthSettings:
                 interval_s=interval,
                 probe_timeout_s=probe,
                 indirect_timeout_s=min(MAX_PROBE_TIMEOUT_S, probe * 2),
-                suspicion_timeout_s=reader.number(
-                    "GRACE_FEDERATION_SUSPICION_TIMEOUT_S", 3.0, minimum=0.1, maximum=600
+                suspicion_timeout_s=shortest,
+                suspicion_max_timeout_s=reader.number(
+                    "GRACE_FEDERATION_SUSPICION_MAX_TIMEOUT_S",
+                    max(shortest, 6.0),
+                    minimum=shortest,
+                    maximum=3600,
                 ),
                 refresh_s=reader.number(
                     "GRACE_FEDERATION_REFRESH_S", 5.0, minimum=0.1, maximum=600
@@ -185,8 +194,8 @@ class RegistryCoordinator:
             if not token:
                 return found
 
-    async def suspected(self) -> dict[str, int]:
-        found: dict[str, int] = {}
+    async def suspected(self) -> dict[str, OpenSuspicion]:
+        found: dict[str, OpenSuspicion] = {}
         token = ""
         while True:
             response = await self._stub.ListSuspicions(
@@ -194,7 +203,9 @@ class RegistryCoordinator:
                 timeout=REGISTRY_TIMEOUT_S,
             )
             for suspicion in response.suspicions:
-                found[suspicion.suspect_id] = suspicion.incarnation
+                found[suspicion.suspect_id] = OpenSuspicion(
+                    suspicion.incarnation, frozenset(suspicion.suspecting)
+                )
             token = response.next_page_token
             if not token:
                 return found

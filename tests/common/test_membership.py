@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from services.common.membership import Member, MemberSettings, Unreachable
+from services.common.membership import Member, MemberSettings, OpenSuspicion, Unreachable
 from services.registry.suspicions import Report, SuspicionBook, SuspicionState
 from tests.support import ManualClock
 
@@ -64,8 +64,10 @@ class FleetCoordinator:
     async def members(self) -> dict[str, str]:
         return {m: f"{m}:1" for m in self.fleet.members}
 
-    async def suspected(self) -> dict[str, int]:
-        return {s.suspect_id: s.incarnation for s in self.fleet.book.all()}
+    async def suspected(self) -> dict[str, OpenSuspicion]:
+        return {
+            s.suspect_id: OpenSuspicion(s.incarnation, s.suspecting) for s in self.fleet.book.all()
+        }
 
     async def report(self, suspect_id: str, incarnation: int, confirmed: bool) -> int | None:
         suspicion, _ = self.fleet.book.report(
@@ -81,9 +83,11 @@ class FleetCoordinator:
         return known
 
 
-def make_fleet(size: int, clock: ManualClock, *, observers: int = 3) -> Fleet:
+def make_fleet(size: int, clock: ManualClock, *, observers: int = 3, indirect: int = 2) -> Fleet:
     fleet = Fleet()
-    settings = MemberSettings(observers=observers, indirect=2, suspicion_timeout_s=3.0)
+    settings = MemberSettings(
+        observers=observers, indirect=indirect, suspicion_timeout_s=2.0, suspicion_max_timeout_s=6.0
+    )
     for i in range(size):
         member_id = f"m{i}"
         fleet.members[member_id] = Member(
@@ -212,3 +216,42 @@ async def test_an_observer_that_never_heard_the_suspect_learns_its_incarnation_a
     assert suspicion is not None
     assert suspicion.state is SuspicionState.CONFIRMED_DOWN
     assert suspicion.incarnation == 1_000_000
+
+
+async def test_a_suspicion_every_observer_shares_is_confirmed_after_the_shortest_timeout(
+    clock: ManualClock,
+) -> None:
+    fleet = make_fleet(6, clock)
+    await rounds(fleet, clock, 1)
+    fleet.down.add("m2")
+    observers = [m for m in fleet.members.values() if "m2" in m.targets]
+    await rounds(fleet, clock, 2)
+    # Each observer heard of the other two: its timeout is down to the minimum.
+    assert {o.timeout_of("m2") for o in observers} == {2.0}
+    await rounds(fleet, clock, 1)
+    suspicion = fleet.book.get("m2")
+    assert suspicion is not None
+    assert suspicion.state is SuspicionState.CONFIRMED_DOWN
+    assert suspicion.confirming == {o.member_id for o in observers}
+
+
+async def test_a_lone_suspicion_waits_longest_so_the_suspect_refutes_before_a_confirmation(
+    clock: ManualClock,
+) -> None:
+    fleet = make_fleet(6, clock, indirect=0)
+    await rounds(fleet, clock, 1)
+    observer = fleet.members["m0"]
+    target = observer.targets[0]
+    fleet.cut.add(frozenset(("m0", target)))  # only m0 loses the target
+    await rounds(fleet, clock, 1)
+    assert target in observer.suspicions
+    assert observer.timeout_of(target) == 6.0
+    # Past the shortest timeout, and past a fixed 3 s one: nothing confirmed yet, and the
+    # target, reading the registry at its next refresh, refutes.
+    await rounds(fleet, clock, 4)
+    assert observer.counters.confirmations == 0
+    await rounds(fleet, clock, 4)
+    assert observer.counters.confirmations == 0
+    assert fleet.members[target].counters.refutations >= 2
+    suspicion = fleet.book.get(target)
+    assert suspicion is None or suspicion.state is SuspicionState.SUSPECTED

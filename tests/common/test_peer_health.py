@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from grace.domain.v1 import peer_health_pb2, peer_health_pb2_grpc
-from services.common.peer_health import PeerHealth
+from services.common.config import ConfigError
+from services.common.peer_health import PeerHealth, PeerHealthSettings
 from services.common.server import Service
 from services.common.timestamps import to_duration
 from tests.support import UNREACHABLE, server_config, serving
@@ -115,3 +116,17 @@ async def test_bad_indirect_probes_are_refused_with_the_field_named(
         await stub.ProbeOnBehalf(request_)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (raised.value.details() or "")
+
+
+def test_the_suspicion_timeout_runs_from_the_maximum_down_to_the_minimum_set_in_env() -> None:
+    default = PeerHealthSettings.from_env({}).member
+    assert (default.suspicion_timeout_s, default.suspicion_max_timeout_s) == (2.0, 6.0)
+    slow = PeerHealthSettings.from_env({"GRACE_FEDERATION_SUSPICION_TIMEOUT_S": "8"}).member
+    assert (slow.suspicion_timeout_s, slow.suspicion_max_timeout_s) == (8.0, 8.0)
+    with pytest.raises(ConfigError, match="GRACE_FEDERATION_SUSPICION_MAX_TIMEOUT_S"):
+        PeerHealthSettings.from_env(
+            {
+                "GRACE_FEDERATION_SUSPICION_TIMEOUT_S": "4",
+                "GRACE_FEDERATION_SUSPICION_MAX_TIMEOUT_S": "3",
+            }
+        )

@@ -3,9 +3,10 @@ validators and fires their actions.
 
 Contract:
 - `observe` is called for every delivered event. It evaluates every rule and claims one
-  firing per applicable rule in one transaction (see `store.claim`); only after it returns
-  does the mesh acknowledge the event, so a crash before the commit means a redelivery and
-  a crash after it a duplicate claim that does nothing: exactly once per (event, rule).
+  firing per applicable rule in one transaction (claims and outcomes are group-committed,
+  see `services.kernels.triggers.writer`); only after it returns does the mesh acknowledge
+  the event, so a crash before the commit means a redelivery and a crash after it a
+  duplicate claim that does nothing: exactly once per (event, rule).
 - `run` takes due firings (leased, so one instance runs an attempt) and attempts each:
   1. the trust scorer: when the rule asks for a minimum, the event's source domain must
      have at least that trust score (from the trust kernel), else the firing is REFUSED;
@@ -47,6 +48,7 @@ from services.kernels.triggers.model import (
     parse_rule,
 )
 from services.kernels.triggers.store import TriggersStore
+from services.kernels.triggers.writer import Claims, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ class TriggerMesh:
         self._wake = asyncio.Event()
         self._running: set[str] = set()
         self._ready: list[Firing] = []
-        self._due_checked = 0.0
+        self._dispatch: Callable[[Sequence[Firing]], None] | None = None
         self.latencies_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.on_rules_changed: Callable[[Sequence[str]], None] = lambda _patterns: None
 
@@ -215,19 +217,21 @@ class TriggerMesh:
         applicable = [r for r in self.rules.values() if r.applies_to(event)]
         if not applicable:
             return []
-        now = self.clock()
-        created: list[Firing] = []
-        async with self.store.db.transaction() as conn:
-            for rule in applicable:
-                fid = firing_id(str(event["id"]), rule.rule_id)
-                firing = await self.store.claim(conn, fid, rule, event, now, self.settings.lease_s)
-                if firing is not None:
-                    created.append(firing)
+        claims = Claims(
+            event,
+            tuple((firing_id(str(event["id"]), rule.rule_id), rule) for rule in applicable),
+            self.clock(),
+            self.settings.lease_s,
+        )
+        created = await self.store.writer.claim(claims)
         if created:
-            # Claimed with a lease: attempted at once by this instance, no second read.
-            self._ready.extend(created)
+            # Claimed with a lease: attempted at once by this instance, with no second read
+            # and without waiting for the run loop's next pass.
             self._running.update(f.firing_id for f in created)
-            self._wake.set()
+            if self._dispatch is not None:
+                self._dispatch(created)
+            else:
+                self._ready.extend(created)
         return [f.firing_id for f in created]
 
     # Firings
@@ -237,7 +241,8 @@ class TriggerMesh:
         self._wake.set()
 
     async def run(self) -> None:
-        """Attempts due firings until cancelled."""
+        """Attempts firings until cancelled: fresh claims at once, and retries and lapsed
+        leases (from this or another instance) read every poll interval or when woken."""
         limit = asyncio.Semaphore(self.settings.max_concurrent)
         pending: set[asyncio.Task[None]] = set()
 
@@ -250,32 +255,31 @@ class TriggerMesh:
                 finally:
                     self._running.discard(firing.firing_id)
 
+        def dispatch(firings: Sequence[Firing]) -> None:
+            for firing in firings:
+                task = asyncio.create_task(attempt(firing))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+
+        ready, self._ready = self._ready, []
+        dispatch(ready)
+        self._dispatch = dispatch
         try:
             while True:
                 self._wake.clear()
-                # Fresh claims need no read; retries and lapsed leases are read at least
-                # every poll interval.
-                stale = self.clock() - self._due_checked >= self.settings.poll_interval_s
                 try:
-                    taken = await self._take(due=stale or not self._ready)
+                    dispatch(await self._take())
                 except Exception:
                     log.exception("triggers: could not read due firings")
-                    taken = []
-                for firing in taken:
-                    task = asyncio.create_task(attempt(firing))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_interval_s)
         finally:
+            self._dispatch = None
             for task in pending:
                 task.cancel()
 
-    async def _take(self, *, due: bool = True) -> list[Firing]:
+    async def _take(self) -> list[Firing]:
         ready, self._ready = self._ready, []
-        if not due:
-            return ready
-        self._due_checked = self.clock()
         taken = await self.store.take_due(self.clock(), self.settings.lease_s, self.settings.batch)
         fresh = [f for f in taken if f.firing_id not in self._running]
         self._running.update(f.firing_id for f in fresh)
@@ -386,24 +390,20 @@ class TriggerMesh:
             "attempts": attempts,
             "result": result,
         }
-        async with self.store.db.transaction() as conn:
-            if not await self.store.finish(
-                conn,
-                firing,
-                state,
-                attempts=attempts,
-                next_at=next_at or now,
-                result=result,
-                now=now,
-            ):
-                return state  # another instance finished it first
-            if emitted is not None:
-                event_type, subject, data = emitted
-                row = self.events.new_row(
+        events: list[dict[str, Any]] = []
+        if emitted is not None:
+            event_type, subject, data = emitted
+            events.append(
+                self.events.new_row(
                     event_type, data, subject=subject, event_id=f"trigger-{firing.firing_id}"
                 )
-                await conn.execute(self.events.table.insert().values(**row))
-            await self._announce(conn, OUTCOME_EVENTS[state], firing.rule_id, announcement)
+            )
+        outcome_event = OUTCOME_EVENTS[state]
+        events.append(self.events.new_row(outcome_event, announcement, subject=firing.rule_id))
+        log_entry = self.log_entries.new_row(outcome_event, announcement, subject=firing.rule_id)
+        outcome = Outcome(firing, state, attempts, next_at or now, result, now, events, [log_entry])
+        if not await self.store.writer.record(outcome):
+            return state  # another instance finished it first
         self.wake_relays()  # after the commit, so the relays find the rows
         if state is FiringState.PENDING:
             self._wake.set()

@@ -4,8 +4,10 @@ and immutable-log entries).
 Exactly once per (event, rule): a firing's primary key is `firing_id(event_id, rule_id)`
 and `claim` inserts it with ON CONFLICT DO NOTHING, so of any number of deliveries of the
 same event (the bus redelivers until the mesh acknowledges, after the claim commits) one
-creates the firing and the others find it. An attempt takes a firing with a compare-and-set
-on its state and lease (`take_due`), so two instances never run the same attempt at once.
+creates the firing and the others find it. Claims and outcomes are
+written by the store's group-committed `FiringWriter` (see `services.kernels.triggers.writer`).
+An attempt takes a firing with a compare-and-set on its state and lease (`take_due`), so two
+instances never run the same attempt at once.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common.outbox import outbox_table
 from services.common.storage import Database
 from services.kernels.triggers.model import Firing, FiringState, Rule, parse_rule
+from services.kernels.triggers.writer import FiringWriter
 
 metadata = MetaData()
 
@@ -91,13 +94,16 @@ class TriggersStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.writer = FiringWriter(db, firings, events_outbox, log_outbox)
 
     async def open(self) -> None:
-        """Creates the tables if missing."""
+        """Creates the tables if missing and starts the writer."""
         await self.db.create_tables(metadata)
+        await self.writer.open()
 
     async def close(self) -> None:
-        """Closes the database."""
+        """Commits the writer's queue, then closes the database."""
+        await self.writer.close()
         await self.db.close()
 
     # Rules
@@ -153,48 +159,6 @@ class TriggersStore:
 
     # Firings
 
-    async def claim(
-        self,
-        conn: AsyncConnection,
-        firing_id: str,
-        rule: Rule,
-        event: dict[str, Any],
-        now: float,
-        lease_s: float,
-    ) -> Firing | None:
-        """Creates the firing, leased to the caller for `lease_s` (it attempts it at once;
-        another instance takes it over only once the lease lapses); None when it already
-        exists (a redelivered event)."""
-        stmt = (
-            self.db.insert(firings)
-            .values(
-                firing_id=firing_id,
-                rule_id=rule.rule_id,
-                state=FiringState.PENDING.value,
-                attempts=0,
-                next_at=now,
-                lease_until=now + lease_s,
-                created_at=now,
-                updated_at=now,
-                record={"rule_version": rule.version, "event": event, "result": {}},
-            )
-            .on_conflict_do_nothing(index_elements=["firing_id"])
-        )
-        result = await conn.execute(stmt)
-        if not result.rowcount:
-            return None
-        return Firing(
-            firing_id=firing_id,
-            rule_id=rule.rule_id,
-            rule_version=rule.version,
-            event=event,
-            state=FiringState.PENDING,
-            attempts=0,
-            next_at=now,
-            created_at=now,
-            updated_at=now,
-        )
-
     async def take_due(self, now: float, lease_s: float, limit: int) -> list[Firing]:
         """Pending firings due by `now` whose lease lapsed, leased to the caller."""
         async with self.db.transaction() as conn:
@@ -226,40 +190,6 @@ class TriggersStore:
                 if result.rowcount:
                     taken.append(_firing(row))
             return taken
-
-    async def finish(
-        self,
-        conn: AsyncConnection,
-        firing: Firing,
-        state: FiringState,
-        *,
-        attempts: int,
-        next_at: float,
-        result: dict[str, Any],
-        now: float,
-    ) -> bool:
-        """Records an attempt's outcome if the firing is still pending; False otherwise."""
-        record = {
-            "rule_version": firing.rule_version,
-            "event": dict(firing.event),
-            "result": result,
-        }
-        outcome = await conn.execute(
-            update(firings)
-            .where(
-                firings.c.firing_id == firing.firing_id,
-                firings.c.state == FiringState.PENDING.value,
-            )
-            .values(
-                state=state.value,
-                attempts=attempts,
-                next_at=next_at,
-                lease_until=0.0,
-                updated_at=now,
-                record=record,
-            )
-        )
-        return bool(outcome.rowcount)
 
     async def get_firing(self, firing_id: str) -> Firing | None:
         """One firing."""
