@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -26,7 +27,7 @@ from services.common.channels import channel
 from services.eventbus import tracing
 from services.eventbus.eventlog import Log, Reader
 from services.eventbus.model import BusSettings, DeadLetterRecord, SubscriptionState
-from services.eventbus.store import EventStore, LogFilter
+from services.eventbus.store import BusState, LogFilter
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class PushDelivery:
 
     Args:
         event_log: The log.
-        store: Durable state.
+        store: Durable state (the bus's tables, or JetStream: see `jetstream_push`).
         resolver: Domain addresses.
         settings: Retry and flush tunables.
         clock: Epoch seconds.
@@ -163,7 +164,7 @@ class PushDelivery:
     def __init__(
         self,
         event_log: Log,
-        store: EventStore,
+        store: BusState,
         resolver: DomainResolver,
         settings: BusSettings,
         clock: Callable[[], float] = time.time,
@@ -173,7 +174,7 @@ class PushDelivery:
         self.resolver = resolver
         self.settings = settings
         self.clock = clock
-        self.workers: dict[str, PushWorker] = {}
+        self.workers: dict[str, Any] = {}
         self.delivered_total = 0
         self._redeliveries: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
@@ -202,9 +203,16 @@ class PushDelivery:
         await self.flush()
         await self.resolver.close()
 
+    # The worker class: one that reads the log (here), or pulls from a JetStream consumer.
+    worker_type: Any = PushWorker
+
+    async def refresh(self) -> None:
+        """Takes up subscriptions other instances changed: none here (one process owns
+        the tables)."""
+
     def start_worker(self, sub: SubscriptionState) -> None:
         """Starts delivering a subscription."""
-        worker = PushWorker(sub, self)
+        worker = self.worker_type(sub, self)
         self.workers[sub.subscription_id] = worker
         worker.start()
 
@@ -242,11 +250,15 @@ class PushDelivery:
             sub.last_error = reason
             if outcome == domain_pb2.DELIVERY_OUTCOME_DROP or attempt >= sub.max_attempts:
                 return False, attempt, reason
-            backoff = min(
-                self.settings.push_max_backoff_s,
-                self.settings.push_initial_backoff_s * 2 ** (attempt - 1),
-            )
-            await asyncio.sleep(max(backoff, min(retry_after, self.settings.push_max_backoff_s)))
+            await asyncio.sleep(self.backoff(attempt, retry_after))
+
+    def backoff(self, attempt: int, retry_after: float) -> float:
+        """The wait after a failed attempt: doubling, or longer if the domain asked."""
+        backoff = min(
+            self.settings.push_max_backoff_s,
+            self.settings.push_initial_backoff_s * 2 ** (attempt - 1),
+        )
+        return float(max(backoff, min(retry_after, self.settings.push_max_backoff_s)))
 
     async def _attempt(
         self, sub: SubscriptionState, event: event_pb2.Event, attempt: int

@@ -199,7 +199,10 @@ class JetStreamLog:
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connects, creates or updates the stream, loads bounds, starts the live tail."""
+        """Connects, creates or updates the stream, loads bounds, starts the live tail.
+        Opening an open log does nothing (the JetStream state opens it first)."""
+        if self._nc is not None:
+            return
         opts = self.options
         try:
             self._nc = await nats.connect(

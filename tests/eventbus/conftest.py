@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -17,8 +19,9 @@ from grace.eventbus.v1 import eventbus_pb2_grpc
 from services.common.storage import Database
 from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
-from services.eventbus.eventlog import Log
+from services.eventbus.eventlog import Clock
 from services.eventbus.jetstream import JetStreamLog, JetStreamOptions
+from services.eventbus.jetstream_push import jetstream_push
 from services.eventbus.model import BusSettings
 from services.eventbus.server import EventBusServer
 from services.eventbus.store import EventStore
@@ -66,13 +69,28 @@ def jetstream_options() -> JetStreamOptions:
     )
 
 
+def jetstream_bus(
+    options: JetStreamOptions,
+    settings: BusSettings,
+    clock: Clock = time.time,
+    registry_address: str = NO_REGISTRY,
+) -> EventBus:
+    """A bus core with everything in JetStream (no database of its own)."""
+    event_log = JetStreamLog(options, settings, clock)
+    state, push = jetstream_push(event_log, settings, registry_address, clock)
+    return EventBus(state, settings, registry_address, clock, event_log=event_log, push=push)
+
+
 async def delete_stream(options: JetStreamOptions) -> None:
-    """Removes a test stream from the server."""
+    """Removes a test stream, its dead letters and its bucket from the server."""
     import nats
 
     nc = await nats.connect(list(options.servers))
     try:
-        await nc.jetstream().delete_stream(options.stream)
+        js = nc.jetstream()
+        for stream in (options.stream, f"{options.stream}_DEAD", f"KV_{options.stream}_BUS"):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(stream)
     finally:
         await nc.close()
 
@@ -81,23 +99,19 @@ async def delete_stream(options: JetStreamOptions) -> None:
 async def bus(
     request: pytest.FixtureRequest, database: DatabaseTarget, clock: ManualClock
 ) -> AsyncIterator[EventBus]:
-    """A bus core on each log backend (the built-in one on each database, JetStream with
-    its positions on SQLite), on a manual clock."""
+    """A bus core on each backend (the built-in one on each database, everything in
+    JetStream), on a manual clock."""
     settings = replace(FAST)  # its own: tests change settings in place
-    event_log: Log | None = None
     options: JetStreamOptions | None = None
     if request.param == "jetstream":
         if database.schema is not None:
-            pytest.skip("the JetStream backend is run with its positions on SQLite")
+            pytest.skip("the JetStream backend uses no database")
         options = request.getfixturevalue("jetstream_options")
-        event_log = JetStreamLog(options, settings, clock)
-    core = EventBus(
-        EventStore(Database(database.url, schema=database.schema)),
-        settings,
-        NO_REGISTRY,
-        clock,
-        event_log=event_log,
-    )
+        core = jetstream_bus(options, settings, clock)
+    else:
+        core = EventBus(
+            EventStore(Database(database.url, schema=database.schema)), settings, NO_REGISTRY, clock
+        )
     await core.open()
     yield core
     await core.close()
@@ -136,7 +150,7 @@ async def log_backend(request: pytest.FixtureRequest) -> AsyncIterator[JetStream
 async def bus_server(
     tmp_path: Path, log_backend: JetStreamOptions | None
 ) -> AsyncIterator[tuple[EventBusServer, grpc.aio.Channel]]:
-    """The bus on a real gRPC server (positions on SQLite), on each log backend."""
+    """The bus on a real gRPC server, on each backend."""
     service = EventBusServer(bus_config(tmp_path, jetstream=log_backend))
     async with serving(service.config.server, service) as (_, chan):
         yield service, chan

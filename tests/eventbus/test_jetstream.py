@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 
 from grace.eventbus.v1 import event_pb2
-from services.common.config import ConfigError, sqlite_url
+from services.common.config import ConfigError
 from services.common.errors import Unavailable
-from services.common.storage import Database
 from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
-from services.eventbus.jetstream import JetStreamLog, JetStreamOptions, subject_filter, subject_for
+from services.eventbus.jetstream import JetStreamOptions, subject_filter, subject_for
 from services.eventbus.model import Start, StartSpec
-from services.eventbus.store import EventStore
-from tests.eventbus.conftest import FAST, NO_REGISTRY, delete_stream, nats_answers
+from tests.eventbus.conftest import FAST, delete_stream, jetstream_bus, nats_answers
 from tests.support import free_port
 
 
@@ -74,15 +72,10 @@ def test_the_backend_is_chosen_by_url_and_bad_values_name_the_variable() -> None
 
 @contextlib.asynccontextmanager
 async def instance(options: JetStreamOptions, data_dir: Path) -> AsyncIterator[EventBus]:
-    """One bus instance on the shared stream, with its own position store."""
+    """One bus instance on the shared stream (it keeps nothing of its own: `data_dir`
+    only shows that instances share no files)."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    settings = replace(FAST)
-    bus = EventBus(
-        EventStore(Database(sqlite_url(data_dir / "bus.db"))),
-        settings,
-        NO_REGISTRY,
-        event_log=JetStreamLog(options, settings),
-    )
+    bus = jetstream_bus(options, replace(FAST))
     await bus.open()
     try:
         yield bus
