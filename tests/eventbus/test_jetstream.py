@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
+from grace.domain.v1 import domain_pb2
 from grace.eventbus.v1 import event_pb2
 from services.common.config import ConfigError
-from services.common.errors import Unavailable
+from services.common.errors import NotFound, Unavailable
 from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
 from services.eventbus.jetstream import JetStreamOptions, subject_filter, subject_for
-from services.eventbus.model import Start, StartSpec
-from tests.eventbus.conftest import FAST, delete_stream, jetstream_bus, nats_answers
+from services.eventbus.model import Start, StartSpec, SubscriptionState
+from tests.eventbus.conftest import FAST, delete_stream, eventually, jetstream_bus, nats_answers
 from tests.support import free_port
 
 
@@ -144,6 +145,83 @@ async def test_a_restarted_instance_loses_nothing_acknowledged(
         batch = await resumed.__anext__()  # type: ignore[attr-defined]
         await resumed.aclose()  # type: ignore[attr-defined]
         assert batch[0].sequence == 13
+
+
+async def test_a_durable_consumer_acked_on_one_instance_resumes_on_another(
+    shared: JetStreamOptions, tmp_path: Path
+) -> None:
+    async with instance(shared, tmp_path / "a") as a, instance(shared, tmp_path / "b") as b:
+        await a.publish_batch([ev(f"ml.e{i}") for i in range(5)])
+        first = a.subscribe(("ml.*",), StartSpec(Start.ALL), consumer="memory.indexer")
+        assert len(await first.__anext__()) == 5  # type: ignore[attr-defined]
+        await first.aclose()  # type: ignore[attr-defined]
+        assert await b.ack("memory.indexer", 2) == 2
+        assert await a.ack("memory.indexer", 1) == 2  # never moves back, on any instance
+        resumed = b.subscribe(("ml.*",), StartSpec(), consumer="memory.indexer")
+        batch = await resumed.__anext__()  # type: ignore[attr-defined]
+        await resumed.aclose()  # type: ignore[attr-defined]
+        assert [e.sequence for e in batch] == [3, 4, 5]
+        stats = await a.stats()
+        assert [(c.name, c.acked_sequence) for c in stats.consumers] == [("memory.indexer", 2)]
+        with pytest.raises(NotFound):
+            await b.ack("nobody", 1)
+
+
+class Recorder:
+    """A stand-in for the domain's DeliverEvent: records calls, drops `ml.bad`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int]] = []  # (instance, sequence, attempt)
+
+    def on(self, name: str, bus: EventBus) -> None:
+        async def attempt(
+            sub: SubscriptionState, event: event_pb2.Event, number: int
+        ) -> tuple[int, float, str]:
+            self.calls.append((name, event.sequence, number))
+            if event.event_type == "ml.bad":
+                return domain_pb2.DELIVERY_OUTCOME_DROP, 0.0, "bad"
+            return domain_pb2.DELIVERY_OUTCOME_ACK, 0.0, ""
+
+        bus.push._attempt = attempt  # type: ignore[method-assign]
+
+    def sequences(self) -> list[int]:
+        return [sequence for _, sequence, _ in self.calls]
+
+
+async def test_instances_share_a_push_subscription_and_deliver_each_event_once_in_order(
+    shared: JetStreamOptions, tmp_path: Path
+) -> None:
+    domain = Recorder()
+    async with instance(shared, tmp_path / "a") as a, instance(shared, tmp_path / "b") as b:
+        domain.on("a", a)
+        domain.on("b", b)
+        await a.create_subscription("memory_domain", ("ml.*",), subscription_id="mem")
+        await eventually(lambda: "mem" in b.push.workers)  # found by b's discovery
+        for i in range(10):
+            await (a if i % 2 else b).publish_batch([ev(f"ml.e{i}"), ev("ops.skipped")])
+        await b.publish(ev("ml.bad"))
+        await eventually(lambda: len(domain.calls) == 11)
+        assert domain.sequences() == [*range(1, 21, 2), 21]  # once each, in order
+
+        async def dead_letter() -> bool:
+            dead, _ = await a.list_dead_letters()
+            return [(d.subscription_id, d.sequence, d.reason) for d in dead] == [("mem", 21, "bad")]
+
+        await eventually(dead_letter)
+        await eventually(lambda: _delivered(a, 10))
+    async with instance(shared, tmp_path / "b") as b:  # every instance gone and back
+        domain.on("b", b)
+        await b.publish(ev("ml.after"))
+        await eventually(lambda: len(domain.calls) == 12)
+        assert domain.calls[-1][1:] == (22, 1)
+        await eventually(lambda: _delivered(b, 11))
+        deleted = await b.delete_subscription("mem")
+        assert deleted.dead_letter_count == 1
+
+
+async def _delivered(bus: EventBus, count: int) -> bool:
+    await bus.push.flush()  # the counts other instances added come with the flush
+    return bus.get_subscription("mem").delivered_count == count
 
 
 @pytest.fixture
