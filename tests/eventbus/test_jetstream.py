@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,8 +19,14 @@ from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
 from services.eventbus.jetstream import JetStreamOptions, subject_filter, subject_for
 from services.eventbus.model import Start, StartSpec, SubscriptionState
-from tests.eventbus.conftest import FAST, delete_stream, eventually, jetstream_bus, nats_answers
-from tests.support import free_port
+from tests.eventbus.conftest import (
+    FAST,
+    delete_stream,
+    eventually,
+    jetstream_bus,
+    start_nats,
+    wait_for_nats,
+)
 
 
 def ev(event_type: str = "ml.prediction", **fields: object) -> event_pb2.Event:
@@ -222,30 +226,6 @@ async def test_instances_share_a_push_subscription_and_deliver_each_event_once_i
 async def _delivered(bus: EventBus, count: int) -> bool:
     await bus.push.flush()  # the counts other instances added come with the flush
     return bus.get_subscription("mem").delivered_count == count
-
-
-@pytest.fixture
-def private_nats(tmp_path: Path) -> tuple[int, Path]:
-    """A port and a store directory for a NATS server of the test's own."""
-    if shutil.which("nats-server") is None:
-        pytest.skip("nats-server is not installed")
-    return free_port(), tmp_path / "jetstream"
-
-
-def start_nats(port: int, store: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-async def wait_for_nats(port: int) -> None:
-    for _ in range(100):
-        if nats_answers(f"nats://127.0.0.1:{port}"):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("nats-server did not start")
 
 
 @pytest.mark.slow
