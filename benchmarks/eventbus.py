@@ -69,8 +69,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.asynccontextmanager
-async def bus_process(data_dir: Path, backend: str = "sql") -> AsyncIterator[str]:
+async def bus_process(
+    data_dir: Path, backend: str = "sql", pids: list[int] | None = None
+) -> AsyncIterator[str]:
     port = free_port()
     env = {
         **os.environ,
@@ -87,6 +95,8 @@ async def bus_process(data_dir: Path, backend: str = "sql") -> AsyncIterator[str
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         async with grpc.aio.insecure_channel(address) as chan:
             health = health_pb2_grpc.HealthStub(chan)
@@ -230,6 +240,9 @@ async def nats_available() -> bool:
     return True
 
 
+RAW_CPU: list[float] = []  # CPU seconds of each raw (a) run, in this process
+
+
 async def raw_jetstream_throughput(js: Any, stream: str, subject: str, total: int) -> float:
     """(a) on raw JetStream: async publish of `total` events -> one pull consumer."""
     import nats
@@ -254,12 +267,14 @@ async def raw_jetstream_throughput(js: Any, stream: str, subject: str, total: in
 
     task = asyncio.create_task(consume())
     started = time.perf_counter()
+    cpu_started = time.process_time()
     run = os.urandom(4).hex()
     for i in range(total):
         await js.publish_async(f"{subject}.tick", PAYLOAD, headers={"Nats-Msg-Id": f"{run}-{i}"})
     await js.publish_async_completed()
     await asyncio.wait_for(task, 120)
     throughput = total / (time.perf_counter() - started)
+    RAW_CPU.append(time.process_time() - cpu_started)
     await sub.unsubscribe()
     return throughput
 
@@ -344,7 +359,7 @@ async def jetstream_ratio(runs: int, total: int) -> None:
     nc = await nats.connect(url)
     js = nc.jetstream(publish_async_max_pending=20_000)
     stream, subject = f"GRACEBENCH{os.getpid()}", f"gracebench{os.getpid()}"
-    ratios, raws, buses = [], [], []
+    ratios, raws, buses, cpu_ratios = [], [], [], []
     try:
         for run in range(runs):
             await js.add_stream(
@@ -356,24 +371,36 @@ async def jetstream_ratio(runs: int, total: int) -> None:
                 await js.delete_stream(stream)
             with tempfile.TemporaryDirectory(prefix="grace-bench-js-") as tmp:
                 try:
-                    async with bus_process(Path(tmp), url) as address:
+                    pids: list[int] = []
+                    async with bus_process(Path(tmp), url, pids) as address:
+                        bus_cpu, client_cpu = cpu_seconds(pids[0]), time.process_time()
                         bus = await grace_throughput(address, 1, total)
+                        bus_cpu = cpu_seconds(pids[0]) - bus_cpu
+                        client_cpu = time.process_time() - client_cpu
                 finally:
                     with contextlib.suppress(Exception):
                         await js.delete_stream(f"GRACEBUSBENCH{os.getpid()}")
             raws.append(raw)
             buses.append(bus)
             ratios.append(bus / raw)
+            # CPU per event says what throughput would be on an idle machine, where the
+            # wall clock of a run on a busy one also counts other people's work.
+            raw_us = RAW_CPU[-1] / total * 1e6
+            bus_us, client_us = bus_cpu / total * 1e6, client_cpu / total * 1e6
+            cpu_ratios.append(raw_us / (bus_us + client_us))
             print(
-                f"run {run + 1}: raw JetStream {raw:,.0f} events/s, bus on JetStream "
-                f"{bus:,.0f} events/s, ratio {bus / raw:.2f}x",
+                f"run {run + 1}: raw JetStream {raw:,.0f} events/s ({raw_us:.0f} us CPU/event), "
+                f"bus on JetStream {bus:,.0f} events/s (bus {bus_us:.0f} + client "
+                f"{client_us:.0f} us CPU/event), ratio {bus / raw:.2f}x, "
+                f"CPU ratio {cpu_ratios[-1]:.2f}x",
                 flush=True,
             )
     finally:
         await nc.close()
     print(
-        f"median ratio {statistics.median(ratios):.2f}x (target >= 0.7x) over {runs} runs of "
-        f"{total:,} events; 2-core machine shared with other work"
+        f"median ratio {statistics.median(ratios):.2f}x (target >= 0.7x), CPU per event "
+        f"{statistics.median(cpu_ratios):.2f}x, over {runs} runs of {total:,} events; "
+        "2-core machine shared with other work"
     )
     print(
         json.dumps(
@@ -383,6 +410,8 @@ async def jetstream_ratio(runs: int, total: int) -> None:
                 "backend_jetstream_eps": [round(x) for x in buses],
                 "ratios": [round(x, 3) for x in ratios],
                 "median_ratio": round(statistics.median(ratios), 3),
+                "cpu_ratios": [round(x, 3) for x in cpu_ratios],
+                "median_cpu_ratio": round(statistics.median(cpu_ratios), 3),
             }
         )
     )
