@@ -10,12 +10,19 @@ in `Nats-Msg-Id` (`<len(source)>:<source>:<id>`): JetStream drops a repeat withi
 stream's duplicate window and answers with the original sequence. Ids the bus generated
 need no header: they never repeat.
 
+Appending. A batch is one write of HPUB frames, each with a reply subject
+`<inbox>.<token>`; one subscription on `<inbox>.*` matches JetStream's acknowledgements to
+their batch, which is answered when the last arrives (see `append`).
+
 Reading. Catch-up reads, history and start-by-time use short-lived ephemeral pull
 consumers from a start sequence with a subject filter derived from the patterns (see
 `subject_filter`); the bus re-checks every event with the exact matcher. Live readers are
 fed by one ordered push consumer per process on `<prefix>.>` that starts at the head the
 process saw when it opened: every bus instance sees every event, whichever instance (or
-other producer) appended it, in stream order.
+other producer) appended it, in stream order. Events this instance appended are handed
+on as the objects it published, not parsed again from the tail's copies.
+
+Consumers, push subscriptions and dead letters: `jetstream_state` and `jetstream_push`.
 
 Retention. Age and count are stream limits (`max_age`, `max_msgs`), enforced by the
 server; the bus's retention pass also purges by its own clock, as the built-in log does.
@@ -170,6 +177,10 @@ def stream_sequence(reply: str) -> int:
 # repeat, or {"error":{...}}. Two byte searches instead of a JSON document per event.
 _ACK_SEQUENCE = re.compile(rb'"seq":\s*(\d+)')
 _ACK_DUPLICATE = re.compile(rb'"duplicate":\s*true')
+
+
+class _ReadCut(Exception):
+    """A read of the stream stopped before the end of its range."""
 
 
 class _AckBatch:
@@ -350,13 +361,16 @@ class JetStreamLog:
         for acks, _ in list(self._awaiting.values()):
             if not acks.done.done():
                 acks.done.set_exception(Unavailable("event bus is shutting down"))
+        # Every step is bounded: a stop must not wait on a NATS server that went away
+        # or a client that does not answer (a stop under heavy load was seen to hang).
         if self._tail is not None:
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
-                await self._tail.unsubscribe()
+                await asyncio.wait_for(self._tail.unsubscribe(), drain_timeout_s)
         if self._nc is not None:
             with contextlib.suppress(NatsError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._nc.drain(), drain_timeout_s)
-            await self._nc.close()
+            with contextlib.suppress(NatsError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._nc.close(), drain_timeout_s)
         for reader in list(self.readers):
             reader.close()
 
@@ -508,7 +522,9 @@ class JetStreamLog:
                 try:
                     batch = await sub.fetch(min(pending, _FETCH), timeout=self.options.timeout_s)
                 except (TimeoutError, nats.errors.TimeoutError):
-                    return  # purged meanwhile
+                    # Fewer messages than counted: purged meanwhile, or a server too busy
+                    # to answer in time. Not the end of the range either way.
+                    raise _ReadCut from None
                 for msg in batch:
                     pending -= 1
                     if stream_sequence(msg.reply) > upto:
@@ -534,6 +550,7 @@ class JetStreamLog:
         found: list[event_pb2.Event] = []
         examined = 0
         scanned = upto
+        last = after
         subject = self._filter_subject(log_filter)
         try:
             async with contextlib.aclosing(
@@ -541,12 +558,15 @@ class JetStreamLog:
             ) as messages:
                 async for msg in messages:
                     event = _event(stream_sequence(msg.reply), msg.data)
+                    last = event.sequence
                     examined += 1
                     if wanted(event.event_type, event.source_domain, log_filter):
                         found.append(event)
                     if examined == limit:
                         scanned = event.sequence
                         break
+        except _ReadCut:
+            scanned = last  # the reader asks again from here: nothing is skipped
         except NatsError as exc:
             raise Unavailable(f"event log read failed: {exc!r}") from exc
         return found, scanned
@@ -606,6 +626,8 @@ class JetStreamLog:
                 rows.extend(reversed(part))
                 high = low
                 window *= 2
+        except _ReadCut:
+            raise Unavailable("event log read failed: the stream did not answer in time") from None
         except NatsError as exc:
             raise Unavailable(f"event log read failed: {exc!r}") from exc
         return rows[:limit]

@@ -51,7 +51,12 @@ from nats.js.kv import KeyValue
 
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import Unavailable
-from services.eventbus.jetstream import JetStreamLog, subject_filter, subject_for
+from services.eventbus.jetstream import (
+    JetStreamLog,
+    stream_sequence,
+    subject_filter,
+    subject_for,
+)
 from services.eventbus.model import BusSettings, ConsumerState, DeadLetterRecord, SubscriptionState
 
 log = logging.getLogger(__name__)
@@ -61,8 +66,8 @@ SUBSCRIPTION = "p-"
 DEAD_LETTER = "Grace-Dead-Letter"
 _FETCH = 256
 # How long messages an Ack pulled stay owned by it: only an instance dying mid-Ack
-# leaves some, and the next Ack after this takes them again.
-_ACK_PULL_WAIT_S = 10.0
+# leaves some, and an Ack after this takes them again. An Ack holds them milliseconds.
+_ACK_PULL_WAIT_S = 2.0
 
 
 def durable_name(kind: str, name: str) -> str:
@@ -219,31 +224,55 @@ class JetStreamState:
         )
 
     async def _acknowledge(self, name: str, sequence: int) -> None:
-        """Moves the consumer's ack floor to the last of its messages at or before
-        `sequence` (AckPolicy.ALL acknowledges everything before it too)."""
+        """Moves the consumer's ack floor past every message at or before `sequence`.
+
+        Pulls and acknowledges as `_pull_and_ack` says, then checks that no message up to
+        `sequence` is still held by a pull that will never answer (an instance that died
+        mid-Ack): JetStream hands those out again after the ack wait, and the next pull
+        acknowledges them. Unavailable if that takes longer than the ack wait.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _ACK_PULL_WAIT_S + self.log.options.timeout_s
         sub = await self.js.pull_subscribe_bind(name, self.stream)
         try:
             while True:
-                try:
-                    batch = await sub.fetch(_FETCH, timeout=0.2)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    return  # nothing more to take: every message up to `sequence` is acked
-                last: Msg | None = None
-                past = []
-                for msg in batch:
-                    if msg.metadata.sequence.stream <= sequence:
-                        last = msg
-                    else:
-                        past.append(msg)
-                if last is not None:
-                    await last.ack_sync(timeout=self.log.options.timeout_s)
-                for msg in past:
-                    await msg.nak()
-                if past:
+                handed_back = await self._pull_and_ack(sub, sequence)
+                info = await self.js.consumer_info(self.stream, name)
+                floor = info.ack_floor.stream_seq if info.ack_floor else 0
+                if floor >= sequence or (info.num_ack_pending or 0) <= handed_back:
                     return
+                if loop.time() > deadline:
+                    raise Unavailable(
+                        f"consumer {name}: events up to {sequence} are held by another "
+                        "acknowledgement; try again"
+                    )
+                await asyncio.sleep(0.25)
         finally:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
+
+    async def _pull_and_ack(self, sub: JetStreamContext.PullSubscription, sequence: int) -> int:
+        """Pulls until a message past `sequence` or none left, acknowledges the last one
+        at or before it (which acknowledges all before it) and hands the ones past it
+        back; returns how many it handed back."""
+        while True:
+            try:
+                batch = await sub.fetch(_FETCH, timeout=0.2)
+            except (TimeoutError, nats.errors.TimeoutError):
+                return 0
+            last: Msg | None = None
+            past = []
+            for msg in batch:
+                if stream_sequence(msg.reply) <= sequence:
+                    last = msg
+                else:
+                    past.append(msg)
+            if last is not None:
+                await last.ack_sync(timeout=self.log.options.timeout_s)
+            for msg in past:
+                await msg.nak()
+            if past:
+                return len(past)
 
     # -- push subscriptions --------------------------------------------------------------
 
