@@ -109,7 +109,11 @@ async def bus_process(
         yield address
     finally:
         proc.terminate()
-        await proc.wait()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()  # a stuck stop must not stop the benchmark
+            await proc.wait()
 
 
 def batches(total: int, types: list[str], prefix: str) -> list[eventbus_pb2.PublishBatchRequest]:
