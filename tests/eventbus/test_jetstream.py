@@ -17,7 +17,13 @@ from services.common.config import ConfigError
 from services.common.errors import NotFound, Unavailable
 from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
-from services.eventbus.jetstream import JetStreamOptions, subject_filter, subject_for
+from services.eventbus.jetstream import (
+    JetStreamOptions,
+    stream_sequence,
+    subject_filter,
+    subject_for,
+)
+from services.eventbus.jetstream_state import CONSUMER, durable_name
 from services.eventbus.model import Start, StartSpec, SubscriptionState
 from tests.eventbus.conftest import (
     FAST,
@@ -50,6 +56,20 @@ def test_patterns_become_the_narrowest_subject_filter_nats_can_express() -> None
     # Several patterns share their common whole tokens.
     assert subject_filter("p", ("ml.a", "ml.b.*")) == "p.ml.>"
     assert subject_filter("p", ("ml.a", "ops.b")) == "p.>"
+
+
+def test_the_stream_sequence_is_read_from_both_reply_subject_formats() -> None:
+    assert stream_sequence("$JS.ACK.EVENTS.tail.1.42.7.1700000000000000000.3") == 42
+    with_domain = "$JS.ACK.hub.ACCHASH.EVENTS.tail.2.43.8.1700000000000000000.0.token"
+    assert stream_sequence(with_domain) == 43
+
+
+def test_consumer_names_escape_what_nats_forbids_and_stay_distinct() -> None:
+    names = ["memory.indexer", "memory_2eindexer", "a:b", "a_3ab", "plain-name"]
+    escaped = [durable_name(CONSUMER, name) for name in names]
+    assert len(set(escaped)) == len(names)
+    assert all("." not in e and ":" not in e for e in escaped)
+    assert durable_name(CONSUMER, "plain-name") == "c-plain-name"
 
 
 def test_the_backend_is_chosen_by_url_and_bad_values_name_the_variable() -> None:
