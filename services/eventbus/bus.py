@@ -336,9 +336,8 @@ class EventBus:
         worker = self.push.workers.get(subscription_id)
         if worker is None:
             raise NotFound("subscription", subscription_id)
-        sub: SubscriptionState = worker.sub
-        sub.delivered_sequence = worker.position()
-        return sub
+        worker.sub.delivered_sequence = worker.position()
+        return worker.sub
 
     def list_subscriptions(
         self, *, domain_id: str = "", size: int = 0, token: str = ""

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 import grpc
 
@@ -85,6 +85,18 @@ class DomainResolver:
         for chan in self._channels.values():
             await chan.close()
         self._channels.clear()
+
+
+class Worker(Protocol):
+    """What push delivery needs of a subscription's worker."""
+
+    sub: SubscriptionState
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def position(self) -> int: ...
 
 
 class PushWorker:
@@ -174,7 +186,7 @@ class PushDelivery:
         self.resolver = resolver
         self.settings = settings
         self.clock = clock
-        self.workers: dict[str, Any] = {}
+        self.workers: dict[str, Worker] = {}
         self.delivered_total = 0
         self._redeliveries: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
@@ -203,16 +215,13 @@ class PushDelivery:
         await self.flush()
         await self.resolver.close()
 
-    # The worker class: one that reads the log (here), or pulls from a JetStream consumer.
-    worker_type: Any = PushWorker
-
     async def refresh(self) -> None:
         """Takes up subscriptions other instances changed: none here (one process owns
         the tables)."""
 
     def start_worker(self, sub: SubscriptionState) -> None:
         """Starts delivering a subscription."""
-        worker = self.worker_type(sub, self)
+        worker = PushWorker(sub, self)
         self.workers[sub.subscription_id] = worker
         worker.start()
 

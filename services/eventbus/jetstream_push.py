@@ -200,8 +200,6 @@ class JetStreamPushDelivery(PushDelivery):
         clock: Epoch seconds.
     """
 
-    worker_type = JetStreamPushWorker
-
     def __init__(
         self,
         event_log: JetStreamLog,
@@ -227,6 +225,12 @@ class JetStreamPushDelivery(PushDelivery):
                 await self._discovery
         await super().close()
 
+    def start_worker(self, sub: SubscriptionState) -> None:
+        """Starts pulling a subscription's events on this instance."""
+        worker = JetStreamPushWorker(sub, self)
+        self.workers[sub.subscription_id] = worker
+        worker.start()
+
     async def refresh(self) -> None:
         """Starts workers for subscriptions created elsewhere, stops those deleted
         elsewhere, and takes positions and counters other instances stored."""
@@ -250,7 +254,11 @@ class JetStreamPushDelivery(PushDelivery):
             await self.state.take_counts(worker.sub)
         for sub_id, worker in list(self.workers.items()):
             # A worker started after the listing began may not be in it yet.
-            if sub_id not in listed and getattr(worker, "started_at", began) < began:
+            if (
+                sub_id not in listed
+                and isinstance(worker, JetStreamPushWorker)
+                and worker.started_at < began
+            ):
                 await self.stop_worker(sub_id)
 
     async def _discover_loop(self) -> None:
