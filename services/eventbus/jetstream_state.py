@@ -68,6 +68,8 @@ _FETCH = 256
 # How long messages an Ack pulled stay owned by it: only an instance dying mid-Ack
 # leaves some, and an Ack after this takes them again. An Ack holds them milliseconds.
 _ACK_PULL_WAIT_S = 2.0
+# The furthest an acknowledgement moves a consumer by pulling; further, it is recreated.
+_ACK_PULL_LIMIT = 10_000
 
 
 def durable_name(kind: str, name: str) -> str:
@@ -186,14 +188,17 @@ class JetStreamState:
 
     async def save_consumer(self, consumer: ConsumerState) -> None:
         """Creates the consumer at its position, moves it forward by acknowledging, or
-        (patterns changed, or a start before its position) creates it again."""
+        creates it again: patterns changed, a start before its position, or a jump ahead
+        too far to pull the headers of everything in between."""
         name = durable_name(CONSUMER, consumer.name)
         info = await self._info(name)
         state = None if info is None else self._consumer_state(info)
         if (
             state is not None
             and (state.patterns, state.source_domain) == (consumer.patterns, consumer.source_domain)
-            and consumer.acked_sequence >= state.acked_sequence
+            and state.acked_sequence
+            <= consumer.acked_sequence
+            <= state.acked_sequence + _ACK_PULL_LIMIT
         ):
             if consumer.acked_sequence > state.acked_sequence:
                 await self._acknowledge(name, consumer.acked_sequence)

@@ -15,6 +15,7 @@ from grace.domain.v1 import domain_pb2
 from grace.eventbus.v1 import event_pb2
 from services.common.config import ConfigError
 from services.common.errors import NotFound, Unavailable
+from services.eventbus import jetstream_state
 from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
 from services.eventbus.jetstream import (
@@ -189,6 +190,24 @@ async def test_a_durable_consumer_acked_on_one_instance_resumes_on_another(
         assert [(c.name, c.acked_sequence) for c in stats.consumers] == [("memory.indexer", 2)]
         with pytest.raises(NotFound):
             await b.ack("nobody", 1)
+
+
+async def test_a_durable_consumer_moved_far_ahead_is_recreated_at_its_new_position(
+    shared: JetStreamOptions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jetstream_state, "_ACK_PULL_LIMIT", 2)  # "far" is 3 events here
+    async with instance(shared, tmp_path / "a") as a:
+        await a.publish_batch([ev(f"ml.e{i}") for i in range(6)])
+        first = a.subscribe(("ml.*",), StartSpec(Start.ALL), consumer="far")
+        await first.__anext__()  # type: ignore[attr-defined]
+        await first.aclose()  # type: ignore[attr-defined]
+        assert await a.ack("far", 1) == 1  # pulled
+        assert await a.ack("far", 5) == 5  # recreated at 6
+        assert await a.ack("far", 2) == 5
+        resumed = a.subscribe(("ml.*",), StartSpec(), consumer="far")
+        batch = await resumed.__anext__()  # type: ignore[attr-defined]
+        await resumed.aclose()  # type: ignore[attr-defined]
+        assert [e.sequence for e in batch] == [6]
 
 
 class Recorder:
