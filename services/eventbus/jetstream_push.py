@@ -34,7 +34,13 @@ from services.eventbus import tracing
 from services.eventbus.delivery import DomainResolver, PushDelivery
 from services.eventbus.eventlog import Clock, wanted
 from services.eventbus.jetstream import JetStreamLog
-from services.eventbus.jetstream_state import SUBSCRIPTION, JetStreamState, durable_name, event_of
+from services.eventbus.jetstream_state import (
+    SUBSCRIPTION,
+    JetStreamState,
+    durable_name,
+    event_of,
+    unavailable_on_nats_errors,
+)
 from services.eventbus.model import BusSettings, SubscriptionState
 from services.eventbus.store import LogFilter
 
@@ -231,6 +237,7 @@ class JetStreamPushDelivery(PushDelivery):
         self.workers[sub.subscription_id] = worker
         worker.start()
 
+    @unavailable_on_nats_errors
     async def refresh(self) -> None:
         """Starts workers for subscriptions created elsewhere, stops those deleted
         elsewhere, and takes positions and counters other instances stored."""

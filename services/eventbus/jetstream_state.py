@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import nats
 from nats.aio.msg import Msg
@@ -61,6 +62,9 @@ from services.eventbus.model import BusSettings, ConsumerState, DeadLetterRecord
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 CONSUMER = "c-"
 SUBSCRIPTION = "p-"
 DEAD_LETTER = "Grace-Dead-Letter"
@@ -79,6 +83,22 @@ def durable_name(kind: str, name: str) -> str:
     return kind + "".join(
         c if (c.isascii() and c.isalnum()) or c == "-" else f"_{ord(c):02x}" for c in name
     )
+
+
+def unavailable_on_nats_errors(
+    method: Callable[P, Coroutine[Any, Any, T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
+    """NATS errors become Unavailable (the server is down or did not answer in time), as
+    they do for the event log, so clients see UNAVAILABLE and try again."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except NatsError as exc:
+            raise Unavailable(f"JetStream request failed: {exc!r}") from exc
+
+    return wrapper
 
 
 class JetStreamState:
@@ -176,16 +196,19 @@ class JetStreamState:
             float(spec.get("updated_at", 0.0)),
         )
 
+    @unavailable_on_nats_errors
     async def consumers(self) -> list[ConsumerState]:
         """Every durable consumer, with its acknowledged position."""
         states = [self._consumer_state(info) for info in await self._infos(CONSUMER)]
         return sorted((s for s in states if s is not None), key=lambda s: s.name)
 
+    @unavailable_on_nats_errors
     async def consumer(self, name: str) -> ConsumerState | None:
         """One durable consumer, as any instance left it; None if there is none."""
         info = await self._info(durable_name(CONSUMER, name))
         return None if info is None else self._consumer_state(info)
 
+    @unavailable_on_nats_errors
     async def save_consumer(self, consumer: ConsumerState) -> None:
         """Creates the consumer at its position, moves it forward by acknowledging, or
         creates it again: patterns changed, a start before its position, or a jump ahead
@@ -329,10 +352,12 @@ class JetStreamState:
             dead_letter_count=counts.get("dead_letters", 0),
         )
 
+    @unavailable_on_nats_errors
     async def subscription_infos(self) -> list[ConsumerInfo]:
         """The consumers of every push subscription."""
         return await self._infos(SUBSCRIPTION)
 
+    @unavailable_on_nats_errors
     async def subscriptions(self) -> list[SubscriptionState]:
         """Every push subscription, with its counters read from the bucket."""
         subs = []
@@ -343,10 +368,12 @@ class JetStreamState:
                 subs.append(sub)
         return subs
 
+    @unavailable_on_nats_errors
     async def insert_subscription(self, sub: SubscriptionState) -> None:
         """Creates the subscription's consumer."""
         await self.js.add_consumer(self.stream, self.subscription_config(sub))
 
+    @unavailable_on_nats_errors
     async def delete_subscription(self, subscription_id: str) -> None:
         """Deletes the subscription's consumer and counters (its dead letters stay)."""
         name = durable_name(SUBSCRIPTION, subscription_id)
@@ -392,6 +419,7 @@ class JetStreamState:
             self._based[key] = total
             return total
 
+    @unavailable_on_nats_errors
     async def take_counts(self, sub: SubscriptionState) -> None:
         """Adds to `sub` what other instances stored since this one last looked."""
         key = durable_name(SUBSCRIPTION, sub.subscription_id)
@@ -400,10 +428,12 @@ class JetStreamState:
             stored = await self.load_counts(key)
             _apply(sub, {k: v - before.get(k, 0) for k, v in stored.items()})
 
+    @unavailable_on_nats_errors
     async def counters(self) -> dict[str, int]:
         """Counters of the whole bus (delivered_total)."""
         return {"delivered_total": (await self.load_counts("bus")).get("delivered", 0)}
 
+    @unavailable_on_nats_errors
     async def flush(self, subs: Sequence[SubscriptionState], delivered_total: int) -> None:
         """Adds the subscriptions' and the bus's new counts to the bucket. The objects
         also take what other instances added (counts made while this ran are kept)."""
@@ -468,6 +498,7 @@ class JetStreamState:
                     return seq, record
         return None
 
+    @unavailable_on_nats_errors
     async def add_dead_letter(self, record: DeadLetterRecord) -> None:
         """Stores a dead letter, or replaces it (same id) after a failed redelivery."""
         meta = {k: v for k, v in asdict(record).items() if k != "event"}
@@ -482,11 +513,13 @@ class JetStreamState:
             with contextlib.suppress(JsNotFoundError):
                 await self.js.delete_msg(self.dead_stream, old[0])
 
+    @unavailable_on_nats_errors
     async def dead_letter(self, dead_letter_id: str) -> DeadLetterRecord | None:
         """One dead letter, or None."""
         found = await self._find(dead_letter_id)
         return None if found is None else found[1]
 
+    @unavailable_on_nats_errors
     async def dead_letters(
         self,
         *,
@@ -508,10 +541,12 @@ class JetStreamState:
         records.sort(key=lambda r: (r.failed_at, r.dead_letter_id), reverse=True)
         return records[:limit]
 
+    @unavailable_on_nats_errors
     async def count_dead_letters(self) -> int:
         """How many dead letters are held."""
         return int((await self.js.stream_info(self.dead_stream)).state.messages)
 
+    @unavailable_on_nats_errors
     async def remove_dead_letter(self, dead_letter_id: str) -> None:
         """Deletes a dead letter (it was redelivered)."""
         found = await self._find(dead_letter_id)
