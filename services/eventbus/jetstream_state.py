@@ -14,10 +14,8 @@ own on the JetStream backend, and any instance serves any consumer or subscripti
 - A push subscription is a JetStream durable consumer `p-<id>` delivering one message at
   a time (`max_ack_pending=1`, so in order across instances) with `max_deliver`; see
   `jetstream_push`. Its spec is its description; its counters are deltas added to a
-  key-value bucket `<stream>_BUS` with compare-and-set, so instances add up.
-- Dead letters are messages in the stream `<stream>_DEAD` on `<prefix>_dead.<id>`: the
-  event as payload, the record as a JSON header. A record changed by a redelivery is
-  published again and its old message deleted.
+  key-value bucket `<stream>_BUS` (`jetstream_counters`), so instances add up.
+- Dead letters are messages in the stream `<stream>_DEAD` (`jetstream_deadletters`).
 
 This class has the shape of `EventStore`'s state methods, so `EventBus` and
 `PushDelivery` use either (see `store.BusState`).
@@ -30,8 +28,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import nats
@@ -43,12 +40,8 @@ from nats.js.api import (
     ConsumerConfig,
     ConsumerInfo,
     DeliverPolicy,
-    StorageType,
-    StreamConfig,
 )
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.errors import NotFoundError as JsNotFoundError
-from nats.js.kv import KeyValue
 
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import Unavailable
@@ -56,8 +49,9 @@ from services.eventbus.jetstream import (
     JetStreamLog,
     stream_sequence,
     subject_filter,
-    subject_for,
 )
+from services.eventbus.jetstream_counters import CounterBucket
+from services.eventbus.jetstream_deadletters import DeadLetterStream
 from services.eventbus.model import BusSettings, ConsumerState, DeadLetterRecord, SubscriptionState
 
 log = logging.getLogger(__name__)
@@ -67,7 +61,6 @@ T = TypeVar("T")
 
 CONSUMER = "c-"
 SUBSCRIPTION = "p-"
-DEAD_LETTER = "Grace-Dead-Letter"
 _FETCH = 256
 # How long messages an Ack pulled stay owned by it: only an instance dying mid-Ack
 # leaves some, and an Ack after this takes them again. An Ack holds them milliseconds.
@@ -118,13 +111,8 @@ class JetStreamState:
         options = event_log.options
         self.stream = options.stream
         self.prefix = options.subject_prefix
-        self.dead_stream = f"{options.stream}_DEAD"
-        self.dead_prefix = f"{options.subject_prefix}_dead"
-        self.bucket = f"{options.stream}_BUS"
-        self._kv: KeyValue | None = None
-        # Counter values this instance has added to the bucket, per key: what is added
-        # next is the difference (other instances add theirs).
-        self._based: dict[str, dict[str, int]] = {}
+        self.dead = DeadLetterStream(event_log)
+        self.counts = CounterBucket(event_log, f"{options.stream}_BUS")
         self._bus_gained = 0
         # Reading and adding counts both move `_based`: one at a time, or a count read
         # while another is being added would be counted twice or lost.
@@ -134,33 +122,11 @@ class JetStreamState:
     def js(self) -> JetStreamContext:
         return self.log.js
 
-    @property
-    def kv(self) -> KeyValue:
-        if self._kv is None:
-            raise Unavailable("event bus is not open")
-        return self._kv
-
     async def open(self) -> None:
         """Connects (through the log) and creates the dead-letter stream and the bucket."""
         await self.log.open()
-        js = self.js
-        config = StreamConfig(
-            name=self.dead_stream,
-            subjects=[f"{self.dead_prefix}.>"],
-            storage=StorageType.FILE,
-            num_replicas=self.log.options.replicas,
-        )
-        try:
-            await js.stream_info(self.dead_stream)
-        except JsNotFoundError:
-            with contextlib.suppress(BadRequestError):  # another instance made it
-                await js.add_stream(config)
-        try:
-            self._kv = await js.key_value(self.bucket)
-        except (JsNotFoundError, nats.js.errors.BucketNotFoundError):
-            self._kv = await js.create_key_value(
-                bucket=self.bucket, history=1, replicas=self.log.options.replicas
-            )
+        await self.dead.open()
+        await self.counts.open()
 
     async def close(self) -> None:
         """Nothing to release: the log owns the connection."""
@@ -339,7 +305,7 @@ class JetStreamState:
         if "subscription_id" not in spec:
             return None
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
-        counts = self._based.get(info.name, {})
+        counts = self.counts.base(info.name)
         return SubscriptionState(
             subscription_id=spec["subscription_id"],
             domain_id=spec["domain_id"],
@@ -379,53 +345,21 @@ class JetStreamState:
         name = durable_name(SUBSCRIPTION, subscription_id)
         with contextlib.suppress(JsNotFoundError):
             await self.js.delete_consumer(self.stream, name)
-        with contextlib.suppress(KeyNotFoundError):
-            await self.kv.delete(name)
-        self._based.pop(name, None)
+        await self.counts.delete(name)
 
     # -- counters ------------------------------------------------------------------------
 
     async def load_counts(self, key: str) -> dict[str, int]:
         """The counts stored under `key`, taken as this instance's base."""
-        try:
-            entry = await self.kv.get(key)
-            counts = {k: int(v) for k, v in json.loads(entry.value or b"{}").items()}
-        except KeyNotFoundError:
-            counts = {}
-        self._based[key] = counts
-        return counts
-
-    async def _add_counts(self, key: str, counts: dict[str, int]) -> dict[str, int]:
-        """Adds what changed since this instance last added or read `key`; returns the
-        stored totals (which include other instances' additions)."""
-        base = self._based.get(key, {})
-        delta = {k: v - base.get(k, 0) for k, v in counts.items()}
-        while True:
-            try:
-                entry = await self.kv.get(key)
-                stored = {k: int(v) for k, v in json.loads(entry.value or b"{}").items()}
-                revision: int | None = entry.revision
-            except KeyNotFoundError:
-                stored, revision = {}, None
-            total = {k: stored.get(k, 0) + delta.get(k, 0) for k in {*stored, *delta}}
-            value = json.dumps(total).encode()
-            try:
-                if revision is None:
-                    await self.kv.create(key, value)
-                else:
-                    await self.kv.update(key, value, last=revision)
-            except (KeyWrongLastSequenceError, BadRequestError):
-                continue  # another instance added meanwhile: add to its total
-            self._based[key] = total
-            return total
+        return await self.counts.load(key)
 
     @unavailable_on_nats_errors
     async def take_counts(self, sub: SubscriptionState) -> None:
         """Adds to `sub` what other instances stored since this one last looked."""
         key = durable_name(SUBSCRIPTION, sub.subscription_id)
         async with self._counting:
-            before = self._based.get(key, {})
-            stored = await self.load_counts(key)
+            before = self.counts.base(key)
+            stored = await self.counts.load(key)
             _apply(sub, {k: v - before.get(k, 0) for k, v in stored.items()})
 
     @unavailable_on_nats_errors
@@ -441,9 +375,9 @@ class JetStreamState:
             for sub in subs:
                 sent = _counts(sub)
                 key = durable_name(SUBSCRIPTION, sub.subscription_id)
-                total = await self._add_counts(key, sent)
+                total = await self.counts.add(key, sent)
                 _apply(sub, {k: total.get(k, 0) - v for k, v in sent.items()})
-            total = await self._add_counts("bus", {"delivered": delivered_total})
+            total = await self.counts.add("bus", {"delivered": delivered_total})
             self._bus_gained += total.get("delivered", 0) - delivered_total
 
     def take_bus_gain(self) -> int:
@@ -451,73 +385,17 @@ class JetStreamState:
         gained, self._bus_gained = self._bus_gained, 0
         return gained
 
-    # -- dead letters --------------------------------------------------------------------
-
-    async def _dead(
-        self, subscription_id: str = ""
-    ) -> AsyncGenerator[tuple[int, DeadLetterRecord]]:
-        subject = (
-            subject_for(self.dead_prefix, subscription_id)
-            if subscription_id
-            else f"{self.dead_prefix}.>"
-        )
-        sub = await self.js.pull_subscribe(
-            subject,
-            stream=self.dead_stream,
-            config=ConsumerConfig(
-                deliver_policy=DeliverPolicy.ALL,
-                ack_policy=AckPolicy.NONE,
-                inactive_threshold=60.0,
-                mem_storage=True,
-            ),
-        )
-        try:
-            pending = (await sub.consumer_info()).num_pending or 0
-            while pending > 0:
-                try:
-                    batch = await sub.fetch(
-                        min(pending, _FETCH), timeout=self.log.options.timeout_s
-                    )
-                except (TimeoutError, nats.errors.TimeoutError):
-                    return
-                for msg in batch:
-                    pending -= 1
-                    record = _dead_letter(msg)
-                    if record is not None and (
-                        not subscription_id or record.subscription_id == subscription_id
-                    ):
-                        yield msg.metadata.sequence.stream, record
-        finally:
-            with contextlib.suppress(NatsError):
-                await sub.unsubscribe()
-
-    async def _find(self, dead_letter_id: str) -> tuple[int, DeadLetterRecord] | None:
-        async with contextlib.aclosing(self._dead()) as records:
-            async for seq, record in records:
-                if record.dead_letter_id == dead_letter_id:
-                    return seq, record
-        return None
+    # -- dead letters (the dead-letter stream) --------------------------------------------
 
     @unavailable_on_nats_errors
     async def add_dead_letter(self, record: DeadLetterRecord) -> None:
         """Stores a dead letter, or replaces it (same id) after a failed redelivery."""
-        meta = {k: v for k, v in asdict(record).items() if k != "event"}
-        old = await self._find(record.dead_letter_id)
-        await self.js.publish(
-            subject_for(self.dead_prefix, record.subscription_id),
-            record.event,
-            stream=self.dead_stream,
-            headers={DEAD_LETTER: json.dumps(meta)},
-        )
-        if old is not None:
-            with contextlib.suppress(JsNotFoundError):
-                await self.js.delete_msg(self.dead_stream, old[0])
+        await self.dead.add(record)
 
     @unavailable_on_nats_errors
     async def dead_letter(self, dead_letter_id: str) -> DeadLetterRecord | None:
         """One dead letter, or None."""
-        found = await self._find(dead_letter_id)
-        return None if found is None else found[1]
+        return await self.dead.get(dead_letter_id)
 
     @unavailable_on_nats_errors
     async def dead_letters(
@@ -528,31 +406,20 @@ class JetStreamState:
         limit: int = 50,
         redelivering: bool | None = None,
     ) -> list[DeadLetterRecord]:
-        """Dead letters newest first, after the keyset position `before`. Reads every
-        dead letter (of the subscription): dead letters are few, and cleared."""
-        records = []
-        async with contextlib.aclosing(self._dead(subscription_id)) as found:
-            async for _, record in found:
-                if redelivering is not None and record.redelivering != redelivering:
-                    continue
-                if before is not None and (record.failed_at, record.dead_letter_id) >= before:
-                    continue
-                records.append(record)
-        records.sort(key=lambda r: (r.failed_at, r.dead_letter_id), reverse=True)
-        return records[:limit]
+        """Dead letters newest first, after the keyset position `before`."""
+        return await self.dead.list(
+            subscription_id=subscription_id, before=before, limit=limit, redelivering=redelivering
+        )
 
     @unavailable_on_nats_errors
     async def count_dead_letters(self) -> int:
         """How many dead letters are held."""
-        return int((await self.js.stream_info(self.dead_stream)).state.messages)
+        return await self.dead.count()
 
     @unavailable_on_nats_errors
     async def remove_dead_letter(self, dead_letter_id: str) -> None:
         """Deletes a dead letter (it was redelivered)."""
-        found = await self._find(dead_letter_id)
-        if found is not None:
-            with contextlib.suppress(JsNotFoundError):
-                await self.js.delete_msg(self.dead_stream, found[0])
+        await self.dead.remove(dead_letter_id)
 
 
 _COUNTED = {
@@ -577,15 +444,6 @@ def _description(info: ConsumerInfo) -> dict[str, Any]:
     except ValueError:
         return {}
     return spec if isinstance(spec, dict) else {}
-
-
-def _dead_letter(msg: Msg) -> DeadLetterRecord | None:
-    try:
-        meta = json.loads((msg.headers or {}).get(DEAD_LETTER, ""))
-        return DeadLetterRecord(event=msg.data, **meta)
-    except (TypeError, ValueError):
-        log.warning("dead-letter message %d is not a record", msg.metadata.sequence.stream)
-        return None
 
 
 def event_of(msg: Msg) -> event_pb2.Event:
