@@ -72,14 +72,25 @@ class JetStreamPushWorker:
         self.started_at = time.monotonic()
         self.floor = sub.delivered_sequence
         self.caught_up = False
+        self._stopping = False
 
     def start(self) -> None:
         """Starts pulling in the background."""
         self.task = asyncio.create_task(self.run(), name=f"push-{self.sub.subscription_id}")
 
+    async def wind_down(self) -> None:
+        """Lets a pull in progress end (within its wait) instead of cutting it: a pull
+        cut short stays at the server until it expires and may take an event that nobody
+        here will answer, which JetStream would then hold for the whole ack wait."""
+        self._stopping = True
+        if self.task is not None and self.in_flight is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.task), _PULL_WAIT_S + 1)
+
     async def stop(self) -> None:
-        """Stops pulling; an event this instance holds goes back to JetStream after the
-        ack wait."""
+        """Stops pulling; an event being delivered goes back to JetStream after the ack
+        wait (as after a crash)."""
+        await self.wind_down()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -105,7 +116,7 @@ class JetStreamPushWorker:
         state = self.owner.state
         pull = None
         try:
-            while True:
+            while not self._stopping:
                 try:
                     if pull is None:
                         pull = await state.js.pull_subscribe_bind(self.name, state.stream)
@@ -119,6 +130,10 @@ class JetStreamPushWorker:
                     await asyncio.sleep(_PULL_WAIT_S)
                     continue
                 for msg in batch:
+                    if self._stopping:  # hand it straight back, to another instance
+                        with contextlib.suppress(NatsError):
+                            await msg.nak()
+                        continue
                     try:
                         await self._handle(msg)
                     except NatsError as exc:
@@ -229,6 +244,13 @@ class JetStreamPushDelivery(PushDelivery):
             self._discovery.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._discovery
+        await asyncio.gather(
+            *(
+                worker.wind_down()
+                for worker in self.workers.values()
+                if isinstance(worker, JetStreamPushWorker)
+            )
+        )
         await super().close()
 
     def start_worker(self, sub: SubscriptionState) -> None:
