@@ -330,6 +330,14 @@ async def nats_figures() -> dict[str, float] | None:
         await nc.close()
 
 
+async def delete_bus_streams(js: Any) -> None:
+    """Deletes the bus's event stream, dead-letter stream and counter bucket."""
+    stream = f"GRACEBUSBENCH{os.getpid()}"
+    for name in (stream, f"{stream}_DEAD", f"KV_{stream}_BUS"):
+        with contextlib.suppress(Exception):
+            await js.delete_stream(name)
+
+
 async def backend_figures() -> dict[str, float]:
     """(a) and (b) through the bus on its JetStream backend; its stream is deleted after."""
     import nats
@@ -346,8 +354,7 @@ async def backend_figures() -> dict[str, float]:
         return {"throughput": throughput, "p50_ms": p50, "p99_ms": p99}
     finally:
         nc = await nats.connect(url)
-        with contextlib.suppress(Exception):
-            await nc.jetstream().delete_stream(f"GRACEBUSBENCH{os.getpid()}")
+        await delete_bus_streams(nc.jetstream())
         await nc.close()
 
 
@@ -382,8 +389,7 @@ async def jetstream_ratio(runs: int, total: int) -> None:
                         bus_cpu = cpu_seconds(pids[0]) - bus_cpu
                         client_cpu = time.process_time() - client_cpu
                 finally:
-                    with contextlib.suppress(Exception):
-                        await js.delete_stream(f"GRACEBUSBENCH{os.getpid()}")
+                    await delete_bus_streams(js)
             raws.append(raw)
             buses.append(bus)
             ratios.append(bus / raw)
