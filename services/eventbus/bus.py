@@ -39,7 +39,7 @@ from services.eventbus.model import (
     SubscriptionState,
 )
 from services.eventbus.pipeline import pipelined
-from services.eventbus.store import EventStore, LogFilter
+from services.eventbus.store import BusState, EventStore, LogFilter
 from services.eventbus.telemetry import BusTraffic
 
 log = logging.getLogger(__name__)
@@ -81,35 +81,43 @@ class EventBus:
     """Publishing, reading, consumers, push subscriptions, history and stats.
 
     Args:
-        store: Durable state.
+        store: Durable state besides events: the bus's tables (an `EventStore`), or
+            JetStream (`jetstream_state.JetStreamState`).
         settings: Tunables.
         registry_address: Where push delivery resolves domains.
         clock: Epoch seconds; injectable for tests.
         verifier: Checks event signatures at publish (see
             `services.common.event_verification`); None checks nothing.
         event_log: Where events live; None keeps them in `store` (an `EventLog`).
-            Consumers, subscriptions and dead letters stay in `store` either way.
+        push: Push delivery; None delivers from the log with positions in `store`.
     """
 
     def __init__(
         self,
-        store: EventStore,
+        store: BusState,
         settings: BusSettings,
         registry_address: str,
         clock: Clock = time.time,
         verifier: EventVerifier | None = None,
         event_log: Log | None = None,
+        push: PushDelivery | None = None,
     ) -> None:
         self.store = store
         self.verifier = verifier
         self.settings = settings
         self.clock = clock
-        self.log: Log = event_log or EventLog(store, settings, clock)
+        if event_log is None:
+            if not isinstance(store, EventStore):
+                raise TypeError("the built-in event log needs an EventStore")
+            event_log = EventLog(store, settings, clock)
+        self.log: Log = event_log
         self.validate = EventValidator(settings)
         self.traffic = BusTraffic()
-        self.push = PushDelivery(
-            self.log, store, DomainResolver(registry_address), settings, clock, self.traffic
+        self.push = push or PushDelivery(
+            self.log, store, DomainResolver(registry_address), settings, clock
         )
+        # Whichever delivery runs (built-in or on JetStream), it counts in this bus's traffic.
+        self.push.traffic = self.traffic
         self.consumers: dict[str, ConsumerState] = {}
         self.streamed = 0
         self.active_streams = 0
@@ -328,7 +336,7 @@ class EventBus:
         if not consumer:
             return await self.log.resolve_start(start)
         require_id("consumer", consumer)
-        existing = self.consumers.get(consumer)
+        existing = await self._consumer(consumer)
         if existing is not None and start.kind is Start.DEFAULT:
             cursor = existing.acked_sequence
         else:
@@ -341,7 +349,7 @@ class EventBus:
     async def ack(self, consumer: str, sequence: int) -> int:
         """Acknowledges a durable consumer's events up to `sequence`; returns its position."""
         require_id("consumer", consumer)
-        state = self.consumers.get(consumer)
+        state = await self._consumer(consumer)
         if state is None:
             raise NotFound("consumer", consumer)
         if sequence < 0:
@@ -361,6 +369,15 @@ class EventBus:
             return sequence
         return state.acked_sequence
 
+    async def _consumer(self, name: str) -> ConsumerState | None:
+        if self.store.shared:  # another instance may have created or moved it
+            state = await self.store.consumer(name)
+            if state is None:
+                self.consumers.pop(name, None)
+            else:
+                self.consumers[name] = state
+        return self.consumers.get(name)
+
     # -- push subscriptions ------------------------------------------------------------
 
     async def create_subscription(
@@ -379,6 +396,7 @@ class EventBus:
         if not 0 <= max_attempts <= 100:
             raise InvalidArgument("max_attempts", "must be between 0 and 100")
         attempts = max_attempts or self.settings.push_max_attempts
+        await self.push.refresh()
         if subscription_id in self.push.workers:
             sub = self.push.workers[subscription_id].sub
             if sub.same_spec(domain_id, patterns, attempts):
@@ -403,6 +421,7 @@ class EventBus:
 
     async def delete_subscription(self, subscription_id: str) -> SubscriptionState:
         """Deletes a push subscription."""
+        await self.push.refresh()
         sub = self.get_subscription(subscription_id)
         await self.push.stop_worker(subscription_id)
         await self.store.delete_subscription(subscription_id)
@@ -479,6 +498,8 @@ class EventBus:
         record = await self.store.dead_letter(dead_letter_id)
         if record is None:
             raise NotFound("dead_letter", dead_letter_id)
+        if record.subscription_id not in self.push.workers:
+            await self.push.refresh()
         if record.subscription_id not in self.push.workers:
             raise NotFound("subscription", record.subscription_id)
         if record.redelivering:
@@ -557,6 +578,9 @@ class EventBus:
     async def stats(self) -> Stats:
         """Counts for GetStats."""
         await self.log.sync()
+        await self.push.refresh()
+        if self.store.shared:
+            self.consumers = {c.name: c for c in await self.store.consumers()}
         subs = [self.get_subscription(sub_id) for sub_id in sorted(self.push.workers)]
         head, first = self.log.head, self.log.first
         return Stats(

@@ -28,8 +28,8 @@ Where events live (see docs/eventbus.md, "Backends"):
 
 - `GRACE_EVENTBUS_BACKEND`: `sql` (the default: the bus's own tables in its database) or
   NATS JetStream as one or more comma-separated URLs (`nats://host:4222`,
-  `tls://host:4222`; user and password may be in the URL). Consumers, push subscriptions
-  and dead letters stay in the bus's database with either backend.
+  `tls://host:4222`; user and password may be in the URL). On NATS, durable consumers,
+  push subscriptions and dead letters live in JetStream too, and the bus uses no database.
 - `GRACE_EVENTBUS_NATS_STREAM` (`GRACE_EVENTS`) and `GRACE_EVENTBUS_NATS_SUBJECT_PREFIX`
   (`grace.events`): the stream and its subjects.
 - `GRACE_EVENTBUS_NATS_CREDS`: a NATS credentials file (JWT and NKey seed).

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 
@@ -26,7 +27,7 @@ from services.common.channels import channel
 from services.eventbus import tracing
 from services.eventbus.eventlog import Log, Reader
 from services.eventbus.model import BusSettings, DeadLetterRecord, SubscriptionState
-from services.eventbus.store import EventStore, LogFilter
+from services.eventbus.store import BusState, LogFilter
 from services.eventbus.telemetry import BusTraffic
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,18 @@ class DomainResolver:
         for chan in self._channels.values():
             await chan.close()
         self._channels.clear()
+
+
+class Worker(Protocol):
+    """What push delivery needs of a subscription's worker."""
+
+    sub: SubscriptionState
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def position(self) -> int: ...
 
 
 class PushWorker:
@@ -155,7 +168,7 @@ class PushDelivery:
 
     Args:
         event_log: The log.
-        store: Durable state.
+        store: Durable state (the bus's tables, or JetStream: see `jetstream_push`).
         resolver: Domain addresses.
         settings: Retry and flush tunables.
         clock: Epoch seconds.
@@ -165,7 +178,7 @@ class PushDelivery:
     def __init__(
         self,
         event_log: Log,
-        store: EventStore,
+        store: BusState,
         resolver: DomainResolver,
         settings: BusSettings,
         clock: Callable[[], float] = time.time,
@@ -177,7 +190,7 @@ class PushDelivery:
         self.settings = settings
         self.clock = clock
         self.traffic = traffic
-        self.workers: dict[str, PushWorker] = {}
+        self.workers: dict[str, Worker] = {}
         self.delivered_total = 0
         self._redeliveries: set[asyncio.Task[None]] = set()
         self._flusher: asyncio.Task[None] | None = None
@@ -205,6 +218,10 @@ class PushDelivery:
         self._flushed.clear()  # write every position once more, whatever was in flight
         await self.flush()
         await self.resolver.close()
+
+    async def refresh(self) -> None:
+        """Takes up subscriptions other instances changed: none here (one process owns
+        the tables)."""
 
     def start_worker(self, sub: SubscriptionState) -> None:
         """Starts delivering a subscription."""
@@ -249,11 +266,15 @@ class PushDelivery:
             sub.last_error = reason
             if outcome == domain_pb2.DELIVERY_OUTCOME_DROP or attempt >= sub.max_attempts:
                 return False, attempt, reason
-            backoff = min(
-                self.settings.push_max_backoff_s,
-                self.settings.push_initial_backoff_s * 2 ** (attempt - 1),
-            )
-            await asyncio.sleep(max(backoff, min(retry_after, self.settings.push_max_backoff_s)))
+            await asyncio.sleep(self.backoff(attempt, retry_after))
+
+    def backoff(self, attempt: int, retry_after: float) -> float:
+        """The wait after a failed attempt: doubling, or longer if the domain asked."""
+        backoff = min(
+            self.settings.push_max_backoff_s,
+            self.settings.push_initial_backoff_s * 2 ** (attempt - 1),
+        )
+        return float(max(backoff, min(retry_after, self.settings.push_max_backoff_s)))
 
     async def _attempt(
         self, sub: SubscriptionState, event: event_pb2.Event, attempt: int

@@ -17,10 +17,12 @@ from services.common.server import Service
 from services.common.storage import Database
 from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
+from services.eventbus.delivery import PushDelivery
 from services.eventbus.eventlog import Clock
 from services.eventbus.jetstream import JetStreamLog
+from services.eventbus.jetstream_push import jetstream_push
 from services.eventbus.servicer import EventBusServicer
-from services.eventbus.store import EventStore
+from services.eventbus.store import BusState, EventStore
 
 SERVICE_NAME = eventbus_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name
 
@@ -38,7 +40,6 @@ class EventBusServer(Service):
         self, config: EventBusConfig, *, clock: Clock | None = None, schema: str | None = None
     ) -> None:
         self.config = config
-        store = EventStore(Database(config.server.database_url, schema=schema))
         self.keys = TrustKeySource(config.trust_address)
         verifier = EventVerifier(
             self.keys,
@@ -47,11 +48,16 @@ class EventBusServer(Service):
             vouched=lambda event: vouches_for(event.source_domain),
         )
         clock = clock or time.time
-        event_log = None
-        if config.jetstream is not None:
+        store: BusState
+        event_log: JetStreamLog | None = None
+        push: PushDelivery | None = None
+        if config.jetstream is None:
+            store = EventStore(Database(config.server.database_url, schema=schema))
+        else:  # everything in JetStream: the bus keeps nothing of its own
             event_log = JetStreamLog(config.jetstream, config.settings, clock)
+            store, push = jetstream_push(event_log, config.settings, config.registry_address, clock)
         self.bus = EventBus(
-            store, config.settings, config.registry_address, clock, verifier, event_log
+            store, config.settings, config.registry_address, clock, verifier, event_log, push
         )
         # Publishes and deliveries go to the immune kernel's telemetry once per interval.
         self.reporter = (

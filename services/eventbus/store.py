@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -152,12 +152,46 @@ def _like(column: Any, pattern: str) -> ColumnElement[bool]:
     return column.like(escaped.replace("*", "%"), escape="\\")  # type: ignore[no-any-return]
 
 
+class BusState(Protocol):
+    """What the bus keeps besides events: durable consumers, push subscriptions with
+    their counters, and dead letters. `EventStore` keeps them in the bus's tables (one
+    process owns them); `jetstream_state.JetStreamState` in JetStream, where every
+    instance sees what any other stored (`shared`)."""
+
+    shared: bool
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def counters(self) -> dict[str, int]: ...
+    async def consumers(self) -> list[ConsumerState]: ...
+    async def consumer(self, name: str) -> ConsumerState | None: ...
+    async def save_consumer(self, consumer: ConsumerState) -> None: ...
+    async def subscriptions(self) -> list[SubscriptionState]: ...
+    async def insert_subscription(self, sub: SubscriptionState) -> None: ...
+    async def delete_subscription(self, subscription_id: str) -> None: ...
+    async def flush(self, subs: Sequence[SubscriptionState], delivered_total: int) -> None: ...
+    async def add_dead_letter(self, record: DeadLetterRecord) -> None: ...
+    async def dead_letter(self, dead_letter_id: str) -> DeadLetterRecord | None: ...
+    async def dead_letters(
+        self,
+        *,
+        subscription_id: str = "",
+        before: tuple[float, str] | None = None,
+        limit: int = 50,
+        redelivering: bool | None = None,
+    ) -> list[DeadLetterRecord]: ...
+    async def count_dead_letters(self) -> int: ...
+    async def remove_dead_letter(self, dead_letter_id: str) -> None: ...
+
+
 class EventStore:
     """Reads and writes the bus's tables.
 
     Args:
         db: The database to use.
     """
+
+    shared = False
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -319,6 +353,10 @@ class EventStore:
                 )
                 for r in rows
             ]
+
+    async def consumer(self, name: str) -> ConsumerState | None:
+        """One durable consumer, or None."""
+        return next((c for c in await self.consumers() if c.name == name), None)
 
     async def save_consumer(self, consumer: ConsumerState) -> None:
         """Creates or updates a durable consumer."""

@@ -3,63 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from services.common.channels import channel
 from services.eventbus.jetstream import JetStreamOptions
+from tests.eventbus.conftest import bus_process
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.asynccontextmanager
-async def bus_process(
-    data_dir: Path, port: int, jetstream: JetStreamOptions | None = None
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    env = {**os.environ, "GRACE_REGISTRY_ADDR": "127.0.0.1:9", "GRACE_EVENTBUS_HOST": "127.0.0.1"}
-    if jetstream is not None:
-        env["GRACE_EVENTBUS_BACKEND"] = ",".join(jetstream.servers)
-        env["GRACE_EVENTBUS_NATS_STREAM"] = jetstream.stream
-        env["GRACE_EVENTBUS_NATS_SUBJECT_PREFIX"] = jetstream.subject_prefix
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.eventbus",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        async with channel(f"127.0.0.1:{port}") as chan:
-            health = health_pb2_grpc.HealthStub(chan)
-            for _ in range(300):
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("the bus did not become SERVING")
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
 
 
 def events(ids: list[str]) -> list[event_pb2.Event]:

@@ -5,25 +5,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from grace.domain.v1 import domain_pb2
 from grace.eventbus.v1 import event_pb2
-from services.common.config import ConfigError, sqlite_url
-from services.common.errors import Unavailable
-from services.common.storage import Database
+from services.common.config import ConfigError
+from services.common.errors import NotFound, Unavailable
+from services.eventbus import jetstream_state
 from services.eventbus.bus import EventBus
 from services.eventbus.config import EventBusConfig
-from services.eventbus.jetstream import JetStreamLog, JetStreamOptions, subject_filter, subject_for
-from services.eventbus.model import Start, StartSpec
-from services.eventbus.store import EventStore
-from tests.eventbus.conftest import FAST, NO_REGISTRY, delete_stream, nats_answers
-from tests.support import free_port
+from services.eventbus.jetstream import (
+    JetStreamOptions,
+    stream_sequence,
+    subject_filter,
+    subject_for,
+)
+from services.eventbus.jetstream_state import CONSUMER, durable_name
+from services.eventbus.model import Start, StartSpec, SubscriptionState
+from tests.eventbus.conftest import (
+    FAST,
+    delete_stream,
+    eventually,
+    jetstream_bus,
+    start_nats,
+    wait_for_nats,
+)
 
 
 def ev(event_type: str = "ml.prediction", **fields: object) -> event_pb2.Event:
@@ -47,6 +57,20 @@ def test_patterns_become_the_narrowest_subject_filter_nats_can_express() -> None
     # Several patterns share their common whole tokens.
     assert subject_filter("p", ("ml.a", "ml.b.*")) == "p.ml.>"
     assert subject_filter("p", ("ml.a", "ops.b")) == "p.>"
+
+
+def test_the_stream_sequence_is_read_from_both_reply_subject_formats() -> None:
+    assert stream_sequence("$JS.ACK.EVENTS.tail.1.42.7.1700000000000000000.3") == 42
+    with_domain = "$JS.ACK.hub.ACCHASH.EVENTS.tail.2.43.8.1700000000000000000.0.token"
+    assert stream_sequence(with_domain) == 43
+
+
+def test_consumer_names_escape_what_nats_forbids_and_stay_distinct() -> None:
+    names = ["memory.indexer", "memory_2eindexer", "a:b", "a_3ab", "plain-name"]
+    escaped = [durable_name(CONSUMER, name) for name in names]
+    assert len(set(escaped)) == len(names)
+    assert all("." not in e and ":" not in e for e in escaped)
+    assert durable_name(CONSUMER, "plain-name") == "c-plain-name"
 
 
 def test_the_backend_is_chosen_by_url_and_bad_values_name_the_variable() -> None:
@@ -74,15 +98,10 @@ def test_the_backend_is_chosen_by_url_and_bad_values_name_the_variable() -> None
 
 @contextlib.asynccontextmanager
 async def instance(options: JetStreamOptions, data_dir: Path) -> AsyncIterator[EventBus]:
-    """One bus instance on the shared stream, with its own position store."""
+    """One bus instance on the shared stream (it keeps nothing of its own: `data_dir`
+    only shows that instances share no files)."""
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-    settings = replace(FAST)
-    bus = EventBus(
-        EventStore(Database(sqlite_url(data_dir / "bus.db"))),
-        settings,
-        NO_REGISTRY,
-        event_log=JetStreamLog(options, settings),
-    )
+    bus = jetstream_bus(options, replace(FAST))
     await bus.open()
     try:
         yield bus
@@ -153,28 +172,99 @@ async def test_a_restarted_instance_loses_nothing_acknowledged(
         assert batch[0].sequence == 13
 
 
-@pytest.fixture
-def private_nats(tmp_path: Path) -> tuple[int, Path]:
-    """A port and a store directory for a NATS server of the test's own."""
-    if shutil.which("nats-server") is None:
-        pytest.skip("nats-server is not installed")
-    return free_port(), tmp_path / "jetstream"
+async def test_a_durable_consumer_acked_on_one_instance_resumes_on_another(
+    shared: JetStreamOptions, tmp_path: Path
+) -> None:
+    async with instance(shared, tmp_path / "a") as a, instance(shared, tmp_path / "b") as b:
+        await a.publish_batch([ev(f"ml.e{i}") for i in range(5)])
+        first = a.subscribe(("ml.*",), StartSpec(Start.ALL), consumer="memory.indexer")
+        assert len(await first.__anext__()) == 5  # type: ignore[attr-defined]
+        await first.aclose()  # type: ignore[attr-defined]
+        assert await b.ack("memory.indexer", 2) == 2
+        assert await a.ack("memory.indexer", 1) == 2  # never moves back, on any instance
+        resumed = b.subscribe(("ml.*",), StartSpec(), consumer="memory.indexer")
+        batch = await resumed.__anext__()  # type: ignore[attr-defined]
+        await resumed.aclose()  # type: ignore[attr-defined]
+        assert [e.sequence for e in batch] == [3, 4, 5]
+        stats = await a.stats()
+        assert [(c.name, c.acked_sequence) for c in stats.consumers] == [("memory.indexer", 2)]
+        with pytest.raises(NotFound):
+            await b.ack("nobody", 1)
 
 
-def start_nats(port: int, store: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+async def test_a_durable_consumer_moved_far_ahead_is_recreated_at_its_new_position(
+    shared: JetStreamOptions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jetstream_state, "_ACK_PULL_LIMIT", 2)  # "far" is 3 events here
+    async with instance(shared, tmp_path / "a") as a:
+        await a.publish_batch([ev(f"ml.e{i}") for i in range(6)])
+        first = a.subscribe(("ml.*",), StartSpec(Start.ALL), consumer="far")
+        await first.__anext__()  # type: ignore[attr-defined]
+        await first.aclose()  # type: ignore[attr-defined]
+        assert await a.ack("far", 1) == 1  # pulled
+        assert await a.ack("far", 5) == 5  # recreated at 6
+        assert await a.ack("far", 2) == 5
+        resumed = a.subscribe(("ml.*",), StartSpec(), consumer="far")
+        batch = await resumed.__anext__()  # type: ignore[attr-defined]
+        await resumed.aclose()  # type: ignore[attr-defined]
+        assert [e.sequence for e in batch] == [6]
 
 
-async def wait_for_nats(port: int) -> None:
-    for _ in range(100):
-        if nats_answers(f"nats://127.0.0.1:{port}"):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("nats-server did not start")
+class Recorder:
+    """A stand-in for the domain's DeliverEvent: records calls, drops `ml.bad`."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int]] = []  # (instance, sequence, attempt)
+
+    def on(self, name: str, bus: EventBus) -> None:
+        async def attempt(
+            sub: SubscriptionState, event: event_pb2.Event, number: int
+        ) -> tuple[int, float, str]:
+            self.calls.append((name, event.sequence, number))
+            if event.event_type == "ml.bad":
+                return domain_pb2.DELIVERY_OUTCOME_DROP, 0.0, "bad"
+            return domain_pb2.DELIVERY_OUTCOME_ACK, 0.0, ""
+
+        bus.push._attempt = attempt  # type: ignore[method-assign]
+
+    def sequences(self) -> list[int]:
+        return [sequence for _, sequence, _ in self.calls]
+
+
+async def test_instances_share_a_push_subscription_and_deliver_each_event_once_in_order(
+    shared: JetStreamOptions, tmp_path: Path
+) -> None:
+    domain = Recorder()
+    async with instance(shared, tmp_path / "a") as a, instance(shared, tmp_path / "b") as b:
+        domain.on("a", a)
+        domain.on("b", b)
+        await a.create_subscription("memory_domain", ("ml.*",), subscription_id="mem")
+        await eventually(lambda: "mem" in b.push.workers)  # found by b's discovery
+        for i in range(10):
+            await (a if i % 2 else b).publish_batch([ev(f"ml.e{i}"), ev("ops.skipped")])
+        await b.publish(ev("ml.bad"))
+        await eventually(lambda: len(domain.calls) == 11)
+        assert domain.sequences() == [*range(1, 21, 2), 21]  # once each, in order
+
+        async def dead_letter() -> bool:
+            dead, _ = await a.list_dead_letters()
+            return [(d.subscription_id, d.sequence, d.reason) for d in dead] == [("mem", 21, "bad")]
+
+        await eventually(dead_letter)
+        await eventually(lambda: _delivered(a, 10))
+    async with instance(shared, tmp_path / "b") as b:  # every instance gone and back
+        domain.on("b", b)
+        await b.publish(ev("ml.after"))
+        await eventually(lambda: len(domain.calls) == 12)
+        assert domain.calls[-1][1:] == (22, 1)
+        await eventually(lambda: _delivered(b, 11))
+        deleted = await b.delete_subscription("mem")
+        assert deleted.dead_letter_count == 1
+
+
+async def _delivered(bus: EventBus, count: int) -> bool:
+    await bus.push.flush()  # the counts other instances added come with the flush
+    return bus.get_subscription("mem").delivered_count == count
 
 
 @pytest.mark.slow
