@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Float,
     delete,
     func,
     inspect,
+    literal_column,
     or_,
     select,
     text,
@@ -382,19 +384,23 @@ class RegistryStore:
         a time, or returns None when the heartbeat needs a revision (the caller then makes
         it with `writing`), and may raise to undo the renewal (a caller that is not the
         owner). None too when the record is missing."""
+        # Two statements, the heartbeat being the registry's hottest write: the row is
+        # read locked with the database's time, and written with the notification.
+        database_time = self.clock is None and self.shared
+        read = select(domains).where(domains.c.domain_id == domain_id).with_for_update()
+        if database_time:
+            read = read.add_columns(
+                literal_column("extract(epoch FROM statement_timestamp())", Float).label("now")
+            )
         async with self.db.transaction() as conn:
-            row = (
-                await conn.execute(
-                    select(domains).where(domains.c.domain_id == domain_id).with_for_update()
-                )
-            ).first()
+            row = (await conn.execute(read)).first()
             if row is None:
                 return None
-            record = renewal(_record(row), await self._now(conn))
+            now = float(row.now) if database_time else (self.clock or time.time)()
+            record = renewal(_record(row), now)
             if record is None:
                 return None
-            await _write_lease(conn, record, self.deregister_after_s)
-            await self._notify(conn, TOUCHES_CHANNEL, domain_id)
+            await _write_lease(conn, record, self.deregister_after_s, notify=self.shared)
             return record
 
     async def grant_grace(self) -> list[DomainRecord]:
@@ -463,9 +469,12 @@ class RegistryStore:
         return int(result.rowcount or 0)
 
 
-async def _write_lease(conn: AsyncConnection, record: DomainRecord, grace_s: float) -> None:
-    """Writes what a heartbeat renews (leases, metrics, instances) without a revision."""
-    await conn.execute(
+async def _write_lease(
+    conn: AsyncConnection, record: DomainRecord, grace_s: float, *, notify: bool = False
+) -> None:
+    """Writes what a heartbeat renews (leases, metrics, instances) without a revision;
+    with `notify`, announces it on the touches channel in the same statement."""
+    statement = (
         update(domains)
         .where(domains.c.domain_id == record.domain_id)
         .values(
@@ -478,6 +487,9 @@ async def _write_lease(conn: AsyncConnection, record: DomainRecord, grace_s: flo
             sweep_due_at=record.sweep_due_at(grace_s),
         )
     )
+    if notify:
+        statement = statement.returning(func.pg_notify(TOUCHES_CHANNEL, domains.c.domain_id))
+    await conn.execute(statement)
 
 
 def _change(row: object) -> Change:
