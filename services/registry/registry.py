@@ -388,8 +388,12 @@ class Registry:
                     # Another instance moved it back meanwhile.
                     await tx.touch(record)
                 else:
+                    # The instance's status moved; the domain's may not have (another
+                    # instance still stands for it): then it is an update of the domain.
                     record = record.with_changes(revision=tx.next_revision())
-                    await tx.add(Change(record.revision, ChangeKind.STATUS_CHANGED, record))
+                    moved = record.status is not current.status
+                    kind = ChangeKind.STATUS_CHANGED if moved else ChangeKind.UPDATED
+                    await tx.add(Change(record.revision, kind, record))
             await self._committed(tx)
             self._refresh(record)
         return record

@@ -372,6 +372,14 @@ class RegistryStore:
                     "capabilities": list(record.capabilities),
                     "status": record.status.value,
                     "revision": change.revision,
+                    "instances": [
+                        {
+                            "instance_id": i.instance_id,
+                            "address": i.address,
+                            "status": i.status.value,
+                        }
+                        for i in record.instances
+                    ],
                 },
                 subject=record.domain_id,
             )

@@ -64,6 +64,14 @@ async def test_two_instances_hold_their_own_leases_and_one_lapsing_leaves_the_ot
     back = await registry.heartbeat("ai_domain", instance_id="127.0.0.1:9001")
     assert back.revision == revision + 1
     assert live_addresses(registry) == ["127.0.0.1:9001", "127.0.0.1:9002"]
+    # Each instance change is announced as an update of the domain, with its instances.
+    events = await registry.store.outbox.pending(20)
+    assert [e.event_type for e in events][-2:] == ["domain.updated", "domain.updated"]
+    assert [(i["address"], i["status"]) for i in events[-2].data["instances"]] == [
+        ("127.0.0.1:9001", "UNHEALTHY"),
+        ("127.0.0.1:9002", "HEALTHY"),
+    ]
+    assert {i["status"] for i in events[-1].data["instances"]} == {"HEALTHY"}
 
 
 async def test_a_domain_goes_unhealthy_with_its_last_instance_and_is_removed_with_it(
