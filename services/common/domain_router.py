@@ -4,6 +4,13 @@ A step names a `domain_id` or a `capability`. Addresses come from the registry
 (GetDomain, FindByCapability ranked best first) and are cached for a few seconds, so the
 hot path costs no registry call; an UNAVAILABLE answer drops the cached entry and moves on
 to the next candidate. Channels to domains are opened once per address and reused.
+
+A domain may run as several instances (the registry lists its live ones); calls to it are
+spread over them (see `InstanceSpreader`), and one that finds an instance UNAVAILABLE
+tries the domain's other instances before the next domain. That is the fallback the
+router always made on UNAVAILABLE, now also between instances of one domain: the call is
+the same request with the same idempotency key, and a domain's instances that share their
+store (one database) answer a repeated key with the stored result.
 """
 
 from __future__ import annotations
@@ -75,10 +82,76 @@ class RegistryUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Candidate:
-    """A domain that can run a step."""
+    """A domain that can run a step, at the address of one of its instances."""
 
     domain_id: str
     address: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """A domain as resolved: its live instances' addresses with their routing weights."""
+
+    domain_id: str
+    instances: tuple[tuple[str, float], ...]
+
+
+def _target(domain: registry_pb2.Domain) -> Target:
+    live = (registry_pb2.DOMAIN_STATUS_HEALTHY, registry_pb2.DOMAIN_STATUS_DEGRADED)
+    instances = tuple(
+        # A registry that sends no score gives every instance the same weight.
+        (i.address, i.score if i.score > 0 else 1.0)
+        for i in domain.instances
+        if i.status in live
+    )
+    # A registry without instances, or a domain whose instances all lapsed a moment ago:
+    # the domain's own address, as before.
+    return Target(domain.domain_id, instances or ((domain.address, 1.0),))
+
+
+class InstanceSpreader:
+    """Orders a domain's instances for each call: the one picked to go first, then the
+    others (the fallbacks on UNAVAILABLE), best weight first.
+
+    The pick is smooth weighted round-robin (as in nginx), weighted by the registry's
+    per-instance score: each call adds every instance's weight to its credit, picks the
+    instance with the most credit and takes the total weight from it. Over any run of
+    calls each instance gets its share of the weight, evenly interleaved (equal scores
+    alternate strictly), and the order is deterministic. Random choice by score would
+    give the same shares on average but bunch calls on one instance now and then; plain
+    round-robin would ignore that an instance reports itself loaded or degraded.
+
+    An instance that answered UNAVAILABLE is passed over for `cooldown_s` (tried last),
+    since the registry keeps listing a dead instance until its lease lapses.
+    """
+
+    def __init__(self, cooldown_s: float, clock: Callable[[], float]) -> None:
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._credit: dict[str, dict[str, float]] = {}
+        self._down_until: dict[str, float] = {}
+
+    def order(self, target: Target) -> list[str]:
+        """The addresses of `target` in the order to try them."""
+        if len(target.instances) == 1:
+            return [target.instances[0][0]]
+        now = self._clock()
+        up = [p for p in target.instances if self._down_until.get(p[0], 0.0) <= now]
+        down = [p for p in target.instances if p not in up]
+        first: list[str] = []
+        if up:
+            known = self._credit.get(target.domain_id, {})
+            credit = {a: known.get(a, 0.0) + w for a, w in up}
+            picked = max(up, key=lambda p: (credit[p[0]], p[0]))[0]
+            credit[picked] -= sum(w for _, w in up)
+            self._credit[target.domain_id] = credit
+            first = [picked]
+        rest = sorted((p for p in up if p[0] not in first), key=lambda p: (-p[1], p[0]))
+        return first + [a for a, _ in rest] + [a for a, _ in down]
+
+    def failed(self, address: str) -> None:
+        """Passes over `address` for a while (it answered UNAVAILABLE)."""
+        self._down_until[address] = self._clock() + self._cooldown_s
 
 
 def to_struct(value: JsonDict) -> struct_pb2.Struct:
@@ -112,7 +185,8 @@ class DomainRouter:
         self._registry = registry_pb2_grpc.RegistryServiceStub(registry)
         self._ttl = cache_ttl_s
         self._clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, list[Candidate]]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, list[Target]]] = {}
+        self.spreader = InstanceSpreader(cache_ttl_s, clock)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, domain_pb2_grpc.DomainServiceStub] = {}
 
@@ -135,11 +209,19 @@ class DomainRouter:
         self._cache.pop((kind, key), None)
 
     async def resolve(self, kind: str, key: str) -> list[Candidate]:
-        """Candidates for `kind` "domain" (an id) or "capability", best first.
+        """Candidates for `kind` "domain" (an id) or "capability": the domains best first,
+        each as its instances in the order to try them (see `InstanceSpreader`).
 
         Raises:
             RegistryUnavailable: The registry did not answer.
         """
+        return [
+            Candidate(target.domain_id, address)
+            for target in await self._targets(kind, key)
+            for address in self.spreader.order(target)
+        ]
+
+    async def _targets(self, kind: str, key: str) -> list[Target]:
         cached = self._cache.get((kind, key))
         now = self._clock()
         if cached is not None and cached[0] > now:
@@ -149,22 +231,20 @@ class DomainRouter:
                 found = await self._registry.GetDomain(
                     registry_pb2.GetDomainRequest(domain_id=key), timeout=_REGISTRY_TIMEOUT_S
                 )
-                candidates = [Candidate(found.domain.domain_id, found.domain.address)]
+                targets = [_target(found.domain)]
             else:
                 ranked = await self._registry.FindByCapability(
                     registry_pb2.FindByCapabilityRequest(capability=key),
                     timeout=_REGISTRY_TIMEOUT_S,
                 )
-                candidates = [
-                    Candidate(r.domain.domain_id, r.domain.address) for r in ranked.domains
-                ]
+                targets = [_target(r.domain) for r in ranked.domains]
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                candidates = []
+                targets = []
             else:
                 raise RegistryUnavailable(f"registry: {exc.code().name}: {exc.details()}") from exc
-        self._cache[(kind, key)] = (now + self._ttl, candidates)
-        return candidates
+        self._cache[(kind, key)] = (now + self._ttl, targets)
+        return targets
 
     async def unknown_domains(self, domain_ids: list[str]) -> list[str] | None:
         """The ids among `domain_ids` the registry does not know; None when it is down."""
@@ -183,7 +263,8 @@ class DomainRouter:
         key: str,
         invoke: Callable[[domain_pb2_grpc.DomainServiceStub, str], Any],
     ) -> tuple[Candidate, Any]:
-        """Calls the best candidate, falling back to the next one on UNAVAILABLE.
+        """Calls the best candidate, falling back to the next one on UNAVAILABLE (the
+        domain's other instances first, then the next domain).
 
         Args:
             kind: "domain" or "capability".
@@ -211,6 +292,7 @@ class DomainRouter:
                 if exc.code() == grpc.StatusCode.UNAVAILABLE:
                     last = exc
                     self.forget(kind, key)
+                    self.spreader.failed(candidate.address)
                     continue
                 raise _answered(candidate, exc) from exc
             return candidate, response
@@ -242,6 +324,7 @@ class DomainRouter:
             if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise _answered(known, exc) from exc
             first = exc
+            self.spreader.failed(known.address)
         try:
             _, response = await self.call("domain", known.domain_id, invoke)
         except CallError as exc:

@@ -1,5 +1,8 @@
 """Keeps a domain registered: register with backoff, heartbeat with metrics, re-register.
 
+A registration that names an instance (`instance_id`) heartbeats and deregisters that
+instance only, so several processes can serve one domain id, each with its own lease.
+
 The registrar never gives up and never raises: while the registry is down it retries with
 exponential backoff (0.5 s doubling to 30 s by default); when a heartbeat finds the domain
 unknown (the registry lost or reaped it) it registers again. The domain serves all along.
@@ -72,7 +75,10 @@ class Registrar:
         """Removes the domain from the registry (best effort, at shutdown)."""
         if not self.registered.is_set():
             return
-        request = registry_pb2.DeregisterDomainRequest(domain_id=self._registration().domain_id)
+        registration = self._registration()
+        request = registry_pb2.DeregisterDomainRequest(
+            domain_id=registration.domain_id, instance_id=registration.instance_id
+        )
         try:
             await self._stub.DeregisterDomain(request, timeout=CALL_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
@@ -104,10 +110,13 @@ class Registrar:
         """Heartbeats until the registry no longer knows the domain."""
         backoff = self.backoff_initial_s
         wait = self.heartbeat_interval_s
-        domain_id = self._registration().domain_id
+        registration = self._registration()
+        domain_id, instance_id = registration.domain_id, registration.instance_id
         while True:
             await self._sleep(wait)
-            request = registry_pb2.HeartbeatRequest(domain_id=domain_id, metrics=self._metrics())
+            request = registry_pb2.HeartbeatRequest(
+                domain_id=domain_id, instance_id=instance_id, metrics=self._metrics()
+            )
             try:
                 await self._stub.Heartbeat(request, timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:

@@ -39,6 +39,7 @@ from services.registry.model import (
     ChangeKind,
     DomainRecord,
     DomainStatus,
+    Instance,
     Metrics,
     Registration,
 )
@@ -52,6 +53,7 @@ from services.registry.store import (
 from services.registry.validation import (
     CAPABILITY_PATTERN,
     MAX_CAPABILITY_LENGTH,
+    validate_instance_id,
     validate_metrics,
     validate_registration,
 )
@@ -181,6 +183,7 @@ class Registry:
         if clock is not None:
             store.clock = clock
         self.settings = settings or RegistrySettings()
+        store.deregister_after_s = self.settings.deregister_after_s
         self._records: dict[str, DomainRecord] = {}
         self._by_capability: dict[str, set[str]] = collections.defaultdict(set)
         self._history: collections.deque[Change] = collections.deque(maxlen=self.settings.history)
@@ -285,6 +288,22 @@ class Registry:
                     metadata[OWNER_KEY] = bound or owner
                 reg = dataclasses.replace(reg, metadata=metadata)
                 ttl = reg.lease_ttl_s or self.settings.default_lease_ttl_s
+                # The registering instance (re)starts its lease; the domain's others keep
+                # theirs. The domain's attributes are shared: this registration sets them.
+                joining = Instance(
+                    instance_id=reg.instance_id,
+                    host=reg.host,
+                    port=reg.port,
+                    status=DomainStatus.HEALTHY,
+                    metrics=Metrics(),
+                    last_heartbeat_at=now,
+                    lease_expires_at=now + ttl,
+                )
+                others = tuple(
+                    i
+                    for i in (existing.instances if existing else ())
+                    if i.instance_id != reg.instance_id
+                )
                 record = DomainRecord(
                     domain_id=reg.domain_id,
                     host=reg.host,
@@ -300,7 +319,7 @@ class Registry:
                     last_heartbeat_at=now,
                     lease_expires_at=now + ttl,
                     revision=tx.next_revision(),
-                )
+                ).with_instances((*others, joining))
                 kind = ChangeKind.UPDATED if existing else ChangeKind.REGISTERED
                 await tx.add(Change(record.revision, kind, record))
             await self._committed(tx)
@@ -316,58 +335,96 @@ class Registry:
         metrics: Metrics | None = None,
         degraded: bool = False,
         owner: str = "",
+        instance_id: str = "",
     ) -> DomainRecord:
-        """Renews a lease, records metrics, and moves the status if it changed.
+        """Renews an instance's lease, records its metrics, and moves its status (and the
+        domain's) if it changed.
 
         `owner` is the authenticated caller ("" when security is off): it must be the
-        principal the record is bound to.
+        principal the record is bound to. `instance_id` names the instance ("" the
+        default one); NotFound when it is not registered.
         """
         require_id("domain_id", domain_id)
+        validate_instance_id(instance_id)
         if metrics is not None:
             metrics = validate_metrics(metrics)
         status = DomainStatus.DEGRADED if degraded else DomainStatus.HEALTHY
-        # The common case, one statement: same status, a renewed lease. PostgreSQL's row
-        # lock orders it against the other writes; SQLite's one writer is this process.
-        async with contextlib.nullcontext() if self.store.shared else self._lock:
-            renewed = await self.store.renew(
-                domain_id, status, metrics, lambda r: require_owner(r, owner, "heartbeat for")
+
+        def renewed(current: DomainRecord, now: float) -> DomainRecord:
+            require_owner(current, owner, "heartbeat for")
+            instance = current.instance(instance_id)
+            if instance is None:
+                raise NotFound("instance", f"{domain_id}/{instance_id}")
+            instance = instance.with_changes(
+                metrics=metrics or instance.metrics,
+                last_heartbeat_at=now,
+                lease_expires_at=now + current.lease_ttl_s,
+                status=status,
             )
-        if renewed is not None:
-            self._refresh(renewed)
-            return renewed
+            others = tuple(i for i in current.instances if i.instance_id != instance_id)
+            return current.with_instances((*others, instance))
+
+        # The common case: every status stays, a renewed lease without a revision.
+        # PostgreSQL's row lock orders it against the other writes; SQLite's one writer
+        # is this process.
+        def same_status(current: DomainRecord, now: float) -> DomainRecord | None:
+            record = renewed(current, now)
+            before = current.instance(instance_id)
+            if before is None or before.status is not status:
+                return None
+            return record if record.status is current.status else None
+
+        async with contextlib.nullcontext() if self.store.shared else self._lock:
+            fast = await self.store.renew(domain_id, same_status)
+        if fast is not None:
+            self._refresh(fast)
+            return fast
         async with self._lock:
             async with self.store.writing() as tx:
                 current = await tx.require(domain_id)
-                require_owner(current, owner, "heartbeat for")
-                record = current.with_changes(
-                    metrics=metrics or current.metrics,
-                    last_heartbeat_at=tx.now,
-                    lease_expires_at=tx.now + current.lease_ttl_s,
-                    status=status,
-                )
-                if status is current.status:  # Another instance moved it back meanwhile.
+                record = renewed(current, tx.now)
+                before = current.instance(instance_id)
+                if before is not None and before.status is status:
+                    # Another instance moved it back meanwhile.
                     await tx.touch(record)
                 else:
+                    # The instance's status moved; the domain's may not have (another
+                    # instance still stands for it): then it is an update of the domain.
                     record = record.with_changes(revision=tx.next_revision())
-                    await tx.add(Change(record.revision, ChangeKind.STATUS_CHANGED, record))
+                    moved = record.status is not current.status
+                    kind = ChangeKind.STATUS_CHANGED if moved else ChangeKind.UPDATED
+                    await tx.add(Change(record.revision, kind, record))
             await self._committed(tx)
             self._refresh(record)
         return record
 
-    async def deregister(self, domain_id: str, owner: str = "", admin: bool = False) -> int:
-        """Removes a domain; returns the revision of the removal.
+    async def deregister(
+        self, domain_id: str, owner: str = "", admin: bool = False, instance_id: str = ""
+    ) -> int:
+        """Removes a domain, or one of its instances; returns the revision of the removal.
 
         Only the principal the record is bound to may remove it, or an admin (`admin`),
-        to clear a record whose owner is gone; "" (security off) skips the check.
+        to clear a record whose owner is gone; "" (security off) skips the check. With
+        `instance_id`, only that instance goes (an UPDATED change), and the domain with
+        its last instance.
         """
         require_id("domain_id", domain_id)
+        validate_instance_id(instance_id)
         async with self._lock:
             async with self.store.writing() as tx:
                 current = await tx.require(domain_id)
                 if not admin:
                     require_owner(current, owner, "deregister")
-                record = current.with_changes(revision=tx.next_revision())
-                await tx.add(Change(record.revision, ChangeKind.REMOVED, record))
+                revision = tx.next_revision()
+                others = tuple(i for i in current.instances if i.instance_id != instance_id)
+                if instance_id and len(others) == len(current.instances):
+                    raise NotFound("instance", f"{domain_id}/{instance_id}")
+                if instance_id and others:
+                    record = current.with_instances(others).with_changes(revision=revision)
+                    await tx.add(Change(revision, ChangeKind.UPDATED, record))
+                else:
+                    record = current.with_changes(revision=revision)
+                    await tx.add(Change(revision, ChangeKind.REMOVED, record))
             await self._committed(tx)
             return record.revision
 
@@ -381,29 +438,50 @@ class Registry:
             async with self.store.sweeping() as tx:
                 if tx is None:
                     return []
-                for record in await tx.lapsed(self.settings.deregister_after_s):
-                    revision = tx.next_revision()
-                    if record.status.is_live:
-                        lapsed = record.with_changes(
-                            status=DomainStatus.UNHEALTHY, revision=revision
-                        )
-                        await tx.add(Change(revision, ChangeKind.STATUS_CHANGED, lapsed))
+                for record in await tx.lapsed():
+                    change = self._swept(record, tx.now, tx.next_revision())
+                    if change is None:
+                        await tx.touch(record)  # Only its due time was stale.
                     else:
-                        removed = record.with_changes(revision=revision)
-                        await tx.add(Change(revision, ChangeKind.REMOVED, removed))
+                        await tx.add(change)
             pending = tx.changes
             await self._committed(tx)
-        self._leases_expired += sum(c.kind is ChangeKind.STATUS_CHANGED for c in pending)
+        self._leases_expired += sum(c.kind is not ChangeKind.REMOVED for c in pending)
         self._domains_reaped += sum(c.kind is ChangeKind.REMOVED for c in pending)
         for change in pending:
             log.info(
                 "domain %s: %s",
                 change.record.domain_id,
-                "lease lapsed"
-                if change.kind is ChangeKind.STATUS_CHANGED
-                else "removed after grace period",
+                "removed after grace period"
+                if change.kind is ChangeKind.REMOVED
+                else f"instance leases lapsed or removed; {len(change.record.live_instances)} live",
             )
         return pending
+
+    def _swept(self, record: DomainRecord, now: float, revision: int) -> Change | None:
+        """What the sweep does to one record: instances whose lease lapsed become
+        UNHEALTHY, and those lapsed past the grace period are removed. The domain goes
+        UNHEALTHY with its last live instance (STATUS_CHANGED) and is removed with its
+        last instance (REMOVED); an instance lapsing or going while others serve is an
+        UPDATED change. None when nothing is due."""
+        grace = self.settings.deregister_after_s
+        kept: list[Instance] = []
+        for instance in record.instances:
+            if instance.status.is_live and instance.lease_expires_at <= now:
+                kept.append(instance.with_changes(status=DomainStatus.UNHEALTHY))
+            elif not instance.status.is_live and instance.lease_expires_at + grace <= now:
+                continue
+            else:
+                kept.append(instance)
+        if not kept:
+            return Change(revision, ChangeKind.REMOVED, record.with_changes(revision=revision))
+        after = record.with_instances(tuple(kept))
+        if after.instances == record.instances:
+            return None
+        after = after.with_changes(revision=revision)
+        changed = after.status is not record.status
+        kind = ChangeKind.STATUS_CHANGED if changed else ChangeKind.UPDATED
+        return Change(revision, kind, after)
 
     async def run_sweeper(self, interval_s: float) -> None:
         """Sweeps every `interval_s` until cancelled; trims the change log now and then."""

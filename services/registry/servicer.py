@@ -12,8 +12,16 @@ from services.common.auth import current_principal
 from services.common.pagination import encoded_size
 from services.common.peers import caller_host
 from services.common.timestamps import from_duration, to_duration, to_timestamp
+from services.registry import ranking
 from services.registry.federation import Federation
-from services.registry.model import ChangeKind, DomainRecord, DomainStatus, Metrics, Registration
+from services.registry.model import (
+    ChangeKind,
+    DomainRecord,
+    DomainStatus,
+    Instance,
+    Metrics,
+    Registration,
+)
 from services.registry.registry import OWNER_KEY, Registry
 from services.registry.suspicions import Report, Suspicion, SuspicionState
 
@@ -60,6 +68,27 @@ def domain_to_proto(record: DomainRecord) -> registry_pb2.Domain:
         last_heartbeat_at=to_timestamp(record.last_heartbeat_at),
         lease_expires_at=to_timestamp(record.lease_expires_at),
         revision=record.revision,
+        instances=[_instance_to_proto(record, i) for i in record.instances],
+    )
+
+
+def _instance_to_proto(record: DomainRecord, instance: Instance) -> registry_pb2.DomainInstance:
+    # An instance is scored as its domain would be with its own status and metrics.
+    alone = record.with_changes(status=instance.status, metrics=instance.metrics)
+    return registry_pb2.DomainInstance(
+        instance_id=instance.instance_id,
+        host=instance.host,
+        port=instance.port,
+        address=instance.address,
+        status=_STATUS_TO_PROTO[instance.status],
+        metrics=registry_pb2.DomainMetrics(
+            load=instance.metrics.load,
+            latency_ms=instance.metrics.latency_ms,
+            success_rate=instance.metrics.success_rate,
+        ),
+        last_heartbeat_at=to_timestamp(instance.last_heartbeat_at),
+        lease_expires_at=to_timestamp(instance.lease_expires_at),
+        score=ranking.score(alone) if instance.status.is_live else 0.0,
     )
 
 
@@ -114,6 +143,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             metadata=dict(request.metadata),
             public_key=request.public_key,
             lease_ttl_s=from_duration(request.lease_ttl) if request.HasField("lease_ttl") else None,
+            instance_id=request.instance_id,
         )
         outcome = await self._registry.registered(
             registration, owner=_caller(), replace=request.replace
@@ -133,7 +163,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             m = request.metrics
             metrics = Metrics(load=m.load, latency_ms=m.latency_ms, success_rate=m.success_rate)
         record = await self._registry.heartbeat(
-            request.domain_id, metrics, request.degraded, _caller()
+            request.domain_id, metrics, request.degraded, _caller(), request.instance_id
         )
         return registry_pb2.HeartbeatResponse(domain=self._domain(record))
 
@@ -142,7 +172,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.DeregisterDomainResponse:
         principal = current_principal()
         revision = await self._registry.deregister(
-            request.domain_id, _caller(), admin=principal is not None and principal.is_admin
+            request.domain_id,
+            _caller(),
+            admin=principal is not None and principal.is_admin,
+            instance_id=request.instance_id,
         )
         return registry_pb2.DeregisterDomainResponse(revision=revision)
 

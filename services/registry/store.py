@@ -32,6 +32,7 @@ from sqlalchemy import (
     Float,
     delete,
     func,
+    inspect,
     literal_column,
     or_,
     select,
@@ -43,8 +44,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common.errors import NotFound
 from services.common.outbox import Outbox
 from services.common.storage import Database
-from services.registry.model import Change, ChangeKind, DomainRecord, DomainStatus, Metrics
+from services.registry.model import (
+    Change,
+    ChangeKind,
+    DomainRecord,
+    DomainStatus,
+    Instance,
+    Metrics,
+)
 from services.registry.tables import (
+    ADDED_COLUMNS,
     changes,
     domains,
     incarnations,
@@ -84,7 +93,7 @@ class Loaded:
     recent_changes: list[Change]
 
 
-def _row(record: DomainRecord) -> dict[str, object]:
+def _row(record: DomainRecord, deregister_after_s: float) -> dict[str, object]:
     return {
         "domain_id": record.domain_id,
         "host": record.host,
@@ -102,6 +111,8 @@ def _row(record: DomainRecord) -> dict[str, object]:
         "last_heartbeat_at": record.last_heartbeat_at,
         "lease_expires_at": record.lease_expires_at,
         "revision": record.revision,
+        "instances": [i.to_json() for i in record.instances],
+        "sweep_due_at": record.sweep_due_at(deregister_after_s),
     }
 
 
@@ -122,7 +133,8 @@ def _record(row: object) -> DomainRecord:
         last_heartbeat_at=m["last_heartbeat_at"],
         lease_expires_at=m["lease_expires_at"],
         revision=m["revision"],
-    )
+        instances=tuple(Instance.from_json(i) for i in m["instances"] or ()),
+    ).with_default_instance()
 
 
 class Writing:
@@ -165,19 +177,14 @@ class Writing:
             raise NotFound("domain", domain_id)
         return record
 
-    async def lapsed(self, deregister_after_s: float) -> list[DomainRecord]:
-        """Live records whose lease expired, and lapsed ones past the grace period, by id,
-        locked (a heartbeat committing meanwhile takes its record out of the answer)."""
-        unhealthy = DomainStatus.UNHEALTHY.value
+    async def lapsed(self) -> list[DomainRecord]:
+        """Records on which the sweep has work (an instance's lease lapsed, or a lapsed
+        one's grace period ended; see `DomainRecord.sweep_due_at`), by id, locked (a
+        heartbeat committing meanwhile takes its record out of the answer). Rows written
+        before the due time existed are read once, and get one when touched."""
         rows = await self.conn.execute(
             select(domains)
-            .where(
-                or_(
-                    (domains.c.status != unhealthy) & (domains.c.lease_expires_at <= self.now),
-                    (domains.c.status == unhealthy)
-                    & (domains.c.lease_expires_at + deregister_after_s <= self.now),
-                )
-            )
+            .where(or_(domains.c.sweep_due_at.is_(None), domains.c.sweep_due_at <= self.now))
             .order_by(domains.c.domain_id)
             .with_for_update()
         )
@@ -185,17 +192,7 @@ class Writing:
 
     async def touch(self, record: DomainRecord) -> None:
         """Writes a renewed lease and metrics that make no revision."""
-        await self.conn.execute(
-            update(domains)
-            .where(domains.c.domain_id == record.domain_id)
-            .values(
-                load=record.metrics.load,
-                latency_ms=record.metrics.latency_ms,
-                success_rate=record.metrics.success_rate,
-                last_heartbeat_at=record.last_heartbeat_at,
-                lease_expires_at=record.lease_expires_at,
-            )
-        )
+        await _write_lease(self.conn, record, self._store.deregister_after_s)
         await self._store._notify(self.conn, TOUCHES_CHANNEL, record.domain_id)
 
     async def add(self, change: Change) -> None:
@@ -219,6 +216,9 @@ class RegistryStore:
         self.db = db
         self.clock = clock
         self.outbox = Outbox(db, outbox, "registry")
+        # The registry's grace period for lapsed instances, for the sweep's due times
+        # (the Registry sets its own).
+        self.deregister_after_s = 300.0
 
     @property
     def shared(self) -> bool:
@@ -228,10 +228,31 @@ class RegistryStore:
     async def open(self) -> None:
         """Creates the tables if they are missing, and the revision counter."""
         await self.db.create_tables(metadata)
+        await self._add_missing_columns()
         async with self.db.transaction() as conn:
             latest = (await conn.execute(select(func.max(changes.c.revision)))).scalar()
             stmt = self.db.insert(state).values(key="revision", value=int(latest or 0))
             await conn.execute(stmt.on_conflict_do_nothing(index_elements=[state.c.key]))
+
+    async def _add_missing_columns(self) -> None:
+        """Adds the columns that came after a table was first created (`ADDED_COLUMNS`),
+        all nullable, to a database that lacks them."""
+        async with self.db.engine.begin() as conn:
+            if self.shared:
+                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7471826)")
+            for table, names in ADDED_COLUMNS.items():
+
+                def columns(sync: Any, name: str = table.name) -> set[str]:
+                    return {c["name"] for c in inspect(sync).get_columns(name)}
+
+                present = await conn.run_sync(columns)
+                for name in names:
+                    if name not in present:
+                        column = table.c[name]
+                        kind = column.type.compile(dialect=conn.dialect)
+                        await conn.exec_driver_sql(
+                            f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}"
+                        )
 
     async def close(self) -> None:
         """Closes the database."""
@@ -325,7 +346,7 @@ class RegistryStore:
                 delete(incarnations).where(incarnations.c.domain_id == record.domain_id)
             )
         else:
-            row = _row(record)
+            row = _row(record, self.deregister_after_s)
             stmt = self.db.insert(domains).values(**row)
             stmt = stmt.on_conflict_do_update(
                 index_elements=[domains.c.domain_id],
@@ -351,58 +372,49 @@ class RegistryStore:
                     "capabilities": list(record.capabilities),
                     "status": record.status.value,
                     "revision": change.revision,
+                    "instances": [
+                        {
+                            "instance_id": i.instance_id,
+                            "address": i.address,
+                            "status": i.status.value,
+                        }
+                        for i in record.instances
+                    ],
                 },
                 subject=record.domain_id,
             )
 
     async def renew(
-        self,
-        domain_id: str,
-        status: DomainStatus,
-        metrics: Metrics | None,
-        check: Callable[[DomainRecord], None],
+        self, domain_id: str, renewal: Callable[[DomainRecord, float], DomainRecord | None]
     ) -> DomainRecord | None:
-        """A heartbeat that keeps the status: renews the lease and records the metrics
-        without a new revision. None when the record is missing or has another status
-        (the caller then makes a revision with `writing`). `check` sees the renewed
-        record and may raise to undo the renewal (a caller that is not the owner)."""
-        # One statement: the time is taken in it on PostgreSQL, and the notification is
-        # sent from its RETURNING clause (a heartbeat is the registry's hottest write).
-        now: Any = (
-            literal_column("extract(epoch FROM statement_timestamp())", Float)
-            if self.clock is None and self.shared
-            else (self.clock or time.time)()
-        )
-        values: dict[str, object] = {
-            "last_heartbeat_at": now,
-            "lease_expires_at": domains.c.lease_ttl_s + now,
-        }
-        if metrics is not None:
-            values.update(
-                load=metrics.load, latency_ms=metrics.latency_ms, success_rate=metrics.success_rate
+        """A heartbeat that changes no status: renews a lease and records the metrics
+        without a new revision. `renewal` makes the renewed record from the stored one at
+        a time, or returns None when the heartbeat needs a revision (the caller then makes
+        it with `writing`), and may raise to undo the renewal (a caller that is not the
+        owner). None too when the record is missing."""
+        # Two statements, the heartbeat being the registry's hottest write: the row is
+        # read locked with the database's time, and written with the notification.
+        database_time = self.clock is None and self.shared
+        read = select(domains).where(domains.c.domain_id == domain_id).with_for_update()
+        if database_time:
+            read = read.add_columns(
+                literal_column("extract(epoch FROM statement_timestamp())", Float).label("now")
             )
-        returned: list[Any] = list(domains.c)
-        if self.shared:
-            returned.append(func.pg_notify(TOUCHES_CHANNEL, domains.c.domain_id))
         async with self.db.transaction() as conn:
-            row = (
-                await conn.execute(
-                    update(domains)
-                    .where(domains.c.domain_id == domain_id, domains.c.status == status.value)
-                    .values(**values)
-                    .returning(*returned)
-                )
-            ).first()
+            row = (await conn.execute(read)).first()
             if row is None:
                 return None
-            record = _record(row)
-            check(record)
+            now = float(row.now) if database_time else (self.clock or time.time)()
+            record = renewal(_record(row), now)
+            if record is None:
+                return None
+            await _write_lease(conn, record, self.deregister_after_s, notify=self.shared)
             return record
 
     async def grant_grace(self) -> list[DomainRecord]:
-        """Renews, from now, the live leases that lapsed while no instance was running
-        (their domains could not heartbeat an absent registry); nothing while another
-        instance runs. Returns the renewed records."""
+        """Renews, from now, the live instances' leases that lapsed while no registry
+        instance was running (their domains could not heartbeat an absent registry);
+        nothing while another instance runs. Returns the renewed records."""
         async with self.db.transaction() as conn:
             if self.shared:
                 alone = (
@@ -412,15 +424,25 @@ class RegistryStore:
                     return []
             now = await self._now(conn)
             rows = await conn.execute(
-                update(domains)
+                select(domains)
                 .where(
                     domains.c.status != DomainStatus.UNHEALTHY.value,
-                    domains.c.lease_expires_at < now,
+                    or_(domains.c.sweep_due_at.is_(None), domains.c.sweep_due_at < now),
                 )
-                .values(lease_expires_at=domains.c.lease_ttl_s + now)
-                .returning(*domains.c)
+                .with_for_update()
             )
-            return [_record(r) for r in rows]
+            renewed: list[DomainRecord] = []
+            for stored in [_record(r) for r in rows]:
+                instances = tuple(
+                    i.with_changes(lease_expires_at=now + stored.lease_ttl_s)
+                    if i.status.is_live and i.lease_expires_at < now
+                    else i
+                    for i in stored.instances
+                )
+                record = stored.with_instances(instances)
+                await _write_lease(conn, record, self.deregister_after_s)
+                renewed.append(record)
+            return renewed
 
     async def hold_alive_lock(self, conn: object) -> None:
         """Takes the alive lock, shared, on a dedicated driver connection (held until it
@@ -453,6 +475,29 @@ class RegistryStore:
                 delete(changes).where(changes.c.revision <= keep_after_revision)
             )
         return int(result.rowcount or 0)
+
+
+async def _write_lease(
+    conn: AsyncConnection, record: DomainRecord, grace_s: float, *, notify: bool = False
+) -> None:
+    """Writes what a heartbeat renews (leases, metrics, instances) without a revision;
+    with `notify`, announces it on the touches channel in the same statement."""
+    statement = (
+        update(domains)
+        .where(domains.c.domain_id == record.domain_id)
+        .values(
+            load=record.metrics.load,
+            latency_ms=record.metrics.latency_ms,
+            success_rate=record.metrics.success_rate,
+            last_heartbeat_at=record.last_heartbeat_at,
+            lease_expires_at=record.lease_expires_at,
+            instances=[i.to_json() for i in record.instances],
+            sweep_due_at=record.sweep_due_at(grace_s),
+        )
+    )
+    if notify:
+        statement = statement.returning(func.pg_notify(TOUCHES_CHANNEL, domains.c.domain_id))
+    await conn.execute(statement)
 
 
 def _change(row: object) -> Change:

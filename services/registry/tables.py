@@ -38,7 +38,16 @@ domains = Table(
     Column("last_heartbeat_at", Float, nullable=False),
     Column("lease_expires_at", Float, nullable=False),
     Column("revision", BigInteger, nullable=False),
+    # The domain's instances, each with its lease (model.Instance.to_json). Both columns
+    # came after the table: NULL in rows written before (see RegistryStore.open).
+    Column("instances", JSON, nullable=True),
+    # When the lease sweep next has work on the row (DomainRecord.sweep_due_at).
+    Column("sweep_due_at", Float, nullable=True, index=True),
 )
+
+# Columns added to existing tables after their first release: `RegistryStore.open` adds
+# them where a database lacks them.
+ADDED_COLUMNS = {domains: ("instances", "sweep_due_at")}
 
 changes = Table(
     "registry_changes",

@@ -23,6 +23,9 @@ MAX_METADATA_KEY = 128
 MAX_METADATA_VALUE = 1024
 MAX_VERSION_LENGTH = 64
 MAX_HOST_LENGTH = 255
+MAX_INSTANCE_ID_LENGTH = 255
+# Printable, no spaces: "host:port" and "[::1]:9000" are valid instance ids.
+INSTANCE_ID_PATTERN = re.compile(r"[!-~]*")
 MIN_LEASE_TTL_S = 1.0
 MAX_LEASE_TTL_S = 3600.0
 
@@ -50,6 +53,7 @@ def validate_registration(reg: Registration) -> Registration:
     )
     if reg.public_key and len(reg.public_key) != 32:
         raise InvalidArgument("public_key", "must be a raw 32-byte Ed25519 public key")
+    validate_instance_id(reg.instance_id)
     if reg.lease_ttl_s is not None:
         require_range(
             "lease_ttl", reg.lease_ttl_s, minimum=MIN_LEASE_TTL_S, maximum=MAX_LEASE_TTL_S
@@ -63,7 +67,17 @@ def validate_registration(reg: Registration) -> Registration:
         metadata=dict(reg.metadata),
         public_key=reg.public_key,
         lease_ttl_s=reg.lease_ttl_s,
+        instance_id=reg.instance_id,
     )
+
+
+def validate_instance_id(instance_id: str) -> str:
+    """Checks an instance id ("" is the default instance); raises InvalidArgument."""
+    if len(instance_id) > MAX_INSTANCE_ID_LENGTH:
+        raise InvalidArgument("instance_id", f"must be at most {MAX_INSTANCE_ID_LENGTH} characters")
+    if not INSTANCE_ID_PATTERN.fullmatch(instance_id):
+        raise InvalidArgument("instance_id", "must be printable ASCII without spaces")
+    return instance_id
 
 
 def validate_metrics(metrics: Metrics) -> Metrics:

@@ -19,6 +19,9 @@ so `ai_domain` binds `GRACE_AI_DOMAIN_PORT` (or `--port`) and keeps its database
 - `GRACE_<DOMAIN>_ADVERTISE_HOST` / `--advertise-host`: host sent to the registry (default:
   the bind host when it is a specific address, else empty so the registry uses the
   caller's address).
+- `GRACE_INSTANCE_ID`: which instance of the domain this process is, when several serve
+  one domain id; each holds its own lease in the registry. Default: `<advertised host or
+  host name>:<port>`, stable across the process's restarts.
 - `GRACE_<DOMAIN>_LEASE_TTL_S`: lease asked of the registry (30).
 - `GRACE_<DOMAIN>_HEARTBEAT_S`: heartbeat interval (lease / 3).
 - `GRACE_<DOMAIN>_MAX_CONCURRENCY`: actions run at once; more wait (64). Load = calls in
@@ -64,6 +67,8 @@ class DomainConfig:
         outcome_interval_s: Time between two sends of outcomes.
         key_file: The domain's signing key; None means `<data dir>/<domain>.key`.
         advertise_host: Host sent to the registry; "" lets the registry use the caller's.
+        instance_id: The instance id sent to the registry; "" means `<host>:<port>` (see
+            `DomainServer.instance_id`).
         lease_ttl_s: Lease asked of the registry.
         heartbeat_interval_s: Time between heartbeats.
         max_concurrency: Actions run at once.
@@ -84,6 +89,7 @@ class DomainConfig:
     outcome_interval_s: float = 5.0
     key_file: Path | None = None
     advertise_host: str = ""
+    instance_id: str = ""
     lease_ttl_s: float = 30.0
     heartbeat_interval_s: float = 10.0
     max_concurrency: int = 64
@@ -144,6 +150,7 @@ class DomainConfig:
             ),
             advertise_host=flags.advertise_host
             or reader.text(f"{prefix}ADVERTISE_HOST", default_advertise),
+            instance_id=reader.text("GRACE_INSTANCE_ID", ""),
             lease_ttl_s=lease,
             heartbeat_interval_s=reader.number(
                 f"{prefix}HEARTBEAT_S", lease / 3, minimum=0.05, maximum=lease

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -234,6 +235,16 @@ class DomainServer(Service):
         self._channels.clear()
         await self.db.close()
 
+    @property
+    def instance_id(self) -> str:
+        """Which instance of the domain this process is: `GRACE_INSTANCE_ID`, or the
+        host and port it is reached at, which stay the same when it restarts (the host
+        name when the registry is left to see the caller's address)."""
+        if self.config.instance_id:
+            return self.config.instance_id
+        host = self.config.advertise_host or socket.gethostname()
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
     def registration(self) -> registry_pb2.RegisterDomainRequest:
         """The RegisterDomain request of this domain, with the port it bound."""
         metadata = dict(self.domain.metadata)
@@ -245,6 +256,7 @@ class DomainServer(Service):
             metadata.setdefault("actions", ",".join(self.domain.actions))
         return registry_pb2.RegisterDomainRequest(
             domain_id=self.domain.domain_id,
+            instance_id=self.instance_id,
             host=self.config.advertise_host,
             port=self.port,
             capabilities=list(self.domain.capabilities),

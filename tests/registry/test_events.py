@@ -44,6 +44,7 @@ async def test_each_change_is_enqueued_in_the_same_transaction(
         "capabilities": ["ml"],
         "status": "HEALTHY",
         "revision": 2,
+        "instances": [{"instance_id": "", "address": "127.0.0.1:8203", "status": "HEALTHY"}],
     }
     assert {e.source_domain for e in pending} == {"registry"}
 

@@ -298,3 +298,31 @@ async def test_a_domain_the_registry_forgot_registers_again(tmp_path: Path) -> N
             await eventually(lambda: registrar.registrations >= 2)
             got = await stub.GetDomain(registry_pb2.GetDomainRequest(domain_id="test_domain"))
             assert got.domain.port == running.port
+
+
+async def test_two_instances_of_one_domain_id_both_appear_in_the_registry(
+    tmp_path: Path,
+) -> None:
+    registry = RegistryServer(registry_config(tmp_path))
+    async with serving(registry.config.server, registry) as (registry_server, registry_channel):
+        stub = registry_pb2_grpc.RegistryServiceStub(registry_channel)
+
+        def config(name: str, **changes: object) -> DomainConfig:
+            return domain_config(tmp_path / name, registry_addr=registry_server.address, **changes)
+
+        async def instances() -> list[tuple[str, int]]:
+            got = await stub.GetDomain(registry_pb2.GetDomainRequest(domain_id="test_domain"))
+            return sorted((i.instance_id, i.port) for i in got.domain.instances)
+
+        async with counting_domain(Probe()).serve(config("a", advertise_host="127.0.0.1")) as first:
+            alone = [(f"127.0.0.1:{first.port}", first.port)]
+            async with counting_domain(Probe()).serve(config("b", instance_id="second")) as second:
+                await eventually(lambda: second.service.registrar.heartbeats >= 2)
+                await eventually(lambda: first.service.registrar.heartbeats >= 2)
+                assert await instances() == sorted([*alone, ("second", second.port)])
+                got = await stub.GetDomain(registry_pb2.GetDomainRequest(domain_id="test_domain"))
+                assert got.domain.status == registry_pb2.DOMAIN_STATUS_HEALTHY
+                statuses = {i.status for i in got.domain.instances}
+                assert statuses == {registry_pb2.DOMAIN_STATUS_HEALTHY}
+            # The second stopped gracefully: it deregistered itself only.
+            assert await instances() == alone

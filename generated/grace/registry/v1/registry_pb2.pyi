@@ -190,6 +190,7 @@ class Domain(_message.Message):
     LAST_HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
     domain_id: _builtins.str
     """Unique id: 1-128 characters of letters, digits, '_', '-', '.', starting with a letter
     or digit (for example "ai_domain").
@@ -238,6 +239,14 @@ class Domain(_message.Message):
     def lease_expires_at(self) -> _timestamp_pb2.Timestamp:
         """When the lease lapses unless renewed."""
 
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___DomainInstance]:
+        """The processes serving the domain, by instance id. Each holds its own lease; the
+        domain is HEALTHY while any instance is, and the top-level host, port, address and
+        metrics describe one of its live instances (the healthiest, then the lowest id), so
+        a client that ignores this list still reaches a live one.
+        """
+
     def __init__(
         self,
         *,
@@ -256,14 +265,77 @@ class Domain(_message.Message):
         last_heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
         lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
+        instances: _abc.Iterable[Global___DomainInstance] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat_at", b"last_heartbeat_at", "lease_expires_at", b"lease_expires_at", "lease_ttl", b"lease_ttl", "metrics", b"metrics", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capabilities", b"capabilities", "domain_id", b"domain_id", "host", b"host", "last_heartbeat_at", b"last_heartbeat_at", "lease_expires_at", b"lease_expires_at", "lease_ttl", b"lease_ttl", "metadata", b"metadata", "metrics", b"metrics", "port", b"port", "public_key", b"public_key", "registered_at", b"registered_at", "revision", b"revision", "status", b"status", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capabilities", b"capabilities", "domain_id", b"domain_id", "host", b"host", "instances", b"instances", "last_heartbeat_at", b"last_heartbeat_at", "lease_expires_at", b"lease_expires_at", "lease_ttl", b"lease_ttl", "metadata", b"metadata", "metrics", b"metrics", "port", b"port", "public_key", b"public_key", "registered_at", b"registered_at", "revision", b"revision", "status", b"status", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Domain: _TypeAlias = Domain  # noqa: Y015
+
+@_typing.final
+class DomainInstance(_message.Message):
+    """DomainInstance is one process serving a domain, with its own lease."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    """Id the instance registers with; "" for a domain's single default instance."""
+    host: _builtins.str
+    """Host the instance serves on."""
+    port: _builtins.int
+    """Port the instance serves on."""
+    address: _builtins.str
+    """"host:port" (IPv6 hosts in brackets), ready to dial."""
+    status: Global___DomainStatus.ValueType
+    """Health of this instance: UNHEALTHY once its own lease lapsed (it is not routed to)."""
+    score: _builtins.float
+    """Routing score of this instance (see RankedDomain.score, computed from its own status
+    and metrics); 0 for an UNHEALTHY instance.
+    """
+    @_builtins.property
+    def metrics(self) -> Global___DomainMetrics:
+        """Metrics from this instance's latest heartbeat."""
+
+    @_builtins.property
+    def last_heartbeat_at(self) -> _timestamp_pb2.Timestamp:
+        """When this instance's lease was last renewed."""
+
+    @_builtins.property
+    def lease_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When this instance's lease lapses unless renewed."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        address: _builtins.str = ...,
+        status: Global___DomainStatus.ValueType = ...,
+        metrics: Global___DomainMetrics | None = ...,
+        last_heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
+        lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat_at", b"last_heartbeat_at", "lease_expires_at", b"lease_expires_at", "metrics", b"metrics"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "host", b"host", "instance_id", b"instance_id", "last_heartbeat_at", b"last_heartbeat_at", "lease_expires_at", b"lease_expires_at", "metrics", b"metrics", "port", b"port", "score", b"score", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DomainInstance: _TypeAlias = DomainInstance  # noqa: Y015
 
 @_typing.final
 class RegisterDomainRequest(_message.Message):
@@ -300,6 +372,7 @@ class RegisterDomainRequest(_message.Message):
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     LEASE_TTL_FIELD_NUMBER: _builtins.int
     REPLACE_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     domain_id: _builtins.str
     """Unique id of the domain; see Domain.domain_id for the alphabet."""
     host: _builtins.str
@@ -318,6 +391,14 @@ class RegisterDomainRequest(_message.Message):
     version, metadata, public_key, lease_ttl) keeps its current value; the response names
     those fields in kept_fields. True: the record is replaced by the request, and empty
     fields are cleared.
+    """
+    instance_id: _builtins.str
+    """Which instance of the domain this is: one domain id may be served by several
+    processes, each registering with its own instance id (at most 255 printable
+    characters, for example "10.0.0.7:9000") and holding its own lease. Empty means the
+    domain's single default instance. The domain's attributes (capabilities, version,
+    metadata, key, lease TTL) are shared by its instances: the latest registration sets
+    them.
     """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -345,10 +426,11 @@ class RegisterDomainRequest(_message.Message):
         public_key: _builtins.bytes = ...,
         lease_ttl: _duration_pb2.Duration | None = ...,
         replace: _builtins.bool = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lease_ttl", b"lease_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "domain_id", b"domain_id", "host", b"host", "lease_ttl", b"lease_ttl", "metadata", b"metadata", "port", b"port", "public_key", b"public_key", "replace", b"replace", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "domain_id", b"domain_id", "host", b"host", "instance_id", b"instance_id", "lease_ttl", b"lease_ttl", "metadata", b"metadata", "port", b"port", "public_key", b"public_key", "replace", b"replace", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -405,10 +487,15 @@ class HeartbeatRequest(_message.Message):
     DOMAIN_ID_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     DEGRADED_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     domain_id: _builtins.str
     """Id of the registered domain."""
     degraded: _builtins.bool
     """Set to true when the domain works but is impaired (status DEGRADED)."""
+    instance_id: _builtins.str
+    """The instance whose lease is renewed (see RegisterDomainRequest.instance_id); empty
+    means the default instance. NOT_FOUND when that instance is not registered.
+    """
     @_builtins.property
     def metrics(self) -> Global___DomainMetrics:
         """Metrics measured since the last heartbeat. Unset keeps the previous metrics."""
@@ -419,10 +506,11 @@ class HeartbeatRequest(_message.Message):
         domain_id: _builtins.str = ...,
         metrics: Global___DomainMetrics | None = ...,
         degraded: _builtins.bool = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "domain_id", b"domain_id", "metrics", b"metrics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["degraded", b"degraded", "domain_id", b"domain_id", "instance_id", b"instance_id", "metrics", b"metrics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -459,16 +547,22 @@ class DeregisterDomainRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DOMAIN_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     domain_id: _builtins.str
     """Id of the domain to remove."""
+    instance_id: _builtins.str
+    """When set, only this instance is removed (the domain goes with its last instance).
+    Empty removes the domain with every instance.
+    """
     def __init__(
         self,
         *,
         domain_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain_id", b"domain_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain_id", b"domain_id", "instance_id", b"instance_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
