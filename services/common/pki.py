@@ -15,11 +15,14 @@ clients (which check the name `grace.local`) and curl or grpcurl on the same hos
 (which check the address they dial) accept them.
 
 A component's or domain's certificate also binds its Ed25519 event-signing key (the key
-the trust kernel knows it by) in a non-critical extension, `SIGNING_KEY_OID`, whose value
-is the key's DER SubjectPublicKeyInfo. The CA puts it there only after proof of
-possession: it provisions components' keys itself, and a joining domain signs the CSR's
-public key with its signing key (`prove_signing_key`). TLS libraries ignore the
-extension; the trust kernel reads it (`bound_signing_key`) to accept only that key for
+the trust kernel knows it by): the subject's `serialNumber` attribute (2.5.4.5) is the raw
+key in hex (`SIGNING_KEY_ATTRIBUTE`). A standard attribute rather than a private
+extension: an extension needs an OID of our own, and the registration-free
+`2.25.<UUID>` arcs do not fit Go's X.509 parser (arcs above 2^31), which would make
+grpcurl and every Go client refuse Grace's certificates. The CA puts the key there only
+after proof of possession: it provisions components' keys itself, and a joining domain
+signs the CSR's public key with its signing key (`prove_signing_key`). TLS ignores the
+attribute; the trust kernel reads it (`bound_signing_key`) to accept only that key for
 the certificate's identity.
 
 Everything here is plain Python over `cryptography`: no gRPC, no I/O beyond the files
@@ -42,7 +45,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
@@ -57,10 +59,9 @@ RENEW_AT_FRACTION = 2 / 3
 KINDS = ("component", "domain", "client")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
-# The extension binding a workload's Ed25519 event-signing key to its certificate: an OID
-# of the 2.25.<UUID as an integer> form (ITU-T X.667), which needs no registration
-# (UUID a45cc214-32b8-4265-a82e-674a024ad623). Its value is the DER SubjectPublicKeyInfo.
-SIGNING_KEY_OID = x509.ObjectIdentifier("2.25.218475019007434772400702264446391342627")
+# The subject attribute binding a workload's Ed25519 event-signing key to its certificate:
+# its 32 raw bytes in hex, 64 characters, the attribute's upper bound (see the module).
+SIGNING_KEY_ATTRIBUTE = NameOID.SERIAL_NUMBER
 # What a joining domain's signing key signs (DSSE PAE over the CSR's public key, DER
 # SubjectPublicKeyInfo), so the signature cannot be replayed as any other statement.
 SIGNING_KEY_BINDING = "application/vnd.grace.pki.signing-key-binding.v1"
@@ -274,7 +275,7 @@ class CertificateAuthority:
 
         Args:
             signing_key: The raw Ed25519 event-signing key of `identity`, bound in the
-                `SIGNING_KEY_OID` extension; the caller has checked its possession.
+                `SIGNING_KEY_ATTRIBUTE`; the caller has checked its possession.
         """
         if lifetime <= datetime.timedelta(0) or lifetime > datetime.timedelta(days=366):
             raise PkiError("certificate lifetime: must be positive and at most 366 days")
@@ -283,14 +284,7 @@ class CertificateAuthority:
         now = self._clock()
         builder = (
             x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [
-                        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Grace"),
-                        x509.NameAttribute(NameOID.COMMON_NAME, identity.principal),
-                    ]
-                )
-            )
+            .subject_name(_subject(identity, signing_key))
             .issuer_name(self.certificate.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
@@ -333,8 +327,6 @@ class CertificateAuthority:
                 critical=False,
             )
         )
-        if signing_key is not None:
-            builder = builder.add_extension(_signing_key_extension(signing_key), critical=False)
         return builder.sign(self._key, hashes.SHA256())
 
     def sign_request(
@@ -479,37 +471,37 @@ def csr_public_key(csr_pem: bytes) -> ec.EllipticCurvePublicKey:
     return public
 
 
-def _signing_key_extension(signing_key: bytes) -> x509.UnrecognizedExtension:
-    try:
-        public = dsse.load_public_key(signing_key)
-    except ValueError:
-        raise PkiError("signing key: expected a raw 32-byte Ed25519 public key") from None
-    der = public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return x509.UnrecognizedExtension(SIGNING_KEY_OID, der)
+def _subject(identity: Identity, signing_key: bytes | None) -> x509.Name:
+    attributes = [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Grace"),
+        x509.NameAttribute(NameOID.COMMON_NAME, identity.principal),
+    ]
+    if signing_key is not None:
+        if len(signing_key) != signing.PUBLIC_KEY_BYTES:
+            raise PkiError("signing key: expected a raw 32-byte Ed25519 public key")
+        attributes.append(x509.NameAttribute(SIGNING_KEY_ATTRIBUTE, signing_key.hex()))
+    return x509.Name(attributes)
 
 
 def bound_signing_key(cert: x509.Certificate) -> bytes | None:
-    """The raw Ed25519 event-signing key bound in `cert` (`SIGNING_KEY_OID`), or None.
+    """The raw Ed25519 event-signing key bound in `cert` (`SIGNING_KEY_ATTRIBUTE`), or None.
 
     Raises:
-        PkiError: the extension is there but holds no Ed25519 key.
+        PkiError: the attribute is there but holds no Ed25519 key.
     """
-    try:
-        extension = cert.extensions.get_extension_for_oid(SIGNING_KEY_OID)
-    except x509.ExtensionNotFound:
+    values = cert.subject.get_attributes_for_oid(SIGNING_KEY_ATTRIBUTE)
+    if not values:
         return None
-    value = extension.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        raise PkiError("signing key extension: unexpected type")
+    if len(values) > 1:
+        raise PkiError("signing key attribute: more than one")
     try:
-        public = serialization.load_der_public_key(value.value)
+        raw = bytes.fromhex(str(values[0].value))
+        if len(raw) != signing.PUBLIC_KEY_BYTES:
+            raise ValueError("not 32 bytes")
+        dsse.load_public_key(raw)
     except ValueError:
-        raise PkiError("signing key extension: not a DER SubjectPublicKeyInfo") from None
-    if not isinstance(public, Ed25519PublicKey):
-        raise PkiError("signing key extension: not an Ed25519 key")
-    return dsse.raw_public_key(public)
+        raise PkiError("signing key attribute: not the hex of an Ed25519 public key") from None
+    return raw
 
 
 def _binding_message(tls_public_key: ec.EllipticCurvePublicKey) -> bytes:

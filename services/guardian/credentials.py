@@ -4,7 +4,7 @@ Before it starts a component, Guardian makes sure the Grace CA exists under
 `<data dir>/pki/`, issues the component a short-lived certificate whose URI SAN names it
 (`component:<name>`, or `domain:<id>` for a topology entry with `identity = "domain"`),
 and passes the paths in the child's environment. The certificate binds the workload's
-Ed25519 event-signing key (`services.common.pki.SIGNING_KEY_OID`): Guardian provisions
+Ed25519 event-signing key (`services.common.pki.SIGNING_KEY_ATTRIBUTE`): Guardian provisions
 that key itself, at `<data dir>/<name>.key` where the component (or the SDK) loads it, so
 the CA holds the proof of possession. A renewal task re-issues every certificate once two
 thirds of its lifetime has passed, binding the key then in that file (the same key unless

@@ -10,7 +10,7 @@ copy). With `GRACE_JOIN_TOKEN` set, the SDK, before it serves:
    bearer): the only port a caller without a certificate can reach; with it, the public
    half of its Ed25519 event-signing key (`<data dir>/<id>.key`, created when missing)
    and that key's signature over the CSR's public key, so the certificate binds the key
-   the trust kernel will know the domain by (`services.common.pki.SIGNING_KEY_OID`),
+   the trust kernel will know the domain by (`services.common.pki.SIGNING_KEY_ATTRIBUTE`),
 3. writes the certificate Guardian's CA issued, naming `spiffe://grace.local/domain/<id>`
    whatever the CSR asked for.
 

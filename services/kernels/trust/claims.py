@@ -9,7 +9,7 @@ X (RegisterIdentity, and the new key of RotateKey) is therefore accepted when:
 1. the caller is authenticated as X (`domain:X` through its certificate or a join token
    for X, `component:X` through its certificate), and, when the certificate the caller
    presented names X and binds an Ed25519 signing key (`services.common.pki`,
-   `SIGNING_KEY_OID`), the key is that bound key: the CA already checked that X holds
+   `SIGNING_KEY_ATTRIBUTE`), the key is that bound key: the CA already checked that X holds
    it, and no other key of X's can be slipped in beside the certificate;
 2. or the caller is an admin, for an id that is not reserved, or for a reserved one with
    the key Grace provisioned for it. The admin holds the CA and can mint a join token for
