@@ -15,9 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from services.common.config import sqlite_url
 from tests.support import session_pki
+
+# Property tests judge what code does, never how fast: hypothesis' per-example deadline
+# fails examples that merely ran on a busy machine, so the suite runs without it.
+settings.register_profile("grace", deadline=None)
+settings.load_profile("grace")
 
 # Every server a test starts, in this process or as a child process, is secure and uses
 # the session's test CA and token file (grace up's children get their own from Guardian).
