@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import make_url
 
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from services.common.channels import channel
 from services.common.event_verification import EventVerifier, SignatureStatus, TrustKeySource
-from tests.conftest import postgres_url
 from tests.grace_up import RunningGrace, running_grace
 from tests.integration.test_seed_workflows import DOCUMENT_WORKFLOW, _document
 
@@ -30,35 +26,6 @@ pytestmark = pytest.mark.slow
 
 PUBLISHERS = ("data_domain", "ai_domain")
 RUNS = 4
-
-
-@pytest.fixture
-async def shared_database() -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for the whole system; dropped at the end."""
-    url = postgres_url()
-    if url is None:
-        pytest.skip("GRACE_TEST_POSTGRES_URL is not set")
-    import asyncpg
-
-    server = make_url(url).set(drivername="postgresql")
-    admin_dsn = server.render_as_string(hide_password=False)
-    name = f"grace_shared_{uuid.uuid4().hex[:12]}"
-    try:
-        conn = await asyncpg.connect(admin_dsn, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL at GRACE_TEST_POSTGRES_URL is unreachable: {exc}")
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        conn = await asyncpg.connect(admin_dsn, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 async def _history(
@@ -92,9 +59,9 @@ async def _run_workflows(grace: RunningGrace) -> None:
 
 
 async def test_on_one_database_every_domain_publishes_only_its_own_events_signed_by_itself(
-    tmp_path: Path, shared_database: str
+    tmp_path: Path, fresh_postgres_database: str
 ) -> None:
-    env = {**os.environ, "GRACE_DATABASE_URL": shared_database}
+    env = {**os.environ, "GRACE_DATABASE_URL": fresh_postgres_database}
     async with running_grace(tmp_path, env=env) as grace:
         keys = TrustKeySource(grace.addresses["trust"], timeout_s=5)
         try:

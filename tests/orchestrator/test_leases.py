@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +24,7 @@ from services.common.storage import Database
 from services.orchestrator.leases import LeaseLost
 from services.orchestrator.model import Execution, StepRun
 from services.orchestrator.store import OrchestratorStore
-from tests.conftest import DatabaseTarget, postgres_url
+from tests.conftest import DatabaseTarget
 from tests.orchestrator.conftest import World, eventually
 from tests.orchestrator.test_workflows import workflow
 from tests.support import free_port
@@ -124,35 +123,6 @@ _EXECUTIONS = 40
 _LEASE_S = 5.0
 
 
-@pytest.fixture
-async def fresh_database() -> AsyncIterator[str]:
-    """A PostgreSQL database of its own (processes cannot be handed a schema)."""
-    url = postgres_url()
-    if url is None:
-        pytest.skip("GRACE_TEST_POSTGRES_URL is not set")
-    import asyncpg
-
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
-    name = f"grace_{uuid.uuid4().hex[:12]}"
-    try:
-        conn = await asyncpg.connect(dsn, timeout=5)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL at GRACE_TEST_POSTGRES_URL is unreachable: {exc}")
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base = url.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        conn = await asyncpg.connect(dsn, timeout=5)
-        try:
-            await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
 def _start(port: int, data_dir: Path, registry: str, database_url: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -194,7 +164,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 async def test_two_instances_under_load_one_killed_its_executions_finish_on_the_other_once(
-    world: World, tmp_path: Path, fresh_database: str
+    world: World, tmp_path: Path, fresh_postgres_database: str
 ) -> None:
     domain = await world.add_domain("d")
     calls: dict[str, list[float]] = {}
@@ -211,7 +181,7 @@ async def test_two_instances_under_load_one_killed_its_executions_finish_on_the_
     domain.results = _Forgetful()
     ports = [free_port(), free_port()]
     processes = [
-        _start(port, tmp_path / f"orch{i}", world.registry_address, fresh_database)
+        _start(port, tmp_path / f"orch{i}", world.registry_address, fresh_postgres_database)
         for i, port in enumerate(ports)
     ]
     try:
@@ -251,7 +221,7 @@ async def test_two_instances_under_load_one_killed_its_executions_finish_on_the_
             # A new instance comes up at once, while the dead one's leases still run: it
             # and the survivor race for them when they expire.
             processes[0] = _start(
-                ports[0], tmp_path / "orch2", world.registry_address, fresh_database
+                ports[0], tmp_path / "orch2", world.registry_address, fresh_postgres_database
             )
 
             async def all_succeeded() -> bool:
