@@ -11,6 +11,7 @@ re-publish after a crash between publish and delete is a duplicate the bus suppr
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -42,6 +43,31 @@ def outbox_table(metadata: MetaData, prefix: str) -> Table:
         Column("traceparent", String(64), nullable=False),
         Column("created_at", Float, nullable=False),
     )
+
+
+# The columns a writer thread fills on its own `sqlite3` connection (all but `row_id`).
+OUTBOX_COLUMNS = (
+    "event_id",
+    "event_type",
+    "source_domain",
+    "subject",
+    "data",
+    "traceparent",
+    "created_at",
+)
+
+
+def sqlite_outbox_insert(table: Table) -> str:
+    """The `INSERT` of one outbox row on a raw `sqlite3` connection (`sqlite_outbox_rows`)."""
+    return (
+        f"INSERT INTO {table.name} ({', '.join(OUTBOX_COLUMNS)}) "
+        f"VALUES ({', '.join('?' for _ in OUTBOX_COLUMNS)})"
+    )
+
+
+def sqlite_outbox_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """The parameters of `sqlite_outbox_insert` for outbox rows (`data` as JSON text)."""
+    return [tuple(json.dumps(r[c]) if c == "data" else r[c] for c in OUTBOX_COLUMNS) for r in rows]
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -184,6 +185,31 @@ class SqliteWriter:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=True)
+
+
+def is_sqlite_busy(exc: sqlite3.OperationalError) -> bool:
+    """True when `exc` means another connection holds SQLite's lock."""
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def retry_while_busy(
+    attempt: Callable[[], T], *, timeout_s: float = 10.0, pause_s: float = 0.001
+) -> T:
+    """`attempt()`, again after `pause_s` while SQLite is busy, for at most `timeout_s`.
+
+    For writer threads whose connection never waits inside SQLite (busy_timeout 0, so that
+    an inline commit on an event loop cannot stall it): on the thread, waiting for another
+    writer is fine, so it waits here. Any other error, or busy past the deadline, raises.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return attempt()
+        except sqlite3.OperationalError as exc:
+            if not is_sqlite_busy(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause_s)
 
 
 @contextmanager

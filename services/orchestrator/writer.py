@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +35,14 @@ from sqlalchemy import Connection, Table
 from services.common import telemetry
 from services.common.errors import Unavailable
 from services.common.group_commit import GroupCommitter
-from services.common.outbox import Outbox
-from services.common.storage import Database, SqliteWriter, sqlite_transaction
+from services.common.outbox import Outbox, sqlite_outbox_insert, sqlite_outbox_rows
+from services.common.storage import (
+    Database,
+    SqliteWriter,
+    is_sqlite_busy,
+    retry_while_busy,
+    sqlite_transaction,
+)
 from services.orchestrator.leases import ExecutionLeases, LeaseLost
 from services.orchestrator.model import JsonDict
 
@@ -54,20 +59,6 @@ _UPSERT_SQLITE = (
     "state = excluded.state, updated_at = excluded.updated_at, snapshot = excluded.snapshot"
 )
 _CHECKPOINT_EVERY = 200
-_BUSY_TIMEOUT_S = 10.0
-_OUTBOX_COLUMNS = (
-    "event_id",
-    "event_type",
-    "source_domain",
-    "subject",
-    "data",
-    "traceparent",
-    "created_at",
-)
-_OUTBOX_SQLITE = (
-    "INSERT INTO {table} (" + ", ".join(_OUTBOX_COLUMNS) + ") "
-    f"VALUES ({', '.join('?' for _ in _OUTBOX_COLUMNS)})"
-)
 
 
 def _prepare_writer_connection(raw: sqlite3.Connection) -> None:
@@ -75,11 +66,6 @@ def _prepare_writer_connection(raw: sqlite3.Connection) -> None:
     # itself, on its thread. It never waits for a lock inline (see _commit_inline).
     raw.execute("PRAGMA wal_autocheckpoint=0")
     raw.execute("PRAGMA busy_timeout=0")
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text
 
 
 @dataclass(frozen=True)
@@ -116,7 +102,7 @@ class TransitionWriter:
         self.on_events: Callable[[], None] = lambda: None
         self.commits = 0
         self._upsert_sqlite = _UPSERT_SQLITE.format(table=executions.name)
-        self._outbox_sqlite = _OUTBOX_SQLITE.format(table=outbox.table.name)
+        self._outbox_sqlite = sqlite_outbox_insert(outbox.table)
         self._writer: SqliteWriter | None = None
         self._raw_mode = ""
         self._since_checkpoint = 0
@@ -235,7 +221,7 @@ class TransitionWriter:
         try:
             self._commit_sqlite(self._writer.connection(), rows, events, False)
         except sqlite3.OperationalError as exc:
-            if not _is_busy(exc):
+            if not is_sqlite_busy(exc):
                 raise
             return False
         return True
@@ -244,16 +230,8 @@ class TransitionWriter:
         self, raw: sqlite3.Connection, rows: list[JsonDict], events: list[JsonDict], sync: bool
     ) -> None:
         # The writer connection never waits inside SQLite (busy_timeout 0, for the inline
-        # path); on the thread, waiting for another writer is fine, so wait here.
-        deadline = time.monotonic() + _BUSY_TIMEOUT_S
-        while True:
-            try:
-                self._commit_sqlite(raw, rows, events, sync)
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.002)
+        # path); on the thread, waiting for another writer is fine.
+        retry_while_busy(lambda: self._commit_sqlite(raw, rows, events, sync), pause_s=0.002)
 
     def _commit_sqlite(
         self, raw: sqlite3.Connection, rows: list[JsonDict], events: list[JsonDict], sync: bool
@@ -280,13 +258,7 @@ class TransitionWriter:
                     ],
                 )
             if events:
-                cursor.executemany(
-                    self._outbox_sqlite,
-                    [
-                        tuple(json.dumps(e[c]) if c == "data" else e[c] for c in _OUTBOX_COLUMNS)
-                        for e in events
-                    ],
-                )
+                cursor.executemany(self._outbox_sqlite, sqlite_outbox_rows(events))
             cursor.close()
         if sync:
             self._since_checkpoint += 1

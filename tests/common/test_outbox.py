@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from sqlalchemy import MetaData
 
-from services.common.outbox import Outbox, OutboxEvent, OutboxRelay, outbox_table
+from services.common.outbox import (
+    OUTBOX_COLUMNS,
+    Outbox,
+    OutboxEvent,
+    OutboxRelay,
+    outbox_table,
+    sqlite_outbox_insert,
+    sqlite_outbox_rows,
+)
 from services.common.storage import Database
 from tests.conftest import DatabaseTarget
 
@@ -83,3 +93,27 @@ async def test_an_event_enqueued_in_a_rolled_back_transaction_never_goes_out(
     with pytest.raises(RuntimeError):
         await failing_change()
     assert await outbox.count() == 0
+
+
+def test_the_raw_sqlite_insert_stores_rows_the_outbox_reads_back(tmp_path: Path) -> None:
+    metadata = MetaData()
+    table = outbox_table(metadata, "raw")
+    path = tmp_path / "raw.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "CREATE TABLE raw_outbox (row_id INTEGER PRIMARY KEY AUTOINCREMENT, event_id, "
+        "event_type, source_domain, subject, data, traceparent, created_at)"
+    )
+    row = {
+        "event_id": "e1",
+        "event_type": "x.happened",
+        "source_domain": "ai_domain",
+        "subject": "s",
+        "data": {"n": 1},
+        "traceparent": "",
+        "created_at": 1.5,
+    }
+    conn.executemany(sqlite_outbox_insert(table), sqlite_outbox_rows([row]))
+    stored = conn.execute(f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM raw_outbox").fetchall()
+    conn.close()
+    assert stored == [("e1", "x.happened", "ai_domain", "s", '{"n": 1}', "", 1.5)]

@@ -22,7 +22,6 @@ import asyncio
 import functools
 import json
 import sqlite3
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,19 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import Unavailable
 from services.common.group_commit import GroupCommitter
-from services.common.storage import Database, SqliteWriter, sqlite_transaction
+from services.common.outbox import sqlite_outbox_insert, sqlite_outbox_rows
+from services.common.storage import Database, SqliteWriter, retry_while_busy, sqlite_transaction
 from services.kernels.triggers.model import Firing, FiringState, Rule
-
-_BUSY_TIMEOUT_S = 10.0
-_OUTBOX_COLUMNS = (
-    "event_id",
-    "event_type",
-    "source_domain",
-    "subject",
-    "data",
-    "traceparent",
-    "created_at",
-)
 
 
 @dataclass(frozen=True)
@@ -119,11 +108,6 @@ def _pass_on(future: asyncio.Future[Written], committed: asyncio.Future[Written]
         future.set_result(committed.result())
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc)
-    return "locked" in text or "busy" in text
-
-
 class FiringWriter:
     """Claims and outcomes, group-committed.
 
@@ -170,9 +154,8 @@ class FiringWriter:
             f"UPDATE {firings.name} SET state = ?, attempts = ?, next_at = ?, "
             "lease_until = 0.0, updated_at = ?, record = ? WHERE firing_id = ? AND state = ?"
         )
-        insert = " (" + ", ".join(_OUTBOX_COLUMNS) + ") VALUES (" + ", ".join("?" * 7) + ")"
-        self._events_sql = f"INSERT INTO {events_outbox.name}{insert}"
-        self._log_sql = f"INSERT INTO {log_outbox.name}{insert}"
+        self._events_sql = sqlite_outbox_insert(events_outbox)
+        self._log_sql = sqlite_outbox_insert(log_outbox)
 
     async def open(self) -> None:
         """Opens the writer thread's connection (SQLite file) and starts the committer."""
@@ -254,15 +237,11 @@ class FiringWriter:
             return [await self._write_async(conn, item) for item in batch]
 
     def _on_thread(self, raw: sqlite3.Connection, batch: Sequence[Write]) -> list[Written]:
-        deadline = time.monotonic() + _BUSY_TIMEOUT_S
-        while True:
-            try:
-                with sqlite_transaction(raw):
-                    return [self._write_sqlite(raw, item) for item in batch]
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.001)
+        def write() -> list[Written]:
+            with sqlite_transaction(raw):
+                return [self._write_sqlite(raw, item) for item in batch]
+
+        return retry_while_busy(write)
 
     def _write_sqlite(self, raw: sqlite3.Connection, item: Write) -> Written:
         if isinstance(item, Claims):
@@ -301,13 +280,7 @@ class FiringWriter:
             return False
         for sql, rows in ((self._events_sql, item.events), (self._log_sql, item.log_entries)):
             if rows:
-                raw.executemany(
-                    sql,
-                    [
-                        tuple(json.dumps(r[c]) if c == "data" else r[c] for c in _OUTBOX_COLUMNS)
-                        for r in rows
-                    ],
-                )
+                raw.executemany(sql, sqlite_outbox_rows(rows))
         return True
 
     async def _write_async(self, conn: AsyncConnection, item: Write) -> Written:
