@@ -117,6 +117,15 @@ async def test_a_failed_compensation_is_retried_with_backoff_until_it_rolls_back
         return (await _state(stub, ex.execution_id)).state == pb.EXECUTION_STATE_ROLLED_BACK
 
     await eventually(rolled_back, within=20)
+
+    # The last round's events leave through the outbox after its commit: wait for them.
+    async def last_round_announced() -> bool:
+        return any(
+            e.event_type == "workflow.rolled_back" and e.data.get("final_state") == "ROLLED_BACK"
+            for e in world.events
+        )
+
+    await eventually(last_round_announced, within=20)
     final = await _state(stub, ex.execution_id)
     assert final.compensation_rounds >= 2
     assert final.steps[0].state == pb.STEP_STATE_COMPENSATED
