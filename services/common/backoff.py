@@ -53,3 +53,25 @@ class Backoff:
         if self.jitter:
             base *= 1 - self.jitter * rand()
         return base
+
+
+class Retries:
+    """Consecutive failures of one loop under a `Backoff`: `failed` counts one and returns
+    how long to wait before the next attempt; `succeeded` starts over from the shortest.
+
+    Args:
+        backoff: The delays.
+        rand: Uniform [0, 1) source for the jitter (injectable for tests).
+    """
+
+    def __init__(self, backoff: Backoff, rand: Callable[[], float] = random.random) -> None:
+        self.backoff = backoff
+        self.failures = 0
+        self._rand = rand
+
+    def failed(self) -> float:
+        self.failures += 1
+        return self.backoff.delay(self.failures, self._rand)
+
+    def succeeded(self) -> None:
+        self.failures = 0

@@ -30,6 +30,7 @@ import grpc
 
 from grace.kernels.trust.v1 import trust_pb2, trust_pb2_grpc
 from services.common import signing
+from services.common.backoff import Backoff, Retries
 from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.components import component_key_path
@@ -77,15 +78,14 @@ class IdentityRegistrar:
         self.domain_id = domain_id
         self.key = key
         self._on_registered = on_registered
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_initial_s, max_s=backoff_max_s)
         self._sleep = sleep
         self.registered = asyncio.Event()
         self.refused = ""
 
     async def run(self) -> None:
         """Registers (retrying while the trust kernel is unreachable), then returns."""
-        backoff = self.backoff_initial_s
+        retries = Retries(self.backoff)
         while True:
             try:
                 created = await self._register_once()
@@ -99,14 +99,14 @@ class IdentityRegistrar:
                         self.refused,
                     )
                     return
+                wait = retries.failed()
                 log.warning(
                     "registering key %s with the trust kernel failed (%s); retrying in %.1fs",
                     self.key.key_id,
                     exc.code().name,
-                    backoff,
+                    wait,
                 )
-                await self._sleep(backoff)
-                backoff = min(self.backoff_max_s, backoff * 2)
+                await self._sleep(wait)
                 continue
             log.info(
                 "%s key %s of %s with the trust kernel; signing events",

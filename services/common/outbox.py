@@ -11,11 +11,12 @@ re-publish after a crash between publish and delete is a duplicate the bus suppr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from sqlalchemy import JSON, Column, Float, Integer, MetaData, String, Table, de
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common import telemetry
+from services.common.backoff import Backoff, Retries
 from services.common.storage import Database
 from services.common.waiting import wait_for_event
 
@@ -243,7 +245,7 @@ class OutboxRelay:
         An outage is logged once when it begins and once when it ends, not at every
         retry: a bus that is down for an hour must not fill the log.
         """
-        backoff = self.poll_interval_s
+        retries = Retries(Backoff(self.poll_interval_s, max_s=self.max_backoff_s))
         failing_since = 0
         while True:
             self._wake.clear()
@@ -257,7 +259,7 @@ class OutboxRelay:
                         sent,
                     )
                     failing_since = 0
-                backoff = self.poll_interval_s
+                retries.succeeded()
                 wait = self.poll_interval_s
             except asyncio.CancelledError:
                 raise
@@ -274,9 +276,23 @@ class OutboxRelay:
                     )
                 else:
                     log.debug("outbox %s: retry failed: %s", self.outbox.table.name, _brief(exc))
-                wait = backoff
-                backoff = min(self.max_backoff_s, backoff * 2)
+                wait = retries.failed()
             await wait_for_event(self._wake, wait)
+
+
+async def flush_and_close(
+    relays: Iterable[OutboxRelay], publishers: Iterable[object], timeout_s: float = 2.0
+) -> None:
+    """At shutdown, after the relays' tasks were cancelled: one last bounded send of what
+    each relay has pending (what does not go in time stays in its outbox and goes at the
+    next start), then closes each publisher that has a `close`."""
+    for relay in relays:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(relay.drain_once(), timeout=timeout_s)
+    for publisher in publishers:
+        close = getattr(publisher, "close", None)
+        if close is not None:
+            await close()
 
 
 def _brief(exc: BaseException) -> str:

@@ -12,13 +12,13 @@ SDK domains and the kernels use it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.backoff import Backoff, Retries
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,7 @@ class Registrar:
         self._registration = registration
         self._metrics = metrics
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_initial_s, max_s=backoff_max_s)
         self._sleep = sleep
         self.registered = asyncio.Event()
         self.registrations = 0
@@ -86,15 +85,15 @@ class Registrar:
         self.registered.clear()
 
     async def _register_until_done(self) -> None:
-        backoff = self.backoff_initial_s
+        retries = Retries(self.backoff)
         while True:
             request = self._registration()
             try:
                 await self._stub.RegisterDomain(request, timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
-                self._failed("registration", exc, backoff)
-                await self._sleep(backoff)
-                backoff = min(self.backoff_max_s, backoff * 2)
+                wait = retries.failed()
+                self._failed("registration", exc, wait)
+                await self._sleep(wait)
                 continue
             self.registrations += 1
             self.registered.set()
@@ -108,7 +107,7 @@ class Registrar:
 
     async def _heartbeat_until_lost(self) -> None:
         """Heartbeats until the registry no longer knows the domain."""
-        backoff = self.backoff_initial_s
+        retries = Retries(self.backoff)
         wait = self.heartbeat_interval_s
         registration = self._registration()
         domain_id, instance_id = registration.domain_id, registration.instance_id
@@ -126,24 +125,14 @@ class Registrar:
                     return
                 # Keep heartbeating sooner than the interval while the registry is away, so
                 # the lease is renewed as soon as it is back.
-                wait = min(backoff, self.heartbeat_interval_s)
+                wait = min(retries.failed(), self.heartbeat_interval_s)
                 self._failed("heartbeat", exc, wait)
-                backoff = min(self.backoff_max_s, backoff * 2)
                 continue
             self.heartbeats += 1
-            backoff = self.backoff_initial_s
+            retries.succeeded()
             wait = self.heartbeat_interval_s
 
     def _failed(self, what: str, exc: grpc.aio.AioRpcError, retry_in: float) -> None:
         self.failures += 1
         self.last_error = f"{exc.code().name}: {exc.details()}"
         log.warning("%s failed (%s); retrying in %.1fs", what, self.last_error, retry_in)
-
-
-async def stop_task(task: asyncio.Task[None] | None) -> None:
-    """Cancels a background task and waits for it."""
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -1,10 +1,12 @@
 """The one server bootstrap of every Grace gRPC server.
 
 A service plugs in by subclassing `Service`: it adds its servicers to the server, opens
-its storage in `start` and flushes it in `stop`. `GraceServer` does the rest the same way
-for everyone: `grpc.aio` server with message limits and `so_reuseport` off, health
-(NOT_SERVING until `start` returns, NOT_SERVING again at shutdown), reflection, the tracing
-and error-translation interceptors, and graceful shutdown on SIGTERM/SIGINT.
+its storage and starts its background work (`Service.spawn`) in `start`, and flushes its
+storage in `stop`; the background work is cancelled between the drain and `stop`.
+`GraceServer` does the rest the same way for everyone: `grpc.aio` server with message
+limits and `so_reuseport` off, health (NOT_SERVING until `start` returns, NOT_SERVING
+again at shutdown), reflection, the tracing and error-translation interceptors, and
+graceful shutdown on SIGTERM/SIGINT.
 
 In secure mode (the default; `config.security` set) the server listens on TLS only with its
 certificate from the Grace CA, re-read when renewed without a restart, requests (and the
@@ -19,8 +21,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -55,6 +58,35 @@ class Service:
     # Full method names served while `start` runs (before SERVING), e.g. what the
     # components a supervisor boots call back during the boot.
     serves_while_starting: frozenset[str] = frozenset()
+    _background: set[asyncio.Task[Any]] | None = None
+
+    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Runs `work` in the background for as long as the service runs.
+
+        The task belongs to the service: `GraceServer` cancels it after the drain and waits
+        for it before calling `stop`, so `stop` may close whatever the work used. A task
+        that ends on its own with an error is logged when it ends, not hidden until (or
+        raised at) shutdown.
+        """
+        if self._background is None:
+            self._background = set()
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background_ended)
+        return task
+
+    def _background_ended(self, task: asyncio.Task[Any]) -> None:
+        if self._background is not None:
+            self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def cancel_background(self) -> None:
+        """Cancels every task `spawn` started and waits until they have ended."""
+        tasks, self._background = self._background or set(), None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         """Adds the servicers; returns the full names of the services added."""
@@ -67,7 +99,7 @@ class Service:
         """Called when shutdown begins, before the drain: end long-lived streams here."""
 
     async def stop(self) -> None:
-        """Called after the drain: stop background work, flush and close storage."""
+        """Called after the drain, once the spawned tasks have ended: flush and close."""
 
 
 class GraceServer:
@@ -148,6 +180,7 @@ class GraceServer:
             await self.service.start()
         except BaseException:
             await self._server.stop(0)
+            await self.service.cancel_background()
             raise
         self._ready = True
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
@@ -161,6 +194,7 @@ class GraceServer:
         await self.service.begin_shutdown()
         await self._server.stop(grace)
         self._ready = False
+        await self.service.cancel_background()
         await self.service.stop()
         log.info("%s stopped", self.config.service)
 

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 
 from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
+from services.common.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ class Subscriptions:
         self._stub = eventbus_pb2_grpc.EventBusServiceStub(channel)
         self.domain_id = domain_id
         self.by_id = {subscription_id(domain_id, p): p for p in patterns}
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_initial_s, max_s=backoff_max_s)
         self.patience_s = patience_s
         self.call_timeout_s = call_timeout_s
         self._sleep = sleep
@@ -82,11 +82,13 @@ class Subscriptions:
 
     async def run(self) -> None:
         """Creates every subscription (idempotently), then returns."""
-        backoff = self.backoff_initial_s
+        failed_rounds = 0
         pending = dict(self.by_id)
         started = self._clock()
         said_waiting = warned_late = False
         while pending:
+            # What this round waits if it leaves a subscription pending (its logs say so).
+            backoff = self.backoff.delay(failed_rounds + 1)
             for sub_id, pattern in list(pending.items()):
                 request = eventbus_pb2.CreateSubscriptionRequest(
                     domain_id=self.domain_id, pattern=pattern, subscription_id=sub_id
@@ -135,5 +137,5 @@ class Subscriptions:
                 )
             if pending:
                 await self._sleep(backoff)
-                backoff = min(self.backoff_max_s, backoff * 2)
+                failed_rounds += 1
         self.created.set()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.backoff import Backoff, Retries
 from services.common.channels import channel
 from services.common.timestamps import to_duration
 from services.common.waiting import wait_for_event
@@ -108,18 +109,17 @@ class Registrar:
 
     async def run(self) -> None:
         """Syncs with the registry until cancelled, backing off while it is unreachable."""
-        backoff = 0.2
+        retries = Retries(Backoff(0.2, max_s=self.settings.retry_max_s))
         try:
             while True:
                 try:
                     await self.sync_once()
-                    backoff = 0.2
+                    retries.succeeded()
                     wait = min(1.0, self.heartbeat_every_s / 2)
                 except grpc.aio.AioRpcError as exc:
                     self.failures += 1
-                    log.debug("registry unreachable (%s); retrying in %.1fs", exc.code(), backoff)
-                    wait = backoff
-                    backoff = min(self.settings.retry_max_s, backoff * 2)
+                    wait = retries.failed()
+                    log.debug("registry unreachable (%s); retrying in %.1fs", exc.code(), wait)
                 self._wake.clear()
                 await wait_for_event(self._wake, wait)
         finally:

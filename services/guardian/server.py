@@ -121,7 +121,6 @@ class GuardianServer(Service):
             else None
         )
         self.shutting_down = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
 
     def _registry_address(self) -> str | None:
         if self.topology.component("registry") is not None:
@@ -165,31 +164,24 @@ class GuardianServer(Service):
         self.supervisor.guardian_address = self._address()
         await self.store.open()
         if self.credentials is not None:
-            self._tasks.append(
-                asyncio.create_task(self.credentials.renew_forever(), name="cert-renewal")
-            )
+            self.spawn(self.credentials.renew_forever(), "cert-renewal")
         if self.registrar is not None:
-            self._tasks.append(asyncio.create_task(self.registrar.run(), name="registrar"))
+            self.spawn(self.registrar.run(), "registrar")
         if self.relay is not None:
-            self._tasks.append(asyncio.create_task(self.relay.run(), name="outbox-relay"))
+            self.spawn(self.relay.run(), "outbox-relay")
         if self.identity is not None:
             self.identity.start()
         await self.supervisor.boot()
         if self.volunteer is not None:
-            self._tasks.append(asyncio.create_task(self.volunteer.run(), name="volunteer"))
+            self.spawn(self.volunteer.run(), "volunteer")
 
     async def begin_shutdown(self) -> None:
         self.shutting_down.set()
 
     async def stop(self) -> None:
+        # The spawned tasks (lease renewal among them) have ended before this runs: the
+        # registry goes down with everything else.
         self.shutting_down.set()
-        # Stop renewing leases first: the registry goes down with everything else.
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
         await self.supervisor.shutdown()
         if self.identity is not None:
             await self.identity.stop()

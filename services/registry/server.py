@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import grpc
@@ -39,7 +37,6 @@ class RegistryServer(Service):
         self.config = config
         store = RegistryStore(Database(config.server.database_url, schema=schema))
         self.registry = Registry(store, config.settings, clock)
-        self._sweeper: asyncio.Task[None] | None = None
         # Lifecycle events reach the bus through the outbox, whether or not it is up now.
         self.publisher = EventBusPublisher.from_env(config.server.env)
         self.relay = OutboxRelay(store.outbox, self.publisher)
@@ -47,7 +44,6 @@ class RegistryServer(Service):
         self.identity = ComponentIdentity.of(
             "registry", config.server, self.publisher, self.relay.wake
         )
-        self._relay_task: asyncio.Task[None] | None = None
         self.registry.add_listener(self._wake_relay)
         self.federation = Federation(
             self.registry, store.outbox, config.federation, wake=self.relay.wake
@@ -64,21 +60,14 @@ class RegistryServer(Service):
 
     async def start(self) -> None:
         await self.registry.open()
-        self._sweeper = asyncio.create_task(
-            self.registry.run_sweeper(self.config.sweep_interval_s), name="registry-sweeper"
-        )
-        self._relay_task = asyncio.create_task(self.relay.run(), name="registry-outbox")
+        self.spawn(self.registry.run_sweeper(self.config.sweep_interval_s), "registry-sweeper")
+        self.spawn(self.relay.run(), "registry-outbox")
         self.identity.start()
 
     async def begin_shutdown(self) -> None:
         await self.registry.close()
 
     async def stop(self) -> None:
-        for task in (self._sweeper, self._relay_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
         await self.identity.stop()
         await self.publisher.close()
         await self.registry.store.close()

@@ -20,9 +20,9 @@ from services.common.bus_client import EventBusPublisher
 from services.common.call_metrics import ImmuneReporter
 from services.common.channels import channel
 from services.common.identity import IdentityRegistrar
-from services.common.outbox import OutboxRelay
+from services.common.outbox import OutboxRelay, flush_and_close
 from services.common.peer_health import MEMBER_METADATA, PeerHealth
-from services.common.registration import Registrar, stop_task
+from services.common.registration import Registrar
 from services.common.server import GraceServer, Service
 from services.common.storage import Database
 from services.common.timestamps import to_duration
@@ -70,7 +70,6 @@ class DomainServer(Service):
         self._dispatcher: Dispatcher | None = None
         self._server: GraceServer | None = None
         self._channels: list[grpc.aio.Channel] = []
-        self._tasks: list[asyncio.Task[None]] = []
         self.relay: OutboxRelay | None = None
         self._publisher: EventBusPublisher | None = None
         self.subscriptions: Subscriptions | None = None
@@ -211,23 +210,20 @@ class DomainServer(Service):
     async def stop(self) -> None:
         if self.peer_health is not None:
             await self.peer_health.stop()
-        if self.relay is not None:
-            # One last send of the events published during the drain; whatever is left
-            # stays in the outbox and goes at the next start.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.relay.drain_once(), timeout=STOP_FLUSH_S)
         if self._dispatcher is not None:
             # Runs whose callers left during the drain still end and store their results.
             await self._dispatcher.drain(self.config.server.shutdown_grace_s)
-        for task in self._tasks:
-            await stop_task(task)
-        self._tasks.clear()
         if self.outcomes is not None:
             # The outcomes still buffered go to the ring; they are sent at the next start.
             with contextlib.suppress(Exception):
                 await self.outcomes.flush()
-        if self._publisher is not None:
-            await self._publisher.close()
+        # One last send of the events published during the drain and by the runs that
+        # ended after it; whatever is left stays in the outbox and goes at the next start.
+        await flush_and_close(
+            [] if self.relay is None else [self.relay],
+            [] if self._publisher is None else [self._publisher],
+            timeout_s=STOP_FLUSH_S,
+        )
         if self.immune is not None:
             await self.immune.close()
         for chan in self._channels:
@@ -294,7 +290,7 @@ class DomainServer(Service):
         return chan
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        self._tasks.append(asyncio.create_task(work, name=f"{self.domain.domain_id}-{name}"))
+        self.spawn(work, f"{self.domain.domain_id}-{name}")
 
     async def _prune_forever(self) -> None:
         while True:

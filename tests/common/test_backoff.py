@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.common.backoff import Backoff
+from services.common.backoff import Backoff, Retries
 from services.orchestrator.model import RetryPolicy
 
 
@@ -62,3 +62,10 @@ def test_errors_a_domain_answered_stop_at_max_attempts() -> None:
     policy = RetryPolicy()
     assert policy.allows_another(2, unreachable=False, elapsed_s=0.6)
     assert not policy.allows_another(3, unreachable=False, elapsed_s=0.6)
+
+
+def test_retries_grow_with_each_failure_and_start_over_after_a_success() -> None:
+    retries = Retries(Backoff(initial_s=0.5, max_s=3.0))
+    assert [retries.failed() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    retries.succeeded()
+    assert retries.failed() == 0.5

@@ -236,3 +236,53 @@ async def test_health_watch_streams_status_changes(tmp_path: Path) -> None:
     finally:
         if stopping is None:
             await server.stop(grace=0)
+
+
+class BackgroundService(Service):
+    """Spawns a long-running task and a failing one; records what `stop` saw."""
+
+    def __init__(self) -> None:
+        self.forever_cancelled = False
+        self.running_at_stop: list[str] = []
+
+    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(ScriptedRegistry(), server)
+        return [SERVICE]
+
+    async def _forever(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.forever_cancelled = True
+            raise
+
+    async def _fails(self) -> None:
+        raise RuntimeError("the background work broke")
+
+    async def start(self) -> None:
+        self.spawn(self._forever(), "forever")
+        self.spawn(self._fails(), "fails")
+
+    async def stop(self) -> None:
+        self.running_at_stop = [
+            t.get_name() for t in asyncio.all_tasks() if t.get_name() in ("forever", "fails")
+        ]
+
+
+async def test_spawned_tasks_end_before_stop_and_a_failed_one_is_logged_when_it_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = BackgroundService()
+    server = GraceServer(server_config("background", tmp_path), service)
+    await server.start()
+    for _ in range(100):
+        if "background task fails failed" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert "background task fails failed" in caplog.text
+    assert "the background work broke" in caplog.text
+
+    await server.stop(grace=0.1)
+
+    assert service.forever_cancelled
+    assert service.running_at_stop == []

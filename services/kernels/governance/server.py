@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +12,7 @@ from grace.domain.v1 import domain_pb2_grpc
 from grace.kernels.governance.v1 import governance_pb2, governance_pb2_grpc
 from services.common.bus_client import EventBusPublisher
 from services.common.identity import ComponentIdentity
-from services.common.outbox import OutboxRelay, Publisher
+from services.common.outbox import OutboxRelay, Publisher, flush_and_close
 from services.common.server import Service
 from services.common.storage import Database
 from services.kernels import domain
@@ -74,7 +72,6 @@ class GovernanceServer(Service):
         self.identity = ComponentIdentity.of(
             SERVICE, config.server, self.publishers[0], self.relays[0].wake
         )
-        self._tasks: list[asyncio.Task[None]] = []
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         governance_pb2_grpc.add_GovernanceServiceServicer_to_server(
@@ -89,39 +86,23 @@ class GovernanceServer(Service):
     async def start(self) -> None:
         await self.governance.open()
         self.identity.start()
-        self._tasks = [
-            asyncio.create_task(relay.run(), name=f"governance-relay-{i}")
-            for i, relay in enumerate(self.relays)
-        ]
-        self._tasks.append(
-            asyncio.create_task(
-                self.governance.approvals.run_sweeper(self.config.sweep_interval_s),
-                name="governance-approval-sweeper",
-            )
+        for i, relay in enumerate(self.relays):
+            self.spawn(relay.run(), f"governance-relay-{i}")
+        self.spawn(
+            self.governance.approvals.run_sweeper(self.config.sweep_interval_s),
+            "governance-approval-sweeper",
         )
         if self.config.registration is not None:
-            self._tasks.append(
-                asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port, self.peer_health),
-                    name="governance-registration",
-                )
+            self.spawn(
+                keep_registered(self.config.registration, self.bound_port, self.peer_health),
+                "governance-registration",
             )
 
     async def begin_shutdown(self) -> None:
         await self.governance.close()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await self.governance.stop()
         await self.identity.stop()
-        for relay in self.relays:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay.drain_once(), timeout=2.0)
-        for publisher in self.publishers:
-            close = getattr(publisher, "close", None)
-            if close is not None:
-                await close()
+        await flush_and_close(self.relays, self.publishers)
         await self.governance.store.close()

@@ -20,6 +20,7 @@ from google.protobuf import struct_pb2
 from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
+from services.common.backoff import Backoff, Retries
 from services.common.channels import channel
 from services.common.governance_client import DECISION_METADATA
 from services.kernels.immune.model import PlaybookScore
@@ -183,7 +184,7 @@ async def keep_subscribed(
 ) -> None:
     """Creates the kernel's push subscription to metric events on the bus (idempotent, by
     a fixed subscription id), retrying with backoff until the bus takes it."""
-    backoff = 1.0
+    retries = Retries(Backoff(1.0, max_s=max_backoff_s))
     async with channel(bus_address) as chan:
         stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
         while True:
@@ -199,11 +200,11 @@ async def keep_subscribed(
                 log.info("immune: subscribed to %s on the bus", ", ".join(patterns))
                 return
             except grpc.aio.AioRpcError as exc:
+                wait = retries.failed()
                 log.warning(
                     "immune: subscribing on the bus at %s failed (%s); retrying in %.0fs",
                     bus_address,
                     exc.code().name,
-                    backoff,
+                    wait,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(max_backoff_s, backoff * 2)
+                await asyncio.sleep(wait)

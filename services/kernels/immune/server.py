@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +17,7 @@ from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.governance_client import GovernanceClient, GovernanceGate
 from services.common.identity import ComponentIdentity
-from services.common.outbox import OutboxRelay, Publisher
+from services.common.outbox import OutboxRelay, Publisher, flush_and_close
 from services.common.server import Service
 from services.common.storage import Database
 from services.common.timestamps import from_timestamp
@@ -89,7 +87,6 @@ class ImmuneServer(Service):
         self.identity = ComponentIdentity.of(
             SERVICE, config.server, self.publisher, self.relay.wake
         )
-        self._tasks: list[asyncio.Task[None]] = []
 
     def _guardian_stub(self) -> guardian_pb2_grpc.GuardianServiceAsyncStub:
         if self._guardian is None:
@@ -173,37 +170,23 @@ class ImmuneServer(Service):
             self.immune.remediator = self._remediator()
         await self.immune.open()
         self.identity.start()
-        self._tasks = [
-            asyncio.create_task(self.relay.run(), name="immune-relay"),
-            asyncio.create_task(self.immune.run(), name="immune-remediation"),
-        ]
+        self.spawn(self.relay.run(), "immune-relay")
+        self.spawn(self.immune.run(), "immune-remediation")
         if self.config.subscribe:
-            self._tasks.append(
-                asyncio.create_task(
-                    keep_subscribed(self.config.eventbus_address, SERVICE, EVENT_PATTERNS),
-                    name="immune-subscription",
-                )
+            self.spawn(
+                keep_subscribed(self.config.eventbus_address, SERVICE, EVENT_PATTERNS),
+                "immune-subscription",
             )
         if self.config.registration is not None:
-            self._tasks.append(
-                asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port, self.peer_health),
-                    name="immune-registration",
-                )
+            self.spawn(
+                keep_registered(self.config.registration, self.bound_port, self.peer_health),
+                "immune-registration",
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await self.immune.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.relay.drain_once(), timeout=2.0)
         await self.identity.stop()
-        close = getattr(self.publisher, "close", None)
-        if close is not None:
-            await close()
+        await flush_and_close([self.relay], [self.publisher])
         if self._client is not None:
             await self._client.close()
         for chan in self._channels:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -50,7 +48,6 @@ class ImmutableLogServer(Service):
         # Events are recorded only when their signature passes the bus's rules.
         self.keys = TrustKeySource(peer_address(config.server.env, "trust"))
         self.verifier = EventVerifier(self.keys, "reject")
-        self._tasks: list[asyncio.Task[None]] = []
         self._bus: grpc.aio.Channel | None = None
         self.subscriptions: Subscriptions | None = None
 
@@ -76,11 +73,9 @@ class ImmutableLogServer(Service):
         registration = self.config.registration
         if registration is not None:
             registration = dataclasses.replace(registration, public_key=self.log.public_key)
-            self._tasks.append(
-                asyncio.create_task(
-                    keep_registered(registration, self.bound_port, self.peer_health),
-                    name="immutable-log-registration",
-                )
+            self.spawn(
+                keep_registered(registration, self.bound_port, self.peer_health),
+                "immutable-log-registration",
             )
             if self.config.eventbus_address:
                 # The bus pushes to the log through the registry, so subscribing only makes
@@ -88,18 +83,9 @@ class ImmutableLogServer(Service):
                 # bus is down; each delivered event is appended once (see actions.py).
                 self._bus = channel(self.config.eventbus_address)
                 self.subscriptions = Subscriptions(self._bus, SERVICE, EVENT_PATTERNS)
-                self._tasks.append(
-                    asyncio.create_task(
-                        self.subscriptions.run(), name="immutable-log-subscriptions"
-                    )
-                )
+                self.spawn(self.subscriptions.run(), "immutable-log-subscriptions")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
         if self._bus is not None:
             await self._bus.close()
             self._bus = None

@@ -3,8 +3,6 @@ shared runtime."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -16,7 +14,7 @@ from grace.kernels.learning.v1 import learning_pb2, learning_pb2_grpc
 from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.identity import ComponentIdentity
-from services.common.outbox import OutboxRelay, Publisher
+from services.common.outbox import OutboxRelay, Publisher, flush_and_close
 from services.common.server import Service
 from services.common.storage import Database
 from services.kernels import domain
@@ -92,7 +90,6 @@ class LearningServer(Service):
         self.identity = ComponentIdentity.of(
             SERVICE, config.server, self.publisher, self.relay.wake
         )
-        self._tasks: list[asyncio.Task[None]] = []
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         learning_pb2_grpc.add_LearningServiceServicer_to_server(
@@ -124,32 +121,18 @@ class LearningServer(Service):
             self.learning.memory = MemoryContributor(chan)
         await self.learning.open()
         self.identity.start()
-        self._tasks = [
-            asyncio.create_task(self.relay.run(), name="learning-relay"),
-            asyncio.create_task(self.log_relay.run(), name="learning-log-relay"),
-            asyncio.create_task(self.learning.run(), name="learning-analysis"),
-        ]
+        self.spawn(self.relay.run(), "learning-relay")
+        self.spawn(self.log_relay.run(), "learning-log-relay")
+        self.spawn(self.learning.run(), "learning-analysis")
         if self.config.registration is not None:
-            self._tasks.append(
-                asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port),
-                    name="learning-registration",
-                )
+            self.spawn(
+                keep_registered(self.config.registration, self.bound_port),
+                "learning-registration",
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for relay in (self.relay, self.log_relay):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay.drain_once(), timeout=2.0)
         await self.identity.stop()
-        for publisher in (self.publisher, self.log_publisher):
-            close = getattr(publisher, "close", None)
-            if close is not None:
-                await close()
+        await flush_and_close([self.relay, self.log_relay], [self.publisher, self.log_publisher])
         for chan in self._channels:
             await chan.close()
         await self.learning.store.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.config import ServerConfig
 from services.common.errors import GraceError, InvalidArgument, NotFound, Unavailable
-from services.common.outbox import OutboxRelay, Publisher
+from services.common.outbox import OutboxRelay, Publisher, flush_and_close
 from services.common.server import Service
 from services.common.shared_port import SharedPort, http_error
 from services.common.storage import Database
@@ -96,7 +95,6 @@ class LibrarianServer(Service):
         )
         self.librarian.on_commit(self.relay.wake)
         self._channels: list[grpc.aio.Channel] = []
-        self._tasks: list[asyncio.Task[None]] = []
         self.intake: Intake | None = None
         self.subscriptions: Subscriptions | None = None
         self.front: SharedPort | None = None
@@ -253,8 +251,8 @@ class LibrarianServer(Service):
     async def start(self) -> None:
         await self.librarian.open()
         config = self.config
-        self._tasks.append(asyncio.create_task(self.relay.run(), name="librarian-relay"))
-        self._tasks.append(asyncio.create_task(self._maintain(), name="librarian-maintenance"))
+        self.spawn(self.relay.run(), "librarian-relay")
+        self.spawn(self._maintain(), "librarian-maintenance")
         memory = self._channel(config.memory_address)
         orchestrator = self._channel(config.orchestrator_address)
         self.intake = Intake(
@@ -285,20 +283,16 @@ class LibrarianServer(Service):
                 self.bound_port,
             )
         if config.registration is not None:
-            self._tasks.append(
-                asyncio.create_task(
-                    keep_registered(config.registration, self.public_port, self.peer_health),
-                    name="librarian-registration",
-                )
+            self.spawn(
+                keep_registered(config.registration, self.public_port, self.peer_health),
+                "librarian-registration",
             )
             if config.subscribe and config.patterns:
                 # The bus pushes through the registry, so subscriptions need the
                 # registration; creating them is idempotent and retried while the bus is down.
                 bus = self._channel(config.eventbus_address)
                 self.subscriptions = Subscriptions(bus, SERVICE, config.patterns)
-                self._tasks.append(
-                    asyncio.create_task(self.subscriptions.run(), name="librarian-subscriptions")
-                )
+                self.spawn(self.subscriptions.run(), "librarian-subscriptions")
 
     async def _maintain(self) -> None:
         while True:
@@ -320,16 +314,7 @@ class LibrarianServer(Service):
     async def stop(self) -> None:
         if self.front is not None:
             await self.front.close()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.relay.drain_once(), timeout=2.0)
-        close = getattr(self.publisher, "close", None)
-        if close is not None:
-            await close()
+        await flush_and_close([self.relay], [self.publisher])
         for chan in self._channels:
             await chan.close()
         await self.librarian.close()

@@ -7,7 +7,6 @@ of the matching SchedulerService request and answer the JSON of its response.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import time
@@ -25,7 +24,7 @@ from services.common.action_peers import PeerClients, Peers
 from services.common.bus_client import EventBusPublisher
 from services.common.errors import InvalidArgument
 from services.common.governance_client import GovernanceClient, GovernanceGate
-from services.common.outbox import OutboxRelay, Publisher
+from services.common.outbox import OutboxRelay, Publisher, flush_and_close
 from services.common.server import Service
 from services.common.storage import Database
 from services.kernels import domain
@@ -101,7 +100,6 @@ class SchedulerServer(Service):
         for relay in self.relays:
             self.scheduler.on_commit(relay.wake)
         self.servicer = SchedulerServicer(self.scheduler)
-        self._tasks: list[asyncio.Task[None]] = []
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(self.servicer, server)
@@ -168,32 +166,18 @@ class SchedulerServer(Service):
 
     async def start(self) -> None:
         await self.scheduler.open()
-        self._tasks = [
-            asyncio.create_task(relay.run(), name=f"scheduler-relay-{i}")
-            for i, relay in enumerate(self.relays)
-        ]
-        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="scheduler-loop"))
+        for i, relay in enumerate(self.relays):
+            self.spawn(relay.run(), f"scheduler-relay-{i}")
+        self.spawn(self.scheduler.run(), "scheduler-loop")
         if self.config.registration is not None:
-            self._tasks.append(
-                asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port, self.peer_health),
-                    name="scheduler-registration",
-                )
+            self.spawn(
+                keep_registered(self.config.registration, self.bound_port, self.peer_health),
+                "scheduler-registration",
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await self.scheduler.close()
-        for relay in self.relays:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay.drain_once(), timeout=2.0)
-        for publisher in self.publishers:
-            close = getattr(publisher, "close", None)
-            if close is not None:
-                await close()
+        await flush_and_close(self.relays, self.publishers)
         if self._governance is not None:
             await self._governance.close()
         if self._clients is not None:

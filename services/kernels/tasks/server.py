@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,10 +13,11 @@ import grpc
 from grace.domain.v1 import domain_pb2_grpc
 from grace.eventbus.v1 import event_pb2
 from grace.kernels.tasks.v1 import tasks_pb2, tasks_pb2_grpc
+from services.common.backoff import Backoff, Retries
 from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.governance_client import GovernanceClient, GovernanceGate
-from services.common.outbox import Outbox, OutboxRelay, Publisher
+from services.common.outbox import Outbox, OutboxRelay, Publisher, flush_and_close
 from services.common.server import Service
 from services.common.storage import Database
 from services.common.subscriptions import Subscriptions
@@ -150,7 +150,6 @@ class TasksServer(Service):
             SERVICE,
         )
         self.subscriptions: Subscriptions | None = None
-        self._tasks: list[asyncio.Task[None]] = []
 
     def _gate(self) -> GovernanceGate:
         assert self._client is not None
@@ -253,17 +252,13 @@ class TasksServer(Service):
             self.halo.experience = SharedExperience(memory, self._local)
         await self.store.open()
         await self.squad.resume()
-        self._tasks = [
-            asyncio.create_task(relay.run(), name=f"tasks-relay-{i}")
-            for i, relay in enumerate(self.relays)
-        ]
-        self._tasks.append(asyncio.create_task(self._triggers(), name="tasks-triggers"))
+        for i, relay in enumerate(self.relays):
+            self.spawn(relay.run(), f"tasks-relay-{i}")
+        self.spawn(self._triggers(), "tasks-triggers")
         if self.config.registration is not None:
-            self._tasks.append(
-                asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port, self.peer_health),
-                    name="tasks-registration",
-                )
+            self.spawn(
+                keep_registered(self.config.registration, self.bound_port, self.peer_health),
+                "tasks-registration",
             )
             if self.config.subscribe:
                 # The bus pushes to the kernel through the registry, so subscribing only
@@ -271,9 +266,7 @@ class TasksServer(Service):
                 self.subscriptions = Subscriptions(
                     self._channel_for("eventbus"), SERVICE, self.config.halo.triggers
                 )
-                self._tasks.append(
-                    asyncio.create_task(self.subscriptions.run(), name="tasks-subscriptions")
-                )
+                self.spawn(self.subscriptions.run(), "tasks-subscriptions")
 
     async def _triggers(self) -> None:
         """Event-started cycles, once governance holds risky tasks for a person (so no task
@@ -284,37 +277,27 @@ class TasksServer(Service):
 
     async def _ensure_policy(self, approvals: GovernanceApprovals, risk: str) -> None:
         """Makes sure governance holds risky tasks for a person, retrying while it is down."""
-        backoff = 0.5
+        retries = Retries(Backoff(0.5, max_s=30.0))
         while True:
             try:
                 created = await approvals.ensure_policy(APPROVAL_POLICY, risk)
             except grpc.aio.AioRpcError as exc:
+                wait = retries.failed()
                 log.warning(
                     "tasks: governance did not take policy %s (%s); retrying in %.1fs",
                     APPROVAL_POLICY,
                     exc.code().name,
-                    backoff,
+                    wait,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(30.0, backoff * 2)
+                await asyncio.sleep(wait)
                 continue
             if created:
                 log.info("tasks: policy %s holds %s-risk tasks for approval", APPROVAL_POLICY, risk)
             return
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await self.squad.close()
-        for relay in self.relays:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay.drain_once(), timeout=2.0)
-        for publisher in self.publishers:
-            close = getattr(publisher, "close", None)
-            if close is not None:
-                await close()
+        await flush_and_close(self.relays, self.publishers)
         if self._approvals is not None:
             await self._approvals.close()
         if self._client is not None:

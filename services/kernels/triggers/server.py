@@ -3,8 +3,6 @@ runtime."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +18,7 @@ from services.common.action_peers import PeerClients, Peers
 from services.common.bus_client import EventBusPublisher
 from services.common.channels import channel
 from services.common.governance_client import GovernanceClient, GovernanceGate
-from services.common.outbox import Outbox, OutboxRelay, Publisher
+from services.common.outbox import Outbox, OutboxRelay, Publisher, flush_and_close
 from services.common.server import Service
 from services.common.storage import Database
 from services.common.subscriptions import Subscriptions
@@ -111,7 +109,6 @@ class TriggersServer(Service):
         )
         self.subscriptions: list[Subscriptions] = []
         self._subscribed: set[str] = set()
-        self._tasks: list[asyncio.Task[None]] = []
 
     def _wake_relays(self) -> None:
         for relay in self.relays:
@@ -188,9 +185,7 @@ class TriggersServer(Service):
         self._subscribed.update(fresh)
         subscriptions = Subscriptions(self._channel_for("eventbus"), SERVICE, fresh)
         self.subscriptions.append(subscriptions)
-        self._tasks.append(
-            asyncio.create_task(subscriptions.run(), name=f"triggers-subscriptions-{len(fresh)}")
-        )
+        self.spawn(subscriptions.run(), f"triggers-subscriptions-{len(fresh)}")
 
     async def start(self) -> None:
         await self.store.open()
@@ -202,33 +197,19 @@ class TriggersServer(Service):
             len(file_rules),
             self.config.rules_file or "no rules file",
         )
-        self._tasks = [
-            asyncio.create_task(relay.run(), name=f"triggers-relay-{i}")
-            for i, relay in enumerate(self.relays)
-        ]
-        self._tasks.append(asyncio.create_task(self.mesh.run(), name="triggers-mesh"))
+        for i, relay in enumerate(self.relays):
+            self.spawn(relay.run(), f"triggers-relay-{i}")
+        self.spawn(self.mesh.run(), "triggers-mesh")
         if self.config.registration is not None:
-            self._tasks.append(
-                asyncio.create_task(
-                    keep_registered(self.config.registration, self.bound_port),
-                    name="triggers-registration",
-                )
+            self.spawn(
+                keep_registered(self.config.registration, self.bound_port),
+                "triggers-registration",
             )
             self.mesh.on_rules_changed = self._subscribe
             self._subscribe(self.mesh.patterns())
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for relay in self.relays:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay.drain_once(), timeout=2.0)
-        for publisher in self.publishers:
-            close = getattr(publisher, "close", None)
-            if close is not None:
-                await close()
+        await flush_and_close(self.relays, self.publishers)
         if self._governance is not None:
             await self._governance.close()
         if self._clients is not None:
