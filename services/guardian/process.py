@@ -165,6 +165,8 @@ class Zygote:
                     )
                     if not future.done():
                         future.set_result(int(message["code"]))
+                elif "not_preloaded" in message and "ready" not in message:
+                    log.info("fork server: not preloaded: %s", ", ".join(message["not_preloaded"]))
                 elif self._reply is not None and not self._reply.done():
                     self._reply.set_result(message)
         finally:
@@ -199,7 +201,11 @@ def fork_server_for(topology: Topology, env: Mapping[str, str]) -> Zygote | None
     the topology turns it off, has no module to preload, or the system has no fork()."""
     if not topology.boot.fork_server:
         return None
-    modules = sorted({spec.module for spec in topology.components if spec.module})
+    # In boot order: the zygote is ready once the first is imported, and imports the others
+    # while the first chunks start.
+    modules = list(
+        dict.fromkeys(spec.module for chunk in topology.chunks() for spec in chunk if spec.module)
+    )
     if not modules:
         return None
     if not hasattr(os, "fork"):

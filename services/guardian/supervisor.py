@@ -219,6 +219,7 @@ class Supervisor:
             await zygote.close()
             return
         self._lifecycle.zygote = zygote
+        log.info("fork server ready")
 
     def _issue_credentials(self) -> None:
         if self.credentials is None:
