@@ -68,8 +68,10 @@ def test_a_struct_that_is_not_a_free_object_would_fail_the_compilation(tmp_path:
     """The compilation can fail: with Struct as a closed object, `data: {...}` is refused."""
     _npm_ci()
     app = build_app(GatewayConfig(env={"GRACE_GATEWAY_GOVERNANCE": "off"}))
-    text = app.openapi_json().decode().replace(
-        '"additionalProperties":true', '"additionalProperties":false'
+    text = (
+        app.openapi_json()
+        .decode()
+        .replace('"additionalProperties":true', '"additionalProperties":false')
     )
     document = tmp_path / "openapi.json"
     document.write_text(text)
