@@ -8,8 +8,10 @@ counts them once) and RSS (counts them in every process). The baseline, in the s
 the same topology with the fork server off: every component a fresh interpreter.
 
 Prints a table of min / median / max over the runs for each mode, the per-component PSS of
-the median fork-server run, and one JSON line (`boot_s` and `pss_total_mb` are the fork
-server's medians).
+the median fork-server run, the boot timeline of the median fork-server run (from
+Guardian's log: when each chunk began, when each component was forked and when it was
+SERVING, in seconds since `grace up` was started), and one JSON line (`boot_s` and
+`pss_total_mb` are the fork server's medians).
 
     .venv/bin/python benchmarks/footprint.py [--runs 5] [--settle 3]
 """
@@ -18,10 +20,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
+import re
 import statistics
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,6 +39,7 @@ class Run:
     boot_s: float
     pss_kb: dict[str, int]
     rss_kb: dict[str, int]
+    timeline: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def pss_total_mb(self) -> float:
@@ -44,15 +50,38 @@ class Run:
         return sum(self.rss_kb.values()) / 1024
 
 
+# Guardian's log lines that mark the boot: chunks, forks, SERVING, the fork server ready.
+_BOOT_EVENT = re.compile(
+    r"^(\S+ \S+) \S+ services\.guardian\.\w+ "
+    r"(booting chunk .*|fork server ready|\S+ started: pid|\S+: STARTING -> SERVING)"
+)
+
+
+def boot_timeline(log_file: Path, started_at: float) -> list[tuple[float, str]]:
+    """(seconds since `started_at`, event) for each boot event in Guardian's log."""
+    events = []
+    for line in log_file.read_text(errors="replace").splitlines():
+        match = _BOOT_EVENT.match(line)
+        if match is None:
+            continue
+        stamp = datetime.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        event = match[2].replace(" started: pid", " forked").replace(": STARTING -> ", " ")
+        events.append((stamp - started_at, event))
+    return events
+
+
 async def one_run(fork_server: bool, settle_s: float) -> Run:
     config = f"[boot]\nfork_server = {'true' if fork_server else 'false'}\n"
+    started_at = time.time()
     async with start_grace(config=config) as grace:
         await asyncio.sleep(settle_s)
         memory = memory_by_process(grace.pid)
+        timeline = boot_timeline(grace.data_dir / "logs" / "guardian.log", started_at)
     return Run(
         grace.boot_s,
         {name: pss for name, (_, pss, _) in memory.items()},
         {name: rss for name, (_, _, rss) in memory.items()},
+        timeline,
     )
 
 
@@ -87,6 +116,10 @@ async def main() -> None:
     for name in sorted(median_run.pss_kb, key=lambda n: -median_run.pss_kb[n]):
         pss_mb, rss_mb = median_run.pss_kb[name] / 1024, median_run.rss_kb[name] / 1024
         print(f"  {name:<40} {pss_mb:7.1f} {rss_mb:7.1f}")
+    median_boot = sorted(forked, key=lambda r: r.boot_s)[len(forked) // 2]
+    print(f"\nboot timeline, median fork-server run ({median_boot.boot_s:.2f} s), s since start:")
+    for at, event in median_boot.timeline:
+        print(f"  {at:6.2f}  {event}")
     print(
         json.dumps(
             {

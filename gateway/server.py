@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from google.protobuf import descriptor as _descriptor
 from starlette.middleware.cors import CORSMiddleware
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol  # preloaded by a fork server
 
 from gateway.app import ForwardGate, GatewayApp
 from gateway.comments import load_comments
@@ -117,14 +118,18 @@ def build_app(
     roots = list(proto_roots) if proto_roots is not None else []
     if proto_roots is None and config.proto_root is not None:
         roots = [config.proto_root]
-    comments = load_comments(roots) if roots else {}
-    if not comments:
-        log.warning(
-            "no proto comments found (proto roots: %s): /openapi.json has no descriptions; "
-            "set GRACE_GATEWAY_PROTO_ROOT to the directory of Grace's .proto files",
-            ", ".join(map(str, roots)) or "none",
-        )
-    document = build_openapi(table, comments, builtin_openapi_paths())
+
+    def openapi() -> dict[str, Any]:
+        comments = load_comments(roots) if roots else {}
+        if not comments:
+            log.warning(
+                "no proto comments found (proto roots: %s): /openapi.json has no "
+                "descriptions; set GRACE_GATEWAY_PROTO_ROOT to the directory of Grace's "
+                ".proto files",
+                ", ".join(map(str, roots)) or "none",
+            )
+        return build_openapi(table, comments, builtin_openapi_paths())
+
     upstreams = Upstreams(config.env, max_message_bytes=config.max_message_bytes)
     log.info("gateway: %d routes over %d services", len(table), len(table.services()))
     if gate is None:
@@ -135,7 +140,7 @@ def build_app(
         authenticator = Authenticator(
             TokenValidator(security.tokens_file, refresh_s=security.token_refresh_s)
         )
-    return GatewayApp(config, table, upstreams, document, gate, authenticator)
+    return GatewayApp(config, table, upstreams, openapi, gate, authenticator)
 
 
 # What a browser page may send and read across origins.
@@ -282,7 +287,10 @@ class Gateway:
         uv_config = uvicorn.Config(
             browser_ready(self.app, self.config),
             lifespan="off",
-            http="httptools",
+            http=HttpToolsProtocol,
+            # No WebSocket routes: without this, uvicorn imports a WebSocket library at
+            # every start (the largest part of the gateway's start-up imports).
+            ws="none",
             loop="none",
             log_level="warning",
             access_log=False,

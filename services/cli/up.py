@@ -39,6 +39,7 @@ from services.common.telemetry import TraceContextFilter, configure_logging, con
 from services.common.tokens import admin_token_file
 from services.guardian.config import EXAMPLES_GROUP, SERVICE, GuardianConfig
 from services.guardian.model import ComponentStatus, State, StateChange
+from services.guardian.process import fork_server_for
 from services.guardian.topology import Topology, TopologyError, load_topology
 
 EXIT_CONFIG = int(Exit.UNAVAILABLE)
@@ -134,9 +135,20 @@ def run_up(args: argparse.Namespace) -> int:
     configure_tracing(SERVICE, config.server.env)
     names = ", ".join(c.name for c in topology.components)
     print(f"grace up: booting {names} (logs in {log_file.parent})", flush=True)
+    with _state_file(data_dir, config, topology):
+        return asyncio.run(_boot_and_serve(config, topology))
+
+
+async def _boot_and_serve(config: GuardianConfig, topology: Topology) -> int:
+    # The fork server starts first: its imports (every component's modules) then run in
+    # its own process, on another core, while this one imports and starts Guardian.
+    zygote = fork_server_for(topology, config.server.env)
+    if zygote is not None:
+        await zygote.launch()
     # Imported here: Guardian's runtime (storage, outbox) would slow every other command.
     from services.guardian.runner import serve
 
+    data_dir = config.server.data_dir
     gateway = topology.component("gateway")
     registry = topology.component("registry")
     reporter = ConsoleReporter(
@@ -151,8 +163,7 @@ def run_up(args: argparse.Namespace) -> int:
     )
     if config.server.security is None:
         print(INSECURE_WARNING, file=sys.stderr, flush=True)
-    with _state_file(data_dir, config, topology):
-        return asyncio.run(serve(config, topology, reporter=reporter))
+    return await serve(config, topology, reporter=reporter, zygote=zygote)
 
 
 @contextlib.contextmanager

@@ -139,6 +139,13 @@ class Credentials:
             except (OSError, signing.SigningKeyError):
                 log.exception("certificate renewal failed; retrying in %ss", self.check_every_s)
 
+    def issue_ahead(self, name: str, kind: str, gateway: str | None = None) -> None:
+        """Issues now what `child_env` would issue for this child (its key and certificate),
+        so that its spawn does not wait for them; a domain that joins issues nothing."""
+        if kind == "domain" and gateway:
+            return
+        self.ensure(Identity(kind, name))
+
     def child_env(self, name: str, kind: str, gateway: str | None = None) -> dict[str, str]:
         """The security variables of a child: its certificate, key, CA and token file.
 

@@ -23,6 +23,7 @@ from typing import Any
 from services.common.config import env_prefix
 from services.common.supervision import SUPERVISOR_PID_ENV
 from services.guardian.model import ComponentStatus
+from services.guardian.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,14 @@ class Zygote:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._reader: asyncio.Task[None] | None = None
 
-    async def start(self, timeout_s: float = 60.0) -> None:
-        """Starts the zygote and waits until it has imported the preload modules."""
+    async def launch(self) -> None:
+        """Starts the zygote's process without waiting for its imports (idempotent).
+
+        `grace up` launches it before importing Guardian's own runtime, so the zygote's
+        imports run on another core while Guardian imports and starts; `start` then waits.
+        """
+        if self._proc is not None:
+            return
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -97,6 +104,12 @@ class Zygote:
         )
         self._reply = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read(), name="fork server reader")
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        """Starts the zygote (unless launched already) and waits until it has imported the
+        preload modules."""
+        await self.launch()
+        assert self._reply is not None
         ready = await asyncio.wait_for(asyncio.shield(self._reply), timeout_s)
         if not ready.get("ready"):
             raise OSError(f"the fork server did not start: {ready.get('error', ready)}")
@@ -152,6 +165,8 @@ class Zygote:
                     )
                     if not future.done():
                         future.set_result(int(message["code"]))
+                elif "not_preloaded" in message and "ready" not in message:
+                    log.info("fork server: not preloaded: %s", ", ".join(message["not_preloaded"]))
                 elif self._reply is not None and not self._reply.done():
                     self._reply.set_result(message)
         finally:
@@ -179,6 +194,24 @@ class Zygote:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
         self._proc = None
+
+
+def fork_server_for(topology: Topology, env: Mapping[str, str]) -> Zygote | None:
+    """The fork server for a topology's Python components (not yet started), or None when
+    the topology turns it off, has no module to preload, or the system has no fork()."""
+    if not topology.boot.fork_server:
+        return None
+    # In boot order: the zygote is ready once the first is imported, and imports the others
+    # while the first chunks start.
+    modules = list(
+        dict.fromkeys(spec.module for chunk in topology.chunks() for spec in chunk if spec.module)
+    )
+    if not modules:
+        return None
+    if not hasattr(os, "fork"):
+        log.info("fork server off: this system has no fork()")
+        return None
+    return Zygote(modules, env)
 
 
 class ForkedProcess:

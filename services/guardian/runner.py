@@ -23,6 +23,7 @@ from services.common.outbox import Publisher
 from services.common.server import GraceServer
 from services.guardian.config import GuardianConfig
 from services.guardian.model import ComponentStatus, StateChange
+from services.guardian.process import Zygote
 from services.guardian.server import GuardianServer
 from services.guardian.supervisor import BootError
 from services.guardian.topology import Topology
@@ -56,11 +57,13 @@ async def serve(
     *,
     reporter: Reporter | None = None,
     publisher: Publisher | None = None,
+    zygote: Zygote | None = None,
 ) -> int:
     """Boots, supervises until a signal, stops everything; returns the exit code.
 
     Without an explicit publisher, `healing.*` events go to the event bus of the topology
     (or GRACE_EVENTBUS_ADDR); they wait in Guardian's outbox while the bus is down.
+    `zygote` is a fork server the caller launched early (see `fork_server_for`).
     """
     secure_data_dir(config.server.data_dir)
     if publisher is None:
@@ -71,7 +74,11 @@ async def serve(
         loop.add_signal_handler(sig, stop_requested.set)
     server: GraceServer | None = None
     service = GuardianServer(
-        config, topology, publisher=publisher, address=lambda: server.address if server else ""
+        config,
+        topology,
+        publisher=publisher,
+        address=lambda: server.address if server else "",
+        zygote=zygote,
     )
     server = GraceServer(config.server, service)
     report_until = asyncio.Event()
@@ -112,6 +119,8 @@ async def serve(
                 await report_task
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if zygote is not None:  # the supervisor closed it, unless the boot never began
+            await zygote.close()
         telemetry.current().shutdown()
     return EXIT_OK
 

@@ -22,6 +22,7 @@ from services.guardian.credentials import Credentials
 from services.guardian.healing_workflow import HealingWorkflows
 from services.guardian.journal import Journal
 from services.guardian.playbooks import Healer
+from services.guardian.process import Zygote
 from services.guardian.registration import Registrar
 from services.guardian.servicer import GuardianServicer
 from services.guardian.store import SOURCE, GuardianStore
@@ -42,6 +43,7 @@ class GuardianServer(Service):
         publisher: Where `healing.*` events go (the event bus client); None keeps them in
             the outbox until a publisher is plugged in.
         address: Returns Guardian's own `host:port` once bound (given to children).
+        zygote: A fork server launched early, for the supervisor to adopt.
     """
 
     # Domains Guardian boots join (get their certificate) during the boot.
@@ -54,6 +56,7 @@ class GuardianServer(Service):
         *,
         publisher: Publisher | None = None,
         address: Callable[[], str] | None = None,
+        zygote: Zygote | None = None,
     ) -> None:
         self.config = config
         self.topology = topology
@@ -83,6 +86,7 @@ class GuardianServer(Service):
             journal=self.journal,
             registrar=self.registrar,
             credentials=self.credentials,
+            zygote=zygote,
         )
         self.governance = (
             GovernanceClient(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -27,7 +26,7 @@ from services.guardian.model import (
     SystemHealth,
     summarize,
 )
-from services.guardian.process import ChildProcess, Zygote, child_environment
+from services.guardian.process import ChildProcess, Zygote, child_environment, fork_server_for
 from services.guardian.registration import Registrar
 from services.guardian.topology import ComponentSpec, Topology
 
@@ -61,6 +60,8 @@ class Supervisor:
         registrar: Registers components in the registry; None to skip.
         credentials: Issues each child's certificate (secure mode); None for plaintext.
         clock: Epoch seconds.
+        zygote: A fork server launched early (`fork_server_for`), which the boot adopts;
+            None to start one at the boot when the topology asks for it.
     """
 
     def __init__(
@@ -75,6 +76,7 @@ class Supervisor:
         registrar: Registrar | None = None,
         credentials: Credentials | None = None,
         clock: Callable[[], float] = time.time,
+        zygote: Zygote | None = None,
     ) -> None:
         self.topology = topology
         self.data_dir = data_dir
@@ -98,6 +100,7 @@ class Supervisor:
             child_env=self._child_env,
             on_spawn=self._spawned,
         )
+        self._early_zygote = zygote
         self._watchers: set[asyncio.Queue[StateChange]] = set()
         self._components: dict[str, Managed] = {
             spec.name: Managed(
@@ -201,13 +204,14 @@ class Supervisor:
         log.info("boot complete: %d components", len(self._components))
 
     async def _start_fork_server(self) -> None:
-        modules = sorted({spec.module for spec in self.topology.components if spec.module})
-        if not modules:
+        zygote, self._early_zygote = self._early_zygote, None
+        if zygote is None:
+            zygote = fork_server_for(self.topology, self.base_env)
+        if zygote is None:
             return
-        if not hasattr(os, "fork"):
-            log.info("fork server off: this system has no fork()")
-            return
-        zygote = Zygote(modules, self.base_env)
+        # While the zygote imports (in its own process), issue every component's
+        # credentials: the chunks then fork without waiting on key and certificate work.
+        self._issue_credentials()
         try:
             await zygote.start()
         except (OSError, TimeoutError, ValueError) as exc:
@@ -215,6 +219,17 @@ class Supervisor:
             await zygote.close()
             return
         self._lifecycle.zygote = zygote
+        log.info("fork server ready")
+
+    def _issue_credentials(self) -> None:
+        if self.credentials is None:
+            return
+        gateway = self._components.get("gateway")
+        for managed in self._components.values():
+            spec = managed.status.spec
+            self.credentials.issue_ahead(
+                spec.name, spec.identity, gateway.status.address if gateway else None
+            )
 
     async def _boot_one(self, spec: ComponentSpec, chunk: list[ComponentSpec]) -> bool:
         in_chunk = {s.name for s in chunk}
@@ -238,9 +253,10 @@ class Supervisor:
         rest = [n for n in self._components if n not in started]
         for name in [*reversed(started), *rest]:
             await self.stop(name, deregister=False)
-        if self._lifecycle.zygote is not None:
-            await self._lifecycle.zygote.close()
-            self._lifecycle.zygote = None
+        for zygote in (self._lifecycle.zygote, self._early_zygote):
+            if zygote is not None:
+                await zygote.close()
+        self._lifecycle.zygote = self._early_zygote = None
         log.info("all components stopped")
 
     # ---- commands --------------------------------------------------------------------

@@ -8,10 +8,17 @@ in a child do not touch, and so copy, the shared pages), and forks a child per c
 A child starts in milliseconds and shares the imported modules' pages with the zygote
 until it writes to them.
 
+The zygote says it is ready once the first module is imported (Guardian names them in boot
+order), and imports the others one at a time while no request waits, or at once when a
+request needs one: the first chunk starts while the zygote is still importing what later
+chunks run, so the boot does not wait for every import. A child shares what was imported
+before its fork, which includes its own modules.
+
 Protocol, one JSON object per line. Guardian writes `{"module", "args", "env", "log_path",
 "cwd"}` to the zygote's stdin; the zygote answers `{"pid": N}` (or `{"error": "..."}`) in
 order, and whenever a component exits, `{"exited": N, "code": C}` with the exit code as
-asyncio reports it (negative: killed by that signal). The zygote is the components' parent
+asyncio reports it (negative: killed by that signal), and `{"not_preloaded": [...]}` for a
+module it could not import ahead. The zygote is the components' parent
 and reaps them.
 
 Each child runs in a session of its own, with the environment, argv, working directory and
@@ -127,10 +134,13 @@ def _become_component(request: dict[str, Any], started: int) -> None:
 class _Server:
     """The zygote's loop: spawn requests on stdin, replies and exit reports on stdout."""
 
-    def __init__(self, requests: int, replies: BinaryIO) -> None:
+    def __init__(self, requests: int, replies: BinaryIO, pending: Sequence[str] = ()) -> None:
         self.requests = requests
         self.replies = replies
         self.buffer = b""
+        # Modules still to preload, in boot order: imported one at a time while no request
+        # waits, and at once when a request needs one.
+        self.pending = list(pending)
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_read, False)
         os.set_blocking(wake_write, False)
@@ -147,8 +157,13 @@ class _Server:
         """Serves until stdin ends (Guardian is gone), then returns."""
         while True:
             try:
-                readable, _, _ = select.select([self.requests, self.wake], [], [])
+                readable, _, _ = select.select(
+                    [self.requests, self.wake], [], [], 0 if self.pending else None
+                )
             except InterruptedError:
+                continue
+            if not readable and self.pending:
+                self.preload([self.pending[0]])
                 continue
             if self.wake in readable:
                 while True:
@@ -168,9 +183,21 @@ class _Server:
                     if line.strip():
                         self.spawn(line)
 
+    def preload(self, modules: Sequence[str]) -> None:
+        """Preloads these modules now (those still pending), reporting any it could not."""
+        self.pending = [name for name in self.pending if name not in modules]
+        failed = preload(modules)
+        if failed:
+            self.send({"not_preloaded": failed})
+
     def spawn(self, line: bytes) -> None:
         try:
             request = json.loads(line)
+            if request.get("module") in self.pending:
+                self.preload([request["module"]])
+            # What is imported lives as long as the zygote: keep the collector off it, so
+            # a child's collections neither scan it nor dirty (and so copy) its pages.
+            gc.freeze()
             started_read, started_write = os.pipe()
             pid = os.fork()
         except (OSError, ValueError) as exc:
@@ -196,7 +223,11 @@ class _Server:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m services.guardian.zygote MODULE...`: preload, say ready, serve."""
+    """`python -m services.guardian.zygote MODULE...`: preload the first module, say ready,
+    serve (preloading the others, in the order given, while no request waits).
+
+    Guardian names the modules in boot order, so the first chunk forks as soon as its
+    module is imported, and the rest are imported while the first components start."""
     modules = list(sys.argv[1:] if argv is None else argv)
     if not hasattr(os, "fork"):
         print(json.dumps({"error": "fork is not available on this system"}), flush=True)
@@ -204,12 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # setproctitle finds the memory of argv when first used; do it here, while the
     # environment is still the one the process started with (a child replaces it).
     setproctitle.setproctitle(setproctitle.getproctitle())
-    failed = preload(modules)
-    # Everything imported so far lives as long as the zygote: keep the collector off it, so
-    # a child's collections neither scan it nor dirty (and so copy) its pages.
-    gc.collect()
-    gc.freeze()
-    server = _Server(sys.stdin.fileno(), sys.stdout.buffer)
+    failed = preload(modules[:1])
+    gc.collect()  # the import-time garbage, before anything is frozen
+    server = _Server(sys.stdin.fileno(), sys.stdout.buffer, modules[1:])
     server.send({"ready": True, "not_preloaded": failed})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Guardian stops it by closing its stdin
     server.run()

@@ -18,7 +18,7 @@ import json, gateway
 from gateway.config import GatewayConfig
 from gateway.server import build_app
 app = build_app(GatewayConfig.from_env({}))
-document = json.loads(app._openapi)
+document = json.loads(app.openapi_json())
 print(json.dumps({
     "gateway": gateway.__file__,
     "register": document["paths"]["/domains/register"]["post"].get("description", ""),

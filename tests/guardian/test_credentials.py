@@ -80,3 +80,20 @@ def test_a_joining_domain_binds_its_signing_key_and_renewal_carries_it_forward(
     assert (
         bound_signing_key(issuer.join(token, csr_pem(generate_key()), presented=elsewhere)) is None
     )
+
+
+def test_issuing_ahead_gives_the_spawn_the_files_it_would_have_issued_and_a_joining_domain_none(
+    tmp_path: Path,
+) -> None:
+    issuer = credentials(tmp_path)
+    issuer.issue_ahead("registry", "component")
+    cert = tmp_path / "pki" / "component" / "registry.crt"
+    issued = cert.read_bytes()
+    env = issuer.child_env("registry", "component")
+    assert env["GRACE_TLS_CERT"] == str(cert)
+    assert cert.read_bytes() == issued  # the spawn reuses it: nothing issued twice
+    assert bound_in(cert) == load_or_create_key(component_key_path(tmp_path, "registry")).public_key
+    # A domain that joins through the gateway fetches its own certificate: none ahead.
+    issuer.issue_ahead("data", "domain", "127.0.0.1:8000")
+    assert not (tmp_path / "pki" / "domain" / "data.crt").exists()
+    assert not component_key_path(tmp_path, "data").exists()

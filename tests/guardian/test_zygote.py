@@ -141,3 +141,26 @@ async def test_without_a_running_fork_server_the_component_is_started_with_exec(
     assert await proc.wait() == 3
     assert json.loads(report.read_text())["parent"] == os.getpid()
     assert "guardian starts probe" in (tmp_path / "logs" / "probe.log").read_text()
+
+
+async def test_the_fork_server_is_ready_after_the_first_module_and_imports_the_rest_unasked(
+    tmp_path: Path,
+) -> None:
+    # Ready before the second module is imported (its import waits for the gate), so the
+    # first chunk boots meanwhile; then, with no request, the zygote imports it itself.
+    gate, mark = tmp_path / "gate", tmp_path / "mark"
+    env = {
+        **os.environ,
+        "GRACE_TEST_IMPORT_GATE": str(gate),
+        "GRACE_TEST_IMPORT_MARK": str(mark),
+    }
+    server = Zygote(["services.registry", "tests.guardian.gated_import"], env)
+    try:
+        await server.start()
+        assert not mark.exists()
+        gate.touch()
+        await eventually(mark.exists, what="the zygote to import the second module")
+        assert server._proc is not None
+        assert mark.read_text() == str(server._proc.pid)
+    finally:
+        await server.close()

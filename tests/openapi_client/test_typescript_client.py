@@ -55,7 +55,7 @@ def test_the_generated_client_compiles_strictly_against_each_seed_route(
     _npm_ci()
     app = build_app(GatewayConfig(env={"GRACE_GATEWAY_GOVERNANCE": "off"}))
     document = tmp_path / "openapi.json"
-    document.write_text(json.dumps(json.loads(app._openapi)))
+    document.write_text(json.dumps(json.loads(app.openapi_json())))
     generated = HERE / "generated"
     generated.mkdir(exist_ok=True)
     made = _run("openapi-typescript", str(document), "-o", str(generated / "grace-api.d.ts"))
@@ -68,8 +68,10 @@ def test_a_struct_that_is_not_a_free_object_would_fail_the_compilation(tmp_path:
     """The compilation can fail: with Struct as a closed object, `data: {...}` is refused."""
     _npm_ci()
     app = build_app(GatewayConfig(env={"GRACE_GATEWAY_GOVERNANCE": "off"}))
-    text = app._openapi.decode().replace(
-        '"additionalProperties":true', '"additionalProperties":false'
+    text = (
+        app.openapi_json()
+        .decode()
+        .replace('"additionalProperties":true', '"additionalProperties":false')
     )
     document = tmp_path / "openapi.json"
     document.write_text(text)
