@@ -68,6 +68,9 @@ class Log(Protocol):
     async def sync(self) -> None:
         """Brings `head` and `first` up to date with what other processes appended."""
 
+    def encode(self, events: Sequence[event_pb2.Event]) -> list[bytes]:
+        """Each event serialized (sequence included), as a stream sends it."""
+
     async def append(
         self, batch: Sequence[event_pb2.Event], generated: Sequence[bool]
     ) -> list[Appended]:
@@ -149,6 +152,13 @@ class EventLog:
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
         self.readers: set[Reader] = set()
+        # The stored bytes of the newest events, by sequence: live readers stream the
+        # events they were handed at commit, and sending these bytes saves serializing
+        # each event again per stream (see `encode`). Bounded to what one live reader can
+        # hold queued; an older event is serialized, which gives the same bytes.
+        self._recent: dict[int, bytes] = {}
+        self._recent_first = 1
+        self._recent_limit = settings.reader_queue_limit
 
     async def open(self) -> None:
         """Loads the log's bounds and starts the committer (the store is open already)."""
@@ -196,8 +206,33 @@ class EventLog:
         self.head = plan.head
         self._last_published_at = now
         self.duplicates += plan.duplicates
+        self._remember(plan.rows)
         self._fan_out(plan.fresh)
         return plan.answers
+
+    def _remember(self, rows: list[EventRow]) -> None:
+        """Keeps the committed rows' bytes for `encode`, dropping the oldest past the limit."""
+        if not rows:
+            return
+        recent = self._recent
+        for row in rows:
+            recent[row[0]] = row[5]
+        cut = rows[-1][0] - self._recent_limit
+        if cut >= self._recent_first:
+            pop = recent.pop
+            for sequence in range(self._recent_first, cut + 1):
+                pop(sequence, None)
+            self._recent_first = cut + 1
+
+    def encode(self, events: Sequence[event_pb2.Event]) -> list[bytes]:
+        """Each event as stored (its serialization, sequence included): the bytes kept
+        from its commit when it is recent, else serialized now."""
+        recent = self._recent
+        encoded = []
+        for event in events:
+            stored = recent.get(event.sequence)
+            encoded.append(stored if stored is not None else event.SerializeToString())
+        return encoded
 
     async def _write(self, group: list[_Pending], plan: _Plan, now: float) -> _Plan:
         """Writes the plan; on a duplicate of a stored event, re-plans and writes again.
