@@ -40,11 +40,10 @@ def add_to_server(servicer: EventBusServicer, server: grpc.aio.Server) -> None:
     """Registers the servicer as the generated code would, except that Subscribe's
     responses may be the bytes of a SubscribeResponse (sent as they are)."""
     handlers = _GeneratedHandlers()
-    eventbus_pb2_grpc.add_EventBusServiceServicer_to_server(servicer, handlers)
-    subscribe = handlers.methods["Subscribe"]
+    eventbus_pb2_grpc.add_EventBusServiceServicer_to_server(servicer, handlers)  # type: ignore[arg-type]
     handlers.methods["Subscribe"] = grpc.unary_stream_rpc_method_handler(
-        subscribe.unary_stream,
-        request_deserializer=subscribe.request_deserializer,
+        servicer.Subscribe,
+        request_deserializer=eventbus_pb2.SubscribeRequest.FromString,
         response_serializer=passthrough(eventbus_pb2.SubscribeResponse.SerializeToString),
     )
     server.add_generic_rpc_handlers(
@@ -57,13 +56,13 @@ class _GeneratedHandlers:
     """Takes the method handlers the generated registration function makes."""
 
     def __init__(self) -> None:
-        self.methods: dict[str, grpc.RpcMethodHandler] = {}
+        self.methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     def add_generic_rpc_handlers(self, handlers: Any) -> None:
         pass  # the same handlers come to add_registered_method_handlers
 
     def add_registered_method_handlers(
-        self, service: str, methods: dict[str, grpc.RpcMethodHandler]
+        self, service: str, methods: dict[str, grpc.RpcMethodHandler[Any, Any]]
     ) -> None:
         self.methods = dict(methods)
 
