@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+# Most bytes of stored events kept for streaming them (see `EventLog.encode`).
+RECENT_BYTES = 16 * 1024 * 1024
+
 
 class Appended(NamedTuple):
     """The outcome of appending one event (a tuple: one is built per event on the hot path)."""
@@ -155,9 +158,10 @@ class EventLog:
         # The stored bytes of the newest events, by sequence: live readers stream the
         # events they were handed at commit, and sending these bytes saves serializing
         # each event again per stream (see `encode`). Bounded to what one live reader can
-        # hold queued; an older event is serialized, which gives the same bytes.
+        # hold queued and at most RECENT_BYTES; an older event is serialized anew.
         self._recent: dict[int, bytes] = {}
-        self._recent_first = 1
+        self._recent_first = 1  # the oldest sequence that may be kept
+        self._recent_bytes = 0
         self._recent_limit = settings.reader_queue_limit
 
     async def open(self) -> None:
@@ -165,6 +169,7 @@ class EventLog:
         first, head = await self.store.bounds()
         self.head = head
         self.first = first or head + 1
+        self._recent_first = head + 1
         if head:
             self._last_published_at = await self.store.published_at(head) or 0.0
         self._committer.start()
@@ -211,18 +216,24 @@ class EventLog:
         return plan.answers
 
     def _remember(self, rows: list[EventRow]) -> None:
-        """Keeps the committed rows' bytes for `encode`, dropping the oldest past the limit."""
+        """Keeps the committed rows' bytes for `encode`, dropping the oldest past the
+        count and byte limits."""
         if not rows:
             return
         recent = self._recent
+        size = self._recent_bytes
         for row in rows:
-            recent[row[0]] = row[5]
-        cut = rows[-1][0] - self._recent_limit
-        if cut >= self._recent_first:
-            pop = recent.pop
-            for sequence in range(self._recent_first, cut + 1):
-                pop(sequence, None)
-            self._recent_first = cut + 1
+            payload = row[5]
+            recent[row[0]] = payload
+            size += len(payload)
+        first, last = self._recent_first, rows[-1][0]
+        pop = recent.pop
+        while first <= last and (last - first >= self._recent_limit or size > RECENT_BYTES):
+            dropped = pop(first, None)
+            if dropped is not None:
+                size -= len(dropped)
+            first += 1
+        self._recent_first, self._recent_bytes = first, size
 
     def encode(self, events: Sequence[event_pb2.Event]) -> list[bytes]:
         """Each event as stored (its serialization, sequence included): the bytes kept

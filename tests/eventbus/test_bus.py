@@ -9,6 +9,7 @@ from google.protobuf import struct_pb2
 
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import InvalidArgument, NotFound
+from services.eventbus import eventlog
 from services.eventbus.bus import EventBus
 from services.eventbus.envelope import validate_patterns
 from services.eventbus.eventlog import EventLog
@@ -179,7 +180,7 @@ async def test_type_counts_survive_in_the_store(bus: EventBus) -> None:
 
 
 async def test_the_log_encodes_recent_events_from_their_stored_bytes_and_older_ones_anew(
-    bus: EventBus,
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not isinstance(bus.log, EventLog):
         pytest.skip("the built-in log keeps its commits' bytes; JetStream serializes")
@@ -193,3 +194,7 @@ async def test_the_log_encodes_recent_events_from_their_stored_bytes_and_older_o
     assert [event_pb2.Event.FromString(e) for e in encoded] == events
     stored = await bus.log.scan(0, 5, 10, LogFilter((), ""))
     assert encoded[2:] == [row.payload for row in stored][2:]
+    # Bounded by bytes as well: large events leave fewer kept.
+    monkeypatch.setattr(eventlog, "RECENT_BYTES", len(stored[-1].payload) * 5 // 2)
+    await bus.publish_batch([ev(id=f"f{i}", data=data) for i in range(3)])
+    assert sorted(bus.log._recent) == [7, 8]
