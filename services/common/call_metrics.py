@@ -125,18 +125,27 @@ class CallTallies:
             self.record_edge(TrafficKind.CALL, caller, component, latency_s, error=error)
 
     def record_edge(
-        self, kind: TrafficKind, source: str, target: str, latency_s: float, *, error: bool
+        self,
+        kind: TrafficKind,
+        source: str,
+        target: str,
+        latency_s: float,
+        *,
+        error: bool,
+        times: int = 1,
     ) -> None:
-        """Counts one call, publish or delivery on the edge source -> target."""
+        """Counts one call, publish or delivery on the edge source -> target (`times` of
+        them with the same latency and outcome, e.g. the events of one stored batch)."""
         key = (kind, source, target)
         tally = self._traffic.get(key)
         if tally is None:
             if len(self._traffic) >= MAX_TRAFFIC_PER_REPORT:
-                self.dropped += 1
+                self.dropped += times
                 return
             tally = self._traffic[key] = EdgeTally()
-        tally.errors += int(error)
-        tally.latency.add(latency_s * 1000.0)
+        if error:
+            tally.errors += times
+        tally.latency.add(latency_s * 1000.0, times)
 
     def drain(self) -> dict[str, CallTally]:
         """The per-component tallies so far; counting starts again from zero."""

@@ -339,22 +339,24 @@ class EventVerifier:
         # An accepted event's judgement depends only on its source and status (and the
         # caller, fixed for the call): judged once per pair, then only counted. Refusals
         # and flagged events name the event, so each is judged on its own.
-        accepted: dict[tuple[str, SignatureStatus], str] = {}
+        # Keyed by source, the status compared by identity: hashing an Enum member runs a
+        # Python-level __hash__, once per event in a (source, status) key.
+        accepted: dict[str, tuple[SignatureStatus, str]] = {}
         counts = self.counts
         denials: list[PermissionDenied | None] = []
         for event, status in zip(events, statuses, strict=True):
-            pair = (event.source_domain, status)
-            counted = accepted.get(pair)
-            if counted is not None:
-                counts[counted] += 1
+            source = event.source_domain
+            judged = accepted.get(source)
+            if judged is not None and judged[0] is status:
+                counts[judged[1]] += 1
                 denials.append(None)
                 continue
             denial = self._apply(event, status)
             denials.append(denial)
             if not status.violation:
-                accepted[pair] = status.value
+                accepted[source] = (status, status.value)
             elif status is SignatureStatus.UNSIGNED and denial is None and self.vouched_for(event):
-                accepted[pair] = "unsigned_authenticated"
+                accepted[source] = (status, "unsigned_authenticated")
         return denials
 
     def vouched_for(self, event: event_pb2.Event) -> bool:

@@ -57,11 +57,12 @@ class LatencyHistogram:
         n = self.count
         return self.sum_ms / n if n else 0.0
 
-    def add(self, ms: float) -> None:
-        """Counts one latency (negative ones as 0: a clock that stepped back)."""
+    def add(self, ms: float, times: int = 1) -> None:
+        """Counts one latency, `times` times (negative ones as 0: a clock that stepped
+        back). A batch whose items share one latency is counted in one call."""
         ms = max(0.0, ms)
-        self.counts[bisect.bisect_left(BOUNDS_MS, ms)] += 1
-        self.sum_ms += ms
+        self.counts[bisect.bisect_left(BOUNDS_MS, ms)] += times
+        self.sum_ms += ms * times
         self.max_ms = max(self.max_ms, ms)
 
     def merge(self, other: LatencyHistogram) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -32,7 +32,6 @@ MAX_PAGE_BYTES = 3 * 1024 * 1024
 _MAX_TOKEN_LENGTH = 1024
 
 T = TypeVar("T")
-M = TypeVar("M", bound=Message)
 
 
 def encoded_size(message: Message) -> int:
@@ -106,19 +105,18 @@ def take_page(
     return page, len(page) < len(items)
 
 
-def byte_batches(messages: Iterable[M], *, max_bytes: int = MAX_PAGE_BYTES) -> Iterator[list[M]]:
-    """Splits a stream's batch, in order, into batches of at most `max_bytes` encoded bytes
-    (a message larger than that goes alone)."""
-    batch: list[M] = []
+def byte_batches(encoded: Sequence[bytes], *, max_bytes: int = MAX_PAGE_BYTES) -> Iterator[slice]:
+    """Splits a stream's batch of serialized messages, in order, into slices of at most
+    `max_bytes` as elements of a repeated field (a message larger than that goes alone)."""
+    start = 0
     used = 0
-    for message in messages:
+    for index, message in enumerate(encoded):
+        body = len(message)
         # encoded_size, inlined: this runs once per event a stream sends.
-        body = message.ByteSize()
         size = 2 + max(1, (body.bit_length() + 6) // 7) + body
-        if batch and used + size > max_bytes:
-            yield batch
-            batch, used = [], 0
-        batch.append(message)
+        if index > start and used + size > max_bytes:
+            yield slice(start, index)
+            start, used = index, 0
         used += size
-    if batch:
-        yield batch
+    if start < len(encoded):
+        yield slice(start, len(encoded))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -183,6 +184,12 @@ class GraceServer:
             await self.service.cancel_background()
             raise
         self._ready = True
+        # What start-up made (modules, descriptors, configuration, open stores) lives as
+        # long as the process: move it out of the collector's generations (O(1)), so that
+        # a full collection while serving scans only what serving made. Measured on the
+        # event bus at 1,000 publishes/s, full collections otherwise stalled the loop for
+        # tens of milliseconds, the slowest deliveries of a run.
+        gc.freeze()
         await self._set_all(health_pb2.HealthCheckResponse.SERVING)
         log.info("%s serving on %s", self.config.service, self.address)
 

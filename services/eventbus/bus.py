@@ -54,6 +54,13 @@ class PublishOutcome(NamedTuple):
     error: str = ""
 
 
+class StreamBatch(NamedTuple):
+    """Events a stream sends in one message, and each one's serialized bytes."""
+
+    events: list[event_pb2.Event]
+    encoded: list[bytes]
+
+
 Refusal = Callable[[str], "str | None"]
 """Why the caller may not publish in a source domain's name (None when it may)."""
 
@@ -295,8 +302,9 @@ class EventBus:
         consumer: str = "",
         source_domain: str = "",
         max_batch: int = 0,
-    ) -> AsyncIterator[list[event_pb2.Event]]:
-        """Yields batches of matching events in sequence order until closed."""
+    ) -> AsyncIterator[StreamBatch]:
+        """Yields batches of matching events in sequence order until closed, each with
+        its events' serialized bytes (what the stream sends)."""
         if source_domain:
             require_id("source_domain", source_domain)
         if max_batch < 0 or max_batch > MAX_STREAM_BATCH:
@@ -315,9 +323,11 @@ class EventBus:
                         return
                     # A batch of large events would not fit one gRPC message: the stream
                     # would fail on it, and a durable consumer would resume into it forever.
-                    for batch in byte_batches(whole):
-                        self.streamed += len(batch)
-                        span = tracing.stream_span(batch, consumer)
+                    encoded = self.log.encode(whole)
+                    for cut in byte_batches(encoded):
+                        batch = StreamBatch(whole[cut], encoded[cut])
+                        self.streamed += len(batch.events)
+                        span = tracing.stream_span(batch.events, consumer)
                         try:
                             yield batch
                         finally:

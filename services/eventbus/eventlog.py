@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
+# Most bytes of stored events kept for streaming them (see `EventLog.encode`).
+RECENT_BYTES = 16 * 1024 * 1024
+
 
 class Appended(NamedTuple):
     """The outcome of appending one event (a tuple: one is built per event on the hot path)."""
@@ -67,6 +70,9 @@ class Log(Protocol):
 
     async def sync(self) -> None:
         """Brings `head` and `first` up to date with what other processes appended."""
+
+    def encode(self, events: Sequence[event_pb2.Event]) -> list[bytes]:
+        """Each event serialized (sequence included), as a stream sends it."""
 
     async def append(
         self, batch: Sequence[event_pb2.Event], generated: Sequence[bool]
@@ -149,12 +155,21 @@ class EventLog:
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
         self.readers: set[Reader] = set()
+        # The stored bytes of the newest events, by sequence: live readers stream the
+        # events they were handed at commit, and sending these bytes saves serializing
+        # each event again per stream (see `encode`). Bounded to what one live reader can
+        # hold queued and at most RECENT_BYTES; an older event is serialized anew.
+        self._recent: dict[int, bytes] = {}
+        self._recent_first = 1  # the oldest sequence that may be kept
+        self._recent_bytes = 0
+        self._recent_limit = settings.reader_queue_limit
 
     async def open(self) -> None:
         """Loads the log's bounds and starts the committer (the store is open already)."""
         first, head = await self.store.bounds()
         self.head = head
         self.first = first or head + 1
+        self._recent_first = head + 1
         if head:
             self._last_published_at = await self.store.published_at(head) or 0.0
         self._committer.start()
@@ -196,8 +211,39 @@ class EventLog:
         self.head = plan.head
         self._last_published_at = now
         self.duplicates += plan.duplicates
+        self._remember(plan.rows)
         self._fan_out(plan.fresh)
         return plan.answers
+
+    def _remember(self, rows: list[EventRow]) -> None:
+        """Keeps the committed rows' bytes for `encode`, dropping the oldest past the
+        count and byte limits."""
+        if not rows:
+            return
+        recent = self._recent
+        size = self._recent_bytes
+        for row in rows:
+            payload = row[5]
+            recent[row[0]] = payload
+            size += len(payload)
+        first, last = self._recent_first, rows[-1][0]
+        pop = recent.pop
+        while first <= last and (last - first >= self._recent_limit or size > RECENT_BYTES):
+            dropped = pop(first, None)
+            if dropped is not None:
+                size -= len(dropped)
+            first += 1
+        self._recent_first, self._recent_bytes = first, size
+
+    def encode(self, events: Sequence[event_pb2.Event]) -> list[bytes]:
+        """Each event as stored (its serialization, sequence included): the bytes kept
+        from its commit when it is recent, else serialized now."""
+        recent = self._recent
+        encoded = []
+        for event in events:
+            stored = recent.get(event.sequence)
+            encoded.append(stored if stored is not None else event.SerializeToString())
+        return encoded
 
     async def _write(self, group: list[_Pending], plan: _Plan, now: float) -> _Plan:
         """Writes the plan; on a duplicate of a stored event, re-plans and writes again.

@@ -540,6 +540,10 @@ class JetStreamLog:
     def _filter_subject(self, log_filter: LogFilter) -> str:
         return subject_filter(self.options.subject_prefix, log_filter.patterns)
 
+    def encode(self, events: Sequence[event_pb2.Event]) -> list[bytes]:
+        """Each event serialized, sequence included (the stream's copy has none)."""
+        return [event.SerializeToString() for event in events]
+
     async def read(
         self, after: int, limit: int, log_filter: LogFilter
     ) -> tuple[list[event_pb2.Event], int]:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
+from grace.eventbus.v1 import eventbus_pb2
 from services.common.auth import vouches_for
 from services.common.call_metrics import ImmuneReporter
 from services.common.event_verification import EventVerifier, TrustKeySource
@@ -21,7 +21,7 @@ from services.eventbus.delivery import PushDelivery
 from services.eventbus.eventlog import Clock
 from services.eventbus.jetstream import JetStreamLog
 from services.eventbus.jetstream_push import jetstream_push
-from services.eventbus.servicer import EventBusServicer
+from services.eventbus.servicer import EventBusServicer, add_to_server
 from services.eventbus.store import BusState, EventStore
 
 SERVICE_NAME = eventbus_pb2.DESCRIPTOR.services_by_name["EventBusService"].full_name
@@ -72,7 +72,7 @@ class EventBusServer(Service):
         self._reporting: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
-        eventbus_pb2_grpc.add_EventBusServiceServicer_to_server(EventBusServicer(self.bus), server)
+        add_to_server(EventBusServicer(self.bus), server)
         return [SERVICE_NAME]
 
     async def start(self) -> None:

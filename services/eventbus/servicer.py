@@ -12,6 +12,7 @@ from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from services.common.access import rule_for
 from services.common.auth import current_principal
 from services.common.timestamps import from_timestamp, to_timestamp
+from services.common.wire import int_field, passthrough, repeated_message
 from services.eventbus.bus import EventBus, PublishOutcome
 from services.eventbus.envelope import validate_patterns
 from services.eventbus.model import ConsumerState, DeadLetterRecord, Start, StartSpec
@@ -28,6 +29,42 @@ _START: dict[int, Start] = {
     eventbus_pb2.START_POSITION_SEQUENCE: Start.SEQUENCE,
     eventbus_pb2.START_POSITION_TIME: Start.TIME,
 }
+
+
+_SUBSCRIBE_FIELDS = eventbus_pb2.SubscribeResponse.DESCRIPTOR.fields_by_name
+_SUBSCRIBE_EVENTS = _SUBSCRIBE_FIELDS["events"].number
+_SUBSCRIBE_HEAD = _SUBSCRIBE_FIELDS["head_sequence"].number
+
+
+def add_to_server(servicer: EventBusServicer, server: grpc.aio.Server) -> None:
+    """Registers the servicer as the generated code would, except that Subscribe's
+    responses may be the bytes of a SubscribeResponse (sent as they are)."""
+    handlers = _GeneratedHandlers()
+    eventbus_pb2_grpc.add_EventBusServiceServicer_to_server(servicer, handlers)  # type: ignore[arg-type]
+    handlers.methods["Subscribe"] = grpc.unary_stream_rpc_method_handler(
+        servicer.Subscribe,
+        request_deserializer=eventbus_pb2.SubscribeRequest.FromString,
+        response_serializer=passthrough(eventbus_pb2.SubscribeResponse.SerializeToString),
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers.methods),)
+    )
+    server.add_registered_method_handlers(SERVICE_NAME, handlers.methods)
+
+
+class _GeneratedHandlers:
+    """Takes the method handlers the generated registration function makes."""
+
+    def __init__(self) -> None:
+        self.methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same handlers come to add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, methods: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.methods = dict(methods)
 
 
 def _trace_context() -> tuple[str, str]:
@@ -139,9 +176,9 @@ class EventBusServicer(eventbus_pb2_grpc.EventBusServiceServicer):
         async for outcomes in self._bus.publish_stream(batches(), _publish_refusal()):
             yield _stream_ack(outcomes)
 
-    async def Subscribe(
+    async def Subscribe(  # type: ignore[override]  # yields a SubscribeResponse's bytes
         self, request: eventbus_pb2.SubscribeRequest, context: Context
-    ) -> AsyncIterator[eventbus_pb2.SubscribeResponse]:
+    ) -> AsyncIterator[bytes]:
         patterns = validate_patterns(request.pattern, request.patterns, required=False)
         stream = self._bus.subscribe(
             patterns,
@@ -151,7 +188,12 @@ class EventBusServicer(eventbus_pb2_grpc.EventBusServiceServicer):
             max_batch=request.max_batch,
         )
         async for batch in stream:
-            yield eventbus_pb2.SubscribeResponse(events=batch, head_sequence=self._bus.log.head)
+            # The response's bytes, written from the events' stored bytes instead of
+            # copying each event into a SubscribeResponse and serializing that (see
+            # `services.common.wire`); `add_to_server` sends them as they are.
+            yield repeated_message(_SUBSCRIBE_EVENTS, batch.encoded) + int_field(
+                _SUBSCRIBE_HEAD, self._bus.log.head
+            )
 
     async def Ack(
         self, request: eventbus_pb2.AckRequest, context: Context

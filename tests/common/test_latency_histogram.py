@@ -98,3 +98,16 @@ def test_merging_is_associative_and_equals_counting_everything_at_once(
     assert left.max_ms == right.max_ms == everything.max_ms
     assert left.sum_ms == pytest.approx(everything.sum_ms)
     assert right.sum_ms == pytest.approx(everything.sum_ms)
+
+
+@given(
+    st.floats(min_value=-5, max_value=200_000, allow_nan=False, allow_infinity=False),
+    st.integers(min_value=1, max_value=50),
+)
+def test_adding_a_latency_n_times_at_once_equals_adding_it_n_times(ms: float, times: int) -> None:
+    at_once = LatencyHistogram()
+    at_once.add(ms, times)
+    one_by_one = histogram_of([ms] * times)
+    assert at_once.counts == one_by_one.counts
+    assert at_once.sum_ms == pytest.approx(one_by_one.sum_ms)
+    assert at_once.max_ms == one_by_one.max_ms

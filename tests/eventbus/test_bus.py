@@ -9,9 +9,12 @@ from google.protobuf import struct_pb2
 
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import InvalidArgument, NotFound
+from services.eventbus import eventlog
 from services.eventbus.bus import EventBus
 from services.eventbus.envelope import validate_patterns
+from services.eventbus.eventlog import EventLog
 from services.eventbus.model import Start, StartSpec
+from services.eventbus.store import LogFilter
 from tests.support import ManualClock
 
 
@@ -28,7 +31,9 @@ async def take(
     got: list[event_pb2.Event] = []
     stream = bus.subscribe(patterns, start, **kw)  # type: ignore[arg-type]
     async for batch in stream:
-        got.extend(batch)
+        # What the stream sends is the events' bytes: the same events.
+        assert [event_pb2.Event.FromString(e) for e in batch.encoded] == batch.events
+        got.extend(batch.events)
         if len(got) >= count:
             break
     await stream.aclose()  # type: ignore[attr-defined]
@@ -172,3 +177,24 @@ async def test_history_filters_by_pattern_source_and_time_and_pages(
 async def test_type_counts_survive_in_the_store(bus: EventBus) -> None:
     await bus.publish_batch([ev("a.b"), ev("a.b"), ev("c")])
     assert (await bus.stats()).events_by_type == {"a.b": 2, "c": 1}
+
+
+async def test_the_log_encodes_recent_events_from_their_stored_bytes_and_older_ones_anew(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not isinstance(bus.log, EventLog):
+        pytest.skip("the built-in log keeps its commits' bytes; JetStream serializes")
+    bus.log._recent_limit = 3
+    data = struct_pb2.Struct()
+    data.update({"k": "v", "n": 1.5})
+    await bus.publish_batch([ev(id=f"e{i}", data=data) for i in range(5)])
+    events = await take(bus, ("*",), StartSpec(Start.ALL), 5)
+    assert sorted(bus.log._recent) == [3, 4, 5]
+    encoded = bus.log.encode(events)
+    assert [event_pb2.Event.FromString(e) for e in encoded] == events
+    stored = await bus.log.scan(0, 5, 10, LogFilter((), ""))
+    assert encoded[2:] == [row.payload for row in stored][2:]
+    # Bounded by bytes as well: large events leave fewer kept.
+    monkeypatch.setattr(eventlog, "RECENT_BYTES", len(stored[-1].payload) * 5 // 2)
+    await bus.publish_batch([ev(id=f"f{i}", data=data) for i in range(3)])
+    assert sorted(bus.log._recent) == [7, 8]

@@ -138,7 +138,7 @@ async def test_a_subscriber_on_one_instance_sees_events_published_on_another(
 
         async def read() -> None:
             async for batch in stream:
-                got.extend(batch)
+                got.extend(batch.events)
                 if len(got) >= 3:
                     return
 
@@ -159,7 +159,7 @@ async def test_a_restarted_instance_loses_nothing_acknowledged(
     async with instance(shared, tmp_path / "a") as a:
         acked = [await a.publish(ev(id=f"e{i}")) for i in range(20)]
         first = a.subscribe(("*",), StartSpec(Start.ALL), consumer="keeper")
-        assert (await first.__anext__())[0].sequence == 1  # type: ignore[attr-defined]
+        assert (await first.__anext__()).events[0].sequence == 1  # type: ignore[attr-defined]
         await first.aclose()  # type: ignore[attr-defined]
         await a.ack("keeper", 12)
     async with instance(shared, tmp_path / "a") as a:
@@ -169,7 +169,7 @@ async def test_a_restarted_instance_loses_nothing_acknowledged(
         resumed = a.subscribe(("*",), StartSpec(), consumer="keeper")
         batch = await resumed.__anext__()  # type: ignore[attr-defined]
         await resumed.aclose()  # type: ignore[attr-defined]
-        assert batch[0].sequence == 13
+        assert batch.events[0].sequence == 13
 
 
 async def test_a_durable_consumer_acked_on_one_instance_resumes_on_another(
@@ -178,14 +178,14 @@ async def test_a_durable_consumer_acked_on_one_instance_resumes_on_another(
     async with instance(shared, tmp_path / "a") as a, instance(shared, tmp_path / "b") as b:
         await a.publish_batch([ev(f"ml.e{i}") for i in range(5)])
         first = a.subscribe(("ml.*",), StartSpec(Start.ALL), consumer="memory.indexer")
-        assert len(await first.__anext__()) == 5  # type: ignore[attr-defined]
+        assert len((await first.__anext__()).events) == 5  # type: ignore[attr-defined]
         await first.aclose()  # type: ignore[attr-defined]
         assert await b.ack("memory.indexer", 2) == 2
         assert await a.ack("memory.indexer", 1) == 2  # never moves back, on any instance
         resumed = b.subscribe(("ml.*",), StartSpec(), consumer="memory.indexer")
         batch = await resumed.__anext__()  # type: ignore[attr-defined]
         await resumed.aclose()  # type: ignore[attr-defined]
-        assert [e.sequence for e in batch] == [3, 4, 5]
+        assert [e.sequence for e in batch.events] == [3, 4, 5]
         stats = await a.stats()
         assert [(c.name, c.acked_sequence) for c in stats.consumers] == [("memory.indexer", 2)]
         with pytest.raises(NotFound):
@@ -207,7 +207,7 @@ async def test_a_durable_consumer_moved_far_ahead_is_recreated_at_its_new_positi
         resumed = a.subscribe(("ml.*",), StartSpec(), consumer="far")
         batch = await resumed.__anext__()  # type: ignore[attr-defined]
         await resumed.aclose()  # type: ignore[attr-defined]
-        assert [e.sequence for e in batch] == [6]
+        assert [e.sequence for e in batch.events] == [6]
 
 
 class Recorder:
