@@ -241,8 +241,9 @@ def test_record_hashes_and_digests_match_the_general_canonical_form() -> None:
     # As read back from a proof's JSON: integral numbers may arrive as floats.
     as_read = {**records[0], "attempt": 1.0, "started_at_us": 1.7e15}
     assert proof.record_hash(as_read) == _generic_hash(as_read)
-    assert proof.record_hash({**as_read, "attempt": 1, "started_at_us": 1_700_000_000_000_000}) == (
-        records[0]["hash"]
+    assert (
+        proof.record_hash({**as_read, "attempt": 1, "started_at_us": 1_700_000_000_000_000})
+        == (records[0]["hash"])
     )
     assert proof.digest({}) == hashlib.sha256(proof.canonical_json({})).hexdigest()
     assert proof.digest({"n": 3.0}) == hashlib.sha256(b'{"n":3}').hexdigest()
