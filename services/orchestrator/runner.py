@@ -260,6 +260,18 @@ class ExecutionRunner:
 
         task.add_done_callback(finished)
 
+    async def _run_inline(self, spec: StepSpec) -> None:
+        try:
+            await self._run_step(spec, self.ex.steps[spec.id])
+        except LeaseLost:
+            raise
+        except Exception:
+            # As for a step in a task of its own: the step stays RUNNING, so the execution
+            # rolls back once nothing else runs (and a restart calls it again).
+            log.exception(
+                "execution %s: step %s stopped on an internal error", self.ex.execution_id, spec.id
+            )
+
     async def _forward(self) -> None:
         limit = self.host.settings.max_parallel_steps
         for spec in self.spec.steps:
@@ -292,6 +304,13 @@ class ExecutionRunner:
                 break
             if self._dirty:
                 await self.persist()
+            if len(started) == 1 and not self._steps:
+                # The one step that can run now (a sequential chain): run it in this task.
+                # In a task of its own it would cost a task, a done callback and a wake-up,
+                # while this runner only waited for it (a cancel request is seen after it,
+                # as before: it only stops new steps).
+                await self._run_inline(started[0])
+                continue
             for spec in started:
                 self._launch(spec, self.ex.steps[spec.id])
             await self._wake.wait()

@@ -59,6 +59,8 @@ _UPSERT_SQLITE = (
     "state = excluded.state, updated_at = excluded.updated_at, snapshot = excluded.snapshot"
 )
 _CHECKPOINT_EVERY = 200
+# Built once: `json.dumps` with options builds a new encoder for every snapshot.
+_SNAPSHOT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def _prepare_writer_connection(raw: sqlite3.Connection) -> None:
@@ -252,7 +254,7 @@ class TransitionWriter:
                             r["state"],
                             r["created_at"],
                             r["updated_at"],
-                            json.dumps(r["snapshot"], separators=(",", ":")),
+                            _SNAPSHOT_JSON.encode(r["snapshot"]),
                         )
                         for r in rows
                     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -211,3 +212,38 @@ def test_the_key_file_is_created_private_and_reloaded(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     with pytest.raises(signing.SigningKeyError, match="chmod 600"):
         signing.load_key(path)
+
+
+def _generic_hash(record: dict[str, object]) -> str:
+    # The hash by the general canonical form alone, without record_hash's shortcut.
+    body = {name: record[name] for name in proof.RECORD_FIELDS}
+    return hashlib.sha256(proof.canonical_json(body)).hexdigest()
+
+
+def test_record_hashes_and_digests_match_the_general_canonical_form() -> None:
+    records: list[dict[str, object]] = []
+    proof.append_record(
+        records,
+        "ex_1",
+        step_id="step_1",
+        domain_id="d",
+        action="é→a",  # non-ASCII stays unescaped
+        kind="execute",
+        attempt=1,
+        outcome="succeeded",
+        input_sha256=proof.digest({}),
+        output_sha256=proof.digest({"n": 3.0, "nested": [{"b": 1, "a": "ü"}]}),
+        error="",
+        started_at_us=1_700_000_000_000_000,
+        finished_at_us=1_700_000_000_000_100,
+    )
+    assert records[0]["hash"] == _generic_hash(records[0])
+    # As read back from a proof's JSON: integral numbers may arrive as floats.
+    as_read = {**records[0], "attempt": 1.0, "started_at_us": 1.7e15}
+    assert proof.record_hash(as_read) == _generic_hash(as_read)
+    assert (
+        proof.record_hash({**as_read, "attempt": 1, "started_at_us": 1_700_000_000_000_000})
+        == (records[0]["hash"])
+    )
+    assert proof.digest({}) == hashlib.sha256(proof.canonical_json({})).hexdigest()
+    assert proof.digest({"n": 3.0}) == hashlib.sha256(b'{"n":3}').hexdigest()
