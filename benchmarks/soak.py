@@ -188,7 +188,7 @@ async def main() -> None:
     pids: dict[str, int] = {}
     async with (
         start_grace(examples=True, env=env) as grace,
-        httpx.AsyncClient(base_url=grace.gateway_url, timeout=60) as http,
+        grace.http_client(timeout=60) as http,
     ):
         created = await http.post("/domains/workflows/create", json=WORKFLOW)
         created.raise_for_status()
