@@ -13,17 +13,22 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
+from services.cli.credentials import client_security  # noqa: E402
 from services.guardian.topology import ComponentSpec, load_topology  # noqa: E402
 
 
@@ -49,8 +54,26 @@ class Grace:
     data_dir: Path
 
     @property
+    def secure(self) -> bool:
+        return client_security(self.data_dir) is not None
+
+    @property
     def gateway_url(self) -> str:
-        return f"http://{self.addresses['gateway']}"
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://{self.addresses['gateway']}"
+
+    def http_client(self, **options: Any) -> httpx.AsyncClient:
+        """A REST client of the gateway as an operator uses it: in the secure default it
+        trusts the Grace CA and sends the admin token `grace up` wrote (plaintext with
+        `--insecure`)."""
+        security = client_security(self.data_dir)
+        if security is None:
+            return httpx.AsyncClient(base_url=self.gateway_url, **options)
+        headers = {"Authorization": f"Bearer {security.token}"} if security.token else {}
+        context = ssl.create_default_context(cafile=str(security.ca_file))
+        return httpx.AsyncClient(
+            base_url=self.gateway_url, verify=context, headers=headers, **options
+        )
 
 
 @contextlib.asynccontextmanager

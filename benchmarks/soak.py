@@ -8,12 +8,14 @@ process's PSS and reports its slope in MB per 30 minutes, beside the target (fla
 2 MB per component per 30 minutes). Errors of the load are counted: a leak fix that drops
 work does not pass.
 
-With `--heap-profile`, every server traces its allocations (GRACE_HEAP_PROFILE_DIR) and
-takes a heap snapshot at the end of the warm-up and at the end of the run (SIGUSR1); for
-the two processes that grew most, the lines whose allocations grew are printed.
+With `--heap-profile`, the servers trace their allocations (GRACE_HEAP_PROFILE_DIR) and
+take a heap snapshot at the end of the warm-up and at the end of the run (SIGUSR1); for
+the two traced processes that grew most, the lines whose allocations grew are printed.
+Tracing every process slows the whole machine down; `--heap-profile memory,immutable_log`
+traces only the named services (the growers a run without it found).
 
     .venv/bin/python benchmarks/soak.py                     # 30 minutes, 5 of warm-up
-    .venv/bin/python benchmarks/soak.py --minutes 8 --warmup 3 --heap-profile
+    .venv/bin/python benchmarks/soak.py --minutes 8 --warmup 3 --heap-profile memory
 
 Ends with one JSON line.
 """
@@ -124,6 +126,20 @@ class Load:
         await asyncio.gather(*running)
 
 
+async def until_registered(
+    http: httpx.AsyncClient, domains: list[str], within_s: float = 120
+) -> None:
+    """Waits until the registry knows every domain the workflow names: "Grace is up" means
+    its components serve, while the example domains may still be registering (slower still
+    when every process traces its allocations)."""
+    deadline = time.monotonic() + within_s
+    for domain in domains:
+        while (await http.get(f"/domains/domain/{domain}")).status_code != 200:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{domain} did not register within {within_s:g}s")
+            await asyncio.sleep(0.5)
+
+
 def slope_mb_per_30_min(points: list[tuple[float, int]]) -> float:
     """Least-squares slope of (seconds, kB) points, in MB per 30 minutes."""
     if len(points) < 2:
@@ -138,11 +154,21 @@ def slope_mb_per_30_min(points: list[tuple[float, int]]) -> float:
     return cov / var * 1800
 
 
-def snapshot_all(grace: Grace) -> int:
+def is_traced(process: str, services: str) -> bool:
+    """Whether a process (named by its module) traces its allocations: every server when
+    `services` is empty, else those whose service (the module's last part) it names. An
+    untraced server has no SIGUSR1 handler, and the signal would end it."""
+    if not process.startswith(("services.", "examples.")):
+        return False
+    wanted = {s.strip() for s in services.split(",")} - {""}
+    return not wanted or process.rsplit(".", 1)[-1] in wanted
+
+
+def snapshot_all(grace: Grace, services: str) -> int:
     """Asks every traced process for a heap snapshot; returns how many were asked."""
     asked = 0
     for name, (pid, _, _) in memory_by_process(grace.pid).items():
-        if name.startswith(("services.", "examples.")):
+        if is_traced(name, services):
             os.kill(pid, signal.SIGUSR1)
             asked += 1
     return asked
@@ -175,21 +201,31 @@ async def main() -> None:
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
     parser.add_argument("--publish-rate", type=float, default=105.0)
     parser.add_argument("--workflow-rate", type=float, default=2.0)
-    parser.add_argument("--heap-profile", action="store_true")
+    parser.add_argument(
+        "--heap-profile",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="SERVICES",
+        help="trace allocations: of every server, or of these (comma-separated service names)",
+    )
     options = parser.parse_args()
     if options.warmup >= options.minutes:
         parser.error("--warmup must be shorter than --minutes")
 
     profile_dir = Path(tempfile.mkdtemp(prefix="grace-heap-"))
     env = dict(os.environ)
-    if options.heap_profile:
+    tracing = options.heap_profile is not None
+    if tracing:
         env["GRACE_HEAP_PROFILE_DIR"] = str(profile_dir)
+        env["GRACE_HEAP_PROFILE_SERVICES"] = options.heap_profile
     samples: dict[str, list[tuple[float, int]]] = {}
     pids: dict[str, int] = {}
     async with (
         start_grace(examples=True, env=env) as grace,
-        httpx.AsyncClient(base_url=grace.gateway_url, timeout=60) as http,
+        grace.http_client(timeout=60) as http,
     ):
+        await until_registered(http, [step["domain_id"] for step in WORKFLOW["steps"]])
         created = await http.post("/domains/workflows/create", json=WORKFLOW)
         created.raise_for_status()
         load = Load(http, created.json()["workflow_id"])
@@ -204,8 +240,8 @@ async def main() -> None:
         while time.monotonic() < end:
             now = time.monotonic()
             if now >= warm_at:
-                if options.heap_profile and not snapshots_asked:
-                    snapshots_asked = snapshot_all(grace)
+                if tracing and not snapshots_asked:
+                    snapshots_asked = snapshot_all(grace, options.heap_profile)
                 for name, (pid, pss, _) in memory_by_process(grace.pid).items():
                     samples.setdefault(name, []).append((now - began, pss))
                     pids[name] = pid
@@ -213,9 +249,9 @@ async def main() -> None:
         await asyncio.gather(*drivers)
         for name, (_pid, pss, _) in memory_by_process(grace.pid).items():
             samples.setdefault(name, []).append((time.monotonic() - began, pss))
-        if options.heap_profile:
+        if tracing:
             # Each process writes its own snapshot, which takes a while with many traces.
-            snapshots_asked += snapshot_all(grace)
+            snapshots_asked += snapshot_all(grace, options.heap_profile)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 written = await asyncio.to_thread(lambda: len(list(profile_dir.iterdir())))
@@ -237,8 +273,9 @@ async def main() -> None:
         first, last = samples[name][0][1] / 1024, samples[name][-1][1] / 1024
         verdict = "ok" if slopes[name] < TARGET_MB_PER_30_MIN else "GROWS"
         print(f"{name:<34} {first:12.1f} {last:8.1f} {slopes[name]:12.2f}  {verdict}")
-    if options.heap_profile:
-        for name in sorted(slopes, key=lambda n: -slopes[n])[:2]:
+    if tracing:
+        traced = [n for n in slopes if is_traced(n, options.heap_profile)]
+        for name in sorted(traced, key=lambda n: -slopes[n])[:2]:
             print(f"\nheap growth of {name} (pid {pids.get(name)}):")
             for line in heap_growth(profile_dir, pids.get(name, 0)):
                 print("  " + line)

@@ -5,7 +5,8 @@ frames) from start-up, and each SIGUSR1 writes a snapshot,
 `<dir>/<service>-<pid>-<n>.tracemalloc`, that `tracemalloc.Snapshot.load` reads back. Two
 snapshots of one process, compared by line (`snapshot.compare_to(earlier, "lineno")`), name
 the code whose allocations grew between them. Tracing costs CPU and memory, so it is off
-unless asked for; `benchmarks/soak.py --heap-profile` uses it.
+unless asked for, and `GRACE_HEAP_PROFILE_SERVICES` (service names, comma-separated) limits
+it to the processes under suspicion; `benchmarks/soak.py --heap-profile` uses both.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 HEAP_PROFILE_ENV = "GRACE_HEAP_PROFILE_DIR"
+HEAP_PROFILE_SERVICES_ENV = "GRACE_HEAP_PROFILE_SERVICES"
 FRAMES = 10
 
 
@@ -39,9 +41,13 @@ class HeapProfiler:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], service: str) -> HeapProfiler | None:
-        """A profiler when `GRACE_HEAP_PROFILE_DIR` names a directory, else None."""
+        """A profiler when `GRACE_HEAP_PROFILE_DIR` names a directory and
+        `GRACE_HEAP_PROFILE_SERVICES` is unset or names `service`, else None."""
         directory = env.get(HEAP_PROFILE_ENV, "")
-        return cls(Path(directory), service) if directory else None
+        only = {name.strip() for name in env.get(HEAP_PROFILE_SERVICES_ENV, "").split(",")}
+        if not directory or (only - {""} and service not in only):
+            return None
+        return cls(Path(directory), service)
 
     def start(self) -> None:
         """Starts tracing allocations (from here on: call it first thing)."""

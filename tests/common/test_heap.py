@@ -8,11 +8,18 @@ import signal
 import tracemalloc
 from pathlib import Path
 
-from services.common.heap import HEAP_PROFILE_ENV, HeapProfiler
+from services.common.heap import HEAP_PROFILE_ENV, HEAP_PROFILE_SERVICES_ENV, HeapProfiler
 
 
 def test_without_the_variable_there_is_no_profiler() -> None:
     assert HeapProfiler.from_env({}, "registry") is None
+
+
+def test_a_list_of_services_limits_profiling_to_them(tmp_path: Path) -> None:
+    env = {HEAP_PROFILE_ENV: str(tmp_path), HEAP_PROFILE_SERVICES_ENV: "memory, immutable_log"}
+    assert HeapProfiler.from_env(env, "registry") is None
+    assert HeapProfiler.from_env(env, "immutable_log") is not None
+    assert HeapProfiler.from_env({**env, HEAP_PROFILE_SERVICES_ENV: ""}, "registry") is not None
 
 
 async def test_sigusr1_writes_a_snapshot_that_names_the_code_that_allocated(
