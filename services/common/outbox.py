@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
@@ -291,8 +292,10 @@ async def flush_and_close(
             await asyncio.wait_for(relay.drain_once(), timeout=timeout_s)
     for publisher in publishers:
         close = getattr(publisher, "close", None)
-        if close is not None:
-            await close()
+        if callable(close):
+            closing = close()
+            if inspect.isawaitable(closing):
+                await closing
 
 
 def _brief(exc: BaseException) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 
@@ -69,7 +67,6 @@ class EventBusServer(Service):
             if config.immune_address
             else None
         )
-        self._reporting: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         add_to_server(EventBusServicer(self.bus), server)
@@ -78,16 +75,12 @@ class EventBusServer(Service):
     async def start(self) -> None:
         await self.bus.open()
         if self.reporter is not None:
-            self._reporting = asyncio.create_task(self.reporter.run(), name="eventbus-telemetry")
+            self.spawn(self.reporter.run(), "eventbus-telemetry")
 
     async def begin_shutdown(self) -> None:
         await self.bus.begin_close()
 
     async def stop(self) -> None:
-        if self._reporting is not None:
-            self._reporting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporting
         if self.reporter is not None:
             await self.reporter.close()
         await self.bus.close()

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +11,7 @@ import grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.bus_client import EventBusPublisher
 from services.common.identity import ComponentIdentity
-from services.common.outbox import OutboxRelay, Publisher
+from services.common.outbox import OutboxRelay, Publisher, flush_and_close
 from services.common.server import Service
 from services.common.storage import Database
 from services.memory.config import MemoryConfig
@@ -57,7 +54,6 @@ class MemoryServer(Service):
         )
         self.memory.on_commit(self.relay.wake)
         self.identity = ComponentIdentity.of(SOURCE, config.server, self.publisher, self.relay.wake)
-        self._relay_task: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         memory_pb2_grpc.add_SharedMemoryServiceServicer_to_server(
@@ -67,25 +63,13 @@ class MemoryServer(Service):
 
     async def start(self) -> None:
         await self.memory.open()
-        self._relay_task = asyncio.create_task(self.relay.run(), name="memory-outbox-relay")
+        self.spawn(self.relay.run(), "memory-outbox-relay")
         self.identity.start()
 
     async def begin_shutdown(self) -> None:
         self.memory.close()
 
     async def stop(self) -> None:
-        if self._relay_task is not None:
-            self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
-        # One last attempt so announcements of the final writes are not left for the next
-        # start when the bus is reachable; they stay in the outbox when it is not.
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.relay.drain_once(), timeout=2.0)
         await self.identity.stop()
-        close = getattr(self.publisher, "close", None)
-        if callable(close):
-            result = close()
-            if inspect.isawaitable(result):
-                await result
+        await flush_and_close([self.relay], [self.publisher])
         await self.memory.store.close()

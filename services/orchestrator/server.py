@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 
@@ -16,7 +14,7 @@ from services.common.config import SecurityConfig, peer_address
 from services.common.domain_router import DomainRouter
 from services.common.governance_client import GovernanceClient
 from services.common.identity import ComponentIdentity
-from services.common.outbox import OutboxRelay, Publisher
+from services.common.outbox import OutboxRelay, Publisher, flush_and_close
 from services.common.pki import PkiError, attest
 from services.common.server import Service
 from services.common.signing import load_or_create_key
@@ -52,12 +50,10 @@ class OrchestratorServer(Service):
         )
         self._registry_channel: grpc.aio.Channel | None = None
         self._relay: OutboxRelay | None = None
-        self._relay_task: asyncio.Task[None] | None = None
         self.core: Orchestrator | None = None
         self._governance: GovernanceClient | None = None
         self._identity: ComponentIdentity | None = None
         self._reporter: ImmuneReporter | None = None
-        self._reporting: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(
@@ -89,13 +85,11 @@ class OrchestratorServer(Service):
                 self.core.traffic,
                 interval_s=self.config.metrics_interval_s,
             )
-            self._reporting = asyncio.create_task(
-                self._reporter.run(), name="orchestrator-telemetry"
-            )
+            self.spawn(self._reporter.run(), "orchestrator-telemetry")
         if self.publisher is not None:
             self._relay = OutboxRelay(self.store.outbox, self.publisher, poll_interval_s=1.0)
             self.store.on_events(self._relay.wake)
-            self._relay_task = asyncio.create_task(self._relay.run(), name="orchestrator-relay")
+            self.spawn(self._relay.run(), "orchestrator-relay")
             # The proof key signs its events too, once the trust kernel holds it.
             self._identity = ComponentIdentity(
                 "orchestrator",
@@ -107,21 +101,14 @@ class OrchestratorServer(Service):
             self._identity.start()
 
     async def stop(self) -> None:
-        if self._reporting is not None:
-            self._reporting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporting
         if self._reporter is not None:
             await self._reporter.close()
-        if self._relay_task is not None:
-            self._relay_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
         if self._identity is not None:
             await self._identity.stop()
-        close = getattr(self.publisher, "close", None)
-        if close is not None:
-            await close()
+        await flush_and_close(
+            [] if self._relay is None else [self._relay],
+            [] if self.publisher is None else [self.publisher],
+        )
         if self.core is not None:
             await self.core.close()
             await self.core.router.close()

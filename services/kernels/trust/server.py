@@ -3,8 +3,6 @@ into the shared runtime."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import grpc
@@ -53,7 +51,6 @@ class TrustServer(Service):
             config.settings,
             self._behaviour,
         )
-        self._registrar: asyncio.Task[None] | None = None
 
     def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
         trust_pb2_grpc.add_TrustServiceServicer_to_server(
@@ -71,16 +68,12 @@ class TrustServer(Service):
         self._behaviour.connect(self._registry)
         await self.kernel.open()
         if self.config.registration is not None:
-            self._registrar = asyncio.create_task(
+            self.spawn(
                 keep_registered(self.config.registration, self.bound_port, self.peer_health),
-                name="trust-registration",
+                "trust-registration",
             )
 
     async def stop(self) -> None:
-        if self._registrar is not None:
-            self._registrar.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._registrar
         if self._registry is not None:
             await self._registry.close()
         await self.kernel.store.close()
