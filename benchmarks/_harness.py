@@ -90,7 +90,9 @@ async def start_grace(
     *ports, guardian_port = free_ports(len(components) + 1)
     addresses = {c.name: f"127.0.0.1:{p}" for c, p in zip(components, ports, strict=True)}
     addresses["guardian"] = f"127.0.0.1:{guardian_port}"
-    with tempfile.TemporaryDirectory(prefix="grace-bench-") as root:
+    # A component can still be writing its database files while the tree stops; what is
+    # left of the temporary directory then must not turn a finished run into a traceback.
+    with tempfile.TemporaryDirectory(prefix="grace-bench-", ignore_cleanup_errors=True) as root:
         config_file = Path(root) / "grace.toml"
         config_file.write_text(
             config
