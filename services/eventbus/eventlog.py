@@ -223,10 +223,9 @@ class EventLog:
         recent = self._recent
         size = self._recent_bytes
         for row in rows:
-            payload = row[5]
-            recent[row[0]] = payload
-            size += len(payload)
-        first, last = self._recent_first, rows[-1][0]
+            recent[row.sequence] = row.payload
+            size += len(row.payload)
+        first, last = self._recent_first, rows[-1].sequence
         pop = recent.pop
         while first <= last and (last - first >= self._recent_limit or size > RECENT_BYTES):
             dropped = pop(first, None)
