@@ -16,6 +16,7 @@ from services.common.outbox import (
     Outbox,
     OutboxEvent,
     OutboxRelay,
+    flush_and_close,
     outbox_table,
     sqlite_outbox_insert,
     sqlite_outbox_rows,
@@ -117,3 +118,40 @@ def test_the_raw_sqlite_insert_stores_rows_the_outbox_reads_back(tmp_path: Path)
     stored = conn.execute(f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM raw_outbox").fetchall()
     conn.close()
     assert stored == [("e1", "x.happened", "ai_domain", "s", '{"n": 1}', "", 1.5)]
+
+
+class SyncClosingPublisher(FlakyPublisher):
+    """Records whether it was closed, by a plain `close`."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class AsyncClosingPublisher(FlakyPublisher):
+    """Records whether it was closed, by a coroutine `close`."""
+
+    closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_the_shutdown_flush_sends_what_it_can_keeps_the_rest_and_closes_every_publisher(
+    outbox: Outbox,
+) -> None:
+    async with outbox.db.transaction() as conn:
+        await outbox.enqueue(conn, "thing.kept", {})
+    down = SyncClosingPublisher()
+    up = AsyncClosingPublisher()
+    up.down = False
+
+    await flush_and_close([OutboxRelay(outbox, down)], [down, up])
+    assert await outbox.count() == 1  # a publisher that fails leaves the event for later
+    assert down.closed
+    assert up.closed
+
+    await flush_and_close([OutboxRelay(outbox, up)], [])
+    assert up.published == ["thing.kept"]
+    assert await outbox.count() == 0
