@@ -10,7 +10,8 @@ work does not pass.
 
 With `--heap-profile`, the servers trace their allocations (GRACE_HEAP_PROFILE_DIR) and
 take a heap snapshot at the end of the warm-up and at the end of the run (SIGUSR1); for
-the two traced processes that grew most, the lines whose allocations grew are printed.
+the two traced processes that grew most, the lines whose allocations grew are printed, and
+what grew outside Python's heap (SQLite's caches, the C allocator's used and kept bytes).
 Tracing every process slows the whole machine down; `--heap-profile memory,immutable_log`
 traces only the named services (the growers a run without it found).
 
@@ -194,6 +195,24 @@ def heap_growth(profile_dir: Path, pid: int, top: int = 8) -> list[str]:
     return lines
 
 
+def native_growth(profile_dir: Path, pid: int) -> str:
+    """How a process's memory outside Python's heap changed between its first and last
+    snapshot (`services.common.heap.native_memory`), holder by holder, in MB."""
+    files = sorted(
+        profile_dir.glob(f"*-{pid}-*.native.json"),
+        key=lambda p: int(p.name.split(".")[0].rsplit("-", 1)[1]),
+    )
+    if len(files) < 2:
+        return "(no pair of native figures)"
+    first, last = (json.loads(f.read_text()) for f in (files[0], files[-1]))
+    parts = []
+    for key in ("pss", "anonymous", "python_traced", "malloc_in_use", "sqlite", "malloc_free"):
+        if first.get(key) is not None and last.get(key) is not None:
+            parts.append(f"{key} {(last[key] - first[key]) / 2**20:+.2f}")
+    parts.append(f"threads {first['threads']} -> {last['threads']}")
+    return "native (MB): " + ", ".join(parts)
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="whole run")
@@ -250,11 +269,14 @@ async def main() -> None:
         for name, (_pid, pss, _) in memory_by_process(grace.pid).items():
             samples.setdefault(name, []).append((time.monotonic() - began, pss))
         if tracing:
-            # Each process writes its own snapshot, which takes a while with many traces.
+            # Each process writes its own snapshot, which takes a while with many traces;
+            # its native figures are written last, so they count finished snapshots.
             snapshots_asked += snapshot_all(grace, options.heap_profile)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
-                written = await asyncio.to_thread(lambda: len(list(profile_dir.iterdir())))
+                written = await asyncio.to_thread(
+                    lambda: len(list(profile_dir.glob("*.native.json")))
+                )
                 if written >= snapshots_asked:
                     break
                 await asyncio.sleep(1)
@@ -277,6 +299,7 @@ async def main() -> None:
         traced = [n for n in slopes if is_traced(n, options.heap_profile)]
         for name in sorted(traced, key=lambda n: -slopes[n])[:2]:
             print(f"\nheap growth of {name} (pid {pids.get(name)}):")
+            print("  " + native_growth(profile_dir, pids.get(name, 0)))
             for line in heap_growth(profile_dir, pids.get(name, 0)):
                 print("  " + line)
     print(

@@ -52,3 +52,37 @@ async def test_sigusr1_writes_a_snapshot_that_names_the_code_that_allocated(
         loop.remove_signal_handler(signal.SIGUSR1)
         if not was_tracing:
             tracemalloc.stop()
+
+
+def test_native_memory_sees_what_sqlite_holds_outside_the_python_heap() -> None:
+    import sqlite3
+
+    from services.common.heap import native_memory
+
+    before = native_memory()
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (x BLOB)")
+    conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1000,)] * 3000)  # ~3 MB of pages
+    held = native_memory()
+    conn.close()
+    assert before["sqlite"] is not None
+    assert held["sqlite"] - before["sqlite"] > 2_000_000
+    assert held["malloc_in_use"] >= held["sqlite"]
+    assert held["pss"] > 0
+    assert held["threads"] >= 1
+
+
+def test_a_snapshot_has_its_native_figures_beside_it(tmp_path: Path) -> None:
+    import json
+
+    profiler = HeapProfiler(tmp_path, "memory")
+    was_tracing = tracemalloc.is_tracing()
+    profiler.start()
+    try:
+        path = profiler.snapshot()
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+    native = json.loads(path.with_suffix(".native.json").read_text())
+    assert native["python_traced"] > 0
+    assert {"sqlite", "malloc_in_use", "malloc_free", "threads"} <= native.keys()
