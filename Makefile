@@ -79,8 +79,10 @@ explorer-assets: ## Refresh gateway/explorer/assets from the locked swagger-ui-d
 		(cd "$$work" && npm ci --ignore-scripts --no-audit --no-fund --silent) && \
 		for f in $(EXPLORER_FILES); do cp "$$work/node_modules/swagger-ui-dist/$$f" $(EXPLORER)/assets/; done
 
+# The whole run ends with its slowest tests, so a suite that creeps towards its time budget
+# shows where.
 test: $(STAMP) ## Run the whole test suite (PostgreSQL tests need GRACE_TEST_POSTGRES_URL).
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests.
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
