@@ -40,8 +40,8 @@ from services.common.auth import Authenticator
 from services.common.call_metrics import ImmuneReporter
 from services.common.channels import ClientSecurity
 from services.common.config import SecurityConfig
-from services.common.supervision import watch_supervisor
 from services.common.tokens import TokenValidator
+from services.common.upkeep import ProcessUpkeep
 
 log = logging.getLogger(__name__)
 
@@ -351,10 +351,11 @@ class Gateway:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        orphan_watch = asyncio.create_task(watch_supervisor(self.config.env, stop_requested.set))
+        upkeep = ProcessUpkeep(self.config.env, "gateway", stop_requested.set)
+        upkeep.start()
         await self.start()
         await stop_requested.wait()
-        orphan_watch.cancel()
+        upkeep.stop()
         await self.stop()
 
     async def __aenter__(self) -> Gateway:

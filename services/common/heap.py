@@ -15,16 +15,15 @@ it to the processes under suspicion; `benchmarks/soak.py --heap-profile` uses bo
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
 import signal
-import threading
 import tracemalloc
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from services.common.allocator import native_memory
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,16 @@ class HeapProfiler:
             return None
         return cls(Path(directory), service)
 
+    @classmethod
+    def install(cls, env: Mapping[str, str], service: str) -> HeapProfiler | None:
+        """For a server's start (on its event loop): when the environment asks for it,
+        starts tracing and snapshots on every SIGUSR1; returns the profiler, or None."""
+        profiler = cls.from_env(env, service)
+        if profiler is not None:
+            profiler.start()
+            profiler.on_signal(asyncio.get_running_loop())
+        return profiler
+
     def start(self) -> None:
         """Starts tracing allocations (from here on: call it first thing)."""
         if not tracemalloc.is_tracing():
@@ -74,72 +83,3 @@ class HeapProfiler:
     def on_signal(self, loop: asyncio.AbstractEventLoop) -> None:
         """Writes a snapshot on every SIGUSR1 (from the event loop, not a signal handler)."""
         loop.add_signal_handler(signal.SIGUSR1, self.snapshot)
-
-
-class _MallInfo2(ctypes.Structure):
-    """glibc's `struct mallinfo2` (glibc 2.33+): totals over every malloc arena."""
-
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def native_memory() -> dict[str, Any]:
-    """This process's memory by holder, in bytes, for telling apart what grows:
-
-    - `python_traced`: Python objects (tracemalloc's count; 0 when not tracing);
-    - `sqlite`: what SQLite holds, page caches included (`sqlite3_memory_used`); SQLite
-      allocates through malloc, so this is a part of `malloc_in_use`;
-    - `malloc_in_use`, `malloc_free`: the C allocator's bytes handed out, and bytes freed but
-      kept by its arenas (fragmentation shows here), over all arenas; None off glibc;
-    - `threads`, and `pss` and `anonymous` from `/proc/self/smaps_rollup` where it exists.
-    """
-    stats: dict[str, Any] = {
-        "python_traced": tracemalloc.get_traced_memory()[0],
-        "sqlite": _sqlite_memory_used(),
-        "malloc_in_use": None,
-        "malloc_free": None,
-        "threads": threading.active_count(),
-    }
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallinfo2.restype = _MallInfo2
-        info = libc.mallinfo2()
-        stats["malloc_in_use"] = info.uordblks + info.hblkhd
-        stats["malloc_free"] = info.fordblks
-    except (OSError, AttributeError):
-        pass  # not glibc, or older than 2.33
-    try:
-        rollup = Path("/proc/self/smaps_rollup").read_text()
-    except OSError:
-        return stats
-    for line in rollup.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("Pss", "Anonymous"):
-            stats[key.lower()] = int(rest.split()[0]) * 1024
-    return stats
-
-
-def _sqlite_memory_used() -> int | None:
-    """Bytes SQLite's allocator holds in this process, through the library the `sqlite3`
-    module uses (symbols resolve through the extension, linked statically or not)."""
-    import _sqlite3
-
-    try:
-        used = ctypes.CDLL(_sqlite3.__file__).sqlite3_memory_used
-    except (OSError, AttributeError):
-        return None
-    used.restype = ctypes.c_int64
-    return int(used())

@@ -35,12 +35,11 @@ from services.common.channels import SERVER_KEEPALIVE_OPTIONS, ClientSecurity
 from services.common.config import ConfigError, SecurityConfig, ServerConfig, server_flag_parser
 from services.common.data_dir import secure_data_dir
 from services.common.errors import GraceError
-from services.common.heap import HeapProfiler
 from services.common.interceptors import ErrorTranslator
 from services.common.reflection import enable_reflection
-from services.common.supervision import watch_supervisor
 from services.common.telemetry import configure_logging
 from services.common.tokens import TokenValidator
+from services.common.upkeep import ProcessUpkeep
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +207,10 @@ class GraceServer:
     async def serve_forever(self) -> None:
         """Serves until SIGTERM or SIGINT, then shuts down gracefully.
 
-        A second signal during the drain cuts the grace period short. With
-        GRACE_HEAP_PROFILE_DIR set, SIGUSR1 writes a heap snapshot (`services.common.heap`).
+        A second signal during the drain cuts the grace period short. Beside serving, the
+        process keeps its upkeep (`services.common.upkeep`): it stops when its supervisor is
+        gone, hands freed memory back, and with GRACE_HEAP_PROFILE_DIR set writes a heap
+        snapshot on SIGUSR1.
         """
         loop = asyncio.get_running_loop()
         stop_requested = asyncio.Event()
@@ -222,14 +223,11 @@ class GraceServer:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
-        profiler = HeapProfiler.from_env(self.config.env, self.config.service)
-        if profiler is not None:
-            profiler.start()
-            profiler.on_signal(loop)
-        orphan_watch = asyncio.create_task(watch_supervisor(self.config.env, stop_requested.set))
+        upkeep = ProcessUpkeep(self.config.env, self.config.service, stop_requested.set)
+        upkeep.start()
         await self.start()
         await stop_requested.wait()
-        orphan_watch.cancel()
+        upkeep.stop()
         stopping = asyncio.create_task(self.stop())
         while not stopping.done():
             before = signals_seen

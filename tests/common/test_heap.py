@@ -54,24 +54,6 @@ async def test_sigusr1_writes_a_snapshot_that_names_the_code_that_allocated(
             tracemalloc.stop()
 
 
-def test_native_memory_sees_what_sqlite_holds_outside_the_python_heap() -> None:
-    import sqlite3
-
-    from services.common.heap import native_memory
-
-    before = native_memory()
-    conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE TABLE t (x BLOB)")
-    conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1000,)] * 3000)  # ~3 MB of pages
-    held = native_memory()
-    conn.close()
-    assert before["sqlite"] is not None
-    assert held["sqlite"] - before["sqlite"] > 2_000_000
-    assert held["malloc_in_use"] >= held["sqlite"]
-    assert held["pss"] > 0
-    assert held["threads"] >= 1
-
-
 def test_a_snapshot_has_its_native_figures_beside_it(tmp_path: Path) -> None:
     import json
 
