@@ -34,6 +34,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.group_commit import GroupCommitter
 from services.common.validation import require_id
 from services.kernels.immutable_log.checkpoint import sign_checkpoint, verifier_key
+from services.kernels.immutable_log.integrity import IntegrityReport, IntegrityScan
 from services.kernels.immutable_log.merkle import (
     MerkleFrontier,
     Node,
@@ -91,17 +92,6 @@ class StoredView:
     leaf_data: bytes
     leaf_hash: bytes
     data: pb.EntryData | None
-
-
-@dataclass(frozen=True)
-class IntegrityReport:
-    """Result of recomputing the log from storage."""
-
-    valid: bool
-    checked: int
-    first_bad_index: int
-    reason: str
-    root_hash: bytes
 
 
 @dataclass
@@ -430,10 +420,10 @@ class ImmutableLog:
         return first, second, await self._hashes(consistency_ranges(first, second), self._frontier)
 
     async def verify_integrity(self) -> IntegrityReport:
-        """Recomputes every leaf hash, the tree and the root from storage (see the module
-        docs), holding only a frontier and one chunk of nodes at a time."""
+        """Recomputes every leaf hash, the tree and the root from storage and compares them
+        with the signed heads and the stored nodes (see `integrity`)."""
         size = self.size
-        check = _IntegrityScan(self.store)
+        check = IntegrityScan(self.store, SCAN_CHUNK)
         try:
             async for row in self.store.scan(SCAN_CHUNK):
                 if row.index >= size or not await check.add(row):
@@ -442,102 +432,3 @@ class ImmutableLog:
         finally:
             await check.close()
         return check.report()
-
-
-class _IntegrityScan:
-    """One pass over the stored log: leaves against their stored hashes, the rebuilt tree
-    against the signed heads and against the stored nodes proofs are served from."""
-
-    def __init__(self, store: LogStore) -> None:
-        self.store = store
-        self.frontier = MerkleFrontier()
-        self.bad, self.reason = -1, ""
-        self._heads = store.heads()
-        self._next_head: Head | None = None
-        self._heads_started = False
-        # The last head that matched, and the first that did not, in size order.
-        self._matched = 0
-        self._head_mismatch: tuple[int, str] | None = None
-        self._node_mismatch: tuple[int, str] | None = None
-        self._chunk_start = 0
-        self._completed: list[tuple[int, int, bytes]] = []
-
-    async def add(self, row: StoredEntry) -> bool:
-        """Checks one entry; False once the scan found a bad one."""
-        expected = self.frontier.size
-        if row.index != expected:
-            self.bad, self.reason = expected, f"entry {expected} is missing from storage"
-            return False
-        recomputed = leaf_hash(row.leaf_data)
-        if recomputed != row.leaf_hash:
-            self.bad, self.reason = row.index, "leaf data does not match its stored leaf hash"
-            return False
-        self._completed += self.frontier.append(recomputed)
-        await self._check_heads()
-        if self.frontier.size - self._chunk_start >= SCAN_CHUNK:
-            await self._check_nodes()
-        return True
-
-    async def _check_heads(self) -> None:
-        if not self._heads_started:
-            self._heads_started = True
-            self._next_head = await anext(self._heads, None)
-        size = self.frontier.size
-        while self._next_head is not None and self._next_head.tree_size <= size:
-            head = self._next_head
-            if head.tree_size == size and self._head_mismatch is None:
-                if head.root_hash == self.frontier.root():
-                    self._matched = size
-                else:
-                    self._head_mismatch = (
-                        self._matched,
-                        f"entries [{self._matched}, {size}) do not match the signed tree "
-                        f"head of size {size}",
-                    )
-            self._next_head = await anext(self._heads, None)
-
-    async def _check_nodes(self) -> None:
-        start, end = self._chunk_start, self.frontier.size
-        completed, self._completed, self._chunk_start = self._completed, [], end
-        if self._node_mismatch is not None or not completed:
-            return
-        stored = await self.store.nodes_completed(start, end)
-        for level, index, digest in completed:
-            if stored.get((level, index)) != digest:
-                first = index << level
-                self._node_mismatch = (
-                    first,
-                    f"entries [{first}, {first + (1 << level)}) do not match the tree node "
-                    "stored for them",
-                )
-                return
-
-    async def finish(self, size: int) -> None:
-        """Settles what the whole scan found, for a log of `size` entries."""
-        if self.bad >= 0:
-            return
-        checked = self.frontier.size
-        if checked < size:
-            self.bad, self.reason = checked, f"entry {checked} is missing from storage"
-            return
-        await self._check_nodes()
-        latest = await self.store.head(checked)
-        if checked and (latest is None or latest.root_hash != self.frontier.root()):
-            # Rows rewritten together with their hash column still disagree with the signed
-            # heads: the first head that does not match bounds where the rewrite starts.
-            self.bad, self.reason = self._head_mismatch or (
-                self._matched,
-                f"no signed tree head matches size {checked}",
-            )
-        elif self._node_mismatch is not None:
-            self.bad, self.reason = self._node_mismatch
-
-    async def close(self) -> None:
-        """Stops reading heads."""
-        await self._heads.aclose()
-
-    def report(self) -> IntegrityReport:
-        """The result."""
-        valid = self.bad < 0
-        root = self.frontier.root() if valid else b""
-        return IntegrityReport(valid, self.frontier.size, self.bad, self.reason, root)
