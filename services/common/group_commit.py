@@ -174,35 +174,40 @@ class GroupCommitter(Generic[ItemT, ResultT]):
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = self._next_batch()
-            self._in_flight = batch
-            try:
-                results = await self._commit([waiting.item for waiting in batch])
-            except asyncio.CancelledError:
-                self._fail(batch, self._closed_error())
-                raise
-            except Exception as exc:
-                log.exception("%s: committing %d items failed", self.name, len(batch))
-                self._fail(batch, self._failed_error(exc))
-                continue
-            finally:
-                self._in_flight = []
-            if len(results) != len(batch):
-                error = RuntimeError(
-                    f"{self.name}: commit returned {len(results)} results for {len(batch)} items"
-                )
-                log.error("%s", error)
-                self._fail(batch, error)
-                continue
-            self.batches += 1
-            self.committed_items += len(batch)
-            for waiting, result in zip(batch, results, strict=True):
-                if waiting.future.done():
-                    continue  # the caller stopped waiting; the write stands
-                if isinstance(result, BaseException):
-                    waiting.future.set_exception(result)
-                else:
-                    waiting.future.set_result(result)
+            # In its own frame: a batch held by this loop's locals while it waits for the
+            # next would keep the last batch's items (and their payloads) alive.
+            await self._commit_next()
+
+    async def _commit_next(self) -> None:
+        batch = self._next_batch()
+        self._in_flight = batch
+        try:
+            results = await self._commit([waiting.item for waiting in batch])
+        except asyncio.CancelledError:
+            self._fail(batch, self._closed_error())
+            raise
+        except Exception as exc:
+            log.exception("%s: committing %d items failed", self.name, len(batch))
+            self._fail(batch, self._failed_error(exc))
+            return
+        finally:
+            self._in_flight = []
+        if len(results) != len(batch):
+            error = RuntimeError(
+                f"{self.name}: commit returned {len(results)} results for {len(batch)} items"
+            )
+            log.error("%s", error)
+            self._fail(batch, error)
+            return
+        self.batches += 1
+        self.committed_items += len(batch)
+        for waiting, result in zip(batch, results, strict=True):
+            if waiting.future.done():
+                continue  # the caller stopped waiting; the write stands
+            if isinstance(result, BaseException):
+                waiting.future.set_exception(result)
+            else:
+                waiting.future.set_result(result)
 
     @staticmethod
     def _fail(batch: Sequence[_Waiting[ItemT, ResultT]], error: BaseException) -> None:

@@ -85,7 +85,7 @@ def log_actions(log: ImmutableLog) -> dict[str, KernelAction]:
         }
 
     async def checkpoint(data: dict[str, Any], key: str) -> dict[str, Any]:
-        note, size, root = log.checkpoint(_int(data.get("tree_size"), "input.tree_size"))
+        note, size, root = await log.checkpoint(_int(data.get("tree_size"), "input.tree_size"))
         return {"checkpoint": note, "tree_size": size, "root_hash": root.hex()}
 
     async def inclusion_proof(data: dict[str, Any], key: str) -> dict[str, Any]:

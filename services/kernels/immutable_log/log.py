@@ -2,14 +2,22 @@
 
 The log's group committer owns the write path: concurrent `append` calls queue their
 entries and it takes everything waiting (up to `max_batch_entries`) into one transaction,
-which holds the rows, their request ids and the signed tree head of the new size. Only
-then do the callers get their indexes. The in-memory `MerkleTree` mirrors the committed
-leaf hashes and answers roots and proofs; it is rebuilt from storage at start and checked
-against the last signed head.
+which holds the rows, the tree nodes they complete, their request ids and the signed
+tree head of the new size. Only then do the callers get their indexes.
+
+Memory stays bounded however long the log grows: the log holds only the tree's right
+frontier (`MerkleFrontier`, popcount(size) hashes), enough to append and to sign the
+current root. Roots of earlier sizes and proofs read their O(log n) node hashes from the
+store in one query. At start the frontier is read from the store (O(log n) rows, not every
+leaf) and checked against the last signed head; a log written before nodes were stored
+has them back-filled once, in bounded batches, first. A row missing or rewritten in the
+middle of the log is therefore not noticed at start but by `verify_integrity`, which
+rereads everything (and by any client whose proof then fails to verify).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -26,8 +34,19 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.group_commit import GroupCommitter
 from services.common.validation import require_id
 from services.kernels.immutable_log.checkpoint import sign_checkpoint, verifier_key
-from services.kernels.immutable_log.merkle import MerkleTree, leaf_hash
-from services.kernels.immutable_log.store import Head, LogStore, NewRow
+from services.kernels.immutable_log.integrity import IntegrityReport, IntegrityScan
+from services.kernels.immutable_log.merkle import (
+    MerkleFrontier,
+    Node,
+    Range,
+    consistency_ranges,
+    frontier_nodes,
+    inclusion_ranges,
+    leaf_hash,
+    nodes_of,
+    range_hashes,
+)
+from services.kernels.immutable_log.store import Head, LogStore, NewRow, StoredEntry
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer("immutable_log")
@@ -35,6 +54,9 @@ _tracer = trace.get_tracer("immutable_log")
 Clock = Callable[[], float]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
 MAX_BATCH = 10_000
+# Leaves read (and nodes written) per step when the tree is rebuilt from the leaves: bounds
+# the memory of a back-fill and of an integrity check.
+SCAN_CHUNK = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,23 +86,12 @@ class AppendResult:
 
 @dataclass(frozen=True)
 class StoredView:
-    """An entry as served: exact leaf bytes, the committed leaf hash, the decoded data."""
+    """An entry as served: exact leaf bytes, the stored leaf hash, the decoded data."""
 
     index: int
     leaf_data: bytes
     leaf_hash: bytes
     data: pb.EntryData | None
-
-
-@dataclass(frozen=True)
-class IntegrityReport:
-    """Result of recomputing the log from storage."""
-
-    valid: bool
-    checked: int
-    first_bad_index: int
-    reason: str
-    root_hash: bytes
 
 
 @dataclass
@@ -127,8 +138,9 @@ class ImmutableLog:
         self.public_key = key.public_key
         self.verifier_key = verifier_key(self.settings.origin, self.public_key)
         self._clock = clock
-        self._tree = MerkleTree()
-        self._size = 0  # committed size; the tree may briefly hold more during a commit
+        # The committed tree's frontier; a commit builds the next one on a copy and swaps it
+        # in with `_latest` once the transaction is durable, so readers never see more.
+        self._frontier = MerkleFrontier()
         self._latest = ""
         self._committer: GroupCommitter[_Pending, AppendResult] = GroupCommitter(
             self._commit,
@@ -143,27 +155,73 @@ class ImmutableLog:
     @property
     def size(self) -> int:
         """Committed tree size."""
-        return self._size
+        return self._frontier.size
+
+    @property
+    def frontier(self) -> MerkleFrontier:
+        """The committed tree's right frontier: all of the tree the log keeps in memory."""
+        return self._frontier
 
     async def open(self) -> None:
-        """Opens storage, rebuilds the tree and checks it against the last signed head."""
+        """Opens storage, back-fills tree nodes a log of an older version lacks, reads the
+        frontier and checks it against the last signed head."""
         await self.store.open()
-        async for index, leaf in self.store.leaf_hashes():
-            if index != self._tree.size:
-                self.startup_problem = f"entry {self._tree.size} is missing from storage"
-                log.error("immutable log: %s", self.startup_problem)
-                break
-            self._tree.append(leaf)
-        self._size = self._tree.size
-        head = await self.store.head(self._size)
-        if self._size and (head is None or head.root_hash != self._tree.root()):
+        self._frontier = await self._restore()
+        size = self.size
+        head = await self.store.head(size)
+        if size and (head is None or head.root_hash != self._frontier.root()):
             self.startup_problem = self.startup_problem or (
-                f"stored entries do not match the signed tree head of size {self._size}"
+                f"stored entries do not match the signed tree head of size {size}"
             )
             log.error("immutable log: %s; run VerifyIntegrity", self.startup_problem)
-        self._latest = head.checkpoint if head else self._sign(self._size)
+        self._latest = head.checkpoint if head else self._sign(size, self._frontier.root())
         self._committer.start()
-        log.info("immutable log open: %d entries, origin %s", self._size, self.settings.origin)
+        log.info("immutable log open: %d entries, origin %s", size, self.settings.origin)
+
+    async def _restore(self) -> MerkleFrontier:
+        size = await self.store.size()
+        # Every node within the first `through` leaves is stored (the commit invariant).
+        through = min(await self.store.nodes_stored_through(), size & ~1)
+        if size - through >= 2:
+            log.info("immutable log: storing the tree nodes of entries [%d, %d)", through, size)
+            start = await self._stored_frontier(through)
+            if start is not None:
+                return await self._rebuild(start, store_nodes=True)
+        else:
+            stored = await self._stored_frontier(size)
+            if stored is not None:
+                return stored
+        self.startup_problem = f"tree nodes of size {size} are missing from storage"
+        log.error(
+            "immutable log: %s; rebuilding the frontier from the leaves", self.startup_problem
+        )
+        return await self._rebuild(MerkleFrontier(), store_nodes=False)
+
+    async def _stored_frontier(self, size: int) -> MerkleFrontier | None:
+        wanted = frontier_nodes(size)
+        stored = await self.store.hashes(set(wanted))
+        if len(stored) != len(wanted):
+            return None
+        return MerkleFrontier(size, [stored[node] for node in wanted])
+
+    async def _rebuild(self, frontier: MerkleFrontier, *, store_nodes: bool) -> MerkleFrontier:
+        """Extends `frontier` with the stored leaves after it, a chunk at a time, storing
+        the nodes they complete if asked; stops at the first missing entry."""
+        async for chunk in self.store.leaf_hashes(frontier.size, SCAN_CHUNK):
+            completed: list[tuple[int, int, bytes]] = []
+            gap = False
+            for index, leaf in chunk:
+                if index != frontier.size:
+                    gap = True
+                    break
+                completed += frontier.append(leaf)
+            if store_nodes:
+                await self.store.add_nodes(completed)
+            if gap:
+                self.startup_problem = f"entry {frontier.size} is missing from storage"
+                log.error("immutable log: %s", self.startup_problem)
+                break
+        return frontier
 
     async def close(self, drain_timeout_s: float = 10.0) -> None:
         """Commits what is queued (for at most `drain_timeout_s`), stops the committer and
@@ -171,10 +229,8 @@ class ImmutableLog:
         await self._committer.close(drain_timeout_s)
         await self.store.close()
 
-    def _sign(self, size: int) -> str:
-        return sign_checkpoint(
-            self.settings.origin, size, self._tree.root(size), self._key.private_key
-        )
+    def _sign(self, size: int, root: bytes) -> str:
+        return sign_checkpoint(self.settings.origin, size, root, self._key.private_key)
 
     # Appends ---------------------------------------------------------------------------
 
@@ -218,7 +274,7 @@ class ImmutableLog:
         for position, item in enumerate(batch):
             if item.request_id in earlier:
                 first, count = earlier[item.request_id]
-                results[position] = self._replay(first, count)
+                results[position] = await self._replay(first, count)
             elif item.request_id in claimed:
                 item.replay_of = claimed[item.request_id]
             else:
@@ -233,16 +289,16 @@ class ImmutableLog:
             origin = item.replay_of
             if origin is None:
                 results[position] = AppendResult(
-                    item.first_index, [row.leaf_hash for row in item.rows], self._size
+                    item.first_index, [row.leaf_hash for row in item.rows], self.size
                 )
             else:
-                results[position] = self._replay(origin.first_index, len(origin.rows))
+                results[position] = await self._replay(origin.first_index, len(origin.rows))
         return [results[position] for position in range(len(batch))]
 
     async def _write(self, fresh: list[_Pending]) -> None:
-        """Appends the fresh items' rows, their request ids and the new signed head in one
-        transaction; the in-memory tree is rolled back when that fails."""
-        start = self._size
+        """Appends the fresh items' rows, the nodes they complete, their request ids and the
+        new signed head in one transaction; the frontier moves on only once it is durable."""
+        start = self.size
         rows: list[NewRow] = []
         request_rows: list[tuple[str, int, int]] = []
         for item in fresh:
@@ -250,21 +306,17 @@ class ImmutableLog:
             if item.request_id:
                 request_rows.append((item.request_id, item.first_index, len(item.rows)))
             rows.extend(item.rows)
-        self._tree.extend(row.leaf_hash for row in rows)
-        size = self._tree.size
-        try:
-            note = self._sign(size)
-            await self.store.commit(
-                start, rows, request_rows, Head(size, self._tree.root(size), note)
-            )
-        except BaseException:
-            self._tree.truncate(start)
-            raise
-        self._size, self._latest = size, note
+        frontier = self._frontier.copy()
+        completed = frontier.extend(row.leaf_hash for row in rows)
+        size, root = frontier.size, frontier.root()
+        note = self._sign(size, root)
+        await self.store.commit(start, rows, request_rows, Head(size, root, note), completed)
+        self._frontier, self._latest = frontier, note
 
-    def _replay(self, first: int, count: int) -> AppendResult:
-        hashes = [self._tree.leaf(i) for i in range(first, min(first + count, self._size))]
-        return AppendResult(first, hashes, self._size, replayed=True)
+    async def _replay(self, first: int, count: int) -> AppendResult:
+        size = self.size
+        hashes = await self.store.leaf_hash_range(first, min(first + count, size))
+        return AppendResult(first, hashes, size, replayed=True)
 
     # Reads -----------------------------------------------------------------------------
 
@@ -277,7 +329,7 @@ class ImmutableLog:
             start = int(position.get("next", start))
         if start < 0:
             raise InvalidArgument("start", "must not be negative")
-        stop = min(end or self._size, self._size)
+        stop = min(end or self.size, self.size)
         if end < 0:
             raise InvalidArgument("end", "must not be negative")
         limit = pagination.page_size(size)
@@ -285,7 +337,7 @@ class ImmutableLog:
         rows = await self.store.entries(start, upto) if start < upto else []
         # A served entry carries its leaf bytes and their decoded form: twice the bytes.
         views, cut = pagination.take_page(
-            [self._view(r.index, r.leaf_data) for r in rows],
+            [self._view(r) for r in rows],
             limit,
             lambda view: 2 * len(view.leaf_data) + 96,
         )
@@ -293,25 +345,42 @@ class ImmutableLog:
         next_token = pagination.encode_token({"next": resume}) if resume < stop else ""
         return views, next_token
 
-    def _view(self, index: int, data: bytes) -> StoredView:
+    @staticmethod
+    def _view(row: StoredEntry) -> StoredView:
         try:
-            decoded: pb.EntryData | None = pb.EntryData.FromString(data)
+            decoded: pb.EntryData | None = pb.EntryData.FromString(row.leaf_data)
         except DecodeError:
             decoded = None
-        return StoredView(index, data, self._tree.leaf(index), decoded)
+        return StoredView(row.index, row.leaf_data, row.leaf_hash, decoded)
 
-    def checkpoint(self, size: int = 0) -> tuple[str, int, bytes]:
+    async def checkpoint(self, size: int = 0) -> tuple[str, int, bytes]:
         """(signed note, size, root) for `size` (0 = current)."""
         size = self._checked_size("tree_size", size)
-        note = self._latest if size == self._size else self._sign(size)
-        return note, size, self._tree.root(size)
+        frontier, latest = self._frontier, self._latest
+        if size == frontier.size:
+            return latest, size, frontier.root()
+        [root] = await self._hashes([(0, size)], frontier)
+        return self._sign(size, root), size, root
+
+    async def _hashes(self, ranges: list[Range], frontier: MerkleFrontier) -> list[bytes]:
+        """The hashes of `ranges` (all within the committed tree): the frontier's nodes
+        from memory, every other one from the store in one query."""
+        known = frontier.nodes()
+        wanted = nodes_of(ranges) - known.keys()
+        if wanted:
+            known.update(await self.store.hashes(wanted))
+        missing: list[Node] = sorted(wanted - known.keys())
+        if missing:
+            level, index = missing[0]
+            raise FailedPrecondition(f"tree node {index} of level {level} is missing from storage")
+        return range_hashes(ranges, known.__getitem__)
 
     def _checked_size(self, field_name: str, size: int) -> int:
         if size < 0:
             raise InvalidArgument(field_name, "must not be negative")
-        if size > self._size:
-            raise InvalidArgument(field_name, f"is beyond the tree size {self._size}")
-        return size or self._size
+        if size > self.size:
+            raise InvalidArgument(field_name, f"is beyond the tree size {self.size}")
+        return size or self.size
 
     async def inclusion_proof(
         self, index: int | None, leaf: bytes | None, size: int
@@ -320,66 +389,46 @@ class ImmutableLog:
         size = self._checked_size("tree_size", size)
         if leaf is not None:
             found = await self.store.index_of(leaf)
-            if found is None or found >= self._size:
+            if found is None or found >= self.size:
                 raise NotFound("leaf", leaf.hex())
             index = found
         if index is None or not 0 <= index < size:
             raise InvalidArgument("index", f"must be in [0, {size}) for tree size {size}")
-        rows = await self.store.entries(index, index + 1)
+        frontier, latest = self._frontier, self._latest
+        ranges = inclusion_ranges(index, size)
+        if size != frontier.size:
+            ranges.append((0, size))  # the root of an earlier size comes in the same query
+        # The entry and the hashes are two reads on two connections: side by side, the
+        # proof waits for one round trip, not two.
+        rows, hashes = await asyncio.gather(
+            self.store.entries(index, index + 1), self._hashes(ranges, frontier)
+        )
         if not rows:
             raise FailedPrecondition(f"entry {index} is missing from storage")
-        path = self._tree.inclusion_proof(index, size)
-        note = self.checkpoint(size)[0]
-        return index, size, path, self._view(index, rows[0].leaf_data), note
+        if size == frontier.size:
+            path, note = hashes, latest
+        else:
+            *path, root = hashes
+            note = self._sign(size, root)
+        return index, size, path, self._view(rows[0]), note
 
-    def consistency_proof(self, first: int, second: int) -> tuple[int, int, list[bytes]]:
+    async def consistency_proof(self, first: int, second: int) -> tuple[int, int, list[bytes]]:
         """(first, second, proof) that tree `first` is a prefix of tree `second`."""
         second = self._checked_size("second_size", second)
         if not 0 < first <= second:
             raise InvalidArgument("first_size", f"must be in [1, {second}]")
-        return first, second, self._tree.consistency_proof(first, second)
+        return first, second, await self._hashes(consistency_ranges(first, second), self._frontier)
 
     async def verify_integrity(self) -> IntegrityReport:
-        """Recomputes every leaf hash and the root from storage (see the module docs)."""
-        size, expected = self._size, 0
-        fresh = MerkleTree()
-        bad, reason = -1, ""
-        async for row in self.store.scan():
-            if row.index >= size:
-                break
-            if row.index != expected:
-                bad, reason = expected, f"entry {expected} is missing from storage"
-                break
-            recomputed = leaf_hash(row.leaf_data)
-            if recomputed != row.leaf_hash:
-                bad, reason = row.index, "leaf data does not match its stored leaf hash"
-                break
-            if recomputed != self._tree.leaf(row.index):
-                bad, reason = row.index, "leaf data does not match the hash committed at append"
-                break
-            fresh.append(recomputed)
-            expected += 1
-        if bad < 0 and expected < size:
-            bad, reason = expected, f"entry {expected} is missing from storage"
-        if bad < 0:
-            bad, reason = await self._check_heads(fresh)
-        root = fresh.root() if bad < 0 else b""
-        return IntegrityReport(bad < 0, expected, bad, reason, root)
-
-    async def _check_heads(self, fresh: MerkleTree) -> tuple[int, str]:
-        # Rows rewritten together with their hash column still disagree with the signed
-        # heads: the first head that does not match bounds where the rewrite starts.
-        latest = await self.store.head(fresh.size)
-        if fresh.size == 0 or (latest is not None and latest.root_hash == fresh.root()):
-            return -1, ""
-        previous = 0
-        for head in await self.store.heads():
-            if head.tree_size > fresh.size:
-                break
-            if head.root_hash != fresh.root(head.tree_size):
-                return previous, (
-                    f"entries [{previous}, {head.tree_size}) do not match the signed tree head "
-                    f"of size {head.tree_size}"
-                )
-            previous = head.tree_size
-        return previous, f"no signed tree head matches size {fresh.size}"
+        """Recomputes every leaf hash, the tree and the root from storage and compares them
+        with the signed heads and the stored nodes (see `integrity`)."""
+        size = self.size
+        check = IntegrityScan(self.store, SCAN_CHUNK)
+        try:
+            async for row in self.store.scan(SCAN_CHUNK):
+                if row.index >= size or not await check.add(row):
+                    break
+            await check.finish(size)
+        finally:
+            await check.close()
+        return check.report()

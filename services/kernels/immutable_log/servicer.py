@@ -77,7 +77,7 @@ class ImmutableLogServicer(pb_grpc.ImmutableLogServiceServicer):
     async def GetCheckpoint(
         self, request: pb.GetCheckpointRequest, context: Context
     ) -> pb.GetCheckpointResponse:
-        note, size, root = self._log.checkpoint(request.tree_size)
+        note, size, root = await self._log.checkpoint(request.tree_size)
         return pb.GetCheckpointResponse(
             checkpoint=note,
             tree_size=size,
@@ -107,13 +107,15 @@ class ImmutableLogServicer(pb_grpc.ImmutableLogServiceServicer):
     async def GetConsistencyProof(
         self, request: pb.GetConsistencyProofRequest, context: Context
     ) -> pb.GetConsistencyProofResponse:
-        first, second, path = self._log.consistency_proof(request.first_size, request.second_size)
+        first, second, path = await self._log.consistency_proof(
+            request.first_size, request.second_size
+        )
         return pb.GetConsistencyProofResponse(
             first_size=first,
             second_size=second,
             hashes=path,
-            first_checkpoint=self._log.checkpoint(first)[0],
-            second_checkpoint=self._log.checkpoint(second)[0],
+            first_checkpoint=(await self._log.checkpoint(first))[0],
+            second_checkpoint=(await self._log.checkpoint(second))[0],
         )
 
     async def VerifyIntegrity(

@@ -1,12 +1,20 @@
 """Durable state of the immutable log: entries (exact leaf bytes and leaf hashes), the
-request ids of appends (idempotent retries) and the signed tree head of every commit.
+Merkle tree's inner nodes, the request ids of appends (idempotent retries) and the signed
+tree head of every commit.
 
-Rows are only ever inserted: nothing here updates or deletes an entry.
+The nodes table holds the hash of every complete aligned subtree of level >= 1 (level 0,
+the leaf hashes, is the entries' `leaf_hash` column): about one row per entry. A commit
+writes the nodes its leaves complete in the same transaction as the leaves, so the
+invariant "every node within the first `size` leaves is stored" survives any crash, and
+roots and proofs of any size read O(log n) rows (`hashes`, one query).
+
+Rows are only ever inserted: nothing here updates or deletes an entry or a node.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import itertools
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +25,18 @@ from sqlalchemy import (
     Index,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
+    and_,
     func,
+    or_,
     select,
 )
 
 from services.common.storage import Database
+from services.kernels.immutable_log.merkle import Node
 
 metadata = MetaData()
 
@@ -38,6 +50,16 @@ entries = Table(
     Column("actor", String(128), nullable=False),
     Column("time", Float, nullable=False),
     Index("immutable_log_entries_leaf_hash", "leaf_hash"),
+)
+
+nodes = Table(
+    "immutable_log_nodes",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    # On SQLite the rows live in the primary key's B-tree: no rowid, no second index.
+    sqlite_with_rowid=False,
 )
 
 requests = Table(
@@ -100,6 +122,10 @@ class LogStore:
             f"INSERT INTO {entries.name} (idx, leaf_data, leaf_hash, kind, actor, time) "
             f"VALUES ({marks})"
         )
+        node_marks = ", ".join("?" if db.is_sqlite else f"${n}" for n in range(1, 4))
+        self._insert_nodes_sql = (
+            f"INSERT INTO {nodes.name} (level, idx, hash) VALUES ({node_marks})"
+        )
 
     async def open(self) -> None:
         """Creates the tables if missing."""
@@ -109,11 +135,100 @@ class LogStore:
         """Closes the database."""
         await self.db.close()
 
-    async def leaf_hashes(self, chunk: int = 50_000) -> AsyncIterator[tuple[int, bytes]]:
-        """Every (index, stored leaf hash) in index order."""
-        async for rows in self._chunks(select(entries.c.idx, entries.c.leaf_hash), chunk):
-            for index, leaf in rows:
-                yield int(index), bytes(leaf)
+    async def leaf_hashes(
+        self, start: int = 0, chunk: int = 50_000
+    ) -> AsyncIterator[list[tuple[int, bytes]]]:
+        """(index, stored leaf hash) of every entry from `start` on, in index order, a
+        chunk at a time."""
+        query = select(entries.c.idx, entries.c.leaf_hash)
+        async for rows in self._chunks(query, chunk, after=start - 1):
+            yield [(int(index), bytes(leaf)) for index, leaf in rows]
+
+    async def leaf_hash_range(self, start: int, end: int) -> list[bytes]:
+        """The stored leaf hashes of entries [start, end), in order."""
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(entries.c.leaf_hash)
+                .where(entries.c.idx >= start, entries.c.idx < end)
+                .order_by(entries.c.idx)
+            )
+            return [bytes(leaf) for (leaf,) in rows]
+
+    async def size(self) -> int:
+        """One past the highest stored index (the log's size when no row is missing)."""
+        async with self.db.read() as conn:
+            top = (await conn.execute(select(func.max(entries.c.idx)))).scalar_one_or_none()
+        return 0 if top is None else int(top) + 1
+
+    async def nodes_stored_through(self) -> int:
+        """How many leaves the stored nodes are complete for: an even count m such that
+        every node within the first m leaves is stored (0 for a log written before nodes
+        were stored). Commits and back-fills write nodes in leaf order, so the last level-1
+        node bounds it."""
+        async with self.db.read() as conn:
+            top = (
+                await conn.execute(select(func.max(nodes.c.idx)).where(nodes.c.level == 1))
+            ).scalar_one_or_none()
+        return 0 if top is None else 2 * (int(top) + 1)
+
+    async def hashes(self, wanted: set[Node]) -> dict[Node, bytes]:
+        """The stored hashes of these nodes (leaves from the entries, the rest from the
+        nodes table), in one query; a node not stored is absent from the answer."""
+        if not wanted:
+            return {}
+        # Plain driver SQL: the statement's shape changes with every proof, and compiling
+        # it through SQLAlchemy cost twice the query itself.
+        marks = self._marks()
+        params: list[int] = []
+        leaves = sorted(index for level, index in wanted if level == 0)
+        inner = sorted(node for node in wanted if node[0] > 0)
+        parts = []
+        if leaves:
+            parts.append(
+                f"SELECT 0, idx, leaf_hash FROM {entries.name} "
+                f"WHERE idx IN ({', '.join(next(marks) for _ in leaves)})"
+            )
+            params += leaves
+        if inner:
+            terms = " OR ".join(f"(level = {next(marks)} AND idx = {next(marks)})" for _ in inner)
+            parts.append(f"SELECT level, idx, hash FROM {nodes.name} WHERE {terms}")
+            params += [value for node in inner for value in node]
+        async with self.db.read() as conn:
+            result = await conn.exec_driver_sql(" UNION ALL ".join(parts), tuple(params))
+            rows: list[Any] = list(result)
+        return {(int(level), int(index)): bytes(digest) for level, index, digest in rows}
+
+    def _marks(self) -> Iterator[str]:
+        """Parameter placeholders of the driver, in order."""
+        if self.db.is_sqlite:
+            return itertools.repeat("?")
+        return (f"${n}" for n in itertools.count(1))
+
+    async def nodes_completed(self, start: int, end: int) -> dict[Node, bytes]:
+        """The stored nodes (levels >= 1) that leaves [start, end) complete: node
+        (L, i) is completed by leaf (i + 1) * 2^L - 1."""
+        ranges = []
+        level = 1
+        while (1 << level) <= end:
+            first, last = (start + 1 + (1 << level) - 1) >> level, end >> level
+            if first <= last:
+                ranges.append(
+                    and_(nodes.c.level == level, nodes.c.idx >= first - 1, nodes.c.idx < last)
+                )
+            level += 1
+        if not ranges:
+            return {}
+        async with self.db.read() as conn:
+            rows = await conn.execute(
+                select(nodes.c.level, nodes.c.idx, nodes.c.hash).where(or_(*ranges))
+            )
+            return {(int(level), int(index)): bytes(digest) for level, index, digest in rows}
+
+    async def add_nodes(self, completed: Sequence[tuple[int, int, bytes]]) -> None:
+        """Inserts nodes of leaves already stored, in one transaction (back-fill)."""
+        if completed:
+            async with self.db.transaction() as conn:
+                await conn.exec_driver_sql(self._insert_nodes_sql, list(completed))
 
     async def scan(self, chunk: int = 10_000) -> AsyncIterator[StoredEntry]:
         """Every entry in index order (for integrity checks)."""
@@ -122,14 +237,13 @@ class LogStore:
             for index, data, leaf in rows:
                 yield StoredEntry(int(index), bytes(data), bytes(leaf))
 
-    async def _chunks(self, query: Any, chunk: int) -> AsyncIterator[list[Any]]:
+    async def _chunks(
+        self, query: Any, chunk: int, after: int = -1, key: Any = entries.c.idx
+    ) -> AsyncIterator[list[Any]]:
         # Keyset pages keep memory flat and work the same on SQLite and PostgreSQL.
-        after = -1
         while True:
             async with self.db.read() as conn:
-                result = await conn.execute(
-                    query.where(entries.c.idx > after).order_by(entries.c.idx).limit(chunk)
-                )
+                result = await conn.execute(query.where(key > after).order_by(key).limit(chunk))
                 rows = [tuple(r) for r in result]
             if not rows:
                 return
@@ -174,9 +288,10 @@ class LogStore:
         rows: Sequence[NewRow],
         request_ids: Sequence[tuple[str, int, int]],
         head: Head,
+        completed: Sequence[tuple[int, int, bytes]] = (),
     ) -> None:
-        """Inserts rows from `first_index` on, their request ids and the new tree head, in
-        one transaction."""
+        """Inserts rows from `first_index` on, the (level, index, hash) of the tree nodes
+        they complete, their request ids and the new tree head, in one transaction."""
         async with self.db.transaction() as conn:
             # The hot path of the log: a driver-level executemany of plain tuples skips
             # SQLAlchemy's per-row parameter processing (about a third of an append's cost).
@@ -187,6 +302,8 @@ class LogStore:
                     for offset, r in enumerate(rows)
                 ],
             )
+            if completed:
+                await conn.exec_driver_sql(self._insert_nodes_sql, list(completed))
             if request_ids:
                 await conn.execute(
                     requests.insert(),
@@ -201,11 +318,11 @@ class LogStore:
                 )
             )
 
-    async def heads(self) -> list[Head]:
+    async def heads(self, chunk: int = 10_000) -> AsyncGenerator[Head, None]:
         """Every recorded tree head, by size."""
-        async with self.db.read() as conn:
-            rows = await conn.execute(select(heads).order_by(heads.c.tree_size))
-            return [Head(int(r.tree_size), bytes(r.root_hash), r.checkpoint) for r in rows]
+        async for rows in self._chunks(select(heads), chunk, key=heads.c.tree_size):
+            for size, root, note in rows:
+                yield Head(int(size), bytes(root), note)
 
     async def head(self, tree_size: int) -> Head | None:
         """The head recorded at exactly this size, if any."""
