@@ -37,15 +37,20 @@ def test_default_topology_runs_the_registry_in_chunk_zero() -> None:
 
 
 def test_the_default_topology_boots_the_registry_then_the_rest_by_dependencies() -> None:
-    topo = load_topology(groups=["examples"])
-    chunks = [[c.name for c in chunk] for chunk in topo.chunks()]
+    core = load_topology()
+    chunks = [[c.name for c in chunk] for chunk in core.chunks()]
     assert chunks[0] == ["registry"]
     assert len(chunks) == 2  # one barrier: everything registers in the registry
     started: set[str] = {"registry"}
-    for spec in topo.chunks()[1]:
+    for spec in core.chunks()[1]:
         assert "registry" in spec.depends_on
         assert set(spec.depends_on) <= started, spec.name  # dependencies start first
         started.add(spec.name)
+    topo = load_topology(groups=["examples"])
+    # The example domains join through the gateway: after the whole core, in a chunk.
+    *_, examples = topo.chunks()
+    assert {c.group for c in examples} == {"examples"}
+    assert len(topo.chunks()) == 3
     by_name = {c.name: c for c in topo.components}
     # What the kernels need up before they start: the log before governance, governance
     # before those that ask it, shared memory and the bus before those that feed on them.
