@@ -52,11 +52,13 @@ def test_the_default_topology_boots_the_registry_then_the_rest_by_dependencies()
     assert {c.group for c in examples} == {"examples"}
     assert len(topo.chunks()) == 3
     by_name = {c.name: c for c in topo.components}
-    # What the kernels need up before they start: the log before governance, governance
-    # before those that ask it, shared memory and the bus before those that feed on them.
+    # What the components need up from their first request on: the log before governance,
+    # governance before those it gates, the trust kernel's keys before the bus, shared
+    # memory, the bus and the orchestrator before those that feed on them.
     assert "immutable_log" in by_name["governance"].depends_on
-    for name in ("triggers", "tasks", "scheduler", "immune", "governance_domain"):
+    for name in ("triggers", "tasks", "scheduler", "immune", "orchestrator", "gateway"):
         assert "governance" in by_name[name].depends_on, name
+    assert "trust" in by_name["eventbus"].depends_on
     assert "orchestrator" in by_name["scheduler"].depends_on
     assert {"eventbus", "memory"} <= set(by_name["librarian"].depends_on)
 
