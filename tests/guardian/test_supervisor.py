@@ -98,6 +98,35 @@ async def test_a_required_component_that_never_serves_stops_the_boot_naming_it(
         assert not port_open(b)
 
 
+async def test_a_dependent_in_the_same_chunk_is_not_started_when_its_dependency_fails(
+    tmp_path: Path,
+) -> None:
+    # The default topology boots everything after the registry in one chunk, so
+    # depends_on alone orders it: a dependency that does not come up must still stop the
+    # boot with its own name, and leave what needs it unstarted.
+    record = tmp_path / "record.txt"
+    a, b, c, d = free_ports(4)
+    topo = topology(
+        {
+            "base": component("base", a, chunk=0),
+            "broken": component("broken", b, "--never", "--exit-after", "0.2", chunk=1),
+            "needs_broken": component(
+                "needs_broken", c, "--record", str(record), chunk=1, depends_on=["broken"]
+            ),
+            "independent": component("independent", d, "--record", str(record), chunk=1),
+        }
+    )
+    async with supervising(topo, tmp_path) as (supervisor, _):
+        with pytest.raises(BootError) as caught:
+            await supervisor.boot()
+        assert str(caught.value).startswith("broken did not come up: process exited")
+        assert supervisor.status("needs_broken").last_error == "dependency broken did not come up"
+        assert state_of(supervisor, "needs_broken") == State.FAILED
+        assert "needs_broken started" not in _events(record)
+        assert "independent serving" in _events(record)
+        assert not port_open(c)
+
+
 async def test_a_can_fail_component_that_exits_is_reported_and_the_boot_goes_on(
     tmp_path: Path,
 ) -> None:

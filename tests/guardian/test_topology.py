@@ -36,6 +36,33 @@ def test_default_topology_runs_the_registry_in_chunk_zero() -> None:
     assert topo.restart.reset_after_s == 600
 
 
+def test_the_default_topology_boots_the_registry_then_the_rest_by_dependencies() -> None:
+    core = load_topology()
+    chunks = [[c.name for c in chunk] for chunk in core.chunks()]
+    assert chunks[0] == ["registry"]
+    assert len(chunks) == 2  # one barrier: everything registers in the registry
+    started: set[str] = {"registry"}
+    for spec in core.chunks()[1]:
+        assert "registry" in spec.depends_on
+        assert set(spec.depends_on) <= started, spec.name  # dependencies start first
+        started.add(spec.name)
+    topo = load_topology(groups=["examples"])
+    # The example domains join through the gateway: after the whole core, in a chunk.
+    *_, examples = topo.chunks()
+    assert {c.group for c in examples} == {"examples"}
+    assert len(topo.chunks()) == 3
+    by_name = {c.name: c for c in topo.components}
+    # What the components need up from their first request on: the log before governance,
+    # governance before those it gates, the trust kernel's keys before the bus, shared
+    # memory, the bus and the orchestrator before those that feed on them.
+    assert "immutable_log" in by_name["governance"].depends_on
+    for name in ("triggers", "tasks", "scheduler", "immune", "orchestrator", "gateway"):
+        assert "governance" in by_name[name].depends_on, name
+    assert "trust" in by_name["eventbus"].depends_on
+    assert "orchestrator" in by_name["scheduler"].depends_on
+    assert {"eventbus", "memory"} <= set(by_name["librarian"].depends_on)
+
+
 def test_user_file_overrides_one_key_and_adds_a_component(tmp_path: Path) -> None:
     user = tmp_path / "grace.toml"
     user.write_text(
