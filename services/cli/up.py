@@ -265,9 +265,17 @@ class ConsoleReporter:
     def __init__(self, out: TextIO, hint: str = "") -> None:
         self.out = out
         self.hint = hint
+        self._gone = False
 
-    def _print(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+    def _print(self, text: str, out: TextIO | None = None) -> None:
+        # The console is a courtesy (the log file has every line): a terminal or pipe that
+        # went away must not stop Guardian supervising, or stopping everything on a signal.
+        if self._gone:
+            return
+        try:
+            print(text, file=out or self.out, flush=True)
+        except OSError:  # BrokenPipeError among them
+            self._gone = True
 
     def changed(self, change: StateChange) -> None:
         c = change.component
@@ -292,7 +300,7 @@ class ConsoleReporter:
             self._print(self.hint + "\n")
 
     def boot_failed(self, message: str) -> None:
-        print(f"grace up: {message}", file=sys.stderr, flush=True)
+        self._print(f"grace up: {message}", sys.stderr)
 
     def stopping(self) -> None:
         self._print("stopping Grace: components in reverse boot order...")
