@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import math
 import threading
 import tracemalloc
 from collections.abc import Mapping
@@ -50,8 +51,8 @@ def release_interval_s(env: Mapping[str, str]) -> float:
         value = float(raw) if raw else RELEASE_EVERY_S
     except ValueError:
         raise ValueError(f"{RELEASE_ENV} must be a number of seconds, not {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{RELEASE_ENV} must not be negative, not {raw!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{RELEASE_ENV} must be a finite, non-negative number, not {raw!r}")
     return value
 
 

@@ -57,5 +57,6 @@ def test_the_release_interval_comes_from_the_environment() -> None:
     assert release_interval_s({RELEASE_ENV: "0"}) == 0.0
     with pytest.raises(ValueError, match="number of seconds"):
         release_interval_s({RELEASE_ENV: "often"})
-    with pytest.raises(ValueError, match="negative"):
-        release_interval_s({RELEASE_ENV: "-1"})
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            release_interval_s({RELEASE_ENV: bad})
