@@ -31,17 +31,29 @@ V1_FILE = "grpc/reflection/v1/reflection.proto"
 DESCRIPTOR_SET = "descriptors.binpb"
 
 
-@functools.cache
-def source_infos() -> dict[str, descriptor_pb2.SourceCodeInfo]:
-    """The comments (source info) of every contract file, by file name (empty when the
-    descriptor set is missing)."""
+def source_info(file_name: str) -> descriptor_pb2.SourceCodeInfo | None:
+    """The comments (source info) of one contract file, or None (no such file, or the
+    descriptor set is missing).
+
+    Read from the descriptor set at each call and not kept: parsed, the set holds about
+    5 MB, which every server would keep for the rare `grpcurl describe`; a server caches
+    the answers it builds instead (a few kB per file asked for)."""
     try:
         data = (resources.files("grace") / DESCRIPTOR_SET).read_bytes()
     except (FileNotFoundError, ModuleNotFoundError, OSError):
-        log.warning("no %s: reflection serves descriptors without comments", DESCRIPTOR_SET)
-        return {}
-    files = descriptor_pb2.FileDescriptorSet.FromString(data).file
-    return {f.name: f.source_code_info for f in files if f.HasField("source_code_info")}
+        _warn_no_descriptor_set()
+        return None
+    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+        if file.name == file_name and file.HasField("source_code_info"):
+            info = descriptor_pb2.SourceCodeInfo()
+            info.CopyFrom(file.source_code_info)
+            return info
+    return None
+
+
+@functools.cache
+def _warn_no_descriptor_set() -> None:
+    log.warning("no %s: reflection serves descriptors without comments", DESCRIPTOR_SET)
 
 
 def _v1_file() -> descriptor_pb2.FileDescriptorProto:
@@ -69,7 +81,6 @@ class DocumentedReflection:
 
     def __init__(self, service_names: Iterable[str]) -> None:
         self._library = reflection_aio.ReflectionServicer(service_names)
-        self._comments = source_infos()
         self._pool = descriptor_pool.Default()
         # Serialized answers by file name: what the server really serves, plus comments.
         self._files: dict[str, bytes] = {V1_FILE: _v1_file().SerializeToString()}
@@ -130,7 +141,7 @@ class DocumentedReflection:
         if found is None:
             proto = descriptor_pb2.FileDescriptorProto()
             self._pool.FindFileByName(name).CopyToProto(proto)
-            comments = self._comments.get(name)
+            comments = source_info(name)
             if comments is not None:
                 proto.source_code_info.CopyFrom(comments)
             found = self._files[name] = proto.SerializeToString()
