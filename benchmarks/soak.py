@@ -156,11 +156,16 @@ def slope_mb_per_30_min(points: list[tuple[float, int]]) -> float:
 
 
 def is_traced(process: str, services: str) -> bool:
-    """Whether a process (named by its module) traces its allocations: every server when
-    `services` is empty, else those whose service (the module's last part) it names. An
-    untraced server has no SIGUSR1 handler, and the signal would end it."""
-    if process != "gateway" and not process.startswith(("services.", "examples.")):
-        return False
+    """Whether a process (named by its module) traces its allocations: every server and
+    Guardian (not the fork server) when `services` is empty, else those whose service (the
+    module's last part, `guardian` for Guardian's process) it names. An untraced server has
+    no SIGUSR1 handler, and the signal would end it."""
+    if process == "grace up + guardian":
+        process = "guardian"
+    elif process == "services.guardian.zygote" or (
+        process != "gateway" and not process.startswith(("services.", "examples."))
+    ):
+        return False  # the fork server serves nothing and has no handler
     wanted = {s.strip() for s in services.split(",")} - {""}
     return not wanted or process.rsplit(".", 1)[-1] in wanted
 

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from services.common.config import ConfigError
+
 RELEASE_ENV = "GRACE_RELEASE_MEMORY_EVERY_S"
 RELEASE_EVERY_S = 30.0
 
@@ -50,9 +52,9 @@ def release_interval_s(env: Mapping[str, str]) -> float:
     try:
         value = float(raw) if raw else RELEASE_EVERY_S
     except ValueError:
-        raise ValueError(f"{RELEASE_ENV} must be a number of seconds, not {raw!r}") from None
+        raise ConfigError(f"{RELEASE_ENV} must be a number of seconds, not {raw!r}") from None
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{RELEASE_ENV} must be a finite, non-negative number, not {raw!r}")
+        raise ConfigError(f"{RELEASE_ENV} must be a finite, non-negative number, not {raw!r}")
     return value
 
 

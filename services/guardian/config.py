@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.allocator import release_interval_s
 from services.common.config import (
     DEFAULT_PORTS,
     ConfigError,
@@ -87,6 +88,7 @@ class GuardianConfig:
             env["GRACE_INSECURE"] = "true"
         reader = EnvReader(env)
         server = ServerConfig.from_env(SERVICE, DEFAULT_PORTS[SERVICE], env, flags)
+        release_interval_s(env)  # read by Guardian's process upkeep: fail here, not at serve
         try:
             cert_lifetime = parse_duration(reader.text("GRACE_CERT_LIFETIME", "24h"))
         except TokenError as exc:

@@ -21,7 +21,8 @@ from services.common.config import peer_address
 from services.common.data_dir import secure_data_dir
 from services.common.outbox import Publisher
 from services.common.server import GraceServer
-from services.guardian.config import GuardianConfig
+from services.common.upkeep import ProcessUpkeep
+from services.guardian.config import SERVICE, GuardianConfig
 from services.guardian.model import ComponentStatus, StateChange
 from services.guardian.process import Zygote
 from services.guardian.server import GuardianServer
@@ -72,6 +73,10 @@ async def serve(
     stop_requested = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
+    # Guardian's own process gets what every server's gets: freed memory handed back, heap
+    # snapshots on request, and a stop when a supervisor of its own (if any) is gone.
+    upkeep = ProcessUpkeep(config.server.env, SERVICE, stop_requested.set)
+    upkeep.start()
     server: GraceServer | None = None
     service = GuardianServer(
         config,
@@ -112,6 +117,7 @@ async def serve(
             reporter.stopping()
         await server.stop()
     finally:
+        upkeep.stop()
         stop_wait.cancel()
         report_until.set()
         if report_task is not None:

@@ -58,6 +58,16 @@ def test_up_with_an_invalid_topology_fails_before_starting_anything(tmp_path: Pa
     assert not (tmp_path / "data").exists()
 
 
+def test_up_with_a_bad_memory_release_interval_fails_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    env = {**own_pki_env(), "GRACE_RELEASE_MEMORY_EVERY_S": "often"}
+    result = _grace("up", "--data-dir", str(tmp_path / "data"), env=env)
+    assert result.returncode == 2
+    assert "GRACE_RELEASE_MEMORY_EVERY_S must be a number of seconds" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.slow
 async def test_grace_up_boots_the_default_topology_and_sigint_leaves_nothing_behind(
     tmp_path: Path,
