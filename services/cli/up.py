@@ -39,7 +39,7 @@ from services.common.telemetry import TraceContextFilter, configure_logging, con
 from services.common.tokens import admin_token_file
 from services.guardian.config import EXAMPLES_GROUP, SERVICE, GuardianConfig
 from services.guardian.model import ComponentStatus, State, StateChange
-from services.guardian.process import fork_server_for
+from services.guardian.process import Zygote, fork_server_for
 from services.guardian.topology import Topology, TopologyError, load_topology
 
 EXIT_CONFIG = int(Exit.UNAVAILABLE)
@@ -131,18 +131,24 @@ def run_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    # The fork server first, forked from this process while it has no thread, event loop or
+    # log: it shares what this process imported (Guardian's runtime, imported for that
+    # first), and imports every component's modules in its own process, on another core,
+    # while this one starts Guardian.
+    zygote = fork_server_for(topology, config.server.env)
+    if zygote is not None:
+        import services.guardian.runner  # noqa: F401
+
+        zygote.fork_early()
     log_file = _configure_logging(data_dir, args.log_level)
     configure_tracing(SERVICE, config.server.env)
     names = ", ".join(c.name for c in topology.components)
     print(f"grace up: booting {names} (logs in {log_file.parent})", flush=True)
     with _state_file(data_dir, config, topology):
-        return asyncio.run(_boot_and_serve(config, topology))
+        return asyncio.run(_boot_and_serve(config, topology, zygote))
 
 
-async def _boot_and_serve(config: GuardianConfig, topology: Topology) -> int:
-    # The fork server starts first: its imports (every component's modules) then run in
-    # its own process, on another core, while this one imports and starts Guardian.
-    zygote = fork_server_for(topology, config.server.env)
+async def _boot_and_serve(config: GuardianConfig, topology: Topology, zygote: Zygote | None) -> int:
     if zygote is not None:
         await zygote.launch()
     # Imported here: Guardian's runtime (storage, outbox) would slow every other command.

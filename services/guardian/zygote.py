@@ -31,6 +31,11 @@ What differs from exec: /proc/PID/environ shows the zygote's environment (the co
 own is in its `os.environ`), and the process title is set to the command line an exec
 would have had.
 
+`grace up` forks the zygote from its own process (`serve_forked`, see
+`Zygote.fork_early`) instead of exec'ing it, so that the modules Guardian imported are one
+copy for Guardian, the zygote and every component; `python -m services.guardian.zygote`
+remains for a Guardian that cannot (and for `python -m services.guardian`).
+
 Forking is safe only before a process starts threads: the zygote imports modules and does
 nothing else (no event loop, no gRPC channel or server), and refuses to run on a system
 without fork.
@@ -49,7 +54,7 @@ import select
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import setproctitle
 
@@ -222,6 +227,17 @@ class _Server:
             self.send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
+def serve(modules: Sequence[str], requests: int, replies: BinaryIO) -> None:
+    """Preloads the first module, says ready, and serves until `requests` ends (Guardian is
+    gone), preloading the others, in the order given, while no request waits."""
+    failed = preload(modules[:1])
+    gc.collect()  # the import-time garbage, before anything is frozen
+    server = _Server(requests, replies, modules[1:])
+    server.send({"ready": True, "not_preloaded": failed})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Guardian stops it by closing its stdin
+    server.run()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m services.guardian.zygote MODULE...`: preload the first module, say ready,
     serve (preloading the others, in the order given, while no request waits).
@@ -235,13 +251,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     # setproctitle finds the memory of argv when first used; do it here, while the
     # environment is still the one the process started with (a child replaces it).
     setproctitle.setproctitle(setproctitle.getproctitle())
-    failed = preload(modules[:1])
-    gc.collect()  # the import-time garbage, before anything is frozen
-    server = _Server(sys.stdin.fileno(), sys.stdout.buffer, modules[1:])
-    server.send({"ready": True, "not_preloaded": failed})
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Guardian stops it by closing its stdin
-    server.run()
+    serve(modules, sys.stdin.fileno(), sys.stdout.buffer)
     return 0
+
+
+def serve_forked(modules: Sequence[str], requests: int, replies: int) -> NoReturn:
+    """The fork server in a process forked from Guardian's (`Zygote.fork_early`), on the
+    pipes `requests` and `replies`. Never returns in the fork server, which ends with
+    `os._exit`: Guardian's frames below this one are not its own.
+
+    A component forked from here ends by raising SystemExit out of this function (see
+    `_become_component`): it unwinds through those frames to the interpreter's normal
+    shutdown, as it would from an exec'd fork server. Guardian forks before it has a
+    thread, an event loop or a log file, so those frames hold nothing a component could
+    trip on."""
+    fork_server = os.getpid()
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is Guardian's to handle
+        os.dup2(requests, 0)
+        os.dup2(replies, 1)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        replies_file = open(1, "wb", closefd=False)  # noqa: SIM115
+        sys.stdin = open(0, closefd=False)  # noqa: SIM115  # the process's own stdin
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
+        # What `ps` and the process tree show: the command an exec'd fork server runs.
+        setproctitle.setproctitle(" ".join([sys.executable, "-m", __name__, *modules]))
+        serve(modules, 0, replies_file)
+    except SystemExit:
+        if os.getpid() != fork_server:
+            raise  # a component's end
+        code = 1
+    except BaseException:
+        if os.getpid() != fork_server:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """A process for the fork-server tests: reports what it runs with, then exits or waits.
 
-Run as `python -m tests.guardian.forked_probe [--report FILE] [--code N] [--sleep S]`.
+Run as `python -m tests.guardian.forked_probe [--report FILE] [--code N] [--sleep S]
+[--imported MODULE]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import signal
@@ -18,8 +20,10 @@ def main() -> int:
     parser.add_argument("--report")
     parser.add_argument("--code", type=int, default=0)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--imported", default="", help="report whether this module is loaded")
     args = parser.parse_args()
     print("probe says hello", flush=True)
+    atexit.register(lambda: print("probe atexit ran", flush=True))
     if args.report:
         with open(args.report, "w") as out:
             json.dump(
@@ -30,6 +34,7 @@ def main() -> int:
                     "pid": os.getpid(),
                     "session": os.getsid(0),
                     "parent": os.getppid(),
+                    "imported": args.imported in sys.modules,
                 },
                 out,
             )

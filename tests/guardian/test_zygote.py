@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -164,3 +165,35 @@ async def test_the_fork_server_is_ready_after_the_first_module_and_imports_the_r
         assert mark.read_text() == str(server._proc.pid)
     finally:
         await server.close()
+
+
+def test_a_fork_server_forked_from_guardians_process_runs_components_like_an_execd_one(
+    tmp_path: Path,
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.guardian.early_fork_driver", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # One line: the components' ends unwound to their own exits, not into the driver's code.
+    (line,) = result.stdout.splitlines()
+    seen = json.loads(line)
+    # The fork server shares what its parent imported (the driver's own module included),
+    # and shows the command line of an exec'd one.
+    assert seen["report"]["imported"] is True
+    assert seen["report"]["parent"] == seen["fork_server"] != seen["driver"]
+    assert seen["fork_server_title"].split("\0")[0].split()[1:] == [
+        "-m",
+        "services.guardian.zygote",
+        "tests.guardian.forked_probe",
+    ]
+    # Exit codes, a SIGTERM stop and the interpreter's normal shutdown as with exec.
+    assert seen["code"] == 3
+    assert seen["stopped_code"] == 0
+    assert seen["log"].count("probe atexit ran") == 2
+    assert "probe stopped cleanly" in seen["log"]
+    assert seen["fork_server_code"] == 0
