@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import statistics
 import sys
@@ -170,6 +171,13 @@ def is_traced(process: str, services: str) -> bool:
     return not wanted or process.rsplit(".", 1)[-1] in wanted
 
 
+def count_restarts(guardian_log: str) -> int:
+    """How many times Guardian started a component again, whatever the reason (a crash, a
+    failed probe, a healing playbook): each start beyond a component's first."""
+    starts = re.findall(r" (\S+) started: pid \d+", guardian_log)
+    return len(starts) - len(set(starts))
+
+
 def snapshot_all(grace: Grace, services: str) -> int:
     """Asks every traced process for a heap snapshot; returns how many were asked."""
     asked = 0
@@ -187,7 +195,7 @@ def heap_growth(profile_dir: Path, pid: int, top: int = 8) -> list[str]:
         key=lambda p: int(p.stem.rsplit("-", 1)[1]),
     )
     if len(files) < 2:
-        return ["(no pair of snapshots)"]
+        return ["(no pair of snapshots: was it restarted?)"]
     first = tracemalloc.Snapshot.load(str(files[0]))
     last = tracemalloc.Snapshot.load(str(files[-1]))
     lines = []
@@ -286,7 +294,7 @@ async def main() -> None:
                     break
                 await asyncio.sleep(1)
         guardian_log = await asyncio.to_thread((grace.data_dir / "logs" / "guardian.log").read_text)
-        restarts = guardian_log.count("-> BACKOFF")
+        restarts = count_restarts(guardian_log)
 
     slopes = {name: slope_mb_per_30_min(points) for name, points in samples.items()}
     print(
