@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -158,6 +159,10 @@ class Zygote:
         replies_read, replies_write = os.pipe()
         sys.stdout.flush()  # what is buffered is this process's to write, once
         sys.stderr.flush()
+        # The imports live as long as this process: its collections leave them (and so the
+        # pages it shares with the fork server and the components) alone.
+        gc.collect()
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             os.close(requests_write)
