@@ -8,9 +8,11 @@ the gateway's own work. Here a message type's fields are resolved the first time
 printed (one converter per field, its no-presence defaults computed) and reused after.
 
 Only the common cases are converted here: strings, booleans, integers, enums (names looked
-up once), nested messages, repeated fields and maps. Everything with subtle rules (bytes,
-floats, the well-known types such as Timestamp and Struct, wrappers, extensions, unknown
-enum numbers) is handed to `json_format`'s own printer, so it stays the reference.
+up once), nested messages, repeated fields and maps; Timestamp, Duration and FieldMask by
+their own `ToJsonString()`, the very call `json_format` makes for them. Everything else with
+subtle rules (bytes, floats, the other well-known types such as Struct, wrappers,
+extensions, unknown enum numbers) is handed to `json_format`'s own printer, so it stays the
+reference.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ _Field = _descriptor.FieldDescriptor
 _INT32_TYPES = frozenset({_Field.CPPTYPE_INT32, _Field.CPPTYPE_UINT32})
 _INT64_TYPES = frozenset({_Field.CPPTYPE_INT64, _Field.CPPTYPE_UINT64})
 
+# The well-known types whose JSON form is their `ToJsonString()`: `json_format` prints them
+# with exactly that call (its `_GenericMessageToJsonObject`).
+_STRING_FORM_TYPES = frozenset(
+    {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
+)
+
 # One converter per message type, by full name. Bounded: the types are those compiled into
 # the process.
 _by_type: dict[str, Converter] = {}
@@ -51,6 +59,11 @@ def _message_converter(message_type: _descriptor.Descriptor) -> Converter:
     known = _by_type.get(message_type.full_name)
     if known is not None:
         return known
+    if message_type.full_name in _STRING_FORM_TYPES:
+        # What the reference printer ends up calling for these, without its dispatch (a
+        # registry record has five timestamps and a duration).
+        _by_type[message_type.full_name] = _to_json_string
+        return _to_json_string
     if message_type.file.package == "google.protobuf":
         # The well-known types (Timestamp, Struct, wrappers...) have JSON forms of their own.
         reference: Converter = _PRINTER._MessageToJsonObject
@@ -86,6 +99,11 @@ def _message_converter(message_type: _descriptor.Descriptor) -> Converter:
             zero = _PRINTER._FieldToJsonObject(field, field.default_value)
             defaults.append((field.name, partial(_same, zero)))
     return convert
+
+
+def _to_json_string(message: Any) -> str:
+    text: str = message.ToJsonString()
+    return text
 
 
 def _same(value: Any) -> Any:
