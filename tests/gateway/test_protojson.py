@@ -164,3 +164,32 @@ def test_the_message_types_cover_maps_enums_and_well_known_types() -> None:
     assert any(f.cpp_type in (_Field.CPPTYPE_INT64, _Field.CPPTYPE_UINT64) for f in fields)
     names = {f.message_type.full_name for f in fields if f.message_type}
     assert {"google.protobuf.Timestamp", "google.protobuf.Struct"} <= names
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1970-01-01T00:00:00Z",
+        "2026-01-01T10:00:00.250Z",
+        "2026-01-01T10:00:00.000250Z",
+        "2026-01-01T10:00:00.000000250Z",
+        "1969-12-31T23:59:59.999999999Z",
+    ],
+)
+def test_timestamps_print_at_every_precision_as_message_to_dict_prints_them(text: str) -> None:
+    from google.protobuf import timestamp_pb2
+
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromJsonString(text)
+    assert protojson.to_json_dict(stamp) == reference(stamp)
+
+
+@pytest.mark.parametrize("text", ["0s", "1.5s", "-3.100s", "0.000001s", "-0.000000001s"])
+def test_durations_print_with_sign_and_precision_as_message_to_dict_prints_them(
+    text: str,
+) -> None:
+    from google.protobuf import duration_pb2
+
+    duration = duration_pb2.Duration()
+    duration.FromJsonString(text)
+    assert protojson.to_json_dict(duration) == reference(duration)
