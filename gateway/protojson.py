@@ -9,10 +9,10 @@ printed (one converter per field, its no-presence defaults computed) and reused 
 
 Only the common cases are converted here: strings, booleans, integers, enums (names looked
 up once), nested messages, repeated fields and maps; Timestamp, Duration and FieldMask by
-their own `ToJsonString()`, the very call `json_format` makes for them. Everything else with
-subtle rules (bytes, floats, the other well-known types such as Struct, wrappers,
-extensions, unknown enum numbers) is handed to `json_format`'s own printer, so it stays the
-reference.
+their own `ToJsonString()`, the very call `json_format` makes for them (a timestamp's text
+is remembered for the next message with the same one). Everything else with subtle rules
+(bytes, floats, the other well-known types such as Struct, wrappers, extensions, unknown
+enum numbers) is handed to `json_format`'s own printer, so it stays the reference.
 """
 
 from __future__ import annotations
@@ -43,6 +43,12 @@ _STRING_FORM_TYPES = frozenset(
     {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
 )
 
+# Timestamp text by (seconds, nanos). A record's timestamps repeat from one read to the next
+# and each text costs a datetime, a timedelta and isoformat; the text is a function of the
+# key alone, so there is nothing to invalidate, and the table is emptied when full.
+MAX_REMEMBERED_TIMESTAMPS = 4096
+_timestamp_texts: dict[tuple[int, int], str] = {}
+
 # One converter per message type, by full name. Bounded: the types are those compiled into
 # the process.
 _by_type: dict[str, Converter] = {}
@@ -59,6 +65,9 @@ def _message_converter(message_type: _descriptor.Descriptor) -> Converter:
     known = _by_type.get(message_type.full_name)
     if known is not None:
         return known
+    if message_type.full_name == "google.protobuf.Timestamp":
+        _by_type[message_type.full_name] = _timestamp_text
+        return _timestamp_text
     if message_type.full_name in _STRING_FORM_TYPES:
         # What the reference printer ends up calling for these, without its dispatch (a
         # registry record has five timestamps and a duration).
@@ -103,6 +112,17 @@ def _message_converter(message_type: _descriptor.Descriptor) -> Converter:
 
 def _to_json_string(message: Any) -> str:
     text: str = message.ToJsonString()
+    return text
+
+
+def _timestamp_text(message: Any) -> str:
+    key = (message.seconds, message.nanos)
+    text = _timestamp_texts.get(key)
+    if text is None:
+        text = message.ToJsonString()  # raises for an invalid timestamp: nothing remembered
+        if len(_timestamp_texts) >= MAX_REMEMBERED_TIMESTAMPS:
+            _timestamp_texts.clear()
+        _timestamp_texts[key] = text
     return text
 
 

@@ -193,3 +193,32 @@ def test_durations_print_with_sign_and_precision_as_message_to_dict_prints_them(
     duration = duration_pb2.Duration()
     duration.FromJsonString(text)
     assert protojson.to_json_dict(duration) == reference(duration)
+
+
+def test_remembered_timestamp_texts_stay_bounded_and_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from google.protobuf import timestamp_pb2
+
+    monkeypatch.setattr(protojson, "MAX_REMEMBERED_TIMESTAMPS", 8)
+    monkeypatch.setattr(protojson, "_timestamp_texts", {})
+    for second in range(50):
+        for nanos in (0, 250_000_000, 250_000, 250):
+            stamp = timestamp_pb2.Timestamp(seconds=1_700_000_000 + second, nanos=nanos)
+            assert protojson.to_json_dict(stamp) == reference(stamp)
+            assert protojson.to_json_dict(stamp) == reference(stamp)  # now remembered
+            assert len(protojson._timestamp_texts) <= 8
+
+
+def test_an_invalid_timestamp_raises_as_the_reference_does_and_is_not_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from google.protobuf import timestamp_pb2
+
+    monkeypatch.setattr(protojson, "_timestamp_texts", {})
+    stamp = timestamp_pb2.Timestamp(seconds=0, nanos=-1)
+    with pytest.raises(ValueError):
+        reference(stamp)
+    with pytest.raises(ValueError):
+        protojson.to_json_dict(stamp)
+    assert protojson._timestamp_texts == {}
