@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol

@@ -217,8 +217,8 @@ def test_an_invalid_timestamp_raises_as_the_reference_does_and_is_not_remembered
 
     monkeypatch.setattr(protojson, "_timestamp_texts", {})
     stamp = timestamp_pb2.Timestamp(seconds=0, nanos=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Nanos"):
         reference(stamp)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Nanos"):
         protojson.to_json_dict(stamp)
     assert protojson._timestamp_texts == {}

@@ -40,11 +40,14 @@ def test_request_ids_are_version_4_uuids_in_hex() -> None:
 def test_routing_by_method_finds_the_route_and_the_405_names_every_other_method() -> None:
     table = RouteTable.from_services(discover_services())
     found = table.match("GET", "/domains/domain/ai_domain")
-    assert found.route is not None and found.route.http_method == "GET"
+    assert found.route is not None
+    assert found.route.http_method == "GET"
     assert found.route.grpc_path == "/grace.registry.v1.RegistryService/GetDomain"
     assert found.bindings == {"domain_id": "ai_domain"}
     deleted = table.match("DELETE", "/domains/domain/ai_domain")
-    assert deleted.route is not None and deleted.route.http_method == "DELETE"
+    assert deleted.route is not None
+    assert deleted.route.http_method == "DELETE"
     refused = table.match("PUT", "/domains/domain/ai_domain")
-    assert refused.route is None and refused.allowed == ("DELETE", "GET")
+    assert refused.route is None
+    assert refused.allowed == ("DELETE", "GET")
     assert table.match("GET", "/domains/nothing/here/at/all").allowed == ()
