@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -212,13 +212,14 @@ class GatewayApp:
 
     async def _serve(self, request: Request, receive: Receive, send: Send) -> None:
         scope = request.scope
-        request_id = request.headers.get(REQUEST_ID, "")
+        headers = header_dict(scope.get("headers", ()))
+        request_id = headers.get(REQUEST_ID, "")
         if not request_id or len(request_id) > 128:
-            request_id = uuid.uuid4().hex
+            request_id = new_request_id()
         extra = [(b"x-request-id", request_id.encode("latin-1", "replace"))]
         try:
             check_header_sizes(scope.get("headers", ()))
-            await self._handle(request, request_id, receive, send, extra)
+            await self._handle(request, headers, request_id, receive, send, extra)
         except HttpError as exc:
             await _send(send, exc.http_status, dumps(exc.body()), extra, exc.headers)
         except _ClientGone:
@@ -242,6 +243,7 @@ class GatewayApp:
     async def _handle(
         self,
         request: Request,
+        headers: Mapping[str, str],
         request_id: str,
         receive: Receive,
         send: Send,
@@ -254,7 +256,7 @@ class GatewayApp:
             raw_path.decode("latin-1") if raw_path else quote(request.url.path)
         )
         path = canonical.encoded
-        principal = self._authenticate(request, path)
+        principal = self._authenticate(headers, path)
         builtin = self._builtins.get(path)
         if builtin is not None:
             if method not in ("GET", "HEAD"):
@@ -272,29 +274,31 @@ class GatewayApp:
                 )
             raise HttpError(404, f"no route for {method} {path}")
         route = match.route
-        # Names the gateway's server span after the route (a no-op while tracing is off).
-        trace.get_current_span().update_name(f"{method} {route.template.text}")
-        body = await self._read_body(request, receive)
+        tracing = telemetry.current().enabled
+        if tracing:
+            # Names the gateway's server span after the route.
+            trace.get_current_span().update_name(f"{method} {route.template.text}")
+        body = await self._read_body(headers, receive)
         if has_aliases(route.method.full_name):
             # The caller a seed's omitted source defaults to: the authenticated principal,
             # or in an insecure Grace the X-Actor header.
-            caller = request.headers if principal is None else {"x-actor": source_of(principal)}
+            caller = headers if principal is None else {"x-actor": source_of(principal)}
             body = rewrite_body(route.method.full_name, body, caller)
         try:
-            message = build_request(route, match.bindings, request.query_params.multi_items(), body)
+            message = build_request(route, match.bindings, _query(request), body)
         except TranscodeError as exc:
             raise bad_request(exc.field, exc.description) from None
         self._authorize(principal, route, message)
         default = None if route.server_streaming else self.config.default_timeout_s
-        timeout = parse_timeout(request.headers, default, self.config.max_timeout_s)
-        metadata = self._metadata(request, request_id, principal)
+        timeout = parse_timeout(headers, default, self.config.max_timeout_s)
+        metadata = self._metadata(request, headers, request_id, principal, tracing)
         if route.mutating:
             await self.gate.check(
-                ForwardRequest(route, message, metadata, canonical.decoded, dict(request.headers))
+                ForwardRequest(route, message, metadata, canonical.decoded, dict(headers))
             )
         upstream = await self._upstream(route, message, metadata, timeout)
         if route.server_streaming:
-            last_event_id = request.headers.get(LAST_EVENT_ID)
+            last_event_id = headers.get(LAST_EVENT_ID)
             if last_event_id is not None:
                 apply_last_event_id(message, last_event_id)
             call = upstream.stream(route.grpc_path, route.response_class.FromString)(
@@ -303,7 +307,7 @@ class GatewayApp:
             await relay(
                 route,
                 call,
-                sse=wants_sse(request.headers.get("accept", "")),
+                sse=wants_sse(headers.get("accept", "")),
                 first_wait_s=self.config.stream_first_wait_s,
                 receive=receive,
                 send=send,
@@ -329,12 +333,12 @@ class GatewayApp:
         self.calls.record(component, time.monotonic() - started, error=False)
         await _send(send, 200, dumps(render_response(route, response)), extra)
 
-    async def _read_body(self, request: Request, receive: Receive) -> bytes:
+    async def _read_body(self, headers: Mapping[str, str], receive: Receive) -> bytes:
         """The whole body: 413 over the limit, 400 when it stops arriving (a Content-Length
         larger than what the client sends), and `_ClientGone` when the client leaves."""
         limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared in (None, "0") and "transfer-encoding" not in request.headers:
+        declared = headers.get("content-length")
+        if declared in (None, "0") and "transfer-encoding" not in headers:
             # No body framed (HTTP/1.1: neither header): nothing to wait for. Most GETs; it
             # saves a timed receive per request.
             return b""
@@ -363,11 +367,11 @@ class GatewayApp:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    def _authenticate(self, request: Request, path: str) -> Principal | None:
+    def _authenticate(self, headers: Mapping[str, str], path: str) -> Principal | None:
         """The caller (None in insecure mode or on /healthz); 401 without a valid token."""
         if self.authenticator is None or path == "/healthz":
             return None
-        header = request.headers.get("authorization")
+        header = headers.get("authorization")
         if header is None:
             raise HttpError(
                 401,
@@ -401,11 +405,14 @@ class GatewayApp:
             )
 
     def _metadata(
-        self, request: Request, request_id: str, principal: Principal | None = None
+        self,
+        request: Request,
+        headers: Mapping[str, str],
+        request_id: str,
+        principal: Principal | None = None,
+        tracing: bool = False,
     ) -> Metadata:
-        headers = request.headers
         pairs: list[tuple[str, str]] = [(REQUEST_ID, request_id)]
-        tracing = telemetry.current().enabled
         if principal is not None:
             # Governance sees who authenticated, never a header the caller chose.
             pairs.append(("x-actor", principal.name))
@@ -418,8 +425,9 @@ class GatewayApp:
             if not value.isascii() or not value.isprintable():
                 raise bad_request(name, "header value must be printable ASCII")
             pairs.append((name, value))
-        if request.client is not None:
-            pairs.append(("x-forwarded-for", request.client.host))
+        client = request.scope.get("client")
+        if client is not None:
+            pairs.append(("x-forwarded-for", client[0]))
         return tuple(pairs)
 
     async def _upstream(
@@ -478,6 +486,33 @@ def _not_a_domain(domain_id: str, route: Route) -> HttpError:
             }
         ],
     )
+
+
+def new_request_id() -> str:
+    """A random request id: what `uuid.uuid4().hex` returns (a version 4, RFC 4122 variant
+    UUID in 32 hex digits), without building a `UUID` object for every request."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
+
+
+def header_dict(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request's headers by lower-case name; of a repeated header, the first value (as
+    Starlette's `Headers.get` answers). Built once per request: each `Headers.get` scans the
+    whole list again, and most of the gateway's lookups are misses that raise inside it."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+    return headers
+
+
+def _query(request: Request) -> list[tuple[str, str]]:
+    """The query parameters in order; most requests have none, and Starlette parses even an
+    empty query string."""
+    if not request.scope.get("query_string"):
+        return []
+    return request.query_params.multi_items()
 
 
 class _ClientGone(Exception):

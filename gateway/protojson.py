@@ -8,8 +8,10 @@ the gateway's own work. Here a message type's fields are resolved the first time
 printed (one converter per field, its no-presence defaults computed) and reused after.
 
 Only the common cases are converted here: strings, booleans, integers, enums (names looked
-up once), nested messages, repeated fields and maps. Everything with subtle rules (bytes,
-floats, the well-known types such as Timestamp and Struct, wrappers, extensions, unknown
+up once), nested messages, repeated fields and maps; Timestamp, Duration and FieldMask by
+their own `ToJsonString()`, the very call `json_format` makes for them (a timestamp's text
+is remembered for the next message with the same one). Everything else with subtle rules
+(bytes, floats, the other well-known types such as Struct, wrappers, extensions, unknown
 enum numbers) is handed to `json_format`'s own printer, so it stays the reference.
 """
 
@@ -35,6 +37,18 @@ _Field = _descriptor.FieldDescriptor
 _INT32_TYPES = frozenset({_Field.CPPTYPE_INT32, _Field.CPPTYPE_UINT32})
 _INT64_TYPES = frozenset({_Field.CPPTYPE_INT64, _Field.CPPTYPE_UINT64})
 
+# The well-known types whose JSON form is their `ToJsonString()`: `json_format` prints them
+# with exactly that call (its `_GenericMessageToJsonObject`).
+_STRING_FORM_TYPES = frozenset(
+    {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
+)
+
+# Timestamp text by (seconds, nanos). A record's timestamps repeat from one read to the next
+# and each text costs a datetime, a timedelta and isoformat; the text is a function of the
+# key alone, so there is nothing to invalidate, and the table is emptied when full.
+MAX_REMEMBERED_TIMESTAMPS = 4096
+_timestamp_texts: dict[tuple[int, int], str] = {}
+
 # One converter per message type, by full name. Bounded: the types are those compiled into
 # the process.
 _by_type: dict[str, Converter] = {}
@@ -51,6 +65,14 @@ def _message_converter(message_type: _descriptor.Descriptor) -> Converter:
     known = _by_type.get(message_type.full_name)
     if known is not None:
         return known
+    if message_type.full_name == "google.protobuf.Timestamp":
+        _by_type[message_type.full_name] = _timestamp_text
+        return _timestamp_text
+    if message_type.full_name in _STRING_FORM_TYPES:
+        # What the reference printer ends up calling for these, without its dispatch (a
+        # registry record has five timestamps and a duration).
+        _by_type[message_type.full_name] = _to_json_string
+        return _to_json_string
     if message_type.file.package == "google.protobuf":
         # The well-known types (Timestamp, Struct, wrappers...) have JSON forms of their own.
         reference: Converter = _PRINTER._MessageToJsonObject
@@ -86,6 +108,22 @@ def _message_converter(message_type: _descriptor.Descriptor) -> Converter:
             zero = _PRINTER._FieldToJsonObject(field, field.default_value)
             defaults.append((field.name, partial(_same, zero)))
     return convert
+
+
+def _to_json_string(message: Any) -> str:
+    text: str = message.ToJsonString()
+    return text
+
+
+def _timestamp_text(message: Any) -> str:
+    key = (message.seconds, message.nanos)
+    text = _timestamp_texts.get(key)
+    if text is None:
+        text = message.ToJsonString()  # raises for an invalid timestamp: nothing remembered
+        if len(_timestamp_texts) >= MAX_REMEMBERED_TIMESTAMPS:
+            _timestamp_texts.clear()
+        _timestamp_texts[key] = text
+    return text
 
 
 def _same(value: Any) -> Any:

@@ -288,12 +288,16 @@ class RouteTable:
         else:
             candidates = self._by_first.get(parts[0], self._anywhere) if parts else self.routes
         for route in candidates:
-            bindings = route.template.match_parts(parts)
-            if bindings is None:
-                continue
             if route.http_method == http_method:
-                return Match(route=route, bindings=bindings)
-            allowed.add(route.http_method)
+                bindings = route.template.match_parts(parts)
+                if bindings is not None:
+                    return Match(route=route, bindings=bindings)
+        # No route of this method: the methods that do match the path make the 405. (Only
+        # now, not on the way: a resource's routes share its path, and on the way each
+        # request would match, and bind, the others too.)
+        for route in candidates:
+            if route.http_method != http_method and route.template.match_parts(parts) is not None:
+                allowed.add(route.http_method)
         return Match(allowed=tuple(sorted(allowed)))
 
     def components(self) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -319,6 +320,10 @@ class Gateway:
             await asyncio.sleep(0.01)
         if self.reporter is not None:
             self._reporting = asyncio.create_task(self.reporter.run(), name="gateway-metrics")
+        # What start-up made (modules, descriptors, the route table) lives as long as the
+        # process: out of the collector's generations (as the gRPC servers do), a full
+        # collection while serving scans only what serving made.
+        gc.freeze()
         log.info("gateway serving on %s", self.url)
 
     async def stop(self) -> None:

@@ -406,6 +406,10 @@ def render_response(route: Route, message: Message) -> Any:
     return document
 
 
+# Made once: `json.dumps` with options builds a new encoder for every document.
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(document: Any) -> bytes:
     """Compact UTF-8 JSON."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return _COMPACT.encode(document).encode()

@@ -164,3 +164,61 @@ def test_the_message_types_cover_maps_enums_and_well_known_types() -> None:
     assert any(f.cpp_type in (_Field.CPPTYPE_INT64, _Field.CPPTYPE_UINT64) for f in fields)
     names = {f.message_type.full_name for f in fields if f.message_type}
     assert {"google.protobuf.Timestamp", "google.protobuf.Struct"} <= names
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1970-01-01T00:00:00Z",
+        "2026-01-01T10:00:00.250Z",
+        "2026-01-01T10:00:00.000250Z",
+        "2026-01-01T10:00:00.000000250Z",
+        "1969-12-31T23:59:59.999999999Z",
+    ],
+)
+def test_timestamps_print_at_every_precision_as_message_to_dict_prints_them(text: str) -> None:
+    from google.protobuf import timestamp_pb2
+
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromJsonString(text)
+    assert protojson.to_json_dict(stamp) == reference(stamp)
+
+
+@pytest.mark.parametrize("text", ["0s", "1.5s", "-3.100s", "0.000001s", "-0.000000001s"])
+def test_durations_print_with_sign_and_precision_as_message_to_dict_prints_them(
+    text: str,
+) -> None:
+    from google.protobuf import duration_pb2
+
+    duration = duration_pb2.Duration()
+    duration.FromJsonString(text)
+    assert protojson.to_json_dict(duration) == reference(duration)
+
+
+def test_remembered_timestamp_texts_stay_bounded_and_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from google.protobuf import timestamp_pb2
+
+    monkeypatch.setattr(protojson, "MAX_REMEMBERED_TIMESTAMPS", 8)
+    monkeypatch.setattr(protojson, "_timestamp_texts", {})
+    for second in range(50):
+        for nanos in (0, 250_000_000, 250_000, 250):
+            stamp = timestamp_pb2.Timestamp(seconds=1_700_000_000 + second, nanos=nanos)
+            assert protojson.to_json_dict(stamp) == reference(stamp)
+            assert protojson.to_json_dict(stamp) == reference(stamp)  # now remembered
+            assert len(protojson._timestamp_texts) <= 8
+
+
+def test_an_invalid_timestamp_raises_as_the_reference_does_and_is_not_remembered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from google.protobuf import timestamp_pb2
+
+    monkeypatch.setattr(protojson, "_timestamp_texts", {})
+    stamp = timestamp_pb2.Timestamp(seconds=0, nanos=-1)
+    with pytest.raises(ValueError, match="Nanos"):
+        reference(stamp)
+    with pytest.raises(ValueError, match="Nanos"):
+        protojson.to_json_dict(stamp)
+    assert protojson._timestamp_texts == {}
