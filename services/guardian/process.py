@@ -147,7 +147,7 @@ class Zygote:
         What this process has imported by now (gRPC, protobuf, SQLAlchemy, cryptography,
         Grace's common runtime: most of what the components import) is then one copy shared
         by it, the fork server and every component, instead of a second copy imported again
-        by the fork server (about 30 MB of the default topology's memory), and the fork
+        by the fork server (about 20 MB of the default topology's memory), and the fork
         server starts with those imports done. Call it before this process starts a thread
         or an event loop or opens a log: a fork copies only the calling thread, and the fork
         server runs on what it inherits. Without `os.pidfd_open` (not Linux 5.3+), it does
