@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ def main() -> int:
                     "session": os.getsid(0),
                     "parent": os.getppid(),
                     "imported": args.imported in sys.modules,
+                    "frozen_objects": gc.get_freeze_count(),
                 },
                 out,
             )

@@ -69,6 +69,8 @@ async def test_a_forked_component_runs_with_its_own_argv_env_cwd_and_log(
     assert seen["cwd"] == str(tmp_path)
     assert seen["pid"] == pid
     assert seen["session"] == pid  # a session (and process group) of its own
+    # What the zygote imported stays out of the child's collections (they would copy it).
+    assert seen["frozen_objects"] > 10_000
     assert "probe says hello" in (tmp_path / "logs" / "probe.log").read_text()
 
 
