@@ -168,6 +168,11 @@ async def test_the_document_workflow_is_one_trace_from_the_gateway_to_every_doma
             and {"gateway", "orchestrator", "registry", "eventbus", *DOMAINS} <= services
             and sum(1 for s in mine if s.name == EXECUTE_RPC and s.kind == SPAN_KIND_SERVER) >= 3
             and delivered
+            # The handler's span is exported by another process, possibly in a later batch.
+            and any(
+                s.service == "memory_domain" and s.name == "handle ml.analysis_complete"
+                for s in spans
+            )
         )
 
     spans = await receiver.wait_for(complete, within_s=30)
