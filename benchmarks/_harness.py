@@ -80,7 +80,7 @@ class Grace:
 _PR_SET_PDEATHSIG = 1
 
 
-def _stop_with_parent() -> None:
+def stop_with_parent() -> None:
     """In the child before exec: SIGTERM it when the benchmark dies. A benchmark ended by a
     signal runs none of its clean-up, and its Grace would otherwise go on loading the
     machine under every later measurement."""
@@ -131,7 +131,7 @@ async def start_grace(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_stop_with_parent,
+            preexec_fn=stop_with_parent,
         )
         assert proc.stdout is not None
         output: list[str] = []
