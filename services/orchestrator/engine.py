@@ -2,7 +2,7 @@
 
 Plain Python over a store, a domain router and a signing key; the gRPC servicer is a thin
 adapter over it. Active executions live in memory with their runner; ended ones are read
-from the store (with a small cache of recent ones).
+from the store (with a compact cache of recent ones, see `EndedExecutions`).
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class OrchestratorSettings:
         max_parallel_steps: Steps of one execution running at once.
         max_inflight_calls: Domain calls in flight across all executions.
         recent_cache: Ended executions kept in memory for fast reads.
+        recent_cache_bytes: Most bytes those take, compact (see `EndedExecutions`): well
+            above what `recent_cache` typical executions take (about 2 MB), so that it
+            binds only when executions carry large inputs or outputs.
         approval_wait_s: How long a step held by a REQUIRE_APPROVAL policy waits for the
             approval before it fails.
         compensation_retry: Delay before each new round of compensation of a
@@ -62,6 +65,7 @@ class OrchestratorSettings:
     max_parallel_steps: int = 16
     max_inflight_calls: int = 512
     recent_cache: int = 1000
+    recent_cache_bytes: int = 8 * 1024 * 1024
     approval_wait_s: float = 3600.0
     compensation_retry: Backoff = field(
         default_factory=lambda: Backoff(initial_s=10.0, factor=2.0, max_s=600.0, jitter=0.2)
@@ -95,6 +99,68 @@ class Proof:
     head_hash: str
     public_key: bytes
     key_id: str
+
+
+class EndedExecutions:
+    """The executions that ended last, kept compact for fast reads.
+
+    Each is kept as `Execution.to_compact` bytes: about 2 kB for a typical 3-step
+    workflow, where the objects took about 15 kB (step inputs and outputs, proof records).
+    A read rebuilds it (tens of microseconds, where a read from the store takes about a
+    millisecond), so every reader gets a copy of its own to change. The oldest ended go
+    first past either bound: a count, and bytes. The bytes bound holds however large
+    executions' inputs and outputs are (a count alone lets a thousand large executions
+    take gigabytes), and the compact form makes each one's size exact and free to tell.
+    An execution that is not kept is read from the store.
+
+    Args:
+        max_count: Most executions kept.
+        max_bytes: Most bytes kept; an execution larger than this alone is not kept.
+    """
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._kept: OrderedDict[str, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __contains__(self, execution_id: str) -> bool:
+        return execution_id in self._kept
+
+    def get(self, execution_id: str) -> Execution | None:
+        """A new copy of the kept execution, or None."""
+        data = self._kept.get(execution_id)
+        return None if data is None else Execution.from_compact(data)
+
+    def put(self, execution: Execution) -> None:
+        """Keeps an ended execution as the newest (replacing a copy kept before)."""
+        self.pop(execution.execution_id)
+        try:
+            data = execution.to_compact()
+        except ValueError as exc:
+            log.warning("ended execution %s not cached: %s", execution.execution_id, exc)
+            return
+        if len(data) > self.max_bytes:
+            return
+        self._kept[execution.execution_id] = data
+        self.nbytes += len(data)
+        while len(self._kept) > self.max_count or self.nbytes > self.max_bytes:
+            _, dropped = self._kept.popitem(last=False)
+            self.nbytes -= len(dropped)
+
+    def pop(self, execution_id: str) -> None:
+        """Forgets an execution (nothing if it is not kept)."""
+        dropped = self._kept.pop(execution_id, None)
+        if dropped is not None:
+            self.nbytes -= len(dropped)
+
+    def clear(self) -> None:
+        """Forgets every execution."""
+        self._kept.clear()
+        self.nbytes = 0
 
 
 def _derived_id(prefix: str, *parts: str) -> str:
@@ -137,7 +203,8 @@ class Orchestrator:
         self.call_slots = asyncio.Semaphore(self.settings.max_inflight_calls)
         self._runners: dict[str, ExecutionRunner] = {}
         self._claims: dict[str, asyncio.Future[Execution]] = {}
-        self._recent: OrderedDict[str, Execution] = OrderedDict()
+        # Read only on a single instance (see `get_execution`), so filled only there.
+        self._recent = EndedExecutions(self.settings.recent_cache, self.settings.recent_cache_bytes)
         self._workflows: OrderedDict[str, WorkflowSpec] = OrderedDict()
         self._watchers: dict[str, set[asyncio.Queue[tuple[JsonDict, str]]]] = {}
         self.rounds = CompensationRounds(self)
@@ -546,10 +613,9 @@ class Orchestrator:
         self._runners.pop(execution.execution_id, None)
         if self.store.leases is not None:
             self.store.leases.drop(execution.execution_id)
-        self._recent[execution.execution_id] = execution
+        else:
+            self._recent.put(execution)
         self.rounds.schedule(execution)
-        while len(self._recent) > self.settings.recent_cache:
-            self._recent.popitem(last=False)
 
     def is_live(self, execution_id: str) -> bool:
         """True while a runner drives the execution."""
@@ -558,14 +624,14 @@ class Orchestrator:
     def run(self, runner: ExecutionRunner) -> None:
         """Makes an ended execution live again with `runner` (a new compensation round)."""
         execution_id = runner.ex.execution_id
-        self._recent.pop(execution_id, None)
+        self._recent.pop(execution_id)
         self._runners[execution_id] = runner
         runner.start()
 
     def remember(self, execution: Execution) -> None:
         """Replaces the cached copy of an ended execution that changed (abandoned)."""
         if execution.execution_id in self._recent:
-            self._recent[execution.execution_id] = execution
+            self._recent.put(execution)
 
     @property
     def running(self) -> int:

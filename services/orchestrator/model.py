@@ -1,11 +1,14 @@
 """What the orchestrator works with: workflow definitions, executions and their steps.
 
 Executions are plain mutable dataclasses owned by one runner task; `to_json`/`from_json`
-give the snapshot that the store persists at every transition.
+give the snapshot that the store persists at every transition, and `to_compact`/
+`from_compact` the same snapshot as small bytes for keeping ended executions in memory.
 """
 
 from __future__ import annotations
 
+import marshal
+import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -13,6 +16,11 @@ from typing import Any
 from services.common.backoff import Backoff
 
 JsonDict = dict[str, Any]
+
+# Raw deflate (no header or checksum: the bytes never leave the process) at its quickest
+# level: most of the gain, at half the CPU time of the default level.
+_COMPACT_LEVEL = 1
+_COMPACT_WBITS = -15
 
 
 class ExecutionState(StrEnum):
@@ -301,3 +309,24 @@ class Execution:
             abandon_reason=raw.get("abandon_reason", ""),
             abandoned_at=raw.get("abandoned_at", 0.0),
         )
+
+    def to_compact(self) -> bytes:
+        """The snapshot as compact bytes, for this process only (see `from_compact`).
+
+        A typical ended 3-step execution takes about 2 kB in this form, against about
+        15 kB as objects. marshal writes once what the snapshot holds several times (the
+        values a step's input takes over from the workflow input and earlier outputs),
+        several times quicker than JSON; deflate then shrinks the texts that steps pass
+        along. The bytes must not be stored or sent: marshal's format belongs to the
+        Python version.
+
+        Raises:
+            ValueError: The snapshot holds a value marshal cannot write (one of a subclass
+                of dict, list, str, int or float, which JSON writes as its base type).
+        """
+        return zlib.compress(marshal.dumps(self.to_json()), _COMPACT_LEVEL, _COMPACT_WBITS)
+
+    @classmethod
+    def from_compact(cls, data: bytes) -> Execution:
+        """Inverse of `to_compact`: a new Execution, equal to the one encoded."""
+        return cls.from_json(marshal.loads(zlib.decompress(data, _COMPACT_WBITS)))

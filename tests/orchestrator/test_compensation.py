@@ -174,6 +174,8 @@ async def test_operators_list_retry_and_abandon_compensation_failed_executions(
     assert abandoned.abandonment.operator == "test-admin"
     assert abandoned.abandonment.reason == "document deleted by hand"
     assert not abandoned.HasField("next_compensation_at")
+    # Read back from the cache of ended executions, which holds it abandoned now.
+    assert await _state(stub, first.execution_id) == abandoned
     pending = await stub.ListCompensationFailed(pb.ListCompensationFailedRequest())
     assert [e.execution_id for e in pending.executions] == [second.execution_id]
     everything = await stub.ListCompensationFailed(
