@@ -14,7 +14,8 @@ import pytest
 from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from services.orchestrator.definition import StepDraft
-from services.orchestrator.engine import EndedExecutions, Orchestrator
+from services.orchestrator.engine import Orchestrator
+from services.orchestrator.recent import EndedExecutions
 from services.orchestrator.server import OrchestratorServer
 from tests.conftest import DatabaseTarget
 from tests.orchestrator.conftest import World, orchestrator_config
