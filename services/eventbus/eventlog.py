@@ -404,24 +404,28 @@ def wanted(event_type: str, source_domain: str, log_filter: LogFilter) -> bool:
 def fan_out(index: PatternIndex[Reader], fresh: Sequence[event_pb2.Event]) -> None:
     """Offers newly durable events, in sequence order, to the live readers that want them.
 
-    Per event only the readers are looked up (once per run of one type: a group's events
-    mostly share a few) and the event listed for each; each reader then takes its events in
-    one call, instead of one `offer` per event and reader.
+    The events are cut into runs of one type (a group's events mostly share a few types);
+    the readers are looked up once per run and handed the whole run, and each reader then
+    takes its events in one call, instead of one `offer` per event and reader.
     """
-    lookup = index.lookup
-    taken: dict[Reader, list[event_pb2.Event]] = {}
+    runs: list[tuple[str, list[event_pb2.Event]]] = []
     last_type: str | None = None
-    readers: frozenset[Reader] = frozenset()
+    run: list[event_pb2.Event] = []
     for event in fresh:
         event_type = event.event_type
         if event_type != last_type:
-            readers, last_type = lookup(event_type), event_type
-        for reader in readers:
+            run, last_type = [], event_type
+            runs.append((event_type, run))
+        run.append(event)
+    lookup = index.lookup
+    taken: dict[Reader, list[event_pb2.Event]] = {}
+    for event_type, run in runs:
+        for reader in lookup(event_type):
             events = taken.get(reader)
             if events is None:
-                taken[reader] = [event]
+                taken[reader] = run.copy()  # a later run may be added to it
             else:
-                events.append(event)
+                events.extend(run)
     for reader, events in taken.items():
         if reader.offer_all(events):
             reader.notify()
