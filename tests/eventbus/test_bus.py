@@ -63,6 +63,32 @@ async def test_a_repeated_id_from_the_same_source_is_stored_once(bus: EventBus) 
     assert (await bus.stats()).duplicates_total == 3
 
 
+async def test_a_repeat_across_the_publishes_of_one_commit_is_stored_once(
+    bus: EventBus,
+) -> None:
+    if not isinstance(bus.log, EventLog):
+        pytest.skip("the built-in log's group commit; JetStream drops repeats itself")
+    reader = bus.subscribe(("*",), StartSpec(Start.NEW))
+    first_batch = asyncio.ensure_future(reader.__anext__())
+    await asyncio.sleep(0)  # the stream is live before the publishes
+    commits = bus.log._committer.batches
+    first, second = await asyncio.gather(
+        bus.publish_batch([ev(id="a"), ev(id="b")]),
+        bus.publish_batch([ev(id="b"), ev(id="c")]),
+    )
+    assert bus.log._committer.batches == commits + 1  # both in one commit
+    assert [(o.appended.sequence, o.appended.duplicate) for o in first + second if o.appended] == [
+        (1, False),
+        (2, False),
+        (2, True),
+        (3, False),
+    ]
+    # Live readers get each stored event once, in order.
+    batch = await first_batch
+    assert [(e.id, e.sequence) for e in batch.events] == [("a", 1), ("b", 2), ("c", 3)]
+    await reader.aclose()  # type: ignore[attr-defined]
+
+
 async def test_invalid_entries_are_rejected_alone_and_name_the_field(bus: EventBus) -> None:
     big = struct_pb2.Struct()
     big.update({"blob": "x" * (1024 * 1024 + 10)})
