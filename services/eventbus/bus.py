@@ -72,7 +72,7 @@ class Admission:
 
     outcomes: list[PublishOutcome | None]
     valid: list[event_pb2.Event]
-    slots: list[int]
+    slots: Sequence[int]
     generated: list[bool]
 
     def complete(self, appended: Sequence[Appended]) -> list[PublishOutcome]:
@@ -227,26 +227,17 @@ class EventBus:
             raise InvalidArgument("events", f"must have at most {self.settings.max_batch} entries")
         events = list(batch)  # one wrapper per element; indexing the repeated field makes more
         outcomes: list[PublishOutcome | None] = [None] * len(events)
-        valid: list[event_pb2.Event] = []
-        slots: list[int] = []
-        validate = self.validate
-        refusals: dict[str, str | None] = {}
-        for index, event in enumerate(events):
-            if refuse is not None:
-                source = event.source_domain
-                if source not in refusals:
-                    refusals[source] = refuse(source)
-                refused = refusals[source]
-                if refused is not None:
-                    outcomes[index] = PublishOutcome(event.id, error=refused)
-                    continue
-            try:
-                validate(event, f"events[{index}].")
-            except InvalidArgument as exc:
-                outcomes[index] = PublishOutcome(event.id, error=exc.message)
-                continue
-            valid.append(event)
-            slots.append(index)
+        # A refused entry is answered with its refusal, whatever else is wrong with it.
+        errors = self._refusals(events, refuse) if refuse is not None else {}
+        for index, error in self.validate.batch(events).items():
+            errors.setdefault(index, error)
+        valid = events
+        slots: Sequence[int] = range(len(events))
+        if errors:
+            for index, error in errors.items():
+                outcomes[index] = PublishOutcome(events[index].id, error=error)
+            slots = [index for index in slots if index not in errors]
+            valid = [events[index] for index in slots]
         if self.verifier is not None and valid:
             # The whole batch at once: a batch signature is verified once for its events.
             denials = await self.verifier.enforce_batch(valid)
@@ -262,6 +253,21 @@ class EventBus:
                 slots = [slot for slot, _ in kept]
                 valid = [event for _, event in kept]
         return Admission(outcomes, valid, slots, self._prepare_all(valid))
+
+    @staticmethod
+    def _refusals(events: list[event_pb2.Event], refuse: Refusal) -> dict[int, str]:
+        """Why each event the caller may not publish is refused, by index (asked once per
+        source)."""
+        refusals: dict[str, str | None] = {}
+        errors: dict[int, str] = {}
+        for index, event in enumerate(events):
+            source = event.source_domain
+            if source not in refusals:
+                refusals[source] = refuse(source)
+            refused = refusals[source]
+            if refused is not None:
+                errors[index] = refused
+        return errors
 
     def _prepare_all(self, events: list[event_pb2.Event]) -> list[bool]:
         """`_prepare` of each event, inlined: it runs once per published event."""
