@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from google.protobuf import struct_pb2
@@ -87,6 +88,20 @@ async def test_a_repeat_across_the_publishes_of_one_commit_is_stored_once(
     batch = await first_batch
     assert [(e.id, e.sequence) for e in batch.events] == [("a", 1), ("b", 2), ("c", 3)]
     await reader.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_batch_keeps_the_times_it_has_and_stamps_the_others(bus: EventBus) -> None:
+    stamped = ev(id="stamped")
+    stamped.time.FromSeconds(1_700_000_000)
+    before = time.time_ns()
+    outcomes = await bus.publish_batch([stamped, ev(id="unstamped")])
+    after = time.time_ns()
+    assert all(o.appended for o in outcomes)
+    events = await take(bus, ("*",), StartSpec(Start.ALL), 2)
+    assert events[0].time.ToNanoseconds() == 1_700_000_000 * 10**9
+    assert before <= events[1].time.ToNanoseconds() <= after
+    # What is stored (and streamed) is each event's plain serialization.
+    assert bus.log.encode(events) == [e.SerializeToString() for e in events]
 
 
 async def test_invalid_entries_are_rejected_alone_and_name_the_field(bus: EventBus) -> None:
