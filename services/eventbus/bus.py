@@ -81,6 +81,8 @@ class Admission:
         """Every entry's outcome in request order, given the valid entries' results."""
         outcomes = self.outcomes
         new = tuple.__new__  # the NamedTuple constructor's frame, saved once per event
+        if len(appended) == len(outcomes):  # nothing rejected: the results in order
+            return [new(PublishOutcome, (result.event_id, result, "")) for result in appended]
         for slot, result in zip(self.slots, appended, strict=True):
             outcomes[slot] = new(PublishOutcome, (result.event_id, result, ""))
         return [outcome for outcome in outcomes if outcome is not None]
