@@ -335,20 +335,30 @@ class EventVerifier:
         """
         if self.mode == "off":
             return [None] * len(events)
-        statuses = await self.check_batch(events)
+        # The statuses as `check_batch` finds them, in the same pass as the judgements.
+        memo: dict[tuple[str, bytes, bytes, int], bool] = {}
+        unsigned: dict[str, SignatureStatus] = {}  # per source, judged once per batch
         # An accepted event's judgement depends only on its source and status (and the
-        # caller, fixed for the call): judged once per pair, then only counted. Refusals
-        # and flagged events name the event, so each is judged on its own.
+        # caller, fixed for the call): judged once per pair, then only counted (here, and
+        # added to `counts` once at the end). Refusals and flagged events name the event,
+        # so each is judged on its own.
         # Keyed by source, the status compared by identity: hashing an Enum member runs a
         # Python-level __hash__, once per event in a (source, status) key.
         accepted: dict[str, tuple[SignatureStatus, str]] = {}
-        counts = self.counts
+        tally: dict[str, int] = {}
         denials: list[PermissionDenied | None] = []
-        for event, status in zip(events, statuses, strict=True):
+        for event in events:
             source = event.source_domain
+            if event.signature:
+                status = await self._check(event, memo)
+            else:
+                found = unsigned.get(source)
+                if found is None:
+                    found = unsigned[source] = _unsigned_status(await self._entry(source))
+                status = found
             judged = accepted.get(source)
             if judged is not None and judged[0] is status:
-                counts[judged[1]] += 1
+                tally[judged[1]] = tally.get(judged[1], 0) + 1
                 denials.append(None)
                 continue
             denial = self._apply(event, status)
@@ -357,6 +367,9 @@ class EventVerifier:
                 accepted[source] = (status, status.value)
             elif status is SignatureStatus.UNSIGNED and denial is None and self.vouched_for(event):
                 accepted[source] = (status, "unsigned_authenticated")
+        counts = self.counts
+        for key, times in tally.items():
+            counts[key] += times
         return denials
 
     def vouched_for(self, event: event_pb2.Event) -> bool:

@@ -29,21 +29,30 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+# Record headers (tag and length) already written, by field number and element length:
+# a stream's elements mostly come in a few lengths. Bounded: emptied when full.
+_headers: dict[int, dict[int, bytes]] = {}
+_HEADERS_LIMIT = 4096
+
+
 def repeated_message(number: int, elements: Sequence[bytes]) -> bytes:
     """The records of a repeated message field `number` whose elements are serialized."""
-    tag = varint(number << 3 | _LENGTH_DELIMITED)
-    parts: list[bytes] = []
-    add = parts.append
-    for element in elements:
-        size = len(element)
-        # Inlined varint for the common sizes: this runs once per element sent.
-        if size < 0x80:
-            add(tag + bytes((size,)))
-        elif size < 0x4000:
-            add(tag + bytes((size & 0x7F | 0x80, size >> 7)))
-        else:
-            add(tag + varint(size))
-        add(element)
+    headers = _headers.setdefault(number, {})
+    # Each element's header looked up in C-level passes (map, not a Python loop: this runs
+    # once per element sent); only the lengths not seen before are written here.
+    lengths = list(map(len, elements))
+    found = list(map(headers.get, lengths))
+    if not all(found):
+        tag = varint(number << 3 | _LENGTH_DELIMITED)
+        for index, header in enumerate(found):
+            if header is None:
+                if len(headers) >= _HEADERS_LIMIT:
+                    headers.clear()
+                header = headers[lengths[index]] = tag + varint(lengths[index])
+                found[index] = header
+    parts = [b""] * (2 * len(elements))
+    parts[0::2] = found  # type: ignore[assignment]  # every None was replaced just above
+    parts[1::2] = elements
     return b"".join(parts)
 
 

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import InvalidArgument, NotFound
 from services.common.event_verification import EventVerifier
@@ -72,13 +74,15 @@ class Admission:
 
     outcomes: list[PublishOutcome | None]
     valid: list[event_pb2.Event]
-    slots: list[int]
+    slots: Sequence[int]
     generated: list[bool]
 
     def complete(self, appended: Sequence[Appended]) -> list[PublishOutcome]:
         """Every entry's outcome in request order, given the valid entries' results."""
         outcomes = self.outcomes
         new = tuple.__new__  # the NamedTuple constructor's frame, saved once per event
+        if len(appended) == len(outcomes):  # nothing rejected: the results in order
+            return [new(PublishOutcome, (result.event_id, result, "")) for result in appended]
         for slot, result in zip(self.slots, appended, strict=True):
             outcomes[slot] = new(PublishOutcome, (result.event_id, result, ""))
         return [outcome for outcome in outcomes if outcome is not None]
@@ -227,26 +231,17 @@ class EventBus:
             raise InvalidArgument("events", f"must have at most {self.settings.max_batch} entries")
         events = list(batch)  # one wrapper per element; indexing the repeated field makes more
         outcomes: list[PublishOutcome | None] = [None] * len(events)
-        valid: list[event_pb2.Event] = []
-        slots: list[int] = []
-        validate = self.validate
-        refusals: dict[str, str | None] = {}
-        for index, event in enumerate(events):
-            if refuse is not None:
-                source = event.source_domain
-                if source not in refusals:
-                    refusals[source] = refuse(source)
-                refused = refusals[source]
-                if refused is not None:
-                    outcomes[index] = PublishOutcome(event.id, error=refused)
-                    continue
-            try:
-                validate(event, f"events[{index}].")
-            except InvalidArgument as exc:
-                outcomes[index] = PublishOutcome(event.id, error=exc.message)
-                continue
-            valid.append(event)
-            slots.append(index)
+        # A refused entry is answered with its refusal, whatever else is wrong with it.
+        errors = self._refusals(events, refuse) if refuse is not None else {}
+        for index, error in self.validate.batch(events).items():
+            errors.setdefault(index, error)
+        valid = events
+        slots: Sequence[int] = range(len(events))
+        if errors:
+            for index, error in errors.items():
+                outcomes[index] = PublishOutcome(events[index].id, error=error)
+            slots = [index for index in slots if index not in errors]
+            valid = [events[index] for index in slots]
         if self.verifier is not None and valid:
             # The whole batch at once: a batch signature is verified once for its events.
             denials = await self.verifier.enforce_batch(valid)
@@ -263,22 +258,37 @@ class EventBus:
                 valid = [event for _, event in kept]
         return Admission(outcomes, valid, slots, self._prepare_all(valid))
 
+    @staticmethod
+    def _refusals(events: list[event_pb2.Event], refuse: Refusal) -> dict[int, str]:
+        """Why each event the caller may not publish is refused, by index (asked once per
+        source)."""
+        refusals: dict[str, str | None] = {}
+        errors: dict[int, str] = {}
+        for index, event in enumerate(events):
+            source = event.source_domain
+            if source not in refusals:
+                refusals[source] = refuse(source)
+            refused = refusals[source]
+            if refused is not None:
+                errors[index] = refused
+        return errors
+
     def _prepare_all(self, events: list[event_pb2.Event]) -> list[bool]:
         """`_prepare` of each event, inlined: it runs once per published event."""
         seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-        new_id = self.log.new_id
-        generated = []
-        for event in events:
+        # The time as the bytes of an Event with only `time` set: merging them into an event
+        # without a time sets exactly that time, in one call instead of a Timestamp wrapper
+        # and two field writes (about a third less per event).
+        stamp = event_pb2.Event(time=Timestamp(seconds=seconds, nanos=nanos)).SerializeToString()
+        generated = [False] * len(events)
+        for index, event in enumerate(events):
             if event.sequence:
                 event.sequence = 0
             if not event.HasField("time"):
-                stamp = event.time
-                stamp.seconds, stamp.nanos = seconds, nanos
-            if event.id:
-                generated.append(False)
-            else:
-                event.id = new_id()
-                generated.append(True)
+                event.MergeFromString(stamp)
+            if not event.id:
+                event.id = self.log.new_id()
+                generated[index] = True
         return generated
 
     def _prepare(self, event: event_pb2.Event, now_ns: int) -> bool:

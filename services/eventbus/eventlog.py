@@ -10,12 +10,14 @@ so under load many publishes share one commit instead of paying one fsync each.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, count, repeat
+from operator import attrgetter, itemgetter
 from typing import NamedTuple, Protocol
 
 from grace.eventbus.v1 import event_pb2
@@ -25,7 +27,7 @@ from services.common.patterns import matches
 from services.eventbus import tracing
 from services.eventbus.index import PatternIndex
 from services.eventbus.model import BusSettings, Start, StartSpec
-from services.eventbus.store import DuplicateEvent, EventRow, EventStore, LogFilter
+from services.eventbus.store import DuplicateEvent, EventRow, EventStore, LogFilter, RowValues
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,17 @@ class Appended(NamedTuple):
     sequence: int
     duplicate: bool
     published_at: float
+
+
+# Field getters for the log's passes over a group's events or rows: callables that `map`
+# runs without a Python frame per event.
+_EVENT_ID = attrgetter("id")
+_EVENT_TYPE = attrgetter("event_type")
+_SOURCE_DOMAIN = attrgetter("source_domain")
+_SERIALIZE = event_pb2.Event.SerializeToString
+_SEQUENCE = attrgetter("sequence")
+_ROW_SEQUENCE = itemgetter(0)  # a row's fields, as `EventRow` names them
+_ROW_PAYLOAD = itemgetter(5)
 
 
 class Log(Protocol):
@@ -113,7 +126,7 @@ class _Plan:
     """What one group commit writes and answers."""
 
     head: int
-    rows: list[EventRow] = field(default_factory=list)
+    rows: list[RowValues] = field(default_factory=list)
     by_type: dict[str, int] = field(default_factory=dict)
     fresh: list[event_pb2.Event] = field(default_factory=list)
     answers: list[list[Appended]] = field(default_factory=list)
@@ -153,7 +166,7 @@ class EventLog:
         )
         self._last_published_at = 0.0
         self._id_prefix = os.urandom(8).hex()
-        self._ids = itertools.count(1)
+        self._ids = count(1)
         self.readers: set[Reader] = set()
         # The stored bytes of the newest events, by sequence: live readers stream the
         # events they were handed at commit, and sending these bytes saves serializing
@@ -201,9 +214,9 @@ class EventLog:
 
     async def _commit(self, group: list[_Pending]) -> list[list[Appended]]:
         now = max(self.clock(), self._last_published_at)
-        # Optimistic: duplicates of stored events are rare (client retries), so write first
-        # and let the unique index object; only then look the group's ids up and redo it.
-        plan = self._plan(group, {}, now)
+        # Optimistic: repeats are rare (client retries), so write first and let the unique
+        # index object; only then look the group's ids up and redo it.
+        plan = self._plan_new(group, now)
         with tracing.commit_span(plan.fresh, len(group)):
             plan = await self._write(group, plan, now)
         # Durable from here on: advance the head and hand the events to live readers; the
@@ -215,17 +228,17 @@ class EventLog:
         self._fan_out(plan.fresh)
         return plan.answers
 
-    def _remember(self, rows: list[EventRow]) -> None:
+    def _remember(self, rows: list[RowValues]) -> None:
         """Keeps the committed rows' bytes for `encode`, dropping the oldest past the
         count and byte limits."""
         if not rows:
             return
         recent = self._recent
-        size = self._recent_bytes
-        for row in rows:
-            recent[row.sequence] = row.payload
-            size += len(row.payload)
-        first, last = self._recent_first, rows[-1].sequence
+        sequences = list(map(_ROW_SEQUENCE, rows))
+        payloads = list(map(_ROW_PAYLOAD, rows))
+        recent.update(zip(sequences, payloads, strict=True))
+        size = self._recent_bytes + sum(map(len, payloads))
+        first, last = self._recent_first, sequences[-1]
         pop = recent.pop
         while first <= last and (last - first >= self._recent_limit or size > RECENT_BYTES):
             dropped = pop(first, None)
@@ -237,16 +250,17 @@ class EventLog:
     def encode(self, events: Sequence[event_pb2.Event]) -> list[bytes]:
         """Each event as stored (its serialization, sequence included): the bytes kept
         from its commit when it is recent, else serialized now."""
-        recent = self._recent
-        encoded = []
-        for event in events:
-            stored = recent.get(event.sequence)
-            encoded.append(stored if stored is not None else event.SerializeToString())
-        return encoded
+        encoded = list(map(self._recent.get, map(_SEQUENCE, events)))
+        if not all(encoded):
+            encoded = [
+                stored or event.SerializeToString()
+                for stored, event in zip(encoded, events, strict=True)
+            ]
+        return encoded  # type: ignore[return-value]  # every None was replaced just above
 
     async def _write(self, group: list[_Pending], plan: _Plan, now: float) -> _Plan:
-        """Writes the plan; on a duplicate of a stored event, re-plans and writes again.
-        Returns the plan that was written."""
+        """Writes the plan; on a repeat (of a stored event, or within the group), re-plans
+        with the stored ones known and writes again. Returns the plan that was written."""
         try:
             await self.store.append(plan.rows, plan.by_type)
         except DuplicateEvent:
@@ -261,14 +275,60 @@ class EventLog:
                 await self.store.append(plan.rows, plan.by_type)
         return plan
 
+    def _plan_new(self, group: list[_Pending], now: float) -> _Plan:
+        """The plan of a group whose events are all new (the optimistic first plan): each
+        takes the next sequence, in order.
+
+        Built a column at a time, each in one pass that runs in C where it can (`map` of an
+        attribute getter or of `SerializeToString`, `zip` into the rows), instead of one
+        Python iteration per event doing everything: about a third less time.
+        """
+        events = list(chain.from_iterable(pending.events for pending in group))
+        first = self.head + 1
+        sequences = range(first, first + len(events))
+        for event, sequence in zip(events, sequences, strict=True):
+            event.sequence = sequence
+        ids = list(map(_EVENT_ID, events))
+        types = list(map(_EVENT_TYPE, events))
+        rows: list[RowValues] = list(
+            zip(
+                sequences,
+                map(_SOURCE_DOMAIN, events),
+                ids,
+                types,
+                repeat(now),
+                map(_SERIALIZE, events),
+            )
+        )
+        # The tuple constructor with the type given: a NamedTuple without its constructor's
+        # Python frame.
+        appended: list[Appended] = list(
+            map(tuple.__new__, repeat(Appended), zip(ids, sequences, repeat(False), repeat(now)))
+        )
+        answers = []
+        start = 0
+        for pending in group:
+            end = start + len(pending.events)
+            answers.append(appended[start:end])
+            start = end
+        return _Plan(
+            head=first + len(events) - 1,
+            rows=rows,
+            by_type=dict(Counter(types)),
+            fresh=events,
+            answers=answers,
+        )
+
     def _plan(self, group: list[_Pending], known: dict[tuple[str, str], int], now: float) -> _Plan:
-        """Assigns sequences to the group's new events; repeats get the original sequence."""
+        """Assigns sequences to the group's new events; repeats get the original sequence
+        (`known`: the stored (source, id) pairs among the group's; a repeat within the
+        group is added to it as it is planned)."""
         plan = _Plan(head=self.head)
         sequence = self.head
         rows, by_type, fresh = plan.rows, plan.by_type, plan.fresh
-        # Per event on the hot path: each field read once (a protobuf attribute read costs
-        # more than a local), and the row and answer tuples built without the NamedTuple
-        # constructors' Python frames (a third of the time of this loop).
+        # Per event: each field read once (a protobuf attribute read costs more than a
+        # local), and the row and answer tuples built without the NamedTuple constructors'
+        # Python frames.
         new = tuple.__new__
         for pending in group:
             answer: list[Appended] = []
@@ -404,24 +464,28 @@ def wanted(event_type: str, source_domain: str, log_filter: LogFilter) -> bool:
 def fan_out(index: PatternIndex[Reader], fresh: Sequence[event_pb2.Event]) -> None:
     """Offers newly durable events, in sequence order, to the live readers that want them.
 
-    Per event only the readers are looked up (once per run of one type: a group's events
-    mostly share a few) and the event listed for each; each reader then takes its events in
-    one call, instead of one `offer` per event and reader.
+    The events are cut into runs of one type (a group's events mostly share a few types);
+    the readers are looked up once per run and handed the whole run, and each reader then
+    takes its events in one call, instead of one `offer` per event and reader.
     """
-    lookup = index.lookup
-    taken: dict[Reader, list[event_pb2.Event]] = {}
+    runs: list[tuple[str, list[event_pb2.Event]]] = []
     last_type: str | None = None
-    readers: frozenset[Reader] = frozenset()
+    run: list[event_pb2.Event] = []
     for event in fresh:
         event_type = event.event_type
         if event_type != last_type:
-            readers, last_type = lookup(event_type), event_type
-        for reader in readers:
+            run, last_type = [], event_type
+            runs.append((event_type, run))
+        run.append(event)
+    lookup = index.lookup
+    taken: dict[Reader, list[event_pb2.Event]] = {}
+    for event_type, run in runs:
+        for reader in lookup(event_type):
             events = taken.get(reader)
             if events is None:
-                taken[reader] = [event]
+                taken[reader] = run.copy()  # a later run may be added to it
             else:
-                events.append(event)
+                events.extend(run)
     for reader, events in taken.items():
         if reader.offer_all(events):
             reader.notify()

@@ -145,16 +145,12 @@ class EventBusServicer(eventbus_pb2_grpc.EventBusServiceServicer):
             eventbus_pb2.PUBLISH_STATUS_STORED,
             eventbus_pb2.PUBLISH_STATUS_DUPLICATE,
         )
-        for outcome in outcomes:
-            if outcome.appended is None:
-                add(
-                    id=outcome.event_id,
-                    status=eventbus_pb2.PUBLISH_STATUS_REJECTED,
-                    error=outcome.error,
-                )
+        for event_id, appended, error in outcomes:  # unpacked: cheaper than named reads
+            if appended is None:
+                add(id=event_id, status=eventbus_pb2.PUBLISH_STATUS_REJECTED, error=error)
             else:
-                a = outcome.appended
-                add(id=a.event_id, sequence=a.sequence, status=duplicate if a.duplicate else stored)
+                status = duplicate if appended.duplicate else stored
+                add(id=event_id, sequence=appended.sequence, status=status)
         return response
 
     async def PublishStream(

@@ -26,12 +26,20 @@ class BusTraffic:
 
         The events of one append share its latency, so each edge (source, type) is counted
         once per call with its number of events, not once per event: this runs on every
-        publish and a batch's events mostly share a few edges.
+        publish and a batch's events mostly share a few edges. Runs of one edge are counted
+        as they go, so the common batch builds no key per event.
         """
         edges: dict[tuple[str, str], int] = {}
+        source = event_type = ""
+        run = 0
         for event in events:
-            edge = (event.source_domain, event.event_type)
-            edges[edge] = edges.get(edge, 0) + 1
+            if event.source_domain != source or event.event_type != event_type:
+                if run:
+                    edges[source, event_type] = edges.get((source, event_type), 0) + run
+                source, event_type, run = event.source_domain, event.event_type, 0
+            run += 1
+        if run:
+            edges[source, event_type] = edges.get((source, event_type), 0) + run
         record = self.tallies.record_edge
         for (source, event_type), times in edges.items():
             record(TrafficKind.PUBLISH, source, event_type, latency_s, error=False, times=times)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from grace.eventbus.v1 import event_pb2
 from services.common import dsse, event_verification
+from services.common.errors import PermissionDenied
 from services.common.event_signing import (
     EVENT_BATCH_PAYLOAD_TYPE,
     batch_signing_bytes,
@@ -222,3 +223,53 @@ async def test_flag_mode_accepts_a_forged_batch_entry_and_counts_it() -> None:
     batch[0].subject = "tampered"
     assert await checker.enforce_batch(batch) == [None] * 3
     assert checker.counts == {"forged": 1, "valid": 2}
+
+
+@pytest.mark.parametrize("mode", ["reject", "flag"])
+async def test_a_batch_is_judged_and_counted_as_its_events_would_be_one_at_a_time(
+    mode: str,
+) -> None:
+    open_source = events(3, source="open_domain")  # no identity: unsigned is fine
+    unsigned = events(3)  # the source has a key: unsigned is a violation...
+    vouched = events(2, source="vouched_domain")  # ...unless the caller is the source
+    signed = [sign_event(event, KEY) for event in events(2)]
+    forged = sign_event(events(1)[0], KEY)
+    forged.subject = "changed after signing"
+    batched = sign_event_batch(events(3), KEY)
+    # Interleaved, so that sources and statuses change from one event to the next.
+    batch = [
+        *open_source[:2],
+        unsigned[0],
+        signed[0],
+        *vouched,
+        forged,
+        *batched,
+        unsigned[1],
+        open_source[2],
+        signed[1],
+        unsigned[2],
+    ]
+    keys = {
+        "ai_domain": {KEY.key_id: KEY.public_key},
+        "vouched_domain": {KEY.key_id: KEY.public_key},
+    }
+
+    def checker() -> EventVerifier:
+        return EventVerifier(
+            Keys(keys), mode, vouched=lambda event: event.source_domain == "vouched_domain"
+        )
+
+    alone = checker()
+    expected: list[str | None] = []
+    for event in batch:
+        try:
+            await alone.enforce(copy(event))
+            expected.append(None)
+        except PermissionDenied as denial:
+            expected.append(denial.message)
+    together = checker()
+    denials = await together.enforce_batch([copy(event) for event in batch])
+    assert [None if d is None else d.message for d in denials] == expected
+    assert together.counts == alone.counts
+    assert together.counts["unsigned_open"] == 3
+    assert together.counts["unsigned_authenticated"] == 2

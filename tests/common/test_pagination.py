@@ -65,3 +65,28 @@ def test_the_encoded_size_counts_what_a_repeated_field_adds() -> None:
     events = [event_pb2.Event(event_type="t", id="x" * n) for n in (0, 10, 200, 20_000)]
     response = eventbus_pb2.SubscribeResponse(events=events)
     assert response.ByteSize() <= sum(encoded_size(e) for e in events)
+
+
+def greedy_cuts(sizes: list[int], budget: int) -> list[list[int]]:
+    """The cuts of one pass that starts a new batch where the next message would not fit."""
+    batches: list[list[int]] = []
+    used = 0
+    for index, size in enumerate(sizes):
+        if batches and used + size <= budget:
+            batches[-1].append(index)
+            used += size
+        else:
+            batches.append([index])
+            used = size
+    return batches
+
+
+@given(st.lists(st.integers(min_value=0, max_value=300), max_size=30), st.integers(10, 12_000))
+def test_byte_batches_cut_where_one_pass_over_the_encoded_sizes_cuts(
+    lengths: list[int], budget: int
+) -> None:
+    # Budgets up to above the whole batch's size: batches that fit whole come as one.
+    encoded = [event_pb2.Event(event_type="t", id="x" * n).SerializeToString() for n in lengths]
+    sizes = [encoded_size(event_pb2.Event.FromString(e)) for e in encoded]
+    cuts = [list(range(len(encoded)))[cut] for cut in byte_batches(encoded, max_bytes=budget)]
+    assert cuts == greedy_cuts(sizes, budget)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from grace.eventbus.v1 import event_pb2, eventbus_pb2
+from services.common import wire
 from services.common.wire import int_field, passthrough, repeated_message, varint
 
 
@@ -40,3 +42,21 @@ def test_the_passthrough_serializer_sends_bytes_as_they_are_and_serializes_messa
     message = eventbus_pb2.SubscribeResponse(head_sequence=7)
     assert serialize(b"\x10\x07") == b"\x10\x07"
     assert serialize(message) == message.SerializeToString()
+
+
+def test_a_response_is_right_past_the_number_of_lengths_kept_and_for_other_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(wire, "_headers", {})
+    monkeypatch.setattr(wire, "_HEADERS_LIMIT", 3)
+    # More distinct lengths than are kept, some of them twice, and 1- and 2-byte lengths.
+    for lengths in ([1, 5, 1, 130, 7, 5, 300, 20_000], [5, 130, 2, 2]):
+        events = [event_pb2.Event(id="x" * n) for n in lengths]
+        encoded = [e.SerializeToString() for e in events]
+        written = repeated_message(1, encoded)
+        assert written == eventbus_pb2.SubscribeResponse(events=events).SerializeToString()
+        assert len(wire._headers[1]) <= 3
+        # Another field number writes its own tag with the same lengths.
+        assert repeated_message(2, encoded) == b"".join(
+            b"\x12" + varint(len(e)) + e for e in encoded
+        )
