@@ -278,9 +278,12 @@ class ImmuneStore:
             await conn.execute(stmt, rows)
 
     async def load_traffic(self, since: float) -> list[tuple[float, TrafficKey, EdgeTally]]:
-        """Every stored edge of the slots from `since` on."""
+        """Every stored edge of the slots from `since` on, slot after slot (the primary
+        key's order: the window fills each slot at once)."""
         async with self.db.read() as conn:
-            rows = await conn.execute(select(traffic).where(traffic.c.slot_start >= since))
+            rows = await conn.execute(
+                select(traffic).where(traffic.c.slot_start >= since).order_by(traffic.c.slot_start)
+            )
             return [
                 (
                     float(r.slot_start),

@@ -2,11 +2,12 @@
 
 Reporters send, once per interval, their traffic tallies: per edge (kind, source, target)
 a count, errors and a latency histogram (see `services.common.call_metrics`). The kernel
-adds each report into the time slot it arrived in (`slot_s`, 10 s by default), so what is
-stored grows with the number of edges and the retention, never with the number of calls
-or reports. A window is the sum of the slots it covers, bucket by bucket, which is why the
-p99 of a window is exact up to its bucket (see `services.common.latency_histogram`),
-where averaging the p99s of intervals would be wrong.
+adds each report into the time slot it arrived in (`slot_s`, 10 s by default; the slots are
+kept compactly by `services.kernels.immune.slots`), so what is stored grows with the number
+of edges and the retention, never with the number of calls or reports. A window is the sum
+of the slots it covers, bucket by bucket, which is why the p99 of a window is exact up to
+its bucket (see `services.common.latency_histogram`), where averaging the p99s of
+intervals would be wrong.
 
 From a window's traffic:
 
@@ -17,13 +18,13 @@ From a window's traffic:
   publisher); and per domain its figures and health;
 - the collaboration graph (`graph`): every edge with its count, errors and latency.
 
-Everything here is plain Python; the kernel (`Immune`) persists the slots it touches.
+Everything here is plain Python over traffic maps; the kernel (`Immune`) persists the slots
+it touches.
 """
 
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -310,54 +311,3 @@ def graph(
     edges.sort(key=lambda e: (e.kind.value, e.source, e.target))
     nodes = sorted({e.source for e in edges} | {e.target for e in edges})
     return Graph(window_start, window_end, tuple(nodes), tuple(edges))
-
-
-class TrafficWindow:
-    """The traffic of the last `retention_s`, in slots of `slot_s` (in memory; the kernel
-    persists the slots `add` touches and `load`s them back after a restart).
-
-    Args:
-        settings: Slot width, retention and limits.
-    """
-
-    def __init__(self, settings: TelemetrySettings) -> None:
-        self.settings = settings
-        self.slots: dict[float, dict[TrafficKey, EdgeTally]] = {}
-        self.dropped = 0
-
-    def slot_of(self, when: float) -> float:
-        """Start of the slot holding `when`."""
-        return math.floor(when / self.settings.slot_s) * self.settings.slot_s
-
-    def add(
-        self, traffic: Mapping[TrafficKey, EdgeTally], now: float
-    ) -> tuple[float, dict[TrafficKey, EdgeTally]]:
-        """Adds a report to the slot of `now`; returns that slot and the new totals of the
-        edges it touched (what to persist). Edges beyond the slot's limit are dropped."""
-        start = self.slot_of(now)
-        slot = self.slots.setdefault(start, {})
-        touched: dict[TrafficKey, EdgeTally] = {}
-        for key, tally in traffic.items():
-            if key not in slot and len(slot) >= self.settings.max_edges_per_slot:
-                self.dropped += 1
-                continue
-            merge_into(slot, {key: tally})
-            touched[key] = slot[key]
-        return start, touched
-
-    def load(self, start: float, key: TrafficKey, tally: EdgeTally) -> None:
-        """Puts back one stored edge of one slot."""
-        self.slots.setdefault(start, {})[key] = tally
-
-    def prune(self, now: float) -> float:
-        """Forgets the slots older than the retention; returns the cut-off."""
-        cutoff = self.slot_of(now - self.settings.retention_s)
-        for start in [s for s in self.slots if s < cutoff]:
-            del self.slots[start]
-        return cutoff
-
-    def window(self, seconds: float, now: float) -> tuple[float, dict[TrafficKey, EdgeTally]]:
-        """(start, merged traffic) of the window ending now: every slot that overlaps
-        the last `seconds`, so the start is rounded down to a slot boundary."""
-        start = self.slot_of(now - seconds)
-        return start, merged(slot for s, slot in sorted(self.slots.items()) if start <= s <= now)

@@ -17,15 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from services.common.call_metrics import MAX_TRAFFIC_PER_REPORT, EdgeTally, TrafficKey, TrafficKind
 from services.common.errors import InvalidArgument
 from services.common.latency_histogram import LatencyHistogram
+from services.kernels.immune.slots import TrafficWindow
 from services.kernels.immune.store import ImmuneStore
-from services.kernels.immune.telemetry import (
-    Graph,
-    Telemetry,
-    TelemetrySettings,
-    TrafficWindow,
-    graph,
-    summarize,
-)
+from services.kernels.immune.telemetry import Graph, Telemetry, TelemetrySettings, graph, summarize
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from services.common.call_metrics import CallTallies, EdgeTally, TrafficKey, Tra
 from services.common.errors import InvalidArgument
 from services.common.latency_histogram import LatencyHistogram
 from services.common.storage import Database
+from services.kernels.immune.slots import TrafficWindow
 from services.kernels.immune.store import ImmuneStore
 from services.kernels.immune.telemetry import (
     DomainHealth,
     TelemetrySettings,
-    TrafficWindow,
     crosses_domains,
     graph,
     merged,
