@@ -16,6 +16,8 @@ Contract:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import time
@@ -165,6 +167,17 @@ class Librarian:
         self._clock = clock
         self._committed: list[Callable[[], None]] = []
         self._last_write = 0.0
+        # SQLite takes one writer at a time, so concurrent writes (the bus pushes each
+        # subscribed pattern on its own) gain nothing from running at once, and cost: each
+        # holds a pooled connection, with its own thread (so its own malloc arena) and page
+        # cache, while it waits for the database lock, and each commit makes the other
+        # connections drop their page caches (WAL) and read them in again. Under a steady
+        # load the pool grew to a connection per concurrent write, and glibc kept what
+        # their threads freed: memory that grew and that malloc_trim could not return.
+        # Writers queue here instead, holding no connection. PostgreSQL writes in parallel.
+        self._writes: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if db.is_sqlite else contextlib.nullcontext()
+        )
 
     @property
     def mode(self) -> SearchMode:
@@ -204,7 +217,8 @@ class Librarian:
             seen.add(doc.document_id)
         entries = [entry(d) for d in docs]
         try:
-            results = await self._write(entries, docs)
+            async with self._writes:
+                results = await self._write(entries, docs)
         except IntegrityError:
             # Another instance created one of these ids between our read and our insert.
             self.store.corpus = await self.store.totals()
@@ -233,7 +247,7 @@ class Librarian:
     async def delete(self, document_id: str, *, missing_ok: bool = False) -> bool:
         """Removes a document; NotFound when it is unknown (False with `missing_ok`)."""
         require_id("id", document_id)
-        async with self.store.db.transaction() as conn:
+        async with self._writes, self.store.db.transaction() as conn:
             removed = await self.store.delete(conn, document_id)
             if removed is not None:
                 await self.events.enqueue(
@@ -257,7 +271,8 @@ class Librarian:
             return False
         if self._clock() - self._last_write < COMPACT_WHEN_IDLE_S:
             return False
-        await store.compact()
+        async with self._writes:
+            await store.compact()
         return True
 
     # -- reads ----------------------------------------------------------------------------

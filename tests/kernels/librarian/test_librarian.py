@@ -3,6 +3,7 @@ highlights, pagination, replacement and deletion, similar documents, announcemen
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -196,6 +197,33 @@ async def test_a_deleted_document_leaves_the_index_and_is_announced(
     events = await librarian.events.pending(10)
     assert [e.event_type for e in events] == [INDEXED, INDEXED, DELETED]
     assert events[-1].data == {"document_id": "ops-1", "source": "data_domain"}
+
+
+async def test_concurrent_writes_all_land_and_on_sqlite_take_turns_on_one_connection(
+    librarian: Librarian,
+) -> None:
+    # As the bus delivers several patterns at once: on SQLite each concurrent write used to
+    # hold a pooled connection of its own (a thread, a malloc arena, a page cache).
+    await librarian.index([REPEAT, GARDEN])
+
+    async def created(doc: NewDocument) -> bool:
+        (result,) = await librarian.index([doc])
+        return result.created
+
+    results = await asyncio.gather(
+        *(created(NewDocument(f"turn-{i}", f"taking turns number {i}")) for i in range(8)),
+        librarian.delete("ops-3"),
+        created(NewDocument("garden-1", "Basil alone, in turns.")),
+    )
+
+    assert results == [True] * 9 + [False]
+    assert sorted(await _ids(librarian, "turns", size=20)) == ["garden-1"] + [
+        f"turn-{i}" for i in range(8)
+    ]
+    assert await _ids(librarian, "port") == []
+    assert (await librarian.stats()).documents == 9
+    if librarian.store.db.is_sqlite:
+        assert librarian.store.db.engine.pool.checkedin() == 1  # type: ignore[attr-defined]
 
 
 async def test_similar_documents_share_distinctive_words_nearest_first(
