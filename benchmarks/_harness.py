@@ -29,8 +29,35 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
+import grpc  # noqa: E402
+
+from grace.domain.v1 import domain_pb2_grpc  # noqa: E402
 from services.cli.credentials import client_security  # noqa: E402
+from services.common.config import ServerConfig  # noqa: E402
+from services.common.server import Service  # noqa: E402
 from services.guardian.topology import ComponentSpec, load_topology  # noqa: E402
+
+
+def server_config(service: str, data: Path) -> ServerConfig:
+    """The configuration of a server a benchmark runs in its own process: its SQLite file in
+    `data`, a short shutdown grace, the defaults otherwise."""
+    return ServerConfig(
+        service=service,
+        data_dir=data,
+        database_url=f"sqlite+aiosqlite:///{data / (service + '.db')}",
+        shutdown_grace_s=0.5,
+    )
+
+
+class DomainHost(Service):
+    """Serves a DomainService implementation (a benchmark's stand-in domain)."""
+
+    def __init__(self, servicer: domain_pb2_grpc.DomainServiceServicer) -> None:
+        self.servicer = servicer
+
+    def add_to_server(self, server: grpc.aio.Server) -> list[str]:
+        domain_pb2_grpc.add_DomainServiceServicer_to_server(self.servicer, server)
+        return ["grace.domain.v1.DomainService"]
 
 
 def free_ports(count: int) -> list[int]:

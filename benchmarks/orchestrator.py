@@ -39,8 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import grpc
-from _harness import stop_with_parent
+from _harness import DomainHost, server_config, stop_with_parent
 from google.protobuf import json_format
 
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
@@ -48,8 +47,7 @@ from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
-from services.common.config import ServerConfig
-from services.common.server import GraceServer, Service
+from services.common.server import GraceServer
 from services.orchestrator.config import OrchestratorConfig
 from services.orchestrator.engine import OrchestratorSettings
 from services.orchestrator.server import OrchestratorServer
@@ -69,21 +67,6 @@ class NoOpDomain(domain_pb2_grpc.DomainServiceServicer):
 
     async def Compensate(self, request: Any, context: Any) -> domain_pb2.CompensateResponse:
         return domain_pb2.CompensateResponse()
-
-
-class DomainHost(Service):
-    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
-        domain_pb2_grpc.add_DomainServiceServicer_to_server(NoOpDomain(), server)
-        return ["grace.domain.v1.DomainService"]
-
-
-def config(service: str, data: Path) -> ServerConfig:
-    return ServerConfig(
-        service=service,
-        data_dir=data,
-        database_url=f"sqlite+aiosqlite:///{data / (service + '.db')}",
-        shutdown_grace_s=0.5,
-    )
 
 
 async def measure(
@@ -146,7 +129,9 @@ def _registry(data: Path) -> RegistryServer:
     return RegistryServer(
         RegistryConfig(
             # Nothing listens here: the registry's lifecycle events stay in its outbox.
-            server=replace(config("registry", data), env={"GRACE_EVENTBUS_ADDR": "127.0.0.1:9"}),
+            server=replace(
+                server_config("registry", data), env={"GRACE_EVENTBUS_ADDR": "127.0.0.1:9"}
+            ),
             settings=RegistrySettings(default_lease_ttl_s=3600, deregister_after_s=3600),
         )
     )
@@ -157,7 +142,9 @@ async def serve_domains(data: Path) -> AsyncIterator[dict[str, Any]]:
     """A registry and three registered no-op domains; yields their addresses."""
     registry = _registry(data)
     async with GraceServer(registry.config.server, registry) as reg_server:
-        domains = [GraceServer(config(f"d{i}", data), DomainHost()) for i in range(3)]
+        domains = [
+            GraceServer(server_config(f"d{i}", data), DomainHost(NoOpDomain())) for i in range(3)
+        ]
         for server in domains:
             await server.start()
         try:
@@ -181,7 +168,7 @@ async def serve_orchestrator(data: Path, registry_address: str) -> AsyncIterator
     a function returning its commits so far."""
     orch = OrchestratorServer(
         OrchestratorConfig(
-            server=config("orchestrator", data),
+            server=server_config("orchestrator", data),
             settings=OrchestratorSettings(max_parallel_steps=16),
             registry_address=registry_address,
             key_file=data / "orchestrator.key",

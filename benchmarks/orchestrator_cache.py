@@ -23,20 +23,18 @@ import json
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import grpc
+from _harness import DomainHost, server_config
 
 from examples.text import keywords, sentiment, statistics, summary, text_of
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
-from services.common.config import ServerConfig
 from services.common.domain_router import from_struct, to_struct
-from services.common.server import GraceServer, Service
+from services.common.server import GraceServer
 from services.orchestrator.config import OrchestratorConfig
 from services.orchestrator.definition import StepDraft
 from services.orchestrator.engine import Orchestrator, OrchestratorSettings
@@ -93,21 +91,6 @@ class ExampleLikeDomain(domain_pb2_grpc.DomainServiceServicer):
         else:
             output = {"contribution_id": f"c_{self.count:024x}", "confidence": 0.6}
         return domain_pb2.ExecuteResponse(output=to_struct(output))
-
-
-class DomainHost(Service):
-    def add_to_server(self, server: grpc.aio.Server) -> Sequence[str]:
-        domain_pb2_grpc.add_DomainServiceServicer_to_server(ExampleLikeDomain(), server)
-        return ["grace.domain.v1.DomainService"]
-
-
-def config(service: str, data: Path) -> ServerConfig:
-    return ServerConfig(
-        service=service,
-        data_dir=data,
-        database_url=f"sqlite+aiosqlite:///{data / (service + '.db')}",
-        shutdown_grace_s=0.5,
-    )
 
 
 DOMAINS = ("data_domain", "ai_domain", "memory_domain")
@@ -179,12 +162,17 @@ async def main(executions: int) -> dict[str, Any]:
     data = Path(tempfile.mkdtemp(prefix="grace-bench-"))
     registry = RegistryServer(
         RegistryConfig(
-            server=replace(config("registry", data), env={"GRACE_EVENTBUS_ADDR": "127.0.0.1:9"}),
+            server=replace(
+                server_config("registry", data), env={"GRACE_EVENTBUS_ADDR": "127.0.0.1:9"}
+            ),
             settings=RegistrySettings(default_lease_ttl_s=3600, deregister_after_s=3600),
         )
     )
     async with GraceServer(registry.config.server, registry) as reg_server:
-        domains = [GraceServer(config(name, data), DomainHost()) for name in DOMAINS]
+        domains = [
+            GraceServer(server_config(name, data), DomainHost(ExampleLikeDomain()))
+            for name in DOMAINS
+        ]
         for server in domains:
             await server.start()
         async with channel(reg_server.address) as reg_chan:
@@ -197,7 +185,7 @@ async def main(executions: int) -> dict[str, Any]:
                 )
         orch = OrchestratorServer(
             OrchestratorConfig(
-                server=config("orchestrator", data),
+                server=server_config("orchestrator", data),
                 settings=OrchestratorSettings(recent_cache=max(1000, executions)),
                 registry_address=reg_server.address,
                 key_file=data / "orchestrator.key",
