@@ -51,6 +51,7 @@ class Lifecycle:
         set_state: Changes a component's state (the supervisor tells its watchers).
         child_env: The environment of a component's process.
         on_spawn: Called with the component name after each spawn.
+        stopping: True once Guardian is shutting down: nothing is started again.
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class Lifecycle:
         set_state: Callable[[Managed, State], None],
         child_env: Callable[[ComponentStatus], dict[str, str]],
         on_spawn: Callable[[str], None],
+        stopping: Callable[[], bool],
     ) -> None:
         self.topology = topology
         self.journal = journal
@@ -71,6 +73,7 @@ class Lifecycle:
         self._set_state = set_state
         self._child_env = child_env
         self._on_spawn = on_spawn
+        self._stopping = stopping
         self.zygote: Zygote | None = None
 
     async def run(self, managed: Managed, fail_fast: bool) -> None:
@@ -84,6 +87,8 @@ class Lifecycle:
         while True:
             reason, ever_serving = await self._run_once(managed)
             status.last_error = reason
+            if self._ended_by_shutdown(managed):
+                return
             if fail_fast and not ever_serving:
                 self._set_state(managed, State.FAILED)
                 return
@@ -114,6 +119,21 @@ class Lifecycle:
                 delay_s=delay,
             )
             await asyncio.sleep(delay)
+            if self._ended_by_shutdown(managed):
+                return
+
+    def _ended_by_shutdown(self, managed: Managed) -> bool:
+        """True, with the component STOPPED, when Guardian is shutting down.
+
+        A component that exits then is stopping with it, not crashing: a signal to
+        Guardian's whole process group or service unit (`kill -- -PGID`, a service
+        manager's stop) reaches the components too, and they may exit before Guardian gets
+        to them. Starting them again would only make the shutdown stop them twice."""
+        if not self._stopping():
+            return False
+        log.info("%s: not restarted, Guardian is shutting down", managed.status.name)
+        self._set_state(managed, State.STOPPED)
+        return True
 
     async def _run_once(self, managed: Managed) -> tuple[str, bool]:
         """Runs one process until it exits or fails its probes; returns why and whether it

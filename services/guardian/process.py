@@ -140,6 +140,11 @@ class Zygote:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._reader: asyncio.Task[None] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        """The fork server's pid, once launched."""
+        return None if self._proc is None else self._proc.pid
+
     def fork_early(self) -> None:
         """Forks the fork server from this process, now, instead of starting a fresh
         interpreter for it in `launch`.

@@ -99,6 +99,7 @@ class Supervisor:
             set_state=self._set_state,
             child_env=self._child_env,
             on_spawn=self._spawned,
+            stopping=lambda: self.stopping,
         )
         self._early_zygote = zygote
         self._watchers: set[asyncio.Queue[StateChange]] = set()

@@ -233,6 +233,17 @@ class _Server:
             self.send({"exited": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
+def _leave_stop_signals_to_guardian() -> None:
+    """Ignores SIGINT and SIGTERM: Guardian stops the zygote by closing its stdin.
+
+    The zygote shares Guardian's process group, so a Ctrl-C, a `kill -- -PGID` or a service
+    manager's stop reaches it too. Exiting then would orphan every component at once (their
+    orphan watch stops them) while Guardian is still stopping them in order. A child gets
+    the default dispositions back (`_become_component`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def serve(modules: Sequence[str], requests: int, replies: BinaryIO) -> None:
     """Preloads the first module, says ready, and serves until `requests` ends (Guardian is
     gone), preloading the others, in the order given, while no request waits."""
@@ -240,7 +251,7 @@ def serve(modules: Sequence[str], requests: int, replies: BinaryIO) -> None:
     gc.collect()  # the import-time garbage, before anything is frozen
     server = _Server(requests, replies, modules[1:])
     server.send({"ready": True, "not_preloaded": failed})
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Guardian stops it by closing its stdin
+    _leave_stop_signals_to_guardian()
     server.run()
 
 
@@ -274,7 +285,7 @@ def serve_forked(modules: Sequence[str], requests: int, replies: int) -> NoRetur
     fork_server = os.getpid()
     code = 0
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is Guardian's to handle
+        _leave_stop_signals_to_guardian()
         os.dup2(requests, 0)
         os.dup2(replies, 1)
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))

@@ -9,6 +9,7 @@ Options:
     --exit-after S     exit S seconds after binding, with --code (default 1)
     --crash-if FILE    exit with code 3 at once when FILE exists (to make a crash loop)
     --sick-if FILE     report NOT_SERVING while FILE exists
+    --linger S         on a stop signal, wait S seconds before stopping (a slow stop)
     --record FILE      append "<name> started|serving <time>" lines to FILE
     --env-file FILE    write the environment it runs with to FILE, as JSON
 """
@@ -82,6 +83,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 _record(args.record, args.name, "serving")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.05)
+    await asyncio.sleep(args.linger)
     await servicer.enter_graceful_shutdown()
     await server.stop(0.2)
     return 0
@@ -96,6 +98,7 @@ def main() -> int:
     parser.add_argument("--code", type=int, default=1)
     parser.add_argument("--crash-if")
     parser.add_argument("--sick-if")
+    parser.add_argument("--linger", type=float, default=0.0)
     parser.add_argument("--record")
     parser.add_argument("--env-file")
     args = parser.parse_args()

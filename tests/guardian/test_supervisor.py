@@ -325,5 +325,35 @@ async def test_shutdown_stops_components_in_reverse_boot_order(tmp_path: Path) -
         assert not any(port_open(p) for p in (a, b, c))
 
 
+async def test_a_component_that_exits_while_guardian_shuts_down_is_not_started_again(
+    tmp_path: Path,
+) -> None:
+    # A signal to Guardian's whole process group or service unit reaches the components
+    # too: they exit while the shutdown is still stopping others. That is no crash to heal.
+    record = tmp_path / "record.txt"
+    a, b = free_ports(2)
+    topo = topology(
+        {
+            "early": component("early", a, "--record", str(record), chunk=0),
+            # Stopped first (reverse boot order), and slowly: the shutdown waits on it.
+            "late": component("late", b, "--linger", "2.0", "--record", str(record), chunk=1),
+        }
+    )
+    async with supervising(topo, tmp_path) as (supervisor, store):
+        await supervisor.boot()
+        early_pid = supervisor.status("early").pid
+        shutdown = asyncio.create_task(supervisor.shutdown())
+        await eventually(lambda: state_of(supervisor, "late") == State.STOPPING, what="STOPPING")
+        os.kill(early_pid, signal.SIGTERM)
+        await eventually(lambda: not pid_exists(early_pid), what="early gone")
+        await shutdown
+        starts = [line for line in record.read_text().splitlines() if " started " in line]
+        assert sorted(line.split()[0] for line in starts) == ["early", "late"]
+        assert state_of(supervisor, "early") == State.STOPPED
+        assert supervisor.status("early").total_restarts == 0
+        await supervisor.journal.flush()
+        assert await store.decisions("early") == []
+
+
 def _never() -> asyncio.Event:
     return asyncio.Event()

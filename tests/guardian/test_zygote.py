@@ -133,6 +133,27 @@ async def test_forked_servers_stop_by_themselves_when_the_fork_server_goes_away(
     assert "supervisor" in proc.tail()
 
 
+async def test_the_fork_server_leaves_stop_signals_to_guardian(tmp_path: Path) -> None:
+    # It shares Guardian's process group, so a Ctrl-C or a `kill -- -PGID` reaches it:
+    # exiting then would orphan every component while Guardian is still stopping them.
+    own = Zygote([PROBE], dict(os.environ))
+    await own.start()
+    try:
+        proc = forked(own, tmp_path, "--sleep", "60")
+        pid = await proc.spawn()
+        await waiting(proc)
+        server_pid = own.pid
+        assert server_pid is not None
+        os.kill(server_pid, signal.SIGTERM)
+        os.kill(server_pid, signal.SIGINT)
+        await asyncio.sleep(0.5)
+        assert pid_alive(server_pid)
+        assert pid_alive(pid)
+        assert await proc.stop(timeout_s=10) == 0  # and it still reports its children
+    finally:
+        await own.close()
+
+
 async def test_without_a_running_fork_server_the_component_is_started_with_exec(
     tmp_path: Path,
 ) -> None:
