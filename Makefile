@@ -99,11 +99,14 @@ run: $(STAMP) bytecode ## Run Grace: every service under Guardian, embedded SQLi
 	$(VENV)/bin/grace up
 
 # Each benchmark ends with one JSON line; they are collected in one file per run, so runs
-# can be compared (`BENCH_OUT=... make bench` to choose it).
+# can be compared (`BENCH_OUT=... make bench` to choose it). The machine's own figures (load,
+# interpreter speed, fdatasync, raw JetStream) come first and last: a slower machine, not
+# slower code, is the first thing to rule out when two files differ.
 BENCH_OUT ?= .build/bench/$(shell date -u +%Y%m%dT%H%M%SZ).jsonl
+BENCHMARKS = $(filter-out benchmarks/machine.py,$(wildcard benchmarks/[!_]*.py))
 bench: $(STAMP) bytecode ## Run every benchmark in benchmarks/; their JSON lines go to .build/bench/<time>.jsonl.
 	@set -o pipefail; mkdir -p $(dir $(BENCH_OUT)); out=$$(mktemp) && trap 'rm -f "$$out"' EXIT && \
-	for b in benchmarks/[!_]*.py; do \
+	for b in benchmarks/machine.py $(BENCHMARKS) benchmarks/machine.py; do \
 		echo "== $$b"; $(PY) $$b | tee "$$out" || exit 1; tail -n 1 "$$out" >> $(BENCH_OUT); \
 	done; echo "JSON lines: $(BENCH_OUT)"
 
