@@ -1,10 +1,12 @@
-"""Proto comments, the API documentation, read from the `.proto` files at start-up.
+"""Proto comments, the API documentation, for /openapi.json.
 
-Generated `_pb2` modules drop `SourceCodeInfo`, so comments are not in the runtime descriptors.
-The gateway compiles the `.proto` files once more at start-up with grpc_tools' protoc into a
-descriptor set with source info (tens of milliseconds) and indexes each leading comment by
-the element's full name: `pkg.Service`, `pkg.Service.Method`, `pkg.Message`,
-`pkg.Message.field`, `pkg.Enum`, `pkg.Enum.VALUE`.
+Generated `_pb2` modules drop `SourceCodeInfo`, so comments are not in the runtime
+descriptors. For Grace's own contracts they come from the descriptor set `make generate`
+keeps with its source info, the one server reflection serves. For any other proto root
+(`GRACE_GATEWAY_PROTO_ROOT`), the gateway compiles the `.proto` files with grpc_tools' protoc
+into such a set (tens of milliseconds, and a 6 MB extension loaded only then). Each leading
+comment is indexed by the element's full name: `pkg.Service`, `pkg.Service.Method`,
+`pkg.Message`, `pkg.Message.field`, `pkg.Enum`, `pkg.Enum.VALUE`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-import grpc_tools
 from google.protobuf import descriptor_pb2
-from grpc_tools import protoc
 
-from services.common.codegen import googleapis_include
+from services.common.codegen import googleapis_include, installed_proto_root
+from services.common.reflection import contract_descriptors
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,44 @@ _SERVICE_METHOD = 2
 def load_comments(proto_roots: Iterable[Path]) -> dict[str, str]:
     """Leading comments of every element of every `.proto` under the roots, by full name.
 
-    Returns an empty mapping (and logs why) when the files cannot be compiled: the gateway
-    then serves an OpenAPI document without descriptions rather than not starting.
+    Returns an empty mapping (and logs why) when there are none to read: the gateway then
+    serves an OpenAPI document without descriptions rather than not starting.
     """
     roots = [Path(r) for r in proto_roots]
+    descriptor_set = _generated(roots)
+    if descriptor_set is None:
+        descriptor_set = _compiled(roots)
+    comments: dict[str, str] = {}
+    for file in descriptor_set.file if descriptor_set is not None else ():
+        comments.update(_file_comments(file))
+    return comments
+
+
+def _generated(roots: list[Path]) -> descriptor_pb2.FileDescriptorSet | None:
+    """The generated descriptor set, when the roots are just Grace's installed contracts."""
+    installed = installed_proto_root()
+    if installed is None or [r.resolve() for r in roots] != [installed.resolve()]:
+        return None
+    descriptors = contract_descriptors()
+    if descriptors is None:
+        return None
+    # The set includes what the contracts import (google/api, well-known types): only the
+    # files under the root are documented, as when they are compiled.
+    mine = [file for file in descriptors.file if (installed / file.name).is_file()]
+    del descriptors.file[:]
+    descriptors.file.extend(mine)
+    return descriptors
+
+
+def _compiled(roots: list[Path]) -> descriptor_pb2.FileDescriptorSet | None:
+    """Every `.proto` under the roots compiled with their source info; None (logged) when
+    there is none or they do not compile."""
     files = sorted({str(f.relative_to(r)) for r in roots for f in r.rglob("*.proto")})
     if not files:
-        return {}
+        return None
+    import grpc_tools
+    from grpc_tools import protoc
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "descriptors.pb"
         args = [
@@ -52,12 +84,8 @@ def load_comments(proto_roots: Iterable[Path]) -> dict[str, str]:
         ]
         if protoc.main(args) != 0:
             log.warning("cannot compile the protos under %s: no comments in /openapi.json", roots)
-            return {}
-        descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
-    comments: dict[str, str] = {}
-    for file in descriptor_set.file:
-        comments.update(_file_comments(file))
-    return comments
+            return None
+        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
 
 
 def _clean(text: str) -> str:

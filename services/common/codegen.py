@@ -12,9 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import grpc_tools
 from google.api import annotations_pb2
-from grpc_tools import protoc
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PROTO_ROOT = PROJECT_ROOT / "protos"
@@ -63,6 +61,11 @@ DESCRIPTOR_SET = "descriptors.binpb"
 def generate(out_dir: Path) -> None:
     """Compiles every proto into `out_dir` (python, grpc and .pyi stubs, and the descriptor
     set with comments), replacing it."""
+    # Imported here: the compiler is a 6 MB extension that only code generation needs, and
+    # the gateway imports this module for `installed_proto_root`.
+    import grpc_tools
+    from grpc_tools import protoc
+
     grace_out = out_dir / "grace"
     if grace_out.exists():
         shutil.rmtree(grace_out)

@@ -31,19 +31,27 @@ V1_FILE = "grpc/reflection/v1/reflection.proto"
 DESCRIPTOR_SET = "descriptors.binpb"
 
 
-def source_info(file_name: str) -> descriptor_pb2.SourceCodeInfo | None:
-    """The comments (source info) of one contract file, or None (no such file, or the
-    descriptor set is missing).
+def contract_descriptors() -> descriptor_pb2.FileDescriptorSet | None:
+    """Every contract's descriptor with its comments (source info), as `make generate`
+    wrote them next to the generated code; None (warned once) when the set is missing.
 
-    Read from the descriptor set at each call and not kept: parsed at start, the set cost
-    every server about 2.4 MB for the rare `grpcurl describe`; a server caches the answers
-    it builds instead (a few kB per file asked for)."""
+    Read at each call and not kept: parsed at start, the set cost every server about
+    2.4 MB for the rare `grpcurl describe` or `/openapi.json`; callers keep what they
+    build from it instead."""
     try:
         data = (resources.files("grace") / DESCRIPTOR_SET).read_bytes()
     except (FileNotFoundError, ModuleNotFoundError, OSError):
         _warn_no_descriptor_set()
         return None
-    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+    return descriptor_pb2.FileDescriptorSet.FromString(data)
+
+
+def source_info(file_name: str) -> descriptor_pb2.SourceCodeInfo | None:
+    """The comments (source info) of one contract file, or None (no such file, or the
+    descriptor set is missing). A server caches the answers it builds from it (a few kB
+    per file asked for)."""
+    descriptors = contract_descriptors()
+    for file in descriptors.file if descriptors is not None else ():
         if file.name == file_name and file.HasField("source_code_info"):
             info = descriptor_pb2.SourceCodeInfo()
             info.CopyFrom(file.source_code_info)

@@ -105,3 +105,30 @@ async def test_the_document_is_built_at_the_first_request_for_it_and_once(
     assert first == second
     assert len(reads) == 1
     assert b'"openapi"' in first[1]
+
+
+def test_grace_contracts_are_documented_from_the_generated_descriptor_set_as_compiled() -> None:
+    # The descriptor set `make generate` keeps serves the comments of Grace's own
+    # contracts, so the gateway never loads the proto compiler for them; what it gives is
+    # what compiling the same files gives.
+    from gateway import comments
+    from services.common.codegen import PROTO_ROOT
+
+    compiled = comments._compiled([PROTO_ROOT])
+    assert compiled is not None
+    expected: dict[str, str] = {}
+    for file in compiled.file:
+        expected.update(comments._file_comments(file))
+    generated = comments._generated([PROTO_ROOT])
+    assert generated is not None
+    assert comments.load_comments([PROTO_ROOT]) == expected
+    assert "grace.registry.v1.RegistryService" in expected
+
+
+def test_the_gateway_does_not_load_the_proto_compiler_to_serve() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, gateway.server; print('grpc_tools._protoc_compiler' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False", loaded.stderr
