@@ -178,6 +178,12 @@ def count_restarts(guardian_log: str) -> int:
     return len(starts) - len(set(starts))
 
 
+def restart_reasons(guardian_log: str) -> list[str]:
+    """Guardian's lines that say why a component went down (its log goes with the run's
+    temporary directory, so they are printed)."""
+    return re.findall(r"^.* WARNING services\.guardian\.lifecycle .*$", guardian_log, re.M)
+
+
 def snapshot_all(grace: Grace, services: str) -> int:
     """Asks every traced process for a heap snapshot; returns how many were asked."""
     asked = 0
@@ -295,6 +301,7 @@ async def main() -> None:
                 await asyncio.sleep(1)
         guardian_log = await asyncio.to_thread((grace.data_dir / "logs" / "guardian.log").read_text)
         restarts = count_restarts(guardian_log)
+        reasons = restart_reasons(guardian_log)
 
     slopes = {name: slope_mb_per_30_min(points) for name, points in samples.items()}
     print(
@@ -303,6 +310,8 @@ async def main() -> None:
         f"{sum(load.errors.values())} errors {load.errors or ''}, "
         f"{restarts} component restarts"
     )
+    for line in reasons:
+        print(f"  guardian: {line}")
     print(f"{'process':<34} {'PSS MB start':>12} {'end':>8} {'MB / 30 min':>12}  target")
     for name in sorted(slopes, key=lambda n: -slopes[n]):
         first, last = samples[name][0][1] / 1024, samples[name][-1][1] / 1024
