@@ -6,7 +6,9 @@ Detection (see `detector`): `GRACE_IMMUNE_WINDOW` (60 points), `GRACE_IMMUNE_MIN
 (20), `GRACE_IMMUNE_THRESHOLD` (3.5), `GRACE_IMMUNE_CONSECUTIVE` (3),
 `GRACE_IMMUNE_MAD_FLOOR_FRACTION` (0.05), `GRACE_IMMUNE_MAD_FLOOR` (0.001),
 `GRACE_IMMUNE_DIRECTION` (up | both | down; default up: the metrics Grace reports itself,
-latency and errors, are worse when higher, and a drop must not trigger a restart).
+latency and errors, are worse when higher, and a drop must not trigger a restart),
+`GRACE_IMMUNE_MIN_RATIO` (3: a spike counts from three times the baseline median; 1 judges
+by the robust score alone).
 
 Remediation (see `remediation`): `GRACE_IMMUNE_REMEDIATE` (true; false only detects),
 `GRACE_IMMUNE_DRY_RUN` (false), `GRACE_IMMUNE_COOLDOWN_S` (300),
@@ -119,6 +121,7 @@ class ImmuneConfig:
                 ),
                 mad_floor=r.number("GRACE_IMMUNE_MAD_FLOOR", 1e-3, minimum=1e-12, maximum=1e9),
                 direction=r.choice("GRACE_IMMUNE_DIRECTION", "up", ["up", "both", "down"]),
+                min_ratio=r.number("GRACE_IMMUNE_MIN_RATIO", 3.0, minimum=1, maximum=1000),
             ),
             remediation=RemediationSettings(
                 dry_run=r.flag("GRACE_IMMUNE_DRY_RUN", False),

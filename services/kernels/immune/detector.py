@@ -8,7 +8,12 @@ values, each new value x is scored against them with the robust z-score
 where MAD is the median absolute deviation from the median (0.6745 makes the score
 comparable to a standard z-score for normal data; Iglewicz and Hoaglin's threshold is
 3.5). The floor keeps a flat series (MAD = 0) from turning every wobble into an infinite
-score. A point is *beyond* when |score| > threshold (and its direction is watched).
+score. A point is *beyond* when |score| > threshold (and its direction is watched) and it
+is also `min_ratio` times the median or more (a spike) or at most the median divided by it
+(a drop): a steady series scores a 30% rise far beyond 3.5, but a service 30% slower under
+load is not broken, and what answers an anomaly may be a restart. The default ratio, 3, is
+seed 004's latency spike (`current_latency > baseline * 3`); 1 judges by the score alone.
+A series whose median is 0 (errors of a healthy service) passes the ratio with any rise.
 
 An anomaly is raised when `consecutive` points in a row are beyond on the same side: one
 spike of a noisy series raises nothing. The series then stays *open*: no new anomaly until
@@ -42,6 +47,8 @@ class DetectorSettings:
         mad_floor_fraction: MAD floor relative to |median|.
         mad_floor: Absolute MAD floor.
         direction: "both", "up" (only spikes) or "down" (only drops).
+        min_ratio: How many times the median a spike must reach (and a drop go under, as
+            a divisor) to count; 1 for the score alone.
         max_series: Series tracked at most.
     """
 
@@ -52,6 +59,7 @@ class DetectorSettings:
     mad_floor_fraction: float = 0.05
     mad_floor: float = 1e-3
     direction: str = "both"
+    min_ratio: float = 3.0
     max_series: int = 10_000
 
 
@@ -83,6 +91,15 @@ class Series:
         median = statistics.median(self.values)
         mad = statistics.median(abs(v - median) for v in self.values)
         return median, mad
+
+
+def _far_enough(value: float, median: float, ratio: float) -> bool:
+    """True when `value` is at least `ratio` times `median` away from it, as a spike
+    (value >= median * ratio) or a drop (value <= median / ratio), for either sign."""
+    change = abs(value - median)
+    if value > median:
+        return change >= (ratio - 1) * abs(median)
+    return change >= (1 - 1 / ratio) * abs(median)
 
 
 def robust_score(value: float, median: float, mad: float, settings: DetectorSettings) -> float:
@@ -124,20 +141,19 @@ class Detector:
         series.values.append(value)
         return detection
 
-    def _watched(self, score: float) -> bool:
+    def _watched(self, score: float, value: float, median: float) -> bool:
         if abs(score) <= self.settings.threshold:
             return False
-        if self.settings.direction == "up":
-            return score > 0
-        if self.settings.direction == "down":
-            return score < 0
-        return True
+        direction = self.settings.direction
+        if (direction == "up" and score < 0) or (direction == "down" and score > 0):
+            return False
+        return _far_enough(value, median, self.settings.min_ratio)
 
     def _judge(
         self, series: Series, value: float, when: float, median: float, mad: float
     ) -> Detection | None:
         score = robust_score(value, median, mad, self.settings)
-        beyond = self._watched(score)
+        beyond = self._watched(score, value, median)
         needed = self.settings.consecutive
         if series.open:
             series.calm = 0 if beyond else series.calm + 1

@@ -70,18 +70,36 @@ def test_a_drop_is_its_own_kind_and_direction_can_ignore_it() -> None:
 
 
 def test_a_flat_series_tolerates_small_wobbles_thanks_to_the_mad_floor() -> None:
-    values = [50.0] * 30 + [51.0, 52.0, 51.0] + [80.0] * 3
+    values = [50.0] * 30 + [51.0, 52.0, 51.0] + [160.0] * 3
     found = feed(Detector(SETTINGS), values)
     assert [d.kind for d in found] == ["latency_ms_spike"]
-    assert found[0].evidence[0].value == 80.0
+    assert found[0].evidence[0].value == 160.0
+
+
+def test_a_steady_rise_short_of_three_times_the_median_is_no_anomaly() -> None:
+    # Far beyond the score threshold on so steady a series, but 50% slower is a busy
+    # service, not a broken one: what answers an anomaly may be a restart.
+    values = [100.0] * 30 + [150.0, 160.0, 170.0, 180.0, 190.0, 200.0]
+    assert feed(Detector(SETTINGS), values) == []
+    by_score_alone = DetectorSettings(window=60, min_points=20, min_ratio=1.0)
+    assert [d.kind for d in feed(Detector(by_score_alone), values)] == ["latency_ms_spike"]
+    three_times = values + [300.0] * 3
+    assert [d.kind for d in feed(Detector(SETTINGS), three_times)] == ["latency_ms_spike"]
+
+
+def test_errors_rising_from_none_are_an_anomaly_at_once() -> None:
+    # A median of 0 (a healthy service's errors) has no ratio to reach.
+    values = [0.0] * 30 + [2.0, 1.0, 3.0]
+    found = feed(Detector(SETTINGS), values, metric="errors")
+    assert [d.kind for d in found] == ["errors_spike"]
 
 
 def test_a_lasting_level_shift_becomes_the_new_baseline() -> None:
     detector = Detector(SETTINGS)
-    found = feed(detector, noisy(60, 5) + noisy(120, 6, center=300.0))
+    found = feed(detector, noisy(60, 5) + noisy(120, 6, center=400.0))
     assert len(found) == 1
     median, _ = detector.series[("ai_domain", "latency_ms")].baseline()
-    assert 290 <= median <= 310
+    assert 390 <= median <= 410
     assert not detector.series[("ai_domain", "latency_ms")].open
 
 
