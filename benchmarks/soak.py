@@ -179,9 +179,36 @@ def count_restarts(guardian_log: str) -> int:
 
 
 def restart_reasons(guardian_log: str) -> list[str]:
-    """Guardian's lines that say why a component went down (its log goes with the run's
-    temporary directory, so they are printed)."""
-    return re.findall(r"^.* WARNING services\.guardian\.lifecycle .*$", guardian_log, re.M)
+    """Guardian's lines that say why a component went down or who asked for a restart (a
+    crash, failed probes, a healing playbook): its log goes with the run's temporary
+    directory, so they are printed."""
+    return re.findall(
+        r"^.* (?:WARNING services\.guardian\.\S+|\S+ services\.guardian\.\S+ .*heal).*$",
+        guardian_log,
+        re.M,
+    )
+
+
+async def immune_findings(http: httpx.AsyncClient) -> list[str]:
+    """What the immune system saw and did during the run: each anomaly (the series, its
+    baseline and the values that raised it) and each remediation, oldest first."""
+    lines = []
+    anomalies = await http.get("/kernels/immune/anomalies", params={"page_size": 100})
+    for item in reversed(anomalies.json().get("anomalies", []) if anomalies.is_success else []):
+        values = ", ".join(f"{point['value']:.4g}" for point in item.get("evidence", []))
+        lines.append(
+            f"anomaly {item['detected_at']} {item['component']} {item['metric']} "
+            f"{item['kind']}: median {item.get('median', 0):.4g}, values {values}"
+        )
+    remediations = await http.get("/kernels/immune/remediations", params={"page_size": 100})
+    for item in reversed(
+        remediations.json().get("remediations", []) if remediations.is_success else []
+    ):
+        lines.append(
+            f"remediation {item['started_at']} {item['component']} {item['kind']} "
+            f"{item.get('playbook', '')}: {item['outcome']} ({item.get('reason', '')})"
+        )
+    return lines
 
 
 def snapshot_all(grace: Grace, services: str) -> int:
@@ -301,7 +328,7 @@ async def main() -> None:
                 await asyncio.sleep(1)
         guardian_log = await asyncio.to_thread((grace.data_dir / "logs" / "guardian.log").read_text)
         restarts = count_restarts(guardian_log)
-        reasons = restart_reasons(guardian_log)
+        reasons = restart_reasons(guardian_log) + await immune_findings(http)
 
     slopes = {name: slope_mb_per_30_min(points) for name, points in samples.items()}
     print(
@@ -311,7 +338,7 @@ async def main() -> None:
         f"{restarts} component restarts"
     )
     for line in reasons:
-        print(f"  guardian: {line}")
+        print(f"  {line}")
     print(f"{'process':<34} {'PSS MB start':>12} {'end':>8} {'MB / 30 min':>12}  target")
     for name in sorted(slopes, key=lambda n: -slopes[n]):
         first, last = samples[name][0][1] / 1024, samples[name][-1][1] / 1024
