@@ -82,3 +82,74 @@ async def test_a_malformed_or_oversized_request_head_is_refused(port: SharedPort
         assert answer.split(b" ")[1] == status
         writer.close()
         await writer.wait_closed()
+
+
+async def _mirror(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Sends back every byte as it comes; ends its side when the client ends its own."""
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.write_eof()
+    await writer.drain()
+    writer.close()
+
+
+@pytest.fixture
+async def mirrored() -> AsyncIterator[SharedPort]:
+    behind = await asyncio.start_server(_mirror, "127.0.0.1", 0)
+    address = f"127.0.0.1:{behind.sockets[0].getsockname()[1]}"
+    shared = SharedPort("127.0.0.1", 0, address, _handler)
+    await shared.start()
+    try:
+        yield shared
+    finally:
+        await shared.close()
+        behind.close()
+        await behind.wait_closed()
+
+
+async def test_megabytes_each_way_arrive_intact_to_a_slow_reader(mirrored: SharedPort) -> None:
+    # More than every buffer on the way holds: the relay must stop reading from the side
+    # that sends while the other side does not take it, and lose or reorder nothing.
+    import os
+
+    sent = b"PRI " + os.urandom(6 * 1024 * 1024)
+    reader, writer = await asyncio.open_connection("127.0.0.1", mirrored.port)
+
+    async def send() -> None:
+        for at in range(0, len(sent), 100_000):
+            writer.write(sent[at : at + 100_000])
+            await writer.drain()
+        writer.write_eof()  # half-close: the replies still come back
+
+    sending = asyncio.create_task(send())
+    received = bytearray()
+    while chunk := await asyncio.wait_for(reader.read(32768), 10):
+        received += chunk
+        if len(received) < 2 * 1024 * 1024:
+            await asyncio.sleep(0.001)  # slow at first, so the buffers fill up
+    await sending
+    assert bytes(received) == sent
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_a_connection_that_says_nothing_is_closed(
+    port: SharedPort, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.common.shared_port as shared_port
+
+    monkeypatch.setattr(shared_port, "FIRST_BYTES_TIMEOUT_S", 0.2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port.port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_closing_the_port_ends_relayed_connections(port: SharedPort) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port.port)
+    writer.write(b"PRI hello")
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(1024), 5) == b"echo:PRI hello"
+    await port.close()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
