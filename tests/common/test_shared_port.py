@@ -4,7 +4,8 @@ every other byte stream is relayed untouched to the server behind."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -26,9 +27,10 @@ async def _handler(path: str, query: Mapping[str, list[str]]) -> tuple[int, Any]
     return 200, {"path": path, "query": {k: v for k, v in query.items()}}
 
 
-@pytest.fixture
-async def port() -> AsyncIterator[SharedPort]:
-    behind = await asyncio.start_server(_echo, "127.0.0.1", 0)
+@contextlib.asynccontextmanager
+async def in_front_of(serve: Callable[..., Awaitable[None]]) -> AsyncIterator[SharedPort]:
+    """A shared port relaying to a plain TCP server that runs `serve` per connection."""
+    behind = await asyncio.start_server(serve, "127.0.0.1", 0)
     address = f"127.0.0.1:{behind.sockets[0].getsockname()[1]}"
     shared = SharedPort("127.0.0.1", 0, address, _handler)
     await shared.start()
@@ -38,6 +40,12 @@ async def port() -> AsyncIterator[SharedPort]:
         await shared.close()
         behind.close()
         await behind.wait_closed()
+
+
+@pytest.fixture
+async def port() -> AsyncIterator[SharedPort]:
+    async with in_front_of(_echo) as shared:
+        yield shared
 
 
 async def test_http_gets_are_answered_by_the_handler_as_json(port: SharedPort) -> None:
@@ -96,16 +104,8 @@ async def _mirror(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 
 @pytest.fixture
 async def mirrored() -> AsyncIterator[SharedPort]:
-    behind = await asyncio.start_server(_mirror, "127.0.0.1", 0)
-    address = f"127.0.0.1:{behind.sockets[0].getsockname()[1]}"
-    shared = SharedPort("127.0.0.1", 0, address, _handler)
-    await shared.start()
-    try:
+    async with in_front_of(_mirror) as shared:
         yield shared
-    finally:
-        await shared.close()
-        behind.close()
-        await behind.wait_closed()
 
 
 async def test_megabytes_each_way_arrive_intact_to_a_slow_reader(mirrored: SharedPort) -> None:
