@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
 import pytest
 
+from services.common import shared_port
 from services.common.shared_port import SharedPort
 
 
@@ -111,8 +113,6 @@ async def mirrored() -> AsyncIterator[SharedPort]:
 async def test_megabytes_each_way_arrive_intact_to_a_slow_reader(mirrored: SharedPort) -> None:
     # More than every buffer on the way holds: the relay must stop reading from the side
     # that sends while the other side does not take it, and lose or reorder nothing.
-    import os
-
     sent = b"PRI " + os.urandom(6 * 1024 * 1024)
     reader, writer = await asyncio.open_connection("127.0.0.1", mirrored.port)
 
@@ -137,8 +137,6 @@ async def test_megabytes_each_way_arrive_intact_to_a_slow_reader(mirrored: Share
 async def test_a_connection_that_says_nothing_is_closed(
     port: SharedPort, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import services.common.shared_port as shared_port
-
     monkeypatch.setattr(shared_port, "FIRST_BYTES_TIMEOUT_S", 0.2)
     reader, writer = await asyncio.open_connection("127.0.0.1", port.port)
     assert await asyncio.wait_for(reader.read(), 5) == b""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
 from openapi_spec_validator import validate
 
+from gateway import comments
 from gateway.config import GatewayConfig
 from gateway.server import build_app
+from services.common.codegen import PROTO_ROOT
 from services.common.pagination import MAX_PAGE_SIZE
 from services.common.validation import MAX_ID_LENGTH
 
@@ -111,9 +115,6 @@ def test_grace_contracts_are_documented_from_the_generated_descriptor_set_as_com
     # The descriptor set `make generate` keeps serves the comments of Grace's own
     # contracts, so the gateway never loads the proto compiler for them; what it gives is
     # what compiling the same files gives.
-    from gateway import comments
-    from services.common.codegen import PROTO_ROOT
-
     compiled = comments._compiled([PROTO_ROOT])
     assert compiled is not None
     expected: dict[str, str] = {}
@@ -126,9 +127,6 @@ def test_grace_contracts_are_documented_from_the_generated_descriptor_set_as_com
 
 
 def test_the_gateway_does_not_load_the_proto_compiler_to_serve() -> None:
-    import subprocess
-    import sys
-
     code = "import sys, gateway.server; print('grpc_tools._protoc_compiler' in sys.modules)"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert loaded.stdout.strip() == "False", loaded.stderr
