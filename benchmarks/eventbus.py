@@ -11,7 +11,13 @@ drives it from this process:
       of IN_FLIGHT messages), as the SDK and the outbox relays publish;
   (b') as (b) through one PublishStream, one event per message.
 
-The bus runs in plaintext (GRACE_INSECURE): the figures are the bus's, not TLS's.
+The bus runs in plaintext (GRACE_INSECURE): the figures are the bus's, not TLS's. For
+(b) and (b') it also reports the bus process's CPU per event.
+
+The same client code then runs (a), (b) and (b') against `benchmarks/grpc_relay.py`, the
+bus's gRPC API with nothing behind it (no validation, no storage, no durability), in a
+process of its own: the floor any bus served by Python gRPC on this machine stands on, so
+the bus's own share of each figure can be read off.
 
 When NATS answers on 127.0.0.1:4222, the same run also measures, in the same process:
 
@@ -119,6 +125,42 @@ async def bus_process(
         except TimeoutError:
             proc.kill()  # a stuck stop must not stop the benchmark
             await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def relay_process(pids: list[int]) -> AsyncIterator[str]:
+    """`benchmarks/grpc_relay.py` (the bus's API with nothing behind it) on a free port."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("grpc_relay.py")), "--port", str(port),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    pids.append(proc.pid)
+    address = f"127.0.0.1:{port}"
+    try:
+        async with grpc.aio.insecure_channel(address) as chan:
+            stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
+            for _ in range(300):
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.GetStats(eventbus_pb2.GetStatsRequest(), timeout=1)
+                    break
+                await asyncio.sleep(0.1)
+        yield address
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def with_cpu(pid: int, measure: Any) -> tuple[Any, float]:
+    """`await measure()` and the CPU seconds process `pid` used meanwhile, per event of a
+    latency run (`LATENCY_RATE * LATENCY_SECONDS` events), in microseconds."""
+    before = cpu_seconds(pid)
+    result = await measure()
+    return result, (cpu_seconds(pid) - before) / (LATENCY_RATE * LATENCY_SECONDS) * 1e6
 
 
 def batches(total: int, types: list[str], prefix: str) -> list[eventbus_pb2.PublishBatchRequest]:
@@ -530,17 +572,31 @@ async def main() -> None:
         total = int(args[args.index("--events") + 1]) if "--events" in args else 50_000
         await jetstream_ratio(runs, total)
         return
+    pids: list[int] = []
     with tempfile.TemporaryDirectory(prefix="grace-bench-") as tmp:
-        async with bus_process(Path(tmp)) as address:
+        async with bus_process(Path(tmp), pids=pids) as address:
             throughput = await grace_throughput(address, 1, THROUGHPUT_EVENTS)
-            p50, p99 = await grace_latency(address)
+            (p50, p99), cpu_us = await with_cpu(pids[-1], lambda: grace_latency(address))
             fanout = await grace_throughput(address, SUBSCRIBERS, FANOUT_EVENTS)
             stream_throughput = await grace_stream_throughput(address, THROUGHPUT_EVENTS)
-            stream_p50, stream_p99 = await grace_stream_latency(address)
+            (stream_p50, stream_p99), stream_cpu_us = await with_cpu(
+                pids[-1], lambda: grace_stream_latency(address)
+            )
     print(f"built-in bus (a): {throughput:,.0f} events/s", flush=True)
     print(f"built-in bus (b) p50 / p99: {p50:.2f} / {p99:.2f} ms", flush=True)
     print(f"built-in bus (a') stream: {stream_throughput:,.0f} events/s", flush=True)
     print(f"built-in bus (b') stream p50 / p99: {stream_p50:.2f} / {stream_p99:.2f} ms", flush=True)
+    # The same client code against the bus's API with nothing behind it: what gRPC alone
+    # costs here, so that the bus's own share of each figure can be read off.
+    async with relay_process(pids) as address:
+        relay_throughput = await grace_throughput(address, 1, THROUGHPUT_EVENTS)
+        (relay_p50, relay_p99), relay_cpu_us = await with_cpu(
+            pids[-1], lambda: grace_latency(address)
+        )
+        (relay_stream_p50, relay_stream_p99), relay_stream_cpu_us = await with_cpu(
+            pids[-1], lambda: grace_stream_latency(address)
+        )
+    print(f"gRPC relay (a): {relay_throughput:,.0f} events/s", flush=True)
     peer = await nats_figures()
     if peer is not None:
         print(f"raw JetStream (a): {peer['throughput']:,.0f} events/s", flush=True)
@@ -557,6 +613,20 @@ async def main() -> None:
         ("(b') stream latency p50 at 1,000/s, ms", f"{stream_p50:.2f}", ""),
         ("(b') stream latency p99 at 1,000/s, ms", f"{stream_p99:.2f}", "< 5"),
         ("(b') p99 / (b) p99", f"{stream_p99 / p99:.2f}x", ""),
+        ("(b) / (b') server CPU per event, us", f"{cpu_us:.0f} / {stream_cpu_us:.0f}", ""),
+        ("gRPC relay (a) PublishBatch -> 1 stream, events/s", f"{relay_throughput:,.0f}", ""),
+        ("gRPC relay (b) latency p50 / p99, ms", f"{relay_p50:.2f} / {relay_p99:.2f}", ""),
+        (
+            "gRPC relay (b') stream latency p50 / p99, ms",
+            f"{relay_stream_p50:.2f} / {relay_stream_p99:.2f}",
+            "",
+        ),
+        (
+            "gRPC relay (b) / (b') server CPU per event, us",
+            f"{relay_cpu_us:.0f} / {relay_stream_cpu_us:.0f}",
+            "",
+        ),
+        ("(a) / gRPC relay (a)", f"{throughput / relay_throughput:.2f}x", ""),
     ]
     figures: dict[str, Any] = {
         "throughput_eps": round(throughput),
@@ -569,6 +639,15 @@ async def main() -> None:
         "stream_latency_p50_ms": round(stream_p50, 3),
         "stream_latency_p99_ms": round(stream_p99, 3),
         "stream_vs_unary_p99_ratio": round(stream_p99 / p99, 3),
+        "server_cpu_us_per_event": round(cpu_us),
+        "stream_server_cpu_us_per_event": round(stream_cpu_us),
+        "relay_throughput_eps": round(relay_throughput),
+        "relay_latency_p50_ms": round(relay_p50, 3),
+        "relay_latency_p99_ms": round(relay_p99, 3),
+        "relay_stream_latency_p50_ms": round(relay_stream_p50, 3),
+        "relay_stream_latency_p99_ms": round(relay_stream_p99, 3),
+        "relay_server_cpu_us_per_event": round(relay_cpu_us),
+        "relay_stream_server_cpu_us_per_event": round(relay_stream_cpu_us),
     }
     if peer is not None:
         rows += [
