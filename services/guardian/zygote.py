@@ -59,6 +59,7 @@ from typing import Any, BinaryIO, NoReturn
 import setproctitle
 
 from services.common.supervision import SUPERVISOR_PID_ENV
+from services.common.telemetry import DEFAULT_LOG_LEVEL
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,9 @@ def _leave_stop_signals_to_guardian() -> None:
 def serve(modules: Sequence[str], requests: int, replies: BinaryIO) -> None:
     """Preloads the first module, says ready, and serves until `requests` ends (Guardian is
     gone), preloading the others, in the order given, while no request waits."""
+    # The level every component sets: a component then finds it set and leaves the loggers
+    # it inherits alone (see `configure_logging`).
+    logging.getLogger().setLevel(DEFAULT_LOG_LEVEL)
     failed = preload(modules[:1])
     gc.collect()  # the import-time garbage, before anything is frozen
     server = _Server(requests, replies, modules[1:])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from services.common.telemetry import TraceContextFilter, _exporter_wanted
+from services.common.telemetry import TraceContextFilter, _exporter_wanted, configure_logging
 
 
 def test_exporter_is_chosen_only_when_the_environment_asks() -> None:
@@ -41,3 +43,31 @@ def test_log_records_carry_the_current_trace_and_span_ids() -> None:
     assert record.trace_id == format(context.trace_id, "032x")
     assert record.span_id == format(context.span_id, "016x")
     assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, its handlers and level put back after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_configuring_the_level_already_set_leaves_every_loggers_cache_alone(
+    root_logger: logging.Logger,
+) -> None:
+    # A component forked from the fork server inherits its loggers: clearing each one's
+    # cache would write to (and so copy) every page that holds one.
+    root_logger.setLevel(logging.INFO)
+    inherited = logging.getLogger("tests.telemetry.inherited")
+    assert inherited.isEnabledFor(logging.INFO)  # fills its cache
+    configure_logging("info")
+    assert inherited._cache == {logging.INFO: True}
+    assert root_logger.level == logging.INFO
+
+    configure_logging("WARNING")
+    assert root_logger.level == logging.WARNING
+    assert inherited._cache == {}
+    assert not inherited.isEnabledFor(logging.INFO)

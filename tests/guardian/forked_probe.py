@@ -10,6 +10,7 @@ import argparse
 import atexit
 import gc
 import json
+import logging
 import os
 import signal
 import sys
@@ -37,6 +38,7 @@ def main() -> int:
                     "parent": os.getppid(),
                     "imported": args.imported in sys.modules,
                     "frozen_objects": gc.get_freeze_count(),
+                    "root_log_level": logging.getLogger().level,
                 },
                 out,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -71,6 +72,9 @@ async def test_a_forked_component_runs_with_its_own_argv_env_cwd_and_log(
     assert seen["session"] == pid  # a session (and process group) of its own
     # What the zygote imported stays out of the child's collections (they would copy it).
     assert seen["frozen_objects"] > 10_000
+    # Its loggers already have the level a component sets (setting it again would write
+    # to every inherited logger).
+    assert seen["root_log_level"] == logging.INFO
     assert "probe says hello" in (tmp_path / "logs" / "probe.log").read_text()
 
 
