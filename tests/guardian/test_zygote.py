@@ -78,6 +78,18 @@ async def test_a_forked_component_runs_with_its_own_argv_env_cwd_and_log(
     assert "probe says hello" in (tmp_path / "logs" / "probe.log").read_text()
 
 
+async def test_a_forked_component_finds_the_sqlite_driver_already_imported(
+    zygote: Zygote, tmp_path: Path
+) -> None:
+    # SQLAlchemy imports the driver at a process's first engine: without the storage
+    # module importing it, every component would import it again, in its own memory.
+    report = tmp_path / "report.json"
+    proc = forked(zygote, tmp_path, "--report", str(report), "--imported", "aiosqlite")
+    await proc.spawn()
+    assert await proc.wait() == 0
+    assert json.loads(report.read_text())["imported"] is True
+
+
 async def test_the_exit_code_and_a_killing_signal_come_back_as_from_an_exec(
     zygote: Zygote, tmp_path: Path
 ) -> None:
