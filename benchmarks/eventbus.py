@@ -87,22 +87,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def bus_process(
-    data_dir: Path, backend: str = "sql", pids: list[int] | None = None
+async def server_process(
+    args: list[str], env: dict[str, str] | None = None, pids: list[int] | None = None
 ) -> AsyncIterator[str]:
+    """Runs `python ARGS --port PORT` on a free port until the block ends; yields its
+    address once its health service says SERVING."""
     port = free_port()
-    env = {
-        **os.environ,
-        "GRACE_REGISTRY_ADDR": "127.0.0.1:9",
-        # Plaintext on loopback: the benchmark measures the bus, not TLS.
-        "GRACE_INSECURE": "true",
-        "GRACE_EVENTBUS_BACKEND": backend,
-        "GRACE_EVENTBUS_NATS_STREAM": f"GRACEBUSBENCH{os.getpid()}",
-        "GRACE_EVENTBUS_NATS_SUBJECT_PREFIX": f"gracebusbench{os.getpid()}",
-    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.eventbus", "--port", str(port),
-        "--data-dir", str(data_dir), env=env,
+        sys.executable, *args, "--port", str(port), env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
@@ -127,32 +119,25 @@ async def bus_process(
             await proc.wait()
 
 
-@contextlib.asynccontextmanager
-async def relay_process(pids: list[int]) -> AsyncIterator[str]:
-    """`benchmarks/grpc_relay.py` (the bus's API with nothing behind it) on a free port."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).with_name("grpc_relay.py")), "--port", str(port),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    pids.append(proc.pid)
-    address = f"127.0.0.1:{port}"
-    try:
-        async with grpc.aio.insecure_channel(address) as chan:
-            stub = eventbus_pb2_grpc.EventBusServiceStub(chan)
-            for _ in range(300):
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await stub.GetStats(eventbus_pb2.GetStatsRequest(), timeout=1)
-                    break
-                await asyncio.sleep(0.1)
-        yield address
-    finally:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+def bus_process(
+    data_dir: Path, backend: str = "sql", pids: list[int] | None = None
+) -> contextlib.AbstractAsyncContextManager[str]:
+    """The bus as its own process, in plaintext, not registering anywhere."""
+    env = {
+        **os.environ,
+        "GRACE_REGISTRY_ADDR": "127.0.0.1:9",
+        # Plaintext on loopback: the benchmark measures the bus, not TLS.
+        "GRACE_INSECURE": "true",
+        "GRACE_EVENTBUS_BACKEND": backend,
+        "GRACE_EVENTBUS_NATS_STREAM": f"GRACEBUSBENCH{os.getpid()}",
+        "GRACE_EVENTBUS_NATS_SUBJECT_PREFIX": f"gracebusbench{os.getpid()}",
+    }
+    return server_process(["-m", "services.eventbus", "--data-dir", str(data_dir)], env, pids)
+
+
+def relay_process(pids: list[int]) -> contextlib.AbstractAsyncContextManager[str]:
+    """`benchmarks/grpc_relay.py`: the bus's API with nothing behind it."""
+    return server_process([str(Path(__file__).with_name("grpc_relay.py"))], None, pids)
 
 
 async def with_cpu(pid: int, measure: Any) -> tuple[Any, float]:

@@ -2,12 +2,12 @@
 
 A server of `EventBusService` that keeps nothing and checks nothing: Publish,
 PublishBatch and PublishStream hand each event straight to every open Subscribe stream
-(in memory, no sequence order beyond arrival, no patterns, no durability, no auth), and
-GetStats counts the streams. `benchmarks/eventbus.py` drives it with the very client code
-it drives the bus with, in a process of its own as the bus is, so the difference between
-the two is what the bus's own work costs (validation, the durable commit, indexing,
-delivery bookkeeping) and the rest is what Python gRPC costs per call and per message on
-this machine.
+(in memory, no sequence order beyond arrival, no patterns, no durability, no auth),
+GetStats counts the streams, and the standard health service says SERVING.
+`benchmarks/eventbus.py` drives it with the very client code it drives the bus with, in a
+process of its own as the bus is, so the difference between the two is what the bus's own
+work costs (validation, the durable commit, indexing, delivery bookkeeping) and the rest
+is what Python gRPC costs per call and per message on this machine.
 
     .venv/bin/python benchmarks/grpc_relay.py --port 50099
 
@@ -23,6 +23,7 @@ import signal
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 
@@ -119,8 +120,11 @@ async def serve(port: int) -> None:
         ]
     )
     eventbus_pb2_grpc.add_EventBusServiceServicer_to_server(Relay(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")  # loopback only: a benchmark's baseline
     await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
