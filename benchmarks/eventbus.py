@@ -50,15 +50,17 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
+
+T = TypeVar("T")
 
 THROUGHPUT_EVENTS = 200_000
 FANOUT_EVENTS = 100_000
@@ -140,7 +142,7 @@ def relay_process(pids: list[int]) -> contextlib.AbstractAsyncContextManager[str
     return server_process([str(Path(__file__).with_name("grpc_relay.py"))], None, pids)
 
 
-async def with_cpu(pid: int, measure: Any) -> tuple[Any, float]:
+async def with_cpu(pid: int, measure: Callable[[], Awaitable[T]]) -> tuple[T, float]:
     """`await measure()` and the CPU seconds process `pid` used meanwhile, per event of a
     latency run (`LATENCY_RATE * LATENCY_SECONDS` events), in microseconds."""
     before = cpu_seconds(pid)
