@@ -188,6 +188,12 @@ async def start_grace(
                 drain.cancel()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_tree(root: int) -> list[int]:
     """`root` and every descendant (by parent pid, from /proc)."""
     children: dict[int, list[int]] = {}

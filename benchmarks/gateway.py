@@ -2,7 +2,9 @@
 
 Starts a registry and a gateway as separate processes on free loopback ports (SQLite in a
 temporary directory), registers one domain, then measures, in this process, the same read
-both ways at concurrency 1 and 32: p50, p99, requests/s, and the ratios gateway/direct.
+both ways at concurrency 1 and 32: p50, p99, requests/s, and the ratios gateway/direct,
+with the CPU the client, the registry and the gateway each used per request (the three
+share the machine's cores, so at concurrency 32 their sum bounds requests/s).
 The HTTP client is a minimal keep-alive HTTP/1.1 client on asyncio streams so that the
 figures measure the gateway rather than an HTTP client library. Bounded by request counts.
 
@@ -26,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
+from _harness import cpu_seconds
 from auth import Mode, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -105,10 +108,16 @@ async def measure(
     concurrency: int,
     total: int,
     make_worker: Callable[[], Awaitable[Callable[[], Awaitable[None]]]],
+    servers: dict[str, int] | None = None,
 ) -> dict[str, float]:
+    """p50, p99 and requests/s of `total` calls from `concurrency` workers; with `servers`
+    (name to pid), also the CPU each server and this client used per request, in µs: on a
+    2-core machine the three processes share the cores, so requests/s is bounded by their
+    sum."""
     calls = [await make_worker() for _ in range(concurrency)]
     latencies: list[float] = []
     remaining = total
+    servers = servers or {}
 
     async def run(call: Callable[[], Awaitable[None]]) -> None:
         nonlocal remaining
@@ -118,19 +127,27 @@ async def measure(
             await call()
             latencies.append(time.perf_counter() - started)
 
+    cpu_before = {name: cpu_seconds(pid) for name, pid in servers.items()}
+    client_before = time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(run(c) for c in calls))
     elapsed = time.perf_counter() - started
+    cpu_us = {
+        f"{name}_cpu_us": (cpu_seconds(pid) - cpu_before[name]) / total * 1e6
+        for name, pid in servers.items()
+    }
+    cpu_us["client_cpu_us"] = (time.process_time() - client_before) / total * 1e6
     latencies.sort()
     return {
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "rps": len(latencies) / elapsed,
+        **cpu_us,
     }
 
 
 async def bench(
-    mode: Mode, gateway_port: int, registry_address: str
+    mode: Mode, gateway_port: int, registry_address: str, servers: dict[str, int]
 ) -> dict[str, dict[str, float]]:
     chan = channel(registry_address, security=mode.client)
     stub = registry_pb2_grpc.RegistryServiceStub(chan)
@@ -162,8 +179,8 @@ async def bench(
     await measure(4, WARMUP, grpc_worker)
     results: dict[str, dict[str, float]] = {}
     for concurrency, total in PLAN:
-        results[f"grpc_c{concurrency}"] = await measure(concurrency, total, grpc_worker)
-        results[f"gateway_c{concurrency}"] = await measure(concurrency, total, http_worker)
+        results[f"grpc_c{concurrency}"] = await measure(concurrency, total, grpc_worker, servers)
+        results[f"gateway_c{concurrency}"] = await measure(concurrency, total, http_worker, servers)
     for connection in connections:
         connection.close()
     await chan.close()
@@ -187,7 +204,8 @@ def main() -> None:
             async def run() -> dict[str, dict[str, float]]:
                 await wait_http(mode, ports["gateway"], time.monotonic() + 30)
                 await wait_serving(mode, registry_address, time.monotonic() + 30)
-                return await bench(mode, ports["gateway"], registry_address)
+                servers = {"registry": processes[0].pid, "gateway": processes[1].pid}
+                return await bench(mode, ports["gateway"], registry_address, servers)
 
             results = asyncio.run(run())
         finally:
@@ -200,12 +218,17 @@ def main() -> None:
         "GET /domains/domain/{id}: gateway (HTTP/JSON) vs direct gRPC, same run, "
         + ("secure (HTTPS + token; mTLS + token)" if secure else "insecure")
     )
-    print(f"{'path':<10}{'conc':>6}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
+    print(
+        f"{'path':<10}{'conc':>6}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}"
+        "   CPU us/request: client registry gateway"
+    )
     for concurrency, _ in PLAN:
         for kind in ("grpc", "gateway"):
             r = results[f"{kind}_c{concurrency}"]
             print(
-                f"{kind:<10}{concurrency:>6}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}{r['rps']:>10.0f}"
+                f"{kind:<10}{concurrency:>6}{r['p50_ms']:>10.3f}{r['p99_ms']:>10.3f}"
+                f"{r['rps']:>10.0f}{r['client_cpu_us']:>24.0f}{r['registry_cpu_us']:>9.0f}"
+                f"{r['gateway_cpu_us']:>8.0f}"
             )
     ratios: dict[str, float] = {}
     for concurrency, _ in PLAN:
