@@ -1,12 +1,12 @@
 """Every SQLite connection Grace opens, pooled or a writer's, has the same settings:
-durable WAL, foreign keys, a busy wait, and a bounded page cache."""
+durable WAL, foreign keys, a busy wait, and a bounded page cache (a writer's larger)."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from services.common.storage import SQLITE_CACHE_KIB, Database
+from services.common.storage import SQLITE_CACHE_KIB, SQLITE_WRITER_CACHE_KIB, Database
 
 EXPECTED = {
     "journal_mode": "wal",
@@ -22,7 +22,7 @@ def settings(conn: sqlite3.Connection) -> dict[str, object]:
     return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in EXPECTED}
 
 
-async def test_pooled_and_writer_connections_have_the_same_settings(tmp_path: Path) -> None:
+async def test_pooled_and_writer_connections_have_grace_settings(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'settings.db'}")
     try:
         async with db.read() as conn:
@@ -32,7 +32,7 @@ async def test_pooled_and_writer_connections_have_the_same_settings(tmp_path: Pa
         assert pooled == EXPECTED
         writer = db.sqlite_writer("settings-writer")
         assert writer is not None
-        assert await writer.run(settings) == EXPECTED
+        assert await writer.run(settings) == {**EXPECTED, "cache_size": -SQLITE_WRITER_CACHE_KIB}
         await writer.close()
     finally:
         await db.close()
