@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from grace.domain.v1 import domain_pb2 as pb
 from grace.domain.v1 import domain_pb2_grpc
@@ -22,7 +24,12 @@ pytestmark = pytest.mark.slow
 
 
 def start_crash_domain(port: int, data_dir: Path, registry: str = "off") -> subprocess.Popen[bytes]:
-    """Runs `tests.sdk.crash_domain` on `port`, registering with `registry` unless "off"."""
+    """Runs `tests.sdk.crash_domain` on `port`, registering with `registry` unless "off".
+
+    Its output goes to `crash_domain.log` in `data_dir` (appended across restarts), so a
+    test that fails because the domain did not come up can say why.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         **ISOLATED_PEERS,
@@ -35,20 +42,58 @@ def start_crash_domain(port: int, data_dir: Path, registry: str = "off") -> subp
         "GRACE_CRASH_DOMAIN_PORT": str(port),
         "GRACE_CRASH_DOMAIN_HOST": "127.0.0.1",
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.sdk.crash_domain"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with (data_dir / "crash_domain.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.sdk.crash_domain"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
-async def _until(check: Callable[[], object], within: float = 30.0) -> None:
+def _log(data_dir: Path) -> str:
+    path = data_dir / "crash_domain.log"
+    return path.read_text(errors="replace")[-4000:] if path.exists() else "(no output)"
+
+
+async def _until(
+    check: Callable[[], object],
+    process: subprocess.Popen[bytes],
+    data_dir: Path,
+    call: asyncio.Task[object] | None = None,
+    within: float = 60.0,
+) -> None:
+    """Waits for `check`, failing at once (with the domain's output) if the domain exits
+    or the call ends first: either means the condition can no longer come true."""
     deadline = asyncio.get_running_loop().time() + within
-    while not check():
+    while True:
+        holds = check()
+        if await holds if inspect.isawaitable(holds) else holds:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the domain exited ({process.returncode}):\n{_log(data_dir)}")
+        if call is not None and call.done():
+            pytest.fail(f"the call ended first: {call.exception()!r}\n{_log(data_dir)}")
         if asyncio.get_running_loop().time() > deadline:
-            pytest.fail("condition not reached in time")
+            pytest.fail(f"condition not reached in time\n{_log(data_dir)}")
         await asyncio.sleep(0.05)
+
+
+async def _serving(
+    chan: grpc.aio.Channel, process: subprocess.Popen[bytes], data_dir: Path
+) -> None:
+    """Waits until the domain reports SERVING. Until then its server answers calls with
+    UNAVAILABLE ("starting"), which `wait_for_ready` does not retry."""
+    health = health_pb2_grpc.HealthStub(chan)
+
+    async def serving() -> bool:
+        try:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    await _until(serving, process, data_dir)
 
 
 async def test_a_call_interrupted_by_kill_9_is_not_run_again_after_the_restart(
@@ -59,19 +104,21 @@ async def test_a_call_interrupted_by_kill_9_is_not_run_again_after_the_restart(
     request = pb.ExecuteRequest(action="hang", idempotency_key="ex_1/step_1", attempt=1)
     process = start_crash_domain(port, tmp_path)
     try:
-        async with channel(f"127.0.0.1:{port}") as chan:
+        async with channel(f"127.0.0.1:{port}", fast_reconnect=True) as chan:
             stub = domain_pb2_grpc.DomainServiceStub(chan)
+            await _serving(chan, process, tmp_path)
 
             async def call() -> object:
                 return await stub.Execute(request, timeout=60, wait_for_ready=True)
 
             first = asyncio.create_task(call())
-            await _until(lambda: starts.exists() and starts.read_text())
+            await _until(lambda: starts.exists() and starts.read_text(), process, tmp_path, first)
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
             with pytest.raises(grpc.aio.AioRpcError):
                 await first
             process = start_crash_domain(port, tmp_path)
+            await _serving(chan, process, tmp_path)
             request.attempt = 2
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await stub.Execute(request, timeout=30, wait_for_ready=True)
@@ -94,19 +141,21 @@ async def test_an_action_declared_safe_runs_again_after_a_kill_9(tmp_path: Path)
     request = pb.ExecuteRequest(action="resume", idempotency_key="ex_1/step_1", attempt=1)
     process = start_crash_domain(port, tmp_path)
     try:
-        async with channel(f"127.0.0.1:{port}") as chan:
+        async with channel(f"127.0.0.1:{port}", fast_reconnect=True) as chan:
             stub = domain_pb2_grpc.DomainServiceStub(chan)
+            await _serving(chan, process, tmp_path)
 
             async def call() -> object:
                 return await stub.Execute(request, timeout=60, wait_for_ready=True)
 
             first = asyncio.create_task(call())
-            await _until(lambda: starts.exists())
+            await _until(starts.exists, process, tmp_path, first)
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
             with pytest.raises(grpc.aio.AioRpcError):
                 await first
             process = start_crash_domain(port, tmp_path)
+            await _serving(chan, process, tmp_path)
             again = await stub.Execute(request, timeout=30, wait_for_ready=True)
             replay = await stub.Execute(request, timeout=30, wait_for_ready=True)
     finally:
