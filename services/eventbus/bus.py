@@ -7,9 +7,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -45,6 +45,7 @@ from services.eventbus.store import BusState, EventStore, LogFilter
 from services.eventbus.telemetry import BusTraffic
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class PublishOutcome(NamedTuple):
@@ -133,6 +134,8 @@ class EventBus:
         self.streamed = 0
         self.active_streams = 0
         self._retention: asyncio.Task[None] | None = None
+        self._changing = asyncio.Lock()
+        self._changes: set[asyncio.Task[Any]] = set()
 
     async def open(self) -> None:
         """Opens storage, loads state, resumes push delivery and starts retention."""
@@ -153,6 +156,8 @@ class EventBus:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
+        # A creation or deletion whose caller went away finishes before the workers stop.
+        await asyncio.gather(*self._changes, return_exceptions=True)
         await self.push.close()
         await self.log.close()
         await self.store.close()
@@ -416,6 +421,36 @@ class EventBus:
         if not 0 <= max_attempts <= 100:
             raise InvalidArgument("max_attempts", "must be between 0 and 100")
         attempts = max_attempts or self.settings.push_max_attempts
+        return await self._subscription_change(
+            self._create_subscription(domain_id, patterns, subscription_id, start, attempts)
+        )
+
+    async def _subscription_change(self, change: Coroutine[Any, Any, T]) -> T:
+        """Runs a creation or deletion of a subscription to its end, one at a time.
+
+        A change stores a row and starts (or stops) a worker. Its caller may go away in
+        between (a client's deadline cancels the RPC's handler): the change then still
+        finishes, since a stored subscription without a worker would be neither delivered
+        nor creatable again until a restart. One at a time, so two creations of one id
+        cannot both find it free and both store it.
+        """
+        task = asyncio.ensure_future(self._one_change_at_a_time(change))
+        self._changes.add(task)
+        task.add_done_callback(self._changes.discard)
+        return await asyncio.shield(task)
+
+    async def _one_change_at_a_time(self, change: Coroutine[Any, Any, T]) -> T:
+        async with self._changing:
+            return await change
+
+    async def _create_subscription(
+        self,
+        domain_id: str,
+        patterns: tuple[str, ...],
+        subscription_id: str,
+        start: StartSpec | None,
+        attempts: int,
+    ) -> tuple[SubscriptionState, bool]:
         await self.push.refresh()
         if subscription_id in self.push.workers:
             sub = self.push.workers[subscription_id].sub
@@ -441,6 +476,9 @@ class EventBus:
 
     async def delete_subscription(self, subscription_id: str) -> SubscriptionState:
         """Deletes a push subscription."""
+        return await self._subscription_change(self._delete_subscription(subscription_id))
+
+    async def _delete_subscription(self, subscription_id: str) -> SubscriptionState:
         await self.push.refresh()
         sub = self.get_subscription(subscription_id)
         await self.push.stop_worker(subscription_id)

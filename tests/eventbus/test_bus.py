@@ -239,3 +239,49 @@ async def test_the_log_encodes_recent_events_from_their_stored_bytes_and_older_o
     monkeypatch.setattr(eventlog, "RECENT_BYTES", len(stored[-1].payload) * 5 // 2)
     await bus.publish_batch([ev(id=f"f{i}", data=data) for i in range(3)])
     assert sorted(bus.log._recent) == [7, 8]
+
+
+async def test_a_subscription_whose_creator_gives_up_midway_is_created_whole(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client's deadline cancels the RPC's handler, here just after the row is stored:
+    # the worker must still start, and the client's retry must find the subscription.
+    stored, release = asyncio.Event(), asyncio.Event()
+    insert = bus.store.insert_subscription
+
+    async def insert_then_wait(sub: object) -> None:
+        await insert(sub)  # type: ignore[arg-type]
+        stored.set()
+        await release.wait()
+
+    monkeypatch.setattr(bus.store, "insert_subscription", insert_then_wait)
+    creating = asyncio.create_task(
+        bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem")
+    )
+    await stored.wait()
+    creating.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await creating
+    retry = asyncio.create_task(
+        bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem")
+    )
+    release.set()
+    sub, created = await retry
+    assert (sub.subscription_id, created) == ("mem", False)
+    assert bus.get_subscription("mem").patterns == ("ml.*",)
+
+
+async def test_concurrent_creations_of_one_subscription_create_it_once(bus: EventBus) -> None:
+    results = await asyncio.gather(
+        *(
+            bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem")
+            for _ in range(3)
+        )
+    )
+    assert sorted(created for _, created in results) == [False, False, True]
+    deleted = await asyncio.gather(
+        bus.delete_subscription("mem"), bus.delete_subscription("mem"), return_exceptions=True
+    )
+    assert sum(isinstance(d, NotFound) for d in deleted) == 1
+    with pytest.raises(NotFound):
+        bus.get_subscription("mem")
