@@ -7,8 +7,9 @@ Starts a registry, three no-op domains and the orchestrator on loopback, then me
 - fanout8: a 1-to-8 fan-out workflow (1 step, then 8 in parallel), one client;
   (these three take turns in short rounds, so they see the same load on a shared machine)
 - the raw calls, seq3 and fanout8 again with 16 concurrent clients for 6 s each
-  (throughput; a 3-step workflow costs four round trips, ExecuteWorkflow and its three
-  domain calls, against the raw scenario's three).
+  (`--duration`) (throughput; a 3-step workflow costs four round trips, ExecuteWorkflow
+  and its three domain calls, against the raw scenario's three), with the CPU each
+  process spent per operation when the servers run in processes of their own.
 
 In two layouts, one after the other:
 
@@ -20,8 +21,11 @@ In two layouts, one after the other:
 
 The orchestrator persists every transition (SQLite, WAL) and signs every proof, as in
 production; its events stay in the outbox (no event bus is started). Prints a table per
-layout with workflows/s, p50 and p99, the ratio of seq3's p50 to the raw calls' p50, and,
-as the last line, one JSON object with the figures of both layouts.
+layout with workflows/s, p50 and p99, the ratio of seq3's p50 to the raw calls' p50, the
+CPU per operation and the rate it allows on this machine's cores (the processes layout),
+and, as the last line, one JSON object with the figures of both layouts.
+
+    python benchmarks/orchestrator.py [--duration SECONDS]
 """
 
 from __future__ import annotations
@@ -30,16 +34,17 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from _harness import DomainHost, server_config, stop_with_parent
+from _harness import DomainHost, cpu_seconds, server_config, stop_with_parent
 from google.protobuf import json_format
 
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
@@ -70,10 +75,20 @@ class NoOpDomain(domain_pb2_grpc.DomainServiceServicer):
 
 
 async def measure(
-    call: Callable[[], Awaitable[None]], clients: int, duration: float = DURATION_S
-) -> dict[str, float]:
+    call: Callable[[], Awaitable[None]],
+    clients: int,
+    duration: float | None = None,
+    servers: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """Runs `call` from `clients` concurrent clients for `duration` seconds.
+
+    `duration` defaults to DURATION_S (the `--duration` flag). With `servers` (name -> pid
+    of a server process), also the CPU each of them and this process (the clients) spent
+    per call, in microseconds: on a machine with few cores their sum bounds the calls per
+    second.
+    """
     latencies: list[float] = []
-    deadline = time.perf_counter() + duration
+    deadline = time.perf_counter() + (DURATION_S if duration is None else duration)
 
     async def client() -> None:
         while time.perf_counter() < deadline:
@@ -83,16 +98,23 @@ async def measure(
 
     for _ in range(20):  # warm-up
         await call()
+    cpu_before = {name: cpu_seconds(pid) for name, pid in (servers or {}).items()}
+    client_before = time.process_time()
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = time.perf_counter() - start
+    cpu_s = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in (servers or {}).items()}
+    cpu_s["client"] = time.process_time() - client_before
     latencies.sort()
-    return {
+    result: dict[str, Any] = {
         "per_s": len(latencies) / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
         "count": len(latencies),
     }
+    if servers:
+        result["cpu_us"] = {name: spent / len(latencies) * 1e6 for name, spent in cpu_s.items()}
+    return result
 
 
 async def interleaved(
@@ -230,9 +252,12 @@ class Child:
 
 
 async def run_scenarios(
-    domain_addresses: Sequence[str], orchestrator_address: str
+    domain_addresses: Sequence[str],
+    orchestrator_address: str,
+    servers: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Every scenario, from this process, against servers at these addresses."""
+    """Every scenario, from this process, against servers at these addresses (whose
+    processes, when they have their own, are `servers`: name -> pid)."""
     chans = [channel(address) for address in domain_addresses]
     stubs = [domain_pb2_grpc.DomainServiceStub(c) for c in chans]
     orch_chan = channel(orchestrator_address)
@@ -286,9 +311,9 @@ async def run_scenarios(
         results: dict[str, Any] = await interleaved(
             {"raw3_1": raw, "seq3_1": runner(seq_id), "fanout8_1": runner(fan_id)}
         )
-        results["raw3_16"] = await measure(raw, CONCURRENCY)
-        results["seq3_16"] = await measure(runner(seq_id), CONCURRENCY)
-        results["fanout8_16"] = await measure(runner(fan_id), CONCURRENCY)
+        results["raw3_16"] = await measure(raw, CONCURRENCY, servers=servers)
+        results["seq3_16"] = await measure(runner(seq_id), CONCURRENCY, servers=servers)
+        results["fanout8_16"] = await measure(runner(fan_id), CONCURRENCY, servers=servers)
     finally:
         await orch_chan.close()
         for c in chans:
@@ -315,7 +340,11 @@ async def in_processes(data: Path) -> dict[str, Any]:
     try:
         orch = await Child.start("orchestrator", data, domains.served["registry"])
         try:
-            results = await run_scenarios(domains.served["domains"], orch.served["orchestrator"])
+            results = await run_scenarios(
+                domains.served["domains"],
+                orch.served["orchestrator"],
+                {"orchestrator": orch.proc.pid, "domains": domains.proc.pid},
+            )
         finally:
             results_of_orch = await orch.stop()
     finally:
@@ -341,6 +370,7 @@ LAYOUTS = (
 
 
 def report(results: dict[str, Any]) -> None:
+    cores = os.cpu_count() or 1
     rows = [
         ("raw 3 sequential calls", "raw3_1", 1),
         ("raw 3 sequential calls", "raw3_16", CONCURRENCY),
@@ -366,6 +396,16 @@ def report(results: dict[str, Any]) -> None:
             f"(target >= 700; raw 3 calls/s at {CONCURRENCY} clients: "
             f"{figures['raw3_16']['per_s']:.0f}); {figures['commits']} commits"
         )
+        if "cpu_us" not in figures["seq3_16"]:
+            continue  # one process: its CPU is everyone's
+        print(
+            f"CPU per operation at {CONCURRENCY} clients, and the rate it allows on {cores} cores:"
+        )
+        for label, key, _ in rows[1::2]:
+            spent = figures[key]["cpu_us"]
+            total = sum(spent.values())
+            parts = " + ".join(f"{name} {us:,.0f}" for name, us in spent.items())
+            print(f"  {label:<24}{parts} = {total:,.0f} us -> at most {cores / total * 1e6:,.0f}/s")
     print(json.dumps({"benchmark": "orchestrator", **results}, sort_keys=True))
 
 
@@ -377,7 +417,14 @@ if __name__ == "__main__":
         metavar=("ROLE", "DATA_DIR", "REGISTRY"),
         help="internal: serve one role in a child process of the benchmark",
     )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DURATION_S,
+        help=f"seconds of each {CONCURRENCY}-client phase (default {DURATION_S:g})",
+    )
     args = parser.parse_args()
+    DURATION_S = args.duration
     if args.serve:
         role, data, registry_address = args.serve
         asyncio.run(serve_role(role, Path(data), registry_address))
