@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import channels, telemetry
+from services.common import channels, completion, telemetry
 from services.common.auth import Authenticator, Authorizer
 from services.common.channels import SERVER_KEEPALIVE_OPTIONS, ClientSecurity
 from services.common.config import ConfigError, SecurityConfig, ServerConfig, server_flag_parser
@@ -200,6 +200,8 @@ class GraceServer:
         await self.service.begin_shutdown()
         await self._server.stop(grace)
         self._ready = False
+        # Changes whose callers went away during the drain still end before storage closes.
+        await completion.drain()
         await self.service.cancel_background()
         await self.service.stop()
         log.info("%s stopped", self.config.service)

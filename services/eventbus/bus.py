@@ -14,6 +14,8 @@ from typing import Any, NamedTuple, TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from grace.eventbus.v1 import event_pb2
+from services.common import completion
+from services.common.completion import run_to_completion
 from services.common.errors import InvalidArgument, NotFound
 from services.common.event_verification import EventVerifier
 from services.common.pagination import (
@@ -135,7 +137,6 @@ class EventBus:
         self.active_streams = 0
         self._retention: asyncio.Task[None] | None = None
         self._changing = asyncio.Lock()
-        self._changes: set[asyncio.Task[Any]] = set()
 
     async def open(self) -> None:
         """Opens storage, loads state, resumes push delivery and starts retention."""
@@ -157,7 +158,7 @@ class EventBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
         # A creation or deletion whose caller went away finishes before the workers stop.
-        await asyncio.gather(*self._changes, return_exceptions=True)
+        await completion.drain()
         await self.push.close()
         await self.log.close()
         await self.store.close()
@@ -428,16 +429,11 @@ class EventBus:
     async def _subscription_change(self, change: Coroutine[Any, Any, T]) -> T:
         """Runs a creation or deletion of a subscription to its end, one at a time.
 
-        A change stores a row and starts (or stops) a worker. Its caller may go away in
-        between (a client's deadline cancels the RPC's handler): the change then still
-        finishes, since a stored subscription without a worker would be neither delivered
-        nor creatable again until a restart. One at a time, so two creations of one id
-        cannot both find it free and both store it.
+        A change stores a row and starts (or stops) a worker: it ends even when its caller
+        goes away in between (`run_to_completion`). One at a time, so two creations of one
+        id cannot both find it free and both store it.
         """
-        task = asyncio.ensure_future(self._one_change_at_a_time(change))
-        self._changes.add(task)
-        task.add_done_callback(self._changes.discard)
-        return await asyncio.shield(task)
+        return await run_to_completion(self._one_change_at_a_time(change))
 
     async def _one_change_at_a_time(self, change: Coroutine[Any, Any, T]) -> T:
         async with self._changing:
