@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from services.common.completion import runs_to_completion
 from services.common.outbox import Outbox
 from services.kernels.learning.detector import (
     Aggregates,
@@ -117,6 +118,7 @@ class Learning:
         """Creates the tables."""
         await self.store.open()
 
+    @runs_to_completion
     async def ingest(
         self,
         domain_id: str,
@@ -124,7 +126,11 @@ class Learning:
         outcomes: Sequence[Outcome],
         capabilities: Sequence[str] = (),
     ) -> tuple[int, bool]:
-        """Counts a batch of one domain's outcomes; returns (accepted, duplicate)."""
+        """Counts a batch of one domain's outcomes; returns (accepted, duplicate).
+
+        Runs to its end even when its caller goes away: once the batch id is stored, a retry
+        is a duplicate, so the outcomes must be counted now or never.
+        """
         if not await self.store.take_batch(domain_id, batch_id, self.clock()):
             self.counts.duplicate_batches += 1
             return 0, True

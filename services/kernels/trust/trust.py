@@ -3,7 +3,10 @@
 State lives in memory (keys by id, identities by domain, certifications by issuer) and is
 written through to the store under one lock, so reads (VerifyMessage, trust paths) never
 touch the database. Every state change is a statement signed by the key that has the right
-to make it (see `statements`); a statement is checked before anything changes.
+to make it (see `statements`); a statement is checked before anything changes. A change,
+once begun, ends even when its caller goes away (`runs_to_completion`): a key stored but
+not yet in memory would be unknown to every read, and a retry would insert it again and
+fail on its id, until a restart.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.common import dsse, pagination, signing
+from services.common.completion import runs_to_completion
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -185,6 +189,7 @@ class TrustKernel:
         self._challenges[challenge] = (domain_id, expires)
         return challenge, expires
 
+    @runs_to_completion
     async def register(
         self,
         domain_id: str,
@@ -255,6 +260,7 @@ class TrustKernel:
                 "issued_at", f"must be within {self.settings.clock_skew_s:g}s of the server clock"
             )
 
+    @runs_to_completion
     async def rotate(
         self,
         domain_id: str,
@@ -295,6 +301,7 @@ class TrustKernel:
         log.info("rotated %s: %s -> %s", domain_id, current.key_id, new_id)
         return self.identity(domain_id)
 
+    @runs_to_completion
     async def revoke(
         self,
         domain_id: str,
@@ -343,6 +350,7 @@ class TrustKernel:
         key = self._keys.get(cert.key_id)
         return key is not None and key.state is not KeyState.REVOKED
 
+    @runs_to_completion
     async def establish(
         self, issuer: str, subject: str, level: Level, issued_at: int, signature: bytes
     ) -> tuple[Certification, bool]:

@@ -15,10 +15,12 @@ import pytest
 from grace.kernels.learning.v1 import learning_pb2 as pb
 from grace.kernels.learning.v1 import learning_pb2_grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
+from services.common import completion
 from services.common.outbox import OutboxEvent
 from services.kernels.learning.config import LearningConfig
 from services.kernels.learning.learning import LearningSettings
 from services.kernels.learning.server import LearningServer
+from services.kernels.learning.servicer import outcomes_from_request
 from services.memory.config import MemoryConfig
 from services.memory.memory import MemorySettings
 from services.memory.server import MemoryServer
@@ -160,6 +162,38 @@ async def test_a_failure_spike_becomes_a_contribution_with_evidence_and_an_insig
 async def test_a_batch_sent_again_is_counted_once(system: System) -> None:
     await system.learning.IngestOutcomes(batch("b-1"))
     again = await system.learning.IngestOutcomes(batch("b-1"))
+    assert (again.accepted, again.duplicate) == (0, True)
+    stats = await system.learning.GetLearningStats(pb.GetLearningStatsRequest())
+    assert (stats.outcomes, stats.batches, stats.duplicate_batches) == (1200, 1, 1)
+
+
+async def test_a_batch_whose_sender_gives_up_midway_is_still_counted_once(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client's deadline cancels the RPC's handler, here just after the batch id is stored:
+    # the retry is then a duplicate, so the outcomes must be counted all the same.
+    learning = system.server.learning
+    taken, release = asyncio.Event(), asyncio.Event()
+    take = learning.store.take_batch
+
+    async def take_then_wait(domain_id: str, batch_id: str, now: float) -> bool:
+        new = await take(domain_id, batch_id, now)
+        taken.set()
+        await release.wait()
+        return new
+
+    monkeypatch.setattr(learning.store, "take_batch", take_then_wait)
+    request = batch("b-1")
+    sending = asyncio.create_task(
+        learning.ingest("ai_domain", "b-1", outcomes_from_request(request), ["ai"])
+    )
+    await taken.wait()
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    release.set()
+    await completion.drain(timeout_s=5)
+    again = await system.learning.IngestOutcomes(request)
     assert (again.accepted, again.duplicate) == (0, True)
     stats = await system.learning.GetLearningStats(pb.GetLearningStatsRequest())
     assert (stats.outcomes, stats.batches, stats.duplicate_batches) == (1200, 1, 1)
