@@ -4,6 +4,11 @@ Plain Python over `GovernanceStore`; the servicer adapts it to gRPC. Every decis
 every approval change is written in one transaction together with its announcement in
 two outboxes: one for the event bus (`governance.decision`, `governance.approval.*`) and
 one for the immutable log, so neither is lost while its peer is down.
+
+Policies and the mode are kept in memory too, for reads and evaluation. A change to them,
+once begun, ends even when its caller goes away (`runs_to_completion`): a policy stored
+but not in memory would not be enforced, and its retry would say AlreadyExists; a deleted
+one would stay enforced, until a restart.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from services.common.completion import runs_to_completion
 from services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -168,6 +174,7 @@ class Governance:
         log.info("governance: loaded %s (%d policies changed)", path, changed)
         return changed
 
+    @runs_to_completion
     async def create_policy(self, policy: Policy) -> Policy:
         """Stores a new policy at version 1 (or one past a deleted one's last version)."""
         policy = validate_policy(policy)
@@ -183,6 +190,7 @@ class Governance:
         self._committed()
         return stored
 
+    @runs_to_completion
     async def update_policy(self, policy: Policy, expected_version: int = 0) -> Policy:
         """Replaces a policy with a new version."""
         policy = validate_policy(policy)
@@ -208,6 +216,7 @@ class Governance:
         self._committed()
         return stored
 
+    @runs_to_completion
     async def delete_policy(self, policy_id: str) -> int:
         """Deletes a policy; returns the version it had."""
         require_id("policy_id", policy_id)
@@ -250,6 +259,7 @@ class Governance:
         next_token = encode_token({"after": page[-1].policy_id}) if more else ""
         return page, next_token
 
+    @runs_to_completion
     async def set_mode(self, mode: Mode) -> Mode:
         """Sets and persists the global mode."""
         await self.store.set_setting(_MODE_KEY, mode.value)

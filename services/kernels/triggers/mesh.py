@@ -19,6 +19,9 @@ Contract:
   DEAD_LETTERED. Every outcome is recorded with its event (`trigger.fired`,
   `trigger.refused`, `trigger.denied`, `trigger.dead_lettered`, `trigger.retrying`) and an
   immutable-log entry, both written through outboxes in the outcome's transaction.
+- A rule's change, once begun, ends even when its caller goes away (`runs_to_completion`):
+  a rule stored but not in `rules` would never fire, and a deleted one would keep firing,
+  until a restart.
 - The clock is injected, and `drain` runs the due firings once, so the contract is testable
   without real time.
 """
@@ -36,6 +39,7 @@ from typing import Any, Protocol
 
 from services.common.action_peers import ActionFailed, Peers
 from services.common.backoff import Backoff
+from services.common.completion import runs_to_completion
 from services.common.errors import Aborted, NotFound
 from services.common.governance_client import GovernanceGate
 from services.common.outbox import Outbox
@@ -165,6 +169,7 @@ class TriggerMesh:
         """The event patterns of the enabled rules."""
         return sorted({r.pattern for r in self.rules.values() if r.enabled})
 
+    @runs_to_completion
     async def put_rule(self, data: Mapping[str, Any], expected_version: int = 0) -> Rule:
         """Creates or updates a rule from plain data; `expected_version` (when not 0) must
         be the stored version (compare-and-set), 0 creates or overwrites."""
@@ -186,6 +191,7 @@ class TriggerMesh:
         self.on_rules_changed(self.patterns())
         return rule
 
+    @runs_to_completion
     async def delete_rule(self, rule_id: str, expected_version: int = 0) -> Rule:
         """Deletes a rule (its firings stay); returns the deleted version."""
         now = self.clock()

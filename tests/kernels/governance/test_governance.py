@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from services.common import completion
 from services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -15,6 +18,7 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
 )
+from services.common.storage import Database
 from services.kernels.governance.governance import Governance, GovernanceSettings
 from services.kernels.governance.model import (
     ApprovalStatus,
@@ -235,3 +239,57 @@ async def test_a_bad_policy_file_names_the_policy_and_field(
     with pytest.raises(InvalidArgument) as caught:
         await governance.load_file(path)
     assert caught.value.field == "policies.json.policies[0].effect"
+
+
+async def given_up_after_its_commit(
+    db: Database, monkeypatch: pytest.MonkeyPatch, change: Coroutine[Any, Any, object]
+) -> None:
+    """Runs `change` and cancels it, as a client's deadline cancels an RPC's handler, just
+    after its first transaction commits; returns once whatever still runs of it has ended."""
+    committed, release = asyncio.Event(), asyncio.Event()
+    transaction = db.transaction
+
+    @asynccontextmanager
+    async def commit_then_wait() -> AsyncIterator[Any]:
+        monkeypatch.setattr(db, "transaction", transaction)
+        async with transaction() as conn:
+            yield conn
+        committed.set()
+        await release.wait()
+
+    monkeypatch.setattr(db, "transaction", commit_then_wait)
+    caller = asyncio.create_task(change)
+    await committed.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    release.set()
+    await completion.drain()
+
+
+async def test_policy_and_mode_changes_take_effect_even_when_their_caller_gives_up_midway(
+    governance: Governance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = governance.store.db
+    forbid = Policy("no-deletes", Effect.FORBID, action="DELETE:*")
+    await given_up_after_its_commit(db, monkeypatch, governance.create_policy(forbid))
+    assert governance.get_policy("no-deletes").version == 1
+    denied, _ = await governance.evaluate("a", "DELETE:/x", risk_level=RiskLevel.LOW)
+    assert denied.verdict is Verdict.DENY
+
+    permit = Policy("no-deletes", Effect.PERMIT, action="DELETE:*")
+    await given_up_after_its_commit(db, monkeypatch, governance.update_policy(permit, 1))
+    assert governance.get_policy("no-deletes").version == 2
+    allowed, _ = await governance.evaluate("a", "DELETE:/x", risk_level=RiskLevel.LOW)
+    assert allowed.verdict is Verdict.ALLOW
+
+    await given_up_after_its_commit(db, monkeypatch, governance.delete_policy("no-deletes"))
+    with pytest.raises(NotFound):
+        governance.get_policy("no-deletes")
+    recreated = await governance.create_policy(forbid)
+    assert recreated.version == 4  # one past the deletion's tombstone
+
+    await given_up_after_its_commit(db, monkeypatch, governance.set_mode(Mode.LOG_ONLY))
+    assert governance.mode is Mode.LOG_ONLY
+    logged, _ = await governance.evaluate("a", "DELETE:/x", risk_level=RiskLevel.LOW)
+    assert (logged.verdict, logged.evaluation.evaluated_verdict) == (Verdict.ALLOW, Verdict.DENY)
