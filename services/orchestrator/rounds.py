@@ -16,6 +16,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from services.common import completion
+from services.common.completion import runs_to_completion
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.pagination import decode_token, encode_token, page_size
 from services.common.validation import require_text
@@ -58,6 +60,8 @@ class CompensationRounds:
 
     async def close(self) -> None:
         """Stops the scheduler (rounds in progress are the host's runners)."""
+        # A retry or an abandon whose caller went away ends before the runners are stopped.
+        await completion.drain()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -99,6 +103,7 @@ class CompensationRounds:
         )
         return page, next_token
 
+    @runs_to_completion
     async def retry(self, execution_id: str, operator: str = "") -> Execution:
         """Starts a new round of compensation of a COMPENSATION_FAILED execution now.
 
@@ -114,7 +119,13 @@ class CompensationRounds:
             NotFound: No such execution.
             FailedPrecondition: It is not COMPENSATION_FAILED, was abandoned, or is being
                 compensated now.
+
+        Runs to its end even when its caller goes away: an execution stored COMPENSATING
+        without a runner would stay so until a restart.
         """
+        return await self._retry(execution_id, operator)
+
+    async def _retry(self, execution_id: str, operator: str) -> Execution:
         require_text("operator", operator, max_length=128)
         self._claim(execution_id)
         try:
@@ -163,6 +174,7 @@ class CompensationRounds:
         finally:
             self._busy.discard(execution_id)
 
+    @runs_to_completion
     async def abandon(self, execution_id: str, operator: str, reason: str) -> Execution:
         """Gives up on compensating a COMPENSATION_FAILED execution: it is no longer
         retried, and who gave up and why are recorded with it. Abandoning it again
@@ -172,6 +184,10 @@ class CompensationRounds:
             InvalidArgument: `operator` or `reason` is missing or too long.
             NotFound: No such execution.
             FailedPrecondition: It is not COMPENSATION_FAILED, or is being compensated now.
+
+        Runs to its end even when its caller goes away: a stored abandon must also leave
+        the schedule and the cache of ended executions, or a round would still start from
+        the copy that was not abandoned, and undo it.
         """
         require_text("operator", operator, max_length=128, required=True)
         require_text("reason", reason, max_length=512, required=True)
@@ -221,7 +237,9 @@ class CompensationRounds:
             now = self.host.clock()
             for execution_id in [e for e, at in self._due.items() if at <= now]:
                 try:
-                    await self.retry(execution_id)
+                    # Not shielded: the scheduler is cancelled only when the orchestrator
+                    # stops, and the restart resumes a round stored COMPENSATING.
+                    await self._retry(execution_id, "")
                 except (FailedPrecondition, NotFound):
                     self._due.pop(execution_id, None)  # Running, abandoned or gone.
                 except Exception:

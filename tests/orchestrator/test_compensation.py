@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,13 @@ import pytest
 from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common import completion
 from services.common.backoff import Backoff
 from services.common.channels import channel
+from services.common.errors import FailedPrecondition
+from services.orchestrator.engine import Orchestrator
 from services.orchestrator.server import OrchestratorServer
+from tests.conftest import DatabaseTarget
 from tests.orchestrator.conftest import (
     GrpcFailure,
     ListPublisher,
@@ -207,6 +211,108 @@ async def test_operators_list_retry_and_abandon_compensation_failed_executions(
     retrying = events[("workflow.compensation.retrying", second.execution_id)]
     assert retrying.data["requested_by"] == "test-admin"
     assert (await stub.ListCompensationFailed(pb.ListCompensationFailedRequest())).executions == []
+
+
+@pytest.fixture
+async def core_with(world: World) -> AsyncIterator[Any]:
+    """Starts in-process orchestrators with chosen compensation rounds (on SQLite, or on
+    `database`); gives their core and a stub."""
+    async with AsyncExitStack() as stack:
+
+        async def start(rounds: Backoff, database: DatabaseTarget) -> tuple[Orchestrator, Stub]:
+            config = orchestrator_config(world.tmp_path / "orch", world.registry_address)
+            config = dataclasses.replace(
+                config,
+                server=dataclasses.replace(config.server, database_url=database.url),
+                settings=dataclasses.replace(config.settings, compensation_retry=rounds),
+            )
+            service = OrchestratorServer(config, schema=database.schema)
+            _, chan = await stack.enter_async_context(serving(config.server, service))
+            assert service.core is not None
+            return service.core, Stub(chan)
+
+        yield start
+
+
+def _pause_after_storing(
+    core: Orchestrator, monkeypatch: pytest.MonkeyPatch, stored_when: Callable[[Any], bool]
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Makes the orchestrator wait, once the first snapshot `stored_when` accepts is stored,
+    until released: `stored` tells it is waiting there."""
+    stored, release = asyncio.Event(), asyncio.Event()
+    save = core.store.save
+
+    async def save_then_wait(snapshot: Any, *args: Any, **kwargs: Any) -> None:
+        await save(snapshot, *args, **kwargs)
+        if stored_when(snapshot) and not stored.is_set():
+            stored.set()
+            await release.wait()
+
+    monkeypatch.setattr(core.store, "save", save_then_wait)
+    return stored, release
+
+
+async def _compensation_failed(world: World, stub: Stub) -> tuple[pb.Execution, Undo]:
+    domain = await world.add_domain("d")
+    undo = Undo()
+    domain.actions["boom"] = _fails
+    domain.compensations["store"] = undo
+    ex = await run(stub, _undo_fails_twice_body())
+    assert ex.state == pb.EXECUTION_STATE_COMPENSATION_FAILED
+    return ex, undo
+
+
+async def test_a_compensation_retry_whose_caller_gives_up_midway_still_runs_its_round(
+    world: World, core_with: Any, database: DatabaseTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client's deadline cancels the RPC's handler, here just after the round is stored
+    # COMPENSATING: the round must still run, since retrying a COMPENSATING execution is
+    # refused.
+    core, stub = await core_with(NO_AUTOMATIC_ROUND, database)
+    ex, undo = await _compensation_failed(world, stub)
+    stored, release = _pause_after_storing(
+        core, monkeypatch, lambda snapshot: snapshot["state"] == "COMPENSATING"
+    )
+    undo.broken = False
+    retrying = asyncio.create_task(core.rounds.retry(ex.execution_id, "bob"))
+    await stored.wait()
+    retrying.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await retrying
+    release.set()
+
+    async def rolled_back() -> bool:
+        return (await _state(stub, ex.execution_id)).state == pb.EXECUTION_STATE_ROLLED_BACK
+
+    await eventually(rolled_back, within=20)
+    assert (await _state(stub, ex.execution_id)).compensation_rounds == 1
+
+
+async def test_an_abandon_whose_caller_gives_up_midway_is_not_undone_by_a_later_round(
+    world: World, core_with: Any, database: DatabaseTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled just after the abandon is stored, before the schedule and the cache of
+    # ended executions learn of it: a round (the scheduler's retry, with no operator) must
+    # still find it abandoned rather than start from the copy that was not.
+    core, stub = await core_with(NO_AUTOMATIC_ROUND, database)
+    ex, _ = await _compensation_failed(world, stub)
+    stored, release = _pause_after_storing(
+        core, monkeypatch, lambda snapshot: bool(snapshot.get("abandoned_at"))
+    )
+    abandoning = asyncio.create_task(
+        core.rounds.abandon(ex.execution_id, "alice", "document deleted by hand")
+    )
+    await stored.wait()
+    abandoning.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await abandoning
+    release.set()
+    await completion.drain()
+    with pytest.raises(FailedPrecondition, match="abandoned"):
+        await core.rounds.retry(ex.execution_id)
+    got = await _state(stub, ex.execution_id)
+    assert got.state == pb.EXECUTION_STATE_COMPENSATION_FAILED
+    assert got.abandonment.operator == "alice"
 
 
 def _start_registry(port: int, data_dir: Path) -> subprocess.Popen[bytes]:

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
+from services.common.completion import runs_to_completion
 from services.common.errors import InvalidArgument, NotFound
 from services.common.outbox import Outbox
 from services.common.pagination import decode_token, encode_token, page_size
@@ -214,7 +215,9 @@ class Halo:
             self._trigger_types.clear()
             self._last_event_cycle = self.clock()
             try:
-                await self.run_cycle("event", ", ".join(types)[:MAX_REASON_LENGTH])
+                # Not shielded: this loop is cancelled only when the kernel stops, and the
+                # restart starts the tasks a cut cycle created (`Squad.resume`).
+                await self._run_cycle("event", ", ".join(types)[:MAX_REASON_LENGTH])
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -222,8 +225,16 @@ class Halo:
 
     # -- cycles ------------------------------------------------------------------------
 
+    @runs_to_completion
     async def run_cycle(self, trigger: str, detail: str = "") -> tuple[Cycle, list[Task]]:
-        """Runs one cycle now (after the one running, if any)."""
+        """Runs one cycle now (after the one running, if any).
+
+        Runs to its end even when its caller goes away: the tasks a cycle creates are
+        started only once it is recorded, and a created task left unstarted would be
+        neither run nor proposed again (it is still open) until a restart."""
+        return await self._run_cycle(trigger, detail)
+
+    async def _run_cycle(self, trigger: str, detail: str) -> tuple[Cycle, list[Task]]:
         require_text("reason", detail, max_length=MAX_REASON_LENGTH)
         async with self._lock:
             return await self._cycle(trigger, detail)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from services.common import completion
+from services.common.completion import runs_to_completion
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.governance_client import GateDecision, GovernanceGate, heal_risk
 from services.common.outbox import Outbox
@@ -246,9 +248,13 @@ class Squad:
 
     # -- approval ----------------------------------------------------------------------
 
+    @runs_to_completion
     async def approve(self, task_id: str, approver: str, reason: str) -> Task:
         """Approves a pending task through governance (the approver must not be the
-        requester), then dispatches it."""
+        requester), then dispatches it.
+
+        Runs to its end even when its caller goes away: a task stored APPROVED but never
+        started would not be dispatched, nor approvable again, until a restart."""
         task = await self._pending(task_id, approver, reason)
         await self.approvals.approve(task.approval_id, approver, reason)
         settled = await self._settle(task, TaskState.APPROVED, approver, reason or "approved")
@@ -365,9 +371,13 @@ class Squad:
         with contextlib.suppress(FailedPrecondition):
             await self.dispatch(task_id)
 
+    @runs_to_completion
     async def retry(self, task_id: str, actor: str) -> Task:
         """Puts a failed task to governance again; it runs when allowed, else waits for a
-        new approval (or is rejected)."""
+        new approval (or is rejected).
+
+        Runs to its end even when its caller goes away: a task stored APPROVED (or pending)
+        but never started would be neither run nor retryable until a restart."""
         task = await self.get(task_id)
         if task.state is not TaskState.FAILED:
             raise FailedPrecondition(
@@ -453,6 +463,8 @@ class Squad:
 
     async def close(self) -> None:
         """Cancels dispatches and watchers (a cancelled dispatch is failed on restart)."""
+        # An approval or retry whose caller went away starts its task before the jobs stop.
+        await completion.drain()
         for job in list(self._background):
             job.cancel()
         for job in list(self._background):

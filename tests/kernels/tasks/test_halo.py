@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from services.kernels.tasks.halo import HaloSettings
-from services.kernels.tasks.model import DomainHealth, Severity, TaskState
+from services.kernels.tasks.model import DomainHealth, Severity, Task, TaskState
 from tests.conftest import DatabaseTarget
 from tests.kernels.tasks.doubles import Loop, build
 
@@ -172,3 +173,41 @@ async def test_event_triggers_make_one_cycle_per_interval(database: DatabaseTarg
         await asyncio.gather(runner, return_exceptions=True)
         await loop.squad.close()
         await loop.store.close()
+
+
+async def test_a_cycle_whose_caller_gives_up_midway_is_recorded_and_runs_its_tasks(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An operator's deadline cancels RunCycle's handler, here just after a task is stored
+    # and before the cycle is: the cycle must still be recorded and its task dispatched,
+    # since no later cycle proposes a task for a weak point whose task is still open.
+    stored, release = asyncio.Event(), asyncio.Event()
+    create = loop.squad.create
+
+    async def create_then_wait(*args: Any) -> Task:
+        task = await create(*args)
+        stored.set()
+        await release.wait()
+        return task
+
+    monkeypatch.setattr(loop.squad, "create", create_then_wait)
+    fail(loop, "ai_domain", 5)
+    cycling = asyncio.create_task(loop.halo.run_cycle("operator", "check"))
+    await stored.wait()
+    cycling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cycling
+    release.set()
+    for _ in range(400):
+        cycles, _ = await loop.halo.list_cycles(10, "")
+        if cycles:
+            break
+        await asyncio.sleep(0.01)
+    assert [c.trigger_detail for c in cycles] == ["check"]
+    task_id = cycles[0].proposals[0].task_id
+    for _ in range(400):
+        if (await loop.squad.get(task_id)).state is TaskState.COMPLETED:
+            break
+        await asyncio.sleep(0.01)
+    assert (await loop.squad.get(task_id)).state is TaskState.COMPLETED
+    assert len(loop.target.runs) == 1
