@@ -24,6 +24,7 @@ from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.eventbus.v1 import event_pb2
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
+from services.common.completion import runs_to_completion
 from services.eventbus import tracing
 from services.eventbus.eventlog import Log, Reader
 from services.eventbus.model import BusSettings, DeadLetterRecord, SubscriptionState
@@ -335,8 +336,13 @@ class PushDelivery:
         self._redeliveries.add(task)
         task.add_done_callback(self._redeliveries.discard)
 
+    @runs_to_completion
     async def redeliver(self, record: DeadLetterRecord) -> DeadLetterRecord:
-        """Marks a dead letter for redelivery (durably) and starts delivering it."""
+        """Marks a dead letter for redelivery (durably) and starts delivering it.
+
+        Both happen even when the caller goes away in between: a record marked but never
+        delivered would stay so until a restart, since a retry finds it marked and leaves it.
+        """
         marked = DeadLetterRecord(**{**record.__dict__, "redelivering": True})
         await self.store.add_dead_letter(marked)
         self._spawn_redelivery(marked)

@@ -15,6 +15,11 @@ notification delays a change but never leaves a gap. Watches replay from that mi
 `WatchDomains` sends the same changes in the same order from every instance. Lease
 sweeping runs on one instance at a time (an advisory lock); a sweep reads the leases from
 the database and writes each expiry once.
+
+A registration, a deregistration or a status change, once begun, ends even when its caller
+goes away (`runs_to_completion`): cut off between its commit and memory, it would leave
+memory behind the database until the next change read the log (on SQLite, the next change
+made here), so a domain deregistered would still be routed to while its retry said NotFound.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from services.common.completion import runs_to_completion
 from services.common.errors import InvalidArgument, NotFound, PermissionDenied
 from services.common.notifications import Listener
 from services.common.pagination import decode_token, encode_token, page_size, take_page
@@ -255,6 +261,7 @@ class Registry:
         outcome = await self.registered(registration, owner, replace=replace)
         return outcome.record, outcome.created
 
+    @runs_to_completion
     async def registered(
         self, registration: Registration, owner: str = "", *, replace: bool = False
     ) -> RegisterOutcome:
@@ -379,6 +386,19 @@ class Registry:
         if fast is not None:
             self._refresh(fast)
             return fast
+        return await self._move_status(domain_id, instance_id, status, renewed)
+
+    @runs_to_completion
+    async def _move_status(
+        self,
+        domain_id: str,
+        instance_id: str,
+        status: DomainStatus,
+        renewed: Callable[[DomainRecord, float], DomainRecord],
+    ) -> DomainRecord:
+        """A heartbeat that moves an instance's status: a revision of its own. Only this
+        path runs as a task of its own; the common renewal only lags in lease times, which
+        the next heartbeat brings into memory."""
         async with self._lock:
             async with self.store.writing() as tx:
                 current = await tx.require(domain_id)
@@ -398,6 +418,7 @@ class Registry:
             self._refresh(record)
         return record
 
+    @runs_to_completion
     async def deregister(
         self, domain_id: str, owner: str = "", admin: bool = False, instance_id: str = ""
     ) -> int:

@@ -14,8 +14,9 @@ from services.eventbus import eventlog
 from services.eventbus.bus import EventBus
 from services.eventbus.envelope import validate_patterns
 from services.eventbus.eventlog import EventLog
-from services.eventbus.model import Start, StartSpec
+from services.eventbus.model import DeadLetterRecord, Start, StartSpec
 from services.eventbus.store import LogFilter
+from tests.eventbus.conftest import eventually
 from tests.support import ManualClock
 
 
@@ -285,3 +286,38 @@ async def test_concurrent_creations_of_one_subscription_create_it_once(bus: Even
     assert sum(isinstance(d, NotFound) for d in deleted) == 1
     with pytest.raises(NotFound):
         bus.get_subscription("mem")
+
+
+async def test_a_dead_letter_whose_redeliverer_gives_up_midway_is_still_delivered_again(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelled just after the record is marked for redelivery: the delivery must still
+    # start, since a retry finds the record marked and leaves it be.
+    await bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem", max_attempts=1)
+    await bus.store.add_dead_letter(
+        DeadLetterRecord("d1", "mem", "memory_domain", 1, ev().SerializeToString(), 1, "drop", 1.0)
+    )
+    marked, release = asyncio.Event(), asyncio.Event()
+    add = bus.push.store.add_dead_letter
+
+    async def mark_then_wait(record: DeadLetterRecord) -> None:
+        await add(record)
+        if record.redelivering:
+            marked.set()
+            await release.wait()
+
+    monkeypatch.setattr(bus.push.store, "add_dead_letter", mark_then_wait)
+    redelivering = asyncio.create_task(bus.redeliver_dead_letter("d1"))
+    await marked.wait()
+    redelivering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await redelivering
+    assert (await bus.redeliver_dead_letter("d1")).redelivering  # the retry leaves it be
+    release.set()
+
+    async def tried_again() -> bool:
+        # No registry answers here: the one attempt fails and the record says so.
+        record = await bus.store.dead_letter("d1")
+        return record is not None and (record.redelivering, record.attempts) == (False, 2)
+
+    await eventually(tried_again, within_s=10)

@@ -5,6 +5,11 @@
 at a time on a background queue, so a burst of anomalies never runs playbooks in
 parallel and ReportMetrics answers without waiting for Guardian. Each finished
 remediation is recorded with a `remediation.completed` event.
+
+A report, once begun, ends even when its caller goes away (`runs_to_completion`): scoring
+has already moved the series (one that raised an anomaly stays open and raises no other
+until it calms down), so an anomaly cut off before its record or its queueing would be
+lost, or recorded and never remediated, and the reporter's retry would not raise it again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.completion import runs_to_completion
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.outbox import Outbox
 from services.common.pagination import decode_token, encode_token, page_size, take_page
@@ -112,6 +118,7 @@ class Immune:
             horizon = max(settings.cooldown_s, settings.rate_window_s)
             self.remediator.restore(await self.store.last_actions(self.clock() - horizon))
 
+    @runs_to_completion
     async def report(self, points: Sequence[MetricPoint]) -> list[Anomaly]:
         """Scores points; records, announces and queues the anomalies they raise."""
         if len(points) > MAX_POINTS_PER_REPORT:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
+from services.common import completion
 from services.common.storage import Database
 from services.kernels.immune.detector import DetectorSettings
 from services.kernels.immune.immune import Immune
@@ -190,6 +194,52 @@ async def test_cooldowns_survive_a_restart_of_the_kernel(
     listed, _ = await second.list_anomalies(component="ai_domain")
     assert [a.remediation_id for a in listed] == [done.remediation_id]
     kinds = [e.event_type for e in await second.events.pending(10)]
+    assert kinds == ["anomaly.detected", "remediation.completed"]
+
+
+async def test_an_anomaly_whose_reporter_gives_up_midway_is_still_recorded_and_remediated(
+    store: ImmuneStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client's deadline cancels ReportMetrics while the anomaly is being recorded: the
+    # series is open by then, so the reporter's retry raises nothing; the first report must
+    # still record the anomaly and queue its remediation.
+    healer = ScriptedHealer({"ai_domain"})
+    settings = DetectorSettings(min_points=5, window=20)
+    immune = Immune(store, settings, remediator(store, clock, healer), clock)
+    await immune.open()
+    recorded, release = asyncio.Event(), asyncio.Event()
+    add = store.add_anomaly
+
+    async def add_then_wait(conn: Any, anomaly: Anomaly) -> None:
+        await add(conn, anomaly)
+        recorded.set()
+        await release.wait()
+
+    monkeypatch.setattr(store, "add_anomaly", add_then_wait)
+    values = [10.0, 11.0, 10.0, 9.0, 10.0, 10.0, 500.0, 500.0, 500.0]
+    reporting = asyncio.create_task(
+        immune.report([MetricPoint("ai_domain", "latency_ms", v, 0.0) for v in values])
+    )
+    await recorded.wait()
+    reporting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reporting
+    retry = await immune.report([MetricPoint("ai_domain", "latency_ms", 500.0, 0.0)])
+    assert retry == []
+    release.set()
+    await completion.drain(timeout_s=5)
+    remediating = asyncio.create_task(immune.run())
+    try:
+        await asyncio.wait_for(immune.idle(), 5)
+    finally:
+        remediating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await remediating
+    listed, _ = await immune.list_anomalies(component="ai_domain")
+    assert [a.kind for a in listed] == ["latency_ms_spike"]
+    assert listed[0].remediation_id
+    assert healer.calls == [("ai_domain", "restart_component")]
+    kinds = [e.event_type for e in await immune.events.pending(10)]
     assert kinds == ["anomaly.detected", "remediation.completed"]
 
 
