@@ -1,4 +1,5 @@
-"""Helpers for tests: a clock tests can move, and in-process servers on free ports."""
+"""Helpers for tests: a clock tests can move, in-process servers on free ports, and callers
+that give up midway."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+import pytest
 
-from services.common import channels
+from services.common import channels, completion
 from services.common.channels import ClientSecurity, channel
 from services.common.config import SecurityConfig, ServerConfig
 from services.common.pki import (
@@ -288,3 +291,79 @@ def free_ports(count: int) -> list[int]:
 def free_port() -> int:
     """One loopback port that was free a moment ago."""
     return free_ports(1)[0]
+
+
+@dataclass(frozen=True)
+class Pause:
+    """A place a patched call holds its caller: `reached` is set once it holds there, and
+    it goes on when `release` is set."""
+
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def hold(self) -> None:
+        self.reached.set()
+        await self.release.wait()
+
+
+def pause_after(
+    monkeypatch: pytest.MonkeyPatch,
+    owner: object,
+    name: str,
+    when: Callable[..., bool] | None = None,
+) -> Pause:
+    """Makes the async method `owner.<name>` hold its caller just after it returns, the first
+    time `when` accepts its arguments (the first time at all without `when`): the moment a
+    client's deadline cancels the RPC's handler that called it."""
+    pause = Pause()
+    real = getattr(owner, name)
+
+    @functools.wraps(real)
+    async def then_pause(*args: Any, **kwargs: Any) -> Any:
+        result = await real(*args, **kwargs)
+        if not pause.reached.is_set() and (when is None or when(*args, **kwargs)):
+            await pause.hold()
+        return result
+
+    monkeypatch.setattr(owner, name, then_pause)
+    return pause
+
+
+def pause_after_commit(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> Pause:
+    """Makes the async context manager `owner.<name>()` (a transaction) hold its caller just
+    after its first block ends without error, when what it wrote is committed."""
+    pause = Pause()
+    real = getattr(owner, name)
+
+    @asynccontextmanager
+    async def then_pause(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        async with real(*args, **kwargs) as entered:
+            yield entered
+        if not pause.reached.is_set():
+            await pause.hold()
+
+    monkeypatch.setattr(owner, name, then_pause)
+    return pause
+
+
+async def give_up_at(change: Coroutine[Any, Any, object], pause: Pause) -> None:
+    """Runs `change` and cancels it once it holds at `pause`, as a client's deadline cancels
+    its RPC's handler; `pause` is left for the test to release."""
+    caller = asyncio.create_task(change)
+    await pause.reached.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+
+# Long enough for a change left running to end on a slow machine's PostgreSQL; a change still
+# running after it fails the test's assertions rather than hanging it.
+DRAIN_TIMEOUT_S = 10.0
+
+
+async def give_up_midway(change: Coroutine[Any, Any, object], pause: Pause) -> None:
+    """Gives up on `change` at `pause` (see `give_up_at`), releases it, and returns once
+    whatever still runs of it has ended."""
+    await give_up_at(change, pause)
+    pause.release.set()
+    await completion.drain(timeout_s=DRAIN_TIMEOUT_S)

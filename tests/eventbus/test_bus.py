@@ -17,7 +17,7 @@ from services.eventbus.eventlog import EventLog
 from services.eventbus.model import DeadLetterRecord, Start, StartSpec
 from services.eventbus.store import LogFilter
 from tests.eventbus.conftest import eventually
-from tests.support import ManualClock
+from tests.support import ManualClock, give_up_at, pause_after
 
 
 def ev(
@@ -247,26 +247,14 @@ async def test_a_subscription_whose_creator_gives_up_midway_is_created_whole(
 ) -> None:
     # A client's deadline cancels the RPC's handler, here just after the row is stored:
     # the worker must still start, and the client's retry must find the subscription.
-    stored, release = asyncio.Event(), asyncio.Event()
-    insert = bus.store.insert_subscription
-
-    async def insert_then_wait(sub: object) -> None:
-        await insert(sub)  # type: ignore[arg-type]
-        stored.set()
-        await release.wait()
-
-    monkeypatch.setattr(bus.store, "insert_subscription", insert_then_wait)
-    creating = asyncio.create_task(
-        bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem")
+    stored = pause_after(monkeypatch, bus.store, "insert_subscription")
+    await give_up_at(
+        bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem"), stored
     )
-    await stored.wait()
-    creating.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await creating
     retry = asyncio.create_task(
         bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem")
     )
-    release.set()
+    stored.release.set()
     sub, created = await retry
     assert (sub.subscription_id, created) == ("mem", False)
     assert bus.get_subscription("mem").patterns == ("ml.*",)
@@ -297,23 +285,12 @@ async def test_a_dead_letter_whose_redeliverer_gives_up_midway_is_still_delivere
     await bus.store.add_dead_letter(
         DeadLetterRecord("d1", "mem", "memory_domain", 1, ev().SerializeToString(), 1, "drop", 1.0)
     )
-    marked, release = asyncio.Event(), asyncio.Event()
-    add = bus.push.store.add_dead_letter
-
-    async def mark_then_wait(record: DeadLetterRecord) -> None:
-        await add(record)
-        if record.redelivering:
-            marked.set()
-            await release.wait()
-
-    monkeypatch.setattr(bus.push.store, "add_dead_letter", mark_then_wait)
-    redelivering = asyncio.create_task(bus.redeliver_dead_letter("d1"))
-    await marked.wait()
-    redelivering.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await redelivering
+    marked = pause_after(
+        monkeypatch, bus.push.store, "add_dead_letter", lambda record: record.redelivering
+    )
+    await give_up_at(bus.redeliver_dead_letter("d1"), marked)
     assert (await bus.redeliver_dead_letter("d1")).redelivering  # the retry leaves it be
-    release.set()
+    marked.release.set()
 
     async def tried_again() -> bool:
         # No registry answers here: the one attempt fails and the record says so.

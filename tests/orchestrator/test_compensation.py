@@ -19,7 +19,6 @@ import pytest
 from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.common import completion
 from services.common.backoff import Backoff
 from services.common.channels import channel
 from services.common.errors import FailedPrecondition
@@ -36,7 +35,7 @@ from tests.orchestrator.conftest import (
 from tests.orchestrator.test_resume import _ready
 from tests.orchestrator.test_resume import _start as start_orchestrator
 from tests.orchestrator.test_workflows import fast_retry, run, workflow
-from tests.support import free_port, serving
+from tests.support import Pause, free_port, give_up_midway, pause_after, serving
 
 Stub = orchestrator_pb2_grpc.OrchestratorServiceStub
 
@@ -236,20 +235,12 @@ async def core_with(world: World) -> AsyncIterator[Any]:
 
 def _pause_after_storing(
     core: Orchestrator, monkeypatch: pytest.MonkeyPatch, stored_when: Callable[[Any], bool]
-) -> tuple[asyncio.Event, asyncio.Event]:
+) -> Pause:
     """Makes the orchestrator wait, once the first snapshot `stored_when` accepts is stored,
-    until released: `stored` tells it is waiting there."""
-    stored, release = asyncio.Event(), asyncio.Event()
-    save = core.store.save
-
-    async def save_then_wait(snapshot: Any, *args: Any, **kwargs: Any) -> None:
-        await save(snapshot, *args, **kwargs)
-        if stored_when(snapshot) and not stored.is_set():
-            stored.set()
-            await release.wait()
-
-    monkeypatch.setattr(core.store, "save", save_then_wait)
-    return stored, release
+    until released."""
+    return pause_after(
+        monkeypatch, core.store, "save", lambda snapshot, *_, **__: stored_when(snapshot)
+    )
 
 
 async def _compensation_failed(world: World, stub: Stub) -> tuple[pb.Execution, Undo]:
@@ -270,16 +261,11 @@ async def test_a_compensation_retry_whose_caller_gives_up_midway_still_runs_its_
     # refused.
     core, stub = await core_with(NO_AUTOMATIC_ROUND, database)
     ex, undo = await _compensation_failed(world, stub)
-    stored, release = _pause_after_storing(
+    stored = _pause_after_storing(
         core, monkeypatch, lambda snapshot: snapshot["state"] == "COMPENSATING"
     )
     undo.broken = False
-    retrying = asyncio.create_task(core.rounds.retry(ex.execution_id, "bob"))
-    await stored.wait()
-    retrying.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await retrying
-    release.set()
+    await give_up_midway(core.rounds.retry(ex.execution_id, "bob"), stored)
 
     async def rolled_back() -> bool:
         return (await _state(stub, ex.execution_id)).state == pb.EXECUTION_STATE_ROLLED_BACK
@@ -296,18 +282,11 @@ async def test_an_abandon_whose_caller_gives_up_midway_is_not_undone_by_a_later_
     # still find it abandoned rather than start from the copy that was not.
     core, stub = await core_with(NO_AUTOMATIC_ROUND, database)
     ex, _ = await _compensation_failed(world, stub)
-    stored, release = _pause_after_storing(
+    stored = _pause_after_storing(
         core, monkeypatch, lambda snapshot: bool(snapshot.get("abandoned_at"))
     )
-    abandoning = asyncio.create_task(
-        core.rounds.abandon(ex.execution_id, "alice", "document deleted by hand")
-    )
-    await stored.wait()
-    abandoning.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await abandoning
-    release.set()
-    await completion.drain()
+    abandoning = core.rounds.abandon(ex.execution_id, "alice", "document deleted by hand")
+    await give_up_midway(abandoning, stored)
     with pytest.raises(FailedPrecondition, match="abandoned"):
         await core.rounds.retry(ex.execution_id)
     got = await _state(stub, ex.execution_id)

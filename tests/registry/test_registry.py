@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Coroutine
-from typing import Any
 
 import pytest
 
-from services.common import completion
 from services.common.errors import InvalidArgument, NotFound
 from services.common.storage import Database
 from services.registry.model import ChangeKind, DomainStatus, Metrics, Registration
 from services.registry.registry import Registry, RegistrySettings, WatchBatch
-from services.registry.store import RegistryStore, Writing
+from services.registry.store import RegistryStore
 from tests.conftest import DatabaseTarget
-from tests.support import ManualClock
+from tests.support import ManualClock, Pause, give_up_midway, pause_after_commit
 
 
 def reg(domain_id: str = "ai_domain", **overrides: object) -> Registration:
@@ -366,42 +362,15 @@ async def test_stats_count_by_status_and_capability(registry: Registry, clock: M
     assert stats.by_capability == {"chat": 1, "ml": 1}
 
 
-def paused_after_commit(
-    monkeypatch: pytest.MonkeyPatch, registry: Registry
-) -> tuple[asyncio.Event, asyncio.Event]:
-    """Makes each write commit, then hold its caller until released: the moment a client's
-    deadline cancels the RPC's handler. Returns (committed, release)."""
-    committed, release = asyncio.Event(), asyncio.Event()
-    writing = registry.store.writing
-
-    @contextlib.asynccontextmanager
-    async def writing_then_wait() -> AsyncIterator[Writing]:
-        async with writing() as tx:
-            yield tx
-        committed.set()
-        await release.wait()
-
-    monkeypatch.setattr(registry.store, "writing", writing_then_wait)
-    return committed, release
-
-
-async def given_up_after_the_commit(
-    change: Coroutine[Any, Any, Any], committed: asyncio.Event, release: asyncio.Event
-) -> None:
-    caller = asyncio.create_task(change)
-    await committed.wait()
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-    release.set()
-    await completion.drain(timeout_s=5)
+def committed(monkeypatch: pytest.MonkeyPatch, registry: Registry) -> Pause:
+    """Holds the registry's next write just after it commits."""
+    return pause_after_commit(monkeypatch, registry.store, "writing")
 
 
 async def test_a_registration_whose_caller_gives_up_midway_is_routable(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    committed, release = paused_after_commit(monkeypatch, registry)
-    await given_up_after_the_commit(registry.register(reg()), committed, release)
+    await give_up_midway(registry.register(reg()), committed(monkeypatch, registry))
     assert registry.get("ai_domain").port == 8202
     assert [r.domain_id for r, _ in registry.find("ml")] == ["ai_domain"]
     assert registry.revision == 1
@@ -411,8 +380,7 @@ async def test_a_deregistration_whose_caller_gives_up_midway_is_no_longer_routab
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await registry.register(reg())
-    committed, release = paused_after_commit(monkeypatch, registry)
-    await given_up_after_the_commit(registry.deregister("ai_domain"), committed, release)
+    await give_up_midway(registry.deregister("ai_domain"), committed(monkeypatch, registry))
     with pytest.raises(NotFound):
         registry.get("ai_domain")
     assert registry.find("ml") == []
@@ -424,9 +392,7 @@ async def test_a_status_change_whose_heartbeat_gives_up_midway_is_seen_by_reads(
     registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await registry.register(reg())
-    committed, release = paused_after_commit(monkeypatch, registry)
-    await given_up_after_the_commit(
-        registry.heartbeat("ai_domain", degraded=True), committed, release
-    )
+    heartbeat = registry.heartbeat("ai_domain", degraded=True)
+    await give_up_midway(heartbeat, committed(monkeypatch, registry))
     assert registry.get("ai_domain").status is DomainStatus.DEGRADED
     assert registry.revision == 2

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from services.common import completion
 from services.common.errors import (
     Aborted,
     AlreadyExists,
@@ -18,7 +15,6 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
 )
-from services.common.storage import Database
 from services.kernels.governance.governance import Governance, GovernanceSettings
 from services.kernels.governance.model import (
     ApprovalStatus,
@@ -31,7 +27,7 @@ from services.kernels.governance.model import (
     Verdict,
 )
 from services.kernels.governance.store import DecisionFilter
-from tests.support import ManualClock
+from tests.support import ManualClock, Pause, give_up_midway, pause_after_commit
 
 
 async def test_policies_are_versioned_and_survive_a_restart(
@@ -241,55 +237,32 @@ async def test_a_bad_policy_file_names_the_policy_and_field(
     assert caught.value.field == "policies.json.policies[0].effect"
 
 
-async def given_up_after_its_commit(
-    db: Database, monkeypatch: pytest.MonkeyPatch, change: Coroutine[Any, Any, object]
-) -> None:
-    """Runs `change` and cancels it, as a client's deadline cancels an RPC's handler, just
-    after its first transaction commits; returns once whatever still runs of it has ended."""
-    committed, release = asyncio.Event(), asyncio.Event()
-    transaction = db.transaction
-
-    @asynccontextmanager
-    async def commit_then_wait() -> AsyncIterator[Any]:
-        monkeypatch.setattr(db, "transaction", transaction)
-        async with transaction() as conn:
-            yield conn
-        committed.set()
-        await release.wait()
-
-    monkeypatch.setattr(db, "transaction", commit_then_wait)
-    caller = asyncio.create_task(change)
-    await committed.wait()
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-    release.set()
-    await completion.drain()
-
-
 async def test_policy_and_mode_changes_take_effect_even_when_their_caller_gives_up_midway(
     governance: Governance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = governance.store.db
+    # Each change is given up on just after its first transaction commits.
+    def committed() -> Pause:
+        return pause_after_commit(monkeypatch, governance.store.db, "transaction")
+
     forbid = Policy("no-deletes", Effect.FORBID, action="DELETE:*")
-    await given_up_after_its_commit(db, monkeypatch, governance.create_policy(forbid))
+    await give_up_midway(governance.create_policy(forbid), committed())
     assert governance.get_policy("no-deletes").version == 1
     denied, _ = await governance.evaluate("a", "DELETE:/x", risk_level=RiskLevel.LOW)
     assert denied.verdict is Verdict.DENY
 
     permit = Policy("no-deletes", Effect.PERMIT, action="DELETE:*")
-    await given_up_after_its_commit(db, monkeypatch, governance.update_policy(permit, 1))
+    await give_up_midway(governance.update_policy(permit, 1), committed())
     assert governance.get_policy("no-deletes").version == 2
     allowed, _ = await governance.evaluate("a", "DELETE:/x", risk_level=RiskLevel.LOW)
     assert allowed.verdict is Verdict.ALLOW
 
-    await given_up_after_its_commit(db, monkeypatch, governance.delete_policy("no-deletes"))
+    await give_up_midway(governance.delete_policy("no-deletes"), committed())
     with pytest.raises(NotFound):
         governance.get_policy("no-deletes")
     recreated = await governance.create_policy(forbid)
     assert recreated.version == 4  # one past the deletion's tombstone
 
-    await given_up_after_its_commit(db, monkeypatch, governance.set_mode(Mode.LOG_ONLY))
+    await give_up_midway(governance.set_mode(Mode.LOG_ONLY), committed())
     assert governance.mode is Mode.LOG_ONLY
     logged, _ = await governance.evaluate("a", "DELETE:/x", risk_level=RiskLevel.LOW)
     assert (logged.verdict, logged.evaluation.evaluated_verdict) == (Verdict.ALLOW, Verdict.DENY)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import pytest
 
@@ -31,7 +30,7 @@ from services.kernels.immune.remediation import RemediationSettings, Remediator
 from services.kernels.immune.store import ImmuneStore
 from tests.conftest import DatabaseTarget
 from tests.kernels.immune.doubles import ScriptedGate, ScriptedHealer
-from tests.support import ManualClock
+from tests.support import ManualClock, give_up_at, pause_after
 
 
 @pytest.fixture
@@ -207,26 +206,14 @@ async def test_an_anomaly_whose_reporter_gives_up_midway_is_still_recorded_and_r
     settings = DetectorSettings(min_points=5, window=20)
     immune = Immune(store, settings, remediator(store, clock, healer), clock)
     await immune.open()
-    recorded, release = asyncio.Event(), asyncio.Event()
-    add = store.add_anomaly
-
-    async def add_then_wait(conn: Any, anomaly: Anomaly) -> None:
-        await add(conn, anomaly)
-        recorded.set()
-        await release.wait()
-
-    monkeypatch.setattr(store, "add_anomaly", add_then_wait)
+    recorded = pause_after(monkeypatch, store, "add_anomaly")
     values = [10.0, 11.0, 10.0, 9.0, 10.0, 10.0, 500.0, 500.0, 500.0]
-    reporting = asyncio.create_task(
-        immune.report([MetricPoint("ai_domain", "latency_ms", v, 0.0) for v in values])
+    await give_up_at(
+        immune.report([MetricPoint("ai_domain", "latency_ms", v, 0.0) for v in values]), recorded
     )
-    await recorded.wait()
-    reporting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await reporting
     retry = await immune.report([MetricPoint("ai_domain", "latency_ms", 500.0, 0.0)])
     assert retry == []
-    release.set()
+    recorded.release.set()
     await completion.drain(timeout_s=5)
     remediating = asyncio.create_task(immune.run())
     try:

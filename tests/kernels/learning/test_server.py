@@ -15,7 +15,6 @@ import pytest
 from grace.kernels.learning.v1 import learning_pb2 as pb
 from grace.kernels.learning.v1 import learning_pb2_grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
-from services.common import completion
 from services.common.outbox import OutboxEvent
 from services.kernels.learning.config import LearningConfig
 from services.kernels.learning.learning import LearningSettings
@@ -24,7 +23,7 @@ from services.kernels.learning.servicer import outcomes_from_request
 from services.memory.config import MemoryConfig
 from services.memory.memory import MemorySettings
 from services.memory.server import MemoryServer
-from tests.support import server_config, serving
+from tests.support import give_up_midway, pause_after, server_config, serving
 
 
 class Recorder:
@@ -173,26 +172,10 @@ async def test_a_batch_whose_sender_gives_up_midway_is_still_counted_once(
     # A client's deadline cancels the RPC's handler, here just after the batch id is stored:
     # the retry is then a duplicate, so the outcomes must be counted all the same.
     learning = system.server.learning
-    taken, release = asyncio.Event(), asyncio.Event()
-    take = learning.store.take_batch
-
-    async def take_then_wait(domain_id: str, batch_id: str, now: float) -> bool:
-        new = await take(domain_id, batch_id, now)
-        taken.set()
-        await release.wait()
-        return new
-
-    monkeypatch.setattr(learning.store, "take_batch", take_then_wait)
+    taken = pause_after(monkeypatch, learning.store, "take_batch")
     request = batch("b-1")
-    sending = asyncio.create_task(
-        learning.ingest("ai_domain", "b-1", outcomes_from_request(request), ["ai"])
-    )
-    await taken.wait()
-    sending.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await sending
-    release.set()
-    await completion.drain(timeout_s=5)
+    sending = learning.ingest("ai_domain", "b-1", outcomes_from_request(request), ["ai"])
+    await give_up_midway(sending, taken)
     again = await system.learning.IngestOutcomes(request)
     assert (again.accepted, again.duplicate) == (0, True)
     stats = await system.learning.GetLearningStats(pb.GetLearningStatsRequest())

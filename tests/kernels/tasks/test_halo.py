@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
 from services.kernels.tasks.halo import HaloSettings
-from services.kernels.tasks.model import DomainHealth, Severity, Task, TaskState
+from services.kernels.tasks.model import DomainHealth, Severity, TaskState
 from tests.conftest import DatabaseTarget
 from tests.kernels.tasks.doubles import Loop, build
+from tests.support import give_up_midway, pause_after
 
 
 @pytest.fixture
@@ -181,23 +181,9 @@ async def test_a_cycle_whose_caller_gives_up_midway_is_recorded_and_runs_its_tas
     # An operator's deadline cancels RunCycle's handler, here just after a task is stored
     # and before the cycle is: the cycle must still be recorded and its task dispatched,
     # since no later cycle proposes a task for a weak point whose task is still open.
-    stored, release = asyncio.Event(), asyncio.Event()
-    create = loop.squad.create
-
-    async def create_then_wait(*args: Any) -> Task:
-        task = await create(*args)
-        stored.set()
-        await release.wait()
-        return task
-
-    monkeypatch.setattr(loop.squad, "create", create_then_wait)
+    task_stored = pause_after(monkeypatch, loop.squad, "create")
     fail(loop, "ai_domain", 5)
-    cycling = asyncio.create_task(loop.halo.run_cycle("operator", "check"))
-    await stored.wait()
-    cycling.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await cycling
-    release.set()
+    await give_up_midway(loop.halo.run_cycle("operator", "check"), task_stored)
     for _ in range(400):
         cycles, _ = await loop.halo.list_cycles(10, "")
         if cycles:

@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.common.errors import FailedPrecondition, PermissionDenied
-from services.kernels.tasks.model import TRANSITIONS, Severity, Task, TaskState, WeakPoint
+from services.kernels.tasks.model import TRANSITIONS, Severity, TaskState, WeakPoint
 from services.kernels.tasks.squad import SquadSettings
 from tests.conftest import DatabaseTarget
 from tests.kernels.tasks.doubles import Loop, build
+from tests.support import Pause, give_up_midway, pause_after
 
 WEAK = WeakPoint("endpoint_failures", "ai_domain", Severity.ERROR, "ai_domain failed 3 times")
 
@@ -227,23 +228,11 @@ async def test_tasks_are_listed_by_state_page_by_page(loop: Loop) -> None:
     assert [t.task_id for t in (await loop.squad.list(None, "c1", 10, ""))[0]] == ids[::-1]
 
 
-def pause_after_saving(
-    loop: Loop, monkeypatch: pytest.MonkeyPatch, state: TaskState
-) -> tuple[asyncio.Event, asyncio.Event]:
-    """Makes the squad wait, once a transition to `state` is committed, until released:
-    `stored` tells it is waiting there."""
-    stored, release = asyncio.Event(), asyncio.Event()
-    save = loop.squad._save
-
-    async def save_then_wait(before: Task, after: Task) -> bool:
-        saved = await save(before, after)
-        if after.state is state and not stored.is_set():
-            stored.set()
-            await release.wait()
-        return saved
-
-    monkeypatch.setattr(loop.squad, "_save", save_then_wait)
-    return stored, release
+def approval_stored(loop: Loop, monkeypatch: pytest.MonkeyPatch) -> Pause:
+    """Holds the squad just after it commits a task's transition to APPROVED."""
+    return pause_after(
+        monkeypatch, loop.squad, "_save", lambda _, after: after.state is TaskState.APPROVED
+    )
 
 
 async def test_an_approval_whose_caller_gives_up_midway_still_dispatches_the_task(
@@ -252,13 +241,8 @@ async def test_an_approval_whose_caller_gives_up_midway_still_dispatches_the_tas
     # A client's deadline cancels the RPC's handler, here just after APPROVED is stored:
     # the task must still be dispatched, since approving it again is refused.
     task = await loop.squad.create("c1", WEAK, "heal:restart_component", "because")
-    stored, release = pause_after_saving(loop, monkeypatch, TaskState.APPROVED)
-    approving = asyncio.create_task(loop.squad.approve(task.task_id, "alice", ""))
-    await stored.wait()
-    approving.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await approving
-    release.set()
+    approving = loop.squad.approve(task.task_id, "alice", "")
+    await give_up_midway(approving, approval_stored(loop, monkeypatch))
     await settled(loop, task.task_id, TaskState.COMPLETED)
     await loop.squad.idle()
     assert len(loop.target.runs) == 1
@@ -273,13 +257,8 @@ async def test_a_retry_whose_caller_gives_up_midway_still_runs_the_task(
         task = await loop.squad.create("c1", WEAK, "heal:restart_component", "because")
         assert (await loop.squad.dispatch(task.task_id)).state is TaskState.FAILED
         loop.target.failing.clear()
-        stored, release = pause_after_saving(loop, monkeypatch, TaskState.APPROVED)
-        retrying = asyncio.create_task(loop.squad.retry(task.task_id, "alice"))
-        await stored.wait()
-        retrying.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await retrying
-        release.set()
+        retrying = loop.squad.retry(task.task_id, "alice")
+        await give_up_midway(retrying, approval_stored(loop, monkeypatch))
         await settled(loop, task.task_id, TaskState.COMPLETED)
         await loop.squad.idle()
         assert len(loop.target.runs) == 2

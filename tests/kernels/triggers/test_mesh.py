@@ -4,7 +4,7 @@ letters and the outcome records."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from services.common import completion
 from services.common.action_peers import ActionFailed
 from services.common.backoff import Backoff
 from services.common.errors import Aborted, NotFound
@@ -24,6 +23,7 @@ from services.kernels.triggers.model import FiringState, event_document, parse_r
 from services.kernels.triggers.store import TriggersStore, events_outbox, log_outbox
 from tests.conftest import DatabaseTarget
 from tests.kernels.scheduler.doubles import FakeClock, RecordingPeers, ScriptedGate
+from tests.support import Pause, give_up_midway, pause_after_commit
 
 WORKFLOW_RULE = {
     "rule_id": "start-document",
@@ -250,47 +250,25 @@ async def test_file_rules_load_and_a_changed_file_rule_becomes_a_new_version(
         assert m.patterns() == ["document.uploaded"]
 
 
-async def given_up_after_its_commit(
-    db: Database, monkeypatch: pytest.MonkeyPatch, change: Coroutine[Any, Any, object]
-) -> None:
-    """Runs `change` and cancels it, as a client's deadline cancels an RPC's handler, just
-    after its first transaction commits; returns once whatever still runs of it has ended."""
-    committed, release = asyncio.Event(), asyncio.Event()
-    transaction = db.transaction
-
-    @asynccontextmanager
-    async def commit_then_wait() -> AsyncIterator[Any]:
-        monkeypatch.setattr(db, "transaction", transaction)
-        async with transaction() as conn:
-            yield conn
-        committed.set()
-        await release.wait()
-
-    monkeypatch.setattr(db, "transaction", commit_then_wait)
-    caller = asyncio.create_task(change)
-    await committed.wait()
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-    release.set()
-    await completion.drain()
-
-
 async def test_rule_changes_take_effect_even_when_their_caller_gives_up_midway(
     database: DatabaseTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with mesh(database) as m:
         subscribed: list[list[str]] = []
         m.on_rules_changed = lambda patterns: subscribed.append(list(patterns))
-        db = m.store.db
-        await given_up_after_its_commit(db, monkeypatch, m.put_rule(WORKFLOW_RULE))
+
+        # Each change is given up on just after its first transaction commits.
+        def committed() -> Pause:
+            return pause_after_commit(monkeypatch, m.store.db, "transaction")
+
+        await give_up_midway(m.put_rule(WORKFLOW_RULE), committed())
         assert len(await m.observe(uploaded("ev-1"))) == 1
         assert subscribed[-1] == ["document.uploaded"]
 
         large_only = {**WORKFLOW_RULE, "condition": "data.size > `100`"}
-        await given_up_after_its_commit(db, monkeypatch, m.put_rule(large_only))
+        await give_up_midway(m.put_rule(large_only), committed())
         assert await m.observe(uploaded("ev-2", size=10)) == []
 
-        await given_up_after_its_commit(db, monkeypatch, m.delete_rule("start-document"))
+        await give_up_midway(m.delete_rule("start-document"), committed())
         assert await m.observe(uploaded("ev-3", size=1000)) == []
         assert subscribed[-1] == []

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Coroutine
-from typing import Any
 
 import pytest
 
-from services.common import completion
 from services.common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -26,7 +23,7 @@ from services.kernels.trust.store import TrustStore
 from services.kernels.trust.trust import TrustKernel
 from tests.conftest import DatabaseTarget
 from tests.kernels.trust.conftest import Domain, RecordedBehaviour
-from tests.support import ManualClock
+from tests.support import ManualClock, give_up_at, give_up_midway, pause_after
 
 NOW = 1_800_000_000
 
@@ -285,41 +282,14 @@ async def test_state_survives_a_restart(database: DatabaseTarget, clock: ManualC
         await second.store.close()
 
 
-def paused_after(
-    monkeypatch: pytest.MonkeyPatch, store: TrustStore, write: str
-) -> tuple[asyncio.Event, asyncio.Event]:
-    """Makes the store's `write` happen, then hold its caller until released: the moment a
-    client's deadline cancels the RPC's handler. Returns (written, release)."""
-    written, release = asyncio.Event(), asyncio.Event()
-    real = getattr(store, write)
-
-    async def write_then_wait(*args: Any) -> None:
-        await real(*args)
-        written.set()
-        await release.wait()
-
-    monkeypatch.setattr(store, write, write_then_wait)
-    return written, release
-
-
-async def given_up_after_the_write(
-    change: Coroutine[Any, Any, Any], written: asyncio.Event
-) -> None:
-    caller = asyncio.create_task(change)
-    await written.wait()
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
-
-
 async def test_a_registration_whose_caller_gives_up_midway_is_registered_whole(
     kernel: TrustKernel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ai = Domain("ai_domain")
-    written, release = paused_after(monkeypatch, kernel.store, "save_keys")
-    await given_up_after_the_write(ai.register(kernel), written)
+    written = pause_after(monkeypatch, kernel.store, "save_keys")
+    await give_up_at(ai.register(kernel), written)
     retry = asyncio.create_task(ai.register(kernel))
-    release.set()
+    written.release.set()
     await retry  # the key is known: the retry is a no-op, not a second insert
     identity = kernel.identity("ai_domain")
     assert identity.current is not None
@@ -335,12 +305,10 @@ async def test_a_rotation_whose_caller_gives_up_midway_is_rotated_whole(
     body = statements.rotation("ai_domain", ai.key_id, new.public, at)
     by_old = statements.sign(ai.key, statements.ROTATION, body)
     by_new = statements.sign(new.key, statements.ROTATION, body)
-    written, release = paused_after(monkeypatch, kernel.store, "save_keys")
-    await given_up_after_the_write(
-        kernel.rotate("ai_domain", new.public, at, by_old, by_new), written
-    )
+    written = pause_after(monkeypatch, kernel.store, "save_keys")
+    await give_up_at(kernel.rotate("ai_domain", new.public, at, by_old, by_new), written)
     retry = asyncio.create_task(kernel.rotate("ai_domain", new.public, at, by_old, by_new))
-    release.set()
+    written.release.set()
     with pytest.raises(AlreadyExists):  # done already, rather than the new key inserted twice
         await retry
     expected = [(ai.key_id, KeyState.ROTATED), (new.key_id, KeyState.ACTIVE)]
@@ -357,12 +325,10 @@ async def test_a_revocation_whose_caller_gives_up_midway_still_stops_verificatio
     at = int(clock())
     body = statements.revocation("ai_domain", ai.key_id, "compromised", at)
     signature = statements.sign(ai.key, statements.REVOCATION, body)
-    written, release = paused_after(monkeypatch, kernel.store, "save_keys")
-    await given_up_after_the_write(
+    written = pause_after(monkeypatch, kernel.store, "save_keys")
+    await give_up_midway(
         kernel.revoke("ai_domain", ai.key_id, "compromised", at, signature), written
     )
-    release.set()
-    await completion.drain(timeout_s=5)
     assert not kernel.verify_message("ai_domain", b"x", ai.key.sign(b"x")).verified
     [stored] = (await kernel.store.load()).keys
     assert stored.state is KeyState.REVOKED
@@ -374,8 +340,6 @@ async def test_a_certification_whose_issuer_gives_up_midway_still_makes_the_trus
     core, ai = Domain("core"), Domain("ai_domain")
     await core.register(kernel)
     await ai.register(kernel)
-    written, release = paused_after(monkeypatch, kernel.store, "save_certification")
-    await given_up_after_the_write(core.certify(kernel, ai, Level.FULL, NOW), written)
-    release.set()
-    await completion.drain(timeout_s=5)
+    written = pause_after(monkeypatch, kernel.store, "save_certification")
+    await give_up_midway(core.certify(kernel, ai, Level.FULL, NOW), written)
     assert kernel.verify_message("ai_domain", b"x", ai.key.sign(b"x")).trusted
