@@ -45,9 +45,10 @@ async def test_a_cycle_turns_failure_events_into_a_task_and_announces_itself(loo
         "heal:restart_component",
         "heal:diagnose_network",
     ]
-    types = await loop.event_types()
-    assert "halo.weakpoint.critical" in types
-    assert types[-1] == "halo.cycle.completed"
+    # The squad dispatches the task while the cycle returns, so its events may come first.
+    halo_types = [t for t in await loop.event_types() if t.startswith("halo.")]
+    assert "halo.weakpoint.critical" in halo_types
+    assert halo_types[-1] == "halo.cycle.completed"
     assert "halo.cycle.completed" in await loop.log_types()
     await finish(loop)
     assert (await loop.squad.get(tasks[0].task_id)).state is TaskState.COMPLETED
