@@ -243,24 +243,30 @@ def _pause_after_storing(
     )
 
 
-async def _compensation_failed(world: World, stub: Stub) -> tuple[pb.Execution, Undo]:
+@pytest.fixture
+async def compensation_failed(
+    world: World, core_with: Any, database: DatabaseTarget
+) -> tuple[Orchestrator, Stub, pb.Execution, Undo]:
+    """An orchestrator without automatic rounds (on SQLite, or on `database`), and an
+    execution of it whose compensation failed, with the compensation that failed."""
+    core, stub = await core_with(NO_AUTOMATIC_ROUND, database)
     domain = await world.add_domain("d")
     undo = Undo()
     domain.actions["boom"] = _fails
     domain.compensations["store"] = undo
     ex = await run(stub, _undo_fails_twice_body())
     assert ex.state == pb.EXECUTION_STATE_COMPENSATION_FAILED
-    return ex, undo
+    return core, stub, ex, undo
 
 
 async def test_a_compensation_retry_whose_caller_gives_up_midway_still_runs_its_round(
-    world: World, core_with: Any, database: DatabaseTarget, monkeypatch: pytest.MonkeyPatch
+    compensation_failed: tuple[Orchestrator, Stub, pb.Execution, Undo],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A client's deadline cancels the RPC's handler, here just after the round is stored
     # COMPENSATING: the round must still run, since retrying a COMPENSATING execution is
     # refused.
-    core, stub = await core_with(NO_AUTOMATIC_ROUND, database)
-    ex, undo = await _compensation_failed(world, stub)
+    core, stub, ex, undo = compensation_failed
     stored = _pause_after_storing(
         core, monkeypatch, lambda snapshot: snapshot["state"] == "COMPENSATING"
     )
@@ -275,13 +281,13 @@ async def test_a_compensation_retry_whose_caller_gives_up_midway_still_runs_its_
 
 
 async def test_an_abandon_whose_caller_gives_up_midway_is_not_undone_by_a_later_round(
-    world: World, core_with: Any, database: DatabaseTarget, monkeypatch: pytest.MonkeyPatch
+    compensation_failed: tuple[Orchestrator, Stub, pb.Execution, Undo],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Cancelled just after the abandon is stored, before the schedule and the cache of
     # ended executions learn of it: a round (the scheduler's retry, with no operator) must
     # still find it abandoned rather than start from the copy that was not.
-    core, stub = await core_with(NO_AUTOMATIC_ROUND, database)
-    ex, _ = await _compensation_failed(world, stub)
+    core, stub, ex, _ = compensation_failed
     stored = _pause_after_storing(
         core, monkeypatch, lambda snapshot: bool(snapshot.get("abandoned_at"))
     )
