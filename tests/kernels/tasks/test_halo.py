@@ -185,16 +185,8 @@ async def test_a_cycle_whose_caller_gives_up_midway_is_recorded_and_runs_its_tas
     task_stored = pause_after(monkeypatch, loop.squad, "create")
     fail(loop, "ai_domain", 5)
     await give_up_midway(loop.halo.run_cycle("operator", "check"), task_stored)
-    for _ in range(400):
-        cycles, _ = await loop.halo.list_cycles(10, "")
-        if cycles:
-            break
-        await asyncio.sleep(0.01)
+    cycles, _ = await loop.halo.list_cycles(10, "")
     assert [c.trigger_detail for c in cycles] == ["check"]
-    task_id = cycles[0].proposals[0].task_id
-    for _ in range(400):
-        if (await loop.squad.get(task_id)).state is TaskState.COMPLETED:
-            break
-        await asyncio.sleep(0.01)
-    assert (await loop.squad.get(task_id)).state is TaskState.COMPLETED
+    await finish(loop)
+    assert (await loop.squad.get(cycles[0].proposals[0].task_id)).state is TaskState.COMPLETED
     assert len(loop.target.runs) == 1
