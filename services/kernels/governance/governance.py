@@ -261,14 +261,18 @@ class Governance:
 
     @runs_to_completion
     async def set_mode(self, mode: Mode) -> Mode:
-        """Sets and persists the global mode."""
-        await self.store.set_setting(_MODE_KEY, mode.value)
-        async with self.store.db.transaction() as conn:
-            data = {"mode": mode.value, "previous": self.mode.value}
+        """Sets and persists the global mode.
+
+        The mode and its announcement are one transaction (a crash keeps both or neither),
+        and changes run one at a time, so each announces the mode it replaced."""
+        async with self._lock, self.store.db.transaction() as conn:
+            previous = self.mode
+            await self.store.write_setting(conn, _MODE_KEY, mode.value)
+            data = {"mode": mode.value, "previous": previous.value}
             await self.events.enqueue(conn, "governance.mode.changed", data)
             await self.log_entries.enqueue(conn, "governance.mode.changed", data)
-        log.warning("governance: mode %s -> %s", self.mode.value, mode.value)
-        self.mode = mode
+        self.mode = mode  # no await since the commit: the next change sees this mode
+        log.warning("governance: mode %s -> %s", previous.value, mode.value)
         self._committed()
         return mode
 

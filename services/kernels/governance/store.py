@@ -501,7 +501,11 @@ class GovernanceStore:
     async def set_setting(self, key: str, value: str) -> None:
         """Persists a setting."""
         async with self.db.transaction() as conn:
-            stmt = self.db.insert(settings).values(key=key, value=value)
-            await conn.execute(
-                stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value})
-            )
+            await self.write_setting(conn, key, value)
+
+    async def write_setting(self, conn: AsyncConnection, key: str, value: str) -> None:
+        """Persists a setting in the caller's transaction."""
+        stmt = self.db.insert(settings).values(key=key, value=value)
+        await conn.execute(
+            stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value})
+        )

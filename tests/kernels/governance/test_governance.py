@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,38 @@ async def test_a_bad_policy_file_names_the_policy_and_field(
     with pytest.raises(InvalidArgument) as caught:
         await governance.load_file(path)
     assert caught.value.field == "policies.json.policies[0].effect"
+
+
+async def test_a_mode_is_stored_with_its_announcement_or_not_at_all(
+    governance: Governance, opened: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(governance.log_entries, "enqueue", broken)
+        with pytest.raises(RuntimeError):
+            await governance.set_mode(Mode.LOG_ONLY)
+    assert governance.mode is Mode.ENFORCE
+    assert (await opened(GovernanceSettings())).mode is Mode.ENFORCE
+    assert not [e for e in await governance.events.pending(100) if "mode" in e.event_type]
+
+
+async def test_concurrent_mode_changes_each_announce_the_mode_they_replaced(
+    governance: Governance,
+) -> None:
+    await asyncio.gather(
+        governance.set_mode(Mode.LOG_ONLY),
+        governance.set_mode(Mode.ENFORCE),
+        governance.set_mode(Mode.LOG_ONLY),
+    )
+    changes = [
+        (e.data["previous"], e.data["mode"])
+        for e in await governance.events.pending(100)
+        if e.event_type == "governance.mode.changed"
+    ]
+    assert changes == [("enforce", "log_only"), ("log_only", "enforce"), ("enforce", "log_only")]
+    assert governance.mode is Mode.LOG_ONLY
 
 
 async def test_policy_and_mode_changes_take_effect_even_when_their_caller_gives_up_midway(
