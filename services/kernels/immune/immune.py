@@ -10,6 +10,8 @@ A report, once begun, ends even when its caller goes away (`runs_to_completion`)
 has already moved the series (one that raised an anomaly stays open and raises no other
 until it calms down), so an anomaly cut off before its record or its queueing would be
 lost, or recorded and never remediated, and the reporter's retry would not raise it again.
+The traffic tallies reported with the points are part of the same report: cut between the
+two, the retry would score its points a second time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.call_metrics import EdgeTally, TrafficKey
 from services.common.completion import runs_to_completion
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.outbox import Outbox
@@ -36,7 +39,7 @@ from services.kernels.immune.playbooks import candidates_for
 from services.kernels.immune.remediation import Remediator
 from services.kernels.immune.store import ImmuneStore
 from services.kernels.immune.telemetry import TelemetrySettings
-from services.kernels.immune.traffic import TrafficRecord
+from services.kernels.immune.traffic import TrafficRecord, check_traffic
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +122,14 @@ class Immune:
             self.remediator.restore(await self.store.last_actions(self.clock() - horizon))
 
     @runs_to_completion
-    async def report(self, points: Sequence[MetricPoint]) -> list[Anomaly]:
-        """Scores points; records, announces and queues the anomalies they raise."""
+    async def report(
+        self,
+        points: Sequence[MetricPoint],
+        traffic: Sequence[tuple[TrafficKey, EdgeTally]] = (),
+    ) -> list[Anomaly]:
+        """Scores points; records, announces and queues the anomalies they raise; adds the
+        reporter's traffic tallies to the record. The whole report is checked before any of
+        it is taken: one refused is refused whole."""
         if len(points) > MAX_POINTS_PER_REPORT:
             raise InvalidArgument("points", f"must have at most {MAX_POINTS_PER_REPORT} entries")
         for i, p in enumerate(points):
@@ -128,6 +137,15 @@ class Immune:
             require_id(f"points[{i}].metric", p.metric)
             if not math.isfinite(p.value):
                 raise InvalidArgument(f"points[{i}].value", "must be finite")
+        check_traffic(traffic)
+        raised = self._score(points)
+        if raised:
+            await self._record(raised)
+        await self.traffic.report(traffic)
+        return raised
+
+    def _score(self, points: Sequence[MetricPoint]) -> list[Anomaly]:
+        """Moves each point's series; the anomalies the points raise."""
         raised: list[Anomaly] = []
         for p in points:
             try:
@@ -149,8 +167,10 @@ class Immune:
                     detected_at=self.clock(),
                 )
             )
-        if not raised:
-            return []
+        return raised
+
+    async def _record(self, raised: list[Anomaly]) -> None:
+        """Stores, announces and queues for remediation the anomalies a report raised."""
         async with self.store.db.transaction() as conn:
             for anomaly in raised:
                 await self.store.add_anomaly(conn, anomaly)
@@ -173,7 +193,6 @@ class Immune:
                     log.error(
                         "immune: remediation queue full; %s not remediated", anomaly.anomaly_id
                     )
-        return raised
 
     async def run(self) -> None:
         """Remediates queued anomalies one at a time, forever; cancel to stop."""

@@ -146,8 +146,7 @@ class ImmuneServicer(immune_pb2_grpc.ImmuneServiceServicer):
             )
             for i, t in enumerate(request.traffic)
         ]
-        anomalies = await self._immune.report(points)
-        await self._immune.traffic.report(traffic)
+        anomalies = await self._immune.report(points, traffic)
         return pb.ReportMetricsResponse(
             accepted=len(points), anomalies=[anomaly_to_proto(a) for a in anomalies]
         )

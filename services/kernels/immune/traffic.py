@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from services.common.call_metrics import MAX_TRAFFIC_PER_REPORT, EdgeTally, TrafficKey, TrafficKind
+from services.common.completion import runs_to_completion
 from services.common.errors import InvalidArgument
 from services.common.latency_histogram import LatencyHistogram
 from services.kernels.immune.slots import TrafficWindow
@@ -58,12 +59,13 @@ class TrafficRecord:
         for start, key, tally in await self.store.load_traffic(cutoff):
             self.window.load(start, key, tally)
 
+    @runs_to_completion
     async def report(self, traffic: Sequence[tuple[TrafficKey, EdgeTally]]) -> int:
-        """Adds one reporter's tallies; returns how many were taken."""
-        if len(traffic) > MAX_TRAFFIC_PER_REPORT:
-            raise InvalidArgument("traffic", f"must have at most {MAX_TRAFFIC_PER_REPORT} entries")
-        for i, ((_, source, target), tally) in enumerate(traffic):
-            _check(i, source, target, tally)
+        """Adds one reporter's tallies; returns how many were taken.
+
+        Runs to its end even when its caller goes away: the window in memory and the slot
+        rows written move together, or a restart would lose what memory had counted."""
+        check_traffic(traffic)
         if not traffic:
             return 0
         report: dict[TrafficKey, EdgeTally] = {}
@@ -107,6 +109,14 @@ class TrafficRecord:
         now = self._clock()
         start, traffic = self.window.window(self._window_s(window_s), now)
         return graph(traffic, start, now, kind)
+
+
+def check_traffic(traffic: Sequence[tuple[TrafficKey, EdgeTally]]) -> None:
+    """Raises InvalidArgument, naming the field, for a report's tallies that cannot be taken."""
+    if len(traffic) > MAX_TRAFFIC_PER_REPORT:
+        raise InvalidArgument("traffic", f"must have at most {MAX_TRAFFIC_PER_REPORT} entries")
+    for i, ((_, source, target), tally) in enumerate(traffic):
+        _check(i, source, target, tally)
 
 
 def _check(i: int, source: str, target: str, tally: EdgeTally) -> None:

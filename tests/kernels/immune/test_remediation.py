@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from services.common import completion
+from services.common.call_metrics import EdgeTally, TrafficKey, TrafficKind
+from services.common.errors import InvalidArgument
+from services.common.latency_histogram import LatencyHistogram
 from services.common.storage import Database
 from services.kernels.immune.detector import DetectorSettings
 from services.kernels.immune.immune import Immune
@@ -30,7 +33,7 @@ from services.kernels.immune.remediation import RemediationSettings, Remediator
 from services.kernels.immune.store import ImmuneStore
 from tests.conftest import DatabaseTarget
 from tests.kernels.immune.doubles import ScriptedGate, ScriptedHealer
-from tests.support import ManualClock, give_up_at, pause_after
+from tests.support import ManualClock, give_up_at, give_up_midway, pause_after
 
 
 @pytest.fixture
@@ -261,3 +264,49 @@ def test_ranking_prefers_proven_playbooks_and_gives_untried_ones_a_chance() -> N
     )
     assert [s.playbook for s in ranked] == ["b", "c", "a"]
     assert ranked[1].score == 0.5
+
+
+SPIKE = [10.0, 11.0, 10.0, 9.0, 10.0, 10.0, 500.0, 500.0, 500.0]
+
+
+def spike() -> list[MetricPoint]:
+    return [MetricPoint("ai_domain", "latency_ms", v, 0.0) for v in SPIKE]
+
+
+def calls(count: int, errors: int = 0) -> tuple[TrafficKey, EdgeTally]:
+    latency = LatencyHistogram()
+    for _ in range(count):
+        latency.add(5.0)
+    return (TrafficKind.CALL, "orchestrator", "ai_domain"), EdgeTally(errors, latency)
+
+
+async def test_a_report_with_traffic_that_cannot_be_taken_takes_none_of_its_points(
+    store: ImmuneStore, clock: ManualClock
+) -> None:
+    immune = Immune(store, DetectorSettings(min_points=5, window=20), None, clock)
+    await immune.open()
+    with pytest.raises(InvalidArgument, match=r"traffic\[1\]\.errors"):
+        await immune.report(spike(), [calls(3), calls(1, errors=2)])
+    assert immune.traffic.telemetry(0).total_requests == 0
+    # The refused report moved no series: the same points raise their anomaly now.
+    raised = await immune.report(spike(), [calls(3)])
+    assert [a.kind for a in raised] == ["latency_ms_spike"]
+    assert immune.traffic.telemetry(0).total_requests == 3
+
+
+async def test_the_traffic_of_a_report_whose_reporter_gives_up_midway_is_still_counted(
+    store: ImmuneStore, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cut once its anomaly is recorded, the report still adds its traffic: the reporter's
+    # retry would score its points a second time, so the first report is the one to count.
+    immune = Immune(store, DetectorSettings(min_points=5, window=20), None, clock)
+    await immune.open()
+    await give_up_midway(
+        immune.report(spike(), [calls(4)]), pause_after(monkeypatch, store, "add_anomaly")
+    )
+    assert immune.traffic.telemetry(0).total_requests == 4
+    listed, _ = await immune.list_anomalies(component="ai_domain")
+    assert len(listed) == 1
+    reopened = Immune(store, DetectorSettings(min_points=5, window=20), None, clock)
+    await reopened.open()
+    assert reopened.traffic.telemetry(0).total_requests == 4
