@@ -194,6 +194,9 @@ class PushDelivery:
         self.workers: dict[str, Worker] = {}
         self.delivered_total = 0
         self._redeliveries: set[asyncio.Task[None]] = set()
+        # Dead letters this bus is delivering again, by id: a second request for one of
+        # them joins the delivery under way instead of starting another.
+        self._redelivering: dict[str, DeadLetterRecord] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._flushed: dict[str, tuple[object, ...]] = {}
 
@@ -332,19 +335,35 @@ class PushDelivery:
     # -- redelivery --------------------------------------------------------------------
 
     def _spawn_redelivery(self, record: DeadLetterRecord) -> None:
+        self._redelivering[record.dead_letter_id] = record
         task = asyncio.create_task(self._redeliver(record), name=f"redeliver-{record.sequence}")
         self._redeliveries.add(task)
-        task.add_done_callback(self._redeliveries.discard)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            self._redeliveries.discard(task)
+            self._redelivering.pop(record.dead_letter_id, None)
+
+        task.add_done_callback(ended)
 
     @runs_to_completion
     async def redeliver(self, record: DeadLetterRecord) -> DeadLetterRecord:
-        """Marks a dead letter for redelivery (durably) and starts delivering it.
+        """Marks a dead letter for redelivery (durably) and starts delivering it; a dead
+        letter this bus is already delivering again is left to that delivery.
 
         Both happen even when the caller goes away in between: a record marked but never
         delivered would stay so until a restart, since a retry finds it marked and leaves it.
         """
+        under_way = self._redelivering.get(record.dead_letter_id)
+        if under_way is not None:
+            return under_way
         marked = DeadLetterRecord(**{**record.__dict__, "redelivering": True})
-        await self.store.add_dead_letter(marked)
+        # Claimed before the first await: concurrent requests find it and join.
+        self._redelivering[record.dead_letter_id] = marked
+        try:
+            await self.store.add_dead_letter(marked)
+        except BaseException:
+            self._redelivering.pop(record.dead_letter_id, None)
+            raise
         self._spawn_redelivery(marked)
         return marked
 

@@ -14,7 +14,7 @@ from services.eventbus import eventlog
 from services.eventbus.bus import EventBus
 from services.eventbus.envelope import validate_patterns
 from services.eventbus.eventlog import EventLog
-from services.eventbus.model import DeadLetterRecord, Start, StartSpec
+from services.eventbus.model import DeadLetterRecord, Start, StartSpec, SubscriptionState
 from services.eventbus.store import LogFilter
 from tests.eventbus.conftest import eventually
 from tests.support import ManualClock, give_up_at, pause_after
@@ -298,3 +298,36 @@ async def test_a_dead_letter_whose_redeliverer_gives_up_midway_is_still_delivere
         return record is not None and (record.redelivering, record.attempts) == (False, 2)
 
     await eventually(tried_again, within_s=10)
+
+
+async def test_concurrent_redeliveries_of_one_dead_letter_deliver_it_once(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem", max_attempts=1)
+    await bus.store.add_dead_letter(
+        DeadLetterRecord("d1", "mem", "memory_domain", 1, ev().SerializeToString(), 1, "drop", 1.0)
+    )
+    deliveries: list[int] = []
+    attempts = bus.push._attempts
+
+    async def counted(sub: SubscriptionState, event: event_pb2.Event) -> tuple[bool, int, str]:
+        deliveries.append(event.sequence)
+        return await attempts(sub, event)
+
+    monkeypatch.setattr(bus.push, "_attempts", counted)
+    # Three RedeliverDeadLetter calls that each read the record before any of them marked it.
+    unmarked = await bus.store.dead_letter("d1")
+    assert unmarked is not None
+    records = await asyncio.gather(*(bus.push.redeliver(unmarked) for _ in range(3)))
+    assert all(record.redelivering for record in records)
+    assert (await bus.redeliver_dead_letter("d1")).redelivering
+
+    async def tried_again() -> bool:
+        record = await bus.store.dead_letter("d1")
+        return record is not None and not record.redelivering
+
+    await eventually(tried_again, within_s=10)
+    assert len(deliveries) == 1
+    record = await bus.store.dead_letter("d1")
+    assert record is not None
+    assert record.attempts == 2  # its first try and one redelivery
