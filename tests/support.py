@@ -1,5 +1,5 @@
-"""Helpers for tests: a clock tests can move, in-process servers on free ports, and callers
-that give up midway."""
+"""Helpers for tests: a clock tests can move, in-process servers on free ports, callers
+that give up midway, and polling until something holds."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import atexit
 import datetime
 import functools
+import inspect
 import os
 import shutil
 import socket
@@ -354,6 +355,30 @@ async def give_up_at(change: Coroutine[Any, Any, object], pause: Pause) -> None:
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
+
+
+async def eventually(
+    check: Callable[[], Any],
+    within_s: float = 20.0,
+    *,
+    what: str = "condition",
+    every_s: float = 0.02,
+) -> Any:
+    """Polls `check` (a plain function, or one returning an awaitable) every `every_s` until
+    it returns something truthy, and returns that. What a test waits for on servers and
+    processes happens some time after the call that caused it, so the test polls for it;
+    after `within_s` it fails naming `what` rather than hanging."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + within_s
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > give_up:
+            pytest.fail(f"{what}: not reached within {within_s:g} s")
+        await asyncio.sleep(every_s)
 
 
 # Long enough for a change left running to end on a slow machine's PostgreSQL; a change still

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -166,22 +166,6 @@ def stub(
     bus_server: tuple[EventBusServer, grpc.aio.Channel],
 ) -> eventbus_pb2_grpc.EventBusServiceStub:
     return eventbus_pb2_grpc.EventBusServiceStub(bus_server[1])
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[bool]] | Callable[[], bool], within_s: float = 20.0
-) -> None:
-    """Polls until `condition` holds; fails after a generous timeout."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def nats_server() -> str | None:

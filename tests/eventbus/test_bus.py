@@ -16,8 +16,7 @@ from services.eventbus.envelope import validate_patterns
 from services.eventbus.eventlog import EventLog
 from services.eventbus.model import DeadLetterRecord, Start, StartSpec, SubscriptionState
 from services.eventbus.store import LogFilter
-from tests.eventbus.conftest import eventually
-from tests.support import ManualClock, give_up_at, pause_after
+from tests.support import ManualClock, eventually, give_up_at, pause_after
 
 
 def ev(

@@ -19,9 +19,9 @@ from services.common.server import GraceServer, Service
 from services.eventbus.jetstream import JetStreamOptions
 from services.eventbus.server import EventBusServer
 from services.registry.server import RegistryServer
-from tests.eventbus.conftest import bus_config, eventually
+from tests.eventbus.conftest import bus_config
 from tests.registry.conftest import registry_config
-from tests.support import server_config, serving
+from tests.support import eventually, server_config, serving
 
 Stub = eventbus_pb2_grpc.EventBusServiceStub
 

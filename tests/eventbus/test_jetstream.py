@@ -29,11 +29,11 @@ from services.eventbus.model import Start, StartSpec, SubscriptionState
 from tests.eventbus.conftest import (
     FAST,
     delete_stream,
-    eventually,
     jetstream_bus,
     start_nats,
     wait_for_nats,
 )
+from tests.support import eventually
 
 
 def ev(event_type: str = "ml.prediction", **fields: object) -> event_pb2.Event:

@@ -16,8 +16,8 @@ from google.protobuf import json_format, struct_pb2
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from services.eventbus.jetstream import JetStreamOptions
 from services.eventbus.server import EventBusServer
-from tests.eventbus.conftest import bus_config, eventually
-from tests.support import serving, session_pki
+from tests.eventbus.conftest import bus_config
+from tests.support import eventually, serving, session_pki
 
 Stub = eventbus_pb2_grpc.EventBusServiceStub
 SEED_BODY = (

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import time
@@ -73,18 +72,6 @@ async def supervising(
         await supervisor.shutdown()
         await journal.flush()
         await store.close()
-
-
-async def eventually(
-    predicate: Callable[[], bool], limit_s: float = 20.0, what: str = "condition"
-) -> float:
-    """Polls until `predicate` holds; returns the seconds it took. Fails after `limit_s`."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > limit_s:
-            raise AssertionError(f"timed out after {limit_s}s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
 
 
 def state_of(supervisor: Supervisor, name: str) -> State:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from services.guardian.process import ChildProcess, Zygote
-from tests.guardian.conftest import eventually
+from tests.support import eventually
 
 PROBE = "tests.guardian.forked_probe"
 

@@ -26,7 +26,6 @@ from services.registry.server import RegistryServer
 from tests.guardian.conftest import (
     TEST_COMPONENT,
     component,
-    eventually,
     pid_exists,
     port_open,
     state_of,
@@ -34,7 +33,7 @@ from tests.guardian.conftest import (
     topology,
 )
 from tests.registry.conftest import registry_config
-from tests.support import free_ports, serving
+from tests.support import eventually, free_ports, serving
 
 pytestmark = pytest.mark.slow
 

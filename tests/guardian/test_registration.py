@@ -13,9 +13,8 @@ from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.guardian.registration import Registrar
 from services.guardian.settings import RegistrationSettings
 from services.registry.server import RegistryServer
-from tests.guardian.conftest import eventually
 from tests.registry.conftest import registry_config
-from tests.support import free_ports, serving
+from tests.support import eventually, free_ports, serving
 
 
 @pytest.mark.slow

@@ -15,8 +15,8 @@ from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
 from services.common.outbox import OutboxEvent
 from services.guardian.config import GuardianConfig
 from services.guardian.server import SERVICE_NAME, GuardianServer
-from tests.guardian.conftest import component, eventually, topology
-from tests.support import free_ports, server_config, serving
+from tests.guardian.conftest import component, topology
+from tests.support import eventually, free_ports, server_config, serving
 
 
 class ListPublisher:

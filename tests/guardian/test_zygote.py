@@ -16,7 +16,7 @@ import pytest
 
 from services.guardian.process import ChildProcess, Zygote, pid_alive, process_group
 from tests.grace_up import PROJECT_ROOT
-from tests.guardian.conftest import eventually
+from tests.support import eventually
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -145,7 +145,7 @@ async def test_forked_servers_stop_by_themselves_when_the_fork_server_goes_away(
     pid = await proc.spawn()
     await eventually(lambda: "serving on" in proc.tail(), what="the registry to serve")
     await own.close()
-    await eventually(lambda: not pid_alive(pid), limit_s=30, what="the orphan to stop")
+    await eventually(lambda: not pid_alive(pid), within_s=30, what="the orphan to stop")
     assert "supervisor" in proc.tail()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -38,7 +38,7 @@ from services.memory.config import MemoryConfig
 from services.memory.memory import MemorySettings
 from services.memory.server import MemoryServer
 from tests.guardian.conftest import topology
-from tests.support import free_ports, server_config, serving, session_pki
+from tests.support import eventually, free_ports, server_config, serving, session_pki
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +46,6 @@ pytestmark = pytest.mark.slow
 class Discard:
     async def publish(self, events: object) -> None:
         """The bus and the log are not under test here."""
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"{what}: not reached within {within_s:.0f}s")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
@@ -165,7 +157,12 @@ async def test_latency_reported_by_a_domain_is_healed_by_a_restart(tmp_path: Pat
                     return False
                 return got.warmed_up
 
-            await eventually(warmed_up, 30, "a warmed-up latency baseline from the domain")
+            await eventually(
+                warmed_up,
+                within_s=30,
+                what="a warmed-up latency baseline from the domain",
+                every_s=0.1,
+            )
             await execute("slow_down", ms=400.0)
 
             async def remediated() -> bool:
@@ -176,7 +173,7 @@ async def test_latency_reported_by_a_domain_is_healed_by_a_restart(tmp_path: Pat
                     for r in listed.remediations
                 )
 
-            await eventually(remediated, 60, "a finished remediation")
+            await eventually(remediated, within_s=60, what="a finished remediation", every_s=0.1)
         finally:
             for caller in callers:
                 caller.cancel()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.grace_up import RunningGrace, running_grace
+from tests.support import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -32,19 +33,6 @@ async def grace(tmp_path: Path) -> AsyncIterator[RunningGrace]:
     env = {**os.environ, "GRACE_TASKS_MIN_INTERVAL_S": "1"}
     async with running_grace(tmp_path, env=env) as platform:
         yield platform
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 90.0
-) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.25)
 
 
 async def ok(response: Awaitable[httpx.Response]) -> dict[str, Any]:
@@ -111,7 +99,9 @@ async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_n
                         return cycle, task_id
             return None
 
-        cycle, task_id = await eventually(proposed, "a cycle proposing a task for ai_domain")
+        cycle, task_id = await eventually(
+            proposed, within_s=90, what="a cycle proposing a task for ai_domain", every_s=0.25
+        )
         assert cycle["trigger"] == "event"
         assert "api.endpoint.failed" in field(cycle, "trigger_detail")
         task = (await ok(http.get(f"/tasks/{task_id}")))["task"]
@@ -151,7 +141,9 @@ async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_n
             found = (await ok(http.get(f"/tasks/{task_id}")))["task"]
             return found if found["state"] == "TASK_STATE_COMPLETED" else None
 
-        done = await eventually(completed, "the approved task to complete")
+        done = await eventually(
+            completed, within_s=90, what="the approved task to complete", every_s=0.25
+        )
         assert done["attempts"] == 1
         states = [h["state"] for h in done["history"]]
         assert states == [
@@ -172,7 +164,10 @@ async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_n
             )
             return [e for e in got.get("events", []) if field(e["data"], "task_id") == task_id]
 
-        assert len(await eventually(announced, "squad.task.completed on the bus")) == 1
+        completions = await eventually(
+            announced, within_s=90, what="squad.task.completed on the bus", every_s=0.25
+        )
+        assert len(completions) == 1
 
         async def logged() -> list[str] | None:
             kinds = [
@@ -182,7 +177,9 @@ async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_n
             ]
             return kinds if "squad.task.completed" in kinds else None
 
-        kinds = await eventually(logged, "the task's transitions in the immutable log")
+        kinds = await eventually(
+            logged, within_s=90, what="the task's transitions in the immutable log", every_s=0.25
+        )
         assert kinds == [
             "squad.task.pending_approval",
             "squad.task.approved",
@@ -216,7 +213,9 @@ async def test_failures_become_an_approved_task_that_runs_once_and_teaches_the_n
                         return list(proposal["candidates"])
             return None
 
-        candidates = await eventually(ranked, "a cycle after the new failure")
+        candidates = await eventually(
+            ranked, within_s=90, what="a cycle after the new failure", every_s=0.25
+        )
         assert candidates[0]["remedy"] == "heal:restart_component"
         assert round(candidates[0]["score"], 3) == 0.667
         assert (candidates[1]["remedy"], candidates[1]["score"]) == ("heal:diagnose_network", 0.5)

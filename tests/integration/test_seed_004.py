@@ -4,13 +4,11 @@ and the integrity of the immutable log that recorded the decisions."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import channel
 from services.common.governance_client import GovernanceClient
 from services.guardian.topology import load_topology
-from tests.support import free_ports, session_pki
+from tests.support import eventually, free_ports, session_pki
 
 pytestmark = pytest.mark.slow
 
@@ -107,14 +105,6 @@ class System:
         return f"127.0.0.1:{self.ports[name]}"
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not reached within {within_s:.0f}s")
-        await asyncio.sleep(0.2)
-
-
 def start_guardian(config: Path, port: int, tmp_path: Path) -> subprocess.Popen[bytes]:
     """`python -m services.guardian` with the test topology, in its own process group."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRACE_")}
@@ -162,7 +152,9 @@ async def system(tmp_path: Path) -> AsyncIterator[System]:
             states = {c.name: c.state for c in listed.components}
             return all(states.get(n) == guardian_pb2.COMPONENT_STATE_SERVING for n in COMPONENTS)
 
-        await eventually(all_serving, 120, "every component SERVING under Guardian")
+        await eventually(
+            all_serving, within_s=120, what="every component SERVING under Guardian", every_s=0.2
+        )
         yield out
     finally:
         for chan in channels.values():
@@ -227,7 +219,7 @@ async def test_governance_check_anomaly_healing_and_log_integrity(system: System
         ), got.remediation.reason
         return outcome == imm.REMEDIATION_OUTCOME_SUCCEEDED
 
-    await eventually(healed, 90, "the anomaly remediated")
+    await eventually(healed, within_s=90, what="the anomaly remediated", every_s=0.2)
     after = await guardian.GetComponent(
         guardian_pb2.GetComponentRequest(component_name="ai_domain")
     )
@@ -251,7 +243,9 @@ async def test_governance_check_anomaly_healing_and_log_integrity(system: System
         kinds = [e.data.kind for e in entries.entries]
         return kinds.count("governance.decision") >= 3
 
-    await eventually(decisions_logged, 30, "governance decisions in the immutable log")
+    await eventually(
+        decisions_logged, within_s=30, what="governance decisions in the immutable log", every_s=0.2
+    )
     integrity = await log.VerifyIntegrity(ilog.VerifyIntegrityRequest())
     assert integrity.valid
     assert integrity.checked >= 3

@@ -10,15 +10,15 @@ ai_domain at the seed's port) come last.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.grace_up import RunningGrace, running_grace
+from tests.support import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -70,22 +70,8 @@ async def as_ai_domain(grace: RunningGrace) -> AsyncIterator[httpx.AsyncClient]:
             ]
             return all(a.status_code == 200 for a in answers)
 
-        await eventually(known, "the new token to be known", timeout_s=10)
+        await eventually(known, within_s=10, what="the new token to be known", every_s=0.2)
         yield client
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = 60.0
-) -> Any:
-    """Polls `check` until it returns something truthy; fails naming `what`."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 async def ok(response: Awaitable[httpx.Response]) -> dict[str, Any]:
@@ -115,7 +101,9 @@ async def create_and_execute(
         execution: dict[str, Any] = got["execution"]
         return execution if execution["state"] in FINAL_STATES else None
 
-    result: dict[str, Any] = await eventually(ended, f"execution {execution_id} to end", 180)
+    result: dict[str, Any] = await eventually(
+        ended, within_s=180, what=f"execution {execution_id} to end", every_s=0.2
+    )
     return result
 
 
@@ -178,7 +166,9 @@ async def test_seed_000_example_2_publishes_an_event_the_memory_domain_receives(
         seen = [e["data"] for e in got["output"]["events"] if e["event_type"] == "ml.prediction"]
         return {"prediction": "positive", "confidence": 0.95} in seen
 
-    await eventually(received, "memory_domain to receive ml.prediction")
+    await eventually(
+        received, within_s=60, what="memory_domain to receive ml.prediction", every_s=0.2
+    )
 
 
 async def test_seed_000_the_healers_event_without_a_source_is_published_as_the_caller(
@@ -488,7 +478,9 @@ async def test_seed_003_network_healing_body_restarts_the_named_kernel(
         started = await history(http, "healing.started")
         return any(e["data"].get("reason") == f"port_not_listening on port {port}" for e in started)
 
-    await eventually(reason_recorded, "the heal's reason in healing.started")
+    await eventually(
+        reason_recorded, within_s=60, what="the heal's reason in healing.started", every_s=0.2
+    )
 
 
 async def test_seed_003_healing_a_kernel_this_platform_does_not_run_names_it(

@@ -3,7 +3,6 @@ orchestrator itself on a real server."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
@@ -205,12 +204,3 @@ async def orchestrator(
     )
     async with serving(service.config.server, service) as (_, chan):
         yield orchestrator_pb2_grpc.OrchestratorServiceStub(chan)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    """Polls `check` until it is true or fails the test after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.02)

@@ -29,13 +29,12 @@ from tests.orchestrator.conftest import (
     GrpcFailure,
     ListPublisher,
     World,
-    eventually,
     orchestrator_config,
 )
 from tests.orchestrator.test_resume import _ready
 from tests.orchestrator.test_resume import _start as start_orchestrator
 from tests.orchestrator.test_workflows import fast_retry, run, workflow
-from tests.support import Pause, free_port, give_up_midway, pause_after, serving
+from tests.support import Pause, eventually, free_port, give_up_midway, pause_after, serving
 
 Stub = orchestrator_pb2_grpc.OrchestratorServiceStub
 
@@ -113,13 +112,13 @@ async def test_a_failed_compensation_is_retried_with_backoff_until_it_rolls_back
     async def failed_again() -> bool:
         return undo.calls >= 3
 
-    await eventually(failed_again, within=20)
+    await eventually(failed_again, within_s=20)
     undo.broken = False
 
     async def rolled_back() -> bool:
         return (await _state(stub, ex.execution_id)).state == pb.EXECUTION_STATE_ROLLED_BACK
 
-    await eventually(rolled_back, within=20)
+    await eventually(rolled_back, within_s=20)
 
     # The last round's events leave through the outbox after its commit: wait for them.
     async def last_round_announced() -> bool:
@@ -128,7 +127,7 @@ async def test_a_failed_compensation_is_retried_with_backoff_until_it_rolls_back
             for e in world.events
         )
 
-    await eventually(last_round_announced, within=20)
+    await eventually(last_round_announced, within_s=20)
     final = await _state(stub, ex.execution_id)
     assert final.compensation_rounds >= 2
     assert final.steps[0].state == pb.STEP_STATE_COMPENSATED
@@ -200,7 +199,7 @@ async def test_operators_list_retry_and_abandon_compensation_failed_executions(
     async def rolled_back() -> bool:
         return (await _state(stub, second.execution_id)).state == pb.EXECUTION_STATE_ROLLED_BACK
 
-    await eventually(rolled_back, within=20)
+    await eventually(rolled_back, within_s=20)
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await stub.RetryCompensation(pb.RetryCompensationRequest(execution_id=second.execution_id))
     assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -276,7 +275,7 @@ async def test_a_compensation_retry_whose_caller_gives_up_midway_still_runs_its_
     async def rolled_back() -> bool:
         return (await _state(stub, ex.execution_id)).state == pb.EXECUTION_STATE_ROLLED_BACK
 
-    await eventually(rolled_back, within=20)
+    await eventually(rolled_back, within_s=20)
     assert (await _state(stub, ex.execution_id)).compensation_rounds == 1
 
 
@@ -333,7 +332,7 @@ async def test_compensation_reaches_a_domain_that_is_up_while_the_registry_is_ki
                     return False
                 return True
 
-            await eventually(registry_up, within=30)
+            await eventually(registry_up, within_s=30)
             world = World(stack, tmp_path, address)
             domain = await world.add_domain("d")
 
@@ -383,7 +382,7 @@ async def test_a_compensation_failed_execution_is_retried_after_a_kill_9_of_the_
     try:
         async with channel(f"127.0.0.1:{port}") as chan:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(chan)
-            await eventually(lambda: _ready(stub), within=30)
+            await eventually(lambda: _ready(stub), within_s=30)
             created = await stub.CreateWorkflow(workflow(_undo_fails_twice_body()))
             ex = (
                 await stub.ExecuteWorkflow(
@@ -396,13 +395,13 @@ async def test_a_compensation_failed_execution_is_retried_after_a_kill_9_of_the_
             process.wait(timeout=30)
             undo.broken = False
             process = start_orchestrator(port, data_dir, world.registry_address, rounds)
-            await eventually(lambda: _ready(stub), within=30)
+            await eventually(lambda: _ready(stub), within_s=30)
 
             async def rolled_back() -> bool:
                 state = (await _state(stub, ex.execution_id)).state
                 return state == pb.EXECUTION_STATE_ROLLED_BACK
 
-            await eventually(rolled_back, within=30)
+            await eventually(rolled_back, within_s=30)
             final = await _state(stub, ex.execution_id)
     finally:
         process.send_signal(signal.SIGTERM)

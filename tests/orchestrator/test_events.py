@@ -11,9 +11,9 @@ from services.common.bus_client import EventBusPublisher
 from services.eventbus.server import EventBusServer
 from services.orchestrator.server import OrchestratorServer
 from tests.eventbus.conftest import bus_config
-from tests.orchestrator.conftest import World, eventually, orchestrator_config
+from tests.orchestrator.conftest import World, orchestrator_config
 from tests.orchestrator.test_workflows import run
-from tests.support import serving
+from tests.support import eventually, serving
 
 
 async def test_a_run_announces_started_each_step_and_completed_on_the_bus(
@@ -46,7 +46,7 @@ async def test_a_run_announces_started_each_step_and_completed_on_the_bus(
                 ]
                 return len(seen[0].events) >= 4
 
-            await eventually(arrived)
+            await eventually(arrived, within_s=10)
     events = seen[0].events
     assert sorted(e.event_type for e in events) == sorted(
         [

@@ -25,9 +25,9 @@ from services.orchestrator.leases import LeaseLost
 from services.orchestrator.model import Execution, StepRun
 from services.orchestrator.store import OrchestratorStore
 from tests.conftest import DatabaseTarget
-from tests.orchestrator.conftest import World, eventually
+from tests.orchestrator.conftest import World
 from tests.orchestrator.test_workflows import workflow
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 
 def _execution(execution_id: str) -> Execution:
@@ -190,8 +190,8 @@ async def test_two_instances_under_load_one_killed_its_executions_finish_on_the_
                 orchestrator_pb2_grpc.OrchestratorServiceStub(a),
                 orchestrator_pb2_grpc.OrchestratorServiceStub(b),
             ]
-            await eventually(lambda: _ready(stubs[0]), within=60)
-            await eventually(lambda: _ready(stubs[1]), within=60)
+            await eventually(lambda: _ready(stubs[0]), within_s=60)
+            await eventually(lambda: _ready(stubs[1]), within_s=60)
             body = {
                 "name": "leased",
                 "steps": [
@@ -214,7 +214,7 @@ async def test_two_instances_under_load_one_killed_its_executions_finish_on_the_
             async def under_way() -> bool:
                 return len(calls) >= _EXECUTIONS
 
-            await eventually(under_way, within=60)
+            await eventually(under_way, within_s=60)
             processes[0].send_signal(signal.SIGKILL)
             processes[0].wait(timeout=30)
             killed_at[0] = time.monotonic()
@@ -233,9 +233,9 @@ async def test_two_instances_under_load_one_killed_its_executions_finish_on_the_
                         return False
                 return True
 
-            await eventually(all_succeeded, within=_LEASE_S * 10 + 60)
+            await eventually(all_succeeded, within_s=_LEASE_S * 10 + 60)
             resumed_after_s = time.monotonic() - killed_at[0]
-            await eventually(lambda: _ready(stubs[0]), within=60)
+            await eventually(lambda: _ready(stubs[0]), within_s=60)
             stats = [
                 await stubs[0].GetStats(pb.GetStatsRequest(), timeout=10),
                 await stubs[1].GetStats(pb.GetStatsRequest(), timeout=10),

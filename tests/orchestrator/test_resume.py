@@ -18,11 +18,11 @@ from grace.orchestrator.v1 import orchestrator_pb2 as pb
 from grace.orchestrator.v1 import orchestrator_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
-from tests.orchestrator.conftest import World, eventually
+from tests.orchestrator.conftest import World
 from tests.orchestrator.test_workflows import workflow
 from tests.sdk.conftest import Probe, counting_domain, domain_config
 from tests.sdk.test_crash import start_crash_domain
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ async def test_killed_mid_execution_the_orchestrator_resumes_and_each_step_runs_
     try:
         async with channel(f"127.0.0.1:{port}") as chan:
             stub = orchestrator_pb2_grpc.OrchestratorServiceStub(chan)
-            await eventually(lambda: _ready(stub), within=30)
+            await eventually(lambda: _ready(stub), within_s=30)
             body = {
                 "name": "crash",
                 "steps": [
@@ -91,7 +91,7 @@ async def test_killed_mid_execution_the_orchestrator_resumes_and_each_step_runs_
             # The domain finishes the call whose answer nobody receives any more.
             release.set()
             process = _start(port, data_dir, world.registry_address)
-            await eventually(lambda: _ready(stub), within=30)
+            await eventually(lambda: _ready(stub), within_s=30)
 
             async def ended() -> bool:
                 got = await stub.GetExecution(
@@ -99,7 +99,7 @@ async def test_killed_mid_execution_the_orchestrator_resumes_and_each_step_runs_
                 )
                 return got.execution.state == pb.EXECUTION_STATE_SUCCEEDED
 
-            await eventually(ended, within=30)
+            await eventually(ended, within_s=30)
             stats = await stub.GetStats(pb.GetStatsRequest())
             assert stats.executions_resumed == 1
             proof = await stub.GetExecutionProof(
@@ -135,7 +135,7 @@ async def test_killed_mid_call_to_an_sdk_domain_the_step_body_runs_once(
         try:
             async with channel(f"127.0.0.1:{port}") as chan:
                 stub = orchestrator_pb2_grpc.OrchestratorServiceStub(chan)
-                await eventually(lambda: _ready(stub), within=30)
+                await eventually(lambda: _ready(stub), within_s=30)
                 body = {
                     "name": "sdk-crash",
                     "steps": [{"domain_id": "test_domain", "action": "slow"}],
@@ -148,13 +148,13 @@ async def test_killed_mid_call_to_an_sdk_domain_the_step_body_runs_once(
                 async def body_started() -> bool:
                     return probe.runs.get("slow", 0) > 0
 
-                await eventually(body_started, within=30)
+                await eventually(body_started, within_s=30)
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=30)
                 await asyncio.sleep(0.5)  # The domain sees the connection go.
                 probe.release.set()
                 process = _start(port, data_dir, world.registry_address)
-                await eventually(lambda: _ready(stub), within=30)
+                await eventually(lambda: _ready(stub), within_s=30)
 
                 async def ended() -> bool:
                     got = await stub.GetExecution(
@@ -162,7 +162,7 @@ async def test_killed_mid_call_to_an_sdk_domain_the_step_body_runs_once(
                     )
                     return got.execution.state == pb.EXECUTION_STATE_SUCCEEDED
 
-                await eventually(ended, within=30)
+                await eventually(ended, within_s=30)
                 got = await stub.GetExecution(
                     pb.GetExecutionRequest(execution_id=started.execution_id)
                 )
@@ -195,7 +195,7 @@ async def test_a_step_rides_out_a_kill_9_and_restart_of_its_domain(
                     return False
                 return True
 
-            await eventually(registered, within=30)
+            await eventually(registered, within_s=30)
         domain.send_signal(signal.SIGKILL)
         domain.wait(timeout=30)
         body = {"name": "restart", "steps": [{"domain_id": "crash_domain", "action": "ping"}]}

@@ -17,8 +17,8 @@ from services.common.domain_router import from_struct
 from services.orchestrator.definition import StepDraft
 from services.orchestrator.server import OrchestratorServer
 from services.orchestrator.store import OrchestratorStore
-from tests.orchestrator.conftest import GrpcFailure, World, eventually, orchestrator_config
-from tests.support import free_port, serving
+from tests.orchestrator.conftest import GrpcFailure, World, orchestrator_config
+from tests.support import eventually, free_port, serving
 
 Stub = orchestrator_pb2_grpc.OrchestratorServiceStub
 
@@ -226,7 +226,7 @@ async def test_completed_steps_are_compensated_in_reverse_completion_order(
     assert ex.steps[4].state == pb.STEP_STATE_SKIPPED
     assert "step step_4 failed" in ex.error
     types = [e.event_type for e in world.events]
-    await eventually(lambda: _has(world, "workflow.rolled_back"))
+    await eventually(lambda: _has(world, "workflow.rolled_back"), within_s=10)
     types = [e.event_type for e in world.events]
     assert types.count("workflow.step.completed") == 3
     assert "workflow.step.failed" in types
@@ -298,7 +298,7 @@ async def test_cancel_lets_the_running_step_finish_then_compensates(
     async def blocked() -> bool:
         return any(c[2] == "block" for c in world.journal.calls)
 
-    await eventually(blocked)
+    await eventually(blocked, within_s=10)
     watch = orchestrator.WatchExecution(pb.WatchExecutionRequest(execution_id=execution_id))
     cancelled = await orchestrator.CancelExecution(
         pb.CancelExecutionRequest(execution_id=execution_id, reason="user changed their mind")

@@ -24,7 +24,7 @@ from services.kernels.governance.config import GovernanceConfig
 from services.kernels.governance.governance import GovernanceSettings
 from services.kernels.governance.model import Mode
 from services.kernels.governance.server import GovernanceServer
-from tests.support import free_port, server_config, serving, session_pki
+from tests.support import eventually, free_port, server_config, serving, session_pki
 
 
 class Collected:
@@ -56,14 +56,6 @@ async def governance(tmp_path: Path) -> AsyncIterator[Running]:
     service = GovernanceServer(config, bus=Collected(), immutable_log=log)
     async with serving(config.server, service) as (server, chan):
         yield Running(server.address, chan, log)
-
-
-async def eventually(condition: object, within_s: float = 10.0) -> None:
-    for _ in range(int(within_s / 0.02)):
-        if callable(condition) and condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 APPROVE_RESTARTS = pb.Policy(
@@ -134,7 +126,8 @@ async def test_decisions_reach_the_immutable_log_and_list_with_filters(governanc
         lambda: (
             {e.subject for e in governance.log.events if e.event_type == "governance.decision"}
             >= {high.decision.decision_id}
-        )
+        ),
+        within_s=10,
     )
 
 

@@ -3,9 +3,8 @@ Guardian double: latency injected -> anomaly -> governance -> Heal -> outcome in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from services.kernels.immune.server import ImmuneServer
 from services.memory.config import MemoryConfig
 from services.memory.memory import MemorySettings
 from services.memory.server import MemoryServer
-from tests.support import server_config, serving
+from tests.support import eventually, server_config, serving
 
 
 class Discard:
@@ -74,14 +73,6 @@ class GuardianDouble(guardian_pb2_grpc.GuardianServiceServicer, Service):
             success=ok,
             message="restarted" if ok else "still slow",
         )
-
-
-async def eventually(condition: Callable[[], Any], within_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 class System:
@@ -169,7 +160,7 @@ async def test_injected_latency_is_healed_and_the_playbook_record_improves(syste
         got = await system.immune.GetAnomaly(pb.GetAnomalyRequest(anomaly_id=anomaly_id))
         return got.remediation.outcome == pb.REMEDIATION_OUTCOME_SUCCEEDED
 
-    await eventually(remediated)
+    await eventually(remediated, every_s=0.05)
     assert system.guardian.healed == [("ai_domain", "restart_component")]
     record = await playbook_record(system)
     assert record is not None
@@ -204,7 +195,7 @@ async def test_a_governance_policy_stops_healing(system: System) -> None:
         got = await system.immune.GetAnomaly(pb.GetAnomalyRequest(anomaly_id=anomaly_id))
         return got.remediation.outcome == pb.REMEDIATION_OUTCOME_DENIED
 
-    await eventually(denied)
+    await eventually(denied, every_s=0.05)
     got = await system.immune.GetAnomaly(pb.GetAnomalyRequest(anomaly_id=anomaly_id))
     assert "change freeze" in got.remediation.reason
     assert system.guardian.healed == []

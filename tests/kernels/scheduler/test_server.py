@@ -3,9 +3,8 @@ DomainService actions workflows use, and a firing reaching the bus and the log o
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from services.kernels.scheduler.config import SchedulerConfig
 from services.kernels.scheduler.firer import SchedulerSettings
 from services.kernels.scheduler.server import SchedulerServer
 from tests.kernels.scheduler.doubles import RecordingPeers, ScriptedGate
-from tests.support import server_config, serving
+from tests.support import eventually, server_config, serving
 
 
 class ListPublisher:
@@ -77,14 +76,6 @@ def tuesday_spec() -> pb.ScheduleSpec:
     )
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    deadline = time.monotonic() + 10.0
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 async def test_create_get_list_pause_resume_delete_round_trip(running: Running) -> None:
     stub = running.stub
     created = await stub.CreateSchedule(
@@ -126,7 +117,7 @@ async def test_trigger_fires_the_action_and_announces_it_on_the_bus_and_in_the_l
     async def fired() -> bool:
         return any(e.event_type == "schedule.fired" for e in running.log.events)
 
-    await eventually(fired)
+    await eventually(fired, within_s=10, every_s=0.05)
     got = await stub.GetSchedule(pb.GetScheduleRequest(schedule_id="s"))
     [recent] = got.schedule.recent_firings
     assert (recent.firing_id, recent.outcome) == (firing.firing_id, pb.FIRING_OUTCOME_SUCCEEDED)
@@ -136,7 +127,7 @@ async def test_trigger_fires_the_action_and_announces_it_on_the_bus_and_in_the_l
     async def published() -> bool:
         return any(e.event_type == "capacity.scale_requested" for e in running.bus.events)
 
-    await eventually(published)
+    await eventually(published, within_s=10, every_s=0.05)
     [scale] = [e for e in running.bus.events if e.event_type == "capacity.scale_requested"]
     assert scale.data["replicas"] == 6
     firings = await stub.ListFirings(pb.ListFiringsRequest(schedule_id="s"))
@@ -154,7 +145,7 @@ async def test_an_interval_schedule_fires_by_itself(running: Running) -> None:
     async def fired_twice() -> bool:
         return len(running.peers.workflows) >= 2
 
-    await eventually(fired_twice)
+    await eventually(fired_twice, within_s=10, every_s=0.05)
     keys = [w[2] for w in running.peers.workflows]
     assert len(set(keys)) == len(keys)
 
@@ -180,7 +171,7 @@ async def test_backfill_queues_the_past_due_times(running: Running) -> None:
     async def ran() -> bool:
         return len(running.peers.workflows) >= 5
 
-    await eventually(ran)
+    await eventually(ran, within_s=10, every_s=0.05)
 
 
 @pytest.mark.parametrize(
@@ -350,7 +341,7 @@ async def test_a_firing_is_appended_to_a_real_immutable_log(tmp_path: Path) -> N
             got = await log_stub.GetEntries(log_pb.GetEntriesRequest(start=0, page_size=100))
             return any(e.data.kind == "schedule.fired" for e in got.entries)
 
-        await eventually(logged)
+        await eventually(logged, within_s=10, every_s=0.05)
         got = await log_stub.GetEntries(log_pb.GetEntriesRequest(start=0, page_size=100))
     fired = next(e for e in got.entries if e.data.kind == "schedule.fired")
     assert fired.data.actor == "scheduler"

@@ -3,9 +3,7 @@ start, and an event delivered through DomainService firing its rule once."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from services.kernels.triggers.mesh import MeshSettings
 from services.kernels.triggers.rules_file import load_rules
 from services.kernels.triggers.server import TriggersServer
 from tests.kernels.scheduler.doubles import RecordingPeers, ScriptedGate
-from tests.support import server_config, serving
+from tests.support import eventually, server_config, serving
 
 RULES = """
 [[rules]]
@@ -82,14 +80,6 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         yield Running(chan, peers, log)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    deadline = time.monotonic() + 10.0
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
 def uploaded(event_id: str, source: str, size: int) -> event_pb2.Event:
     data = struct_pb2.Struct()
     data.update({"size": size})
@@ -120,7 +110,7 @@ async def test_a_delivered_event_fires_its_rule_once_and_reaches_the_log(running
         listed = await running.stub.ListFirings(pb.ListFiringsRequest())
         return len(listed.firings) == 2 and all(f.state != "pending" for f in listed.firings)
 
-    await eventually(settled)
+    await eventually(settled, within_s=10, every_s=0.05)
     states = {
         f.event_id: f.state
         for f in (await running.stub.ListFirings(pb.ListFiringsRequest())).firings
@@ -134,7 +124,7 @@ async def test_a_delivered_event_fires_its_rule_once_and_reaches_the_log(running
         kinds = {e.event_type for e in running.log.events}
         return {"trigger.fired", "trigger.refused"} <= kinds
 
-    await eventually(logged)
+    await eventually(logged, within_s=10, every_s=0.05)
 
 
 async def test_rules_are_created_updated_listed_and_deleted_with_versions(
