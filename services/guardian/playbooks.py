@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from services.common.completion import runs_to_completion
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.guardian.consent import HealConsent
 from services.guardian.journal import Journal
@@ -65,6 +66,7 @@ class Healer:
         self._reserved_ports = reserved_ports
         self.consent = consent
 
+    @runs_to_completion
     async def heal(
         self,
         name: str,
@@ -82,6 +84,11 @@ class Healer:
             actor: Who asks (governance's principal; "operator" when empty).
             decision_id: A governance decision the caller already holds for this heal.
             reason: Why the heal is asked for (journaled with it); "requested" when empty.
+
+        A heal runs to its end even when its caller goes away (`runs_to_completion`): cut
+        midway, a playbook would leave its component stopped, its governance decision
+        spent (a retry with it is refused) and its journal saying it started, not how it
+        ended.
         """
         status = self.supervisor.status(name)
         if playbook and playbook not in PLAYBOOKS:
@@ -136,13 +143,24 @@ class Healer:
         self, name: str, operation: str, actor: str, decision_id: str
     ) -> ComponentStatus:
         self.supervisor.status(name)  # NotFound before governance is asked
+        status = await self._govern_and_apply(name, operation, actor, decision_id)
+        if operation == STOP_COMPONENT:
+            return status
+        return await self.supervisor.ready(name)
+
+    @runs_to_completion
+    async def _govern_and_apply(
+        self, name: str, operation: str, actor: str, decision_id: str
+    ) -> ComponentStatus:
+        """Asks governance, then applies the operation, even when the caller goes away in
+        between: the decision is spent once asked, so a retry with it would be refused."""
         if self.consent is not None:
             await self.consent.require(name, operation, actor=actor, decision_id=decision_id)
         if operation == STOP_COMPONENT:
             return await self.supervisor.stop(name)
         if operation == START_COMPONENT:
-            return await self.supervisor.start(name)
-        return await self.supervisor.restart(name)
+            return await self.supervisor.start(name, wait=False)
+        return await self.supervisor.restart(name, wait=False)
 
     async def _choose(self, status: ComponentStatus) -> str:
         holders = await asyncio.to_thread(listening_pids, status.port)

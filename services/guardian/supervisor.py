@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
+from services.common.completion import runs_to_completion
 from services.common.errors import NotFound, Unavailable
 from services.guardian.credentials import Credentials
 from services.guardian.journal import Journal
@@ -277,23 +278,43 @@ class Supervisor:
     async def stop(self, name: str, *, deregister: bool = True) -> ComponentStatus:
         """Stops a component; it stays STOPPED until started again."""
         managed = self._managed(name)
-        async with managed.lock:
-            await self._stop_locked(managed)
-            if deregister and self.registrar is not None:
-                self.registrar.deregister(name)
+        await self._stop(managed, deregister)
         return managed.status.snapshot()
 
     async def restart(self, name: str, *, wait: bool = True) -> ComponentStatus:
         """Stops (if running) and starts a component; resets its restart count."""
         managed = self._managed(name)
         self._refuse_while_stopping()
+        await self._relaunch(managed)
+        if wait:
+            await self._wait_ready(managed, self._start_wait_s(managed))
+        return managed.status.snapshot()
+
+    async def ready(self, name: str) -> ComponentStatus:
+        """Waits until a started component is SERVING, or FAILED or STOPPED, at most its
+        start-up time; returns its status then."""
+        managed = self._managed(name)
+        await self._wait_ready(managed, self._start_wait_s(managed))
+        return managed.status.snapshot()
+
+    # A stop waits for the process to exit, seconds at most: a caller that goes away
+    # meanwhile (an RPC's deadline) must not leave the component STOPPING, or a restart
+    # stopped and never launched again. So both run to their end (the wait for SERVING
+    # after a launch is only a wait, and stays with the caller).
+
+    @runs_to_completion
+    async def _stop(self, managed: Managed, deregister: bool) -> None:
+        async with managed.lock:
+            await self._stop_locked(managed)
+            if deregister and self.registrar is not None:
+                self.registrar.deregister(managed.status.name)
+
+    @runs_to_completion
+    async def _relaunch(self, managed: Managed) -> None:
         async with managed.lock:
             await self._stop_locked(managed)
             managed.status.restarts = 0
             self._launch(managed, fail_fast=False)
-        if wait:
-            await self._wait_ready(managed, self._start_wait_s(managed))
-        return managed.status.snapshot()
 
     def _start_wait_s(self, managed: Managed) -> float:
         return (managed.status.spec.startup_timeout_s or self.topology.boot.startup_timeout_s) + 1

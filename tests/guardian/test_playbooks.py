@@ -22,6 +22,7 @@ from services.guardian.ports import tier
 from services.guardian.process import ChildProcess
 from services.guardian.registration import Registrar
 from services.guardian.settings import RegistrationSettings
+from services.guardian.supervisor import Supervisor
 from services.registry.server import RegistryServer
 from tests.guardian.conftest import (
     TEST_COMPONENT,
@@ -33,7 +34,7 @@ from tests.guardian.conftest import (
     topology,
 )
 from tests.registry.conftest import registry_config
-from tests.support import eventually, free_ports, serving
+from tests.support import Pause, eventually, free_ports, give_up_midway, pause_after, serving
 
 pytestmark = pytest.mark.slow
 
@@ -273,3 +274,59 @@ async def test_unknown_components_and_playbooks_are_rejected(tmp_path: Path) -> 
             await healer.heal("librarian_kernel")
         with pytest.raises(InvalidArgument, match="playbook"):
             await healer.heal("svc", "reboot_universe")
+
+
+def once_exited(monkeypatch: pytest.MonkeyPatch, supervisor: Supervisor) -> Pause:
+    """Holds the caller of svc's stop once its process has exited, before the supervisor
+    marks it STOPPED: where a caller's deadline would cut it."""
+    process = supervisor.process("svc")
+    assert process is not None
+    return pause_after(monkeypatch, type(process), "stop")
+
+
+async def test_a_heal_whose_caller_gives_up_midway_ends_serving_and_journaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cut while the old process is stopped (a caller's deadline): the playbook still starts
+    # the component again and journals how the heal ended.
+    (port,) = free_ports(1)
+    async with supervising(topology({"svc": component("svc", port)}), tmp_path) as (
+        supervisor,
+        store,
+    ):
+        await supervisor.boot()
+        old_pid = supervisor.status("svc").pid
+        healer = Healer(supervisor, store, supervisor.journal)
+        await give_up_midway(
+            healer.heal("svc", "restart_component"), once_exited(monkeypatch, supervisor)
+        )
+        after = await supervisor.ready("svc")
+        assert after.state == State.SERVING
+        assert after.pid not in (0, old_pid)
+        await supervisor.journal.flush()
+        kinds = [d.event_type for d in await store.decisions("svc")]
+        assert kinds == ["healing.started", "healing.completed"]
+
+
+@pytest.mark.parametrize("operation", ["restart", "stop"])
+async def test_a_control_operation_whose_caller_gives_up_midway_still_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
+) -> None:
+    (port,) = free_ports(1)
+    async with supervising(topology({"svc": component("svc", port)}), tmp_path) as (
+        supervisor,
+        store,
+    ):
+        await supervisor.boot()
+        old_pid = supervisor.status("svc").pid
+        healer = Healer(supervisor, store, supervisor.journal)
+        await give_up_midway(
+            getattr(healer, operation)("svc"), once_exited(monkeypatch, supervisor)
+        )
+        after = await supervisor.ready("svc")
+        if operation == "restart":
+            assert after.state == State.SERVING
+            assert after.pid not in (0, old_pid)
+        else:
+            assert after.state == State.STOPPED
+            assert not pid_exists(old_pid)
