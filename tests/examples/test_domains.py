@@ -23,7 +23,8 @@ from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.common.channels import channel
 from tests.sdk.conftest import domain_config
-from tests.sdk.platform import Platform, eventually, running_platform
+from tests.sdk.platform import Platform, running_platform
+from tests.support import eventually
 
 DOCUMENT = (
     "Grace keeps services healthy. The registry tracks every domain and the event bus "
@@ -271,10 +272,12 @@ async def test_bad_input_is_invalid_argument_naming_the_field(tmp_path: Path) ->
 async def test_memory_domain_journals_the_ml_events_it_receives(tmp_path: Path) -> None:
     async with example_domains(tmp_path) as domains:
         await eventually(
-            lambda: domains.running["memory_domain"].service.subscriptions.created.is_set()
+            lambda: domains.running["memory_domain"].service.subscriptions.created.is_set(),
+            every_s=0.05,
         )
         await eventually(
-            lambda: domains.running["memory_domain"].service.registrar.registered.is_set()
+            lambda: domains.running["memory_domain"].service.registrar.registered.is_set(),
+            every_s=0.05,
         )
         await domains.execute("ai_domain", "analyze", {"text": DOCUMENT}, "ex/step_2")
 
@@ -282,7 +285,7 @@ async def test_memory_domain_journals_the_ml_events_it_receives(tmp_path: Path) 
             events = await domains.execute("memory_domain", "recent_events", {})
             return list(events["events"])
 
-        await eventually(journaled)
+        await eventually(journaled, every_s=0.05)
         entry = (await journaled())[0]
     assert entry["event_type"] == "ml.analysis_complete"
     assert entry["source_domain"] == "ai_domain"

@@ -35,8 +35,7 @@ from services.orchestrator.server import OrchestratorServer
 from tests.eventbus.conftest import bus_config
 from tests.orchestrator.conftest import GrpcFailure, World, orchestrator_config
 from tests.orchestrator.test_workflows import run
-from tests.sdk.platform import eventually, free_port
-from tests.support import server_config, serving
+from tests.support import eventually, free_port, server_config, serving
 
 ORIGIN = "test.example/log"
 
@@ -88,7 +87,7 @@ async def entry_of_kind(stub: pb_grpc.ImmutableLogServiceStub, kind: str) -> pb.
         found[:] = [e for e in await entries(stub) if e.data.kind == kind]
         return bool(found)
 
-    await eventually(landed)
+    await eventually(landed, every_s=0.05)
     return found[0]
 
 
@@ -222,7 +221,7 @@ async def test_the_log_subscribes_once_the_bus_comes_up(world: World, tmp_path: 
     async with serving(service.config.server, service) as (_, log_chan):
         subscriptions = service.subscriptions
         assert subscriptions is not None
-        await eventually(lambda: subscriptions.failures > 0)
+        await eventually(lambda: subscriptions.failures > 0, every_s=0.05)
         assert not subscriptions.created.is_set()
         config = bus_config(tmp_path / "bus", world.registry_address)
         config = dataclasses.replace(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -33,15 +32,6 @@ class RecordingPublisher:
 
     def types(self) -> list[str]:
         return [e.event_type for e in self.events]
-
-
-async def eventually(condition: Callable[[], bool], within_s: float = 10.0) -> None:
-    """Polls `condition()` until it is true; fails after `within_s` seconds."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.eventbus.server import EventBusServer
 from services.memory.server import MemoryServer
 from tests.eventbus.conftest import bus_config
-from tests.memory.conftest import eventually, memory_config
-from tests.support import free_port, serving
+from tests.memory.conftest import memory_config
+from tests.support import eventually, free_port, serving
 
 
 async def test_writes_succeed_with_the_bus_down_and_announcements_arrive_when_it_is_up(
@@ -35,7 +35,7 @@ async def test_writes_succeed_with_the_bus_down_and_announcements_arrive_when_it
                 contribution_id=cid, domain_id="ai_domain", outcome=memory_pb2.OUTCOME_SUCCESS
             )
         )
-        await eventually(lambda: memory.relay.failures >= 1)
+        await eventually(lambda: memory.relay.failures >= 1, within_s=10.0)
         assert await memory.memory.outbox.count() == 3
 
         bus_cfg = bus_config(tmp_path / "bus")

@@ -26,8 +26,7 @@ from services.memory.model import (
     VerdictKind,
 )
 from services.memory.text import document
-from tests.memory.conftest import eventually
-from tests.support import ManualClock
+from tests.support import ManualClock, eventually
 
 SEED_CONTENT = {"issue": "port_timeout", "solution": "restart_component", "success_rate": 0.95}
 
@@ -401,12 +400,12 @@ async def test_watch_streams_committed_changes_matching_the_type_pattern(
             received.append((change.kind, change.contribution.contribution_type))
 
     task = asyncio.create_task(consume())
-    await eventually(lambda: memory.feed.watchers == 1)
+    await eventually(lambda: memory.feed.watchers == 1, within_s=10.0)
     c, _ = await memory.contribute(new())
     await memory.contribute(new(contribution_type="insight"))
     await memory.verify(c.contribution_id, "ai_domain")
     await memory.apply(c.contribution_id, "ai_domain", Outcome.SUCCESS)
-    await eventually(lambda: len(received) == 3)
+    await eventually(lambda: len(received) == 3, within_s=10.0)
     memory.close()
     await asyncio.wait_for(task, 5)
 
@@ -420,7 +419,7 @@ async def test_watch_streams_committed_changes_matching_the_type_pattern(
 async def test_a_watcher_that_falls_too_far_behind_is_cut_off(memory: SharedMemory) -> None:
     stream = memory.watch()
     first = asyncio.ensure_future(anext(stream))
-    await eventually(lambda: memory.feed.watchers == 1)
+    await eventually(lambda: memory.feed.watchers == 1, within_s=10.0)
     for _ in range(8):  # the fixture's buffer is 5
         await memory.contribute(new())
     await first

@@ -11,9 +11,8 @@ from sqlalchemy import text
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from services.memory.memory import SharedMemory
 from services.memory.model import ChangeKind, ContributorOrder, Outcome
-from tests.memory.conftest import eventually
 from tests.memory.test_memory import new, outbox_types
-from tests.support import ManualClock
+from tests.support import ManualClock, eventually
 
 
 async def test_a_retracted_contribution_leaves_search_but_its_neighbours_stay(
@@ -162,10 +161,10 @@ async def test_retraction_is_announced_through_the_outbox_and_the_watch(
             received.append(change.kind)
 
     task = asyncio.create_task(consume())
-    await eventually(lambda: memory.feed.watchers == 1)
+    await eventually(lambda: memory.feed.watchers == 1, within_s=10.0)
     c, _ = await memory.contribute(new(tags=("ops",)))
     await memory.retract(c.contribution_id, "healing_domain", "rolled back: ex_1", "comp-1")
-    await eventually(lambda: len(received) == 2)
+    await eventually(lambda: len(received) == 2, within_s=10.0)
     memory.close()
     await asyncio.wait_for(task, 5)
 

@@ -17,8 +17,8 @@ from grpc_status import rpc_status
 
 from grace.memory.v1 import memory_pb2, memory_pb2_grpc
 from services.memory.server import SERVICE_NAME, MemoryServer
-from tests.memory.conftest import RecordingPublisher, eventually, memory_config
-from tests.support import serving
+from tests.memory.conftest import RecordingPublisher, memory_config
+from tests.support import eventually, serving
 
 SEED_BODY = """{
   "domain_id": "ai_domain",
@@ -222,7 +222,7 @@ async def test_watch_streams_changes_over_grpc(
     call = stub.WatchContributions(memory_pb2.WatchContributionsRequest(pattern="optim*"))
     # Start reading before the writes so the subscription exists.
     first = asyncio.ensure_future(call.read())
-    await eventually(lambda: server[0].memory.feed.watchers == 1)
+    await eventually(lambda: server[0].memory.feed.watchers == 1, within_s=10.0)
     c = await contribute(stub)
     await stub.Verify(memory_pb2.VerifyRequest(contribution_id=c.contribution_id, domain_id="x"))
 
@@ -373,7 +373,7 @@ async def test_writes_succeed_while_the_bus_is_down_and_announcements_follow_whe
             contribution_id=c.contribution_id, domain_id="b", outcome=memory_pb2.OUTCOME_SUCCESS
         )
     )
-    await eventually(lambda: publisher.attempts >= 1)
+    await eventually(lambda: publisher.attempts >= 1, within_s=10.0)
     assert publisher.events == []
     assert await server[0].memory.outbox.count() == 4
 

@@ -4,7 +4,7 @@ watches; leases, sweeps and the federation's quorum are one for both."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, select
@@ -20,7 +20,7 @@ from services.registry.store import RegistryStore
 from services.registry.suspicions import Report, SuspicionState
 from services.registry.tables import changes
 from tests.conftest import DatabaseTarget
-from tests.support import ManualClock
+from tests.support import ManualClock, eventually
 
 SETTINGS = RegistrySettings(default_lease_ttl_s=30, deregister_after_s=60, history=1000)
 
@@ -47,14 +47,6 @@ async def pair(
     for instance in (a, b):
         await instance.close()
         await instance.store.close()
-
-
-async def eventually(check: Callable[[], bool]) -> None:
-    for _ in range(1000):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail("condition not reached in time")
 
 
 async def changes_until(registry: Registry, after: int, revision: int) -> list[tuple[int, str]]:
@@ -119,7 +111,7 @@ async def test_a_heartbeat_to_either_instance_renews_the_lease(
     renewed = await b.heartbeat("ai_domain", Metrics(load=0.5))
     assert renewed.lease_expires_at == clock.now + 30
     # The touch notification brings B's renewal to A's memory.
-    await eventually(lambda: a.get("ai_domain").metrics.load == 0.5)
+    await eventually(lambda: a.get("ai_domain").metrics.load == 0.5, within_s=10.0, every_s=0.01)
     assert a.get("ai_domain").lease_expires_at == renewed.lease_expires_at
     clock.advance(20)  # Past the lease A gave, within the one B renewed.
     assert await a.sweep() == []

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,19 +85,3 @@ async def running_platform(tmp_path: Path) -> AsyncIterator[Platform]:
             bus_chan,
             mem_chan,
         )
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[object]] | Callable[[], object], within_s: float = 20.0
-) -> None:
-    """Polls `condition` (sync or async) until it is truthy; fails after a generous time."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)

@@ -16,7 +16,8 @@ from services.common.channels import channel
 from services.sdk import Context, Domain, Event, PermissionDenied, Unavailable
 from services.sdk.events import subscription_id
 from tests.sdk.conftest import domain_config
-from tests.sdk.platform import Platform, eventually, running_platform
+from tests.sdk.platform import Platform, running_platform
+from tests.support import eventually
 
 
 def peers_config(tmp_path: Path, domain_id: str, platform: Platform) -> Any:
@@ -60,8 +61,8 @@ async def test_an_event_published_by_one_domain_is_pushed_to_a_subscriber(
     async with running_platform(tmp_path) as platform:
         watcher_config = peers_config(tmp_path, "watcher", platform)
         async with watcher.serve(watcher_config) as watching:
-            await eventually(lambda: watching.service.subscriptions.created.is_set())
-            await eventually(lambda: watching.service.registrar.registered.is_set())
+            await eventually(lambda: watching.service.subscriptions.created.is_set(), every_s=0.05)
+            await eventually(lambda: watching.service.registrar.registered.is_set(), every_s=0.05)
             bus = eventbus_pb2_grpc.EventBusServiceStub(platform.eventbus_channel)
             listed = await bus.ListSubscriptions(eventbus_pb2.ListSubscriptionsRequest())
             subs = {
@@ -74,7 +75,7 @@ async def test_an_event_published_by_one_domain_is_pushed_to_a_subscriber(
                     response = await domain_pb2_grpc.DomainServiceStub(chan).Execute(
                         domain_pb2.ExecuteRequest(action="predict", idempotency_key="x/step_1")
                     )
-                await eventually(lambda: len(seen) == 1)
+                await eventually(lambda: len(seen) == 1, every_s=0.05)
     event = seen[0]
     assert event.id == response.output["event_id"]
     assert (event.event_type, event.source_domain) == ("ml.prediction", "predictor")
@@ -93,7 +94,9 @@ async def test_a_restarted_domain_keeps_its_subscription(tmp_path: Path) -> None
         config = peers_config(tmp_path, "watcher", platform)
         for _ in range(2):
             async with watcher.serve(config) as watching:
-                await eventually(lambda: watching.service.subscriptions.created.is_set())
+                await eventually(
+                    lambda: watching.service.subscriptions.created.is_set(), every_s=0.05
+                )
         bus = eventbus_pb2_grpc.EventBusServiceStub(platform.eventbus_channel)
         listed = await bus.ListSubscriptions(eventbus_pb2.ListSubscriptionsRequest())
     assert [s.domain_id for s in listed.subscriptions] == ["watcher"]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from services.registry.server import RegistryServer
 from services.sdk import Domain, DomainConfig, RunningDomain
 from services.sdk.server import SERVICE_NAME
 from tests.sdk.conftest import Probe, counting_domain, domain_config
-from tests.support import free_port, server_config, serving
+from tests.support import eventually, free_port, server_config, serving
 
 pb = domain_pb2
 
@@ -33,20 +32,6 @@ def struct(**values: object) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
     return s
-
-
-async def eventually(check: Callable[[], object], within_s: float = 10.0) -> None:
-    """Polls `check` (sync or async) until it is truthy."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 async def expect_error(call: object, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -228,7 +213,9 @@ async def test_the_domain_registers_and_heartbeats_measured_metrics(tmp_path: Pa
         async with counting_domain(Probe()).serve(config) as running:
             assert running.service.registrar is not None
             stub = registry_pb2_grpc.RegistryServiceStub(registry_channel)
-            await eventually(lambda: running.service.registrar.registered.is_set())
+            await eventually(
+                lambda: running.service.registrar.registered.is_set(), within_s=10.0, every_s=0.05
+            )
             got = await stub.GetDomain(registry_pb2.GetDomainRequest(domain_id="test_domain"))
             assert got.domain.port == running.port
             assert list(got.domain.capabilities) == ["testing", "echo"]
@@ -249,7 +236,7 @@ async def test_the_domain_registers_and_heartbeats_measured_metrics(tmp_path: Pa
                 )
                 return response.domain.metrics.latency_ms > 0
 
-            await eventually(reported)
+            await eventually(reported, within_s=10.0, every_s=0.05)
             got = await stub.GetDomain(registry_pb2.GetDomainRequest(domain_id="test_domain"))
             assert got.domain.metrics.success_rate == 1.0
             assert got.domain.metrics.load == 0.0
@@ -268,7 +255,7 @@ async def test_a_domain_started_before_the_registry_registers_once_it_is_up(
     config = domain_config(tmp_path, registry_addr=f"127.0.0.1:{port}")
     async with counting_domain(Probe()).serve(config) as running:
         registrar = running.service.registrar
-        await eventually(lambda: registrar.failures >= 2)
+        await eventually(lambda: registrar.failures >= 2, within_s=10.0, every_s=0.05)
         assert not registrar.registered.is_set()
         async with channel(running.address) as chan:
             served = await domain_pb2_grpc.DomainServiceStub(chan).Execute(
@@ -277,7 +264,7 @@ async def test_a_domain_started_before_the_registry_registers_once_it_is_up(
         assert served.output["text"] == "still serving"
         registry = RegistryServer(registry_config(tmp_path, port))
         async with serving(registry.config.server, registry) as (_, registry_channel):
-            await eventually(lambda: registrar.registered.is_set())
+            await eventually(lambda: registrar.registered.is_set(), within_s=10.0, every_s=0.05)
             got = await registry_pb2_grpc.RegistryServiceStub(registry_channel).GetDomain(
                 registry_pb2.GetDomainRequest(domain_id="test_domain")
             )
@@ -290,12 +277,12 @@ async def test_a_domain_the_registry_forgot_registers_again(tmp_path: Path) -> N
         config = domain_config(tmp_path, registry_addr=registry_server.address)
         async with counting_domain(Probe()).serve(config) as running:
             registrar = running.service.registrar
-            await eventually(lambda: registrar.registered.is_set())
+            await eventually(lambda: registrar.registered.is_set(), within_s=10.0, every_s=0.05)
             stub = registry_pb2_grpc.RegistryServiceStub(registry_channel)
             await stub.DeregisterDomain(
                 registry_pb2.DeregisterDomainRequest(domain_id="test_domain")
             )
-            await eventually(lambda: registrar.registrations >= 2)
+            await eventually(lambda: registrar.registrations >= 2, within_s=10.0, every_s=0.05)
             got = await stub.GetDomain(registry_pb2.GetDomainRequest(domain_id="test_domain"))
             assert got.domain.port == running.port
 
@@ -317,8 +304,12 @@ async def test_two_instances_of_one_domain_id_both_appear_in_the_registry(
         async with counting_domain(Probe()).serve(config("a", advertise_host="127.0.0.1")) as first:
             alone = [(f"127.0.0.1:{first.port}", first.port)]
             async with counting_domain(Probe()).serve(config("b", instance_id="second")) as second:
-                await eventually(lambda: second.service.registrar.heartbeats >= 2)
-                await eventually(lambda: first.service.registrar.heartbeats >= 2)
+                await eventually(
+                    lambda: second.service.registrar.heartbeats >= 2, within_s=10.0, every_s=0.05
+                )
+                await eventually(
+                    lambda: first.service.registrar.heartbeats >= 2, within_s=10.0, every_s=0.05
+                )
                 assert await instances() == sorted([*alone, ("second", second.port)])
                 got = await stub.GetDomain(registry_pb2.GetDomainRequest(domain_id="test_domain"))
                 assert got.domain.status == registry_pb2.DOMAIN_STATUS_HEALTHY

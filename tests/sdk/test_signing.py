@@ -35,8 +35,7 @@ from services.registry.server import RegistryServer
 from services.sdk import Context, Domain
 from tests.eventbus.conftest import FAST
 from tests.sdk.conftest import domain_config
-from tests.sdk.platform import eventually
-from tests.support import server_config, serving
+from tests.support import eventually, server_config, serving
 
 
 @dataclass
@@ -148,7 +147,7 @@ async def test_a_domain_registers_its_key_and_its_events_pass_a_rejecting_bus(
             trust_pb2.GetIdentityRequest(domain_id="signer_domain")
         )
         assert identity.identity.current_key.public_key == key.public_key
-        await eventually(running.service.registrar.registered.is_set)
+        await eventually(running.service.registrar.registered.is_set, every_s=0.05)
         registered = await peers.registry_stub.GetDomain(
             registry_pb2.GetDomainRequest(domain_id="signer_domain")
         )
@@ -163,7 +162,7 @@ async def test_a_domain_registers_its_key_and_its_events_pass_a_rejecting_bus(
         async def published() -> bool:
             return any(e.id == event_id for e in await history(peers))
 
-        await eventually(published)
+        await eventually(published, every_s=0.05)
     stored = next(e for e in await history(peers) if e.id == event_id)
     assert stored.signature_key_id == key.key_id
     assert len(stored.signature) == signing.SIGNATURE_BYTES
@@ -266,7 +265,7 @@ async def test_a_domain_whose_identity_holds_another_key_publishes_unsigned(
     )
     async with publishing_domain().serve(config) as running:
         identity = running.service.identity
-        await eventually(lambda: identity.refused != "")
+        await eventually(lambda: identity.refused != "", every_s=0.05)
         assert "ALREADY_EXISTS" in identity.refused
         assert not identity.registered.is_set()
         assert running.service._publisher.signer is None
