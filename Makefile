@@ -87,13 +87,19 @@ explorer-assets: ## Refresh gateway/explorer/assets from the locked swagger-ui-d
 		(cd "$$work" && npm ci --ignore-scripts --no-audit --no-fund --silent) && \
 		for f in $(EXPLORER_FILES); do cp "$$work/node_modules/swagger-ui-dist/$$f" $(EXPLORER)/assets/; done
 
+# Tests run in parallel worker processes, one per core up to four: most of a test's time is
+# spent waiting on the servers and processes it starts, so two workers on two cores take
+# about half the time of one. Every test owns its ports, data dirs, databases and streams,
+# so workers never meet. `PYTEST_ARGS=-n0` runs everything in one process (for a debugger).
 # The whole run ends with its slowest tests, so a suite that creeps towards its time budget
 # shows where.
+PYTEST_WORKERS = -n auto --maxprocesses 4
+
 test: $(STAMP) ## Run the whole test suite (PostgreSQL tests need GRACE_TEST_POSTGRES_URL).
-	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) --durations=25 $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Run the test suite without the slow end-to-end tests.
-	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) -m 'not slow' $(PYTEST_ARGS)
 
 run: $(STAMP) bytecode ## Run Grace: every service under Guardian, embedded SQLite under ./.grace.
 	$(VENV)/bin/grace up
