@@ -129,7 +129,7 @@ class Immune:
     ) -> list[Anomaly]:
         """Scores points; records, announces and queues the anomalies they raise; adds the
         reporter's traffic tallies to the record. The whole report is checked before any of
-        it is taken: one refused is refused whole."""
+        it is taken: an invalid point or tally refuses all of it."""
         if len(points) > MAX_POINTS_PER_REPORT:
             raise InvalidArgument("points", f"must have at most {MAX_POINTS_PER_REPORT} entries")
         for i, p in enumerate(points):
@@ -141,7 +141,8 @@ class Immune:
         raised = self._score(points)
         if raised:
             await self._record(raised)
-        await self.traffic.report(traffic)
+        if traffic:
+            await self.traffic.report(traffic)
         return raised
 
     def _score(self, points: Sequence[MetricPoint]) -> list[Anomaly]:
