@@ -284,11 +284,15 @@ def once_exited(monkeypatch: pytest.MonkeyPatch, supervisor: Supervisor) -> Paus
     return pause_after(monkeypatch, type(process), "stop")
 
 
-async def test_a_heal_whose_caller_gives_up_midway_ends_serving_and_journaled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("operation", "ends"),
+    [("heal", State.SERVING), ("restart", State.SERVING), ("stop", State.STOPPED)],
+)
+async def test_a_heal_or_control_operation_whose_caller_gives_up_midway_still_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str, ends: State
 ) -> None:
-    # Cut while the old process is stopped (a caller's deadline): the playbook still starts
-    # the component again and journals how the heal ended.
+    # Cut while the old process is stopped (a caller's deadline): the operation still ends
+    # as if its caller had waited, and a heal journals how it ended.
     (port,) = free_ports(1)
     async with supervising(topology({"svc": component("svc", port)}), tmp_path) as (
         supervisor,
@@ -297,36 +301,17 @@ async def test_a_heal_whose_caller_gives_up_midway_ends_serving_and_journaled(
         await supervisor.boot()
         old_pid = supervisor.status("svc").pid
         healer = Healer(supervisor, store, supervisor.journal)
-        await give_up_midway(
-            healer.heal("svc", "restart_component"), once_exited(monkeypatch, supervisor)
-        )
-        after = await supervisor.ready("svc")
-        assert after.state == State.SERVING
-        assert after.pid not in (0, old_pid)
-        await supervisor.journal.flush()
-        kinds = [d.event_type for d in await store.decisions("svc")]
-        assert kinds == ["healing.started", "healing.completed"]
-
-
-@pytest.mark.parametrize("operation", ["restart", "stop"])
-async def test_a_control_operation_whose_caller_gives_up_midway_still_ends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str
-) -> None:
-    (port,) = free_ports(1)
-    async with supervising(topology({"svc": component("svc", port)}), tmp_path) as (
-        supervisor,
-        store,
-    ):
-        await supervisor.boot()
-        old_pid = supervisor.status("svc").pid
-        healer = Healer(supervisor, store, supervisor.journal)
-        await give_up_midway(
-            getattr(healer, operation)("svc"), once_exited(monkeypatch, supervisor)
-        )
-        after = await supervisor.ready("svc")
-        if operation == "restart":
-            assert after.state == State.SERVING
-            assert after.pid not in (0, old_pid)
+        if operation == "heal":
+            change = healer.heal("svc", "restart_component")
         else:
-            assert after.state == State.STOPPED
-            assert not pid_exists(old_pid)
+            change = getattr(healer, operation)("svc")
+        await give_up_midway(change, once_exited(monkeypatch, supervisor))
+        after = await supervisor.ready("svc")
+        assert after.state == ends
+        assert not pid_exists(old_pid)
+        if ends == State.SERVING:
+            assert after.pid not in (0, old_pid)
+        if operation == "heal":
+            await supervisor.journal.flush()
+            kinds = [d.event_type for d in await store.decisions("svc")]
+            assert kinds == ["healing.started", "healing.completed"]
