@@ -275,15 +275,21 @@ async def test_concurrent_creations_of_one_subscription_create_it_once(bus: Even
         bus.get_subscription("mem")
 
 
+async def a_dead_letter(bus: EventBus) -> None:
+    """Dead letter "d1" of subscription "mem", which gives up after one attempt (no
+    registry answers here, so every attempt fails)."""
+    await bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem", max_attempts=1)
+    await bus.store.add_dead_letter(
+        DeadLetterRecord("d1", "mem", "memory_domain", 1, ev().SerializeToString(), 1, "drop", 1.0)
+    )
+
+
 async def test_a_dead_letter_whose_redeliverer_gives_up_midway_is_still_delivered_again(
     bus: EventBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Cancelled just after the record is marked for redelivery: the delivery must still
     # start, since a retry finds the record marked and leaves it be.
-    await bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem", max_attempts=1)
-    await bus.store.add_dead_letter(
-        DeadLetterRecord("d1", "mem", "memory_domain", 1, ev().SerializeToString(), 1, "drop", 1.0)
-    )
+    await a_dead_letter(bus)
     marked = pause_after(
         monkeypatch, bus.push.store, "add_dead_letter", lambda record: record.redelivering
     )
@@ -302,10 +308,7 @@ async def test_a_dead_letter_whose_redeliverer_gives_up_midway_is_still_delivere
 async def test_concurrent_redeliveries_of_one_dead_letter_deliver_it_once(
     bus: EventBus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await bus.create_subscription("memory_domain", ("ml.*",), subscription_id="mem", max_attempts=1)
-    await bus.store.add_dead_letter(
-        DeadLetterRecord("d1", "mem", "memory_domain", 1, ev().SerializeToString(), 1, "drop", 1.0)
-    )
+    await a_dead_letter(bus)
     deliveries: list[int] = []
     attempts = bus.push._attempts
 
