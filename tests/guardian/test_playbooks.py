@@ -22,6 +22,7 @@ from services.guardian.ports import tier
 from services.guardian.process import ChildProcess
 from services.guardian.registration import Registrar
 from services.guardian.settings import RegistrationSettings
+from services.guardian.store import GuardianStore
 from services.guardian.supervisor import Supervisor
 from services.registry.server import RegistryServer
 from tests.guardian.conftest import (
@@ -47,6 +48,21 @@ async def registry(tmp_path: Path) -> AsyncIterator[tuple[str, Stub]]:
     service = RegistryServer(registry_config(tmp_path / "registry"))
     async with serving(service.config.server, service) as (server, chan):
         yield server.address, registry_pb2_grpc.RegistryServiceStub(chan)
+
+
+OneComponent = tuple[Supervisor, GuardianStore, Healer]
+
+
+@pytest.fixture
+async def one_component(tmp_path: Path) -> AsyncIterator[OneComponent]:
+    """A supervisor running one booted test component, "svc", with a healer over it."""
+    (port,) = free_ports(1)
+    async with supervising(topology({"svc": component("svc", port)}), tmp_path) as (
+        supervisor,
+        store,
+    ):
+        await supervisor.boot()
+        yield supervisor, store, Healer(supervisor, store, supervisor.journal)
 
 
 async def _domain(stub: Stub, name: str) -> registry_pb2.Domain | None:
@@ -154,53 +170,40 @@ async def test_heartbeats_follow_probes_and_a_dead_component_lease_lapses(
 
 
 async def test_restart_component_replaces_the_process_and_records_the_decisions(
-    tmp_path: Path,
+    one_component: OneComponent,
 ) -> None:
-    (port,) = free_ports(1)
-    async with supervising(topology({"svc": component("svc", port)}), tmp_path) as (
-        supervisor,
-        store,
-    ):
-        await supervisor.boot()
-        old_pid = supervisor.status("svc").pid
-        result = await Healer(supervisor, store, supervisor.journal).heal(
-            "svc", "restart_component"
-        )
-        assert result.success
-        assert result.component.state == State.SERVING
-        assert result.component.pid != old_pid
-        assert not pid_exists(old_pid)
-        decisions = [(d.event_type, d.data["playbook"]) for d in await store.decisions("svc")]
-        assert decisions == [
-            ("healing.started", "restart_component"),
-            ("healing.completed", "restart_component"),
-        ]
+    supervisor, store, healer = one_component
+    old_pid = supervisor.status("svc").pid
+    result = await healer.heal("svc", "restart_component")
+    assert result.success
+    assert result.component.state == State.SERVING
+    assert result.component.pid != old_pid
+    assert not pid_exists(old_pid)
+    decisions = [(d.event_type, d.data["playbook"]) for d in await store.decisions("svc")]
+    assert decisions == [
+        ("healing.started", "restart_component"),
+        ("healing.completed", "restart_component"),
+    ]
 
 
 async def test_diagnose_network_reports_a_stopped_component_and_changes_nothing(
-    tmp_path: Path,
+    one_component: OneComponent,
 ) -> None:
-    (port,) = free_ports(1)
-    async with supervising(topology({"svc": component("svc", port)}), tmp_path) as (
-        supervisor,
-        store,
-    ):
-        await supervisor.boot()
-        healer = Healer(supervisor, store, supervisor.journal)
-        healthy = await healer.heal("svc", "diagnose_network")
-        assert healthy.success
-        assert {f.check for f in healthy.findings} >= {"process_alive", "port_listening", "health"}
-        assert all(f.ok for f in healthy.findings)
+    supervisor, store, healer = one_component
+    healthy = await healer.heal("svc", "diagnose_network")
+    assert healthy.success
+    assert {f.check for f in healthy.findings} >= {"process_alive", "port_listening", "health"}
+    assert all(f.ok for f in healthy.findings)
 
-        await supervisor.stop("svc")
-        sick = await healer.heal("svc", "diagnose_network")
-        assert not sick.success
-        by_check = {f.check: f for f in sick.findings}
-        assert not by_check["process_alive"].ok
-        assert not by_check["port_listening"].ok
-        assert "UNREACHABLE" in by_check["health"].detail
-        assert state_of(supervisor, "svc") == State.STOPPED
-        assert await store.decisions("svc") == []
+    await supervisor.stop("svc")
+    sick = await healer.heal("svc", "diagnose_network")
+    assert not sick.success
+    by_check = {f.check: f for f in sick.findings}
+    assert not by_check["process_alive"].ok
+    assert not by_check["port_listening"].ok
+    assert "UNREACHABLE" in by_check["health"].detail
+    assert state_of(supervisor, "svc") == State.STOPPED
+    assert await store.decisions("svc") == []
 
 
 async def test_clear_port_refuses_a_process_guardian_did_not_start(tmp_path: Path) -> None:
@@ -289,29 +292,23 @@ def once_exited(monkeypatch: pytest.MonkeyPatch, supervisor: Supervisor) -> Paus
     [("heal", State.SERVING), ("restart", State.SERVING), ("stop", State.STOPPED)],
 )
 async def test_a_heal_or_control_operation_whose_caller_gives_up_midway_still_ends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, operation: str, ends: State
+    one_component: OneComponent, monkeypatch: pytest.MonkeyPatch, operation: str, ends: State
 ) -> None:
     # Cut while the old process is stopped (a caller's deadline): the operation still ends
     # as if its caller had waited, and a heal journals how it ended.
-    (port,) = free_ports(1)
-    async with supervising(topology({"svc": component("svc", port)}), tmp_path) as (
-        supervisor,
-        store,
-    ):
-        await supervisor.boot()
-        old_pid = supervisor.status("svc").pid
-        healer = Healer(supervisor, store, supervisor.journal)
-        if operation == "heal":
-            change = healer.heal("svc", "restart_component")
-        else:
-            change = getattr(healer, operation)("svc")
-        await give_up_midway(change, once_exited(monkeypatch, supervisor))
-        after = await supervisor.ready("svc")
-        assert after.state == ends
-        assert not pid_exists(old_pid)
-        if ends == State.SERVING:
-            assert after.pid not in (0, old_pid)
-        if operation == "heal":
-            await supervisor.journal.flush()
-            kinds = [d.event_type for d in await store.decisions("svc")]
-            assert kinds == ["healing.started", "healing.completed"]
+    supervisor, store, healer = one_component
+    old_pid = supervisor.status("svc").pid
+    if operation == "heal":
+        change = healer.heal("svc", "restart_component")
+    else:
+        change = getattr(healer, operation)("svc")
+    await give_up_midway(change, once_exited(monkeypatch, supervisor))
+    after = await supervisor.ready("svc")
+    assert after.state == ends
+    assert not pid_exists(old_pid)
+    if ends == State.SERVING:
+        assert after.pid not in (0, old_pid)
+    if operation == "heal":
+        await supervisor.journal.flush()
+        kinds = [d.event_type for d in await store.decisions("svc")]
+        assert kinds == ["healing.started", "healing.completed"]
