@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common import telemetry
 from services.common.backoff import Backoff, Retries
-from services.common.storage import Database
+from services.common.storage import Database, RowInsert
 from services.common.waiting import wait_for_event
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,9 @@ OUTBOX_COLUMNS = (
 )
 
 
-def sqlite_outbox_insert(table: Table) -> str:
-    """The `INSERT` of one outbox row on a raw `sqlite3` connection (`sqlite_outbox_rows`)."""
-    return (
-        f"INSERT INTO {table.name} ({', '.join(OUTBOX_COLUMNS)}) "
-        f"VALUES ({', '.join('?' for _ in OUTBOX_COLUMNS)})"
-    )
+def sqlite_outbox_insert(table: Table) -> RowInsert:
+    """The `INSERT` of outbox rows on a raw `sqlite3` connection (`sqlite_outbox_rows`)."""
+    return RowInsert(table.name, OUTBOX_COLUMNS)
 
 
 def sqlite_outbox_rows(rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:

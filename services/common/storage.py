@@ -14,9 +14,10 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -333,3 +334,66 @@ def sqlite_transaction(conn: sqlite3.Connection, *, immediate: bool = True) -> I
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+class RowInsert:
+    """An INSERT (or, with `on_conflict`, an upsert) of many rows on a raw `sqlite3`
+    connection, in as few statements as it takes.
+
+    Python's `sqlite3` releases the GIL around every step of a statement, and `executemany`
+    steps once per row. A writer thread beside a busy event loop then hands the GIL over
+    once per row and waits, each time, until the loop gives it back: up to the
+    interpreter's switch interval (5 ms) while the loop runs Python. A multi-row `VALUES`
+    list binds a chunk of rows and inserts them all in one step: one hand-over per chunk,
+    and SQLite's work for the whole chunk runs beside the loop instead of between its turns.
+    Rows are inserted in order, one after another as with `executemany` (an upsert's later
+    row sees the earlier ones of the same statement).
+
+    Full chunks are `max_rows` rows (fewer when SQLite's limit on bound parameters requires
+    it) and the rest is split in powers of two, so a connection prepares, and its statement
+    cache keeps, a handful of statement shapes, not one per batch size.
+
+    Args:
+        table: The table's name.
+        columns: The columns each row gives, in order.
+        on_conflict: What follows the `VALUES` list (`ON CONFLICT (...) DO UPDATE ...`).
+        max_rows: The most rows one statement inserts.
+    """
+
+    def __init__(
+        self, table: str, columns: Sequence[str], *, on_conflict: str = "", max_rows: int = 256
+    ) -> None:
+        if not columns or max_rows < 1:
+            raise ValueError("an insert needs columns and at least one row per statement")
+        self._head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+        self._row = f"({', '.join('?' for _ in columns)})"
+        self._tail = f" {on_conflict}" if on_conflict else ""
+        self._width = len(columns)
+        self._max_rows = max_rows
+        self._chunk = 0  # rows per full statement: set at the first run (SQLite's limit)
+        self._sql: dict[int, str] = {}
+
+    @property
+    def sql(self) -> str:
+        """The statement for one row (what `executemany` would run)."""
+        return self._statement(1)
+
+    def run(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Inserts `rows` on `conn`, inside the caller's transaction."""
+        if not self._chunk:
+            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // self._width
+            self._chunk = 1 << (max(1, min(self._max_rows, limit)).bit_length() - 1)
+        start, total = 0, len(rows)
+        size = self._chunk
+        while start < total:
+            while size > total - start:
+                size >>= 1
+            values = list(chain.from_iterable(rows[start : start + size]))
+            conn.execute(self._statement(size), values)
+            start += size
+
+    def _statement(self, rows: int) -> str:
+        sql = self._sql.get(rows)
+        if sql is None:
+            sql = self._sql[rows] = self._head + ",".join([self._row] * rows) + self._tail
+        return sql

@@ -38,6 +38,7 @@ from services.common.group_commit import GroupCommitter
 from services.common.outbox import Outbox, sqlite_outbox_insert, sqlite_outbox_rows
 from services.common.storage import (
     Database,
+    RowInsert,
     SqliteWriter,
     is_sqlite_busy,
     retry_while_busy,
@@ -52,10 +53,9 @@ _tracer = trace.get_tracer("services.orchestrator")
 Event = tuple[str, Mapping[str, Any], str, str]
 """An event to enqueue with a transition: (event_type, data, subject, event_id)."""
 
-_UPSERT_SQLITE = (
-    "INSERT INTO {table} "
-    "(execution_id, workflow_id, state, created_at, updated_at, snapshot) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id) DO UPDATE SET "
+_UPSERT_COLUMNS = ("execution_id", "workflow_id", "state", "created_at", "updated_at", "snapshot")
+_UPSERT_CONFLICT = (
+    "ON CONFLICT (execution_id) DO UPDATE SET "
     "state = excluded.state, updated_at = excluded.updated_at, snapshot = excluded.snapshot"
 )
 _CHECKPOINT_EVERY = 200
@@ -103,7 +103,9 @@ class TransitionWriter:
         self.outbox = outbox
         self.on_events: Callable[[], None] = lambda: None
         self.commits = 0
-        self._upsert_sqlite = _UPSERT_SQLITE.format(table=executions.name)
+        self._upsert_sqlite = RowInsert(
+            executions.name, _UPSERT_COLUMNS, on_conflict=_UPSERT_CONFLICT
+        )
         self._outbox_sqlite = sqlite_outbox_insert(outbox.table)
         self._writer: SqliteWriter | None = None
         self._raw_mode = ""
@@ -243,10 +245,9 @@ class TransitionWriter:
             raw.execute(f"PRAGMA synchronous={mode}")
             self._raw_mode = mode
         with sqlite_transaction(raw):
-            cursor = raw.cursor()
             if rows:
-                cursor.executemany(
-                    self._upsert_sqlite,
+                self._upsert_sqlite.run(
+                    raw,
                     [
                         (
                             r["execution_id"],
@@ -260,8 +261,7 @@ class TransitionWriter:
                     ],
                 )
             if events:
-                cursor.executemany(self._outbox_sqlite, sqlite_outbox_rows(events))
-            cursor.close()
+                self._outbox_sqlite.run(raw, sqlite_outbox_rows(events))
         if sync:
             self._since_checkpoint += 1
             if self._since_checkpoint >= _CHECKPOINT_EVERY:

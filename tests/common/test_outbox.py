@@ -114,7 +114,7 @@ def test_the_raw_sqlite_insert_stores_rows_the_outbox_reads_back(tmp_path: Path)
         "traceparent": "",
         "created_at": 1.5,
     }
-    conn.executemany(sqlite_outbox_insert(table), sqlite_outbox_rows([row]))
+    sqlite_outbox_insert(table).run(conn, sqlite_outbox_rows([row]))
     stored = conn.execute(f"SELECT {', '.join(OUTBOX_COLUMNS)} FROM raw_outbox").fetchall()
     conn.close()
     assert stored == [("e1", "x.happened", "ai_domain", "s", '{"n": 1}', "", 1.5)]

@@ -154,8 +154,8 @@ class FiringWriter:
             f"UPDATE {firings.name} SET state = ?, attempts = ?, next_at = ?, "
             "lease_until = 0.0, updated_at = ?, record = ? WHERE firing_id = ? AND state = ?"
         )
-        self._events_sql = sqlite_outbox_insert(events_outbox)
-        self._log_sql = sqlite_outbox_insert(log_outbox)
+        self._events_insert = sqlite_outbox_insert(events_outbox)
+        self._log_insert = sqlite_outbox_insert(log_outbox)
 
     async def open(self) -> None:
         """Opens the writer thread's connection (SQLite file) and starts the committer."""
@@ -278,9 +278,10 @@ class FiringWriter:
         )
         if not cursor.rowcount:
             return False
-        for sql, rows in ((self._events_sql, item.events), (self._log_sql, item.log_entries)):
+        outboxes = ((self._events_insert, item.events), (self._log_insert, item.log_entries))
+        for insert, rows in outboxes:
             if rows:
-                raw.executemany(sql, sqlite_outbox_rows(rows))
+                insert.run(raw, sqlite_outbox_rows(rows))
         return True
 
     async def _write_async(self, conn: AsyncConnection, item: Write) -> Written:
