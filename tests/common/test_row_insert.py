@@ -69,9 +69,7 @@ def test_statements_stay_within_sqlites_limit_on_bound_parameters(
 
 
 def test_an_upsert_sees_the_earlier_rows_of_its_own_statement(conn: sqlite3.Connection) -> None:
-    upsert = RowInsert(
-        "t", COLUMNS, on_conflict="ON CONFLICT (k) DO UPDATE SET n = n + excluded.n"
-    )
+    upsert = RowInsert("t", COLUMNS, on_conflict="ON CONFLICT (k) DO UPDATE SET n = n + excluded.n")
     rows = [("a", "", 1), ("b", "", 10), ("a", "", 2), ("a", "", 4), ("b", "", 20)]
     upsert.run(conn, rows)
     one_by_one = sqlite3.connect(":memory:", isolation_level=None)
@@ -91,7 +89,7 @@ def test_a_refused_row_leaves_nothing_of_the_transaction(conn: sqlite3.Connectio
 
 
 def test_an_insert_needs_columns_and_rows() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="an insert needs columns"):
         RowInsert("t", ())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="an insert needs columns"):
         RowInsert("t", COLUMNS, max_rows=0)
