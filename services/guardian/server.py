@@ -181,6 +181,7 @@ class GuardianServer(Service):
 
     async def begin_shutdown(self) -> None:
         self.shutting_down.set()
+        self.supervisor.begin_shutdown()
 
     async def stop(self) -> None:
         # The spawned tasks (lease renewal among them) have ended before this runs: the

@@ -248,9 +248,17 @@ class Supervisor:
             self._launch(managed, fail_fast=True)
         return await self._wait_ready(managed)
 
+    def begin_shutdown(self) -> None:
+        """From now on nothing is started again: not a component that exits, nor one a
+        restart or a heal under way has stopped (it stays STOPPED). Guardian says so as
+        its shutdown begins, before it waits for the operations in flight: a heal that
+        would start its component again would only make that wait longer (a `clear_port`
+        can take most of a minute) and the shutdown stop it once more."""
+        self.stopping = True
+
     async def shutdown(self) -> None:
         """Stops every component in reverse boot order, each gracefully."""
-        self.stopping = True
+        self.begin_shutdown()
         started = [n for n in self._start_order if n in self._components]
         rest = [n for n in self._components if n not in started]
         for name in [*reversed(started), *rest]:
@@ -266,8 +274,8 @@ class Supervisor:
     async def start(self, name: str, *, wait: bool = True) -> ComponentStatus:
         """Starts a component that is not running (resets its restart count)."""
         managed = self._managed(name)
-        self._refuse_while_stopping()
-        async with managed.lock:
+        async with managed.lock:  # the shutdown may begin while this waits for the lock
+            self._refuse_while_stopping()
             if managed.task is None or managed.task.done():
                 managed.status.restarts = 0
                 self._launch(managed, fail_fast=False)
@@ -313,6 +321,9 @@ class Supervisor:
     async def _relaunch(self, managed: Managed) -> None:
         async with managed.lock:
             await self._stop_locked(managed)
+            if self.stopping:  # the shutdown began while the old process stopped
+                log.info("%s: not started again, Guardian is shutting down", managed.status.name)
+                return
             managed.status.restarts = 0
             self._launch(managed, fail_fast=False)
 

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from services.guardian.model import State
 from services.guardian.playbooks import Healer
 from services.guardian.ports import tier
@@ -312,3 +312,29 @@ async def test_a_heal_or_control_operation_whose_caller_gives_up_midway_still_en
         await supervisor.journal.flush()
         kinds = [d.event_type for d in await store.decisions("svc")]
         assert kinds == ["healing.started", "healing.completed"]
+
+
+@pytest.mark.parametrize("playbook", ["restart_component", "clear_port"])
+async def test_a_heal_under_way_when_the_shutdown_begins_leaves_its_component_stopped(
+    one_component: OneComponent, monkeypatch: pytest.MonkeyPatch, playbook: str
+) -> None:
+    # Starting the component again would only lengthen the shutdown's wait for the heal
+    # and make the shutdown stop it once more.
+    supervisor, store, healer = one_component
+    old_pid = supervisor.status("svc").pid
+    exited = once_exited(monkeypatch, supervisor)
+    heal = asyncio.create_task(healer.heal("svc", playbook))
+    await exited.reached.wait()
+    supervisor.begin_shutdown()
+    exited.release.set()
+    if playbook == "clear_port":
+        with pytest.raises(Unavailable, match="shutting down"):
+            await heal
+    else:
+        assert not (await heal).success
+    after = supervisor.status("svc")
+    assert (after.state, after.pid) == (State.STOPPED, 0)
+    assert not pid_exists(old_pid)
+    await supervisor.journal.flush()
+    kinds = [d.event_type for d in await store.decisions("svc")]
+    assert kinds == ["healing.started", "healing.failed"]

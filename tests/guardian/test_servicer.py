@@ -12,8 +12,10 @@ from google.api import annotations_pb2
 from google.protobuf import json_format
 
 from grace.guardian.v1 import guardian_pb2, guardian_pb2_grpc
+from services.common.errors import Unavailable
 from services.common.outbox import OutboxEvent
 from services.guardian.config import GuardianConfig
+from services.guardian.model import SystemStatus
 from services.guardian.server import SERVICE_NAME, GuardianServer
 from tests.guardian.conftest import component, topology
 from tests.support import eventually, free_ports, server_config, serving
@@ -175,3 +177,14 @@ async def test_heal_events_reach_the_plugged_publisher(
         ("healing.completed", "alpha", "guardian"),
     ]
     assert publisher.events[0].data["playbook"] == "restart_component"
+
+
+async def test_once_its_shutdown_begins_guardian_starts_nothing_again(tmp_path: Path) -> None:
+    # Said as the shutdown begins, before Guardian waits for operations in flight.
+    (port,) = free_ports(1)
+    config = GuardianConfig(server=server_config("guardian", tmp_path))
+    service = GuardianServer(config, topology({"alpha": component("alpha", port)}))
+    await service.begin_shutdown()
+    assert service.supervisor.system_health().status == SystemStatus.STOPPING
+    with pytest.raises(Unavailable, match="shutting down"):
+        await service.supervisor.start("alpha")
