@@ -20,6 +20,7 @@ not tallied: their length says nothing about the upstream's health.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -74,6 +75,10 @@ MIN_TIMEOUT_S = 0.001
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
+async def _always_reachable() -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class ForwardRequest:
     """What the forward gate sees of a request about to be forwarded.
@@ -85,6 +90,10 @@ class ForwardRequest:
         path: The canonical, percent-decoded path requested (`gateway.paths`); governance
             asks about `METHOD:path`.
         headers: The request's headers, lower-case names (`x-retry-token`, `prefer`).
+        reachable: Waits until the request can be sent (its upstream connected), or
+            raises `HttpError` 503 when it cannot be within the request's deadline. A gate
+            awaits it before it spends anything on the request (an approval redeemed
+            once), so that an upstream that is down costs the client nothing but a retry.
     """
 
     route: Route
@@ -92,14 +101,16 @@ class ForwardRequest:
     metadata: Metadata
     path: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
+    reachable: Callable[[], Awaitable[None]] = _always_reachable
 
 
 class ForwardGate(Protocol):
     """The hook point for asking before a mutating request is forwarded.
 
     The gateway calls `check` for every route whose HTTP method is not GET, after the
-    request is built and before it is sent. To refuse, raise `HttpError` (for example 403
-    PERMISSION_DENIED with the policy's reasons). Governance (issue 9) plugs in here.
+    request is built and its upstream found, before it is sent. To refuse, raise
+    `HttpError` (for example 403 PERMISSION_DENIED with the policy's reasons). Governance
+    plugs in here (`gateway.governance`).
     """
 
     async def check(self, request: ForwardRequest) -> None:
@@ -292,11 +303,18 @@ class GatewayApp:
         default = None if route.server_streaming else self.config.default_timeout_s
         timeout = parse_timeout(headers, default, self.config.max_timeout_s)
         metadata = self._metadata(request, headers, request_id, principal, tracing)
+        upstream = await self._upstream(route, message, metadata, timeout)
         if route.mutating:
             await self.gate.check(
-                ForwardRequest(route, message, metadata, canonical.decoded, dict(headers))
+                ForwardRequest(
+                    route,
+                    message,
+                    metadata,
+                    canonical.decoded,
+                    dict(headers),
+                    reachable=functools.partial(upstream.connected, timeout),
+                )
             )
-        upstream = await self._upstream(route, message, metadata, timeout)
         if route.server_streaming:
             last_event_id = headers.get(LAST_EVENT_ID)
             if last_event_id is not None:

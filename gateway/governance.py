@@ -21,7 +21,9 @@ decision's context), so a token cannot carry another body, and a second retry wi
 token is refused (409 `DECISION_REDEEMED`); a new request asks anew. A client that prefers
 to wait sends `Prefer: wait=<seconds>` (RFC 7240, at most 300): the gateway follows the
 approval and forwards the request as soon as it is approved (redeeming it the same way), or
-answers 403 when it is rejected or expires, or 202 when the wait ends first.
+answers 403 when it is rejected or expires, or 202 when the wait ends first. The decision is
+redeemed only once the request can be sent (its upstream connected): an upstream that is
+down answers 503 and leaves the token good for the next retry.
 
 Settings (read from the gateway's environment): `GRACE_GATEWAY_GOVERNANCE` (on | off,
 default on), `GRACE_GATEWAY_GOVERNANCE_FALLBACK` (log_only | enforce, default log_only),
@@ -126,7 +128,7 @@ class GovernanceForwardGate:
         digest = request_digest(request)
         token = request.headers.get(RETRY_TOKEN_HEADER, "").strip()
         if token:
-            await self._redeem(question, token, digest)
+            await self._redeem(request, question, token, digest)
             return
         decision = await self.gate.check(
             question.actor,
@@ -161,7 +163,7 @@ class GovernanceForwardGate:
                     f"{GATEWAY_RETRY_HEADER}: {decision.decision_id} once it is approved",
                 ) from None
             if settled == "approved":
-                await self._redeem(question, decision.decision_id, digest)
+                await self._redeem(request, question, decision.decision_id, digest)
                 return
             if settled in ("rejected", "expired"):
                 raise _refusal(
@@ -173,9 +175,13 @@ class GovernanceForwardGate:
                 )
         raise _pending(question, decision)
 
-    async def _redeem(self, question: GateRequest, token: str, digest: str) -> None:
+    async def _redeem(
+        self, request: ForwardRequest, question: GateRequest, token: str, digest: str
+    ) -> None:
         if len(token) > MAX_TOKEN_LENGTH or not token.isascii():
             raise HttpError(400, "X-Retry-Token: is not a token the gateway issued")
+        # A decision redeems once: spend it only on a request that can be sent now.
+        await request.reachable()
         redeemed = await self.gate.redeem(
             token, question.actor, question.action, question.resource, digest
         )

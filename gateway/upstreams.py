@@ -30,6 +30,9 @@ _GET_DOMAIN = "/grace.registry.v1.RegistryService/GetDomain"
 
 Metadata = tuple[tuple[str, str], ...]
 
+# How long `Upstream.connected` waits at most for a channel that is not connected.
+CONNECT_WAIT_S = 10.0
+
 
 class Upstream:
     """One channel and the multi-callables made on it (built once per method)."""
@@ -68,6 +71,22 @@ class Upstream:
             )
             self._stream[path] = found
         return found
+
+    async def connected(self, timeout_s: float | None) -> None:
+        """Returns once the channel is connected (at once while it is); 503 when it is not
+        within `timeout_s` (None: `CONNECT_WAIT_S`)."""
+        if self.channel.get_state(try_to_connect=True) is grpc.ChannelConnectivity.READY:
+            return
+        wait_s = CONNECT_WAIT_S if timeout_s is None else min(timeout_s, CONNECT_WAIT_S)
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), wait_s)
+        except TimeoutError:
+            raise HttpError(
+                503,
+                f"{self.name} at {self.address} cannot be reached: no connection within "
+                f"{wait_s:g} s; nothing was sent, send the request again",
+                status="UNAVAILABLE",
+            ) from None
 
     async def close(self) -> None:
         """Closes the channel, cancelling calls still in flight."""

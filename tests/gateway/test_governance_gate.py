@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from services.kernels.governance.server import GovernanceServer
 from services.registry.server import RegistryServer
 from tests.gateway.conftest import gateway_config
 from tests.registry.conftest import registry_config
-from tests.support import server_config, serving
+from tests.support import free_ports, server_config, serving
 
 
 class Discard:
@@ -187,6 +188,38 @@ async def test_an_approved_request_goes_through_once_with_its_retry_token(
     anew = await governed.http.post("/domains/register", json=body, headers=alice)
     assert anew.status_code == 202, anew.text
     assert anew.json()["approval_id"] != pending["approval_id"]
+
+
+async def test_a_retry_token_is_not_spent_while_the_upstream_cannot_be_reached(
+    tmp_path: Path,
+) -> None:
+    # The registry the gateway forwards to is not up yet: the approved retry answers 503
+    # without redeeming its decision, and the same token goes through once it is up.
+    (port,) = free_ports(1)
+    env = {"GRACE_REGISTRY_ADDR": f"127.0.0.1:{port}"}
+    async with governed_stack(tmp_path / "stack", env) as governed:
+        await governed.governance.CreatePolicy(gov.CreatePolicyRequest(policy=SECOND_PAIR_OF_EYES))
+        alice = {"X-Actor": "user:alice"}
+        body = {"domain_id": "late_upstream", "port": 9007}
+        held = await governed.http.post("/domains/register", json=body, headers=alice)
+        assert held.status_code == 202, held.text
+        await _approve(governed, held.json()["approval_id"])
+        token = {**alice, "X-Retry-Token": held.json()["retry_token"]}
+
+        down = await governed.http.post(
+            "/domains/register", json=body, headers={**token, "grpc-timeout": "1S"}
+        )
+        assert down.status_code == 503, down.text
+        assert "cannot be reached" in down.json()["error"]["message"]
+
+        late = RegistryServer(registry_config(tmp_path / "late"))
+        config = dataclasses.replace(late.config.server, port=port)
+        async with serving(config, late):
+            redeemed = await governed.http.post("/domains/register", json=body, headers=token)
+            assert redeemed.status_code == 200, redeemed.text
+            assert "late_upstream" in await _domain_ids(governed)
+            again = await governed.http.post("/domains/register", json=body, headers=token)
+            assert again.status_code == 409, again.text
 
 
 async def test_a_token_retried_before_the_approval_is_settled_is_still_pending(
