@@ -6,6 +6,12 @@ Each call carries an idempotency key derived from the firing, so a firing run ag
 another instance after its first instance died (see `store`) starts the workflow or runs
 the domain action once: the orchestrator answers the same execution for the same
 `request_id`, and a domain the stored result for the same idempotency key.
+
+Calls to the orchestrator wait for it to be reachable, within their deadline, instead of
+failing at once while it is down (gRPC's wait-for-ready): a firing due while the
+orchestrator starts (at boot, or while Guardian restarts it) starts its workflow once the
+orchestrator is up, which the idempotency key makes safe to wait for. So the orchestrator
+is not a start-up dependency of the kernels that fire.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class PeerClients:
                     workflow_id=workflow_id, input=to_struct(data), request_id=request_id
                 ),
                 timeout=self.timeout_s,
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as exc:
             raise ActionFailed(f"orchestrator: {exc.code().name}: {exc.details()}") from exc
@@ -112,6 +119,7 @@ class PeerClients:
             response = await self._orch().GetExecution(
                 orchestrator_pb2.GetExecutionRequest(execution_id=execution_id),
                 timeout=self.timeout_s,
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
