@@ -7,11 +7,13 @@ another instance after its first instance died (see `store`) starts the workflow
 the domain action once: the orchestrator answers the same execution for the same
 `request_id`, and a domain the stored result for the same idempotency key.
 
-Calls to the orchestrator wait for it to be reachable, within their deadline, instead of
-failing at once while it is down (gRPC's wait-for-ready): a firing due while the
-orchestrator starts (at boot, or while Guardian restarts it) starts its workflow once the
-orchestrator is up, which the idempotency key makes safe to wait for. So the orchestrator
-is not a start-up dependency of the kernels that fire.
+With `wait_for_orchestrator`, calls to the orchestrator wait for it to be reachable, within
+their deadline, instead of failing at once while it is down (gRPC's wait-for-ready): a
+firing due while the orchestrator starts (at boot, or while Guardian restarts it) starts its
+workflow once the orchestrator is up, which the idempotency key makes safe to wait for. The
+scheduler waits so (a failed firing is recorded, not tried again); the trigger mesh fails
+at once and retries the firing with backoff, so that its slots for concurrent firings are
+not held by waits while the orchestrator is down.
 """
 
 from __future__ import annotations
@@ -65,14 +67,22 @@ class PeerClients:
         orchestrator_address: `host:port` of the orchestrator.
         registry_address: `host:port` of the registry (resolves domain targets).
         timeout_s: Deadline of each call (shorter than the firing lease).
+        wait_for_orchestrator: Calls to the orchestrator wait for it while it is down,
+            until their deadline, instead of failing UNAVAILABLE at once.
     """
 
     def __init__(
-        self, orchestrator_address: str, registry_address: str, *, timeout_s: float = 30.0
+        self,
+        orchestrator_address: str,
+        registry_address: str,
+        *,
+        timeout_s: float = 30.0,
+        wait_for_orchestrator: bool = False,
     ) -> None:
         self._orchestrator_address = orchestrator_address
         self._registry_address = registry_address
         self.timeout_s = timeout_s
+        self._wait_for_orchestrator = wait_for_orchestrator
         self._channels: list[grpc.aio.Channel] = []
         self._orchestrator: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub | None = None
         self._router: DomainRouter | None = None
@@ -108,7 +118,7 @@ class PeerClients:
                     workflow_id=workflow_id, input=to_struct(data), request_id=request_id
                 ),
                 timeout=self.timeout_s,
-                wait_for_ready=True,
+                wait_for_ready=self._wait_for_orchestrator,
             )
         except grpc.aio.AioRpcError as exc:
             raise ActionFailed(f"orchestrator: {exc.code().name}: {exc.details()}") from exc
@@ -119,7 +129,7 @@ class PeerClients:
             response = await self._orch().GetExecution(
                 orchestrator_pb2.GetExecutionRequest(execution_id=execution_id),
                 timeout=self.timeout_s,
-                wait_for_ready=True,
+                wait_for_ready=self._wait_for_orchestrator,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:

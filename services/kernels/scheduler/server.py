@@ -71,10 +71,13 @@ class SchedulerServer(Service):
         self.peer_health = peer_health_of(config.registration, config.server.env)
         self._clients: PeerClients | None = None
         if peers is None:
+            # A firing is not tried again after a failure: one due while the orchestrator
+            # starts (at boot, it starts beside the scheduler) waits for it instead.
             self._clients = PeerClients(
                 config.orchestrator_address,
                 config.registry_address,
                 timeout_s=config.action_timeout_s,
+                wait_for_orchestrator=True,
             )
             peers = self._clients
         self._governance: GovernanceClient | None = None
