@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from services.common.action_peers import ActionFailed
 from services.common.governance_client import GateDecision
+from services.common.outbox import OutboxEvent
 
 
 class FakeClock:
@@ -88,3 +89,13 @@ class ScriptedGate:
         if actor in self.denied:
             return GateDecision(False, "deny", "dec-deny", reasons=("owner is not allowed",))
         return GateDecision(True, "allow", f"dec-{len(self.asked)}")
+
+
+class ListPublisher:
+    """Collects what an outbox relay publishes (the bus, the immutable log)."""
+
+    def __init__(self) -> None:
+        self.events: list[OutboxEvent] = []
+
+    async def publish(self, events: Sequence[OutboxEvent]) -> None:
+        self.events.extend(events)

@@ -20,8 +20,7 @@ from services.common.server import Service
 from services.kernels.scheduler.config import SchedulerConfig
 from services.kernels.scheduler.firer import SchedulerSettings
 from services.kernels.scheduler.server import SchedulerServer
-from tests.kernels.scheduler.doubles import ScriptedGate
-from tests.kernels.scheduler.test_server import ListPublisher
+from tests.kernels.scheduler.doubles import ListPublisher, ScriptedGate
 from tests.support import eventually, free_ports, server_config, serving
 
 

@@ -4,7 +4,7 @@ DomainService actions workflows use, and a firing reaching the bus and the log o
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -18,7 +18,6 @@ from grace.kernels.immutable_log.v1 import immutable_log_pb2 as log_pb
 from grace.kernels.immutable_log.v1 import immutable_log_pb2_grpc
 from grace.kernels.scheduler.v1 import scheduler_pb2 as pb
 from grace.kernels.scheduler.v1 import scheduler_pb2_grpc
-from services.common.outbox import OutboxEvent
 from services.common.timestamps import to_duration, to_timestamp
 from services.kernels.immutable_log.config import LogConfig
 from services.kernels.immutable_log.log import LogSettings
@@ -26,16 +25,8 @@ from services.kernels.immutable_log.server import ImmutableLogServer
 from services.kernels.scheduler.config import SchedulerConfig
 from services.kernels.scheduler.firer import SchedulerSettings
 from services.kernels.scheduler.server import SchedulerServer
-from tests.kernels.scheduler.doubles import RecordingPeers, ScriptedGate
+from tests.kernels.scheduler.doubles import ListPublisher, RecordingPeers, ScriptedGate
 from tests.support import eventually, server_config, serving
-
-
-class ListPublisher:
-    def __init__(self) -> None:
-        self.events: list[OutboxEvent] = []
-
-    async def publish(self, events: Sequence[OutboxEvent]) -> None:
-        self.events.extend(events)
 
 
 class Running:
