@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+# What SQLite's unix VFS calls to sync a file: fdatasync where the platform has it (it
+# skips metadata a read does not need), fsync elsewhere (macOS).
+_fdatasync = getattr(os, "fdatasync", os.fsync)
 
 
 def normalize_url(url: str) -> str:
@@ -207,6 +212,13 @@ class SqliteWriter:
     executor: `run_in_executor` costs a work item, two chained futures and the executor's
     locks per call, which showed as several percent of a busy orchestrator's event loop.
 
+    Commits made with `synchronous=NORMAL` (inline, from the event loop) are made durable
+    later by `flush`: the WAL file is synced on the thread, which is what
+    `synchronous=FULL` does at each commit, and one sync covers every commit made before
+    it. A commit then holds the connection for its writes only, not for the disk's flush,
+    and concurrent flushes share one sync. Whoever commits records it (`committed`), so
+    that `flush` knows what it must cover.
+
     Args:
         path: The database file (its tables already exist).
         name: Names the thread.
@@ -219,6 +231,10 @@ class SqliteWriter:
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        # Commits recorded on the connection, and how many of them are known to be on disk.
+        self._written = 0
+        self._durable = 0
+        self._flushing: asyncio.Future[None] | None = None
 
     def connection(self) -> sqlite3.Connection:
         """The writer's connection, opened on first use. Only ever use it from `run`'s
@@ -237,6 +253,52 @@ class SqliteWriter:
         dropped), as with an executor.
         """
         return await self._submit(lambda: write(self.connection()))
+
+    def committed(self, *, durable: bool) -> None:
+        """Records a commit on the connection, from the event loop once it returned:
+        `durable` when it was made with `synchronous=FULL` (its sync of the WAL also made
+        every commit before it durable)."""
+        self._written += 1
+        if durable:
+            self._durable = self._written
+
+    async def flush(self) -> None:
+        """Returns once every commit recorded so far is on disk.
+
+        One sync at a time: callers that arrive while one is in flight wait for it, and sync
+        again (together) if it started before their commits. A failed sync raises in the
+        caller that made it; the others then try again themselves.
+        """
+        target = self._written
+        while self._durable < target:
+            in_flight = self._flushing
+            if in_flight is not None:
+                await asyncio.wait({in_flight})
+                continue
+            covered = self._written  # recorded before the sync starts: it covers them
+            self._flushing = in_flight = asyncio.get_running_loop().create_future()
+            try:
+                # Awaited directly rather than in a task of its own: a task costs the
+                # caller two more turns of a busy event loop before it resumes.
+                await self._submit(self._fsync_wal)
+                self._durable = max(self._durable, covered)
+            finally:
+                self._flushing = None
+                in_flight.set_result(None)
+
+    def _fsync_wal(self) -> None:
+        # Opened for each sync rather than kept: a sync through any descriptor flushes the
+        # file, and a new one can never point at a WAL file SQLite has since replaced. A
+        # database SQLite could not put in WAL mode (a file system without shared memory)
+        # commits into its main file, which is then the one to sync.
+        try:
+            fd = os.open(f"{self._path}-wal", os.O_RDWR)
+        except FileNotFoundError:
+            fd = os.open(self._path, os.O_RDWR)
+        try:
+            _fdatasync(fd)
+        finally:
+            os.close(fd)
 
     async def _submit(self, call: Callable[[], T]) -> T:
         if self._closed:
@@ -263,7 +325,10 @@ class SqliteWriter:
                 job.settle(result, None)
 
     async def close(self) -> None:
-        """Closes the connection and stops the thread (calls made before it still run)."""
+        """Flushes what is not yet durable, closes the connection and stops the thread
+        (calls made before it still run)."""
+        if self._written > self._durable:
+            await self.flush()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await self._submit(conn.close)

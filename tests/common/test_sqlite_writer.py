@@ -1,9 +1,11 @@
 """The SQLite writer thread: calls in order on one thread, errors handed back, a call
-cancelled before it started never runs, and close ends the thread."""
+cancelled before it started never runs, and close ends the thread; `flush` syncs the WAL
+after commits made without waiting for the disk, one sync for many callers."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from services.common import storage
 from services.common.storage import SqliteWriter
 
 
@@ -108,3 +111,122 @@ async def test_close_closes_the_connection_and_ends_the_thread(writer: SqliteWri
     assert "test-writer" not in {t.name for t in threading.enumerate()}
     with pytest.raises(RuntimeError, match="closed"):
         await writer.run(rows)
+
+
+class Syncs:
+    """Stands in for fdatasync: records the inode of every file synced; with `hold`, each
+    sync waits on the writer thread until the test releases it."""
+
+    def __init__(self, *, hold: bool = False, fail_first: bool = False) -> None:
+        self.inodes: list[int] = []
+        self.hold = hold
+        self.fail_first = fail_first
+        self.started = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+
+    def __call__(self, fd: int) -> None:
+        self.started.release()
+        if self.hold:
+            assert self.release.acquire(timeout=10)
+        if self.fail_first:
+            self.fail_first = False
+            raise OSError(5, "Input/output error")
+        self.inodes.append(os.fstat(fd).st_ino)
+
+    async def wait_started(self) -> None:
+        assert await asyncio.to_thread(self.started.acquire, True, 10)
+
+
+@pytest.fixture
+def syncs(monkeypatch: pytest.MonkeyPatch) -> Syncs:
+    fake = Syncs()
+    monkeypatch.setattr(storage, "_fdatasync", fake)
+    return fake
+
+
+def commit_inline(writer: SqliteWriter, n: int) -> None:
+    """What a write path does on the event loop: a commit that does not wait for the disk."""
+    conn = writer.connection()
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("INSERT INTO t VALUES (?)", (n,))
+    writer.committed(durable=False)
+
+
+async def test_flush_syncs_the_wal_once_for_the_commits_before_it(
+    writer: SqliteWriter, syncs: Syncs, tmp_path: Path
+) -> None:
+    await writer.flush()
+    assert syncs.inodes == []  # nothing committed, nothing to sync
+    commit_inline(writer, 1)
+    commit_inline(writer, 2)
+    await writer.flush()
+    assert syncs.inodes == [os.stat(tmp_path / "w.db-wal").st_ino]
+    await writer.flush()
+    assert len(syncs.inodes) == 1  # already durable
+    commit_inline(writer, 3)
+    await writer.flush()
+    assert len(syncs.inodes) == 2
+    await writer.close()
+
+
+async def test_a_commit_made_with_synchronous_full_needs_no_flush(
+    writer: SqliteWriter, syncs: Syncs
+) -> None:
+    commit_inline(writer, 1)
+    await writer.run(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))
+    writer.committed(durable=True)  # its sync covered the commit before it too
+    await writer.flush()
+    await writer.close()
+    assert syncs.inodes == []
+
+
+async def test_callers_during_a_sync_wait_for_the_next_one_and_share_it(
+    writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = Syncs(hold=True)
+    monkeypatch.setattr(storage, "_fdatasync", held)
+    commit_inline(writer, 1)
+    first = asyncio.create_task(writer.flush())
+    await held.wait_started()
+    # Committed while the first sync runs, which may not cover it.
+    commit_inline(writer, 2)
+    later = [asyncio.create_task(writer.flush()) for _ in range(5)]
+    held.release.release()
+    await first
+    await held.wait_started()  # the second sync, for the later callers
+    assert not any(task.done() for task in later)
+    assert len(held.inodes) == 1
+    held.release.release()
+    await asyncio.gather(*later)
+    assert len(held.inodes) == 2  # five callers, one sync
+    await writer.close()
+
+
+async def test_a_failed_sync_raises_and_the_next_flush_syncs_again(
+    writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = Syncs(fail_first=True)
+    monkeypatch.setattr(storage, "_fdatasync", failing)
+    commit_inline(writer, 1)
+    with pytest.raises(OSError, match="Input/output error"):
+        await writer.flush()
+    await writer.flush()
+    assert len(failing.inodes) == 1
+    await writer.close()
+
+
+async def test_close_syncs_what_is_not_durable_yet(writer: SqliteWriter, syncs: Syncs) -> None:
+    commit_inline(writer, 1)
+    await writer.close()
+    assert len(syncs.inodes) == 1
+    await writer.flush()  # after close: nothing left to sync, and no error
+
+
+async def test_without_a_wal_the_database_file_is_synced(
+    writer: SqliteWriter, syncs: Syncs, tmp_path: Path
+) -> None:
+    # A file system where SQLite could not use WAL mode: commits land in the main file.
+    writer.committed(durable=False)
+    await writer.flush()
+    assert syncs.inodes == [os.stat(tmp_path / "w.db").st_ino]
+    await writer.close()
