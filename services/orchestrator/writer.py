@@ -5,18 +5,15 @@ the orchestrator acts on it. Transitions that arrive while a commit is in flight
 written together in the next transaction by the shared group committer (one upsert per
 execution, latest snapshot wins, plus their outbox events), so a busy orchestrator pays one
 commit for many transitions. On SQLite the batch is one prepared statement per table on the
-database's writer connection, committed inline on the event loop with `synchronous=NORMAL`
-(no wait for the disk; on the writer thread instead when another connection holds the lock,
-and every `_CHECKPOINT_EVERY` commits, when the WAL is folded back); on PostgreSQL through
-the async engine.
+database's writer connection, committed inline on the event loop (`SqliteWriter.commit`); on
+PostgreSQL through the async engine.
 
 Two grades of durability. Every commit survives a crash of the orchestrator process
 (kill -9): SQLite's WAL or PostgreSQL has it before the orchestrator acts. Transitions a
 client is told about, or that start a rollback (`sync=True`: execution accepted, cancel,
 COMPENSATING, the final state), are also on disk before `save` returns, and so survive a
-power cut: on SQLite the WAL is synced after the commit, on the writer thread
-(`SqliteWriter.flush`: what `synchronous=FULL` would do within the commit, without holding
-the commit's statements on the thread); on PostgreSQL with `synchronous_commit=on`.
+power cut: on SQLite the WAL is synced after the commit, on the writer thread; on
+PostgreSQL with `synchronous_commit=on`.
 Intermediate step transitions are not flushed (`synchronous_commit=off` on PostgreSQL):
 after a power cut the execution may resume from an earlier transition, and the steps since
 are called again with their idempotency keys, which return the stored results.
@@ -43,8 +40,6 @@ from services.common.storage import (
     Database,
     RowInsert,
     SqliteWriter,
-    is_sqlite_busy,
-    retry_while_busy,
     sqlite_transaction,
 )
 from services.orchestrator.leases import ExecutionLeases, LeaseLost
@@ -61,16 +56,8 @@ _UPSERT_CONFLICT = (
     "ON CONFLICT (execution_id) DO UPDATE SET "
     "state = excluded.state, updated_at = excluded.updated_at, snapshot = excluded.snapshot"
 )
-_CHECKPOINT_EVERY = 200
 # Built once: `json.dumps` with options builds a new encoder for every snapshot.
 _SNAPSHOT_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-def _prepare_writer_connection(raw: sqlite3.Connection) -> None:
-    # Auto-checkpoints could fsync inside an inline commit: the writer folds the WAL back
-    # itself, on its thread. It never waits for a lock inline (see _commit_inline).
-    raw.execute("PRAGMA wal_autocheckpoint=0")
-    raw.execute("PRAGMA busy_timeout=0")
 
 
 @dataclass(frozen=True)
@@ -111,8 +98,6 @@ class TransitionWriter:
         )
         self._outbox_sqlite = sqlite_outbox_insert(outbox.table)
         self._writer: SqliteWriter | None = None
-        self._raw_mode = ""
-        self._since_checkpoint = 0
         self._committer: GroupCommitter[_Transition, LeaseLost | None] = GroupCommitter(
             self._commit,
             name="orchestrator-writer",
@@ -123,10 +108,6 @@ class TransitionWriter:
     async def open(self) -> None:
         """Opens the writer's connection (SQLite) and starts the group committer."""
         self._writer = self.db.sqlite_writer("orchestrator-writer")
-        if self._writer is not None:
-            # One connection, used by one commit at a time: on the writer thread for
-            # flushed batches, inline for unflushed ones (never both at once).
-            await self._writer.run(_prepare_writer_connection)
         self._committer.start()
 
     async def close(self) -> None:
@@ -195,13 +176,11 @@ class TransitionWriter:
     ) -> set[str]:
         """Writes the batch; returns the executions refused by the fence."""
         if self._writer is not None:
-            if self._since_checkpoint < _CHECKPOINT_EVERY and self._commit_inline(rows, events):
-                if sync:
-                    # The next batch forms meanwhile: it shares the commit after this one.
-                    await self._writer.flush()
-                return set()
-            await self._writer.run(lambda conn: self._commit_on_thread(conn, rows, events, sync))
-            self._writer.committed(durable=sync)
+            # While a flushed batch waits for the disk, the next batch forms: it shares the
+            # commit after this one.
+            await self._writer.commit(
+                lambda conn: self._commit_sqlite(conn, rows, events), durable=sync
+            )
             return set()
         async with self.db.transaction() as conn:
             if not sync:
@@ -219,49 +198,9 @@ class TransitionWriter:
         if with_events:
             self.on_events()
 
-    def _commit_inline(self, rows: list[JsonDict], events: list[JsonDict]) -> bool:
-        """Commits a batch on the event loop with synchronous=NORMAL; False when another
-        writer holds the lock (the batch then goes through the writer thread, where waiting
-        is harmless).
-
-        With synchronous=NORMAL a commit only appends to the WAL in the page cache (tens of
-        microseconds, no fsync; syncs and checkpoints run on the writer thread), so it costs
-        less inline than a thread hop, and far less than a commit on the thread beside a
-        busy event loop: each of its statements hands the GIL over and waits to get it back
-        (a batch took 2.4 ms there against 0.3 ms inline, at 16 concurrent workflows). It
-        must never wait for a lock here: the other writer may need this very event loop to
-        finish.
-        """
-        assert self._writer is not None
-        try:
-            self._commit_sqlite(self._writer.connection(), rows, events, False)
-        except sqlite3.OperationalError as exc:
-            if not is_sqlite_busy(exc):
-                raise
-            return False
-        self._writer.committed(durable=False)
-        return True
-
-    def _commit_on_thread(
-        self, raw: sqlite3.Connection, rows: list[JsonDict], events: list[JsonDict], sync: bool
-    ) -> None:
-        # The writer connection never waits inside SQLite (busy_timeout 0, for the inline
-        # path); on the thread, waiting for another writer is fine.
-        retry_while_busy(lambda: self._commit_sqlite(raw, rows, events, sync), pause_s=0.002)
-        if self._since_checkpoint >= _CHECKPOINT_EVERY:
-            # Auto-checkpoints are off on this connection (they could fsync inline): the
-            # batch after every `_CHECKPOINT_EVERY` commits comes here, to the writer
-            # thread, and folds the WAL back.
-            raw.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            self._since_checkpoint = 0
-
     def _commit_sqlite(
-        self, raw: sqlite3.Connection, rows: list[JsonDict], events: list[JsonDict], sync: bool
+        self, raw: sqlite3.Connection, rows: list[JsonDict], events: list[JsonDict]
     ) -> None:
-        mode = "FULL" if sync else "NORMAL"
-        if mode != self._raw_mode:
-            raw.execute(f"PRAGMA synchronous={mode}")
-            self._raw_mode = mode
         with sqlite_transaction(raw):
             if rows:
                 self._upsert_sqlite.run(
@@ -280,7 +219,6 @@ class TransitionWriter:
                 )
             if events:
                 self._outbox_sqlite.run(raw, sqlite_outbox_rows(events))
-        self._since_checkpoint += 1
 
     def _write(
         self, conn: Connection, rows: list[JsonDict], events: list[JsonDict], owners: list[str]

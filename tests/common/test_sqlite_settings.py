@@ -1,5 +1,7 @@
 """Every SQLite connection Grace opens, pooled or a writer's, has the same settings:
-durable WAL, foreign keys, a busy wait, and a bounded page cache (a writer's larger)."""
+durable WAL, foreign keys, a busy wait, and a bounded page cache (a writer's larger). A
+writer's connection, which may commit on the event loop, never waits inside SQLite (no busy
+wait, no automatic checkpoints: it waits and checkpoints on its thread)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,12 @@ async def test_pooled_and_writer_connections_have_grace_settings(tmp_path: Path)
         assert pooled == EXPECTED
         writer = db.sqlite_writer("settings-writer")
         assert writer is not None
-        assert await writer.run(settings) == {**EXPECTED, "cache_size": -SQLITE_WRITER_CACHE_KIB}
+        assert await writer.run(settings) == {
+            **EXPECTED,
+            "cache_size": -SQLITE_WRITER_CACHE_KIB,
+            "busy_timeout": 0,
+        }
+        assert await writer.run(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
         await writer.close()
     finally:
         await db.close()

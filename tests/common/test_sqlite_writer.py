@@ -5,7 +5,9 @@ after commits made without waiting for the disk, one sync for many callers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -144,12 +146,91 @@ def syncs(monkeypatch: pytest.MonkeyPatch) -> Syncs:
     return fake
 
 
-def commit_inline(writer: SqliteWriter, n: int) -> None:
-    """What a write path does on the event loop: a commit that does not wait for the disk."""
-    conn = writer.connection()
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("INSERT INTO t VALUES (?)", (n,))
-    writer.committed(durable=False)
+def insert_row(n: int) -> Callable[[sqlite3.Connection], None]:
+    def transaction(conn: sqlite3.Connection) -> None:
+        with storage.sqlite_transaction(conn):
+            conn.execute("INSERT INTO t VALUES (?)", (n,))
+
+    return transaction
+
+
+async def commit_inline(writer: SqliteWriter, n: int) -> None:
+    """A commit on the event loop that does not wait for the disk."""
+    await writer.commit(insert_row(n), durable=False)
+
+
+async def test_a_commit_runs_inline_and_a_durable_one_is_synced_before_it_returns(
+    writer: SqliteWriter, syncs: Syncs, tmp_path: Path
+) -> None:
+    threads: list[str] = []
+
+    def record_thread(conn: sqlite3.Connection) -> None:
+        threads.append(threading.current_thread().name)
+        insert_row(1)(conn)
+
+    await writer.commit(record_thread, durable=False)
+    assert threads == [threading.current_thread().name]  # the event loop's
+    assert syncs.inodes == []
+    await writer.commit(insert_row(2), durable=True)
+    assert syncs.inodes == [os.stat(tmp_path / "w.db-wal").st_ino]
+    assert await writer.run(rows) == [1, 2]
+    await writer.close()
+
+
+async def test_a_commit_not_inline_runs_on_the_thread_with_synchronous_full(
+    writer: SqliteWriter, syncs: Syncs
+) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def record(conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA synchronous").fetchone()[0]
+        seen.append((threading.current_thread().name, mode))
+        insert_row(1)(conn)
+
+    await writer.commit(record, durable=True, inline=False)
+    assert seen == [("test-writer", 2)]  # FULL: the commit synced the WAL itself
+    await writer.flush()
+    assert syncs.inodes == []
+    await writer.close()
+
+
+async def test_a_commit_waits_on_the_thread_while_another_connection_holds_the_lock(
+    writer: SqliteWriter, syncs: Syncs, tmp_path: Path
+) -> None:
+    await commit_inline(writer, 1)  # the WAL exists
+    other = sqlite3.connect(tmp_path / "w.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    committing = asyncio.create_task(writer.commit(insert_row(2), durable=True))
+    await asyncio.sleep(0.05)  # the event loop is free meanwhile: the commit waits on the thread
+    assert not committing.done()
+    other.execute("COMMIT")
+    other.close()
+    await committing
+    assert await writer.run(rows) == [1, 2]
+    await writer.close()
+
+
+async def test_the_wal_is_folded_back_every_so_many_commits(
+    writer: SqliteWriter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Automatic checkpoints are off for inline commits (one would sync the disk on the
+    # event loop); a run of them ends with a commit on the thread, where they are on.
+    monkeypatch.setattr(storage, "SQLITE_INLINE_RUN", 3)
+    monkeypatch.setattr(storage, "SQLITE_CHECKPOINT_PAGES", 1)
+
+    def in_database_file() -> list[int]:
+        """The rows of the database file alone, without what is still only in the WAL."""
+        copy = tmp_path / "copy.db"
+        shutil.copyfile(tmp_path / "w.db", copy)
+        with contextlib.closing(sqlite3.connect(copy)) as conn:
+            return rows(conn)
+
+    for n in range(3):
+        await commit_inline(writer, n)
+    assert in_database_file() == []
+    await commit_inline(writer, 3)  # the fourth goes to the thread, and checkpoints
+    assert in_database_file() == [0, 1, 2, 3]
+    await writer.close()
 
 
 async def test_flush_syncs_the_wal_once_for_the_commits_before_it(
@@ -157,27 +238,16 @@ async def test_flush_syncs_the_wal_once_for_the_commits_before_it(
 ) -> None:
     await writer.flush()
     assert syncs.inodes == []  # nothing committed, nothing to sync
-    commit_inline(writer, 1)
-    commit_inline(writer, 2)
+    await commit_inline(writer, 1)
+    await commit_inline(writer, 2)
     await writer.flush()
     assert syncs.inodes == [os.stat(tmp_path / "w.db-wal").st_ino]
     await writer.flush()
     assert len(syncs.inodes) == 1  # already durable
-    commit_inline(writer, 3)
+    await commit_inline(writer, 3)
     await writer.flush()
     assert len(syncs.inodes) == 2
     await writer.close()
-
-
-async def test_a_commit_made_with_synchronous_full_needs_no_flush(
-    writer: SqliteWriter, syncs: Syncs
-) -> None:
-    commit_inline(writer, 1)
-    await writer.run(lambda conn: conn.execute("INSERT INTO t VALUES (2)"))
-    writer.committed(durable=True)  # its sync covered the commit before it too
-    await writer.flush()
-    await writer.close()
-    assert syncs.inodes == []
 
 
 async def test_callers_during_a_sync_wait_for_the_next_one_and_share_it(
@@ -185,11 +255,11 @@ async def test_callers_during_a_sync_wait_for_the_next_one_and_share_it(
 ) -> None:
     held = Syncs(hold=True)
     monkeypatch.setattr(storage, "_fdatasync", held)
-    commit_inline(writer, 1)
+    await commit_inline(writer, 1)
     first = asyncio.create_task(writer.flush())
     await held.wait_started()
     # Committed while the first sync runs, which may not cover it.
-    commit_inline(writer, 2)
+    await commit_inline(writer, 2)
     later = [asyncio.create_task(writer.flush()) for _ in range(5)]
     held.release.release()
     await first
@@ -207,16 +277,16 @@ async def test_a_failed_sync_raises_and_the_next_flush_syncs_again(
 ) -> None:
     failing = Syncs(fail_first=True)
     monkeypatch.setattr(storage, "_fdatasync", failing)
-    commit_inline(writer, 1)
     with pytest.raises(OSError, match="Input/output error"):
-        await writer.flush()
+        await writer.commit(insert_row(1), durable=True)
     await writer.flush()
     assert len(failing.inodes) == 1
+    assert await writer.run(rows) == [1]  # committed: only its sync failed
     await writer.close()
 
 
 async def test_close_syncs_what_is_not_durable_yet(writer: SqliteWriter, syncs: Syncs) -> None:
-    commit_inline(writer, 1)
+    await commit_inline(writer, 1)
     await writer.close()
     assert len(syncs.inodes) == 1
     await writer.flush()  # after close: nothing left to sync, and no error
@@ -225,8 +295,9 @@ async def test_close_syncs_what_is_not_durable_yet(writer: SqliteWriter, syncs: 
 async def test_without_a_wal_the_database_file_is_synced(
     writer: SqliteWriter, syncs: Syncs, tmp_path: Path
 ) -> None:
-    # A file system where SQLite could not use WAL mode: commits land in the main file.
-    writer.committed(durable=False)
-    await writer.flush()
+    # Where SQLite cannot use WAL mode (no shared memory), commits land in the main file.
+    await writer.run(lambda conn: conn.execute("PRAGMA journal_mode=DELETE").fetchall())
+    await writer.commit(insert_row(1), durable=True)
+    assert not (tmp_path / "w.db-wal").exists()
     assert syncs.inodes == [os.stat(tmp_path / "w.db").st_ino]
     await writer.close()

@@ -11,7 +11,6 @@ import pytest
 from services.common import storage
 from services.common.config import sqlite_url
 from services.common.storage import Database
-from services.orchestrator import writer
 from services.orchestrator.model import Execution, ExecutionState, StepRun
 from services.orchestrator.store import OrchestratorStore
 from tests.conftest import DatabaseTarget
@@ -81,24 +80,5 @@ async def test_on_sqlite_a_flushed_transition_is_on_disk_before_save_returns(
         saved = await store.get_execution("ex_a")
         assert saved is not None
         assert saved["state"] == "SUCCEEDED"
-    finally:
-        await store.close()
-
-
-async def test_on_sqlite_the_wal_is_folded_back_every_so_many_commits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Auto-checkpoints are off on the writer's connection; it folds the WAL back itself.
-    monkeypatch.setattr(writer, "_CHECKPOINT_EVERY", 3)
-    path = tmp_path / "o.db"
-    store = OrchestratorStore(Database(sqlite_url(path)))
-    await store.open()
-    try:
-        size_before = path.stat().st_size
-        for n in range(3):  # three commits: all still in the WAL
-            await store.save(_execution(f"ex_{n}", ExecutionState.RUNNING, 1.0).to_json())
-        assert path.stat().st_size == size_before
-        await store.save(_execution("ex_3", ExecutionState.RUNNING, 1.0).to_json(), sync=False)
-        assert path.stat().st_size > size_before  # the fourth commit checkpointed
     finally:
         await store.close()

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common.errors import Unavailable
 from services.common.group_commit import GroupCommitter
 from services.common.outbox import sqlite_outbox_insert, sqlite_outbox_rows
-from services.common.storage import Database, SqliteWriter, retry_while_busy, sqlite_transaction
+from services.common.storage import Database, SqliteWriter, sqlite_transaction
 from services.kernels.triggers.model import Firing, FiringState, Rule
 
 
@@ -85,12 +85,6 @@ class Outcome:
 
 Write = Claims | Outcome
 Written = list[Firing] | bool
-
-
-def _prepare_writer_connection(raw: sqlite3.Connection) -> None:
-    # Waiting for another writer (a lease take, a relay's delete) happens in `_on_thread`
-    # in short steps, not in SQLite's busy handler, whose sleeps grow to 100 ms.
-    raw.execute("PRAGMA busy_timeout=0")
 
 
 def _closed() -> Unavailable:
@@ -160,8 +154,6 @@ class FiringWriter:
     async def open(self) -> None:
         """Opens the writer thread's connection (SQLite file) and starts the committer."""
         self._sqlite = self.db.sqlite_writer("triggers-writer")
-        if self._sqlite is not None:
-            await self._sqlite.run(_prepare_writer_connection)
         self._committer.start()
 
     async def close(self) -> None:
@@ -232,16 +224,17 @@ class FiringWriter:
 
     async def _transaction(self, batch: Sequence[Write]) -> list[Written]:
         if self._sqlite is not None:
-            return await self._sqlite.run(lambda raw: self._on_thread(raw, batch))
+            # Inline; on the writer thread while another writer (a lease take, a relay's
+            # delete) holds the lock, waiting for it there in short steps.
+            return await self._sqlite.commit(
+                lambda raw: self._write_batch_sqlite(raw, batch), durable=True
+            )
         async with self.db.transaction() as conn:
             return [await self._write_async(conn, item) for item in batch]
 
-    def _on_thread(self, raw: sqlite3.Connection, batch: Sequence[Write]) -> list[Written]:
-        def write() -> list[Written]:
-            with sqlite_transaction(raw):
-                return [self._write_sqlite(raw, item) for item in batch]
-
-        return retry_while_busy(write)
+    def _write_batch_sqlite(self, raw: sqlite3.Connection, batch: Sequence[Write]) -> list[Written]:
+        with sqlite_transaction(raw):
+            return [self._write_sqlite(raw, item) for item in batch]
 
     def _write_sqlite(self, raw: sqlite3.Connection, item: Write) -> Written:
         if isinstance(item, Claims):
