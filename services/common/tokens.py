@@ -3,9 +3,10 @@
 A token is 32 random bytes (URL-safe base64, prefixed `grace_`), shown once when created.
 Only its SHA-256 is stored, in one JSON file (`<data dir>/pki/tokens.json`, mode 0600)
 with its principal, roles, expiry and revocation. Every server reads that file through a
-`TokenValidator`, which re-reads it at most once per `refresh_s` (1 s by default) when it
-changed: validating a token costs a hash and a dict lookup, never a network round trip,
-and a revocation takes effect everywhere within `refresh_s`.
+`TokenValidator`, which re-reads it when it changed, checked at most once per `refresh_s`
+(1 s by default) and whenever a token is not found: validating a token costs a hash and a
+dict lookup, never a network round trip, a new token works everywhere at once, and a
+revocation takes effect everywhere within `refresh_s`.
 
 Roles: `admin` (everything), `operator` (Guardian control, policies, approvals, plus
 reads), `reader` (reads), and `domain:<id>` (acts as that domain: a join token).
@@ -208,7 +209,10 @@ class TokenValidator:
     """Resolves bearer tokens to records from the token file, without network calls.
 
     The file is re-read when its modification time or size changed, checked at most once
-    per `refresh_s`; so a new or revoked token takes effect within `refresh_s`.
+    per `refresh_s`, and again whenever a token is not found: a token created a moment ago
+    (a join token Guardian issued just before it started the domain) works at once, and a
+    revoked one stops working within `refresh_s`. A miss costs a `stat` of the file; it is
+    read again only if it changed.
 
     Args:
         path: The token file.
@@ -227,8 +231,8 @@ class TokenValidator:
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
 
-    def _refresh(self, now: float) -> None:
-        if now - self._checked_at < self._refresh_s:
+    def _refresh(self, now: float, *, force: bool = False) -> None:
+        if not force and now - self._checked_at < self._refresh_s:
             return
         with self._lock:
             self._checked_at = now
@@ -246,7 +250,11 @@ class TokenValidator:
         """The active record of `token`, or None (unknown, expired or revoked)."""
         now = self._clock()
         self._refresh(time.monotonic())
-        record = self._records.get(token_digest(token))
+        digest = token_digest(token)
+        record = self._records.get(digest)
+        if record is None:
+            self._refresh(time.monotonic(), force=True)
+            record = self._records.get(digest)
         if record is None or not record.active(now):
             return None
         return record

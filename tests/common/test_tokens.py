@@ -44,6 +44,19 @@ def test_a_revoked_token_stops_working_at_the_next_refresh(tmp_path: Path) -> No
     assert [r.revoked for r in store.list()] == [True]
 
 
+def test_a_token_created_since_the_last_read_works_at_once(tmp_path: Path) -> None:
+    # Guardian issues a domain's join token just before it starts the domain, which joins
+    # through a gateway that read the file a moment earlier.
+    store = TokenStore(tmp_path / "tokens.json")
+    first, _ = store.create("erin", ["reader"])
+    validator = TokenValidator(store.path, refresh_s=3600)
+    assert validator.validate(first) is not None
+    joining, _ = store.create("join:data_domain", ["domain:data_domain"])
+    found = validator.validate(joining)
+    assert found is not None
+    assert found.roles == ("domain:data_domain",)
+
+
 def test_unknown_tokens_and_roles_are_refused(tmp_path: Path) -> None:
     store = TokenStore(tmp_path / "tokens.json")
     assert TokenValidator(store.path, refresh_s=0).validate("grace_nope") is None
