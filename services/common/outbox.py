@@ -157,8 +157,17 @@ class Outbox:
         transaction with one statement; returns their ids. For writers that batch."""
         if not events:
             return []
+        rows = self.batch_rows(events, traceparent=traceparent)
+        await conn.execute(self.table.insert(), rows)
+        return [str(row["event_id"]) for row in rows]
+
+    def batch_rows(
+        self, events: Sequence[tuple[str, str, Mapping[str, Any]]], *, traceparent: str = ""
+    ) -> list[dict[str, Any]]:
+        """The rows `enqueue_many` inserts, for writers that insert them on a synchronous
+        connection (`sqlite_outbox_rows`)."""
         now = time.time()
-        rows: list[dict[str, Any]] = [
+        return [
             {
                 "event_id": str(uuid.uuid4()),
                 "event_type": event_type,
@@ -170,8 +179,6 @@ class Outbox:
             }
             for event_type, subject, data in events
         ]
-        await conn.execute(self.table.insert(), rows)
-        return [str(row["event_id"]) for row in rows]
 
     async def pending(self, limit: int) -> list[OutboxEvent]:
         """The oldest events not yet published, in order."""

@@ -37,7 +37,13 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from services.common.storage import Database, RowInsert, SqliteWriter, sqlite_transaction
+from services.common.storage import (
+    SQLITE_INLINE_MAX_ROWS,
+    Database,
+    RowInsert,
+    SqliteWriter,
+    sqlite_transaction,
+)
 from services.eventbus.model import ConsumerState, DeadLetterRecord, SubscriptionState
 
 __all__ = ["DuplicateEvent", "EventRow", "EventStore", "LogFilter", "RowValues"]
@@ -48,13 +54,6 @@ class DuplicateEvent(Exception):
 
 
 metadata = MetaData()
-
-# A group commit of at most this many events is committed on the event loop, its WAL then
-# synced on the writer thread (SqliteWriter.commit): for publishes that come one or a few at
-# a time that is one hop to the thread instead of one per statement. A larger group stays
-# on the thread, where SQLite's work for it runs beside the event loop's instead of between
-# its turns (tens of microseconds per event).
-INLINE_COMMIT_ROWS = 32
 
 # INTEGER PRIMARY KEY is SQLite's rowid: no separate index to maintain on the hot path.
 _SEQUENCE = BigInteger().with_variant(Integer(), "sqlite")
@@ -276,7 +275,7 @@ class EventStore:
             await self._writer.commit(
                 lambda conn: self._append_sqlite(conn, rows, counts),
                 durable=True,
-                inline=len(rows) <= INLINE_COMMIT_ROWS,
+                inline=len(rows) <= SQLITE_INLINE_MAX_ROWS,
             )
             return
         try:

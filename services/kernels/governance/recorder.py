@@ -11,21 +11,25 @@ a time so only the duplicate gets the earlier decision back (as a retry would).
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.errors import Unavailable
 from services.common.group_commit import GroupCommitter
-from services.common.outbox import Outbox
+from services.common.outbox import Outbox, sqlite_outbox_insert, sqlite_outbox_rows
+from services.common.storage import SQLITE_INLINE_MAX_ROWS, sqlite_transaction
 from services.kernels.governance.model import Approval, Decision
 from services.kernels.governance.store import GovernanceStore, approval_to_json
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+
+# A request id recorded concurrently, through the engine (PostgreSQL) or the writer (SQLite).
+_DUPLICATE = (IntegrityError, sqlite3.IntegrityError)
 
 Recorded = tuple[Decision, bool]
 """A decision as recorded, and whether it is the earlier decision of the same request id."""
@@ -58,6 +62,8 @@ class DecisionRecorder:
         self.events = events
         self.log_entries = log_entries
         self.committed = committed
+        self._events_sqlite = sqlite_outbox_insert(events.table)
+        self._log_sqlite = sqlite_outbox_insert(log_entries.table)
         self._committer: GroupCommitter[_Pending, Recorded] = GroupCommitter(
             self._commit,
             name="governance-recorder",
@@ -84,27 +90,43 @@ class DecisionRecorder:
         request id) and whether it is that earlier one."""
         return await self._committer.submit(_Pending(decision, approval))
 
-    async def _write(self, conn: AsyncConnection, items: Sequence[_Pending]) -> None:
+    async def _write(self, items: Sequence[_Pending]) -> None:
+        """Records the decisions, their approval requests and their outbox rows in one
+        transaction."""
         decisions = [item.decision for item in items]
         approvals = [item.approval for item in items if item.approval is not None]
-        await self.store.add_decisions(conn, decisions)
-        if approvals:
-            await self.store.add_approvals(conn, approvals)
         records = [(d.decision_id, d.to_json()) for d in decisions]
         events = [("governance.decision", subject, data) for subject, data in records]
         events += [
             ("governance.approval.requested", a.approval_id, approval_to_json(a)) for a in approvals
         ]
-        await self.events.enqueue_many(conn, events)
-        await self.log_entries.enqueue_many(
-            conn, [("governance.decision", subject, data) for subject, data in records]
-        )
+        entries = [("governance.decision", subject, data) for subject, data in records]
+        writer = self.store.writer
+        if writer is not None:
+            event_rows = sqlite_outbox_rows(self.events.batch_rows(events))
+            entry_rows = sqlite_outbox_rows(self.log_entries.batch_rows(entries))
+
+            def transaction(conn: sqlite3.Connection) -> None:
+                with sqlite_transaction(conn):
+                    self.store.add_decisions_sqlite(conn, decisions, approvals)
+                    self._events_sqlite.run(conn, event_rows)
+                    self._log_sqlite.run(conn, entry_rows)
+
+            await writer.commit(
+                transaction, durable=True, inline=len(items) <= SQLITE_INLINE_MAX_ROWS
+            )
+            return
+        async with self.store.db.transaction() as conn:
+            await self.store.add_decisions(conn, decisions)
+            if approvals:
+                await self.store.add_approvals(conn, approvals)
+            await self.events.enqueue_many(conn, events)
+            await self.log_entries.enqueue_many(conn, entries)
 
     async def _one(self, item: _Pending) -> Recorded:
         try:
-            async with self.store.db.transaction() as conn:
-                await self._write(conn, [item])
-        except IntegrityError:
+            await self._write([item])
+        except _DUPLICATE:
             request = item.decision.request
             async with self.store.db.read() as conn:
                 earlier = await self.store.decision_by_request(
@@ -118,10 +140,9 @@ class DecisionRecorder:
     async def _commit(self, batch: list[_Pending]) -> list[Recorded | BaseException]:
         results: list[Recorded | BaseException] = []
         try:
-            async with self.store.db.transaction() as conn:
-                await self._write(conn, batch)
+            await self._write(batch)
             results = [(item.decision, False) for item in batch]
-        except IntegrityError:
+        except _DUPLICATE:
             # A request id of the batch was recorded concurrently: redo it one decision at a
             # time, so only the duplicate gets the earlier decision back.
             for item in batch:

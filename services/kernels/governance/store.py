@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from services.common.outbox import outbox_table
-from services.common.storage import Database
+from services.common.storage import Database, RowInsert, SqliteWriter
 from services.kernels.governance.model import (
     Approval,
     ApprovalStatus,
@@ -207,6 +209,26 @@ class GovernanceStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        # On SQLite decisions are recorded through the writer (SqliteWriter.commit, see the
+        # recorder); PostgreSQL uses the engine.
+        self.writer: SqliteWriter | None = db.sqlite_writer("governance-writer")
+        self._decisions_sqlite = RowInsert(
+            decisions.name,
+            (
+                "decision_id",
+                "request_key",
+                "actor",
+                "action",
+                "verdict",
+                "evaluated_verdict",
+                "time",
+                "record",
+            ),
+        )
+        self._links_sqlite = RowInsert(decision_policies.name, ("decision_id", "policy_id"))
+        self._approvals_sqlite = RowInsert(
+            approvals.name, ("approval_id", "decision_id", "status", "expires_at", "record")
+        )
 
     async def open(self) -> None:
         """Creates the tables if missing."""
@@ -214,6 +236,8 @@ class GovernanceStore:
 
     async def close(self) -> None:
         """Closes the database."""
+        if self.writer is not None:
+            await self.writer.close()
         await self.db.close()
 
     # Policies -------------------------------------------------------------------------
@@ -422,6 +446,45 @@ class GovernanceStore:
         return None
 
     # Approvals ------------------------------------------------------------------------
+
+    def add_decisions_sqlite(
+        self, conn: sqlite3.Connection, batch: Sequence[Decision], new: Sequence[Approval]
+    ) -> None:
+        """`add_decisions` and `add_approvals` on the writer's connection (SQLite), inside
+        the caller's transaction."""
+        self._decisions_sqlite.run(
+            conn,
+            [
+                (
+                    d.decision_id,
+                    request_key(d.request.actor, d.request_id) if d.request_id else None,
+                    d.request.actor,
+                    d.request.action,
+                    d.verdict.value,
+                    d.evaluation.evaluated_verdict.value,
+                    d.time,
+                    json.dumps(d.to_json()),
+                )
+                for d in batch
+            ],
+        )
+        links = [(d.decision_id, p) for d in batch for p in d.evaluation.policy_ids]
+        if links:
+            self._links_sqlite.run(conn, links)
+        if new:
+            self._approvals_sqlite.run(
+                conn,
+                [
+                    (
+                        a.approval_id,
+                        a.decision_id,
+                        a.status.value,
+                        a.expires_at,
+                        json.dumps(approval_to_json(a)),
+                    )
+                    for a in new
+                ],
+            )
 
     async def add_approvals(self, conn: AsyncConnection, batch: Sequence[Approval]) -> None:
         """Records new approval requests."""

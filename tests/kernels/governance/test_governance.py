@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,23 @@ async def test_a_repeated_request_id_replays_the_first_decision(governance: Gove
     assert replayed
     assert again.decision_id == first.decision_id
     assert again.verdict is Verdict.ALLOW
+
+
+async def test_a_batch_holding_a_recorded_request_id_records_the_rest_once(
+    governance: Governance,
+) -> None:
+    # Two evaluations of one request id that both missed the other's decision: the second
+    # reaches the recorder in a batch with another decision, hits the unique key, and the
+    # batch is recorded one decision at a time.
+    first, _ = await governance.evaluate("a", "x", request_id="r1")
+    duplicate = dataclasses.replace(first, decision_id="d-duplicate")
+    fresh = dataclasses.replace(first, decision_id="d-fresh", request_id="r2")
+    results = await asyncio.gather(
+        governance.recorder.record(duplicate, None), governance.recorder.record(fresh, None)
+    )
+    assert results == [(first, True), (fresh, False)]
+    pending = await governance.log_entries.pending(100)
+    assert [e.subject for e in pending] == [first.decision_id, fresh.decision_id]
 
 
 async def test_decisions_wait_in_the_immutable_log_outbox_until_it_takes_them(
