@@ -186,11 +186,12 @@ SQLITE_WRITER_CACHE_KIB = 2000
 # the WAL has grown past the bound.
 SQLITE_CHECKPOINT_PAGES = 1000
 SQLITE_INLINE_RUN = 200
-# A batch of at most this many rows is committed on the event loop (`SqliteWriter.commit`):
-# for writes that come one or a few at a time that is one hop to the writer thread (for the
-# sync) instead of one GIL hand-over per statement. A larger batch is committed on the
-# thread, where SQLite's work for it (tens of microseconds per row) runs beside the event
-# loop's instead of between its turns.
+# A batch of at most this many records (events, log entries, decisions: the rows of its
+# main table) is committed on the event loop (`SqliteWriter.commit`): for writes that come
+# one or a few at a time that is one hop to the writer thread (for the sync) instead of one
+# GIL hand-over per statement. A larger batch is committed on the thread, where SQLite's
+# work for it (tens of microseconds per row) runs beside the event loop's instead of
+# between its turns.
 SQLITE_INLINE_MAX_ROWS = 32
 
 
