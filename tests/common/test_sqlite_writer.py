@@ -140,10 +140,20 @@ class Syncs:
 
 
 @pytest.fixture
-def syncs(monkeypatch: pytest.MonkeyPatch) -> Syncs:
-    fake = Syncs()
-    monkeypatch.setattr(storage, "_fdatasync", fake)
-    return fake
+def install_syncs(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Syncs]:
+    """Installs a `Syncs` (with these options) as the writer's fdatasync."""
+
+    def install(**options: bool) -> Syncs:
+        fake = Syncs(**options)
+        monkeypatch.setattr(storage, "_fdatasync", fake)
+        return fake
+
+    return install
+
+
+@pytest.fixture
+def syncs(install_syncs: Callable[..., Syncs]) -> Syncs:
+    return install_syncs()
 
 
 def insert_row(n: int) -> Callable[[sqlite3.Connection], None]:
@@ -251,10 +261,9 @@ async def test_flush_syncs_the_wal_once_for_the_commits_before_it(
 
 
 async def test_callers_during_a_sync_wait_for_the_next_one_and_share_it(
-    writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch
+    writer: SqliteWriter, install_syncs: Callable[..., Syncs]
 ) -> None:
-    held = Syncs(hold=True)
-    monkeypatch.setattr(storage, "_fdatasync", held)
+    held = install_syncs(hold=True)
     await commit_inline(writer, 1)
     first = asyncio.create_task(writer.flush())
     await held.wait_started()
@@ -273,10 +282,9 @@ async def test_callers_during_a_sync_wait_for_the_next_one_and_share_it(
 
 
 async def test_a_failed_sync_raises_and_the_next_flush_syncs_again(
-    writer: SqliteWriter, monkeypatch: pytest.MonkeyPatch
+    writer: SqliteWriter, install_syncs: Callable[..., Syncs]
 ) -> None:
-    failing = Syncs(fail_first=True)
-    monkeypatch.setattr(storage, "_fdatasync", failing)
+    failing = install_syncs(fail_first=True)
     with pytest.raises(OSError, match="Input/output error"):
         await writer.commit(insert_row(1), durable=True)
     await writer.flush()
