@@ -13,10 +13,10 @@ Two grades of durability. Every commit survives a crash of the orchestrator proc
 client is told about, or that start a rollback (`sync=True`: execution accepted, cancel,
 COMPENSATING, the final state), are also on disk before `save` returns, and so survive a
 power cut: on SQLite the WAL is synced after the commit, on the writer thread; on
-PostgreSQL with `synchronous_commit=on`.
-Intermediate step transitions are not flushed (`synchronous_commit=off` on PostgreSQL):
-after a power cut the execution may resume from an earlier transition, and the steps since
-are called again with their idempotency keys, which return the stored results.
+PostgreSQL with `synchronous_commit=on`. Intermediate step transitions are not flushed
+(`synchronous_commit=off` on PostgreSQL): after a power cut the execution may resume from
+an earlier transition, and the steps since are called again with their idempotency keys,
+which return the stored results.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from services.common.errors import Unavailable
 from services.common.group_commit import GroupCommitter
 from services.common.outbox import Outbox, sqlite_outbox_insert, sqlite_outbox_rows
 from services.common.storage import (
+    SQLITE_INLINE_MAX_ROWS,
     Database,
     RowInsert,
     SqliteWriter,
@@ -179,7 +180,9 @@ class TransitionWriter:
             # While a flushed batch waits for the disk, the next batch forms: it shares the
             # commit after this one.
             await self._writer.commit(
-                lambda conn: self._commit_sqlite(conn, rows, events), durable=sync
+                lambda conn: self._commit_sqlite(conn, rows, events),
+                durable=sync,
+                inline=len(rows) <= SQLITE_INLINE_MAX_ROWS,
             )
             return set()
         async with self.db.transaction() as conn:
