@@ -212,23 +212,9 @@ class GovernanceStore:
         # On SQLite decisions are recorded through the writer (SqliteWriter.commit, see the
         # recorder); PostgreSQL uses the engine.
         self.writer: SqliteWriter | None = db.sqlite_writer("governance-writer")
-        self._decisions_sqlite = RowInsert(
-            decisions.name,
-            (
-                "decision_id",
-                "request_key",
-                "actor",
-                "action",
-                "verdict",
-                "evaluated_verdict",
-                "time",
-                "record",
-            ),
-        )
-        self._links_sqlite = RowInsert(decision_policies.name, ("decision_id", "policy_id"))
-        self._approvals_sqlite = RowInsert(
-            approvals.name, ("approval_id", "decision_id", "status", "expires_at", "record")
-        )
+        self._decisions_sqlite = RowInsert(decisions.name, _DECISION_COLUMNS)
+        self._links_sqlite = RowInsert(decision_policies.name, _LINK_COLUMNS)
+        self._approvals_sqlite = RowInsert(approvals.name, _APPROVAL_COLUMNS)
 
     async def open(self) -> None:
         """Creates the tables if missing."""
@@ -344,29 +330,8 @@ class GovernanceStore:
 
     async def add_decisions(self, conn: AsyncConnection, batch: Sequence[Decision]) -> None:
         """Records decisions (one statement per table for the whole batch)."""
-        await conn.execute(
-            decisions.insert(),
-            [
-                {
-                    "decision_id": d.decision_id,
-                    "request_key": (
-                        request_key(d.request.actor, d.request_id) if d.request_id else None
-                    ),
-                    "actor": d.request.actor,
-                    "action": d.request.action,
-                    "verdict": d.verdict.value,
-                    "evaluated_verdict": d.evaluation.evaluated_verdict.value,
-                    "time": d.time,
-                    "record": d.to_json(),
-                }
-                for d in batch
-            ],
-        )
-        links = [
-            {"decision_id": d.decision_id, "policy_id": p}
-            for d in batch
-            for p in d.evaluation.policy_ids
-        ]
+        await conn.execute(decisions.insert(), [_decision_row(d) for d in batch])
+        links = _policy_links(batch)
         if links:
             await conn.execute(decision_policies.insert(), links)
 
@@ -451,56 +416,21 @@ class GovernanceStore:
         self, conn: sqlite3.Connection, batch: Sequence[Decision], new: Sequence[Approval]
     ) -> None:
         """`add_decisions` and `add_approvals` on the writer's connection (SQLite), inside
-        the caller's transaction."""
+        the caller's transaction: the same rows, their records as JSON text."""
         self._decisions_sqlite.run(
-            conn,
-            [
-                (
-                    d.decision_id,
-                    request_key(d.request.actor, d.request_id) if d.request_id else None,
-                    d.request.actor,
-                    d.request.action,
-                    d.verdict.value,
-                    d.evaluation.evaluated_verdict.value,
-                    d.time,
-                    json.dumps(d.to_json()),
-                )
-                for d in batch
-            ],
+            conn, [_sqlite_values(_decision_row(d), _DECISION_COLUMNS) for d in batch]
         )
-        links = [(d.decision_id, p) for d in batch for p in d.evaluation.policy_ids]
+        links = _policy_links(batch)
         if links:
-            self._links_sqlite.run(conn, links)
+            self._links_sqlite.run(conn, [_sqlite_values(r, _LINK_COLUMNS) for r in links])
         if new:
             self._approvals_sqlite.run(
-                conn,
-                [
-                    (
-                        a.approval_id,
-                        a.decision_id,
-                        a.status.value,
-                        a.expires_at,
-                        json.dumps(approval_to_json(a)),
-                    )
-                    for a in new
-                ],
+                conn, [_sqlite_values(_approval_row(a), _APPROVAL_COLUMNS) for a in new]
             )
 
     async def add_approvals(self, conn: AsyncConnection, batch: Sequence[Approval]) -> None:
         """Records new approval requests."""
-        await conn.execute(
-            approvals.insert(),
-            [
-                {
-                    "approval_id": a.approval_id,
-                    "decision_id": a.decision_id,
-                    "status": a.status.value,
-                    "expires_at": a.expires_at,
-                    "record": approval_to_json(a),
-                }
-                for a in batch
-            ],
-        )
+        await conn.execute(approvals.insert(), [_approval_row(a) for a in batch])
 
     async def get_approval(
         self, approval_id: str, conn: AsyncConnection | None = None
@@ -572,3 +502,53 @@ class GovernanceStore:
         await conn.execute(
             stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value})
         )
+
+
+_DECISION_COLUMNS = (
+    "decision_id",
+    "request_key",
+    "actor",
+    "action",
+    "verdict",
+    "evaluated_verdict",
+    "time",
+    "record",
+)
+_LINK_COLUMNS = ("decision_id", "policy_id")
+_APPROVAL_COLUMNS = ("approval_id", "decision_id", "status", "expires_at", "record")
+
+
+def _decision_row(d: Decision) -> dict[str, Any]:
+    return {
+        "decision_id": d.decision_id,
+        "request_key": request_key(d.request.actor, d.request_id) if d.request_id else None,
+        "actor": d.request.actor,
+        "action": d.request.action,
+        "verdict": d.verdict.value,
+        "evaluated_verdict": d.evaluation.evaluated_verdict.value,
+        "time": d.time,
+        "record": d.to_json(),
+    }
+
+
+def _policy_links(batch: Sequence[Decision]) -> list[dict[str, Any]]:
+    return [
+        {"decision_id": d.decision_id, "policy_id": p}
+        for d in batch
+        for p in d.evaluation.policy_ids
+    ]
+
+
+def _approval_row(a: Approval) -> dict[str, Any]:
+    return {
+        "approval_id": a.approval_id,
+        "decision_id": a.decision_id,
+        "status": a.status.value,
+        "expires_at": a.expires_at,
+        "record": approval_to_json(a),
+    }
+
+
+def _sqlite_values(row: dict[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
+    """A row's values in `columns` order for `sqlite3`, its JSON `record` as text."""
+    return tuple(json.dumps(row[c]) if c == "record" else row[c] for c in columns)

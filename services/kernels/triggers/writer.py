@@ -32,7 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from services.common.errors import Unavailable
 from services.common.group_commit import GroupCommitter
 from services.common.outbox import sqlite_outbox_insert, sqlite_outbox_rows
-from services.common.storage import Database, SqliteWriter, sqlite_transaction
+from services.common.storage import (
+    SQLITE_INLINE_MAX_ROWS,
+    Database,
+    SqliteWriter,
+    sqlite_transaction,
+)
 from services.kernels.triggers.model import Firing, FiringState, Rule
 
 
@@ -224,10 +229,13 @@ class FiringWriter:
 
     async def _transaction(self, batch: Sequence[Write]) -> list[Written]:
         if self._sqlite is not None:
-            # Inline; on the writer thread while another writer (a lease take, a relay's
-            # delete) holds the lock, waiting for it there in short steps.
+            # Inline for a small batch; on the writer thread for a large one, or while
+            # another writer (a lease take, a relay's delete) holds the lock, waiting for it
+            # there in short steps.
             return await self._sqlite.commit(
-                lambda raw: self._write_batch_sqlite(raw, batch), durable=True
+                lambda raw: self._write_batch_sqlite(raw, batch),
+                durable=True,
+                inline=len(batch) <= SQLITE_INLINE_MAX_ROWS,
             )
         async with self.db.transaction() as conn:
             return [await self._write_async(conn, item) for item in batch]
