@@ -261,17 +261,7 @@ def native_growth(profile_dir: Path, pid: int) -> str:
         return "(no pair of native figures)"
     first, last = (json.loads(f.read_text()) for f in (files[0], files[-1]))
     parts = []
-    for key in (
-        "pss",
-        "anonymous",
-        "python_traced",
-        "python_arenas",
-        "python_in_use",
-        "python_free",
-        "malloc_in_use",
-        "sqlite",
-        "malloc_free",
-    ):
+    for key in ("pss", "anonymous", "python_traced", "malloc_in_use", "sqlite", "malloc_free"):
         if first.get(key) is not None and last.get(key) is not None:
             parts.append(f"{key} {(last[key] - first[key]) / 2**20:+.2f}")
     parts.append(f"threads {first['threads']} -> {last['threads']}")

@@ -14,10 +14,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import math
-import os
-import re
-import sys
-import tempfile
 import threading
 import tracemalloc
 from collections.abc import Mapping
@@ -99,13 +95,10 @@ def native_memory() -> dict[str, Any]:
       allocates through malloc, so this is a part of `malloc_in_use`;
     - `malloc_in_use`, `malloc_free`: the C allocator's bytes handed out, and bytes freed but
       kept by its arenas (fragmentation shows here), over all arenas; None off glibc;
-    - `python_arenas`, `python_in_use`, `python_free`: CPython's own allocator for small
-      objects (`python_allocator`), which maps its memory itself rather than through malloc;
     - `threads`, and `pss` and `anonymous` from `/proc/self/smaps_rollup` where it exists.
     """
     stats: dict[str, Any] = {
         "python_traced": tracemalloc.get_traced_memory()[0],
-        **python_allocator(),
         "sqlite": _sqlite_memory_used(),
         "malloc_in_use": None,
         "malloc_free": None,
@@ -126,62 +119,6 @@ def native_memory() -> dict[str, Any]:
         if key in ("Pss", "Anonymous"):
             stats[key.lower()] = int(rest.split()[0]) * 1024
     return stats
-
-
-_OBMALLOC_FIGURES = {
-    "python_arenas": re.compile(r"^(\d+) arenas \* (\d+) bytes/arena"),
-    "python_in_use": re.compile(r"^# bytes in allocated blocks\s*=\s*([\d,]+)"),
-    "python_free_blocks": re.compile(r"^# bytes in available blocks\s*=\s*([\d,]+)"),
-    "python_unused_pools": re.compile(r"^\d+ unused pools \* \d+ bytes\s*=\s*([\d,]+)"),
-}
-
-
-def python_allocator() -> dict[str, int | None]:
-    """Bytes of CPython's small-object allocator (objects of up to 512 bytes), which keeps
-    its own 1 MiB arenas and hands one back only once every object in it is freed:
-
-    - `python_arenas`: the arenas mapped now;
-    - `python_in_use`: the bytes of their live objects;
-    - `python_free`: the bytes free inside them (free blocks and unused pools), memory that
-      long-lived objects scattered over the arenas keep from being handed back.
-
-    CPython reports them only as text on the C-level standard error
-    (`sys._debugmallocstats`), which is redirected to a file meanwhile: what another thread
-    writes to standard error in that millisecond lands there too, so this is for heap
-    profiles, not for a routine path. None where the interpreter has no such report.
-    """
-    figures: dict[str, int | None] = dict.fromkeys(
-        ("python_arenas", "python_in_use", "python_free")
-    )
-    report = getattr(sys, "_debugmallocstats", None)
-    if report is None:
-        return figures
-    with tempfile.TemporaryFile() as captured:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        try:
-            os.dup2(captured.fileno(), 2)
-            report()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        captured.seek(0)
-        text = captured.read().decode(errors="replace")
-    found: dict[str, int] = {}
-    for line in text.splitlines():
-        for name, pattern in _OBMALLOC_FIGURES.items():
-            match = pattern.match(line)
-            if match is None:
-                continue
-            numbers = [int(group.replace(",", "")) for group in match.groups()]
-            found[name] = numbers[0] * numbers[1] if len(numbers) == 2 else numbers[0]
-    if {"python_arenas", "python_in_use"} <= found.keys():
-        figures["python_arenas"] = found["python_arenas"]
-        figures["python_in_use"] = found["python_in_use"]
-        figures["python_free"] = found.get("python_free_blocks", 0) + found.get(
-            "python_unused_pools", 0
-        )
-    return figures
 
 
 def _sqlite_memory_used() -> int | None:
