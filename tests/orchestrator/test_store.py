@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,5 +81,34 @@ async def test_on_sqlite_a_flushed_transition_is_on_disk_before_save_returns(
         saved = await store.get_execution("ex_a")
         assert saved is not None
         assert saved["state"] == "SUCCEEDED"
+    finally:
+        await store.close()
+
+
+async def test_on_sqlite_a_large_batch_of_transitions_is_committed_on_the_writer_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inline: list[bool] = []
+    commit = storage.SqliteWriter.commit
+
+    async def recording(self: storage.SqliteWriter, *args: Any, **kwargs: Any) -> Any:
+        inline.append(kwargs.get("inline", True))
+        return await commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(storage.SqliteWriter, "commit", recording)
+    store = OrchestratorStore(Database(sqlite_url(tmp_path / "o.db")))
+    await store.open()
+    try:
+        executions = [
+            _execution(f"ex_{n}", ExecutionState.SUCCEEDED, float(n))
+            for n in range(storage.SQLITE_INLINE_MAX_ROWS + 8)
+        ]
+        await store.save(executions[0].to_json(), sync=True)  # a batch of one: inline
+        # Saved together, the rest form one batch past the bound while the first commits.
+        await asyncio.gather(*(store.save(e.to_json(), sync=True) for e in executions))
+        assert inline[0] is True
+        assert False in inline
+        page = await store.list_executions(100, None, "wf_1", "")
+        assert len(page) == len(executions)
     finally:
         await store.close()
