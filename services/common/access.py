@@ -264,6 +264,7 @@ RULES: Mapping[str, Rule] = {
     _DOMAIN + "Execute": OPERATE,
     _DOMAIN + "Compensate": OPERATE,
     _DOMAIN + "DeliverEvent": OPERATE,
+    _DOMAIN + "DeliverEvents": OPERATE,
     _DOMAIN + "DescribeDomain": READ,
     # Members of the health federation probe each other (directly, or for another member).
     "/grace.domain.v1.PeerHealthService/Ping": READ,

@@ -151,6 +151,14 @@ class Aborted(GraceError):
     default_reason = "ABORTED"
 
 
+class Unimplemented(GraceError):
+    """This server does not serve the method (a servicer that leaves one of its contract's
+    methods to the generated base class, which raises NotImplementedError)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
 def internal_status(message: str = "internal error") -> status_pb2.Status:
     """The status sent for an unexpected exception: INTERNAL, never a bare UNKNOWN."""
     return status_pb2.Status(code=code_pb2.INTERNAL, message=message)

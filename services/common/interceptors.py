@@ -22,7 +22,13 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
-from services.common.errors import GraceError, InvalidArgument, Unavailable, internal_status
+from services.common.errors import (
+    GraceError,
+    InvalidArgument,
+    Unavailable,
+    Unimplemented,
+    internal_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +176,8 @@ class ErrorTranslator(grpc.aio.ServerInterceptor):
                 raise
             except GraceError as exc:
                 await _abort(context, exc)
+            except NotImplementedError:
+                await _abort(context, Unimplemented(f"{method} is not implemented by this server"))
             except Exception as exc:
                 log.exception("unexpected error in %s", method)
                 await _abort(context, exc)
@@ -192,6 +200,8 @@ class ErrorTranslator(grpc.aio.ServerInterceptor):
                 raise
             except GraceError as exc:
                 await _abort(context, exc)
+            except NotImplementedError:
+                await _abort(context, Unimplemented(f"{method} is not implemented by this server"))
             except Exception as exc:
                 log.exception("unexpected error in %s", method)
                 await _abort(context, exc)

@@ -14,7 +14,9 @@ Besides the common server settings (see `services.common.config`):
   a dead letter (5).
 - `GRACE_EVENTBUS_PUSH_INITIAL_BACKOFF_S` / `GRACE_EVENTBUS_PUSH_MAX_BACKOFF_S`: first
   and longest wait between push attempts (0.5 doubling to 30).
-- `GRACE_EVENTBUS_PUSH_TIMEOUT_S`: deadline of one DeliverEvent call (10).
+- `GRACE_EVENTBUS_PUSH_TIMEOUT_S`: deadline of one DeliverEvent(s) call (10).
+- `GRACE_EVENTBUS_PUSH_BATCH`: most events pushed to a domain in one DeliverEvents call
+  when several are waiting (100; 1 sends one event per DeliverEvent call).
 - `GRACE_REGISTRY_ADDR`: where push delivery resolves domains (127.0.0.1:8102).
 - `GRACE_IMMUNE_ADDR`: when set (as `grace up` does), publishes and push deliveries are
   reported to the immune kernel's telemetry every `GRACE_EVENTBUS_METRICS_INTERVAL_S` (5).
@@ -56,6 +58,7 @@ from services.common.config import (
     peer_address,
     reporting_address,
 )
+from services.common.event_delivery import MAX_DELIVER_EVENTS
 from services.common.event_verification import MODES
 from services.eventbus.jetstream import JetStreamOptions
 from services.eventbus.model import BusSettings
@@ -108,6 +111,7 @@ class EventBusConfig:
                     f"{p}PUSH_MAX_BACKOFF_S", 30.0, minimum=initial, maximum=86400
                 ),
                 push_timeout_s=r.number(f"{p}PUSH_TIMEOUT_S", 10.0, minimum=0.01, maximum=600),
+                push_batch=r.integer(f"{p}PUSH_BATCH", 100, minimum=1, maximum=MAX_DELIVER_EVENTS),
             ),
             registry_address=peer_address(env, "registry"),
             verify_signatures=r.choice(f"{p}VERIFY_SIGNATURES", "reject", MODES),

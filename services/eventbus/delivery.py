@@ -1,9 +1,12 @@
 """Push subscriptions: the bus delivers matching events to a domain's DeliverEvent RPC.
 
 Each subscription has one worker that reads the log through its own `Reader` and delivers
-events one at a time, in sequence order. The domain answers ACK, RETRY or DROP; errors and
-RETRY are retried with exponential backoff (the domain may ask for a longer wait), and after
-`max_attempts` (or at once on DROP) the event becomes a dead letter and delivery moves on.
+events in sequence order: one per DeliverEvent call, or, when several are waiting, up to
+`push_batch` of them in one DeliverEvents call, which the domain handles in order up to the
+first it does not acknowledge (a domain without DeliverEvents gets one call per event). The
+domain answers ACK, RETRY or DROP per event; errors and RETRY are retried with exponential
+backoff (the domain may ask for a longer wait), and after `max_attempts` (or at once on
+DROP) the event becomes a dead letter and delivery moves on.
 Positions are persisted every `flush_interval_s` and on stop, so after a restart delivery
 resumes where it was; at worst an event in flight is delivered again (at-least-once).
 """
@@ -15,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
@@ -25,6 +28,7 @@ from grace.eventbus.v1 import event_pb2
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.channels import channel
 from services.common.completion import runs_to_completion
+from services.common.pagination import MAX_PAGE_BYTES
 from services.eventbus import tracing
 from services.eventbus.eventlog import Log, Reader
 from services.eventbus.model import BusSettings, DeadLetterRecord, SubscriptionState
@@ -34,6 +38,25 @@ from services.eventbus.telemetry import BusTraffic
 log = logging.getLogger(__name__)
 
 _WORKER_BATCH = 100
+
+
+# A domain that answered DeliverEvents with UNIMPLEMENTED is tried with batches again after
+# this long (it may have been upgraded meanwhile).
+BATCH_RETRY_AFTER_S = 60.0
+_UNIMPLEMENTED = "UNIMPLEMENTED"
+_ACK = domain_pb2.DELIVERY_OUTCOME_ACK
+_RETRY = domain_pb2.DELIVERY_OUTCOME_RETRY
+
+
+def _outcome(
+    response: domain_pb2.DeliverEventResponse,
+) -> tuple[domain_pb2.DeliveryOutcome.ValueType, float, str]:
+    """A domain's answer for one event: the outcome (RETRY when unset), the least wait it
+    asked for and the reason."""
+    retry_after = response.retry_after.seconds + response.retry_after.nanos / 1e9
+    outcome = response.outcome or _RETRY
+    reason = response.reason or domain_pb2.DeliveryOutcome.Name(outcome)
+    return outcome, retry_after, reason
 
 
 class DomainResolver:
@@ -136,10 +159,16 @@ class PushWorker:
     def position(self) -> int:
         """The sequence up to which every matching event has been handled."""
         if self.in_flight is not None:
-            return self.in_flight.sequence - 1
+            # Events of the batch under way are handled in order; `finished` has moved the
+            # subscription's sequence past those done.
+            return max(self.in_flight.sequence - 1, self.sub.delivered_sequence)
         if self.reader.live and not self.reader.queued:
             return max(self.reader.cursor, self.owner.log.head)
         return self.reader.cursor
+
+    def finished(self, event: event_pb2.Event) -> None:
+        """Records that an event was acknowledged or dead-lettered (called in order)."""
+        self.sub.delivered_sequence = event.sequence
 
     async def run(self) -> None:
         """Delivers events in order until stopped."""
@@ -148,10 +177,11 @@ class PushWorker:
                 batch = await self.reader.next_batch(_WORKER_BATCH)
                 if not batch:
                     return
-                for event in batch:
-                    self.in_flight = event
+                done = 0
+                while done < len(batch):
+                    self.in_flight = batch[done]
                     try:
-                        await self.owner.deliver(self.sub, event)
+                        done += await self.owner.deliver_some(self.sub, batch[done:], self.finished)
                     except asyncio.CancelledError:
                         raise
                     except Exception:
@@ -159,9 +189,7 @@ class PushWorker:
                         # try it again rather than skip it.
                         log.exception("subscription %s: delivery failed", self.sub.subscription_id)
                         await asyncio.sleep(self.owner.settings.push_max_backoff_s)
-                        await self.owner.deliver(self.sub, event)
-                    self.sub.delivered_sequence = event.sequence
-                    self.in_flight = None
+                self.in_flight = None
 
 
 class PushDelivery:
@@ -199,6 +227,9 @@ class PushDelivery:
         self._redelivering: dict[str, DeadLetterRecord] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._flushed: dict[str, tuple[object, ...]] = {}
+        # Domains that answered DeliverEvents with UNIMPLEMENTED (served by another
+        # implementation of the contract): until when they get one DeliverEvent per event.
+        self._one_at_a_time_until: dict[str, float] = {}
 
     async def open(self) -> None:
         """Resumes every stored subscription and pending redelivery."""
@@ -241,6 +272,131 @@ class PushDelivery:
         self._flushed.pop(subscription_id, None)
 
     # -- delivery --------------------------------------------------------------------
+
+    async def deliver_some(
+        self,
+        sub: SubscriptionState,
+        events: Sequence[event_pb2.Event],
+        finished: Callable[[event_pb2.Event], None],
+    ) -> int:
+        """Delivers the first of `events` in order, or several of them in one DeliverEvents
+        call when more than one is waiting; returns how many are done (acknowledged or
+        dead-lettered), calling `finished` for each as it is."""
+        batch = self._batch(sub, events)
+        if len(batch) > 1:
+            done = await self._deliver_batch(sub, batch, finished)
+            if done is not None:
+                return done
+        await self.deliver(sub, events[0])
+        finished(events[0])
+        return 1
+
+    def _batch(
+        self, sub: SubscriptionState, events: Sequence[event_pb2.Event]
+    ) -> Sequence[event_pb2.Event]:
+        """The events to push together: up to `push_batch` of them and MAX_PAGE_BYTES of
+        their bytes (one at least), or only the first when the domain takes one at a time."""
+        limit = self.settings.push_batch
+        if limit <= 1 or len(events) == 1:
+            return events[:1]
+        until = self._one_at_a_time_until.get(sub.domain_id)
+        if until is not None:
+            if until > time.monotonic():
+                return events[:1]
+            del self._one_at_a_time_until[sub.domain_id]  # try batches again
+        size = 0
+        for taken, event in enumerate(events[:limit]):
+            size += event.ByteSize()
+            if taken and size > MAX_PAGE_BYTES:
+                return events[:taken]
+        return events[:limit]
+
+    async def _deliver_batch(
+        self,
+        sub: SubscriptionState,
+        batch: Sequence[event_pb2.Event],
+        finished: Callable[[event_pb2.Event], None],
+    ) -> int | None:
+        """Pushes the batch through DeliverEvents until every event is acknowledged or
+        dead-lettered, retrying the first one not acknowledged as `deliver` retries one
+        event (and then the rest after it). Returns how many are done: all of them, or None
+        when the domain has no DeliverEvents (nothing was delivered)."""
+        done = 0
+        attempt = 1  # of batch[done], in the next call
+        while done < len(batch):
+            rest = batch[done:]
+            started = time.monotonic()
+            with tracing.push_batch_span(rest, sub.subscription_id, sub.domain_id):
+                results, error = await self._call_batch(sub, rest, attempt)
+                if error == _UNIMPLEMENTED:
+                    # The rest goes one event per call (see `_batch`).
+                    self._one_at_a_time_until[sub.domain_id] = started + BATCH_RETRY_AFTER_S
+                    return done or None
+                acked = 0
+                while acked < min(len(results), len(rest)) and results[acked].outcome == _ACK:
+                    acked += 1
+                if acked < len(rest):
+                    tracing.mark_failed(f"{len(rest) - acked} of {len(rest)} not acknowledged")
+            elapsed = time.monotonic() - started
+            for event in rest[:acked]:
+                sub.delivered_count += 1
+                self.delivered_total += 1
+                if self.traffic is not None:
+                    self.traffic.delivered(event, sub.domain_id, elapsed, ok=True)
+                finished(event)
+            done += acked
+            if done == len(batch):
+                break
+            # The event after the acknowledged ones: this call was its attempt `attempt` when
+            # it came first, else its first.
+            tried = attempt if acked == 0 else 1
+            if error is not None:
+                outcome, retry_after, reason = _RETRY, 0.0, error
+            elif acked < len(results):
+                outcome, retry_after, reason = _outcome(results[acked])
+            elif acked:
+                attempt = 1  # the domain stopped early without failing one: go on at once
+                continue
+            else:
+                outcome, retry_after, reason = _RETRY, 0.0, "the domain handled none of the events"
+            event = batch[done]
+            sub.last_error = reason
+            if outcome == domain_pb2.DELIVERY_OUTCOME_DROP or tried >= sub.max_attempts:
+                if self.traffic is not None:
+                    self.traffic.delivered(event, sub.domain_id, elapsed, ok=False)
+                await self._dead_letter(sub, event, tried, reason, str(uuid.uuid4()))
+                finished(event)
+                done += 1
+                attempt = 1
+            else:
+                await asyncio.sleep(self.backoff(tried, retry_after))
+                sub.redelivery_count += 1
+                attempt = tried + 1
+        return done
+
+    async def _call_batch(
+        self, sub: SubscriptionState, events: Sequence[event_pb2.Event], attempt: int
+    ) -> tuple[Sequence[domain_pb2.DeliverEventResponse], str | None]:
+        """One DeliverEvents call: the results, or why the call failed (`_UNIMPLEMENTED`
+        when the domain does not serve it)."""
+        timeout = self.settings.push_timeout_s
+        try:
+            stub = await self.resolver.stub(sub.domain_id, timeout)
+            response = await stub.DeliverEvents(
+                domain_pb2.DeliverEventsRequest(
+                    domain_id=sub.domain_id,
+                    subscription_id=sub.subscription_id,
+                    events=events,
+                    attempt=attempt,
+                ),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return (), _UNIMPLEMENTED
+            self.resolver.forget(sub.domain_id)
+            return (), f"{exc.code().name}: {exc.details()}"
+        return response.results, None
 
     async def deliver(self, sub: SubscriptionState, event: event_pb2.Event) -> None:
         """Delivers one event with retries; dead-letters it when that fails."""
@@ -298,10 +454,7 @@ class PushDelivery:
         except grpc.aio.AioRpcError as exc:
             self.resolver.forget(sub.domain_id)
             return domain_pb2.DELIVERY_OUTCOME_RETRY, 0.0, f"{exc.code().name}: {exc.details()}"
-        retry_after = response.retry_after.seconds + response.retry_after.nanos / 1e9
-        outcome = response.outcome or domain_pb2.DELIVERY_OUTCOME_RETRY
-        reason = response.reason or domain_pb2.DeliveryOutcome.Name(outcome)
-        return outcome, retry_after, reason
+        return _outcome(response)
 
     async def _dead_letter(
         self,

@@ -44,7 +44,9 @@ class BusSettings:
         push_max_attempts: Default attempts per event before a dead letter.
         push_initial_backoff_s: First wait between attempts; doubles each time.
         push_max_backoff_s: Longest wait between attempts.
-        push_timeout_s: Deadline of one DeliverEvent call.
+        push_timeout_s: Deadline of one DeliverEvent(s) call.
+        push_batch: Most events handed to a domain in one DeliverEvents call when several
+            are waiting for a subscription; 1 delivers one event per DeliverEvent call.
         flush_interval_s: How often subscription positions and counters are persisted.
     """
 
@@ -59,6 +61,7 @@ class BusSettings:
     push_initial_backoff_s: float = 0.5
     push_max_backoff_s: float = 30.0
     push_timeout_s: float = 10.0
+    push_batch: int = 100
     flush_interval_s: float = 0.5
 
 

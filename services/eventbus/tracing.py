@@ -122,6 +122,32 @@ def push_span(event: event_pb2.Event, subscription_id: str, domain_id: str) -> I
         yield
 
 
+@contextmanager
+def push_batch_span(
+    events: Sequence[event_pb2.Event], subscription_id: str, domain_id: str
+) -> Iterator[None]:
+    """The CONSUMER span of pushing several events to a domain in one DeliverEvents call: a
+    new trace linked to the events' producer spans; the call is its child."""
+    if not telemetry.enabled():
+        yield
+        return
+    with _tracer.start_as_current_span(
+        "deliver events",
+        context=otel_context.Context(),
+        kind=trace.SpanKind.CONSUMER,
+        links=_links(events),
+        attributes={
+            "messaging.system": MESSAGING_SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.batch.message_count": len(events),
+            "grace.subscription.id": subscription_id,
+            "grace.domain.id": domain_id,
+            "grace.event.sequence": events[0].sequence,
+        },
+    ):
+        yield
+
+
 def stream_span(batch: Sequence[event_pb2.Event], consumer: str) -> trace.Span | None:
     """A started CONSUMER span for sending one batch on a Subscribe stream, linked to the
     producers of its events (the caller ends it); None while tracing is off."""

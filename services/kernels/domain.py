@@ -18,12 +18,25 @@ from google.protobuf import json_format, struct_pb2
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.eventbus.v1 import event_pb2
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.event_delivery import (
+    ACK,
+    Handled,
+    handle_in_order,
+    require_events,
+    to_response,
+)
 from services.common.validation import require_struct_size
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 CompensationHandler = Callable[[dict[str, Any], dict[str, Any], str], Awaitable[dict[str, Any]]]
 EventHandler = Callable[[event_pb2.Event], Awaitable[bool]]
+# Handles several pushed events in order and says what each handled one came to, stopping
+# after the first not acknowledged (see services.common.event_delivery).
+EventBatchHandler = Callable[[Sequence[event_pb2.Event]], Awaitable[list[Handled]]]
+
+_TAKES_NO_EVENTS = Handled(domain_pb2.DELIVERY_OUTCOME_DROP, "this kernel takes no events")
+_RETRY = Handled(domain_pb2.DELIVERY_OUTCOME_RETRY)
 
 SERVICE_NAME = domain_pb2.DESCRIPTOR.services_by_name["DomainService"].full_name
 
@@ -64,6 +77,9 @@ class KernelDomainServicer(domain_pb2_grpc.DomainServiceServicer):
         capabilities: Capabilities registered in the registry.
         actions: Actions by name.
         on_event: Handles pushed events; returns False to ask for a retry.
+        on_events: Handles a batch of pushed events at once (a kernel that can record them
+            together, in one commit); without it a batch goes through `on_event` one
+            event at a time.
         event_patterns: Patterns the kernel subscribes to (reported by DescribeDomain).
     """
 
@@ -75,12 +91,14 @@ class KernelDomainServicer(domain_pb2_grpc.DomainServiceServicer):
         actions: Mapping[str, KernelAction],
         on_event: EventHandler | None = None,
         event_patterns: Sequence[str] = (),
+        on_events: EventBatchHandler | None = None,
     ) -> None:
         self.domain_id = domain_id
         self.version = version
         self.capabilities = list(capabilities)
         self.actions = dict(actions)
         self._on_event = on_event
+        self._on_events = on_events
         self._patterns = list(event_patterns)
 
     def _check_target(self, domain_id: str) -> None:
@@ -121,12 +139,24 @@ class KernelDomainServicer(domain_pb2_grpc.DomainServiceServicer):
     ) -> domain_pb2.DeliverEventResponse:
         self._check_target(request.domain_id)
         if self._on_event is None:
-            return domain_pb2.DeliverEventResponse(
-                outcome=domain_pb2.DELIVERY_OUTCOME_DROP, reason="this kernel takes no events"
-            )
-        if await self._on_event(request.event):
-            return domain_pb2.DeliverEventResponse(outcome=domain_pb2.DELIVERY_OUTCOME_ACK)
-        return domain_pb2.DeliverEventResponse(outcome=domain_pb2.DELIVERY_OUTCOME_RETRY)
+            return _TAKES_NO_EVENTS.to_proto()
+        return (ACK if await self._on_event(request.event) else _RETRY).to_proto()
+
+    async def DeliverEvents(
+        self, request: domain_pb2.DeliverEventsRequest, context: Context
+    ) -> domain_pb2.DeliverEventsResponse:
+        self._check_target(request.domain_id)
+        require_events(request)
+        if self._on_events is not None:
+            return to_response(await self._on_events(request.events))
+        on_event = self._on_event
+        if on_event is None:
+            return to_response([_TAKES_NO_EVENTS])
+
+        async def handle(event: event_pb2.Event, attempt: int) -> Handled:
+            return ACK if await on_event(event) else _RETRY
+
+        return to_response(await handle_in_order(request.events, handle, request.attempt))
 
     async def DescribeDomain(
         self, request: domain_pb2.DescribeDomainRequest, context: Context

@@ -9,10 +9,12 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
+from grace.eventbus.v1 import event_pb2
 from services.common.auth import current_principal
 from services.common.call_metrics import caller_of
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.common.timestamps import from_timestamp, to_duration
+from services.common.event_delivery import Handled, handle_in_order, require_events, to_response
+from services.common.timestamps import from_timestamp
 from services.common.validation import require_struct_size
 from services.sdk.context import Event, Outcome
 from services.sdk.dispatcher import Call, Delivery, Dispatcher
@@ -96,21 +98,32 @@ class DomainServicer(domain_pb2_grpc.DomainServiceServicer):
         self._check_domain(request.domain_id)
         if not request.HasField("event") or not request.event.event_type:
             raise InvalidArgument("event.event_type", "is required")
-        event = event_from_proto(request.event)
         pattern = self._subscription_pattern(request.subscription_id)
+        handled = await self._deliver(request.event, request.attempt, pattern)
+        return handled.to_proto()
+
+    async def DeliverEvents(
+        self, request: domain_pb2.DeliverEventsRequest, context: ServicerContext
+    ) -> domain_pb2.DeliverEventsResponse:
+        self._check_domain(request.domain_id)
+        require_events(request)
+        pattern = self._subscription_pattern(request.subscription_id)
+
+        async def deliver(event: event_pb2.Event, attempt: int) -> Handled:
+            return await self._deliver(event, attempt, pattern)
+
+        return to_response(await handle_in_order(request.events, deliver, request.attempt))
+
+    async def _deliver(self, wire: event_pb2.Event, attempt: int, pattern: str | None) -> Handled:
+        event = event_from_proto(wire)
         with consumer_span(f"deliver {event.event_type}", event.traceparent):
             delivery: Delivery = await self._dispatcher().deliver(
                 event,
-                attempt=max(1, request.attempt),
+                attempt=max(1, attempt),
                 pattern=pattern,
                 traceparent=current_traceparent(event.traceparent),
             )
-        response = domain_pb2.DeliverEventResponse(
-            outcome=_OUTCOME_TO_PROTO[delivery.outcome], reason=delivery.reason[:1024]
-        )
-        if delivery.retry_after_s is not None:
-            response.retry_after.CopyFrom(to_duration(delivery.retry_after_s))
-        return response
+        return Handled(_OUTCOME_TO_PROTO[delivery.outcome], delivery.reason, delivery.retry_after_s)
 
     async def DescribeDomain(
         self, request: domain_pb2.DescribeDomainRequest, context: ServicerContext

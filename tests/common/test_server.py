@@ -154,6 +154,24 @@ async def test_an_unexpected_exception_is_internal_not_unknown(tmp_path: Path) -
             assert "boom" not in (raised.value.details() or "")
 
 
+async def test_a_method_the_servicer_leaves_to_its_base_class_is_unimplemented(
+    tmp_path: Path,
+) -> None:
+    # Clients (the bus's batched push delivery) fall back to another method on UNIMPLEMENTED:
+    # a Grace server must answer it as every other gRPC server does, not INTERNAL.
+    service = SlowStartService()
+    service.release.set()
+    async with (
+        GraceServer(server_config("test", tmp_path), service) as server,
+        channel(server.address) as chan,
+    ):
+        stub = registry_pb2_grpc.RegistryServiceStub(chan)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.ListDomains(registry_pb2.ListDomainsRequest())
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "ListDomains" in (raised.value.details() or "")
+
+
 async def test_a_second_server_cannot_silently_share_a_port(tmp_path: Path) -> None:
     first_service, second_service = SlowStartService(), SlowStartService()
     first_service.release.set()

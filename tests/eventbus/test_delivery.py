@@ -4,6 +4,7 @@ letters, redelivery, and subscriptions that survive a bus restart."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from google.protobuf import json_format
 
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
-from grace.eventbus.v1 import eventbus_pb2, eventbus_pb2_grpc
+from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
 from services.common.server import GraceServer, Service
 from services.eventbus.jetstream import JetStreamOptions
@@ -40,12 +41,35 @@ class ScriptedDomain(domain_pb2_grpc.DomainServiceServicer):
         step = self.script.pop(0) if self.script else "ack"
         if step == "error":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "busy")
-        outcome = {
-            "ack": domain_pb2.DELIVERY_OUTCOME_ACK,
-            "retry": domain_pb2.DELIVERY_OUTCOME_RETRY,
-            "drop": domain_pb2.DELIVERY_OUTCOME_DROP,
-        }[step]
-        return domain_pb2.DeliverEventResponse(outcome=outcome, reason=step)
+        return domain_pb2.DeliverEventResponse(outcome=_OUTCOMES[step], reason=step)
+
+
+_OUTCOMES = {
+    "ack": domain_pb2.DELIVERY_OUTCOME_ACK,
+    "retry": domain_pb2.DELIVERY_OUTCOME_RETRY,
+    "drop": domain_pb2.DELIVERY_OUTCOME_DROP,
+}
+
+
+@dataclass
+class BatchingDomain(ScriptedDomain):
+    """A domain that also takes batches: its DeliverEvents answers follow `batches` (one
+    list of outcomes per call), then acknowledge every event."""
+
+    batches: list[list[str]] = field(default_factory=list)
+    batch_calls: list[tuple[list[int], int]] = field(default_factory=list)  # (sequences, attempt)
+
+    async def DeliverEvents(
+        self, request: domain_pb2.DeliverEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> domain_pb2.DeliverEventsResponse:
+        self.batch_calls.append(([e.sequence for e in request.events], request.attempt))
+        script = self.batches.pop(0) if self.batches else ["ack"] * len(request.events)
+        return domain_pb2.DeliverEventsResponse(
+            results=[
+                domain_pb2.DeliverEventResponse(outcome=_OUTCOMES[step], reason=step)
+                for step in script
+            ]
+        )
 
 
 class DomainService(Service):
@@ -68,8 +92,23 @@ class World:
 @pytest.fixture
 async def world(tmp_path: Path, log_backend: JetStreamOptions | None) -> AsyncIterator[World]:
     """A registry and a scripted `memory_domain` registered in it, on each log backend."""
+    async with _world(tmp_path, ScriptedDomain(), log_backend) as world:
+        yield world
+
+
+@pytest.fixture
+async def batching(tmp_path: Path) -> AsyncIterator[World]:
+    """The same with a domain that takes batches, on the bus's own log (push delivery on
+    JetStream holds one event at a time)."""
+    async with _world(tmp_path, BatchingDomain(), None) as world:
+        yield world
+
+
+@asynccontextmanager
+async def _world(
+    tmp_path: Path, domain: ScriptedDomain, log_backend: JetStreamOptions | None
+) -> AsyncIterator[World]:
     registry = RegistryServer(registry_config(tmp_path / "registry"))
-    domain = ScriptedDomain()
     async with (
         serving(registry.config.server, registry) as (registry_server, registry_chan),
         GraceServer(server_config("domain", tmp_path / "domain"), DomainService(domain)) as d,
@@ -236,3 +275,98 @@ async def test_an_unregistered_domain_is_retried_then_dead_lettered(world: World
         await eventually(dead)
         page = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
         assert page.dead_letters[0].reason.startswith("NOT_FOUND")
+
+
+async def _publish_ml(stub: Stub, count: int) -> list[int]:
+    """Publishes `count` events for the `ml.*` subscription in one batch (so they reach
+    its worker together); returns their sequences."""
+    published = await stub.PublishBatch(
+        eventbus_pb2.PublishBatchRequest(
+            events=[
+                event_pb2.Event(event_type=f"ml.e{n}", source_domain="ai") for n in range(count)
+            ]
+        )
+    )
+    return [result.sequence for result in published.results]
+
+
+async def _subscribe_ml(stub: Stub, max_attempts: int = 0) -> None:
+    await stub.CreateSubscription(
+        eventbus_pb2.CreateSubscriptionRequest(
+            domain_id="memory_domain",
+            patterns=["ml.*"],
+            subscription_id="mem",
+            max_attempts=max_attempts,
+        )
+    )
+
+
+async def test_a_domain_without_batches_gets_one_call_per_event_in_order(world: World) -> None:
+    bus = bus_in(world)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        await _subscribe_ml(stub)
+        sequences = await _publish_ml(stub, 3)
+        await eventually(lambda: _delivered(stub, "mem", 3))
+        assert world.domain.calls == [(sequence, 1) for sequence in sequences]
+
+
+async def test_waiting_events_go_in_one_call_and_the_first_not_acknowledged_is_retried(
+    batching: World,
+) -> None:
+    domain = batching.domain
+    assert isinstance(domain, BatchingDomain)
+    domain.batches = [["ack", "ack", "retry"]]
+    bus = bus_in(batching)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        await _subscribe_ml(stub)
+        s = await _publish_ml(stub, 5)
+        await eventually(lambda: _delivered(stub, "mem", 5))
+        # The third was retried as its second attempt, with the two after it (which the
+        # domain did not handle the first time).
+        assert domain.batch_calls == [(s, 1), (s[2:], 2)]
+        assert domain.calls == []
+        sub = await subscription(stub, "mem")
+        assert (sub.redelivery_count, sub.dead_letter_count, sub.last_error) == (1, 0, "retry")
+        await eventually(lambda: _lag_is_zero(stub, "mem"))
+
+
+async def test_a_dropped_event_of_a_batch_is_dead_lettered_and_the_rest_delivered(
+    batching: World,
+) -> None:
+    domain = batching.domain
+    assert isinstance(domain, BatchingDomain)
+    domain.batches = [["ack", "drop"]]
+    bus = bus_in(batching)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        await _subscribe_ml(stub)
+        s = await _publish_ml(stub, 4)
+        await eventually(lambda: _delivered(stub, "mem", 3))
+        assert domain.batch_calls == [(s, 1), (s[2:], 1)]
+        page = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
+        assert [(d.event.sequence, d.attempts, d.reason) for d in page.dead_letters] == [
+            (s[1], 1, "drop")
+        ]
+
+
+async def test_a_domain_that_handles_none_of_a_batch_is_retried_then_the_first_dead_lettered(
+    batching: World,
+) -> None:
+    domain = batching.domain
+    assert isinstance(domain, BatchingDomain)
+    domain.batches = [[], []]
+    bus = bus_in(batching)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        await _subscribe_ml(stub, max_attempts=2)
+        s = await _publish_ml(stub, 2)
+        await eventually(lambda: _delivered(stub, "mem", 1))
+        # Two attempts of the pair, then the first is a dead letter and the last goes on.
+        assert domain.batch_calls == [(s, 1), (s, 2), (s[1:], 1)]
+        assert domain.calls == []
+        page = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
+        assert [(d.event.sequence, d.attempts, d.reason) for d in page.dead_letters] == [
+            (s[0], 2, "the domain handled none of the events")
+        ]

@@ -206,6 +206,40 @@ async def test_deliver_event_answers_with_the_handlers_outcome(
         assert response.reason == "not now"
 
 
+async def test_deliver_events_hands_events_over_in_order_and_stops_at_the_first_not_acked(
+    tmp_path: Path,
+) -> None:
+    probe = Probe()
+    answers = ["", "", "retry", ""]
+    events = [
+        event_pb2.Event(
+            id=f"ev-{n}",
+            event_type="ml.prediction",
+            source_domain="ai_domain",
+            data=struct(answer=answer),
+            sequence=n + 1,
+        )
+        for n, answer in enumerate(answers)
+    ]
+    async with served(counting_domain(probe), domain_config(tmp_path)) as (_running, stub):
+        response = await stub.DeliverEvents(
+            pb.DeliverEventsRequest(domain_id="test_domain", events=events, attempt=3)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as untyped:
+            await stub.DeliverEvents(
+                pb.DeliverEventsRequest(domain_id="test_domain", events=[event_pb2.Event()])
+            )
+    assert [(r.outcome, r.reason) for r in response.results] == [
+        (pb.DELIVERY_OUTCOME_ACK, ""),
+        (pb.DELIVERY_OUTCOME_ACK, ""),
+        (pb.DELIVERY_OUTCOME_RETRY, "not now"),
+    ]
+    assert response.results[2].retry_after.ToMilliseconds() == 2500
+    assert [e.id for e in probe.events] == ["ev-0", "ev-1", "ev-2"]  # not ev-3
+    assert untyped.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events[0].event_type" in (untyped.value.details() or "")
+
+
 async def test_the_domain_registers_and_heartbeats_measured_metrics(tmp_path: Path) -> None:
     registry = RegistryServer(registry_config(tmp_path))
     async with serving(registry.config.server, registry) as (registry_server, registry_channel):

@@ -11,7 +11,8 @@ Events pushed to the kernel through its bus push subscriptions (`EVENT_PATTERNS`
 Guardian's `healing.*` decisions, the orchestrator's final `workflow.completed` /
 `workflow.rolled_back` events, which carry the execution proof's signed chain head, and
 `governance.decision*`) are appended with kind = event type, actor = source domain, and
-request id = "event:<source>:<event id>", so a redelivered event is recorded once. Anyone
+request id = "event:<source>:<event id>", so a redelivered event is recorded once; events
+pushed together (DeliverEvents) are appended in their order in one commit. Anyone
 can call the kernel's DeliverEvent, not only the bus, so each event's signature is checked
 first by the bus's own rules (`services.common.event_verification`, reject mode): an event
 claiming a source that has an identity (the orchestrator, Guardian, governance...) must be
@@ -20,7 +21,9 @@ signed by that source's key, or it is refused with PERMISSION_DENIED and not rec
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf import json_format
@@ -28,6 +31,7 @@ from google.protobuf import json_format
 from grace.eventbus.v1 import event_pb2
 from grace.kernels.immutable_log.v1 import immutable_log_pb2 as pb
 from services.common.errors import InvalidArgument
+from services.common.event_delivery import ACK, Handled, failed
 from services.common.event_verification import EventVerifier
 from services.kernels.domain import KernelAction, dict_to_struct
 from services.kernels.immutable_log.log import ImmutableLog
@@ -109,6 +113,34 @@ def log_actions(log: ImmutableLog) -> dict[str, KernelAction]:
     }
 
 
+def _entry(event: event_pb2.Event) -> tuple[pb.EntryData, str]:
+    """The entry recording an event, and its request id (a redelivery is recorded once)."""
+    entry = pb.EntryData(kind=event.event_type, actor=event.source_domain)
+    if event.HasField("time"):
+        entry.time.CopyFrom(event.time)
+    record: dict[str, Any] = {
+        "event_id": event.id,
+        "sequence": event.sequence,
+        "subject": event.subject,
+        "data": json_format.MessageToDict(event.data),
+    }
+    if event.signature:
+        # The producer's signature over the event, so the entry can be checked against
+        # the source's key later (see services.common.event_signing).
+        record["signature"] = base64.b64encode(event.signature).decode()
+        record["signature_key_id"] = event.signature_key_id
+        if event.signature_batch_size:
+            # A batch signature: the entry keeps what checks it alone (leaf -> path ->
+            # signed root).
+            record["signature_leaf_index"] = event.signature_leaf_index
+            record["signature_batch_size"] = event.signature_batch_size
+            record["signature_inclusion_path"] = [
+                base64.b64encode(p).decode() for p in event.signature_inclusion_path
+            ]
+    entry.data.update(record)
+    return entry, f"event:{event.source_domain}:{event.id}"[:128]
+
+
 def event_recorder(log: ImmutableLog, verifier: EventVerifier | None = None) -> Any:
     """A DeliverEvent handler that appends each event once (request id = source + id),
     after `verifier` (when given) has accepted its signature."""
@@ -116,30 +148,42 @@ def event_recorder(log: ImmutableLog, verifier: EventVerifier | None = None) -> 
     async def record(event: event_pb2.Event) -> bool:
         if verifier is not None:
             await verifier.enforce(event)
-        entry = pb.EntryData(kind=event.event_type, actor=event.source_domain)
-        if event.HasField("time"):
-            entry.time.CopyFrom(event.time)
-        record: dict[str, Any] = {
-            "event_id": event.id,
-            "sequence": event.sequence,
-            "subject": event.subject,
-            "data": json_format.MessageToDict(event.data),
-        }
-        if event.signature:
-            # The producer's signature over the event, so the entry can be checked against
-            # the source's key later (see services.common.event_signing).
-            record["signature"] = base64.b64encode(event.signature).decode()
-            record["signature_key_id"] = event.signature_key_id
-            if event.signature_batch_size:
-                # A batch signature: the entry keeps what checks it alone (leaf -> path ->
-                # signed root).
-                record["signature_leaf_index"] = event.signature_leaf_index
-                record["signature_batch_size"] = event.signature_batch_size
-                record["signature_inclusion_path"] = [
-                    base64.b64encode(p).decode() for p in event.signature_inclusion_path
-                ]
-        entry.data.update(record)
-        await log.append([entry], f"event:{event.source_domain}:{event.id}"[:128])
+        entry, request_id = _entry(event)
+        await log.append([entry], request_id)
         return True
 
     return record
+
+
+def batch_recorder(log: ImmutableLog, verifier: EventVerifier | None = None) -> Any:
+    """A DeliverEvents handler: records the events, in order, as `event_recorder` does one,
+    in one commit. It stops at the first event whose signature is refused (or whose append
+    fails): the events before it are recorded, the ones after it are not handled."""
+
+    async def record_all(events: Sequence[event_pb2.Event]) -> list[Handled]:
+        accepted: list[tuple[pb.EntryData, str]] = []
+        refused: Handled | None = None
+        for event in events:
+            try:
+                if verifier is not None:
+                    await verifier.enforce(event)
+                accepted.append(_entry(event))
+            except Exception as exc:
+                refused = failed(exc)
+                break
+        # One append per event, each with its own request id, submitted together: the log's
+        # group committer writes them in this order in one transaction.
+        appended = await asyncio.gather(
+            *(log.append([entry], request_id) for entry, request_id in accepted),
+            return_exceptions=True,
+        )
+        results: list[Handled] = []
+        for outcome in appended:
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, Exception):
+                return [*results, failed(outcome)]
+            results.append(ACK)
+        return results if refused is None else [*results, refused]
+
+    return record_all

@@ -18,7 +18,12 @@ from services.common.server import Service
 from services.common.storage import Database
 from services.common.subscriptions import Subscriptions
 from services.kernels import domain
-from services.kernels.immutable_log.actions import EVENT_PATTERNS, event_recorder, log_actions
+from services.kernels.immutable_log.actions import (
+    EVENT_PATTERNS,
+    batch_recorder,
+    event_recorder,
+    log_actions,
+)
 from services.kernels.immutable_log.config import CAPABILITIES, SERVICE, LogConfig
 from services.kernels.immutable_log.log import ImmutableLog
 from services.kernels.immutable_log.servicer import ImmutableLogServicer
@@ -63,6 +68,7 @@ class ImmutableLogServer(Service):
                 log_actions(self.log),
                 event_recorder(self.log, self.verifier),
                 EVENT_PATTERNS,
+                on_events=batch_recorder(self.log, self.verifier),
             ),
             server,
         )

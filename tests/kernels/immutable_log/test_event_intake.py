@@ -103,3 +103,33 @@ async def test_a_forged_or_unsigned_system_event_delivered_directly_is_not_ancho
     assert [(e.data.kind, e.data.actor) for e in entries.entries] == [
         ("workflow.completed", "orchestrator")
     ]
+
+
+async def test_a_batch_is_anchored_in_order_up_to_the_first_refused_event(log: Log) -> None:
+    first, second, third = (completed(f"e-{n}", log.orchestrator) for n in range(3))
+    forged = completed("e-forged", SigningKey.generate())
+
+    def batch(*events: event_pb2.Event) -> domain_pb2.DeliverEventsRequest:
+        return domain_pb2.DeliverEventsRequest(
+            domain_id="immutable_log", subscription_id="direct", events=events, attempt=1
+        )
+
+    answer = await log.domain.DeliverEvents(batch(first, second, forged, third))
+    outcomes = [(r.outcome, r.reason.split(":")[0]) for r in answer.results]
+    assert outcomes == [
+        (domain_pb2.DELIVERY_OUTCOME_ACK, ""),
+        (domain_pb2.DELIVERY_OUTCOME_ACK, ""),
+        (domain_pb2.DELIVERY_OUTCOME_RETRY, "PERMISSION_DENIED"),
+    ]
+    entries = await log.log.GetEntries(pb.GetEntriesRequest(start=0, page_size=100))
+    assert [e.data.data["event_id"] for e in entries.entries] == ["e-0", "e-1"]
+
+    # Delivered again (the bus retries from the refused event on): each recorded once.
+    again = await log.domain.DeliverEvents(batch(first, second, third))
+    assert [r.outcome for r in again.results] == [domain_pb2.DELIVERY_OUTCOME_ACK] * 3
+    entries = await log.log.GetEntries(pb.GetEntriesRequest(start=0, page_size=100))
+    assert [e.data.data["event_id"] for e in entries.entries] == ["e-0", "e-1", "e-2"]
+
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await log.domain.DeliverEvents(batch())
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT

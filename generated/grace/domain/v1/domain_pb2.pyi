@@ -291,6 +291,70 @@ class DeliverEventResponse(_message.Message):
 Global___DeliverEventResponse: _TypeAlias = DeliverEventResponse  # noqa: Y015
 
 @_typing.final
+class DeliverEventsRequest(_message.Message):
+    """DeliverEventsRequest hands a subscriber several events at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    domain_id: _builtins.str
+    """Id of the subscribing domain."""
+    subscription_id: _builtins.str
+    """Id of the push subscription that matched every event."""
+    attempt: _builtins.int
+    """Delivery attempt of the first event, 1 for its first. Every later event is delivered
+    for the first time: an event after one that was not acknowledged is not handled.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]:
+        """The events, in sequence order; at most 1,000."""
+
+    def __init__(
+        self,
+        *,
+        domain_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        events: _abc.Iterable[_event_pb2.Event] | None = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "domain_id", b"domain_id", "events", b"events", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsRequest: _TypeAlias = DeliverEventsRequest  # noqa: Y015
+
+@_typing.final
+class DeliverEventsResponse(_message.Message):
+    """DeliverEventsResponse is the subscriber's answer, event by event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliverEventResponse]:
+        """One result per event handled, in the request's order: the leading ones are ACK, and
+        the last may be RETRY or DROP. Events past the last result were not handled.
+        """
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___DeliverEventResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliverEventsResponse: _TypeAlias = DeliverEventsResponse  # noqa: Y015
+
+@_typing.final
 class DescribeDomainRequest(_message.Message):
     """DescribeDomainRequest asks a domain about itself."""
 

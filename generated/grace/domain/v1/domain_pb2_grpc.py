@@ -58,6 +58,11 @@ class DomainServiceStub:
                 request_serializer=grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventRequest.SerializeToString,
                 response_deserializer=grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventResponse.FromString,
                 _registered_method=True)
+        self.DeliverEvents = channel.unary_unary(
+                '/grace.domain.v1.DomainService/DeliverEvents',
+                request_serializer=grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventsRequest.SerializeToString,
+                response_deserializer=grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventsResponse.FromString,
+                _registered_method=True)
         self.DescribeDomain = channel.unary_unary(
                 '/grace.domain.v1.DomainService/DescribeDomain',
                 request_serializer=grace_dot_domain_dot_v1_dot_domain__pb2.DescribeDomainRequest.SerializeToString,
@@ -99,6 +104,18 @@ class DomainServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeliverEvents(self, request, context):
+        """Hands the domain several events of one push subscription at once, in sequence order.
+        The bus calls it instead of DeliverEvent when more than one event is waiting for the
+        subscription, and falls back to DeliverEvent for a domain that answers UNIMPLEMENTED.
+        The domain handles the events in order and stops at the first one it does not
+        acknowledge: the answer holds one result per event handled, so every result but the
+        last is ACK, and the events after the last result are delivered again later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DescribeDomain(self, request, context):
         """Tells what the domain can do.
         """
@@ -123,6 +140,11 @@ def add_DomainServiceServicer_to_server(servicer, server):
                     servicer.DeliverEvent,
                     request_deserializer=grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventRequest.FromString,
                     response_serializer=grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventResponse.SerializeToString,
+            ),
+            'DeliverEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeliverEvents,
+                    request_deserializer=grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventsRequest.FromString,
+                    response_serializer=grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventsResponse.SerializeToString,
             ),
             'DescribeDomain': grpc.unary_unary_rpc_method_handler(
                     servicer.DescribeDomain,
@@ -220,6 +242,33 @@ class DomainService:
             '/grace.domain.v1.DomainService/DeliverEvent',
             grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventRequest.SerializeToString,
             grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeliverEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/grace.domain.v1.DomainService/DeliverEvents',
+            grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventsRequest.SerializeToString,
+            grace_dot_domain_dot_v1_dot_domain__pb2.DeliverEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,14 @@ class DomainServiceStub:
     """Undoes a completed action (saga compensation). Idempotent by idempotency_key."""
     DeliverEvent: _grpc.UnaryUnaryMultiCallable[_domain_pb2.DeliverEventRequest, _domain_pb2.DeliverEventResponse]
     """Hands the domain an event of one of its push subscriptions."""
+    DeliverEvents: _grpc.UnaryUnaryMultiCallable[_domain_pb2.DeliverEventsRequest, _domain_pb2.DeliverEventsResponse]
+    """Hands the domain several events of one push subscription at once, in sequence order.
+    The bus calls it instead of DeliverEvent when more than one event is waiting for the
+    subscription, and falls back to DeliverEvent for a domain that answers UNIMPLEMENTED.
+    The domain handles the events in order and stops at the first one it does not
+    acknowledge: the answer holds one result per event handled, so every result but the
+    last is ACK, and the events after the last result are delivered again later.
+    """
     DescribeDomain: _grpc.UnaryUnaryMultiCallable[_domain_pb2.DescribeDomainRequest, _domain_pb2.DescribeDomainResponse]
     """Tells what the domain can do."""
 
@@ -75,6 +83,14 @@ class DomainServiceAsyncStub(DomainServiceStub):
     """Undoes a completed action (saga compensation). Idempotent by idempotency_key."""
     DeliverEvent: _aio.UnaryUnaryMultiCallable[_domain_pb2.DeliverEventRequest, _domain_pb2.DeliverEventResponse]  # type: ignore[assignment]
     """Hands the domain an event of one of its push subscriptions."""
+    DeliverEvents: _aio.UnaryUnaryMultiCallable[_domain_pb2.DeliverEventsRequest, _domain_pb2.DeliverEventsResponse]  # type: ignore[assignment]
+    """Hands the domain several events of one push subscription at once, in sequence order.
+    The bus calls it instead of DeliverEvent when more than one event is waiting for the
+    subscription, and falls back to DeliverEvent for a domain that answers UNIMPLEMENTED.
+    The domain handles the events in order and stops at the first one it does not
+    acknowledge: the answer holds one result per event handled, so every result but the
+    last is ACK, and the events after the last result are delivered again later.
+    """
     DescribeDomain: _aio.UnaryUnaryMultiCallable[_domain_pb2.DescribeDomainRequest, _domain_pb2.DescribeDomainResponse]  # type: ignore[assignment]
     """Tells what the domain can do."""
 
@@ -115,6 +131,20 @@ class DomainServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_domain_pb2.DeliverEventResponse, _abc.Awaitable[_domain_pb2.DeliverEventResponse]]:
         """Hands the domain an event of one of its push subscriptions."""
+
+    @_abc_1.abstractmethod
+    def DeliverEvents(
+        self,
+        request: _domain_pb2.DeliverEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_domain_pb2.DeliverEventsResponse, _abc.Awaitable[_domain_pb2.DeliverEventsResponse]]:
+        """Hands the domain several events of one push subscription at once, in sequence order.
+        The bus calls it instead of DeliverEvent when more than one event is waiting for the
+        subscription, and falls back to DeliverEvent for a domain that answers UNIMPLEMENTED.
+        The domain handles the events in order and stops at the first one it does not
+        acknowledge: the answer holds one result per event handled, so every result but the
+        last is ACK, and the events after the last result are delivered again later.
+        """
 
     @_abc_1.abstractmethod
     def DescribeDomain(
