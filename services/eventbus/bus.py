@@ -328,7 +328,11 @@ class EventBus:
         limit = max_batch or DEFAULT_STREAM_BATCH
         cursor = await self._start_cursor(patterns, start, consumer, source_domain)
         reader = Reader(
-            self.log, LogFilter(patterns, source_domain), cursor, self.settings.reader_queue_limit
+            self.log,
+            LogFilter(patterns, source_domain),
+            cursor,
+            self.settings.reader_queue_limit,
+            self.settings.reader_queue_bytes,
         )
         self.active_streams += 1
         try:

@@ -10,6 +10,8 @@ Besides the common server settings (see `services.common.config`):
 - `GRACE_EVENTBUS_MAX_DATA_BYTES`: largest serialized `data` of one event (1048576).
 - `GRACE_EVENTBUS_READER_QUEUE`: events buffered per live subscriber before it falls back
   to reading the log (10000).
+- `GRACE_EVENTBUS_READER_QUEUE_BYTES`: the same bound in bytes of the events as stored
+  (67108864 = 64 MiB).
 - `GRACE_EVENTBUS_PUSH_MAX_ATTEMPTS`: default attempts per pushed event before it becomes
   a dead letter (5).
 - `GRACE_EVENTBUS_PUSH_INITIAL_BACKOFF_S` / `GRACE_EVENTBUS_PUSH_MAX_BACKOFF_S`: first
@@ -61,7 +63,7 @@ from services.common.config import (
 from services.common.event_delivery import MAX_DELIVER_EVENTS
 from services.common.event_verification import MODES
 from services.eventbus.jetstream import JetStreamOptions
-from services.eventbus.model import BusSettings
+from services.eventbus.model import DEFAULT_READER_QUEUE_BYTES, BusSettings
 
 SERVICE = "eventbus"
 
@@ -104,6 +106,12 @@ class EventBusConfig:
                 ),
                 reader_queue_limit=r.integer(
                     f"{p}READER_QUEUE", 10_000, minimum=10, maximum=10_000_000
+                ),
+                reader_queue_bytes=r.integer(
+                    f"{p}READER_QUEUE_BYTES",
+                    DEFAULT_READER_QUEUE_BYTES,
+                    minimum=1024 * 1024,
+                    maximum=64 * 1024 * 1024 * 1024,
                 ),
                 push_max_attempts=r.integer(f"{p}PUSH_MAX_ATTEMPTS", 5, minimum=1, maximum=100),
                 push_initial_backoff_s=initial,

@@ -140,6 +140,7 @@ class PushWorker:
             LogFilter(sub.patterns),
             sub.delivered_sequence,
             deliveries.settings.reader_queue_limit,
+            deliveries.settings.reader_queue_bytes,
         )
         self.in_flight: event_pb2.Event | None = None
         self.task: asyncio.Task[None] | None = None

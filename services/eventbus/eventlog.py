@@ -26,7 +26,7 @@ from services.common.group_commit import GroupCommitter
 from services.common.patterns import matches
 from services.eventbus import tracing
 from services.eventbus.index import PatternIndex
-from services.eventbus.model import BusSettings, Start, StartSpec
+from services.eventbus.model import DEFAULT_READER_QUEUE_BYTES, BusSettings, Start, StartSpec
 from services.eventbus.store import DuplicateEvent, EventRow, EventStore, LogFilter, RowValues
 
 log = logging.getLogger(__name__)
@@ -224,20 +224,21 @@ class EventLog:
         self.head = plan.head
         self._last_published_at = now
         self.duplicates += plan.duplicates
-        self._remember(plan.rows)
-        self._fan_out(plan.fresh)
+        sizes = self._remember(plan.rows)
+        self._fan_out(plan.fresh, sizes)
         return plan.answers
 
-    def _remember(self, rows: list[RowValues]) -> None:
+    def _remember(self, rows: list[RowValues]) -> list[int]:
         """Keeps the committed rows' bytes for `encode`, dropping the oldest past the
-        count and byte limits."""
+        count and byte limits; returns each row's size."""
         if not rows:
-            return
+            return []
         recent = self._recent
         sequences = list(map(_ROW_SEQUENCE, rows))
         payloads = list(map(_ROW_PAYLOAD, rows))
         recent.update(zip(sequences, payloads, strict=True))
-        size = self._recent_bytes + sum(map(len, payloads))
+        sizes = list(map(len, payloads))
+        size = self._recent_bytes + sum(sizes)
         first, last = self._recent_first, sequences[-1]
         pop = recent.pop
         while first <= last and (last - first >= self._recent_limit or size > RECENT_BYTES):
@@ -246,6 +247,7 @@ class EventLog:
                 size -= len(dropped)
             first += 1
         self._recent_first, self._recent_bytes = first, size
+        return sizes
 
     def encode(self, events: Sequence[event_pb2.Event]) -> list[bytes]:
         """Each event as stored (its serialization, sequence included): the bytes kept
@@ -358,8 +360,8 @@ class EventLog:
         plan.head = sequence
         return plan
 
-    def _fan_out(self, fresh: list[event_pb2.Event]) -> None:
-        fan_out(self.index, fresh)
+    def _fan_out(self, fresh: list[event_pb2.Event], sizes: list[int]) -> None:
+        fan_out(self.index, fresh, sizes)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -461,33 +463,39 @@ def wanted(event_type: str, source_domain: str, log_filter: LogFilter) -> bool:
     return not patterns or any(matches(p, event_type) for p in patterns)
 
 
-def fan_out(index: PatternIndex[Reader], fresh: Sequence[event_pb2.Event]) -> None:
-    """Offers newly durable events, in sequence order, to the live readers that want them.
+def fan_out(
+    index: PatternIndex[Reader], fresh: Sequence[event_pb2.Event], sizes: Sequence[int]
+) -> None:
+    """Offers newly durable events, in sequence order, to the live readers that want them
+    (`sizes`: each event's stored bytes, which bound a reader's queue).
 
     The events are cut into runs of one type (a group's events mostly share a few types);
     the readers are looked up once per run and handed the whole run, and each reader then
     takes its events in one call, instead of one `offer` per event and reader.
     """
-    runs: list[tuple[str, list[event_pb2.Event]]] = []
+    runs: list[tuple[str, list[event_pb2.Event], list[int]]] = []
     last_type: str | None = None
     run: list[event_pb2.Event] = []
-    for event in fresh:
+    run_sizes: list[int] = []
+    for event, size in zip(fresh, sizes, strict=True):
         event_type = event.event_type
         if event_type != last_type:
-            run, last_type = [], event_type
-            runs.append((event_type, run))
+            run, run_sizes, last_type = [], [], event_type
+            runs.append((event_type, run, run_sizes))
         run.append(event)
+        run_sizes.append(size)
     lookup = index.lookup
-    taken: dict[Reader, list[event_pb2.Event]] = {}
-    for event_type, run in runs:
+    taken: dict[Reader, tuple[list[event_pb2.Event], list[int]]] = {}
+    for event_type, run, run_sizes in runs:
         for reader in lookup(event_type):
-            events = taken.get(reader)
-            if events is None:
-                taken[reader] = run.copy()  # a later run may be added to it
+            got = taken.get(reader)
+            if got is None:
+                taken[reader] = (run.copy(), run_sizes.copy())  # a later run may be added
             else:
-                events.extend(run)
-    for reader, events in taken.items():
-        if reader.offer_all(events):
+                got[0].extend(run)
+                got[1].extend(run_sizes)
+    for reader, (events, event_sizes) in taken.items():
+        if reader.offer_all(events, event_sizes):
             reader.notify()
 
 
@@ -497,25 +505,36 @@ class Reader:
     A live reader gets matching events pushed by the committer into a bounded queue. If
     the queue overflows (the consumer stalled), the queue is dropped and the reader reads
     from the stored log until it is caught up, then goes live again. Memory per reader is
-    bounded by `queue_limit` and nobody waits for a slow reader.
+    bounded by `queue_limit` events and `queue_bytes` of them (events carry up to a MiB of
+    data, so a count alone would let one stalled reader hold gigabytes), and nobody waits
+    for a slow reader.
 
     Args:
         event_log: The log.
         log_filter: Patterns and source.
         cursor: Last sequence already seen.
         queue_limit: Most events buffered while live.
+        queue_bytes: Most bytes of events (as stored) buffered while live.
     """
 
     def __init__(
-        self, event_log: Log, log_filter: LogFilter, cursor: int, queue_limit: int
+        self,
+        event_log: Log,
+        log_filter: LogFilter,
+        cursor: int,
+        queue_limit: int,
+        queue_bytes: int = DEFAULT_READER_QUEUE_BYTES,
     ) -> None:
         self.log = event_log
         self.filter = log_filter
         self.cursor = cursor
         self.queue_limit = queue_limit
+        self.queue_bytes = queue_bytes
         self.live = False
         self.overflows = 0
         self._queue: list[event_pb2.Event] = []
+        self._sizes: list[int] = []  # of the queued events, in the same order
+        self._queued_bytes = 0
         self._wake = asyncio.Event()
         self._closed = False
 
@@ -532,7 +551,7 @@ class Reader:
         self._closed = True
         self.log.index.remove(self)
         self.log.readers.discard(self)
-        self._queue.clear()
+        self._drop_queue()
         self._wake.set()
 
     @property
@@ -540,42 +559,50 @@ class Reader:
         """Events buffered now."""
         return len(self._queue)
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of the events buffered now, as stored."""
+        return self._queued_bytes
+
+    def _drop_queue(self) -> None:
+        self._queue.clear()
+        self._sizes.clear()
+        self._queued_bytes = 0
+
     def offer(self, event: event_pb2.Event) -> bool:
-        """Called by the committer for each matching event; True when queued."""
-        if not self.live or event.sequence <= self.cursor:
+        """`offer_all` for one event; True when queued."""
+        return self.offer_all([event], [event.ByteSize()])
+
+    def offer_all(self, events: list[event_pb2.Event], sizes: list[int]) -> bool:
+        """Called by the fan-out with matching events in sequence order and their stored
+        sizes; True when any was queued."""
+        if not self.live:
             return False
-        if self.filter.source_domain and event.source_domain != self.filter.source_domain:
+        cursor, source = self.cursor, self.filter.source_domain
+        if events[0].sequence <= cursor or source:
+            kept = [
+                (event, size)
+                for event, size in zip(events, sizes, strict=True)
+                if event.sequence > cursor and (not source or event.source_domain == source)
+            ]
+            events = [event for event, _ in kept]
+            sizes = [size for _, size in kept]
+        if not events:
             return False
-        if len(self._queue) >= self.queue_limit:
+        added = sum(sizes)
+        if (
+            len(self._queue) + len(events) > self.queue_limit
+            or self._queued_bytes + added > self.queue_bytes
+        ):
             # Too far behind: drop the buffer and read the log instead.
             self.live = False
             self.overflows += 1
-            self._queue.clear()
-            self._wake.set()
-            return False
-        self._queue.append(event)
-        return True
-
-    def offer_all(self, events: list[event_pb2.Event]) -> bool:
-        """`offer` for matching events in sequence order, at once; True when any queued."""
-        if not self.live:
-            return False
-        cursor = self.cursor
-        if events[0].sequence <= cursor:
-            events = [event for event in events if event.sequence > cursor]
-        source = self.filter.source_domain
-        if source:
-            events = [event for event in events if event.source_domain == source]
-        if not events:
-            return False
-        if len(self._queue) + len(events) > self.queue_limit:
-            # Too far behind: drop the buffer and read the log instead (as `offer` does).
-            self.live = False
-            self.overflows += 1
-            self._queue.clear()
+            self._drop_queue()
             self._wake.set()
             return False
         self._queue.extend(events)
+        self._sizes.extend(sizes)
+        self._queued_bytes += added
         return True
 
     def notify(self) -> None:
@@ -589,6 +616,8 @@ class Reader:
                 if self._queue:
                     batch = self._queue[:limit]
                     del self._queue[:limit]
+                    self._queued_bytes -= sum(self._sizes[:limit])
+                    del self._sizes[:limit]
                     self.cursor = batch[-1].sequence
                     return batch
                 self._wake.clear()

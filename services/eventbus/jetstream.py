@@ -252,6 +252,7 @@ class JetStreamLog:
         self._tail: JetStreamContext.PushSubscription | None = None
         self._closing = False
         self._arrived: list[event_pb2.Event] = []
+        self._arrived_sizes: list[int] = []  # their stored bytes, in the same order
         # Publishing: acknowledgements come to `<inbox>.<token>`; each token's batch and
         # place in it wait in `_awaiting`.
         self._ack_prefix = b""
@@ -487,12 +488,14 @@ class JetStreamLog:
         self._tail_seen = sequence
         event = self._local.pop(sequence, None)
         self._arrived.append(event if event is not None else _event(sequence, msg.data))
+        self._arrived_sizes.append(len(msg.data))
         if len(self._arrived) == 1:
             asyncio.get_running_loop().call_soon(self._fan_out_arrived)
 
     def _fan_out_arrived(self) -> None:
         arrived, self._arrived = self._arrived, []
-        fan_out(self.index, arrived)
+        sizes, self._arrived_sizes = self._arrived_sizes, []
+        fan_out(self.index, arrived, sizes)
 
     # -- reading ---------------------------------------------------------------------
 

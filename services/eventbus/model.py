@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 MAX_PATTERNS = 16
 DEFAULT_MAX_BATCH = 1000
+DEFAULT_READER_QUEUE_BYTES = 64 * 1024 * 1024
 
 
 class Start(enum.Enum):
@@ -41,6 +42,7 @@ class BusSettings:
         max_group_events: Most events group-committed in one transaction.
         reader_queue_limit: Events buffered for one live reader before it falls back to
             reading the log (bounded memory per subscriber).
+        reader_queue_bytes: The same bound in bytes of the events as stored.
         push_max_attempts: Default attempts per event before a dead letter.
         push_initial_backoff_s: First wait between attempts; doubles each time.
         push_max_backoff_s: Longest wait between attempts.
@@ -57,6 +59,7 @@ class BusSettings:
     max_data_bytes: int = 1024 * 1024
     max_group_events: int = 20_000
     reader_queue_limit: int = 10_000
+    reader_queue_bytes: int = DEFAULT_READER_QUEUE_BYTES
     push_max_attempts: int = 5
     push_initial_backoff_s: float = 0.5
     push_max_backoff_s: float = 30.0

@@ -131,11 +131,16 @@ async def test_streams_deliver_in_order_from_each_start_position(stub: Stub) -> 
     assert by_time[0].event_type == "ops.x"
 
 
+@pytest.mark.parametrize(
+    "bound",
+    # A live stream's queue is bounded by events and by their bytes (about 2 kB each here).
+    [{"reader_queue_limit": 50}, {"reader_queue_bytes": 100_000}],
+    ids=["events", "bytes"],
+)
 async def test_a_stalled_subscriber_never_blocks_others_and_catches_up_later(
-    tmp_path: Path,
-    log_backend: JetStreamOptions | None,
+    tmp_path: Path, log_backend: JetStreamOptions | None, bound: dict[str, int]
 ) -> None:
-    service = EventBusServer(bus_config(tmp_path, jetstream=log_backend, reader_queue_limit=50))
+    service = EventBusServer(bus_config(tmp_path, jetstream=log_backend, **bound))
     async with serving(service.config.server, service) as (_, chan):
         stub = Stub(chan)
         stalled = stub.Subscribe(eventbus_pb2.SubscribeRequest(pattern="*", max_batch=10))
@@ -169,7 +174,7 @@ async def test_a_stalled_subscriber_never_blocks_others_and_catches_up_later(
         assert received == list(range(2, total + 2))
         readers = [r for r in service.bus.log.readers if r.filter.patterns == ("*",)]
         assert readers
-        assert all(r.queued <= 50 for r in readers)
+        assert all(r.queued <= r.queue_limit and r.queued_bytes <= r.queue_bytes for r in readers)
         assert readers[0].overflows >= 1  # it fell back to the log instead of buffering
         # Now the stalled subscriber reads: everything arrives, in order, nothing lost.
         sequences = [first]
