@@ -7,7 +7,9 @@ every `--interval` seconds. After the warm-up it fits a least-squares line to ea
 process's PSS and reports its slope in MB per 30 minutes, beside the target (flat: under
 2 MB per component per 30 minutes), and the slope of the window's second half alone (a
 bounded cache still filling after the warm-up levels off there; a leak does not). Errors
-of the load are counted: a leak fix that drops work does not pass.
+of the load are counted: a leak fix that drops work does not pass. With each sample it
+reads the bus's statistics and reports the largest lag of each push subscription: events a
+subscriber has not taken yet are held by the bus.
 
 With `--heap-profile`, the servers trace their allocations (GRACE_HEAP_PROFILE_DIR) and
 take a heap snapshot at the end of the warm-up and at the end of the run (SIGUSR1); for
@@ -165,6 +167,19 @@ def later_half(points: list[tuple[float, int]]) -> list[tuple[float, int]]:
     return [point for point in points if point[0] >= middle]
 
 
+async def push_lags(http: httpx.AsyncClient, lags: dict[str, int]) -> None:
+    """Raises each push subscription's entry in `lags` (`domain pattern,...`) to the lag the
+    bus reports now: a subscriber that falls behind makes the bus hold its events, which
+    shows in the bus's memory and not in the subscriber's."""
+    try:
+        stats = (await http.get("/domains/events/stats")).json()
+    except (httpx.HTTPError, ValueError):
+        return  # the load counts errors; a missed sample only narrows the maximum
+    for sub in stats.get("subscriptions", []):
+        name = f"{sub.get('domain_id', '')} {','.join(sub.get('patterns', []))}"
+        lags[name] = max(lags.get(name, 0), int(sub.get("lag", 0)))
+
+
 def is_traced(process: str, services: str) -> bool:
     """Whether a process (named by its module) traces its allocations: every server and
     Guardian (not the fork server) when `services` is empty, else those whose service (the
@@ -311,6 +326,7 @@ async def main() -> None:
             asyncio.create_task(load.run(options.workflow_rate, "workflow", end, 16)),
         ]
         snapshots_asked = 0
+        lags: dict[str, int] = {}
         while time.monotonic() < end:
             now = time.monotonic()
             if now >= warm_at:
@@ -319,6 +335,7 @@ async def main() -> None:
                 for name, (pid, pss, _) in memory_by_process(grace.pid).items():
                     samples.setdefault(name, []).append((now - began, pss))
                     pids[name] = pid
+                await push_lags(http, lags)
             await asyncio.sleep(min(options.interval, max(0.0, end - time.monotonic())))
         await asyncio.gather(*drivers)
         for name, (_pid, pss, _) in memory_by_process(grace.pid).items():
@@ -364,6 +381,11 @@ async def main() -> None:
             f"{name:<34} {first:12.1f} {last:8.1f} {slopes[name]:12.2f} "
             f"{late_slopes[name]:12.2f}  {verdict}"
         )
+    laggards = sorted(lags.items(), key=lambda item: -item[1])[:3]
+    print(
+        "largest push subscription lag seen after the warm-up (events the bus held): "
+        + ", ".join(f"{name} {lag}" for name, lag in laggards)
+    )
     if tracing:
         traced = [n for n in slopes if is_traced(n, options.heap_profile)]
         for name in sorted(traced, key=lambda n: -slopes[n])[:2]:
@@ -385,6 +407,7 @@ async def main() -> None:
                 "slopes_mb_per_30_min": {n: round(v, 2) for n, v in slopes.items()},
                 "last_half_slopes_mb_per_30_min": {n: round(v, 2) for n, v in late_slopes.items()},
                 "target_mb_per_30_min": TARGET_MB_PER_30_MIN,
+                "max_push_lag": max(lags.values(), default=0),
             }
         )
     )
