@@ -37,6 +37,8 @@ from services.eventbus.telemetry import BusTraffic
 
 log = logging.getLogger(__name__)
 
+# Most events a worker takes from its reader at once (more when `push_batch` is larger, so
+# that one DeliverEvents call can carry that many).
 _WORKER_BATCH = 100
 
 
@@ -173,9 +175,10 @@ class PushWorker:
 
     async def run(self) -> None:
         """Delivers events in order until stopped."""
+        take = max(_WORKER_BATCH, self.owner.settings.push_batch)
         with self.reader:
             while True:
-                batch = await self.reader.next_batch(_WORKER_BATCH)
+                batch = await self.reader.next_batch(take)
                 if not batch:
                     return
                 done = 0

@@ -311,17 +311,32 @@ async def test_a_domain_without_batches_gets_one_call_per_event_in_order(world: 
         assert world.domain.calls == [(sequence, 1) for sequence in sequences]
 
 
+@asynccontextmanager
+async def _pushing_batches(
+    world: World, batches: list[list[str]], events: int, max_attempts: int = 0
+) -> AsyncIterator[tuple[Stub, BatchingDomain, list[int]]]:
+    """A bus pushing `events` published together to the batching domain, whose first
+    DeliverEvents answers are `batches`; yields the bus's stub, the domain and the events'
+    sequences."""
+    domain = world.domain
+    assert isinstance(domain, BatchingDomain)
+    domain.batches = batches
+    bus = bus_in(world)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        await _subscribe_ml(stub, max_attempts)
+        yield stub, domain, await _publish_ml(stub, events)
+
+
+async def _dead_letters(stub: Stub) -> list[tuple[int, int, str]]:
+    page = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
+    return [(d.event.sequence, d.attempts, d.reason) for d in page.dead_letters]
+
+
 async def test_waiting_events_go_in_one_call_and_the_first_not_acknowledged_is_retried(
     batching: World,
 ) -> None:
-    domain = batching.domain
-    assert isinstance(domain, BatchingDomain)
-    domain.batches = [["ack", "ack", "retry"]]
-    bus = bus_in(batching)
-    async with serving(bus.config.server, bus) as (_, chan):
-        stub = Stub(chan)
-        await _subscribe_ml(stub)
-        s = await _publish_ml(stub, 5)
+    async with _pushing_batches(batching, [["ack", "ack", "retry"]], 5) as (stub, domain, s):
         await eventually(lambda: _delivered(stub, "mem", 5))
         # The third was retried as its second attempt, with the two after it (which the
         # domain did not handle the first time).
@@ -335,38 +350,18 @@ async def test_waiting_events_go_in_one_call_and_the_first_not_acknowledged_is_r
 async def test_a_dropped_event_of_a_batch_is_dead_lettered_and_the_rest_delivered(
     batching: World,
 ) -> None:
-    domain = batching.domain
-    assert isinstance(domain, BatchingDomain)
-    domain.batches = [["ack", "drop"]]
-    bus = bus_in(batching)
-    async with serving(bus.config.server, bus) as (_, chan):
-        stub = Stub(chan)
-        await _subscribe_ml(stub)
-        s = await _publish_ml(stub, 4)
+    async with _pushing_batches(batching, [["ack", "drop"]], 4) as (stub, domain, s):
         await eventually(lambda: _delivered(stub, "mem", 3))
         assert domain.batch_calls == [(s, 1), (s[2:], 1)]
-        page = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
-        assert [(d.event.sequence, d.attempts, d.reason) for d in page.dead_letters] == [
-            (s[1], 1, "drop")
-        ]
+        assert await _dead_letters(stub) == [(s[1], 1, "drop")]
 
 
 async def test_a_domain_that_handles_none_of_a_batch_is_retried_then_the_first_dead_lettered(
     batching: World,
 ) -> None:
-    domain = batching.domain
-    assert isinstance(domain, BatchingDomain)
-    domain.batches = [[], []]
-    bus = bus_in(batching)
-    async with serving(bus.config.server, bus) as (_, chan):
-        stub = Stub(chan)
-        await _subscribe_ml(stub, max_attempts=2)
-        s = await _publish_ml(stub, 2)
+    async with _pushing_batches(batching, [[], []], 2, max_attempts=2) as (stub, domain, s):
         await eventually(lambda: _delivered(stub, "mem", 1))
         # Two attempts of the pair, then the first is a dead letter and the last goes on.
         assert domain.batch_calls == [(s, 1), (s, 2), (s[1:], 1)]
         assert domain.calls == []
-        page = await stub.ListDeadLetters(eventbus_pb2.ListDeadLettersRequest())
-        assert [(d.event.sequence, d.attempts, d.reason) for d in page.dead_letters] == [
-            (s[0], 2, "the domain handled none of the events")
-        ]
+        assert await _dead_letters(stub) == [(s[0], 2, "the domain handled none of the events")]
