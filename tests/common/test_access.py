@@ -71,6 +71,21 @@ def test_policy_changes_and_approvals_need_an_operator(method: str) -> None:
     assert rule.check(OPERATOR_USER, None) is None
 
 
+@pytest.mark.parametrize("method", ["DeliverEvent", "DeliverEvents"])
+def test_pushing_events_to_a_domain_needs_an_operator_or_a_component(method: str) -> None:
+    # The bus (a component) pushes; a reader or another domain cannot feed a domain events.
+    rule = rule_for(f"/grace.domain.v1.DomainService/{method}")
+    assert rule is not None
+    assert rule.check(None, None) == "unauthenticated"
+    assert rule.check(READER_USER, None) is not None
+    assert rule.check(EVIL_DOMAIN, None) is not None
+    assert rule.check(OPERATOR_USER, None) is None
+    assert (
+        rule.check(Principal("component:eventbus", frozenset({COMPONENT}), "certificate"), None)
+        is None
+    )
+
+
 def test_switching_the_governance_mode_needs_an_admin() -> None:
     rule = rule_for("/grace.kernels.governance.v1.GovernanceService/SetMode")
     assert rule is not None
