@@ -16,7 +16,9 @@ from google.protobuf import json_format
 from grace.domain.v1 import domain_pb2, domain_pb2_grpc
 from grace.eventbus.v1 import event_pb2, eventbus_pb2, eventbus_pb2_grpc
 from grace.registry.v1 import registry_pb2, registry_pb2_grpc
+from services.common.config import ConfigError
 from services.common.server import GraceServer, Service
+from services.eventbus.config import EventBusConfig
 from services.eventbus.jetstream import JetStreamOptions
 from services.eventbus.server import EventBusServer
 from services.registry.server import RegistryServer
@@ -365,3 +367,40 @@ async def test_a_domain_that_handles_none_of_a_batch_is_retried_then_the_first_d
         assert domain.batch_calls == [(s, 1), (s, 2), (s[1:], 1)]
         assert domain.calls == []
         assert await _dead_letters(stub) == [(s[0], 2, "the domain handled none of the events")]
+
+
+async def test_a_restart_in_the_middle_of_a_batch_resumes_after_the_events_acknowledged(
+    batching: World,
+) -> None:
+    domain = batching.domain
+    assert isinstance(domain, BatchingDomain)
+    domain.batches = [["ack", "ack", "retry"]]
+    # A long backoff: the bus stops while the third event waits for its second attempt.
+    bus = bus_in(batching, push_initial_backoff_s=60.0, push_max_backoff_s=60.0)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        await _subscribe_ml(stub)
+        s = await _publish_ml(stub, 5)
+        await eventually(lambda: _delivered(stub, "mem", 2))
+    bus = bus_in(batching)
+    async with serving(bus.config.server, bus) as (_, chan):
+        stub = Stub(chan)
+        await eventually(lambda: _delivered(stub, "mem", 5))
+    # The two acknowledged before the stop are not delivered again.
+    assert domain.batch_calls == [(s, 1), (s[2:], 1)]
+
+
+def test_push_batches_and_reader_byte_bounds_come_from_the_environment() -> None:
+    defaults = EventBusConfig.from_env({}).settings
+    assert (defaults.push_batch, defaults.reader_queue_bytes) == (100, 64 * 1024 * 1024)
+    tuned = EventBusConfig.from_env(
+        {"GRACE_EVENTBUS_PUSH_BATCH": "1", "GRACE_EVENTBUS_READER_QUEUE_BYTES": "2097152"}
+    ).settings
+    assert (tuned.push_batch, tuned.reader_queue_bytes) == (1, 2 * 1024 * 1024)
+    for name, value in (
+        ("GRACE_EVENTBUS_PUSH_BATCH", "1001"),
+        ("GRACE_EVENTBUS_PUSH_BATCH", "0"),
+        ("GRACE_EVENTBUS_READER_QUEUE_BYTES", "1000"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            EventBusConfig.from_env({name: value})

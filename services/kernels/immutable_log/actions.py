@@ -33,7 +33,7 @@ from grace.kernels.immutable_log.v1 import immutable_log_pb2 as pb
 from services.common.errors import InvalidArgument
 from services.common.event_delivery import ACK, Handled, failed
 from services.common.event_verification import EventVerifier
-from services.kernels.domain import KernelAction, dict_to_struct
+from services.kernels.domain import EventBatchHandler, EventHandler, KernelAction, dict_to_struct
 from services.kernels.immutable_log.log import ImmutableLog
 
 EVENT_PATTERNS = (
@@ -141,7 +141,7 @@ def _entry(event: event_pb2.Event) -> tuple[pb.EntryData, str]:
     return entry, f"event:{event.source_domain}:{event.id}"[:128]
 
 
-def event_recorder(log: ImmutableLog, verifier: EventVerifier | None = None) -> Any:
+def event_recorder(log: ImmutableLog, verifier: EventVerifier | None = None) -> EventHandler:
     """A DeliverEvent handler that appends each event once (request id = source + id),
     after `verifier` (when given) has accepted its signature."""
 
@@ -155,7 +155,7 @@ def event_recorder(log: ImmutableLog, verifier: EventVerifier | None = None) -> 
     return record
 
 
-def batch_recorder(log: ImmutableLog, verifier: EventVerifier | None = None) -> Any:
+def batch_recorder(log: ImmutableLog, verifier: EventVerifier | None = None) -> EventBatchHandler:
     """A DeliverEvents handler: records the events, in order, as `event_recorder` does one,
     in one commit. It stops at the first event whose signature is refused (or whose append
     fails): the events before it are recorded, the ones after it are not handled."""
